@@ -1,0 +1,92 @@
+"""Run folders: self-describing, pickle-free storage of a trained model.
+
+A run folder holds ``config.json`` (a RunConfig: everything to rebuild the model),
+``model.safetensors`` (weights and buffers; safetensors cannot execute code on load),
+``metrics.jsonl`` (one line per epoch) and figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from vqkit.config import RunConfig
+from vqkit.errors import VqkitError
+from vqkit.fileio import read_json, write_bytes_atomic, write_json_atomic
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.jsonl"
+RECONSTRUCTIONS_FILE = "reconstructions.png"
+
+
+def run_path(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / name
+
+
+def save_config(run_dir: str | Path, config: RunConfig) -> None:
+    write_json_atomic(run_path(run_dir, CONFIG_FILE), config.to_dict())
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise VqkitError(f"The run folder '{run_dir}' does not exist.")
+    return RunConfig.from_dict(read_json(run_dir / CONFIG_FILE, "run configuration"))
+
+
+def state_dict_bytes(module: torch.nn.Module) -> bytes:
+    """A module's parameters and buffers as safetensors bytes (contiguous CPU copies)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    return save_safetensors(tensors)
+
+
+def save_weights(path: str | Path, module: torch.nn.Module) -> None:
+    write_bytes_atomic(path, state_dict_bytes(module))
+
+
+def read_tensors(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, turning every kind of damage into one clear sentence."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise VqkitError(f"The {what} '{path}' does not exist.") from exc
+    except OSError as exc:
+        raise VqkitError(f"The {what} '{path}' cannot be read: {exc.strerror}.") from exc
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError, KeyError) as exc:
+        raise VqkitError(f"The {what} '{path}' is damaged or not a safetensors file.") from exc
+
+
+def load_weights_into(module: torch.nn.Module, path: str | Path, what: str) -> None:
+    """Copy stored tensors into ``module``, checking names and shapes against its config."""
+    tensors = read_tensors(path, what)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise VqkitError(f"The {what} '{path}' does not fit its configuration ({detail}).")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise VqkitError(
+                f"The {what} '{path}' does not fit its configuration: '{name}' has shape "
+                f"{tuple(tensor.shape)}, the configuration needs {tuple(expected[name].shape)}."
+            )
+    module.load_state_dict(tensors)
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):  # -> VQVAE
+    """Rebuild the model of a run folder from its config and weights, in eval mode."""
+    from vqkit.model import VQVAE
+
+    config = load_config(run_dir)
+    model = VQVAE(config.model)
+    load_weights_into(model, run_path(run_dir, WEIGHTS_FILE), "model weights")
+    return model.to(device).eval()

@@ -1,0 +1,44 @@
+"""Argument helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+
+from vqkit.errors import VqkitError
+
+
+def add_command(subparsers, name: str, summary: str, body: str, handler) -> argparse.ArgumentParser:
+    """A subcommand whose --help reads like a man page: what it does, then examples."""
+    parser = subparsers.add_parser(
+        name,
+        help=summary,
+        description=textwrap.dedent(body).strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu or cuda (default: auto)"
+    )
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text}")
+    return value
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def require_png_path(path: str, flag: str = "--out") -> str:
+    if not path.lower().endswith(".png"):
+        raise VqkitError(f"The {flag} path '{path}' must end in .png.")
+    return path

@@ -1,0 +1,47 @@
+"""``vqkit reconstruct``: test images above their reconstructions, as a PNG."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from vqkit.checkpoint import load_config, load_model
+from vqkit.cli.common import add_command, add_device_flag, positive_int, require_png_path
+from vqkit.data import load_split
+from vqkit.errors import VqkitError
+from vqkit.training import resolve_device, write_reconstructions
+
+HELP = """
+Write a PNG with test images in the top row and the model's reconstructions below them.
+
+examples:
+  vqkit reconstruct runs/RUN --out recon.png
+  vqkit reconstruct runs/RUN --n 16 --start 100 --out recon.png
+"""
+
+
+def register(subparsers) -> None:
+    parser = add_command(subparsers, "reconstruct", "originals above reconstructions", HELP, run)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--n", type=positive_int, default=8, help="how many images (default 8)")
+    parser.add_argument("--start", type=int, default=0, help="first test-set index (default 0)")
+    parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
+    add_device_flag(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    require_png_path(args.out)
+    config = load_config(args.run_dir)
+    model = load_model(args.run_dir, device=resolve_device(args.device))
+    test = load_split(config.train.dataset, "test", args.data_dir)
+    images = test.images[args.start : args.start + args.n]
+    if args.start < 0 or images.shape[0] == 0:
+        raise VqkitError(
+            f"--start {args.start} is outside the test set (0 to {test.images.shape[0] - 1})."
+        )
+    with torch.no_grad():
+        path = write_reconstructions(model, images, args.out)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,163 @@
+"""Typed settings for the model, its quantizer and training, with JSON round trips and presets.
+
+A run folder's ``config.json`` holds a :class:`RunConfig`; it is everything needed to rebuild the
+model, so checkpoints are self-describing (no pickled objects, no guessing of sizes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from vqkit.errors import VqkitError
+
+# Bumped when a saved config can no longer be read by this code; older folders are refused.
+CONFIG_VERSION = 1
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise VqkitError(message)
+
+
+@dataclass
+class QuantizerConfig:
+    """How continuous encoder outputs become discrete codes."""
+
+    num_embeddings: int = 512  # K, the codebook size
+    embedding_dim: int = 64  # D, the size of each code vector
+    beta: float = 0.25  # weight of the commitment loss
+
+    def __post_init__(self) -> None:
+        _require(self.num_embeddings >= 2, "The codebook needs at least 2 codes (--num-embeddings).")
+        _require(self.embedding_dim >= 1, "The embedding dimension must be at least 1.")
+        _require(
+            math.isfinite(self.beta) and self.beta >= 0,
+            "The commitment weight beta must be a finite number >= 0.",
+        )
+
+    @property
+    def num_codes(self) -> int:
+        """How many distinct integer codes the quantizer can emit."""
+        return self.num_embeddings
+
+
+@dataclass
+class ModelConfig:
+    """Encoder/decoder shape. Two stride-2 convolutions map 28×28 images to a 7×7 grid."""
+
+    in_channels: int = 1
+    image_size: int = 28
+    hidden_dim: int = 128
+    residual_blocks: int = 0  # the paper's 3×3/1×1 residual blocks; 0 is the tutorial's model
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quantizer, dict):
+            self.quantizer = _from_dict(QuantizerConfig, self.quantizer, "quantizer")
+        _require(self.in_channels >= 1, "The number of input channels must be at least 1.")
+        _require(
+            self.image_size >= 4 and self.image_size % 4 == 0,
+            "The image size must be a positive multiple of 4 (two stride-2 downsamplings).",
+        )
+        _require(self.hidden_dim >= 1, "The hidden width must be at least 1 (--hidden-dim).")
+        _require(self.residual_blocks >= 0, "The number of residual blocks cannot be negative.")
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the latent code grid (7 for 28×28 images)."""
+        return self.image_size // 4
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and data settings of one training run."""
+
+    dataset: str = "mnist"
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    eval_batch_size: int = 1000
+    train_limit: int | None = None  # train on the first N images only (quick experiments, tests)
+    test_limit: int | None = None  # evaluate on the first N test images only
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
+        _require(self.batch_size >= 1, "The batch size must be at least 1 (--batch-size).")
+        _require(
+            math.isfinite(self.lr) and self.lr > 0,
+            "The learning rate must be a finite number > 0 (--lr).",
+        )
+        _require(self.eval_batch_size >= 1, "The evaluation batch size must be at least 1.")
+        for name in ("train_limit", "test_limit"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1.")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run folder needs to rebuild and describe its model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "default"
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = _from_dict(ModelConfig, self.model, "model")
+        if isinstance(self.train, dict):
+            self.train = _from_dict(TrainConfig, self.train, "train")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        _require(isinstance(data, dict), "The configuration must be a JSON object.")
+        version = data.get("version")
+        _require(
+            version == CONFIG_VERSION,
+            f"This run was written by an incompatible vqkit (config version {version!r}, "
+            f"this vqkit reads version {CONFIG_VERSION}).",
+        )
+        return _from_dict(cls, data, "config")
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build a dataclass from a dict, refusing unknown keys so typos and version drift surface."""
+    _require(isinstance(data, dict), f"The '{where}' section of the configuration is not an object.")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    _require(not unknown, f"The '{where}' configuration has unknown fields: {', '.join(unknown)}.")
+    try:
+        return cls(**data)
+    except TypeError as exc:  # a wrongly typed value that the checks above could not compare
+        raise VqkitError(f"The '{where}' configuration has a value of the wrong type ({exc}).") from exc
+
+
+# The tutorial's Exercise 1 settings, and its smaller Exercise 2 ("efficient") settings.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {
+        "model": {"hidden_dim": 128, "quantizer": {"num_embeddings": 512, "embedding_dim": 64}},
+        "train": {"epochs": 5},
+    },
+    "efficient": {
+        "model": {"hidden_dim": 64, "quantizer": {"num_embeddings": 128, "embedding_dim": 32}},
+        "train": {"epochs": 3},
+    },
+}
+
+
+def preset_config(name: str) -> RunConfig:
+    """The RunConfig of a named preset (see ``PRESETS``)."""
+    if name not in PRESETS:
+        raise VqkitError(f"Unknown preset '{name}'; choose one of: {', '.join(PRESETS)}.")
+    spec = PRESETS[name]
+    quantizer = QuantizerConfig(**spec["model"].get("quantizer", {}))
+    model_fields = {k: v for k, v in spec["model"].items() if k != "quantizer"}
+    model = ModelConfig(quantizer=quantizer, **model_fields)
+    return RunConfig(model=model, train=TrainConfig(**spec.get("train", {})), preset=name)

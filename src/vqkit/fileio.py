@@ -1,0 +1,97 @@
+"""Crash-safe file writes: a reader sees the old file or the new one, never half of either."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from vqkit.errors import VqkitError
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """Create a folder (and parents) if needed, with a clear error when that is impossible."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise VqkitError(f"Cannot use '{path}' as a folder: a file of that name exists.") from exc
+    except OSError as exc:
+        raise VqkitError(f"Cannot create the folder '{path}': {exc.strerror}.") from exc
+    return path
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``.
+
+    The rename is atomic on POSIX, so a crash at any instant leaves either the previous file or
+    the complete new one. Disk-full and permission failures become one clear VqkitError.
+    """
+    path = Path(path)
+    ensure_dir(path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise VqkitError(f"Cannot write into '{path.parent}': {exc.strerror}.") from exc
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        if isinstance(exc, OSError):
+            reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
+            raise VqkitError(f"Could not write '{path}': {reason}.") from exc
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    with atomic_open(path, "w") as handle:
+        json.dump(obj, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON line (a reader may see the old lines or one more, never a torn line)."""
+    path = Path(path)
+    previous = path.read_bytes() if path.exists() else b""
+    write_bytes_atomic(path, previous + (json.dumps(record) + "\n").encode())
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file, naming ``what`` it is when it is missing or damaged."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise VqkitError(f"The {what} '{path}' does not exist.") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VqkitError(f"The {what} '{path}' is damaged or not JSON.") from exc
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a JSON-lines file; a missing file is empty, damaged lines are skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            item = json.loads(line)
+            if isinstance(item, dict):
+                records.append(item)
+    return records

@@ -1,0 +1,67 @@
+"""Image grids written to PNG with Pillow (no plotting library needed for pixels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vqkit.fileio import atomic_open
+
+
+def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N, [1,] H, W) float in [0, 1] or uint8 -> (N, H, W) uint8."""
+    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
+    if array.ndim == 4:
+        array = array[:, 0]
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return array
+
+
+def tile(images: torch.Tensor | np.ndarray, columns: int, padding: int = 2) -> np.ndarray:
+    """Lay N images (N, H, W) out row by row on a white-padded canvas -> (rows·(H+p)+p, ...)."""
+    pixels = to_uint8(images)
+    count, height, width = pixels.shape
+    rows = max(1, -(-count // columns))
+    canvas = np.full(
+        (rows * (height + padding) + padding, columns * (width + padding) + padding),
+        255,
+        dtype=np.uint8,
+    )
+    for index in range(count):
+        row, col = divmod(index, columns)
+        top, left = padding + row * (height + padding), padding + col * (width + padding)
+        canvas[top : top + height, left : left + width] = pixels[index]
+    return canvas
+
+
+def save_png(canvas: np.ndarray, path: str | Path, scale: int = 1) -> Path:
+    """Write a uint8 (H, W) canvas as a grayscale PNG, enlarged ``scale`` times (nearest)."""
+    image = Image.fromarray(canvas, mode="L")
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        image.save(handle, format="PNG")
+    return path
+
+
+def save_grid(
+    images: torch.Tensor | np.ndarray, path: str | Path, columns: int = 8, scale: int = 2
+) -> Path:
+    """Write images (N, [1,] H, W) as one PNG grid."""
+    return save_png(tile(images, columns), path, scale)
+
+
+def save_comparison(
+    originals: torch.Tensor | np.ndarray,
+    reconstructions: torch.Tensor | np.ndarray,
+    path: str | Path,
+    scale: int = 2,
+) -> Path:
+    """Originals in the top row, their reconstructions right below (the tutorial's figure)."""
+    top, bottom = to_uint8(originals), to_uint8(reconstructions)
+    return save_grid(np.concatenate([top, bottom]), path, columns=top.shape[0], scale=scale)

@@ -1,0 +1,116 @@
+"""Convolutional encoder/decoder around a quantizer: 28×28 images <-> 7×7 grids of codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqkit.config import ModelConfig
+from vqkit.quantize import build_quantizer
+
+
+class ResidualBlock(nn.Module):
+    """The paper's block: ReLU, 3×3 conv, ReLU, 1×1 conv, added to the input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv3 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv1(F.relu(self.conv3(F.relu(x))))
+
+
+class Encoder(nn.Module):
+    """(B, C, 28, 28) -> (B, D, 7, 7) with two stride-2 4×4 convolutions."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden, dim = config.hidden_dim, config.quantizer.embedding_dim
+        layers: list[nn.Module] = [nn.Conv2d(config.in_channels, hidden, 4, 2, 1), nn.ReLU()]
+        if config.residual_blocks:
+            layers.append(nn.Conv2d(hidden, hidden, 4, 2, 1))
+            layers += [ResidualBlock(hidden) for _ in range(config.residual_blocks)]
+            layers += [nn.ReLU(), nn.Conv2d(hidden, dim, 1)]
+        else:
+            layers.append(nn.Conv2d(hidden, dim, 4, 2, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """(B, D, 7, 7) -> (B, C, 28, 28) in [0, 1] with two stride-2 transposed convolutions."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden, dim = config.hidden_dim, config.quantizer.embedding_dim
+        layers: list[nn.Module] = []
+        if config.residual_blocks:
+            layers.append(nn.Conv2d(dim, hidden, 3, padding=1))
+            layers += [ResidualBlock(hidden) for _ in range(config.residual_blocks)]
+            layers += [nn.ReLU(), nn.ConvTranspose2d(hidden, hidden, 4, 2, 1)]
+        else:
+            layers.append(nn.ConvTranspose2d(dim, hidden, 4, 2, 1))
+        layers += [nn.ReLU(), nn.ConvTranspose2d(hidden, config.in_channels, 4, 2, 1), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+@dataclass
+class VQVAEOutput:
+    reconstruction: torch.Tensor  # (B, C, H, W) in [0, 1]
+    codes: torch.Tensor  # (B, h, w) int64
+    vq_loss: torch.Tensor  # () quantizer loss (codebook + beta * commitment)
+    code_counts: torch.Tensor  # (K,) codes chosen in this batch
+
+
+def images_to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, H, W) or (B, C, H, W) -> float (B, C, H, W) in [0, 1]."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+class VQVAE(nn.Module):
+    """Encoder -> vector quantizer -> decoder, configured by one :class:`ModelConfig`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = build_quantizer(config.quantizer)
+        self.decoder = Decoder(config)
+
+    @property
+    def num_codes(self) -> int:
+        return self.quantizer.num_codes
+
+    def forward(self, images: torch.Tensor) -> VQVAEOutput:
+        """images: uint8 or float (B, [C,] H, W) -> reconstruction, codes, loss, usage."""
+        q = self.quantizer(self.encoder(images_to_input(images)))
+        return VQVAEOutput(self.decoder(q.quantized), q.codes, q.loss, q.code_counts)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, [C,] H, W) -> integer code grids (B, h, w)."""
+        return self.quantizer.quantize_codes(self.encoder(images_to_input(images)))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """integer code grids (B, h, w) -> images (B, C, H, W) in [0, 1]."""
+        return self.decoder(self.quantizer.codes_to_latents(codes))
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> VQVAE:
+        """The trained model stored in a run folder, in eval mode."""
+        from vqkit.checkpoint import load_model
+
+        return load_model(run_dir, device=device)

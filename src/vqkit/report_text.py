@@ -1,0 +1,18 @@
+"""Plain-text summaries of metrics for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The headline test metrics of a run, one per line."""
+    lines = [
+        f"test MSE:        {metrics['test_mse']:.5f}",
+        f"test PSNR:       {metrics['test_psnr']:.2f} dB",
+        f"perplexity:      {metrics['perplexity']:.1f}",
+        f"codes used:      {metrics['codes_used']} of {metrics['num_codes']}",
+        f"bits per image:  {metrics['bits_per_image']:.1f} "
+        f"(binarized image 6272, 8-bit image 50176)",
+    ]
+    return "\n".join(lines)
