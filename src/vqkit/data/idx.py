@@ -1,0 +1,128 @@
+"""Strict reader for IDX files (the MNIST container format), gzip-compressed or plain.
+
+Layout: two zero bytes, a dtype code, the rank ``r``, then ``r`` big-endian uint32 dimensions,
+then the payload in C order and big-endian byte order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from vqkit.errors import VqkitError
+
+__all__ = ["IdxError", "read_idx", "IDX_DTYPES", "MAX_RANK"]
+
+# dtype code -> big-endian numpy dtype, as defined by the IDX format.
+IDX_DTYPES: dict[int, str] = {
+    0x08: ">u1",
+    0x09: ">i1",
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
+
+# Image datasets use rank 1 (labels) to 4; anything far beyond that is a damaged header.
+MAX_RANK = 8
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class IdxError(VqkitError):
+    """An IDX file is missing, unreadable or damaged."""
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise IdxError(f"IDX file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise IdxError(f"IDX file {path} is a directory, not a file.") from None
+    except OSError as e:
+        raise IdxError(f"IDX file {path} cannot be read ({e.strerror or e}).") from None
+
+
+def _decompress(path: Path, raw: bytes) -> bytes:
+    """Return the decompressed content; plain files pass through unchanged."""
+    if not raw.startswith(_GZIP_MAGIC):
+        if path.name.endswith(".gz"):
+            raise IdxError(f"IDX file {path} is named .gz but is not gzip-compressed.")
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except EOFError:
+        raise IdxError(f"IDX file {path} is a truncated gzip stream.") from None
+    except (OSError, zlib.error, ValueError) as e:
+        # BadGzipFile (an OSError) covers bad headers, CRC and length mismatches.
+        raise IdxError(f"IDX file {path} is a corrupt gzip stream ({e}).") from None
+
+
+def _parse(path: Path, data: bytes) -> np.ndarray:
+    if len(data) < 4:
+        raise IdxError(f"IDX file {path} is too short to hold an IDX header ({len(data)} bytes).")
+    zero, code, rank = struct.unpack(">HBB", data[:4])
+    if zero != 0:
+        raise IdxError(
+            f"IDX file {path} has bad magic bytes {data[:2].hex()} (the first two must be zero)."
+        )
+    if code not in IDX_DTYPES:
+        raise IdxError(f"IDX file {path} has unknown dtype code 0x{code:02X}.")
+    if rank == 0 or rank > MAX_RANK:
+        raise IdxError(
+            f"IDX file {path} declares implausible rank {rank} (expected 1..{MAX_RANK})."
+        )
+    header = 4 + 4 * rank
+    if len(data) < header:
+        raise IdxError(f"IDX file {path} ends inside its header ({len(data)} of {header} bytes).")
+    dims = struct.unpack(f">{rank}I", data[4:header])
+    dtype = np.dtype(IDX_DTYPES[code])
+    # Python ints cannot overflow, so a header claiming huge dimensions is caught here,
+    # before anything is allocated.
+    expected = dtype.itemsize * math.prod(dims)
+    actual = len(data) - header
+    if actual < expected:
+        raise IdxError(
+            f"IDX file {path} is too short: shape {dims} needs {expected} payload bytes "
+            f"but only {actual} are present."
+        )
+    if actual > expected:
+        raise IdxError(
+            f"IDX file {path} has {actual - expected} trailing bytes after the payload "
+            f"of shape {dims}."
+        )
+    arr = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header).reshape(
+        dims
+    )
+    if dtype.itemsize > 1:
+        arr = arr.astype(dtype.newbyteorder("="))  # native order for torch
+    arr.setflags(write=False)
+    return arr
+
+
+def read_idx(path: str | Path, *, expected_sha256: str | None = None) -> np.ndarray:
+    """Read an IDX file (``.gz`` or plain) into a read-only, native-endian array.
+
+    Returns an array of the declared shape, e.g. ``(N, 28, 28)`` uint8 for images or ``(N,)``
+    uint8 for labels. If ``expected_sha256`` is given, the *decompressed* content must match it.
+    Raises :class:`IdxError` (one sentence naming the file) for every kind of damage.
+    """
+    path = Path(path)
+    data = _decompress(path, _read_bytes(path))
+    arr = _parse(path, data)
+    if expected_sha256 is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != expected_sha256.lower():
+            raise IdxError(
+                f"IDX file {path} fails its checksum (SHA-256 of decompressed content is "
+                f"{digest}, expected {expected_sha256.lower()}), so it is damaged or a "
+                f"different version."
+            )
+    return arr
