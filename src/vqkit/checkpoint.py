@@ -17,11 +17,8 @@ from safetensors.torch import save as save_safetensors
 from vqkit.config import RunConfig
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_bytes_atomic, write_json_atomic
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-METRICS_FILE = "metrics.jsonl"
-RECONSTRUCTIONS_FILE = "reconstructions.png"
+from vqkit.runfiles import CONFIG as CONFIG_FILE
+from vqkit.runfiles import WEIGHTS as WEIGHTS_FILE
 
 
 def run_path(run_dir: str | Path, name: str) -> Path:

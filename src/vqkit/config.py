@@ -31,7 +31,9 @@ class QuantizerConfig:
     beta: float = 0.25  # weight of the commitment loss
 
     def __post_init__(self) -> None:
-        _require(self.num_embeddings >= 2, "The codebook needs at least 2 codes (--num-embeddings).")
+        _require(
+            self.num_embeddings >= 2, "The codebook needs at least 2 codes (--num-embeddings)."
+        )
         _require(self.embedding_dim >= 1, "The embedding dimension must be at least 1.")
         _require(
             math.isfinite(self.beta) and self.beta >= 0,
@@ -129,14 +131,18 @@ class RunConfig:
 
 def _from_dict(cls: type, data: Any, where: str) -> Any:
     """Build a dataclass from a dict, refusing unknown keys so typos and version drift surface."""
-    _require(isinstance(data, dict), f"The '{where}' section of the configuration is not an object.")
+    _require(
+        isinstance(data, dict), f"The '{where}' section of the configuration is not an object."
+    )
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     _require(not unknown, f"The '{where}' configuration has unknown fields: {', '.join(unknown)}.")
     try:
         return cls(**data)
     except TypeError as exc:  # a wrongly typed value that the checks above could not compare
-        raise VqkitError(f"The '{where}' configuration has a value of the wrong type ({exc}).") from exc
+        raise VqkitError(
+            f"The '{where}' configuration has a value of the wrong type ({exc})."
+        ) from exc
 
 
 # The tutorial's Exercise 1 settings, and its smaller Exercise 2 ("efficient") settings.

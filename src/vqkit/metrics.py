@@ -56,4 +56,6 @@ def evaluate_reconstruction(
         "dead_codes": model.num_codes - used,
         "num_codes": model.num_codes,
         "bits_per_image": code_grid_bits(model.num_codes, model.config.grid_size),
+        "binarized_image_bits": BINARIZED_IMAGE_BITS,
+        "eight_bit_image_bits": EIGHT_BIT_IMAGE_BITS,
     }

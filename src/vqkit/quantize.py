@@ -71,6 +71,10 @@ class VectorQuantizer(nn.Module):
     def num_codes(self) -> int:
         return self.config.num_embeddings
 
+    def training_stats(self) -> dict[str, float | int]:
+        """Counters the quantizer keeps across steps (restarts, ...), logged once per epoch."""
+        return {}
+
     def quantize_codes(self, z: torch.Tensor) -> torch.Tensor:
         """Code grid (B, H, W) of latents z (B, D, H, W), without loss or gradient."""
         batch, dim, height, width = z.shape

@@ -7,12 +7,14 @@ from typing import Any
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     """The headline test metrics of a run, one per line."""
+    ratio = metrics["eight_bit_image_bits"] / metrics["bits_per_image"]
     lines = [
         f"test MSE:        {metrics['test_mse']:.5f}",
         f"test PSNR:       {metrics['test_psnr']:.2f} dB",
         f"perplexity:      {metrics['perplexity']:.1f}",
         f"codes used:      {metrics['codes_used']} of {metrics['num_codes']}",
-        f"bits per image:  {metrics['bits_per_image']:.1f} "
-        f"(binarized image 6272, 8-bit image 50176)",
+        f"bits per image:  {metrics['bits_per_image']:.1f} for the code grid, against "
+        f"{metrics['binarized_image_bits']} (binarized) and {metrics['eight_bit_image_bits']} "
+        f"(8-bit) for the image: {ratio:.0f}x smaller than 8-bit",
     ]
     return "\n".join(lines)

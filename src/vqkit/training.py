@@ -104,14 +104,20 @@ def train(
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
         train_loss = run_epoch(
-            model, optimizer, train_images, settings.batch_size, order_generator,
-            description=f"epoch {epoch}/{settings.epochs}", show=show,
+            model,
+            optimizer,
+            train_images,
+            settings.batch_size,
+            order_generator,
+            description=f"epoch {epoch}/{settings.epochs}",
+            show=show,
         )
         seconds = time.perf_counter() - started
         record: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": train_loss,
             **evaluate_reconstruction(model, test_images, settings.eval_batch_size),
+            **model.quantizer.training_stats(),
             "epoch_seconds": seconds,
             "images_per_second": train_images.shape[0] / seconds,
         }

@@ -69,7 +69,11 @@ def register(subparsers) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The preset's config with every explicitly given flag applied (and re-validated)."""
     data = preset_config(args.preset).to_dict()
-    sections = {"train": data["train"], "model": data["model"], "quantizer": data["model"]["quantizer"]}
+    sections = {
+        "train": data["train"],
+        "model": data["model"],
+        "quantizer": data["model"]["quantizer"],
+    }
     for flag, (section, name) in OVERRIDES.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -80,7 +84,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     result = train(
-        config, args.out, device=args.device, data_dir=args.data_dir,
+        config,
+        args.out,
+        device=args.device,
+        data_dir=args.data_dir,
         progress=False if args.quiet else None,
     )
     print(format_metrics(result.final))

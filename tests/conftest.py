@@ -1,0 +1,25 @@
+"""Shared fixtures: one small real training run that many tests reuse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vqkit.config import preset_config
+from vqkit.training import TrainResult, train
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> TrainResult:
+    """The efficient model trained 1 epoch on 3000 MNIST images (a few seconds on 2 cores).
+
+    Tests must not modify this folder; copy it (shutil.copytree) when a test needs to write.
+    """
+    config = preset_config("efficient")
+    config.train.epochs = 1
+    config.train.train_limit = 3000
+    config.train.test_limit = 500
+    run_dir = tmp_path_factory.mktemp("small_run")
+    return train(config, run_dir, device="cpu", progress=False)
