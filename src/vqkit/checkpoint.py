@@ -14,11 +14,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from vqkit import runfiles
 from vqkit.config import RunConfig
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_bytes_atomic, write_json_atomic
-from vqkit.runfiles import CONFIG as CONFIG_FILE
-from vqkit.runfiles import WEIGHTS as WEIGHTS_FILE
 
 
 def run_path(run_dir: str | Path, name: str) -> Path:
@@ -26,14 +25,14 @@ def run_path(run_dir: str | Path, name: str) -> Path:
 
 
 def save_config(run_dir: str | Path, config: RunConfig) -> None:
-    write_json_atomic(run_path(run_dir, CONFIG_FILE), config.to_dict())
+    write_json_atomic(run_path(run_dir, runfiles.CONFIG), config.to_dict())
 
 
 def load_config(run_dir: str | Path) -> RunConfig:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise VqkitError(f"The run folder '{run_dir}' does not exist.")
-    return RunConfig.from_dict(read_json(run_dir / CONFIG_FILE, "run configuration"))
+    return RunConfig.from_dict(read_json(run_dir / runfiles.CONFIG, "run configuration"))
 
 
 def state_dict_bytes(module: torch.nn.Module) -> bytes:
@@ -85,5 +84,5 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):  # -> V
 
     config = load_config(run_dir)
     model = VQVAE(config.model)
-    load_weights_into(model, run_path(run_dir, WEIGHTS_FILE), "model weights")
+    load_weights_into(model, run_path(run_dir, runfiles.WEIGHTS), "model weights")
     return model.to(device).eval()

@@ -13,14 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vqkit.checkpoint import (
-    METRICS_FILE,
-    RECONSTRUCTIONS_FILE,
-    WEIGHTS_FILE,
-    run_path,
-    save_config,
-    save_weights,
-)
+from vqkit import runfiles
+from vqkit.checkpoint import run_path, save_config, save_weights
 from vqkit.config import RunConfig
 from vqkit.data import Split, load_split
 from vqkit.errors import VqkitError
@@ -122,11 +116,11 @@ def train(
             "images_per_second": train_images.shape[0] / seconds,
         }
         history.append(record)
-        save_weights(run_path(run_dir, WEIGHTS_FILE), model)
-        append_jsonl(run_path(run_dir, METRICS_FILE), record)
+        save_weights(run_path(run_dir, runfiles.WEIGHTS), model)
+        append_jsonl(run_path(run_dir, runfiles.METRICS), record)
 
     model.eval()
-    write_reconstructions(model, test_images[:8], run_path(run_dir, RECONSTRUCTIONS_FILE))
+    write_reconstructions(model, test_images[:8], run_path(run_dir, runfiles.RECONSTRUCTIONS))
     return TrainResult(Path(run_dir), model, history)
 
 
