@@ -19,3 +19,29 @@ SCORES = "scores.json"  # sample-quality table (score)
 TIMINGS = "timings.json"  # seconds per pipeline stage (demo)
 FIGURES_DIR = "figures"  # PNGs made by sample/interpolate/codebook for the report (demo)
 REPORT = "report.html"  # the self-contained visual report (report)
+
+# Formats of the JSON files above (the report reads them; writers must keep to these):
+#   code_usage.json   {"split": "train", "images": N, "counts": [K ints]}
+#   prior_metrics.jsonl, one object per epoch:
+#       {"epoch", "train_bits_per_code", "test_bits_per_code", "train_bits_per_image",
+#        "test_bits_per_image", "uniform_bits_per_code", "unigram_bits_per_code",
+#        "epoch_seconds"}
+#   scores.json       {"n": N, "classifier_test_accuracy": float,
+#                      "rows": [{"name": "real test images" | "reconstructions" | "random" |
+#                                "used" | "prior" | "prior (digit d)" ..., "fid": float,
+#                                "confidence": float, "inception_score": float,
+#                                "label_accuracy": float | null}, ...]}
+#   timings.json      {"<stage name>": seconds, ...} in pipeline order
+# Figures written into FIGURES_DIR by the demo (each optional):
+FIGURE_NAMES = {
+    "samples_random": "samples_random.png",
+    "samples_used": "samples_used.png",
+    "samples_prior": "samples_prior.png",
+    "samples_prior_conditional": "samples_prior_conditional.png",  # one row per class
+    "interpolation_crossfade": "interpolation_crossfade.png",
+    "interpolation_wipe": "interpolation_wipe.png",
+    "interpolation_latent": "interpolation_latent.png",
+    "codebook_usage": "codebook_usage.png",
+    "codebook_atlas": "codebook_atlas.png",
+    "codebook_codemap": "codebook_codemap.png",
+}
