@@ -1,0 +1,117 @@
+"""Plots for the report, drawn with matplotlib's Agg renderer and returned as PNG bytes.
+
+Figures are built with the object API (``Figure`` + ``FigureCanvasAgg``) inside each function:
+nothing touches pyplot's global state or the caller's chosen backend, and importing this module
+does not import matplotlib.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+# Rendering: inches at this dpi give crisp plots that the page scales down on small screens.
+DPI = 150
+PANEL_SIZE = (3.6, 2.8)  # inches per panel of a row of small plots
+WIDE_SIZE = (7.2, 3.2)  # inches of a single wide plot
+COLORS = {"train": "#2563eb", "test": "#dc2626", "codes": "#059669", "muted": "#6b7280"}
+BASELINE_STYLES = {"uniform": ":", "unigram": "--"}
+GRID_ALPHA = 0.3
+
+
+def _new_figure(size: tuple[float, float]):
+    """A matplotlib Figure attached to an Agg canvas (no pyplot, no global backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    # No "Software" metadata: the same data gives the same bytes.
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _style(axes, title: str, xlabel: str, ylabel: str = "") -> None:
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel(xlabel, fontsize=9)
+    if ylabel:
+        axes.set_ylabel(ylabel, fontsize=9)
+    axes.tick_params(labelsize=8)
+    axes.grid(alpha=GRID_ALPHA)
+    for side in ("top", "right"):
+        axes.spines[side].set_visible(False)
+
+
+def training_curves_png(
+    epochs: Sequence[int],
+    train_loss: Sequence[float],
+    test_mse: Sequence[float],
+    codes_used: Sequence[float | None],
+    num_codes: int,
+) -> bytes:
+    """Three panels against epoch: training loss, test MSE, codes used (of ``num_codes``)."""
+    figure = _new_figure((PANEL_SIZE[0] * 3, PANEL_SIZE[1]))
+    loss_axes, mse_axes, codes_axes = figure.subplots(1, 3)
+    loss_axes.plot(epochs, train_loss, marker="o", color=COLORS["train"])
+    _style(loss_axes, "training loss", "epoch")
+    mse_axes.plot(epochs, test_mse, marker="o", color=COLORS["test"])
+    _style(mse_axes, "test MSE", "epoch")
+    known = [(e, c) for e, c in zip(epochs, codes_used, strict=True) if c is not None]
+    if known:
+        codes_axes.plot(*zip(*known, strict=True), marker="o", color=COLORS["codes"])
+    codes_axes.axhline(num_codes, color=COLORS["muted"], linestyle=":", label=f"K = {num_codes}")
+    codes_axes.set_ylim(0, num_codes * 1.05)
+    codes_axes.legend(fontsize=8, loc="lower right")
+    _style(codes_axes, "codes used on the test set", "epoch")
+    for axes in (loss_axes, mse_axes, codes_axes):
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    return _png(figure)
+
+
+def usage_histogram_png(counts: Sequence[int], images: int | None = None) -> bytes:
+    """How often each code is chosen: counts per code index, and the same sorted by rank."""
+    counts_array = np.asarray(counts, dtype=np.int64)
+    total = max(int(counts_array.sum()), 1)
+    share = counts_array / total
+    figure = _new_figure(WIDE_SIZE)
+    by_index, by_rank = figure.subplots(1, 2)
+    indices = np.arange(counts_array.size)
+    by_index.bar(indices, share, width=1.0, color=COLORS["train"])
+    where = f" over {images} images" if images else ""
+    _style(by_index, f"share of picks per code{where}", "code index", "share")
+    ranked = np.sort(share)[::-1]
+    used = int((counts_array > 0).sum())
+    by_rank.bar(np.arange(used), ranked[:used], width=1.0, color=COLORS["codes"])
+    if used:
+        by_rank.set_yscale("log")
+    by_rank.set_xlim(-0.5, counts_array.size - 0.5)
+    _style(by_rank, f"sorted: {used} of {counts_array.size} codes used", "rank", "share (log)")
+    return _png(figure)
+
+
+def prior_nll_png(
+    epochs: Sequence[int],
+    train_bits: Sequence[float],
+    test_bits: Sequence[float],
+    baselines: dict[str, float],
+) -> bytes:
+    """Prior bits per code against epoch, with baselines (name -> bits) as horizontal lines."""
+    figure = _new_figure(WIDE_SIZE)
+    axes = figure.subplots()
+    axes.plot(epochs, train_bits, marker="o", color=COLORS["train"], label="prior, train")
+    axes.plot(epochs, test_bits, marker="o", color=COLORS["test"], label="prior, test")
+    for name, bits in baselines.items():
+        style = BASELINE_STYLES.get(name, "-.")
+        axes.axhline(bits, color=COLORS["muted"], linestyle=style, label=f"{name} ({bits:.2f})")
+    axes.set_ylim(bottom=0)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.legend(fontsize=8, loc="best")
+    _style(axes, "negative log-likelihood of code grids", "epoch", "bits per code")
+    return _png(figure)
