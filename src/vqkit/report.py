@@ -143,17 +143,30 @@ def _training(info: RunInfo) -> Section | None:
     if not records:
         return None
     epochs = [int(r["epoch"]) for r in records]
-    plot = report_plots.training_curves_png(
-        epochs,
-        [number(r.get("train_loss")) for r in records],
-        [r["test_mse"] for r in records],
-        [number(r.get("codes_used")) for r in records],
-        info.config.model.quantizer.num_codes,
-    )
+    num_codes = info.config.model.quantizer.num_codes
+    curves = [
+        ("train_loss", "training loss", report_plots.COLORS["train"], None),
+        ("test_mse", "test MSE", report_plots.COLORS["test"], None),
+        (
+            "codes_used",
+            "codes used on the test set",
+            report_plots.COLORS["codes"],
+            (num_codes, f"K = {num_codes}"),
+        ),
+    ]
+    plots = [
+        image(
+            report_plots.epoch_curve_png(
+                epochs, [number(r.get(key)) for r in records], title, color, ceiling
+            ),
+            f"{title} per epoch",
+        )
+        for key, title, color, ceiling in curves
+    ]
     columns = ("train_loss", "test_mse", "test_psnr", "perplexity", "codes_used")
     rows = [[r["epoch"], *(r.get(c) for c in columns)] for r in records]
     headers = ["epoch", "train loss", "test MSE", "PSNR (dB)", "perplexity", "codes used"]
-    body = image(plot, "training loss, test MSE and codes used per epoch") + (
+    body = f'<div class="grid">{"".join(plots)}</div>' + (
         f"<details><summary>per-epoch numbers</summary>{table(headers, rows)}</details>"
     )
     return Section("training", "Training", body, f"One point per epoch, from {runfiles.METRICS}.")
@@ -229,10 +242,11 @@ def _score_line(info: RunInfo, row_name: str, prefix: bool) -> str:
     for key, label in SCORE_COLUMNS:
         values = [v for row in rows if (v := number(row.get(key))) is not None]
         if values:
-            mean = sum(values) / len(values)
-            label = label.split(" (")[0]
-            parts.append(f"{label} {fmt(mean, 3)}" + (" (mean)" if len(values) > 1 else ""))
-    return f'<p class="scores">{esc(" · ".join(parts))}</p>' if parts else ""
+            parts.append(f"{label.split(' (')[0]} {fmt(sum(values) / len(values), 3)}")
+    if not parts:
+        return ""
+    averaged = f"mean over {len(rows)} classes: " if len(rows) > 1 else ""
+    return f'<p class="scores">{esc(averaged + " · ".join(parts))}</p>'
 
 
 def _samples(info: RunInfo) -> Section | None:

@@ -146,7 +146,7 @@ nav a { color:var(--accent); text-decoration:none; }
 nav a:hover { text-decoration:underline; }
 section { padding:22px 0; border-bottom:1px solid var(--line); scroll-margin-top:48px; }
 .lead { color:var(--muted); margin:0 0 14px; }
-.cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(170px,1fr)); gap:12px;
+.cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(150px,1fr)); gap:12px;
          margin:0 0 22px; }
 .card { border:1px solid var(--line); border-radius:10px; padding:12px 14px;
         background:var(--soft); }

@@ -19,6 +19,7 @@ WIDE_SIZE = (7.2, 3.2)  # inches of a single wide plot
 COLORS = {"train": "#2563eb", "test": "#dc2626", "codes": "#059669", "muted": "#6b7280"}
 BASELINE_STYLES = {"uniform": ":", "unigram": "--"}
 GRID_ALPHA = 0.3
+CEILING_HEADROOM = 1.05  # room above a limit line so it does not sit on the frame
 
 
 def _new_figure(size: tuple[float, float]):
@@ -49,29 +50,27 @@ def _style(axes, title: str, xlabel: str, ylabel: str = "") -> None:
         axes.spines[side].set_visible(False)
 
 
-def training_curves_png(
+def epoch_curve_png(
     epochs: Sequence[int],
-    train_loss: Sequence[float],
-    test_mse: Sequence[float],
-    codes_used: Sequence[float | None],
-    num_codes: int,
+    values: Sequence[float | None],
+    title: str,
+    color: str,
+    ceiling: tuple[float, str] | None = None,
 ) -> bytes:
-    """Three panels against epoch: training loss, test MSE, codes used (of ``num_codes``)."""
-    figure = _new_figure((PANEL_SIZE[0] * 3, PANEL_SIZE[1]))
-    loss_axes, mse_axes, codes_axes = figure.subplots(1, 3)
-    loss_axes.plot(epochs, train_loss, marker="o", color=COLORS["train"])
-    _style(loss_axes, "training loss", "epoch")
-    mse_axes.plot(epochs, test_mse, marker="o", color=COLORS["test"])
-    _style(mse_axes, "test MSE", "epoch")
-    known = [(e, c) for e, c in zip(epochs, codes_used, strict=True) if c is not None]
+    """One small plot of a per-epoch number; ``ceiling`` (value, label) adds a dotted limit line
+    and starts the axis at zero (for counts such as codes used out of K)."""
+    figure = _new_figure(PANEL_SIZE)
+    axes = figure.subplots()
+    known = [(e, v) for e, v in zip(epochs, values, strict=True) if v is not None]
     if known:
-        codes_axes.plot(*zip(*known, strict=True), marker="o", color=COLORS["codes"])
-    codes_axes.axhline(num_codes, color=COLORS["muted"], linestyle=":", label=f"K = {num_codes}")
-    codes_axes.set_ylim(0, num_codes * 1.05)
-    codes_axes.legend(fontsize=8, loc="lower right")
-    _style(codes_axes, "codes used on the test set", "epoch")
-    for axes in (loss_axes, mse_axes, codes_axes):
-        axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.plot(*zip(*known, strict=True), marker="o", color=color)
+    if ceiling is not None:
+        limit, label = ceiling
+        axes.axhline(limit, color=COLORS["muted"], linestyle=":", label=label)
+        axes.set_ylim(0, limit * CEILING_HEADROOM)
+        axes.legend(fontsize=8, loc="lower right")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    _style(axes, title, "epoch")
     return _png(figure)
 
 
