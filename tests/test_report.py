@@ -182,6 +182,7 @@ def test_missing_or_invalid_run_folder_is_a_clear_error(tmp_path, bare_run):
     with pytest.raises(VqkitError, match="not a run folder"):
         write_report(tmp_path / "empty")
     run = copy_run(bare_run, tmp_path / "run")
+    (run / runfiles.REPORT).unlink(missing_ok=True)
     (run / runfiles.CONFIG).write_text("{")
     with pytest.raises(VqkitError, match="damaged"):
         write_report(run)

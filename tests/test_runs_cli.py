@@ -11,6 +11,8 @@ from vqkit import runfiles
 from vqkit.cli import COMMAND_MODULES, build_parser, main
 from vqkit.runs import format_table
 
+PLANNED_EXTRA = 3
+
 
 @pytest.fixture(scope="module")
 def root(small_run, tmp_path_factory):
@@ -19,8 +21,9 @@ def root(small_run, tmp_path_factory):
     make_full_run(copy_run(small_run.run_dir, root / "b-full"))
     assert main(["report", str(root / "b-full")]) == 0
     bare = copy_run(small_run.run_dir, root / "a-bare")
+    (bare / runfiles.REPORT).unlink(missing_ok=True)
     config = json.loads((bare / runfiles.CONFIG).read_text())
-    config["train"]["epochs"] = 4  # planned 4, one done: an interrupted run
+    config["train"]["epochs"] += PLANNED_EXTRA  # more planned than done: an interrupted run
     (bare / runfiles.CONFIG).write_text(json.dumps(config))
     (root / "notes").mkdir()
     (root / "notes" / "todo.txt").write_text("x")
@@ -37,8 +40,19 @@ def test_runs_lists_each_run_with_its_numbers(root, small_run, capsys):
     mse = f"{small_run.final['test_mse']:.4f}"
     codes = f"{small_run.final['codes_used']}/128"
     best_prior = f"{min(t for _, _, t in PRIOR_EPOCHS):.3f}"
-    assert bare.split() == ["a-bare", "mnist", "efficient", "1/4", mse, codes, "-", "no"]
-    assert full.split() == ["b-full", "mnist", "efficient", "1", mse, codes, best_prior, "yes"]
+    done = len((small_run.run_dir / runfiles.METRICS).read_text().splitlines())
+    epochs = f"{done}/{done + PLANNED_EXTRA}"
+    assert bare.split() == ["a-bare", "mnist", "efficient", epochs, mse, codes, "-", "no"]
+    assert full.split() == [
+        "b-full",
+        "mnist",
+        "efficient",
+        str(done),
+        mse,
+        codes,
+        best_prior,
+        "yes",
+    ]
     # Aligned: every line has the same length up to its last column, which is right-aligned.
     assert len({len(line) for line in lines}) == 1
 
