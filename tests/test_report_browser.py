@@ -63,16 +63,31 @@ def report(small_run, tmp_path_factory) -> Path:
     return write_report(run)
 
 
-def test_browser_loads_every_section_and_image(report, tmp_path):
-    checked = tmp_path / "checked.html"
-    checked.write_text(report.read_text().replace("</body>", IMAGE_CHECK))
+def loaded_dom(text: str, folder: Path) -> str:
+    """The DOM of ``text`` (HTML) after the browser loaded it, with images marked by IMAGE_CHECK."""
+    checked = folder / "checked.html"
+    checked.write_text(text.replace("</body>", IMAGE_CHECK))
     dom = run_browser(
-        tmp_path / "profile",
+        folder / "profile",
         f"--virtual-time-budget={VIRTUAL_TIME_MS}",
         "--dump-dom",
         checked.as_uri(),
     )
     assert 'data-loaded="yes"' in dom
+    return dom
+
+
+def test_image_check_catches_a_broken_image(report, tmp_path):
+    # Control: corrupt the first embedded PNG's data; the browser must flag exactly that one.
+    text = report.read_text()
+    start = text.index("data:image/png;base64,") + len("data:image/png;base64,")
+    broken = text[:start] + "AAAA" + text[start + 4 :]
+    dom = loaded_dom(broken, tmp_path)
+    assert dom.count('data-decoded="no"') == 1
+
+
+def test_browser_loads_every_section_and_image(report, tmp_path):
+    dom = loaded_dom(report.read_text(), tmp_path)
     page = parse_page(dom)
     assert [i for i in page.ids if i in ALL_SECTIONS] == list(ALL_SECTIONS)
     images = dom.count("<img ")
