@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from report_helpers import (
     ALL_SECTIONS,
     FIGURE_KEYS,
@@ -187,3 +190,67 @@ def test_missing_or_invalid_run_folder_is_a_clear_error(tmp_path, bare_run):
     with pytest.raises(VqkitError, match="damaged"):
         write_report(run)
     assert not (run / runfiles.REPORT).exists()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+NUMBERS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3)
+# Values close to the documented formats, where a malformed field is most likely to slip through.
+NEAR_VALID = {
+    runfiles.CODE_USAGE: st.fixed_dictionaries(
+        {"counts": st.lists(NUMBERS, max_size=40), "images": NUMBERS}
+    ),
+    runfiles.SCORES: st.fixed_dictionaries(
+        {
+            "n": NUMBERS,
+            "rows": st.lists(
+                st.fixed_dictionaries(
+                    {"name": st.sampled_from(["prior", "used", "random", "prior (digit 1)"])},
+                    optional={"fid": NUMBERS, "confidence": NUMBERS, "label_accuracy": NUMBERS},
+                ),
+                max_size=4,
+            ),
+        }
+    ),
+    runfiles.TIMINGS: st.dictionaries(st.text(max_size=8), NUMBERS, max_size=4),
+    runfiles.PRIOR_METRICS: st.fixed_dictionaries(
+        {"epoch": NUMBERS, "train_bits_per_code": NUMBERS, "test_bits_per_code": NUMBERS},
+        optional={"uniform_bits_per_code": NUMBERS, "test_bits_per_image": NUMBERS},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def fuzz_run(bare_run, tmp_path_factory):
+    """A run holding only its config, so each fuzzed report draws at most one plot."""
+    run = tmp_path_factory.mktemp("fuzz") / "run"
+    run.mkdir()
+    shutil.copyfile(bare_run / runfiles.CONFIG, run / runfiles.CONFIG)
+    return run
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    name=st.sampled_from(sorted(NEAR_VALID)),
+    value=st.one_of(JSON_VALUES, st.sampled_from(sorted(NEAR_VALID)).flatmap(NEAR_VALID.get)),
+)
+def test_any_json_in_an_optional_file_never_crashes(fuzz_run, name, value):
+    path = fuzz_run / name
+    try:
+        path.write_text(json.dumps(value) + "\n")
+        info = load_run_info(fuzz_run)
+        loaded = {
+            runfiles.CODE_USAGE: info.code_usage,
+            runfiles.SCORES: info.scores,
+            runfiles.TIMINGS: info.timings,
+            runfiles.PRIOR_METRICS: info.prior_metrics or None,
+        }[name]
+        assert (loaded is None) == (name in info.notes)  # kept, or left out with a note
+        text = write_report(fuzz_run).read_text()
+        for source in parse_page(text).images:
+            open_png(decode_data_uri(source))
+    finally:
+        path.unlink()

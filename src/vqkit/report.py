@@ -191,6 +191,7 @@ def _codebook(info: RunInfo) -> Section | None:
     if usage is not None:
         counts = usage["counts"]
         images = number(usage.get("images"))
+        images = None if images is None else int(images)
         used = sum(1 for c in counts if c > 0)
         import torch
 
@@ -200,7 +201,7 @@ def _codebook(info: RunInfo) -> Section | None:
         parts.append(
             table(
                 ["codebook size", "codes used", "dead codes", "perplexity", "images"],
-                [[len(counts), used, len(counts) - used, spread, images and int(images)]],
+                [[len(counts), used, len(counts) - used, spread, images]],
                 numeric_from=0,
             )
         )
@@ -211,7 +212,7 @@ def _codebook(info: RunInfo) -> Section | None:
             )
         )
     elif usage is not None:
-        plot = report_plots.usage_histogram_png(usage["counts"], usage.get("images"))
+        plot = report_plots.usage_histogram_png(usage["counts"], images)
         parts.append(image(plot, "code usage histogram", "how often each code is picked"))
     atlas = [
         ("codebook_atlas", "each code decoded on its own"),

@@ -136,6 +136,8 @@ header { padding-top:28px; }
 h1 { font-size:1.7rem; margin:0 0 4px; letter-spacing:-0.01em; }
 h2 { font-size:1.25rem; margin:0 0 4px; padding-top:8px; }
 h3 { font-size:1rem; margin:18px 0 6px; }
+.eyebrow { margin:0; font-size:0.8rem; color:var(--accent); text-transform:uppercase;
+           letter-spacing:0.06em; font-weight:600; }
 .subtitle { color:var(--muted); margin:0 0 18px; }
 code { font:0.9em ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; }
 nav { position:sticky; top:0; z-index:1; background:rgba(255,255,255,0.95);

@@ -26,6 +26,9 @@ FIGURE_PREFIXES = ("samples_", "interpolation_")
 # Score rows that stand for one sampling strategy each (the FIDs in the headline).
 HEADLINE_SCORE_ROWS = ("prior", "used", "random")
 
+# Code counts must fit a 64-bit integer (they are summed as int64).
+MAX_COUNT = 2**62
+
 
 @dataclass
 class RunInfo:
@@ -170,7 +173,7 @@ def _valid_code_usage(data: Any) -> dict[str, Any] | None:
     counts = data.get("counts") if isinstance(data, dict) else None
     if not isinstance(counts, list) or not counts:
         return None
-    if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
+    if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < MAX_COUNT for c in counts):
         return None
     return data
 
