@@ -23,6 +23,8 @@ USAGE_FIGSIZE = (10.0, 4.0)  # inches: 1000 × 400 pixels at DPI
 ATLAS_SCALE = 3  # screen pixels per image pixel in the atlas
 CODEMAP_SCALE = 12  # large enough for a code index in each of the 7×7 cells
 CODEMAP_IMAGES = 4
+ATLAS_FONT_SIZE = 6  # points; a code index fits in a corner of an 84-pixel tile
+CODEMAP_FONT_SIZE = 8  # points; three digits fit in a 48-pixel cell
 TILE_PADDING = 2  # vqkit.images.tile's default
 DEAD_COLOR = "tab:red"
 USED_COLOR = "tab:blue"
@@ -51,6 +53,14 @@ def _pixel_figure(width: int, height: int):
     axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
     axes.set_axis_off()
     return figure, axes
+
+
+def _label_style(fontsize: int) -> dict:
+    """Yellow text with a black outline: readable on both black background and white strokes."""
+    from matplotlib import patheffects
+
+    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+    return {"color": "yellow", "fontsize": fontsize, "path_effects": outline}
 
 
 def _show_canvas(canvas, scale: int):
@@ -144,10 +154,9 @@ def plot_atlas(model: VQVAE, counts: torch.Tensor, path: str | Path) -> Path:
             x * ATLAS_SCALE + 1,
             y * ATLAS_SCALE + 1,
             str(code),
-            color="yellow",
-            fontsize=6,
             va="top",
             ha="left",
+            **_label_style(ATLAS_FONT_SIZE),
         )
     return _save(figure, path)
 
@@ -174,10 +183,9 @@ def plot_code_map(model: VQVAE, images: torch.Tensor, path: str | Path) -> Path:
                     x0 + (col + 0.5) * cell,
                     y0 + (row + 0.5) * cell,
                     str(int(codes[index, row, col])),
-                    color="yellow",
-                    fontsize=7,
                     ha="center",
                     va="center",
+                    **_label_style(CODEMAP_FONT_SIZE),
                 )
     return _save(figure, path)
 

@@ -17,6 +17,7 @@ from vqkit.images import save_grid
 from vqkit.model import VQVAE
 
 IMAGE_SUFFIXES = (".png", ".npy")
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def save_npy(array: np.ndarray, path: str | Path) -> Path:
@@ -38,18 +39,21 @@ def load_codes(path: str | Path, num_codes: int, grid_size: int) -> torch.Tensor
     """Validated code grids (N, h, w) int64 from ``.npy``; a single (h, w) grid becomes N=1."""
     path = Path(path)
     try:
-        array = np.load(path, allow_pickle=False)
+        with path.open("rb") as handle:
+            # np.load would also accept .npz archives and (refused) pickles: check the magic.
+            if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                raise VqkitError(f"The codes file '{path}' is not a .npy file.")
+            handle.seek(0)
+            array = np.load(handle, allow_pickle=False)
     except FileNotFoundError as exc:
         raise VqkitError(f"The codes file '{path}' does not exist.") from exc
     except IsADirectoryError as exc:
         raise VqkitError(f"The codes file '{path}' is a folder, not a .npy file.") from exc
-    except ValueError as exc:  # a pickled object array, or not an .npy file at all
-        kind = "holds pickled objects" if "pickle" in str(exc).lower() else "is not a .npy file"
+    except ValueError as exc:  # an object array needs pickle; or a damaged header
+        kind = "holds pickled objects" if "pickle" in str(exc).lower() else "is damaged"
         raise VqkitError(f"The codes file '{path}' {kind}; it must hold an integer array.") from exc
-    except OSError as exc:
-        raise VqkitError(f"The codes file '{path}' cannot be read as .npy: {exc}.") from exc
-    if not isinstance(array, np.ndarray):  # np.load returns an NpzFile for .npz archives
-        raise VqkitError(f"The codes file '{path}' is an .npz archive; give a single .npy array.")
+    except (OSError, EOFError) as exc:
+        raise VqkitError(f"The codes file '{path}' is damaged or cannot be read.") from exc
     if array.ndim == 2:
         array = array[None]
     expected = (grid_size, grid_size)
