@@ -21,6 +21,9 @@ from vqkit.model import VQVAE
 
 # Modules whose import registers strategies (kept lazy: the prior pulls in more code).
 STRATEGY_MODULES = ("vqkit.generate",)
+# Grids decoded at once by sample_images when the caller gives no batch size (the default
+# evaluation batch size of TrainConfig): bounds decoder memory for large n.
+DECODE_BATCH_SIZE = 1000
 
 
 @dataclass
@@ -122,15 +125,20 @@ def _used_codes(
     return used[index]
 
 
-@torch.no_grad()
 def sample_images(
-    context: SamplingContext, strategy: str, n: int, seed: int = 0, **options
+    context: SamplingContext,
+    strategy: str,
+    n: int,
+    seed: int = 0,
+    batch_size: int = DECODE_BATCH_SIZE,
+    **options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``n`` code grids with a strategy and decode them.
+    """Draw ``n`` code grids with a strategy and decode them (in batches of ``batch_size``).
 
     Returns codes (n, h, w) int64 and images (n, C, H, W) in [0, 1], both on the CPU.
     """
+    from vqkit.codes_io import decode_codes
+
     generator = torch.Generator().manual_seed(seed)
-    codes = sample_codes(strategy, n, context, generator, **options)
-    images = context.model.decode(codes.to(context.device))
-    return codes.cpu(), images.cpu()
+    codes = sample_codes(strategy, n, context, generator, **options).cpu()
+    return codes, decode_codes(context.model, codes, batch_size)

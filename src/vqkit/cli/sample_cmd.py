@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vqkit.checkpoint import load_model
+from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, positive_int
 from vqkit.codes_io import IMAGE_SUFFIXES, require_suffix, save_codes, write_images
 from vqkit.errors import VqkitError
@@ -76,10 +76,13 @@ def run(args: argparse.Namespace) -> int:
     if args.codes_out is not None:
         require_suffix(args.codes_out, (".npy",), "--codes-out")
     options = strategy_kwargs(args)
+    batch_size = load_config(args.run_dir).train.eval_batch_size
     model = load_model(args.run_dir, device=resolve_device(args.device))
     data_dir = Path(args.data_dir) if args.data_dir else None
     context = SamplingContext(model, Path(args.run_dir), data_dir)
-    codes, images = sample_images(context, args.strategy, args.n, args.seed, **options)
+    codes, images = sample_images(
+        context, args.strategy, args.n, args.seed, batch_size=batch_size, **options
+    )
     print(f"wrote {write_images(images, args.out, args.columns)}")
     if args.codes_out is not None:
         print(f"wrote {save_codes(codes, args.codes_out)}")
