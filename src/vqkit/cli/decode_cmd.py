@@ -27,7 +27,9 @@ def register(subparsers) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("codes", metavar="CODES", help=".npy file of (N, 7, 7) code grids")
     parser.add_argument("--out", required=True, help="PNG grid or .npy array of the images")
-    parser.add_argument("--columns", type=positive_int, default=8, help="PNG grid width")
+    parser.add_argument(
+        "--columns", type=positive_int, default=8, help="PNG grid width (default 8)"
+    )
     add_device_flag(parser)
 
 

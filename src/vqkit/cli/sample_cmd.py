@@ -50,9 +50,16 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", required=True, help="PNG grid or .npy array of the images")
     parser.add_argument("--codes-out", help=".npy file for the (n, 7, 7) code grids")
-    parser.add_argument("--columns", type=positive_int, default=8, help="PNG grid width")
+    parser.add_argument(
+        "--columns", type=positive_int, default=8, help="PNG grid width (default 8)"
+    )
     options = parser.add_argument_group("strategy options (passed on only when given)")
-    options.add_argument("--weighted", action="store_true", default=None, help="by frequency")
+    options.add_argument(
+        "--weighted",
+        action="store_true",
+        default=None,
+        help="draw codes by how often they are used",
+    )
     options.add_argument("--digit", type=int, help="class to sample (conditional strategies)")
     options.add_argument("--temperature", type=float, help="sampling temperature")
     options.add_argument("--top-k", type=positive_int, help="sample among the k likeliest codes")
