@@ -12,7 +12,18 @@ import sys
 
 from vqkit.errors import VqkitError
 
-COMMAND_MODULES = ("train", "evaluate", "reconstruct", "report", "runs")
+COMMAND_MODULES = (
+    "train",
+    "evaluate",
+    "reconstruct",
+    "sample",
+    "interpolate",
+    "encode",
+    "decode",
+    "codebook",
+    "report",
+    "runs",
+)
 
 DESCRIPTION = """\
 vqkit trains Vector-Quantized VAEs (van den Oord et al. 2017) on 28x28 images and works with
