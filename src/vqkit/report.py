@@ -7,13 +7,18 @@ are missing; a damaged optional file becomes a short note instead of an error.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vqkit import report_plots, runfiles
+from vqkit.codebook_view import plot_usage
 from vqkit.fileio import write_bytes_atomic
+from vqkit.quantize import perplexity
 from vqkit.report_html import Section, cards, esc, fmt, image, note, page, table, table_html
 from vqkit.runinfo import RunInfo, headline, load_run_info, number
 
@@ -21,14 +26,16 @@ from vqkit.runinfo import RunInfo, headline, load_run_info, number
 # per-class rows) scores it.
 SAMPLE_FIGURES = {
     "samples_random": ("uniformly random codes", "random", False),
-    "samples_used": ("codes drawn by training-set frequency", "used", False),
+    "samples_used": ("codes the encoder uses on the training set", "used", False),
     "samples_prior": ("PixelCNN prior", "prior", False),
     "samples_prior_conditional": ("class-conditional prior, one row per class", "prior (", True),
 }
 INTERPOLATION_CAPTIONS = {
-    "interpolation_crossfade": "pixel cross-fade between two test images",
-    "interpolation_wipe": "pixel wipe: the second image's columns replace the first's",
-    "interpolation_latent": "interpolation in latent space, decoded through the codebook",
+    "interpolation_crossfade": "cross-fade: patches switch from the first image's code to the "
+    "second's in a random order",
+    "interpolation_wipe": "wipe: patches switch codes in reading order, top left to bottom right",
+    "interpolation_latent": "latent: encoder outputs blended linearly, each snapped to its "
+    "nearest code",
 }
 SCORE_COLUMNS = (
     ("fid", "classifier-FID (lower is better)"),
@@ -193,10 +200,6 @@ def _codebook(info: RunInfo) -> Section | None:
         images = number(usage.get("images"))
         images = None if images is None else int(images)
         used = sum(1 for c in counts if c > 0)
-        import torch
-
-        from vqkit.quantize import perplexity  # torch import only when there is usage to show
-
         spread = perplexity(torch.tensor(counts))
         parts.append(
             table(
@@ -212,24 +215,27 @@ def _codebook(info: RunInfo) -> Section | None:
             )
         )
     elif usage is not None:
-        plot = report_plots.usage_histogram_png(usage["counts"], images)
-        parts.append(image(plot, "code usage histogram", "how often each code is picked"))
+        parts.append(image(_usage_plot(usage["counts"], images), "code usage", "code usage"))
     atlas = [
-        ("codebook_atlas", "each code decoded on its own"),
-        ("codebook_codemap", "which code each position of a test image's grid uses"),
+        ("codebook_atlas", "each used code decoded on its own, most used first"),
+        ("codebook_codemap", "test images with the code of each cell of their grid"),
     ]
-    tiles = [
+    parts += [
         _embed(info, info.figures[key], caption, caption)
         for key, caption in atlas
         if key in info.figures
     ]
-    if any(tiles):
-        parts.append(f'<div class="grid">{"".join(tiles)}</div>')
     body = "".join(parts)
     if not body:
         return None
     lead = "How the codebook is used: a collapsed codebook uses few of its codes."
     return Section("codebook", "Codebook", body, lead)
+
+
+def _usage_plot(counts: list[int], images: int | None) -> bytes:
+    """The codebook view's usage histogram of ``counts``, as PNG bytes."""
+    with tempfile.TemporaryDirectory() as folder:
+        return plot_usage(torch.tensor(counts), Path(folder) / "usage.png", images).read_bytes()
 
 
 def _score_line(info: RunInfo, row_name: str, prefix: bool) -> str:

@@ -97,9 +97,11 @@ def image(data: bytes, alt: str, caption: str = "", *, pixelated: bool = False) 
         raise ValueError("not a readable PNG")
     width, height = size
     if pixelated:
+        # Small pixel images are enlarged by a whole factor with hard pixel edges; larger ones
+        # (figures with text) are shown at their own size, smoothed when a screen shrinks them.
         scale = max(1, min(MAX_PIXEL_SCALE, PIXEL_TARGET_WIDTH // width))
         shown = width * scale
-        css_class = "pixels"
+        css_class = "pixels" if scale > 1 else "natural"
     else:
         shown = round(width / PLOT_DENSITY)
         css_class = "plot"
@@ -160,7 +162,8 @@ section { padding:22px 0; border-bottom:1px solid var(--line); scroll-margin-top
         align-items:start; }
 figure { margin:0 0 12px; }
 figure img { display:block; max-width:100%; height:auto; border-radius:4px; }
-img.pixels { image-rendering:pixelated; image-rendering:crisp-edges; border:1px solid var(--line); }
+img.pixels { image-rendering:pixelated; }
+img.pixels, img.natural { border:1px solid var(--line); }
 figcaption { font-size:0.88rem; color:var(--muted); margin-top:4px; }
 .scroll { overflow-x:auto; }
 table { border-collapse:collapse; margin:6px 0 12px; font-size:0.92rem; }

@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-import numpy as np
-
 # Rendering: inches at this dpi give crisp plots that the page scales down on small screens.
 DPI = 150
 PANEL_SIZE = (3.6, 2.8)  # inches per panel of a row of small plots
@@ -71,27 +69,6 @@ def epoch_curve_png(
         axes.legend(fontsize=8, loc="lower right")
     axes.xaxis.get_major_locator().set_params(integer=True)
     _style(axes, title, "epoch")
-    return _png(figure)
-
-
-def usage_histogram_png(counts: Sequence[int], images: int | None = None) -> bytes:
-    """How often each code is chosen: counts per code index, and the same sorted by rank."""
-    counts_array = np.asarray(counts, dtype=np.int64)
-    total = max(int(counts_array.sum()), 1)
-    share = counts_array / total
-    figure = _new_figure(WIDE_SIZE)
-    by_index, by_rank = figure.subplots(1, 2)
-    indices = np.arange(counts_array.size)
-    by_index.bar(indices, share, width=1.0, color=COLORS["train"])
-    where = f" over {images} images" if images else ""
-    _style(by_index, f"share of picks per code{where}", "code index", "share")
-    ranked = np.sort(share)[::-1]
-    used = int((counts_array > 0).sum())
-    by_rank.bar(np.arange(used), ranked[:used], width=1.0, color=COLORS["codes"])
-    if used:
-        by_rank.set_yscale("log")
-    by_rank.set_xlim(-0.5, counts_array.size - 0.5)
-    _style(by_rank, f"sorted: {used} of {counts_array.size} codes used", "rank", "share (log)")
     return _png(figure)
 
 

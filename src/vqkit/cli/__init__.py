@@ -40,7 +40,7 @@ the pipeline, in order:
   codebook      codebook health: usage histogram, dead codes, code atlas
   train-prior   train a PixelCNN prior over the run's code grids
   sample        new images from sampled code grids (random, used, prior)
-  interpolate   walk between two images in pixel or code space
+  interpolate   walk between two images through their code grids
   score         classifier-based quality scores (FID, confidence) of samples
   report        write the run's self-contained HTML report
   runs          list run folders with their headline numbers
