@@ -57,6 +57,12 @@ def test_runs_lists_each_run_with_its_numbers(root, small_run, capsys):
     assert len({len(line) for line in lines}) == 1
 
 
+def test_runs_of_a_run_folder_lists_that_run(root, capsys):
+    assert main(["runs", str(root / "b-full")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("b-full ")
+
+
 def test_runs_marks_an_unreadable_config(root, tmp_path, capsys):
     broken = copy_run(root / "a-bare", tmp_path / "broken")
     (broken / runfiles.CONFIG).write_text("{")

@@ -16,13 +16,16 @@ MISSING = "-"
 
 
 def find_runs(root: str | Path) -> list[Path]:
-    """Run folders directly inside ``root`` (folders with a config.json), sorted by name."""
+    """Run folders directly inside ``root`` (folders with a config.json), sorted by name;
+    ``root`` itself when it is a run folder."""
     root = Path(root)
     if not root.is_dir():
         raise VqkitError(
             f"There is no folder '{root}' to list runs from; train one with 'vqkit train' "
             "or give the folder that holds your runs."
         )
+    if is_run_dir(root):
+        return [root]
     return sorted(path for path in root.iterdir() if is_run_dir(path))
 
 
