@@ -254,3 +254,21 @@ def test_any_json_in_an_optional_file_never_crashes(fuzz_run, name, value):
             open_png(decode_data_uri(source))
     finally:
         path.unlink()
+
+
+def test_figures_of_new_strategies_show_up_with_their_scores(full_run, tmp_path):
+    run = copy_run(full_run, tmp_path / "run")
+    figures = run / runfiles.FIGURES_DIR
+    reconstructions = (run / runfiles.RECONSTRUCTIONS).read_bytes()
+    (figures / "samples_greedy.png").write_bytes(reconstructions)
+    (figures / "interpolation_spiral.png").write_bytes(reconstructions)
+    (figures / "notes_other.png").write_bytes(reconstructions)  # no known prefix: not shown
+    scores = json.loads((run / runfiles.SCORES).read_text())
+    scores["rows"].append({"name": "greedy", "fid": 42.5})
+    (run / runfiles.SCORES).write_text(json.dumps(scores))
+    text = write_report(run).read_text()
+    embedded = [decode_data_uri(s) for s in parse_page(text).images]
+    assert embedded.count(reconstructions) == 3  # the reconstructions and the two new figures
+    assert "<figcaption>greedy</figcaption>" in text
+    assert '<p class="scores">classifier-FID 42.5</p>' in text
+    assert "interpolation spiral" in text

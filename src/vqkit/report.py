@@ -79,7 +79,13 @@ def _header(info: RunInfo, name: str) -> str:
     items: list[tuple[str, str, str]] = []
     if top.test_mse is not None:
         psnr = number((info.final or {}).get("test_psnr"))
-        items.append(("test MSE", fmt(top.test_mse, 3), f"PSNR {fmt(psnr, 3)} dB" if psnr else ""))
+        items.append(
+            (
+                "test MSE",
+                fmt(top.test_mse, 3),
+                f"PSNR {fmt(psnr, 3)} dB" if psnr is not None else "",
+            )
+        )
     if top.codes_used is not None:
         items.append(("codes used", f"{top.codes_used} / {top.num_codes}", "on the test set"))
     if top.prior_bits_per_code is not None:
@@ -89,8 +95,9 @@ def _header(info: RunInfo, name: str) -> str:
     if top.fid:
         value = " / ".join(fmt(v, 3) for v in top.fid.values())
         items.append(("classifier-FID", value, " / ".join(top.fid)))
-    return f"<h1>{esc(name)}</h1><p class='subtitle'>{esc(subtitle)}</p>" + (
-        cards(items) if items else ""
+    return (
+        f"<p class='eyebrow'>vqkit run report</p><h1>{esc(name)}</h1>"
+        f"<p class='subtitle'>{esc(subtitle)}</p>" + (cards(items) if items else "")
     )
 
 
@@ -260,12 +267,12 @@ def _samples(info: RunInfo) -> Section | None:
     keys = [key for key in info.figures if key.startswith("samples_")]
     tiles = []
     for key in keys:
-        title, row_name, prefix = SAMPLE_FIGURES.get(key, (key.removeprefix("samples_"), "", False))
+        # A strategy without an entry is titled and scored by its own name.
+        strategy = key.removeprefix("samples_")
+        title, row_name, prefix = SAMPLE_FIGURES.get(key, (strategy, strategy, False))
         picture = _embed(info, info.figures[key], f"samples: {title}", title)
         if picture:
-            tiles.append(
-                f"<div>{picture}{_score_line(info, row_name, prefix) if row_name else ''}</div>"
-            )
+            tiles.append(f"<div>{picture}{_score_line(info, row_name, prefix)}</div>")
     body = f'<div class="grid">{"".join(tiles)}</div>' if tiles else ""
     if info.scores is not None:
         body += _scores_table(info.scores)
