@@ -19,7 +19,7 @@ from vqkit.errors import VqkitError
 from vqkit.model import VQVAE
 
 # Modules whose import registers strategies (kept lazy: the prior pulls in more code).
-STRATEGY_MODULES = ("vqkit.generate",)
+STRATEGY_MODULES = ("vqkit.generate", "vqkit.prior")
 
 
 @dataclass
