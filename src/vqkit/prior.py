@@ -45,18 +45,18 @@ class PriorConfig:
 
     num_codes: int = 512  # K, taken from the VQ-VAE's codebook
     grid_size: int = 7  # side of the code grid
-    channels: int = 64  # width of both stacks
-    layers: int = 8  # gated layers; each one grows the receptive field by k//2
+    channels: int = 32  # width of both stacks
+    layers: int = 7  # gated layers; each one grows the receptive field by k//2
     kernel_size: int = 3  # k (odd): vertical kernel (k//2+1, k), horizontal (1, k//2+1)
     dropout: float = 0.1  # on the gated horizontal features, before their 1×1 projection
     conditional: bool = False  # condition on the class label
     num_classes: int = 10
     # training
-    epochs: int = 20
+    epochs: int = 8
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.0
-    patience: int = 3  # stop after this many epochs without a better test NLL
+    patience: int = 2  # stop after this many epochs without a better test NLL
     seed: int = 0
     eval_batch_size: int = 1000
     train_limit: int | None = None  # train on the first N training grids (tests, quick trials)

@@ -12,7 +12,7 @@ import sys
 
 from vqkit.errors import VqkitError
 
-COMMAND_MODULES = ("train", "evaluate", "reconstruct")
+COMMAND_MODULES = ("train", "evaluate", "reconstruct", "train-prior", "score")
 
 DESCRIPTION = """\
 vqkit trains Vector-Quantized VAEs (van den Oord et al. 2017) on 28x28 images and works with
