@@ -21,6 +21,7 @@ from vqkit.generate import SamplingContext, sample_codes
 from vqkit.prior import load_prior
 
 TINY_PRIOR_FLAGS = ["--epochs", "2", "--channels", "8", "--layers", "3", "--patience", "1"]
+LIMITS = ["--train-limit", "4000", "--test-limit", "1000"]
 TINY_CLASSIFIER = ClassifierConfig(
     channels=(4, 8), features=16, epochs=2, batch_size=32, train_limit=2000
 )
@@ -32,7 +33,7 @@ def prior_run(small_run, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("prior") / "run"
     shutil.copytree(small_run.run_dir, run_dir)
     argv = ["train-prior", str(run_dir), "--conditional", "--quiet", "--device", "cpu"]
-    assert main(argv + TINY_PRIOR_FLAGS) == 0
+    assert main(argv + TINY_PRIOR_FLAGS + LIMITS) == 0
     return run_dir
 
 
@@ -75,7 +76,7 @@ def test_metrics_hold_the_nll_and_both_baselines(prior_run):
         json.loads(line) for line in (prior_run / runfiles.PRIOR_METRICS).read_text().splitlines()
     ]
     assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
-    codes = np.load(prior_run / runfiles.CODES_TRAIN, allow_pickle=False)
+    codes = np.load(prior_run / runfiles.CODES_TRAIN, allow_pickle=False)[:4000]  # --train-limit
     frequencies = np.bincount(codes.ravel(), minlength=128) / codes.size
     used = frequencies[frequencies > 0]
     entropy = float(-(used * np.log2(used)).sum())
@@ -92,7 +93,8 @@ def test_saved_prior_reproduces_the_best_test_nll(prior_run):
     prior = load_prior(prior_run)
     assert prior.config.conditional and prior.config.num_codes == 128 and prior.config.channels == 8
     grids = prior_training.code_grids(prior_run)
-    nll = prior_training.evaluate_nll(prior, grids["test"], 1000)
+    test = prior_training.CodeSet(grids["test"].codes[:1000], grids["test"].labels[:1000])
+    nll = prior_training.evaluate_nll(prior, test, 1000)
     records = [
         json.loads(line) for line in (prior_run / runfiles.PRIOR_METRICS).read_text().splitlines()
     ]
@@ -124,6 +126,7 @@ def test_prior_strategy_errors(prior_run, small_run, tmp_path):
                 "--device",
                 "cpu",
                 *TINY_PRIOR_FLAGS[:2],
+                *LIMITS,
                 "--channels",
                 "4",
                 "--layers",

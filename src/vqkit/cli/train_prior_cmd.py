@@ -25,7 +25,18 @@ examples:
 """
 
 # Flags that set one PriorConfig field when given.
-FIELDS = ("epochs", "channels", "layers", "dropout", "lr", "batch_size", "patience", "seed")
+FIELDS = (
+    "epochs",
+    "channels",
+    "layers",
+    "dropout",
+    "lr",
+    "batch_size",
+    "patience",
+    "seed",
+    "train_limit",
+    "test_limit",
+)
 
 
 def register(subparsers) -> None:
@@ -47,6 +58,12 @@ def register(subparsers) -> None:
         "--patience", type=positive_int, help=f"early-stopping epochs (default {defaults.patience})"
     )
     parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
+    parser.add_argument(
+        "--train-limit", type=positive_int, help="train on the first N training grids only"
+    )
+    parser.add_argument(
+        "--test-limit", type=positive_int, help="measure on the first N test grids only"
+    )
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_flag(parser)
