@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "encode",
     "decode",
     "codebook",
+    "train-prior",
+    "score",
     "report",
     "runs",
 )
