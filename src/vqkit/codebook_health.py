@@ -47,14 +47,36 @@ def sample_rows(vectors: torch.Tensor, count: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def kmeans_plus_plus_seeds(vectors: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) of ``vectors`` (N, D) -> (num_clusters, D).
+
+    Each new seed is drawn with probability proportional to its squared distance from the seeds
+    so far, which spreads them over the data instead of doubling up inside one cluster.
+    Computed on each rank's own rows; rank 0's seeds are broadcast.
+    """
+    seeds = torch.empty(num_clusters, vectors.shape[1], device=vectors.device)
+    first = int(torch.randint(vectors.shape[0], ()))
+    seeds[0] = vectors[first]
+    nearest = (vectors - seeds[0]).pow(2).sum(dim=1)  # (N,) squared distance to the nearest seed
+    for k in range(1, num_clusters):
+        if float(nearest.sum()) > 0:
+            pick = int(torch.multinomial(nearest, 1))
+        else:  # fewer distinct rows than clusters: repeat a row
+            pick = int(torch.randint(vectors.shape[0], ()))
+        seeds[k] = vectors[pick]
+        nearest = torch.minimum(nearest, (vectors - seeds[k]).pow(2).sum(dim=1))
+    return broadcast_from_first_(seeds)
+
+
+@torch.no_grad()
 def kmeans(vectors: torch.Tensor, num_clusters: int, iterations: int) -> torch.Tensor:
     """Lloyd's k-means on ``vectors`` (N, D) -> centroids (num_clusters, D), identical on all ranks.
 
-    Starts from distinct random rows; a cluster that loses all its members keeps its centroid.
+    Starts from k-means++ seeds; a cluster that loses all its members keeps its centroid.
     Each rank clusters its own rows with shared centroids (sums and counts are all-reduced).
     """
     vectors = vectors.detach().float()
-    centroids = sample_rows(vectors, num_clusters)
+    centroids = kmeans_plus_plus_seeds(vectors, num_clusters)
     for _ in range(iterations):
         assignment = nearest_codes(vectors, centroids)  # (N,)
         sums = torch.zeros_like(centroids).index_add_(0, assignment, vectors)  # (K, D)

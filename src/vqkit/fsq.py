@@ -48,13 +48,14 @@ class FiniteScalarQuantizer(nn.Module):
     def bound(self, h: torch.Tensor) -> torch.Tensor:
         """Squash (N, c) into ranges whose rounding gives exactly L_i integers per channel.
 
-        Odd L: (-(L-1)/2 .. (L-1)/2); even L: shifted by half a step to (-L/2 .. L/2 - 1).
+        Odd L: values -(L-1)/2 .. (L-1)/2, centred on h = 0. Even L: -L/2 .. L/2 - 1, shifted half
+        a step down so that h = 0 falls on the boundary between two values and each sign of h
+        reaches L/2 of them (no shift inside the tanh, which would favour one side).
         """
         levels = self.levels.to(h.dtype)
         half = (levels - 1) * (1 + BOUND_MARGIN) / 2
         offset = (self.levels % 2 == 0).to(h.dtype) / 2
-        shift = torch.atanh(offset / half)
-        return torch.tanh(h + shift) * half - offset
+        return torch.tanh(h) * half - offset
 
     def scalar_quantize(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-bound channels (N, c) -> (values in [-1, 1] (N, c) with straight-through rounding,
