@@ -95,15 +95,15 @@ def update_steps_since_used(steps_since_used: torch.Tensor, counts: torch.Tensor
     steps_since_used.add_(1).masked_fill_(counts > 0, 0)
 
 
-def dead_codes(
+def dead_code_mask(
     steps_since_used: torch.Tensor,
     window: int,
     cluster_size: torch.Tensor | None = None,
     threshold: float = 0.0,
 ) -> torch.Tensor:
-    """Indices of the codes to restart: unused for ``window`` steps, or (EMA) a cluster size
-    below ``threshold``. Built from rank-synchronised counters, so the same on every rank."""
+    """(K,) bool: codes to restart, unused for ``window`` steps or (EMA) with a cluster size below
+    ``threshold``. Built from rank-synchronised counters, so the same on every rank."""
     dead = steps_since_used >= window
     if cluster_size is not None and threshold > 0:
         dead |= cluster_size < threshold
-    return dead.nonzero().squeeze(1)
+    return dead

@@ -133,19 +133,23 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _restart_dead_codes(self, flat: torch.Tensor) -> None:
-        """Move dead codes onto random encoder outputs of this batch (rank 0's, on every rank)."""
-        dead = health.dead_codes(
+        """Move dead codes onto random encoder outputs of this batch (rank 0's, on every rank).
+
+        Written with masks instead of index lists so that no step waits on the device to learn
+        how many codes died.
+        """
+        dead = health.dead_code_mask(
             self.steps_since_used,
             self.config.dead_code_restart,
             self.ema_cluster_size if self.ema else None,
             self.config.dead_code_threshold,
-        )
-        if dead.numel() == 0:
-            return
-        replacements = health.sample_rows(flat, dead.numel()).to(self.codebook.dtype)
-        self.codebook[dead] = replacements
+        )  # (K,) bool
+        replacements = health.sample_rows(flat, self.num_codes).to(self.codebook.dtype)  # (K, D)
+        rows = dead.unsqueeze(1)
+        self.codebook.copy_(torch.where(rows, replacements, self.codebook))
         if self.ema:
-            self.ema_cluster_size[dead] = FRESH_CLUSTER_SIZE
-            self.ema_embed_sum[dead] = replacements * FRESH_CLUSTER_SIZE
-        self.steps_since_used[dead] = 0
-        self.restart_count += dead.numel()
+            self.ema_cluster_size.masked_fill_(dead, FRESH_CLUSTER_SIZE)
+            fresh_sums = replacements * FRESH_CLUSTER_SIZE
+            self.ema_embed_sum.copy_(torch.where(rows, fresh_sums, self.ema_embed_sum))
+        self.steps_since_used.masked_fill_(dead, 0)
+        self.restart_count += dead.sum()
