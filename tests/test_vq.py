@@ -330,4 +330,4 @@ def test_loss_mode_training_matches_the_tutorial_loss():
     flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
     chosen = quantizer.codebook.detach()[out.codes.flatten()]
     expected = F.mse_loss(chosen, flat) * 1.25  # codebook + 0.25 · commitment, equal values
-    assert float(out.loss) == pytest.approx(float(expected), rel=1e-6)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
