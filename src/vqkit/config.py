@@ -99,7 +99,8 @@ class QuantizerConfig:
             chosen = [flag for flag, on in vq_only.items() if on]
             _require(
                 not chosen,
-                f"{', '.join(chosen)} only apply to --quantizer vq (FSQ has no codebook).",
+                f"Codebook options ({', '.join(chosen)}) do not apply to --quantizer fsq, "
+                "which has no codebook.",
             )
 
     @property
