@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(args.out) if args.out else Path(tmp)
         for name in names:
             rows.append(run_variant(name, args.epochs, args.train_limit, root))
-            print(f"done: {name}", flush=True)
+            print(f"done: {rows[-1]}", flush=True)  # partial results survive an interrupted run
     print(markdown_table(rows))
 
 
