@@ -125,7 +125,11 @@ def test_restarted_codes_equal_encoder_outputs_of_the_batch(update):
     far = torch.full((5, 4), 100.0) + torch.arange(5.0).unsqueeze(1)
     set_codebook(quantizer, torch.cat([batch[:3], far]))
     quantizer.train()
-    out = quantizer(as_latents(batch))
+    latents = as_latents(batch).requires_grad_(True)
+    out = quantizer(latents)
+    # The in-place restart must not break the step's backward pass.
+    (out.quantized.pow(2).sum() + out.loss).backward()
+    assert latents.grad is not None
 
     assert set(out.codes.flatten().tolist()) <= {0, 1, 2}
     assert int(quantizer.restart_count) == 5
