@@ -42,7 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "fsq 8,4,4": {"quantizer": "fsq", "fsq_levels": [8, 4, 4]},
     "fsq 8,5,5,5": {"quantizer": "fsq", "fsq_levels": [8, 5, 5, 5]},
-    "best": {},  # the `best` preset itself, see variant_config
+    "best": {},  # the `best` preset itself (today the same settings as kmeans+ema+restart)
 }
 DEFAULT_VARIANTS = "loss,ema,ema+restart,kmeans+ema+restart,rotation,fsq 8,4,4"
 
