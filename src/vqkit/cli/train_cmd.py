@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vqkit.cli.common import add_command, add_device_flag
-from vqkit.config import PRESETS, RunConfig, preset_config
+from vqkit.config import LR_SCHEDULES, PRECISIONS, PRESETS, RunConfig, preset_config
 from vqkit.data import DATASETS
 from vqkit.report_text import format_metrics
 from vqkit.training import train
@@ -22,6 +22,8 @@ examples:
   vqkit train --preset efficient
   vqkit train --dataset fashion-mnist --epochs 10 --out runs/fashion
   vqkit train --num-embeddings 256 --beta 0.5 --seed 3
+  vqkit train --preset fast            # efficient model, tuned for time to quality
+  vqkit train --precision bf16 --channels-last --batch-size 256 --lr 3e-3 --lr-schedule onecycle
 """
 
 # Flags that override one field of the preset: flag name -> (section, field).
@@ -34,6 +36,11 @@ OVERRIDES = {
     "eval_batch_size": ("train", "eval_batch_size"),
     "train_limit": ("train", "train_limit"),
     "test_limit": ("train", "test_limit"),
+    "precision": ("train", "precision"),
+    "channels_last": ("train", "channels_last"),
+    "compile": ("train", "compile"),
+    "lr_schedule": ("train", "lr_schedule"),
+    "warmup_fraction": ("train", "warmup_fraction"),
     "hidden_dim": ("model", "hidden_dim"),
     "residual_blocks": ("model", "residual_blocks"),
     "num_embeddings": ("quantizer", "num_embeddings"),
@@ -57,6 +64,27 @@ def register(subparsers) -> None:
     group.add_argument("--eval-batch-size", type=int)
     group.add_argument("--train-limit", type=int, help="train on the first N images only")
     group.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
+    group = parser.add_argument_group("speed")
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32, bf16 autocast of the convolutions (distances stay fp32), or auto: bf16 "
+        "where the hardware runs it natively",
+    )
+    group.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC memory layout (faster convolutions on CPU)",
+    )
+    group.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the training forward pass",
+    )
+    group.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="per-step LR schedule")
+    group.add_argument("--warmup-fraction", type=float, help="share of steps warming up")
     group = parser.add_argument_group("model")
     group.add_argument("--hidden-dim", type=int, help="convolution width")
     group.add_argument("--residual-blocks", type=int, help="the paper's residual blocks (0: none)")

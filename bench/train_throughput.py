@@ -1,0 +1,75 @@
+"""Training throughput (images/s) of vqkit against the tutorial's pipeline, in the same run.
+
+Every configuration trains on the same images for the same number of epochs; the time is the
+training loop only (data loading from disk and evaluation are outside the clock, the
+reference's per-sample conversion is inside, as in the tutorial). Test MSE is printed for each
+at that equal number of epochs; ``--full`` trains the presets' full 3 epochs.
+
+    python bench/train_throughput.py                 # 1 epoch each (~2 minutes on 2 cores)
+    python bench/train_throughput.py --full          # 3 epochs each, test MSE of the presets
+    python bench/train_throughput.py --images 10000  # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from tutorial_reference import REFERENCE_PRESETS, reference_test_mse, train_reference
+from vqkit_runner import SlicedTrainer, bench_config
+
+from vqkit.data import load_split
+
+# The vqkit configurations compared: name -> (preset, training overrides). The first two learn
+# exactly as the tutorial does (same batch, rate, schedule); 'fast' is the tuned preset.
+CONFIGURATIONS = {
+    "vqkit efficient (fp32)": ("efficient", {}),
+    "vqkit efficient --precision bf16 --channels-last": (
+        "efficient",
+        {"precision": "bf16", "channels_last": True},
+    ),
+    "vqkit --preset fast": ("fast", {}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, help="train on the first N images (default all)")
+    parser.add_argument("--full", action="store_true", help="3 epochs (the presets' length)")
+    parser.add_argument("--skip-reference", action="store_true")
+    args = parser.parse_args()
+    epochs = REFERENCE_PRESETS["efficient"][3] if args.full else 1
+    train_images = load_split("mnist", "train").images[: args.images]
+    test_images = load_split("mnist", "test").images
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{train_images.shape[0]} images x {epochs} epochs per configuration"
+    )
+
+    rows = []
+    for name, (preset, overrides) in CONFIGURATIONS.items():
+        trainer = SlicedTrainer(bench_config(preset, epochs=epochs, **overrides), train_images)
+        seconds, seen = trainer.run()
+        rows.append((name, seen / seconds, seconds, trainer.test_mse(test_images)))
+        print(f"  {name}: {seen / seconds:.0f} img/s", flush=True)
+    if not args.skip_reference:
+        model, seconds, seen = train_reference("efficient", train_images, epochs)
+        rows.append(
+            (
+                "tutorial reference (efficient)",
+                seen / seconds,
+                seconds,
+                reference_test_mse(model, test_images),
+            )
+        )
+
+    reference_rate = rows[-1][1] if not args.skip_reference else None
+    print(f"\n| configuration | img/s | training s | test MSE after {epochs} epoch(s) | ratio |")
+    print("|---|---|---|---|---|")
+    for name, rate, seconds, mse in rows:
+        ratio = f"{rate / reference_rate:.2f}x" if reference_rate else "-"
+        print(f"| {name} | {rate:.0f} | {seconds:.1f} | {mse:.5f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
