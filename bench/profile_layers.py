@@ -82,7 +82,7 @@ def main() -> None:
         table = prof.key_averages(group_by_input_shape=True).table(
             sort_by="self_cpu_time_total",
             row_limit=args.rows,
-            max_name_column_width=28,
+            max_name_column_width=34,
             max_shapes_column_width=60,
         )
         print(table)

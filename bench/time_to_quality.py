@@ -133,9 +133,12 @@ def main() -> None:
         )
     if len(results) == 2:
         ours, ref = results
-        bound = "" if ref["reached"] else " (reference never reached the target: lower bound)"
-        ratio = ref["seconds"] / ours["seconds"]
-        print(f"time-to-quality ratio reference / vqkit: {ratio:.2f}x{bound}")
+        if not ours["reached"]:
+            print("vqkit did not reach the target: no time-to-quality ratio.")
+        else:
+            bound = "" if ref["reached"] else " (reference never reached the target: lower bound)"
+            ratio = ref["seconds"] / ours["seconds"]
+            print(f"time-to-quality ratio reference / vqkit: {ratio:.2f}x{bound}")
 
 
 if __name__ == "__main__":
