@@ -32,6 +32,7 @@ from vqkit.data import load_split
 def vqkit_time_to_target(args, train_images, test_images) -> dict:
     config = bench_config(
         args.preset,
+        args.quantizer_option,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -110,6 +111,9 @@ def main() -> None:
     group.add_argument("--warmup-fraction", type=float)
     group.add_argument("--precision", choices=PRECISIONS)
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument(
+        "--quantizer-option", action="append", help="NAME=VALUE of the quantizer config"
+    )
     args = parser.parse_args()
 
     train_images = load_split("mnist", "train").images
@@ -129,7 +133,8 @@ def main() -> None:
         s = results[0]["settings"]
         print(
             f"vqkit settings: batch {s.batch_size}, lr {s.lr}, {s.lr_schedule}, "
-            f"{s.precision}, channels_last={s.channels_last}, epochs {s.epochs}"
+            f"{s.precision}, channels_last={s.channels_last}, epochs {s.epochs}, "
+            f"quantizer {args.quantizer_option or 'as preset'}"
         )
     if len(results) == 2:
         ours, ref = results

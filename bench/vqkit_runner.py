@@ -7,6 +7,7 @@ is still seen once per epoch, and the scheduler steps across slices as in a plai
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,10 +79,22 @@ class SlicedTrainer:
         ]
 
 
-def bench_config(preset: str, **train_overrides: object) -> RunConfig:
-    """A preset's config with some training fields replaced (None values are ignored)."""
-    config = preset_config(preset)
+def bench_config(
+    preset: str, quantizer_options: list[str] | None = None, **train_overrides: object
+) -> RunConfig:
+    """A preset's config with some training fields replaced (None values are ignored).
+
+    ``quantizer_options`` are ``NAME=VALUE`` strings for QuantizerConfig fields, VALUE parsed
+    as JSON when it can be (``dead_code_restart=50``), else kept as text (``codebook_init=kmeans``).
+    """
+    data = preset_config(preset).to_dict()
     for name, value in train_overrides.items():
         if value is not None:
-            setattr(config.train, name, value)
-    return RunConfig.from_dict(config.to_dict())  # re-validates the overrides
+            data["train"][name] = value
+    for option in quantizer_options or []:
+        name, _, text = option.partition("=")
+        try:
+            data["model"]["quantizer"][name] = json.loads(text)
+        except json.JSONDecodeError:
+            data["model"]["quantizer"][name] = text
+    return RunConfig.from_dict(data)  # re-validates the overrides
