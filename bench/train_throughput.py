@@ -37,7 +37,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, help="train on the first N images (default all)")
     parser.add_argument("--full", action="store_true", help="3 epochs (the presets' length)")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument(
+        "--compile", action="store_true", help="add a torch.compile row (compile time included)"
+    )
     args = parser.parse_args()
+    configurations = dict(CONFIGURATIONS)
+    if args.compile:
+        configurations["vqkit efficient bf16 channels-last compiled"] = (
+            "efficient",
+            {"precision": "bf16", "channels_last": True, "compile": True},
+        )
     epochs = REFERENCE_PRESETS["efficient"][3] if args.full else 1
     train_images = load_split("mnist", "train").images[: args.images]
     test_images = load_split("mnist", "test").images
@@ -47,7 +56,7 @@ def main() -> None:
     )
 
     rows = []
-    for name, (preset, overrides) in CONFIGURATIONS.items():
+    for name, (preset, overrides) in configurations.items():
         trainer = SlicedTrainer(bench_config(preset, epochs=epochs, **overrides), train_images)
         seconds, seen = trainer.run()
         rows.append((name, seen / seconds, seconds, trainer.test_mse(test_images)))
