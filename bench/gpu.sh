@@ -38,9 +38,13 @@ run --preset default --label "default as-is"
 # Same learning, bf16 autocast.
 run --preset efficient --precision bf16 --label "efficient bf16"
 # Large batches, scaled peak rate, one-cycle, bf16, compiled: the < 2 s target.
-# ${GPU_BATCH} / ${GPU_LR} let one call try another point without editing this file.
+# GPU_BATCH / GPU_LR / EXTRA (e.g. quantizer options) let one call try other points.
 run --preset efficient --batch-size "${GPU_BATCH:-1024}" --lr "${GPU_LR:-8e-3}" \
-    --lr-schedule onecycle --precision bf16 --compile --repeat 2 --label "efficient large-batch"
+    --lr-schedule onecycle --precision bf16 --compile --repeat 2 --label "efficient large-batch" \
+    ${EXTRA:-}
+run --preset efficient --batch-size 256 --lr 4e-3 --lr-schedule onecycle --precision bf16 \
+    --compile --repeat 2 --label "efficient batch 256"
 run --preset default --batch-size "${GPU_BATCH:-1024}" --lr "${GPU_LR:-8e-3}" \
-    --lr-schedule onecycle --precision bf16 --compile --repeat 2 --label "default large-batch"
+    --lr-schedule onecycle --precision bf16 --compile --repeat 2 --label "default large-batch" \
+    ${EXTRA:-}
 date -u

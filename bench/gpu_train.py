@@ -39,6 +39,9 @@ def main() -> int:
     parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--quantizer-option", action="append", help="NAME=VALUE of the quantizer config"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_train.py: no CUDA GPU is visible to torch; nothing measured.", file=sys.stderr)
@@ -46,6 +49,7 @@ def main() -> int:
     device = torch.device("cuda")
     config = bench_config(
         args.preset,
+        args.quantizer_option,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
