@@ -31,7 +31,7 @@ date -u
 echo
 echo "| run | epochs | batch | lr, schedule | precision | compile | train s | img/s | test MSE |"
 echo "|---|---|---|---|---|---|---|---|---|"
-run() { timeout "${RUN_LIMIT:-150}" "$PYTHON" bench/gpu_train.py "$@" || echo "| $* | failed or timed out (rc $?) |"; }
+run() { timeout "${RUN_LIMIT:-100}" "$PYTHON" bench/gpu_train.py "$@" || echo "| $* | failed or timed out (rc $?) |"; }
 # The presets exactly as on the CPU (batch 128, Adam 1e-3, fp32).
 run --preset efficient --label "efficient as-is"
 run --preset default --label "default as-is"
