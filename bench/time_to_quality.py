@@ -2,7 +2,9 @@
 
 Both sides are measured the same way in the same run: the whole 10,000-image test set is
 evaluated every ``--eval-every`` training images; the clock stops during evaluation (the time
-reported is training time only; evaluation time is printed separately). The first evaluation
+reported is training time only; evaluation time is printed separately). "steady s" is the images
+needed times the median seconds per image over the intervals: on a shared machine it discounts
+bursts of outside load that stretch a few intervals. The first evaluation
 at or below ``--target`` ends a run.
 
     python bench/time_to_quality.py                       # vqkit 'fast' vs tutorial efficient
@@ -23,7 +25,7 @@ from tutorial_reference import (
     reference_step,
     reference_test_mse,
 )
-from vqkit_runner import SlicedTrainer, bench_config
+from vqkit_runner import SlicedTrainer, bench_config, median_seconds_per_image
 
 from vqkit.config import LR_SCHEDULES, PRECISIONS, PRESETS
 from vqkit.data import load_split
@@ -77,17 +79,6 @@ def reference_time_to_target(args, train_images, test_images) -> dict:
             next_eval += args.eval_every
             started = time.perf_counter()
     return summarize("tutorial " + args.reference, None, log, eval_seconds, args.target)
-
-
-def median_seconds_per_image(log: list[tuple[int, float, float]]) -> float:
-    """Median over evaluation intervals of training seconds per image (robust to bursts of
-    load from other processes, which inflate a few intervals)."""
-    rates, previous = [], (0, 0.0)
-    for seen, seconds, _mse in log:
-        rates.append((seconds - previous[1]) / (seen - previous[0]))
-        previous = (seen, seconds)
-    rates.sort()
-    return rates[len(rates) // 2]
 
 
 def summarize(name: str, settings, log, eval_seconds: float, target: float) -> dict:

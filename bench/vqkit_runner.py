@@ -98,3 +98,14 @@ def bench_config(
         except json.JSONDecodeError:
             data["model"]["quantizer"][name] = text
     return RunConfig.from_dict(data)  # re-validates the overrides
+
+
+def median_seconds_per_image(log: list[tuple[int, float, float]]) -> float:
+    """Median over evaluation intervals of training seconds per image (robust to bursts of
+    load from other processes, which inflate a few intervals)."""
+    rates, previous = [], (0, 0.0)
+    for seen, seconds, _mse in log:
+        rates.append((seconds - previous[1]) / (seen - previous[0]))
+        previous = (seen, seconds)
+    rates.sort()
+    return rates[len(rates) // 2]
