@@ -16,6 +16,10 @@ from vqkit.errors import VqkitError
 # Bumped when a saved config can no longer be read by this code; older folders are refused.
 CONFIG_VERSION = 1
 
+# Choices of the speed settings in TrainConfig (implemented in vqkit.acceleration).
+PRECISIONS = ("fp32", "bf16", "auto")
+LR_SCHEDULES = ("constant", "onecycle", "cosine")
+
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
@@ -150,6 +154,12 @@ class TrainConfig:
     eval_batch_size: int = 1000
     train_limit: int | None = None  # train on the first N images only (quick experiments, tests)
     test_limit: int | None = None  # evaluate on the first N test images only
+    # Speed levers (see vqkit.acceleration): they change how fast, not what, the model learns.
+    precision: str = "fp32"  # fp32, bf16 (autocast of the convolutions) or auto
+    channels_last: bool = False  # NHWC memory layout: faster oneDNN convolutions on CPU
+    compile: bool = False  # torch.compile the training forward pass
+    lr_schedule: str = "constant"  # constant, onecycle or cosine (stepped once per batch)
+    warmup_fraction: float = 0.25  # share of the steps spent warming up to lr (schedules only)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
@@ -159,6 +169,15 @@ class TrainConfig:
             "The learning rate must be a finite number > 0 (--lr).",
         )
         _require(self.eval_batch_size >= 1, "The evaluation batch size must be at least 1.")
+        _require(
+            self.precision in PRECISIONS,
+            f"Unknown precision '{self.precision}'; use one of {', '.join(PRECISIONS)}.",
+        )
+        _require(
+            self.lr_schedule in LR_SCHEDULES,
+            f"Unknown schedule '{self.lr_schedule}'; use one of {', '.join(LR_SCHEDULES)}.",
+        )
+        _require(0.0 < self.warmup_fraction < 1.0, "The warm-up fraction must be between 0 and 1.")
         for name in ("train_limit", "test_limit"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1.")
@@ -219,6 +238,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     "efficient": {
         "model": {"hidden_dim": 64, "quantizer": {"num_embeddings": 128, "embedding_dim": 32}},
         "train": {"epochs": 3},
+    },
+    # The efficient model tuned for time to quality on a CPU: the 'best' codebook options
+    # (k-means init, EMA, restarts), a higher peak rate under a one-cycle schedule, bf16
+    # convolutions where native, channels-last layout. Batches stay at 128: on MNIST this model
+    # is limited by optimiser steps; larger batches lost more quality than they gained in speed
+    # (docs/notes-speed.md).
+    "fast": {
+        "model": {
+            "hidden_dim": 64,
+            "quantizer": {
+                "num_embeddings": 128,
+                "embedding_dim": 32,
+                "codebook_update": "ema",
+                "dead_code_restart": 50,
+                "codebook_init": "kmeans",
+            },
+        },
+        "train": {
+            "epochs": 2,
+            "batch_size": 128,
+            "lr": 2e-3,
+            "lr_schedule": "onecycle",
+            "precision": "auto",
+            "channels_last": True,
+        },
     },
     # The efficient model with the codebook options that measured best on MNIST in 3 epochs:
     # k-means init + EMA + restarts (bench/codebook_variants.py, docs/notes-codebook.md).

@@ -94,6 +94,7 @@ class FiniteScalarQuantizer(nn.Module):
         h = self.project_in(z.permute(0, 2, 3, 1).reshape(-1, dim))  # (N, c)
         values, codes = self.scalar_quantize(h)
         quantized = self.project_out(values).view(batch, height, width, -1).permute(0, 3, 1, 2)
-        counts = torch.bincount(codes, minlength=self.num_codes)
+        # index_add_ rather than bincount: CUDA bincount reads max() back to the host.
+        counts = codes.new_zeros(self.num_codes).index_add_(0, codes, torch.ones_like(codes))
         loss = torch.zeros((), device=z.device, dtype=z.dtype)
         return QuantizerOutput(quantized, codes.view(batch, height, width), loss, counts)

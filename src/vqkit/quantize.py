@@ -41,18 +41,21 @@ def nearest_codes(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor
     vectors: (N, D), codebook: (K, D) -> (N,) int64. ||z||² is the same for every code, so the
     argmin only needs ||e||² - 2 z·e, one fused matrix product per chunk (never an N×K×D tensor).
     """
-    vectors = vectors.detach().float()
-    codebook = codebook.detach().float()
-    code_sq_norms = codebook.pow(2).sum(dim=1)  # (K,)
-    rows_per_chunk = max(1, DISTANCE_CHUNK_ELEMENTS // codebook.shape[0])
-    if vectors.shape[0] <= rows_per_chunk:
-        return torch.addmm(code_sq_norms, vectors, codebook.t(), alpha=-2.0).argmin(dim=1)
-    out = torch.empty(vectors.shape[0], dtype=torch.long, device=vectors.device)
-    for start in range(0, vectors.shape[0], rows_per_chunk):
-        chunk = vectors[start : start + rows_per_chunk]
-        distances = torch.addmm(code_sq_norms, chunk, codebook.t(), alpha=-2.0)  # (n, K)
-        out[start : start + rows_per_chunk] = distances.argmin(dim=1)
-    return out
+    # Distances and argmin stay fp32 even inside a bf16 autocast region (which would otherwise
+    # run addmm in bf16 and pick wrong codes for near ties).
+    with torch.autocast(vectors.device.type, enabled=False):
+        vectors = vectors.detach().float()
+        codebook = codebook.detach().float()
+        code_sq_norms = codebook.pow(2).sum(dim=1)  # (K,)
+        rows_per_chunk = max(1, DISTANCE_CHUNK_ELEMENTS // codebook.shape[0])
+        if vectors.shape[0] <= rows_per_chunk:
+            return torch.addmm(code_sq_norms, vectors, codebook.t(), alpha=-2.0).argmin(dim=1)
+        out = torch.empty(vectors.shape[0], dtype=torch.long, device=vectors.device)
+        for start in range(0, vectors.shape[0], rows_per_chunk):
+            chunk = vectors[start : start + rows_per_chunk]
+            distances = torch.addmm(code_sq_norms, chunk, codebook.t(), alpha=-2.0)  # (n, K)
+            out[start : start + rows_per_chunk] = distances.argmin(dim=1)
+        return out
 
 
 def perplexity(code_counts: torch.Tensor) -> float:

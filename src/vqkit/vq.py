@@ -90,7 +90,8 @@ class VectorQuantizer(nn.Module):
             loss = loss + F.mse_loss(chosen, flat.detach())
         quantized = self.estimator(flat, chosen)  # forward: chosen; backward: onto flat
         quantized = quantized.view(batch, height, width, dim).permute(0, 3, 1, 2)
-        counts = torch.bincount(codes, minlength=self.num_codes)
+        # index_add_ rather than bincount: CUDA bincount reads max() back to the host.
+        counts = codes.new_zeros(self.num_codes).index_add_(0, codes, torch.ones_like(codes))
         if self.training:
             self._update_statistics(flat, codes, counts)
         return QuantizerOutput(quantized, codes.view(batch, height, width), loss, counts)

@@ -9,6 +9,8 @@ from vqkit.config import (
     CODEBOOK_INITS,
     CODEBOOK_UPDATES,
     GRADIENT_ESTIMATORS,
+    LR_SCHEDULES,
+    PRECISIONS,
     PRESETS,
     QUANTIZERS,
     RunConfig,
@@ -36,6 +38,8 @@ examples:
   vqkit train --preset efficient
   vqkit train --dataset fashion-mnist --epochs 10 --out runs/fashion
   vqkit train --num-embeddings 256 --beta 0.5 --seed 3
+  vqkit train --preset fast            # efficient model, tuned for time to quality
+  vqkit train --precision bf16 --channels-last --batch-size 256 --lr 3e-3 --lr-schedule onecycle
   vqkit train --preset efficient --codebook-update ema --dead-code-restart 50
   vqkit train --preset efficient --quantizer fsq --fsq-levels 8,4,4
 """
@@ -50,6 +54,11 @@ OVERRIDES = {
     "eval_batch_size": ("train", "eval_batch_size"),
     "train_limit": ("train", "train_limit"),
     "test_limit": ("train", "test_limit"),
+    "precision": ("train", "precision"),
+    "channels_last": ("train", "channels_last"),
+    "compile": ("train", "compile"),
+    "lr_schedule": ("train", "lr_schedule"),
+    "warmup_fraction": ("train", "warmup_fraction"),
     "hidden_dim": ("model", "hidden_dim"),
     "residual_blocks": ("model", "residual_blocks"),
     "num_embeddings": ("quantizer", "num_embeddings"),
@@ -82,6 +91,27 @@ def register(subparsers) -> None:
     group.add_argument("--eval-batch-size", type=int)
     group.add_argument("--train-limit", type=int, help="train on the first N images only")
     group.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
+    group = parser.add_argument_group("speed")
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32, bf16 autocast of the convolutions (distances stay fp32), or auto: bf16 "
+        "where the hardware runs it natively",
+    )
+    group.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC memory layout (faster convolutions on CPU)",
+    )
+    group.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the training forward pass",
+    )
+    group.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="per-step LR schedule")
+    group.add_argument("--warmup-fraction", type=float, help="share of steps warming up")
     group = parser.add_argument_group("model")
     group.add_argument("--hidden-dim", type=int, help="convolution width")
     group.add_argument("--residual-blocks", type=int, help="the paper's residual blocks (0: none)")
