@@ -85,6 +85,9 @@ class TrainConfig:
     eval_batch_size: int = 1000
     train_limit: int | None = None  # train on the first N images only (quick experiments, tests)
     test_limit: int | None = None  # evaluate on the first N test images only
+    checkpoint_every: int | None = None  # also save a resumable state every N steps
+    skip_nonfinite: int = 0  # steps with a NaN/inf loss tolerated (skipped) before stopping
+    deterministic: bool = False  # bitwise-reproducible kernels (resumed runs match exactly)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
@@ -94,7 +97,9 @@ class TrainConfig:
             "The learning rate must be a finite number > 0 (--lr).",
         )
         _require(self.eval_batch_size >= 1, "The evaluation batch size must be at least 1.")
-        for name in ("train_limit", "test_limit"):
+        _require(self.skip_nonfinite >= 0, "--skip-nonfinite cannot be negative.")
+        _require(isinstance(self.deterministic, bool), "deterministic must be true or false.")
+        for name in ("train_limit", "test_limit", "checkpoint_every"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1.")
 
