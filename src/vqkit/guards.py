@@ -37,10 +37,15 @@ class NonFiniteGuard:
     """
 
     def __init__(
-        self, allowed: int, device: torch.device, context: distributed.Context, run_dir: Path
+        self,
+        allowed: int,
+        device: torch.device,
+        context: distributed.Context,
+        run_dir: Path,
+        eager: bool | None = None,
     ) -> None:
         self.allowed = allowed
-        self.eager = allowed > 0 or device.type == "cpu"
+        self.eager = (allowed > 0 or device.type == "cpu") if eager is None else eager
         self.context = context
         self.run_dir = run_dir
         self.skipped = 0
