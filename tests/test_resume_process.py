@@ -7,17 +7,15 @@ the very same bytes of weights as one that never stopped.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from process_helpers import child_env, vqkit_command
 
-import vqkit
 from vqkit import runfiles
 from vqkit.checkpoint import read_tensors
 
@@ -28,18 +26,6 @@ TRAIN_FLAGS = [
     "--checkpoint-every", "10", "--deterministic", "--quiet", "--seed", "7",
 ]  # fmt: skip
 WAIT_SECONDS = 120
-
-
-def vqkit_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vqkit", *args]
-
-
-def child_env() -> dict[str, str]:
-    """The worktree's vqkit first on the path, whatever the installed one is."""
-    env = dict(os.environ)
-    src = str(Path(vqkit.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def wait_for_mid_epoch_state(run_dir: Path, process: subprocess.Popen) -> dict:
