@@ -12,7 +12,16 @@ import sys
 
 from vqkit.errors import VqkitError
 
-COMMAND_MODULES = ("train", "evaluate", "reconstruct")
+COMMAND_MODULES = (
+    "train",
+    "evaluate",
+    "reconstruct",
+    "sample",
+    "interpolate",
+    "encode",
+    "decode",
+    "codebook",
+)
 
 DESCRIPTION = """\
 vqkit trains Vector-Quantized VAEs (van den Oord et al. 2017) on 28x28 images and works with

@@ -1,0 +1,67 @@
+"""train / evaluate / reconstruct end to end through the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from PIL import Image
+
+from vqkit.cli import main
+
+
+def test_train_evaluate_reconstruct_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    status = main(
+        [
+            "train",
+            "--preset",
+            "efficient",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "1024",
+            "--test-limit",
+            "200",
+            "--hidden-dim",
+            "16",
+            "--out",
+            str(run),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "test MSE" in printed and str(run) in printed
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["hidden_dim"] == 16 and saved["train"]["epochs"] == 1
+
+    assert main(["evaluate", str(run), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["num_codes"] == 128 and 0 < metrics["test_mse"] < 1
+    assert metrics["bits_per_image"] == 49 * 7  # 49 codes of log2(128) = 7 bits
+
+    out = tmp_path / "recon.png"
+    assert main(["reconstruct", str(run), "--out", str(out), "--n", "5"]) == 0
+    with Image.open(out) as figure:
+        assert figure.size == (2 * (5 * 30 + 2), 2 * (2 * 30 + 2))
+
+
+def test_user_errors_are_one_sentence_and_status_2(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("vqkit: error: ") and message.endswith(".")
+    assert "Traceback" not in message and len(message.splitlines()) == 1
+    assert main(["train", "--epochs", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "epochs" in capsys.readouterr().err
+
+
+def test_module_entry_point_prints_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "vqkit", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert "train" in result.stdout and "evaluate" in result.stdout

@@ -1,0 +1,68 @@
+"""Presets match the tutorial; configs round-trip through JSON and reject bad values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vqkit.config import RunConfig, preset_config
+from vqkit.errors import VqkitError
+
+
+def test_default_preset_is_the_tutorials_exercise_1():
+    config = preset_config("default")
+    q = config.model.quantizer
+    assert (config.model.hidden_dim, q.embedding_dim, q.num_embeddings) == (128, 64, 512)
+    assert (q.beta, config.train.lr, config.train.batch_size, config.train.epochs) == (
+        0.25,
+        1e-3,
+        128,
+        5,
+    )
+
+
+def test_efficient_preset_is_the_tutorials_exercise_2():
+    config = preset_config("efficient")
+    q = config.model.quantizer
+    assert (config.model.hidden_dim, q.embedding_dim, q.num_embeddings) == (64, 32, 128)
+    assert config.train.epochs == 3
+
+
+def test_json_round_trip_is_exact():
+    config = preset_config("efficient")
+    config.train.seed = 7
+    again = RunConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+
+
+@pytest.mark.parametrize(
+    "section,field,value",
+    [
+        ("train", "epochs", 0),
+        ("train", "batch_size", -1),
+        ("train", "lr", 0.0),
+        ("train", "lr", float("nan")),
+        ("model", "hidden_dim", 0),
+        ("quantizer", "num_embeddings", 1),
+        ("quantizer", "beta", -0.5),
+    ],
+)
+def test_out_of_range_values_are_refused_with_a_sentence(section, field, value):
+    data = preset_config("default").to_dict()
+    target = data["model"]["quantizer"] if section == "quantizer" else data[section]
+    target[field] = value
+    with pytest.raises(VqkitError) as info:
+        RunConfig.from_dict(data)
+    assert str(info.value).endswith(".")
+
+
+def test_unknown_fields_and_versions_are_refused():
+    data = preset_config("default").to_dict()
+    data["train"]["epoch"] = 3
+    with pytest.raises(VqkitError, match="unknown fields: epoch"):
+        RunConfig.from_dict(data)
+    data = preset_config("default").to_dict()
+    data["version"] = 999
+    with pytest.raises(VqkitError, match="incompatible"):
+        RunConfig.from_dict(data)

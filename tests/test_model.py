@@ -1,0 +1,67 @@
+"""Encoder/decoder shapes, encode/decode consistency, and checkpoint round trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vqkit.checkpoint import load_model, save_config, save_weights
+from vqkit.config import ModelConfig, QuantizerConfig, RunConfig, preset_config
+from vqkit.model import VQVAE
+
+
+def images(count: int = 4) -> torch.Tensor:
+    return torch.randint(
+        0, 256, (count, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+
+
+@pytest.mark.parametrize("residual_blocks", [0, 2])
+def test_shapes_28x28_to_7x7_grid_and_back(residual_blocks):
+    config = ModelConfig(
+        hidden_dim=16,
+        residual_blocks=residual_blocks,
+        quantizer=QuantizerConfig(num_embeddings=10, embedding_dim=8),
+    )
+    model = VQVAE(config).eval()
+    with torch.no_grad():
+        out = model(images())
+    assert out.reconstruction.shape == (4, 1, 28, 28)
+    assert out.codes.shape == (4, 7, 7) and out.codes.dtype == torch.int64
+    assert 0 <= int(out.codes.min()) and int(out.codes.max()) < 10
+    assert float(out.reconstruction.min()) >= 0 and float(out.reconstruction.max()) <= 1
+
+
+def test_encode_then_decode_equals_forward_in_eval_mode():
+    model = VQVAE(preset_config("efficient").model).eval()
+    batch = images(6)
+    with torch.no_grad():
+        out = model(batch)
+        codes = model.encode(batch)
+        decoded = model.decode(codes)
+    assert torch.equal(codes, out.codes)
+    assert torch.allclose(decoded, out.reconstruction, atol=1e-6)
+
+
+def test_uint8_and_float_inputs_agree():
+    model = VQVAE(preset_config("efficient").model).eval()
+    batch = images(3)
+    with torch.no_grad():
+        from_uint8 = model(batch).reconstruction
+        from_float = model((batch.float() / 255).unsqueeze(1)).reconstruction
+    assert torch.equal(from_uint8, from_float)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    config = preset_config("efficient")
+    torch.manual_seed(3)
+    model = VQVAE(config.model).eval()
+    save_config(tmp_path, config)
+    save_weights(tmp_path / "model.safetensors", model)
+    restored = load_model(tmp_path)
+    batch = images(5)
+    with torch.no_grad():
+        a, b = model(batch), restored(batch)
+    assert torch.equal(a.reconstruction, b.reconstruction) and torch.equal(a.codes, b.codes)
+    assert isinstance(RunConfig.from_dict(config.to_dict()), RunConfig)
+    assert VQVAE.from_run(tmp_path).training is False

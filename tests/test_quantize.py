@@ -1,0 +1,111 @@
+"""The vector quantizer against brute force and the loss/gradient formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vqkit import quantize
+from vqkit.config import QuantizerConfig
+from vqkit.quantize import VectorQuantizer, nearest_codes, perplexity
+
+
+def brute_force_nearest(vectors: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Full N×K×D squared distances in float64, then argmin: the definition itself."""
+    distances = ((vectors[:, None, :] - codebook[None, :, :]) ** 2).sum(axis=-1)
+    return distances.argmin(axis=1)
+
+
+@pytest.mark.parametrize("num_codes,dim,rows", [(7, 3, 50), (128, 32, 1000), (512, 64, 300)])
+def test_nearest_codes_match_brute_force(num_codes, dim, rows):
+    generator = torch.Generator().manual_seed(num_codes)
+    vectors = torch.randn(rows, dim, generator=generator)
+    codebook = torch.randn(num_codes, dim, generator=generator)
+    expected = brute_force_nearest(vectors.double().numpy(), codebook.double().numpy())
+    assert np.array_equal(nearest_codes(vectors, codebook).numpy(), expected)
+
+
+def test_chunked_distances_match_single_pass(monkeypatch):
+    generator = torch.Generator().manual_seed(1)
+    vectors, codebook = torch.randn(1000, 16, generator=generator), torch.randn(300, 16)
+    whole = nearest_codes(vectors, codebook)
+    monkeypatch.setattr(quantize, "DISTANCE_CHUNK_ELEMENTS", 300 * 7)  # 7 rows per chunk
+    assert torch.equal(nearest_codes(vectors, codebook), whole)
+
+
+def make_quantizer(num=16, dim=4, beta=0.25, seed=0) -> VectorQuantizer:
+    torch.manual_seed(seed)
+    quantizer = VectorQuantizer(QuantizerConfig(num_embeddings=num, embedding_dim=dim, beta=beta))
+    with torch.no_grad():
+        quantizer.codebook.normal_()
+    return quantizer
+
+
+def test_forward_returns_nearest_codes_and_their_vectors():
+    quantizer = make_quantizer()
+    z = torch.randn(2, 4, 3, 5)
+    out = quantizer(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4).numpy()
+    expected = brute_force_nearest(flat, quantizer.codebook.detach().numpy())
+    assert out.codes.shape == (2, 3, 5)
+    assert np.array_equal(out.codes.flatten().numpy(), expected)
+    chosen = quantizer.codebook.detach().numpy()[expected]  # (N, D)
+    got = out.quantized.detach().permute(0, 2, 3, 1).reshape(-1, 4).numpy()
+    assert np.allclose(got, chosen, atol=1e-6)
+    assert torch.equal(out.code_counts, torch.bincount(out.codes.flatten(), minlength=16))
+
+
+def test_loss_equals_codebook_plus_beta_commitment_formula():
+    beta = 0.4
+    quantizer = make_quantizer(beta=beta)
+    z = torch.randn(3, 4, 2, 2)
+    out = quantizer(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4).double().numpy()
+    chosen = quantizer.codebook.detach().double().numpy()[out.codes.flatten().numpy()]
+    mse = ((flat - chosen) ** 2).mean()
+    assert out.loss.item() == pytest.approx((1 + beta) * mse, rel=1e-5)
+
+
+def test_straight_through_passes_decoder_gradient_unchanged_to_encoder():
+    quantizer = make_quantizer()
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    upstream = torch.randn(2, 4, 3, 3)
+    quantizer(z).quantized.backward(upstream)
+    assert torch.equal(z.grad, upstream)
+    assert quantizer.codebook.grad is None or torch.count_nonzero(quantizer.codebook.grad) == 0
+
+
+def test_codebook_gets_codebook_loss_gradient_and_encoder_gets_commitment_gradient():
+    beta = 0.25
+    quantizer = make_quantizer(num=8, dim=3, beta=beta)
+    z = torch.randn(2, 3, 2, 2, requires_grad=True)
+    out = quantizer(z)
+    out.loss.backward()
+    flat = z.detach().permute(0, 2, 3, 1).reshape(-1, 3).double()
+    codes = out.codes.flatten()
+    chosen = quantizer.codebook.detach().double()[codes]
+    count = flat.numel()
+    # d/de mean((e_c - z)^2) summed over the rows that chose each code.
+    expected_codebook = torch.zeros(8, 3, dtype=torch.float64)
+    expected_codebook.index_add_(0, codes, 2 * (chosen - flat) / count)
+    assert torch.allclose(quantizer.codebook.grad.double(), expected_codebook, atol=1e-7)
+    # Only beta * commitment reaches z: d/dz beta * mean((z - e_c)^2).
+    expected_z = (beta * 2 * (flat - chosen) / count).view(2, 2, 2, 3).permute(0, 3, 1, 2)
+    assert torch.allclose(z.grad.double(), expected_z, atol=1e-7)
+
+
+def test_codes_to_latents_is_a_codebook_lookup():
+    quantizer = make_quantizer()
+    codes = torch.randint(0, 16, (2, 7, 7))
+    latents = quantizer.codes_to_latents(codes)
+    assert latents.shape == (2, 4, 7, 7)
+    assert torch.equal(latents[1, :, 3, 5], quantizer.codebook[codes[1, 3, 5]])
+
+
+def test_perplexity_formula():
+    assert perplexity(torch.tensor([5, 5, 5, 5])) == pytest.approx(4.0)
+    assert perplexity(torch.tensor([9, 0, 0])) == pytest.approx(1.0)
+    probs = np.array([0.5, 0.25, 0.25])
+    expected = np.exp(-(probs * np.log(probs)).sum())
+    assert perplexity(torch.tensor([2, 1, 1])) == pytest.approx(expected)
