@@ -15,7 +15,9 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from process_helpers import child_env, vqkit_command
 
 from vqkit import fileio, runfiles, training
@@ -256,3 +258,39 @@ def test_failures_in_a_real_process(argv, tmp_path):
     assert done.returncode == 2
     assert err.startswith("vqkit: error: ") and "\n" not in err and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []  # a failed command leaves nothing behind
+
+
+# --- PNG inputs -------------------------------------------------------------------------------
+
+
+def write_png(path: Path, size: tuple[int, int], mode: str = "L", fmt: str = "PNG") -> Path:
+    depth = {"L": 255, "RGB": (255, 0, 0), "I;16": 65535}[mode]
+    Image.new(mode, size, depth).save(path, format=fmt)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda p: write_png(p, (32, 32)), "32×32"),
+        (lambda p: write_png(p, (28, 14)), "28×14"),
+        (lambda p: write_png(p, (28, 28), mode="I;16"), "pixel format"),
+        (lambda p: write_png(p, (28, 28), fmt="JPEG"), "not a PNG"),
+        (lambda p: p.write_bytes(write_png(p, (28, 28)).read_bytes()[:-30]), "damaged or truncated"),
+        (lambda p: p.write_bytes(b"hello"), "not an image"),
+    ],
+    ids=["32x32", "28x14", "16-bit", "jpeg", "truncated", "text"],
+)
+def test_png_inputs_that_are_not_28x28_grayscale(run_copy, tmp_path, capsys, make, fragment):
+    png = tmp_path / "input.png"
+    make(png)
+    out = tmp_path / "codes.npy"
+    fails_cleanly(capsys, ["encode", str(run_copy), str(png), "--out", str(out)], fragment)
+    assert not out.exists()
+
+
+def test_a_convertible_rgb_png_is_accepted(run_copy, tmp_path, capsys):
+    png = write_png(tmp_path / "rgb.png", (28, 28), mode="RGB")
+    out = tmp_path / "codes.npy"
+    assert main(["encode", str(run_copy), str(png), "--out", str(out)]) == 0, capsys.readouterr()
+    assert np.load(out, allow_pickle=False).shape == (1, 7, 7)
