@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +41,7 @@ from vqkit.train_state import Position
 PROGRESS_REFRESH_STEPS = 25
 # cuBLAS needs a fixed workspace layout for reproducible matrix products (NVIDIA's value).
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
+DDP_STRIDE_WARNING = "Grad strides do not match bucket view strides"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -160,7 +162,10 @@ def train(
     context = distributed.setup(target)
     try:
         target = distributed.device_for(context, target)
-        with deterministic_mode(config.train.deterministic, target):
+        with deterministic_mode(config.train.deterministic, target), warnings.catch_warnings():
+            # DDP compares gradient strides even along the size-1 channel axis of a grayscale
+            # input convolution, where they mean nothing; the warning would repeat every run.
+            warnings.filterwarnings("ignore", message=DDP_STRIDE_WARNING)
             return _Run(config, run_dir, target, context, data_dir, progress, resume).train()
     finally:
         distributed.teardown(context)
