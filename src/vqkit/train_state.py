@@ -78,9 +78,12 @@ def save(
     optimizer: torch.optim.Optimizer,
     order_state: torch.Tensor,
     loss_sum: torch.Tensor,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> None:
     """Write the resumable state atomically (a kill at any instant keeps the previous one)."""
     tensors, extras = state_tensors(model, optimizer, order_state, loss_sum)
+    # A learning-rate schedule's state is a few numbers (step count, last rates): JSON.
+    extras["scheduler"] = scheduler.state_dict() if scheduler is not None else None
     counters = {"version": STATE_VERSION, **asdict(position)}
     metadata = {METADATA_KEY: json.dumps({**counters, **extras})}
     write_bytes_atomic(run_path(run_dir, runfiles.TRAIN_STATE), save_safetensors(tensors, metadata))
@@ -96,6 +99,7 @@ def load(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     order_generator: torch.Generator,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> tuple[Position, torch.Tensor]:
     """Restore model, optimizer and RNG states in place; returns the position and loss sum."""
     path = run_path(run_dir, runfiles.TRAIN_STATE)
@@ -126,6 +130,13 @@ def load(
             if len(cuda_states) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(cuda_states)
         order_generator.set_state(tensors[ORDER_RNG])
+        if scheduler is not None:
+            if not info.get("scheduler"):
+                raise VqkitError(
+                    f"The {what} '{path}' has no learning-rate schedule state; resume it with "
+                    "the schedule it was trained with."
+                )
+            scheduler.load_state_dict(info["scheduler"])
         loss_sum = tensors[LOSS_SUM].reshape(())
     except VqkitError:
         raise
