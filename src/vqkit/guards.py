@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from vqkit import distributed
+from vqkit import distributed, runfiles
 from vqkit.errors import VqkitError
 
 # Bits of the per-step flag saying which loss term was not finite.
@@ -97,11 +97,17 @@ class NonFiniteGuard:
             if self.allowed
             else ""
         )
+        if (self.run_dir / runfiles.TRAIN_STATE).exists():
+            advice = (
+                f"the last good state in '{self.run_dir}' is kept, so start again with a lower "
+                f"--lr or continue with vqkit train --resume {self.run_dir} --skip-nonfinite N "
+                "to skip a few bad steps"
+            )
+        else:
+            advice = "nothing was saved, so start again with a lower --lr or --skip-nonfinite N"
         return VqkitError(
             f"Training stopped at step {step} because its {term_names(bits)} was not finite "
-            f"(NaN or infinity){already}; the last good state in '{self.run_dir}' is kept, "
-            "so start again with a lower --lr or continue with vqkit train --resume "
-            f"{self.run_dir} --skip-nonfinite N to skip a few bad steps."
+            f"(NaN or infinity){already}; {advice}."
         )
 
 

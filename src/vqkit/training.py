@@ -108,7 +108,11 @@ def apply_step(
 
 
 def epoch_batches(
-    count: int, batch_size: int, generator: torch.Generator, context: distributed.Context
+    count: int,
+    batch_size: int,
+    generator: torch.Generator,
+    context: distributed.Context,
+    device: torch.device | None = None,
 ) -> list[torch.Tensor]:
     """This process's batches of one epoch, as index tensors into the training images.
 
@@ -119,7 +123,8 @@ def epoch_batches(
     if context.enabled:
         usable = count - count % context.world_size
         order = order[:usable][context.rank :: context.world_size]
-    return list(order.split(batch_size // context.world_size))
+    # One copy to the device per epoch, not one per step.
+    return list(order.to(device).split(batch_size // context.world_size))
 
 
 @contextlib.contextmanager
@@ -293,7 +298,11 @@ class _Run:
         started = time.perf_counter()
         epoch_start_order = self.order_generator.get_state()  # a mid-epoch save replays from it
         batches = epoch_batches(
-            self.images.shape[0], self.settings.batch_size, self.order_generator, self.context
+            self.images.shape[0],
+            self.settings.batch_size,
+            self.order_generator,
+            self.context,
+            self.device,
         )
         self.model.train()
         position = self.position
@@ -308,7 +317,7 @@ class _Run:
         )
         loss = torch.zeros(())
         for index in range(position.step, len(batches)):
-            batch = self.images[batches[index].to(self.device, non_blocking=True)]
+            batch = self.images[batches[index]]
             position.global_step += 1
             reconstruction, quantizer = compute_losses(self.step_model, batch)
             if not self.guard.step_is_bad(position.global_step, reconstruction, quantizer):
