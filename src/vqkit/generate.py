@@ -20,7 +20,7 @@ from vqkit.errors import VqkitError
 from vqkit.model import VQVAE
 
 # Modules whose import registers strategies (kept lazy: the prior pulls in more code).
-STRATEGY_MODULES = ("vqkit.generate",)
+STRATEGY_MODULES = ("vqkit.generate", "vqkit.prior")
 # Grids decoded at once by sample_images when the caller gives no batch size (the default
 # evaluation batch size of TrainConfig): bounds decoder memory for large n.
 DECODE_BATCH_SIZE = 1000

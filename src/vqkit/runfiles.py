@@ -12,6 +12,9 @@ TRAIN_STATE_META = "train_state.json"  # epoch/step counters of the resumable st
 CODE_USAGE = "code_usage.json"  # per-code counts over the training set (sample --strategy used)
 CODES_TRAIN = "codes_train.npy"  # (N, 7, 7) code grids of the training set (train-prior)
 CODES_TEST = "codes_test.npy"  # (N, 7, 7) code grids of the test set (train-prior)
+LABELS_TRAIN = "labels_train.npy"  # (N,) class labels next to codes_train.npy (train-prior)
+LABELS_TEST = "labels_test.npy"  # (N,) class labels next to codes_test.npy (train-prior)
+CODES_META = "codes.json"  # which weights made the cached code grids (train-prior)
 PRIOR_CONFIG = "prior_config.json"  # PixelCNN prior settings (train-prior)
 PRIOR_WEIGHTS = "prior.safetensors"  # best-test-NLL prior weights (train-prior)
 PRIOR_METRICS = "prior_metrics.jsonl"  # per-epoch NLL of the prior (train-prior)
@@ -26,6 +29,7 @@ REPORT = "report.html"  # the self-contained visual report (report)
 #       {"epoch", "train_bits_per_code", "test_bits_per_code", "train_bits_per_image",
 #        "test_bits_per_image", "uniform_bits_per_code", "unigram_bits_per_code",
 #        "epoch_seconds"}
+#   codes.json        {"weights_sha256": hex, "dataset": name, "train": N, "test": N}
 #   scores.json       {"n": N, "classifier_test_accuracy": float,
 #                      "rows": [{"name": "real test images" | "reconstructions" | "random" |
 #                                "used" | "prior" | "prior (digit d)" ..., "fid": float,

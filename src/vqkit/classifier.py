@@ -1,0 +1,182 @@
+"""A small convolutional classifier of 28×28 images, used only to judge generated samples.
+
+It is trained on demand, once per dataset, and cached under ``$VQKIT_CACHE/classifiers`` (or
+``~/.cache/vqkit/classifiers``) as ``<dataset>.safetensors`` plus ``<dataset>.json`` holding its
+settings and measured test accuracy. Its penultimate-layer features feed the classifier-based
+Fréchet distance and its softmax the confidence and Inception Score (see ``vqkit.score``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqkit.checkpoint import load_weights_into, save_weights
+from vqkit.config import _require
+from vqkit.data import load_split
+from vqkit.errors import VqkitError
+from vqkit.fileio import ensure_dir, read_json, write_json_atomic
+from vqkit.model import images_to_input
+
+
+@dataclass
+class ClassifierConfig:
+    """Shape and training of the evaluation classifier."""
+
+    dataset: str = "mnist"
+    channels: tuple[int, int] = (32, 64)  # widths of the two conv blocks
+    features: int = 128  # size of the penultimate layer (the Fréchet features)
+    num_classes: int = 10
+    dropout: float = 0.25
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    train_limit: int | None = None  # first N training images only (tests)
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(self.channels)
+        _require(
+            len(self.channels) == 2 and min(self.channels) >= 1,
+            "The classifier needs two positive channel widths.",
+        )
+        _require(self.features >= 1 and self.num_classes >= 2, "Bad classifier sizes.")
+        _require(0.0 <= self.dropout < 1.0, "The classifier dropout must be in [0, 1).")
+        _require(self.epochs >= 1 and self.batch_size >= 1, "Bad classifier training settings.")
+        _require(math.isfinite(self.lr) and self.lr > 0, "The learning rate must be > 0.")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["channels"] = list(self.channels)
+        return data
+
+
+class Classifier(nn.Module):
+    """images (B, [1,] 28, 28) -> logits (B, classes); ``features`` gives the penultimate layer."""
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        a, b = config.channels
+        self.body = nn.Sequential(
+            nn.Conv2d(1, a, 3, padding=1),
+            nn.BatchNorm2d(a),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 14×14
+            nn.Conv2d(a, b, 3, padding=1),
+            nn.BatchNorm2d(b),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 7×7
+            nn.Flatten(),
+            nn.Dropout(config.dropout),
+            nn.Linear(b * 7 * 7, config.features),
+            nn.ReLU(),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.out = nn.Linear(config.features, config.num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, [1,] 28, 28) uint8 or float in [0, 1] -> (B, features)."""
+        return self.body(images_to_input(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(self.features(images)))
+
+
+@torch.no_grad()
+def classify(
+    classifier: Classifier, images: torch.Tensor, batch_size: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, [1,] 28, 28) images -> (features (N, F) float64, probabilities (N, classes) float64)."""
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    features, probabilities = [], []
+    for start in range(0, images.shape[0], batch_size):
+        f = classifier.features(images[start : start + batch_size].to(device))
+        features.append(f.double().cpu())
+        probabilities.append(classifier.out(f).softmax(dim=-1).double().cpu())
+    return torch.cat(features), torch.cat(probabilities)
+
+
+def accuracy(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    _, probabilities = classify(classifier, images)
+    return float((probabilities.argmax(dim=-1) == labels).double().mean())
+
+
+def train_classifier(
+    config: ClassifierConfig,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+) -> tuple[Classifier, float]:
+    """Train on the dataset's training split; returns the model (eval mode) and test accuracy."""
+    train = load_split(config.dataset, "train", data_dir)
+    test = load_split(config.dataset, "test", data_dir)
+    images, labels = train.images, train.labels
+    if config.train_limit is not None:
+        images, labels = images[: config.train_limit], labels[: config.train_limit]
+    torch.manual_seed(config.seed)
+    classifier = Classifier(config).to(device)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=config.lr)
+    steps = config.epochs * math.ceil(images.shape[0] / config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps)
+    order_generator = torch.Generator().manual_seed(config.seed)
+    images, labels = images.to(device), labels.to(device)
+    for _ in range(config.epochs):
+        classifier.train()
+        order = torch.randperm(images.shape[0], generator=order_generator).to(device)
+        for index in order.split(config.batch_size):
+            loss = F.cross_entropy(classifier(images[index]), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    classifier.eval()
+    return classifier, accuracy(classifier, test.images, test.labels)
+
+
+def cache_root() -> Path:
+    """``$VQKIT_CACHE/classifiers`` or ``~/.cache/vqkit/classifiers``."""
+    root = os.environ.get("VQKIT_CACHE") or "~/.cache/vqkit"
+    return Path(root).expanduser() / "classifiers"
+
+
+def load_or_train_classifier(
+    config: ClassifierConfig | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+    log=None,
+) -> tuple[Classifier, float]:
+    """The cached classifier of ``config.dataset`` (retrained when its settings differ).
+
+    Returns the classifier (eval mode) and its test accuracy. ``log`` gets one line when a
+    classifier has to be trained.
+    """
+    config = config if config is not None else ClassifierConfig()
+    folder = cache_root()
+    weights = folder / f"{config.dataset}.safetensors"
+    meta_path = folder / f"{config.dataset}.json"
+    classifier = Classifier(config)
+    if weights.exists() and meta_path.exists():
+        try:
+            meta = read_json(meta_path, "classifier description")
+            if meta.get("config") == config.to_dict():
+                load_weights_into(classifier, weights, "classifier weights")
+                return classifier.to(device).eval(), float(meta["test_accuracy"])
+        except (VqkitError, AttributeError, KeyError, TypeError, ValueError):
+            pass  # a damaged or foreign cache entry is replaced below
+    if log is not None:
+        log(f"training the {config.dataset} evaluation classifier (once; cached in {folder})")
+    classifier, test_accuracy = train_classifier(config, device, data_dir)
+    ensure_dir(folder)
+    save_weights(weights, classifier)
+    write_json_atomic(meta_path, {"config": config.to_dict(), "test_accuracy": test_accuracy})
+    return classifier, test_accuracy

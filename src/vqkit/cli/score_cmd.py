@@ -1,0 +1,52 @@
+"""``vqkit score``: sample quality of every strategy, in numbers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vqkit.cli.common import add_command, add_device_flag, positive_int, print_json
+from vqkit.score import format_scores, score_run
+
+HELP = """
+Draw --n code grids with every sampling strategy of a run (random, used, and prior when the run
+has one; a conditional prior adds one row per digit), decode them, and judge them with a small
+classifier trained once per dataset (cached under $VQKIT_CACHE or ~/.cache/vqkit/classifiers).
+Real test images, real training images and the model's reconstructions come first for reference.
+
+Columns: FID, the Frechet distance between the classifier's penultimate features of the images
+and of the real test images (lower is better; per-digit rows compare with that digit's test
+images); confidence, the mean top softmax probability; IS, the classifier Inception Score
+(at most 10); label acc, the fraction classified as the requested or true label.
+Also written to RUN_DIR/scores.json.
+
+examples:
+  vqkit score runs/RUN
+  vqkit score runs/RUN --n 2000 --json
+"""
+
+
+def register(subparsers) -> None:
+    parser = add_command(subparsers, "score", "sample quality of each strategy", HELP, run)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--n", type=positive_int, default=10000, help="samples per strategy")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print scores.json instead")
+    parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
+    add_device_flag(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    scores = score_run(
+        args.run_dir,
+        args.n,
+        seed=args.seed,
+        device=args.device,
+        data_dir=args.data_dir,
+        log=lambda line: print(line, file=sys.stderr),
+    )
+    if args.json:
+        print_json(scores)
+    else:
+        print(format_scores(scores))
+    return 0

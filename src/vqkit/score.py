@@ -1,0 +1,286 @@
+"""Sample quality in numbers: a classifier-based FID, confidence and Inception Score.
+
+Every sampling strategy of a run draws ``n`` code grids, the VQ-VAE decodes them, and the
+evaluation classifier (``vqkit.classifier``) judges the images next to real ones:
+
+* **FID**: the Fréchet distance between Gaussians fitted to the classifier's penultimate
+  features of the images and of the real test images (of the requested class, for conditional
+  rows). Lower is better; real images score near 0.
+* **confidence**: the mean of the classifier's largest softmax probability.
+* **Inception Score**: ``exp(E_x KL(p(y|x) || p(y)))``; 10 classes bound it by 10. High when each
+  image is recognisable and all classes appear.
+* **label accuracy**: for images whose class is known (real, reconstructed or conditionally
+  sampled), the fraction the classifier labels as that class.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqkit import runfiles
+from vqkit.checkpoint import load_config, load_model, run_path
+from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_train_classifier
+from vqkit.data import load_split
+from vqkit.errors import VqkitError
+from vqkit.fileio import write_json_atomic
+from vqkit.generate import SamplingContext, sample_codes, strategies
+from vqkit.model import VQVAE
+from vqkit.training import resolve_device
+
+# Strategies scored when available, in table order; the prior adds conditional rows itself.
+STRATEGY_ORDER = ("random", "used", "prior")
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, F) features -> mean (F,) and unbiased covariance (F, F), in float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.shape[0] < 2:
+        raise VqkitError("The Fréchet distance needs at least 2 images per set.")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(
+    mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov2: np.ndarray
+) -> float:
+    """||m1 - m2||² + tr(C1) + tr(C2) - 2 tr((C1 C2)^½) of two Gaussians.
+
+    tr((C1 C2)^½) equals tr((S C2 S)^½) with S = C1^½, and S C2 S is symmetric positive
+    semi-definite, so its eigenvalues give the trace without a general matrix square root.
+    """
+    root = _sqrt_psd(cov1)
+    middle = np.linalg.eigvalsh(root @ cov2 @ root)
+    cross = float(np.sqrt(np.clip(middle, 0.0, None)).sum())
+    diff = np.asarray(mean1) - np.asarray(mean2)
+    value = float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * cross)
+    return max(value, 0.0)  # rounding can take identical sets a hair below zero
+
+
+def inception_score(probabilities: torch.Tensor | np.ndarray) -> float:
+    """exp of the mean KL divergence from each p(y|x) (rows of (N, C)) to their mean p(y)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    marginal = p.mean(axis=0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(p) - np.log(marginal)), 0.0)
+    return float(math.exp(terms.sum(axis=1).mean()))
+
+
+@dataclass
+class Reference:
+    """Feature statistics of the real test images, overall and per class."""
+
+    overall: tuple[np.ndarray, np.ndarray]
+    per_class: dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def score_images(
+    name: str,
+    features: torch.Tensor,
+    probabilities: torch.Tensor,
+    reference: tuple[np.ndarray, np.ndarray],
+    labels: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """One table row from classifier outputs (N, F) and (N, C) of a set of images."""
+    label_accuracy = None
+    if labels is not None:
+        label_accuracy = float((probabilities.argmax(dim=-1) == labels).double().mean())
+    return {
+        "name": name,
+        "fid": frechet_distance(*feature_statistics(features.numpy()), *reference),
+        "confidence": float(probabilities.max(dim=-1).values.mean()),
+        "inception_score": inception_score(probabilities.numpy()),
+        "label_accuracy": label_accuracy,
+    }
+
+
+@torch.no_grad()
+def decode(model: VQVAE, codes: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Code grids (N, h, w) -> images (N, 1, H, W) in [0, 1] on the CPU."""
+    device = next(model.parameters()).device
+    parts = [
+        model.decode(codes[start : start + batch_size].to(device)).cpu()
+        for start in range(0, codes.shape[0], batch_size)
+    ]
+    return torch.cat(parts)
+
+
+def score_run(
+    run_dir: str | Path,
+    n: int = 10000,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    classifier_config: ClassifierConfig | None = None,
+    log=None,
+) -> dict[str, Any]:
+    """Score every available strategy of a run against real test images; write scores.json.
+
+    Returns ``{"n", "dataset", "classifier_test_accuracy", "rows": [...]}`` (see runfiles).
+    Each sampled row also holds ``sample_seconds``: the time to draw its code grids.
+    """
+    if n < 2:
+        raise VqkitError("Scoring needs at least 2 samples per strategy (--n).")
+    run_dir = Path(run_dir)
+    target = resolve_device(device)
+    config = load_config(run_dir)
+    dataset = config.train.dataset
+    model = load_model(run_dir, device=target)
+    classifier_config = classifier_config or ClassifierConfig(dataset=dataset)
+    if classifier_config.dataset != dataset:
+        raise VqkitError(
+            f"The classifier is for {classifier_config.dataset}, the run is {dataset}."
+        )
+    classifier, test_accuracy = load_or_train_classifier(
+        classifier_config, device=target, data_dir=data_dir, log=log
+    )
+    test = load_split(dataset, "test", data_dir)
+    reference, rows = _real_rows(
+        model, classifier, test, load_split(dataset, "train", data_dir), n, seed
+    )
+    context = SamplingContext(model, run_dir)
+    if hasattr(context, "data_dir"):  # the field the 'used' strategy reads its dataset from
+        context.data_dir = Path(data_dir) if data_dir is not None else None
+    available = strategies()
+    for strategy in STRATEGY_ORDER:
+        if strategy not in available or (strategy == "prior" and not _has_prior(run_dir)):
+            continue
+        rows += _strategy_rows(strategy, context, classifier, reference, n, seed, log)
+    scores = {
+        "n": n,
+        "dataset": dataset,
+        "classifier_test_accuracy": test_accuracy,
+        "rows": rows,
+    }
+    write_json_atomic(run_path(run_dir, runfiles.SCORES), scores)
+    return scores
+
+
+def _has_prior(run_dir: Path) -> bool:
+    from vqkit.prior import has_prior
+
+    return has_prior(run_dir)
+
+
+def _real_rows(model, classifier, test, train, n: int, seed: int):
+    """The reference statistics and the rows of real and reconstructed images.
+
+    "real test images" scores the reference against itself (FID 0 by definition); "real
+    training images" (n of them, drawn with the seed) shows the FID of real images the
+    statistics never saw: the floor a perfect generator would reach at this sample size.
+    """
+    features, probabilities = classify(classifier, test.images)
+    per_class = {
+        int(label): feature_statistics(features[test.labels == label].numpy())
+        for label in test.labels.unique()
+    }
+    reference = Reference(feature_statistics(features.numpy()), per_class)
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
+    train_features, train_probabilities = classify(classifier, train.images[pick])
+    reconstructions = decode(model, _encode(model, test.images))
+    rec_features, rec_probabilities = classify(classifier, reconstructions)
+    rows = [
+        score_images("real test images", features, probabilities, reference.overall, test.labels),
+        score_images(
+            "real training images",
+            train_features,
+            train_probabilities,
+            reference.overall,
+            train.labels[pick],
+        ),
+        score_images(
+            "reconstructions", rec_features, rec_probabilities, reference.overall, test.labels
+        ),
+    ]
+    return reference, rows
+
+
+@torch.no_grad()
+def _encode(model: VQVAE, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return torch.cat(
+        [
+            model.encode(images[start : start + batch_size].to(device)).cpu()
+            for start in range(0, images.shape[0], batch_size)
+        ]
+    )
+
+
+def _strategy_rows(
+    strategy: str,
+    context: SamplingContext,
+    classifier: Classifier,
+    reference: Reference,
+    n: int,
+    seed: int,
+    log,
+) -> list[dict[str, Any]]:
+    """The row of one strategy; a conditional prior adds one row per class.
+
+    A conditional prior's "prior" row is a class-balanced mix (sample i has class i mod C).
+    """
+    conditional = strategy == "prior" and _prior_is_conditional(context.run_dir)
+    rows = []
+    runs: list[tuple[str, dict[str, Any], int, tuple, torch.Tensor | None]]
+    if conditional:
+        classes = sorted(reference.per_class)
+        per_class = max(2, n // len(classes))
+        labels = torch.arange(n) % len(classes)
+        runs = [("prior", {}, n, reference.overall, labels)]
+        runs += [
+            (f"prior (digit {d})", {"digit": d}, per_class, reference.per_class[d], None)
+            for d in classes
+        ]
+    else:
+        runs = [(strategy, {}, n, reference.overall, None)]
+    for name, options, count, stats, labels in runs:
+        started = time.perf_counter()
+        codes = sample_codes(
+            strategy, count, context, torch.Generator().manual_seed(seed), **options
+        )
+        seconds = time.perf_counter() - started
+        if log is not None:
+            log(f"sampled {count} grids with {name} in {seconds:.1f} s")
+        features, probabilities = classify(classifier, decode(context.model, codes))
+        if "digit" in options:
+            labels = torch.full((count,), options["digit"], dtype=torch.long)
+        row = score_images(name, features, probabilities, stats, labels)
+        row["sample_seconds"] = seconds
+        rows.append(row)
+    return rows
+
+
+def _prior_is_conditional(run_dir: Path | None) -> bool:
+    from vqkit.prior import load_prior
+
+    return run_dir is not None and load_prior(run_dir).config.conditional
+
+
+def format_scores(scores: dict[str, Any]) -> str:
+    """The scores as a fixed-width table (one row per image set)."""
+    header = f"{'images':<24} {'FID':>9} {'confidence':>10} {'IS':>6} {'label acc':>9}"
+    lines = [header, "-" * len(header)]
+    for row in scores["rows"]:
+        accuracy = "" if row["label_accuracy"] is None else f"{row['label_accuracy']:.1%}"
+        lines.append(
+            f"{row['name']:<24} {row['fid']:>9.2f} {row['confidence']:>10.3f} "
+            f"{row['inception_score']:>6.2f} {accuracy:>9}"
+        )
+    lines.append(
+        f"n = {scores['n']} per strategy; classifier test accuracy "
+        f"{scores['classifier_test_accuracy']:.2%}; FID against the real test images "
+        "(of the requested digit for per-digit rows)."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""The PixelCNN prior: causality (exact zero gradients), the sampler's cropped computation,
+seeded determinism, top-k and temperature, and the error messages of the 'prior' strategy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vqkit.errors import VqkitError
+from vqkit.prior import PixelCNNPrior, PriorConfig, restrict_logits, sample_prior
+
+GRID = 7
+CODES = 11
+
+
+def tiny_prior(conditional: bool, layers: int = 4, kernel_size: int = 3) -> PixelCNNPrior:
+    torch.manual_seed(0)
+    config = PriorConfig(
+        num_codes=CODES,
+        grid_size=GRID,
+        channels=8,
+        layers=layers,
+        kernel_size=kernel_size,
+        conditional=conditional,
+        num_classes=3,
+        dropout=0.5,
+    )
+    return PixelCNNPrior(config).eval()
+
+
+def random_codes(batch: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(
+        0, CODES, (batch, GRID, GRID), generator=torch.Generator().manual_seed(seed)
+    )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions run faster on one thread than on two contended ones."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def input_gradients(prior: PixelCNNPrior, codes, labels) -> torch.Tensor:
+    """|d logits(i) / d embedded input(j)| summed over channels, for every output position i.
+
+    -> (B, H·W, H, W). One backward pass: the batch holds H·W copies of each grid and copy i
+    back-propagates from position i only (samples never interact, so the gradients separate).
+    """
+    positions = GRID * GRID
+    batch = codes.shape[0]
+    x = prior.embed(codes).detach().repeat_interleave(positions, dim=0).requires_grad_(True)
+    repeated = None if labels is None else labels.repeat_interleave(positions)
+    logits = prior.forward_embedded(x, repeated).flatten(2)  # (B·HW, K, HW)
+    # A random projection of all K logits, so no logit can hide behind a cancellation.
+    weights = torch.randn(logits.shape[1], generator=torch.Generator().manual_seed(0))
+    pick = torch.arange(positions).repeat(batch)
+    (logits[torch.arange(batch * positions), :, pick] * weights).sum().backward()
+    return x.grad.abs().sum(dim=1).view(batch, positions, GRID, GRID)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_logits_never_depend_on_the_current_or_later_positions(conditional, kernel_size):
+    prior = tiny_prior(conditional, layers=6, kernel_size=kernel_size)
+    codes = random_codes(2)
+    labels = torch.tensor([0, 2]) if conditional else None
+    order = torch.arange(GRID * GRID).view(GRID, GRID)  # raster index of every position
+    grads = input_gradients(prior, codes, labels)
+    for i in range(GRID * GRID):
+        grad = grads[:, i]
+        assert torch.all(grad[:, order >= i] == 0), f"position {i} sees the future"
+        if i > 0:
+            # The converse: the position does use what came before (so the test can fail).
+            assert torch.all(grad[:, order == i - 1] > 0), f"position {i} ignores position {i - 1}"
+            assert torch.all(grad[:, order < i].sum(dim=1) > 0)
+
+
+def test_no_blind_spot_with_enough_layers():
+    """Every earlier position influences the last one (a masked PixelCNN misses a wedge)."""
+    prior = tiny_prior(False, layers=7)
+    grad = input_gradients(prior, random_codes(1), None)[0, -1]
+    earlier = torch.arange(GRID * GRID).view(GRID, GRID) < GRID * GRID - 1
+    assert torch.all(grad[earlier] > 0)
+
+
+def test_mask_a_would_be_caught():
+    """Sanity check of the causality test itself: without the first layer's shift, it fails."""
+    prior = tiny_prior(False)
+    prior.layers[0].first = False  # the first horizontal layer now sees its own position
+    grad = input_gradients(prior, random_codes(1), None)[0, 3 * GRID + 3]
+    assert grad[3, 3] > 0
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_sampler_crops_give_the_full_forward_logits(conditional):
+    prior = tiny_prior(conditional)
+    codes = random_codes(3)
+    labels = torch.tensor([0, 1, 2]) if conditional else None
+    with torch.no_grad():
+        full = prior(codes, labels)
+        conditions = prior.conditions(labels)
+        for row in range(GRID):
+            context = prior.vertical_context(codes[:, :row], conditions)
+            for col in range(GRID):
+                part = prior.row_logits(codes[:, row : row + 1, : col + 1], context, conditions)
+                torch.testing.assert_close(part[:, :, 0, col], full[:, :, row, col])
+
+
+def test_output_shape_and_normalised_distribution():
+    prior = tiny_prior(True)
+    logits = prior(random_codes(4), torch.tensor([0, 1, 2, 0]))
+    assert logits.shape == (4, CODES, GRID, GRID)
+    torch.testing.assert_close(logits.softmax(dim=1).sum(dim=1), torch.ones(4, GRID, GRID))
+
+
+def test_sampling_is_deterministic_for_a_seed_and_varies_across_seeds():
+    prior = tiny_prior(False)
+    a = sample_prior(prior, 16, torch.Generator().manual_seed(5))
+    b = sample_prior(prior, 16, torch.Generator().manual_seed(5))
+    c = sample_prior(prior, 16, torch.Generator().manual_seed(6))
+    assert a.shape == (16, GRID, GRID) and a.dtype == torch.long
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() < CODES
+
+
+def test_top_k_one_and_low_temperature_are_greedy_decoding():
+    """With top-k 1 every code is the argmax of the full forward pass given the codes before it."""
+    prior = tiny_prior(True)
+    labels = torch.tensor([0, 1, 2, 1])
+    greedy = sample_prior(prior, 4, torch.Generator().manual_seed(0), labels, top_k=1)
+    with torch.no_grad():
+        assert torch.equal(prior(greedy, labels).argmax(dim=1), greedy)
+    cold = sample_prior(prior, 4, torch.Generator().manual_seed(9), labels, temperature=1e-4)
+    assert torch.equal(cold, greedy)
+
+
+def test_top_k_restricts_the_support():
+    prior = tiny_prior(False)
+    codes = sample_prior(prior, 64, torch.Generator().manual_seed(2), top_k=3)
+    with torch.no_grad():
+        top3 = prior(codes).topk(3, dim=1).indices  # (B, 3, H, W)
+    assert torch.all((top3 == codes.unsqueeze(1)).any(dim=1))
+
+
+def test_restrict_logits_by_hand():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    out = restrict_logits(logits, temperature=2.0, top_k=2)
+    expected = torch.tensor([[float("-inf"), 1.5, 1.0, float("-inf")]])
+    assert torch.equal(out, expected)
+
+
+def test_bad_sampling_settings_are_refused():
+    prior = tiny_prior(False)
+    with pytest.raises(VqkitError, match="temperature"):
+        sample_prior(prior, 2, torch.Generator(), temperature=0.0)
+    with pytest.raises(VqkitError, match="top-k"):
+        sample_prior(prior, 2, torch.Generator(), top_k=0)
+    with pytest.raises(VqkitError, match="unconditional"):
+        sample_prior(prior, 2, torch.Generator(), labels=torch.tensor([0, 1]))
+    with pytest.raises(VqkitError, match="conditional"):
+        sample_prior(tiny_prior(True), 2, torch.Generator())
+
+
+def test_config_rejects_bad_values_and_round_trips():
+    config = PriorConfig(num_codes=16, channels=4, conditional=True)
+    assert PriorConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(VqkitError):
+        PriorConfig(kernel_size=4)
+    with pytest.raises(VqkitError):
+        PriorConfig(dropout=1.0)
+    with pytest.raises(VqkitError, match="unknown"):
+        PriorConfig.from_dict({**config.to_dict(), "colour": 3})
+
+
+def test_draw_follows_the_softmax():
+    from vqkit.prior import draw
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).repeat(40000, 1)
+    counts = torch.bincount(draw(logits, torch.Generator().manual_seed(3)), minlength=4)
+    expected = logits[0].softmax(0) * 40000
+    # Each count is within 5 binomial standard deviations of its expectation.
+    assert torch.all((counts - expected).abs() < 5 * expected.sqrt())

@@ -1,0 +1,166 @@
+"""End to end on the small run: code extraction and its cache, train-prior, the 'prior'
+sampling strategy, and score, through the Python API and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from vqkit import prior_training, runfiles, score
+from vqkit.checkpoint import load_model
+from vqkit.classifier import ClassifierConfig
+from vqkit.cli import main
+from vqkit.data import load_split
+from vqkit.errors import VqkitError
+from vqkit.generate import SamplingContext, sample_codes
+from vqkit.prior import load_prior
+
+TINY_PRIOR_FLAGS = ["--epochs", "2", "--channels", "8", "--layers", "3", "--patience", "1"]
+LIMITS = ["--train-limit", "4000", "--test-limit", "1000"]
+TINY_CLASSIFIER = ClassifierConfig(
+    channels=(4, 8), features=16, epochs=2, batch_size=32, train_limit=2000
+)
+
+
+@pytest.fixture(scope="module")
+def prior_run(small_run, tmp_path_factory):
+    """A copy of the small run with a tiny conditional prior trained by the CLI."""
+    run_dir = tmp_path_factory.mktemp("prior") / "run"
+    shutil.copytree(small_run.run_dir, run_dir)
+    argv = ["train-prior", str(run_dir), "--conditional", "--quiet", "--device", "cpu"]
+    assert main(argv + TINY_PRIOR_FLAGS + LIMITS) == 0
+    return run_dir
+
+
+def test_cached_codes_are_the_model_codes(prior_run):
+    model = load_model(prior_run)
+    test = load_split("mnist", "test")
+    codes = np.load(prior_run / runfiles.CODES_TEST, allow_pickle=False)
+    labels = np.load(prior_run / runfiles.LABELS_TEST, allow_pickle=False)
+    assert codes.shape == (len(test), 7, 7)
+    np.testing.assert_array_equal(labels, test.labels.numpy())
+    with torch.no_grad():
+        expected = model.encode(test.images[:50])
+    np.testing.assert_array_equal(codes[:50], expected.numpy())
+
+
+def test_code_cache_is_reused_and_invalidated_by_new_weights(prior_run, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cached codes should have been used")
+
+    monkeypatch.setattr(prior_training, "extract_codes", refuse)
+    grids = prior_training.code_grids(prior_run)
+    assert grids["train"].codes.shape == (60000, 7, 7)
+    weights = prior_run / runfiles.WEIGHTS
+    original = weights.read_bytes()
+    model = load_model(prior_run)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    from vqkit.checkpoint import save_weights
+
+    try:
+        save_weights(weights, model)
+        with pytest.raises(AssertionError, match="cached"):
+            prior_training.code_grids(prior_run)
+    finally:
+        weights.write_bytes(original)
+
+
+def test_metrics_hold_the_nll_and_both_baselines(prior_run):
+    records = [
+        json.loads(line) for line in (prior_run / runfiles.PRIOR_METRICS).read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
+    codes = np.load(prior_run / runfiles.CODES_TRAIN, allow_pickle=False)[:4000]  # --train-limit
+    frequencies = np.bincount(codes.ravel(), minlength=128) / codes.size
+    used = frequencies[frequencies > 0]
+    entropy = float(-(used * np.log2(used)).sum())
+    for record in records:
+        assert record["uniform_bits_per_code"] == pytest.approx(math.log2(128))
+        assert record["unigram_bits_per_code"] == pytest.approx(entropy)
+        assert record["test_bits_per_image"] == pytest.approx(49 * record["test_bits_per_code"])
+        assert record["train_bits_per_image"] == pytest.approx(49 * record["train_bits_per_code"])
+    # Even a tiny prior trained briefly beats the uniform code.
+    assert min(r["test_bits_per_code"] for r in records) < math.log2(128)
+
+
+def test_saved_prior_reproduces_the_best_test_nll(prior_run):
+    prior = load_prior(prior_run)
+    assert prior.config.conditional and prior.config.num_codes == 128 and prior.config.channels == 8
+    grids = prior_training.code_grids(prior_run)
+    test = prior_training.CodeSet(grids["test"].codes[:1000], grids["test"].labels[:1000])
+    nll = prior_training.evaluate_nll(prior, test, 1000)
+    records = [
+        json.loads(line) for line in (prior_run / runfiles.PRIOR_METRICS).read_text().splitlines()
+    ]
+    assert nll == pytest.approx(min(r["test_bits_per_code"] for r in records), rel=1e-5)
+
+
+def test_prior_strategy_samples_through_the_registry(prior_run):
+    context = SamplingContext(load_model(prior_run), prior_run)
+    a = sample_codes("prior", 6, context, torch.Generator().manual_seed(1), digit=3, top_k=5)
+    b = sample_codes("prior", 6, context, torch.Generator().manual_seed(1), digit=3, top_k=5)
+    assert a.shape == (6, 7, 7) and torch.equal(a, b)
+    with pytest.raises(VqkitError, match="--digit"):
+        sample_codes("prior", 2, context, digit=10)
+
+
+def test_prior_strategy_errors(prior_run, small_run, tmp_path):
+    no_prior = SamplingContext(small_run.model, small_run.run_dir)
+    with pytest.raises(VqkitError, match="train-prior"):
+        sample_codes("prior", 2, no_prior)
+    unconditional = tmp_path / "run"
+    shutil.copytree(prior_run, unconditional)
+    config = json.loads((unconditional / runfiles.PRIOR_CONFIG).read_text())
+    assert (
+        main(
+            [
+                "train-prior",
+                str(unconditional),
+                "--quiet",
+                "--device",
+                "cpu",
+                *TINY_PRIOR_FLAGS[:2],
+                *LIMITS,
+                "--channels",
+                "4",
+                "--layers",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert config["conditional"] and not load_prior(unconditional).config.conditional
+    context = SamplingContext(load_model(unconditional), unconditional)
+    with pytest.raises(VqkitError, match="unconditional"):
+        sample_codes("prior", 2, context, digit=1)
+    assert sample_codes("prior", 3, context).shape == (3, 7, 7)
+
+
+def test_score_end_to_end(prior_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(score, "ClassifierConfig", lambda dataset: TINY_CLASSIFIER)
+    assert main(["score", str(prior_run), "--n", "30", "--json", "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    stored = json.loads((prior_run / runfiles.SCORES).read_text())
+    assert printed == stored and stored["n"] == 30
+    rows = {row["name"]: row for row in stored["rows"]}
+    expected = {"real test images", "real training images", "reconstructions", "random", "prior"}
+    assert expected | {f"prior (digit {d})" for d in range(10)} <= set(rows)
+    real = rows["real test images"]
+    assert real["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert real["label_accuracy"] == pytest.approx(stored["classifier_test_accuracy"])
+    for row in stored["rows"]:
+        assert 1.0 <= row["inception_score"] <= 10.0 + 1e-9
+        assert 0.1 <= row["confidence"] <= 1.0 and row["fid"] >= 0
+    assert rows["random"]["label_accuracy"] is None
+    assert 0.0 <= rows["prior (digit 4)"]["label_accuracy"] <= 1.0
+    # The table names every row.
+    assert main(["score", str(prior_run), "--n", "30", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in rows)

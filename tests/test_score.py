@@ -1,0 +1,109 @@
+"""Score math against closed forms and hand-computed values; the evaluation classifier cache."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vqkit import classifier as classifier_module
+from vqkit.classifier import ClassifierConfig, classify, load_or_train_classifier
+from vqkit.errors import VqkitError
+from vqkit.score import feature_statistics, frechet_distance, inception_score
+
+TINY_CLASSIFIER = ClassifierConfig(
+    channels=(4, 8), features=16, epochs=2, batch_size=32, train_limit=2000
+)
+
+
+def gaussian_samples(mean, cov, count, seed):
+    rng = np.random.default_rng(seed)
+    return rng.multivariate_normal(mean, cov, size=count)
+
+
+def test_identical_sets_are_at_distance_zero():
+    features = gaussian_samples(np.zeros(5), np.eye(5) + 0.5, 400, 0)
+    stats = feature_statistics(features)
+    assert frechet_distance(*stats, *stats) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_one_dimension_matches_the_closed_form():
+    # N(m1, s1²) against N(m2, s2²): (m1 - m2)² + (s1 - s2)².
+    distance = frechet_distance(
+        np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]])
+    )
+    assert distance == pytest.approx((1 - 3) ** 2 + (2 - 3) ** 2)
+
+
+def test_commuting_covariances_match_the_closed_form():
+    rotation, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(4, 4)))
+    a, b = np.array([1.0, 2.0, 0.5, 3.0]), np.array([4.0, 1.0, 0.5, 0.1])
+    cov1, cov2 = rotation @ np.diag(a) @ rotation.T, rotation @ np.diag(b) @ rotation.T
+    mean1, mean2 = np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, 1.0, 1.0, 1.0])
+    expected = np.sum((mean1 - mean2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mean1, cov1, mean2, cov2) == pytest.approx(expected)
+
+
+def test_non_commuting_2x2_matches_the_trace_formula():
+    # For a 2×2 matrix M with positive eigenvalues, tr √M = sqrt(tr M + 2 sqrt(det M)).
+    cov1 = np.array([[2.0, 0.7], [0.7, 1.0]])
+    cov2 = np.array([[1.0, -0.4], [-0.4, 3.0]])
+    product = cov1 @ cov2
+    trace_sqrt = math.sqrt(np.trace(product) + 2 * math.sqrt(np.linalg.det(product)))
+    expected = np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt + 0.5**2
+    mean2 = np.array([0.5, 0.0])
+    assert frechet_distance(np.zeros(2), cov1, mean2, cov2) == pytest.approx(expected)
+
+
+def test_statistics_of_samples_approach_the_population_distance():
+    mean1, cov1 = np.zeros(3), np.diag([1.0, 2.0, 3.0])
+    mean2, cov2 = np.ones(3), np.diag([2.0, 2.0, 1.0])
+    expected = 3.0 + sum((math.sqrt(x) - math.sqrt(y)) ** 2 for x, y in [(1, 2), (2, 2), (3, 1)])
+    a = feature_statistics(gaussian_samples(mean1, cov1, 40000, 2))
+    b = feature_statistics(gaussian_samples(mean2, cov2, 40000, 3))
+    assert frechet_distance(*a, *b) == pytest.approx(expected, rel=0.03)
+
+
+def test_feature_statistics_needs_two_images():
+    with pytest.raises(VqkitError):
+        feature_statistics(np.zeros((1, 3)))
+
+
+def test_inception_score_by_hand():
+    # Marginal (0.75, 0.25); KL terms 0.5 ln(2/3) + 0.5 ln 2 and ln(4/3).
+    probabilities = np.array([[0.5, 0.5], [1.0, 0.0]])
+    expected = math.exp((0.5 * math.log(2 / 3) + 0.5 * math.log(2) + math.log(4 / 3)) / 2)
+    assert inception_score(probabilities) == pytest.approx(expected)
+    assert inception_score(np.full((7, 10), 0.1)) == pytest.approx(1.0)
+    assert inception_score(np.eye(10)[np.arange(50) % 10]) == pytest.approx(10.0)
+    assert inception_score(np.eye(10)[np.zeros(50, dtype=int)]) == pytest.approx(1.0)
+
+
+@pytest.fixture
+def classifier_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "classifiers"
+
+
+def test_classifier_is_trained_once_then_read_from_the_cache(classifier_cache, monkeypatch):
+    lines = []
+    first, accuracy = load_or_train_classifier(TINY_CLASSIFIER, log=lines.append)
+    assert (classifier_cache / "mnist.safetensors").exists() and len(lines) == 1
+    assert accuracy > 0.6  # chance is 0.1; 2000 images and two epochs separate most digits
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cached classifier should have been used")
+
+    monkeypatch.setattr(classifier_module, "train_classifier", refuse)
+    second, cached_accuracy = load_or_train_classifier(TINY_CLASSIFIER)
+    assert cached_accuracy == accuracy
+    images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
+    f1, p1 = classify(first, images)
+    f2, p2 = classify(second, images)
+    assert f1.shape == (6, 16) and p1.shape == (6, 10)
+    torch.testing.assert_close(p1, p2)
+    torch.testing.assert_close(p1.sum(dim=1), torch.ones(6, dtype=torch.float64))
+    with pytest.raises(AssertionError, match="cached"):  # other settings: not a cache hit
+        load_or_train_classifier(ClassifierConfig(channels=(4, 8), features=8, epochs=1))
