@@ -43,6 +43,7 @@ def small_run_flags(run_dir: Path) -> list[str]:
         "--preset", config["preset"], "--epochs", str(train["epochs"]),
         "--train-limit", str(train["train_limit"]), "--test-limit", str(train["test_limit"]),
         "--batch-size", str(train["batch_size"]), "--seed", str(train["seed"]),
+        "--lr", str(train["lr"]),
     ]  # fmt: skip
 
 
@@ -71,6 +72,10 @@ def test_rank_zero_alone_wrote_one_complete_run_folder(two_rank_run):
 def test_two_ranks_reach_the_one_process_test_mse(two_rank_run, small_run):
     """Each step's two shards together are the one-process batch, so quality must match."""
     run_dir, _ = two_rank_run
+    # Both runs have the very same settings.
+    assert (run_dir / runfiles.CONFIG).read_text() == (
+        small_run.run_dir / runfiles.CONFIG
+    ).read_text()
     two = json.loads((run_dir / runfiles.METRICS).read_text().splitlines()[-1])
     one = small_run.final
     assert two["test_mse"] == pytest.approx(one["test_mse"], rel=0.05)
