@@ -7,6 +7,7 @@ A run folder holds ``config.json`` (a RunConfig: everything to rebuild the model
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -47,6 +48,13 @@ def save_weights(path: str | Path, module: torch.nn.Module) -> None:
 
 def read_tensors(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """Load a safetensors file, turning every kind of damage into one clear sentence."""
+    return read_tensors_and_metadata(path, what)[0]
+
+
+def read_tensors_and_metadata(
+    path: str | Path, what: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of a safetensors file and its string metadata (empty when it has none)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -54,15 +62,28 @@ def read_tensors(path: str | Path, what: str) -> dict[str, torch.Tensor]:
         raise VqkitError(f"The {what} '{path}' does not exist.") from exc
     except OSError as exc:
         raise VqkitError(f"The {what} '{path}' cannot be read: {exc.strerror}.") from exc
+    damaged = f"The {what} '{path}' is damaged or not a safetensors file."
     try:
-        return load_safetensors(data)
-    except (SafetensorError, ValueError, RuntimeError, OverflowError, KeyError) as exc:
-        raise VqkitError(f"The {what} '{path}' is damaged or not a safetensors file.") from exc
+        tensors = load_safetensors(data)
+        # The loader has validated the header: 8-byte little-endian length, then JSON.
+        header_length = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_length]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, RuntimeError, OverflowError, KeyError, TypeError) as exc:
+        raise VqkitError(damaged) from exc
+    if not isinstance(metadata, dict):
+        raise VqkitError(damaged)
+    return tensors, metadata
 
 
 def load_weights_into(module: torch.nn.Module, path: str | Path, what: str) -> None:
     """Copy stored tensors into ``module``, checking names and shapes against its config."""
-    tensors = read_tensors(path, what)
+    load_tensors_into(module, read_tensors(path, what), path, what)
+
+
+def load_tensors_into(
+    module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path, what: str
+) -> None:
+    """Copy ``tensors`` into ``module`` after checking names, shapes and dtypes."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -74,6 +95,11 @@ def load_weights_into(module: torch.nn.Module, path: str | Path, what: str) -> N
             raise VqkitError(
                 f"The {what} '{path}' does not fit its configuration: '{name}' has shape "
                 f"{tuple(tensor.shape)}, the configuration needs {tuple(expected[name].shape)}."
+            )
+        if tensor.dtype != expected[name].dtype:
+            raise VqkitError(
+                f"The {what} '{path}' is damaged: '{name}' is stored as {tensor.dtype}, "
+                f"the model needs {expected[name].dtype}."
             )
     module.load_state_dict(tensors)
 

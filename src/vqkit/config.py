@@ -160,6 +160,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward pass
     lr_schedule: str = "constant"  # constant, onecycle or cosine (stepped once per batch)
     warmup_fraction: float = 0.25  # share of the steps spent warming up to lr (schedules only)
+    checkpoint_every: int | None = None  # also save a resumable state every N steps
+    skip_nonfinite: int = 0  # steps with a NaN/inf loss tolerated (skipped) before stopping
+    deterministic: bool = False  # bitwise-reproducible kernels (resumed runs match exactly)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
@@ -178,7 +181,9 @@ class TrainConfig:
             f"Unknown schedule '{self.lr_schedule}'; use one of {', '.join(LR_SCHEDULES)}.",
         )
         _require(0.0 < self.warmup_fraction < 1.0, "The warm-up fraction must be between 0 and 1.")
-        for name in ("train_limit", "test_limit"):
+        _require(self.skip_nonfinite >= 0, "--skip-nonfinite cannot be negative.")
+        _require(isinstance(self.deterministic, bool), "deterministic must be true or false.")
+        for name in ("train_limit", "test_limit", "checkpoint_every"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1.")
 

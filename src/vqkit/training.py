@@ -1,9 +1,20 @@
-"""Training a VQ-VAE: a plain function taking explicit settings, writing one run folder."""
+"""Training a VQ-VAE: a plain function taking explicit settings, writing one run folder.
+
+A run saves a resumable state (``train_state.safetensors``) after every epoch and every
+``checkpoint_every`` steps, so it can continue after a crash, a kill or Ctrl-C; it stops with a
+clear message on a non-finite loss; and under ``torchrun`` it trains with several processes
+(DistributedDataParallel), rank 0 alone writing files.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -11,21 +22,35 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
-from vqkit import runfiles
+from vqkit import distributed, runfiles, train_state
 from vqkit.acceleration import autocast, make_scheduler, prepare_model, resolve_precision
 from vqkit.checkpoint import run_path, save_config, save_weights
 from vqkit.config import RunConfig
 from vqkit.data import Split, load_split
 from vqkit.errors import VqkitError
-from vqkit.fileio import append_jsonl, ensure_dir
+from vqkit.fileio import append_jsonl, ensure_dir, read_jsonl, write_bytes_atomic
+from vqkit.guards import NonFiniteGuard, StopRequest
 from vqkit.images import save_comparison
 from vqkit.metrics import evaluate_reconstruction
 from vqkit.model import VQVAE, images_to_input
+from vqkit.train_state import Position
 
 # How many steps between progress-bar refreshes: each refresh reads the loss off the device.
 PROGRESS_REFRESH_STEPS = 25
+# cuBLAS needs a fixed workspace layout for reproducible matrix products (NVIDIA's value).
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
+DDP_STRIDE_WARNING = "Grad strides do not match bucket view strides"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run after saving a state that ``train --resume`` continues from."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"training interrupted; continue with: vqkit train --resume {run_dir}")
+        self.run_dir = run_dir
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -66,6 +91,104 @@ class TrainResult:
         return self.history[-1]
 
 
+def compute_losses(
+    model: nn.Module | Any, batch: torch.Tensor, precision: str = "fp32"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward one uint8 batch (B, H, W): (reconstruction MSE, quantizer loss), both ().
+
+    ``precision`` 'bf16' autocasts the convolutions; the loss itself is taken in fp32.
+    """
+    with autocast(batch.device, precision):
+        out = model(batch)
+        reconstruction = F.mse_loss(out.reconstruction.float(), images_to_input(batch))
+    return reconstruction, out.vq_loss
+
+
+def apply_step(
+    optimizer: torch.optim.Optimizer,
+    reconstruction: torch.Tensor,
+    quantizer: torch.Tensor,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> torch.Tensor:
+    """Backpropagate the total loss and take one optimizer (and schedule) step."""
+    loss = reconstruction + quantizer
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach()
+
+
+def run_epoch(
+    model: nn.Module | Any,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    batch_size: int,
+    order_generator: torch.Generator,
+    *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    precision: str = "fp32",
+) -> float:
+    """One plain pass over uint8 ``images`` (N, H, W) in a seeded order; mean training loss.
+
+    The same steps as ``train`` without its run folder, checkpoints, guards or processes: the
+    building block benchmarks use to time training with the clock stopped for evaluation.
+    """
+    order = torch.randperm(images.shape[0], generator=order_generator).to(images.device)
+    total, steps = torch.zeros((), device=images.device), 0
+    for index in order.split(batch_size):
+        reconstruction, quantizer = compute_losses(model, images[index], precision)
+        total += apply_step(optimizer, reconstruction, quantizer, scheduler)
+        steps += 1
+    return float(total) / max(steps, 1)
+
+
+def steps_per_epoch(count: int, batch_size: int, world_size: int) -> int:
+    """How many steps each process takes in one epoch (see ``epoch_batches``)."""
+    per_rank = (count - count % world_size) // world_size if world_size > 1 else count
+    return -(-per_rank // (batch_size // world_size))
+
+
+def epoch_batches(
+    count: int,
+    batch_size: int,
+    generator: torch.Generator,
+    context: distributed.Context,
+    device: torch.device | None = None,
+) -> list[torch.Tensor]:
+    """This process's batches of one epoch, as index tensors into the training images.
+
+    Every rank draws the same seeded permutation and takes positions rank, rank + W, ...; the W
+    shards of one step are then exactly the one-process batch of ``batch_size`` images.
+    """
+    order = torch.randperm(count, generator=generator)
+    if context.enabled:
+        usable = count - count % context.world_size
+        order = order[:usable][context.rank :: context.world_size]
+    # One copy to the device per epoch, not one per step.
+    return list(order.to(device).split(batch_size // context.world_size))
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Reproducible kernels while training (restored afterwards); a no-op when not enabled."""
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous_cudnn
+
+
 def train(
     config: RunConfig,
     run_dir: str | Path | None = None,
@@ -73,106 +196,240 @@ def train(
     device: str = "auto",
     data_dir: str | Path | None = None,
     progress: bool | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Train the model ``config`` describes and write its run folder.
 
     Returns the trained model (eval mode) and the per-epoch metrics also written to
     ``metrics.jsonl``. ``progress=None`` shows a bar only when stderr is a terminal.
+    ``resume=True`` continues the run in ``run_dir`` from its last saved state. Under torchrun
+    every process calls this; each returns the same model. Ctrl-C raises TrainingInterrupted
+    after saving.
     """
-    settings = config.train
     target = resolve_device(device)
-    train_images = limit(load_split(settings.dataset, "train", data_dir), settings.train_limit)
-    test_split = load_split(settings.dataset, "test", data_dir)
-    test_images = limit(test_split, settings.test_limit)
-    run_dir = ensure_dir(run_dir if run_dir is not None else default_run_dir(config))
-    save_config(run_dir, config)
+    context = distributed.setup(target)
+    try:
+        target = distributed.device_for(context, target)
+        with deterministic_mode(config.train.deterministic, target), warnings.catch_warnings():
+            # DDP compares gradient strides even along the size-1 channel axis of a grayscale
+            # input convolution, where they mean nothing; the warning would repeat every run.
+            warnings.filterwarnings("ignore", message=DDP_STRIDE_WARNING)
+            return _Run(config, run_dir, target, context, data_dir, progress, resume).train()
+    finally:
+        distributed.teardown(context)
 
-    torch.manual_seed(settings.seed)
-    model = VQVAE(config.model).to(target)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    step_model = prepare_model(model, settings)  # channels-last / compiled view of ``model``
-    precision = resolve_precision(settings.precision, target)
-    steps_per_epoch = -(-train_images.shape[0] // settings.batch_size)
-    scheduler = make_scheduler(optimizer, settings, settings.epochs * steps_per_epoch)
-    # Whole dataset resident on the device as uint8; batches are gathered by index.
-    train_images = train_images.to(target)
-    order_generator = torch.Generator().manual_seed(settings.seed)
-    show = sys.stderr.isatty() if progress is None else progress
 
-    history: list[dict[str, Any]] = []
-    for epoch in range(1, settings.epochs + 1):
-        started = time.perf_counter()
-        train_loss = run_epoch(
-            step_model,
-            optimizer,
-            train_images,
-            settings.batch_size,
-            order_generator,
-            description=f"epoch {epoch}/{settings.epochs}",
-            show=show,
-            scheduler=scheduler,
-            precision=precision,
+def prepare_run_dir(
+    config: RunConfig,
+    run_dir: str | Path | None,
+    resume: bool,
+    context: distributed.Context,
+    device: torch.device,
+) -> Path:
+    """The run folder, created by rank 0 with its config; never overwrites an earlier run."""
+    if resume:
+        if run_dir is None or not Path(run_dir).is_dir():
+            raise VqkitError(f"The run folder '{run_dir}' to resume does not exist.")
+        path = Path(run_dir)
+    else:
+        chosen = run_dir if run_dir is not None else default_run_dir(config)
+        path = Path(distributed.broadcast_text(context, str(chosen), device))
+        if train_state.exists(path) or run_path(path, runfiles.WEIGHTS).exists():
+            raise VqkitError(
+                f"The folder '{path}' already holds a trained run; continue it with "
+                f"vqkit train --resume {path} or choose another --out."
+            )
+    distributed.barrier(context)
+    if context.is_main:
+        ensure_dir(path)
+        save_config(path, config)
+    return path
+
+
+def resumed_history(
+    run_dir: Path, epochs_done: int, context: distributed.Context
+) -> list[dict[str, Any]]:
+    """Metrics of the epochs the saved state includes; lines of later epochs (written before
+    a kill but not covered by the state) are dropped so they are not duplicated."""
+    path = run_path(run_dir, runfiles.METRICS)
+    records = read_jsonl(path)
+    kept = [r for r in records if isinstance(r.get("epoch"), int) and r["epoch"] <= epochs_done]
+    if context.is_main and len(kept) != len(records):
+        write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    return kept
+
+
+class _Run:
+    """The live objects of one training run and the small steps that move it forward."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path | None,
+        device: torch.device,
+        context: distributed.Context,
+        data_dir: str | Path | None,
+        progress: bool | None,
+        resume: bool,
+    ) -> None:
+        settings = self.settings = config.train
+        self.context, self.device = context, device
+        if settings.batch_size % context.world_size:
+            raise VqkitError(
+                f"The batch size {settings.batch_size} must be a multiple of the "
+                f"{context.world_size} processes (--batch-size is the total over all of them)."
+            )
+        train_split = load_split(settings.dataset, "train", data_dir)
+        # Whole dataset resident on the device as uint8; batches are gathered by index.
+        self.images = limit(train_split, settings.train_limit).to(device)
+        test_split = load_split(settings.dataset, "test", data_dir)
+        self.test_images = limit(test_split, settings.test_limit)
+        self.run_dir = prepare_run_dir(config, run_dir, resume, context, device)
+
+        torch.manual_seed(settings.seed)
+        self.model = VQVAE(config.model).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        total_steps = settings.epochs * steps_per_epoch(
+            self.images.shape[0], settings.batch_size, context.world_size
         )
-        seconds = time.perf_counter() - started
+        self.scheduler = make_scheduler(self.optimizer, settings, total_steps)
+        self.precision = resolve_precision(settings.precision, device)
+        self.order_generator = torch.Generator().manual_seed(settings.seed)
+        self.position = Position(world_size=context.world_size)
+        self.loss_sum = torch.zeros((), device=device)
+        self.history: list[dict[str, Any]] = []
+        if resume:
+            self.position, loss_sum = train_state.load(
+                self.run_dir, self.model, self.optimizer, self.order_generator, self.scheduler
+            )
+            self.loss_sum = loss_sum.to(device)
+            if self.position.step and self.position.world_size != context.world_size:
+                raise VqkitError(
+                    f"The run in '{self.run_dir}' stopped mid-epoch with "
+                    f"{self.position.world_size} processes; resume it with that many."
+                )
+            if settings.epochs < self.position.epochs_done:
+                raise VqkitError(
+                    f"The run in '{self.run_dir}' has already trained "
+                    f"{self.position.epochs_done} epochs, more than --epochs {settings.epochs}."
+                )
+            self.position.world_size = context.world_size
+            self.history = resumed_history(self.run_dir, self.position.epochs_done, context)
+        # Channels-last / compiled view of the model; DDP wraps that view when distributed.
+        self.step_model = prepare_model(self.model, settings)
+        if context.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
+        self.guard = NonFiniteGuard(settings.skip_nonfinite, device, context, self.run_dir)
+        self.guard.skipped = self.position.skipped_nonfinite
+        self.stop = StopRequest()
+        show = sys.stderr.isatty() if progress is None else progress
+        self.show = show and context.is_main
+
+    def train(self) -> TrainResult:
+        # One rank alone cannot stop a multi-process job at a step the others agree on.
+        with self.stop.installed(enabled=not self.context.enabled):
+            for epoch in range(self.position.epochs_done + 1, self.settings.epochs + 1):
+                self.run_epoch(epoch)
+                if self.stop.requested:
+                    raise TrainingInterrupted(self.run_dir)
+        if not distributed.same_on_all_ranks(self.context, list(self.model.state_dict().values())):
+            raise VqkitError("The training processes ended with different weights; train again.")
+        self.model.eval()
+        if self.context.is_main:
+            path = run_path(self.run_dir, runfiles.RECONSTRUCTIONS)
+            write_reconstructions(self.model, self.test_images[:8], path)
+        distributed.barrier(self.context)
+        return TrainResult(self.run_dir, self.model, self.history)
+
+    def run_epoch(self, epoch: int) -> None:
+        """Train one epoch (or its rest, after a resume), then evaluate and save it."""
+        started = time.perf_counter()
+        epoch_start_order = self.order_generator.get_state()  # a mid-epoch save replays from it
+        batches = epoch_batches(
+            self.images.shape[0],
+            self.settings.batch_size,
+            self.order_generator,
+            self.context,
+            self.device,
+        )
+        self.model.train()
+        position = self.position
+        description = f"epoch {epoch}/{self.settings.epochs}"
+        bar = tqdm(
+            total=len(batches),
+            initial=position.step,
+            desc=description,
+            unit="step",
+            disable=not self.show,
+            leave=False,
+        )
+        loss = torch.zeros(())
+        for index in range(position.step, len(batches)):
+            batch = self.images[batches[index]]
+            position.global_step += 1
+            reconstruction, quantizer = compute_losses(self.step_model, batch, self.precision)
+            if not self.guard.step_is_bad(position.global_step, reconstruction, quantizer):
+                loss = apply_step(self.optimizer, reconstruction, quantizer, self.scheduler)
+                self.loss_sum += loss
+                position.stepped += 1
+            position.step = index + 1
+            bar.update(1)
+            if self.show and position.step % PROGRESS_REFRESH_STEPS == 0:
+                self.guard.check()
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if position.step == len(batches):
+                break  # the end-of-epoch save below covers the last step
+            every = self.settings.checkpoint_every
+            if (every and position.global_step % every == 0) or self.stop.requested:
+                self.checkpoint(epoch_start_order)
+            if self.stop.requested:
+                raise TrainingInterrupted(self.run_dir)
+        bar.close()
+        self.finish_epoch(epoch, time.perf_counter() - started)
+
+    def finish_epoch(self, epoch: int, seconds: float) -> None:
+        """Evaluate, then write weights, the metrics line and the epoch-boundary state."""
+        self.guard.check()
+        steps = torch.tensor(float(self.position.stepped), dtype=torch.float64, device=self.device)
+        totals = distributed.all_sum(self.context, torch.stack([self.loss_sum.double(), steps]))
         record: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": train_loss,
-            **evaluate_reconstruction(model, test_images, settings.eval_batch_size),
-            **model.quantizer.training_stats(),
+            "train_loss": float(totals[0] / totals[1].clamp(min=1)),
+            **evaluate_reconstruction(self.model, self.test_images, self.settings.eval_batch_size),
+            **self.model.quantizer.training_stats(),
             "epoch_seconds": seconds,
-            "images_per_second": train_images.shape[0] / seconds,
+            "images_per_second": self.images.shape[0] / seconds,
         }
-        history.append(record)
-        save_weights(run_path(run_dir, runfiles.WEIGHTS), model)
-        append_jsonl(run_path(run_dir, runfiles.METRICS), record)
+        if self.guard.skipped:
+            record["skipped_nonfinite_steps"] = self.guard.skipped
+        self.history.append(record)
+        if self.context.is_main:
+            save_weights(run_path(self.run_dir, runfiles.WEIGHTS), self.model)
+            append_jsonl(run_path(self.run_dir, runfiles.METRICS), record)
+        self.position = Position(
+            epochs_done=epoch,
+            global_step=self.position.global_step,
+            world_size=self.context.world_size,
+        )
+        self.loss_sum.zero_()
+        self.checkpoint(self.order_generator.get_state())
 
-    model.eval()
-    write_reconstructions(model, test_images[:8], run_path(run_dir, runfiles.RECONSTRUCTIONS))
-    return TrainResult(Path(run_dir), model, history)
-
-
-def run_epoch(
-    model: VQVAE | Any,
-    optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    batch_size: int,
-    order_generator: torch.Generator,
-    *,
-    description: str = "",
-    show: bool = False,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    precision: str = "fp32",
-) -> float:
-    """One pass over ``images`` (N, H, W) uint8 in a seeded random order; mean training loss.
-
-    ``model`` may be a compiled view of a VQVAE; ``precision`` 'bf16' autocasts the forward.
-    """
-    model.train()
-    count = images.shape[0]
-    order = torch.randperm(count, generator=order_generator).to(images.device)
-    loss_sum = torch.zeros((), device=images.device)
-    steps = 0
-    bar = tqdm(total=count, desc=description, unit="img", disable=not show, leave=False)
-    started = time.perf_counter()
-    for batch_index in order.split(batch_size):
-        batch = images[batch_index]
-        with autocast(images.device, precision):
-            out = model(batch)
-            reconstruction_loss = F.mse_loss(out.reconstruction.float(), images_to_input(batch))
-            loss = reconstruction_loss + out.vq_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        loss_sum += loss.detach()
-        steps += 1
-        bar.update(batch.shape[0])
-        if show and steps % PROGRESS_REFRESH_STEPS == 0:
-            rate = bar.n / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}")
-    bar.close()
-    return float(loss_sum) / max(steps, 1)
+    def checkpoint(self, order_state: torch.Tensor) -> None:
+        """Save the resumable state (rank 0), once the guard has vouched for it."""
+        self.guard.check()
+        self.position.skipped_nonfinite = self.guard.skipped
+        if self.context.is_main:
+            train_state.save(
+                self.run_dir,
+                self.position,
+                self.model,
+                self.optimizer,
+                order_state,
+                self.loss_sum,
+                self.scheduler,
+            )
+        distributed.barrier(self.context)
 
 
 @torch.no_grad()

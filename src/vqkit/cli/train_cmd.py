@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 
+from vqkit.checkpoint import load_config
 from vqkit.cli.common import add_command, add_device_flag, int_list
 from vqkit.config import (
     CODEBOOK_INITS,
@@ -17,12 +21,20 @@ from vqkit.config import (
     preset_config,
 )
 from vqkit.data import DATASETS
+from vqkit.errors import VqkitError
 from vqkit.report_text import format_metrics
-from vqkit.training import train
+from vqkit.training import TrainingInterrupted, train
 
 HELP = """
 Train a VQ-VAE on MNIST or Fashion-MNIST and write a run folder holding config.json,
 model.safetensors, metrics.jsonl (one line per epoch) and reconstructions.png.
+
+After every epoch (and every --checkpoint-every N steps) the run also saves
+train_state.safetensors, from which --resume continues after a crash, a kill or Ctrl-C (which
+saves first). With --deterministic a resumed run ends with exactly the weights of an
+uninterrupted one. A NaN or infinite loss stops the run, keeping the last good state, unless
+--skip-nonfinite N allows skipping up to N such steps. Under torchrun, several processes train
+together (DistributedDataParallel); --batch-size is then the total over all of them.
 
 Defaults are the tutorial's model (hidden 128, embedding 64, 512 codes, beta 0.25, Adam 1e-3,
 batch 128, 5 epochs); --preset efficient is its smaller Exercise 2 model (hidden 64,
@@ -40,6 +52,10 @@ examples:
   vqkit train --num-embeddings 256 --beta 0.5 --seed 3
   vqkit train --preset fast            # efficient model, tuned for time to quality
   vqkit train --precision bf16 --channels-last --batch-size 256 --lr 3e-3 --lr-schedule onecycle
+  vqkit train --preset efficient --out runs/a --checkpoint-every 200 --deterministic
+  vqkit train --resume runs/a
+  vqkit train --resume runs/a --epochs 10           train a finished run for longer
+  torchrun --nproc-per-node 2 -m vqkit train --preset efficient --out runs/ddp
   vqkit train --preset efficient --codebook-update ema --dead-code-restart 50
   vqkit train --preset efficient --quantizer fsq --fsq-levels 8,4,4
 """
@@ -64,6 +80,9 @@ OVERRIDES = {
     "num_embeddings": ("quantizer", "num_embeddings"),
     "embedding_dim": ("quantizer", "embedding_dim"),
     "beta": ("quantizer", "beta"),
+    "checkpoint_every": ("train", "checkpoint_every"),
+    "skip_nonfinite": ("train", "skip_nonfinite"),
+    "deterministic": ("train", "deterministic"),
     "quantizer": ("quantizer", "quantizer"),
     "codebook_update": ("quantizer", "codebook_update"),
     "ema_decay": ("quantizer", "ema_decay"),
@@ -74,14 +93,21 @@ OVERRIDES = {
     "fsq_levels": ("quantizer", "fsq_levels"),
     "gradient_estimator": ("quantizer", "gradient_estimator"),
 }
+# Flags --resume accepts: they steer the run without changing what it learns so far.
+RESUME_FLAGS = ("epochs", "checkpoint_every", "skip_nonfinite")
 
 
 def register(subparsers) -> None:
     parser = add_command(subparsers, "train", "train a VQ-VAE and write a run folder", HELP, run)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="settings to start from")
     parser.add_argument("--dataset", choices=DATASETS, help="training data (default: mnist)")
     parser.add_argument("--data-dir", help="folder holding the four IDX files (optional)")
     parser.add_argument("--out", help="run folder to create (default: a new folder in runs/)")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last saved state, with its own settings",
+    )
     add_device_flag(parser)
     group = parser.add_argument_group("training")
     group.add_argument("--epochs", type=int)
@@ -112,6 +138,24 @@ def register(subparsers) -> None:
     )
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="per-step LR schedule")
     group.add_argument("--warmup-fraction", type=float, help="share of steps warming up")
+    group.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="also save a resumable state every N steps",
+    )
+    group.add_argument(
+        "--skip-nonfinite",
+        type=int,
+        metavar="N",
+        help="skip up to N steps whose loss is NaN or infinite instead of stopping (default 0)",
+    )
+    group.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="reproducible kernels: a resumed run matches an uninterrupted one bit for bit",
+    )
     group = parser.add_argument_group("model")
     group.add_argument("--hidden-dim", type=int, help="convolution width")
     group.add_argument("--residual-blocks", type=int, help="the paper's residual blocks (0: none)")
@@ -152,29 +196,85 @@ def register(subparsers) -> None:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The preset's config with every explicitly given flag applied (and re-validated)."""
-    data = preset_config(args.preset).to_dict()
+    data = preset_config(args.preset or "default").to_dict()
+    apply_overrides(data, args, OVERRIDES)
+    return RunConfig.from_dict(data)
+
+
+def apply_overrides(data: dict, args: argparse.Namespace, flags) -> None:
     sections = {
         "train": data["train"],
         "model": data["model"],
         "quantizer": data["model"]["quantizer"],
     }
-    for flag, (section, name) in OVERRIDES.items():
+    for flag in flags:
+        section, name = OVERRIDES[flag]
         value = getattr(args, flag, None)
         if value is not None:
             sections[section][name] = value
+
+
+def resume_config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The stored config of the run to resume; flags that would change what it learns are refused
+    (a flag repeating the stored value is fine)."""
+    stored = load_config(args.resume)
+    stored_values = {
+        "train": stored.train,
+        "model": stored.model,
+        "quantizer": stored.model.quantizer,
+    }
+    conflicts = [
+        flag
+        for flag, (section, name) in OVERRIDES.items()
+        if flag not in RESUME_FLAGS
+        and getattr(args, flag, None) is not None
+        and getattr(args, flag) != getattr(stored_values[section], name)
+    ]
+    if args.preset is not None and args.preset != stored.preset:
+        conflicts.insert(0, "preset")
+    if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+        conflicts.insert(0, "out")
+    if conflicts:
+        names = ", ".join("--" + flag.replace("_", "-") for flag in conflicts)
+        allowed = ", ".join("--" + flag.replace("_", "-") for flag in RESUME_FLAGS)
+        raise VqkitError(
+            f"--resume continues a run with its stored settings, so {names} cannot be given "
+            f"with it (only {allowed}, --device, --data-dir and --quiet can)."
+        )
+    data = stored.to_dict()
+    apply_overrides(data, args, RESUME_FLAGS)
     return RunConfig.from_dict(data)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    result = train(
-        config,
-        args.out,
-        device=args.device,
-        data_dir=args.data_dir,
-        progress=False if args.quiet else None,
-    )
-    print(format_metrics(result.final))
+    resuming = args.resume is not None
+    config = resume_config_from_args(args) if resuming else config_from_args(args)
+    run_dir = args.resume if resuming else args.out
+    try:
+        result = train(
+            config,
+            run_dir,
+            device=args.device,
+            data_dir=args.data_dir,
+            progress=False if args.quiet else None,
+            resume=resuming,
+        )
+    except TrainingInterrupted as stop:
+        print(
+            f"vqkit: interrupted; the run is saved, continue it with: "
+            f"vqkit train --resume {stop.run_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    if not distributed_rank_is_main():
+        return 0
+    if result.history:
+        print(format_metrics(result.final))
     print(f"run folder:      {result.run_dir}")
     print(f"reconstructions: {result.run_dir / 'reconstructions.png'}")
     return 0
+
+
+def distributed_rank_is_main() -> bool:
+    """Only the first process of a torchrun job prints the summary."""
+    return os.environ.get("RANK", "0") == "0"

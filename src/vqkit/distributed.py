@@ -1,0 +1,125 @@
+"""Multi-process training: one process per device, started by ``torchrun``.
+
+``torchrun`` sets RANK, WORLD_SIZE and LOCAL_RANK (plus the rendezvous address); a training run
+that sees WORLD_SIZE > 1 joins the process group (gloo on CPU, NCCL on CUDA), trains its shard
+of every batch, and lets rank 0 alone write files and show progress.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from vqkit.errors import VqkitError
+
+# Environment variables torchrun sets for every worker; all must be present to join a group.
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands in a (possibly one-process) training job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this code started the process group, so it also ends it
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes files and shows progress."""
+        return self.rank == 0
+
+
+def _env_int(name: str) -> int:
+    text = os.environ.get(name, "")
+    try:
+        return int(text)
+    except ValueError:
+        message = f"The environment variable {name}={text!r} is not a whole number."
+        raise VqkitError(message) from None
+
+
+def setup(device: torch.device) -> Context:
+    """Join the process group torchrun describes; a single process gets the trivial context."""
+    if dist.is_available() and dist.is_initialized():  # the caller set the group up itself
+        local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+        return Context(dist.get_rank(), dist.get_world_size(), local, owns_group=False)
+    if "WORLD_SIZE" not in os.environ or _env_int("WORLD_SIZE") <= 1:
+        return Context()
+    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+    if missing:
+        raise VqkitError(
+            f"WORLD_SIZE is set but {', '.join(missing)} is not; start multi-process training "
+            "with torchrun."
+        )
+    if not dist.is_available():
+        raise VqkitError("This PyTorch build has no torch.distributed; train with one process.")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    local_rank = _env_int("LOCAL_RANK")
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend)
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
+
+
+def device_for(context: Context, device: torch.device) -> torch.device:
+    """Each process of a multi-GPU job uses the GPU of its local rank."""
+    if context.enabled and device.type == "cuda":
+        return torch.device("cuda", context.local_rank)
+    return device
+
+
+def teardown(context: Context) -> None:
+    if context.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(context: Context) -> None:
+    if context.enabled:
+        dist.barrier()
+
+
+def any_true(context: Context, flag: torch.Tensor) -> torch.Tensor:
+    """Element-wise OR of an integer tensor of 0/1 flags over all ranks (in place, returned)."""
+    if context.enabled:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag
+
+
+def all_sum(context: Context, value: torch.Tensor) -> torch.Tensor:
+    if context.enabled:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def broadcast_text(context: Context, text: str, device: torch.device) -> str:
+    """Rank 0's ``text`` on every rank (as UTF-8 bytes in a tensor: nothing is pickled)."""
+    if not context.enabled:
+        return text
+    data = torch.tensor(list(text.encode()), dtype=torch.uint8, device=device)
+    length = torch.tensor([data.numel()], dtype=torch.long, device=device)
+    dist.broadcast(length, src=0)
+    buffer = torch.zeros(int(length), dtype=torch.uint8, device=device)
+    if context.is_main:
+        buffer.copy_(data)
+    dist.broadcast(buffer, src=0)
+    return bytes(buffer.cpu().tolist()).decode()
+
+
+def same_on_all_ranks(context: Context, tensors: list[torch.Tensor]) -> bool:
+    """Whether every rank holds bitwise-identical ``tensors`` (a final consistency check)."""
+    if not context.enabled:
+        return True
+    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+    lowest, highest = flat.clone(), flat.clone()
+    dist.all_reduce(lowest, op=dist.ReduceOp.MIN)
+    dist.all_reduce(highest, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(lowest, highest))

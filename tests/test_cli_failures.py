@@ -1,0 +1,296 @@
+"""Every user-facing failure is one sentence on stderr and exit status 2, never a traceback.
+
+Each case drives the real command line (in-process through ``vqkit.cli.main``; a few through a
+subprocess) and, where files exist, checks that nothing already saved was lost or damaged.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from process_helpers import child_env, vqkit_command
+
+from vqkit import fileio, runfiles, training
+from vqkit.checkpoint import load_model
+from vqkit.cli import main
+
+TINY = [
+    "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--batch-size", "32",
+    "--hidden-dim", "16", "--embedding-dim", "8", "--num-embeddings", "16", "--quiet",
+    "--device", "cpu",
+]  # fmt: skip
+IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+
+
+def fails_cleanly(capsys, argv: list[str], *fragments: str) -> str:
+    """Run the CLI; assert exit 2 and a single 'vqkit: error:' sentence holding ``fragments``."""
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("vqkit: error: ") and "\n" not in err, err
+    assert "Traceback" not in err and err.endswith("."), err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def embedded(name: str) -> bytes:
+    return resources.files("vqkit.data").joinpath("mnist", name + ".gz").read_bytes()
+
+
+def data_dir_with(tmp_path: Path, images: bytes, images_name: str = IMAGES + ".gz") -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / images_name).write_bytes(images)
+    (folder / (LABELS + ".gz")).write_bytes(embedded(LABELS))
+    return folder
+
+
+def idx_header(count: int) -> bytes:
+    return b"\x00\x00\x08\x03" + count.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+
+
+# --- datasets ----------------------------------------------------------------------------
+
+
+def test_truncated_gzip(tmp_path, capsys):
+    whole = embedded(IMAGES)
+    folder = data_dir_with(tmp_path, whole[: len(whole) // 2])
+    fails_cleanly(capsys, ["train", *TINY, "--data-dir", str(folder)], "truncated gzip")
+
+
+def test_wrong_magic(tmp_path, capsys):
+    folder = data_dir_with(tmp_path, gzip.compress(b"\x08\x01" + idx_header(1)[2:] + bytes(784)))
+    fails_cleanly(capsys, ["train", *TINY, "--data-dir", str(folder)], "bad magic")
+
+
+def test_wrong_counts(tmp_path, capsys):
+    folder = data_dir_with(tmp_path, gzip.compress(idx_header(60000) + bytes(784 * 10)))
+    fails_cleanly(capsys, ["train", *TINY, "--data-dir", str(folder)], "too short")
+
+
+def test_checksum_mismatch(tmp_path, capsys):
+    content = bytearray(gzip.decompress(embedded(IMAGES)))
+    content[5000] ^= 0xFF  # one pixel changed: header and counts still fine
+    folder = data_dir_with(tmp_path, bytes(content), images_name=IMAGES)
+    fails_cleanly(capsys, ["train", *TINY, "--data-dir", str(folder)], "checksum")
+
+
+def test_data_dir_without_the_dataset(tmp_path, capsys):
+    fails_cleanly(capsys, ["train", *TINY, "--data-dir", str(tmp_path)], "has no mnist train")
+
+
+# --- run folders and checkpoints -----------------------------------------------------------
+
+
+@pytest.fixture
+def run_copy(small_run, tmp_path) -> Path:
+    return Path(shutil.copytree(small_run.run_dir, tmp_path / "run"))
+
+
+def edit_config(run_dir: Path, edit) -> None:
+    path = run_dir / runfiles.CONFIG
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_missing_run_folder(tmp_path, capsys):
+    fails_cleanly(capsys, ["evaluate", str(tmp_path / "nope")], "does not exist")
+
+
+def test_incomplete_run_folder_without_weights(run_copy, capsys):
+    (run_copy / runfiles.WEIGHTS).unlink()
+    fails_cleanly(capsys, ["evaluate", str(run_copy)], "model weights", "does not exist")
+
+
+def test_incompatible_version(run_copy, capsys):
+    edit_config(run_copy, lambda d: d.update(version=99))
+    fails_cleanly(capsys, ["evaluate", str(run_copy)], "incompatible")
+
+
+def test_config_with_unknown_fields(run_copy, capsys):
+    edit_config(run_copy, lambda d: d["model"].update(dropout=0.1))
+    fails_cleanly(capsys, ["evaluate", str(run_copy)], "unknown fields: dropout")
+
+
+def test_config_that_is_not_json(run_copy, capsys):
+    (run_copy / runfiles.CONFIG).write_text("{not json")
+    fails_cleanly(capsys, ["reconstruct", str(run_copy), "--out", "x.png"], "not JSON")
+
+
+def test_checkpoint_shapes_do_not_fit_config(run_copy, capsys):
+    edit_config(run_copy, lambda d: d["model"].update(hidden_dim=32))
+    fails_cleanly(capsys, ["evaluate", str(run_copy)], "does not fit its configuration", "shape")
+
+
+def test_resume_without_a_saved_state(run_copy, capsys):
+    (run_copy / runfiles.TRAIN_STATE).unlink()
+    fails_cleanly(capsys, ["train", "--resume", str(run_copy)], "no resumable state")
+
+
+def test_resume_with_conflicting_flags(run_copy, capsys):
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
+    fails_cleanly(
+        capsys, ["train", "--resume", str(run_copy), "--lr", "0.5", "--hidden-dim", "8"],
+        "--lr, --hidden-dim cannot be given",
+    )  # fmt: skip
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir()} == before
+
+
+def test_training_into_an_existing_run_is_refused(run_copy, capsys):
+    weights = (run_copy / runfiles.WEIGHTS).read_bytes()
+    fails_cleanly(capsys, ["train", *TINY, "--out", str(run_copy)], "already holds", "--resume")
+    assert (run_copy / runfiles.WEIGHTS).read_bytes() == weights
+
+
+# --- flags ---------------------------------------------------------------------------------
+
+BAD_FLAGS = [
+    (["--epochs", "0"], "epochs"),
+    (["--epochs", "-3"], "epochs"),
+    (["--batch-size", "0"], "batch size"),
+    (["--batch-size", "-1"], "batch size"),
+    (["--lr", "0"], "learning rate"),
+    (["--lr", "-0.001"], "learning rate"),
+    (["--lr", "nan"], "learning rate"),
+    (["--beta", "-0.5"], "beta"),
+    (["--beta", "inf"], "beta"),
+    (["--hidden-dim", "0"], "hidden width"),
+    (["--embedding-dim", "-2"], "embedding dimension"),
+    (["--num-embeddings", "1"], "at least 2 codes"),
+    (["--train-limit", "0"], "--train-limit"),
+    (["--eval-batch-size", "0"], "evaluation batch size"),
+    (["--checkpoint-every", "0"], "--checkpoint-every"),
+    (["--skip-nonfinite", "-1"], "--skip-nonfinite"),
+]
+
+
+@pytest.mark.parametrize(("flags", "fragment"), BAD_FLAGS, ids=lambda v: " ".join(v))
+def test_out_of_range_flags(flags, fragment, tmp_path, capsys):
+    fails_cleanly(capsys, ["train", *TINY, *flags, "--out", str(tmp_path / "run")], fragment)
+    assert not (tmp_path / "run").exists()
+
+
+# --- output folder and disk ----------------------------------------------------------------
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    fails_cleanly(capsys, ["train", *TINY, "--out", str(blocker / "run")], str(blocker))
+    assert blocker.read_text() == "not a folder"
+
+
+def test_unwritable_reconstruct_output(run_copy, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    fails_cleanly(capsys, ["reconstruct", str(run_copy), "--out", str(blocker / "r.png")])
+
+
+def test_full_disk_keeps_everything_saved_and_resumes(monkeypatch, tmp_path, capsys):
+    """The disk fills up after epoch 1 was saved: epoch 2's first write fails cleanly."""
+    full = {"now": False}
+    real_fsync, real_save = os.fsync, training.train_state.save
+
+    def fsync(fd):
+        if full["now"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    def save_then_fill(*args, **kwargs):
+        real_save(*args, **kwargs)
+        full["now"] = True
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(training.train_state, "save", save_then_fill)
+    run_dir = tmp_path / "run"
+    fails_cleanly(
+        capsys, ["train", *TINY, "--epochs", "2", "--out", str(run_dir)], "the disk is full"
+    )
+    saved = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    assert sorted(saved) == sorted(
+        [runfiles.CONFIG, runfiles.WEIGHTS, runfiles.METRICS, runfiles.TRAIN_STATE,
+         runfiles.TRAIN_STATE_META]
+    ), "a temp file was left or a file is missing"  # fmt: skip
+    load_model(run_dir)  # epoch 1's weights are intact
+    assert json.loads(saved[runfiles.TRAIN_STATE_META])["epochs_done"] == 1
+    # With space again, the run continues from epoch 1 and finishes.
+    monkeypatch.setattr(fileio.os, "fsync", real_fsync)
+    monkeypatch.setattr(training.train_state, "save", real_save)
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    lines = (run_dir / runfiles.METRICS).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+# --- through a real process -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "no/such/run"],
+        ["train", "--epochs", "0"],
+        ["train", "--resume", "no/such/run"],
+    ],
+    ids=["missing-run", "zero-epochs", "resume-missing"],
+)
+def test_failures_in_a_real_process(argv, tmp_path):
+    done = subprocess.run(
+        vqkit_command(*argv),
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    err = done.stderr.strip()
+    assert done.returncode == 2
+    assert err.startswith("vqkit: error: ") and "\n" not in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # a failed command leaves nothing behind
+
+
+# --- PNG inputs -------------------------------------------------------------------------------
+
+
+def write_png(path: Path, size: tuple[int, int], mode: str = "L", fmt: str = "PNG") -> Path:
+    depth = {"L": 255, "RGB": (255, 0, 0), "I;16": 65535}[mode]
+    Image.new(mode, size, depth).save(path, format=fmt)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda p: write_png(p, (32, 32)), "32×32"),
+        (lambda p: write_png(p, (28, 14)), "28×14"),
+        (lambda p: write_png(p, (28, 28), mode="I;16"), "pixel format"),
+        (lambda p: write_png(p, (28, 28), fmt="JPEG"), "not a PNG"),
+        (lambda p: p.write_bytes(write_png(p, (28, 28)).read_bytes()[:-30]), "truncated"),
+        (lambda p: p.write_bytes(b"hello"), "not an image"),
+    ],
+    ids=["32x32", "28x14", "16-bit", "jpeg", "truncated", "text"],
+)
+def test_png_inputs_that_are_not_28x28_grayscale(run_copy, tmp_path, capsys, make, fragment):
+    png = tmp_path / "input.png"
+    make(png)
+    out = tmp_path / "codes.npy"
+    fails_cleanly(capsys, ["encode", str(run_copy), str(png), "--out", str(out)], fragment)
+    assert not out.exists()
+
+
+def test_a_convertible_rgb_png_is_accepted(run_copy, tmp_path, capsys):
+    png = write_png(tmp_path / "rgb.png", (28, 28), mode="RGB")
+    out = tmp_path / "codes.npy"
+    assert main(["encode", str(run_copy), str(png), "--out", str(out)]) == 0, capsys.readouterr()
+    assert np.load(out, allow_pickle=False).shape == (1, 7, 7)

@@ -1,0 +1,82 @@
+"""Two-process training with torchrun on the CPU (gloo): ranks stay identical, quality holds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from process_helpers import child_env
+
+from vqkit import runfiles
+from vqkit.checkpoint import read_tensors
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(small_run, tmp_path_factory) -> tuple[Path, Path]:
+    """The small_run fixture's exact settings, trained by two processes."""
+    root = tmp_path_factory.mktemp("ddp")
+    run_dir, dump_dir = root / "run", root / "dumps"
+    dump_dir.mkdir()
+    settings = small_run_flags(small_run.run_dir)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(WORKER), str(dump_dir), "train", *settings, "--out", str(run_dir), "--quiet",
+        "--device", "cpu",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, env=child_env(), capture_output=True, text=True, timeout=300, cwd=root
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, dump_dir
+
+
+def small_run_flags(run_dir: Path) -> list[str]:
+    config = json.loads((run_dir / runfiles.CONFIG).read_text())
+    train = config["train"]
+    return [
+        "--preset", config["preset"], "--epochs", str(train["epochs"]),
+        "--train-limit", str(train["train_limit"]), "--test-limit", str(train["test_limit"]),
+        "--batch-size", str(train["batch_size"]), "--seed", str(train["seed"]),
+        "--lr", str(train["lr"]),
+    ]  # fmt: skip
+
+
+def test_every_rank_ends_with_the_same_weights_and_codebook(two_rank_run):
+    _, dump_dir = two_rank_run
+    rank0 = read_tensors(dump_dir / "rank0.safetensors", "rank 0 weights")
+    rank1 = read_tensors(dump_dir / "rank1.safetensors", "rank 1 weights")
+    assert rank0.keys() == rank1.keys()
+    assert "quantizer.codebook" in rank0
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+
+
+def test_rank_zero_alone_wrote_one_complete_run_folder(two_rank_run):
+    run_dir, dump_dir = two_rank_run
+    names = {p.name for p in run_dir.iterdir()}
+    assert {runfiles.CONFIG, runfiles.WEIGHTS, runfiles.METRICS, runfiles.TRAIN_STATE} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert len((run_dir / runfiles.METRICS).read_text().splitlines()) == 1
+    saved = read_tensors(run_dir / runfiles.WEIGHTS, "weights")
+    rank0 = read_tensors(dump_dir / "rank0.safetensors", "rank 0 weights")
+    assert all(torch.equal(saved[k], rank0[k]) for k in saved)
+    assert json.loads((run_dir / runfiles.TRAIN_STATE_META).read_text())["world_size"] == 2
+
+
+def test_two_ranks_reach_the_one_process_test_mse(two_rank_run, small_run):
+    """Each step's two shards together are the one-process batch, so quality must match."""
+    run_dir, _ = two_rank_run
+    # Both runs have the very same settings.
+    assert (run_dir / runfiles.CONFIG).read_text() == (
+        small_run.run_dir / runfiles.CONFIG
+    ).read_text()
+    two = json.loads((run_dir / runfiles.METRICS).read_text().splitlines()[-1])
+    one = small_run.final
+    assert two["test_mse"] == pytest.approx(one["test_mse"], rel=0.05)
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=0.05)

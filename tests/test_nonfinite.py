@@ -1,0 +1,101 @@
+"""A NaN or infinite loss stops training with a clear sentence, or is skipped when allowed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqkit import runfiles, training
+from vqkit.checkpoint import read_tensors
+from vqkit.cli import main
+from vqkit.distributed import Context
+from vqkit.guards import NonFiniteGuard
+
+TINY = [
+    "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--batch-size", "32",
+    "--hidden-dim", "16", "--embedding-dim", "8", "--num-embeddings", "16", "--quiet",
+    "--device", "cpu",
+]  # fmt: skip
+STEPS_PER_EPOCH = 256 // 32
+
+
+def poison_steps(monkeypatch, bad_steps: set[int], term: str) -> list[int]:
+    """Make the loss term ``term`` NaN on the given (1-based) steps; returns the steps seen."""
+    real = training.compute_losses
+    seen: list[int] = []
+
+    def poisoned(model, batch):
+        reconstruction, quantizer = real(model, batch)
+        seen.append(len(seen) + 1)
+        if seen[-1] in bad_steps:
+            if term == "reconstruction":
+                reconstruction = reconstruction * float("nan")
+            else:
+                quantizer = quantizer + float("inf")
+        return reconstruction, quantizer
+
+    monkeypatch.setattr(training, "compute_losses", poisoned)
+    return seen
+
+
+def test_nan_stops_with_step_and_term_and_keeps_last_good_state(monkeypatch, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(run_dir)]) == 0
+    good_weights = (run_dir / runfiles.WEIGHTS).read_bytes()
+    good_state = (run_dir / runfiles.TRAIN_STATE).read_bytes()
+    capsys.readouterr()
+    poison_steps(monkeypatch, {3}, "reconstruction")  # step 3 of the resumed epoch 2
+    code = main(["train", "--resume", str(run_dir), "--epochs", "2", "--checkpoint-every", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "Traceback" not in err
+    step = STEPS_PER_EPOCH + 3
+    assert f"step {step}" in err and "reconstruction loss was not finite" in err, err
+    # The periodic checkpoints after steps 1 and 2 of epoch 2 are good; nothing later was saved.
+    state = json.loads((run_dir / runfiles.TRAIN_STATE_META).read_text())
+    assert state["global_step"] == step - 1 and state["epochs_done"] == 1
+    assert (run_dir / runfiles.WEIGHTS).read_bytes() == good_weights
+    assert good_state != (run_dir / runfiles.TRAIN_STATE).read_bytes()
+    for name, tensor in read_tensors(run_dir / runfiles.TRAIN_STATE, "state").items():
+        if tensor.is_floating_point():
+            assert torch.isfinite(tensor).all(), name
+    assert len((run_dir / runfiles.METRICS).read_text().splitlines()) == 1
+
+
+def test_skip_nonfinite_skips_bad_steps_without_updating(monkeypatch, tmp_path, capsys):
+    seen = poison_steps(monkeypatch, {2, 5}, "quantizer")
+    run_dir = tmp_path / "run"
+    code = main(["train", *TINY, "--epochs", "1", "--skip-nonfinite", "2", "--out", str(run_dir)])
+    assert code == 0, capsys.readouterr().err
+    assert len(seen) == STEPS_PER_EPOCH
+    record = json.loads((run_dir / runfiles.METRICS).read_text())
+    assert record["skipped_nonfinite_steps"] == 2
+    assert record["train_loss"] == pytest.approx(record["train_loss"])  # finite
+    state = json.loads((run_dir / runfiles.TRAIN_STATE_META).read_text())
+    assert state["skipped_nonfinite"] == 2
+    # Adam counts the updates it applied: the two skipped steps were never applied.
+    adam_steps = read_tensors(run_dir / runfiles.TRAIN_STATE, "state")["optimizer/0/step"]
+    assert float(adam_steps) == STEPS_PER_EPOCH - 2
+
+
+def test_too_many_bad_steps_stop_the_run(monkeypatch, tmp_path, capsys):
+    poison_steps(monkeypatch, {2, 4}, "quantizer")
+    code = main(["train", *TINY, "--epochs", "1", "--skip-nonfinite", "1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "step 4" in err and "quantizer loss" in err and "--skip-nonfinite 1" in err, err
+
+
+def test_lazy_guard_reports_the_first_bad_step_only_when_checked():
+    """The GPU path: steps are only recorded on the device; check() names the first bad one."""
+    guard = NonFiniteGuard(0, torch.device("cpu"), Context(), Path("run"), eager=False)
+    finite, nan = torch.tensor(1.0), torch.tensor(float("nan"))
+    assert not guard.step_is_bad(1, finite, finite)
+    guard.check()  # nothing bad yet
+    assert not guard.step_is_bad(2, finite, nan)  # recorded, not reported
+    assert not guard.step_is_bad(3, nan, nan)
+    with pytest.raises(Exception, match="step 2 because its quantizer loss was not finite"):
+        guard.check()

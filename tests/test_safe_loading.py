@@ -1,0 +1,198 @@
+"""Nothing is ever unpickled: planted pickles are refused unexecuted, damaged files fail cleanly."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import vqkit
+from vqkit import runfiles
+from vqkit.checkpoint import load_model, read_tensors, save_config, save_weights
+from vqkit.cli import main
+from vqkit.config import ModelConfig, QuantizerConfig, RunConfig
+from vqkit.errors import VqkitError
+from vqkit.model import VQVAE
+
+
+class PlantMarker:
+    """Unpickling this object would create the marker file: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def malicious_files(marker: Path) -> dict[str, bytes]:
+    payload = PlantMarker(marker)
+    torch_file = marker.parent / "torch-save.pt"
+    torch.save({"weights": payload}, torch_file)
+    return {"pickle": pickle.dumps(payload), "torch.save": torch_file.read_bytes()}
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch.save"])
+@pytest.mark.parametrize("target", [runfiles.WEIGHTS, runfiles.TRAIN_STATE])
+def test_planted_pickle_is_refused_and_never_executed(small_run, tmp_path, capsys, kind, target):
+    run_dir = Path(shutil.copytree(small_run.run_dir, tmp_path / "run"))
+    marker = tmp_path / "code-ran"
+    (run_dir / target).write_bytes(malicious_files(marker)[kind])
+    assert not marker.exists()
+    # Check the planted file really is live: plain unpickling runs it.
+    pickle.loads(malicious_files(tmp_path / "control")["pickle"])
+    assert (tmp_path / "control").exists()
+    argv = ["evaluate", str(run_dir)]
+    if target == runfiles.TRAIN_STATE:
+        argv = ["train", "--resume", str(run_dir), "--epochs", "2", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not a safetensors file" in err and "Traceback" not in err, err
+    assert not marker.exists()
+
+
+FORBIDDEN = [
+    r"torch\.load\(",
+    r"pickle\.loads?\(",
+    r"allow_pickle\s*=\s*True",
+    r"weights_only\s*=\s*False",
+    r"(?<![.\w])eval\(",
+    r"(?<![.\w])exec\(",
+    r"import\s+dill|import\s+joblib",
+]
+
+
+def test_source_tree_never_unpickles():
+    src = Path(vqkit.__file__).parent
+    files = sorted(src.rglob("*.py"))
+    assert len(files) > 10
+    offenders = [
+        f"{path.relative_to(src)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        for pattern in FORBIDDEN
+        if re.search(pattern, line)
+    ]
+    assert offenders == []
+
+
+def calls_of(text: str, name: str) -> list[str]:
+    """The full text of every call ``name(...)`` in ``text``, nested parentheses included."""
+    calls = []
+    for match in re.finditer(re.escape(name) + r"\(", text):
+        depth, end = 0, match.end() - 1
+        for end in range(match.end() - 1, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+        calls.append(text[match.start() : end + 1])
+    return calls
+
+
+def test_numpy_loads_refuse_pickles():
+    """Every np.load in the source says allow_pickle=False explicitly."""
+    src = Path(vqkit.__file__).parent
+    assert calls_of("np.load(f(a, b[1]), allow_pickle=False) x", "np.load") == [
+        "np.load(f(a, b[1]), allow_pickle=False)"
+    ]
+    for path in src.rglob("*.py"):
+        for call in calls_of(path.read_text(), "np.load"):
+            assert "allow_pickle=False" in call, f"{path}: {call}"
+
+
+# --- fuzzing the checkpoint loader ----------------------------------------------------------
+
+TINY_MODEL = ModelConfig(hidden_dim=4, quantizer=QuantizerConfig(num_embeddings=4, embedding_dim=2))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, bytes]:
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    save_config(run_dir, RunConfig(model=TINY_MODEL))
+    save_weights(run_dir / runfiles.WEIGHTS, VQVAE(TINY_MODEL))
+    return run_dir, (run_dir / runfiles.WEIGHTS).read_bytes()
+
+
+def only_clean_errors(run_dir: Path, data: bytes) -> None:
+    path = run_dir / runfiles.WEIGHTS
+    path.write_bytes(data)
+    for load in (lambda: read_tensors(path, "weights"), lambda: load_model(run_dir)):
+        try:
+            load()
+        except VqkitError as exc:
+            assert str(exc).endswith(".") and "\n" not in str(exc)
+
+
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@FUZZ
+@given(data=st.binary(max_size=4096))
+def test_random_bytes(tiny_run, data):
+    only_clean_errors(tiny_run[0], data)
+
+
+@FUZZ
+@given(positions=st.lists(st.integers(0, 10_000), min_size=1, max_size=8), data=st.data())
+def test_flipped_bytes_in_a_real_checkpoint(tiny_run, positions, data):
+    run_dir, good = tiny_run
+    mutated = bytearray(good)
+    for position in positions:
+        mutated[position % len(good)] = data.draw(st.integers(0, 255))
+    only_clean_errors(run_dir, bytes(mutated))
+
+
+def header_of(good: bytes) -> dict:
+    (length,) = struct.unpack("<Q", good[:8])
+    return json.loads(good[8 : 8 + length])
+
+
+def with_header(good: bytes, header: dict) -> bytes:
+    (length,) = struct.unpack("<Q", good[:8])
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded + good[8 + length :]
+
+
+@FUZZ
+@given(
+    field=st.sampled_from(["dtype", "shape", "data_offsets"]),
+    value=st.one_of(
+        st.sampled_from(["F16", "I64", "BOOL", "U8", "F8_E4M3", "X9", ""]),
+        st.lists(st.integers(-(2**63), 2**64), max_size=5),
+        st.none(),
+        st.integers(),
+    ),
+    which=st.integers(0, 100),
+)
+def test_mutated_headers(tiny_run, field, value, which):
+    run_dir, good = tiny_run
+    header = header_of(good)
+    names = sorted(k for k in header if k != "__metadata__")
+    header[names[which % len(names)]][field] = value
+    only_clean_errors(run_dir, with_header(good, header))
+
+
+@FUZZ
+@given(length=st.integers(0, 2**64 - 1), cut=st.integers(0, 20_000))
+def test_lying_header_length_and_truncation(tiny_run, length, cut):
+    run_dir, good = tiny_run
+    only_clean_errors(run_dir, struct.pack("<Q", length) + good[8:])
+    only_clean_errors(run_dir, good[: cut % len(good)])
+
+
+def test_the_unmutated_checkpoint_loads(tiny_run):
+    """The fuzz base case is valid, so the mutations above are what the loader rejects."""
+    run_dir, good = tiny_run
+    (run_dir / runfiles.WEIGHTS).write_bytes(good)
+    model = load_model(run_dir)
+    assert model.quantizer.codebook.shape == (4, 2)
