@@ -28,3 +28,17 @@ def small_run(tmp_path_factory) -> TrainResult:
     config.train.test_limit = 500
     run_dir = tmp_path_factory.mktemp("small_run")
     return train(config, run_dir, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="session")
+def usage_run(small_run, tmp_path_factory):
+    """A copy of ``small_run`` whose code_usage.json (a pass over all 60000 training images) is
+    computed once per session; returns (run_dir, counts). Copy it again before writing into it.
+    """
+    import shutil
+
+    from vqkit.usage import code_usage
+
+    run_dir = tmp_path_factory.mktemp("usage_run") / "run"
+    shutil.copytree(small_run.run_dir, run_dir)
+    return run_dir, code_usage(run_dir, small_run.model)

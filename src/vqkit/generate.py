@@ -9,6 +9,7 @@ in ``STRATEGY_MODULES``; ``sample_codes`` imports those lazily.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,16 @@ from vqkit.model import VQVAE
 
 # Modules whose import registers strategies (kept lazy: the prior pulls in more code).
 STRATEGY_MODULES = ("vqkit.generate", "vqkit.prior")
+# Grids decoded at once by sample_images when the caller gives no batch size (the default
+# evaluation batch size of TrainConfig): bounds decoder memory for large n.
+DECODE_BATCH_SIZE = 1000
 
 
 @dataclass
 class SamplingContext:
     model: VQVAE
     run_dir: Path | None = None
+    data_dir: Path | None = None  # where the dataset lives, for strategies that read it
 
     @property
     def grid_size(self) -> int:
@@ -55,6 +60,17 @@ def strategies() -> list[str]:
     return sorted(_STRATEGIES)
 
 
+def strategy_options(strategy: str) -> set[str] | None:
+    """Keyword options a strategy accepts beyond (context, n, generator); None means any."""
+    strategies()
+    if strategy not in _STRATEGIES:
+        return set()
+    parameters = list(inspect.signature(_STRATEGIES[strategy]).parameters.values())[3:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters}
+
+
 def sample_codes(
     strategy: str,
     n: int,
@@ -70,6 +86,10 @@ def sample_codes(
         )
     if n < 1:
         raise VqkitError("The number of samples must be at least 1.")
+    accepted = strategy_options(strategy)
+    unknown = sorted(set(options) - accepted) if accepted is not None else []
+    if unknown:
+        raise VqkitError(f"The '{strategy}' strategy takes no option '{unknown[0]}'.")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     return _STRATEGIES[strategy](context, n, generator, **options)
 
@@ -79,3 +99,46 @@ def _random_codes(context: SamplingContext, n: int, generator: torch.Generator) 
     """Codes drawn uniformly from the whole codebook (dead codes included)."""
     size = context.grid_size
     return torch.randint(0, context.model.num_codes, (n, size, size), generator=generator)
+
+
+@register_strategy("used")
+def _used_codes(
+    context: SamplingContext, n: int, generator: torch.Generator, weighted: bool = False
+) -> torch.Tensor:
+    """Codes drawn only from those the encoder uses on the whole training set.
+
+    Uniform over the used codes, or by their empirical frequency when ``weighted``. The counts
+    are cached in the run folder (see :func:`vqkit.usage.code_usage`).
+    """
+    from vqkit.usage import code_usage, used_codes
+
+    if context.run_dir is None:
+        raise VqkitError("The 'used' strategy needs the model's run folder to count code usage.")
+    counts = code_usage(context.run_dir, context.model, data_dir=context.data_dir)
+    size = context.grid_size
+    if weighted:
+        weights = counts.double()
+        picks = torch.multinomial(weights, n * size * size, replacement=True, generator=generator)
+        return picks.view(n, size, size)
+    used = used_codes(counts)
+    index = torch.randint(0, used.numel(), (n, size, size), generator=generator)
+    return used[index]
+
+
+def sample_images(
+    context: SamplingContext,
+    strategy: str,
+    n: int,
+    seed: int = 0,
+    batch_size: int = DECODE_BATCH_SIZE,
+    **options,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``n`` code grids with a strategy and decode them (in batches of ``batch_size``).
+
+    Returns codes (n, h, w) int64 and images (n, C, H, W) in [0, 1], both on the CPU.
+    """
+    from vqkit.codes_io import decode_codes
+
+    generator = torch.Generator().manual_seed(seed)
+    codes = sample_codes(strategy, n, context, generator, **options).cpu()
+    return codes, decode_codes(context.model, codes, batch_size)

@@ -12,16 +12,49 @@ import sys
 
 from vqkit.errors import VqkitError
 
-COMMAND_MODULES = ("train", "evaluate", "reconstruct", "train-prior", "score")
+COMMAND_MODULES = (
+    "train",
+    "evaluate",
+    "reconstruct",
+    "sample",
+    "interpolate",
+    "encode",
+    "decode",
+    "codebook",
+    "train-prior",
+    "score",
+    "report",
+    "runs",
+)
 
 DESCRIPTION = """\
 vqkit trains Vector-Quantized VAEs (van den Oord et al. 2017) on 28x28 images and works with
 their discrete codes: each image becomes a 7x7 grid of integers from a learned codebook.
+Every command reads or writes a run folder (runs/DATE-DATASET-PRESET by default).
+
+the pipeline, in order:
+  demo          run everything below on MNIST and open into report.html (start here)
+  train         train a VQ-VAE and write a run folder
+  evaluate      test MSE, PSNR and codebook usage of a run
+  reconstruct   test images above their reconstructions, as a PNG
+  encode        images to 7x7 code grids, saved as .npy
+  decode        code grids back to images
+  codebook      codebook health: usage histogram, dead codes, code atlas
+  train-prior   train a PixelCNN prior over the run's code grids
+  sample        new images from sampled code grids (random, used, prior)
+  interpolate   walk between two images through their code grids
+  score         classifier-based quality scores (FID, confidence) of samples
+  report        write the run's self-contained HTML report
+  runs          list run folders with their headline numbers
 
 examples:
+  vqkit demo                                train, sample, score and report in a few minutes
   vqkit train --preset efficient            train the small model on MNIST (about a minute)
   vqkit evaluate runs/RUN                   test MSE, PSNR, codebook usage of a run
-  vqkit reconstruct runs/RUN --out r.png    originals above their reconstructions
+  vqkit report runs/RUN                     write runs/RUN/report.html
+  vqkit runs                                every run in runs/ with its numbers
+
+Run 'vqkit COMMAND --help' for what a command does, its options and examples.
 """
 
 

@@ -1,0 +1,55 @@
+"""``vqkit codebook``: figures of how a run uses its codebook."""
+
+from __future__ import annotations
+
+import argparse
+
+from vqkit.checkpoint import load_config, load_model
+from vqkit.cli.common import add_command, add_device_flag, positive_int
+from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
+from vqkit.data import load_split
+from vqkit.training import resolve_device
+from vqkit.usage import code_usage
+
+HELP = """
+Write three PNGs into a folder:
+  codebook_usage.png    how often each code is chosen over the whole training set, most used
+                        first; dead codes (never chosen) are marked in red
+  codebook_atlas.png    what each used code "paints": a 7x7 grid filled with that one code,
+                        decoded; most used first, each tile labelled with its code index
+  codebook_codemap.png  a few test images with their 7x7 code indices written over them
+
+The usage counts are cached in the run folder as code_usage.json (also used by
+`vqkit sample --strategy used`).
+
+examples:
+  vqkit codebook runs/RUN --out runs/RUN/figures/
+  vqkit codebook runs/RUN --out figs/ --images 6
+"""
+
+
+def register(subparsers) -> None:
+    parser = add_command(subparsers, "codebook", "codebook usage and atlas figures", HELP, run)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--out", required=True, help="folder for the three PNGs")
+    parser.add_argument(
+        "--images",
+        type=positive_int,
+        default=CODEMAP_IMAGES,
+        help=f"test images in the code map (default {CODEMAP_IMAGES})",
+    )
+    parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
+    add_device_flag(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.run_dir)
+    model = load_model(args.run_dir, device=resolve_device(args.device))
+    counts = code_usage(args.run_dir, model, data_dir=args.data_dir)
+    test_images = load_split(config.train.dataset, "test", args.data_dir).images[: args.images]
+    figures = write_codebook_figures(model, counts, test_images, args.out)
+    used = int((counts > 0).sum())
+    print(f"codes used: {used} of {counts.numel()} on the training set")
+    for path in (figures.usage, figures.atlas, figures.codemap):
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,96 @@
+"""``vqkit sample``: new images from code grids drawn by a sampling strategy."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vqkit.checkpoint import load_config, load_model
+from vqkit.cli.common import add_command, add_device_flag, positive_int
+from vqkit.codes_io import IMAGE_SUFFIXES, require_suffix, save_codes, write_images
+from vqkit.errors import VqkitError
+from vqkit.generate import SamplingContext, sample_images, strategies, strategy_options
+from vqkit.training import resolve_device
+
+HELP = """
+Draw 7x7 code grids with a sampling strategy and decode them into images.
+
+strategies:
+  random    every code of the codebook equally likely (dead codes too: mostly noise)
+  used      only codes the encoder uses on the training set; --weighted draws them by how
+            often they are used. The counts are computed once over the whole training set and
+            cached in the run folder as code_usage.json.
+  Other strategies (such as a trained prior) take their own options: --digit, --temperature,
+  --top-k are passed to the strategy only when given.
+
+--out FILE.png writes a grid of the samples; --out FILE.npy writes the images as an
+(n, 28, 28) float32 array in [0, 1]; --codes-out FILE.npy also writes the (n, 7, 7) code grids.
+
+examples:
+  vqkit sample runs/RUN --strategy random --out random.png
+  vqkit sample runs/RUN --strategy used --weighted --n 16 --seed 1 --out used.png
+  vqkit sample runs/RUN --strategy used --out samples.npy --codes-out codes.npy
+"""
+
+# Strategy options: argparse destination -> flag shown in errors. Each is forwarded only when
+# given, so a strategy added later needs no change here.
+OPTION_FLAGS = {
+    "weighted": "--weighted",
+    "digit": "--digit",
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+}
+
+
+def register(subparsers) -> None:
+    parser = add_command(subparsers, "sample", "decode sampled code grids", HELP, run)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--strategy", choices=strategies(), required=True)
+    parser.add_argument("--n", type=positive_int, default=64, help="how many (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--out", required=True, help="PNG grid or .npy array of the images")
+    parser.add_argument("--codes-out", help=".npy file for the (n, 7, 7) code grids")
+    parser.add_argument(
+        "--columns", type=positive_int, default=8, help="PNG grid width (default 8)"
+    )
+    options = parser.add_argument_group("strategy options (passed on only when given)")
+    options.add_argument(
+        "--weighted",
+        action="store_true",
+        default=None,
+        help="draw codes by how often they are used",
+    )
+    options.add_argument("--digit", type=int, help="class to sample (conditional strategies)")
+    options.add_argument("--temperature", type=float, help="sampling temperature")
+    options.add_argument("--top-k", type=positive_int, help="sample among the k likeliest codes")
+    parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
+    add_device_flag(parser)
+
+
+def strategy_kwargs(args: argparse.Namespace) -> dict:
+    """The strategy options given on the command line, checked against what the strategy takes."""
+    accepted = strategy_options(args.strategy)
+    given = {name: getattr(args, name) for name in OPTION_FLAGS if getattr(args, name) is not None}
+    for name in given:
+        if accepted is not None and name not in accepted:
+            flag = OPTION_FLAGS[name]
+            raise VqkitError(f"{flag} does not apply to the '{args.strategy}' strategy.")
+    return given
+
+
+def run(args: argparse.Namespace) -> int:
+    require_suffix(args.out, IMAGE_SUFFIXES, "--out")
+    if args.codes_out is not None:
+        require_suffix(args.codes_out, (".npy",), "--codes-out")
+    options = strategy_kwargs(args)
+    batch_size = load_config(args.run_dir).train.eval_batch_size
+    model = load_model(args.run_dir, device=resolve_device(args.device))
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    context = SamplingContext(model, Path(args.run_dir), data_dir)
+    codes, images = sample_images(
+        context, args.strategy, args.n, args.seed, batch_size=batch_size, **options
+    )
+    print(f"wrote {write_images(images, args.out, args.columns)}")
+    if args.codes_out is not None:
+        print(f"wrote {save_codes(codes, args.codes_out)}")
+    return 0

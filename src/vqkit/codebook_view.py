@@ -1,0 +1,210 @@
+"""Pictures of a codebook: usage histogram, code atlas, and code maps over test images.
+
+Figures are drawn with matplotlib's object API on an Agg canvas (never pyplot), so nothing here
+changes the caller's plotting backend and nothing is imported until a figure is drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vqkit import runfiles
+from vqkit.fileio import atomic_open, ensure_dir
+from vqkit.images import tile, to_uint8
+from vqkit.model import VQVAE
+from vqkit.quantize import perplexity
+
+DPI = 100
+USAGE_FIGSIZE = (10.0, 4.0)  # inches: 1000 × 400 pixels at DPI
+ATLAS_SCALE = 3  # screen pixels per image pixel in the atlas
+CODEMAP_SCALE = 12  # large enough for a code index in each of the 7×7 cells
+CODEMAP_IMAGES = 4
+ATLAS_FONT_SIZE = 6  # points; a code index fits in a corner of an 84-pixel tile
+CODEMAP_FONT_SIZE = 8  # points; three digits fit in a 48-pixel cell
+TILE_PADDING = 2  # vqkit.images.tile's default
+DEAD_COLOR = "tab:red"
+USED_COLOR = "tab:blue"
+
+
+@dataclass
+class CodebookFigures:
+    usage: Path
+    atlas: Path
+    codemap: Path
+
+
+def _save(figure, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=DPI)
+    return path
+
+
+def _pixel_figure(width: int, height: int):
+    """A figure exactly width × height pixels whose one axes covers it in pixel coordinates."""
+    from matplotlib.figure import Figure
+
+    # Agg truncates width·dpi to an int; half a pixel more keeps the exact size.
+    figure = Figure(figsize=((width + 0.5) / DPI, (height + 0.5) / DPI), dpi=DPI)
+    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
+    axes.set_axis_off()
+    return figure, axes
+
+
+def _label_style(fontsize: int) -> dict:
+    """Yellow text with a black outline: readable on both black background and white strokes."""
+    from matplotlib import patheffects
+
+    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+    return {"color": "yellow", "fontsize": fontsize, "path_effects": outline}
+
+
+def _show_canvas(canvas, scale: int):
+    """Draw a uint8 (H, W) canvas enlarged ``scale`` times; returns (figure, axes)."""
+    height, width = canvas.shape
+    figure, axes = _pixel_figure(width * scale, height * scale)
+    axes.imshow(
+        canvas,
+        cmap="gray",
+        vmin=0,
+        vmax=255,
+        interpolation="nearest",
+        extent=(0, width * scale, height * scale, 0),
+    )
+    axes.set_xlim(0, width * scale)
+    axes.set_ylim(height * scale, 0)
+    return figure, axes
+
+
+def tile_origin(
+    index: int, columns: int, size: int, padding: int = TILE_PADDING
+) -> tuple[int, int]:
+    """Top-left (x, y) of image ``index`` in a :func:`vqkit.images.tile` canvas."""
+    row, col = divmod(index, columns)
+    return padding + col * (size + padding), padding + row * (size + padding)
+
+
+def plot_usage(counts: torch.Tensor, path: str | Path, images: int | None = None) -> Path:
+    """Bar chart of code counts sorted from most to least used; dead codes marked in red."""
+    from matplotlib.figure import Figure
+
+    counts = counts.cpu()
+    order = torch.argsort(counts, descending=True, stable=True)
+    sorted_counts = counts[order].double()
+    total = float(sorted_counts.sum())
+    share = (sorted_counts / max(total, 1.0) * 100.0).numpy()
+    used = int((counts > 0).sum())
+    dead = counts.numel() - used
+    positions = range(counts.numel())
+    figure = Figure(figsize=USAGE_FIGSIZE, dpi=DPI)
+    axes = figure.add_subplot()
+    colors = [USED_COLOR if c > 0 else DEAD_COLOR for c in sorted_counts.tolist()]
+    axes.bar(positions, share, width=1.0, color=colors)
+    if dead:
+        # Dead codes have no bar; a red band along the axis shows where they sit and how many.
+        axes.axvspan(used - 0.5, counts.numel() - 0.5, color=DEAD_COLOR, alpha=0.15)
+        axes.text(
+            (used + counts.numel()) / 2,
+            max(share) * 0.5 if share.size else 0.0,
+            f"{dead} dead codes",
+            color=DEAD_COLOR,
+            ha="center",
+        )
+    over = f" over {images} training images" if images is not None else ""
+    axes.set_title(
+        f"Code usage{over}: {used} of {counts.numel()} codes used, "
+        f"perplexity {perplexity(counts):.1f}"
+    )
+    axes.set_xlabel("codes, most used first")
+    axes.set_ylabel("share of all code choices (%)")
+    axes.set_xlim(-0.5, counts.numel() - 0.5)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def atlas_columns(count: int) -> int:
+    """Columns of a near-square atlas of ``count`` tiles."""
+    return max(1, math.ceil(math.sqrt(count)))
+
+
+@torch.no_grad()
+def code_atlas(model: VQVAE, codes: torch.Tensor) -> torch.Tensor:
+    """What each code paints: the decoding of a grid filled with it, (len(codes), H, W)."""
+    size = model.config.grid_size
+    device = next(model.parameters()).device
+    grids = codes.to(device).view(-1, 1, 1).expand(-1, size, size)
+    return model.decode(grids)[:, 0].cpu()
+
+
+def plot_atlas(model: VQVAE, counts: torch.Tensor, path: str | Path) -> Path:
+    """Every used code decoded, most used first, each tile labelled with its code index."""
+    order = torch.argsort(counts.cpu(), descending=True, stable=True)
+    used = order[counts.cpu()[order] > 0]
+    tiles = code_atlas(model, used)
+    columns = atlas_columns(used.numel())
+    figure, axes = _show_canvas(tile(tiles, columns), ATLAS_SCALE)
+    size = tiles.shape[-1]
+    for index, code in enumerate(used.tolist()):
+        x, y = tile_origin(index, columns, size)
+        axes.text(
+            x * ATLAS_SCALE + 1,
+            y * ATLAS_SCALE + 1,
+            str(code),
+            va="top",
+            ha="left",
+            **_label_style(ATLAS_FONT_SIZE),
+        )
+    return _save(figure, path)
+
+
+@torch.no_grad()
+def plot_code_map(model: VQVAE, images: torch.Tensor, path: str | Path) -> Path:
+    """Test images (N, H, W) side by side with their code grid drawn over them."""
+    device = next(model.parameters()).device
+    codes = model.encode(images.to(device)).cpu()  # (N, h, w)
+    pixels = to_uint8(images)
+    count, size = pixels.shape[0], pixels.shape[-1]
+    grid = codes.shape[-1]
+    cell = size * CODEMAP_SCALE / grid  # screen pixels per code cell
+    figure, axes = _show_canvas(tile(pixels, count), CODEMAP_SCALE)
+    for index in range(count):
+        x0, y0 = (v * CODEMAP_SCALE for v in tile_origin(index, count, size))
+        for line in range(grid + 1):
+            offset = line * cell
+            axes.plot([x0, x0 + size * CODEMAP_SCALE], [y0 + offset] * 2, color="tab:cyan", lw=0.5)
+            axes.plot([x0 + offset] * 2, [y0, y0 + size * CODEMAP_SCALE], color="tab:cyan", lw=0.5)
+        for row in range(grid):
+            for col in range(grid):
+                axes.text(
+                    x0 + (col + 0.5) * cell,
+                    y0 + (row + 0.5) * cell,
+                    str(int(codes[index, row, col])),
+                    ha="center",
+                    va="center",
+                    **_label_style(CODEMAP_FONT_SIZE),
+                )
+    return _save(figure, path)
+
+
+def write_codebook_figures(
+    model: VQVAE,
+    counts: torch.Tensor,
+    test_images: torch.Tensor,
+    out_dir: str | Path,
+) -> CodebookFigures:
+    """The usage histogram, code atlas and code map PNGs, named as in ``runfiles.FIGURE_NAMES``.
+
+    counts: (K,) code usage over the training set; test_images: (N, H, W) for the code map.
+    """
+    out_dir = ensure_dir(out_dir)
+    images = int(counts.sum()) // model.config.grid_size**2
+    names = runfiles.FIGURE_NAMES
+    return CodebookFigures(
+        usage=plot_usage(counts, out_dir / names["codebook_usage"], images),
+        atlas=plot_atlas(model, counts, out_dir / names["codebook_atlas"]),
+        codemap=plot_code_map(model, test_images, out_dir / names["codebook_codemap"]),
+    )

@@ -1,0 +1,108 @@
+"""Code grids and images as files: pickle-free ``.npy`` arrays and PNG grids.
+
+Codes are the product of a VQ-VAE: ``encode`` writes them, ``decode`` and other tools read them
+back. Reading validates everything a damaged or foreign file could get wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vqkit.errors import VqkitError
+from vqkit.fileio import atomic_open
+from vqkit.images import save_grid
+from vqkit.model import VQVAE
+
+IMAGE_SUFFIXES = (".png", ".npy")
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def save_npy(array: np.ndarray, path: str | Path) -> Path:
+    """Write an array as ``.npy`` atomically and without pickling."""
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+    return path
+
+
+def save_codes(codes: torch.Tensor | np.ndarray, path: str | Path) -> Path:
+    """Code grids (N, h, w) as an int64 ``.npy`` file."""
+    require_suffix(path, (".npy",), "codes file")
+    array = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else codes
+    return save_npy(array.astype(np.int64), path)
+
+
+def load_codes(path: str | Path, num_codes: int, grid_size: int) -> torch.Tensor:
+    """Validated code grids (N, h, w) int64 from ``.npy``; a single (h, w) grid becomes N=1."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            # np.load would also accept .npz archives and (refused) pickles: check the magic.
+            if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                raise VqkitError(f"The codes file '{path}' is not a .npy file.")
+            handle.seek(0)
+            array = np.load(handle, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise VqkitError(f"The codes file '{path}' does not exist.") from exc
+    except IsADirectoryError as exc:
+        raise VqkitError(f"The codes file '{path}' is a folder, not a .npy file.") from exc
+    except ValueError as exc:  # an object array needs pickle; or a damaged header
+        kind = "holds pickled objects" if "pickle" in str(exc).lower() else "is damaged"
+        raise VqkitError(f"The codes file '{path}' {kind}; it must hold an integer array.") from exc
+    except (OSError, EOFError) as exc:
+        raise VqkitError(f"The codes file '{path}' is damaged or cannot be read.") from exc
+    if array.ndim == 2:
+        array = array[None]
+    expected = (grid_size, grid_size)
+    if array.ndim != 3 or array.shape[1:] != expected or array.shape[0] == 0:
+        raise VqkitError(
+            f"The codes in '{path}' have shape {array.shape}; decode needs (N, {grid_size}, "
+            f"{grid_size}) code grids with N >= 1."
+        )
+    if not np.issubdtype(array.dtype, np.integer):
+        raise VqkitError(
+            f"The codes in '{path}' are of type {array.dtype}; codes must be integers."
+        )
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= num_codes:
+        bad = low if low < 0 else high
+        raise VqkitError(
+            f"The codes in '{path}' include {bad}, outside this model's codebook (0 to "
+            f"{num_codes - 1})."
+        )
+    return torch.from_numpy(array.astype(np.int64))
+
+
+def require_suffix(path: str | Path, suffixes: tuple[str, ...], what: str) -> None:
+    """A clear error when an output path does not end in one of the allowed suffixes."""
+    if Path(path).suffix.lower() not in suffixes:
+        allowed = " or ".join(suffixes)
+        raise VqkitError(f"The {what} path '{path}' must end in {allowed}.")
+
+
+def write_images(images: torch.Tensor, path: str | Path, columns: int = 8) -> Path:
+    """Images (N, [1,] H, W) in [0, 1]: a PNG grid, or an (N, H, W) float32 ``.npy`` array."""
+    require_suffix(path, IMAGE_SUFFIXES, "output")
+    if Path(path).suffix.lower() == ".png":
+        return save_grid(images, path, columns=columns)
+    array = images.detach().cpu().float()
+    if array.dim() == 4:
+        array = array[:, 0]
+    return save_npy(array.clamp(0.0, 1.0).numpy().astype(np.float32), path)
+
+
+@torch.no_grad()
+def encode_images(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Code grids (N, h, w) int64 on the CPU of uint8 images (N, H, W), in batches."""
+    device = next(model.parameters()).device
+    return torch.cat([model.encode(part.to(device)).cpu() for part in images.split(batch_size)])
+
+
+@torch.no_grad()
+def decode_codes(model: VQVAE, codes: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Images (N, C, H, W) in [0, 1] on the CPU of code grids (N, h, w), in batches."""
+    device = next(model.parameters()).device
+    return torch.cat([model.decode(part.to(device)).cpu() for part in codes.split(batch_size)])

@@ -1,0 +1,129 @@
+"""Naming input images on the command line: test-set indices and ranges, digits, PNG files.
+
+One reference names one or more images:
+
+- ``17`` or ``test:17``: test image 17; ``test:0-99``: test images 0 to 99 (inclusive);
+- ``digit:3``: the first test image labelled 3 (the class index for Fashion-MNIST);
+- anything else: a path to a grayscale PNG of the model's image size.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from vqkit.data import Split, load_split
+from vqkit.errors import VqkitError
+
+_INDEX = re.compile(r"^(?:test:)?(\d+)$")
+_RANGE = re.compile(r"^test:(\d+)-(\d+)$")
+_DIGIT = re.compile(r"^digit:(-?\d+)$")
+
+# 8-bit Pillow modes that convert to grayscale without guessing a value range.
+_CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}
+
+
+@dataclass
+class ImageSet:
+    """Images named by references: ``images`` (N, H, W) uint8 and one label per image."""
+
+    images: torch.Tensor
+    names: list[str]
+
+
+def load_png(path: str | Path, size: int = 28) -> torch.Tensor:
+    """A PNG file as a (size, size) uint8 grayscale tensor, with a clear error for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise VqkitError(
+            f"'{path}' is not a test-set index, test:A-B range, digit:D or an existing PNG file."
+        )
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                raise VqkitError(f"'{path}' is not a PNG file (it is {image.format or 'unknown'}).")
+            if image.mode not in _CONVERTIBLE_MODES:
+                raise VqkitError(
+                    f"'{path}' has the pixel format {image.mode}; save it as 8-bit grayscale."
+                )
+            if image.size != (size, size):
+                width, height = image.size
+                raise VqkitError(
+                    f"'{path}' is {width}×{height} pixels; the model needs {size}×{size} images."
+                )
+            if image.mode == "P":  # a palette may carry transparency: resolve it first
+                image = image.convert("RGBA")
+            pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+    except UnidentifiedImageError as exc:
+        raise VqkitError(f"'{path}' is not an image file Pillow can read (not a PNG).") from exc
+    except OSError as exc:
+        raise VqkitError(f"'{path}' cannot be read as a PNG: it is damaged or truncated.") from exc
+    return torch.from_numpy(pixels.copy())
+
+
+def test_split_loader(dataset: str, data_dir: str | Path | None = None) -> Callable[[], Split]:
+    """A function loading the dataset's test split on first use only (PNG inputs never need it)."""
+    return functools.cache(lambda: load_split(dataset, "test", data_dir))
+
+
+def _test_index(index: int, test: Split) -> int:
+    if index >= len(test):
+        raise VqkitError(f"Test index {index} is outside the test set (0 to {len(test) - 1}).")
+    return index
+
+
+def resolve_images(
+    references: Sequence[str], test_split: Callable[[], Split], size: int = 28
+) -> ImageSet:
+    """All images named by ``references``, in order; ``test_split`` loads the test set lazily."""
+    images: list[torch.Tensor] = []
+    names: list[str] = []
+    for reference in references:
+        index, span = _INDEX.match(reference), _RANGE.match(reference)
+        digit = _DIGIT.match(reference)
+        if index or span or digit:
+            test = test_split()
+        if index:
+            position = _test_index(int(index.group(1)), test)
+            images.append(test.images[position : position + 1])
+            names.append(f"test:{position}")
+        elif span:
+            first, last = int(span.group(1)), int(span.group(2))
+            if first > last:
+                raise VqkitError(f"The range '{reference}' is empty: its start exceeds its end.")
+            _test_index(last, test)
+            images.append(test.images[first : last + 1])
+            names.extend(f"test:{i}" for i in range(first, last + 1))
+        elif digit:
+            label = int(digit.group(1))
+            if not 0 <= label < len(test.classes):
+                raise VqkitError(
+                    f"'{reference}' names no class: labels go from 0 to {len(test.classes) - 1}."
+                )
+            matches = torch.nonzero(test.labels == label).flatten()
+            if matches.numel() == 0:
+                raise VqkitError(f"The test set holds no image labelled {label}.")
+            position = int(matches[0])
+            images.append(test.images[position : position + 1])
+            names.append(f"test:{position}")
+        else:
+            images.append(load_png(reference, size).unsqueeze(0))
+            names.append(reference)
+    if not images:
+        raise VqkitError("No input images were given.")
+    return ImageSet(torch.cat(images), names)
+
+
+def resolve_image(reference: str, test_split: Callable[[], Split], size: int = 28) -> torch.Tensor:
+    """The one image a reference names, (H, W) uint8; a range of several is an error."""
+    found = resolve_images([reference], test_split, size)
+    if found.images.shape[0] != 1:
+        raise VqkitError(f"'{reference}' names {found.images.shape[0]} images; give exactly one.")
+    return found.images[0]

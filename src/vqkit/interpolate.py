@@ -1,0 +1,111 @@
+"""Paths between two images through the discrete latent space.
+
+Three modes, each giving ``steps`` code grids from A's codes (t = 0) to B's codes (t = 1):
+
+- ``crossfade``: patches switch from A's code to B's in a random order; at step t the first
+  round(t·P) patches of that order hold B's code (P = h·w). A switched patch stays switched.
+- ``wipe``: the same, with patches switching in raster order (top-left to bottom-right).
+- ``latent``: the continuous encoder outputs are interpolated linearly, then quantized.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vqkit.errors import VqkitError
+from vqkit.model import VQVAE, images_to_input
+
+MODES = ("crossfade", "wipe", "latent")
+MIN_STEPS = 2  # the two ends, t = 0 and t = 1
+
+
+def _step_fractions(steps: int) -> torch.Tensor:
+    if steps < MIN_STEPS:
+        raise VqkitError(f"An interpolation needs at least {MIN_STEPS} steps (both ends).")
+    return torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+
+
+def patch_switch_codes(
+    codes_a: torch.Tensor, codes_b: torch.Tensor, order: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """Grids (steps, h, w) where step t takes B's code at the first round(t·P) patches of order.
+
+    codes_a, codes_b: (h, w) int; order: (P,) a permutation of the flat patch indices.
+    """
+    flat_a, flat_b = codes_a.flatten(), codes_b.flatten()
+    patches = flat_a.numel()
+    # rank[p] = position of patch p in the switching order; it switches once rank < count.
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(patches, device=order.device)
+    counts = torch.round(_step_fractions(steps) * patches).long().to(order.device)  # (steps,)
+    switched = rank.unsqueeze(0) < counts.unsqueeze(1)  # (steps, P)
+    frames = torch.where(switched, flat_b.unsqueeze(0), flat_a.unsqueeze(0))
+    return frames.view(steps, *codes_a.shape)
+
+
+def interpolate_codes(
+    codes_a: torch.Tensor,
+    codes_b: torch.Tensor,
+    steps: int,
+    mode: str = "crossfade",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Code-space interpolation (crossfade or wipe) between two (h, w) grids -> (steps, h, w)."""
+    if codes_a.shape != codes_b.shape or codes_a.dim() != 2:
+        raise VqkitError("Both code grids must be 2-D and of the same shape.")
+    patches = codes_a.numel()
+    if mode == "crossfade":
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        order = torch.randperm(patches, generator=generator).to(codes_a.device)
+    elif mode == "wipe":
+        order = torch.arange(patches, device=codes_a.device)
+    else:
+        raise VqkitError(f"'{mode}' is not a code-space mode; use crossfade or wipe.")
+    return patch_switch_codes(codes_a, codes_b, order, steps)
+
+
+@torch.no_grad()
+def interpolate_latent(
+    model: VQVAE, image_a: torch.Tensor, image_b: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """Quantized linear path between the encoder outputs of two (H, W) images -> (steps, h, w).
+
+    torch.lerp is exact at both ends, so step 0 and the last step are encode(A) and encode(B).
+    """
+    device = next(model.parameters()).device
+    pair = images_to_input(torch.stack([image_a, image_b]).to(device))
+    z_a, z_b = model.encoder(pair)  # each (D, h, w)
+    weights = _step_fractions(steps).float().to(device).view(steps, 1, 1, 1)
+    path = torch.lerp(z_a.unsqueeze(0), z_b.unsqueeze(0), weights)  # (steps, D, h, w)
+    return model.quantizer.quantize_codes(path)
+
+
+@torch.no_grad()
+def interpolation(
+    model: VQVAE,
+    image_a: torch.Tensor,
+    image_b: torch.Tensor,
+    steps: int = 8,
+    mode: str = "crossfade",
+    seed: int = 0,
+) -> torch.Tensor:
+    """Code grids (steps, h, w) from image A's codes to image B's with the named mode."""
+    if mode not in MODES:
+        raise VqkitError(f"Unknown interpolation mode '{mode}'; choose one of: {', '.join(MODES)}.")
+    if mode == "latent":
+        return interpolate_latent(model, image_a, image_b, steps)
+    device = next(model.parameters()).device
+    codes_a, codes_b = model.encode(torch.stack([image_a, image_b]).to(device))
+    generator = torch.Generator().manual_seed(seed)
+    return interpolate_codes(codes_a, codes_b, steps, mode, generator)
+
+
+@torch.no_grad()
+def interpolation_strip(
+    model: VQVAE, image_a: torch.Tensor, image_b: torch.Tensor, codes: torch.Tensor
+) -> torch.Tensor:
+    """Original A, the decoded steps, original B: (steps + 2, H, W) floats in [0, 1]."""
+    device = next(model.parameters()).device
+    decoded = model.decode(codes.to(device))[:, 0].cpu()
+    originals = images_to_input(torch.stack([image_a, image_b]))[:, 0]
+    return torch.cat([originals[:1], decoded, originals[1:]])

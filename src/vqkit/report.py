@@ -1,0 +1,398 @@
+"""The visual report of a run: one self-contained HTML file, ``RUN_DIR/report.html``.
+
+Each section is built from the files the run has (see ``vqkit.runfiles``) and left out when they
+are missing; a damaged optional file becomes a short note instead of an error.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vqkit import report_plots, runfiles
+from vqkit.codebook_view import plot_usage
+from vqkit.fileio import write_bytes_atomic
+from vqkit.quantize import perplexity
+from vqkit.report_html import Section, cards, esc, fmt, image, note, page, table, table_html
+from vqkit.runinfo import RunInfo, headline, load_run_info, number
+
+# What each sample figure shows, and which scores.json row (exact name, or a name prefix for the
+# per-class rows) scores it.
+SAMPLE_FIGURES = {
+    "samples_random": ("uniformly random codes", "random", False),
+    "samples_used": ("codes the encoder uses on the training set", "used", False),
+    "samples_prior": ("PixelCNN prior", "prior", False),
+    "samples_prior_conditional": ("class-conditional prior, one row per class", "prior (", True),
+}
+INTERPOLATION_CAPTIONS = {
+    "interpolation_crossfade": "cross-fade: patches switch from the first image's code to the "
+    "second's in a random order",
+    "interpolation_wipe": "wipe: patches switch codes in reading order, top left to bottom right",
+    "interpolation_latent": "latent: encoder outputs blended linearly, each snapped to its "
+    "nearest code",
+}
+SCORE_COLUMNS = (
+    ("fid", "classifier-FID (lower is better)"),
+    ("confidence", "confidence"),
+    ("inception_score", "inception score"),
+    ("label_accuracy", "label accuracy"),
+)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``RUN_DIR/report.html`` for a run folder and return its path.
+
+    VqkitError when the folder is missing or not a run; optional files may be absent or damaged.
+    """
+    info = load_run_info(run_dir)
+    path = info.path(runfiles.REPORT)
+    write_bytes_atomic(path, render_report(info).encode("utf-8"))
+    return path
+
+
+def render_report(info: RunInfo) -> str:
+    """The report's HTML text."""
+    sections = [section for build in SECTIONS if (section := build(info)) is not None]
+    name = info.run_dir.resolve().name
+    return page(f"vqkit report: {name}", _header(info, name), sections, _footer(info))
+
+
+def _embed(info: RunInfo, path: Path, alt: str, caption: str = "", pixelated: bool = True) -> str:
+    """A figure for an image file, or "" with a note when it cannot be read as a PNG."""
+    try:
+        return image(path.read_bytes(), alt, caption, pixelated=pixelated)
+    except (OSError, ValueError):
+        info.notes[str(path.relative_to(info.run_dir))] = "is not a readable PNG"
+        return ""
+
+
+def _header(info: RunInfo, name: str) -> str:
+    top = headline(info)
+    epochs = f"{top.epochs_done} of {top.epochs_planned} epochs"
+    subtitle = f"{top.dataset} · preset {top.preset} · {epochs} · {info.run_dir}"
+    items: list[tuple[str, str, str]] = []
+    if top.test_mse is not None:
+        psnr = number((info.final or {}).get("test_psnr"))
+        items.append(
+            (
+                "test MSE",
+                fmt(top.test_mse, 3),
+                f"PSNR {fmt(psnr, 3)} dB" if psnr is not None else "",
+            )
+        )
+    if top.codes_used is not None:
+        items.append(("codes used", f"{top.codes_used} / {top.num_codes}", "on the test set"))
+    if top.prior_bits_per_code is not None:
+        uniform = number(info.prior_metrics[-1].get("uniform_bits_per_code"))
+        detail = f"uniform: {fmt(uniform, 3)}" if uniform is not None else "best test epoch"
+        items.append(("prior bits per code", fmt(top.prior_bits_per_code, 3), detail))
+    if top.fid:
+        value = " / ".join(fmt(v, 3) for v in top.fid.values())
+        items.append(("classifier-FID", value, " / ".join(top.fid)))
+    return (
+        f"<p class='eyebrow'>vqkit run report</p><h1>{esc(name)}</h1>"
+        f"<p class='subtitle'>{esc(subtitle)}</p>" + (cards(items) if items else "")
+    )
+
+
+def _setting(value: Any) -> str:
+    """A config value as a person writes it: strings bare, None as 'none', the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    return "none" if value is None else json.dumps(value)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", _setting(value)))
+    return rows
+
+
+def _settings_tables(data: dict[str, Any], run_rows: list[tuple[str, str]]) -> list[str]:
+    """One small titled table per top-level group of ``data``; top-level scalars join
+    ``run_rows``."""
+    groups = {"run": list(run_rows)}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            groups[key] = _flatten(value)
+        else:
+            groups["run"].append((key, _setting(value)))
+    return [_settings_tile(name, rows) for name, rows in groups.items() if rows]
+
+
+def _settings_tile(name: str, rows: list[tuple[str, str]]) -> str:
+    return f"<div><h3>{esc(name)}</h3>{table(['setting', 'value'], rows, numeric_from=2)}</div>"
+
+
+def _configuration(info: RunInfo) -> Section:
+    run_rows = [("dataset", info.config.train.dataset)]
+    tiles = _settings_tables(info.config.to_dict(), run_rows)
+    damaged = ""
+    prior_path = info.path(runfiles.PRIOR_CONFIG)
+    if prior_path.exists():
+        try:
+            prior = json.loads(prior_path.read_text())
+            if not isinstance(prior, dict):
+                raise ValueError("not an object")
+            tiles.append(_settings_tile("prior", _flatten(prior)))
+        except (OSError, ValueError):
+            damaged = note(f"{runfiles.PRIOR_CONFIG} is damaged; its settings are not shown.")
+    body = f'<div class="grid">{"".join(tiles)}</div>{damaged}'
+    lead = f"Settings in {runfiles.CONFIG}: everything needed to rebuild the model."
+    return Section("configuration", "Configuration", body, lead)
+
+
+def _training(info: RunInfo) -> Section | None:
+    records = info.metrics
+    if not records:
+        return None
+    epochs = [int(r["epoch"]) for r in records]
+    num_codes = info.config.model.quantizer.num_codes
+    curves = [
+        ("train_loss", "training loss", report_plots.COLORS["train"], None),
+        ("test_mse", "test MSE", report_plots.COLORS["test"], None),
+        (
+            "codes_used",
+            "codes used on the test set",
+            report_plots.COLORS["codes"],
+            (num_codes, f"K = {num_codes}"),
+        ),
+    ]
+    plots = [
+        image(
+            report_plots.epoch_curve_png(
+                epochs, [number(r.get(key)) for r in records], title, color, ceiling
+            ),
+            f"{title} per epoch",
+        )
+        for key, title, color, ceiling in curves
+    ]
+    columns = ("train_loss", "test_mse", "test_psnr", "perplexity", "codes_used")
+    rows = [[r["epoch"], *(r.get(c) for c in columns)] for r in records]
+    headers = ["epoch", "train loss", "test MSE", "PSNR (dB)", "perplexity", "codes used"]
+    body = f'<div class="grid">{"".join(plots)}</div>' + (
+        f"<details><summary>per-epoch numbers</summary>{table(headers, rows)}</details>"
+    )
+    return Section("training", "Training", body, f"One point per epoch, from {runfiles.METRICS}.")
+
+
+def _reconstructions(info: RunInfo) -> Section | None:
+    path = info.path(runfiles.RECONSTRUCTIONS)
+    if not path.is_file():
+        return None
+    body = _embed(
+        info,
+        path,
+        "test images above their reconstructions",
+        "top: test images; bottom: the same images encoded to codes and decoded",
+    )
+    return Section("reconstructions", "Reconstructions", body) if body else None
+
+
+def _codebook(info: RunInfo) -> Section | None:
+    parts: list[str] = []
+    usage = info.code_usage
+    if usage is not None:
+        counts = usage["counts"]
+        images = number(usage.get("images"))
+        images = None if images is None else int(images)
+        used = sum(1 for c in counts if c > 0)
+        spread = perplexity(torch.tensor(counts))
+        parts.append(
+            table(
+                ["codebook size", "codes used", "dead codes", "perplexity", "images"],
+                [[len(counts), used, len(counts) - used, spread, images]],
+                numeric_from=0,
+            )
+        )
+    if "codebook_usage" in info.figures:
+        parts.append(
+            _embed(
+                info, info.figures["codebook_usage"], "code usage", "code usage", pixelated=False
+            )
+        )
+    elif usage is not None:
+        parts.append(image(_usage_plot(usage["counts"], images), "code usage", "code usage"))
+    atlas = [
+        ("codebook_atlas", "each used code decoded on its own, most used first"),
+        ("codebook_codemap", "test images with the code of each cell of their grid"),
+    ]
+    parts += [
+        _embed(info, info.figures[key], caption, caption)
+        for key, caption in atlas
+        if key in info.figures
+    ]
+    body = "".join(parts)
+    if not body:
+        return None
+    lead = "How the codebook is used: a collapsed codebook uses few of its codes."
+    return Section("codebook", "Codebook", body, lead)
+
+
+def _usage_plot(counts: list[int], images: int | None) -> bytes:
+    """The codebook view's usage histogram of ``counts``, as PNG bytes."""
+    with tempfile.TemporaryDirectory() as folder:
+        return plot_usage(torch.tensor(counts), Path(folder) / "usage.png", images).read_bytes()
+
+
+def _score_line(info: RunInfo, row_name: str, prefix: bool) -> str:
+    """One line of scores under a sample figure (per-class rows are averaged)."""
+    rows = [
+        row
+        for row in (info.scores or {}).get("rows", [])
+        if (row["name"].startswith(row_name) if prefix else row["name"] == row_name)
+    ]
+    parts = []
+    for key, label in SCORE_COLUMNS:
+        values = [v for row in rows if (v := number(row.get(key))) is not None]
+        if values:
+            parts.append(f"{label.split(' (')[0]} {fmt(sum(values) / len(values), 3)}")
+    if not parts:
+        return ""
+    averaged = f"mean over {len(rows)} classes: " if len(rows) > 1 else ""
+    return f'<p class="scores">{esc(averaged + " · ".join(parts))}</p>'
+
+
+def _samples(info: RunInfo) -> Section | None:
+    keys = [key for key in info.figures if key.startswith("samples_")]
+    tiles = []
+    for key in keys:
+        # A strategy without an entry is titled and scored by its own name.
+        strategy = key.removeprefix("samples_")
+        title, row_name, prefix = SAMPLE_FIGURES.get(key, (strategy, strategy, False))
+        picture = _embed(info, info.figures[key], f"samples: {title}", title)
+        if picture:
+            tiles.append(f"<div>{picture}{_score_line(info, row_name, prefix)}</div>")
+    body = f'<div class="grid">{"".join(tiles)}</div>' if tiles else ""
+    if info.scores is not None:
+        body += _scores_table(info.scores)
+    elif runfiles.SCORES in info.notes:
+        body += note(f"{runfiles.SCORES} is damaged, so no scores are shown.")
+    if not body:
+        return None
+    lead = "Images decoded from sampled code grids, one panel per sampling strategy."
+    return Section("samples", "Samples", body, lead)
+
+
+def _scores_table(scores: dict[str, Any]) -> str:
+    headers = ["images"] + [label for _, label in SCORE_COLUMNS]
+    rows = [
+        [row["name"], *(number(row.get(key)) for key, _ in SCORE_COLUMNS)] for row in scores["rows"]
+    ]
+    n, accuracy = number(scores.get("n")), number(scores.get("classifier_test_accuracy"))
+    detail = []
+    if n is not None:
+        detail.append(f"{int(n)} images per row")
+    if accuracy is not None:
+        detail.append(f"the scoring classifier is {accuracy:.1%} accurate on the test set")
+    caption = f"<p class='lead'>{esc('; '.join(detail))}.</p>" if detail else ""
+    return f'<div id="scores"><h3>Sample quality</h3>{caption}{table(headers, rows)}</div>'
+
+
+def _interpolation(info: RunInfo) -> Section | None:
+    keys = [key for key in info.figures if key.startswith("interpolation_")]
+    strips = [
+        _embed(info, info.figures[k], k, INTERPOLATION_CAPTIONS.get(k, k.replace("_", " ")))
+        for k in keys
+    ]
+    body = "".join(strips)
+    lead = "Each row walks from one test image to another."
+    return Section("interpolation", "Interpolation", body, lead) if body else None
+
+
+def _prior(info: RunInfo) -> Section | None:
+    records = info.prior_metrics
+    if not records:
+        return None
+    last = records[-1]
+    baselines = {
+        name: bits
+        for name in ("uniform", "unigram")
+        if (bits := number(last.get(f"{name}_bits_per_code"))) is not None
+    }
+    plot = report_plots.prior_nll_png(
+        [int(r["epoch"]) for r in records],
+        [r["train_bits_per_code"] for r in records],
+        [r["test_bits_per_code"] for r in records],
+        baselines,
+    )
+    best = min(records, key=lambda r: r["test_bits_per_code"])
+    cells_per_grid = info.config.model.grid_size**2
+    rows = [
+        [
+            f"PixelCNN prior (epoch {best['epoch']})",
+            best["test_bits_per_code"],
+            number(best.get("test_bits_per_image")),
+        ]
+    ]
+    rows += [[f"{name} baseline", bits, bits * cells_per_grid] for name, bits in baselines.items()]
+    body = image(plot, "prior bits per code per epoch against baselines") + table(
+        ["model", "test bits per code", "test bits per image"], rows
+    )
+    lead = (
+        "Negative log-likelihood of test code grids under the prior; lower is better. "
+        "Uniform assumes every code equally likely, unigram uses training-set code frequencies."
+    )
+    return Section("prior", "Prior", body, lead)
+
+
+def _timing(info: RunInfo) -> Section | None:
+    parts = []
+    epochs = [r for r in info.metrics if number(r.get("epoch_seconds")) is not None]
+    if epochs:
+        rows = [
+            [r["epoch"], r["epoch_seconds"], number(r.get("images_per_second"))] for r in epochs
+        ]
+        parts.append("<h3>training epochs</h3>" + table(["epoch", "seconds", "images/s"], rows))
+    if info.timings:
+        longest = max(info.timings.values()) or 1.0
+        total = sum(info.timings.values())
+        rows_html = "".join(
+            f"<tr><td>{esc(stage)}</td><td class=num>{esc(fmt(sec, 3))}</td>"
+            f'<td><span class="bar" style="width:{160 * sec / longest:.0f}px"></span></td></tr>'
+            for stage, sec in info.timings.items()
+        )
+        rows_html += f"<tr><th>total</th><th class=num>{esc(fmt(total, 3))}</th><th></th></tr>"
+        head = "<th>stage</th><th class=num>seconds</th><th></th>"
+        parts.append("<h3>pipeline stages</h3>" + table_html(head, rows_html))
+    if not parts:
+        return None
+    return Section(
+        "timing", "Timing", "".join(parts), "Wall-clock seconds on the machine that ran it."
+    )
+
+
+def _footer(info: RunInfo) -> str:
+    lines = []
+    if info.notes:
+        items = "".join(
+            f"<li><code>{esc(name)}</code> {esc(why)}</li>" for name, why in info.notes.items()
+        )
+        lines.append(
+            f'<div id="notes" class="note"><strong>Left out:</strong><ul>{items}</ul></div>'
+        )
+    stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    lines.append(f"<p>Written by vqkit on {esc(stamp)}.</p>")
+    return "".join(lines)
+
+
+SECTIONS: tuple[Callable[[RunInfo], Section | None], ...] = (
+    _configuration,
+    _training,
+    _reconstructions,
+    _codebook,
+    _samples,
+    _interpolation,
+    _prior,
+    _timing,
+)

@@ -1,0 +1,203 @@
+"""Small HTML building blocks for the report: escaping, tables, embedded images, the page shell.
+
+Everything a page needs is inline (CSS in a <style> element, images as base64 data URIs), so the
+file opens anywhere without a network. Every piece of text goes through ``esc``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Small pixel images (28×28 digits) are enlarged by a whole factor up to about this CSS width,
+# never more than MAX_PIXEL_SCALE times; the page shrinks them again on narrow screens.
+PIXEL_TARGET_WIDTH = 520
+MAX_PIXEL_SCALE = 4
+# Plots are rendered at 150 dpi; shown at 96 CSS px per inch they stay sharp on dense screens.
+PLOT_DENSITY = 150 / 96
+
+
+@dataclass
+class Section:
+    """One titled part of the report; ``id`` is its anchor (and what tests look for)."""
+
+    id: str
+    title: str
+    body: str
+    lead: str = ""  # one sentence under the title saying what the section shows
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A number for a table cell: ints as is, floats to ``digits`` significant figures."""
+    if value is None or isinstance(value, bool):
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–"
+        return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:,.0f}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> str:
+    """An HTML table; cells are escaped, columns from ``numeric_from`` on are right-aligned."""
+    head = "".join(
+        f"<th{' class=num' if i >= numeric_from else ''}>{esc(h)}</th>"
+        for i, h in enumerate(headers)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td{' class=num' if i >= numeric_from else ''}>{esc(fmt(cell))}</td>"
+            for i, cell in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return table_html(head, body)
+
+
+def table_html(head: str, body: str) -> str:
+    """A scrollable table from ready-made header cells and body rows (already escaped)."""
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of PNG bytes that Pillow can fully decode, else None."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # decodes every pixel: a truncated file fails here
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+
+
+def image(data: bytes, alt: str, caption: str = "", *, pixelated: bool = False) -> str:
+    """A <figure> with ``data`` (checked PNG bytes) embedded as a data URI."""
+    size = png_size(data)
+    if size is None:
+        raise ValueError("not a readable PNG")
+    width, height = size
+    if pixelated:
+        # Small pixel images are enlarged by a whole factor with hard pixel edges; larger ones
+        # (figures with text) are shown at their own size, smoothed when a screen shrinks them.
+        scale = max(1, min(MAX_PIXEL_SCALE, PIXEL_TARGET_WIDTH // width))
+        shown = width * scale
+        css_class = "pixels" if scale > 1 else "natural"
+    else:
+        shown = round(width / PLOT_DENSITY)
+        css_class = "plot"
+    source = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    caption_html = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
+    return (
+        f'<figure><img class="{css_class}" src="{source}" alt="{esc(alt)}" '
+        f'width="{width}" height="{height}" style="width:{shown}px">{caption_html}</figure>'
+    )
+
+
+def cards(items: Sequence[tuple[str, str, str]]) -> str:
+    """Headline numbers: (label, value, detail) boxes in a wrapping row."""
+    boxes = "".join(
+        f'<div class="card"><div class="label">{esc(label)}</div>'
+        f'<div class="value">{esc(value)}</div><div class="detail">{esc(detail)}</div></div>'
+        for label, value, detail in items
+    )
+    return f'<div class="cards">{boxes}</div>'
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{esc(text)}</p>'
+
+
+STYLE = """
+:root { --fg:#1f2937; --muted:#6b7280; --line:#e5e7eb; --bg:#ffffff; --soft:#f8fafc;
+        --accent:#2563eb; }
+* { box-sizing:border-box; }
+body { margin:0; color:var(--fg); background:var(--bg); line-height:1.5;
+       font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif; }
+header, main, footer { max-width:1120px; margin:0 auto; padding:0 20px; }
+header { padding-top:28px; }
+h1 { font-size:1.7rem; margin:0 0 4px; letter-spacing:-0.01em; }
+h2 { font-size:1.25rem; margin:0 0 4px; padding-top:8px; }
+h3 { font-size:1rem; margin:18px 0 6px; }
+.eyebrow { margin:0; font-size:0.8rem; color:var(--accent); text-transform:uppercase;
+           letter-spacing:0.06em; font-weight:600; }
+.subtitle { color:var(--muted); margin:0 0 18px; }
+code { font:0.9em ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; }
+nav { position:sticky; top:0; z-index:1; background:rgba(255,255,255,0.95);
+      border-bottom:1px solid var(--line); }
+nav div { max-width:1120px; margin:0 auto; padding:8px 20px; display:flex; flex-wrap:wrap;
+          gap:4px 16px; font-size:0.9rem; }
+nav a { color:var(--accent); text-decoration:none; }
+nav a:hover { text-decoration:underline; }
+section { padding:22px 0; border-bottom:1px solid var(--line); scroll-margin-top:48px; }
+.lead { color:var(--muted); margin:0 0 14px; }
+.cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(150px,1fr)); gap:12px;
+         margin:0 0 22px; }
+.card { border:1px solid var(--line); border-radius:10px; padding:12px 14px;
+        background:var(--soft); }
+.card .label { font-size:0.8rem; color:var(--muted); text-transform:uppercase;
+               letter-spacing:0.04em; }
+.card .value { font-size:1.45rem; font-weight:600; font-variant-numeric:tabular-nums; }
+.card .detail { font-size:0.85rem; color:var(--muted); }
+.grid { display:grid; grid-template-columns:repeat(auto-fit,minmax(260px,1fr)); gap:18px;
+        align-items:start; }
+figure { margin:0 0 12px; }
+figure img { display:block; max-width:100%; height:auto; border-radius:4px; }
+img.pixels { image-rendering:pixelated; }
+img.pixels, img.natural { border:1px solid var(--line); }
+figcaption { font-size:0.88rem; color:var(--muted); margin-top:4px; }
+.scroll { overflow-x:auto; }
+table { border-collapse:collapse; margin:6px 0 12px; font-size:0.92rem; }
+th, td { padding:5px 12px; border-bottom:1px solid var(--line); text-align:left;
+         white-space:nowrap; }
+th { font-weight:600; background:var(--soft); }
+td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
+tbody tr:nth-child(even) { background:#fbfcfd; }
+.bar { display:inline-block; height:0.7em; background:var(--accent); border-radius:2px;
+       vertical-align:middle; }
+.scores { font-size:0.88rem; color:var(--fg); margin:2px 0 0; }
+.note { color:#92400e; background:#fffbeb; border:1px solid #fde68a; border-radius:6px;
+        padding:6px 10px; font-size:0.9rem; }
+details summary { cursor:pointer; color:var(--accent); margin:6px 0; }
+footer { color:var(--muted); font-size:0.85rem; padding-top:16px; padding-bottom:40px; }
+@media (max-width:600px) { h1 { font-size:1.35rem; } .card .value { font-size:1.2rem; }
+  header, main, footer { padding-left:12px; padding-right:12px; } th, td { padding:4px 8px; } }
+"""
+
+
+def page(title: str, header: str, sections: Sequence[Section], footer: str) -> str:
+    """The whole document: header, a link bar to each section, the sections, a footer."""
+    links = "".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in sections)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
+        f"<header>{header}</header>",
+        f"<nav><div>{links}</div></nav>" if sections else "",
+        "<main>",
+    ]
+    for s in sections:
+        lead = f'<p class="lead">{esc(s.lead)}</p>' if s.lead else ""
+        parts.append(f'<section id="{esc(s.id)}"><h2>{esc(s.title)}</h2>{lead}{s.body}</section>')
+    parts += ["</main>", f"<footer>{footer}</footer>", "</body></html>", ""]
+    return "\n".join(parts)

@@ -1,0 +1,93 @@
+"""Plots for the report, drawn with matplotlib's Agg renderer and returned as PNG bytes.
+
+Figures are built with the object API (``Figure`` + ``FigureCanvasAgg``) inside each function:
+nothing touches pyplot's global state or the caller's chosen backend, and importing this module
+does not import matplotlib.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+# Rendering: inches at this dpi give crisp plots that the page scales down on small screens.
+DPI = 150
+PANEL_SIZE = (3.6, 2.8)  # inches per panel of a row of small plots
+WIDE_SIZE = (7.2, 3.2)  # inches of a single wide plot
+COLORS = {"train": "#2563eb", "test": "#dc2626", "codes": "#059669", "muted": "#6b7280"}
+BASELINE_STYLES = {"uniform": ":", "unigram": "--"}
+GRID_ALPHA = 0.3
+CEILING_HEADROOM = 1.05  # room above a limit line so it does not sit on the frame
+
+
+def _new_figure(size: tuple[float, float]):
+    """A matplotlib Figure attached to an Agg canvas (no pyplot, no global backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    # No "Software" metadata: the same data gives the same bytes.
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _style(axes, title: str, xlabel: str, ylabel: str = "") -> None:
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel(xlabel, fontsize=9)
+    if ylabel:
+        axes.set_ylabel(ylabel, fontsize=9)
+    axes.tick_params(labelsize=8)
+    axes.grid(alpha=GRID_ALPHA)
+    for side in ("top", "right"):
+        axes.spines[side].set_visible(False)
+
+
+def epoch_curve_png(
+    epochs: Sequence[int],
+    values: Sequence[float | None],
+    title: str,
+    color: str,
+    ceiling: tuple[float, str] | None = None,
+) -> bytes:
+    """One small plot of a per-epoch number; ``ceiling`` (value, label) adds a dotted limit line
+    and starts the axis at zero (for counts such as codes used out of K)."""
+    figure = _new_figure(PANEL_SIZE)
+    axes = figure.subplots()
+    known = [(e, v) for e, v in zip(epochs, values, strict=True) if v is not None]
+    if known:
+        axes.plot(*zip(*known, strict=True), marker="o", color=color)
+    if ceiling is not None:
+        limit, label = ceiling
+        axes.axhline(limit, color=COLORS["muted"], linestyle=":", label=label)
+        axes.set_ylim(0, limit * CEILING_HEADROOM)
+        axes.legend(fontsize=8, loc="lower right")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    _style(axes, title, "epoch")
+    return _png(figure)
+
+
+def prior_nll_png(
+    epochs: Sequence[int],
+    train_bits: Sequence[float],
+    test_bits: Sequence[float],
+    baselines: dict[str, float],
+) -> bytes:
+    """Prior bits per code against epoch, with baselines (name -> bits) as horizontal lines."""
+    figure = _new_figure(WIDE_SIZE)
+    axes = figure.subplots()
+    axes.plot(epochs, train_bits, marker="o", color=COLORS["train"], label="prior, train")
+    axes.plot(epochs, test_bits, marker="o", color=COLORS["test"], label="prior, test")
+    for name, bits in baselines.items():
+        style = BASELINE_STYLES.get(name, "-.")
+        axes.axhline(bits, color=COLORS["muted"], linestyle=style, label=f"{name} ({bits:.2f})")
+    axes.set_ylim(bottom=0)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.legend(fontsize=8, loc="best")
+    _style(axes, "negative log-likelihood of code grids", "epoch", "bits per code")
+    return _png(figure)

@@ -1,0 +1,209 @@
+"""Read everything a run folder holds, tolerating missing and damaged optional files.
+
+The report and ``vqkit runs`` both start here. Only ``config.json`` is required: without it the
+folder is not a run and a VqkitError says so. Every other file is optional; a damaged one is
+left out with a note (file name -> reason) instead of stopping the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vqkit import runfiles
+from vqkit.checkpoint import load_config
+from vqkit.config import RunConfig
+from vqkit.errors import VqkitError
+from vqkit.fileio import read_jsonl
+
+# Figures found by prefix as well as by their FIGURE_NAMES entry, so a new sampling strategy or
+# interpolation kind shows up in the report without a change here.
+FIGURE_PREFIXES = ("samples_", "interpolation_")
+
+# Score rows that stand for one sampling strategy each (the FIDs in the headline).
+HEADLINE_SCORE_ROWS = ("prior", "used", "random")
+
+# Code counts must fit a 64-bit integer (they are summed as int64).
+MAX_COUNT = 2**62
+
+
+@dataclass
+class RunInfo:
+    """The readable contents of one run folder."""
+
+    run_dir: Path
+    config: RunConfig
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    code_usage: dict[str, Any] | None = None
+    prior_metrics: list[dict[str, Any]] = field(default_factory=list)
+    scores: dict[str, Any] | None = None
+    timings: dict[str, float] | None = None
+    figures: dict[str, Path] = field(default_factory=dict)  # figure key -> existing PNG path
+    notes: dict[str, str] = field(default_factory=dict)  # file name -> why it was left out
+
+    def path(self, name: str) -> Path:
+        return self.run_dir / name
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        """The last epoch's metrics record, if any epoch finished."""
+        return self.metrics[-1] if self.metrics else None
+
+    def score_row(self, name: str) -> dict[str, Any] | None:
+        """The scores.json row called ``name``, if present."""
+        for row in (self.scores or {}).get("rows", []):
+            if row["name"] == name:
+                return row
+        return None
+
+
+@dataclass
+class Headline:
+    """The few numbers that summarise a run (None where the run lacks them)."""
+
+    dataset: str
+    preset: str
+    epochs_done: int
+    epochs_planned: int
+    test_mse: float | None = None
+    codes_used: int | None = None
+    num_codes: int | None = None
+    prior_bits_per_code: float | None = None  # best test NLL, the epoch whose weights are kept
+    fid: dict[str, float] = field(default_factory=dict)  # strategy -> classifier-FID
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is not a real number (bools excluded)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` looks like a run folder (it has a config.json)."""
+    return path.is_dir() and (path / runfiles.CONFIG).is_file()
+
+
+def load_run_info(run_dir: str | Path) -> RunInfo:
+    """Read a run folder; VqkitError when it is missing or its config.json is unusable."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise VqkitError(f"The run folder '{run_dir}' does not exist.")
+    if not (run_dir / runfiles.CONFIG).is_file():
+        raise VqkitError(
+            f"'{run_dir}' is not a run folder (it has no {runfiles.CONFIG}); "
+            "give a folder written by 'vqkit train'."
+        )
+    info = RunInfo(run_dir=run_dir, config=load_config(run_dir))
+    info.metrics = _epoch_records(info, runfiles.METRICS, required=("test_mse",))
+    info.prior_metrics = _epoch_records(
+        info, runfiles.PRIOR_METRICS, required=("train_bits_per_code", "test_bits_per_code")
+    )
+    info.code_usage = _optional_json(info, runfiles.CODE_USAGE, _valid_code_usage)
+    info.scores = _optional_json(info, runfiles.SCORES, _valid_scores)
+    info.timings = _optional_json(info, runfiles.TIMINGS, _valid_timings)
+    info.figures = _find_figures(run_dir / runfiles.FIGURES_DIR)
+    return info
+
+
+def headline(info: RunInfo) -> Headline:
+    """The summary numbers of a run, from whatever files it has."""
+    final = info.final or {}
+    result = Headline(
+        dataset=info.config.train.dataset,
+        preset=info.config.preset,
+        epochs_done=len(info.metrics),
+        epochs_planned=info.config.train.epochs,
+        test_mse=number(final.get("test_mse")),
+        num_codes=info.config.model.quantizer.num_codes,
+    )
+    used = number(final.get("codes_used"))
+    result.codes_used = None if used is None else int(used)
+    test_bits = [record["test_bits_per_code"] for record in info.prior_metrics]
+    result.prior_bits_per_code = min(test_bits) if test_bits else None
+    for name in HEADLINE_SCORE_ROWS:
+        row = info.score_row(name)
+        fid = number(row.get("fid")) if row else None
+        if fid is not None:
+            result.fid[name] = fid
+    return result
+
+
+def _epoch_records(info: RunInfo, name: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per-epoch JSON lines with a numeric epoch and ``required`` fields, in epoch order.
+
+    A resumed run may log an epoch twice; the later record wins.
+    """
+    path = info.path(name)
+    if not path.exists():
+        return []
+    by_epoch: dict[int, dict[str, Any]] = {}
+    try:
+        records = read_jsonl(path)
+    except (OSError, UnicodeDecodeError):
+        records = []
+    for record in records:
+        epoch = number(record.get("epoch"))
+        if epoch is None or any(number(record.get(key)) is None for key in required):
+            continue
+        by_epoch[int(epoch)] = record
+    if not by_epoch:
+        info.notes[name] = "has no readable epoch records"
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def _optional_json(info: RunInfo, name: str, validate) -> Any:
+    """A JSON file passed through ``validate`` (which returns None if it is malformed)."""
+    path = info.path(name)
+    if not path.exists():
+        return None
+    try:
+        data = validate(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if data is None:
+        info.notes[name] = "is damaged or not in the expected format"
+    return data
+
+
+def _valid_code_usage(data: Any) -> dict[str, Any] | None:
+    counts = data.get("counts") if isinstance(data, dict) else None
+    if not isinstance(counts, list) or not counts:
+        return None
+    if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < MAX_COUNT for c in counts):
+        return None
+    return data
+
+
+def _valid_scores(data: Any) -> dict[str, Any] | None:
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not rows:
+        return None
+    if not all(isinstance(row, dict) and isinstance(row.get("name"), str) for row in rows):
+        return None
+    return data
+
+
+def _valid_timings(data: Any) -> dict[str, float] | None:
+    if not isinstance(data, dict) or not data:
+        return None
+    seconds = {str(stage): number(value) for stage, value in data.items()}
+    if any(value is None or value < 0 for value in seconds.values()):
+        return None
+    return seconds
+
+
+def _find_figures(folder: Path) -> dict[str, Path]:
+    """Existing figure files: the FIGURE_NAMES entries first, then other prefixed PNGs by name."""
+    if not folder.is_dir():
+        return {}
+    found = {key: folder / name for key, name in runfiles.FIGURE_NAMES.items()}
+    found = {key: path for key, path in found.items() if path.is_file()}
+    known = {path.name for path in found.values()}
+    for path in sorted(folder.glob("*.png")):
+        if path.name not in known and path.name.startswith(FIGURE_PREFIXES) and path.is_file():
+            found[path.stem] = path
+    return found

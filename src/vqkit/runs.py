@@ -1,0 +1,76 @@
+"""A table of the run folders under one root, with each run's headline numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from vqkit import runfiles
+from vqkit.errors import VqkitError
+from vqkit.runinfo import headline, is_run_dir, load_run_info
+
+COLUMNS = ("run", "dataset", "preset", "epochs", "test MSE", "codes used", "prior bits/code")
+REPORT_COLUMN = "report"
+LEFT_ALIGNED = 3  # the first columns hold names; the rest are numbers, right-aligned
+MISSING = "-"
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Run folders directly inside ``root`` (folders with a config.json), sorted by name;
+    ``root`` itself when it is a run folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise VqkitError(
+            f"There is no folder '{root}' to list runs from; train one with 'vqkit train' "
+            "or give the folder that holds your runs."
+        )
+    if is_run_dir(root):
+        return [root]
+    return sorted(path for path in root.iterdir() if is_run_dir(path))
+
+
+def run_row(run_dir: Path) -> list[str]:
+    """One table row of text cells for a run folder (a damaged config gets a short mark)."""
+    report = "yes" if (run_dir / runfiles.REPORT).is_file() else "no"
+    try:
+        top = headline(load_run_info(run_dir))
+    except VqkitError:
+        blanks = [MISSING] * (len(COLUMNS) - 2)
+        return [run_dir.name, "(unreadable config.json)", *blanks, report]
+    epochs = str(top.epochs_done)
+    if top.epochs_done != top.epochs_planned:
+        epochs += f"/{top.epochs_planned}"
+    codes = MISSING if top.codes_used is None else f"{top.codes_used}/{top.num_codes}"
+    return [
+        run_dir.name,
+        top.dataset,
+        top.preset,
+        epochs,
+        MISSING if top.test_mse is None else f"{top.test_mse:.4f}",
+        codes,
+        MISSING if top.prior_bits_per_code is None else f"{top.prior_bits_per_code:.3f}",
+        report,
+    ]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> str:
+    """Columns padded to their widest cell; the first ``left`` columns left-aligned."""
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.ljust(width) if i < left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def runs_table(root: str | Path) -> str:
+    """The text ``vqkit runs`` prints for ``root``."""
+    runs = find_runs(root)
+    if not runs:
+        return f"No run folders in '{root}' (a run folder holds a {runfiles.CONFIG})."
+    rows = [run_row(path) for path in runs]
+    return format_table([*COLUMNS, REPORT_COLUMN], rows, left=LEFT_ALIGNED)

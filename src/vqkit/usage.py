@@ -1,0 +1,89 @@
+"""How often the encoder picks each code on a whole training set, cached in the run folder.
+
+The counts drive the ``used`` sampling strategy and the codebook figures. They are computed
+once over the full training split (not the ``train_limit`` subset a quick run trained on) and
+stored as ``code_usage.json``: ``{"split": "train", "images": N, "counts": [K ints]}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vqkit import runfiles
+from vqkit.checkpoint import load_config, run_path
+from vqkit.data import load_split
+from vqkit.errors import VqkitError
+from vqkit.fileio import read_json, write_json_atomic
+from vqkit.model import VQVAE
+
+USAGE_SPLIT = "train"
+
+
+@torch.no_grad()
+def count_codes(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(K,) int64 counts of every code the encoder chooses for uint8 images (N, H, W)."""
+    device = next(model.parameters()).device
+    counts = torch.zeros(model.num_codes, dtype=torch.long, device=device)
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size].to(device, non_blocking=True)
+        counts += torch.bincount(model.encode(batch).flatten(), minlength=model.num_codes)
+    return counts.cpu()
+
+
+def _cached_counts(path: Path, model: VQVAE, weights: Path) -> torch.Tensor | None:
+    """The cached counts when the file is well formed, fits the model and is newer than it."""
+    if not path.exists() or (weights.exists() and path.stat().st_mtime < weights.stat().st_mtime):
+        return None  # missing, or the model was retrained (e.g. --resume) after counting
+    try:
+        data = read_json(path, "code usage file")
+    except VqkitError:
+        return None  # a damaged cache is simply recomputed
+    if not isinstance(data, dict):
+        return None
+    counts, images = data.get("counts"), data.get("images")
+    cells = model.config.grid_size**2
+    if (
+        data.get("split") != USAGE_SPLIT
+        or not isinstance(images, int)
+        or not isinstance(counts, list)
+        or len(counts) != model.num_codes
+        or not all(isinstance(c, int) and c >= 0 for c in counts)
+        or sum(counts) != images * cells
+    ):
+        return None
+    return torch.tensor(counts, dtype=torch.long)
+
+
+def code_usage(
+    run_dir: str | Path,
+    model: VQVAE | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    refresh: bool = False,
+) -> torch.Tensor:
+    """(K,) int64 code counts over the run's whole training split, cached in the run folder.
+
+    Reads ``code_usage.json`` when it is valid and newer than the weights; otherwise encodes
+    every training image (batched, no gradients) and writes the cache.
+    """
+    config = load_config(run_dir)
+    model = model if model is not None else VQVAE.from_run(run_dir)
+    path = run_path(run_dir, runfiles.CODE_USAGE)
+    cached = None if refresh else _cached_counts(path, model, run_path(run_dir, runfiles.WEIGHTS))
+    if cached is not None:
+        return cached
+    images = load_split(config.train.dataset, USAGE_SPLIT, data_dir).images
+    was_training = model.training
+    model.eval()
+    counts = count_codes(model, images, config.train.eval_batch_size)
+    model.train(was_training)
+    record = {"split": USAGE_SPLIT, "images": int(images.shape[0]), "counts": counts.tolist()}
+    write_json_atomic(path, record)
+    return counts
+
+
+def used_codes(counts: torch.Tensor) -> torch.Tensor:
+    """Indices of the codes with a nonzero count, ascending: (U,) int64."""
+    return torch.nonzero(counts > 0).flatten()

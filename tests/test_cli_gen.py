@@ -1,0 +1,251 @@
+"""End to end: sample, interpolate, encode, decode and codebook on a small trained run."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqkit import runfiles
+from vqkit.cli import main
+from vqkit.codebook_view import ATLAS_SCALE, CODEMAP_IMAGES, CODEMAP_SCALE, DPI, USAGE_FIGSIZE
+from vqkit.data import load_split
+from vqkit.images import tile, to_uint8
+from vqkit.model import VQVAE
+
+PNG_SCALE = 2  # vqkit.images.save_grid's default enlargement
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def png_size(count: int, columns: int, scale: int = PNG_SCALE) -> tuple[int, int]:
+    """(width, height) of a PNG grid of ``count`` 28×28 images, from tile's own layout."""
+    canvas = tile(np.zeros((count, 28, 28), dtype=np.uint8), columns)
+    return canvas.shape[1] * scale, canvas.shape[0] * scale
+
+
+def png_pixels(path: Path, scale: int = PNG_SCALE) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))[::scale, ::scale]
+
+
+def run_cli(args: list, capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def run_dir(usage_run) -> Path:
+    return usage_run[0]
+
+
+@pytest.fixture(scope="module")
+def model(run_dir) -> VQVAE:
+    return VQVAE.from_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def test_images() -> torch.Tensor:
+    return load_split("mnist", "test").images
+
+
+def test_sample_png_npy_and_codes(run_dir, model, tmp_path, capsys):
+    png = tmp_path / "s.png"
+    code, out, _ = run_cli(
+        ["sample", run_dir, "--strategy", "random", "--n", 10, "--seed", 5, "--out", png], capsys
+    )
+    assert code == 0 and str(png) in out
+    assert Image.open(png).size == png_size(10, 8)
+
+    images, codes = tmp_path / "s.npy", tmp_path / "c.npy"
+    args = ["sample", run_dir, "--strategy", "used", "--weighted", "--n", 6]
+    code, _, _ = run_cli([*args, "--out", images, "--codes-out", codes], capsys)
+    assert code == 0
+    array = np.load(images, allow_pickle=False)
+    grids = np.load(codes, allow_pickle=False)
+    assert array.shape == (6, 28, 28) and array.dtype == np.float32
+    assert array.min() >= 0 and array.max() <= 1
+    assert grids.shape == (6, 7, 7) and grids.dtype == np.int64
+    with torch.no_grad():
+        decoded = model.decode(torch.from_numpy(grids))[:, 0].numpy()
+    assert np.allclose(array, decoded, atol=1e-6)  # the images are the decoded codes
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--strategy", "random", "--weighted"], "--weighted does not apply to the 'random'"),
+        (["--strategy", "random", "--digit", "3"], "--digit does not apply to the 'random'"),
+        (["--strategy", "used", "--top-k", "3"], "--top-k does not apply to the 'used'"),
+        (["--strategy", "used", "--temperature", "0.5"], "--temperature does not apply"),
+    ],
+)
+def test_sample_refuses_options_a_strategy_does_not_take(run_dir, tmp_path, capsys, flags, message):
+    code, _, err = run_cli(["sample", run_dir, *flags, "--out", tmp_path / "x.png"], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_strategy_choices_come_from_the_registry(run_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", str(run_dir), "--strategy", "nope", "--out", str(tmp_path / "x.png")])
+    assert "choose from 'random', 'used'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["crossfade", "wipe", "latent"])
+def test_interpolate(run_dir, model, tmp_path, capsys, test_images, mode):
+    out = tmp_path / f"{mode}.png"
+    code, _, _ = run_cli(
+        [
+            "interpolate",
+            run_dir,
+            "--from",
+            "digit:3",
+            "--to",
+            1,
+            "--steps",
+            5,
+            "--mode",
+            mode,
+            "--out",
+            out,
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert Image.open(out).size == png_size(7, 7)
+    # The strip's ends are the originals: digit:3 is the first test image labelled 3.
+    first_three = int(torch.nonzero(load_split("mnist", "test").labels == 3)[0])
+    pixels = png_pixels(out)
+    assert np.array_equal(pixels[2:30, 2:30], test_images[first_three].numpy())
+    assert np.array_equal(pixels[2:30, 2 + 6 * 30 : 30 + 6 * 30], test_images[1].numpy())
+
+
+def test_interpolate_from_png_equals_from_index(run_dir, tmp_path, capsys, test_images):
+    mine = tmp_path / "mine.png"
+    Image.fromarray(test_images[4].numpy()).convert("RGB").save(mine)
+    outs = []
+    for source in (mine, 4):
+        outs.append(tmp_path / f"from-{Path(str(source)).stem}.png")
+        args = ["interpolate", run_dir, "--from", source, "--to", "digit:7", "--out", outs[-1]]
+        assert run_cli(args, capsys)[0] == 0
+    assert np.array_equal(png_pixels(outs[0]), png_pixels(outs[1]))
+
+
+def test_interpolate_bad_inputs(run_dir, tmp_path, capsys):
+    wrong = tmp_path / "wrong.png"
+    Image.new("L", (32, 32)).save(wrong)
+    base = ["interpolate", run_dir, "--to", "0", "--out", tmp_path / "x.png"]
+    for source, message in [(wrong, "32×32"), ("99999", "outside the test set"), ("a.txt", "")]:
+        code, _, err = run_cli([*base, "--from", source], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_encode_decode_round_trip_equals_reconstruct(run_dir, tmp_path, capsys, test_images):
+    recon, codes, decoded = tmp_path / "r.png", tmp_path / "c.npy", tmp_path / "d.npy"
+    assert run_cli(["reconstruct", run_dir, "--n", 8, "--start", 3, "--out", recon], capsys)[0] == 0
+    assert run_cli(["encode", run_dir, "test:3-10", "--out", codes], capsys)[0] == 0
+    assert np.load(codes).shape == (8, 7, 7)
+    assert run_cli(["decode", run_dir, codes, "--out", decoded], capsys)[0] == 0
+    originals = test_images[3:11].numpy()
+    expected = tile(np.concatenate([originals, to_uint8(np.load(decoded))]), 8)
+    assert np.array_equal(png_pixels(recon), expected)  # same pixels as reconstruct's
+
+
+def test_encode_png_and_decode_png(run_dir, model, tmp_path, capsys, test_images):
+    mine = tmp_path / "mine.png"
+    Image.fromarray(test_images[0].numpy()).save(mine)
+    codes, out = tmp_path / "c.npy", tmp_path / "d.png"
+    assert run_cli(["encode", run_dir, mine, "digit:0", "--out", codes], capsys)[0] == 0
+    grids = np.load(codes, allow_pickle=False)
+    with torch.no_grad():
+        first_zero = int(torch.nonzero(load_split("mnist", "test").labels == 0)[0])
+        expected = model.encode(test_images[[0, first_zero]]).numpy()
+    assert np.array_equal(grids, expected)
+    assert run_cli(["decode", run_dir, codes, "--out", out, "--columns", 1], capsys)[0] == 0
+    assert Image.open(out).size == png_size(2, 1)
+
+
+def test_decode_refuses_bad_codes(run_dir, model, tmp_path, capsys):
+    k = model.num_codes
+    np.save(tmp_path / "shape.npy", np.zeros((3, 6, 7), dtype=np.int64))
+    np.save(tmp_path / "range.npy", np.full((7, 7), k))
+    np.save(tmp_path / "float.npy", np.zeros((1, 7, 7), dtype=np.float32))
+    np.save(tmp_path / "obj.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    (tmp_path / "text.npy").write_text("hello")
+    cases = {
+        "shape.npy": "shape (3, 6, 7)",
+        "range.npy": f"include {k}",
+        "float.npy": "float32",
+        "obj.npy": "pickled",
+        "text.npy": "not a .npy file",
+    }
+    for name, message in cases.items():
+        out = tmp_path / f"{name}.png"
+        code, _, err = run_cli(["decode", run_dir, tmp_path / name, "--out", out], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1
+        assert not out.exists()
+
+
+def test_codebook_figures(run_dir, model, tmp_path, capsys):
+    out = tmp_path / "figs"
+    code, text, _ = run_cli(["codebook", run_dir, "--out", out], capsys)
+    assert code == 0
+    counts = torch.tensor(
+        __import__("json").loads((run_dir / runfiles.CODE_USAGE).read_text())["counts"]
+    )
+    used = int((counts > 0).sum())
+    assert f"codes used: {used} of {model.num_codes}" in text
+    names = runfiles.FIGURE_NAMES
+    sizes = {
+        names["codebook_usage"]: (USAGE_FIGSIZE[0] * DPI, USAGE_FIGSIZE[1] * DPI),
+        names["codebook_atlas"]: png_size(used, math.ceil(math.sqrt(used)), ATLAS_SCALE),
+        names["codebook_codemap"]: png_size(CODEMAP_IMAGES, CODEMAP_IMAGES, CODEMAP_SCALE),
+    }
+    for name, size in sizes.items():
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size == tuple(int(s) for s in size)
+
+
+def test_codebook_atlas_tiles_are_the_decoded_filled_grids(model, tmp_path):
+    from vqkit.codebook_view import code_atlas
+
+    codes = torch.tensor([0, 5, 7])
+    tiles = code_atlas(model, codes)
+    with torch.no_grad():
+        for tile_image, code in zip(tiles, codes.tolist(), strict=True):
+            grid = torch.full((1, 7, 7), code)
+            assert torch.equal(tile_image, model.decode(grid)[0, 0])
+
+
+def test_real_subprocess_encode_then_bad_decode(run_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    codes = tmp_path / "c.npy"
+    done = subprocess.run(
+        [sys.executable, "-m", "vqkit", "encode", str(run_dir), "test:0-2", "--out", str(codes)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and np.load(codes).shape == (3, 7, 7)
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.full((3, 7, 7), -4))
+    done = subprocess.run(
+        [sys.executable, "-m", "vqkit", "decode", str(run_dir), str(bad), "--out", "x.png"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("vqkit: error: The codes in") and "-4" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

@@ -1,0 +1,172 @@
+"""Code files and input images: round trips and every kind of bad file, as one clear error."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqkit.codes_io import load_codes, save_codes, write_images
+from vqkit.data import Split
+from vqkit.errors import VqkitError
+from vqkit.inputs import load_png, resolve_image, resolve_images
+
+K, GRID = 16, 7
+
+
+def test_codes_round_trip(tmp_path):
+    codes = torch.randint(0, K, (5, GRID, GRID), generator=torch.Generator().manual_seed(0))
+    path = save_codes(codes, tmp_path / "c.npy")
+    raw = np.load(path, allow_pickle=False)
+    assert raw.dtype == np.int64 and raw.shape == (5, GRID, GRID)
+    assert torch.equal(load_codes(path, K, GRID), codes)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.int16, np.uint64])
+def test_any_integer_dtype_and_single_grid(tmp_path, dtype):
+    grid = (np.arange(GRID * GRID) % K).reshape(GRID, GRID).astype(dtype)
+    np.save(tmp_path / "one.npy", grid)
+    loaded = load_codes(tmp_path / "one.npy", K, GRID)
+    assert loaded.shape == (1, GRID, GRID) and loaded.dtype == torch.int64
+    assert loaded[0].tolist() == grid.astype(np.int64).tolist()
+
+
+BAD_ARRAYS = {
+    "shape": (np.zeros((2, 8, 7), dtype=np.int64), "shape"),
+    "flat": (np.zeros(49, dtype=np.int64), "shape"),
+    "empty": (np.zeros((0, 7, 7), dtype=np.int64), "shape"),
+    "rank4": (np.zeros((1, 1, 7, 7), dtype=np.int64), "shape"),
+    "float": (np.zeros((2, 7, 7)), "integers"),
+    "bool": (np.zeros((2, 7, 7), dtype=bool), "integers"),
+    "negative": (np.full((1, 7, 7), -1), "include -1"),
+    "too_big": (np.full((1, 7, 7), K), f"include {K}"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ARRAYS))
+def test_bad_arrays_are_refused(tmp_path, name):
+    array, message = BAD_ARRAYS[name]
+    np.save(tmp_path / "bad.npy", array)
+    with pytest.raises(VqkitError, match=message):
+        load_codes(tmp_path / "bad.npy", K, GRID)
+
+
+def test_bad_files_are_refused(tmp_path):
+    pickled = tmp_path / "pickled.npy"
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "archive.npz", codes=np.zeros((7, 7), dtype=np.int64))
+    (tmp_path / "raw.pkl").write_bytes(pickle.dumps(np.zeros((7, 7), dtype=np.int64)))
+    good = io.BytesIO()
+    np.save(good, np.zeros((4, 7, 7), dtype=np.int64))
+    (tmp_path / "cut.npy").write_bytes(good.getvalue()[:150])
+    cases = {
+        pickled: "pickled",
+        tmp_path / "archive.npz": "not a .npy",
+        tmp_path / "raw.pkl": "not a .npy",
+        tmp_path / "cut.npy": "damaged",
+        tmp_path / "missing.npy": "does not exist",
+        tmp_path: "folder",
+    }
+    for path, message in cases.items():
+        with pytest.raises(VqkitError, match=message):
+            load_codes(path, K, GRID)
+
+
+def test_write_images_npy_and_png(tmp_path):
+    images = torch.rand(3, 1, 28, 28) * 1.2 - 0.1
+    array = np.load(write_images(images, tmp_path / "x.npy"), allow_pickle=False)
+    assert array.dtype == np.float32 and array.shape == (3, 28, 28)
+    assert np.array_equal(array, images[:, 0].clamp(0, 1).numpy())
+    with pytest.raises(VqkitError, match="must end in .png or .npy"):
+        write_images(images, tmp_path / "x.jpg")
+
+
+def save_image(path, pixels: np.ndarray, mode: str, fmt: str = "PNG"):
+    Image.fromarray(pixels).convert(mode).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def digit_pixels() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "1"])
+def test_png_modes_convert_to_grayscale(tmp_path, digit_pixels, mode):
+    path = save_image(tmp_path / f"{mode}.png", digit_pixels, mode)
+    with Image.open(path) as image:
+        expected = np.asarray(image.convert("RGBA" if mode == "P" else mode).convert("L"))
+    loaded = load_png(path)
+    assert loaded.dtype == torch.uint8 and loaded.shape == (28, 28)
+    assert np.array_equal(loaded.numpy(), expected)
+    if mode in ("L", "LA", "RGB", "RGBA"):  # lossless for gray content
+        assert np.array_equal(loaded.numpy(), digit_pixels)
+
+
+def test_bad_pngs(tmp_path, digit_pixels):
+    big = save_image(tmp_path / "big.png", np.zeros((32, 30), dtype=np.uint8), "L")
+    jpeg = save_image(tmp_path / "d.jpg", digit_pixels, "L", fmt="JPEG")
+    sixteen = tmp_path / "16.png"
+    Image.fromarray(digit_pixels.astype(np.uint16) * 256).save(sixteen)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"definitely not an image")
+    good = save_image(tmp_path / "good.png", digit_pixels, "L")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:60])
+    cases = {
+        big: "30×32 pixels; the model needs 28×28",
+        jpeg: "not a PNG",
+        sixteen: "8-bit grayscale",
+        junk: "not an image file",
+        cut: "damaged or truncated",
+        tmp_path / "absent.png": "not a test-set index",
+    }
+    for path, message in cases.items():
+        with pytest.raises(VqkitError, match=message):
+            load_png(path)
+
+
+@pytest.fixture
+def fake_test() -> Split:
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1).expand(10, 28, 28).clone()
+    labels = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3])
+    return Split("mnist", "test", images, labels, tuple(str(i) for i in range(10)))
+
+
+def test_resolve_references(tmp_path, fake_test, digit_pixels):
+    png = save_image(tmp_path / "x.png", digit_pixels, "L")
+    found = resolve_images(["7", "test:2-4", "digit:5", "digit:1", str(png)], lambda: fake_test)
+    assert found.names == ["test:7", "test:2", "test:3", "test:4", "test:4", "test:1", str(png)]
+    first_pixels = [int(image[0, 0]) for image in found.images[:-1]]
+    assert first_pixels == [7, 2, 3, 4, 4, 1]  # image i of the fake set is filled with i
+    assert np.array_equal(found.images[-1].numpy(), digit_pixels)
+    assert int(resolve_image("test:9", lambda: fake_test)[0, 0]) == 9
+
+
+def test_png_inputs_never_load_the_test_set(tmp_path, digit_pixels):
+    png = save_image(tmp_path / "x.png", digit_pixels, "L")
+
+    def no_test_set():
+        raise AssertionError("the test set was loaded")
+
+    assert resolve_images([str(png)], no_test_set).images.shape == (1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    "reference, message",
+    [
+        ("10", "outside the test set"),
+        ("test:5-3", "is empty"),
+        ("test:8-10", "outside the test set"),
+        ("digit:10", "names no class"),
+        ("digit:7", "no image labelled 7"),
+        ("test:0-1", "names 2 images"),
+    ],
+)
+def test_bad_references(fake_test, reference, message):
+    with pytest.raises(VqkitError, match=message):
+        resolve_image(reference, lambda: fake_test)

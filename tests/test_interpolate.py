@@ -1,0 +1,127 @@
+"""Interpolation paths: exact ends, monotone patch switching, latent ends equal encode()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vqkit.data import load_split
+from vqkit.errors import VqkitError
+from vqkit.interpolate import (
+    interpolate_codes,
+    interpolate_latent,
+    interpolation,
+    interpolation_strip,
+)
+from vqkit.model import VQVAE
+
+
+def grids(draw_seed: int, size: int, codes: int, overlap: float) -> tuple[torch.Tensor, ...]:
+    """Two (size, size) grids that agree on roughly ``overlap`` of their patches."""
+    generator = torch.Generator().manual_seed(draw_seed)
+    a = torch.randint(0, codes, (size, size), generator=generator)
+    b = torch.randint(0, codes, (size, size), generator=generator)
+    same = torch.rand(size, size, generator=generator) < overlap
+    return a, torch.where(same, a, b)
+
+
+def check_monotone_path(frames: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    assert torch.equal(frames[0], a) and torch.equal(frames[-1], b)
+    differ = a != b
+    # Every frame holds, at each patch, A's code or B's code.
+    assert torch.all((frames == a) | (frames == b))
+    at_b = (frames == b) & differ  # (steps, h, w): patches already switched (visible ones)
+    for before, after, prev_frame, frame in zip(
+        at_b[:-1], at_b[1:], frames[:-1], frames[1:], strict=True
+    ):
+        changed = prev_frame != frame
+        assert torch.all(differ[changed])  # only patches where A and B differ ever change
+        assert torch.all(after >= before)  # a switched patch never switches back
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    size=st.integers(1, 9),
+    codes=st.integers(2, 20),
+    overlap=st.floats(0.0, 1.0),
+    steps=st.integers(2, 20),
+    mode=st.sampled_from(["crossfade", "wipe"]),
+)
+def test_code_paths_go_exactly_from_a_to_b_monotonically(seed, size, codes, overlap, steps, mode):
+    a, b = grids(seed, size, codes, overlap)
+    frames = interpolate_codes(a, b, steps, mode, torch.Generator().manual_seed(seed))
+    assert frames.shape == (steps, size, size)
+    check_monotone_path(frames, a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), steps=st.integers(2, 12))
+def test_patch_schedule_counts_round_t_times_p(seed, steps):
+    # With A and B differing everywhere, the switched count at step i is round(i/(steps-1)·P).
+    a = torch.zeros(7, 7, dtype=torch.long)
+    b = torch.ones(7, 7, dtype=torch.long)
+    frames = interpolate_codes(a, b, steps, "crossfade", torch.Generator().manual_seed(seed))
+    for index, frame in enumerate(frames):
+        assert int(frame.sum()) == round(index / (steps - 1) * 49)
+
+
+def test_wipe_switches_in_raster_order():
+    a = torch.zeros(7, 7, dtype=torch.long)
+    b = torch.arange(1, 50).view(7, 7)
+    frames = interpolate_codes(a, b, 8, "wipe")
+    for index, frame in enumerate(frames):
+        count = round(index / 7 * 49)
+        expected = torch.cat([b.flatten()[:count], a.flatten()[count:]]).view(7, 7)
+        assert torch.equal(frame, expected)
+
+
+def test_crossfade_order_depends_on_seed_only():
+    a, b = torch.zeros(7, 7, dtype=torch.long), torch.ones(7, 7, dtype=torch.long)
+    one = interpolate_codes(a, b, 5, "crossfade", torch.Generator().manual_seed(1))
+    same = interpolate_codes(a, b, 5, "crossfade", torch.Generator().manual_seed(1))
+    other = interpolate_codes(a, b, 5, "crossfade", torch.Generator().manual_seed(2))
+    assert torch.equal(one, same) and not torch.equal(one, other)
+
+
+@pytest.fixture(scope="module")
+def model_and_pair(small_run):
+    model = VQVAE.from_run(small_run.run_dir)
+    test = load_split("mnist", "test")
+    return model, test.images[0], test.images[1]
+
+
+@pytest.mark.parametrize("steps", [2, 9])
+def test_latent_ends_equal_encode(model_and_pair, steps):
+    model, image_a, image_b = model_and_pair
+    frames = interpolate_latent(model, image_a, image_b, steps)
+    with torch.no_grad():
+        expected = model.encode(torch.stack([image_a, image_b]))
+    assert frames.shape == (steps, 7, 7)
+    assert torch.equal(frames[0], expected[0]) and torch.equal(frames[-1], expected[1])
+
+
+@pytest.mark.parametrize("mode", ["crossfade", "wipe", "latent"])
+def test_interpolation_and_strip(model_and_pair, mode):
+    model, image_a, image_b = model_and_pair
+    codes = interpolation(model, image_a, image_b, 6, mode, seed=3)
+    with torch.no_grad():
+        ends = model.encode(torch.stack([image_a, image_b]))
+    assert torch.equal(codes[0], ends[0]) and torch.equal(codes[-1], ends[1])
+    strip = interpolation_strip(model, image_a, image_b, codes)
+    assert strip.shape == (8, 28, 28)
+    assert torch.equal(strip[0], image_a.float() / 255) and torch.equal(strip[-1], image_b / 255)
+    with torch.no_grad():
+        assert torch.equal(strip[1:-1], model.decode(codes)[:, 0])
+
+
+def test_interpolation_errors(model_and_pair):
+    model, image_a, image_b = model_and_pair
+    with pytest.raises(VqkitError, match="at least 2 steps"):
+        interpolation(model, image_a, image_b, 1)
+    with pytest.raises(VqkitError, match="Unknown interpolation mode"):
+        interpolation(model, image_a, image_b, 4, "spiral")
+    with pytest.raises(VqkitError, match="same shape"):
+        interpolate_codes(torch.zeros(7, 7), torch.zeros(6, 6), 4)

@@ -1,0 +1,274 @@
+"""The HTML report: sections for exactly what a run holds, self-contained, robust to damage."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from report_helpers import (
+    ALL_SECTIONS,
+    FIGURE_KEYS,
+    PRIOR_EPOCHS,
+    SCORES,
+    TIMINGS,
+    TRAIN_ONLY_SECTIONS,
+    UNIGRAM_BITS,
+    copy_run,
+    decode_data_uri,
+    make_full_run,
+    open_png,
+    parse_page,
+)
+
+from vqkit import runfiles
+from vqkit.errors import VqkitError
+from vqkit.report import write_report
+from vqkit.runinfo import load_run_info
+
+DRAWN_PLOTS = 5  # full run: loss, test MSE, codes used, code usage histogram, prior NLL
+
+
+@pytest.fixture(scope="module")
+def bare_run(small_run, tmp_path_factory):
+    return copy_run(small_run.run_dir, tmp_path_factory.mktemp("bare") / "run")
+
+
+@pytest.fixture(scope="module")
+def full_run(small_run, tmp_path_factory):
+    return make_full_run(copy_run(small_run.run_dir, tmp_path_factory.mktemp("full") / "run"))
+
+
+@pytest.fixture(scope="module")
+def full_page(full_run) -> str:
+    return write_report(full_run).read_text()
+
+
+def sections_of(text: str) -> list[str]:
+    return [i for i in parse_page(text).ids if i in ALL_SECTIONS]
+
+
+def test_bare_training_run_has_only_its_sections(bare_run):
+    path = write_report(bare_run)
+    assert path == bare_run / runfiles.REPORT
+    text = path.read_text()
+    assert sections_of(text) == list(TRAIN_ONLY_SECTIONS)
+    assert 'id="notes"' not in text  # nothing damaged, so nothing left out
+    # Headline: the final test MSE and codes used from metrics.jsonl.
+    final = [json.loads(line) for line in (bare_run / runfiles.METRICS).read_text().splitlines()]
+    assert f"{final[-1]['test_mse']:.3g}" in text
+    assert f"{final[-1]['codes_used']} / 128" in text
+
+
+def test_full_run_has_every_section_in_order(full_page):
+    assert sections_of(full_page) == list(ALL_SECTIONS)
+
+
+def test_full_run_shows_the_numbers_of_its_files(full_page):
+    # FIDs of prior / used / random in the headline, in that order.
+    assert "12.8 / 95.2 / 210" in full_page or "12.8 / 95.3 / 210" in full_page
+    # The prior table: best test epoch (3.45 at epoch 3) and the baselines, per code and image.
+    assert "PixelCNN prior (epoch 3)" in full_page
+    assert f">{min(t for _, _, t in PRIOR_EPOCHS)}<" in full_page
+    assert f">{UNIGRAM_BITS}<" in full_page and f">{UNIGRAM_BITS * 49:.4g}<" in full_page
+    assert ">7<" in full_page and ">343<" in full_page  # uniform: log2(128) bits, 49 codes
+    # Every stage of timings.json, and their total.
+    for stage in TIMINGS:
+        assert f"<td>{stage}</td>" in full_page
+    assert f">{sum(TIMINGS.values()):.3g}<" in full_page
+    # Every scores.json row, and the mean label accuracy of the per-class prior rows.
+    for row in SCORES["rows"]:
+        assert f"<td>{row['name']}</td>" in full_page
+    assert "mean over 10 classes: classifier-FID 24.5" in full_page
+    assert "label accuracy 0.945</p>" in full_page
+    # Code usage: 96 of 128 codes used (the last quarter is dead).
+    assert "<td class=num>96</td><td class=num>32</td>" in full_page
+
+
+def test_every_image_is_an_embedded_png_and_files_are_embedded_unchanged(full_run, full_page):
+    page = parse_page(full_page)
+    embedded = [decode_data_uri(source) for source in page.images]
+    for data in embedded:
+        assert open_png(data).size[0] > 0
+    figures = full_run / runfiles.FIGURES_DIR
+    for key in FIGURE_KEYS:
+        assert (figures / runfiles.FIGURE_NAMES[key]).read_bytes() in embedded, key
+    assert (full_run / runfiles.RECONSTRUCTIONS).read_bytes() in embedded
+    # Besides the files, five drawn plots: three training curves, code usage, prior NLL.
+    assert len(embedded) == len(FIGURE_KEYS) + 1 + DRAWN_PLOTS
+
+
+def test_page_is_self_contained(full_page):
+    assert parse_page(full_page).script_tags == 0
+    for needle in ("http://", "https://", "<script", "<link", "@import", "url("):
+        assert needle not in full_page, needle
+    sources = re.findall(r'\ssrc="([^"]*)"', full_page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+
+
+def test_usage_figure_replaces_the_drawn_histogram(full_run, tmp_path):
+    run = copy_run(full_run, tmp_path / "run")
+    figure = run / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES["codebook_usage"]
+    figure.write_bytes((run / runfiles.RECONSTRUCTIONS).read_bytes())
+    embedded = [decode_data_uri(s) for s in parse_page(write_report(run).read_text()).images]
+    assert embedded.count(figure.read_bytes()) == 2  # as the usage figure and as reconstructions
+    assert len(embedded) == len(FIGURE_KEYS) + 1 + DRAWN_PLOTS  # in the drawn histogram's place
+
+
+def test_damaged_scores_are_skipped_with_a_note(full_run, tmp_path):
+    run = copy_run(full_run, tmp_path / "run")
+    (run / runfiles.SCORES).write_text('{"rows": [{"fid": 3}')  # truncated
+    text = write_report(run).read_text()
+    ids = parse_page(text).ids
+    assert "scores" not in ids and "notes" in ids and "samples" in ids
+    assert "scores.json" in text and "95.2" not in text
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"rows": []}', '{"rows": [{"fid": 1.0}]}', "[1, 2]", '{"rows": "x"}', "\xff\xfe"],
+)
+def test_malformed_scores_never_crash(full_run, tmp_path, content):
+    run = copy_run(full_run, tmp_path / "run")
+    (run / runfiles.SCORES).write_bytes(content.encode("latin-1"))
+    info = load_run_info(run)
+    assert info.scores is None and runfiles.SCORES in info.notes
+    assert "scores" not in parse_page(write_report(run).read_text()).ids
+
+
+def test_other_damaged_files_are_left_out(full_run, tmp_path):
+    run = copy_run(full_run, tmp_path / "run")
+    (run / runfiles.PRIOR_METRICS).write_text('not json\n{"epoch": 1}\n')
+    (run / runfiles.TIMINGS).write_text('{"train": -1}')
+    (run / runfiles.CODE_USAGE).write_text('{"counts": [1, "two"]}')
+    broken = run / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES["interpolation_wipe"]
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated PNG
+    text = write_report(run).read_text()
+    ids = parse_page(text).ids
+    assert "prior" not in ids
+    assert "interpolation" in ids  # the two intact strips remain
+    for name in (runfiles.PRIOR_METRICS, runfiles.TIMINGS, runfiles.CODE_USAGE, broken.name):
+        assert name in text
+    for source in parse_page(text).images:
+        open_png(decode_data_uri(source))
+
+
+def test_text_from_files_is_escaped(full_run, tmp_path):
+    run = copy_run(full_run, tmp_path / "run")
+    scores = json.loads((run / runfiles.SCORES).read_text())
+    scores["rows"][0]["name"] = "<script>alert('x')</script> & co"
+    (run / runfiles.SCORES).write_text(json.dumps(scores))
+    (run / runfiles.TIMINGS).write_text(json.dumps({"<b>bold</b>": 1.0}))
+    text = write_report(run).read_text()
+    assert "<script" not in text and "<b>bold" not in text
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; co" in text
+    assert "&lt;b&gt;bold&lt;/b&gt;" in text
+
+
+def test_resumed_run_counts_each_epoch_once(bare_run, tmp_path):
+    run = copy_run(bare_run, tmp_path / "run")
+    lines = (run / runfiles.METRICS).read_text().splitlines()
+    record = json.loads(lines[-1])
+    record["test_mse"] = 0.5
+    (run / runfiles.METRICS).write_text("\n".join([*lines, "{torn", json.dumps(record)]) + "\n")
+    info = load_run_info(run)
+    assert len(info.metrics) == len(lines) and info.final["test_mse"] == 0.5
+
+
+def test_missing_or_invalid_run_folder_is_a_clear_error(tmp_path, bare_run):
+    with pytest.raises(VqkitError, match="does not exist"):
+        write_report(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VqkitError, match="not a run folder"):
+        write_report(tmp_path / "empty")
+    run = copy_run(bare_run, tmp_path / "run")
+    (run / runfiles.REPORT).unlink(missing_ok=True)
+    (run / runfiles.CONFIG).write_text("{")
+    with pytest.raises(VqkitError, match="damaged"):
+        write_report(run)
+    assert not (run / runfiles.REPORT).exists()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+NUMBERS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3)
+# Values close to the documented formats, where a malformed field is most likely to slip through.
+NEAR_VALID = {
+    runfiles.CODE_USAGE: st.fixed_dictionaries(
+        {"counts": st.lists(NUMBERS, max_size=40), "images": NUMBERS}
+    ),
+    runfiles.SCORES: st.fixed_dictionaries(
+        {
+            "n": NUMBERS,
+            "rows": st.lists(
+                st.fixed_dictionaries(
+                    {"name": st.sampled_from(["prior", "used", "random", "prior (digit 1)"])},
+                    optional={"fid": NUMBERS, "confidence": NUMBERS, "label_accuracy": NUMBERS},
+                ),
+                max_size=4,
+            ),
+        }
+    ),
+    runfiles.TIMINGS: st.dictionaries(st.text(max_size=8), NUMBERS, max_size=4),
+    runfiles.PRIOR_METRICS: st.fixed_dictionaries(
+        {"epoch": NUMBERS, "train_bits_per_code": NUMBERS, "test_bits_per_code": NUMBERS},
+        optional={"uniform_bits_per_code": NUMBERS, "test_bits_per_image": NUMBERS},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def fuzz_run(bare_run, tmp_path_factory):
+    """A run holding only its config, so each fuzzed report draws at most one plot."""
+    run = tmp_path_factory.mktemp("fuzz") / "run"
+    run.mkdir()
+    shutil.copyfile(bare_run / runfiles.CONFIG, run / runfiles.CONFIG)
+    return run
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    name=st.sampled_from(sorted(NEAR_VALID)),
+    value=st.one_of(JSON_VALUES, st.sampled_from(sorted(NEAR_VALID)).flatmap(NEAR_VALID.get)),
+)
+def test_any_json_in_an_optional_file_never_crashes(fuzz_run, name, value):
+    path = fuzz_run / name
+    try:
+        path.write_text(json.dumps(value) + "\n")
+        info = load_run_info(fuzz_run)
+        loaded = {
+            runfiles.CODE_USAGE: info.code_usage,
+            runfiles.SCORES: info.scores,
+            runfiles.TIMINGS: info.timings,
+            runfiles.PRIOR_METRICS: info.prior_metrics or None,
+        }[name]
+        assert (loaded is None) == (name in info.notes)  # kept, or left out with a note
+        text = write_report(fuzz_run).read_text()
+        for source in parse_page(text).images:
+            open_png(decode_data_uri(source))
+    finally:
+        path.unlink()
+
+
+def test_figures_of_new_strategies_show_up_with_their_scores(full_run, tmp_path):
+    run = copy_run(full_run, tmp_path / "run")
+    figures = run / runfiles.FIGURES_DIR
+    reconstructions = (run / runfiles.RECONSTRUCTIONS).read_bytes()
+    (figures / "samples_greedy.png").write_bytes(reconstructions)
+    (figures / "interpolation_spiral.png").write_bytes(reconstructions)
+    (figures / "notes_other.png").write_bytes(reconstructions)  # no known prefix: not shown
+    scores = json.loads((run / runfiles.SCORES).read_text())
+    scores["rows"].append({"name": "greedy", "fid": 42.5})
+    (run / runfiles.SCORES).write_text(json.dumps(scores))
+    text = write_report(run).read_text()
+    embedded = [decode_data_uri(s) for s in parse_page(text).images]
+    assert embedded.count(reconstructions) == 3  # the reconstructions and the two new figures
+    assert "<figcaption>greedy</figcaption>" in text
+    assert '<p class="scores">classifier-FID 42.5</p>' in text
+    assert "interpolation spiral" in text

@@ -1,0 +1,112 @@
+"""``vqkit runs`` lists run folders; ``vqkit report`` prints its file; help reads like a manual."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from report_helpers import PRIOR_EPOCHS, copy_run, make_full_run
+
+from vqkit import runfiles
+from vqkit.cli import COMMAND_MODULES, build_parser, main
+from vqkit.runs import format_table
+
+PLANNED_EXTRA = 3
+
+
+@pytest.fixture(scope="module")
+def root(small_run, tmp_path_factory):
+    """Two runs (one complete with report, one bare), a stray folder and a stray file."""
+    root = tmp_path_factory.mktemp("runs")
+    make_full_run(copy_run(small_run.run_dir, root / "b-full"))
+    assert main(["report", str(root / "b-full")]) == 0
+    bare = copy_run(small_run.run_dir, root / "a-bare")
+    (bare / runfiles.REPORT).unlink(missing_ok=True)
+    config = json.loads((bare / runfiles.CONFIG).read_text())
+    config["train"]["epochs"] += PLANNED_EXTRA  # more planned than done: an interrupted run
+    (bare / runfiles.CONFIG).write_text(json.dumps(config))
+    (root / "notes").mkdir()
+    (root / "notes" / "todo.txt").write_text("x")
+    (root / "README.txt").write_text("x")
+    return root
+
+
+def test_runs_lists_each_run_with_its_numbers(root, small_run, capsys):
+    assert main(["runs", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3  # header and two runs; the stray folder and file are skipped
+    header, bare, full = lines
+    assert header.split()[:3] == ["run", "dataset", "preset"]
+    mse = f"{small_run.final['test_mse']:.4f}"
+    codes = f"{small_run.final['codes_used']}/128"
+    best_prior = f"{min(t for _, _, t in PRIOR_EPOCHS):.3f}"
+    done = len((small_run.run_dir / runfiles.METRICS).read_text().splitlines())
+    epochs = f"{done}/{done + PLANNED_EXTRA}"
+    assert bare.split() == ["a-bare", "mnist", "efficient", epochs, mse, codes, "-", "no"]
+    assert full.split() == [
+        "b-full",
+        "mnist",
+        "efficient",
+        str(done),
+        mse,
+        codes,
+        best_prior,
+        "yes",
+    ]
+    # Aligned: every line has the same length up to its last column, which is right-aligned.
+    assert len({len(line) for line in lines}) == 1
+
+
+def test_runs_of_a_run_folder_lists_that_run(root, capsys):
+    assert main(["runs", str(root / "b-full")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("b-full ")
+
+
+def test_runs_marks_an_unreadable_config(root, tmp_path, capsys):
+    broken = copy_run(root / "a-bare", tmp_path / "broken")
+    (broken / runfiles.CONFIG).write_text("{")
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "(unreadable config.json)" in capsys.readouterr().out
+
+
+def test_runs_on_missing_or_empty_root(tmp_path, capsys):
+    assert main(["runs", str(tmp_path / "nope")]) == 2
+    assert "There is no folder" in capsys.readouterr().err
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "No run folders" in capsys.readouterr().out
+
+
+def test_format_table_aligns_columns():
+    text = format_table(["name", "n"], [["a", "1"], ["longer", "100"]], left=1)
+    assert text.splitlines() == ["name      n", "a         1", "longer  100"]
+
+
+def test_report_command_prints_the_report_path(root, tmp_path, capsys):
+    run = copy_run(root / "a-bare", tmp_path / "run")
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == str(run / runfiles.REPORT)
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vqkit: error: ") and "Traceback" not in err
+
+
+def test_help_lists_every_command_and_each_has_examples(capsys):
+    parser = build_parser()
+    top = parser.format_help()
+    for name in (
+        *COMMAND_MODULES,
+        "demo",
+        "sample",
+        "interpolate",
+        "encode",
+        "decode",
+        "codebook",
+        "train-prior",
+        "score",
+    ):
+        assert f"\n  {name} " in top, name
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    for name, sub in subparsers.choices.items():
+        text = sub.format_help()
+        assert "examples:" in text and f"vqkit {name}" in text, name
