@@ -17,6 +17,7 @@ from vqkit import runfiles
 from vqkit.cli import main
 from vqkit.codebook_view import ATLAS_SCALE, CODEMAP_IMAGES, CODEMAP_SCALE, DPI, USAGE_FIGSIZE
 from vqkit.data import load_split
+from vqkit.generate import strategies
 from vqkit.images import tile, to_uint8
 from vqkit.model import VQVAE
 
@@ -96,7 +97,8 @@ def test_sample_refuses_options_a_strategy_does_not_take(run_dir, tmp_path, caps
 def test_sample_strategy_choices_come_from_the_registry(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sample", str(run_dir), "--strategy", "nope", "--out", str(tmp_path / "x.png")])
-    assert "choose from 'random', 'used'" in capsys.readouterr().err
+    choices = ", ".join(f"'{name}'" for name in strategies())
+    assert "random" in choices and f"choose from {choices}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["crossfade", "wipe", "latent"])

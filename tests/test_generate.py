@@ -17,7 +17,7 @@ from vqkit.generate import SamplingContext, sample_codes, strategies, strategy_o
 from vqkit.model import VQVAE
 from vqkit.usage import _cached_counts, code_usage
 
-TRAIN_IMAGES = 60000  # the whole MNIST training split, not the run's 3000-image subset
+TRAIN_IMAGES = 60000  # the whole MNIST training split, not the run's small training subset
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import torch
 
 from vqkit import quantize
 from vqkit.config import QuantizerConfig
-from vqkit.quantize import VectorQuantizer, nearest_codes, perplexity
+from vqkit.quantize import nearest_codes, perplexity
+from vqkit.vq import VectorQuantizer
 
 
 def brute_force_nearest(vectors: np.ndarray, codebook: np.ndarray) -> np.ndarray:

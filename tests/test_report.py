@@ -75,6 +75,7 @@ def test_full_run_shows_the_numbers_of_its_files(full_page):
     assert f">{min(t for _, _, t in PRIOR_EPOCHS)}<" in full_page
     assert f">{UNIGRAM_BITS}<" in full_page and f">{UNIGRAM_BITS * 49:.4g}<" in full_page
     assert ">7<" in full_page and ">343<" in full_page  # uniform: log2(128) bits, 49 codes
+    assert "<h3>prior epochs</h3>" in full_page  # prior_metrics.jsonl has epoch_seconds
     # Every stage of timings.json, and their total.
     for stage in TIMINGS:
         assert f"<td>{stage}</td>" in full_page

@@ -16,10 +16,25 @@ from vqkit.errors import VqkitError
 # Bumped when a saved config can no longer be read by this code; older folders are refused.
 CONFIG_VERSION = 1
 
+# Choices of the speed settings in TrainConfig (implemented in vqkit.acceleration).
+PRECISIONS = ("fp32", "bf16", "auto")
+LR_SCHEDULES = ("constant", "onecycle", "cosine")
+
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise VqkitError(message)
+
+
+# The choices of the quantizer's string settings (the CLI offers the same lists).
+QUANTIZERS = ("vq", "fsq")
+CODEBOOK_UPDATES = ("loss", "ema")
+CODEBOOK_INITS = ("uniform", "kmeans")
+GRADIENT_ESTIMATORS = ("ste", "rotation")
+
+
+def _require_choice(value: str, choices: tuple[str, ...], flag: str) -> None:
+    _require(value in choices, f"Unknown {flag} '{value}'; choose one of: {', '.join(choices)}.")
 
 
 @dataclass
@@ -29,6 +44,16 @@ class QuantizerConfig:
     num_embeddings: int = 512  # K, the codebook size
     embedding_dim: int = 64  # D, the size of each code vector
     beta: float = 0.25  # weight of the commitment loss
+    quantizer: str = "vq"  # "vq": a learned codebook; "fsq": finite scalar quantization
+    codebook_update: str = "loss"  # "loss": the codebook loss; "ema": moving-average updates
+    ema_decay: float = 0.99  # gamma of the EMA codebook update
+    ema_epsilon: float = 1e-5  # Laplace smoothing of the EMA cluster sizes
+    dead_code_restart: int = 0  # restart a code unused for this many training steps; 0: never
+    dead_code_threshold: float = 0.0  # EMA mode: also restart codes whose cluster size is below
+    codebook_init: str = "uniform"  # "uniform": small random codes; "kmeans": on the first batch
+    kmeans_iters: int = 10  # Lloyd iterations of the k-means initialisation
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # values per FSQ channel
+    gradient_estimator: str = "ste"  # "ste": straight-through copy; "rotation": rotation trick
 
     def __post_init__(self) -> None:
         _require(
@@ -39,10 +64,54 @@ class QuantizerConfig:
             math.isfinite(self.beta) and self.beta >= 0,
             "The commitment weight beta must be a finite number >= 0.",
         )
+        _require_choice(self.quantizer, QUANTIZERS, "--quantizer")
+        _require_choice(self.codebook_update, CODEBOOK_UPDATES, "--codebook-update")
+        _require_choice(self.codebook_init, CODEBOOK_INITS, "--codebook-init")
+        _require_choice(self.gradient_estimator, GRADIENT_ESTIMATORS, "--gradient-estimator")
+        _require(
+            math.isfinite(self.ema_decay) and 0 < self.ema_decay < 1,
+            f"The EMA decay must lie strictly between 0 and 1 (--ema-decay), not {self.ema_decay}.",
+        )
+        _require(
+            math.isfinite(self.ema_epsilon) and self.ema_epsilon > 0,
+            "The EMA smoothing epsilon must be a finite number > 0.",
+        )
+        _require(
+            self.dead_code_restart >= 0,
+            "The dead-code restart window must be >= 0 steps (--dead-code-restart; 0 is off).",
+        )
+        # A restarted code starts with an EMA cluster size of 1 (the one vector it copies), so a
+        # threshold of 1 or more would restart it again at once.
+        _require(
+            math.isfinite(self.dead_code_threshold) and 0 <= self.dead_code_threshold < 1,
+            "The dead-code cluster-size threshold must lie in [0, 1) (--dead-code-threshold).",
+        )
+        _require(self.kmeans_iters >= 1, "k-means needs at least 1 iteration (--kmeans-iters).")
+        _require(
+            isinstance(self.fsq_levels, list)
+            and len(self.fsq_levels) >= 1
+            and all(isinstance(v, int) and v >= 2 for v in self.fsq_levels),
+            "FSQ levels must be a list of whole numbers >= 2, e.g. --fsq-levels 8,5,5,5.",
+        )
+        if self.quantizer == "fsq":
+            vq_only = {
+                "--codebook-update ema": self.codebook_update != "loss",
+                "--dead-code-restart": self.dead_code_restart > 0,
+                "--codebook-init kmeans": self.codebook_init != "uniform",
+                "--gradient-estimator rotation": self.gradient_estimator != "ste",
+            }
+            chosen = [flag for flag, on in vq_only.items() if on]
+            _require(
+                not chosen,
+                f"Codebook options ({', '.join(chosen)}) do not apply to --quantizer fsq, "
+                "which has no codebook.",
+            )
 
     @property
     def num_codes(self) -> int:
         """How many distinct integer codes the quantizer can emit."""
+        if self.quantizer == "fsq":
+            return math.prod(self.fsq_levels)
         return self.num_embeddings
 
 
@@ -85,6 +154,12 @@ class TrainConfig:
     eval_batch_size: int = 1000
     train_limit: int | None = None  # train on the first N images only (quick experiments, tests)
     test_limit: int | None = None  # evaluate on the first N test images only
+    # Speed levers (see vqkit.acceleration): they change how fast, not what, the model learns.
+    precision: str = "fp32"  # fp32, bf16 (autocast of the convolutions) or auto
+    channels_last: bool = False  # NHWC memory layout: faster oneDNN convolutions on CPU
+    compile: bool = False  # torch.compile the training forward pass
+    lr_schedule: str = "constant"  # constant, onecycle or cosine (stepped once per batch)
+    warmup_fraction: float = 0.25  # share of the steps spent warming up to lr (schedules only)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
@@ -94,6 +169,15 @@ class TrainConfig:
             "The learning rate must be a finite number > 0 (--lr).",
         )
         _require(self.eval_batch_size >= 1, "The evaluation batch size must be at least 1.")
+        _require(
+            self.precision in PRECISIONS,
+            f"Unknown precision '{self.precision}'; use one of {', '.join(PRECISIONS)}.",
+        )
+        _require(
+            self.lr_schedule in LR_SCHEDULES,
+            f"Unknown schedule '{self.lr_schedule}'; use one of {', '.join(LR_SCHEDULES)}.",
+        )
+        _require(0.0 < self.warmup_fraction < 1.0, "The warm-up fraction must be between 0 and 1.")
         for name in ("train_limit", "test_limit"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1.")
@@ -153,6 +237,46 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "efficient": {
         "model": {"hidden_dim": 64, "quantizer": {"num_embeddings": 128, "embedding_dim": 32}},
+        "train": {"epochs": 3},
+    },
+    # The efficient model tuned for time to quality on a CPU: the 'best' codebook options
+    # (k-means init, EMA, restarts), a higher peak rate under a one-cycle schedule, bf16
+    # convolutions where native, channels-last layout. Batches stay at 128: on MNIST this model
+    # is limited by optimiser steps; larger batches lost more quality than they gained in speed
+    # (docs/notes-speed.md).
+    "fast": {
+        "model": {
+            "hidden_dim": 64,
+            "quantizer": {
+                "num_embeddings": 128,
+                "embedding_dim": 32,
+                "codebook_update": "ema",
+                "dead_code_restart": 50,
+                "codebook_init": "kmeans",
+            },
+        },
+        "train": {
+            "epochs": 2,
+            "batch_size": 128,
+            "lr": 2e-3,
+            "lr_schedule": "onecycle",
+            "precision": "auto",
+            "channels_last": True,
+        },
+    },
+    # The efficient model with the codebook options that measured best on MNIST in 3 epochs:
+    # k-means init + EMA + restarts (bench/codebook_variants.py, docs/notes-codebook.md).
+    "best": {
+        "model": {
+            "hidden_dim": 64,
+            "quantizer": {
+                "num_embeddings": 128,
+                "embedding_dim": 32,
+                "codebook_update": "ema",
+                "dead_code_restart": 50,
+                "codebook_init": "kmeans",
+            },
+        },
         "train": {"epochs": 3},
     },
 }

@@ -40,6 +40,8 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     except OSError as exc:
         raise VqkitError(f"Cannot write into '{path.parent}': {exc.strerror}.") from exc
     try:
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -52,6 +54,12 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
             raise VqkitError(f"Could not write '{path}': {reason}.") from exc
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -37,6 +37,7 @@ INTERPOLATION_CAPTIONS = {
     "interpolation_latent": "latent: encoder outputs blended linearly, each snapped to its "
     "nearest code",
 }
+STAGE_BAR_PX = 160  # width of the longest stage's bar in the timing table
 SCORE_COLUMNS = (
     ("fid", "classifier-FID (lower is better)"),
     ("confidence", "confidence"),
@@ -354,12 +355,17 @@ def _timing(info: RunInfo) -> Section | None:
             [r["epoch"], r["epoch_seconds"], number(r.get("images_per_second"))] for r in epochs
         ]
         parts.append("<h3>training epochs</h3>" + table(["epoch", "seconds", "images/s"], rows))
+    prior_epochs = [r for r in info.prior_metrics if number(r.get("epoch_seconds")) is not None]
+    if prior_epochs:
+        rows = [[r["epoch"], r["epoch_seconds"]] for r in prior_epochs]
+        parts.append("<h3>prior epochs</h3>" + table(["epoch", "seconds"], rows))
     if info.timings:
         longest = max(info.timings.values()) or 1.0
         total = sum(info.timings.values())
         rows_html = "".join(
             f"<tr><td>{esc(stage)}</td><td class=num>{esc(fmt(sec, 3))}</td>"
-            f'<td><span class="bar" style="width:{160 * sec / longest:.0f}px"></span></td></tr>'
+            f'<td><span class="bar" style="width:{STAGE_BAR_PX * sec / longest:.0f}px">'
+            "</span></td></tr>"
             for stage, sec in info.timings.items()
         )
         rows_html += f"<tr><th>total</th><th class=num>{esc(fmt(total, 3))}</th><th></th></tr>"

@@ -13,6 +13,11 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         f"test PSNR:       {metrics['test_psnr']:.2f} dB",
         f"perplexity:      {metrics['perplexity']:.1f}",
         f"codes used:      {metrics['codes_used']} of {metrics['num_codes']}",
+        *(
+            [f"code restarts:   {metrics['codebook_restarts']} during training"]
+            if metrics.get("codebook_restarts")
+            else []
+        ),
         f"bits per image:  {metrics['bits_per_image']:.1f} for the code grid, against "
         f"{metrics['binarized_image_bits']} (binarized) and {metrics['eight_bit_image_bits']} "
         f"(8-bit) for the image: {ratio:.0f}x smaller than 8-bit",

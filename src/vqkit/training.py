@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vqkit import runfiles
+from vqkit.acceleration import autocast, make_scheduler, prepare_model, resolve_precision
 from vqkit.checkpoint import run_path, save_config, save_weights
 from vqkit.config import RunConfig
 from vqkit.data import Split, load_split
@@ -89,6 +90,10 @@ def train(
     torch.manual_seed(settings.seed)
     model = VQVAE(config.model).to(target)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    step_model = prepare_model(model, settings)  # channels-last / compiled view of ``model``
+    precision = resolve_precision(settings.precision, target)
+    steps_per_epoch = -(-train_images.shape[0] // settings.batch_size)
+    scheduler = make_scheduler(optimizer, settings, settings.epochs * steps_per_epoch)
     # Whole dataset resident on the device as uint8; batches are gathered by index.
     train_images = train_images.to(target)
     order_generator = torch.Generator().manual_seed(settings.seed)
@@ -98,13 +103,15 @@ def train(
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
         train_loss = run_epoch(
-            model,
+            step_model,
             optimizer,
             train_images,
             settings.batch_size,
             order_generator,
             description=f"epoch {epoch}/{settings.epochs}",
             show=show,
+            scheduler=scheduler,
+            precision=precision,
         )
         seconds = time.perf_counter() - started
         record: dict[str, Any] = {
@@ -125,7 +132,7 @@ def train(
 
 
 def run_epoch(
-    model: VQVAE,
+    model: VQVAE | Any,
     optimizer: torch.optim.Optimizer,
     images: torch.Tensor,
     batch_size: int,
@@ -133,8 +140,13 @@ def run_epoch(
     *,
     description: str = "",
     show: bool = False,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    precision: str = "fp32",
 ) -> float:
-    """One pass over ``images`` (N, H, W) uint8 in a seeded random order; mean training loss."""
+    """One pass over ``images`` (N, H, W) uint8 in a seeded random order; mean training loss.
+
+    ``model`` may be a compiled view of a VQVAE; ``precision`` 'bf16' autocasts the forward.
+    """
     model.train()
     count = images.shape[0]
     order = torch.randperm(count, generator=order_generator).to(images.device)
@@ -144,12 +156,15 @@ def run_epoch(
     started = time.perf_counter()
     for batch_index in order.split(batch_size):
         batch = images[batch_index]
-        out = model(batch)
-        reconstruction_loss = F.mse_loss(out.reconstruction, images_to_input(batch))
-        loss = reconstruction_loss + out.vq_loss
+        with autocast(images.device, precision):
+            out = model(batch)
+            reconstruction_loss = F.mse_loss(out.reconstruction.float(), images_to_input(batch))
+            loss = reconstruction_loss + out.vq_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         loss_sum += loss.detach()
         steps += 1
         bar.update(batch.shape[0])

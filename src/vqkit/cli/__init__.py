@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "codebook",
     "train-prior",
     "score",
+    "demo",
     "report",
     "runs",
 )

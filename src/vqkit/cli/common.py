@@ -34,6 +34,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_list(text: str) -> list[int]:
+    """A comma-separated list of whole numbers, e.g. "8,5,5,5"."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be whole numbers separated by commas, like 8,5,5,5, not {text!r}"
+        ) from None
+
+
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2))
 

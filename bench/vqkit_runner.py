@@ -1,0 +1,111 @@
+"""vqkit training driven in slices, so benchmarks can stop the clock to evaluate mid-epoch.
+
+It builds exactly what ``vqkit.training.train`` builds (model, Adam, speed settings, schedule)
+and runs ``vqkit.training.run_epoch`` over consecutive slices of one shuffled epoch: every image
+is still seen once per epoch, and the scheduler steps across slices as in a plain run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from vqkit.acceleration import make_scheduler, prepare_model, resolve_precision
+from vqkit.config import RunConfig, preset_config
+from vqkit.metrics import evaluate_reconstruction
+from vqkit.model import VQVAE
+from vqkit.training import run_epoch
+
+
+@dataclass
+class SlicedTrainer:
+    config: RunConfig
+    images: torch.Tensor  # (N, 28, 28) uint8 on the training device
+
+    def __post_init__(self) -> None:
+        settings = self.config.train
+        device = self.images.device
+        torch.manual_seed(settings.seed)
+        self.model = VQVAE(self.config.model).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        self.step_model = prepare_model(self.model, settings)
+        self.precision = resolve_precision(settings.precision, device)
+        steps_per_epoch = -(-self.images.shape[0] // settings.batch_size)
+        self.scheduler = make_scheduler(self.optimizer, settings, settings.epochs * steps_per_epoch)
+        self.order = torch.Generator().manual_seed(settings.seed)
+
+    def run(
+        self, slice_images: int | None = None, on_slice: Callable[[int, float], bool] | None = None
+    ) -> tuple[float, int]:
+        """Train all epochs; returns (training seconds, images seen).
+
+        After each slice of ``slice_images`` images the clock stops and ``on_slice(seen,
+        seconds)`` runs; training ends early when it returns True.
+        """
+        settings = self.config.train
+        count = self.images.shape[0]
+        width = count if slice_images is None else slice_images
+        # Whole batches per slice so slicing does not change the number of optimiser steps.
+        width = max(settings.batch_size, width - width % settings.batch_size)
+        seconds, seen = 0.0, 0
+        for _ in range(settings.epochs):
+            order = torch.randperm(count, generator=self.order).to(self.images.device)
+            for part in order.split(width):
+                started = time.perf_counter()
+                run_epoch(
+                    self.step_model,
+                    self.optimizer,
+                    self.images[part],
+                    settings.batch_size,
+                    self.order,
+                    scheduler=self.scheduler,
+                    precision=self.precision,
+                )
+                if self.images.device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds += time.perf_counter() - started
+                seen += part.shape[0]
+                if on_slice is not None and on_slice(seen, seconds):
+                    return seconds, seen
+        return seconds, seen
+
+    def test_mse(self, test_images: torch.Tensor) -> float:
+        return evaluate_reconstruction(self.model, test_images, self.config.train.eval_batch_size)[
+            "test_mse"
+        ]
+
+
+def bench_config(
+    preset: str, quantizer_options: list[str] | None = None, **train_overrides: object
+) -> RunConfig:
+    """A preset's config with some training fields replaced (None values are ignored).
+
+    ``quantizer_options`` are ``NAME=VALUE`` strings for QuantizerConfig fields, VALUE parsed
+    as JSON when it can be (``dead_code_restart=50``), else kept as text (``codebook_init=kmeans``).
+    """
+    data = preset_config(preset).to_dict()
+    for name, value in train_overrides.items():
+        if value is not None:
+            data["train"][name] = value
+    for option in quantizer_options or []:
+        name, _, text = option.partition("=")
+        try:
+            data["model"]["quantizer"][name] = json.loads(text)
+        except json.JSONDecodeError:
+            data["model"]["quantizer"][name] = text
+    return RunConfig.from_dict(data)  # re-validates the overrides
+
+
+def median_seconds_per_image(log: list[tuple[int, float, float]]) -> float:
+    """Median over evaluation intervals of training seconds per image (robust to bursts of
+    load from other processes, which inflate a few intervals)."""
+    rates, previous = [], (0, 0.0)
+    for seen, seconds, _mse in log:
+        rates.append((seconds - previous[1]) / (seen - previous[0]))
+        previous = (seen, seconds)
+    rates.sort()
+    return rates[len(rates) // 2]

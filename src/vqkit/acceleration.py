@@ -1,0 +1,85 @@
+"""Speed settings of a training run: mixed precision, memory layout, compilation, LR schedule.
+
+Each lever is a small function so the training loop only wraps its forward pass in
+:func:`autocast` and steps the scheduler from :func:`make_scheduler`. Quantizer distances and
+the argmin always stay in fp32 (``nearest_codes`` casts its inputs), so bf16 only touches the
+convolutions and their elementwise neighbours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from vqkit.config import PRECISIONS, TrainConfig
+from vqkit.errors import VqkitError
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 convolutions are native on ``device`` (AVX512-BF16/AMX CPUs, Ampere+ GPUs)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' becomes bf16 where the hardware runs it natively, else fp32."""
+    if precision not in PRECISIONS:
+        raise VqkitError(f"Unknown precision '{precision}'; use one of: {', '.join(PRECISIONS)}.")
+    if precision == "auto":
+        return "bf16" if bf16_is_fast(device) else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context the forward pass and loss run in: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: nn.Module, settings: TrainConfig) -> Callable[..., Any]:
+    """Move ``model`` to channels-last if asked; return the callable to train with.
+
+    With ``compile`` the returned callable is the compiled module, while ``model`` itself keeps
+    its plain parameter names so its weights save exactly as uncompiled ones.
+    """
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if settings.compile else model
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, settings: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-step learning-rate schedule (None for a constant rate).
+
+    ``onecycle`` warms up to ``lr`` over ``warmup_fraction`` of the steps then anneals to near
+    zero; ``cosine`` warms up linearly the same way then follows a half cosine to zero.
+    Both let a large batch use a high peak rate without diverging early.
+    """
+    if settings.lr_schedule == "constant":
+        return None
+    if settings.lr_schedule == "onecycle":
+        # Each of its two phases needs at least two steps; only tiny test runs are stretched.
+        shortest = min(settings.warmup_fraction, 1.0 - settings.warmup_fraction)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=settings.lr,
+            total_steps=max(total_steps, math.ceil(2.0 / shortest) + 1),
+            pct_start=settings.warmup_fraction,
+        )
+    warmup = max(1, int(settings.warmup_fraction * total_steps))
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, 1.0 / warmup, 1.0, total_iters=warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, total_steps - warmup)),
+        ],
+        milestones=[warmup],
+    )

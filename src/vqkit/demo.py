@@ -1,0 +1,191 @@
+"""The whole pipeline in one call: train, look at the codebook, fit the prior, sample,
+interpolate, score, and write the report. ``vqkit demo`` and ``make demo`` run this.
+
+Each stage is the same library function its own subcommand calls; the demo only chooses
+settings small enough to finish in a few minutes on a 2-core laptop CPU, and times each stage.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vqkit import runfiles
+from vqkit.classifier import ClassifierConfig
+from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
+from vqkit.config import preset_config
+from vqkit.data import load_split
+from vqkit.fileio import ensure_dir, write_json_atomic
+from vqkit.generate import SamplingContext, sample_images
+from vqkit.images import save_grid
+from vqkit.interpolate import MODES, interpolation, interpolation_strip
+from vqkit.prior import PriorConfig
+from vqkit.prior_training import train_prior
+from vqkit.report import write_report
+from vqkit.score import score_run
+from vqkit.training import default_run_dir, train
+from vqkit.usage import code_usage
+
+
+@dataclass
+class DemoSettings:
+    """What the demo trains and how much it samples (chosen for a few minutes on 2 cores)."""
+
+    dataset: str = "mnist"
+    preset: str = "best"  # efficient-sized model with k-means init, EMA and restarts
+    prior_epochs: int = 3
+    prior_conditional: bool = True
+    samples_per_figure: int = 64
+    score_samples: int = 2000
+    interpolation_pair: tuple[int, int] = (3, 8)  # first test images of these classes
+    interpolation_steps: int = 8
+    seed: int = 0
+    # Shortcuts for quick trials and tests; None keeps the preset's and stages' own settings.
+    epochs: int | None = None
+    train_limit: int | None = None
+    prior_train_limit: int | None = None
+    classifier: ClassifierConfig | None = None
+
+
+@dataclass
+class DemoResult:
+    run_dir: Path
+    report: Path
+    headline: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run_demo(
+    out_dir: str | Path | None = None,
+    settings: DemoSettings | None = None,
+    *,
+    device: str = "auto",
+    progress: bool | None = None,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> DemoResult:
+    """Run every stage into one run folder; returns the report path and headline numbers."""
+    settings = settings or DemoSettings()
+    config = preset_config(settings.preset)
+    config.train.dataset = settings.dataset
+    config.train.seed = settings.seed
+    if settings.epochs is not None:
+        config.train.epochs = settings.epochs
+    config.train.train_limit = settings.train_limit
+    run_dir = ensure_dir(out_dir if out_dir is not None else default_run_dir(config))
+    figures = ensure_dir(run_dir / runfiles.FIGURES_DIR)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, work: Callable[[], Any]) -> Any:
+        log(f"[demo] {name} ...")
+        started = time.perf_counter()
+        result = work()
+        timings[name] = time.perf_counter() - started
+        write_json_atomic(run_dir / runfiles.TIMINGS, timings)
+        return result
+
+    trained = stage(
+        "train VQ-VAE", lambda: train(config, run_dir, device=device, progress=progress)
+    )
+    model = trained.model.eval()
+    test = load_split(settings.dataset, "test")
+    stage(
+        "codebook figures",
+        lambda: write_codebook_figures(
+            model, code_usage(run_dir, model), test.images[:CODEMAP_IMAGES], figures
+        ),
+    )
+    prior_settings = PriorConfig(
+        epochs=settings.prior_epochs,
+        conditional=settings.prior_conditional,
+        seed=settings.seed,
+        train_limit=settings.prior_train_limit,
+    )
+    prior = stage(
+        "train prior",
+        lambda: train_prior(run_dir, prior_settings, device=device, progress=progress),
+    )
+    context = SamplingContext(model, run_dir)
+    stage("samples", lambda: _write_samples(context, settings, figures))
+    stage("interpolations", lambda: _write_interpolations(model, test, settings, figures))
+    scores = stage(
+        "score",
+        lambda: score_run(
+            run_dir,
+            settings.score_samples,
+            seed=settings.seed,
+            device=device,
+            classifier_config=settings.classifier,
+            log=log,
+        ),
+    )
+    report = stage("report", lambda: write_report(run_dir))
+    headline = _headline(trained.final, prior.best, scores)
+    return DemoResult(run_dir, report, headline, timings)
+
+
+def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Path) -> None:
+    names = runfiles.FIGURE_NAMES
+    for strategy in ("random", "used", "prior"):
+        _, images = sample_images(context, strategy, settings.samples_per_figure, settings.seed)
+        save_grid(images, figures / names[f"samples_{strategy}"])
+    if settings.prior_conditional:
+        classes = 10
+        rows = [
+            sample_images(context, "prior", classes, settings.seed + label, digit=label)[1]
+            for label in range(classes)
+        ]
+        save_grid(torch.cat(rows), figures / names["samples_prior_conditional"], columns=classes)
+
+
+def _write_interpolations(model, test, settings: DemoSettings, figures: Path) -> None:
+    first, second = (
+        int(torch.nonzero(test.labels == label)[0]) for label in settings.interpolation_pair
+    )
+    image_a, image_b = test.images[first], test.images[second]
+    for mode in MODES:
+        codes = interpolation(
+            model, image_a, image_b, settings.interpolation_steps, mode, settings.seed
+        )
+        strip = interpolation_strip(model, image_a, image_b, codes)
+        save_grid(
+            strip, figures / runfiles.FIGURE_NAMES[f"interpolation_{mode}"], columns=strip.shape[0]
+        )
+
+
+def _headline(vq: dict[str, Any], prior: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
+    fid = {row["name"]: row["fid"] for row in scores.get("rows", [])}
+    return {
+        "test_mse": vq["test_mse"],
+        "codes_used": vq["codes_used"],
+        "num_codes": vq["num_codes"],
+        "prior_bits_per_code": prior["test_bits_per_code"],
+        "uniform_bits_per_code": prior["uniform_bits_per_code"],
+        "fid_prior": fid.get("prior"),
+        "fid_used": fid.get("used"),
+        "fid_random": fid.get("random"),
+    }
+
+
+def format_headline(result: DemoResult) -> str:
+    """The demo's closing lines: where the report is and the numbers that matter."""
+    h = result.headline
+    lines = [
+        f"test MSE:           {h['test_mse']:.5f}",
+        f"codes used:         {h['codes_used']} of {h['num_codes']}",
+        f"prior bits/code:    {h['prior_bits_per_code']:.3f} "
+        f"(uniform {h['uniform_bits_per_code']:.3f})",
+    ]
+    if h["fid_prior"] is not None:
+        lines.append(
+            f"classifier-FID:     prior {h['fid_prior']:.1f}, used {h['fid_used']:.1f}, "
+            f"random {h['fid_random']:.1f} (lower is better)"
+        )
+    total = sum(result.timings.values())
+    lines += [f"total time:         {total:.0f} s", f"report:             {result.report}"]
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Finite Scalar Quantization (Mentzer et al. 2023): a fixed grid of codes instead of a codebook.
+
+No codebook: the latent is projected to one channel per entry of ``levels``, each channel is
+squashed into a bounded range and rounded to one of L_i evenly spaced values, and the integer
+code is the mixed-radix number whose digits are those values. Every one of the ∏ L_i codes is a
+fixed point of the grid, so none can die; there is no codebook or commitment loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vqkit.config import QuantizerConfig
+from vqkit.quantize import QuantizerOutput
+
+# Widens the tanh range a little so its open interval still rounds to the outermost values.
+BOUND_MARGIN = 1e-3
+
+
+class FiniteScalarQuantizer(nn.Module):
+    """FSQ with levels (L_1..L_c) behind a D -> c -> D linear projection (identity when D = c)."""
+
+    def __init__(self, config: QuantizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        levels = torch.tensor(config.fsq_levels, dtype=torch.long)
+        channels, dim = len(config.fsq_levels), config.embedding_dim
+        # Digit i of a code is worth ∏_{j<i} L_j (mixed radix, first channel least significant).
+        radix = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), dim=0)
+        # Non-persistent: derived from the config, so the weights file need not carry them.
+        self.register_buffer("levels", levels, persistent=False)
+        self.register_buffer("radix", radix, persistent=False)
+        # The encoder and decoder keep their D channels; a projection adapts them to c channels.
+        same = dim == channels
+        self.project_in = nn.Identity() if same else nn.Linear(dim, channels)
+        self.project_out = nn.Identity() if same else nn.Linear(channels, dim)
+
+    @property
+    def num_codes(self) -> int:
+        return math.prod(self.config.fsq_levels)
+
+    def training_stats(self) -> dict[str, float | int]:
+        return {}
+
+    def bound(self, h: torch.Tensor) -> torch.Tensor:
+        """Squash (N, c) into ranges whose rounding gives exactly L_i integers per channel.
+
+        Odd L: values -(L-1)/2 .. (L-1)/2, centred on h = 0. Even L: -L/2 .. L/2 - 1, shifted half
+        a step down so that h = 0 falls on the boundary between two values and each sign of h
+        reaches L/2 of them (no shift inside the tanh, which would favour one side).
+        """
+        levels = self.levels.to(h.dtype)
+        half = (levels - 1) * (1 + BOUND_MARGIN) / 2
+        offset = (self.levels % 2 == 0).to(h.dtype) / 2
+        return torch.tanh(h) * half - offset
+
+    def scalar_quantize(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-bound channels (N, c) -> (values in [-1, 1] (N, c) with straight-through rounding,
+        integer codes (N,))."""
+        bounded = self.bound(h)
+        integers = bounded.detach().round()
+        rounded = bounded + (integers - bounded).detach()  # straight-through rounding
+        digits = integers.long() + self.levels // 2  # (N, c) in 0..L_i-1
+        return rounded / (self.levels // 2).to(h.dtype), (digits * self.radix).sum(dim=1)
+
+    def codes_to_values(self, codes: torch.Tensor) -> torch.Tensor:
+        """Integer codes (N,) -> grid values (N, c) in [-1, 1]: the inverse of the code index."""
+        digits = (codes.unsqueeze(1) // self.radix) % self.levels  # (N, c)
+        half_width = self.levels // 2
+        return (digits - half_width).float() / half_width.float()
+
+    def quantize_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Code grid (B, H, W) of latents z (B, D, H, W)."""
+        batch, dim, height, width = z.shape
+        with torch.no_grad():
+            h = self.project_in(z.permute(0, 2, 3, 1).reshape(-1, dim))
+            return self.scalar_quantize(h)[1].view(batch, height, width)
+
+    def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
+        """Latents of a code grid (B, H, W) -> (B, D, H, W): what the decoder saw in training."""
+        batch, height, width = codes.shape
+        values = self.codes_to_values(codes.reshape(-1))
+        weight = next(self.parameters(), None)
+        if weight is not None:
+            values = values.to(weight.dtype)
+        latents = self.project_out(values)  # (N, D)
+        return latents.view(batch, height, width, -1).permute(0, 3, 1, 2)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        batch, dim, height, width = z.shape
+        h = self.project_in(z.permute(0, 2, 3, 1).reshape(-1, dim))  # (N, c)
+        values, codes = self.scalar_quantize(h)
+        quantized = self.project_out(values).view(batch, height, width, -1).permute(0, 3, 1, 2)
+        # index_add_ rather than bincount: CUDA bincount reads max() back to the host.
+        counts = codes.new_zeros(self.num_codes).index_add_(0, codes, torch.ones_like(codes))
+        loss = torch.zeros((), device=z.device, dtype=z.dtype)
+        return QuantizerOutput(quantized, codes.view(batch, height, width), loss, counts)

@@ -1,0 +1,156 @@
+"""The VQ-VAE quantizer (van den Oord et al. 2017): a learned codebook of K vectors of size D.
+
+The codebook learns in one of two ways (``QuantizerConfig.codebook_update``):
+
+- ``loss``: the paper's codebook loss ||sg[z] - e||² pulls each chosen code toward its encoder
+  outputs through the optimizer (the tutorial's model).
+- ``ema``: the paper's appendix. Each code is the running mean of the encoder outputs assigned to
+  it, kept as exponential moving averages of the cluster sizes N and vector sums m:
+  N ← γN + (1-γ)n, m ← γm + (1-γ)Σz, e = m / Ñ with Laplace-smoothed sizes
+  Ñ = (N + ε) / (ΣN + Kε) · ΣN. The codebook is then a buffer the optimizer never sees, and the
+  loss is the commitment term only.
+
+Health measures (see :mod:`vqkit.codebook_health`): optional k-means initialisation on the first
+training batch and restarts of dead codes. All state lives in registered buffers, so it is saved
+in ``model.safetensors`` and restored exactly; statistics change only in training mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqkit import codebook_health as health
+from vqkit.config import QuantizerConfig
+from vqkit.quantize import QuantizerOutput, nearest_codes
+from vqkit.rotation import GRADIENT_ESTIMATORS
+
+# Cluster size given to a freshly initialised or restarted code: it stands for the one vector it
+# was set to, so the EMA neither drags it to the origin nor blows it up before it is chosen.
+FRESH_CLUSTER_SIZE = 1.0
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantizer with a loss- or EMA-updated codebook (K, D)."""
+
+    def __init__(self, config: QuantizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        num, dim = config.num_embeddings, config.embedding_dim
+        self.ema = config.codebook_update == "ema"
+        self.estimator = GRADIENT_ESTIMATORS[config.gradient_estimator]
+        # Small uniform init as in the reference implementation: codes start near the origin.
+        initial = torch.empty(num, dim).uniform_(-1.0 / num, 1.0 / num)
+        # Only the state a configuration uses is registered, so the default model's weights file
+        # holds just the codebook, as before these options existed.
+        if self.ema:
+            self.register_buffer("codebook", initial)
+            self.register_buffer("ema_cluster_size", torch.full((num,), FRESH_CLUSTER_SIZE))
+            self.register_buffer("ema_embed_sum", initial * FRESH_CLUSTER_SIZE)
+        else:
+            self.codebook = nn.Parameter(initial)
+        if config.dead_code_restart > 0:
+            self.register_buffer("steps_since_used", torch.zeros(num, dtype=torch.long))
+            self.register_buffer("restart_count", torch.zeros((), dtype=torch.long))
+        if config.codebook_init == "kmeans":
+            self.register_buffer("kmeans_done", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def num_codes(self) -> int:
+        return self.config.num_embeddings
+
+    def training_stats(self) -> dict[str, float | int]:
+        """Counters kept across steps, logged once per epoch: restarts so far."""
+        restarts = int(self.restart_count) if self.config.dead_code_restart > 0 else 0
+        return {"codebook_restarts": restarts}
+
+    def quantize_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Code grid (B, H, W) of latents z (B, D, H, W), without loss, gradient or updates."""
+        batch, dim, height, width = z.shape
+        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, dim)
+        return nearest_codes(flat, self.codebook).view(batch, height, width)
+
+    def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codebook vectors of an integer grid: (B, H, W) -> (B, D, H, W)."""
+        return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        batch, dim, height, width = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, dim)  # (N, D), N = B·H·W
+        if self.training and self.config.codebook_init == "kmeans" and not bool(self.kmeans_done):
+            self._kmeans_init(flat)
+        codes = nearest_codes(flat, self.codebook)  # (N,)
+        chosen = F.embedding(codes, self.codebook)  # (N, D): a lookup, not a one-hot matmul
+        # The commitment loss keeps the encoder close to its codes; with the loss update, the
+        # codebook loss moves codes toward encoder outputs. Each term stops the gradient on its
+        # other side. (With EMA the codebook is a buffer and needs no loss.)
+        loss = self.config.beta * F.mse_loss(flat, chosen.detach())
+        if not self.ema:
+            loss = loss + F.mse_loss(chosen, flat.detach())
+        quantized = self.estimator(flat, chosen)  # forward: chosen; backward: onto flat
+        quantized = quantized.view(batch, height, width, dim).permute(0, 3, 1, 2)
+        # index_add_ rather than bincount: CUDA bincount reads max() back to the host.
+        counts = codes.new_zeros(self.num_codes).index_add_(0, codes, torch.ones_like(codes))
+        if self.training:
+            self._update_statistics(flat, codes, counts)
+        return QuantizerOutput(quantized, codes.view(batch, height, width), loss, counts)
+
+    @torch.no_grad()
+    def _kmeans_init(self, flat: torch.Tensor) -> None:
+        """Replace the codebook by k-means centroids of this batch's encoder outputs, once."""
+        centroids = health.kmeans(flat, self.num_codes, self.config.kmeans_iters)
+        self.codebook.copy_(centroids)
+        if self.ema:
+            self.ema_cluster_size.fill_(FRESH_CLUSTER_SIZE)
+            self.ema_embed_sum.copy_(centroids * FRESH_CLUSTER_SIZE)
+        self.kmeans_done.fill_(True)
+
+    @torch.no_grad()
+    def _update_statistics(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor):
+        """After a training step's assignments: EMA update, usage counters, dead-code restarts.
+
+        Batch counts and sums are summed over ranks first, so every rank applies the same update.
+        """
+        if not (self.ema or self.config.dead_code_restart > 0):
+            return
+        global_counts = health.all_reduce_sum_(counts.float())  # (K,)
+        if self.ema:
+            sums = torch.zeros_like(self.ema_embed_sum).index_add_(0, codes, flat.float())
+            self.ema_update(global_counts, health.all_reduce_sum_(sums))
+        if self.config.dead_code_restart > 0:
+            health.update_steps_since_used(self.steps_since_used, global_counts)
+            self._restart_dead_codes(flat)
+
+    @torch.no_grad()
+    def ema_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
+        """One EMA step from a batch's cluster sizes ``counts`` (K,) and vector sums (K, D)."""
+        decay, eps = self.config.ema_decay, self.config.ema_epsilon
+        self.ema_cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
+        self.ema_embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
+        total = self.ema_cluster_size.sum()
+        smoothed = (self.ema_cluster_size + eps) / (total + self.num_codes * eps) * total
+        self.codebook.copy_(self.ema_embed_sum / smoothed.unsqueeze(1))
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
+        """Move dead codes onto random encoder outputs of this batch (rank 0's, on every rank).
+
+        Written with masks instead of index lists so that no step waits on the device to learn
+        how many codes died.
+        """
+        dead = health.dead_code_mask(
+            self.steps_since_used,
+            self.config.dead_code_restart,
+            self.ema_cluster_size if self.ema else None,
+            self.config.dead_code_threshold,
+        )  # (K,) bool
+        replacements = health.sample_rows(flat, self.num_codes).to(self.codebook.dtype)  # (K, D)
+        rows = dead.unsqueeze(1)
+        self.codebook.copy_(torch.where(rows, replacements, self.codebook))
+        if self.ema:
+            self.ema_cluster_size.masked_fill_(dead, FRESH_CLUSTER_SIZE)
+            fresh_sums = replacements * FRESH_CLUSTER_SIZE
+            self.ema_embed_sum.copy_(torch.where(rows, fresh_sums, self.ema_embed_sum))
+        self.steps_since_used.masked_fill_(dead, 0)
+        self.restart_count += dead.sum()

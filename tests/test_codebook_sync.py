@@ -1,0 +1,79 @@
+"""Two training processes keep identical codebooks (EMA sums, restarts and k-means are shared)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from vqkit.config import QuantizerConfig
+from vqkit.quantize import build_quantizer
+
+WORLD = 2
+STEPS = 4
+
+
+def rank_batches(rank: int) -> list[torch.Tensor]:
+    """Different latents (B, D, H, W) on each rank, fixed by the rank."""
+    generator = torch.Generator().manual_seed(100 + rank)
+    return [torch.randn(2, 4, 3, 3, generator=generator) * (1 + step) for step in range(STEPS)]
+
+
+def settings(**overrides) -> QuantizerConfig:
+    base = dict(num_embeddings=16, embedding_dim=4, codebook_update="ema", kmeans_iters=3)
+    return QuantizerConfig(**{**base, **overrides})
+
+
+# Two configurations run in the same pair of processes (one spawn, to keep the test quick).
+CONFIGS = {
+    "health": {"dead_code_restart": 1, "codebook_init": "kmeans"},
+    "ema": {},
+}
+
+
+def worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    for name, overrides in CONFIGS.items():
+        torch.manual_seed(0)  # the same initial codebook, as DDP would broadcast it
+        quantizer = build_quantizer(settings(**overrides)).train()
+        torch.manual_seed(1 + rank)  # every later random choice differs between ranks
+        for batch in rank_batches(rank):
+            quantizer(batch)
+        state = {k: v.contiguous() for k, v in quantizer.state_dict().items()}
+        save_file(state, str(Path(out_dir) / f"{name}-rank{rank}.safetensors"))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def rank_states(tmp_path_factory) -> dict[str, list[dict[str, torch.Tensor]]]:
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not built in")
+    out = tmp_path_factory.mktemp("ranks")
+    mp.spawn(worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
+    return {
+        name: [load_file(str(out / f"{name}-rank{r}.safetensors")) for r in range(WORLD)]
+        for name in CONFIGS
+    }
+
+
+def test_ranks_end_with_identical_state_after_restarts_and_kmeans(rank_states):
+    states = rank_states["health"]
+    assert int(states[0]["restart_count"]) > 0  # restarts happened, so the test can fail
+    for name, tensor in states[0].items():
+        assert torch.equal(states[1][name], tensor), name
+
+
+def test_two_ranks_update_like_one_process_on_both_batches(rank_states):
+    states = rank_states["ema"]
+    torch.manual_seed(0)
+    single = build_quantizer(settings()).train()
+    for step in range(STEPS):
+        single(torch.cat([rank_batches(rank)[step] for rank in range(WORLD)]))
+    for name, tensor in single.state_dict().items():
+        torch.testing.assert_close(states[0][name], tensor, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(states[1][name], tensor, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,110 @@
+"""Finite scalar quantization: the code range, exact index round trips, gradients."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from vqkit.config import QuantizerConfig
+from vqkit.errors import VqkitError
+from vqkit.fsq import FiniteScalarQuantizer
+from vqkit.model import VQVAE, ModelConfig
+from vqkit.quantize import build_quantizer
+
+LEVEL_SETS = [[3], [2, 2], [8, 5, 5, 5], [3, 4, 2], [7, 6]]
+
+
+def fsq(levels: list[int], dim: int | None = None) -> FiniteScalarQuantizer:
+    config = QuantizerConfig(quantizer="fsq", fsq_levels=levels, embedding_dim=dim or len(levels))
+    quantizer = build_quantizer(config)
+    assert isinstance(quantizer, FiniteScalarQuantizer)
+    return quantizer
+
+
+def expected_values(levels: list[int]) -> torch.Tensor:
+    """Grid values of every index, enumerated independently: mixed radix, first digit fastest."""
+    rows = []
+    for digits in itertools.product(*[range(n) for n in reversed(levels)]):
+        digits = list(reversed(digits))  # itertools varies the last position fastest
+        rows.append([(d - n // 2) / (n // 2) for d, n in zip(digits, levels, strict=True)])
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("levels", LEVEL_SETS)
+def test_every_index_is_hit_on_a_grid_and_none_beyond(levels):
+    quantizer = fsq(levels)
+    axes = [torch.linspace(-3, 3, 4 * n + 1) for n in levels]
+    grid = torch.cartesian_prod(*axes).reshape(-1, len(levels))  # (M, c)
+    codes = quantizer.scalar_quantize(grid)[1]
+    assert torch.equal(torch.unique(codes), torch.arange(math.prod(levels)))
+    assert quantizer.num_codes == math.prod(levels) == quantizer.config.num_codes
+
+
+@pytest.mark.parametrize("levels", LEVEL_SETS)
+def test_indices_round_trip_to_grid_values_exactly(levels):
+    quantizer = fsq(levels)
+    indices = torch.arange(math.prod(levels))
+    values = quantizer.codes_to_values(indices)
+    assert torch.equal(values, expected_values(levels))
+    # Re-quantize: inputs that the bound maps onto each grid value give the same index back.
+    level_tensor = torch.tensor(levels, dtype=torch.float64)
+    half = (level_tensor - 1) * 1.001 / 2
+    offset = (torch.tensor(levels) % 2 == 0).double() / 2
+    target = values.double() * (torch.tensor(levels) // 2).double() + offset  # integer + offset
+    pre_bound = torch.atanh(target / half)
+    returned_values, returned = quantizer.scalar_quantize(pre_bound.float())
+    assert torch.equal(returned, indices)
+    assert torch.equal(returned_values, values)
+
+
+@pytest.mark.parametrize("dim", [4, 16])
+def test_codes_decode_to_the_latents_seen_in_training(dim):
+    torch.manual_seed(0)
+    quantizer = fsq([8, 5, 5, 5], dim=dim)
+    z = torch.randn(3, dim, 7, 7) * 3
+    out = quantizer(z)
+    assert out.codes.shape == (3, 7, 7) and out.quantized.shape == z.shape
+    assert torch.equal(quantizer.quantize_codes(z), out.codes)
+    torch.testing.assert_close(quantizer.codes_to_latents(out.codes), out.quantized)
+    assert int(out.code_counts.sum()) == 3 * 49 and len(out.code_counts) == 1000
+    assert float(out.loss) == 0.0
+
+
+def test_straight_through_rounding_passes_the_bound_gradient():
+    quantizer = fsq([8, 5])
+    h = torch.randn(50, 2, requires_grad=True)
+    values, _ = quantizer.scalar_quantize(h)
+    values.sum().backward()
+    reference = h.detach().clone().requires_grad_(True)
+    (quantizer.bound(reference) / torch.tensor([4.0, 2.0])).sum().backward()
+    torch.testing.assert_close(h.grad, reference.grad)
+
+
+def test_fsq_model_encodes_and_decodes():
+    config = ModelConfig(
+        hidden_dim=8, quantizer=QuantizerConfig(quantizer="fsq", fsq_levels=[4, 4], embedding_dim=6)
+    )
+    model = VQVAE(config).eval()
+    images = torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8)
+    codes = model.encode(images)
+    assert codes.max() < 16 and model.num_codes == 16
+    torch.testing.assert_close(model.decode(codes), model(images).reconstruction)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"fsq_levels": [1, 5]},
+        {"fsq_levels": []},
+        {"fsq_levels": [8, 2.5]},
+        {"quantizer": "fsq", "codebook_update": "ema"},
+        {"quantizer": "fsq", "dead_code_restart": 5},
+        {"quantizer": "fsq", "gradient_estimator": "rotation"},
+    ],
+)
+def test_bad_fsq_settings_are_refused(settings):
+    with pytest.raises(VqkitError):
+        QuantizerConfig(**settings)

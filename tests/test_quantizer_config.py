@@ -1,0 +1,112 @@
+"""Quantizer settings: validation, JSON round trips, the `best` preset and the train flags."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vqkit.cli import build_parser
+from vqkit.cli.train_cmd import config_from_args
+from vqkit.config import PRESETS, QuantizerConfig, RunConfig, preset_config
+from vqkit.errors import VqkitError
+
+
+def test_new_fields_survive_a_json_round_trip():
+    config = preset_config("efficient")
+    config.model.quantizer = QuantizerConfig(
+        num_embeddings=64,
+        embedding_dim=16,
+        quantizer="vq",
+        codebook_update="ema",
+        ema_decay=0.95,
+        ema_epsilon=1e-4,
+        dead_code_restart=25,
+        dead_code_threshold=0.25,
+        codebook_init="kmeans",
+        kmeans_iters=7,
+        fsq_levels=[7, 5, 3],
+        gradient_estimator="rotation",
+    )
+    restored = RunConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+    assert restored.model.quantizer.fsq_levels == [7, 5, 3]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"ema_decay": 0.0},
+        {"ema_decay": 1.0},
+        {"ema_decay": 1.5},
+        {"ema_decay": float("nan")},
+        {"ema_epsilon": 0.0},
+        {"dead_code_restart": -1},
+        {"dead_code_threshold": 1.0},
+        {"dead_code_threshold": -0.1},
+        {"kmeans_iters": 0},
+        {"quantizer": "pq"},
+        {"codebook_update": "adam"},
+        {"codebook_init": "normal"},
+        {"gradient_estimator": "gumbel"},
+    ],
+)
+def test_bad_values_raise_one_sentence(settings):
+    with pytest.raises(VqkitError) as info:
+        QuantizerConfig(**settings)
+    message = str(info.value)
+    assert message.endswith(".") and "\n" not in message
+
+
+def test_fsq_code_count_is_the_product_of_levels():
+    assert QuantizerConfig(quantizer="fsq", fsq_levels=[8, 5, 5, 5]).num_codes == 1000
+    assert QuantizerConfig(num_embeddings=128, fsq_levels=[8, 5, 5, 5]).num_codes == 128
+
+
+def test_best_preset_is_efficient_sized_with_codebook_health():
+    best = preset_config("best")
+    efficient = preset_config("efficient")
+    assert best.model.hidden_dim == efficient.model.hidden_dim == 64
+    assert best.model.quantizer.num_codes == 128 and best.model.quantizer.embedding_dim == 32
+    assert best.train.epochs == 3
+    assert "best" in PRESETS
+    assert best.model.quantizer != efficient.model.quantizer
+
+
+def parse(*flags: str) -> RunConfig:
+    return config_from_args(build_parser().parse_args(["train", *flags]))
+
+
+def test_cli_flags_reach_the_config():
+    quantizer = parse(
+        "--preset",
+        "efficient",
+        "--codebook-update",
+        "ema",
+        "--ema-decay",
+        "0.9",
+        "--dead-code-restart",
+        "40",
+        "--dead-code-threshold",
+        "0.2",
+        "--codebook-init",
+        "kmeans",
+        "--kmeans-iters",
+        "4",
+        "--gradient-estimator",
+        "rotation",
+    ).model.quantizer
+    assert (quantizer.codebook_update, quantizer.ema_decay) == ("ema", 0.9)
+    assert (quantizer.dead_code_restart, quantizer.dead_code_threshold) == (40, 0.2)
+    assert (quantizer.codebook_init, quantizer.kmeans_iters) == ("kmeans", 4)
+    assert quantizer.gradient_estimator == "rotation"
+    fsq = parse("--quantizer", "fsq", "--fsq-levels", "8,4,4").model.quantizer
+    assert (fsq.quantizer, fsq.fsq_levels, fsq.num_codes) == ("fsq", [8, 4, 4], 128)
+
+
+def test_cli_refuses_bad_values(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["train", "--fsq-levels", "8,x"])
+    assert info.value.code == 2
+    with pytest.raises(VqkitError, match="EMA decay"):
+        parse("--ema-decay", "1.2")

@@ -1,0 +1,337 @@
+"""The codebook quantizer: EMA against hand formulas, restarts, k-means init, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqkit import runfiles
+from vqkit.checkpoint import load_model, save_config, save_weights
+from vqkit.config import ModelConfig, QuantizerConfig, RunConfig
+from vqkit.model import VQVAE
+from vqkit.quantize import build_quantizer
+from vqkit.rotation import rotation_trick
+from vqkit.training import train
+
+
+def as_latents(vectors: torch.Tensor) -> torch.Tensor:
+    """(N, D) vectors -> (1, D, 1, N) latents whose flattening gives back the rows in order."""
+    return vectors.t().reshape(1, vectors.shape[1], 1, vectors.shape[0])
+
+
+def test_ema_update_matches_hand_computed_formulas():
+    decay, eps = 0.9, 0.01
+    quantizer = build_quantizer(
+        QuantizerConfig(
+            num_embeddings=3,
+            embedding_dim=2,
+            codebook_update="ema",
+            ema_decay=decay,
+            ema_epsilon=eps,
+        )
+    )
+    codebook = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    sizes = np.array([2.0, 1.0, 0.5])
+    sums = np.array([[0.2, -0.2], [9.0, 1.0], [0.0, 4.0]])
+    quantizer.codebook.copy_(torch.tensor(codebook))
+    quantizer.ema_cluster_size.copy_(torch.tensor(sizes))
+    quantizer.ema_embed_sum.copy_(torch.tensor(sums))
+    # Three vectors near code 0, one near code 1, none near code 2.
+    batch = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 1.0], [9.0, 2.0]])
+
+    quantizer.train()
+    out = quantizer(as_latents(torch.tensor(batch, dtype=torch.float32)))
+
+    assert out.codes.flatten().tolist() == [0, 0, 0, 1]
+    counts = np.array([3.0, 1.0, 0.0])
+    batch_sums = np.array([[0.0, 2.0], [9.0, 2.0], [0.0, 0.0]])
+    new_sizes = decay * sizes + (1 - decay) * counts
+    new_sums = decay * sums + (1 - decay) * batch_sums
+    total = new_sizes.sum()
+    smoothed = (new_sizes + eps) / (total + 3 * eps) * total
+    expected = new_sums / smoothed[:, None]
+    np.testing.assert_allclose(quantizer.ema_cluster_size.numpy(), new_sizes, rtol=1e-6)
+    np.testing.assert_allclose(quantizer.ema_embed_sum.numpy(), new_sums, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(quantizer.codebook.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # The loss is the commitment term only, measured against the codes before the update.
+    commitment = ((batch - codebook[[0, 0, 0, 1]]) ** 2).mean()
+    assert float(out.loss) == pytest.approx(0.25 * commitment, rel=1e-6)
+
+
+def test_ema_codebook_is_not_an_optimizer_parameter():
+    config = ModelConfig(hidden_dim=8, quantizer=QuantizerConfig(num_embeddings=8, embedding_dim=4))
+    assert "quantizer.codebook" in dict(VQVAE(config).named_parameters())
+    config.quantizer.codebook_update = "ema"
+    model = VQVAE(config)
+    assert "quantizer.codebook" not in dict(model.named_parameters())
+    assert "quantizer.codebook" in model.state_dict()
+
+
+@torch.no_grad()
+def set_codebook(quantizer, codebook: torch.Tensor) -> None:
+    """Set the codes; with EMA also the sums, so the next update keeps unused codes in place."""
+    quantizer.codebook.copy_(codebook)
+    if quantizer.ema:
+        quantizer.ema_embed_sum.copy_(codebook * quantizer.ema_cluster_size.unsqueeze(1))
+
+
+def health_config(**overrides) -> QuantizerConfig:
+    settings = dict(
+        num_embeddings=8,
+        embedding_dim=4,
+        codebook_update="ema",
+        dead_code_restart=1,
+        codebook_init="kmeans",
+        kmeans_iters=3,
+    )
+    return QuantizerConfig(**{**settings, **overrides})
+
+
+def test_eval_mode_changes_no_statistics():
+    torch.manual_seed(0)
+    quantizer = build_quantizer(health_config())
+    quantizer.train()
+    quantizer(torch.randn(2, 4, 3, 3))  # initialise and update once, so every state is non-trivial
+    before = {k: v.clone() for k, v in quantizer.state_dict().items()}
+    quantizer.eval()
+    for _ in range(3):
+        quantizer(torch.randn(2, 4, 3, 3) * 5)
+        quantizer.quantize_codes(torch.randn(2, 4, 3, 3))
+    for name, tensor in quantizer.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_eval_mode_skips_kmeans_init():
+    quantizer = build_quantizer(health_config())
+    codebook = quantizer.codebook.clone()
+    quantizer.eval()
+    quantizer(torch.randn(2, 4, 3, 3))
+    assert not bool(quantizer.kmeans_done)
+    assert torch.equal(quantizer.codebook, codebook)
+
+
+@pytest.mark.parametrize("update", ["loss", "ema"])
+def test_restarted_codes_equal_encoder_outputs_of_the_batch(update):
+    torch.manual_seed(1)
+    quantizer = build_quantizer(
+        health_config(codebook_update=update, codebook_init="uniform", dead_code_restart=1)
+    )
+    batch = torch.randn(40, 4)
+    # Codes 0-2 sit on the data; 3-7 are far away and will not be chosen.
+    far = torch.full((5, 4), 100.0) + torch.arange(5.0).unsqueeze(1)
+    set_codebook(quantizer, torch.cat([batch[:3], far]))
+    quantizer.train()
+    latents = as_latents(batch).requires_grad_(True)
+    out = quantizer(latents)
+    # The in-place restart must not break the step's backward pass.
+    (out.quantized.pow(2).sum() + out.loss).backward()
+    assert latents.grad is not None
+
+    assert set(out.codes.flatten().tolist()) <= {0, 1, 2}
+    assert int(quantizer.restart_count) == 5
+    for code in range(3, 8):
+        matches = (batch == quantizer.codebook[code]).all(dim=1)
+        assert matches.any(), f"code {code} is not one of the batch's encoder outputs"
+    # Five distinct rows, since there are enough to draw without replacement.
+    assert len({tuple(row.tolist()) for row in quantizer.codebook[3:]}) == 5
+    assert quantizer.steps_since_used[3:].eq(0).all()
+    if update == "ema":  # a restarted code stands for the one vector it copies
+        assert quantizer.ema_cluster_size[3:].eq(1).all()
+        assert torch.equal(quantizer.ema_embed_sum[3:], quantizer.codebook[3:])
+    assert quantizer.training_stats() == {"codebook_restarts": 5}
+
+
+def test_restart_waits_for_the_window():
+    quantizer = build_quantizer(health_config(codebook_init="uniform", dead_code_restart=3))
+    batch = torch.randn(10, 4)
+    set_codebook(quantizer, torch.cat([batch.mean(0, keepdim=True), torch.full((7, 4), 50.0)]))
+    quantizer.train()
+    for step in range(1, 4):
+        quantizer(as_latents(batch))
+        # Unused codes count 1, 2, then reach the window of 3 and restart (counter back to 0).
+        expected = 7 if step == 3 else 0
+        assert int(quantizer.restart_count) == expected
+        assert quantizer.steps_since_used[1:].tolist() == [step % 3] * 7
+    assert quantizer.steps_since_used[0] == 0
+
+
+def test_restart_on_small_ema_cluster_size():
+    quantizer = build_quantizer(
+        health_config(codebook_init="uniform", dead_code_restart=1000, dead_code_threshold=0.5)
+    )
+    batch = torch.randn(10, 4)
+    quantizer.ema_cluster_size[1:] = torch.tensor([0.1, 0.1, 0.1, 0.1, 2.0, 2.0, 2.0])
+    set_codebook(quantizer, torch.cat([batch.mean(0, keepdim=True), torch.full((7, 4), 50.0)]))
+    quantizer.train()
+    quantizer(as_latents(batch))
+    # Codes 1-4 fall under 0.5 after one decay step; codes 5-7 (1.98) do not.
+    assert int(quantizer.restart_count) == 4
+    # (Laplace smoothing moves the kept codes by a hair, so compare approximately.)
+    torch.testing.assert_close(quantizer.codebook[5:], torch.full((3, 4), 50.0), rtol=1e-4, atol=0)
+    assert (quantizer.codebook[1:5] - 50).abs().min() > 10
+
+
+def quantization_error(quantizer, vectors: torch.Tensor) -> float:
+    codes = quantizer.quantize_codes(as_latents(vectors)).flatten()
+    return float((vectors - quantizer.codebook.detach()[codes]).pow(2).sum(dim=1).mean())
+
+
+def clustered_data(generator: torch.Generator) -> torch.Tensor:
+    centres = torch.randn(16, 8, generator=generator) * 10
+    labels = torch.arange(16).repeat_interleave(40)
+    return centres[labels] + 0.1 * torch.randn(len(labels), 8, generator=generator)
+
+
+@pytest.mark.parametrize("update", ["loss", "ema"])
+def test_kmeans_init_lowers_the_initial_quantization_error(update):
+    data = clustered_data(torch.Generator().manual_seed(0))
+    settings = dict(
+        num_embeddings=16,
+        embedding_dim=8,
+        codebook_update=update,
+        dead_code_restart=0,
+        kmeans_iters=10,
+    )
+    torch.manual_seed(0)
+    uniform = build_quantizer(health_config(**settings, codebook_init="uniform")).eval()
+    kmeans = build_quantizer(health_config(**settings, codebook_init="kmeans")).train()
+    with torch.no_grad():
+        kmeans(as_latents(data))  # the lazy initialisation happens on the first training step
+    kmeans.eval()
+    uniform_error = quantization_error(uniform, data)
+    kmeans_error = quantization_error(kmeans, data)
+    # Uniform codes sit near the origin, so the error is about the data's mean square norm; with
+    # k-means it falls toward the 16 clusters' spread (8 · 0.1² = 0.08) wherever it found them.
+    assert uniform_error > 500
+    assert kmeans_error < uniform_error / 20
+    assert bool(kmeans.kmeans_done)
+
+
+def test_kmeans_runs_once():
+    quantizer = build_quantizer(health_config(codebook_update="loss", dead_code_restart=0)).train()
+    quantizer(torch.randn(2, 4, 4, 4))
+    after_first = quantizer.codebook.detach().clone()
+    quantizer(torch.randn(2, 4, 4, 4) + 20)  # loss mode: no other change to the codebook
+    assert torch.equal(quantizer.codebook.detach(), after_first)
+
+
+def test_health_buffers_survive_a_checkpoint_exactly(tmp_path):
+    torch.manual_seed(0)
+    model_config = ModelConfig(hidden_dim=8, quantizer=health_config(dead_code_restart=2))
+    model = VQVAE(model_config).train()
+    model(torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8))  # k-means on varied outputs
+    for _ in range(3):  # blank images use one code, so the others die and restart
+        model(torch.zeros(4, 28, 28, dtype=torch.uint8))
+    assert int(model.quantizer.restart_count) > 0  # the counters hold something to restore
+    save_config(tmp_path, RunConfig(model=model_config))
+    save_weights(tmp_path / runfiles.WEIGHTS, model)
+
+    loaded = load_model(tmp_path)
+    original = model.state_dict()
+    restored = loaded.state_dict()
+    assert set(restored) == set(original)
+    for name in (
+        "codebook",
+        "ema_cluster_size",
+        "ema_embed_sum",
+        "steps_since_used",
+        "restart_count",
+        "kmeans_done",
+    ):
+        key = f"quantizer.{name}"
+        assert restored[key].dtype == original[key].dtype
+        assert torch.equal(restored[key], original[key]), key
+    # Training on from the restored state gives the same statistics as training on the original.
+    batch = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    torch.manual_seed(5)
+    model(batch)
+    loaded.train()
+    torch.manual_seed(5)
+    loaded(batch)
+    for key, tensor in model.quantizer.state_dict().items():
+        assert torch.equal(loaded.quantizer.state_dict()[key], tensor), key
+
+
+def test_default_quantizer_weights_hold_only_the_codebook():
+    model = VQVAE(ModelConfig(hidden_dim=8, quantizer=QuantizerConfig(8, 4)))
+    assert [k for k in model.state_dict() if k.startswith("quantizer.")] == ["quantizer.codebook"]
+
+
+def rotation_matrix(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The D×D matrix of the rotation trick for one pair of vectors, built explicitly."""
+    e_hat, q_hat = e / e.norm(), q / q.norm()
+    r = (e_hat + q_hat) / (e_hat + q_hat).norm()
+    eye = torch.eye(len(e), dtype=e.dtype)
+    return eye - 2 * torch.outer(r, r) + 2 * torch.outer(q_hat, e_hat)
+
+
+def test_rotation_trick_forward_value_and_gradient():
+    generator = torch.Generator().manual_seed(0)
+    e = torch.randn(5, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    q = torch.randn(5, 6, dtype=torch.float64, generator=generator)
+    upstream = torch.randn(5, 6, dtype=torch.float64, generator=generator)
+    out = rotation_trick(e, q)
+    assert torch.equal(out.detach(), q)
+    out.backward(upstream)
+    for i in range(5):
+        rotation = rotation_matrix(e[i].detach(), q[i])
+        # A proper rotation that turns e's direction onto q's ...
+        torch.testing.assert_close(rotation @ rotation.t(), torch.eye(6, dtype=torch.float64))
+        torch.testing.assert_close(rotation @ e[i].detach() / e[i].norm(), q[i] / q[i].norm())
+        # ... whose transpose, scaled by |q|/|e|, carries the gradient back to e.
+        scale = q[i].norm() / e[i].detach().norm()
+        torch.testing.assert_close(e.grad[i], scale * rotation.t() @ upstream[i])
+
+
+def test_rotation_quantizer_matches_straight_through_forward():
+    torch.manual_seed(0)
+    ste = build_quantizer(QuantizerConfig(16, 4))
+    rot = build_quantizer(QuantizerConfig(16, 4, gradient_estimator="rotation"))
+    rot.load_state_dict(ste.state_dict())
+    z = torch.randn(2, 4, 3, 3)
+    a, b = ste(z), rot(z)
+    assert torch.equal(a.codes, b.codes)
+    torch.testing.assert_close(a.quantized, b.quantized)
+    assert torch.equal(b.quantized.detach(), rot.codes_to_latents(b.codes).detach())
+    assert a.loss.item() == pytest.approx(b.loss.item())
+
+
+def test_training_logs_restarts_per_epoch(tmp_path):
+    config = RunConfig()
+    config.model = ModelConfig(
+        hidden_dim=8,
+        quantizer=QuantizerConfig(
+            num_embeddings=32, embedding_dim=4, codebook_update="ema", dead_code_restart=2
+        ),
+    )
+    config.train.epochs = 2
+    config.train.batch_size = 50
+    config.train.train_limit = 200
+    config.train.test_limit = 100
+    result = train(config, tmp_path / "run", device="cpu", progress=False)
+    lines = (tmp_path / "run" / runfiles.METRICS).read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    restarts = [r["codebook_restarts"] for r in records]
+    assert restarts[0] > 0 and restarts[1] >= restarts[0]
+    assert restarts[-1] == int(result.model.quantizer.restart_count)
+    # Usage over the test set agrees with a direct count of the model's codes.
+    from vqkit.data import load_split
+
+    images = load_split("mnist", "test").images[:100]
+    codes = result.model.encode(images).flatten()
+    assert records[-1]["codes_used"] == len(torch.unique(codes))
+
+
+def test_loss_mode_training_matches_the_tutorial_loss():
+    torch.manual_seed(0)
+    quantizer = build_quantizer(QuantizerConfig(16, 4)).train()
+    z = torch.randn(2, 4, 3, 3)
+    out = quantizer(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    chosen = quantizer.codebook.detach()[out.codes.flatten()]
+    expected = F.mse_loss(chosen, flat) * 1.25  # codebook + 0.25 · commitment, equal values
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
