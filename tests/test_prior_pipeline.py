@@ -164,3 +164,18 @@ def test_score_end_to_end(prior_run, tmp_path, monkeypatch, capsys):
     assert main(["score", str(prior_run), "--n", "30", "--device", "cpu"]) == 0
     table = capsys.readouterr().out
     assert all(name in table for name in rows)
+
+
+def test_sample_command_with_the_prior(prior_run, tmp_path):
+    codes_path = tmp_path / "codes.npy"
+    argv = ["sample", str(prior_run), "--strategy", "prior", "--n", "5", "--seed", "3"]
+    argv += ["--digit", "7", "--top-k", "1", "--out", str(tmp_path / "s.png")]
+    assert main(argv + ["--codes-out", str(codes_path), "--device", "cpu"]) == 0
+    codes = torch.from_numpy(np.load(codes_path, allow_pickle=False)).long()
+    prior = load_prior(prior_run)
+    labels = torch.full((5,), 7)
+    with torch.no_grad():  # top-k 1: every code is the argmax given the codes before it
+        assert torch.equal(prior(codes, labels).argmax(dim=1), codes)
+    assert (tmp_path / "s.png").exists()
+    # An out-of-range digit is one sentence and exit status 2, not a traceback.
+    assert main(argv[:-4] + ["--digit", "12", "--out", str(tmp_path / "t.png")]) == 2

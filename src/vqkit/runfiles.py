@@ -31,10 +31,13 @@ REPORT = "report.html"  # the self-contained visual report (report)
 #        "epoch_seconds"}
 #   codes.json        {"weights_sha256": hex, "dataset": name, "train": N, "test": N}
 #   scores.json       {"n": N, "classifier_test_accuracy": float,
-#                      "rows": [{"name": "real test images" | "reconstructions" | "random" |
+#                      "rows": [{"name": "real test images" | "real training images" |
+#                                "reconstructions" | "random" |
 #                                "used" | "prior" | "prior (digit d)" ..., "fid": float,
 #                                "confidence": float, "inception_score": float,
-#                                "label_accuracy": float | null}, ...]}
+#                                "label_accuracy": float | null,
+#                                "sample_seconds": float (sampled rows only)}, ...],
+#                      "dataset": name}
 #   timings.json      {"<stage name>": seconds, ...} in pipeline order
 # Figures written into FIGURES_DIR by the demo (each optional):
 FIGURE_NAMES = {

@@ -150,9 +150,7 @@ def score_run(
     reference, rows = _real_rows(
         model, classifier, test, load_split(dataset, "train", data_dir), n, seed
     )
-    context = SamplingContext(model, run_dir)
-    if hasattr(context, "data_dir"):  # the field the 'used' strategy reads its dataset from
-        context.data_dir = Path(data_dir) if data_dir is not None else None
+    context = SamplingContext(model, run_dir, Path(data_dir) if data_dir is not None else None)
     available = strategies()
     for strategy in STRATEGY_ORDER:
         if strategy not in available or (strategy == "prior" and not _has_prior(run_dir)):
