@@ -27,8 +27,8 @@ def poison_steps(monkeypatch, bad_steps: set[int], term: str) -> list[int]:
     real = training.compute_losses
     seen: list[int] = []
 
-    def poisoned(model, batch):
-        reconstruction, quantizer = real(model, batch)
+    def poisoned(model, batch, precision="fp32"):
+        reconstruction, quantizer = real(model, batch, precision)
         seen.append(len(seen) + 1)
         if seen[-1] in bad_steps:
             if term == "reconstruction":
