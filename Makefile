@@ -16,8 +16,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The whole pipeline on MNIST: train, codebook, prior, samples, interpolation, scores, report.
 demo: setup
-	$(BIN)/vqkit train --preset efficient
+	$(BIN)/vqkit demo
+
+# Benchmarks against references measured in the same run (see BENCHMARKS.md).
+bench: setup
+	$(BIN)/pip install -q --no-deps vector-quantize-pytorch einops einx loguru torch-einops-utils frozendict
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/time_to_quality.py
+	$(BIN)/python bench/quantizer_scaling.py
+	$(BIN)/python bench/dataset_scaling.py
+	$(BIN)/python bench/profile_layers.py
 
 test: setup
 	$(BIN)/python -m pytest
