@@ -235,6 +235,15 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 
 
 # The tutorial's Exercise 1 settings, and its smaller Exercise 2 ("efficient") settings.
+# The efficient preset's codebook, kept healthy: k-means init, EMA updates, dead-code restarts.
+_HEALTHY_EFFICIENT_CODEBOOK: dict[str, Any] = {
+    "num_embeddings": 128,
+    "embedding_dim": 32,
+    "codebook_update": "ema",
+    "dead_code_restart": 50,
+    "codebook_init": "kmeans",
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         "model": {"hidden_dim": 128, "quantizer": {"num_embeddings": 512, "embedding_dim": 64}},
@@ -244,22 +253,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"hidden_dim": 64, "quantizer": {"num_embeddings": 128, "embedding_dim": 32}},
         "train": {"epochs": 3},
     },
-    # The efficient model tuned for time to quality on a CPU: the 'best' codebook options
-    # (k-means init, EMA, restarts), a higher peak rate under a one-cycle schedule, bf16
-    # convolutions where native, channels-last layout. Batches stay at 128: on MNIST this model
-    # is limited by optimiser steps; larger batches lost more quality than they gained in speed
-    # (docs/notes-speed.md).
+    # The efficient model tuned for time to quality on a CPU: the 'best' codebook options, a
+    # higher peak rate under a one-cycle schedule, bf16 convolutions where native, channels-last
+    # layout. Batches stay at 128: on MNIST this model is limited by optimiser steps; larger
+    # batches lost more quality than they gained in speed (BENCHMARKS.md).
     "fast": {
-        "model": {
-            "hidden_dim": 64,
-            "quantizer": {
-                "num_embeddings": 128,
-                "embedding_dim": 32,
-                "codebook_update": "ema",
-                "dead_code_restart": 50,
-                "codebook_init": "kmeans",
-            },
-        },
+        "model": {"hidden_dim": 64, "quantizer": _HEALTHY_EFFICIENT_CODEBOOK},
         "train": {
             "epochs": 2,
             "batch_size": 128,
@@ -269,19 +268,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "channels_last": True,
         },
     },
-    # The efficient model with the codebook options that measured best on MNIST in 3 epochs:
-    # k-means init + EMA + restarts (bench/codebook_variants.py, docs/notes-codebook.md).
+    # The efficient model with the codebook options that measured best on MNIST in 3 epochs
+    # (bench/codebook_variants.py, BENCHMARKS.md).
     "best": {
-        "model": {
-            "hidden_dim": 64,
-            "quantizer": {
-                "num_embeddings": 128,
-                "embedding_dim": 32,
-                "codebook_update": "ema",
-                "dead_code_restart": 50,
-                "codebook_init": "kmeans",
-            },
-        },
+        "model": {"hidden_dim": 64, "quantizer": _HEALTHY_EFFICIENT_CODEBOOK},
         "train": {"epochs": 3},
     },
 }
