@@ -39,6 +39,11 @@ class DemoSettings:
 
     dataset: str = "mnist"
     preset: str = "best"  # efficient-sized model with k-means init, EMA and restarts
+    # Two epochs with bf16 convolutions (where native) and channels-last: most of the 'best'
+    # preset's quality (test MSE ~0.004) in well under half its time on a laptop CPU.
+    epochs: int | None = 2
+    precision: str = "auto"
+    channels_last: bool = True
     prior_epochs: int = 3
     prior_conditional: bool = True
     samples_per_figure: int = 64
@@ -47,7 +52,6 @@ class DemoSettings:
     interpolation_steps: int = 8
     seed: int = 0
     # Shortcuts for quick trials and tests; None keeps the preset's and stages' own settings.
-    epochs: int | None = None
     train_limit: int | None = None
     prior_train_limit: int | None = None
     classifier: ClassifierConfig | None = None
@@ -77,6 +81,8 @@ def run_demo(
     if settings.epochs is not None:
         config.train.epochs = settings.epochs
     config.train.train_limit = settings.train_limit
+    config.train.precision = settings.precision
+    config.train.channels_last = settings.channels_last
     run_dir = ensure_dir(out_dir if out_dir is not None else default_run_dir(config))
     figures = ensure_dir(run_dir / runfiles.FIGURES_DIR)
     timings: dict[str, float] = {}

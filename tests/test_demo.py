@@ -1,0 +1,51 @@
+"""The demo runs every stage into one folder and its headline numbers match the files."""
+
+from __future__ import annotations
+
+import json
+
+from vqkit import runfiles
+from vqkit.classifier import ClassifierConfig
+from vqkit.demo import DemoSettings, format_headline, run_demo
+from vqkit.fileio import read_jsonl
+
+STAGES = [
+    "train VQ-VAE",
+    "codebook figures",
+    "train prior",
+    "samples",
+    "interpolations",
+    "score",
+    "report",
+]
+
+
+def test_demo_writes_every_stage_and_reports_the_numbers_it_saved(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))
+    settings = DemoSettings(
+        epochs=1,
+        train_limit=2000,
+        prior_epochs=1,
+        prior_train_limit=2000,
+        score_samples=200,
+        classifier=ClassifierConfig(epochs=1, train_limit=2000),
+    )
+    result = run_demo(tmp_path / "demo", settings, device="cpu", progress=False, log=lambda _: None)
+    run = tmp_path / "demo"
+
+    assert list(json.loads((run / runfiles.TIMINGS).read_text())) == STAGES
+    for name in runfiles.FIGURE_NAMES.values():
+        assert (run / runfiles.FIGURES_DIR / name).is_file(), name
+    html = (run / runfiles.REPORT).read_text()
+    for section in ("samples", "interpolation", "prior", "codebook", "timing"):
+        assert f'id="{section}"' in html, section
+
+    metrics = read_jsonl(run / runfiles.METRICS)[-1]
+    prior = min(read_jsonl(run / runfiles.PRIOR_METRICS), key=lambda r: r["test_bits_per_code"])
+    fid = {
+        row["name"]: row["fid"] for row in json.loads((run / runfiles.SCORES).read_text())["rows"]
+    }
+    assert result.headline["test_mse"] == metrics["test_mse"]
+    assert result.headline["prior_bits_per_code"] == prior["test_bits_per_code"]
+    assert result.headline["fid_prior"] == fid["prior"]
+    assert str(result.report) in format_headline(result)
