@@ -243,6 +243,10 @@ def _strategy_rows(
         ]
     else:
         runs = [(strategy, {}, n, reference.overall, None)]
+    if strategy == "used":
+        # Uniform over the used codes equals 'random' once every code is in use; drawing codes
+        # by their training frequency is the stronger independent-codes baseline.
+        runs.append(("used (weighted)", {"weighted": True}, n, reference.overall, None))
     for name, options, count, stats, labels in runs:
         started = time.perf_counter()
         codes = sample_codes(
