@@ -150,7 +150,15 @@ def test_score_end_to_end(prior_run, tmp_path, monkeypatch, capsys):
     stored = json.loads((prior_run / runfiles.SCORES).read_text())
     assert printed == stored and stored["n"] == 30
     rows = {row["name"]: row for row in stored["rows"]}
-    expected = {"real test images", "real training images", "reconstructions", "random", "used", "used (weighted)", "prior"}
+    expected = {
+        "real test images",
+        "real training images",
+        "reconstructions",
+        "random",
+        "used",
+        "used (weighted)",
+        "prior",
+    }
     assert expected | {f"prior (digit {d})" for d in range(10)} <= set(rows)
     real = rows["real test images"]
     assert real["fid"] == pytest.approx(0.0, abs=1e-6)
