@@ -365,6 +365,7 @@ class _Run:
             leave=False,
         )
         loss = torch.zeros(())
+        first_step = position.step  # a resumed epoch starts mid-way: rate over this session only
         for index in range(position.step, len(batches)):
             batch = self.images[batches[index]]
             position.global_step += 1
@@ -377,7 +378,9 @@ class _Run:
             bar.update(1)
             if self.show and position.step % PROGRESS_REFRESH_STEPS == 0:
                 self.guard.check()
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                steps_here = position.step - first_step
+                rate = steps_here * self.settings.batch_size / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}")
             if position.step == len(batches):
                 break  # the end-of-epoch save below covers the last step
             every = self.settings.checkpoint_every
