@@ -44,7 +44,7 @@ class DemoSettings:
     epochs: int | None = 2
     precision: str = "auto"
     channels_last: bool = True
-    prior_epochs: int = 3
+    prior_epochs: int = 2  # the third epoch gains ~0.08 bits per code for another minute
     prior_conditional: bool = True
     samples_per_figure: int = 64
     score_samples: int = 2000

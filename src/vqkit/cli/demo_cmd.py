@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dataset", choices=DATASETS, default="mnist")
     parser.add_argument("--out", help="run folder to create (default: a new folder in runs/)")
     parser.add_argument("--preset", default="best", help="VQ-VAE preset (default: best)")
-    parser.add_argument("--prior-epochs", type=positive_int, default=3)
+    parser.add_argument("--prior-epochs", type=positive_int, default=2)
     parser.add_argument(
         "--score-samples",
         type=positive_int,
