@@ -17,7 +17,7 @@ import argparse
 import sys
 
 import torch
-from vqkit_runner import SlicedTrainer, bench_config
+from vqkit_runner import SlicedTrainer, config_from_args
 
 from vqkit.config import LR_SCHEDULES, PRECISIONS, PRESETS
 from vqkit.data import load_split
@@ -47,18 +47,7 @@ def main() -> int:
         print("gpu_train.py: no CUDA GPU is visible to torch; nothing measured.", file=sys.stderr)
         return 2
     device = torch.device("cuda")
-    config = bench_config(
-        args.preset,
-        args.quantizer_option,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        warmup_fraction=args.warmup_fraction,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        compile=args.compile,
-    )
+    config = config_from_args(args)
     train_images = load_split("mnist", "train").images.to(device)
     test_images = load_split("mnist", "test").images.to(device)
     target = TARGET_MSE[args.preset]

@@ -25,24 +25,14 @@ from tutorial_reference import (
     reference_step,
     reference_test_mse,
 )
-from vqkit_runner import SlicedTrainer, bench_config, median_seconds_per_image
+from vqkit_runner import SlicedTrainer, config_from_args, median_seconds_per_image
 
 from vqkit.config import LR_SCHEDULES, PRECISIONS, PRESETS
 from vqkit.data import load_split
 
 
 def vqkit_time_to_target(args, train_images, test_images) -> dict:
-    config = bench_config(
-        args.preset,
-        args.quantizer_option,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        warmup_fraction=args.warmup_fraction,
-    )
+    config = config_from_args(args)
     trainer = SlicedTrainer(config, train_images)
     log: list[tuple[int, float, float]] = []
     eval_seconds = [0.0]

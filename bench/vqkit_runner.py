@@ -100,6 +100,25 @@ def bench_config(
     return RunConfig.from_dict(data)  # re-validates the overrides
 
 
+# Training flags the benchmarks share with `vqkit train` (argparse dest names).
+TRAIN_FLAGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_schedule",
+    "warmup_fraction",
+    "precision",
+    "channels_last",
+    "compile",
+)
+
+
+def config_from_args(args) -> RunConfig:
+    """``bench_config`` of ``args.preset`` with whichever TRAIN_FLAGS the script's parser has."""
+    overrides = {name: getattr(args, name, None) for name in TRAIN_FLAGS}
+    return bench_config(args.preset, args.quantizer_option, **overrides)
+
+
 def median_seconds_per_image(log: list[tuple[int, float, float]]) -> float:
     """Median over evaluation intervals of training seconds per image (robust to bursts of
     load from other processes, which inflate a few intervals)."""
