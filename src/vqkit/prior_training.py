@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from vqkit import runfiles
 from vqkit.checkpoint import load_config, load_model, run_path, save_weights
+from vqkit.codes_io import encode_images
 from vqkit.data import load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import append_jsonl, atomic_open, read_json, write_json_atomic
@@ -44,16 +45,12 @@ class CodeSet:
 
 @torch.no_grad()
 def extract_codes(model: VQVAE, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """uint8 images (N, H, W) -> code grids (N, h, w) int64 on the CPU."""
+    """uint8 images (N, H, W) -> code grids (N, h, w) int64 on the CPU, in eval mode."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    parts = [
-        model.encode(images[start : start + batch_size].to(device)).cpu()
-        for start in range(0, images.shape[0], batch_size)
-    ]
+    codes = encode_images(model, images, batch_size)
     model.train(was_training)
-    return torch.cat(parts)
+    return codes
 
 
 def _weights_digest(run_dir: Path) -> str:

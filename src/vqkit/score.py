@@ -27,11 +27,11 @@ import torch
 from vqkit import runfiles
 from vqkit.checkpoint import load_config, load_model, run_path
 from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_train_classifier
+from vqkit.codes_io import decode_codes, encode_images
 from vqkit.data import load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import write_json_atomic
-from vqkit.generate import SamplingContext, sample_codes, strategies
-from vqkit.model import VQVAE
+from vqkit.generate import DECODE_BATCH_SIZE, SamplingContext, sample_codes, strategies
 from vqkit.training import resolve_device
 
 # Strategies scored when available, in table order; the prior adds conditional rows itself.
@@ -105,17 +105,6 @@ def score_images(
     }
 
 
-@torch.no_grad()
-def decode(model: VQVAE, codes: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Code grids (N, h, w) -> images (N, 1, H, W) in [0, 1] on the CPU."""
-    device = next(model.parameters()).device
-    parts = [
-        model.decode(codes[start : start + batch_size].to(device)).cpu()
-        for start in range(0, codes.shape[0], batch_size)
-    ]
-    return torch.cat(parts)
-
-
 def score_run(
     run_dir: str | Path,
     n: int = 10000,
@@ -187,7 +176,9 @@ def _real_rows(model, classifier, test, train, n: int, seed: int):
     reference = Reference(feature_statistics(features.numpy()), per_class)
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
     train_features, train_probabilities = classify(classifier, train.images[pick])
-    reconstructions = decode(model, _encode(model, test.images))
+    reconstructions = decode_codes(
+        model, encode_images(model, test.images, DECODE_BATCH_SIZE), DECODE_BATCH_SIZE
+    )
     rec_features, rec_probabilities = classify(classifier, reconstructions)
     rows = [
         score_images("real test images", features, probabilities, reference.overall, test.labels),
@@ -203,17 +194,6 @@ def _real_rows(model, classifier, test, train, n: int, seed: int):
         ),
     ]
     return reference, rows
-
-
-@torch.no_grad()
-def _encode(model: VQVAE, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    device = next(model.parameters()).device
-    return torch.cat(
-        [
-            model.encode(images[start : start + batch_size].to(device)).cpu()
-            for start in range(0, images.shape[0], batch_size)
-        ]
-    )
 
 
 def _strategy_rows(
@@ -255,7 +235,9 @@ def _strategy_rows(
         seconds = time.perf_counter() - started
         if log is not None:
             log(f"sampled {count} grids with {name} in {seconds:.1f} s")
-        features, probabilities = classify(classifier, decode(context.model, codes))
+        features, probabilities = classify(
+            classifier, decode_codes(context.model, codes, DECODE_BATCH_SIZE)
+        )
         if "digit" in options:
             labels = torch.full((count,), options["digit"], dtype=torch.long)
         row = score_images(name, features, probabilities, stats, labels)
