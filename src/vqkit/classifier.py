@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqkit.checkpoint import load_weights_into, save_weights
 from vqkit.acceleration import autocast, resolve_precision
+from vqkit.checkpoint import load_weights_into, save_weights
 from vqkit.config import PRECISIONS, _require
 from vqkit.data import load_split
 from vqkit.errors import VqkitError
