@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
+from collections.abc import Sequence
 
 from vqkit.errors import VqkitError
 
@@ -52,3 +54,23 @@ def require_png_path(path: str, flag: str = "--out") -> str:
     if not path.lower().endswith(".png"):
         raise VqkitError(f"The {flag} path '{path}' must end in .png.")
     return path
+
+
+def refuse_resume_conflicts(conflicts: Sequence[str], allowed: Sequence[str]) -> None:
+    """One sentence naming the flags (argparse dest names) that --resume cannot take."""
+    if conflicts:
+        names = ", ".join("--" + flag.replace("_", "-") for flag in conflicts)
+        allowed_names = ", ".join("--" + flag.replace("_", "-") for flag in allowed)
+        raise VqkitError(
+            f"--resume continues a run with its stored settings, so {names} cannot be given "
+            f"with it (only {allowed_names}, --device, --data-dir and --quiet can)."
+        )
+
+
+def report_interrupted(stop) -> int:
+    """Ctrl-C stopped a run after saving (a TrainingInterrupted): say how to continue it."""
+    print(
+        f"vqkit: interrupted; the run is saved, continue it with: {stop.resume_command}",
+        file=sys.stderr,
+    )
+    return 130
