@@ -349,3 +349,14 @@ def test_finished_prior_resumes_for_longer_or_is_replaced(finished_prior, tmp_pa
     assert main([*argv, *TINY_FLAGS[:4], "--epochs", "1"]) == 0  # a new prior, from scratch
     assert [r["epoch"] for r in read_jsonl(run_dir / runfiles.PRIOR_METRICS)] == [1]
     assert state_counters(run_dir)["epochs_done"] == 1
+
+
+def test_code_nll_is_the_cross_entropy_of_each_code():
+    """The deterministic-friendly NLL (log_softmax + gather) equals torch's cross-entropy."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 4, 4, generator=generator, dtype=torch.float64)
+    codes = torch.randint(0, 5, (3, 4, 4), generator=generator)
+    expected = torch.nn.functional.cross_entropy(logits, codes, reduction="none")
+    torch.testing.assert_close(prior_training.code_nll(logits, codes), expected)
+    by_hand = -torch.log(torch.softmax(logits[1, :, 2, 3], 0)[codes[1, 2, 3]])
+    torch.testing.assert_close(prior_training.code_nll(logits, codes)[1, 2, 3], by_hand)

@@ -140,6 +140,15 @@ def unigram_bits(codes: torch.Tensor, num_codes: int) -> float:
     return float(-(p * p.log2()).sum())
 
 
+def code_nll(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Logits (B, K, H, W) and codes (B, H, W) int64 -> NLL (B, H, W) in nats of each code.
+
+    log_softmax and gather rather than cross_entropy: CUDA has no deterministic kernel for the
+    2-D NLL loss, so cross_entropy would refuse to run under --deterministic.
+    """
+    return -F.log_softmax(logits, dim=1).gather(1, codes.unsqueeze(1)).squeeze(1)
+
+
 @torch.no_grad()
 def evaluate_nll(prior: PixelCNNPrior, data: CodeSet, batch_size: int) -> float:
     """Mean negative log-likelihood of ``data`` under ``prior`` in bits per code."""
@@ -151,7 +160,7 @@ def evaluate_nll(prior: PixelCNNPrior, data: CodeSet, batch_size: int) -> float:
         codes = data.codes[start : start + batch_size].to(device)
         labels = data.labels[start : start + batch_size].to(device)
         logits = prior(codes, labels if prior.config.conditional else None)
-        total += F.cross_entropy(logits, codes, reduction="sum").double()
+        total += code_nll(logits, codes).double().sum()
     prior.train(was_training)
     return float(total) / data.codes.numel() / math.log(2)
 
@@ -269,8 +278,8 @@ def _check_state_fits(
 def prior_loss(
     prior: PixelCNNPrior, codes: torch.Tensor, labels: torch.Tensor | None
 ) -> torch.Tensor:
-    """() mean cross-entropy in nats of code grids (B, H, W) int64 under the prior."""
-    return F.cross_entropy(prior(codes, labels), codes)
+    """() mean negative log-likelihood in nats of code grids (B, H, W) int64 under the prior."""
+    return code_nll(prior(codes, labels), codes).mean()
 
 
 @dataclass

@@ -7,8 +7,12 @@ import json
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from vqkit.errors import VqkitError
+
+if TYPE_CHECKING:  # the training loop imports torch; the CLI's helpers need not
+    from vqkit.training import TrainingInterrupted
 
 
 def add_command(subparsers, name: str, summary: str, body: str, handler) -> argparse.ArgumentParser:
@@ -26,6 +30,29 @@ def add_command(subparsers, name: str, summary: str, body: str, handler) -> argp
 def add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu or cuda (default: auto)"
+    )
+
+
+def add_reliability_flags(group) -> None:
+    """--checkpoint-every, --skip-nonfinite and --deterministic of a training command (its
+    config checks their values)."""
+    group.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="also save a resumable state every N steps",
+    )
+    group.add_argument(
+        "--skip-nonfinite",
+        type=int,
+        metavar="N",
+        help="skip up to N steps whose loss is NaN or infinite instead of stopping (default 0)",
+    )
+    group.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="reproducible kernels: a resumed run matches an uninterrupted one bit for bit",
     )
 
 
@@ -67,8 +94,8 @@ def refuse_resume_conflicts(conflicts: Sequence[str], allowed: Sequence[str]) ->
         )
 
 
-def report_interrupted(stop) -> int:
-    """Ctrl-C stopped a run after saving (a TrainingInterrupted): say how to continue it."""
+def report_interrupted(stop: TrainingInterrupted) -> int:
+    """Ctrl-C stopped a run after saving: say how to continue it; exit status 130."""
     print(
         f"vqkit: interrupted; the run is saved, continue it with: {stop.resume_command}",
         file=sys.stderr,

@@ -10,6 +10,7 @@ from vqkit.checkpoint import load_config
 from vqkit.cli.common import (
     add_command,
     add_device_flag,
+    add_reliability_flags,
     int_list,
     refuse_resume_conflicts,
     report_interrupted,
@@ -142,24 +143,7 @@ def register(subparsers) -> None:
     )
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="per-step LR schedule")
     group.add_argument("--warmup-fraction", type=float, help="share of steps warming up")
-    group.add_argument(
-        "--checkpoint-every",
-        type=int,
-        metavar="N",
-        help="also save a resumable state every N steps",
-    )
-    group.add_argument(
-        "--skip-nonfinite",
-        type=int,
-        metavar="N",
-        help="skip up to N steps whose loss is NaN or infinite instead of stopping (default 0)",
-    )
-    group.add_argument(
-        "--deterministic",
-        action="store_true",
-        default=None,
-        help="reproducible kernels: a resumed run matches an uninterrupted one bit for bit",
-    )
+    add_reliability_flags(group)
     group = parser.add_argument_group("model")
     group.add_argument("--hidden-dim", type=int, help="convolution width")
     group.add_argument("--residual-blocks", type=int, help="the paper's residual blocks (0: none)")

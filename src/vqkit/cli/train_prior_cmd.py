@@ -9,6 +9,7 @@ from vqkit import train_state
 from vqkit.cli.common import (
     add_command,
     add_device_flag,
+    add_reliability_flags,
     positive_int,
     refuse_resume_conflicts,
     report_interrupted,
@@ -106,24 +107,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="discard an unfinished prior's saved state and train a new prior",
     )
-    group.add_argument(
-        "--checkpoint-every",
-        type=positive_int,
-        metavar="N",
-        help="also save a resumable state every N steps",
-    )
-    group.add_argument(
-        "--skip-nonfinite",
-        type=int,
-        metavar="N",
-        help="skip up to N steps whose loss is NaN or infinite instead of stopping (default 0)",
-    )
-    group.add_argument(
-        "--deterministic",
-        action="store_true",
-        default=None,
-        help="reproducible kernels: a resumed prior matches an uninterrupted one bit for bit",
-    )
+    add_reliability_flags(group)
 
 
 def config_from_args(args: argparse.Namespace) -> PriorConfig:
