@@ -219,6 +219,32 @@ def test_kmeans_runs_once():
     assert torch.equal(quantizer.codebook.detach(), after_first)
 
 
+@pytest.mark.parametrize("update", ["loss", "ema"])
+def test_non_finite_batch_leaves_every_statistic_unchanged(update):
+    torch.manual_seed(3)
+    config = health_config(codebook_update=update, codebook_init="uniform", dead_code_restart=1)
+    quantizer = build_quantizer(config).train()
+    quantizer(torch.randn(2, 4, 3, 3))  # one healthy step so every state is non-trivial
+    before = {k: v.clone() for k, v in quantizer.state_dict().items()}
+    poisoned = torch.randn(2, 4, 3, 3)
+    poisoned[1, 2, 0, 1] = float("nan")
+    quantizer(poisoned)
+    for name, tensor in quantizer.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    quantizer(torch.randn(2, 4, 3, 3))  # a healthy batch still updates the statistics
+    changed = [k for k, v in quantizer.state_dict().items() if not torch.equal(v, before[k])]
+    assert "codebook" in changed
+
+
+def test_kmeans_flag_restored_from_a_checkpoint_skips_the_init():
+    trained = build_quantizer(health_config(codebook_update="loss", dead_code_restart=0)).train()
+    trained(torch.randn(2, 4, 4, 4))
+    fresh = build_quantizer(health_config(codebook_update="loss", dead_code_restart=0)).train()
+    fresh.load_state_dict(trained.state_dict())
+    fresh(torch.randn(2, 4, 4, 4) + 20)
+    assert torch.equal(fresh.codebook.detach(), trained.codebook.detach())
+
+
 def test_health_buffers_survive_a_checkpoint_exactly(tmp_path):
     torch.manual_seed(0)
     model_config = ModelConfig(hidden_dim=8, quantizer=health_config(dead_code_restart=2))

@@ -33,6 +33,12 @@ def broadcast_from_first_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def finite_on_all_ranks(vectors: torch.Tensor) -> torch.Tensor:
+    """() bool on the device: True when every value of ``vectors`` is finite on every rank."""
+    bad = (~torch.isfinite(vectors)).any().float().reshape(1)
+    return all_reduce_sum_(bad)[0] == 0
+
+
 def sample_rows(vectors: torch.Tensor, count: int) -> torch.Tensor:
     """``count`` random rows of ``vectors`` (N, D) -> (count, D), the same rows on every rank.
 

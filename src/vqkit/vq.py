@@ -55,6 +55,9 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("restart_count", torch.zeros((), dtype=torch.long))
         if config.codebook_init == "kmeans":
             self.register_buffer("kmeans_done", torch.zeros((), dtype=torch.bool))
+        # Host-side memory of kmeans_done once it is True: reading the buffer itself every step
+        # would make a GPU wait for the device (a host synchronisation) at each forward.
+        self._kmeans_known_done = False
 
     @property
     def num_codes(self) -> int:
@@ -78,7 +81,7 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         batch, dim, height, width = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, dim)  # (N, D), N = B·H·W
-        if self.training and self.config.codebook_init == "kmeans" and not bool(self.kmeans_done):
+        if self.training and self._needs_kmeans_init():
             self._kmeans_init(flat)
         codes = nearest_codes(flat, self.codebook)  # (N,)
         chosen = F.embedding(codes, self.codebook)  # (N, D): a lookup, not a one-hot matmul
@@ -96,6 +99,12 @@ class VectorQuantizer(nn.Module):
             self._update_statistics(flat, codes, counts)
         return QuantizerOutput(quantized, codes.view(batch, height, width), loss, counts)
 
+    def _needs_kmeans_init(self) -> bool:
+        if self.config.codebook_init != "kmeans" or self._kmeans_known_done:
+            return False
+        self._kmeans_known_done = bool(self.kmeans_done)  # True after a restored checkpoint
+        return not self._kmeans_known_done
+
     @torch.no_grad()
     def _kmeans_init(self, flat: torch.Tensor) -> None:
         """Replace the codebook by k-means centroids of this batch's encoder outputs, once."""
@@ -105,15 +114,24 @@ class VectorQuantizer(nn.Module):
             self.ema_cluster_size.fill_(FRESH_CLUSTER_SIZE)
             self.ema_embed_sum.copy_(centroids * FRESH_CLUSTER_SIZE)
         self.kmeans_done.fill_(True)
+        self._kmeans_known_done = True
 
     @torch.no_grad()
     def _update_statistics(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor):
         """After a training step's assignments: EMA update, usage counters, dead-code restarts.
 
         Batch counts and sums are summed over ranks first, so every rank applies the same update.
+        A batch with a non-finite encoder output on any rank changes nothing: the training loop
+        may skip that step (--skip-nonfinite), and one NaN averaged into the EMA statistics
+        would otherwise spoil the codebook for good. Decided on the device (no host wait).
         """
         if not (self.ema or self.config.dead_code_restart > 0):
             return
+        # Everything below may change, the codebook included (a parameter when loss-updated).
+        state = [buffer for _, buffer in self.named_buffers()]
+        state += [] if self.ema else [self.codebook.data]
+        before = [tensor.clone() for tensor in state]
+        healthy = health.finite_on_all_ranks(flat)  # () bool
         global_counts = health.all_reduce_sum_(counts.float())  # (K,)
         if self.ema:
             sums = torch.zeros_like(self.ema_embed_sum).index_add_(0, codes, flat.float())
@@ -121,6 +139,8 @@ class VectorQuantizer(nn.Module):
         if self.config.dead_code_restart > 0:
             health.update_steps_since_used(self.steps_since_used, global_counts)
             self._restart_dead_codes(flat)
+        for tensor, old in zip(state, before, strict=True):
+            tensor.copy_(torch.where(healthy, tensor, old))
 
     @torch.no_grad()
     def ema_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
