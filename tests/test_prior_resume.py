@@ -21,7 +21,7 @@ import pytest
 import torch
 from process_helpers import child_env, vqkit_command
 
-from vqkit import prior_training, runfiles
+from vqkit import prior_loop, prior_training, runfiles
 from vqkit.checkpoint import read_tensors
 from vqkit.cli import main
 from vqkit.fileio import read_jsonl
@@ -162,7 +162,7 @@ def test_ctrl_c_between_epochs_then_resume_keeps_the_early_stopping_decisions(
 
 def ctrl_c_on_step(monkeypatch, step: int) -> None:
     """Press Ctrl-C while the prior computes the loss of training step ``step`` (1-based)."""
-    real = prior_training.prior_loss
+    real = prior_loop.prior_loss
     steps = iter(range(1, 10**6))
 
     def loss(prior, codes, labels):
@@ -170,7 +170,7 @@ def ctrl_c_on_step(monkeypatch, step: int) -> None:
             press_ctrl_c()
         return real(prior, codes, labels)
 
-    monkeypatch.setattr(prior_training, "prior_loss", loss)
+    monkeypatch.setattr(prior_loop, "prior_loss", loss)
 
 
 def test_ctrl_c_mid_epoch_through_the_cli_saves_says_how_to_resume_and_matches(
@@ -224,7 +224,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_prior(coded_run, unbroken
 
 def poison_steps(monkeypatch, bad_steps: set[int]) -> list[int]:
     """Make the prior's loss NaN on the given (1-based) steps; returns the steps seen."""
-    real = prior_training.prior_loss
+    real = prior_loop.prior_loss
     seen: list[int] = []
 
     def poisoned(prior, codes, labels):
@@ -232,7 +232,7 @@ def poison_steps(monkeypatch, bad_steps: set[int]) -> list[int]:
         seen.append(len(seen) + 1)
         return loss * float("nan") if seen[-1] in bad_steps else loss
 
-    monkeypatch.setattr(prior_training, "prior_loss", poisoned)
+    monkeypatch.setattr(prior_loop, "prior_loss", poisoned)
     return seen
 
 
@@ -357,6 +357,19 @@ def test_code_nll_is_the_cross_entropy_of_each_code():
     logits = torch.randn(3, 5, 4, 4, generator=generator, dtype=torch.float64)
     codes = torch.randint(0, 5, (3, 4, 4), generator=generator)
     expected = torch.nn.functional.cross_entropy(logits, codes, reduction="none")
-    torch.testing.assert_close(prior_training.code_nll(logits, codes), expected)
+    torch.testing.assert_close(prior_loop.code_nll(logits, codes), expected)
     by_hand = -torch.log(torch.softmax(logits[1, :, 2, 3], 0)[codes[1, 2, 3]])
-    torch.testing.assert_close(prior_training.code_nll(logits, codes)[1, 2, 3], by_hand)
+    torch.testing.assert_close(prior_loop.code_nll(logits, codes)[1, 2, 3], by_hand)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_deterministic_prior_resume_on_the_gpu_is_bitwise_exact(coded_run, tmp_path):
+    """On CUDA, --deterministic must run (no kernel without a deterministic version) and a
+    prior trained 1 epoch then resumed to 2 must equal one trained 2 epochs straight."""
+    settings = replace(TINY, epochs=2)
+    whole = copy_run(coded_run, tmp_path, "whole")
+    prior_training.train_prior(whole, settings, device="cuda", progress=False)
+    split = copy_run(coded_run, tmp_path, "split")
+    prior_training.train_prior(split, replace(settings, epochs=1), device="cuda", progress=False)
+    prior_training.train_prior(split, settings, device="cuda", progress=False, resume=True)
+    assert_same_prior(split, whole)
