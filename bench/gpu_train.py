@@ -17,7 +17,7 @@ import argparse
 import sys
 
 import torch
-from vqkit_runner import SlicedTrainer, config_from_args
+from vqkit_runner import SlicedTrainer, clock_reader, config_from_args
 
 from vqkit.config import LR_SCHEDULES, PRECISIONS, PRESETS
 from vqkit.data import load_split
@@ -55,13 +55,20 @@ def main() -> int:
     label = args.label or args.preset
     for attempt in range(1, args.repeat + 1):
         trainer = SlicedTrainer(config, train_images)
-        seconds, seen = trainer.run()
+        log: list[tuple[int, float, float]] = []  # (images, training seconds) after each slice
+        seconds, seen = trainer.run(on_slice=clock_reader(log))
+        # Training seconds at each epoch's end (an epoch can end in a short last slice).
+        per_epoch = train_images.shape[0]
+        clock = [0.0] + [spent for images, spent, _ in log if images % per_epoch == 0]
+        epoch_seconds = [b - a for a, b in zip(clock, clock[1:], strict=False)]
+        later = epoch_seconds[1:] or epoch_seconds
         mse = trainer.test_mse(test_images)
         verdict = "ok" if mse <= target else "ABOVE TARGET"
         print(
             f"| {label} (run {attempt}) | {settings.epochs} | {settings.batch_size} | "
             f"{settings.lr:g} {settings.lr_schedule} | {trainer.precision} | "
-            f"{'yes' if settings.compile else 'no'} | {seconds:.2f} | {seen / seconds:.0f} | "
+            f"{'yes' if settings.compile else 'no'} | {seconds:.2f} | {epoch_seconds[0]:.2f} | "
+            f"{sorted(later)[len(later) // 2]:.2f} | {seen / seconds:.0f} | "
             f"{mse:.5f} (<= {target}: {verdict}) |",
             flush=True,
         )

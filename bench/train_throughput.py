@@ -22,7 +22,7 @@ from tutorial_reference import (
     reference_test_mse,
     train_reference,
 )
-from vqkit_runner import SlicedTrainer, bench_config, median_seconds_per_image
+from vqkit_runner import SlicedTrainer, bench_config, clock_reader, median_seconds_per_image
 
 from vqkit.data import load_split
 
@@ -39,16 +39,6 @@ CONFIGURATIONS = {
     ),
     "vqkit --preset fast": ("fast", {}),
 }
-
-
-def clock_reader(log: list[tuple[int, float, float]]):
-    """An ``on_slice`` callback that records (images, training seconds) and never stops."""
-
-    def record(seen: int, seconds: float) -> bool:
-        log.append((seen, seconds, 0.0))
-        return False
-
-    return record
 
 
 def main() -> None:

@@ -119,6 +119,16 @@ def config_from_args(args) -> RunConfig:
     return bench_config(args.preset, args.quantizer_option, **overrides)
 
 
+def clock_reader(log: list[tuple[int, float, float]]):
+    """An ``on_slice`` callback that records (images, training seconds) and never stops."""
+
+    def record(seen: int, seconds: float) -> bool:
+        log.append((seen, seconds, 0.0))
+        return False
+
+    return record
+
+
 def median_seconds_per_image(log: list[tuple[int, float, float]]) -> float:
     """Median over evaluation intervals of training seconds per image (robust to bursts of
     load from other processes, which inflate a few intervals)."""

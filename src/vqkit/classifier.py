@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqkit.checkpoint import load_weights_into, save_weights
-from vqkit.config import _require
+from vqkit.acceleration import autocast, resolve_precision
+from vqkit.config import PRECISIONS, _require
 from vqkit.data import load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_json, write_json_atomic
@@ -39,6 +40,7 @@ class ClassifierConfig:
     epochs: int = 3
     batch_size: int = 128
     lr: float = 2e-3
+    precision: str = "auto"  # training autocast: bf16 where the hardware runs it natively
     seed: int = 0
     train_limit: int | None = None  # first N training images only (tests)
 
@@ -52,6 +54,7 @@ class ClassifierConfig:
         _require(0.0 <= self.dropout < 1.0, "The classifier dropout must be in [0, 1).")
         _require(self.epochs >= 1 and self.batch_size >= 1, "Bad classifier training settings.")
         _require(math.isfinite(self.lr) and self.lr > 0, "The learning rate must be > 0.")
+        _require(self.precision in PRECISIONS, f"Precision must be one of {PRECISIONS}.")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -123,7 +126,8 @@ def train_classifier(
     if config.train_limit is not None:
         images, labels = images[: config.train_limit], labels[: config.train_limit]
     torch.manual_seed(config.seed)
-    classifier = Classifier(config).to(device)
+    classifier = Classifier(config).to(device, memory_format=torch.channels_last)
+    precision = resolve_precision(config.precision, torch.device(device))
     optimizer = torch.optim.Adam(classifier.parameters(), lr=config.lr)
     steps = config.epochs * math.ceil(images.shape[0] / config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps)
@@ -133,7 +137,9 @@ def train_classifier(
         classifier.train()
         order = torch.randperm(images.shape[0], generator=order_generator).to(device)
         for index in order.split(config.batch_size):
-            loss = F.cross_entropy(classifier(images[index]), labels[index])
+            with autocast(images.device, precision):
+                logits = classifier(images[index])
+            loss = F.cross_entropy(logits.float(), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
