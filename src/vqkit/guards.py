@@ -15,17 +15,16 @@ from pathlib import Path
 
 import torch
 
-from vqkit import distributed, runfiles
+from vqkit import distributed
 from vqkit.errors import VqkitError
+from vqkit.train_state import VQVAE_FILES, StateFiles
 
-# Bits of the per-step flag saying which loss term was not finite.
-RECONSTRUCTION_BAD = 1
-QUANTIZER_BAD = 2
+# The loss terms a VQ-VAE step checks; bit i of the per-step flag says term i was not finite.
+VQVAE_TERMS = ("reconstruction loss", "quantizer loss")
 
 
-def term_names(bits: int) -> str:
-    terms = ((RECONSTRUCTION_BAD, "reconstruction loss"), (QUANTIZER_BAD, "quantizer loss"))
-    return " and its ".join(name for bit, name in terms if bits & bit)
+def term_names(bits: int, terms: tuple[str, ...] = VQVAE_TERMS) -> str:
+    return " and its ".join(name for i, name in enumerate(terms) if bits >> i & 1)
 
 
 class NonFiniteGuard:
@@ -43,8 +42,12 @@ class NonFiniteGuard:
         context: distributed.Context,
         run_dir: Path,
         eager: bool | None = None,
+        *,
+        terms: tuple[str, ...] = VQVAE_TERMS,
+        files: StateFiles = VQVAE_FILES,
     ) -> None:
         self.allowed = allowed
+        self.terms, self.files = terms, files
         self.eager = (allowed > 0 or device.type == "cpu") if eager is None else eager
         self.context = context
         self.run_dir = run_dir
@@ -53,14 +56,14 @@ class NonFiniteGuard:
         self._first_terms = torch.zeros((), dtype=torch.long, device=device)
 
     @staticmethod
-    def _bits(reconstruction: torch.Tensor, quantizer: torch.Tensor) -> torch.Tensor:
-        bad_reconstruction = (~torch.isfinite(reconstruction.detach())).long()
-        bad_quantizer = (~torch.isfinite(quantizer.detach())).long()
-        return bad_reconstruction * RECONSTRUCTION_BAD + bad_quantizer * QUANTIZER_BAD
+    def _bits(losses: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """() int64: bit i set when the i-th loss term is NaN or infinite."""
+        return sum((~torch.isfinite(loss.detach())).long() << i for i, loss in enumerate(losses))
 
-    def step_is_bad(self, step: int, reconstruction: torch.Tensor, quantizer: torch.Tensor) -> bool:
-        """Look at one step's loss terms; True means skip this step (eager guards only)."""
-        bits = self._bits(reconstruction, quantizer)
+    def step_is_bad(self, step: int, *losses: torch.Tensor) -> bool:
+        """Look at one step's loss terms (in ``terms`` order); True means skip this step (eager
+        guards only)."""
+        bits = self._bits(losses)
         if not self.eager:  # remember the first bad step without waiting for the device
             fresh = (self._first_step < 0) & (bits > 0)
             self._first_step = torch.where(fresh, step, self._first_step)
@@ -97,16 +100,17 @@ class NonFiniteGuard:
             if self.allowed
             else ""
         )
-        if (self.run_dir / runfiles.TRAIN_STATE).exists():
+        if (self.run_dir / self.files.tensors).exists():
             advice = (
                 f"the last good state in '{self.run_dir}' is kept, so start again with a lower "
-                f"--lr or continue with vqkit train --resume {self.run_dir} --skip-nonfinite N "
-                "to skip a few bad steps"
+                f"--lr or continue with {self.files.resume_command(self.run_dir)} "
+                "--skip-nonfinite N to skip a few bad steps"
             )
         else:
             advice = "nothing was saved, so start again with a lower --lr or --skip-nonfinite N"
+        terms = term_names(bits, self.terms)
         return VqkitError(
-            f"Training stopped at step {step} because its {term_names(bits)} was not finite "
+            f"Training stopped at step {step} because its {terms} was not finite "
             f"(NaN or infinity){already}; {advice}."
         )
 

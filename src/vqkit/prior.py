@@ -61,6 +61,10 @@ class PriorConfig:
     eval_batch_size: int = 1000
     train_limit: int | None = None  # train on the first N training grids (tests, quick trials)
     test_limit: int | None = None
+    # reliability: they change how a run survives faults, not what the prior learns
+    checkpoint_every: int | None = None  # also save a resumable state every N steps
+    skip_nonfinite: int = 0  # steps with a NaN/inf loss tolerated (skipped) before stopping
+    deterministic: bool = False  # bitwise-reproducible kernels (resumed runs match exactly)
 
     def __post_init__(self) -> None:
         _require(self.num_codes >= 2, "The prior needs a codebook of at least 2 codes.")
@@ -79,7 +83,9 @@ class PriorConfig:
         _require(self.weight_decay >= 0, "The weight decay cannot be negative.")
         _require(self.patience >= 1, "The patience must be at least 1 epoch (--patience).")
         _require(self.eval_batch_size >= 1, "The evaluation batch size must be at least 1.")
-        for name in ("train_limit", "test_limit"):
+        _require(self.skip_nonfinite >= 0, "--skip-nonfinite cannot be negative.")
+        _require(isinstance(self.deterministic, bool), "deterministic must be true or false.")
+        for name in ("train_limit", "test_limit", "checkpoint_every"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1.")
 
@@ -287,6 +293,10 @@ def save_prior_config(run_dir: str | Path, config: PriorConfig) -> None:
     write_json_atomic(run_path(run_dir, runfiles.PRIOR_CONFIG), config.to_dict())
 
 
+def load_prior_config(run_dir: str | Path) -> PriorConfig:
+    return PriorConfig.from_dict(read_json(run_path(run_dir, runfiles.PRIOR_CONFIG), "prior"))
+
+
 def has_prior(run_dir: str | Path) -> bool:
     return (
         run_path(run_dir, runfiles.PRIOR_CONFIG).exists()
@@ -300,8 +310,7 @@ def load_prior(run_dir: str | Path, device: str | torch.device = "cpu") -> Pixel
         raise VqkitError(
             f"The run '{run_dir}' has no trained prior; run 'vqkit train-prior {run_dir}' first."
         )
-    config = PriorConfig.from_dict(read_json(run_path(run_dir, runfiles.PRIOR_CONFIG), "prior"))
-    prior = PixelCNNPrior(config)
+    prior = PixelCNNPrior(load_prior_config(run_dir))
     load_weights_into(prior, run_path(run_dir, runfiles.PRIOR_WEIGHTS), "prior weights")
     return prior.to(device).eval()
 

@@ -2,7 +2,8 @@
 
 Stages, each a plain function: :func:`extract_codes` (batched, no grad), :func:`code_grids`
 (the same, cached in the run folder), :func:`train_prior` (the loop: per-epoch NLL against the
-uniform and unigram baselines, best-test checkpoint, early stopping).
+uniform and unigram baselines, best-test checkpoint, early stopping, resume; the loop itself is
+:class:`vqkit.prior_loop.PriorLoop`).
 """
 
 from __future__ import annotations
@@ -10,27 +11,27 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
-from vqkit import runfiles
-from vqkit.checkpoint import load_config, load_model, run_path, save_weights
+from vqkit import runfiles, train_state
+from vqkit.checkpoint import load_config, load_model, run_path
 from vqkit.codes_io import encode_images
 from vqkit.data import load_split
 from vqkit.errors import VqkitError
-from vqkit.fileio import append_jsonl, atomic_open, read_json, write_json_atomic
+from vqkit.fileio import atomic_open, read_json, write_json_atomic
 from vqkit.model import VQVAE
-from vqkit.prior import PixelCNNPrior, PriorConfig, load_prior, save_prior_config
-from vqkit.training import resolve_device
+from vqkit.prior import PixelCNNPrior, PriorConfig, load_prior
+from vqkit.prior_loop import PriorLoop, code_nll, damaged_state
+from vqkit.training import deterministic_mode, resolve_device
 
 SPLITS = ("train", "test")
+# Settings --resume may change: when the run stops and how it saves, not what it learns so far.
+RESUME_FIELDS = ("epochs", "patience", "checkpoint_every", "skip_nonfinite")
 CODE_FILES = {"train": runfiles.CODES_TRAIN, "test": runfiles.CODES_TEST}
 LABEL_FILES = {"train": runfiles.LABELS_TRAIN, "test": runfiles.LABELS_TEST}
 
@@ -137,7 +138,7 @@ def evaluate_nll(prior: PixelCNNPrior, data: CodeSet, batch_size: int) -> float:
         codes = data.codes[start : start + batch_size].to(device)
         labels = data.labels[start : start + batch_size].to(device)
         logits = prior(codes, labels if prior.config.conditional else None)
-        total += F.cross_entropy(logits, codes, reduction="sum").double()
+        total += code_nll(logits, codes).double().sum()
     prior.train(was_training)
     return float(total) / data.codes.numel() / math.log(2)
 
@@ -164,20 +165,33 @@ def train_prior(
     device: str = "auto",
     data_dir: str | Path | None = None,
     progress: bool | None = None,
+    resume: bool = False,
+    restart: bool = False,
 ) -> PriorResult:
     """Train a PixelCNN prior on a run's code grids; write its config, weights and metrics.
 
     ``settings.num_codes`` and ``grid_size`` are taken from the run's model. The weights kept
     are those of the epoch with the lowest test NLL; training stops after ``patience`` epochs
-    without improvement. ``prior_metrics.jsonl`` is rewritten from scratch.
+    without improvement. A resumable state (``prior_state.safetensors``) is saved after every
+    epoch and every ``checkpoint_every`` steps; ``resume=True`` continues from it, with the saved
+    settings (``settings`` None) or ones differing only in :data:`RESUME_FIELDS`. Otherwise a
+    new prior replaces any earlier one and ``prior_metrics.jsonl`` starts afresh, except that
+    an unfinished prior (stopped by Ctrl-C, a crash or a non-finite loss) is only replaced with
+    ``restart=True``. Ctrl-C raises TrainingInterrupted after saving.
     """
     run_dir = Path(run_dir)
     target = resolve_device(device)
     model = load_model(run_dir, device=target)
-    settings = settings if settings is not None else PriorConfig()
-    settings.num_codes = model.num_codes
-    settings.grid_size = model.config.grid_size
-    settings = PriorConfig.from_dict(settings.to_dict())  # re-validate after the changes
+    saved = _saved_extra(run_dir, resume, restart)
+    if settings is None:
+        settings = PriorConfig.from_dict(saved["config"]) if saved is not None else PriorConfig()
+    # The code grids fix the shape of the prior; validated again with them in place.
+    settings = PriorConfig.from_dict(
+        {**settings.to_dict(), "num_codes": model.num_codes, "grid_size": model.config.grid_size}
+    )
+    digest = _weights_digest(run_dir)
+    if saved is not None:
+        _check_state_fits(run_dir, saved, settings, digest)
     grids = code_grids(run_dir, model, data_dir=data_dir)
     train_set = _first(grids["train"], settings.train_limit)
     test_set = _first(grids["test"], settings.test_limit)
@@ -186,82 +200,71 @@ def train_prior(
             f"The dataset has labels up to {int(train_set.labels.max())}, more than the "
             f"prior's {settings.num_classes} classes."
         )
-
-    uniform = math.log2(settings.num_codes)
-    unigram = unigram_bits(train_set.codes, settings.num_codes)
-    cells = settings.grid_size**2
-
-    torch.manual_seed(settings.seed)
-    prior = PixelCNNPrior(settings).to(target)
-    optimizer = torch.optim.AdamW(
-        prior.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-    )
-    save_prior_config(run_dir, settings)
-    metrics_path = run_path(run_dir, runfiles.PRIOR_METRICS)
-    metrics_path.unlink(missing_ok=True)
-    order_generator = torch.Generator().manual_seed(settings.seed)
-    show = sys.stderr.isatty() if progress is None else progress
-    codes, labels = train_set.codes.to(target), train_set.labels.to(target)
-
-    history: list[dict[str, Any]] = []
-    best, stale = math.inf, 0
-    for epoch in range(1, settings.epochs + 1):
-        started = time.perf_counter()
-        train_bits = _train_epoch(
-            prior, optimizer, codes, labels, settings, order_generator, epoch, show
+    baselines = {
+        "uniform_bits_per_code": math.log2(settings.num_codes),
+        "unigram_bits_per_code": unigram_bits(train_set.codes, settings.num_codes),
+    }
+    with deterministic_mode(settings.deterministic, target):
+        loop = PriorLoop(
+            run_dir,
+            settings,
+            target,
+            codes=train_set.codes,
+            labels=train_set.labels,
+            evaluate=lambda prior: evaluate_nll(prior, test_set, settings.eval_batch_size),
+            baselines=baselines,
+            digest=digest,
+            resume=resume,
+            show=sys.stderr.isatty() if progress is None else progress,
         )
-        test_bits = evaluate_nll(prior, test_set, settings.eval_batch_size)
-        record = {
-            "epoch": epoch,
-            "train_bits_per_code": train_bits,
-            "test_bits_per_code": test_bits,
-            "train_bits_per_image": train_bits * cells,
-            "test_bits_per_image": test_bits * cells,
-            "uniform_bits_per_code": uniform,
-            "unigram_bits_per_code": unigram,
-            "epoch_seconds": time.perf_counter() - started,
-        }
-        history.append(record)
-        append_jsonl(metrics_path, record)
-        if test_bits < best:
-            best, stale = test_bits, 0
-            save_weights(run_path(run_dir, runfiles.PRIOR_WEIGHTS), prior)
-        else:
-            stale += 1
-            if stale >= settings.patience:
-                break
-
+        history = loop.train()
     return PriorResult(run_dir, load_prior(run_dir, target), history)
 
 
-def _train_epoch(
-    prior: PixelCNNPrior,
-    optimizer: torch.optim.Optimizer,
-    codes: torch.Tensor,
-    labels: torch.Tensor,
-    settings: PriorConfig,
-    order_generator: torch.Generator,
-    epoch: int,
-    show: bool,
-) -> float:
-    """One pass in a seeded random order; the mean training NLL in bits per code.
+def _saved_extra(run_dir: Path, resume: bool, restart: bool) -> dict[str, Any] | None:
+    """The saved prior state's counters when resuming; refuses to replace an unfinished one."""
+    files = train_state.PRIOR_FILES
+    if resume:
+        if restart:
+            raise VqkitError("--resume and --restart contradict each other; give one of them.")
+        extra = train_state.peek(run_dir, files)[1]
+        if not isinstance(extra.get("config"), dict):
+            raise damaged_state(run_dir)
+        return extra
+    if restart or not train_state.exists(run_dir, files):
+        return None
+    try:
+        position, extra = train_state.peek(run_dir, files)
+        unfinished = not extra.get("finished", False)
+        done = f"{position.epochs_done} epochs saved"
+    except VqkitError:
+        unfinished, done = True, "its saved state is damaged"
+    if unfinished:
+        raise VqkitError(
+            f"The run '{run_dir}' holds an unfinished prior training ({done}); continue it with "
+            f"{files.resume_command(run_dir)}, or add --restart to train a new prior instead."
+        )
+    return None
 
-    The figure is the running mean over the epoch's batches, with dropout active, so it can sit
-    above the test NLL early on.
-    """
-    prior.train()
-    count = codes.shape[0]
-    order = torch.randperm(count, generator=order_generator).to(codes.device)
-    total = torch.zeros((), dtype=torch.float64, device=codes.device)
-    bar = tqdm(total=count, desc=f"prior epoch {epoch}", unit="grid", disable=not show, leave=False)
-    for index in order.split(settings.batch_size):
-        batch = codes[index]
-        logits = prior(batch, labels[index] if settings.conditional else None)
-        loss = F.cross_entropy(logits, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach().double() * index.numel()
-        bar.update(index.numel())
-    bar.close()
-    return float(total) / count / math.log(2)
+
+def _check_state_fits(
+    run_dir: Path, saved: dict[str, Any], settings: PriorConfig, digest: str
+) -> None:
+    """Refuse to resume a prior state made from other code grids or with other settings."""
+    command = train_state.PRIOR_FILES.command
+    if saved.get("weights_sha256") != digest:
+        raise VqkitError(
+            f"The VQ-VAE weights in '{run_dir}' changed after its prior state was saved, so the "
+            f"state does not fit the new code grids; train a new prior with vqkit {command} "
+            f"{run_dir} --restart."
+        )
+    stored = saved["config"]
+    current = settings.to_dict()
+    changed = [k for k in current if k not in RESUME_FIELDS and stored.get(k) != current[k]]
+    if changed:
+        name = changed[0]
+        raise VqkitError(
+            f"The saved prior state in '{run_dir}' does not fit the prior settings ({name} is "
+            f"{stored.get(name)!r} there, {current[name]!r} here); resume with the settings it "
+            f"was trained with, or train a new prior with vqkit {command} {run_dir} --restart."
+        )

@@ -18,6 +18,8 @@ CODES_META = "codes.json"  # which weights made the cached code grids (train-pri
 PRIOR_CONFIG = "prior_config.json"  # PixelCNN prior settings (train-prior)
 PRIOR_WEIGHTS = "prior.safetensors"  # best-test-NLL prior weights (train-prior)
 PRIOR_METRICS = "prior_metrics.jsonl"  # per-epoch NLL of the prior (train-prior)
+PRIOR_STATE = "prior_state.safetensors"  # resumable prior state (train-prior --resume)
+PRIOR_STATE_META = "prior_state.json"  # epoch/step counters of the resumable prior state
 SCORES = "scores.json"  # sample-quality table (score)
 TIMINGS = "timings.json"  # seconds per pipeline stage (demo)
 FIGURES_DIR = "figures"  # PNGs made by sample/interpolate/codebook for the report (demo)
@@ -28,7 +30,7 @@ REPORT = "report.html"  # the self-contained visual report (report)
 #   prior_metrics.jsonl, one object per epoch:
 #       {"epoch", "train_bits_per_code", "test_bits_per_code", "train_bits_per_image",
 #        "test_bits_per_image", "uniform_bits_per_code", "unigram_bits_per_code",
-#        "epoch_seconds"}
+#        "epoch_seconds"} (+ "skipped_nonfinite_steps" once --skip-nonfinite skipped any)
 #   codes.json        {"weights_sha256": hex, "dataset": name, "train": N, "test": N}
 #   scores.json       {"n": N, "classifier_test_accuracy": float,
 #                      "rows": [{"name": "real test images" | "real training images" |

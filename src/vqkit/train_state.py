@@ -5,12 +5,15 @@ states of torch and of the batch permutation, the partial epoch's loss sum); its
 metadata holds the counters as JSON, so tensors and counters are replaced together by one atomic
 rename. ``train_state.json`` is a readable copy of the counters written right after. Nothing is
 pickled: a state file can be loaded from an untrusted source without running code.
+
+The PixelCNN prior keeps the same kind of state under other names (:data:`PRIOR_FILES`), with
+its early-stopping counters in the ``extra`` entry of the counters.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,36 @@ ORDER_RNG = "rng/order"  # the batch-permutation generator at the start of the e
 LOSS_SUM = "epoch/loss_sum"  # summed training loss of the epoch in progress so far
 
 
+@dataclass(frozen=True)
+class StateFiles:
+    """Where one kind of training keeps its resumable state, and how a user continues it."""
+
+    tensors: str  # the safetensors file: tensors and counters together (authoritative)
+    counters: str  # a readable JSON copy of the counters
+    command: str  # the vqkit command that trains (and resumes) it
+    what: str  # how error messages name the state file
+    resume_template: str  # the command line that continues a run folder ``{run_dir}``
+
+    def resume_command(self, run_dir: str | Path) -> str:
+        return self.resume_template.format(run_dir=run_dir)
+
+
+VQVAE_FILES = StateFiles(
+    runfiles.TRAIN_STATE,
+    runfiles.TRAIN_STATE_META,
+    "train",
+    "resumable training state",
+    "vqkit train --resume {run_dir}",
+)
+PRIOR_FILES = StateFiles(
+    runfiles.PRIOR_STATE,
+    runfiles.PRIOR_STATE_META,
+    "train-prior",
+    "resumable prior training state",
+    "vqkit train-prior {run_dir} --resume",
+)
+
+
 @dataclass
 class Position:
     """How far a run has got. ``step`` batches of epoch ``epochs_done + 1`` are already done."""
@@ -42,6 +75,15 @@ class Position:
     global_step: int = 0  # batches taken over the whole run
     skipped_nonfinite: int = 0  # batches skipped over the whole run for a non-finite loss
     world_size: int = 1  # processes the run trained with (the shard layout depends on it)
+
+
+@dataclass
+class Restored:
+    """What :func:`restore` gives back besides the live objects it fills in."""
+
+    position: Position
+    extra: dict[str, Any] = field(default_factory=dict)  # the caller's own JSON counters
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # () epoch so far
 
 
 def state_tensors(
@@ -79,19 +121,27 @@ def save(
     order_state: torch.Tensor,
     loss_sum: torch.Tensor,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    *,
+    files: StateFiles = VQVAE_FILES,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write the resumable state atomically (a kill at any instant keeps the previous one)."""
+    """Write the resumable state atomically (a kill at any instant keeps the previous one).
+
+    ``extra`` holds the caller's own JSON counters; :func:`restore` gives them back.
+    """
     tensors, extras = state_tensors(model, optimizer, order_state, loss_sum)
     # A learning-rate schedule's state is a few numbers (step count, last rates): JSON.
     extras["scheduler"] = scheduler.state_dict() if scheduler is not None else None
     counters = {"version": STATE_VERSION, **asdict(position)}
+    if extra is not None:
+        counters["extra"] = extra
     metadata = {METADATA_KEY: json.dumps({**counters, **extras})}
-    write_bytes_atomic(run_path(run_dir, runfiles.TRAIN_STATE), save_safetensors(tensors, metadata))
-    write_json_atomic(run_path(run_dir, runfiles.TRAIN_STATE_META), counters)
+    write_bytes_atomic(run_path(run_dir, files.tensors), save_safetensors(tensors, metadata))
+    write_json_atomic(run_path(run_dir, files.counters), counters)
 
 
-def exists(run_dir: str | Path) -> bool:
-    return run_path(run_dir, runfiles.TRAIN_STATE).is_file()
+def exists(run_dir: str | Path, files: StateFiles = VQVAE_FILES) -> bool:
+    return run_path(run_dir, files.tensors).is_file()
 
 
 def load(
@@ -101,24 +151,23 @@ def load(
     order_generator: torch.Generator,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> tuple[Position, torch.Tensor]:
-    """Restore model, optimizer and RNG states in place; returns the position and loss sum."""
-    path = run_path(run_dir, runfiles.TRAIN_STATE)
-    what = "resumable training state"
-    if not path.is_file():
-        raise VqkitError(
-            f"The run folder '{run_dir}' has no resumable state ({runfiles.TRAIN_STATE}); it was "
-            "not started by this vqkit's train command or was stopped before its first save."
-        )
-    tensors, metadata = read_tensors_and_metadata(path, what)
-    damaged = f"The {what} '{path}' is damaged or incomplete; start the run again."
+    """Restore a VQ-VAE run's state in place (see :func:`restore`): position and loss sum."""
+    restored = restore(run_dir, model, optimizer, order_generator, scheduler)
+    return restored.position, restored.loss_sum
+
+
+def restore(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    order_generator: torch.Generator,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    files: StateFiles = VQVAE_FILES,
+) -> Restored:
+    """Restore model, optimizer and RNG states in place from the state ``files`` name."""
+    path, tensors, info = _read(run_dir, files)
+    what = files.what
     try:
-        info = json.loads(metadata[METADATA_KEY])
-        if info.get("version") != STATE_VERSION:
-            raise VqkitError(
-                f"The {what} '{path}' was written by an incompatible vqkit (state version "
-                f"{info.get('version')!r}, this vqkit reads version {STATE_VERSION})."
-            )
-        position = Position(**{k: int(info[k]) for k in asdict(Position())})
         model_tensors = {
             k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)
         }
@@ -140,11 +189,65 @@ def load(
         loss_sum = tensors[LOSS_SUM].reshape(())
     except VqkitError:
         raise
-    except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as exc:
-        raise VqkitError(damaged) from exc
-    if min(asdict(position).values()) < 0:
-        raise VqkitError(damaged)
-    return position, loss_sum
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise VqkitError(_damaged(path, files)) from exc
+    return Restored(*_counters(info, path, files), loss_sum=loss_sum)
+
+
+def peek(run_dir: str | Path, files: StateFiles = VQVAE_FILES) -> tuple[Position, dict[str, Any]]:
+    """The position and the caller's counters of a saved state, restoring nothing."""
+    path, _, info = _read(run_dir, files)
+    position, extra = _counters(info, path, files)
+    return position, extra
+
+
+def require(run_dir: str | Path, files: StateFiles = VQVAE_FILES) -> Path:
+    """The state file of ``run_dir``; a clear error when there is none to resume from."""
+    path = run_path(run_dir, files.tensors)
+    if not path.is_file():
+        raise VqkitError(
+            f"The run folder '{run_dir}' has no resumable state ({files.tensors}); it was not "
+            f"started by this vqkit's {files.command} command or was stopped before its first "
+            "save."
+        )
+    return path
+
+
+def _damaged(path: Path, files: StateFiles) -> str:
+    return f"The {files.what} '{path}' is damaged or incomplete; start the run again."
+
+
+def _read(
+    run_dir: str | Path, files: StateFiles
+) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+    """The state file's path, tensors and counters, after checking its version."""
+    path = require(run_dir, files)
+    tensors, metadata = read_tensors_and_metadata(path, files.what)
+    try:
+        info = json.loads(metadata[METADATA_KEY])
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise VqkitError(_damaged(path, files)) from exc
+    if not isinstance(info, dict):
+        raise VqkitError(_damaged(path, files))
+    if info.get("version") != STATE_VERSION:
+        raise VqkitError(
+            f"The {files.what} '{path}' was written by an incompatible vqkit (state version "
+            f"{info.get('version')!r}, this vqkit reads version {STATE_VERSION})."
+        )
+    return path, tensors, info
+
+
+def _counters(
+    info: dict[str, Any], path: Path, files: StateFiles
+) -> tuple[Position, dict[str, Any]]:
+    try:
+        position = Position(**{k: int(info[k]) for k in asdict(Position())})
+    except (KeyError, ValueError, TypeError) as exc:
+        raise VqkitError(_damaged(path, files)) from exc
+    extra = info.get("extra", {})
+    if min(asdict(position).values()) < 0 or not isinstance(extra, dict):
+        raise VqkitError(_damaged(path, files))
+    return position, extra
 
 
 def _load_optimizer(

@@ -46,11 +46,12 @@ DDP_STRIDE_WARNING = "Grad strides do not match bucket view strides"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a run after saving a state that ``train --resume`` continues from."""
+    """Ctrl-C stopped a run after saving a state that ``resume_command`` continues from."""
 
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"training interrupted; continue with: vqkit train --resume {run_dir}")
+    def __init__(self, run_dir: Path, files: train_state.StateFiles = train_state.VQVAE_FILES):
         self.run_dir = run_dir
+        self.resume_command = files.resume_command(run_dir)
+        super().__init__(f"training interrupted; continue with: {self.resume_command}")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -247,11 +248,14 @@ def prepare_run_dir(
 
 
 def resumed_history(
-    run_dir: Path, epochs_done: int, context: distributed.Context
+    run_dir: Path,
+    epochs_done: int,
+    context: distributed.Context,
+    metrics_name: str = runfiles.METRICS,
 ) -> list[dict[str, Any]]:
     """Metrics of the epochs the saved state includes; lines of later epochs (written before
     a kill but not covered by the state) are dropped so they are not duplicated."""
-    path = run_path(run_dir, runfiles.METRICS)
+    path = run_path(run_dir, metrics_name)
     records = read_jsonl(path)
     kept = [r for r in records if isinstance(r.get("epoch"), int) and r["epoch"] <= epochs_done]
     if context.is_main and len(kept) != len(records):

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from vqkit.errors import VqkitError
+
+if TYPE_CHECKING:  # the training loop imports torch; the CLI's helpers need not
+    from vqkit.training import TrainingInterrupted
 
 
 def add_command(subparsers, name: str, summary: str, body: str, handler) -> argparse.ArgumentParser:
@@ -24,6 +30,29 @@ def add_command(subparsers, name: str, summary: str, body: str, handler) -> argp
 def add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu or cuda (default: auto)"
+    )
+
+
+def add_reliability_flags(group) -> None:
+    """--checkpoint-every, --skip-nonfinite and --deterministic of a training command (its
+    config checks their values)."""
+    group.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="also save a resumable state every N steps",
+    )
+    group.add_argument(
+        "--skip-nonfinite",
+        type=int,
+        metavar="N",
+        help="skip up to N steps whose loss is NaN or infinite instead of stopping (default 0)",
+    )
+    group.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="reproducible kernels: a resumed run matches an uninterrupted one bit for bit",
     )
 
 
@@ -52,3 +81,23 @@ def require_png_path(path: str, flag: str = "--out") -> str:
     if not path.lower().endswith(".png"):
         raise VqkitError(f"The {flag} path '{path}' must end in .png.")
     return path
+
+
+def refuse_resume_conflicts(conflicts: Sequence[str], allowed: Sequence[str]) -> None:
+    """One sentence naming the flags (argparse dest names) that --resume cannot take."""
+    if conflicts:
+        names = ", ".join("--" + flag.replace("_", "-") for flag in conflicts)
+        allowed_names = ", ".join("--" + flag.replace("_", "-") for flag in allowed)
+        raise VqkitError(
+            f"--resume continues a run with its stored settings, so {names} cannot be given "
+            f"with it (only {allowed_names}, --device, --data-dir and --quiet can)."
+        )
+
+
+def report_interrupted(stop: TrainingInterrupted) -> int:
+    """Ctrl-C stopped a run after saving: say how to continue it; exit status 130."""
+    print(
+        f"vqkit: interrupted; the run is saved, continue it with: {stop.resume_command}",
+        file=sys.stderr,
+    )
+    return 130

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from vqkit.checkpoint import load_config
-from vqkit.cli.common import add_command, add_device_flag, int_list
+from vqkit.cli.common import (
+    add_command,
+    add_device_flag,
+    add_reliability_flags,
+    int_list,
+    refuse_resume_conflicts,
+    report_interrupted,
+)
 from vqkit.config import (
     CODEBOOK_INITS,
     CODEBOOK_UPDATES,
@@ -21,7 +27,6 @@ from vqkit.config import (
     preset_config,
 )
 from vqkit.data import DATASETS
-from vqkit.errors import VqkitError
 from vqkit.report_text import format_metrics
 from vqkit.training import TrainingInterrupted, train
 
@@ -138,24 +143,7 @@ def register(subparsers) -> None:
     )
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="per-step LR schedule")
     group.add_argument("--warmup-fraction", type=float, help="share of steps warming up")
-    group.add_argument(
-        "--checkpoint-every",
-        type=int,
-        metavar="N",
-        help="also save a resumable state every N steps",
-    )
-    group.add_argument(
-        "--skip-nonfinite",
-        type=int,
-        metavar="N",
-        help="skip up to N steps whose loss is NaN or infinite instead of stopping (default 0)",
-    )
-    group.add_argument(
-        "--deterministic",
-        action="store_true",
-        default=None,
-        help="reproducible kernels: a resumed run matches an uninterrupted one bit for bit",
-    )
+    add_reliability_flags(group)
     group = parser.add_argument_group("model")
     group.add_argument("--hidden-dim", type=int, help="convolution width")
     group.add_argument("--residual-blocks", type=int, help="the paper's residual blocks (0: none)")
@@ -234,13 +222,7 @@ def resume_config_from_args(args: argparse.Namespace) -> RunConfig:
         conflicts.insert(0, "preset")
     if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
         conflicts.insert(0, "out")
-    if conflicts:
-        names = ", ".join("--" + flag.replace("_", "-") for flag in conflicts)
-        allowed = ", ".join("--" + flag.replace("_", "-") for flag in RESUME_FLAGS)
-        raise VqkitError(
-            f"--resume continues a run with its stored settings, so {names} cannot be given "
-            f"with it (only {allowed}, --device, --data-dir and --quiet can)."
-        )
+    refuse_resume_conflicts(conflicts, RESUME_FLAGS)
     data = stored.to_dict()
     apply_overrides(data, args, RESUME_FLAGS)
     return RunConfig.from_dict(data)
@@ -260,12 +242,7 @@ def run(args: argparse.Namespace) -> int:
             resume=resuming,
         )
     except TrainingInterrupted as stop:
-        print(
-            f"vqkit: interrupted; the run is saved, continue it with: "
-            f"vqkit train --resume {stop.run_dir}",
-            file=sys.stderr,
-        )
-        return 130
+        return report_interrupted(stop)
     if not distributed_rank_is_main():
         return 0
     if result.history:

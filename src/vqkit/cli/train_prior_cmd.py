@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from vqkit.cli.common import add_command, add_device_flag, positive_int
-from vqkit.prior import PriorConfig
-from vqkit.prior_training import train_prior
+from vqkit import train_state
+from vqkit.cli.common import (
+    add_command,
+    add_device_flag,
+    add_reliability_flags,
+    positive_int,
+    refuse_resume_conflicts,
+    report_interrupted,
+)
+from vqkit.errors import VqkitError
+from vqkit.prior import PriorConfig, load_prior_config
+from vqkit.prior_training import RESUME_FIELDS, train_prior
+from vqkit.training import TrainingInterrupted
 
 HELP = """
 Train a gated PixelCNN prior over the 7x7 code grids of a trained run. The run's model encodes
@@ -18,10 +29,22 @@ prior_metrics.jsonl: per epoch, train and test NLL in bits per code and per imag
 uniform baseline (log2 K) and the unigram baseline (entropy of the training code frequencies).
 Training stops early after --patience epochs without a better test NLL.
 
+After every epoch (and every --checkpoint-every N steps) it also saves prior_state.safetensors
+(weights, AdamW state, random-number states, epoch, step, best test NLL and early-stopping
+count), from which --resume continues after a crash, a kill or Ctrl-C (which saves first); with
+--deterministic the resumed prior ends bitwise identical to an uninterrupted one. A NaN or
+infinite loss stops the run, keeping the last good state, unless --skip-nonfinite N allows
+skipping up to N such steps. Running train-prior again trains a new prior in place of a finished
+one; an unfinished one is only replaced with --restart.
+
 examples:
   vqkit train-prior runs/RUN
   vqkit train-prior runs/RUN --conditional     (then: vqkit sample ... --digit 3)
   vqkit train-prior runs/RUN --channels 64 --layers 8 --epochs 20
+  vqkit train-prior runs/RUN --checkpoint-every 100 --deterministic
+  vqkit train-prior runs/RUN --resume                 continue after Ctrl-C or a crash
+  vqkit train-prior runs/RUN --resume --epochs 12     train a finished prior for longer
+  vqkit train-prior runs/RUN --restart --lr 1e-3      drop an unfinished prior, start anew
 """
 
 # Flags that set one PriorConfig field when given.
@@ -36,6 +59,10 @@ FIELDS = (
     "seed",
     "train_limit",
     "test_limit",
+    "conditional",
+    "checkpoint_every",
+    "skip_nonfinite",
+    "deterministic",
 )
 
 
@@ -45,7 +72,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     defaults = PriorConfig()
-    parser.add_argument("--conditional", action="store_true", help="condition on the class label")
+    parser.add_argument(
+        "--conditional", action="store_true", default=None, help="condition on the class label"
+    )
     parser.add_argument("--epochs", type=positive_int, help=f"at most (default {defaults.epochs})")
     parser.add_argument("--channels", type=positive_int, help=f"default {defaults.channels}")
     parser.add_argument(
@@ -67,21 +96,62 @@ def register(subparsers) -> None:
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_flag(parser)
+    group = parser.add_argument_group("reliability")
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the prior from its last saved state, with its stored settings",
+    )
+    group.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard an unfinished prior's saved state and train a new prior",
+    )
+    add_reliability_flags(group)
 
 
 def config_from_args(args: argparse.Namespace) -> PriorConfig:
     values = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
-    return PriorConfig(conditional=args.conditional, **values)
+    return PriorConfig(**values)
+
+
+def resume_config_from_args(args: argparse.Namespace) -> PriorConfig:
+    """The stored settings of the prior to resume, with the flags --resume allows applied;
+    flags that would change what it learns are refused (repeating the stored value is fine)."""
+    if not Path(args.run_dir).is_dir():
+        raise VqkitError(f"The run folder '{args.run_dir}' to resume does not exist.")
+    train_state.require(args.run_dir, train_state.PRIOR_FILES)
+    stored = load_prior_config(args.run_dir)
+    conflicts = [
+        name
+        for name in FIELDS
+        if name not in RESUME_FIELDS
+        and getattr(args, name) is not None
+        and getattr(args, name) != getattr(stored, name)
+    ]
+    if args.restart:
+        conflicts.insert(0, "restart")
+    refuse_resume_conflicts(conflicts, RESUME_FIELDS)
+    data = stored.to_dict()
+    given = {name: getattr(args, name) for name in RESUME_FIELDS}
+    data.update({name: value for name, value in given.items() if value is not None})
+    return PriorConfig.from_dict(data)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = train_prior(
-        args.run_dir,
-        config_from_args(args),
-        device=args.device,
-        data_dir=args.data_dir,
-        progress=False if args.quiet else None,
-    )
+    settings = resume_config_from_args(args) if args.resume else config_from_args(args)
+    try:
+        result = train_prior(
+            args.run_dir,
+            settings,
+            device=args.device,
+            data_dir=args.data_dir,
+            progress=False if args.quiet else None,
+            resume=args.resume,
+            restart=args.restart,
+        )
+    except TrainingInterrupted as stop:
+        return report_interrupted(stop)
     for record in result.history:
         print(
             f"epoch {record['epoch']:>3}: train {record['train_bits_per_code']:.3f}, "

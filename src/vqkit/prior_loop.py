@@ -1,0 +1,263 @@
+"""The resumable training loop of the PixelCNN prior (see :func:`vqkit.train_prior`).
+
+Like VQ-VAE training it saves a resumable state (``prior_state.safetensors``, through
+:mod:`vqkit.train_state`) after every epoch and every ``checkpoint_every`` steps, honours Ctrl-C
+after saving, and stops on a non-finite loss (:mod:`vqkit.guards`). The state also holds what
+the early stopping decides on (best test NLL, epochs without improvement), so a resumed run
+makes the same decisions as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from vqkit import runfiles, train_state
+from vqkit.checkpoint import run_path, save_weights
+from vqkit.distributed import Context
+from vqkit.errors import VqkitError
+from vqkit.fileio import append_jsonl
+from vqkit.guards import NonFiniteGuard, StopRequest
+from vqkit.prior import PixelCNNPrior, PriorConfig, save_prior_config
+from vqkit.train_state import Position
+from vqkit.training import TrainingInterrupted, epoch_batches, resumed_history
+
+PRIOR_TERMS = ("prior loss",)  # the one loss term the non-finite guard watches
+
+
+def code_nll(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Logits (B, K, H, W) and codes (B, H, W) int64 -> NLL (B, H, W) in nats of each code.
+
+    log_softmax and gather rather than cross_entropy: CUDA has no deterministic kernel for the
+    2-D NLL loss, so cross_entropy would refuse to run under --deterministic.
+    """
+    return -F.log_softmax(logits, dim=1).gather(1, codes.unsqueeze(1)).squeeze(1)
+
+
+def prior_loss(
+    prior: PixelCNNPrior, codes: torch.Tensor, labels: torch.Tensor | None
+) -> torch.Tensor:
+    """() mean negative log-likelihood in nats of code grids (B, H, W) int64 under the prior."""
+    return code_nll(prior(codes, labels), codes).mean()
+
+
+def damaged_state(run_dir: Path) -> VqkitError:
+    return VqkitError(
+        f"The prior state in '{run_dir}' is damaged or incomplete; train a new prior with "
+        f"vqkit {train_state.PRIOR_FILES.command} {run_dir} --restart."
+    )
+
+
+@dataclass
+class _Counters:
+    """The prior's own counters, saved with the resumable state so a resumed run decides alike."""
+
+    best: float = math.inf  # lowest test NLL so far, bits per code
+    stale: int = 0  # epochs since the test NLL last improved (early stopping)
+    images: int = 0  # grids of the epoch in progress whose loss was applied
+    finished: bool = False  # the run ended normally (all epochs, or stopped early)
+
+    def to_extra(self, settings: PriorConfig, digest: str) -> dict[str, Any]:
+        # JSON has no infinity: no best yet is null. Floats round-trip exactly through JSON.
+        best = self.best if math.isfinite(self.best) else None
+        return {
+            "best_test_bits_per_code": best,
+            "epochs_without_improvement": self.stale,
+            "epoch_grids": self.images,
+            "finished": self.finished,
+            "weights_sha256": digest,
+            "config": settings.to_dict(),
+        }
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any], run_dir: Path) -> _Counters:
+        try:
+            best = extra["best_test_bits_per_code"]
+            return cls(
+                best=math.inf if best is None else float(best),
+                stale=int(extra["epochs_without_improvement"]),
+                images=int(extra["epoch_grids"]),
+                finished=bool(extra["finished"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise damaged_state(run_dir) from exc
+
+
+class PriorLoop:
+    """The live objects of one prior training run and the small steps that move it forward."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        settings: PriorConfig,
+        device: torch.device,
+        *,
+        codes: torch.Tensor,
+        labels: torch.Tensor,
+        evaluate: Callable[[PixelCNNPrior], float],
+        baselines: dict[str, float],
+        digest: str,
+        resume: bool,
+        show: bool,
+    ) -> None:
+        """``codes`` (N, H, W) and ``labels`` (N,) are the training set; ``evaluate`` gives the
+        test NLL in bits per code; ``baselines`` go into every metrics record; ``digest`` names
+        the VQ-VAE weights the codes came from."""
+        self.run_dir, self.settings, self.device = run_dir, settings, device
+        self.digest, self.show, self.evaluate, self.baselines = digest, show, evaluate, baselines
+        self.codes, self.labels = codes.to(device), labels.to(device)
+        self.metrics_path = run_path(run_dir, runfiles.PRIOR_METRICS)
+        files = self.files = train_state.PRIOR_FILES
+        torch.manual_seed(settings.seed)
+        self.prior = PixelCNNPrior(settings).to(device)
+        self.optimizer = torch.optim.AdamW(
+            self.prior.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+        self.order_generator = torch.Generator().manual_seed(settings.seed)
+        self.position = Position()
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.counters = _Counters()
+        self.history: list[dict[str, Any]] = []
+        context = Context()
+        if resume:
+            restored = train_state.restore(
+                run_dir, self.prior, self.optimizer, self.order_generator, files=files
+            )
+            self.position, self.loss_sum = restored.position, restored.loss_sum.to(device)
+            self.counters = _Counters.from_extra(restored.extra, run_dir)
+            if settings.epochs < self.position.epochs_done:
+                raise VqkitError(
+                    f"The prior in '{run_dir}' has already trained {self.position.epochs_done} "
+                    f"epochs, more than --epochs {settings.epochs}."
+                )
+            done = self.position.epochs_done
+            self.history = resumed_history(run_dir, done, context, runfiles.PRIOR_METRICS)
+        else:
+            for name in (files.tensors, files.counters, runfiles.PRIOR_WEIGHTS):
+                run_path(run_dir, name).unlink(missing_ok=True)
+            self.metrics_path.unlink(missing_ok=True)
+        save_prior_config(run_dir, settings)
+        self.guard = NonFiniteGuard(
+            settings.skip_nonfinite, device, context, run_dir, terms=PRIOR_TERMS, files=files
+        )
+        self.guard.skipped = self.position.skipped_nonfinite
+        self.stop = StopRequest()
+
+    def train(self) -> list[dict[str, Any]]:
+        """Train the remaining epochs; the per-epoch records of the whole run."""
+        with self.stop.installed():
+            for epoch in range(self.position.epochs_done + 1, self.settings.epochs + 1):
+                if self.counters.stale >= self.settings.patience:
+                    break
+                self.run_epoch(epoch)
+                if self.stop.requested:
+                    raise TrainingInterrupted(self.run_dir, self.files)
+        return self.history
+
+    def run_epoch(self, epoch: int) -> None:
+        """One pass (or its rest, after a resume) in a seeded random order, then evaluate and
+        save it."""
+        started = time.perf_counter()
+        epoch_start_order = self.order_generator.get_state()  # a mid-epoch save replays from it
+        count, every = self.codes.shape[0], self.settings.checkpoint_every
+        batches = epoch_batches(
+            count, self.settings.batch_size, self.order_generator, Context(), self.device
+        )
+        self.prior.train()
+        position = self.position
+        done = sum(int(index.numel()) for index in batches[: position.step])
+        bar = tqdm(
+            total=count,
+            initial=done,
+            desc=f"prior epoch {epoch}",
+            unit="grid",
+            disable=not self.show,
+            leave=False,
+        )
+        for number in range(position.step, len(batches)):
+            self.step(batches[number])
+            position.step = number + 1
+            bar.update(batches[number].numel())
+            last = position.step == len(batches)  # the end-of-epoch save covers the last step
+            periodic = every is not None and position.global_step % every == 0
+            if not last and (periodic or self.stop.requested):
+                self.checkpoint(epoch_start_order)
+                if self.stop.requested:
+                    raise TrainingInterrupted(self.run_dir, self.files)
+        bar.close()
+        self.finish_epoch(epoch, time.perf_counter() - started)
+
+    def step(self, index: torch.Tensor) -> None:
+        """One batch of grids (indices into the training set); no update when its loss is not
+        finite and the guard allows skipping it."""
+        self.position.global_step += 1
+        batch = self.codes[index]
+        labels = self.labels[index] if self.settings.conditional else None
+        loss = prior_loss(self.prior, batch, labels)
+        if self.guard.step_is_bad(self.position.global_step, loss):
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += loss.detach().double() * index.numel()
+        self.counters.images += index.numel()
+        self.position.stepped += 1
+
+    def finish_epoch(self, epoch: int, seconds: float) -> None:
+        """Evaluate, then write the metrics line, the best weights and the epoch-boundary state.
+
+        The training figure is the mean NLL over the epoch's applied batches, with dropout
+        active, so it can sit above the test NLL early on.
+        """
+        self.guard.check()
+        counters, cells = self.counters, self.settings.grid_size**2
+        train_bits = float(self.loss_sum) / max(counters.images, 1) / math.log(2)
+        test_bits = self.evaluate(self.prior)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_bits_per_code": train_bits,
+            "test_bits_per_code": test_bits,
+            "train_bits_per_image": train_bits * cells,
+            "test_bits_per_image": test_bits * cells,
+            **self.baselines,
+            "epoch_seconds": seconds,
+        }
+        if self.guard.skipped:
+            record["skipped_nonfinite_steps"] = self.guard.skipped
+        self.history.append(record)
+        append_jsonl(self.metrics_path, record)
+        if test_bits < counters.best:
+            counters.best, counters.stale = test_bits, 0
+            save_weights(run_path(self.run_dir, runfiles.PRIOR_WEIGHTS), self.prior)
+        else:
+            counters.stale += 1
+        counters.images = 0
+        counters.finished = (
+            counters.stale >= self.settings.patience or epoch >= self.settings.epochs
+        )
+        self.position = Position(epochs_done=epoch, global_step=self.position.global_step)
+        self.loss_sum.zero_()
+        self.checkpoint(self.order_generator.get_state())
+
+    def checkpoint(self, order_state: torch.Tensor) -> None:
+        """Save the resumable state, once the guard has vouched for it."""
+        self.guard.check()
+        self.position.skipped_nonfinite = self.guard.skipped
+        train_state.save(
+            self.run_dir,
+            self.position,
+            self.prior,
+            self.optimizer,
+            order_state,
+            self.loss_sum,
+            files=self.files,
+            extra=self.counters.to_extra(self.settings, self.digest),
+        )

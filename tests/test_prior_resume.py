@@ -1,0 +1,375 @@
+"""train-prior survives Ctrl-C, SIGKILL and non-finite losses like train does.
+
+A prior interrupted between epochs or mid-epoch (Ctrl-C, or a real SIGKILL of a real process)
+and resumed must end with the very bytes of an uninterrupted one, with the same early-stopping
+decisions and one metrics line per epoch. The code grids are the small run's real codes of the
+first few hundred images, so every run here takes well under a second of training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from process_helpers import child_env, vqkit_command
+
+from vqkit import prior_loop, prior_training, runfiles
+from vqkit.checkpoint import read_tensors
+from vqkit.cli import main
+from vqkit.fileio import read_jsonl
+from vqkit.prior import PriorConfig
+from vqkit.training import TrainingInterrupted
+
+TRAIN_GRIDS, TEST_GRIDS, BATCH = 1024, 128, 32
+STEPS_PER_EPOCH = TRAIN_GRIDS // BATCH
+TINY = PriorConfig(
+    channels=8, layers=2, epochs=5, patience=5, batch_size=BATCH, seed=3, deterministic=True
+)
+TINY_FLAGS = [
+    "--channels", "8", "--layers", "2", "--epochs", "5", "--patience", "5", "--batch-size",
+    str(BATCH), "--seed", "3", "--deterministic", "--quiet", "--device", "cpu",
+]  # fmt: skip
+WAIT_SECONDS = 120
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny priors run fastest on one thread, and bitwise comparisons with a child process need
+    the same thread count on both sides (the child gets OMP_NUM_THREADS=1)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def coded_run(small_run, tmp_path_factory) -> Path:
+    """A copy of the small run whose code-grid cache holds the real codes of the first
+    TRAIN_GRIDS training and TEST_GRIDS test images (what train-prior then trains on)."""
+    run_dir = tmp_path_factory.mktemp("coded") / "run"
+    shutil.copytree(small_run.run_dir, run_dir)
+    real = prior_training.load_split
+    sizes = {"train": TRAIN_GRIDS, "test": TEST_GRIDS}
+
+    def first_images(dataset, split, data_dir=None):
+        data = real(dataset, split, data_dir)
+        count = sizes[split]
+        return replace(data, images=data.images[:count], labels=data.labels[:count])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prior_training, "load_split", first_images)
+        grids = prior_training.code_grids(run_dir)
+    assert grids["train"].codes.shape == (TRAIN_GRIDS, 7, 7)
+    return run_dir
+
+
+def copy_run(source: Path, tmp_path: Path, name: str = "run") -> Path:
+    target = tmp_path / name
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def unbroken(coded_run, tmp_path_factory) -> Path:
+    """The reference: TINY trained without interruption."""
+    run_dir = copy_run(coded_run, tmp_path_factory.mktemp("unbroken"))
+    torch.set_num_threads(1)
+    prior_training.train_prior(run_dir, TINY, device="cpu", progress=False)
+    return run_dir
+
+
+def state_counters(run_dir: Path) -> dict:
+    return json.loads((run_dir / runfiles.PRIOR_STATE_META).read_text())
+
+
+def assert_same_prior(run_dir: Path, reference: Path) -> None:
+    """Bitwise-identical best and last weights, the same decisions, one line per epoch."""
+    best = (run_dir / runfiles.PRIOR_WEIGHTS).read_bytes()
+    assert best == (reference / runfiles.PRIOR_WEIGHTS).read_bytes()
+    ours = read_tensors(run_dir / runfiles.PRIOR_STATE, "state")
+    theirs = read_tensors(reference / runfiles.PRIOR_STATE, "state")
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        if name.startswith(("model/", "optimizer/")):
+            assert torch.equal(ours[name], theirs[name]), name
+    mine, ref = state_counters(run_dir), state_counters(reference)
+    assert mine["global_step"] == ref["global_step"]
+    for key in ("best_test_bits_per_code", "epochs_without_improvement", "finished"):
+        assert mine["extra"][key] == ref["extra"][key], key
+    metrics = read_jsonl(run_dir / runfiles.PRIOR_METRICS)
+    ref_metrics = read_jsonl(reference / runfiles.PRIOR_METRICS)
+    assert [m["epoch"] for m in metrics] == [m["epoch"] for m in ref_metrics]
+    for a, b in zip(metrics, ref_metrics, strict=True):
+        assert a["test_bits_per_code"] == b["test_bits_per_code"]
+        assert a["train_bits_per_code"] == b["train_bits_per_code"]
+
+
+def press_ctrl_c() -> None:
+    """A real SIGINT to this process, as a terminal's Ctrl-C sends."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def scripted_nll(script: list[float], first_epoch: int = 1, ctrl_c_at: int | None = None):
+    """A stand-in for evaluate_nll returning ``script[epoch - 1]``, pressing Ctrl-C while it
+    evaluates epoch ``ctrl_c_at``."""
+    epochs = iter(range(first_epoch, len(script) + 1))
+
+    def nll(prior, data, batch_size):
+        epoch = next(epochs)
+        if epoch == ctrl_c_at:
+            press_ctrl_c()
+        return script[epoch - 1]
+
+    return nll
+
+
+def test_ctrl_c_between_epochs_then_resume_keeps_the_early_stopping_decisions(
+    coded_run, tmp_path, monkeypatch
+):
+    """A scripted test NLL makes epoch 1 the best and stops the run after epoch 3 (patience 2).
+    Resuming after epoch 2 must remember both the best NLL and the stale count: forgetting the
+    best would keep epoch 3's weights, forgetting the count would train a 4th epoch."""
+    script = [3.0, 3.5, 3.2, 1.0, 1.0, 1.0]
+    settings = replace(TINY, epochs=6, patience=2)
+    reference = copy_run(coded_run, tmp_path, "reference")
+    monkeypatch.setattr(prior_training, "evaluate_nll", scripted_nll(script))
+    prior_training.train_prior(reference, settings, device="cpu", progress=False)
+    assert [m["epoch"] for m in read_jsonl(reference / runfiles.PRIOR_METRICS)] == [1, 2, 3]
+    assert state_counters(reference)["extra"]["finished"]
+
+    run_dir = copy_run(coded_run, tmp_path)
+    monkeypatch.setattr(prior_training, "evaluate_nll", scripted_nll(script, ctrl_c_at=2))
+    with pytest.raises(TrainingInterrupted, match=f"vqkit train-prior {run_dir} --resume"):
+        prior_training.train_prior(run_dir, settings, device="cpu", progress=False)
+    saved = state_counters(run_dir)
+    assert saved["epochs_done"] == 2 and saved["step"] == 0
+    assert saved["extra"]["best_test_bits_per_code"] == 3.0
+    assert saved["extra"]["epochs_without_improvement"] == 1
+    assert not saved["extra"]["finished"]
+
+    monkeypatch.setattr(prior_training, "evaluate_nll", scripted_nll(script, first_epoch=3))
+    prior_training.train_prior(run_dir, None, device="cpu", progress=False, resume=True)
+    assert_same_prior(run_dir, reference)
+
+
+def ctrl_c_on_step(monkeypatch, step: int) -> None:
+    """Press Ctrl-C while the prior computes the loss of training step ``step`` (1-based)."""
+    real = prior_loop.prior_loss
+    steps = iter(range(1, 10**6))
+
+    def loss(prior, codes, labels):
+        if next(steps) == step:
+            press_ctrl_c()
+        return real(prior, codes, labels)
+
+    monkeypatch.setattr(prior_loop, "prior_loss", loss)
+
+
+def test_ctrl_c_mid_epoch_through_the_cli_saves_says_how_to_resume_and_matches(
+    coded_run, unbroken, tmp_path, monkeypatch, capsys
+):
+    run_dir = copy_run(coded_run, tmp_path)
+    ctrl_c_on_step(monkeypatch, STEPS_PER_EPOCH + 9)
+    assert main(["train-prior", str(run_dir), *TINY_FLAGS]) == 130
+    err = capsys.readouterr().err
+    assert f"continue it with: vqkit train-prior {run_dir} --resume" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    saved = state_counters(run_dir)
+    assert (saved["epochs_done"], saved["step"], saved["global_step"]) == (
+        1,
+        9,
+        STEPS_PER_EPOCH + 9,
+    )
+    assert len(read_jsonl(run_dir / runfiles.PRIOR_METRICS)) == 1
+    monkeypatch.undo()
+    # Without --resume an unfinished prior is not thrown away.
+    assert main(["train-prior", str(run_dir), *TINY_FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert "unfinished prior" in err and "--resume" in err and "--restart" in err, err
+    assert main(["train-prior", str(run_dir), "--resume", "--quiet", "--device", "cpu"]) == 0
+    assert_same_prior(run_dir, unbroken)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_prior(coded_run, unbroken, tmp_path):
+    """A real process, killed with SIGKILL right after a periodic mid-epoch save."""
+    run_dir = copy_run(coded_run, tmp_path)
+    env = {**child_env(), "OMP_NUM_THREADS": "1"}
+    argv = ["train-prior", str(run_dir), *TINY_FLAGS, "--checkpoint-every", "5"]
+    process = subprocess.Popen(
+        vqkit_command(*argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    meta = run_dir / runfiles.PRIOR_STATE_META
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (meta.exists() and state_counters(run_dir)["step"] > 0):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "no mid-epoch state appeared"
+        time.sleep(0.005)
+    process.kill()
+    process.communicate(timeout=WAIT_SECONDS)
+    assert process.returncode == -signal.SIGKILL
+    stopped = state_counters(run_dir)
+    assert not stopped["extra"]["finished"] and stopped["global_step"] % 5 == 0
+    assert main(["train-prior", str(run_dir), "--resume", "--quiet", "--device", "cpu"]) == 0
+    assert_same_prior(run_dir, unbroken)
+    assert not list(run_dir.glob(".*.tmp")), "a temp file of an interrupted write was left"
+
+
+def poison_steps(monkeypatch, bad_steps: set[int]) -> list[int]:
+    """Make the prior's loss NaN on the given (1-based) steps; returns the steps seen."""
+    real = prior_loop.prior_loss
+    seen: list[int] = []
+
+    def poisoned(prior, codes, labels):
+        loss = real(prior, codes, labels)
+        seen.append(len(seen) + 1)
+        return loss * float("nan") if seen[-1] in bad_steps else loss
+
+    monkeypatch.setattr(prior_loop, "prior_loss", poisoned)
+    return seen
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(
+    coded_run, tmp_path, monkeypatch, capsys
+):
+    run_dir = copy_run(coded_run, tmp_path)
+    bad = STEPS_PER_EPOCH + 3  # the third step of epoch 2
+    poison_steps(monkeypatch, {bad})
+    code = main(["train-prior", str(run_dir), *TINY_FLAGS, "--checkpoint-every", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert f"Training stopped at step {bad} because its prior loss was not finite" in err
+    assert f"vqkit train-prior {run_dir} --resume --skip-nonfinite N" in err
+    # The saves after steps 1 and 2 of epoch 2 are good; nothing after the bad step was saved.
+    saved = state_counters(run_dir)
+    assert saved["global_step"] == bad - 1 and saved["epochs_done"] == 1
+    for name, tensor in read_tensors(run_dir / runfiles.PRIOR_STATE, "state").items():
+        if tensor.is_floating_point():
+            assert torch.isfinite(tensor).all(), name
+    assert len(read_jsonl(run_dir / runfiles.PRIOR_METRICS)) == 1
+    # Resuming with room for one bad step skips it and finishes the run.
+    poison_steps(monkeypatch, {3})
+    argv = ["train-prior", str(run_dir), "--resume", "--skip-nonfinite", "1", "--epochs", "2"]
+    assert main([*argv, "--checkpoint-every", "100", "--quiet", "--device", "cpu"]) == 0
+    records = read_jsonl(run_dir / runfiles.PRIOR_METRICS)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[-1]["skipped_nonfinite_steps"] == 1
+
+
+def test_skip_nonfinite_skips_bad_steps_without_updating(coded_run, tmp_path, monkeypatch, capsys):
+    run_dir = copy_run(coded_run, tmp_path)
+    seen = poison_steps(monkeypatch, {2, 5})
+    argv = ["train-prior", str(run_dir), *TINY_FLAGS, "--epochs", "1", "--skip-nonfinite", "2"]
+    assert main(argv) == 0
+    assert len(seen) == STEPS_PER_EPOCH
+    (record,) = read_jsonl(run_dir / runfiles.PRIOR_METRICS)
+    assert record["skipped_nonfinite_steps"] == 2
+    assert 0 < record["train_bits_per_code"] < 7  # finite, below the uniform 7 bits of 128 codes
+    assert state_counters(run_dir)["skipped_nonfinite"] == 2
+    # AdamW counts the updates it applied: the two skipped steps were never applied.
+    adam_steps = read_tensors(run_dir / runfiles.PRIOR_STATE, "state")["optimizer/0/step"]
+    assert float(adam_steps) == STEPS_PER_EPOCH - 2
+    # Too many bad steps stop the run, naming the step, the term and the limit.
+    poison_steps(monkeypatch, {2, 4})
+    capsys.readouterr()
+    assert main([*argv[:-1], "1"]) == 2
+    err = capsys.readouterr().err
+    assert "step 4" in err and "prior loss" in err and "--skip-nonfinite 1" in err, err
+
+
+@pytest.fixture(scope="module")
+def finished_prior(coded_run, tmp_path_factory) -> Path:
+    """A copy of the coded run with a finished 2-epoch prior."""
+    run_dir = copy_run(coded_run, tmp_path_factory.mktemp("finished"))
+    torch.set_num_threads(1)
+    prior_training.train_prior(run_dir, replace(TINY, epochs=2), device="cpu", progress=False)
+    return run_dir
+
+
+def break_prior_config(run_dir: Path) -> None:
+    path = run_dir / runfiles.PRIOR_CONFIG
+    path.write_text(json.dumps({**json.loads(path.read_text()), "channels": 4}))
+
+
+def change_vqvae_weights(run_dir: Path) -> None:
+    path = run_dir / runfiles.WEIGHTS
+    tensors = read_tensors(path, "weights")
+    first = next(iter(tensors))
+    tensors[first] = tensors[first] + 1
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+
+
+BAD_RESUMES = {
+    "no prior state": (None, [], "has no resumable state (prior_state.safetensors)"),
+    "missing folder": ("missing", [], "does not exist"),
+    "flag that changes learning": (None, ["--channels", "16"], "--channels cannot be given"),
+    "resume and restart": (None, ["--restart"], "--restart cannot be given"),
+    "fewer epochs than done": (None, ["--epochs", "1"], "already trained 2 epochs"),
+    "config not fitting the state": (break_prior_config, [], "channels is 8 there, 4 here"),
+    "VQ-VAE retrained": (change_vqvae_weights, [], "VQ-VAE weights"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RESUMES)
+def test_bad_resume_is_one_sentence_and_exit_2(case, coded_run, finished_prior, tmp_path, capsys):
+    change, flags, message = BAD_RESUMES[case]
+    run_dir = copy_run(coded_run if case == "no prior state" else finished_prior, tmp_path)
+    if change == "missing":
+        run_dir = tmp_path / "nowhere"
+    elif change is not None:
+        change(run_dir)
+    before = folder_bytes(run_dir)
+    argv = ["train-prior", str(run_dir), "--resume", *flags, "--quiet", "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0 and "Traceback" not in err, err
+    assert err.startswith("vqkit: error: ") and err.endswith(".")
+    assert folder_bytes(run_dir) == before, "a refused resume changed the run folder"
+
+
+def folder_bytes(run_dir: Path) -> dict[str, bytes]:
+    files = run_dir.iterdir() if run_dir.exists() else []
+    return {p.name: p.read_bytes() for p in files if p.is_file()}
+
+
+def test_finished_prior_resumes_for_longer_or_is_replaced(finished_prior, tmp_path, capsys):
+    run_dir = copy_run(finished_prior, tmp_path)
+    argv = ["train-prior", str(run_dir), "--quiet", "--device", "cpu"]
+    assert main([*argv, "--resume", "--epochs", "3"]) == 0
+    assert [r["epoch"] for r in read_jsonl(run_dir / runfiles.PRIOR_METRICS)] == [1, 2, 3]
+    assert main([*argv, *TINY_FLAGS[:4], "--epochs", "1"]) == 0  # a new prior, from scratch
+    assert [r["epoch"] for r in read_jsonl(run_dir / runfiles.PRIOR_METRICS)] == [1]
+    assert state_counters(run_dir)["epochs_done"] == 1
+
+
+def test_code_nll_is_the_cross_entropy_of_each_code():
+    """The deterministic-friendly NLL (log_softmax + gather) equals torch's cross-entropy."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 4, 4, generator=generator, dtype=torch.float64)
+    codes = torch.randint(0, 5, (3, 4, 4), generator=generator)
+    expected = torch.nn.functional.cross_entropy(logits, codes, reduction="none")
+    torch.testing.assert_close(prior_loop.code_nll(logits, codes), expected)
+    by_hand = -torch.log(torch.softmax(logits[1, :, 2, 3], 0)[codes[1, 2, 3]])
+    torch.testing.assert_close(prior_loop.code_nll(logits, codes)[1, 2, 3], by_hand)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_deterministic_prior_resume_on_the_gpu_is_bitwise_exact(coded_run, tmp_path):
+    """On CUDA, --deterministic must run (no kernel without a deterministic version) and a
+    prior trained 1 epoch then resumed to 2 must equal one trained 2 epochs straight."""
+    settings = replace(TINY, epochs=2)
+    whole = copy_run(coded_run, tmp_path, "whole")
+    prior_training.train_prior(whole, settings, device="cuda", progress=False)
+    split = copy_run(coded_run, tmp_path, "split")
+    prior_training.train_prior(split, replace(settings, epochs=1), device="cuda", progress=False)
+    prior_training.train_prior(split, settings, device="cuda", progress=False, resume=True)
+    assert_same_prior(split, whole)
