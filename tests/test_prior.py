@@ -171,6 +171,8 @@ def test_config_rejects_bad_values_and_round_trips():
         PriorConfig(kernel_size=4)
     with pytest.raises(VqkitError):
         PriorConfig(dropout=1.0)
+    with pytest.raises(VqkitError, match="precision"):
+        PriorConfig(precision="fp16")
     with pytest.raises(VqkitError, match="unknown"):
         PriorConfig.from_dict({**config.to_dict(), "colour": 3})
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from vqkit import runfiles
 from vqkit.checkpoint import load_weights_into, run_path
-from vqkit.config import _from_dict, _require
+from vqkit.config import PRECISIONS, _from_dict, _require
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
 from vqkit.generate import SamplingContext, register_strategy
@@ -59,6 +59,9 @@ class PriorConfig:
     patience: int = 2  # stop after this many epochs without a better test NLL
     seed: int = 0
     eval_batch_size: int = 1000
+    # Training autocast: 'auto' is bf16 where the hardware runs it natively (1.4x faster on an
+    # AVX512-BF16 CPU). The loss (log_softmax) and every reported NLL stay fp32.
+    precision: str = "auto"
     train_limit: int | None = None  # train on the first N training grids (tests, quick trials)
     test_limit: int | None = None
     # reliability: they change how a run survives faults, not what the prior learns
@@ -84,6 +87,9 @@ class PriorConfig:
         _require(self.patience >= 1, "The patience must be at least 1 epoch (--patience).")
         _require(self.eval_batch_size >= 1, "The evaluation batch size must be at least 1.")
         _require(self.skip_nonfinite >= 0, "--skip-nonfinite cannot be negative.")
+        _require(
+            self.precision in PRECISIONS, f"--precision must be one of: {', '.join(PRECISIONS)}."
+        )
         _require(isinstance(self.deterministic, bool), "deterministic must be true or false.")
         for name in ("train_limit", "test_limit", "checkpoint_every"):
             value = getattr(self, name)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vqkit import runfiles, train_state
+from vqkit.acceleration import autocast, resolve_precision
 from vqkit.checkpoint import run_path, save_weights
 from vqkit.distributed import Context
 from vqkit.errors import VqkitError
@@ -117,7 +118,8 @@ class PriorLoop:
         self.metrics_path = run_path(run_dir, runfiles.PRIOR_METRICS)
         files = self.files = train_state.PRIOR_FILES
         torch.manual_seed(settings.seed)
-        self.prior = PixelCNNPrior(settings).to(device)
+        self.prior = PixelCNNPrior(settings).to(device, memory_format=torch.channels_last)
+        self.precision = resolve_precision(settings.precision, device)
         self.optimizer = torch.optim.AdamW(
             self.prior.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
         )
@@ -201,7 +203,8 @@ class PriorLoop:
         self.position.global_step += 1
         batch = self.codes[index]
         labels = self.labels[index] if self.settings.conditional else None
-        loss = prior_loss(self.prior, batch, labels)
+        with autocast(device=self.device, precision=self.precision):
+            loss = prior_loss(self.prior, batch, labels)
         if self.guard.step_is_bad(self.position.global_step, loss):
             return
         self.optimizer.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ from vqkit.cli.common import (
     refuse_resume_conflicts,
     report_interrupted,
 )
+from vqkit.config import PRECISIONS
 from vqkit.errors import VqkitError
 from vqkit.prior import PriorConfig, load_prior_config
 from vqkit.prior_training import RESUME_FIELDS, train_prior
@@ -55,6 +56,7 @@ FIELDS = (
     "dropout",
     "lr",
     "batch_size",
+    "precision",
     "patience",
     "seed",
     "train_limit",
@@ -83,6 +85,11 @@ def register(subparsers) -> None:
     parser.add_argument("--dropout", type=float, help=f"default {defaults.dropout}")
     parser.add_argument("--lr", type=float, help=f"AdamW learning rate (default {defaults.lr})")
     parser.add_argument("--batch-size", type=positive_int, help=f"default {defaults.batch_size}")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="training autocast; auto = bf16 where the hardware runs it natively (default auto)",
+    )
     parser.add_argument(
         "--patience", type=positive_int, help=f"early-stopping epochs (default {defaults.patience})"
     )
