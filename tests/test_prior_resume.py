@@ -8,12 +8,14 @@ first few hundred images, so every run here takes well under a second of trainin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,14 +42,23 @@ TINY_FLAGS = [
 WAIT_SECONDS = 120
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
     """Tiny priors run fastest on one thread, and bitwise comparisons with a child process need
-    the same thread count on both sides (the child gets OMP_NUM_THREADS=1)."""
+    the same thread count on both sides (the child gets OMP_NUM_THREADS=1). The previous count
+    is restored: later test files compare numbers computed before and after this file ran."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +92,9 @@ def copy_run(source: Path, tmp_path: Path, name: str = "run") -> Path:
 def unbroken(coded_run, tmp_path_factory) -> Path:
     """The reference: TINY trained without interruption."""
     run_dir = copy_run(coded_run, tmp_path_factory.mktemp("unbroken"))
-    torch.set_num_threads(1)
-    prior_training.train_prior(run_dir, TINY, device="cpu", progress=False)
+    # Module fixtures are set up before the function-scoped one_thread: each sets it itself.
+    with single_thread():
+        prior_training.train_prior(run_dir, TINY, device="cpu", progress=False)
     return run_dir
 
 
@@ -288,8 +300,8 @@ def test_skip_nonfinite_skips_bad_steps_without_updating(coded_run, tmp_path, mo
 def finished_prior(coded_run, tmp_path_factory) -> Path:
     """A copy of the coded run with a finished 2-epoch prior."""
     run_dir = copy_run(coded_run, tmp_path_factory.mktemp("finished"))
-    torch.set_num_threads(1)
-    prior_training.train_prior(run_dir, replace(TINY, epochs=2), device="cpu", progress=False)
+    with single_thread():
+        prior_training.train_prior(run_dir, replace(TINY, epochs=2), device="cpu", progress=False)
     return run_dir
 
 
