@@ -33,10 +33,14 @@ def broadcast_from_first_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def finite_on_all_ranks(vectors: torch.Tensor) -> torch.Tensor:
-    """() bool on the device: True when every value of ``vectors`` is finite on every rank."""
+def summed_counts_and_health(
+    counts: torch.Tensor, vectors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Code counts (K,) summed over ranks, and a () bool that is True when every value of
+    ``vectors`` is finite on every rank: one collective for both, no host wait."""
     bad = (~torch.isfinite(vectors)).any().float().reshape(1)
-    return all_reduce_sum_(bad)[0] == 0
+    summed = all_reduce_sum_(torch.cat([counts.float(), bad]))
+    return summed[:-1], summed[-1] == 0
 
 
 def sample_rows(vectors: torch.Tensor, count: int) -> torch.Tensor:

@@ -181,11 +181,18 @@ class TrainConfig:
             f"Unknown schedule '{self.lr_schedule}'; use one of {', '.join(LR_SCHEDULES)}.",
         )
         _require(0.0 < self.warmup_fraction < 1.0, "The warm-up fraction must be between 0 and 1.")
-        _require(self.skip_nonfinite >= 0, "--skip-nonfinite cannot be negative.")
-        _require(isinstance(self.deterministic, bool), "deterministic must be true or false.")
-        for name in ("train_limit", "test_limit", "checkpoint_every"):
-            value = getattr(self, name)
-            _require(value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1.")
+        check_run_controls(self)
+
+
+def check_run_controls(settings: Any) -> None:
+    """Checks that VQ-VAE and prior training settings share: the reliability flags
+    (--skip-nonfinite, --deterministic) and the optional counts that must be positive
+    (--train-limit, --test-limit, --checkpoint-every)."""
+    _require(settings.skip_nonfinite >= 0, "--skip-nonfinite cannot be negative.")
+    _require(isinstance(settings.deterministic, bool), "deterministic must be true or false.")
+    for name in ("train_limit", "test_limit", "checkpoint_every"):
+        value = getattr(settings, name)
+        _require(value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1.")
 
 
 @dataclass

@@ -33,7 +33,7 @@ from torch import nn
 
 from vqkit import runfiles
 from vqkit.checkpoint import load_weights_into, run_path
-from vqkit.config import PRECISIONS, _from_dict, _require
+from vqkit.config import PRECISIONS, _from_dict, _require, check_run_controls
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
 from vqkit.generate import SamplingContext, register_strategy
@@ -86,14 +86,10 @@ class PriorConfig:
         _require(self.weight_decay >= 0, "The weight decay cannot be negative.")
         _require(self.patience >= 1, "The patience must be at least 1 epoch (--patience).")
         _require(self.eval_batch_size >= 1, "The evaluation batch size must be at least 1.")
-        _require(self.skip_nonfinite >= 0, "--skip-nonfinite cannot be negative.")
         _require(
             self.precision in PRECISIONS, f"--precision must be one of: {', '.join(PRECISIONS)}."
         )
-        _require(isinstance(self.deterministic, bool), "deterministic must be true or false.")
-        for name in ("train_limit", "test_limit", "checkpoint_every"):
-            value = getattr(self, name)
-            _require(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1.")
+        check_run_controls(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -131,8 +131,7 @@ class VectorQuantizer(nn.Module):
         state = [buffer for _, buffer in self.named_buffers()]
         state += [] if self.ema else [self.codebook.data]
         before = [tensor.clone() for tensor in state]
-        healthy = health.finite_on_all_ranks(flat)  # () bool
-        global_counts = health.all_reduce_sum_(counts.float())  # (K,)
+        global_counts, healthy = health.summed_counts_and_health(counts, flat)  # (K,), () bool
         if self.ema:
             sums = torch.zeros_like(self.ema_embed_sum).index_add_(0, codes, flat.float())
             self.ema_update(global_counts, health.all_reduce_sum_(sums))
