@@ -17,9 +17,9 @@ import argparse
 import sys
 
 import torch
-from vqkit_runner import SlicedTrainer, clock_reader, config_from_args
+from vqkit_runner import SlicedTrainer, add_training_overrides, clock_reader, config_from_args
 
-from vqkit.config import LR_SCHEDULES, PRECISIONS, PRESETS
+from vqkit.config import PRESETS
 from vqkit.data import load_split
 
 # Test MSE each preset must reach: the tutorial's own results on the same data.
@@ -31,17 +31,7 @@ def main() -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="efficient")
     parser.add_argument("--label", help="name of this row in the table")
     parser.add_argument("--repeat", type=int, default=1, help="train this many times (timing)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES)
-    parser.add_argument("--warmup-fraction", type=float)
-    parser.add_argument("--precision", choices=PRECISIONS)
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument(
-        "--quantizer-option", action="append", help="NAME=VALUE of the quantizer config"
-    )
+    add_training_overrides(parser)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_train.py: no CUDA GPU is visible to torch; nothing measured.", file=sys.stderr)

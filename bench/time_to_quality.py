@@ -25,9 +25,14 @@ from tutorial_reference import (
     reference_step,
     reference_test_mse,
 )
-from vqkit_runner import SlicedTrainer, config_from_args, median_seconds_per_image
+from vqkit_runner import (
+    SlicedTrainer,
+    add_training_overrides,
+    config_from_args,
+    median_seconds_per_image,
+)
 
-from vqkit.config import LR_SCHEDULES, PRECISIONS, PRESETS
+from vqkit.config import PRESETS
 from vqkit.data import load_split
 
 
@@ -97,16 +102,7 @@ def main() -> None:
     parser.add_argument("--reference-epochs", type=int, default=4, help="give up after this many")
     parser.add_argument("--skip-reference", action="store_true")
     group = parser.add_argument_group("vqkit overrides of the preset")
-    group.add_argument("--epochs", type=int)
-    group.add_argument("--batch-size", type=int)
-    group.add_argument("--lr", type=float)
-    group.add_argument("--lr-schedule", choices=LR_SCHEDULES)
-    group.add_argument("--warmup-fraction", type=float)
-    group.add_argument("--precision", choices=PRECISIONS)
-    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    group.add_argument(
-        "--quantizer-option", action="append", help="NAME=VALUE of the quantizer config"
-    )
+    add_training_overrides(group)
     args = parser.parse_args()
 
     train_images = load_split("mnist", "train").images

@@ -7,6 +7,7 @@ is still seen once per epoch, and the scheduler steps across slices as in a plai
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from vqkit.acceleration import make_scheduler, prepare_model, resolve_precision
-from vqkit.config import RunConfig, preset_config
+from vqkit.config import LR_SCHEDULES, PRECISIONS, RunConfig, preset_config
 from vqkit.metrics import evaluate_reconstruction
 from vqkit.model import VQVAE
 from vqkit.training import run_epoch
@@ -111,6 +112,22 @@ TRAIN_FLAGS = (
     "channels_last",
     "compile",
 )
+
+
+def add_training_overrides(parser) -> None:
+    """The TRAIN_FLAGS (plus --quantizer-option) as flags of a bench script's parser or group;
+    each left out keeps the preset's value."""
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES)
+    parser.add_argument("--warmup-fraction", type=float)
+    parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--quantizer-option", action="append", help="NAME=VALUE of the quantizer config"
+    )
 
 
 def config_from_args(args) -> RunConfig:
