@@ -224,7 +224,8 @@ def test_codebook_atlas_tiles_are_the_decoded_filled_grids(model, tmp_path):
     with torch.no_grad():
         for tile_image, code in zip(tiles, codes.tolist(), strict=True):
             grid = torch.full((1, 7, 7), code)
-            assert torch.equal(tile_image, model.decode(grid)[0, 0])
+            # Equal up to rounding: oneDNN may sum in another order for another batch size.
+            torch.testing.assert_close(tile_image, model.decode(grid)[0, 0], rtol=1e-5, atol=1e-6)
 
 
 def test_real_subprocess_encode_then_bad_decode(run_dir, tmp_path):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqkit.config import ModelConfig
+from vqkit.fast_conv import ConvTranspose2d
 from vqkit.quantize import build_quantizer
 
 
@@ -54,10 +55,10 @@ class Decoder(nn.Module):
         if config.residual_blocks:
             layers.append(nn.Conv2d(dim, hidden, 3, padding=1))
             layers += [ResidualBlock(hidden) for _ in range(config.residual_blocks)]
-            layers += [nn.ReLU(), nn.ConvTranspose2d(hidden, hidden, 4, 2, 1)]
+            layers += [nn.ReLU(), ConvTranspose2d(hidden, hidden, 4, 2, 1)]
         else:
-            layers.append(nn.ConvTranspose2d(dim, hidden, 4, 2, 1))
-        layers += [nn.ReLU(), nn.ConvTranspose2d(hidden, config.in_channels, 4, 2, 1), nn.Sigmoid()]
+            layers.append(ConvTranspose2d(dim, hidden, 4, 2, 1))
+        layers += [nn.ReLU(), ConvTranspose2d(hidden, config.in_channels, 4, 2, 1), nn.Sigmoid()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
