@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vqkit.acceleration import make_scheduler, prepare_model, resolve_precision
+from vqkit.acceleration import make_optimizer, make_scheduler, prepare_model, resolve_precision
 from vqkit.config import LR_SCHEDULES, PRECISIONS, RunConfig, preset_config
 from vqkit.metrics import evaluate_reconstruction
 from vqkit.model import VQVAE
@@ -32,7 +32,7 @@ class SlicedTrainer:
         device = self.images.device
         torch.manual_seed(settings.seed)
         self.model = VQVAE(self.config.model).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        self.optimizer = make_optimizer(self.model, settings)
         self.step_model = prepare_model(self.model, settings)
         self.precision = resolve_precision(settings.precision, device)
         steps_per_epoch = -(-self.images.shape[0] // settings.batch_size)

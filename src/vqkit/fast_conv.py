@@ -13,8 +13,9 @@ Two behaviours of oneDNN's deconvolution kernels make the stock layer slow to tr
 :class:`ConvTranspose2d` keeps the stock module's parameters and state-dict keys, so saved
 models are unchanged. On a CPU it computes the bias gradient with a separate sum and, for the
 4×4 stride-2 padding-1 layers vqkit uses, takes the sub-pixel forward when there are at most
-:data:`SUB_PIXEL_MAX_OUT_CHANNELS` output channels. Anywhere else (CUDA, other shapes, under
-``torch.compile``) it is the stock layer.
+:data:`SUB_PIXEL_MAX_OUT_CHANNELS` output channels. Under ``torch.compile`` the same path is
+traced (compiled training is otherwise slower: inductor calls the same bias-fused kernel). On
+CUDA, and for grouped, dilated or output-padded layers, it is the stock layer.
 """
 
 from __future__ import annotations
@@ -104,7 +105,6 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             and self.dilation == (1, 1)
             and self.output_padding == (0, 0)
             and self.padding_mode == "zeros"
-            and not torch.compiler.is_compiling()
         )
 
     def _sub_pixel_fits(self) -> bool:

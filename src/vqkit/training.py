@@ -26,7 +26,13 @@ from torch import nn
 from tqdm import tqdm
 
 from vqkit import distributed, runfiles, train_state
-from vqkit.acceleration import autocast, make_scheduler, prepare_model, resolve_precision
+from vqkit.acceleration import (
+    autocast,
+    make_optimizer,
+    make_scheduler,
+    prepare_model,
+    resolve_precision,
+)
 from vqkit.checkpoint import run_path, save_config, save_weights
 from vqkit.config import RunConfig
 from vqkit.data import Split, load_split
@@ -292,7 +298,7 @@ class _Run:
 
         torch.manual_seed(settings.seed)
         self.model = VQVAE(config.model).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        self.optimizer = make_optimizer(self.model, settings)
         total_steps = settings.epochs * steps_per_epoch(
             self.images.shape[0], settings.batch_size, context.world_size
         )
