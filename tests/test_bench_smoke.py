@@ -1,0 +1,35 @@
+"""The speed benchmarks still run end to end (on a tiny slice; their numbers are not checked)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_bench(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_interleaved_throughput_prints_both_sides_and_the_ratio():
+    out = run_bench("throughput_interleaved.py", "--images", "1024", "--round-batches", "2")
+    assert re.search(r"^\| vqkit \| 1024 \|", out, re.MULTILINE)
+    assert re.search(r"^\| tutorial reference \(efficient\) \| 1024 \|", out, re.MULTILINE)
+    # 1024 images = 8 batches per side in rounds of 2: 4 rounds with both sides.
+    assert re.search(r"per-round ratios over 4 rounds: median [\d.]+x", out)
+
+
+def test_transposed_conv_bench_prints_a_row_per_layer_and_setting():
+    out = run_bench("transposed_conv.py", "--batch", "4", "--rounds", "2")
+    rows = [line for line in out.splitlines() if re.match(r"^\| \d+→\d+", line)]
+    assert len(rows) == 8 and all(line.count("|") == 8 for line in rows)
