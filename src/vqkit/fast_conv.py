@@ -1,7 +1,8 @@
 """A transposed convolution with nn.ConvTranspose2d's parameters and a faster CPU training path.
 
 Two behaviours of oneDNN's deconvolution kernels make the stock layer slow to train on a CPU
-(measured on a 2-core AVX512-BF16 machine with PyTorch 2.13, batch 128, bf16; BENCHMARKS.md):
+(measured on a 2-core AVX512-BF16 machine with PyTorch 2.13, batch 128, bf16;
+``bench/transposed_conv.py``, BENCHMARKS.md):
 
 * its weight-gradient kernel runs about 3× slower when it is also asked for the bias gradient
   (7.2 ms against 2.5 ms for the decoder's 32→64 layer), while the bias gradient on its own is
