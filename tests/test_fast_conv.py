@@ -74,3 +74,19 @@ def test_under_bf16_autocast_it_computes_in_bf16_and_returns_fp32_parameter_grad
 def test_saved_weights_keep_the_stock_layer_names():
     stock, fast = stock_and_fast(4, 2, True, kernel_size=4, stride=2, padding=1)
     assert list(fast.state_dict()) == list(stock.state_dict()) == ["weight", "bias"]
+
+
+def test_gradients_pass_a_finite_difference_check():
+    torch.manual_seed(2)
+    layer = ConvTranspose2d(3, 2, 4, 2, 1).double()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: layer(a), (x,))
+    weight = layer.weight.detach().clone().requires_grad_()
+    bias = layer.bias.detach().clone().requires_grad_()
+
+    def through_the_layer(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(layer, {"weight": w, "bias": b}, (x.detach(),))
+        assert type(out.grad_fn).__name__ == "_ConvTransposeBackward"
+        return out
+
+    assert torch.autograd.gradcheck(through_the_layer, (weight, bias))
