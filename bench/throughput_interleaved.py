@@ -10,6 +10,7 @@ range of the per-round ratios (each vqkit round against the reference round righ
     python bench/throughput_interleaved.py                          # efficient, bf16, channels-last
     python bench/throughput_interleaved.py --precision fp32 --no-channels-last
     python bench/throughput_interleaved.py --preset fast --images 20000
+    python bench/throughput_interleaved.py --preset default --reference default
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import torch
 from tutorial_reference import (
     REFERENCE_BATCH,
+    REFERENCE_PRESETS,
     make_reference,
     reference_batches,
     reference_step,
@@ -35,6 +37,12 @@ from vqkit.data import load_split
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="efficient")
+    parser.add_argument(
+        "--reference",
+        choices=sorted(REFERENCE_PRESETS),
+        default="efficient",
+        help="the tutorial model to compare with (default for --preset default)",
+    )
     parser.add_argument("--images", type=int, help="train on the first N images (default all)")
     parser.add_argument(
         "--round-batches", type=int, default=30, help="batches of 128 per side per round"
@@ -55,7 +63,7 @@ def main() -> None:
     )
 
     trainer = SlicedTrainer(config, train_images)
-    reference, optimizer = make_reference("efficient")
+    reference, optimizer = make_reference(args.reference)
     batches = reference_batches(train_images, config.train.epochs)
     rounds: list[tuple[int, float, int, float]] = []  # vqkit images, s; reference images, s
     vq_clock = {"seen": 0, "seconds": 0.0}
@@ -92,8 +100,8 @@ def main() -> None:
         f"{trainer.test_mse(test_images):.5f} |"
     )
     print(
-        f"| tutorial reference (efficient) | {ref_images} | {ref_seconds:.1f} | {ref_rate:.0f} | "
-        f"{reference_test_mse(reference, test_images):.5f} |"
+        f"| tutorial reference ({args.reference}) | {ref_images} | {ref_seconds:.1f} | "
+        f"{ref_rate:.0f} | {reference_test_mse(reference, test_images):.5f} |"
     )
     print(
         f"\nratio of overall rates: {vq_rate / ref_rate:.2f}x; per-round ratios over "
