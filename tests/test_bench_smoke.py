@@ -33,3 +33,16 @@ def test_transposed_conv_bench_prints_a_row_per_layer_and_setting():
     out = run_bench("transposed_conv.py", "--batch", "4", "--rounds", "2")
     rows = [line for line in out.splitlines() if re.match(r"^\| \d+→\d+", line)]
     assert len(rows) == 8 and all(line.count("|") == 8 for line in rows)
+
+
+def test_gpu_training_bench_prints_one_row_per_run_even_on_the_cpu():
+    # The GPU session is short and rare: a broken bench/gpu_train.py must fail here first.
+    out = run_bench(
+        "gpu_train.py", "--device", "cpu", "--preset", "efficient", "--epochs", "2",
+        "--batch-size", "64", "--train-limit", "256", "--test-limit", "128", "--repeat", "2",
+        "--label", "smoke",
+    )  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("| smoke (run ")]
+    assert len(rows) == 2
+    assert all(line.count("|") == 12 for line in rows)
+    assert re.search(r"\| 2 \| 64 \| 0.001 constant \| fp32 \| no \|", rows[0])
