@@ -38,7 +38,8 @@ def measure_peak_gflops(dtype: torch.dtype, device: str = "cpu") -> float:
 
 
 def training_flops_per_image(config: RunConfig, batch: int = 64) -> dict[str, float]:
-    """FLOPs of one training step per image (forward, backward), counted by torch's counter.
+    """FLOPs of one training step per image, counted by torch's counter: ``forward``, ``train``
+    (forward + backward) and ``convolutions`` (the part of ``train`` in convolutions).
 
     Counts matrix products and convolutions (what the counter models); elementwise work is
     memory-bound and not included, so the floor is optimistic.
@@ -52,4 +53,10 @@ def training_flops_per_image(config: RunConfig, batch: int = 64) -> dict[str, fl
         forward = counter.get_total_flops()
         loss.backward()
     total = counter.get_total_flops()
-    return {"forward": forward / batch, "train": total / batch}
+    by_operator = counter.get_flop_counts()["Global"]
+    convolutions = sum(n for op, n in by_operator.items() if "convolution" in str(op))
+    return {
+        "forward": forward / batch,
+        "train": total / batch,
+        "convolutions": convolutions / batch,
+    }

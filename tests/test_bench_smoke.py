@@ -46,3 +46,15 @@ def test_gpu_training_bench_prints_one_row_per_run_even_on_the_cpu():
     assert len(rows) == 2
     assert all(line.count("|") == 12 for line in rows)
     assert re.search(r"\| 2 \| 64 \| 0.001 constant \| fp32 \| no \|", rows[0])
+
+
+def test_onednn_share_reads_the_kernel_times_back():
+    out = run_bench(
+        "onednn_share.py", "--steps", "2", "--rounds", "1", "--batch-size", "32",
+        "--train-limit", "256",
+    )  # fmt: skip
+    # A verbose format the parser no longer understands would leave no rows and a 0% share.
+    assert re.search(r"^\| convolution backward_weights mb32_ic64oc32", out, re.MULTILINE)
+    share = re.search(r"inside oneDNN [\d.]+ ms \((\d+)% of the step\)", out)
+    assert share and 0 < int(share.group(1)) <= 100
+    assert re.search(r"at most [\d.]+x faster$", out, re.MULTILINE)
