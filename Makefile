@@ -24,10 +24,13 @@ demo: setup
 bench: setup
 	$(BIN)/pip install -q --no-deps vector-quantize-pytorch einops einx loguru torch-einops-utils frozendict
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/throughput_interleaved.py
+	$(BIN)/python bench/transposed_conv.py
 	$(BIN)/python bench/time_to_quality.py
 	$(BIN)/python bench/quantizer_scaling.py
 	$(BIN)/python bench/dataset_scaling.py
 	$(BIN)/python bench/profile_layers.py
+	$(BIN)/python bench/onednn_share.py
 
 test: setup
 	$(BIN)/python -m pytest
