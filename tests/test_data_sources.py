@@ -72,11 +72,11 @@ def test_embedded_mnist_test_and_fresh_tensors() -> None:
 
 
 def test_unknown_dataset_lists_valid_names() -> None:
-    with pytest.raises(VqkitError, match="Unknown dataset 'cifar'.*mnist, fashion-mnist"):
+    with pytest.raises(VqkitError, match="Unknown dataset 'cifar'.*mnist, fashion-mnist, idx"):
         load_split("cifar", "train")
     with pytest.raises(VqkitError, match="split"):
         load_split("mnist", "valid")  # type: ignore[arg-type]
-    assert DATASETS == ("mnist", "fashion-mnist")
+    assert DATASETS == ("mnist", "fashion-mnist", "idx")
     assert INFO["fashion-mnist"].classes[0] == "T-shirt/top"
     assert INFO["fashion-mnist"].classes[-1] == "Ankle boot"
 

@@ -144,7 +144,7 @@ def test_prior_strategy_errors(prior_run, small_run, tmp_path):
 
 def test_score_end_to_end(prior_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(score, "ClassifierConfig", lambda dataset: TINY_CLASSIFIER)
+    monkeypatch.setattr(score, "ClassifierConfig", lambda dataset, num_classes: TINY_CLASSIFIER)
     assert main(["score", str(prior_run), "--n", "30", "--json", "--device", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out)
     stored = json.loads((prior_run / runfiles.SCORES).read_text())
@@ -187,3 +187,10 @@ def test_sample_command_with_the_prior(prior_run, tmp_path):
     assert (tmp_path / "s.png").exists()
     # An out-of-range digit is one sentence and exit status 2, not a traceback.
     assert main(argv[:-4] + ["--digit", "12", "--out", str(tmp_path / "t.png")]) == 2
+
+
+def test_unigram_entropy_of_one_code_is_a_positive_zero():
+    # -(1 * log2 1) is -0.0 in floating point, which printed as "-0.000 bits/code".
+    bits = prior_training.unigram_bits(torch.zeros(5, 7, 7, dtype=torch.long), 4)
+    assert bits == 0.0 and math.copysign(1.0, bits) == 1.0
+    assert prior_training.unigram_bits(torch.tensor([0, 1, 2, 3]), 4) == pytest.approx(2.0)

@@ -2,13 +2,15 @@
 
 It is trained on demand, once per dataset, and cached under ``$VQKIT_CACHE/classifiers`` (or
 ``~/.cache/vqkit/classifiers``) as ``<dataset>.safetensors`` plus ``<dataset>.json`` holding its
-settings and measured test accuracy. Its penultimate-layer features feed the classifier-based
-Fréchet distance and its softmax the confidence and Inception Score (see ``vqkit.score``).
+settings and measured test accuracy (an own ``idx`` dataset adds a digest of its training split
+to the name). Its penultimate-layer features feed the classifier-based Fréchet distance and
+its softmax the confidence and Inception Score (see ``vqkit.score``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from torch import nn
 from vqkit.acceleration import autocast, resolve_precision
 from vqkit.checkpoint import load_weights_into, save_weights
 from vqkit.config import PRECISIONS, _require
-from vqkit.data import load_split
+from vqkit.data import OWN_DATASET, load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_json, write_json_atomic
 from vqkit.model import images_to_input
@@ -156,6 +158,17 @@ def cache_root() -> Path:
     return Path(root).expanduser() / "classifiers"
 
 
+def cache_name(config: ClassifierConfig, data_dir: str | Path | None = None) -> str:
+    """File name stem of a cached classifier: the dataset's name, and for an own dataset a
+    digest of its training split too (two own datasets must not share one classifier)."""
+    if config.dataset != OWN_DATASET:
+        return config.dataset
+    train = load_split(config.dataset, "train", data_dir)
+    digest = hashlib.sha256(train.images.numpy().tobytes())
+    digest.update(train.labels.numpy().tobytes())
+    return f"{config.dataset}-{digest.hexdigest()[:16]}"
+
+
 def load_or_train_classifier(
     config: ClassifierConfig | None = None,
     *,
@@ -170,8 +183,9 @@ def load_or_train_classifier(
     """
     config = config if config is not None else ClassifierConfig()
     folder = cache_root()
-    weights = folder / f"{config.dataset}.safetensors"
-    meta_path = folder / f"{config.dataset}.json"
+    name = cache_name(config, data_dir)
+    weights = folder / f"{name}.safetensors"
+    meta_path = folder / f"{name}.json"
     classifier = Classifier(config)
     if weights.exists() and meta_path.exists():
         try:

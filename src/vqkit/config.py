@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vqkit.errors import VqkitError
@@ -147,6 +148,9 @@ class TrainConfig:
     """Optimisation and data settings of one training run."""
 
     dataset: str = "mnist"
+    # Absolute folder of the files of an own ("idx") dataset, recorded at training so that
+    # later stages find them without --data-dir; None for the named datasets.
+    data_dir: str | None = None
     epochs: int = 5
     batch_size: int = 128
     lr: float = 1e-3
@@ -181,7 +185,16 @@ class TrainConfig:
             f"Unknown schedule '{self.lr_schedule}'; use one of {', '.join(LR_SCHEDULES)}.",
         )
         _require(0.0 < self.warmup_fraction < 1.0, "The warm-up fraction must be between 0 and 1.")
+        _require(
+            self.data_dir is None or isinstance(self.data_dir, str),
+            "The recorded data folder must be a path or null.",
+        )
         check_run_controls(self)
+
+    def data_folder(self, given: str | Path | None = None) -> str | Path | None:
+        """Where to read the dataset: ``given`` (a --data-dir) when there is one, else the
+        folder recorded at training (own datasets), else None (the named datasets' sources)."""
+        return given if given is not None else self.data_dir
 
 
 def check_run_controls(settings: Any) -> None:

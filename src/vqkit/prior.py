@@ -50,7 +50,7 @@ class PriorConfig:
     kernel_size: int = 3  # k (odd): vertical kernel (k//2+1, k), horizontal (1, k//2+1)
     dropout: float = 0.1  # on the gated horizontal features, before their 1×1 projection
     conditional: bool = False  # condition on the class label
-    num_classes: int = 10
+    num_classes: int = 10  # the dataset's classes, set by train_prior from its labels
     # training
     epochs: int = 8
     batch_size: int = 128

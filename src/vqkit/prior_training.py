@@ -21,7 +21,7 @@ import torch
 from vqkit import runfiles, train_state
 from vqkit.checkpoint import load_config, load_model, run_path
 from vqkit.codes_io import encode_images
-from vqkit.data import load_split
+from vqkit.data import dataset_classes, load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import atomic_open, read_json, write_json_atomic
 from vqkit.model import VQVAE
@@ -105,7 +105,7 @@ def code_grids(
         return cached
     result = {}
     for split in SPLITS:
-        data = load_split(config.train.dataset, split, data_dir)
+        data = load_split(config.train.dataset, split, config.train.data_folder(data_dir))
         result[split] = CodeSet(extract_codes(model, data.images, batch_size), data.labels)
         # int16 holds any codebook up to 32768 codes in half the space of int32.
         _save_npy(
@@ -124,7 +124,8 @@ def unigram_bits(codes: torch.Tensor, num_codes: int) -> float:
     """Entropy in bits of the empirical code frequencies of ``codes`` (any shape)."""
     counts = torch.bincount(codes.flatten(), minlength=num_codes).double()
     p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log2()).sum())
+    # max: a single used code gives -0.0, which would print as "-0.000 bits".
+    return max(0.0, float(-(p * p.log2()).sum()))
 
 
 @torch.no_grad()
@@ -185,9 +186,17 @@ def train_prior(
     saved = _saved_extra(run_dir, resume, restart)
     if settings is None:
         settings = PriorConfig.from_dict(saved["config"]) if saved is not None else PriorConfig()
-    # The code grids fix the shape of the prior; validated again with them in place.
+    # The code grids and the dataset's classes fix the shape of the prior; validated again
+    # with them in place.
+    train_config = load_config(run_dir).train
+    classes = dataset_classes(train_config.dataset, train_config.data_folder(data_dir))
     settings = PriorConfig.from_dict(
-        {**settings.to_dict(), "num_codes": model.num_codes, "grid_size": model.config.grid_size}
+        {
+            **settings.to_dict(),
+            "num_codes": model.num_codes,
+            "grid_size": model.config.grid_size,
+            "num_classes": len(classes),
+        }
     )
     digest = _weights_digest(run_dir)
     if saved is not None:
@@ -195,11 +204,6 @@ def train_prior(
     grids = code_grids(run_dir, model, data_dir=data_dir)
     train_set = _first(grids["train"], settings.train_limit)
     test_set = _first(grids["test"], settings.test_limit)
-    if settings.conditional and int(train_set.labels.max()) >= settings.num_classes:
-        raise VqkitError(
-            f"The dataset has labels up to {int(train_set.labels.max())}, more than the "
-            f"prior's {settings.num_classes} classes."
-        )
     baselines = {
         "uniform_bits_per_code": math.log2(settings.num_codes),
         "unigram_bits_per_code": unigram_bits(train_set.codes, settings.num_codes),

@@ -28,7 +28,7 @@ from vqkit import runfiles
 from vqkit.checkpoint import load_config, load_model, run_path
 from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_train_classifier
 from vqkit.codes_io import decode_codes, encode_images
-from vqkit.data import load_split
+from vqkit.data import dataset_classes, load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import write_json_atomic
 from vqkit.generate import DECODE_BATCH_SIZE, SamplingContext, sample_codes, strategies
@@ -126,8 +126,15 @@ def score_run(
     target = resolve_device(device)
     config = load_config(run_dir)
     dataset = config.train.dataset
+    data_dir = config.train.data_folder(data_dir)
     model = load_model(run_dir, device=target)
-    classifier_config = classifier_config or ClassifierConfig(dataset=dataset)
+    classes = len(dataset_classes(dataset, data_dir))
+    if classes < 2:
+        raise VqkitError(
+            "Scores need a classifier of the dataset's classes, and this dataset's labels "
+            "hold only one class."
+        )
+    classifier_config = classifier_config or ClassifierConfig(dataset=dataset, num_classes=classes)
     if classifier_config.dataset != dataset:
         raise VqkitError(
             f"The classifier is for {classifier_config.dataset}, the run is {dataset}."

@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from vqkit.acceleration import (
 )
 from vqkit.checkpoint import run_path, save_config, save_weights
 from vqkit.config import RunConfig
-from vqkit.data import Split, load_split
+from vqkit.data import OWN_DATASET, Split, load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import append_jsonl, ensure_dir, read_jsonl, write_bytes_atomic
 from vqkit.guards import NonFiniteGuard, StopRequest
@@ -213,6 +213,7 @@ def train(
     every process calls this; each returns the same model. Ctrl-C raises TrainingInterrupted
     after saving.
     """
+    config = record_data_folder(config, data_dir)
     target = resolve_device(device)
     context = distributed.setup(target)
     try:
@@ -224,6 +225,14 @@ def train(
             return _Run(config, run_dir, target, context, data_dir, progress, resume).train()
     finally:
         distributed.teardown(context)
+
+
+def record_data_folder(config: RunConfig, data_dir: str | Path | None) -> RunConfig:
+    """``config`` with the folder of an own dataset recorded as an absolute path (the run's
+    later stages read it from there); other datasets' configs are returned unchanged."""
+    if config.train.dataset != OWN_DATASET or data_dir is None:
+        return config
+    return replace(config, train=replace(config.train, data_dir=str(Path(data_dir).resolve())))
 
 
 def prepare_run_dir(
@@ -289,6 +298,7 @@ class _Run:
                 f"The batch size {settings.batch_size} must be a multiple of the "
                 f"{context.world_size} processes (--batch-size is the total over all of them)."
             )
+        data_dir = settings.data_folder(data_dir)
         train_split = load_split(settings.dataset, "train", data_dir)
         # Whole dataset resident on the device as uint8; batches are gathered by index.
         self.images = limit(train_split, settings.train_limit).to(device)

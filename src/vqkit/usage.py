@@ -74,6 +74,7 @@ def code_usage(
     cached = None if refresh else _cached_counts(path, model, run_path(run_dir, runfiles.WEIGHTS))
     if cached is not None:
         return cached
+    data_dir = config.train.data_folder(data_dir)
     images = load_split(config.train.dataset, USAGE_SPLIT, data_dir).images
     was_training = model.training
     model.eval()

@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.run_dir)
     model = load_model(args.run_dir, device=resolve_device(args.device))
     counts = code_usage(args.run_dir, model, data_dir=args.data_dir)
-    test_images = load_split(config.train.dataset, "test", args.data_dir).images[: args.images]
+    test = load_split(config.train.dataset, "test", config.train.data_folder(args.data_dir))
+    test_images = test.images[: args.images]
     figures = write_codebook_figures(model, counts, test_images, args.out)
     used = int((counts > 0).sum())
     print(f"codes used: {used} of {counts.numel()} on the training set")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vqkit.cli.common import add_command, add_device_flag, positive_int
-from vqkit.data import DATASETS
+from vqkit.data import DATASETS, OWN_DATASET
 from vqkit.demo import DemoSettings, format_headline, run_demo
 
 HELP = """
@@ -24,7 +24,8 @@ examples:
 
 def register(subparsers) -> None:
     parser = add_command(subparsers, "demo", "the whole pipeline, ending in a report", HELP, run)
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist")
+    named = [name for name in DATASETS if name != OWN_DATASET]  # the demo reads no --data-dir
+    parser.add_argument("--dataset", choices=named, default="mnist")
     parser.add_argument("--out", help="run folder to create (default: a new folder in runs/)")
     parser.add_argument("--preset", default="best", help="VQ-VAE preset (default: best)")
     parser.add_argument("--prior-epochs", type=positive_int, default=2)

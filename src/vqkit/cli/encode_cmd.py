@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     require_suffix(args.out, (".npy",), "--out")
     config = load_config(args.run_dir)
-    test = test_split_loader(config.train.dataset, args.data_dir)
+    test = test_split_loader(config.train.dataset, config.train.data_folder(args.data_dir))
     found = resolve_images(args.inputs, test, config.model.image_size)
     model = load_model(args.run_dir, device=resolve_device(args.device))
     codes = encode_images(model, found.images, config.train.eval_batch_size)

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.run_dir)
     model = load_model(args.run_dir, device=resolve_device(args.device))
-    test = load_split(config.train.dataset, "test", args.data_dir)
+    test = load_split(config.train.dataset, "test", config.train.data_folder(args.data_dir))
     metrics = evaluate_reconstruction(model, test.images, config.train.eval_batch_size)
     if args.json:
         print_json(metrics)

@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     require_png_path(args.out)
     config = load_config(args.run_dir)
-    test = test_split_loader(config.train.dataset, args.data_dir)
+    test = test_split_loader(config.train.dataset, config.train.data_folder(args.data_dir))
     size = config.model.image_size
     image_a = resolve_image(args.source, test, size)
     image_b = resolve_image(args.target, test, size)

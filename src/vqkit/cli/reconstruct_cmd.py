@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     require_png_path(args.out)
     config = load_config(args.run_dir)
     model = load_model(args.run_dir, device=resolve_device(args.device))
-    test = load_split(config.train.dataset, "test", args.data_dir)
+    test = load_split(config.train.dataset, "test", config.train.data_folder(args.data_dir))
     images = test.images[args.start : args.start + args.n]
     if args.start < 0 or images.shape[0] == 0:
         raise VqkitError(

@@ -34,6 +34,12 @@ HELP = """
 Train a VQ-VAE on MNIST or Fashion-MNIST and write a run folder holding config.json,
 model.safetensors, metrics.jsonl (one line per epoch) and reconstructions.png.
 
+--dataset idx --data-dir DIR trains on your own 28x28 grayscale images (KMNIST, or any you
+have) stored as MNIST stores its own: four IDX files named train-images-idx3-ubyte,
+train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (.gz or not),
+labels 0-255. They are checked for structure, not checksum; the folder is recorded in the run,
+so later commands find it without --data-dir.
+
 After every epoch (and every --checkpoint-every N steps) the run also saves
 train_state.safetensors, from which --resume continues after a crash, a kill or Ctrl-C (which
 saves first). With --deterministic a resumed run ends with exactly the weights of an
@@ -54,6 +60,7 @@ Restarts so far are logged per epoch in metrics.jsonl as codebook_restarts.
 examples:
   vqkit train --preset efficient
   vqkit train --dataset fashion-mnist --epochs 10 --out runs/fashion
+  vqkit train --dataset idx --data-dir ~/data/kmnist --preset efficient
   vqkit train --num-embeddings 256 --beta 0.5 --seed 3
   vqkit train --preset fast            # efficient model, tuned for time to quality
   vqkit train --precision bf16 --channels-last --batch-size 256 --lr 3e-3 --lr-schedule onecycle
@@ -105,8 +112,12 @@ RESUME_FLAGS = ("epochs", "checkpoint_every", "skip_nonfinite")
 def register(subparsers) -> None:
     parser = add_command(subparsers, "train", "train a VQ-VAE and write a run folder", HELP, run)
     parser.add_argument("--preset", choices=sorted(PRESETS), help="settings to start from")
-    parser.add_argument("--dataset", choices=DATASETS, help="training data (default: mnist)")
-    parser.add_argument("--data-dir", help="folder holding the four IDX files (optional)")
+    parser.add_argument(
+        "--dataset", choices=DATASETS, help="training data (default: mnist; idx: your own)"
+    )
+    parser.add_argument(
+        "--data-dir", help="folder holding the four IDX files (optional; required for idx)"
+    )
     parser.add_argument("--out", help="run folder to create (default: a new folder in runs/)")
     parser.add_argument(
         "--resume",

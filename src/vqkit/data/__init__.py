@@ -1,14 +1,16 @@
-"""Datasets for vqkit: strict IDX reading and verified MNIST / Fashion-MNIST splits."""
+"""Datasets for vqkit: strict IDX reading, verified MNIST / Fashion-MNIST splits, own IDX data."""
 
 from vqkit.data.idx import IdxError, read_idx
 from vqkit.data.sources import (
     DATASETS,
     DEBIAN_FASHION_MNIST_DIR,
     INFO,
+    OWN_DATASET,
     DatasetInfo,
     FileInfo,
     Split,
     cache_dir,
+    dataset_classes,
     download_split,
     load_split,
 )
@@ -17,11 +19,13 @@ __all__ = [
     "DATASETS",
     "DEBIAN_FASHION_MNIST_DIR",
     "INFO",
+    "OWN_DATASET",
     "DatasetInfo",
     "FileInfo",
     "IdxError",
     "Split",
     "cache_dir",
+    "dataset_classes",
     "download_split",
     "load_split",
     "read_idx",

@@ -1,7 +1,9 @@
-"""Find, fetch, verify and load the MNIST and Fashion-MNIST splits.
+"""Find, fetch, verify and load the MNIST and Fashion-MNIST splits, or the user's own.
 
 Sources are tried in order: an explicit ``data_dir``; the copy embedded in the package (MNIST);
-the Debian package folder (Fashion-MNIST); the download cache; the original mirrors.
+the Debian package folder (Fashion-MNIST); the download cache; the original mirrors. The
+``idx`` dataset is the user's own 28×28 images in the same four files, read from ``data_dir``
+only and checked for structure (their content has no known checksum).
 """
 
 from __future__ import annotations
@@ -31,14 +33,20 @@ __all__ = [
     "DatasetInfo",
     "FileInfo",
     "Split",
+    "OWN_DATASET",
     "cache_dir",
+    "dataset_classes",
     "download_split",
     "load_split",
 ]
 
 SplitName = Literal["train", "test"]
 
-DATASETS = ("mnist", "fashion-mnist")
+# Any 28×28 grayscale dataset in MNIST's four-file layout (KMNIST, your own), from --data-dir.
+OWN_DATASET = "idx"
+DATASETS = ("mnist", "fashion-mnist", OWN_DATASET)
+# Labels are stored as uint8, so an own dataset has at most this many classes.
+MAX_OWN_CLASSES = 256
 
 # Where `apt-get install -y dataset-fashion-mnist` puts the files; tests monkeypatch this.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -407,6 +415,8 @@ def load_split(
 
     Raises :class:`VqkitError` for an unknown name, missing or damaged files.
     """
+    if dataset == OWN_DATASET:
+        return _load_own_split(split, data_dir)
     info = _info(dataset, split)
     d, s = info.files[split]
     with contextlib.ExitStack() as stack:
@@ -421,4 +431,50 @@ def load_split(
         images=torch.from_numpy(images.copy()),
         labels=torch.from_numpy(labels.astype(np.int64)),
         classes=info.classes,
+    )
+
+
+# --- the user's own dataset ----------------------------------------------------------------
+
+
+def _own_pair(split: str, data_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one split of the user's dataset, checked for structure."""
+    if split not in ("train", "test"):
+        raise VqkitError(f"Unknown split {split!r}; valid splits are: train, test.")
+    if data_dir is None:
+        raise VqkitError(
+            f"The '{OWN_DATASET}' dataset is read from a folder of yours: give it with "
+            "--data-dir (four IDX files named as MNIST's, such as train-images-idx3-ubyte.gz)."
+        )
+    folder = Path(data_dir)
+    pair = INFO["mnist"].files[split]  # MNIST's file names; the content is the user's
+    found = _find_pair([folder, folder / "raw"], pair)
+    if found is None:
+        raise VqkitError(
+            f"Data folder {folder} has no {split} files ({pair[0].name}[.gz] and "
+            f"{pair[1].name}[.gz], flat or under raw/)."
+        )
+    images, labels = _read_pair(found[0], found[1], MAX_OWN_CLASSES)
+    if images.shape[0] == 0:
+        raise VqkitError(f"IDX file {found[0]} holds no images.")
+    return images, labels
+
+
+def dataset_classes(dataset: str, data_dir: str | Path | None = None) -> tuple[str, ...]:
+    """Class names of ``dataset``: the named datasets' own, or for the user's dataset "0" up
+    to the largest label in either split (so both splits and every stage agree)."""
+    if dataset != OWN_DATASET:
+        return _info(dataset, "train").classes
+    largest = max(int(_own_pair(split, data_dir)[1].max()) for split in ("train", "test"))
+    return tuple(str(label) for label in range(largest + 1))
+
+
+def _load_own_split(split: str, data_dir: str | Path | None) -> Split:
+    images, labels = _own_pair(split, data_dir)
+    return Split(
+        dataset=OWN_DATASET,
+        split=split,
+        images=torch.from_numpy(images.copy()),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        classes=dataset_classes(OWN_DATASET, data_dir),
     )

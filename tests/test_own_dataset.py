@@ -1,0 +1,162 @@
+"""Training on and using the user's own IDX dataset (``--dataset idx --data-dir DIR``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import shutil
+import struct
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vqkit.classifier import ClassifierConfig, cache_name
+from vqkit.cli import main
+from vqkit.config import preset_config
+from vqkit.data import OWN_DATASET, dataset_classes, load_split
+from vqkit.errors import VqkitError
+from vqkit.training import train
+
+STEMS = {"train": "train", "test": "t10k"}
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """A gzip-compressed uint8 IDX file, written from the format's definition."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as out:
+        out.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_dataset(folder: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (images, labels) in splits.items():
+        write_idx(folder / f"{STEMS[split]}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{STEMS[split]}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def twenty_class_dataset(folder: Path) -> Path:
+    """MNIST slices with every odd-numbered image's label moved up by 10: labels 0 to 19."""
+    splits = {}
+    for split, count in (("train", 600), ("test", 200)):
+        data = load_split("mnist", split)
+        labels = data.labels[:count].numpy() + 10 * (np.arange(count) % 2)
+        splits[split] = (data.images[:count].numpy(), labels)
+    return write_dataset(folder, splits)
+
+
+@pytest.fixture(scope="module")
+def mnist_copy(tmp_path_factory) -> Path:
+    """The package's own MNIST files, copied into a folder of the user's."""
+    folder = tmp_path_factory.mktemp("own-mnist")
+    embedded = resources.files("vqkit.data").joinpath("mnist")
+    for entry in embedded.iterdir():
+        if entry.name.endswith(".gz"):
+            with resources.as_file(entry) as source:
+                shutil.copy(source, folder / entry.name)
+    return folder
+
+
+def test_an_own_copy_of_mnist_loads_exactly_as_mnist(mnist_copy):
+    for split in ("train", "test"):
+        own, named = load_split(OWN_DATASET, split, mnist_copy), load_split("mnist", split)
+        assert torch.equal(own.images, named.images)
+        assert torch.equal(own.labels, named.labels)
+        assert own.classes == tuple(str(digit) for digit in range(10))
+
+
+def test_training_on_an_own_copy_of_mnist_gives_the_same_model(mnist_copy, tmp_path):
+    config = preset_config("efficient")
+    config.train = dataclasses.replace(
+        config.train, epochs=1, train_limit=256, test_limit=100, batch_size=64, deterministic=True
+    )
+    named = train(config, tmp_path / "named", device="cpu", progress=False)
+    own_config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, dataset=OWN_DATASET)
+    )
+    own = train(own_config, tmp_path / "own", device="cpu", data_dir=mnist_copy, progress=False)
+    for name, tensor in named.model.state_dict().items():
+        assert torch.equal(tensor, own.model.state_dict()[name]), name
+    assert own.final["test_mse"] == named.final["test_mse"]
+    recorded = json.loads((tmp_path / "own" / "config.json").read_text())["train"]
+    assert recorded["data_dir"] == str(mnist_copy.resolve())
+    assert json.loads((tmp_path / "named" / "config.json").read_text())["train"]["data_dir"] is None
+
+
+def test_the_classes_cover_the_labels_of_both_splits(tmp_path):
+    images = np.zeros((4, 28, 28), dtype=np.uint8)
+    folder = write_dataset(
+        tmp_path,
+        {"train": (images, np.array([0, 1, 3, 2])), "test": (images, np.array([5, 0, 0, 1]))},
+    )
+    assert dataset_classes(OWN_DATASET, folder) == ("0", "1", "2", "3", "4", "5")
+    assert load_split(OWN_DATASET, "train", folder).classes == dataset_classes(OWN_DATASET, folder)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((3, 32, 32)), "expected (N, 28, 28) images"),
+        (np.zeros((0, 28, 28)), "holds no images"),
+    ],
+)
+def test_own_files_of_the_wrong_shape_are_refused(tmp_path, images, message):
+    labels = np.zeros(images.shape[0])
+    folder = write_dataset(tmp_path, {"train": (images, labels), "test": (images, labels)})
+    with pytest.raises(VqkitError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_split(OWN_DATASET, "train", folder)
+
+
+def test_an_own_dataset_needs_its_folder(tmp_path):
+    with pytest.raises(VqkitError, match="give it with --data-dir"):
+        load_split(OWN_DATASET, "train")
+    with pytest.raises(VqkitError, match="has no train files"):
+        load_split(OWN_DATASET, "train", tmp_path)
+
+
+def test_each_own_dataset_gets_its_own_cached_classifier(tmp_path):
+    first = twenty_class_dataset(tmp_path / "a")
+    same = shutil.copytree(first, tmp_path / "b")
+    images = np.zeros((2, 28, 28), dtype=np.uint8)
+    other = write_dataset(
+        tmp_path / "c", {"train": (images, np.array([0, 1])), "test": (images, np.array([0, 1]))}
+    )
+    config = ClassifierConfig(dataset=OWN_DATASET)
+    names = [cache_name(config, folder) for folder in (first, same, other)]
+    assert names[0] == names[1] != names[2] and names[0].startswith("idx-")
+    assert cache_name(ClassifierConfig(dataset="mnist")) == "mnist"
+
+
+def test_the_cli_pipeline_on_a_twenty_class_dataset(tmp_path, capsys):
+    data = twenty_class_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    common = ["--quiet", "--device", "cpu"]
+    assert main(["train", "--dataset", "idx", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+    train_args = ["--dataset", "idx", "--data-dir", str(data), "--preset", "efficient"]
+    assert main(["train", *train_args, "--epochs", "1", "--out", str(run), *common]) == 0
+    capsys.readouterr()
+    trained_mse = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["test_mse"]
+
+    # Later commands find the data through the folder recorded in the run.
+    assert main(["evaluate", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_mse"] == pytest.approx(trained_mse)
+    assert main(["train-prior", str(run), "--conditional", "--epochs", "1", *common]) == 0
+    prior = json.loads((run / "prior_config.json").read_text())
+    assert prior["num_classes"] == 20
+    out = tmp_path / "nineteen.png"
+    assert (
+        main(["sample", str(run), "--strategy", "prior", "--digit", "19", "--out", str(out)]) == 0
+    )
+    assert out.is_file()
+
+    moved = data.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 2
+    assert str(data) in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--data-dir", str(moved), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_mse"] == pytest.approx(trained_mse)
