@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import json
 import shutil
 import struct
@@ -17,7 +18,15 @@ import torch
 from vqkit.classifier import ClassifierConfig, cache_name
 from vqkit.cli import main
 from vqkit.config import preset_config
-from vqkit.data import OWN_DATASET, dataset_classes, load_split
+from vqkit.data import (
+    INFO,
+    OWN_DATASET,
+    dataset_classes,
+    idx_bytes,
+    load_split,
+    read_idx,
+    write_own_dataset,
+)
 from vqkit.errors import VqkitError
 from vqkit.training import train
 
@@ -160,3 +169,58 @@ def test_the_cli_pipeline_on_a_twenty_class_dataset(tmp_path, capsys):
     assert str(data) in capsys.readouterr().err
     assert main(["evaluate", str(run), "--data-dir", str(moved), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["test_mse"] == pytest.approx(trained_mse)
+
+
+def test_idx_bytes_of_the_mnist_arrays_match_the_published_checksums():
+    for split in ("train", "test"):
+        data = load_split("mnist", split)
+        images_file, labels_file = INFO["mnist"].files[split]
+        encoded_images = idx_bytes(data.images.numpy())
+        encoded_labels = idx_bytes(data.labels.numpy().astype(np.uint8))
+        assert hashlib.sha256(encoded_images).hexdigest() == images_file.sha256
+        assert hashlib.sha256(encoded_labels).hexdigest() == labels_file.sha256
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.float32, np.float64, np.int8])
+def test_idx_bytes_read_back_for_every_idx_type(tmp_path, dtype):
+    array = (np.arange(24).reshape(2, 3, 4) - 7).astype(dtype)
+    path = tmp_path / "a.idx"
+    path.write_bytes(idx_bytes(array))
+    back = read_idx(path)
+    assert back.dtype == np.dtype(dtype) and np.array_equal(back, array)
+
+
+def test_idx_cannot_hold_int64():
+    with pytest.raises(VqkitError, match="cannot hold int64"):
+        idx_bytes(np.zeros(3, dtype=np.int64))
+
+
+def test_a_written_own_dataset_reads_back(tmp_path):
+    mnist = load_split("mnist", "test")
+    images, labels = mnist.images[:50], mnist.labels[:50]  # uint8 and int64 tensors
+    as_floats = images.numpy() / 255.0
+    folder = write_own_dataset(
+        tmp_path / "own", train=(as_floats, labels), test=(images[:20], labels[:20].numpy())
+    )
+    train_split = load_split(OWN_DATASET, "train", folder)
+    assert torch.equal(train_split.images, images) and torch.equal(train_split.labels, labels)
+    test_split = load_split(OWN_DATASET, "test", folder)
+    assert torch.equal(test_split.images, images[:20])
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "message"),
+    [
+        (np.zeros((2, 27, 28), np.uint8), np.zeros(2, np.uint8), "must be \\(N, 28, 28\\)"),
+        (np.full((2, 28, 28), 1.5), np.zeros(2, np.uint8), "floats outside \\[0, 1\\]"),
+        (np.full((2, 28, 28), 300), np.zeros(2, np.uint8), "values from 300 to 300"),
+        (np.zeros((2, 28, 28), np.uint8), np.array([0, 256]), "from 0 to 256"),
+        (np.zeros((2, 28, 28), np.uint8), np.array([0.0, 1.0]), "labels are float64"),
+        (np.zeros((2, 28, 28), np.uint8), np.zeros(3, np.uint8), "2 images but 3 labels"),
+    ],
+)
+def test_bad_arrays_are_refused_before_anything_is_written(tmp_path, images, labels, message):
+    good = (np.zeros((1, 28, 28), np.uint8), np.zeros(1, np.uint8))
+    with pytest.raises(VqkitError, match=message):
+        write_own_dataset(tmp_path / "own", train=good, test=(images, labels))
+    assert not (tmp_path / "own").exists()

@@ -1,6 +1,6 @@
 """Datasets for vqkit: strict IDX reading, verified MNIST / Fashion-MNIST splits, own IDX data."""
 
-from vqkit.data.idx import IdxError, read_idx
+from vqkit.data.idx import IdxError, idx_bytes, read_idx
 from vqkit.data.sources import (
     DATASETS,
     DEBIAN_FASHION_MNIST_DIR,
@@ -13,6 +13,7 @@ from vqkit.data.sources import (
     dataset_classes,
     download_split,
     load_split,
+    write_own_dataset,
 )
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "cache_dir",
     "dataset_classes",
     "download_split",
+    "idx_bytes",
     "load_split",
     "read_idx",
+    "write_own_dataset",
 ]

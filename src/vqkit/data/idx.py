@@ -1,4 +1,5 @@
-"""Strict reader for IDX files (the MNIST container format), gzip-compressed or plain.
+"""Strict reader (and a writer) for IDX files, the MNIST container format, gzip-compressed or
+plain.
 
 Layout: two zero bytes, a dtype code, the rank ``r``, then ``r`` big-endian uint32 dimensions,
 then the payload in C order and big-endian byte order.
@@ -17,7 +18,7 @@ import numpy as np
 
 from vqkit.errors import VqkitError
 
-__all__ = ["IdxError", "read_idx", "IDX_DTYPES", "MAX_RANK"]
+__all__ = ["IdxError", "read_idx", "idx_bytes", "IDX_DTYPES", "MAX_RANK"]
 
 # dtype code -> big-endian numpy dtype, as defined by the IDX format.
 IDX_DTYPES: dict[int, str] = {
@@ -126,3 +127,24 @@ def read_idx(path: str | Path, *, expected_sha256: str | None = None) -> np.ndar
                 f"different version."
             )
     return arr
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of ``array`` (uncompressed): what :func:`read_idx` reads back.
+
+    The dtype must be one IDX defines (uint8, int8, int16, int32, float32, float64) and the
+    rank 1 to ``MAX_RANK``; anything else raises :class:`IdxError`.
+    """
+    array = np.asarray(array)
+    codes = {np.dtype(name): code for code, name in IDX_DTYPES.items()}
+    stored = array.dtype.newbyteorder(">")  # IDX is big-endian; one-byte types are unaffected
+    if stored not in codes:
+        raise IdxError(
+            f"IDX cannot hold {array.dtype} values; use uint8, int8, int16, int32, float32 "
+            "or float64."
+        )
+    if not 1 <= array.ndim <= MAX_RANK:
+        raise IdxError(f"IDX holds arrays of rank 1 to {MAX_RANK}, not {array.ndim}.")
+    header = struct.pack(">HBB", 0, codes[stored], array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(stored).tobytes()
