@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gzip
 import hashlib
 import os
 import tempfile
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import IO, Literal
@@ -24,167 +22,34 @@ from typing import IO, Literal
 import numpy as np
 import torch
 
-from vqkit.data.idx import IdxError, idx_bytes, read_idx
+from vqkit.data.catalog import (
+    DATASETS,
+    IMAGE_SIZE,
+    INFO,
+    MAX_OWN_CLASSES,
+    OWN_DATASET,
+    DatasetInfo,
+    FileInfo,
+    Split,
+)
+from vqkit.data.idx import IdxError, read_idx
 from vqkit.errors import VqkitError
-from vqkit.fileio import ensure_dir, write_bytes_atomic
 
 __all__ = [
-    "DATASETS",
     "DEBIAN_FASHION_MNIST_DIR",
-    "INFO",
-    "DatasetInfo",
-    "FileInfo",
-    "Split",
-    "OWN_DATASET",
     "cache_dir",
     "dataset_classes",
     "download_split",
     "load_split",
-    "write_own_dataset",
 ]
 
 SplitName = Literal["train", "test"]
 
-# Any 28×28 grayscale dataset in MNIST's four-file layout (KMNIST, your own), from --data-dir.
-OWN_DATASET = "idx"
-DATASETS = ("mnist", "fashion-mnist", OWN_DATASET)
-# Labels are stored as uint8, so an own dataset has at most this many classes.
-MAX_OWN_CLASSES = 256
-
 # Where `apt-get install -y dataset-fashion-mnist` puts the files; tests monkeypatch this.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-IMAGE_SIZE = 28
 _DOWNLOAD_TIMEOUT_S = 30
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    """One IDX file: its name without ``.gz``, decompressed SHA-256/size, original ``.gz`` MD5."""
-
-    name: str
-    sha256: str
-    size: int
-    gz_md5: str
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static metadata of one dataset; ``files`` maps split -> (images, labels)."""
-
-    name: str
-    torchvision_folder: str  # torchvision keeps raw files in <root>/<folder>/raw/
-    files: dict[str, tuple[FileInfo, FileInfo]]
-    classes: tuple[str, ...]
-    mirrors: tuple[str, ...]
-    embedded: bool
-
-
-INFO: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(
-        name="mnist",
-        torchvision_folder="MNIST",
-        files={
-            "train": (
-                FileInfo(
-                    "train-images-idx3-ubyte",
-                    "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-                    47040016,
-                    "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                ),
-                FileInfo(
-                    "train-labels-idx1-ubyte",
-                    "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-                    60008,
-                    "d53e105ee54ea40749a09fcbcd1e9432",
-                ),
-            ),
-            "test": (
-                FileInfo(
-                    "t10k-images-idx3-ubyte",
-                    "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-                    7840016,
-                    "9fb629c4189551a2d022fa330f9573f3",
-                ),
-                FileInfo(
-                    "t10k-labels-idx1-ubyte",
-                    "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-                    10008,
-                    "ec29112dd5afa0611ce80d1b7f02629c",
-                ),
-            ),
-        },
-        classes=tuple(str(d) for d in range(10)),
-        mirrors=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
-        ),
-        embedded=True,
-    ),
-    "fashion-mnist": DatasetInfo(
-        name="fashion-mnist",
-        torchvision_folder="FashionMNIST",
-        files={
-            "train": (
-                FileInfo(
-                    "train-images-idx3-ubyte",
-                    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-                    47040016,
-                    "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                ),
-                FileInfo(
-                    "train-labels-idx1-ubyte",
-                    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-                    60008,
-                    "25c81989df183df01b3e8a0aad5dffbe",
-                ),
-            ),
-            "test": (
-                FileInfo(
-                    "t10k-images-idx3-ubyte",
-                    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-                    7840016,
-                    "bef4ecab320f06d8554ea6380940ec79",
-                ),
-                FileInfo(
-                    "t10k-labels-idx1-ubyte",
-                    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-                    10008,
-                    "bb300cfdad3c16e7a12a480ee83cd310",
-                ),
-            ),
-        },
-        classes=(
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ),
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        embedded=False,
-    ),
-}
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split of a dataset: ``images`` (N, 28, 28) uint8, ``labels`` (N,) int64."""
-
-    dataset: str
-    split: str
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
 
 
 def _info(dataset: str, split: str) -> DatasetInfo:
@@ -481,68 +346,3 @@ def _load_own_split(split: str, data_dir: str | Path | None) -> Split:
         labels=torch.from_numpy(labels.astype(np.int64)),
         classes=dataset_classes(OWN_DATASET, data_dir),
     )
-
-
-def write_own_dataset(
-    folder: str | Path,
-    train: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor],
-    test: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor],
-) -> Path:
-    """Write (images, labels) of both splits as a dataset ``--dataset idx --data-dir folder``
-    reads: four gzip-compressed IDX files with MNIST's names, each written atomically.
-
-    Images: (N, 28, 28) integers 0..255, or floats in [0, 1] (scaled by 255 and rounded).
-    Labels: (N,) integers 0..255. Returns the folder. Bad input raises :class:`VqkitError`
-    before anything is written.
-    """
-    arrays = {}
-    for split, (images, labels) in (("train", train), ("test", test)):
-        image_bytes, label_bytes = _own_images(images, split), _own_labels(labels, split)
-        if image_bytes.shape[0] != label_bytes.shape[0]:
-            raise VqkitError(
-                f"The {split} split has {image_bytes.shape[0]} images but "
-                f"{label_bytes.shape[0]} labels."
-            )
-        names = INFO["mnist"].files[split]
-        arrays[names[0].name], arrays[names[1].name] = image_bytes, label_bytes
-    folder = Path(folder)
-    ensure_dir(folder)
-    for name, array in arrays.items():
-        # mtime=0: the same arrays always give the same bytes.
-        write_bytes_atomic(folder / f"{name}.gz", gzip.compress(idx_bytes(array), mtime=0))
-    return folder
-
-
-def _own_images(images: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
-    array = np.asarray(images)
-    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or array.shape[0] == 0:
-        raise VqkitError(
-            f"The {split} images have shape {array.shape}; they must be (N, 28, 28), N >= 1."
-        )
-    if array.dtype.kind == "f":
-        if not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
-            raise VqkitError(
-                f"The {split} images are floats outside [0, 1]; give floats in [0, 1] or "
-                "integers from 0 to 255."
-            )
-        return np.rint(array * 255).astype(np.uint8)
-    return _as_bytes(array, f"{split} images")
-
-
-def _own_labels(labels: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
-    array = np.asarray(labels)
-    if array.ndim != 1:
-        raise VqkitError(f"The {split} labels have shape {array.shape}; they must be (N,).")
-    return _as_bytes(array, f"{split} labels")
-
-
-def _as_bytes(array: np.ndarray, what: str) -> np.ndarray:
-    """``array`` as uint8, refusing anything but integers from 0 to 255."""
-    if array.dtype.kind not in "biu":
-        raise VqkitError(f"The {what} are {array.dtype}; they must be integers from 0 to 255.")
-    if array.size and (int(array.min()) < 0 or int(array.max()) > 255):
-        raise VqkitError(
-            f"The {what} hold values from {int(array.min())} to {int(array.max())}; they "
-            "must be from 0 to 255."
-        )
-    return array.astype(np.uint8)

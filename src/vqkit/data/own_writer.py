@@ -1,0 +1,81 @@
+"""Write arrays as an own dataset: the four IDX files ``--dataset idx --data-dir`` reads."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vqkit.data.catalog import IMAGE_SIZE, INFO
+from vqkit.data.idx import idx_bytes
+from vqkit.errors import VqkitError
+from vqkit.fileio import ensure_dir, write_bytes_atomic
+
+__all__ = ["write_own_dataset"]
+
+
+def write_own_dataset(
+    folder: str | Path,
+    train: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor],
+    test: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor],
+) -> Path:
+    """Write (images, labels) of both splits as a dataset ``--dataset idx --data-dir folder``
+    reads: four gzip-compressed IDX files with MNIST's names, each written atomically.
+
+    Images: (N, 28, 28) integers 0..255, or floats in [0, 1] (scaled by 255 and rounded).
+    Labels: (N,) integers 0..255. Returns the folder. Bad input raises :class:`VqkitError`
+    before anything is written.
+    """
+    arrays = {}
+    for split, (images, labels) in (("train", train), ("test", test)):
+        image_bytes, label_bytes = _own_images(images, split), _own_labels(labels, split)
+        if image_bytes.shape[0] != label_bytes.shape[0]:
+            raise VqkitError(
+                f"The {split} split has {image_bytes.shape[0]} images but "
+                f"{label_bytes.shape[0]} labels."
+            )
+        names = INFO["mnist"].files[split]
+        arrays[names[0].name], arrays[names[1].name] = image_bytes, label_bytes
+    folder = Path(folder)
+    ensure_dir(folder)
+    for name, array in arrays.items():
+        # mtime=0: the same arrays always give the same bytes.
+        write_bytes_atomic(folder / f"{name}.gz", gzip.compress(idx_bytes(array), mtime=0))
+    return folder
+
+
+def _own_images(images: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
+    array = np.asarray(images)
+    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or array.shape[0] == 0:
+        raise VqkitError(
+            f"The {split} images have shape {array.shape}; they must be (N, 28, 28), N >= 1."
+        )
+    if array.dtype.kind == "f":
+        if not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
+            raise VqkitError(
+                f"The {split} images are floats outside [0, 1]; give floats in [0, 1] or "
+                "integers from 0 to 255."
+            )
+        return np.rint(array * 255).astype(np.uint8)
+    return _as_bytes(array, f"{split} images")
+
+
+def _own_labels(labels: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
+    array = np.asarray(labels)
+    if array.ndim != 1:
+        raise VqkitError(f"The {split} labels have shape {array.shape}; they must be (N,).")
+    return _as_bytes(array, f"{split} labels")
+
+
+def _as_bytes(array: np.ndarray, what: str) -> np.ndarray:
+    """``array`` as uint8, refusing anything but integers from 0 to 255."""
+    if array.dtype.kind not in "biu":
+        raise VqkitError(f"The {what} are {array.dtype}; they must be integers from 0 to 255.")
+    if array.size and (int(array.min()) < 0 or int(array.max()) > 255):
+        raise VqkitError(
+            f"The {what} hold values from {int(array.min())} to {int(array.max())}; they "
+            "must be from 0 to 255."
+        )
+    return array.astype(np.uint8)
