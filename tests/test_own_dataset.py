@@ -224,3 +224,19 @@ def test_bad_arrays_are_refused_before_anything_is_written(tmp_path, images, lab
     with pytest.raises(VqkitError, match=message):
         write_own_dataset(tmp_path / "own", train=good, test=(images, labels))
     assert not (tmp_path / "own").exists()
+
+
+def test_writing_over_a_dataset_needs_overwrite(tmp_path):
+    images, labels = np.zeros((2, 28, 28), np.uint8), np.array([0, 1])
+    folder = write_own_dataset(tmp_path / "own", train=(images, labels), test=(images, labels))
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    brighter = (images + 9, labels)
+    with pytest.raises(VqkitError, match="already holds dataset files"):
+        write_own_dataset(folder, train=brighter, test=brighter)
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+
+    # An uncompressed copy is what the reader would take first: overwrite removes it.
+    (folder / "train-images-idx3-ubyte").write_bytes(idx_bytes(images))
+    write_own_dataset(folder, train=brighter, test=brighter, overwrite=True)
+    assert not (folder / "train-images-idx3-ubyte").exists()
+    assert int(load_split(OWN_DATASET, "train", folder).images.max()) == 9

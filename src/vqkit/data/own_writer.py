@@ -20,13 +20,16 @@ def write_own_dataset(
     folder: str | Path,
     train: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor],
     test: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor],
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write (images, labels) of both splits as a dataset ``--dataset idx --data-dir folder``
     reads: four gzip-compressed IDX files with MNIST's names, each written atomically.
 
     Images: (N, 28, 28) integers 0..255, or floats in [0, 1] (scaled by 255 and rounded).
     Labels: (N,) integers 0..255. Returns the folder. Bad input raises :class:`VqkitError`
-    before anything is written.
+    before anything is written, and so does a folder already holding dataset files unless
+    ``overwrite`` (which also removes their uncompressed copies: readers prefer those).
     """
     arrays = {}
     for split, (images, labels) in (("train", train), ("test", test)):
@@ -39,10 +42,19 @@ def write_own_dataset(
         names = INFO["mnist"].files[split]
         arrays[names[0].name], arrays[names[1].name] = image_bytes, label_bytes
     folder = Path(folder)
+    existing = [
+        path for name in arrays for path in (folder / name, folder / f"{name}.gz") if path.exists()
+    ]
+    if existing and not overwrite:
+        raise VqkitError(
+            f"The folder {folder} already holds dataset files ({existing[0].name} and "
+            f"{len(existing) - 1} more); pass overwrite=True to replace them."
+        )
     ensure_dir(folder)
     for name, array in arrays.items():
         # mtime=0: the same arrays always give the same bytes.
         write_bytes_atomic(folder / f"{name}.gz", gzip.compress(idx_bytes(array), mtime=0))
+        (folder / name).unlink(missing_ok=True)  # a stale uncompressed copy would be read first
     return folder
 
 
