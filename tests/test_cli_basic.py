@@ -65,3 +65,34 @@ def test_module_entry_point_prints_help():
     )
     assert result.returncode == 0
     assert "train" in result.stdout and "evaluate" in result.stdout
+
+
+def test_train_from_a_saved_config_with_overrides(small_run, tmp_path, capsys):
+    tiny = ["--epochs", "1", "--train-limit", "128", "--test-limit", "50", "--quiet"]
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(small_run.run_dir), "--seed", "7", *tiny,
+                 "--out", str(again), "--device", "cpu"]) == 0  # fmt: skip
+    source = json.loads((small_run.run_dir / "config.json").read_text())
+    copied = json.loads((again / "config.json").read_text())
+    assert copied["train"]["seed"] == 7 and copied["train"]["train_limit"] == 128
+    assert copied["train"]["lr"] == source["train"]["lr"] == 3e-3  # not the preset's 1e-3
+    assert copied["model"] == source["model"] and copied["preset"] == source["preset"]
+
+    # A config.json file works as well as a run folder; its settings are used as written.
+    edited = {**source, "model": {**source["model"], "hidden_dim": 8}}
+    config_file = tmp_path / "narrow.json"
+    config_file.write_text(json.dumps(edited))
+    narrow = tmp_path / "narrow"
+    assert main(["train", "--config", str(config_file), *tiny, "--out", str(narrow)]) == 0
+    assert json.loads((narrow / "config.json").read_text())["model"]["hidden_dim"] == 8
+    capsys.readouterr()
+
+    for wrong, words in [
+        (["--config", str(config_file), "--preset", "efficient"], "not both"),
+        (["--config", str(tmp_path / "missing.json")], "does not exist"),
+        (["--resume", str(narrow), "--config", str(config_file)], "--config cannot be given"),
+    ]:
+        assert main(["train", *wrong, "--out", str(tmp_path / "never"), "--quiet"]) == 2
+        message = capsys.readouterr().err
+        assert words in message and "Traceback" not in message
+    assert not (tmp_path / "never").exists()

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from vqkit import runfiles
 from vqkit.checkpoint import load_config
 from vqkit.cli.common import (
     add_command,
@@ -27,6 +28,8 @@ from vqkit.config import (
     preset_config,
 )
 from vqkit.data import DATASETS
+from vqkit.errors import VqkitError
+from vqkit.fileio import read_json
 from vqkit.report_text import format_metrics
 from vqkit.training import TrainingInterrupted, train
 
@@ -50,7 +53,8 @@ together (DistributedDataParallel); --batch-size is then the total over all of t
 Defaults are the tutorial's model (hidden 128, embedding 64, 512 codes, beta 0.25, Adam 1e-3,
 batch 128, 5 epochs); --preset efficient is its smaller Exercise 2 model (hidden 64,
 embedding 32, 128 codes, 3 epochs); --preset best is the efficient model with the codebook
-options that measured best on MNIST. Any flag given overrides the preset.
+options that measured best on MNIST. --config starts from a saved config.json (or a run
+folder's) instead. Any flag given overrides the preset or the config.
 
 Codebook health: --codebook-update ema (moving-average codebook, commitment loss only),
 --dead-code-restart N (re-seed codes unused for N steps), --codebook-init kmeans, or
@@ -67,6 +71,7 @@ examples:
   vqkit train --preset efficient --out runs/a --checkpoint-every 200 --deterministic
   vqkit train --resume runs/a
   vqkit train --resume runs/a --epochs 10           train a finished run for longer
+  vqkit train --config runs/a --seed 1 --out runs/b   run a's settings again, another seed
   torchrun --nproc-per-node 2 -m vqkit train --preset efficient --out runs/ddp
   vqkit train --preset efficient --codebook-update ema --dead-code-restart 50
   vqkit train --preset efficient --quantizer fsq --fsq-levels 8,4,4
@@ -112,6 +117,11 @@ RESUME_FLAGS = ("epochs", "checkpoint_every", "skip_nonfinite")
 def register(subparsers) -> None:
     parser = add_command(subparsers, "train", "train a VQ-VAE and write a run folder", HELP, run)
     parser.add_argument("--preset", choices=sorted(PRESETS), help="settings to start from")
+    parser.add_argument(
+        "--config",
+        metavar="FILE_OR_RUN",
+        help="start from a config.json (or a run folder's) instead of a preset",
+    )
     parser.add_argument(
         "--dataset", choices=DATASETS, help="training data (default: mnist; idx: your own)"
     )
@@ -194,10 +204,24 @@ def register(subparsers) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The preset's config with every explicitly given flag applied (and re-validated)."""
-    data = preset_config(args.preset or "default").to_dict()
+    """The preset's (or --config's) config with every explicitly given flag applied (and
+    re-validated)."""
+    if args.config is not None:
+        if args.preset is not None:
+            raise VqkitError("Give --config or --preset, not both: each sets every setting.")
+        data = read_config(args.config).to_dict()
+    else:
+        data = preset_config(args.preset or "default").to_dict()
     apply_overrides(data, args, OVERRIDES)
     return RunConfig.from_dict(data)
+
+
+def read_config(path: str | Path) -> RunConfig:
+    """The settings in a config.json file, or in the config.json of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / runfiles.CONFIG
+    return RunConfig.from_dict(read_json(path, "configuration"))
 
 
 def apply_overrides(data: dict, args: argparse.Namespace, flags) -> None:
@@ -231,6 +255,8 @@ def resume_config_from_args(args: argparse.Namespace) -> RunConfig:
     ]
     if args.preset is not None and args.preset != stored.preset:
         conflicts.insert(0, "preset")
+    if args.config is not None:
+        conflicts.insert(0, "config")
     if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
         conflicts.insert(0, "out")
     refuse_resume_conflicts(conflicts, RESUME_FLAGS)
