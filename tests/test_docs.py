@@ -1,0 +1,46 @@
+"""The Python examples of docs/from-the-tutorial.md run as written (on a smaller training)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import torch
+
+import vqkit.config
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "from-the-tutorial.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+
+
+def test_the_quantizer_example_gives_what_its_comments_say():
+    scope: dict = {}
+    exec(python_blocks()[0], scope)
+    out, z = scope["out"], scope["z"]
+    assert out.quantized.shape == z.shape and out.codes.shape == (8, 7, 7)
+    assert out.codes.dtype == torch.int64 and out.loss.dim() == 0
+    out.quantized.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))  # straight through: d(sum)/dz = 1
+
+
+def test_the_python_walkthrough_runs(tmp_path, monkeypatch):
+    preset = vqkit.config.preset_config
+
+    def small(name: str) -> vqkit.config.RunConfig:
+        config = preset(name)
+        config.train = dataclasses.replace(config.train, epochs=1, train_limit=512, test_limit=100)
+        return config
+
+    monkeypatch.setattr(vqkit.config, "preset_config", small)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(python_blocks()[1], scope)
+    assert scope["codes"].shape == (16, 7, 7) and scope["pictures"].shape == (16, 1, 28, 28)
+    assert scope["used"].shape == (16, 7, 7) and scope["frames"].shape == (8, 1, 28, 28)
+    model, path = scope["model"], scope["path"]
+    assert torch.equal(path[0], model.encode(scope["three"][None])[0])
+    assert torch.equal(path[-1], model.encode(scope["eight"][None])[0])
