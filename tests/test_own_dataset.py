@@ -28,6 +28,7 @@ from vqkit.data import (
     write_own_dataset,
 )
 from vqkit.errors import VqkitError
+from vqkit.score import score_run
 from vqkit.training import train
 
 STEMS = {"train": "train", "test": "t10k"}
@@ -240,3 +241,8 @@ def test_writing_over_a_dataset_needs_overwrite(tmp_path):
     write_own_dataset(folder, train=brighter, test=brighter, overwrite=True)
     assert not (folder / "train-images-idx3-ubyte").exists()
     assert int(load_split(OWN_DATASET, "train", folder).images.max()) == 9
+
+
+def test_scoring_with_a_classifier_of_the_wrong_class_count_is_refused(small_run):
+    with pytest.raises(VqkitError, match="The classifier has 5 classes, the dataset 10"):
+        score_run(small_run.run_dir, 10, classifier_config=ClassifierConfig(num_classes=5))

@@ -139,6 +139,10 @@ def score_run(
         raise VqkitError(
             f"The classifier is for {classifier_config.dataset}, the run is {dataset}."
         )
+    if classifier_config.num_classes != classes:
+        raise VqkitError(
+            f"The classifier has {classifier_config.num_classes} classes, the dataset {classes}."
+        )
     classifier, test_accuracy = load_or_train_classifier(
         classifier_config, device=target, data_dir=data_dir, log=log
     )
