@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from vqkit import runfiles, train_state
-from vqkit.config import ModelConfig, QuantizerConfig
+from vqkit.config import ModelConfig, QuantizerConfig, preset_config
 from vqkit.errors import VqkitError
 from vqkit.model import VQVAE
 from vqkit.train_state import Position
+from vqkit.training import train
 
 CONFIG = ModelConfig(hidden_dim=8, quantizer=QuantizerConfig(num_embeddings=8, embedding_dim=4))
 
 
-def training_objects(seed: int):
+def training_objects(seed: int, fused: bool = False, channels_last: bool = False):
     torch.manual_seed(seed)
     model = VQVAE(CONFIG)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
     return model, optimizer, scheduler, torch.Generator().manual_seed(seed)
 
@@ -33,9 +37,14 @@ def step(model, optimizer, scheduler, images) -> None:
     scheduler.step()
 
 
-def test_round_trip_then_identical_next_step(tmp_path):
+# Fused Adam pairs parameter and moment elements by their place in memory: after a restore the
+# moments of channels-last weights must be channels-last again, or steps go wrong.
+@pytest.mark.parametrize(
+    ("fused", "channels_last"), [(False, False), (False, True), (True, False), (True, True)]
+)
+def test_round_trip_then_identical_next_step(tmp_path, fused, channels_last):
     images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
-    model, optimizer, scheduler, order = training_objects(0)
+    model, optimizer, scheduler, order = training_objects(0, fused, channels_last)
     for _ in range(3):
         step(model, optimizer, scheduler, images)
     torch.randperm(10, generator=order)
@@ -45,7 +54,7 @@ def test_round_trip_then_identical_next_step(tmp_path):
     torch_rng = torch.get_rng_state()
 
     torch.manual_seed(99)  # scramble the global RNG; load must put it back
-    fresh, fresh_optimizer, fresh_scheduler, fresh_order = training_objects(1)
+    fresh, fresh_optimizer, fresh_scheduler, fresh_order = training_objects(1, fused, channels_last)
     loaded, loaded_sum = train_state.load(
         tmp_path, fresh, fresh_optimizer, fresh_order, fresh_scheduler
     )
@@ -83,3 +92,25 @@ def test_state_from_a_future_version_is_refused(tmp_path):
     path.write_bytes(data.replace(b'\\"version\\": 1', b'\\"version\\": 7', 1))
     with pytest.raises(VqkitError, match="incompatible"):
         train_state.load(tmp_path, model, optimizer, torch.Generator())
+
+
+def test_a_resumed_channels_last_run_ends_as_an_unbroken_one(tmp_path):
+    # The model must be channels-last before its optimizer state is restored, so the moments
+    # take the layout the fused Adam steps with.
+    config = preset_config("efficient")
+    config.train = dataclasses.replace(
+        config.train,
+        epochs=2,
+        train_limit=256,
+        test_limit=100,
+        batch_size=64,
+        deterministic=True,
+        channels_last=True,
+    )
+    unbroken = train(config, tmp_path / "unbroken", device="cpu", progress=False)
+    first = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1))
+    train(first, tmp_path / "resumed", device="cpu", progress=False)
+    resumed = train(config, tmp_path / "resumed", device="cpu", progress=False, resume=True)
+    resumed_weights = resumed.model.state_dict()
+    for name, weight in unbroken.model.state_dict().items():
+        assert torch.equal(weight, resumed_weights[name]), name

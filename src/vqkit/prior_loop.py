@@ -120,8 +120,13 @@ class PriorLoop:
         torch.manual_seed(settings.seed)
         self.prior = PixelCNNPrior(settings).to(device, memory_format=torch.channels_last)
         self.precision = resolve_precision(settings.precision, device)
+        # Fused: one kernel per tensor, and its step counters live on the device, so a step
+        # never reads one back to the host (the unfused CPU path reads each tensor's counter).
         self.optimizer = torch.optim.AdamW(
-            self.prior.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+            self.prior.parameters(),
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            fused=True,
         )
         self.order_generator = torch.Generator().manual_seed(settings.seed)
         self.position = Position()

@@ -266,8 +266,13 @@ def _load_optimizer(
         index = int(index_text)
         if not 0 <= index < len(params):
             raise ValueError(f"optimizer state for unknown parameter {index}")
-        if value.dim() > 0 and value.shape != params[index].shape:
-            raise ValueError(f"optimizer state '{name}' has the wrong shape")
+        if value.dim() > 0:
+            if value.shape != params[index].shape:
+                raise ValueError(f"optimizer state '{name}' has the wrong shape")
+            # Saved tensors are contiguous; a moment must take its parameter's memory layout
+            # again (channels-last weights), because the fused Adam kernel pairs parameter
+            # and moment elements by their place in memory, not by index.
+            value = torch.empty_like(params[index], dtype=value.dtype).copy_(value)
         state.setdefault(index, {})[key] = value
     for index_text, entries in info["optimizer_state"].items():
         state.setdefault(int(index_text), {}).update(entries)

@@ -318,6 +318,9 @@ class _Run:
         self.position = Position(world_size=context.world_size)
         self.loss_sum = torch.zeros((), device=device)
         self.history: list[dict[str, Any]] = []
+        # Channels-last / compiled view of the model; DDP wraps that view when distributed.
+        # Before restoring: the restored optimizer moments take the parameters' final layout.
+        self.step_model = prepare_model(self.model, settings)
         if resume:
             self.position, loss_sum = train_state.load(
                 self.run_dir, self.model, self.optimizer, self.order_generator, self.scheduler
@@ -335,8 +338,6 @@ class _Run:
                 )
             self.position.world_size = context.world_size
             self.history = resumed_history(self.run_dir, self.position.epochs_done, context)
-        # Channels-last / compiled view of the model; DDP wraps that view when distributed.
-        self.step_model = prepare_model(self.model, settings)
         if context.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
