@@ -148,6 +148,29 @@ def test_resume_with_conflicting_flags(run_copy, capsys):
     assert {p.name: p.read_bytes() for p in run_copy.iterdir()} == before
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_a_scheduled_run_cannot_be_lengthened_and_nothing_is_written(tmp_path, capsys, schedule):
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--lr-schedule", schedule,
+                 "--out", str(run_dir)]) == 0  # fmt: skip
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    fails_cleanly(
+        capsys, ["train", "--resume", str(run_dir), "--epochs", "2", "--quiet"],
+        f"follows a {schedule} learning-rate schedule", "cannot be resumed with --epochs 2",
+    )  # fmt: skip
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0  # its own length is fine
+
+
+def test_a_constant_rate_run_trains_longer_when_resumed(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(run_dir)]) == 0
+    assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--quiet"]) == 0
+    assert json.loads((run_dir / runfiles.CONFIG).read_text())["train"]["epochs"] == 2
+    assert len((run_dir / runfiles.METRICS).read_text().splitlines()) == 2
+
+
 def test_training_into_an_existing_run_is_refused(run_copy, capsys):
     weights = (run_copy / runfiles.WEIGHTS).read_bytes()
     fails_cleanly(capsys, ["train", *TINY, "--out", str(run_copy)], "already holds", "--resume")

@@ -60,6 +60,16 @@ def make_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.Optim
     return torch.optim.Adam(model.parameters(), lr=settings.lr, fused=True)
 
 
+def schedule_length(scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> int | None:
+    """How many steps a schedule from :func:`make_scheduler` was fitted to (None: constant)."""
+    if scheduler is None:
+        return None
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        return scheduler.total_steps
+    warmup, cosine = scheduler._schedulers  # SequentialLR keeps no public view of its parts
+    return warmup.total_iters + cosine.T_max
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer, settings: TrainConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:

@@ -32,6 +32,7 @@ from vqkit.acceleration import (
     make_scheduler,
     prepare_model,
     resolve_precision,
+    schedule_length,
 )
 from vqkit.checkpoint import run_path, save_config, save_weights
 from vqkit.config import RunConfig
@@ -242,7 +243,8 @@ def prepare_run_dir(
     context: distributed.Context,
     device: torch.device,
 ) -> Path:
-    """The run folder, created by rank 0 with its config; never overwrites an earlier run."""
+    """The run folder, created by rank 0 with its config; never overwrites an earlier run.
+    (A resumed run's config is saved again only once its state has been checked.)"""
     if resume:
         if run_dir is None or not Path(run_dir).is_dir():
             raise VqkitError(f"The run folder '{run_dir}' to resume does not exist.")
@@ -256,7 +258,7 @@ def prepare_run_dir(
                 f"vqkit train --resume {path} or choose another --out."
             )
     distributed.barrier(context)
-    if context.is_main:
+    if context.is_main and not resume:
         ensure_dir(path)
         save_config(path, config)
     return path
@@ -322,10 +324,18 @@ class _Run:
         # Before restoring: the restored optimizer moments take the parameters' final layout.
         self.step_model = prepare_model(self.model, settings)
         if resume:
+            planned = schedule_length(self.scheduler)
             self.position, loss_sum = train_state.load(
                 self.run_dir, self.model, self.optimizer, self.order_generator, self.scheduler
             )
             self.loss_sum = loss_sum.to(device)
+            if schedule_length(self.scheduler) != planned:
+                raise VqkitError(
+                    f"The run in '{self.run_dir}' follows a {settings.lr_schedule} learning-rate "
+                    f"schedule fitted to the length it started with "
+                    f"({schedule_length(self.scheduler)} steps), so it cannot be resumed with "
+                    f"--epochs {settings.epochs} ({planned} steps); train a new run instead."
+                )
             if self.position.step and self.position.world_size != context.world_size:
                 raise VqkitError(
                     f"The run in '{self.run_dir}' stopped mid-epoch with "
@@ -337,6 +347,8 @@ class _Run:
                     f"{self.position.epochs_done} epochs, more than --epochs {settings.epochs}."
                 )
             self.position.world_size = context.world_size
+            if context.is_main:  # checked: now record the new --epochs (and data folder)
+                save_config(self.run_dir, config)
             self.history = resumed_history(self.run_dir, self.position.epochs_done, context)
         if context.enabled:
             ids = [device.index] if device.type == "cuda" else None

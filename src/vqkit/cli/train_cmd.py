@@ -70,7 +70,8 @@ examples:
   vqkit train --precision bf16 --channels-last --batch-size 256 --lr 3e-3 --lr-schedule onecycle
   vqkit train --preset efficient --out runs/a --checkpoint-every 200 --deterministic
   vqkit train --resume runs/a
-  vqkit train --resume runs/a --epochs 10           train a finished run for longer
+  vqkit train --resume runs/a --epochs 10           train a finished run for longer (a run
+                                                    with --lr-schedule keeps its length)
   vqkit train --config runs/a --seed 1 --out runs/b   run a's settings again, another seed
   torchrun --nproc-per-node 2 -m vqkit train --preset efficient --out runs/ddp
   vqkit train --preset efficient --codebook-update ema --dead-code-restart 50
