@@ -13,9 +13,11 @@ from vqkit.acceleration import (
     bf16_is_fast,
     make_scheduler,
     prepare_model,
+    require_compile_toolchain,
     resolve_precision,
 )
 from vqkit.checkpoint import load_weights_into, save_weights
+from vqkit.cli import main
 from vqkit.cli.train_cmd import config_from_args, register
 from vqkit.config import RunConfig, TrainConfig, preset_config
 from vqkit.errors import VqkitError
@@ -188,3 +190,18 @@ def test_fast_preset_and_speed_flags_reach_the_config():
     assert config.train.compile is True
     assert config.train.batch_size == preset_config("fast").train.batch_size
     assert RunConfig.from_dict(config.to_dict()) == config
+
+
+def test_compile_on_the_cpu_without_a_compiler_is_one_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    settings = TrainConfig(compile=True)
+    with pytest.raises(VqkitError, match="needs a C\\+\\+ compiler"):
+        require_compile_toolchain(settings, torch.device("cpu"))
+    require_compile_toolchain(TrainConfig(compile=False), torch.device("cpu"))  # not needed
+    monkeypatch.setenv("CXX", "sh")  # any program on PATH passes the check
+    require_compile_toolchain(settings, torch.device("cpu"))
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    run = tmp_path / "run"
+    assert main(["train", "--compile", "--train-limit", "64", "--out", str(run), "--quiet"]) == 2
+    assert "C++ compiler" in capsys.readouterr().err and not run.exists()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +43,19 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def require_compile_toolchain(settings: TrainConfig, device: torch.device) -> None:
+    """``torch.compile`` on the CPU writes C++ and builds it with ``$CXX`` (default g++): say so
+    in one sentence before anything runs, rather than with a compiler error mid-step."""
+    if not settings.compile or device.type != "cpu":
+        return
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise VqkitError(
+            f"--compile on the CPU needs a C++ compiler and '{compiler}' was not found; "
+            "install one (apt-get install -y g++) or train without --compile."
+        )
 
 
 def prepare_model(model: nn.Module, settings: TrainConfig) -> Callable[..., Any]:

@@ -31,6 +31,7 @@ from vqkit.acceleration import (
     make_optimizer,
     make_scheduler,
     prepare_model,
+    require_compile_toolchain,
     resolve_precision,
     schedule_length,
 )
@@ -295,6 +296,7 @@ class _Run:
     ) -> None:
         settings = self.settings = config.train
         self.context, self.device = context, device
+        require_compile_toolchain(settings, device)
         if settings.batch_size % context.world_size:
             raise VqkitError(
                 f"The batch size {settings.batch_size} must be a multiple of the "
