@@ -22,7 +22,7 @@ from process_helpers import child_env, vqkit_command
 
 from vqkit import fileio, runfiles, training
 from vqkit.checkpoint import load_model
-from vqkit.cli import main
+from vqkit.cli import evaluate_cmd, main
 
 TINY = [
     "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--batch-size", "32",
@@ -317,3 +317,23 @@ def test_a_convertible_rgb_png_is_accepted(run_copy, tmp_path, capsys):
     out = tmp_path / "codes.npy"
     assert main(["encode", str(run_copy), str(png), "--out", str(out)]) == 0, capsys.readouterr()
     assert np.load(out, allow_pickle=False).shape == (1, 7, 7)
+
+
+def test_running_out_of_memory_is_one_sentence_and_other_errors_are_not_hidden(
+    small_run, monkeypatch, capsys
+):
+    def allocation_fails(args):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 3221225472 bytes. Error code 12"
+        )
+
+    monkeypatch.setattr(evaluate_cmd, "run", allocation_fails)
+    fails_cleanly(capsys, ["evaluate", str(small_run.run_dir)], "Out of memory (3.0 GiB at once)")
+
+    def bug(args):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(evaluate_cmd, "run", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["evaluate", str(small_run.run_dir)])

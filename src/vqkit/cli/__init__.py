@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from vqkit.errors import VqkitError
@@ -71,6 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def out_of_memory_message(exc: BaseException) -> str | None:
+    """One sentence for an allocation that failed on the CPU or the GPU, else None."""
+    text = str(exc)
+    if not (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"  # torch's, on a GPU
+        or "can't allocate memory" in text
+        or "not enough memory" in text
+    ):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text)
+    size = f" ({int(asked.group(1)) / 2**30:.1f} GiB at once)" if asked else ""
+    return (
+        f"Out of memory{size}; ask for less at once: a smaller --batch-size or --n, or a "
+        "smaller model (--hidden-dim, --num-embeddings, --embedding-dim)."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; user errors print one sentence and exit with status 2."""
     args = build_parser().parse_args(argv)
@@ -78,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except VqkitError as exc:
         print(f"vqkit: error: {exc}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        message = out_of_memory_message(exc)
+        if message is None:
+            raise  # a bug, not a user's mistake: the traceback is what to report
+        print(f"vqkit: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vqkit: interrupted.", file=sys.stderr)
