@@ -246,3 +246,16 @@ def test_writing_over_a_dataset_needs_overwrite(tmp_path):
 def test_scoring_with_a_classifier_of_the_wrong_class_count_is_refused(small_run):
     with pytest.raises(VqkitError, match="The classifier has 5 classes, the dataset 10"):
         score_run(small_run.run_dir, 10, classifier_config=ClassifierConfig(num_classes=5))
+
+
+def test_a_config_from_an_own_run_with_a_named_dataset_reads_the_named_one(tmp_path):
+    data = twenty_class_dataset(tmp_path / "data")
+    common = ["--epochs", "1", "--train-limit", "128", "--test-limit", "50", "--quiet"]
+    own_run, mnist_run = tmp_path / "own", tmp_path / "mnist"
+    assert main(["train", "--dataset", "idx", "--data-dir", str(data), *common,
+                 "--out", str(own_run)]) == 0  # fmt: skip
+    # The own run's folder must not come along: MNIST would be looked for in it.
+    assert main(["train", "--config", str(own_run), "--dataset", "mnist", *common,
+                 "--out", str(mnist_run)]) == 0  # fmt: skip
+    train_settings = json.loads((mnist_run / "config.json").read_text())["train"]
+    assert train_settings["dataset"] == "mnist" and train_settings["data_dir"] is None

@@ -231,10 +231,15 @@ def train(
 
 def record_data_folder(config: RunConfig, data_dir: str | Path | None) -> RunConfig:
     """``config`` with the folder of an own dataset recorded as an absolute path (the run's
-    later stages read it from there); other datasets' configs are returned unchanged."""
-    if config.train.dataset != OWN_DATASET or data_dir is None:
+    later stages read it from there). A named dataset records none: a folder carried over
+    from an own dataset's config (``--config RUN --dataset mnist``) would be read instead."""
+    if config.train.dataset != OWN_DATASET:
+        folder = None
+    elif data_dir is not None:
+        folder = str(Path(data_dir).resolve())
+    else:
         return config
-    return replace(config, train=replace(config.train, data_dir=str(Path(data_dir).resolve())))
+    return replace(config, train=replace(config.train, data_dir=folder))
 
 
 def prepare_run_dir(
