@@ -80,3 +80,28 @@ def test_two_ranks_reach_the_one_process_test_mse(two_rank_run, small_run):
     one = small_run.final
     assert two["test_mse"] == pytest.approx(one["test_mse"], rel=0.05)
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=0.05)
+
+
+def torchrun_train(cwd: Path, *flags: str) -> None:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "vqkit", "train", *flags, "--quiet", "--device", "cpu",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, env=child_env(), capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_two_rank_channels_last_run_resumed_ends_as_an_unbroken_one(tmp_path):
+    flags = [
+        "--preset", "efficient", "--train-limit", "512", "--test-limit", "64",
+        "--batch-size", "64", "--deterministic", "--channels-last",
+    ]  # fmt: skip
+    torchrun_train(tmp_path, *flags, "--epochs", "2", "--out", "unbroken")
+    torchrun_train(tmp_path, *flags, "--epochs", "1", "--out", "resumed")
+    torchrun_train(tmp_path, "--resume", "resumed", "--epochs", "2")
+    unbroken = read_tensors(tmp_path / "unbroken" / runfiles.WEIGHTS, "weights")
+    resumed = read_tensors(tmp_path / "resumed" / runfiles.WEIGHTS, "weights")
+    for name, weight in unbroken.items():
+        assert torch.equal(weight, resumed[name]), name
