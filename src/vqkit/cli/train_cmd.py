@@ -6,7 +6,6 @@ import argparse
 import os
 from pathlib import Path
 
-from vqkit import runfiles
 from vqkit.checkpoint import load_config
 from vqkit.cli.common import (
     add_command,
@@ -221,7 +220,7 @@ def read_config(path: str | Path) -> RunConfig:
     """The settings in a config.json file, or in the config.json of a run folder."""
     path = Path(path)
     if path.is_dir():
-        path = path / runfiles.CONFIG
+        return load_config(path)
     return RunConfig.from_dict(read_json(path, "configuration"))
 
 
