@@ -178,6 +178,17 @@ def _read_verified(key: tuple[str, int, int], sha256: str | None) -> np.ndarray:
     return read_idx(key[0], expected_sha256=sha256)
 
 
+def _read_labels(path: Path, sha256: str | None = None) -> np.ndarray:
+    """Read and check a labels file: (N,) uint8."""
+    labels = _read_verified(_file_key(path), sha256)
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise IdxError(
+            f"IDX file {path} holds {labels.dtype} of shape {labels.shape}, "
+            f"expected (N,) uint8 labels."
+        )
+    return labels
+
+
 def _read_pair(
     images_path: Path,
     labels_path: Path,
@@ -187,18 +198,13 @@ def _read_pair(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read and cross-check images (N, 28, 28) uint8 and labels (N,) uint8."""
     images = _read_verified(_file_key(images_path), images_sha256)
-    labels = _read_verified(_file_key(labels_path), labels_sha256)
+    labels = _read_labels(labels_path, labels_sha256)
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise IdxError(
             f"IDX file {images_path} holds shape {images.shape}, expected (N, 28, 28) images."
         )
     if images.dtype != np.uint8:
         raise IdxError(f"IDX file {images_path} holds {images.dtype} values, expected uint8.")
-    if labels.ndim != 1 or labels.dtype != np.uint8:
-        raise IdxError(
-            f"IDX file {labels_path} holds {labels.dtype} of shape {labels.shape}, "
-            f"expected (N,) uint8 labels."
-        )
     if images.shape[0] != labels.shape[0]:
         raise IdxError(
             f"IDX file {images_path} holds {images.shape[0]} images but {labels_path} holds "
@@ -305,8 +311,8 @@ def load_split(
 # --- the user's own dataset ----------------------------------------------------------------
 
 
-def _own_pair(split: str, data_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of one split of the user's dataset, checked for structure."""
+def _own_files(split: str, data_dir: str | Path | None) -> tuple[Path, Path]:
+    """The (images, labels) files of one split of the user's dataset."""
     if split not in ("train", "test"):
         raise VqkitError(f"Unknown split {split!r}; valid splits are: train, test.")
     if data_dir is None:
@@ -322,9 +328,15 @@ def _own_pair(split: str, data_dir: str | Path | None) -> tuple[np.ndarray, np.n
             f"Data folder {folder} has no {split} files ({pair[0].name}[.gz] and "
             f"{pair[1].name}[.gz], flat or under raw/)."
         )
-    images, labels = _read_pair(found[0], found[1], MAX_OWN_CLASSES)
+    return found
+
+
+def _own_pair(split: str, data_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one split of the user's dataset, checked for structure."""
+    images_path, labels_path = _own_files(split, data_dir)
+    images, labels = _read_pair(images_path, labels_path, MAX_OWN_CLASSES)
     if images.shape[0] == 0:
-        raise VqkitError(f"IDX file {found[0]} holds no images.")
+        raise VqkitError(f"IDX file {images_path} holds no images.")
     return images, labels
 
 
@@ -333,7 +345,9 @@ def dataset_classes(dataset: str, data_dir: str | Path | None = None) -> tuple[s
     to the largest label in either split (so both splits and every stage agree)."""
     if dataset != OWN_DATASET:
         return _info(dataset, "train").classes
-    largest = max(int(_own_pair(split, data_dir)[1].max()) for split in ("train", "test"))
+    # The labels files alone: the images of the other split need not be read for this.
+    labels = [_read_labels(_own_files(split, data_dir)[1]) for split in ("train", "test")]
+    largest = max(int(split_labels.max(initial=0)) for split_labels in labels)
     return tuple(str(label) for label in range(largest + 1))
 
 
