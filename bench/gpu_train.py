@@ -59,10 +59,11 @@ def main() -> int:
         later = epoch_seconds[1:] or epoch_seconds
         mse = trainer.test_mse(test_images)
         verdict = "ok" if mse <= target else "ABOVE TARGET"
+        compiled = settings.compile_mode if settings.compile else "no"
         print(
             f"| {label} (run {attempt}) | {settings.epochs} | {settings.batch_size} | "
             f"{settings.lr:g} {settings.lr_schedule} | {trainer.precision} | "
-            f"{'yes' if settings.compile else 'no'} | {seconds:.2f} | {epoch_seconds[0]:.2f} | "
+            f"{compiled} | {seconds:.2f} | {epoch_seconds[0]:.2f} | "
             f"{sorted(later)[len(later) // 2]:.2f} | {seen / seconds:.0f} | "
             f"{mse:.5f} (<= {target}: {verdict}) |",
             flush=True,

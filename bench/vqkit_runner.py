@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from vqkit.acceleration import make_optimizer, make_scheduler, prepare_model, resolve_precision
-from vqkit.config import LR_SCHEDULES, PRECISIONS, RunConfig, preset_config
+from vqkit.config import COMPILE_MODES, LR_SCHEDULES, PRECISIONS, RunConfig, preset_config
 from vqkit.metrics import evaluate_reconstruction
 from vqkit.model import VQVAE
 from vqkit.training import run_epoch
@@ -111,6 +111,7 @@ TRAIN_FLAGS = (
     "precision",
     "channels_last",
     "compile",
+    "compile_mode",
 )
 
 
@@ -125,6 +126,7 @@ def add_training_overrides(parser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, help="implies --compile")
     parser.add_argument(
         "--quantizer-option", action="append", help="NAME=VALUE of the quantizer config"
     )
@@ -133,6 +135,8 @@ def add_training_overrides(parser) -> None:
 def config_from_args(args) -> RunConfig:
     """``bench_config`` of ``args.preset`` with whichever TRAIN_FLAGS the script's parser has."""
     overrides = {name: getattr(args, name, None) for name in TRAIN_FLAGS}
+    if overrides["compile_mode"] is not None:
+        overrides["compile"] = True
     return bench_config(args.preset, args.quantizer_option, **overrides)
 
 

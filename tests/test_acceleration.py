@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import pytest
@@ -164,13 +165,8 @@ def test_code_counts_equal_bincount():
 
 
 def test_fast_preset_and_speed_flags_reach_the_config():
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(
-        [
-            "train",
+    args = parse_train_flags(
+        *[
             "--preset",
             "fast",
             "--precision",
@@ -205,3 +201,44 @@ def test_compile_on_the_cpu_without_a_compiler_is_one_sentence(tmp_path, monkeyp
     run = tmp_path / "run"
     assert main(["train", "--compile", "--train-limit", "64", "--out", str(run), "--quiet"]) == 2
     assert "C++ compiler" in capsys.readouterr().err and not run.exists()
+
+
+def parse_train_flags(*flags: str):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["train", *flags])
+
+
+def test_compile_mode_implies_compile_and_is_recorded():
+    config = config_from_args(parse_train_flags("--preset", "efficient", "--compile-mode",
+                                                "reduce-overhead"))  # fmt: skip
+    assert (config.train.compile, config.train.compile_mode) == (True, "reduce-overhead")
+    assert RunConfig.from_dict(config.to_dict()) == config
+    plain = config_from_args(parse_train_flags("--preset", "efficient", "--compile"))
+    assert plain.train.compile_mode == "default"
+    with pytest.raises(VqkitError, match="cannot go with --no-compile"):
+        config_from_args(parse_train_flags("--no-compile", "--compile-mode", "default"))
+    with pytest.raises(VqkitError, match="Unknown compile mode 'fastest'"):
+        TrainConfig(compile=True, compile_mode="fastest")
+
+
+def test_reduce_overhead_marks_each_step_and_learns_like_eager(monkeypatch):
+    """On a CPU there are no CUDA graphs to replay, so compiled steps must match eager ones; each
+    call of the step model starts a new CUDA-graph step (the GPU run is in bench/gpu.sh)."""
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    config = preset_config("efficient")
+    config.model.hidden_dim = 8
+    images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
+    losses = {}
+    for mode in ("eager", "reduce-overhead"):
+        torch.manual_seed(0)
+        model = VQVAE(config.model)
+        settings = TrainConfig(
+            batch_size=16, compile=mode != "eager", compile_mode="reduce-overhead"
+        )
+        stepper = prepare_model(model, settings)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        losses[mode] = run_epoch(stepper, optimizer, images, 16, torch.Generator().manual_seed(0))
+    assert len(marks) == 4  # one per batch, compiled run only
+    assert losses["reduce-overhead"] == pytest.approx(losses["eager"], rel=1e-4)

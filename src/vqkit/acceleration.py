@@ -62,11 +62,42 @@ def prepare_model(model: nn.Module, settings: TrainConfig) -> Callable[..., Any]
     """Move ``model`` to channels-last if asked; return the callable to train with.
 
     With ``compile`` the returned callable is the compiled module, while ``model`` itself keeps
-    its plain parameter names so its weights save exactly as uncompiled ones.
+    its plain parameter names so its weights save exactly as uncompiled ones. Shapes are
+    compiled static: a run has two batch shapes (full and last), and a static graph for each
+    is what CUDA-graph replay (``reduce-overhead``) records anyway.
     """
-    if settings.channels_last:
+    if settings.channels_last or compiles_channels_last(model, settings):
         model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if settings.compile else model
+    if not settings.compile:
+        return model
+    compiled = torch.compile(model, mode=settings.compile_mode, dynamic=False)
+    return StepMarked(compiled) if settings.compile_mode == "reduce-overhead" else compiled
+
+
+def compiles_channels_last(model: nn.Module, settings: TrainConfig) -> bool:
+    """Compiled training on CUDA runs channels-last whatever ``channels_last`` says.
+
+    Inductor converts the convolutions to channels-last on CUDA by itself, and for a
+    contiguous model (torch 2.11) it then mispredicts the layout cuDNN's transposed-convolution
+    backward returns and stops with a stride assertion (pytorch/pytorch#184026); a model that is
+    channels-last already compiles and trains (bench/gpu.sh, BENCHMARKS.md). Only the layout
+    changes, not what is learned.
+    """
+    return settings.compile and next(model.parameters()).device.type == "cuda"
+
+
+class StepMarked(nn.Module):
+    """A compiled model whose every call starts a new step for CUDA-graph replay
+    (``reduce-overhead``): the graphs may then reuse the memory of the last step's outputs,
+    which the training loop no longer reads. A module, so DDP can wrap it."""
+
+    def __init__(self, compiled: nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled(*args, **kwargs)
 
 
 def make_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.Optimizer:

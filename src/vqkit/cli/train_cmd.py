@@ -18,6 +18,7 @@ from vqkit.cli.common import (
 from vqkit.config import (
     CODEBOOK_INITS,
     CODEBOOK_UPDATES,
+    COMPILE_MODES,
     GRADIENT_ESTIMATORS,
     LR_SCHEDULES,
     PRECISIONS,
@@ -90,6 +91,7 @@ OVERRIDES = {
     "precision": ("train", "precision"),
     "channels_last": ("train", "channels_last"),
     "compile": ("train", "compile"),
+    "compile_mode": ("train", "compile_mode"),
     "lr_schedule": ("train", "lr_schedule"),
     "warmup_fraction": ("train", "warmup_fraction"),
     "hidden_dim": ("model", "hidden_dim"),
@@ -162,6 +164,11 @@ def register(subparsers) -> None:
         default=None,
         help="torch.compile the training forward pass",
     )
+    group.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        help="torch.compile mode (implies --compile); reduce-overhead replays CUDA graphs",
+    )
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="per-step LR schedule")
     group.add_argument("--warmup-fraction", type=float, help="share of steps warming up")
     add_reliability_flags(group)
@@ -213,6 +220,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     else:
         data = preset_config(args.preset or "default").to_dict()
     apply_overrides(data, args, OVERRIDES)
+    if args.compile_mode is not None:
+        if args.compile is False:
+            raise VqkitError("--compile-mode sets how to compile; it cannot go with --no-compile.")
+        data["train"]["compile"] = True
     return RunConfig.from_dict(data)
 
 
