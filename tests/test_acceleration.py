@@ -224,13 +224,17 @@ def test_compile_mode_implies_compile_and_is_recorded():
 
 def test_reduce_overhead_marks_each_step_and_learns_like_eager(monkeypatch):
     """On a CPU there are no CUDA graphs to replay, so compiled steps must match eager ones; each
-    call of the step model starts a new CUDA-graph step (the GPU run is in bench/gpu.sh)."""
+    call of the step model starts a new CUDA-graph step (the GPU run is in bench/gpu.sh). The
+    k-means init runs before the first compiled step, so the whole forward is one graph."""
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     config = preset_config("efficient")
     config.model.hidden_dim = 8
+    config.model.quantizer.codebook_init = "kmeans"
+    config.model.quantizer.codebook_update = "ema"
     images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
-    losses = {}
+    losses, codebooks = {}, {}
+    torch._dynamo.utils.counters.clear()
     for mode in ("eager", "reduce-overhead"):
         torch.manual_seed(0)
         model = VQVAE(config.model)
@@ -240,5 +244,29 @@ def test_reduce_overhead_marks_each_step_and_learns_like_eager(monkeypatch):
         stepper = prepare_model(model, settings)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         losses[mode] = run_epoch(stepper, optimizer, images, 16, torch.Generator().manual_seed(0))
+        codebooks[mode] = model.quantizer.codebook
     assert len(marks) == 4  # one per batch, compiled run only
     assert losses["reduce-overhead"] == pytest.approx(losses["eager"], rel=1e-4)
+    assert torch.allclose(codebooks["reduce-overhead"], codebooks["eager"], atol=1e-4)
+    stats = torch._dynamo.utils.counters
+    assert not stats["graph_break"] and stats["stats"]["unique_graphs"] == 1
+
+
+def test_initialize_is_the_k_means_init_of_the_first_training_forward():
+    config = preset_config("best").model
+    images = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8)
+    torch.manual_seed(0)
+    forward = VQVAE(config)
+    ahead = VQVAE(config)
+    ahead.load_state_dict(forward.state_dict())
+    assert ahead.quantizer.needs_initialization()
+    torch.manual_seed(1)
+    forward(images)  # k-means inside the first training forward (then one EMA update)
+    torch.manual_seed(1)
+    ahead.initialize(images)
+    assert not ahead.quantizer.needs_initialization()
+    ahead.initialize(images)  # done once: a second call changes nothing
+    initialized = ahead.quantizer.codebook.clone()
+    ahead(images)  # the same forward, now without its k-means
+    assert torch.equal(ahead.quantizer.codebook, forward.quantizer.codebook)
+    assert not torch.equal(initialized, ahead.quantizer.codebook)  # the EMA step moved it

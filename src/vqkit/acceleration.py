@@ -61,17 +61,14 @@ def require_compile_toolchain(settings: TrainConfig, device: torch.device) -> No
 def prepare_model(model: nn.Module, settings: TrainConfig) -> Callable[..., Any]:
     """Move ``model`` to channels-last if asked; return the callable to train with.
 
-    With ``compile`` the returned callable is the compiled module, while ``model`` itself keeps
-    its plain parameter names so its weights save exactly as uncompiled ones. Shapes are
+    With ``compile`` the returned callable is a :class:`CompiledStep`, while ``model`` itself
+    keeps its plain parameter names so its weights save exactly as uncompiled ones. Shapes are
     compiled static: a run has two batch shapes (full and last), and a static graph for each
     is what CUDA-graph replay (``reduce-overhead``) records anyway.
     """
     if settings.channels_last or compiles_channels_last(model, settings):
         model.to(memory_format=torch.channels_last)
-    if not settings.compile:
-        return model
-    compiled = torch.compile(model, mode=settings.compile_mode, dynamic=False)
-    return StepMarked(compiled) if settings.compile_mode == "reduce-overhead" else compiled
+    return CompiledStep(model, settings.compile_mode) if settings.compile else model
 
 
 def compiles_channels_last(model: nn.Module, settings: TrainConfig) -> bool:
@@ -86,18 +83,31 @@ def compiles_channels_last(model: nn.Module, settings: TrainConfig) -> bool:
     return settings.compile and next(model.parameters()).device.type == "cuda"
 
 
-class StepMarked(nn.Module):
-    """A compiled model whose every call starts a new step for CUDA-graph replay
-    (``reduce-overhead``): the graphs may then reuse the memory of the last step's outputs,
-    which the training loop no longer reads. A module, so DDP can wrap it."""
+class CompiledStep(nn.Module):
+    """``model`` compiled, as the training loop calls it (a module, so DDP can wrap it).
 
-    def __init__(self, compiled: nn.Module) -> None:
+    Before its first training call it runs the quantizer's one-time set-up (the k-means init)
+    eagerly: traced, k-means's host reads split the forward into many graphs and compile it
+    twice (10 graphs instead of 1 for the ``fast`` preset). With ``reduce-overhead`` every call
+    starts a new CUDA-graph step, so replay may reuse the memory of the last step's outputs,
+    which the loop no longer reads.
+    """
+
+    def __init__(self, model: nn.Module, mode: str) -> None:
         super().__init__()
-        self.compiled = compiled
+        self.compiled = torch.compile(model, mode=mode, dynamic=False)
+        self.model = [model]  # in a list: not registered twice as a submodule
+        self.mark_steps = mode == "reduce-overhead"
+        self.initialized = False
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        torch.compiler.cudagraph_mark_step_begin()
-        return self.compiled(*args, **kwargs)
+    def forward(self, images: torch.Tensor) -> Any:
+        model = self.model[0]
+        if not self.initialized and model.training:
+            model.initialize(images)
+            self.initialized = True
+        if self.mark_steps:
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled(images)
 
 
 def make_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.Optimizer:

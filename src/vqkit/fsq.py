@@ -45,6 +45,12 @@ class FiniteScalarQuantizer(nn.Module):
     def training_stats(self) -> dict[str, float | int]:
         return {}
 
+    def needs_initialization(self) -> bool:
+        return False  # a fixed grid: nothing learned from data before the first step
+
+    def initialize(self, z: torch.Tensor) -> None:
+        pass
+
     def bound(self, h: torch.Tensor) -> torch.Tensor:
         """Squash (N, c) into ranges whose rounding gives exactly L_i integers per channel.
 

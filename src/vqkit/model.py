@@ -101,6 +101,12 @@ class VQVAE(nn.Module):
         q = self.quantizer(self.encoder(images_to_input(images)))
         return VQVAEOutput(self.decoder(q.quantized), q.codes, q.loss, q.code_counts)
 
+    @torch.no_grad()
+    def initialize(self, images: torch.Tensor) -> None:
+        """The quantizer's one-time set-up from a training batch (k-means init), if pending."""
+        if self.quantizer.needs_initialization():
+            self.quantizer.initialize(self.encoder(images_to_input(images)))
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, [C,] H, W) -> integer code grids (B, h, w)."""
         return self.quantizer.quantize_codes(self.encoder(images_to_input(images)))

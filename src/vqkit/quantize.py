@@ -5,7 +5,10 @@ The quantizer contract, shared by every variant: ``forward(z)`` takes continuous
 latents, the integer code grid ``(B, H, W)``, the training loss and per-code usage counts;
 ``quantize_codes`` maps latents to integer grids without side effects, ``codes_to_latents`` maps
 integer grids back to latent vectors, ``num_codes`` is the number of distinct codes and
-``training_stats()`` returns counters (restarts, ...) that training logs once per epoch.
+``training_stats()`` returns counters (restarts, ...) that training logs once per epoch;
+``needs_initialization()`` says whether a one-time set-up from training data is pending (the
+k-means codebook init) and ``initialize(z)`` does it from latents, as the first training forward
+would.
 
 Variants: :mod:`vqkit.vq` (a learned codebook, updated by its loss or by moving averages, with
 the health measures of :mod:`vqkit.codebook_health`) and :mod:`vqkit.fsq` (finite scalar

@@ -99,6 +99,18 @@ class VectorQuantizer(nn.Module):
             self._update_statistics(flat, codes, counts)
         return QuantizerOutput(quantized, codes.view(batch, height, width), loss, counts)
 
+    def needs_initialization(self) -> bool:
+        """Whether the k-means init is still to come (read from the device at most once)."""
+        return self._needs_kmeans_init()
+
+    @torch.no_grad()
+    def initialize(self, z: torch.Tensor) -> None:
+        """The k-means init from latents z (B, D, H, W) if still pending, exactly as the first
+        training forward would do it; compiled training calls this eagerly first, so that no
+        compiled graph traces the data-dependent k-means."""
+        if self._needs_kmeans_init():
+            self._kmeans_init(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+
     def _needs_kmeans_init(self) -> bool:
         if self.config.codebook_init != "kmeans" or self._kmeans_known_done:
             return False
