@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU training benchmark: efficient and default presets, their full epochs, on one CUDA GPU.
 # Prints a markdown table (training seconds exclude evaluation; compilation happens in epoch 1,
-# so later epochs show the steady cost).
+# so later epochs show the steady cost), then where a step's time goes (bench/step_host.py).
 # Installs nothing: needs a Python with a CUDA build of torch plus numpy, pillow, tqdm and
 # safetensors. Budget: about 6 minutes on an H100 (compilation is most of it).
 #   bash bench/gpu.sh                 # PYTHON=/path/to/python bash bench/gpu.sh to pick one
@@ -37,13 +37,20 @@ run() { timeout "${RUN_LIMIT:-100}" "$PYTHON" bench/gpu_train.py "$@" || echo "|
 run --preset efficient --label "efficient as-is"
 run --preset default --label "default as-is"
 # The same learning with CUDA-graph replay (compiled; run 2 shows the steady cost): this small
-# model is bound by per-step launch cost on a GPU, which replay removes.
+# model is bound by per-step host work on a GPU, which replay cuts.
 run --preset efficient --compile-mode reduce-overhead --repeat 2 --label "efficient graphs"
-run --preset efficient --precision bf16 --compile-mode reduce-overhead --repeat 2 \
-    --label "efficient bf16 graphs"
 run --preset default --compile-mode reduce-overhead --repeat 2 --label "default graphs"
-# The tuned preset replayed; bf16 autocast alone. Other points: bench/gpu_train.py takes the
-# training flags of `vqkit train` (e.g. --batch-size 512 --lr 4e-3 --lr-schedule onecycle).
-run --preset fast --precision bf16 --compile-mode reduce-overhead --repeat 2 --label "fast graphs"
-run --preset efficient --precision bf16 --label "efficient bf16"
+# Half the steps: batch 256 at twice the rate (test MSE 0.00515 after 3 epochs on the CPU).
+run --preset efficient --batch-size 256 --lr 2e-3 --compile-mode reduce-overhead --repeat 2 \
+    --label "efficient batch 256 graphs"
+# The k-means presets (k-means runs before the first compiled step, so one graph per shape).
+run --preset fast --compile-mode reduce-overhead --repeat 2 --label "fast graphs"
+run --preset best --batch-size 256 --lr 3e-3 --lr-schedule onecycle \
+    --compile-mode reduce-overhead --repeat 2 --label "best batch 256 graphs"
+# Where a step's time goes: wall time against GPU kernel time, and the host's heaviest operators.
+echo
+timeout "${RUN_LIMIT:-100}" "$PYTHON" bench/step_host.py --preset efficient || true
+echo
+timeout "${RUN_LIMIT:-100}" "$PYTHON" bench/step_host.py --preset efficient \
+    --compile-mode reduce-overhead || true
 date -u

@@ -22,8 +22,9 @@ from vqkit_runner import SlicedTrainer, add_training_overrides, clock_reader, co
 from vqkit.config import PRESETS
 from vqkit.data import load_split
 
-# Test MSE each preset must reach: the tutorial's own results on the same data.
-TARGET_MSE = {"efficient": 0.0057, "fast": 0.0057, "default": 0.0046}
+# Test MSE each preset must reach: the tutorial's own results on the same data (the efficient
+# model's 3-epoch figure for the presets built on it).
+TARGET_MSE = {"efficient": 0.0057, "fast": 0.0057, "best": 0.0057, "default": 0.0046}
 
 
 def main() -> int:

@@ -58,3 +58,25 @@ def test_onednn_share_reads_the_kernel_times_back():
     share = re.search(r"inside oneDNN [\d.]+ ms \((\d+)% of the step\)", out)
     assert share and 0 < int(share.group(1)) <= 100
     assert re.search(r"at most [\d.]+x faster$", out, re.MULTILINE)
+
+
+def test_step_host_prints_the_step_time_and_the_host_heaviest_operators():
+    out = run_bench(
+        "step_host.py", "--device", "cpu", "--steps", "2", "--warmup-steps", "1",
+        "--batch-size", "32", "--top", "3",
+    )  # fmt: skip
+    assert re.search(r"^efficient, batch 32, fp32, compile no, cpu: [\d.]+ ms per step", out, re.M)
+    rows = [line for line in out.splitlines() if re.match(r"^\| aten::", line)]
+    assert len(rows) == 3
+
+
+def test_every_preset_has_a_gpu_target():
+    # bench/gpu.sh names presets; one without a target stopped its row with a KeyError.
+    sys.path.insert(0, str(BENCH))
+    try:
+        from gpu_train import TARGET_MSE
+    finally:
+        sys.path.remove(str(BENCH))
+    from vqkit.config import PRESETS
+
+    assert set(TARGET_MSE) == set(PRESETS)
