@@ -28,10 +28,11 @@ def settings(**overrides) -> QuantizerConfig:
     return QuantizerConfig(**{**base, **overrides})
 
 
-# Two configurations run in the same pair of processes (one spawn, to keep the test quick).
+# Configurations run in the same pair of processes (one spawn, to keep the test quick).
 CONFIGS = {
     "health": {"dead_code_restart": 1, "codebook_init": "kmeans"},
     "ema": {},
+    "compiled": {"dead_code_restart": 1, "codebook_init": "kmeans"},  # torch.compile after step 1
 }
 
 
@@ -42,9 +43,15 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         torch.manual_seed(0)  # the same initial codebook, as DDP would broadcast it
         quantizer = build_quantizer(settings(**overrides)).train()
         torch.manual_seed(1 + rank)  # every later random choice differs between ranks
-        for batch in rank_batches(rank):
-            quantizer(batch)
+        step = quantizer
+        torch._dynamo.utils.counters.clear()
+        for index, batch in enumerate(rank_batches(rank)):
+            step(batch)
+            if index == 0 and name == "compiled":  # k-means done eagerly, as CompiledStep does
+                step = torch.compile(quantizer, dynamic=False)
         state = {k: v.contiguous() for k, v in quantizer.state_dict().items()}
+        breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+        state["graph_breaks"] = torch.tensor(breaks)
         save_file(state, str(Path(out_dir) / f"{name}-rank{rank}.safetensors"))
     dist.destroy_process_group()
 
@@ -64,6 +71,16 @@ def rank_states(tmp_path_factory) -> dict[str, list[dict[str, torch.Tensor]]]:
 def test_ranks_end_with_identical_state_after_restarts_and_kmeans(rank_states):
     states = rank_states["health"]
     assert int(states[0]["restart_count"]) > 0  # restarts happened, so the test can fail
+    for name, tensor in states[0].items():
+        assert torch.equal(states[1][name], tensor), name
+
+
+def test_compiled_restarts_stay_identical_across_ranks_in_one_graph(rank_states):
+    # The restarts' rank-0 broadcast is an all-reduce: torch.compile broke its graph at
+    # dist.broadcast (pybind options object), splitting every DDP step's forward in two.
+    states = rank_states["compiled"]
+    assert int(states[0]["restart_count"]) > 0
+    assert int(states[0]["graph_breaks"]) == 0 and int(states[1]["graph_breaks"]) == 0
     for name, tensor in states[0].items():
         assert torch.equal(states[1][name], tensor), name
 

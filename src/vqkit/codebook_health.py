@@ -27,9 +27,15 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def broadcast_from_first_(tensor: torch.Tensor) -> torch.Tensor:
-    """Overwrite ``tensor`` with rank 0's copy in place (a no-op in a single process)."""
+    """Overwrite ``tensor`` with rank 0's copy in place (a no-op in a single process).
+
+    Done as a sum of rank 0's copy and every other rank's zeros: torch.compile traces an
+    all-reduce into its graph but breaks the graph at a broadcast.
+    """
     if distributed():
-        dist.broadcast(tensor, src=0)
+        if dist.get_rank() != 0:
+            tensor.zero_()
+        dist.all_reduce(tensor)
     return tensor
 
 
