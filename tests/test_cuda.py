@@ -60,7 +60,17 @@ def test_nearest_codes_on_the_gpu_match_brute_force(num_codes):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_steps_never_wait_for_the_gpu(preset, precision):
     """Steps run with CUDA's sync debugging set to error: any host synchronisation raises."""
-    settings = preset_config(preset)
+    check_steps_never_wait(preset_config(preset), precision, warm_steps=1)
+
+
+def test_replayed_steps_never_wait_for_the_gpu():
+    """The same with CUDA-graph replay: compiled and recorded during the warm steps."""
+    settings = preset_config("efficient")
+    settings.train.compile, settings.train.compile_mode = True, "reduce-overhead"
+    check_steps_never_wait(settings, "fp32", warm_steps=3)
+
+
+def check_steps_never_wait(settings, precision: str, warm_steps: int) -> None:
     torch.manual_seed(0)
     model = VQVAE(settings.model).to(CUDA)
     step_model = prepare_model(model, settings.train)
@@ -78,11 +88,13 @@ def test_training_steps_never_wait_for_the_gpu(preset, precision):
         guard.step_is_bad(index + 1, reconstruction, quantizer)
         loss_sum += apply_step(optimizer, reconstruction, quantizer, scheduler)
 
-    step(0)  # the first step may initialise (k-means codebook, lazy CUDA state)
+    # The first steps may initialise (k-means codebook, lazy CUDA state, compilation).
+    for index in range(warm_steps):
+        step(index)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for index in range(1, len(batches)):
+        for index in range(warm_steps, len(batches)):
             step(index)
     finally:
         torch.cuda.set_sync_debug_mode("default")
