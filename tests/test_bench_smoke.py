@@ -80,3 +80,14 @@ def test_every_preset_has_a_gpu_target():
     from vqkit.config import PRESETS
 
     assert set(TARGET_MSE) == set(PRESETS)
+
+
+def test_seed_spread_prints_a_row_per_seed_and_the_summary():
+    out = run_bench(
+        "seed_spread.py", "--preset", "efficient", "--seeds", "0", "1", "--epochs", "1",
+        "--train-limit", "256", "--test-limit", "64",
+    )  # fmt: skip
+    rows = re.findall(r"^\| (\d) \| ([\d.]+) \|", out, re.MULTILINE)
+    assert [seed for seed, _ in rows] == ["0", "1"]
+    assert rows[0][1] != rows[1][1]  # the seed reaches the run
+    assert re.search(r"^mean [\d.]+, sd [\d.]+, range .*; 0 of 2 seeds <= 0.0057$", out, re.M)
