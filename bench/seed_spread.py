@@ -15,8 +15,7 @@ import statistics
 import sys
 
 import torch
-from gpu_train import TARGET_MSE
-from vqkit_runner import SlicedTrainer, add_training_overrides, config_from_args
+from vqkit_runner import TARGET_MSE, SlicedTrainer, add_training_overrides, config_from_args
 
 from vqkit.config import PRESETS
 from vqkit.data import load_split

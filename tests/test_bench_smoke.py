@@ -74,7 +74,7 @@ def test_every_preset_has_a_gpu_target():
     # bench/gpu.sh names presets; one without a target stopped its row with a KeyError.
     sys.path.insert(0, str(BENCH))
     try:
-        from gpu_train import TARGET_MSE
+        from vqkit_runner import TARGET_MSE
     finally:
         sys.path.remove(str(BENCH))
     from vqkit.config import PRESETS
