@@ -81,7 +81,7 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         batch, dim, height, width = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, dim)  # (N, D), N = B·H·W
-        if self.training and self._needs_kmeans_init():
+        if self.training and self.needs_initialization():
             self._kmeans_init(flat)
         codes = nearest_codes(flat, self.codebook)  # (N,)
         chosen = F.embedding(codes, self.codebook)  # (N, D): a lookup, not a one-hot matmul
@@ -99,19 +99,16 @@ class VectorQuantizer(nn.Module):
             self._update_statistics(flat, codes, counts)
         return QuantizerOutput(quantized, codes.view(batch, height, width), loss, counts)
 
-    def needs_initialization(self) -> bool:
-        """Whether the k-means init is still to come (read from the device at most once)."""
-        return self._needs_kmeans_init()
-
     @torch.no_grad()
     def initialize(self, z: torch.Tensor) -> None:
         """The k-means init from latents z (B, D, H, W) if still pending, exactly as the first
         training forward would do it; compiled training calls this eagerly first, so that no
         compiled graph traces the data-dependent k-means."""
-        if self._needs_kmeans_init():
+        if self.needs_initialization():
             self._kmeans_init(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
 
-    def _needs_kmeans_init(self) -> bool:
+    def needs_initialization(self) -> bool:
+        """Whether the k-means init is still to come (read from the device at most once)."""
         if self.config.codebook_init != "kmeans" or self._kmeans_known_done:
             return False
         self._kmeans_known_done = bool(self.kmeans_done)  # True after a restored checkpoint
