@@ -31,6 +31,8 @@ bench: setup
 	$(BIN)/python bench/dataset_scaling.py
 	$(BIN)/python bench/profile_layers.py
 	$(BIN)/python bench/onednn_share.py
+	$(BIN)/python bench/step_host.py
+	$(BIN)/python bench/seed_spread.py --preset efficient
 
 test: setup
 	$(BIN)/python -m pytest
