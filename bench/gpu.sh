@@ -36,8 +36,12 @@ run() { timeout "${RUN_LIMIT:-100}" "$PYTHON" bench/gpu_train.py "$@" || echo "|
 # The presets exactly as on the CPU (batch 128, Adam 1e-3, fp32, constant rate).
 run --preset efficient --label "efficient as-is"
 run --preset default --label "default as-is"
-# The same learning with CUDA-graph replay (compiled; run 2 shows the steady cost): this small
-# model is bound by per-step host work on a GPU, which replay cuts.
+# Each whole step (forward, backward, Adam) captured once as a CUDA graph and replayed: the
+# same eager kernels without the host launching them one by one (no compilation).
+run --preset efficient --cuda-graph --repeat 2 --label "efficient whole-step graph"
+run --preset default --cuda-graph --repeat 2 --label "default whole-step graph"
+run --preset fast --cuda-graph --repeat 2 --label "fast whole-step graph"
+# The same learning with torch.compile's CUDA-graph replay (run 2 shows the steady cost).
 run --preset efficient --compile-mode reduce-overhead --repeat 2 --label "efficient graphs"
 run --preset default --compile-mode reduce-overhead --repeat 2 --label "default graphs"
 # Half the steps: batch 256 at twice the rate (test MSE 0.00515 after 3 epochs on the CPU).
@@ -53,4 +57,6 @@ timeout "${RUN_LIMIT:-100}" "$PYTHON" bench/step_host.py --preset efficient || t
 echo
 timeout "${RUN_LIMIT:-100}" "$PYTHON" bench/step_host.py --preset efficient \
     --compile-mode reduce-overhead || true
+echo
+timeout "${RUN_LIMIT:-100}" "$PYTHON" bench/step_host.py --preset efficient --cuda-graph || true
 date -u

@@ -39,8 +39,14 @@ def main() -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--train-limit", type=int, help="train on the first N images only")
     parser.add_argument("--test-limit", type=int, help="test on the first N images only")
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN time its algorithms for each convolution shape (torch.backends)",
+    )
     add_training_overrides(parser)
     args = parser.parse_args()
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_train.py: no CUDA GPU is visible to torch; nothing measured.", file=sys.stderr)
         return 2
@@ -63,6 +69,10 @@ def main() -> int:
         mse = trainer.test_mse(test_images)
         verdict = "ok" if mse <= target else "ABOVE TARGET"
         compiled = settings.compile_mode if settings.compile else "no"
+        if settings.cuda_graph:
+            compiled = "no, whole-step graph"
+        if args.cudnn_benchmark:
+            compiled += ", cuDNN benchmark"
         print(
             f"| {label} (run {attempt}) | {settings.epochs} | {settings.batch_size} | "
             f"{settings.lr:g} {settings.lr_schedule} | {trainer.precision} | "

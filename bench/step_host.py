@@ -39,6 +39,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def print_heaviest(events, what: str, where: str, steps: int, top: int) -> None:
+    """The ``top`` events by their own time on the host (``where`` 'host') or the device."""
+    field = "self_cpu_time_total" if where == "host" else "self_device_time_total"
+    print(f"\n| {what} | {where} ms per step (self) | calls per step |")
+    print("|---|---|---|")
+    for e in sorted(events, key=lambda e: getattr(e, field), reverse=True)[:top]:
+        print(f"| {e.key[:60]} | {getattr(e, field) / steps / 1e3:.3f} | {e.count / steps:g} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="efficient")
@@ -67,8 +76,10 @@ def main() -> int:
     events = prof.key_averages()
     wall_ms = seconds / args.steps * 1e3
     compiled = settings.compile_mode if settings.compile else "no"
+    graph = ", whole-step CUDA graph" if settings.cuda_graph else ""
     print(
-        f"{args.preset}, batch {settings.batch_size}, {trainer.precision}, compile {compiled}, "
+        f"{args.preset}, batch {settings.batch_size}, {trainer.precision}, compile {compiled}"
+        f"{graph}, "
         f"{device.type}: {wall_ms:.3f} ms per step (wall, unprofiled)"
     )
     if cuda:
@@ -77,14 +88,8 @@ def main() -> int:
             f"device kernels {kernel_ms:.3f} ms per step: the GPU is busy "
             f"{kernel_ms / wall_ms:.0%} of the step; the rest is host work it waits for"
         )
-    print("\n| operator | host ms per step (self) | calls per step |")
-    print("|---|---|---|")
-    by_host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
-    for e in by_host[: args.top]:
-        print(
-            f"| {e.key[:60]} | {e.self_cpu_time_total / args.steps / 1e3:.3f} | "
-            f"{e.count / args.steps:g} |"
-        )
+        print_heaviest(events, "kernel", "device", args.steps, args.top)
+    print_heaviest(events, "operator", "host", args.steps, args.top)
     return 0
 
 

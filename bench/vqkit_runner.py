@@ -17,6 +17,8 @@ import torch
 
 from vqkit.acceleration import make_optimizer, make_scheduler, prepare_model, resolve_precision
 from vqkit.config import COMPILE_MODES, LR_SCHEDULES, PRECISIONS, RunConfig, preset_config
+from vqkit.cuda_graph import graphed_step_or_none, require_cuda_graph_support
+from vqkit.distributed import Context
 from vqkit.metrics import evaluate_reconstruction
 from vqkit.model import VQVAE
 from vqkit.training import run_epoch
@@ -34,6 +36,7 @@ class SlicedTrainer:
     def __post_init__(self) -> None:
         settings = self.config.train
         device = self.images.device
+        require_cuda_graph_support(settings, device, Context())
         torch.manual_seed(settings.seed)
         self.model = VQVAE(self.config.model).to(device)
         self.optimizer = make_optimizer(self.model, settings)
@@ -41,6 +44,9 @@ class SlicedTrainer:
         self.precision = resolve_precision(settings.precision, device)
         steps_per_epoch = -(-self.images.shape[0] // settings.batch_size)
         self.scheduler = make_scheduler(self.optimizer, settings, settings.epochs * steps_per_epoch)
+        self.graphed = graphed_step_or_none(
+            settings, self.step_model, self.optimizer, self.scheduler, self.precision
+        )
         self.order = torch.Generator().manual_seed(settings.seed)
 
     def run(
@@ -69,6 +75,7 @@ class SlicedTrainer:
                     self.order,
                     scheduler=self.scheduler,
                     precision=self.precision,
+                    graphed=self.graphed,
                 )
                 if self.images.device.type == "cuda":
                     torch.cuda.synchronize()
@@ -116,6 +123,7 @@ TRAIN_FLAGS = (
     "channels_last",
     "compile",
     "compile_mode",
+    "cuda_graph",
 )
 
 
@@ -131,6 +139,7 @@ def add_training_overrides(parser) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--compile-mode", choices=COMPILE_MODES, help="implies --compile")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument(
         "--quantizer-option", action="append", help="NAME=VALUE of the quantizer config"
     )

@@ -16,12 +16,13 @@ import torch
 from vqkit import runfiles
 from vqkit.acceleration import make_scheduler, prepare_model
 from vqkit.config import preset_config
+from vqkit.cuda_graph import WARMUP_STEPS, GraphedTrainStep
 from vqkit.data import load_split
 from vqkit.distributed import Context
 from vqkit.guards import NonFiniteGuard
 from vqkit.model import VQVAE
 from vqkit.quantize import nearest_codes
-from vqkit.training import apply_step, compute_losses, train
+from vqkit.training import apply_step, compute_losses, run_epoch, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
@@ -102,6 +103,76 @@ def check_steps_never_wait(settings, precision: str, warm_steps: int) -> None:
     assert torch.isfinite(loss_sum)
 
 
+@pytest.mark.parametrize(
+    ("preset", "precision"),
+    [("efficient", "fp32"), ("efficient", "bf16"), ("fast", "bf16"), ("best", "fp32")],
+)
+def test_whole_step_graphs_never_wait_for_the_gpu(preset, precision):
+    """Replayed whole steps (k-means, EMA and dead-code restarts included) with CUDA's sync
+    debugging set to error, after the eager warm-up steps and the capture."""
+    settings = preset_config(preset)
+    torch.manual_seed(0)
+    model = VQVAE(settings.model).to(CUDA)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.train.lr, fused=True)
+    scheduler = make_scheduler(optimizer, settings.train, total_steps=100)
+    graphed = GraphedTrainStep(
+        model, optimizer, settings.train.batch_size, scheduler=scheduler, precision=precision
+    )
+    guard = NonFiniteGuard(0, CUDA, Context(), run_dir=None)
+    images = load_split("mnist", "train").images[:2048].to(CUDA)
+    batches = torch.randperm(2048, device=CUDA).split(settings.train.batch_size)
+    loss_sum = torch.zeros((), device=CUDA)
+
+    def step(index: int) -> None:
+        nonlocal loss_sum
+        reconstruction, quantizer, loss = graphed(images[batches[index]])
+        guard.step_is_bad(index + 1, reconstruction, quantizer)
+        loss_sum += loss
+
+    for index in range(WARMUP_STEPS + 1):  # eager warm-up steps, then the capture
+        step(index)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for index in range(WARMUP_STEPS + 1, len(batches)):
+            step(index)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert graphed.captured
+    guard.check()
+    assert torch.isfinite(loss_sum)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_whole_step_graphs_learn_what_eager_steps_learn(schedule):
+    """The same seeded run, eager and replayed (one-cycle: Adam runs eagerly after each replayed
+    backward, with the schedule's rate and beta1; 2,112 images, so every epoch also ends on an
+    eager 64-image batch, after which the graph's gradients must be handed back)."""
+    settings = preset_config("efficient").train
+    settings.lr_schedule = schedule
+    images = load_split("mnist", "train").images[:2112].to(CUDA)
+    losses, weights = {}, {}
+    for graph in (False, True):
+        torch.manual_seed(0)
+        config = preset_config("efficient")
+        model = VQVAE(config.model).to(CUDA)
+        optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, fused=True)
+        scheduler = make_scheduler(optimizer, settings, total_steps=3 * 17)
+        graphed = GraphedTrainStep(model, optimizer, 128, scheduler=scheduler) if graph else None
+        order = torch.Generator().manual_seed(0)
+        losses[graph] = [
+            run_epoch(model, optimizer, images, 128, order, scheduler=scheduler, graphed=graphed)
+            for _ in range(3)
+        ]
+        weights[graph] = model.state_dict()
+        if scheduler is not None:
+            assert scheduler.last_epoch == 3 * 17
+    # Same kernels in the same order; only atomic-add orders may differ between the runs.
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+    for name, tensor in weights[False].items():
+        torch.testing.assert_close(weights[True][name], tensor, rtol=1e-3, atol=1e-4, msg=name)
+
+
 def test_deterministic_resume_on_the_gpu_is_bitwise_exact(tmp_path):
     config = preset_config("best")
     config.train.epochs = 2
@@ -152,3 +223,18 @@ def test_compiled_training_on_the_gpu_learns_like_eager(tmp_path, mode):
         for name in ("eager", "compiled")
     )
     assert compiled == pytest.approx(eager, rel=0.25)
+
+
+def test_whole_step_graphs_through_the_cli_train_resume_and_learn(tmp_path):
+    small = ["--epochs", "1", "--train-limit", "4096", "--test-limit", "1000", "--quiet",
+             "--device", "cuda"]  # fmt: skip
+    vqkit_cli("train", "--preset", "best", *small, "--out", str(tmp_path / "eager"))
+    run = tmp_path / "graphed"
+    vqkit_cli("train", "--preset", "best", "--cuda-graph", *small, "--out", str(run))
+    small[1] = "2"
+    vqkit_cli("train", "--resume", str(run), *small)
+    metrics = [json.loads(line) for line in (run / runfiles.METRICS).read_text().splitlines()]
+    eager = json.loads((tmp_path / "eager" / runfiles.METRICS).read_text())
+    assert metrics[0]["test_mse"] == pytest.approx(eager["test_mse"], rel=0.25)
+    assert metrics[1]["test_mse"] < metrics[0]["test_mse"]
+    assert json.loads((run / runfiles.CONFIG).read_text())["train"]["cuda_graph"] is True

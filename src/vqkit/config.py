@@ -166,6 +166,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory layout: faster oneDNN convolutions on CPU
     compile: bool = False  # torch.compile the training forward pass
     compile_mode: str = "default"  # one of COMPILE_MODES (used only with compile)
+    cuda_graph: bool = False  # replay each whole training step from one CUDA graph (GPU only)
     lr_schedule: str = "constant"  # constant, onecycle or cosine (stepped once per batch)
     warmup_fraction: float = 0.25  # share of the steps spent warming up to lr (schedules only)
     checkpoint_every: int | None = None  # also save a resumable state every N steps
@@ -191,6 +192,11 @@ class TrainConfig:
         _require(
             self.compile_mode in COMPILE_MODES,
             f"Unknown compile mode '{self.compile_mode}'; use one of {', '.join(COMPILE_MODES)}.",
+        )
+        _require(
+            not (self.compile and self.cuda_graph),
+            "--cuda-graph captures the eager training step and cannot go with --compile "
+            "(its reduce-overhead mode replays graphs of its own); choose one.",
         )
         _require(0.0 < self.warmup_fraction < 1.0, "The warm-up fraction must be between 0 and 1.")
         _require(

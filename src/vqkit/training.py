@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from vqkit import distributed, runfiles, train_state
 from vqkit.acceleration import (
-    autocast,
     make_optimizer,
     make_scheduler,
     prepare_model,
@@ -37,13 +35,19 @@ from vqkit.acceleration import (
 )
 from vqkit.checkpoint import run_path, save_config, save_weights
 from vqkit.config import RunConfig
+from vqkit.cuda_graph import (
+    GraphedTrainStep,
+    graphed_step_or_none,
+    require_cuda_graph_support,
+)
 from vqkit.data import OWN_DATASET, Split, load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import append_jsonl, ensure_dir, read_jsonl, write_bytes_atomic
 from vqkit.guards import NonFiniteGuard, StopRequest
 from vqkit.images import save_comparison
 from vqkit.metrics import evaluate_reconstruction
-from vqkit.model import VQVAE, images_to_input
+from vqkit.model import VQVAE
+from vqkit.step import apply_step, compute_losses
 from vqkit.train_state import Position
 
 # How many steps between progress-bar refreshes: each refresh reads the loss off the device.
@@ -100,35 +104,6 @@ class TrainResult:
         return self.history[-1]
 
 
-def compute_losses(
-    model: nn.Module | Any, batch: torch.Tensor, precision: str = "fp32"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward one uint8 batch (B, H, W): (reconstruction MSE, quantizer loss), both ().
-
-    ``precision`` 'bf16' autocasts the convolutions; the loss itself is taken in fp32.
-    """
-    with autocast(batch.device, precision):
-        out = model(batch)
-        reconstruction = F.mse_loss(out.reconstruction.float(), images_to_input(batch))
-    return reconstruction, out.vq_loss
-
-
-def apply_step(
-    optimizer: torch.optim.Optimizer,
-    reconstruction: torch.Tensor,
-    quantizer: torch.Tensor,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-) -> torch.Tensor:
-    """Backpropagate the total loss and take one optimizer (and schedule) step."""
-    loss = reconstruction + quantizer
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    return loss.detach()
-
-
 def run_epoch(
     model: nn.Module | Any,
     optimizer: torch.optim.Optimizer,
@@ -138,17 +113,22 @@ def run_epoch(
     *,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     precision: str = "fp32",
+    graphed: GraphedTrainStep | None = None,
 ) -> float:
     """One plain pass over uint8 ``images`` (N, H, W) in a seeded order; mean training loss.
 
     The same steps as ``train`` without its run folder, checkpoints, guards or processes: the
     building block benchmarks use to time training with the clock stopped for evaluation.
+    ``graphed`` (built on the same model, optimizer and scheduler) takes the steps instead.
     """
     order = torch.randperm(images.shape[0], generator=order_generator).to(images.device)
     total, steps = torch.zeros((), device=images.device), 0
     for index in order.split(batch_size):
-        reconstruction, quantizer = compute_losses(model, images[index], precision)
-        total += apply_step(optimizer, reconstruction, quantizer, scheduler)
+        if graphed is not None:
+            total += graphed(images[index])[2]
+        else:
+            reconstruction, quantizer = compute_losses(model, images[index], precision)
+            total += apply_step(optimizer, reconstruction, quantizer, scheduler)
         steps += 1
     return float(total) / max(steps, 1)
 
@@ -302,6 +282,7 @@ class _Run:
         settings = self.settings = config.train
         self.context, self.device = context, device
         require_compile_toolchain(settings, device)
+        require_cuda_graph_support(settings, device, context)
         if settings.batch_size % context.world_size:
             raise VqkitError(
                 f"The batch size {settings.batch_size} must be a multiple of the "
@@ -360,6 +341,9 @@ class _Run:
         if context.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
+        self.graphed = graphed_step_or_none(
+            settings, self.step_model, self.optimizer, self.scheduler, self.precision
+        )
         self.guard = NonFiniteGuard(settings.skip_nonfinite, device, context, self.run_dir)
         self.guard.skipped = self.position.skipped_nonfinite
         self.stop = StopRequest()
@@ -409,9 +393,9 @@ class _Run:
         for index in range(position.step, len(batches)):
             batch = self.images[batches[index]]
             position.global_step += 1
-            reconstruction, quantizer = compute_losses(self.step_model, batch, self.precision)
-            if not self.guard.step_is_bad(position.global_step, reconstruction, quantizer):
-                loss = apply_step(self.optimizer, reconstruction, quantizer, self.scheduler)
+            stepped = self.train_step(batch, position.global_step)
+            if stepped is not None:
+                loss = stepped
                 self.loss_sum += loss
                 position.stepped += 1
             position.step = index + 1
@@ -430,6 +414,18 @@ class _Run:
                 raise TrainingInterrupted(self.run_dir)
         bar.close()
         self.finish_epoch(epoch, time.perf_counter() - started)
+
+    def train_step(self, batch: torch.Tensor, global_step: int) -> torch.Tensor | None:
+        """One optimizer step on ``batch``; its detached loss, or None when the guard skipped
+        it. A replayed step's guard is lazy (--skip-nonfinite is refused with --cuda-graph)."""
+        if self.graphed is not None:
+            reconstruction, quantizer, loss = self.graphed(batch)
+            self.guard.step_is_bad(global_step, reconstruction, quantizer)
+            return loss
+        reconstruction, quantizer = compute_losses(self.step_model, batch, self.precision)
+        if self.guard.step_is_bad(global_step, reconstruction, quantizer):
+            return None
+        return apply_step(self.optimizer, reconstruction, quantizer, self.scheduler)
 
     def finish_epoch(self, epoch: int, seconds: float) -> None:
         """Evaluate, then write weights, the metrics line and the epoch-boundary state."""

@@ -68,6 +68,8 @@ examples:
   vqkit train --num-embeddings 256 --beta 0.5 --seed 3
   vqkit train --preset fast            # efficient model, tuned for time to quality
   vqkit train --precision bf16 --channels-last --batch-size 256 --lr 3e-3 --lr-schedule onecycle
+  vqkit train --preset efficient --cuda-graph   on a GPU: each whole step replayed from a CUDA
+                                                graph (no host work per kernel)
   vqkit train --preset efficient --out runs/a --checkpoint-every 200 --deterministic
   vqkit train --resume runs/a
   vqkit train --resume runs/a --epochs 10           train a finished run for longer (a run
@@ -92,6 +94,7 @@ OVERRIDES = {
     "channels_last": ("train", "channels_last"),
     "compile": ("train", "compile"),
     "compile_mode": ("train", "compile_mode"),
+    "cuda_graph": ("train", "cuda_graph"),
     "lr_schedule": ("train", "lr_schedule"),
     "warmup_fraction": ("train", "warmup_fraction"),
     "hidden_dim": ("model", "hidden_dim"),
@@ -113,7 +116,7 @@ OVERRIDES = {
     "gradient_estimator": ("quantizer", "gradient_estimator"),
 }
 # Flags --resume accepts: they steer the run without changing what it learns so far.
-RESUME_FLAGS = ("epochs", "checkpoint_every", "skip_nonfinite")
+RESUME_FLAGS = ("epochs", "checkpoint_every", "skip_nonfinite", "cuda_graph")
 
 
 def register(subparsers) -> None:
@@ -168,6 +171,12 @@ def register(subparsers) -> None:
         "--compile-mode",
         choices=COMPILE_MODES,
         help="torch.compile mode (implies --compile); reduce-overhead replays CUDA graphs",
+    )
+    group.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="capture each whole training step once as a CUDA graph and replay it (GPU only)",
     )
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="per-step LR schedule")
     group.add_argument("--warmup-fraction", type=float, help="share of steps warming up")
