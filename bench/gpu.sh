@@ -51,6 +51,22 @@ run --preset efficient --batch-size 256 --lr 2e-3 --compile-mode reduce-overhead
 run --preset fast --compile-mode reduce-overhead --repeat 2 --label "fast graphs"
 run --preset best --batch-size 256 --lr 3e-3 --lr-schedule onecycle \
     --compile-mode reduce-overhead --repeat 2 --label "best batch 256 graphs"
+# The user's path: `vqkit train --cuda-graph` with its own loop (non-finite guard, progress
+# counters, a state saved after each epoch); epoch seconds and test MSE from its metrics.jsonl.
+echo
+cli_run="$(mktemp -d)/efficient-cuda-graph"
+if timeout "${RUN_LIMIT:-100}" "$PYTHON" -m vqkit train --preset efficient --cuda-graph \
+    --device cuda --quiet --out "$cli_run" >/dev/null; then
+    "$PYTHON" - "$cli_run/metrics.jsonl" <<'PY'
+import json, sys
+epochs = [json.loads(line) for line in open(sys.argv[1])]
+seconds = [e["epoch_seconds"] for e in epochs]
+print(f"vqkit train --preset efficient --cuda-graph: {sum(seconds):.2f} s of training "
+      f"(epochs {', '.join(f'{s:.2f}' for s in seconds)}), test MSE {epochs[-1]['test_mse']:.5f}")
+PY
+else
+    echo "vqkit train --preset efficient --cuda-graph: failed or timed out"
+fi
 # Where a step's time goes: wall time against GPU kernel time, and the host's heaviest operators.
 echo
 timeout "${RUN_LIMIT:-100}" "$PYTHON" bench/step_host.py --preset efficient || true

@@ -413,6 +413,8 @@ class _Run:
             if self.stop.requested:
                 raise TrainingInterrupted(self.run_dir)
         bar.close()
+        if self.device.type == "cuda":  # the host runs ahead of the GPU: stop its clock too
+            torch.cuda.synchronize(self.device)
         self.finish_epoch(epoch, time.perf_counter() - started)
 
     def train_step(self, batch: torch.Tensor, global_step: int) -> torch.Tensor | None:
