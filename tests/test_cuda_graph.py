@@ -1,4 +1,5 @@
-"""--cuda-graph where no GPU is needed: its flag, its refusals, what it must keep in step with.
+"""--cuda-graph where no GPU is needed: its flag, its refusals, what it must keep in step with,
+and the bookkeeping around replays, run against a CPU stand-in for the recorded graph.
 
 The replayed steps themselves are checked on a GPU (tests/test_cuda.py, the whole-step tests).
 """
@@ -8,13 +9,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqkit.acceleration import make_scheduler
+from vqkit.acceleration import make_optimizer, make_scheduler
 from vqkit.cli import main
 from vqkit.config import RunConfig, TrainConfig, preset_config
-from vqkit.cuda_graph import optimizer_in_graph, require_cuda_graph_support
+from vqkit.cuda_graph import GraphedTrainStep, optimizer_in_graph, require_cuda_graph_support
 from vqkit.distributed import Context
 from vqkit.errors import VqkitError
+from vqkit.model import VQVAE
+from vqkit.step import compute_losses
 from vqkit.train_state import exists
+from vqkit.training import run_epoch
 
 CUDA = torch.device("cuda")  # a name only: nothing runs on it here
 
@@ -81,3 +85,81 @@ def test_the_update_is_recorded_only_when_the_schedule_moves_nothing_but_the_rat
         changed |= {key for key, value in group.items() if key != "params" and value != start[key]}
     assert changed == moving
     assert optimizer_in_graph(scheduler) == (changed <= {"lr"})
+
+
+class RecordedStepOnCpu:
+    """What a CUDA graph of the step does at each replay, as eager CPU code: the step on the
+    static batch, written into the recorded gradient and output tensors; then, if the update
+    was recorded, Adam with every setting as it was at recording except the rate, which it
+    reads from the tensor the group held while recording (a real graph fixes the numbers it was
+    given and reads tensors at replay). Lets the bookkeeping around replays run on a CPU."""
+
+    def __init__(self, step):
+        self.step = step
+        groups = step.optimizer.param_groups
+        self.settings = [{key: group[key] for key in group if key != "params"} for group in groups]
+
+    def replay(self) -> None:
+        step = self.step
+        groups = step.optimizer.param_groups
+        params = [p for group in groups for p in group["params"]]
+        reconstruction, quantizer = compute_losses(step.model, step.static_batch)
+        loss = reconstruction + quantizer
+        for held, fresh in zip(step.graph_grads, torch.autograd.grad(loss, params), strict=True):
+            held.copy_(fresh)
+        for held, fresh in zip(step.outputs, (reconstruction, quantizer, loss), strict=True):
+            held.copy_(fresh.detach())
+        if not step.adam_in_graph:
+            return
+        live = [{key: group[key] for key in group if key != "params"} for group in groups]
+        live_grads = [p.grad for p in params]
+        for group, recorded in zip(groups, self.settings, strict=True):
+            group.update(recorded, lr=float(recorded["lr"]), capturable=False)
+        for param, held in zip(params, step.graph_grads, strict=True):
+            param.grad = held
+        step.optimizer.step()
+        for group, settings in zip(groups, live, strict=True):
+            group.update(settings)
+        for param, grad in zip(params, live_grads, strict=True):
+            param.grad = grad
+
+
+def record_on_cpu(step):
+    """Stands in for ``GraphedTrainStep._record``: recording runs nothing, but leaves gradient
+    and output tensors for the replays to write."""
+    for group in step.optimizer.param_groups:
+        for param in group["params"]:
+            param.grad = torch.zeros_like(param)
+    return RecordedStepOnCpu(step), tuple(torch.zeros(()) for _ in range(3))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_replays_keep_the_eager_schedule_and_gradients(schedule, monkeypatch):
+    """Eager training against replays of a CPU stand-in for the graph: the rate copied in
+    before each replay, the schedule stepped after it, Adam out of the graph when a one-cycle
+    schedule moves beta1, and the graph's gradients handed back after each epoch's short
+    eager batch. Any of these wrong changes the weights."""
+    monkeypatch.setattr(GraphedTrainStep, "_on_side_stream", GraphedTrainStep._eager)
+    monkeypatch.setattr(GraphedTrainStep, "_record", record_on_cpu)
+    config = preset_config("efficient")
+    config.model.hidden_dim = 8
+    settings = TrainConfig(lr=3e-3, lr_schedule=schedule)
+    images = torch.randint(0, 256, (200, 28, 28), dtype=torch.uint8)  # 6 batches of 32, then 8
+    weights, losses = {}, {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = VQVAE(config.model)
+        optimizer = make_optimizer(model, settings)
+        scheduler = make_scheduler(optimizer, settings, total_steps=3 * 7)
+        step = GraphedTrainStep(model, optimizer, 32, scheduler=scheduler) if graphed else None
+        order = torch.Generator().manual_seed(0)
+        losses[graphed] = [
+            run_epoch(model, optimizer, images, 32, order, scheduler=scheduler, graphed=step)
+            for _ in range(3)
+        ]
+        weights[graphed] = model.state_dict()
+        if graphed:
+            assert step.captured and step.adam_in_graph == (schedule != "onecycle")
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+    for name, tensor in weights[False].items():
+        torch.testing.assert_close(weights[True][name], tensor, rtol=1e-6, atol=1e-7, msg=name)

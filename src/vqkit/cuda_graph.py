@@ -145,16 +145,8 @@ class GraphedTrainStep:
                 group["lr"], group["capturable"] = rate, True
         # Gradients set to None: the recorded backward writes them afresh at each replay.
         self.optimizer.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
-                reconstruction, quantizer = compute_losses(
-                    self.model, self.static_batch, self.precision
-                )
-                loss = reconstruction + quantizer
-                loss.backward()
-                if self.adam_in_graph:
-                    self.optimizer.step()
+            self.graph, self.outputs = self._record()
         except RuntimeError as error:
             raise VqkitError(
                 "This training step cannot be captured as a CUDA graph "
@@ -163,12 +155,23 @@ class GraphedTrainStep:
         finally:
             for group, (rate, capturable) in zip(groups, plain, strict=True):
                 group["lr"], group["capturable"] = rate, capturable
-        self.graph = graph
-        self.outputs = (reconstruction.detach(), quantizer.detach(), loss.detach())
         # The graph writes these gradients at every replay. An eager step (a short batch) sets
         # .grad to None; this list keeps their memory for the graph and hands them back.
         self.graph_grads = [p.grad for group in groups for p in group["params"]]
         return self._replay(batch)
+
+    def _record(self) -> tuple[torch.cuda.CUDAGraph, StepLosses]:
+        """The recording itself: the step on ``static_batch``, Adam too if ``adam_in_graph``."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            reconstruction, quantizer = compute_losses(
+                self.model, self.static_batch, self.precision
+            )
+            loss = reconstruction + quantizer
+            loss.backward()
+            if self.adam_in_graph:
+                self.optimizer.step()
+        return graph, (reconstruction.detach(), quantizer.detach(), loss.detach())
 
     def _replay(self, batch: torch.Tensor) -> StepLosses:
         assert self.graph is not None and self.static_batch is not None
