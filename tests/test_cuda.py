@@ -12,17 +12,18 @@ import sys
 
 import pytest
 import torch
+from graph_helpers import train_eager_and_graphed
 
 from vqkit import runfiles
 from vqkit.acceleration import make_scheduler, prepare_model
-from vqkit.config import preset_config
+from vqkit.config import TrainConfig, preset_config
 from vqkit.cuda_graph import WARMUP_STEPS, GraphedTrainStep
 from vqkit.data import load_split
 from vqkit.distributed import Context
 from vqkit.guards import NonFiniteGuard
 from vqkit.model import VQVAE
 from vqkit.quantize import nearest_codes
-from vqkit.training import apply_step, compute_losses, run_epoch, train
+from vqkit.training import apply_step, compute_losses, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
@@ -148,29 +149,15 @@ def test_whole_step_graphs_learn_what_eager_steps_learn(schedule):
     """The same seeded run, eager and replayed (one-cycle: Adam runs eagerly after each replayed
     backward, with the schedule's rate and beta1; 2,112 images, so every epoch also ends on an
     eager 64-image batch, after which the graph's gradients must be handed back)."""
-    settings = preset_config("efficient").train
-    settings.lr_schedule = schedule
+    settings = TrainConfig(lr=2e-3, lr_schedule=schedule)
     images = load_split("mnist", "train").images[:2112].to(CUDA)
-    losses, weights = {}, {}
-    for graph in (False, True):
-        torch.manual_seed(0)
-        config = preset_config("efficient")
-        model = VQVAE(config.model).to(CUDA)
-        optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, fused=True)
-        scheduler = make_scheduler(optimizer, settings, total_steps=3 * 17)
-        graphed = GraphedTrainStep(model, optimizer, 128, scheduler=scheduler) if graph else None
-        order = torch.Generator().manual_seed(0)
-        losses[graph] = [
-            run_epoch(model, optimizer, images, 128, order, scheduler=scheduler, graphed=graphed)
-            for _ in range(3)
-        ]
-        weights[graph] = model.state_dict()
-        if scheduler is not None:
-            assert scheduler.last_epoch == 3 * 17
+    runs = train_eager_and_graphed(preset_config("efficient").model, settings, images, epochs=3)
+    (losses, weights, _), (graphed_losses, graphed_weights, step) = runs[False], runs[True]
+    assert step.captured
     # Same kernels in the same order; only atomic-add orders may differ between the runs.
-    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
-    for name, tensor in weights[False].items():
-        torch.testing.assert_close(weights[True][name], tensor, rtol=1e-3, atol=1e-4, msg=name)
+    assert graphed_losses == pytest.approx(losses, rel=1e-3)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(graphed_weights[name], tensor, rtol=1e-3, atol=1e-4, msg=name)
 
 
 def test_deterministic_resume_on_the_gpu_is_bitwise_exact(tmp_path):

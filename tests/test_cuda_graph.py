@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from graph_helpers import train_eager_and_graphed
 
-from vqkit.acceleration import make_optimizer, make_scheduler
+from vqkit.acceleration import make_scheduler
 from vqkit.cli import main
 from vqkit.config import RunConfig, TrainConfig, preset_config
 from vqkit.cuda_graph import GraphedTrainStep, optimizer_in_graph, require_cuda_graph_support
 from vqkit.distributed import Context
 from vqkit.errors import VqkitError
-from vqkit.model import VQVAE
 from vqkit.step import compute_losses
 from vqkit.train_state import exists
-from vqkit.training import run_epoch
 
 CUDA = torch.device("cuda")  # a name only: nothing runs on it here
 
@@ -143,23 +142,11 @@ def test_replays_keep_the_eager_schedule_and_gradients(schedule, monkeypatch):
     monkeypatch.setattr(GraphedTrainStep, "_record", record_on_cpu)
     config = preset_config("efficient")
     config.model.hidden_dim = 8
-    settings = TrainConfig(lr=3e-3, lr_schedule=schedule)
+    settings = TrainConfig(lr=3e-3, lr_schedule=schedule, batch_size=32)
     images = torch.randint(0, 256, (200, 28, 28), dtype=torch.uint8)  # 6 batches of 32, then 8
-    weights, losses = {}, {}
-    for graphed in (False, True):
-        torch.manual_seed(0)
-        model = VQVAE(config.model)
-        optimizer = make_optimizer(model, settings)
-        scheduler = make_scheduler(optimizer, settings, total_steps=3 * 7)
-        step = GraphedTrainStep(model, optimizer, 32, scheduler=scheduler) if graphed else None
-        order = torch.Generator().manual_seed(0)
-        losses[graphed] = [
-            run_epoch(model, optimizer, images, 32, order, scheduler=scheduler, graphed=step)
-            for _ in range(3)
-        ]
-        weights[graphed] = model.state_dict()
-        if graphed:
-            assert step.captured and step.adam_in_graph == (schedule != "onecycle")
-    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
-    for name, tensor in weights[False].items():
-        torch.testing.assert_close(weights[True][name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+    runs = train_eager_and_graphed(config.model, settings, images, epochs=3)
+    (losses, weights, _), (graphed_losses, graphed_weights, step) = runs[False], runs[True]
+    assert step.captured and step.adam_in_graph == (schedule != "onecycle")
+    assert graphed_losses == pytest.approx(losses, rel=1e-6)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(graphed_weights[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
