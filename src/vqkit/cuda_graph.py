@@ -94,6 +94,7 @@ class GraphedTrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: torch.Tensor | None = None
         self.outputs: StepLosses | None = None
+        self.params: list[torch.Tensor] = []  # in the optimizer's order, as graph_grads
         self.graph_grads: list[torch.Tensor | None] = []
         self.adam_in_graph = True
         # Per parameter group: the rate the recorded update reads, and its host value last
@@ -157,7 +158,8 @@ class GraphedTrainStep:
                 group["lr"], group["capturable"] = rate, capturable
         # The graph writes these gradients at every replay. An eager step (a short batch) sets
         # .grad to None; this list keeps their memory for the graph and hands them back.
-        self.graph_grads = [p.grad for group in groups for p in group["params"]]
+        self.params = [p for group in groups for p in group["params"]]
+        self.graph_grads = [p.grad for p in self.params]
         return self._replay(batch)
 
     def _record(self) -> tuple[torch.cuda.CUDAGraph, StepLosses]:
@@ -185,8 +187,7 @@ class GraphedTrainStep:
                     self.host_rates[index] = group["lr"]
         self.graph.replay()
         if not self.adam_in_graph:  # the graph wrote the gradients; Adam runs eagerly on them
-            params = [p for group in groups for p in group["params"]]
-            for param, grad in zip(params, self.graph_grads, strict=True):
+            for param, grad in zip(self.params, self.graph_grads, strict=True):
                 param.grad = grad
             self.optimizer.step()
         if self.scheduler is not None:
