@@ -10,6 +10,7 @@ import pytest
 import torch
 from graph_helpers import train_eager_and_graphed
 
+from vqkit import training
 from vqkit.acceleration import make_scheduler
 from vqkit.cli import main
 from vqkit.config import RunConfig, TrainConfig, preset_config
@@ -150,3 +151,40 @@ def test_replays_keep_the_eager_schedule_and_gradients(schedule, monkeypatch):
     assert graphed_losses == pytest.approx(losses, rel=1e-6)
     for name, tensor in weights.items():
         torch.testing.assert_close(graphed_weights[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize(("schedule", "resumed"), [("constant", True), ("onecycle", False)])
+def test_a_run_with_replays_ends_where_an_eager_run_ends(schedule, resumed, tmp_path, monkeypatch):
+    """``vqkit.train``'s own loop (guard, loss sums, saved states) with the CPU stand-in for the
+    graph, against one uninterrupted eager run; with a constant rate the replayed run stops
+    after epoch 1 and is resumed (a one-cycle run cannot be lengthened). The `best` codebook:
+    k-means in the first warm-up step, EMA and restarts inside every replay."""
+    monkeypatch.setattr(training, "require_cuda_graph_support", lambda *args: None)
+    monkeypatch.setattr(GraphedTrainStep, "_on_side_stream", GraphedTrainStep._eager)
+    monkeypatch.setattr(GraphedTrainStep, "_record", record_on_cpu)
+    replays = []
+    replay = RecordedStepOnCpu.replay
+    monkeypatch.setattr(RecordedStepOnCpu, "replay", lambda self: replays.append(replay(self)))
+    config = preset_config("best")
+    config.model.hidden_dim = 8
+    config.train = TrainConfig(epochs=2, batch_size=64, train_limit=600, test_limit=200,
+                               lr=3e-3, lr_schedule=schedule, deterministic=True)  # fmt: skip
+    eager = training.train(config, tmp_path / "eager", device="cpu", progress=False)
+    config.train.cuda_graph = True
+    if resumed:
+        config.train.epochs = 1
+        training.train(config, tmp_path / "graphed", device="cpu", progress=False)
+        config.train.epochs = 2
+    graphed = training.train(
+        config, tmp_path / "graphed", device="cpu", progress=False, resume=resumed
+    )
+    # 9 full batches of 64 an epoch (and one of 24): 3 warm-up steps, then replays, again
+    # after the resume.
+    assert len(replays) == (6 + 6 if resumed else 18 - 3)
+    for key in ("train_loss", "test_mse"):
+        assert [r[key] for r in graphed.history] == pytest.approx(
+            [r[key] for r in eager.history], rel=1e-6
+        )
+    assert graphed.history[-1]["codebook_restarts"] == eager.history[-1]["codebook_restarts"]
+    for name, tensor in eager.model.state_dict().items():
+        torch.testing.assert_close(graphed.model.state_dict()[name], tensor, msg=name)
