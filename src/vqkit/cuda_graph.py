@@ -134,14 +134,14 @@ class GraphedTrainStep:
         self.static_batch = batch.clone()
         groups = self.optimizer.param_groups
         self.adam_in_graph = optimizer_in_graph(self.scheduler)
+        plain = [(group["lr"], group["capturable"]) for group in groups]
         if self.adam_in_graph:
             self.host_rates = [float(group["lr"]) for group in groups]
             self.device_rates = [
                 torch.tensor(rate, dtype=torch.float32, device=batch.device)
                 for rate in self.host_rates
             ]
-        plain = [(group["lr"], group["capturable"]) for group in groups]
-        if self.adam_in_graph:  # only while recording: the fused kernel then reads the rate
+            # Only while recording: the fused kernel then reads the rate from the device.
             for group, rate in zip(groups, self.device_rates, strict=True):
                 group["lr"], group["capturable"] = rate, True
         # Gradients set to None: the recorded backward writes them afresh at each replay.
