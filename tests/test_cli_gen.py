@@ -26,9 +26,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def png_size(count: int, columns: int, scale: int = PNG_SCALE) -> tuple[int, int]:
-    """(width, height) of a PNG grid of ``count`` 28×28 images, from tile's own layout."""
-    canvas = tile(np.zeros((count, 28, 28), dtype=np.uint8), columns)
-    return canvas.shape[1] * scale, canvas.shape[0] * scale
+    """(width, height) of a PNG grid of ``count`` 28×28 images: 2-pixel gaps and borders."""
+    rows = max(1, -(-count // columns))
+    return (columns * 30 + 2) * scale, (rows * 30 + 2) * scale
 
 
 def png_pixels(path: Path, scale: int = PNG_SCALE) -> np.ndarray:

@@ -13,6 +13,8 @@ from process_helpers import child_env
 
 from vqkit import runfiles
 from vqkit.checkpoint import read_tensors
+from vqkit.distributed import Context
+from vqkit.training import epoch_batches
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -105,3 +107,25 @@ def test_a_two_rank_channels_last_run_resumed_ends_as_an_unbroken_one(tmp_path):
     resumed = read_tensors(tmp_path / "resumed" / runfiles.WEIGHTS, "weights")
     for name, weight in unbroken.items():
         assert torch.equal(weight, resumed[name]), name
+
+
+@pytest.mark.parametrize("count", [96, 101])
+def test_the_ranks_shards_of_a_step_are_the_one_process_batch(count):
+    # Two ranks with the same seed: at every step their batches are disjoint and together
+    # hold exactly the one-process batch (the odd image out of 101 is left to no rank).
+    def batches(context: Context) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(7)
+        return [b.tolist() for b in epoch_batches(count, 8, generator, context)]
+
+    alone = batches(Context())
+    ranks = [batches(Context(rank=rank, world_size=2)) for rank in (0, 1)]
+    usable = set(
+        torch.randperm(count, generator=torch.Generator().manual_seed(7))[
+            : count - count % 2
+        ].tolist()
+    )
+    assert len(ranks[0]) == len(ranks[1]) == len(alone)
+    for step, whole in enumerate(alone):
+        first, second = ranks[0][step], ranks[1][step]
+        assert not set(first) & set(second)
+        assert sorted(first + second) == sorted(i for i in whole if i in usable)

@@ -63,5 +63,5 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     with torch.no_grad():
         a, b = model(batch), restored(batch)
     assert torch.equal(a.reconstruction, b.reconstruction) and torch.equal(a.codes, b.codes)
-    assert isinstance(RunConfig.from_dict(config.to_dict()), RunConfig)
+    assert RunConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
     assert VQVAE.from_run(tmp_path).training is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,9 @@ def test_skip_nonfinite_skips_bad_steps_without_updating(monkeypatch, tmp_path, 
     assert len(seen) == STEPS_PER_EPOCH
     record = json.loads((run_dir / runfiles.METRICS).read_text())
     assert record["skipped_nonfinite_steps"] == 2
-    assert record["train_loss"] == pytest.approx(record["train_loss"])  # finite
+    # The mean over the applied steps only: finite, and an MSE of [0, 1] pixels plus a small
+    # quantizer loss (0.24 when written), where a poisoned step would make it inf or NaN.
+    assert math.isfinite(record["train_loss"]) and 0 < record["train_loss"] < 1
     state = json.loads((run_dir / runfiles.TRAIN_STATE_META).read_text())
     assert state["skipped_nonfinite"] == 2
     # Adam counts the updates it applied: the two skipped steps were never applied.

@@ -27,12 +27,14 @@ def test_nearest_codes_match_brute_force(num_codes, dim, rows):
     assert np.array_equal(nearest_codes(vectors, codebook).numpy(), expected)
 
 
-def test_chunked_distances_match_single_pass(monkeypatch):
+def test_chunked_distances_match_brute_force(monkeypatch):
+    # 1000 rows in chunks of 7 (the last one 6 rows short), against the definition.
     generator = torch.Generator().manual_seed(1)
-    vectors, codebook = torch.randn(1000, 16, generator=generator), torch.randn(300, 16)
-    whole = nearest_codes(vectors, codebook)
-    monkeypatch.setattr(quantize, "DISTANCE_CHUNK_ELEMENTS", 300 * 7)  # 7 rows per chunk
-    assert torch.equal(nearest_codes(vectors, codebook), whole)
+    vectors = torch.randn(1000, 16, generator=generator)
+    codebook = torch.randn(300, 16, generator=generator)
+    monkeypatch.setattr(quantize, "DISTANCE_CHUNK_ELEMENTS", 300 * 7)
+    expected = brute_force_nearest(vectors.double().numpy(), codebook.double().numpy())
+    assert np.array_equal(nearest_codes(vectors, codebook).numpy(), expected)
 
 
 def make_quantizer(num=16, dim=4, beta=0.25, seed=0) -> VectorQuantizer:

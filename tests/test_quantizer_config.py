@@ -100,6 +100,7 @@ def test_cli_flags_reach_the_config():
     assert (quantizer.dead_code_restart, quantizer.dead_code_threshold) == (40, 0.2)
     assert (quantizer.codebook_init, quantizer.kmeans_iters) == ("kmeans", 4)
     assert quantizer.gradient_estimator == "rotation"
+    assert parse("--residual-blocks", "2").model.residual_blocks == 2
     fsq = parse("--quantizer", "fsq", "--fsq-levels", "8,4,4").model.quantizer
     assert (fsq.quantizer, fsq.fsq_levels, fsq.num_codes) == ("fsq", [8, 4, 4], 128)
 

@@ -1,0 +1,40 @@
+"""Every option of `demo` and `train-prior` reaches the settings it names (parsing only)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from vqkit.cli import build_parser, demo_cmd, main
+from vqkit.cli.train_prior_cmd import config_from_args
+
+
+def test_demo_flags_reach_the_demo_settings(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def fake_demo(out_dir, settings, *, device, progress):
+        seen.update(out=out_dir, settings=settings, device=device, progress=progress)
+        return SimpleNamespace()
+
+    monkeypatch.setattr(demo_cmd, "run_demo", fake_demo)
+    monkeypatch.setattr(demo_cmd, "format_headline", lambda result: "headline")
+    flags = [
+        "demo", "--dataset", "fashion-mnist", "--preset", "fast", "--prior-epochs", "3",
+        "--score-samples", "50", "--seed", "4", "--out", str(tmp_path / "d"), "--quiet",
+        "--device", "cpu",
+    ]  # fmt: skip
+    assert main(flags) == 0
+    settings = seen["settings"]
+    assert (settings.dataset, settings.preset, settings.seed) == ("fashion-mnist", "fast", 4)
+    assert (settings.prior_epochs, settings.score_samples) == (3, 50)
+    assert seen == {**seen, "out": str(tmp_path / "d"), "device": "cpu", "progress": False}
+    assert capsys.readouterr().out.strip() == "headline"
+
+
+def test_train_prior_flags_reach_the_prior_config():
+    args = build_parser().parse_args(
+        ["train-prior", "runs/x", "--dropout", "0.3", "--layers", "5", "--channels", "24",
+         "--conditional", "--epochs", "7", "--lr", "0.002", "--batch-size", "64"]
+    )  # fmt: skip
+    config = config_from_args(args)
+    assert (config.dropout, config.layers, config.channels) == (0.3, 5, 24)
+    assert (config.conditional, config.epochs, config.lr, config.batch_size) == (True, 7, 2e-3, 64)

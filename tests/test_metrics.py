@@ -1,0 +1,53 @@
+"""Reconstruction metrics against their definitions, computed image by image."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vqkit.config import ModelConfig, QuantizerConfig
+from vqkit.metrics import code_grid_bits, evaluate_reconstruction, psnr
+from vqkit.model import VQVAE
+
+
+def test_psnr_against_hand_values():
+    assert psnr(0.01) == pytest.approx(20.0)
+    assert psnr(1e-4) == pytest.approx(40.0)
+    assert psnr(0.01, peak=255.0) == pytest.approx(20.0 + 20.0 * math.log10(255.0))
+    assert psnr(0.0) == math.inf
+
+
+def test_code_grid_bits_against_hand_values():
+    assert code_grid_bits(128) == pytest.approx(49 * 7)
+    assert code_grid_bits(1000) == pytest.approx(49 * math.log(1000, 2))
+    assert code_grid_bits(512, grid_size=4) == pytest.approx(16 * 9)
+
+
+def test_evaluate_reconstruction_matches_a_per_image_recomputation():
+    # 10 images in batches of 3: the last batch is short, so a metric that averaged per batch
+    # (or dropped the last one) would differ from the per-pixel definition computed here.
+    torch.manual_seed(0)
+    model = VQVAE(
+        ModelConfig(hidden_dim=8, quantizer=QuantizerConfig(num_embeddings=6, embedding_dim=4))
+    )
+    images = torch.randint(0, 256, (10, 28, 28), dtype=torch.uint8)
+    metrics = evaluate_reconstruction(model, images, batch_size=3)
+
+    squared_error, codes = 0.0, []
+    model.eval()
+    with torch.no_grad():
+        for image in images:
+            out = model(image.unsqueeze(0))
+            target = image.double() / 255.0
+            squared_error += float((out.reconstruction[0, 0].double() - target).pow(2).sum())
+            codes.append(out.codes.flatten())
+    expected_mse = squared_error / (10 * 28 * 28)
+    counts = torch.bincount(torch.cat(codes), minlength=6).double()
+    share = counts[counts > 0] / counts.sum()
+    assert metrics["test_mse"] == pytest.approx(expected_mse, rel=1e-5)
+    assert metrics["test_psnr"] == pytest.approx(10 * math.log10(1 / expected_mse), rel=1e-5)
+    assert metrics["codes_used"] == int((counts > 0).sum())
+    assert metrics["dead_codes"] == 6 - metrics["codes_used"]
+    assert metrics["perplexity"] == pytest.approx(float(torch.exp(-(share * share.log()).sum())))
