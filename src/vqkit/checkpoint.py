@@ -110,5 +110,5 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):  # -> V
 
     config = load_config(run_dir)
     model = VQVAE(config.model)
-    load_weights_into(model, run_path(run_dir, runfiles.WEIGHTS), "model weights")
+    load_weights_into(model, run_path(run_dir, runfiles.WEIGHTS), "model weights file")
     return model.to(device).eval()

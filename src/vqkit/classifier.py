@@ -191,7 +191,7 @@ def load_or_train_classifier(
         try:
             meta = read_json(meta_path, "classifier description")
             if meta.get("config") == config.to_dict():
-                load_weights_into(classifier, weights, "classifier weights")
+                load_weights_into(classifier, weights, "classifier weights file")
                 return classifier.to(device).eval(), float(meta["test_accuracy"])
         except (VqkitError, AttributeError, KeyError, TypeError, ValueError):
             pass  # a damaged or foreign cache entry is replaced below

@@ -313,7 +313,7 @@ def load_prior(run_dir: str | Path, device: str | torch.device = "cpu") -> Pixel
             f"The run '{run_dir}' has no trained prior; run 'vqkit train-prior {run_dir}' first."
         )
     prior = PixelCNNPrior(load_prior_config(run_dir))
-    load_weights_into(prior, run_path(run_dir, runfiles.PRIOR_WEIGHTS), "prior weights")
+    load_weights_into(prior, run_path(run_dir, runfiles.PRIOR_WEIGHTS), "prior weights file")
     return prior.to(device).eval()
 
 
