@@ -23,7 +23,7 @@ import pytest
 import torch
 from process_helpers import child_env, vqkit_command
 
-from vqkit import prior_loop, prior_training, runfiles
+from vqkit import prior_loop, prior_replacement, prior_training, runfiles
 from vqkit.checkpoint import read_tensors
 from vqkit.cli import main
 from vqkit.fileio import read_jsonl
@@ -361,6 +361,49 @@ def test_finished_prior_resumes_for_longer_or_is_replaced(finished_prior, tmp_pa
     assert main([*argv, *TINY_FLAGS[:4], "--epochs", "1"]) == 0  # a new prior, from scratch
     assert [r["epoch"] for r in read_jsonl(run_dir / runfiles.PRIOR_METRICS)] == [1]
     assert state_counters(run_dir)["epochs_done"] == 1
+
+
+def test_a_new_prior_failing_before_its_first_save_leaves_the_old_one(
+    finished_prior, tmp_path, monkeypatch, capsys
+):
+    # A non-finite loss in the new prior's first epoch, before it saved anything: the finished
+    # prior's weights, metrics, config and state are all still there, byte for byte.
+    run_dir = copy_run(finished_prior, tmp_path)
+    before = folder_bytes(run_dir)
+    poison_steps(monkeypatch, {2})
+    code = main(["train-prior", str(run_dir), *TINY_FLAGS[:4], "--layers", "3", "--epochs", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "not finite" in err and err.count("\n") == 0, err
+    assert folder_bytes(run_dir) == before
+    # Once the new prior has saved its first state, it is the run's prior.
+    monkeypatch.undo()
+    argv = ["train-prior", str(run_dir), *TINY_FLAGS[:4], "--layers", "3", "--epochs", "1"]
+    assert main([*argv, "--quiet", "--device", "cpu"]) == 0
+    assert json.loads((run_dir / runfiles.PRIOR_CONFIG).read_text())["layers"] == 3
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".replaced")]
+
+
+def test_a_prior_that_cannot_be_moved_aside_stays_whole(
+    finished_prior, tmp_path, monkeypatch, capsys
+):
+    # The third file refuses to move (as in a read-only folder, which root here ignores): the
+    # two already moved go back, and the command says so in one sentence.
+    run_dir = copy_run(finished_prior, tmp_path)
+    before = folder_bytes(run_dir)
+    real_replace, moves = os.replace, []
+
+    def failing_replace(source, target):
+        moves.append(source)
+        if len(moves) == 3:
+            raise PermissionError(13, "Permission denied")
+        real_replace(source, target)
+
+    monkeypatch.setattr(prior_replacement.os, "replace", failing_replace)
+    code = main(["train-prior", str(run_dir), *TINY_FLAGS[:4], "--quiet", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Cannot replace the prior" in err and err.count("\n") == 0, err
+    assert "Permission denied" in err
+    assert folder_bytes(run_dir) == before
 
 
 def test_code_nll_is_the_cross_entropy_of_each_code():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 from report_helpers import PRIOR_EPOCHS, copy_run, make_full_run
@@ -75,6 +76,27 @@ def test_runs_on_missing_or_empty_root(tmp_path, capsys):
     assert "There is no folder" in capsys.readouterr().err
     assert main(["runs", str(tmp_path)]) == 0
     assert "No run folders" in capsys.readouterr().out
+
+
+def test_folders_that_cannot_be_looked_into_are_left_out_or_refused(tmp_path, monkeypatch, capsys):
+    # Root ignores permissions, so the refusal an unreadable folder gives is raised by hand.
+    real_is_dir = pathlib.Path.is_dir
+
+    def is_dir(path):
+        if path.name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return real_is_dir(path)
+
+    (tmp_path / "locked").mkdir()
+    monkeypatch.setattr(pathlib.Path, "is_dir", is_dir)
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "No run folders" in capsys.readouterr().out
+    monkeypatch.setattr(
+        pathlib.Path, "iterdir", lambda path: (_ for _ in ()).throw(PermissionError(13, "Denied"))
+    )
+    assert main(["runs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"vqkit: error: Cannot list the folder '{tmp_path}': Denied."
 
 
 def test_format_table_aligns_columns():

@@ -92,12 +92,17 @@ def read_json(path: str | Path, what: str) -> Any:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a JSON-lines file; a missing file is empty, damaged lines are skipped."""
+    """All records of a JSON-lines file; a missing file is empty, damaged lines are skipped
+    (bytes that are not UTF-8 only spoil the lines they are on)."""
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise VqkitError(f"The metrics file '{path}' cannot be read: {exc.strerror}.") from exc
     records = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         with contextlib.suppress(json.JSONDecodeError):
             item = json.loads(line)
             if isinstance(item, dict):

@@ -147,10 +147,8 @@ class PriorLoop:
                 )
             done = self.position.epochs_done
             self.history = resumed_history(run_dir, done, context, runfiles.PRIOR_METRICS)
-        else:
-            for name in (files.tensors, files.counters, runfiles.PRIOR_WEIGHTS):
-                run_path(run_dir, name).unlink(missing_ok=True)
-            self.metrics_path.unlink(missing_ok=True)
+        # A new prior starts in a run folder whose earlier prior files were set aside
+        # (vqkit.prior_replacement), so nothing of them is appended to or kept.
         save_prior_config(run_dir, settings)
         self.guard = NonFiniteGuard(
             settings.skip_nonfinite, device, context, run_dir, terms=PRIOR_TERMS, files=files

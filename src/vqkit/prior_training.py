@@ -8,6 +8,7 @@ uniform and unigram baselines, best-test checkpoint, early stopping, resume; the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import sys
@@ -27,6 +28,7 @@ from vqkit.fileio import atomic_open, read_json, write_json_atomic
 from vqkit.model import VQVAE
 from vqkit.prior import PixelCNNPrior, PriorConfig, load_prior
 from vqkit.prior_loop import PriorLoop, code_nll, damaged_state
+from vqkit.prior_replacement import old_prior_set_aside
 from vqkit.training import deterministic_mode, resolve_device
 
 SPLITS = ("train", "test")
@@ -208,7 +210,8 @@ def train_prior(
         "uniform_bits_per_code": math.log2(settings.num_codes),
         "unigram_bits_per_code": unigram_bits(train_set.codes, settings.num_codes),
     }
-    with deterministic_mode(settings.deterministic, target):
+    replacing = contextlib.nullcontext() if resume else old_prior_set_aside(run_dir)
+    with replacing, deterministic_mode(settings.deterministic, target):
         loop = PriorLoop(
             run_dir,
             settings,

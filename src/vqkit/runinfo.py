@@ -83,8 +83,12 @@ def number(value: Any) -> float | None:
 
 
 def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` looks like a run folder (it has a config.json)."""
-    return path.is_dir() and (path / runfiles.CONFIG).is_file()
+    """Whether ``path`` looks like a run folder (it has a config.json); False for a folder
+    this user may not look into."""
+    try:
+        return path.is_dir() and (path / runfiles.CONFIG).is_file()
+    except OSError:
+        return False
 
 
 def load_run_info(run_dir: str | Path) -> RunInfo:
@@ -143,7 +147,7 @@ def _epoch_records(info: RunInfo, name: str, required: tuple[str, ...]) -> list[
     by_epoch: dict[int, dict[str, Any]] = {}
     try:
         records = read_jsonl(path)
-    except (OSError, UnicodeDecodeError):
+    except VqkitError:  # unreadable: the run is listed without its curve
         records = []
     for record in records:
         epoch = number(record.get("epoch"))

@@ -26,7 +26,10 @@ def find_runs(root: str | Path) -> list[Path]:
         )
     if is_run_dir(root):
         return [root]
-    return sorted(path for path in root.iterdir() if is_run_dir(path))
+    try:
+        return sorted(path for path in root.iterdir() if is_run_dir(path))
+    except OSError as exc:
+        raise VqkitError(f"Cannot list the folder '{root}': {exc.strerror}.") from exc
 
 
 def run_row(run_dir: Path) -> list[str]:

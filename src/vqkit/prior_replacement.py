@@ -1,0 +1,70 @@
+"""A new prior replaces a run's old one only once it has saved a state of its own.
+
+``vqkit train-prior RUN`` on a run that already has a prior trains a new one. Deleting the old
+files first would lose a finished prior to any failure before the new one's first save (a
+non-finite loss in the first epoch, a full disk, Ctrl-C during the code extraction). So the
+old files are moved aside under a suffix, put back if the new training stops before it has
+saved a resumable state, and deleted once it has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from vqkit import runfiles, train_state
+from vqkit.checkpoint import run_path
+from vqkit.errors import VqkitError
+
+PRIOR_FILE_NAMES = (
+    train_state.PRIOR_FILES.tensors,
+    train_state.PRIOR_FILES.counters,
+    runfiles.PRIOR_WEIGHTS,
+    runfiles.PRIOR_METRICS,
+    runfiles.PRIOR_CONFIG,
+)
+ASIDE_SUFFIX = ".replaced"
+
+
+def _move(source: Path, target: Path) -> None:
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        raise VqkitError(
+            f"Cannot replace the prior in '{source.parent}': moving '{source.name}' failed "
+            f"({exc.strerror})."
+        ) from exc
+
+
+def _put_back(moved: list[tuple[Path, Path]]) -> None:
+    for original, aside in reversed(moved):
+        _move(aside, original)
+
+
+@contextlib.contextmanager
+def old_prior_set_aside(run_dir: str | Path) -> Iterator[None]:
+    """Inside: the run's prior files are out of the way. After: the new prior's files if it
+    saved a state, else (it raised before its first save) the old prior's, as they were."""
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for name in PRIOR_FILE_NAMES:
+            original = run_path(run_dir, name)
+            if original.exists():
+                aside = original.with_name(original.name + ASIDE_SUFFIX)
+                _move(original, aside)
+                moved.append((original, aside))
+    except VqkitError:
+        _put_back(moved)
+        raise
+    try:
+        yield
+    except BaseException:
+        if not train_state.exists(run_dir, train_state.PRIOR_FILES):
+            _put_back(moved)
+            moved = []
+        raise
+    finally:
+        for _, aside in moved:
+            aside.unlink(missing_ok=True)
