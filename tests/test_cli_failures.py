@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import fails_cleanly
 from PIL import Image
 from process_helpers import child_env, vqkit_command
 
@@ -30,18 +31,6 @@ TINY = [
     "--device", "cpu",
 ]  # fmt: skip
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
-
-
-def fails_cleanly(capsys, argv: list[str], *fragments: str) -> str:
-    """Run the CLI; assert exit 2 and a single 'vqkit: error:' sentence holding ``fragments``."""
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("vqkit: error: ") and "\n" not in err, err
-    assert "Traceback" not in err and err.endswith("."), err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 def embedded(name: str) -> bytes:
@@ -105,8 +94,11 @@ def edit_config(run_dir: Path, edit) -> None:
     path.write_text(json.dumps(data))
 
 
-def test_missing_run_folder(tmp_path, capsys):
+def test_missing_run_folder_or_a_file_given_as_one(tmp_path, capsys):
     fails_cleanly(capsys, ["evaluate", str(tmp_path / "nope")], "does not exist")
+    (tmp_path / "a-file").write_text("x")
+    for command in ("evaluate", "report"):
+        fails_cleanly(capsys, [command, str(tmp_path / "a-file")], "is a file, not a run folder")
 
 
 def test_incomplete_run_folder_without_weights(run_copy, capsys):
@@ -175,6 +167,19 @@ def test_training_into_an_existing_run_is_refused(run_copy, capsys):
     weights = (run_copy / runfiles.WEIGHTS).read_bytes()
     fails_cleanly(capsys, ["train", *TINY, "--out", str(run_copy)], "already holds", "--resume")
     assert (run_copy / runfiles.WEIGHTS).read_bytes() == weights
+
+
+@pytest.mark.parametrize("leftover", [runfiles.METRICS, runfiles.PRIOR_WEIGHTS])
+def test_training_into_a_folder_with_another_runs_files_is_refused(leftover, tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / leftover).write_bytes(b"old")
+    fails_cleanly(capsys, ["train", *TINY, "--out", str(folder)], "files of another run", leftover)
+    assert sorted(p.name for p in folder.iterdir()) == [leftover]
+    # A config.json alone (a start stopped before its first save) is written over.
+    (folder / leftover).unlink()
+    (folder / runfiles.CONFIG).write_text("{}")
+    assert main(["train", *TINY, "--out", str(folder)]) == 0
 
 
 # --- flags ---------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from vqkit.cli import build_parser, demo_cmd, main
 from vqkit.cli.train_prior_cmd import config_from_args
 
@@ -38,3 +40,20 @@ def test_train_prior_flags_reach_the_prior_config():
     config = config_from_args(args)
     assert (config.dropout, config.layers, config.channels) == (0.3, 5, 24)
     assert (config.conditional, config.epochs, config.lr, config.batch_size) == (True, 7, 2e-3, 64)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["train", "--lr", "abc"], "vqkit train: error: argument --lr: invalid float value"),
+        (["sample", "r", "--strategy", "random", "--out", "a.png", "--n", "0"], "argument --n"),
+        (["trian"], "vqkit: error: argument COMMAND: invalid choice: 'trian'"),
+    ],
+)
+def test_a_mistyped_flag_is_one_line_not_the_usage_block(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.count("\n") == 1 and "usage:" not in err and fragment in err, err
+    assert err.rstrip().endswith("--help').")

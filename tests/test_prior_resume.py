@@ -406,6 +406,19 @@ def test_a_prior_that_cannot_be_moved_aside_stays_whole(
     assert folder_bytes(run_dir) == before
 
 
+def test_a_prior_of_earlier_vqvae_weights_is_not_sampled(finished_prior, tmp_path, capsys):
+    run_dir = copy_run(finished_prior, tmp_path)
+    argv = ["sample", str(run_dir), "--strategy", "prior", "--n", "4"]
+    argv += ["--out", str(tmp_path / "s.png"), "--device", "cpu"]
+    assert main(argv) == 0
+    change_vqvae_weights(run_dir)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trained on the codes of earlier VQ-VAE weights" in err and err.count("\n") == 0
+    assert f"vqkit train-prior {run_dir} --restart" in err
+
+
 def test_code_nll_is_the_cross_entropy_of_each_code():
     """The deterministic-friendly NLL (log_softmax + gather) equals torch's cross-entropy."""
     generator = torch.Generator().manual_seed(0)

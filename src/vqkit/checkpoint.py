@@ -7,6 +7,7 @@ A run folder holds ``config.json`` (a RunConfig: everything to rebuild the model
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -29,10 +30,20 @@ def save_config(run_dir: str | Path, config: RunConfig) -> None:
     write_json_atomic(run_path(run_dir, runfiles.CONFIG), config.to_dict())
 
 
+def require_run_folder(run_dir: Path) -> None:
+    """One sentence when ``run_dir`` is missing or is a file."""
+    if run_dir.is_dir():
+        return
+    if run_dir.exists():
+        raise VqkitError(
+            f"'{run_dir}' is a file, not a run folder; give a folder 'vqkit train' wrote."
+        )
+    raise VqkitError(f"The run folder '{run_dir}' does not exist.")
+
+
 def load_config(run_dir: str | Path) -> RunConfig:
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise VqkitError(f"The run folder '{run_dir}' does not exist.")
+    require_run_folder(run_dir)
     return RunConfig.from_dict(read_json(run_dir / runfiles.CONFIG, "run configuration"))
 
 
@@ -40,6 +51,11 @@ def state_dict_bytes(module: torch.nn.Module) -> bytes:
     """A module's parameters and buffers as safetensors bytes (contiguous CPU copies)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     return save_safetensors(tensors)
+
+
+def weights_digest(run_dir: str | Path) -> str:
+    """SHA-256 of a run's model weights file: names the weights that code grids came from."""
+    return hashlib.sha256(run_path(run_dir, runfiles.WEIGHTS).read_bytes()).hexdigest()
 
 
 def save_weights(path: str | Path, module: torch.nn.Module) -> None:

@@ -6,11 +6,13 @@ back. Reading validates everything a damaged or foreign file could get wrong.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from vqkit import runfiles
 from vqkit.errors import VqkitError
 from vqkit.fileio import atomic_open
 from vqkit.images import save_grid
@@ -81,6 +83,37 @@ def require_suffix(path: str | Path, suffixes: tuple[str, ...], what: str) -> No
     if Path(path).suffix.lower() not in suffixes:
         allowed = " or ".join(suffixes)
         raise VqkitError(f"The {what} path '{path}' must end in {allowed}.")
+
+
+def require_new_outputs(
+    outputs: dict[str, str | Path | None],
+    inputs: Sequence[str | Path] = (),
+    run_dir: str | Path | None = None,
+) -> None:
+    """Refuse, before any work, an output path (by flag) that names one of the command's input
+    files, the same file as another output, or a file the run folder keeps for itself."""
+    input_files = {Path(p).resolve() for p in inputs if Path(p).is_file()}
+    run_files = set()
+    if run_dir is not None:
+        run_files = {Path(run_dir).resolve() / name for name in runfiles.FILE_NAMES}
+    named: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in input_files:
+            raise VqkitError(
+                f"The {flag} path '{path}' is also an input of this command; write to another "
+                "file so the input is not overwritten."
+            )
+        if resolved in named:
+            raise VqkitError(f"{named[resolved]} and {flag} name the same file '{path}'.")
+        if resolved in run_files:
+            raise VqkitError(
+                f"The {flag} path '{path}' is a file the run folder keeps for itself; write "
+                "to another file."
+            )
+        named[resolved] = flag
 
 
 def write_images(images: torch.Tensor, path: str | Path, columns: int = 8) -> Path:

@@ -7,7 +7,11 @@ model, so checkpoints are self-describing (no pickled objects, no guessing of si
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,15 @@ LR_SCHEDULES = ("constant", "onecycle", "cosine")
 # cost that bounds this small model on a GPU (no effect on a CPU).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
+# torch.manual_seed and torch.Generator.manual_seed take a signed 64-bit integer (a negative one
+# wraps to a distinct unsigned seed); anything wider is refused by torch with a traceback.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+SEED_RANGE = "a whole number from -2**63 to 2**63 - 1"
+
+# vqkit's datasets (MNIST, Fashion-MNIST, own IDX files) are all 28×28 grayscale images
+# (vqkit.data.catalog.IMAGE_SIZE), so a model of another size or depth could never be fed.
+IMAGE_SIZE, IMAGE_CHANNELS = 28, 1
+
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
@@ -35,6 +48,11 @@ QUANTIZERS = ("vq", "fsq")
 CODEBOOK_UPDATES = ("loss", "ema")
 CODEBOOK_INITS = ("uniform", "kmeans")
 GRADIENT_ESTIMATORS = ("ste", "rotation")
+
+
+def is_seed(value: Any) -> bool:
+    """Whether torch accepts ``value`` as a random seed (bools are ints to Python, not to torch)."""
+    return isinstance(value, int) and not isinstance(value, bool) and SEED_MIN <= value <= SEED_MAX
 
 
 def _require_choice(value: str, choices: tuple[str, ...], flag: str) -> None:
@@ -132,10 +150,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.quantizer, dict):
             self.quantizer = _from_dict(QuantizerConfig, self.quantizer, "quantizer")
-        _require(self.in_channels >= 1, "The number of input channels must be at least 1.")
         _require(
-            self.image_size >= 4 and self.image_size % 4 == 0,
-            "The image size must be a positive multiple of 4 (two stride-2 downsamplings).",
+            self.in_channels == IMAGE_CHANNELS,
+            f"The model's in_channels must be {IMAGE_CHANNELS}, not {self.in_channels}: "
+            "vqkit's images are grayscale.",
+        )
+        _require(
+            self.image_size == IMAGE_SIZE,
+            f"The model's image_size must be {IMAGE_SIZE}, not {self.image_size}: vqkit's "
+            f"images are {IMAGE_SIZE}×{IMAGE_SIZE}.",
         )
         _require(self.hidden_dim >= 1, "The hidden width must be at least 1 (--hidden-dim).")
         _require(self.residual_blocks >= 0, "The number of residual blocks cannot be negative.")
@@ -213,8 +236,9 @@ class TrainConfig:
 
 def check_run_controls(settings: Any) -> None:
     """Checks that VQ-VAE and prior training settings share: the reliability flags
-    (--skip-nonfinite, --deterministic) and the optional counts that must be positive
+    (--skip-nonfinite, --deterministic), the seed, and the optional counts that must be positive
     (--train-limit, --test-limit, --checkpoint-every)."""
+    _require(is_seed(settings.seed), f"--seed must be {SEED_RANGE}, not {_shown(settings.seed)}.")
     _require(settings.skip_nonfinite >= 0, "--skip-nonfinite cannot be negative.")
     _require(isinstance(settings.deterministic, bool), "deterministic must be true or false.")
     for name in ("train_limit", "test_limit", "checkpoint_every"):
@@ -257,15 +281,50 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     _require(
         isinstance(data, dict), f"The '{where}' section of the configuration is not an object."
     )
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    kinds = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(kinds))
     _require(not unknown, f"The '{where}' configuration has unknown fields: {', '.join(unknown)}.")
-    try:
-        return cls(**data)
-    except TypeError as exc:  # a wrongly typed value that the checks above could not compare
-        raise VqkitError(
-            f"The '{where}' configuration has a value of the wrong type ({exc})."
-        ) from exc
+    # Type first: a hand-edited file's 1.5 or "big" would otherwise fail deep inside torch, or
+    # inside the range checks of __post_init__, with a Python error instead of a sentence.
+    for name, value in data.items():
+        _require(
+            _fits(value, kinds[name]),
+            f"The '{where}' config field '{name}' must be {_described(kinds[name])}, "
+            f"not {_shown(value)}.",
+        )
+    return cls(**data)
+
+
+UNIONS = (types.UnionType, typing.Union)  # str | None, and Optional[str]
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    """Whether a JSON value suits a field annotated ``kind`` (list items and allowed ranges are
+    the dataclass's own checks)."""
+    if typing.get_origin(kind) in UNIONS:
+        return any(_fits(value, option) for option in typing.get_args(kind))
+    if isinstance(value, bool):  # True is an int to Python, never a count or a seed here
+        return kind is bool
+    if kind is float:  # NaN, infinities and ranges are left to the checks naming the flag
+        return isinstance(value, float) or (
+            isinstance(value, int) and abs(value) <= sys.float_info.max  # else math.isfinite fails
+        )
+    if dataclasses.is_dataclass(kind):  # a nested section, built (and checked) by its class
+        return isinstance(value, dict | kind)
+    return isinstance(value, typing.get_origin(kind) or kind)
+
+
+def _described(kind: Any) -> str:
+    if typing.get_origin(kind) in UNIONS:
+        return " or ".join(_described(option) for option in typing.get_args(kind))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    names |= {type(None): "null", list: "a list"}
+    return names.get(typing.get_origin(kind) or kind, "an object")
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it: JSON (true, null, NaN), strings in single quotes."""
+    return repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
 
 
 # The tutorial's Exercise 1 settings, and its smaller Exercise 2 ("efficient") settings.

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_weights_into, run_path
+from vqkit.checkpoint import load_weights_into, run_path, weights_digest
 from vqkit.config import PRECISIONS, _from_dict, _require, check_run_controls
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
@@ -83,7 +83,10 @@ class PriorConfig:
         _require(self.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
         _require(self.batch_size >= 1, "The batch size must be at least 1 (--batch-size).")
         _require(math.isfinite(self.lr) and self.lr > 0, "The learning rate must be > 0 (--lr).")
-        _require(self.weight_decay >= 0, "The weight decay cannot be negative.")
+        _require(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "The prior's weight decay must be a finite number >= 0.",
+        )
         _require(self.patience >= 1, "The patience must be at least 1 epoch (--patience).")
         _require(self.eval_batch_size >= 1, "The evaluation batch size must be at least 1.")
         _require(
@@ -306,12 +309,28 @@ def has_prior(run_dir: str | Path) -> bool:
     )
 
 
+def require_prior_fits_the_model(run_dir: str | Path) -> None:
+    """Refuse a prior learned on the code grids of other VQ-VAE weights than the run's own (the
+    model was resumed or retrained after train-prior): its codes would mean other images."""
+    state = run_path(run_dir, runfiles.PRIOR_STATE_META)
+    try:
+        trained_on = read_json(state, "prior state")["extra"]["weights_sha256"]
+    except (VqkitError, KeyError, TypeError):
+        return  # no record of the weights (a damaged or removed state): nothing to compare
+    if trained_on != weights_digest(run_dir):
+        raise VqkitError(
+            f"The prior in '{run_dir}' was trained on the codes of earlier VQ-VAE weights; "
+            f"train a new one with vqkit train-prior {run_dir} --restart."
+        )
+
+
 def load_prior(run_dir: str | Path, device: str | torch.device = "cpu") -> PixelCNNPrior:
     """The trained prior of a run folder, in eval mode."""
     if not has_prior(run_dir):
         raise VqkitError(
             f"The run '{run_dir}' has no trained prior; run 'vqkit train-prior {run_dir}' first."
         )
+    require_prior_fits_the_model(run_dir)
     prior = PixelCNNPrior(load_prior_config(run_dir))
     load_weights_into(prior, run_path(run_dir, runfiles.PRIOR_WEIGHTS), "prior weights file")
     return prior.to(device).eval()

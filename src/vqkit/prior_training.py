@@ -9,7 +9,6 @@ uniform and unigram baselines, best-test checkpoint, early stopping, resume; the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import sys
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from vqkit import runfiles, train_state
-from vqkit.checkpoint import load_config, load_model, run_path
+from vqkit.checkpoint import load_config, load_model, run_path, weights_digest
 from vqkit.codes_io import encode_images
 from vqkit.data import dataset_classes, load_split
 from vqkit.errors import VqkitError
@@ -54,10 +53,6 @@ def extract_codes(model: VQVAE, images: torch.Tensor, batch_size: int = 1000) ->
     codes = encode_images(model, images, batch_size)
     model.train(was_training)
     return codes
-
-
-def _weights_digest(run_dir: Path) -> str:
-    return hashlib.sha256(run_path(run_dir, runfiles.WEIGHTS).read_bytes()).hexdigest()
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -101,7 +96,7 @@ def code_grids(
     run_dir = Path(run_dir)
     config = load_config(run_dir)
     model = model if model is not None else load_model(run_dir)
-    digest = _weights_digest(run_dir)
+    digest = weights_digest(run_dir)
     cached = _load_cached(run_dir, digest, model)
     if cached is not None:
         return cached
@@ -200,7 +195,7 @@ def train_prior(
             "num_classes": len(classes),
         }
     )
-    digest = _weights_digest(run_dir)
+    digest = weights_digest(run_dir)
     if saved is not None:
         _check_state_fits(run_dir, saved, settings, digest)
     grids = code_grids(run_dir, model, data_dir=data_dir)

@@ -25,6 +25,12 @@ TIMINGS = "timings.json"  # seconds per pipeline stage (demo)
 FIGURES_DIR = "figures"  # PNGs made by sample/interpolate/codebook for the report (demo)
 REPORT = "report.html"  # the self-contained visual report (report)
 
+
+# Every name above: files no command's --out may replace.
+FILE_NAMES = tuple(
+    value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)
+)
+
 # Formats of the JSON files above (the report reads them; writers must keep to these):
 #   code_usage.json   {"split": "train", "images": N, "counts": [K ints]}
 #   prior_metrics.jsonl, one object per epoch:

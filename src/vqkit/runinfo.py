@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config
+from vqkit.checkpoint import load_config, require_run_folder
 from vqkit.config import RunConfig
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
@@ -94,8 +94,7 @@ def is_run_dir(path: Path) -> bool:
 def load_run_info(run_dir: str | Path) -> RunInfo:
     """Read a run folder; VqkitError when it is missing or its config.json is unusable."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise VqkitError(f"The run folder '{run_dir}' does not exist.")
+    require_run_folder(run_dir)
     if not (run_dir / runfiles.CONFIG).is_file():
         raise VqkitError(
             f"'{run_dir}' is not a run folder (it has no {runfiles.CONFIG}); "

@@ -243,6 +243,16 @@ def prepare_run_dir(
                 f"The folder '{path}' already holds a trained run; continue it with "
                 f"vqkit train --resume {path} or choose another --out."
             )
+        # Only a config.json (a start stopped before its first save) may be written over: a
+        # new run appended to old metrics, or paired with an old prior, would mix two runs.
+        others = [
+            n for n in runfiles.FILE_NAMES if n != runfiles.CONFIG and run_path(path, n).is_file()
+        ]
+        if others:
+            raise VqkitError(
+                f"The folder '{path}' already holds files of another run ({others[0]}); "
+                "choose another --out or move them away."
+            )
     distributed.barrier(context)
     if context.is_main and not resume:
         ensure_dir(path)

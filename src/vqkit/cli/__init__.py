@@ -10,6 +10,7 @@ import argparse
 import importlib
 import re
 import sys
+from typing import NoReturn
 
 from vqkit.errors import VqkitError
 
@@ -60,13 +61,23 @@ Run 'vqkit COMMAND --help' for what a command does, its options and examples.
 """
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A mistyped flag or value ends in one line saying what is wrong and where to read more,
+    not argparse's whole usage block (26 lines for train) above it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help').\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="vqkit",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=OneLineErrors
+    )
     for name in COMMAND_MODULES:
         importlib.import_module(f"vqkit.cli.{name.replace('-', '_')}_cmd").register(subparsers)
     return parser

@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from vqkit.config import SEED_RANGE, is_seed
 from vqkit.errors import VqkitError
 
 if TYPE_CHECKING:  # the training loop imports torch; the CLI's helpers need not
@@ -60,6 +61,17 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A --seed that torch accepts; a wider one would end in a traceback inside torch."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if not is_seed(value):
+        raise argparse.ArgumentTypeError(f"must be {SEED_RANGE}, not {text}")
     return value
 
 

@@ -6,7 +6,14 @@ import argparse
 
 from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, positive_int
-from vqkit.codes_io import IMAGE_SUFFIXES, decode_codes, load_codes, require_suffix, write_images
+from vqkit.codes_io import (
+    IMAGE_SUFFIXES,
+    decode_codes,
+    load_codes,
+    require_new_outputs,
+    require_suffix,
+    write_images,
+)
 from vqkit.training import resolve_device
 
 HELP = """
@@ -35,6 +42,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_suffix(args.out, IMAGE_SUFFIXES, "--out")
+    require_new_outputs({"--out": args.out}, [args.codes], args.run_dir)
     config = load_config(args.run_dir)
     codes = load_codes(args.codes, config.model.quantizer.num_codes, config.model.grid_size)
     model = load_model(args.run_dir, device=resolve_device(args.device))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vqkit.cli.common import add_command, add_device_flag, positive_int
+from vqkit.cli.common import add_command, add_device_flag, positive_int, seed
 from vqkit.data import DATASETS, OWN_DATASET
 from vqkit.demo import DemoSettings, format_headline, run_demo
 
@@ -22,6 +22,15 @@ examples:
 """
 
 
+def score_samples(text: str) -> int:
+    """--score-samples: scoring needs 2 samples per strategy (vqkit.score.score_run). Checked
+    here because score_run would refuse fewer only after minutes of training, naming its --n."""
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 2, not {text}")
+    return value
+
+
 def register(subparsers) -> None:
     parser = add_command(subparsers, "demo", "the whole pipeline, ending in a report", HELP, run)
     named = [name for name in DATASETS if name != OWN_DATASET]  # the demo reads no --data-dir
@@ -31,11 +40,11 @@ def register(subparsers) -> None:
     parser.add_argument("--prior-epochs", type=positive_int, default=2)
     parser.add_argument(
         "--score-samples",
-        type=positive_int,
+        type=score_samples,
         default=2000,
         help="samples per strategy for the scores (default 2000)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_flag(parser)
 

@@ -6,7 +6,7 @@ import argparse
 
 from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag
-from vqkit.codes_io import encode_images, require_suffix, save_codes
+from vqkit.codes_io import encode_images, require_new_outputs, require_suffix, save_codes
 from vqkit.inputs import resolve_images, test_split_loader
 from vqkit.training import resolve_device
 
@@ -35,6 +35,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_suffix(args.out, (".npy",), "--out")
+    require_new_outputs({"--out": args.out}, args.inputs, args.run_dir)
     config = load_config(args.run_dir)
     test = test_split_loader(config.train.dataset, config.train.data_folder(args.data_dir))
     found = resolve_images(args.inputs, test, config.model.image_size)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from vqkit.checkpoint import load_config, load_model
-from vqkit.cli.common import add_command, add_device_flag, require_png_path
+from vqkit.cli.common import add_command, add_device_flag, require_png_path, seed
+from vqkit.codes_io import require_new_outputs
 from vqkit.images import save_grid
 from vqkit.inputs import resolve_image, test_split_loader
 from vqkit.interpolate import MIN_STEPS, MODES, interpolation, interpolation_strip
@@ -45,7 +46,7 @@ def register(subparsers) -> None:
     parser.add_argument("--to", dest="target", required=True, metavar="B", help="last image")
     parser.add_argument("--steps", type=steps_value, default=8, help="decoded steps (default 8)")
     parser.add_argument("--mode", choices=MODES, default="crossfade", help="default: crossfade")
-    parser.add_argument("--seed", type=int, default=0, help="crossfade order seed (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="crossfade order seed (default 0)")
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
     add_device_flag(parser)
@@ -53,6 +54,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_png_path(args.out)
+    require_new_outputs({"--out": args.out}, [args.source, args.target], args.run_dir)
     config = load_config(args.run_dir)
     test = test_split_loader(config.train.dataset, config.train.data_folder(args.data_dir))
     size = config.model.image_size

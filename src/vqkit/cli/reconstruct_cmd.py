@@ -8,6 +8,7 @@ import torch
 
 from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, positive_int, require_png_path
+from vqkit.codes_io import require_new_outputs
 from vqkit.data import load_split
 from vqkit.errors import VqkitError
 from vqkit.training import resolve_device, write_reconstructions
@@ -33,14 +34,19 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_png_path(args.out)
+    require_new_outputs({"--out": args.out}, run_dir=args.run_dir)
     config = load_config(args.run_dir)
     model = load_model(args.run_dir, device=resolve_device(args.device))
     test = load_split(config.train.dataset, "test", config.train.data_folder(args.data_dir))
-    images = test.images[args.start : args.start + args.n]
-    if args.start < 0 or images.shape[0] == 0:
+    count = test.images.shape[0]
+    if args.start < 0 or args.start >= count:
+        raise VqkitError(f"--start {args.start} is outside the test set (0 to {count - 1}).")
+    if args.start + args.n > count:
         raise VqkitError(
-            f"--start {args.start} is outside the test set (0 to {test.images.shape[0] - 1})."
+            f"--start {args.start} with --n {args.n} runs past the end of the test set "
+            f"({count} images); ask for --n {count - args.start} or fewer."
         )
+    images = test.images[args.start : args.start + args.n]
     with torch.no_grad():
         path = write_reconstructions(model, images, args.out)
     print(f"wrote {path}")

@@ -6,8 +6,14 @@ import argparse
 from pathlib import Path
 
 from vqkit.checkpoint import load_config, load_model
-from vqkit.cli.common import add_command, add_device_flag, positive_int
-from vqkit.codes_io import IMAGE_SUFFIXES, require_suffix, save_codes, write_images
+from vqkit.cli.common import add_command, add_device_flag, positive_int, seed
+from vqkit.codes_io import (
+    IMAGE_SUFFIXES,
+    require_new_outputs,
+    require_suffix,
+    save_codes,
+    write_images,
+)
 from vqkit.errors import VqkitError
 from vqkit.generate import SamplingContext, sample_images, strategies, strategy_options
 from vqkit.training import resolve_device
@@ -47,7 +53,7 @@ def register(subparsers) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--strategy", choices=strategies(), required=True)
     parser.add_argument("--n", type=positive_int, default=64, help="how many (default 64)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     parser.add_argument("--out", required=True, help="PNG grid or .npy array of the images")
     parser.add_argument("--codes-out", help=".npy file for the (n, 7, 7) code grids")
     parser.add_argument(
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     require_suffix(args.out, IMAGE_SUFFIXES, "--out")
     if args.codes_out is not None:
         require_suffix(args.codes_out, (".npy",), "--codes-out")
+    require_new_outputs({"--out": args.out, "--codes-out": args.codes_out}, run_dir=args.run_dir)
     options = strategy_kwargs(args)
     batch_size = load_config(args.run_dir).train.eval_batch_size
     model = load_model(args.run_dir, device=resolve_device(args.device))

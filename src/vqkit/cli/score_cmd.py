@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vqkit.cli.common import add_command, add_device_flag, positive_int, print_json
+from vqkit.cli.common import add_command, add_device_flag, positive_int, print_json, seed
 from vqkit.score import format_scores, score_run
 
 HELP = """
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     parser = add_command(subparsers, "score", "sample quality of each strategy", HELP, run)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--n", type=positive_int, default=10000, help="samples per strategy")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--json", action="store_true", help="print scores.json instead")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
     add_device_flag(parser)

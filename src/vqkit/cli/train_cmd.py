@@ -14,6 +14,7 @@ from vqkit.cli.common import (
     int_list,
     refuse_resume_conflicts,
     report_interrupted,
+    seed,
 )
 from vqkit.config import (
     CODEBOOK_INITS,
@@ -144,7 +145,7 @@ def register(subparsers) -> None:
     group.add_argument("--epochs", type=int)
     group.add_argument("--batch-size", type=int)
     group.add_argument("--lr", type=float, help="Adam learning rate")
-    group.add_argument("--seed", type=int)
+    group.add_argument("--seed", type=seed)
     group.add_argument("--eval-batch-size", type=int)
     group.add_argument("--train-limit", type=int, help="train on the first N images only")
     group.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")

@@ -13,6 +13,7 @@ from vqkit.cli.common import (
     positive_int,
     refuse_resume_conflicts,
     report_interrupted,
+    seed,
 )
 from vqkit.config import PRECISIONS
 from vqkit.errors import VqkitError
@@ -93,7 +94,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--patience", type=positive_int, help=f"early-stopping epochs (default {defaults.patience})"
     )
-    parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
+    parser.add_argument("--seed", type=seed, help=f"default {defaults.seed}")
     parser.add_argument(
         "--train-limit", type=positive_int, help="train on the first N training grids only"
     )
