@@ -23,7 +23,7 @@ from process_helpers import child_env, vqkit_command
 
 from vqkit import fileio, runfiles, training
 from vqkit.checkpoint import load_model
-from vqkit.cli import evaluate_cmd, main
+from vqkit.cli import codebook_cmd, evaluate_cmd, main
 
 TINY = [
     "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--batch-size", "32",
@@ -335,6 +335,11 @@ def test_running_out_of_memory_is_one_sentence_and_other_errors_are_not_hidden(
 
     monkeypatch.setattr(evaluate_cmd, "run", allocation_fails)
     fails_cleanly(capsys, ["evaluate", str(small_run.run_dir)], "Out of memory (3.0 GiB at once)")
+    # The sentence names only what the failing command can lower.
+    monkeypatch.setattr(codebook_cmd, "run", allocation_fails)
+    argv = ["codebook", str(small_run.run_dir), "--out", "unused"]
+    err = fails_cleanly(capsys, argv, "fewer --images")
+    assert "--batch-size" not in err
 
     def bug(args):
         raise RuntimeError("shape mismatch")

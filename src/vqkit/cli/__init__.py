@@ -83,7 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def out_of_memory_message(exc: BaseException) -> str | None:
+# What each command can ask for less of, for the out-of-memory sentence.
+LESS_AT_ONCE = {
+    "train": "a smaller --batch-size or --eval-batch-size, or a smaller model (--hidden-dim, "
+    "--num-embeddings, --embedding-dim)",
+    "train-prior": "a smaller --batch-size, --channels or --layers",
+    "sample": "a smaller --n",
+    "score": "a smaller --n",
+    "reconstruct": "a smaller --n",
+    "codebook": "fewer --images",
+    "demo": "fewer --score-samples",
+}
+
+
+def out_of_memory_message(exc: BaseException, command: str | None = None) -> str | None:
     """One sentence for an allocation that failed on the CPU or the GPU, else None."""
     text = str(exc)
     if not (
@@ -95,10 +108,10 @@ def out_of_memory_message(exc: BaseException) -> str | None:
         return None
     asked = re.search(r"allocate (\d+) bytes", text)
     size = f" ({int(asked.group(1)) / 2**30:.1f} GiB at once)" if asked else ""
-    return (
-        f"Out of memory{size}; ask for less at once: a smaller --batch-size or --n, or a "
-        "smaller model (--hidden-dim, --num-embeddings, --embedding-dim)."
-    )
+    less = LESS_AT_ONCE.get(command or "")
+    if less is None:
+        return f"Out of memory{size}; free some memory or use a machine with more."
+    return f"Out of memory{size}; ask for less at once: {less}."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vqkit: error: {exc}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:
-        message = out_of_memory_message(exc)
+        message = out_of_memory_message(exc, args.command)
         if message is None:
             raise  # a bug, not a user's mistake: the traceback is what to report
         print(f"vqkit: error: {message}", file=sys.stderr)
