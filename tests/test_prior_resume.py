@@ -417,6 +417,12 @@ def test_a_prior_of_earlier_vqvae_weights_is_not_sampled(finished_prior, tmp_pat
     err = capsys.readouterr().err.strip()
     assert "trained on the codes of earlier VQ-VAE weights" in err and err.count("\n") == 0
     assert f"vqkit train-prior {run_dir} --restart" in err
+    # The listing and the report still show its numbers, marked as stale.
+    assert main(["runs", str(run_dir)]) == 0
+    assert " (stale)" in capsys.readouterr().out
+    assert main(["report", str(run_dir)]) == 0
+    html = (run_dir / runfiles.REPORT).read_text()
+    assert "Stale: this prior learned the codes of earlier VQ-VAE weights" in html
 
 
 def test_code_nll_is_the_cross_entropy_of_each_code():

@@ -58,6 +58,17 @@ def weights_digest(run_dir: str | Path) -> str:
     return hashlib.sha256(run_path(run_dir, runfiles.WEIGHTS).read_bytes()).hexdigest()
 
 
+def prior_is_stale(run_dir: str | Path) -> bool:
+    """Whether the run's prior learned the code grids of other VQ-VAE weights than the run's
+    own (the model was resumed or retrained after train-prior); False when unknown."""
+    state = run_path(run_dir, runfiles.PRIOR_STATE_META)
+    try:
+        trained_on = read_json(state, "prior state")["extra"]["weights_sha256"]
+        return trained_on != weights_digest(run_dir)
+    except (VqkitError, KeyError, TypeError, OSError):
+        return False  # no readable record of the weights, or no weights: nothing to compare
+
+
 def save_weights(path: str | Path, module: torch.nn.Module) -> None:
     write_bytes_atomic(path, state_dict_bytes(module))
 

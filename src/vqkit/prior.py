@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_weights_into, run_path, weights_digest
+from vqkit.checkpoint import load_weights_into, prior_is_stale, run_path
 from vqkit.config import PRECISIONS, _from_dict, _require, check_run_controls
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
@@ -312,12 +312,7 @@ def has_prior(run_dir: str | Path) -> bool:
 def require_prior_fits_the_model(run_dir: str | Path) -> None:
     """Refuse a prior learned on the code grids of other VQ-VAE weights than the run's own (the
     model was resumed or retrained after train-prior): its codes would mean other images."""
-    state = run_path(run_dir, runfiles.PRIOR_STATE_META)
-    try:
-        trained_on = read_json(state, "prior state")["extra"]["weights_sha256"]
-    except (VqkitError, KeyError, TypeError):
-        return  # no record of the weights (a damaged or removed state): nothing to compare
-    if trained_on != weights_digest(run_dir):
+    if prior_is_stale(run_dir):
         raise VqkitError(
             f"The prior in '{run_dir}' was trained on the codes of earlier VQ-VAE weights; "
             f"train a new one with vqkit train-prior {run_dir} --restart."

@@ -92,6 +92,8 @@ def _header(info: RunInfo, name: str) -> str:
     if top.prior_bits_per_code is not None:
         uniform = number(info.prior_metrics[-1].get("uniform_bits_per_code"))
         detail = f"uniform: {fmt(uniform, 3)}" if uniform is not None else "best test epoch"
+        if top.prior_stale:
+            detail = "stale: learned on earlier VQ-VAE weights"
         items.append(("prior bits per code", fmt(top.prior_bits_per_code, 3), detail))
     if top.fid:
         value = " / ".join(fmt(v, 3) for v in top.fid.values())
@@ -344,6 +346,11 @@ def _prior(info: RunInfo) -> Section | None:
         "Negative log-likelihood of test code grids under the prior; lower is better. "
         "Uniform assumes every code equally likely, unigram uses training-set code frequencies."
     )
+    if info.prior_stale:
+        lead += (
+            " Stale: this prior learned the codes of earlier VQ-VAE weights (the model trained "
+            f"on after it); train a new one with vqkit train-prior {info.run_dir} --restart."
+        )
     return Section("prior", "Prior", body, lead)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config, require_run_folder
+from vqkit.checkpoint import load_config, prior_is_stale, require_run_folder
 from vqkit.config import RunConfig
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
@@ -39,6 +39,7 @@ class RunInfo:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
     code_usage: dict[str, Any] | None = None
     prior_metrics: list[dict[str, Any]] = field(default_factory=list)
+    prior_stale: bool = False  # the prior learned the codes of earlier VQ-VAE weights
     scores: dict[str, Any] | None = None
     timings: dict[str, float] | None = None
     figures: dict[str, Path] = field(default_factory=dict)  # figure key -> existing PNG path
@@ -72,6 +73,7 @@ class Headline:
     codes_used: int | None = None
     num_codes: int | None = None
     prior_bits_per_code: float | None = None  # best test NLL, the epoch whose weights are kept
+    prior_stale: bool = False  # that prior learned the codes of earlier VQ-VAE weights
     fid: dict[str, float] = field(default_factory=dict)  # strategy -> classifier-FID
 
 
@@ -105,6 +107,7 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     info.prior_metrics = _epoch_records(
         info, runfiles.PRIOR_METRICS, required=("train_bits_per_code", "test_bits_per_code")
     )
+    info.prior_stale = bool(info.prior_metrics) and prior_is_stale(run_dir)
     info.code_usage = _optional_json(info, runfiles.CODE_USAGE, _valid_code_usage)
     info.scores = _optional_json(info, runfiles.SCORES, _valid_scores)
     info.timings = _optional_json(info, runfiles.TIMINGS, _valid_timings)
@@ -127,6 +130,7 @@ def headline(info: RunInfo) -> Headline:
     result.codes_used = None if used is None else int(used)
     test_bits = [record["test_bits_per_code"] for record in info.prior_metrics]
     result.prior_bits_per_code = min(test_bits) if test_bits else None
+    result.prior_stale = info.prior_stale
     for name in HEADLINE_SCORE_ROWS:
         row = info.score_row(name)
         fid = number(row.get("fid")) if row else None

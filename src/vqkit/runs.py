@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vqkit import runfiles
 from vqkit.errors import VqkitError
-from vqkit.runinfo import headline, is_run_dir, load_run_info
+from vqkit.runinfo import Headline, headline, is_run_dir, load_run_info
 
 COLUMNS = ("run", "dataset", "preset", "epochs", "test MSE", "codes used", "prior bits/code")
 REPORT_COLUMN = "report"
@@ -32,6 +32,13 @@ def find_runs(root: str | Path) -> list[Path]:
         raise VqkitError(f"Cannot list the folder '{root}': {exc.strerror}.") from exc
 
 
+def prior_cell(top: Headline) -> str:
+    if top.prior_bits_per_code is None:
+        return MISSING
+    # A prior of earlier VQ-VAE weights: its number no longer describes this model's codes.
+    return f"{top.prior_bits_per_code:.3f}" + (" (stale)" if top.prior_stale else "")
+
+
 def run_row(run_dir: Path) -> list[str]:
     """One table row of text cells for a run folder (a damaged config gets a short mark)."""
     report = "yes" if (run_dir / runfiles.REPORT).is_file() else "no"
@@ -51,7 +58,7 @@ def run_row(run_dir: Path) -> list[str]:
         epochs,
         MISSING if top.test_mse is None else f"{top.test_mse:.4f}",
         codes,
-        MISSING if top.prior_bits_per_code is None else f"{top.prior_bits_per_code:.3f}",
+        prior_cell(top),
         report,
     ]
 
