@@ -110,6 +110,16 @@ def test_prior_strategy_samples_through_the_registry(prior_run):
         sample_codes("prior", 2, context, digit=10)
 
 
+def test_a_conditional_prior_without_a_digit_draws_class_i_mod_10(prior_run):
+    # Greedy decoding (top-k 1) is a function of the class alone, so sample i of the mix must
+    # be the greedy grid of class i mod 10.
+    context = SamplingContext(load_model(prior_run), prior_run)
+    mixed = sample_codes("prior", 12, context, torch.Generator().manual_seed(0), top_k=1)
+    for i in range(12):
+        alone = sample_codes("prior", 1, context, torch.Generator(), digit=i % 10, top_k=1)
+        assert torch.equal(mixed[i], alone[0]), i
+
+
 def test_prior_strategy_errors(prior_run, small_run, tmp_path):
     no_prior = SamplingContext(small_run.model, small_run.run_dir)
     with pytest.raises(VqkitError, match="train-prior"):
