@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -57,3 +59,11 @@ def test_a_mistyped_flag_is_one_line_not_the_usage_block(argv, fragment, capsys)
     assert stop.value.code == 2
     assert err.count("\n") == 1 and "usage:" not in err and fragment in err, err
     assert err.rstrip().endswith("--help').")
+
+
+def test_version_is_the_one_pyproject_declares(capsys):
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"vqkit {declared['project']['version']}"

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import re
 import sys
+from importlib.metadata import version
 from typing import NoReturn
 
 from vqkit.errors import VqkitError
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # The installed distribution's version, read without importing the library (and torch).
+    parser.add_argument("--version", action="version", version=f"vqkit {version('vqkit')}")
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=OneLineErrors
     )
