@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# Pin the CPU build of torch first so the dependency resolver never pulls a CUDA build.
+	# torch first, pinned: the index these machines use serves 2.13.0 as the CPU build, so the
+	# resolver never pulls a CUDA build for the packages that depend on it.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)

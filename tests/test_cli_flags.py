@@ -50,6 +50,7 @@ def test_train_prior_flags_reach_the_prior_config():
         (["train", "--lr", "abc"], "vqkit train: error: argument --lr: invalid float value"),
         (["sample", "r", "--strategy", "random", "--out", "a.png", "--n", "0"], "argument --n"),
         (["trian"], "vqkit: error: argument COMMAND: invalid choice: 'trian'"),
+        (["train", "--lrr", "1"], "vqkit train: error: unrecognized arguments: --lrr 1"),
     ],
 )
 def test_a_mistyped_flag_is_one_line_not_the_usage_block(argv, fragment, capsys):

@@ -81,10 +81,12 @@ class QuantizerConfig:
         _require(
             self.num_embeddings >= 2, "The codebook needs at least 2 codes (--num-embeddings)."
         )
-        _require(self.embedding_dim >= 1, "The embedding dimension must be at least 1.")
+        _require(
+            self.embedding_dim >= 1, "The embedding dimension must be at least 1 (--embedding-dim)."
+        )
         _require(
             math.isfinite(self.beta) and self.beta >= 0,
-            "The commitment weight beta must be a finite number >= 0.",
+            "The commitment weight beta must be a finite number >= 0 (--beta).",
         )
         _require_choice(self.quantizer, QUANTIZERS, "--quantizer")
         _require_choice(self.codebook_update, CODEBOOK_UPDATES, "--codebook-update")
@@ -203,7 +205,10 @@ class TrainConfig:
             math.isfinite(self.lr) and self.lr > 0,
             "The learning rate must be a finite number > 0 (--lr).",
         )
-        _require(self.eval_batch_size >= 1, "The evaluation batch size must be at least 1.")
+        _require(
+            self.eval_batch_size >= 1,
+            "The evaluation batch size must be at least 1 (--eval-batch-size).",
+        )
         _require(
             self.precision in PRECISIONS,
             f"Unknown precision '{self.precision}'; use one of {', '.join(PRECISIONS)}.",

@@ -66,11 +66,13 @@ class OneLineErrors(argparse.ArgumentParser):
     """A mistyped flag or value ends in one line saying what is wrong and where to read more,
     not argparse's whole usage block (26 lines for train) above it."""
 
+    command_parsers: dict[str, argparse.ArgumentParser]  # the top level's, by command name
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help').\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> OneLineErrors:
     parser = OneLineErrors(
         prog="vqkit",
         description=DESCRIPTION,
@@ -83,7 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name in COMMAND_MODULES:
         importlib.import_module(f"vqkit.cli.{name.replace('-', '_')}_cmd").register(subparsers)
+    parser.command_parsers = subparsers.choices
     return parser
+
+
+def parse_command_line(parser: OneLineErrors, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that a flag the command does not have is refused by that
+    command's parser, so the message points at its own --help (argparse's top level would)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.command_parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 # What each command can ask for less of, for the out-of-memory sentence.
@@ -119,7 +131,7 @@ def out_of_memory_message(exc: BaseException, command: str | None = None) -> str
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; user errors print one sentence and exit with status 2."""
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     try:
         return int(args.handler(args) or 0)
     except VqkitError as exc:
