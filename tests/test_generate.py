@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -138,6 +139,11 @@ def test_cache_is_read_back_and_validated(usage_run, tmp_path):
     stat = weights.stat()
     os.utime(path, (stat.st_atime, stat.st_mtime - 10))  # older than the weights: retrained
     assert _cached_counts(path, model, weights) is None
+    # refresh=True counts again even over a valid, newer cache, and rewrites it.
+    write_json_atomic(path, {"split": "train", "images": 1, "counts": fake})
+    counts = code_usage(run_dir, model, refresh=True)
+    assert torch.equal(counts, usage_run[1])
+    assert json.loads(path.read_text())["counts"] == usage_run[1].tolist()
 
 
 def test_a_new_strategy_slots_in_with_its_own_options(context):
