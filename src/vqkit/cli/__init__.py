@@ -10,9 +10,9 @@ import argparse
 import importlib
 import re
 import sys
-from importlib.metadata import version
 from typing import NoReturn
 
+import vqkit
 from vqkit.errors import VqkitError
 
 COMMAND_MODULES = (
@@ -78,8 +78,9 @@ def build_parser() -> OneLineErrors:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    # The installed distribution's version, read without importing the library (and torch).
-    parser.add_argument("--version", action="version", version=f"vqkit {version('vqkit')}")
+    # The package's own version: also right when run from a source tree (PYTHONPATH=src)
+    # that no installed distribution describes.
+    parser.add_argument("--version", action="version", version=f"vqkit {vqkit.__version__}")
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=OneLineErrors
     )
