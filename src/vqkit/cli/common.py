@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from vqkit.config import SEED_RANGE, is_seed
@@ -57,11 +57,20 @@ def add_reliability_flags(group) -> None:
     )
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text}")
-    return value
+def whole_number_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, not {text}")
+        return value
+
+    parse.__name__ = "integer"  # argparse's "invalid integer value: 'abc'" names it so
+    return parse
+
+
+positive_int = whole_number_at_least(1)
 
 
 def seed(text: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vqkit.cli.common import add_command, add_device_flag, positive_int, seed
+from vqkit.cli.common import add_command, add_device_flag, positive_int, seed, whole_number_at_least
 from vqkit.data import DATASETS, OWN_DATASET
 from vqkit.demo import DemoSettings, format_headline, run_demo
 
@@ -22,15 +22,6 @@ examples:
 """
 
 
-def score_samples(text: str) -> int:
-    """--score-samples: scoring needs 2 samples per strategy (vqkit.score.score_run). Checked
-    here because score_run would refuse fewer only after minutes of training, naming its --n."""
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 2, not {text}")
-    return value
-
-
 def register(subparsers) -> None:
     parser = add_command(subparsers, "demo", "the whole pipeline, ending in a report", HELP, run)
     named = [name for name in DATASETS if name != OWN_DATASET]  # the demo reads no --data-dir
@@ -38,9 +29,10 @@ def register(subparsers) -> None:
     parser.add_argument("--out", help="run folder to create (default: a new folder in runs/)")
     parser.add_argument("--preset", default="best", help="VQ-VAE preset (default: best)")
     parser.add_argument("--prior-epochs", type=positive_int, default=2)
+    # score_run needs 2 samples per strategy; checked here, not after minutes of training.
     parser.add_argument(
         "--score-samples",
-        type=score_samples,
+        type=whole_number_at_least(2),
         default=2000,
         help="samples per strategy for the scores (default 2000)",
     )

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from vqkit.checkpoint import load_config, load_model
-from vqkit.cli.common import add_command, add_device_flag, require_png_path, seed
+from vqkit.cli.common import (
+    add_command,
+    add_device_flag,
+    require_png_path,
+    seed,
+    whole_number_at_least,
+)
 from vqkit.codes_io import require_new_outputs
 from vqkit.images import save_grid
 from vqkit.inputs import resolve_image, test_split_loader
@@ -32,19 +38,17 @@ examples:
 """
 
 
-def steps_value(text: str) -> int:
-    value = int(text)
-    if value < MIN_STEPS:
-        raise argparse.ArgumentTypeError(f"must be at least {MIN_STEPS}, not {text}")
-    return value
-
-
 def register(subparsers) -> None:
     parser = add_command(subparsers, "interpolate", "morph one image into another", HELP, run)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--from", dest="source", required=True, metavar="A", help="first image")
     parser.add_argument("--to", dest="target", required=True, metavar="B", help="last image")
-    parser.add_argument("--steps", type=steps_value, default=8, help="decoded steps (default 8)")
+    parser.add_argument(
+        "--steps",
+        type=whole_number_at_least(MIN_STEPS),
+        default=8,
+        help="decoded steps (default 8)",
+    )
     parser.add_argument("--mode", choices=MODES, default="crossfade", help="default: crossfade")
     parser.add_argument("--seed", type=seed, default=0, help="crossfade order seed (default 0)")
     parser.add_argument("--out", required=True, help="PNG file to write")
