@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -42,3 +45,9 @@ def usage_run(small_run, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("usage_run") / "run"
     shutil.copytree(small_run.run_dir, run_dir)
     return run_dir, code_usage(run_dir, small_run.model)
+
+
+@pytest.fixture
+def run_copy(small_run, tmp_path) -> Path:
+    """A writable copy of ``small_run``'s folder, for a test that changes or damages it."""
+    return Path(shutil.copytree(small_run.run_dir, tmp_path / "run"))

@@ -10,7 +10,6 @@ import errno
 import gzip
 import json
 import os
-import shutil
 import subprocess
 from importlib import resources
 from pathlib import Path
@@ -80,11 +79,6 @@ def test_data_dir_without_the_dataset(tmp_path, capsys):
 
 
 # --- run folders and checkpoints -----------------------------------------------------------
-
-
-@pytest.fixture
-def run_copy(small_run, tmp_path) -> Path:
-    return Path(shutil.copytree(small_run.run_dir, tmp_path / "run"))
 
 
 def edit_config(run_dir: Path, edit) -> None:

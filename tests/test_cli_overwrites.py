@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 from cli_helpers import fails_cleanly
 from PIL import Image
 
 from vqkit import runfiles
 from vqkit.cli import main
-
-
-@pytest.fixture
-def run_copy(small_run, tmp_path) -> Path:
-    return Path(shutil.copytree(small_run.run_dir, tmp_path / "run"))
 
 
 def folder_bytes(*folders: Path) -> dict[str, bytes]:
