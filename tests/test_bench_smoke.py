@@ -91,3 +91,22 @@ def test_seed_spread_prints_a_row_per_seed_and_the_summary():
     assert [seed for seed, _ in rows] == ["0", "1"]
     assert rows[0][1] != rows[1][1]  # the seed reaches the run
     assert re.search(r"^mean [\d.]+, sd [\d.]+, range .*; 0 of 2 seeds <= 0.0057$", out, re.M)
+
+
+def test_step_operators_times_each_convolution_in_and_out_of_the_step():
+    out = run_bench(
+        "step_operators.py", "--steps", "2", "--rounds", "2", "--warmup-steps", "1",
+        "--repeats", "2", "--flush-mib", "8", "--batch-size", "32", "--top", "3",
+    )  # fmt: skip
+    assert re.search(
+        r"^efficient, batch 32, bf16, .* 2 rounds: [\d.]+ ms per step plain", out, re.M
+    )
+    calls = [
+        line for line in out.splitlines() if re.match(r"^\| (transposed )?(forward|backward)", line)
+    ]
+    # Encoder, decoder: 2 + 2 layers, each with a forward and a backward call.
+    assert len(calls) == 8
+    # The encoder's 64->32 4x4 stride-2 forward: 2 FLOP per multiply-add, batch x 7x7 outputs
+    # x 32 channels x 64 inputs x 16 taps.
+    encoder_2 = next(line for line in calls if line.startswith("| forward (32, 64, 14, 14)"))
+    assert encoder_2.split("|")[5].strip() == str(round(2 * 32 * 49 * 32 * 64 * 16 / 1e6))
