@@ -3,6 +3,7 @@ sampling strategy, and score, through the Python API and the CLI."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -178,6 +179,18 @@ def test_score_end_to_end(prior_run, tmp_path, monkeypatch, capsys):
         assert 0.1 <= row["confidence"] <= 1.0 and row["fid"] >= 0
     assert rows["random"]["label_accuracy"] is None
     assert 0.0 <= rows["prior (digit 4)"]["label_accuracy"] <= 1.0
+    # Every row but the reference itself scores n images, reconstructions included (an FID of
+    # 10,000 reconstructions beside 30 samples would flatter the reconstructions); per-digit
+    # rows n / 10.
+    counts = {name: row["images"] for name, row in rows.items()}
+    assert counts.pop("real test images") == len(load_split("mnist", "test").images)
+    assert {counts.pop(f"prior (digit {d})") for d in range(10)} == {3}
+    assert set(counts.values()) == {30}
+    # The digests of what was scored, for the report's staleness check.
+    digest = {name: hashlib.sha256((prior_run / name).read_bytes()).hexdigest() for name in
+              (runfiles.WEIGHTS, runfiles.PRIOR_WEIGHTS)}  # fmt: skip
+    assert stored["weights_sha256"] == digest[runfiles.WEIGHTS]
+    assert stored["prior_sha256"] == digest[runfiles.PRIOR_WEIGHTS]
     # The table names every row.
     assert main(["score", str(prior_run), "--n", "30", "--device", "cpu"]) == 0
     table = capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -273,3 +274,30 @@ def test_figures_of_new_strategies_show_up_with_their_scores(full_run, tmp_path)
     assert "<figcaption>greedy</figcaption>" in text
     assert '<p class="scores">classifier-FID 42.5</p>' in text
     assert "interpolation spiral" in text
+
+
+def test_scores_of_earlier_weights_are_marked_stale(full_run, tmp_path):
+    run = copy_run(full_run, tmp_path / "run")
+    weights = run / runfiles.WEIGHTS
+    scores = json.loads((run / runfiles.SCORES).read_text())
+    scores["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    scores["prior_sha256"] = None  # scored before the run had a prior
+    (run / runfiles.SCORES).write_text(json.dumps(scores))
+    assert not load_run_info(run).scores_stale
+    assert "Stale: these scores" not in write_report(run).read_text()
+    # The model trains on (any change of the weights file's bytes): the scores are stale.
+    weights.write_bytes(weights.read_bytes() + b" ")
+    assert load_run_info(run).scores_stale
+    text = write_report(run).read_text()
+    assert "Stale: these scores were measured on earlier" in text
+    assert f"run vqkit score {run} again" in text
+    assert "stale: scored on earlier weights" in text  # the headline's FID card
+    # Same weights, but the prior that was scored is not the run's prior any more.
+    scores["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    scores["prior_sha256"] = "0" * 64
+    (run / runfiles.SCORES).write_text(json.dumps(scores))
+    assert load_run_info(run).scores_stale
+    # A scores.json without digests (older vqkit) is not called stale: nothing to compare.
+    del scores["weights_sha256"], scores["prior_sha256"]
+    (run / runfiles.SCORES).write_text(json.dumps(scores))
+    assert not load_run_info(run).scores_stale

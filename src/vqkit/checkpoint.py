@@ -58,6 +58,12 @@ def weights_digest(run_dir: str | Path) -> str:
     return hashlib.sha256(run_path(run_dir, runfiles.WEIGHTS).read_bytes()).hexdigest()
 
 
+def prior_digest(run_dir: str | Path) -> str | None:
+    """SHA-256 of a run's prior weights file, or None when the run has no prior."""
+    path = run_path(run_dir, runfiles.PRIOR_WEIGHTS)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def prior_is_stale(run_dir: str | Path) -> bool:
     """Whether the run's prior learned the code grids of other VQ-VAE weights than the run's
     own (the model was resumed or retrained after train-prior); False when unknown."""

@@ -97,7 +97,10 @@ def _header(info: RunInfo, name: str) -> str:
         items.append(("prior bits per code", fmt(top.prior_bits_per_code, 3), detail))
     if top.fid:
         value = " / ".join(fmt(v, 3) for v in top.fid.values())
-        items.append(("classifier-FID", value, " / ".join(top.fid)))
+        detail = " / ".join(top.fid)
+        if top.scores_stale:
+            detail = f"stale: scored on earlier weights ({detail})"
+        items.append(("classifier-FID", value, detail))
     return (
         f"<p class='eyebrow'>vqkit run report</p><h1>{esc(name)}</h1>"
         f"<p class='subtitle'>{esc(subtitle)}</p>" + (cards(items) if items else "")
@@ -278,6 +281,11 @@ def _samples(info: RunInfo) -> Section | None:
             tiles.append(f"<div>{picture}{_score_line(info, row_name, prefix)}</div>")
     body = f'<div class="grid">{"".join(tiles)}</div>' if tiles else ""
     if info.scores is not None:
+        if info.scores_stale:
+            body += note(
+                f"Stale: these scores were measured on earlier VQ-VAE or prior weights than the "
+                f"run holds now (it trained on after them); run vqkit score {info.run_dir} again."
+            )
         body += _scores_table(info.scores)
     elif runfiles.SCORES in info.notes:
         body += note(f"{runfiles.SCORES} is damaged, so no scores are shown.")
@@ -288,18 +296,23 @@ def _samples(info: RunInfo) -> Section | None:
 
 
 def _scores_table(scores: dict[str, Any]) -> str:
-    headers = ["images"] + [label for _, label in SCORE_COLUMNS]
+    headers = ["images", "n"] + [label for _, label in SCORE_COLUMNS]
     rows = [
-        [row["name"], *(number(row.get(key)) for key, _ in SCORE_COLUMNS)] for row in scores["rows"]
+        [row["name"], _count(row), *(number(row.get(key)) for key, _ in SCORE_COLUMNS)]
+        for row in scores["rows"]
     ]
-    n, accuracy = number(scores.get("n")), number(scores.get("classifier_test_accuracy"))
-    detail = []
-    if n is not None:
-        detail.append(f"{int(n)} images per row")
+    accuracy = number(scores.get("classifier_test_accuracy"))
+    detail = ["n: images scored in the row; FID grows as n shrinks, so compare at equal n"]
     if accuracy is not None:
         detail.append(f"the scoring classifier is {accuracy:.1%} accurate on the test set")
     caption = f"<p class='lead'>{esc('; '.join(detail))}.</p>" if detail else ""
     return f'<div id="scores"><h3>Sample quality</h3>{caption}{table(headers, rows)}</div>'
+
+
+def _count(row: dict[str, Any]) -> int | None:
+    """A row's image count (None, shown as a dash, in files that predate the count)."""
+    count = number(row.get("images"))
+    return None if count is None else int(count)
 
 
 def _interpolation(info: RunInfo) -> Section | None:

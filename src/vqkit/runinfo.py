@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config, prior_is_stale, require_run_folder
+from vqkit.checkpoint import (
+    load_config,
+    prior_digest,
+    prior_is_stale,
+    require_run_folder,
+    weights_digest,
+)
 from vqkit.config import RunConfig
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
@@ -41,6 +47,7 @@ class RunInfo:
     prior_metrics: list[dict[str, Any]] = field(default_factory=list)
     prior_stale: bool = False  # the prior learned the codes of earlier VQ-VAE weights
     scores: dict[str, Any] | None = None
+    scores_stale: bool = False  # scores.json describes earlier VQ-VAE or prior weights
     timings: dict[str, float] | None = None
     figures: dict[str, Path] = field(default_factory=dict)  # figure key -> existing PNG path
     notes: dict[str, str] = field(default_factory=dict)  # file name -> why it was left out
@@ -75,6 +82,7 @@ class Headline:
     prior_bits_per_code: float | None = None  # best test NLL, the epoch whose weights are kept
     prior_stale: bool = False  # that prior learned the codes of earlier VQ-VAE weights
     fid: dict[str, float] = field(default_factory=dict)  # strategy -> classifier-FID
+    scores_stale: bool = False  # those FIDs were measured on earlier VQ-VAE or prior weights
 
 
 def number(value: Any) -> float | None:
@@ -110,6 +118,7 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     info.prior_stale = bool(info.prior_metrics) and prior_is_stale(run_dir)
     info.code_usage = _optional_json(info, runfiles.CODE_USAGE, _valid_code_usage)
     info.scores = _optional_json(info, runfiles.SCORES, _valid_scores)
+    info.scores_stale = info.scores is not None and scores_are_stale(run_dir, info.scores)
     info.timings = _optional_json(info, runfiles.TIMINGS, _valid_timings)
     info.figures = _find_figures(run_dir / runfiles.FIGURES_DIR)
     return info
@@ -131,12 +140,26 @@ def headline(info: RunInfo) -> Headline:
     test_bits = [record["test_bits_per_code"] for record in info.prior_metrics]
     result.prior_bits_per_code = min(test_bits) if test_bits else None
     result.prior_stale = info.prior_stale
+    result.scores_stale = info.scores_stale
     for name in HEADLINE_SCORE_ROWS:
         row = info.score_row(name)
         fid = number(row.get("fid")) if row else None
         if fid is not None:
             result.fid[name] = fid
     return result
+
+
+def scores_are_stale(run_dir: Path, scores: dict[str, Any]) -> bool:
+    """Whether scores.json was measured on other model weights than the run's, or on another
+    prior than the run's (when it scored one); False when it does not say (older files)."""
+    try:
+        weights = scores.get("weights_sha256")
+        if weights is not None and weights != weights_digest(run_dir):
+            return True
+        prior = scores.get("prior_sha256")
+        return prior is not None and prior != prior_digest(run_dir)
+    except OSError:  # the weights file is missing or unreadable: nothing to compare with
+        return False
 
 
 def _epoch_records(info: RunInfo, name: str, required: tuple[str, ...]) -> list[dict[str, Any]]:

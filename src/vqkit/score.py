@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config, load_model, run_path
+from vqkit.checkpoint import load_config, load_model, prior_digest, run_path, weights_digest
 from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_train_classifier
 from vqkit.codes_io import decode_codes, encode_images
 from vqkit.data import dataset_classes, load_split
@@ -98,6 +98,7 @@ def score_images(
         label_accuracy = float((probabilities.argmax(dim=-1) == labels).double().mean())
     return {
         "name": name,
+        "images": int(features.shape[0]),
         "fid": frechet_distance(*feature_statistics(features.numpy()), *reference),
         "confidence": float(probabilities.max(dim=-1).values.mean()),
         "inception_score": inception_score(probabilities.numpy()),
@@ -161,6 +162,10 @@ def score_run(
         "dataset": dataset,
         "classifier_test_accuracy": test_accuracy,
         "rows": rows,
+        # Which weights the rows describe: a later train --resume or train-prior makes them
+        # stale (runinfo compares these with the run's files).
+        "weights_sha256": weights_digest(run_dir),
+        "prior_sha256": prior_digest(run_dir),
     }
     write_json_atomic(run_path(run_dir, runfiles.SCORES), scores)
     return scores
@@ -178,6 +183,9 @@ def _real_rows(model, classifier, test, train, n: int, seed: int):
     "real test images" scores the reference against itself (FID 0 by definition); "real
     training images" (n of them, drawn with the seed) shows the FID of real images the
     statistics never saw: the floor a perfect generator would reach at this sample size.
+    "reconstructions" decodes the codes of n test images (drawn with the seed): the best any
+    sampler of code grids could do, at the same sample size as the sampled rows, since the FID
+    of n images grows as n shrinks.
     """
     features, probabilities = classify(classifier, test.images)
     per_class = {
@@ -185,10 +193,11 @@ def _real_rows(model, classifier, test, train, n: int, seed: int):
         for label in test.labels.unique()
     }
     reference = Reference(feature_statistics(features.numpy()), per_class)
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
-    train_features, train_probabilities = classify(classifier, train.images[pick])
+    pick_train = _pick(len(train), n, seed)
+    train_features, train_probabilities = classify(classifier, train.images[pick_train])
+    pick_test = _pick(len(test), n, seed)
     reconstructions = decode_codes(
-        model, encode_images(model, test.images, DECODE_BATCH_SIZE), DECODE_BATCH_SIZE
+        model, encode_images(model, test.images[pick_test], DECODE_BATCH_SIZE), DECODE_BATCH_SIZE
     )
     rec_features, rec_probabilities = classify(classifier, reconstructions)
     rows = [
@@ -198,13 +207,22 @@ def _real_rows(model, classifier, test, train, n: int, seed: int):
             train_features,
             train_probabilities,
             reference.overall,
-            train.labels[pick],
+            train.labels[pick_train],
         ),
         score_images(
-            "reconstructions", rec_features, rec_probabilities, reference.overall, test.labels
+            "reconstructions",
+            rec_features,
+            rec_probabilities,
+            reference.overall,
+            test.labels[pick_test],
         ),
     ]
     return reference, rows
+
+
+def _pick(available: int, n: int, seed: int) -> torch.Tensor:
+    """Indices of n of ``available`` images (all of them when n is not smaller), seeded."""
+    return torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:n]
 
 
 def _strategy_rows(
@@ -265,17 +283,19 @@ def _prior_is_conditional(run_dir: Path | None) -> bool:
 
 def format_scores(scores: dict[str, Any]) -> str:
     """The scores as a fixed-width table (one row per image set)."""
-    header = f"{'images':<24} {'FID':>9} {'confidence':>10} {'IS':>6} {'label acc':>9}"
+    header = f"{'images':<24} {'n':>6} {'FID':>9} {'confidence':>10} {'IS':>6} {'label acc':>9}"
     lines = [header, "-" * len(header)]
     for row in scores["rows"]:
         accuracy = "" if row["label_accuracy"] is None else f"{row['label_accuracy']:.1%}"
+        count = row.get("images", "")
         lines.append(
-            f"{row['name']:<24} {row['fid']:>9.2f} {row['confidence']:>10.3f} "
+            f"{row['name']:<24} {count:>6} {row['fid']:>9.2f} {row['confidence']:>10.3f} "
             f"{row['inception_score']:>6.2f} {accuracy:>9}"
         )
     lines.append(
-        f"n = {scores['n']} per strategy; classifier test accuracy "
+        f"n: images scored per row; classifier test accuracy "
         f"{scores['classifier_test_accuracy']:.2%}; FID against the real test images "
-        "(of the requested digit for per-digit rows)."
+        "(of the requested digit for per-digit rows). FID grows as n shrinks: compare rows "
+        "and runs at equal n."
     )
     return "\n".join(lines)

@@ -14,11 +14,14 @@ has one; a conditional prior adds one row per digit), decode them, and judge the
 classifier trained once per dataset (cached under $VQKIT_CACHE or ~/.cache/vqkit/classifiers).
 Real test images, real training images and the model's reconstructions come first for reference.
 
-Columns: FID, the Frechet distance between the classifier's penultimate features of the images
+Columns: n, the images scored in the row (the real test images all; a per-digit row n/10);
+FID, the Frechet distance between the classifier's penultimate features of the images
 and of the real test images (lower is better; per-digit rows compare with that digit's test
 images); confidence, the mean top softmax probability; IS, the classifier Inception Score
 (at most 10); label acc, the fraction classified as the requested or true label.
-Also written to RUN_DIR/scores.json.
+FID is biased upwards at small n, so compare rows and runs scored with the same --n.
+Also written to RUN_DIR/scores.json, with the digests of the weights it scored: the report
+marks the scores stale once the run trains on or gets a new prior.
 
 examples:
   vqkit score runs/RUN
@@ -29,7 +32,13 @@ examples:
 def register(subparsers) -> None:
     parser = add_command(subparsers, "score", "sample quality of each strategy", HELP, run)
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--n", type=positive_int, default=10000, help="samples per strategy")
+    parser.add_argument(
+        "--n",
+        type=positive_int,
+        default=10000,
+        help="images scored per row: samples per strategy, training images and reconstructions"
+        " (default 10000; FID grows as n shrinks, so compare runs at equal n)",
+    )
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--json", action="store_true", help="print scores.json instead")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
