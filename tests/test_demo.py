@@ -6,7 +6,7 @@ import json
 
 from vqkit import runfiles
 from vqkit.classifier import ClassifierConfig
-from vqkit.demo import DemoSettings, format_headline, run_demo
+from vqkit.demo import DemoResult, DemoSettings, format_headline, run_demo
 from vqkit.fileio import read_jsonl
 
 STAGES = [
@@ -49,3 +49,16 @@ def test_demo_writes_every_stage_and_reports_the_numbers_it_saved(tmp_path, monk
     assert result.headline["prior_bits_per_code"] == prior["test_bits_per_code"]
     assert result.headline["fid_prior"] == fid["prior"]
     assert str(result.report) in format_headline(result)
+
+
+def test_headline_says_when_used_codes_drew_exactly_like_random_ones(tmp_path):
+    headline = {
+        "test_mse": 0.004, "codes_used": 128, "num_codes": 128, "prior_bits_per_code": 2.0,
+        "uniform_bits_per_code": 7.0, "fid_prior": 60.0, "fid_used": 900.0, "fid_random": 900.0,
+    }  # fmt: skip
+    result = DemoResult(tmp_path, tmp_path / "report.html", headline, {"train VQ-VAE": 1.0})
+    text = format_headline(result)
+    assert "codes used:         128 of 128 on the test set" in text
+    assert "'used' draws exactly as 'random'" in text
+    headline["fid_used"] = 850.0  # some codes unused in training: two different draws
+    assert "'used' draws exactly" not in format_headline(result)

@@ -183,7 +183,7 @@ def format_headline(result: DemoResult) -> str:
     h = result.headline
     lines = [
         f"test MSE:           {h['test_mse']:.5f}",
-        f"codes used:         {h['codes_used']} of {h['num_codes']}",
+        f"codes used:         {h['codes_used']} of {h['num_codes']} on the test set",
         f"prior bits/code:    {h['prior_bits_per_code']:.3f} "
         f"(uniform {h['uniform_bits_per_code']:.3f})",
     ]
@@ -192,6 +192,11 @@ def format_headline(result: DemoResult) -> str:
             f"classifier-FID:     prior {h['fid_prior']:.1f}, used {h['fid_used']:.1f}, "
             f"random {h['fid_random']:.1f} (lower is better)"
         )
+        if h["fid_used"] == h["fid_random"]:  # the same grids: no code is unused in training
+            lines.append(
+                "                    (every code is used on the training set, so 'used' draws "
+                "exactly as 'random' does)"
+            )
     total = sum(result.timings.values())
     lines += [f"total time:         {total:.0f} s", f"report:             {result.report}"]
     return "\n".join(lines)

@@ -11,8 +11,10 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     lines = [
         f"test MSE:        {metrics['test_mse']:.5f}",
         f"test PSNR:       {metrics['test_psnr']:.2f} dB",
-        f"perplexity:      {metrics['perplexity']:.1f}",
-        f"codes used:      {metrics['codes_used']} of {metrics['num_codes']}",
+        # Both over the test set's codes; perplexity is 2**entropy of their frequencies, the
+        # number of equally used codes that would be as uncertain.
+        f"perplexity:      {metrics['perplexity']:.1f} (codes in effective use on the test set)",
+        f"codes used:      {metrics['codes_used']} of {metrics['num_codes']} on the test set",
         *(
             [f"code restarts:   {metrics['codebook_restarts']} during training"]
             if metrics.get("codebook_restarts")
