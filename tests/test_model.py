@@ -7,6 +7,7 @@ import torch
 
 from vqkit.checkpoint import load_model, save_config, save_weights
 from vqkit.config import ModelConfig, QuantizerConfig, RunConfig, preset_config
+from vqkit.errors import VqkitError
 from vqkit.model import VQVAE
 
 
@@ -50,6 +51,22 @@ def test_uint8_and_float_inputs_agree():
         from_uint8 = model(batch).reconstruction
         from_float = model((batch.float() / 255).unsqueeze(1)).reconstruction
     assert torch.equal(from_uint8, from_float)
+
+
+def test_decoded_images_carry_no_autograd_history():
+    # What a tutorial user does next: plot them, through numpy.
+    model = VQVAE(preset_config("efficient").model).eval()
+    codes = model.encode(images(2))
+    decoded = model.decode(codes)
+    assert not codes.requires_grad and not decoded.requires_grad
+    assert decoded.numpy().shape == (2, 1, 28, 28)
+
+
+def test_float_pixels_above_one_are_refused_not_misencoded():
+    model = VQVAE(preset_config("efficient").model).eval()
+    with pytest.raises(VqkitError, match=r"in \[0, 1\], and these reach 255; pass uint8"):
+        model.encode(images(2).float())
+    model.encode(images(2).float() / 255)  # in range: accepted
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqkit.config import ModelConfig
+from vqkit.errors import VqkitError
 from vqkit.fast_conv import ConvTranspose2d
 from vqkit.quantize import build_quantizer
 
@@ -74,11 +75,20 @@ class VQVAEOutput:
 
 
 def images_to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, H, W) or (B, C, H, W) -> float (B, C, H, W) in [0, 1]."""
+    """uint8 images (B, H, W) or (B, C, H, W) -> float (B, C, H, W) in [0, 1].
+
+    Float images must already be in [0, 1]: float pixels 0-255 would be silently mis-encoded,
+    so they are refused (the check costs a reduction; vqkit's own data are uint8).
+    """
     if images.dim() == 3:
         images = images.unsqueeze(1)
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
+    if images.numel() and float(images.max()) > 1.0:
+        raise VqkitError(
+            f"Float images must hold pixels in [0, 1], and these reach {float(images.max()):g}; "
+            "pass uint8 pixels 0-255 or divide by 255 first."
+        )
     return images.float()
 
 
@@ -107,12 +117,16 @@ class VQVAE(nn.Module):
         if self.quantizer.needs_initialization():
             self.quantizer.initialize(self.encoder(images_to_input(images)))
 
+    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, [C,] H, W) -> integer code grids (B, h, w)."""
+        """images (B, [C,] H, W), uint8 0-255 or float in [0, 1] -> integer code grids (B, h, w)."""
         return self.quantizer.quantize_codes(self.encoder(images_to_input(images)))
 
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """integer code grids (B, h, w) -> images (B, C, H, W) in [0, 1]."""
+        """integer code grids (B, h, w) -> images (B, C, H, W) in [0, 1], without autograd
+        history (ready for ``.numpy()``); for gradients through the decoder call
+        ``model.decoder(model.quantizer.codes_to_latents(codes))``."""
         return self.decoder(self.quantizer.codes_to_latents(codes))
 
     @classmethod
