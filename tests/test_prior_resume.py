@@ -321,7 +321,12 @@ def change_vqvae_weights(run_dir: Path) -> None:
 
 
 BAD_RESUMES = {
-    "no prior state": (None, [], "has no resumable state (prior_state.safetensors)"),
+    "no prior at all": (None, [], "has no prior training to resume; start one with"),
+    "a prior without its state": (
+        lambda run: (run / runfiles.PRIOR_STATE).unlink(),
+        [],
+        "has no resumable state (prior_state.safetensors)",
+    ),
     "missing folder": ("missing", [], "does not exist"),
     "flag that changes learning": (None, ["--channels", "16"], "--channels cannot be given"),
     "resume and restart": (None, ["--restart"], "--restart cannot be given"),
@@ -334,7 +339,7 @@ BAD_RESUMES = {
 @pytest.mark.parametrize("case", BAD_RESUMES)
 def test_bad_resume_is_one_sentence_and_exit_2(case, coded_run, finished_prior, tmp_path, capsys):
     change, flags, message = BAD_RESUMES[case]
-    run_dir = copy_run(coded_run if case == "no prior state" else finished_prior, tmp_path)
+    run_dir = copy_run(coded_run if case == "no prior at all" else finished_prior, tmp_path)
     if change == "missing":
         run_dir = tmp_path / "nowhere"
     elif change is not None:

@@ -229,6 +229,7 @@ def _saved_extra(run_dir: Path, resume: bool, restart: bool) -> dict[str, Any] |
     if resume:
         if restart:
             raise VqkitError("--resume and --restart contradict each other; give one of them.")
+        require_prior_state(run_dir)
         extra = train_state.peek(run_dir, files)[1]
         if not isinstance(extra.get("config"), dict):
             raise damaged_state(run_dir)
@@ -247,6 +248,21 @@ def _saved_extra(run_dir: Path, resume: bool, restart: bool) -> dict[str, Any] |
             f"{files.resume_command(run_dir)}, or add --restart to train a new prior instead."
         )
     return None
+
+
+def require_prior_state(run_dir: str | Path) -> None:
+    """A clear error unless the run holds a prior state to resume: one sentence for a run
+    that never had a prior, another for a prior whose state is missing."""
+    files = train_state.PRIOR_FILES
+    names = (runfiles.PRIOR_CONFIG, runfiles.PRIOR_WEIGHTS, runfiles.PRIOR_METRICS)
+    if not train_state.exists(run_dir, files) and not any(
+        run_path(run_dir, name).exists() for name in names
+    ):
+        raise VqkitError(
+            f"The run '{run_dir}' has no prior training to resume; start one with "
+            f"vqkit train-prior {run_dir} (without --resume)."
+        )
+    train_state.require(run_dir, files)
 
 
 def _check_state_fits(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vqkit import train_state
 from vqkit.cli.common import (
     add_command,
     add_device_flag,
@@ -18,7 +17,7 @@ from vqkit.cli.common import (
 from vqkit.config import PRECISIONS
 from vqkit.errors import VqkitError
 from vqkit.prior import PriorConfig, load_prior_config
-from vqkit.prior_training import RESUME_FIELDS, train_prior
+from vqkit.prior_training import RESUME_FIELDS, require_prior_state, train_prior
 from vqkit.training import TrainingInterrupted
 
 HELP = """
@@ -128,7 +127,7 @@ def resume_config_from_args(args: argparse.Namespace) -> PriorConfig:
     flags that would change what it learns are refused (repeating the stored value is fine)."""
     if not Path(args.run_dir).is_dir():
         raise VqkitError(f"The run folder '{args.run_dir}' to resume does not exist.")
-    train_state.require(args.run_dir, train_state.PRIOR_FILES)
+    require_prior_state(args.run_dir)
     stored = load_prior_config(args.run_dir)
     conflicts = [
         name
