@@ -195,6 +195,8 @@ BAD_FLAGS = [
     (["--eval-batch-size", "0"], "evaluation batch size"),
     (["--checkpoint-every", "0"], "--checkpoint-every"),
     (["--skip-nonfinite", "-1"], "--skip-nonfinite"),
+    (["--lr-schedule", "onecycle", "--warmup-fraction", "2"], "(--warmup-fraction)"),
+    (["--residual-blocks", "-1"], "(--residual-blocks)"),
 ]
 
 
@@ -308,6 +310,13 @@ def test_png_inputs_that_are_not_28x28_grayscale(run_copy, tmp_path, capsys, mak
     make(png)
     out = tmp_path / "codes.npy"
     fails_cleanly(capsys, ["encode", str(run_copy), str(png), "--out", str(out)], fragment)
+    assert not out.exists()
+
+
+def test_an_empty_image_reference_is_called_empty(run_copy, tmp_path, capsys):
+    # Path("") reads as ".", which the message used to quote as the reference.
+    out = tmp_path / "codes.npy"
+    fails_cleanly(capsys, ["encode", run_copy, "", "--out", out], "An image reference is empty")
     assert not out.exists()
 
 

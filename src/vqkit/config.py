@@ -163,7 +163,10 @@ class ModelConfig:
             f"images are {IMAGE_SIZE}×{IMAGE_SIZE}.",
         )
         _require(self.hidden_dim >= 1, "The hidden width must be at least 1 (--hidden-dim).")
-        _require(self.residual_blocks >= 0, "The number of residual blocks cannot be negative.")
+        _require(
+            self.residual_blocks >= 0,
+            "The number of residual blocks cannot be negative (--residual-blocks).",
+        )
 
     @property
     def grid_size(self) -> int:
@@ -226,7 +229,10 @@ class TrainConfig:
             "--cuda-graph captures the eager training step and cannot go with --compile "
             "(its reduce-overhead mode replays graphs of its own); choose one.",
         )
-        _require(0.0 < self.warmup_fraction < 1.0, "The warm-up fraction must be between 0 and 1.")
+        _require(
+            0.0 < self.warmup_fraction < 1.0,
+            "The warm-up fraction must lie strictly between 0 and 1 (--warmup-fraction).",
+        )
         _require(
             self.data_dir is None or isinstance(self.data_dir, str),
             "The recorded data folder must be a path or null.",

@@ -113,6 +113,11 @@ def resolve_images(
             position = int(matches[0])
             images.append(test.images[position : position + 1])
             names.append(f"test:{position}")
+        elif not reference.strip():  # Path("") would read as '.', the current folder
+            raise VqkitError(
+                "An image reference is empty; give a test-set index, test:A-B range, digit:D "
+                "or a PNG file."
+            )
         else:
             images.append(load_png(reference, size).unsqueeze(0))
             names.append(reference)

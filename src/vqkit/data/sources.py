@@ -76,6 +76,16 @@ def _find_in(folder: Path, f: FileInfo) -> Path | None:
     return None
 
 
+def _require_folder(folder: Path) -> None:
+    """A data folder that is gone (moved, renamed, mistyped) is named as gone, not as empty."""
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise VqkitError(
+            f"The data folder {folder} {what}; give the folder that holds the IDX files with "
+            "--data-dir."
+        )
+
+
 def _find_pair(
     folders: Sequence[Path], pair: tuple[FileInfo, FileInfo], strict: bool = True
 ) -> tuple[Path, Path] | None:
@@ -241,6 +251,7 @@ def _locate(
 ) -> tuple[Path, Path]:
     pair = info.files[split]
     if data_dir is not None:
+        _require_folder(data_dir)
         folders = [data_dir / info.torchvision_folder / "raw", data_dir / info.name, data_dir]
         found = _find_pair(folders, pair)
         if found is None:
@@ -321,6 +332,7 @@ def _own_files(split: str, data_dir: str | Path | None) -> tuple[Path, Path]:
             "--data-dir (four IDX files named as MNIST's, such as train-images-idx3-ubyte.gz)."
         )
     folder = Path(data_dir)
+    _require_folder(folder)
     pair = INFO["mnist"].files[split]  # MNIST's file names; the content is the user's
     found = _find_pair([folder, folder / "raw"], pair)
     if found is None:
