@@ -160,9 +160,14 @@ class _PageParser(HTMLParser):
         super().__init__()
         self.ids: list[str] = []
         self.images: list[str] = []
+        self.captions: list[str] = []  # the text of each <figcaption>
         self.script_tags = 0
+        self._in_caption = False
 
     def handle_starttag(self, tag, attrs):
+        if tag == "figcaption":
+            self._in_caption = True
+            self.captions.append("")
         values = dict(attrs)
         if "id" in values:
             self.ids.append(values["id"])
@@ -170,6 +175,14 @@ class _PageParser(HTMLParser):
             self.images.append(values.get("src", ""))
         if tag == "script":
             self.script_tags += 1
+
+    def handle_endtag(self, tag):
+        if tag == "figcaption":
+            self._in_caption = False
+
+    def handle_data(self, data):
+        if self._in_caption:
+            self.captions[-1] += data
 
 
 def parse_page(text: str) -> _PageParser:

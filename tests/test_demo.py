@@ -8,6 +8,7 @@ from vqkit import runfiles
 from vqkit.classifier import ClassifierConfig
 from vqkit.demo import DemoResult, DemoSettings, format_headline, run_demo
 from vqkit.fileio import read_jsonl
+from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, read_stamp
 
 STAGES = [
     "train VQ-VAE",
@@ -49,6 +50,16 @@ def test_demo_writes_every_stage_and_reports_the_numbers_it_saved(tmp_path, monk
     assert result.headline["prior_bits_per_code"] == prior["test_bits_per_code"]
     assert result.headline["fid_prior"] == fid["prior"]
     assert str(result.report) in format_headline(result)
+    # Every figure names the weights it came from; prior samples the prior too.
+    stamps = {
+        key: read_stamp(run / runfiles.FIGURES_DIR / name)
+        for key, name in runfiles.FIGURE_NAMES.items()
+    }
+    assert all(WEIGHTS_KEY in found for found in stamps.values()), stamps
+    assert {key for key, found in stamps.items() if PRIOR_KEY in found} == {
+        "samples_prior",
+        "samples_prior_conditional",
+    }
 
 
 def test_headline_says_when_used_codes_drew_exactly_like_random_ones(tmp_path):

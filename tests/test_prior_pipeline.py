@@ -20,6 +20,7 @@ from vqkit.data import load_split
 from vqkit.errors import VqkitError
 from vqkit.generate import SamplingContext, sample_codes
 from vqkit.prior import load_prior
+from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, read_stamp
 
 TINY_PRIOR_FLAGS = ["--epochs", "2", "--channels", "8", "--layers", "3", "--patience", "1"]
 LIMITS = ["--train-limit", "4000", "--test-limit", "1000"]
@@ -207,7 +208,11 @@ def test_sample_command_with_the_prior(prior_run, tmp_path):
     labels = torch.full((5,), 7)
     with torch.no_grad():  # top-k 1: every code is the argmax given the codes before it
         assert torch.equal(prior(codes, labels).argmax(dim=1), codes)
-    assert (tmp_path / "s.png").exists()
+    # The PNG names the weights and the prior it came from (the report's staleness check).
+    assert read_stamp(tmp_path / "s.png") == {
+        WEIGHTS_KEY: hashlib.sha256((prior_run / runfiles.WEIGHTS).read_bytes()).hexdigest(),
+        PRIOR_KEY: hashlib.sha256((prior_run / runfiles.PRIOR_WEIGHTS).read_bytes()).hexdigest(),
+    }
     # An out-of-range digit is one sentence and exit status 2, not a traceback.
     assert main(argv[:-4] + ["--digit", "12", "--out", str(tmp_path / "t.png")]) == 2
 

@@ -37,10 +37,10 @@ class CodebookFigures:
     codemap: Path
 
 
-def _save(figure, path: str | Path) -> Path:
+def _save(figure, path: str | Path, stamp: dict[str, str] | None = None) -> Path:
     path = Path(path)
     with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=DPI)
+        figure.savefig(handle, format="png", dpi=DPI, metadata=stamp)
     return path
 
 
@@ -88,7 +88,12 @@ def tile_origin(
     return padding + col * (size + padding), padding + row * (size + padding)
 
 
-def plot_usage(counts: torch.Tensor, path: str | Path, images: int | None = None) -> Path:
+def plot_usage(
+    counts: torch.Tensor,
+    path: str | Path,
+    images: int | None = None,
+    stamp: dict[str, str] | None = None,
+) -> Path:
     """Bar chart of code counts sorted from most to least used; dead codes marked in red."""
     from matplotlib.figure import Figure
 
@@ -123,7 +128,7 @@ def plot_usage(counts: torch.Tensor, path: str | Path, images: int | None = None
     axes.set_ylabel("share of all code choices (%)")
     axes.set_xlim(-0.5, counts.numel() - 0.5)
     figure.tight_layout()
-    return _save(figure, path)
+    return _save(figure, path, stamp)
 
 
 def atlas_columns(count: int) -> int:
@@ -140,7 +145,9 @@ def code_atlas(model: VQVAE, codes: torch.Tensor) -> torch.Tensor:
     return model.decode(grids)[:, 0].cpu()
 
 
-def plot_atlas(model: VQVAE, counts: torch.Tensor, path: str | Path) -> Path:
+def plot_atlas(
+    model: VQVAE, counts: torch.Tensor, path: str | Path, stamp: dict[str, str] | None = None
+) -> Path:
     """Every used code decoded, most used first, each tile labelled with its code index."""
     order = torch.argsort(counts.cpu(), descending=True, stable=True)
     used = order[counts.cpu()[order] > 0]
@@ -158,11 +165,13 @@ def plot_atlas(model: VQVAE, counts: torch.Tensor, path: str | Path) -> Path:
             ha="left",
             **_label_style(ATLAS_FONT_SIZE),
         )
-    return _save(figure, path)
+    return _save(figure, path, stamp)
 
 
 @torch.no_grad()
-def plot_code_map(model: VQVAE, images: torch.Tensor, path: str | Path) -> Path:
+def plot_code_map(
+    model: VQVAE, images: torch.Tensor, path: str | Path, stamp: dict[str, str] | None = None
+) -> Path:
     """Test images (N, H, W) side by side with their code grid drawn over them."""
     device = next(model.parameters()).device
     codes = model.encode(images.to(device)).cpu()  # (N, h, w)
@@ -187,7 +196,7 @@ def plot_code_map(model: VQVAE, images: torch.Tensor, path: str | Path) -> Path:
                     va="center",
                     **_label_style(CODEMAP_FONT_SIZE),
                 )
-    return _save(figure, path)
+    return _save(figure, path, stamp)
 
 
 def write_codebook_figures(
@@ -195,16 +204,18 @@ def write_codebook_figures(
     counts: torch.Tensor,
     test_images: torch.Tensor,
     out_dir: str | Path,
+    stamp: dict[str, str] | None = None,
 ) -> CodebookFigures:
     """The usage histogram, code atlas and code map PNGs, named as in ``runfiles.FIGURE_NAMES``.
 
-    counts: (K,) code usage over the training set; test_images: (N, H, W) for the code map.
+    counts: (K,) code usage over the training set; test_images: (N, H, W) for the code map;
+    stamp: the provenance chunks of every figure (vqkit.provenance).
     """
     out_dir = ensure_dir(out_dir)
     images = int(counts.sum()) // model.config.grid_size**2
     names = runfiles.FIGURE_NAMES
     return CodebookFigures(
-        usage=plot_usage(counts, out_dir / names["codebook_usage"], images),
-        atlas=plot_atlas(model, counts, out_dir / names["codebook_atlas"]),
-        codemap=plot_code_map(model, test_images, out_dir / names["codebook_codemap"]),
+        usage=plot_usage(counts, out_dir / names["codebook_usage"], images, stamp),
+        atlas=plot_atlas(model, counts, out_dir / names["codebook_atlas"], stamp),
+        codemap=plot_code_map(model, test_images, out_dir / names["codebook_codemap"], stamp),
     )

@@ -116,11 +116,14 @@ def require_new_outputs(
         named[resolved] = flag
 
 
-def write_images(images: torch.Tensor, path: str | Path, columns: int = 8) -> Path:
-    """Images (N, [1,] H, W) in [0, 1]: a PNG grid, or an (N, H, W) float32 ``.npy`` array."""
+def write_images(
+    images: torch.Tensor, path: str | Path, columns: int = 8, stamp: dict[str, str] | None = None
+) -> Path:
+    """Images (N, [1,] H, W) in [0, 1]: a PNG grid (with ``stamp``'s provenance chunks), or
+    an (N, H, W) float32 ``.npy`` array."""
     require_suffix(path, IMAGE_SUFFIXES, "output")
     if Path(path).suffix.lower() == ".png":
-        return save_grid(images, path, columns=columns)
+        return save_grid(images, path, columns=columns, stamp=stamp)
     array = images.detach().cpu().float()
     if array.dim() == 4:
         array = array[:, 0]

@@ -27,6 +27,7 @@ from vqkit.images import save_grid
 from vqkit.interpolate import MODES, interpolation, interpolation_strip
 from vqkit.prior import PriorConfig
 from vqkit.prior_training import train_prior
+from vqkit.provenance import stamp
 from vqkit.report import write_report
 from vqkit.score import score_run
 from vqkit.training import default_run_dir, train
@@ -103,7 +104,11 @@ def run_demo(
     stage(
         "codebook figures",
         lambda: write_codebook_figures(
-            model, code_usage(run_dir, model), test.images[:CODEMAP_IMAGES], figures
+            model,
+            code_usage(run_dir, model),
+            test.images[:CODEMAP_IMAGES],
+            figures,
+            stamp(run_dir),
         ),
     )
     prior_settings = PriorConfig(
@@ -118,7 +123,10 @@ def run_demo(
     )
     context = SamplingContext(model, run_dir)
     stage("samples", lambda: _write_samples(context, settings, figures))
-    stage("interpolations", lambda: _write_interpolations(model, test, settings, figures))
+    stage(
+        "interpolations",
+        lambda: _write_interpolations(model, test, settings, figures, stamp(run_dir)),
+    )
     scores = stage(
         "score",
         lambda: score_run(
@@ -139,17 +147,25 @@ def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Pa
     names = runfiles.FIGURE_NAMES
     for strategy in ("random", "used", "prior"):
         _, images = sample_images(context, strategy, settings.samples_per_figure, settings.seed)
-        save_grid(images, figures / names[f"samples_{strategy}"])
+        made_by = stamp(context.run_dir, prior=strategy == "prior")
+        save_grid(images, figures / names[f"samples_{strategy}"], stamp=made_by)
     if settings.prior_conditional:
         classes = 10
         rows = [
             sample_images(context, "prior", classes, settings.seed + label, digit=label)[1]
             for label in range(classes)
         ]
-        save_grid(torch.cat(rows), figures / names["samples_prior_conditional"], columns=classes)
+        save_grid(
+            torch.cat(rows),
+            figures / names["samples_prior_conditional"],
+            columns=classes,
+            stamp=stamp(context.run_dir, prior=True),
+        )
 
 
-def _write_interpolations(model, test, settings: DemoSettings, figures: Path) -> None:
+def _write_interpolations(
+    model, test, settings: DemoSettings, figures: Path, made_by: dict[str, str]
+) -> None:
     first, second = (
         int(torch.nonzero(test.labels == label)[0]) for label in settings.interpolation_pair
     )
@@ -160,7 +176,10 @@ def _write_interpolations(model, test, settings: DemoSettings, figures: Path) ->
         )
         strip = interpolation_strip(model, image_a, image_b, codes)
         save_grid(
-            strip, figures / runfiles.FIGURE_NAMES[f"interpolation_{mode}"], columns=strip.shape[0]
+            strip,
+            figures / runfiles.FIGURE_NAMES[f"interpolation_{mode}"],
+            columns=strip.shape[0],
+            stamp=made_by,
         )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from vqkit.fileio import atomic_open
 
@@ -38,22 +39,32 @@ def tile(images: torch.Tensor | np.ndarray, columns: int, padding: int = 2) -> n
     return canvas
 
 
-def save_png(canvas: np.ndarray, path: str | Path, scale: int = 1) -> Path:
-    """Write a uint8 (H, W) canvas as a grayscale PNG, enlarged ``scale`` times (nearest)."""
+def save_png(
+    canvas: np.ndarray, path: str | Path, scale: int = 1, stamp: dict[str, str] | None = None
+) -> Path:
+    """Write a uint8 (H, W) canvas as a grayscale PNG, enlarged ``scale`` times (nearest);
+    ``stamp`` (see vqkit.provenance) goes into the file's text chunks."""
     image = Image.fromarray(canvas, mode="L")
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    chunks = PngInfo()
+    for key, value in (stamp or {}).items():
+        chunks.add_text(key, value)
     path = Path(path)
     with atomic_open(path, "wb") as handle:
-        image.save(handle, format="PNG")
+        image.save(handle, format="PNG", pnginfo=chunks)
     return path
 
 
 def save_grid(
-    images: torch.Tensor | np.ndarray, path: str | Path, columns: int = 8, scale: int = 2
+    images: torch.Tensor | np.ndarray,
+    path: str | Path,
+    columns: int = 8,
+    scale: int = 2,
+    stamp: dict[str, str] | None = None,
 ) -> Path:
     """Write images (N, [1,] H, W) as one PNG grid."""
-    return save_png(tile(images, columns), path, scale)
+    return save_png(tile(images, columns), path, scale, stamp)
 
 
 def save_comparison(

@@ -65,7 +65,10 @@ def render_report(info: RunInfo) -> str:
 
 
 def _embed(info: RunInfo, path: Path, alt: str, caption: str = "", pixelated: bool = True) -> str:
-    """A figure for an image file, or "" with a note when it cannot be read as a PNG."""
+    """A figure for an image file, or "" with a note when it cannot be read as a PNG; a figure
+    made from earlier weights says so in its caption."""
+    if path in {info.figures[key] for key in info.stale_figures}:
+        caption = f"Stale, made from earlier weights than the run's (make it again): {caption}"
     try:
         return image(path.read_bytes(), alt, caption, pixelated=pixelated)
     except (OSError, ValueError):

@@ -24,6 +24,7 @@ from vqkit.checkpoint import (
 from vqkit.config import RunConfig
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
+from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, is_stale
 
 # Figures found by prefix as well as by their FIGURE_NAMES entry, so a new sampling strategy or
 # interpolation kind shows up in the report without a change here.
@@ -50,6 +51,7 @@ class RunInfo:
     scores_stale: bool = False  # scores.json describes earlier VQ-VAE or prior weights
     timings: dict[str, float] | None = None
     figures: dict[str, Path] = field(default_factory=dict)  # figure key -> existing PNG path
+    stale_figures: set[str] = field(default_factory=set)  # keys of figures of earlier weights
     notes: dict[str, str] = field(default_factory=dict)  # file name -> why it was left out
 
     def path(self, name: str) -> Path:
@@ -121,6 +123,7 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     info.scores_stale = info.scores is not None and scores_are_stale(run_dir, info.scores)
     info.timings = _optional_json(info, runfiles.TIMINGS, _valid_timings)
     info.figures = _find_figures(run_dir / runfiles.FIGURES_DIR)
+    info.stale_figures = _stale_figures(run_dir, info.figures)
     return info
 
 
@@ -160,6 +163,17 @@ def scores_are_stale(run_dir: Path, scores: dict[str, Any]) -> bool:
         return prior is not None and prior != prior_digest(run_dir)
     except OSError:  # the weights file is missing or unreadable: nothing to compare with
         return False
+
+
+def _stale_figures(run_dir: Path, figures: dict[str, Path]) -> set[str]:
+    """The figures whose provenance stamp names other weights or another prior than the run's."""
+    if not figures:
+        return set()
+    try:
+        current = {WEIGHTS_KEY: weights_digest(run_dir), PRIOR_KEY: prior_digest(run_dir)}
+    except OSError:  # no readable weights: nothing to compare with
+        return set()
+    return {key for key, path in figures.items() if is_stale(path, current)}
 
 
 def _epoch_records(info: RunInfo, name: str, required: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, positive_int
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
 from vqkit.data import load_split
+from vqkit.provenance import stamp
 from vqkit.training import resolve_device
 from vqkit.usage import code_usage
 
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     counts = code_usage(args.run_dir, model, data_dir=args.data_dir)
     test = load_split(config.train.dataset, "test", config.train.data_folder(args.data_dir))
     test_images = test.images[: args.images]
-    figures = write_codebook_figures(model, counts, test_images, args.out)
+    made_by = stamp(args.run_dir)
+    figures = write_codebook_figures(model, counts, test_images, args.out, made_by)
     used = int((counts > 0).sum())
     print(f"codes used: {used} of {counts.numel()} on the training set")
     for path in (figures.usage, figures.atlas, figures.codemap):

@@ -14,6 +14,7 @@ from vqkit.codes_io import (
     require_suffix,
     write_images,
 )
+from vqkit.provenance import stamp
 from vqkit.training import resolve_device
 
 HELP = """
@@ -47,5 +48,6 @@ def run(args: argparse.Namespace) -> int:
     codes = load_codes(args.codes, config.model.quantizer.num_codes, config.model.grid_size)
     model = load_model(args.run_dir, device=resolve_device(args.device))
     images = decode_codes(model, codes, config.train.eval_batch_size)
-    print(f"wrote {write_images(images, args.out, args.columns)} ({codes.shape[0]} images)")
+    path = write_images(images, args.out, args.columns, stamp(args.run_dir))
+    print(f"wrote {path} ({codes.shape[0]} images)")
     return 0

@@ -16,6 +16,7 @@ from vqkit.codes_io import require_new_outputs
 from vqkit.images import save_grid
 from vqkit.inputs import resolve_image, test_split_loader
 from vqkit.interpolate import MIN_STEPS, MODES, interpolation, interpolation_strip
+from vqkit.provenance import stamp
 from vqkit.training import resolve_device
 
 HELP = """
@@ -67,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.run_dir, device=resolve_device(args.device))
     codes = interpolation(model, image_a, image_b, args.steps, args.mode, args.seed)
     strip = interpolation_strip(model, image_a, image_b, codes)
-    print(f"wrote {save_grid(strip, args.out, columns=strip.shape[0])}")
+    made_by = stamp(args.run_dir)
+    print(f"wrote {save_grid(strip, args.out, columns=strip.shape[0], stamp=made_by)}")
     return 0

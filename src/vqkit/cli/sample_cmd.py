@@ -16,6 +16,7 @@ from vqkit.codes_io import (
 )
 from vqkit.errors import VqkitError
 from vqkit.generate import SamplingContext, sample_images, strategies, strategy_options
+from vqkit.provenance import stamp
 from vqkit.training import resolve_device
 
 HELP = """
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     codes, images = sample_images(
         context, args.strategy, args.n, args.seed, batch_size=batch_size, **options
     )
-    print(f"wrote {write_images(images, args.out, args.columns)}")
+    made_by = stamp(args.run_dir, prior=args.strategy == "prior")
+    print(f"wrote {write_images(images, args.out, args.columns, made_by)}")
     if args.codes_out is not None:
         print(f"wrote {save_codes(codes, args.codes_out)}")
     return 0

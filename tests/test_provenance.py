@@ -1,0 +1,68 @@
+"""Figures carry the digests of the weights they came from, and the report marks stale ones."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from report_helpers import copy_run, make_full_run, parse_page
+
+from vqkit import runfiles
+from vqkit.checkpoint import load_model
+from vqkit.cli import main
+from vqkit.codebook_view import write_codebook_figures
+from vqkit.images import save_grid
+from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, is_stale, read_stamp, stamp
+from vqkit.report import write_report
+from vqkit.runinfo import load_run_info
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_stamp_survives_the_png_and_names_the_weights_file(small_run, tmp_path):
+    made_by = stamp(small_run.run_dir)
+    assert made_by == {WEIGHTS_KEY: sha256(small_run.run_dir / runfiles.WEIGHTS)}  # no prior
+    grid = save_grid(torch.rand(4, 28, 28), tmp_path / "grid.png", stamp=made_by)
+    assert read_stamp(grid) == made_by
+    model = load_model(small_run.run_dir)
+    figures = write_codebook_figures(
+        model, torch.arange(model.num_codes), torch.zeros(2, 28, 28, dtype=torch.uint8),
+        tmp_path / "codebook", made_by,
+    )  # fmt: skip
+    for path in (figures.usage, figures.atlas, figures.codemap):  # matplotlib's PNGs too
+        assert read_stamp(path) == made_by
+    assert read_stamp(save_grid(torch.rand(1, 28, 28), tmp_path / "plain.png")) == {}
+    (tmp_path / "text.png").write_text("not a png")
+    assert read_stamp(tmp_path / "text.png") == {}
+
+
+def test_staleness_compares_every_digest_the_figure_names(tmp_path):
+    png = save_grid(
+        torch.rand(1, 28, 28), tmp_path / "p.png", stamp={WEIGHTS_KEY: "a", PRIOR_KEY: "b"}
+    )
+    assert not is_stale(png, {WEIGHTS_KEY: "a", PRIOR_KEY: "b"})
+    assert is_stale(png, {WEIGHTS_KEY: "c", PRIOR_KEY: "b"})  # the model trained on
+    assert is_stale(png, {WEIGHTS_KEY: "a", PRIOR_KEY: None})  # the prior is gone
+    weights_only = save_grid(torch.rand(1, 28, 28), tmp_path / "w.png", stamp={WEIGHTS_KEY: "a"})
+    assert not is_stale(weights_only, {WEIGHTS_KEY: "a", PRIOR_KEY: "new prior"})
+    unstamped = save_grid(torch.rand(1, 28, 28), tmp_path / "u.png")
+    assert not is_stale(unstamped, {WEIGHTS_KEY: "x", PRIOR_KEY: None})  # nothing to compare
+
+
+def test_the_report_marks_figures_of_earlier_weights(small_run, tmp_path, capsys):
+    run = make_full_run(copy_run(small_run.run_dir, tmp_path / "run"))
+    figures = run / runfiles.FIGURES_DIR
+    out = figures / runfiles.FIGURE_NAMES["samples_random"]
+    argv = ["sample", str(run), "--strategy", "random", "--n", "4", "--device", "cpu"]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert read_stamp(out) == {WEIGHTS_KEY: sha256(run / runfiles.WEIGHTS)}
+    assert load_run_info(run).stale_figures == set()  # the helper's figures carry no stamp
+    assert "Stale, made from earlier weights" not in write_report(run).read_text()
+    weights = run / runfiles.WEIGHTS
+    weights.write_bytes(weights.read_bytes() + b" ")  # the model trained on
+    assert load_run_info(run).stale_figures == {"samples_random"}
+    page = parse_page(write_report(run).read_text())
+    stale = [c for c in page.captions if c.startswith("Stale, made from earlier weights")]
+    assert len(stale) == 1 and stale[0].endswith("uniformly random codes"), page.captions
