@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +72,28 @@ def test_code_cache_is_reused_and_invalidated_by_new_weights(prior_run, monkeypa
             prior_training.code_grids(prior_run)
     finally:
         weights.write_bytes(original)
+
+
+@pytest.mark.parametrize("num_codes", [2, 32768, 32769, 65536, 1_000_000])
+def test_cached_code_types_hold_the_largest_code(num_codes):
+    # int16 wraps past 32767: a codebook of 40,000 codes (or FSQ levels 8^6) came back negative.
+    largest = np.array([num_codes - 1], dtype=np.int64)
+    assert largest.astype(prior_training.code_dtype(num_codes))[0] == num_codes - 1
+
+
+def test_a_cache_holding_negative_codes_is_recomputed(prior_run, tmp_path, monkeypatch):
+    run = Path(shutil.copytree(prior_run, tmp_path / "run"))
+    path = run / runfiles.CODES_TRAIN
+    codes = np.load(path)
+    codes[0, 0, 0] = -7  # what a wrapped int16 code looks like
+    np.save(path, codes)
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(prior_training, "extract_codes", recompute)
+    with pytest.raises(AssertionError, match="recomputed"):
+        prior_training.code_grids(run)
 
 
 def test_metrics_hold_the_nll_and_both_baselines(prior_run):

@@ -55,6 +55,12 @@ def extract_codes(model: VQVAE, images: torch.Tensor, batch_size: int = 1000) ->
     return codes
 
 
+def code_dtype(num_codes: int) -> type[np.signedinteger]:
+    """The smallest integer type the cached grids of a ``num_codes`` codebook fit: int16 (half
+    the space of int32) up to 32,768 codes; larger codebooks (or FSQ grids) would wrap."""
+    return np.int16 if num_codes <= np.iinfo(np.int16).max + 1 else np.int32
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_open(path, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
@@ -71,7 +77,8 @@ def _load_cached(run_dir: Path, digest: str, model: VQVAE) -> dict[str, CodeSet]
             codes = np.load(run_path(run_dir, CODE_FILES[split]), allow_pickle=False)
             labels = np.load(run_path(run_dir, LABEL_FILES[split]), allow_pickle=False)
             size = model.config.grid_size
-            if codes.shape != (labels.shape[0], size, size) or codes.max() >= model.num_codes:
+            shape_fits = codes.shape == (labels.shape[0], size, size)
+            if not shape_fits or codes.min() < 0 or codes.max() >= model.num_codes:
                 return None
             result[split] = CodeSet(
                 torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(labels.astype(np.int64))
@@ -104,9 +111,9 @@ def code_grids(
     for split in SPLITS:
         data = load_split(config.train.dataset, split, config.train.data_folder(data_dir))
         result[split] = CodeSet(extract_codes(model, data.images, batch_size), data.labels)
-        # int16 holds any codebook up to 32768 codes in half the space of int32.
         _save_npy(
-            run_path(run_dir, CODE_FILES[split]), result[split].codes.numpy().astype(np.int16)
+            run_path(run_dir, CODE_FILES[split]),
+            result[split].codes.numpy().astype(code_dtype(model.num_codes)),
         )
         _save_npy(
             run_path(run_dir, LABEL_FILES[split]), result[split].labels.numpy().astype(np.int16)
