@@ -64,9 +64,14 @@ def test_decoded_images_carry_no_autograd_history():
 
 def test_float_pixels_above_one_are_refused_not_misencoded():
     model = VQVAE(preset_config("efficient").model).eval()
-    with pytest.raises(VqkitError, match=r"in \[0, 1\], and these reach 255; pass uint8"):
+    with pytest.raises(VqkitError, match=r"in \[0, 1\], and these range from 0 to 255; pass uint8"):
         model.encode(images(2).float())
     model.encode(images(2).float() / 255)  # in range: accepted
+    for bad in (-0.5, float("nan")):
+        pixels = images(2).float() / 255
+        pixels[0, 3, 3] = bad
+        with pytest.raises(VqkitError, match="Float images must hold pixels in"):
+            model.encode(pixels)
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):

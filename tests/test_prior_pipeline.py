@@ -221,6 +221,29 @@ def test_score_end_to_end(prior_run, tmp_path, monkeypatch, capsys):
     assert all(name in table for name in rows)
 
 
+def test_prior_row_labels_follow_the_prior_even_when_the_test_set_lacks_a_class(
+    prior_run, monkeypatch
+):
+    # Sample i of a conditional prior has class i mod the prior's class count; the label
+    # accuracy must compare with those, not with the classes found in the test set (one's own
+    # dataset may have no test image of some class).
+    scored: dict[str, torch.Tensor] = {}
+
+    def record(name, features, probabilities, stats, labels=None):
+        scored[name] = labels
+        return {"name": name}
+
+    monkeypatch.setattr(score, "score_images", record)
+    monkeypatch.setattr(score, "classify", lambda classifier, images: (None, None))
+    stats = (np.zeros(2), np.eye(2))
+    without_class_2 = score.Reference(stats, {c: stats for c in range(10) if c != 2})
+    context = SamplingContext(load_model(prior_run), prior_run)
+    rows = score._strategy_rows("prior", context, None, without_class_2, 20, 0, None)
+    assert load_prior(prior_run).config.num_classes == 10
+    assert torch.equal(scored["prior"], torch.arange(20) % 10)
+    assert [row["name"] for row in rows][1:] == [f"prior (digit {d})" for d in range(10) if d != 2]
+
+
 def test_sample_command_with_the_prior(prior_run, tmp_path):
     codes_path = tmp_path / "codes.npy"
     argv = ["sample", str(prior_run), "--strategy", "prior", "--n", "5", "--seed", "3"]

@@ -23,7 +23,7 @@ import pytest
 import torch
 from process_helpers import child_env, vqkit_command
 
-from vqkit import prior_loop, prior_replacement, prior_training, runfiles
+from vqkit import prior_loop, prior_replacement, prior_training, runfiles, score
 from vqkit.checkpoint import read_tensors
 from vqkit.cli import main
 from vqkit.fileio import read_jsonl
@@ -411,7 +411,9 @@ def test_a_prior_that_cannot_be_moved_aside_stays_whole(
     assert folder_bytes(run_dir) == before
 
 
-def test_a_prior_of_earlier_vqvae_weights_is_not_sampled(finished_prior, tmp_path, capsys):
+def test_a_prior_of_earlier_vqvae_weights_is_not_sampled(
+    finished_prior, tmp_path, capsys, monkeypatch
+):
     run_dir = copy_run(finished_prior, tmp_path)
     argv = ["sample", str(run_dir), "--strategy", "prior", "--n", "4"]
     argv += ["--out", str(tmp_path / "s.png"), "--device", "cpu"]
@@ -422,6 +424,14 @@ def test_a_prior_of_earlier_vqvae_weights_is_not_sampled(finished_prior, tmp_pat
     err = capsys.readouterr().err.strip()
     assert "trained on the codes of earlier VQ-VAE weights" in err and err.count("\n") == 0
     assert f"vqkit train-prior {run_dir} --restart" in err
+
+    # Scoring refuses it before any work (the classifier, real rows and other strategies).
+    def too_late(*args, **kwargs):
+        raise AssertionError("the stale prior should have been refused first")
+
+    monkeypatch.setattr(score, "load_or_train_classifier", too_late)
+    assert main(["score", str(run_dir), "--n", "4", "--device", "cpu"]) == 2
+    assert "trained on the codes of earlier VQ-VAE weights" in capsys.readouterr().err
     # The listing and the report still show its numbers, marked as stale.
     assert main(["runs", str(run_dir)]) == 0
     assert " (stale)" in capsys.readouterr().out

@@ -32,7 +32,8 @@ _CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}
 
 @dataclass
 class ImageSet:
-    """Images named by references: ``images`` (N, H, W) uint8 and one label per image."""
+    """Images named by references: ``images`` (N, H, W) uint8 and one name per image
+    (``test:17`` or the PNG's path)."""
 
     images: torch.Tensor
     names: list[str]

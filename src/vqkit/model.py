@@ -84,11 +84,13 @@ def images_to_input(images: torch.Tensor) -> torch.Tensor:
         images = images.unsqueeze(1)
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
-    if images.numel() and float(images.max()) > 1.0:
-        raise VqkitError(
-            f"Float images must hold pixels in [0, 1], and these reach {float(images.max()):g}; "
-            "pass uint8 pixels 0-255 or divide by 255 first."
-        )
+    if images.numel():
+        low, high = float(images.min()), float(images.max())
+        if not 0.0 <= low <= high <= 1.0:  # NaN fails every comparison
+            raise VqkitError(
+                f"Float images must hold pixels in [0, 1], and these range from {low:g} to "
+                f"{high:g}; pass uint8 pixels 0-255, or divide them by 255 first."
+            )
     return images.float()
 
 

@@ -308,7 +308,7 @@ def _scores_table(scores: dict[str, Any]) -> str:
     detail = ["n: images scored in the row; FID grows as n shrinks, so compare at equal n"]
     if accuracy is not None:
         detail.append(f"the scoring classifier is {accuracy:.1%} accurate on the test set")
-    caption = f"<p class='lead'>{esc('; '.join(detail))}.</p>" if detail else ""
+    caption = f"<p class='lead'>{esc('; '.join(detail))}.</p>"
     return f'<div id="scores"><h3>Sample quality</h3>{caption}{table(headers, rows)}</div>'
 
 

@@ -41,13 +41,14 @@ FILE_NAMES = tuple(
 #   scores.json       {"n": N, "classifier_test_accuracy": float,
 #                      "rows": [{"name": "real test images" | "real training images" |
 #                                "reconstructions" | "random" |
-#                                "used" | "prior" | "prior (digit d)" ..., "images": int,
+#                                "used" | "used (weighted)" | "prior" |
+#                                "prior (digit d)" ..., "images": int,
 #                                "fid": float,
 #                                "confidence": float, "inception_score": float,
 #                                "label_accuracy": float | null,
 #                                "sample_seconds": float (sampled rows only)}, ...],
 #                      "dataset": name, "weights_sha256": hex,
-#                      "prior_sha256": hex | null (the prior scored, if any)}
+#                      "prior_sha256": hex | null (the run's prior at scoring time)}
 #   timings.json      {"<stage name>": seconds, ...} in pipeline order
 # Figures written into FIGURES_DIR by the demo (each optional):
 FIGURE_NAMES = {

@@ -118,7 +118,8 @@ def score_run(
 ) -> dict[str, Any]:
     """Score every available strategy of a run against real test images; write scores.json.
 
-    Returns ``{"n", "dataset", "classifier_test_accuracy", "rows": [...]}`` (see runfiles).
+    Returns ``{"n", "dataset", "classifier_test_accuracy", "rows": [...], "weights_sha256",
+    "prior_sha256"}`` (see runfiles).
     Each sampled row also holds ``sample_seconds``: the time to draw its code grids.
     """
     if n < 2:
@@ -126,6 +127,8 @@ def score_run(
     run_dir = Path(run_dir)
     target = resolve_device(device)
     config = load_config(run_dir)
+    if _has_prior(run_dir):  # a stale prior is refused now, not after minutes of other rows
+        _require_prior_fits_the_model(run_dir)
     dataset = config.train.dataset
     data_dir = config.train.data_folder(data_dir)
     model = load_model(run_dir, device=target)
@@ -177,6 +180,12 @@ def _has_prior(run_dir: Path) -> bool:
     return has_prior(run_dir)
 
 
+def _require_prior_fits_the_model(run_dir: Path) -> None:
+    from vqkit.prior import require_prior_fits_the_model
+
+    require_prior_fits_the_model(run_dir)
+
+
 def _real_rows(model, classifier, test, train, n: int, seed: int):
     """The reference statistics and the rows of real and reconstructed images.
 
@@ -188,9 +197,12 @@ def _real_rows(model, classifier, test, train, n: int, seed: int):
     of n images grows as n shrinks.
     """
     features, probabilities = classify(classifier, test.images)
+    # A class needs 2 test images for a covariance; one with fewer (possible in a dataset of
+    # one's own) gets no per-class row.
     per_class = {
         int(label): feature_statistics(features[test.labels == label].numpy())
         for label in test.labels.unique()
+        if int((test.labels == label).sum()) >= 2
     }
     reference = Reference(feature_statistics(features.numpy()), per_class)
     pick_train = _pick(len(train), n, seed)
@@ -238,13 +250,13 @@ def _strategy_rows(
 
     A conditional prior's "prior" row is a class-balanced mix (sample i has class i mod C).
     """
-    conditional = strategy == "prior" and _prior_is_conditional(context.run_dir)
+    prior_classes = _prior_classes(context.run_dir) if strategy == "prior" else None
     rows = []
     runs: list[tuple[str, dict[str, Any], int, tuple, torch.Tensor | None]]
-    if conditional:
+    if prior_classes is not None:
         classes = sorted(reference.per_class)
         per_class = max(2, n // len(classes))
-        labels = torch.arange(n) % len(classes)
+        labels = torch.arange(n) % prior_classes  # the classes the prior draws, in its order
         runs = [("prior", {}, n, reference.overall, labels)]
         runs += [
             (f"prior (digit {d})", {"digit": d}, per_class, reference.per_class[d], None)
@@ -275,10 +287,15 @@ def _strategy_rows(
     return rows
 
 
-def _prior_is_conditional(run_dir: Path | None) -> bool:
+def _prior_classes(run_dir: Path | None) -> int | None:
+    """The number of classes a conditional prior draws (sample i gets class i mod it), or None
+    for an unconditional prior."""
     from vqkit.prior import load_prior
 
-    return run_dir is not None and load_prior(run_dir).config.conditional
+    if run_dir is None:
+        return None
+    config = load_prior(run_dir).config
+    return config.num_classes if config.conditional else None
 
 
 def format_scores(scores: dict[str, Any]) -> str:

@@ -14,7 +14,8 @@ has one; a conditional prior adds one row per digit), decode them, and judge the
 classifier trained once per dataset (cached under $VQKIT_CACHE or ~/.cache/vqkit/classifiers).
 Real test images, real training images and the model's reconstructions come first for reference.
 
-Columns: n, the images scored in the row (the real test images all; a per-digit row n/10);
+Columns: n, the images scored in the row (the real test images all; a per-digit row n divided
+by the number of classes, at least 2);
 FID, the Frechet distance between the classifier's penultimate features of the images
 and of the real test images (lower is better; per-digit rows compare with that digit's test
 images); confidence, the mean top softmax probability; IS, the classifier Inception Score
