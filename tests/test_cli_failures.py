@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli_helpers import fails_cleanly
 from PIL import Image
 from process_helpers import child_env, vqkit_command
@@ -350,3 +351,21 @@ def test_running_out_of_memory_is_one_sentence_and_other_errors_are_not_hidden(
     monkeypatch.setattr(evaluate_cmd, "run", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         main(["evaluate", str(small_run.run_dir)])
+
+
+@pytest.mark.parametrize(
+    ("device", "fragment"),
+    [
+        ("cuda:abc", "Unknown device 'cuda:abc'; use auto, cpu, cuda or cuda:N."),
+        ("cudax", "Unknown device 'cudax'"),
+        ("cuda:3", "There is no GPU 3 (--device cuda:3); this machine has 1, numbered 0 to 0."),
+    ],
+)
+def test_a_mistyped_or_missing_gpu_is_one_sentence(device, fragment, monkeypatch, tmp_path, capsys):
+    # As on a one-GPU machine: these names used to reach torch and end in a traceback.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    fails_cleanly(
+        capsys, ["train", *TINY[:-2], "--device", device, "--out", tmp_path / "r"], fragment
+    )
+    assert not (tmp_path / "r").exists()

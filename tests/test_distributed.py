@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ from vqkit.distributed import Context
 from vqkit.training import epoch_batches
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+GUARD_WORKER = Path(__file__).with_name("guard_worker.py")
+CRASH_WORKER = Path(__file__).with_name("crash_worker.py")
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +132,48 @@ def test_the_ranks_shards_of_a_step_are_the_one_process_batch(count):
         first, second = ranks[0][step], ranks[1][step]
         assert not set(first) & set(second)
         assert sorted(first + second) == sorted(i for i in whole if i in usable)
+
+
+@pytest.mark.parametrize("mode", ["eager", "lazy"])
+def test_a_bad_step_names_every_term_any_rank_saw(mode):
+    # Rank 0's reconstruction loss is NaN, rank 1's quantizer loss infinite: both ranks must
+    # stop naming both (a MAX over the ranks' bit masks named only the quantizer loss).
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(GUARD_WORKER), mode,
+    ]  # fmt: skip
+    done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The two ranks print at once, so their sentences may share a line.
+    said = dict(re.findall(r"rank (\d): (Training stopped .*?--skip-nonfinite N\.)", done.stdout))
+    assert set(said) == {"0", "1"}, done.stdout
+    for sentence in said.values():
+        assert "step 5 because its reconstruction loss and its quantizer loss was not" in sentence
+
+
+def test_a_two_rank_run_resumed_mid_epoch_keeps_every_ranks_training_loss(tmp_path):
+    # 512 images in batches of 64: 8 steps an epoch; a save every 3 steps, a crash at step 5.
+    # The resumed epoch's train_loss must count both ranks' losses before the save (only rank
+    # 0's sum used to be saved, and every rank restored it).
+    flags = [
+        "--preset", "efficient", "--train-limit", "512", "--test-limit", "64", "--epochs", "1",
+        "--batch-size", "64", "--deterministic", "--checkpoint-every", "3",
+    ]  # fmt: skip
+    torchrun_train(tmp_path, *flags, "--out", "unbroken")
+    crash = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(CRASH_WORKER), "5", "train", *flags, "--out", "resumed", "--quiet", "--device", "cpu",
+    ]  # fmt: skip
+    crashed = subprocess.run(
+        crash, env=child_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert crashed.returncode != 0
+    state = json.loads((tmp_path / "resumed" / runfiles.TRAIN_STATE_META).read_text())
+    assert state["epochs_done"] == 0 and state["step"] == 3
+    torchrun_train(tmp_path, "--resume", "resumed")
+    unbroken, resumed = (
+        json.loads((tmp_path / name / runfiles.METRICS).read_text().splitlines()[0])
+        for name in ("unbroken", "resumed")
+    )
+    assert resumed["train_loss"] == pytest.approx(unbroken["train_loss"], rel=1e-6)
+    assert resumed["test_mse"] == unbroken["test_mse"]

@@ -224,6 +224,7 @@ def test_a_written_own_dataset_reads_back(tmp_path):
         (np.full((2, 28, 28), 300), np.zeros(2, np.uint8), "values from 300 to 300"),
         (np.zeros((2, 28, 28), np.uint8), np.array([0, 256]), "from 0 to 256"),
         (np.zeros((2, 28, 28), np.uint8), np.array([0.0, 1.0]), "labels are float64"),
+        (np.ones((2, 28, 28), bool), np.zeros(2, np.uint8), "images are bool; they must be"),
         (np.zeros((2, 28, 28), np.uint8), np.zeros(3, np.uint8), "2 images but 3 labels"),
     ],
 )

@@ -107,6 +107,10 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(unbroken_run, tmp
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_dir, unbroken_run)
     assert not list(run_dir.glob(".*.tmp")), "a temp file of an interrupted write was left"
+    # The resumed epoch's rate counts the images this session trained, not the whole epoch.
+    first = json.loads((run_dir / runfiles.METRICS).read_text().splitlines()[0])
+    rest = (125 - stopped_at["step"]) * 16
+    assert first["images_per_second"] * first["epoch_seconds"] == pytest.approx(rest)
 
 
 def test_ctrl_c_saves_prints_how_to_resume_and_resume_matches(unbroken_run, tmp_path):

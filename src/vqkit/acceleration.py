@@ -25,7 +25,9 @@ from vqkit.errors import VqkitError
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 convolutions are native on ``device`` (AVX512-BF16/AMX CPUs, Ampere+ GPUs)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # Without including_emulation=False, pre-Ampere GPUs (V100, T4) count as supported: bf16
+        # tensors work there, but slowly.
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 

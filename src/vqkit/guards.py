@@ -60,6 +60,15 @@ class NonFiniteGuard:
         """() int64: bit i set when the i-th loss term is NaN or infinite."""
         return sum((~torch.isfinite(loss.detach())).long() << i for i, loss in enumerate(losses))
 
+    def _any_rank(self, bits: torch.Tensor) -> int:
+        """The OR over all ranks of a () bit mask, as an int. The reduction is a MAX, which
+        ORs 0/1 flags but not masks (bits 1 and 2 would give 2), so each term goes as a flag."""
+        if not self.context.enabled:
+            return int(bits)
+        positions = torch.arange(len(self.terms), device=bits.device)
+        flags = distributed.any_true(self.context, (bits >> positions) & 1)
+        return int((flags << positions).sum())
+
     def step_is_bad(self, step: int, *losses: torch.Tensor) -> bool:
         """Look at one step's loss terms (in ``terms`` order); True means skip this step (eager
         guards only)."""
@@ -69,7 +78,7 @@ class NonFiniteGuard:
             self._first_step = torch.where(fresh, step, self._first_step)
             self._first_terms = torch.where(fresh, bits, self._first_terms)
             return False
-        bits = int(distributed.any_true(self.context, bits.reshape(1)).item())
+        bits = self._any_rank(bits)
         if not bits:
             return False
         self.skipped += 1
@@ -85,7 +94,7 @@ class NonFiniteGuard:
         if self.context.enabled:  # any rank's bad step poisoned everyone's averaged gradients
             first = torch.where(first < 0, torch.iinfo(torch.long).max, first)
             torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
-            bits = distributed.any_true(self.context, self._first_terms.reshape(1).clone())
+            bits = self._any_rank(self._first_terms)
             if int(first) == torch.iinfo(torch.long).max:
                 return
         else:

@@ -187,17 +187,19 @@ class PriorLoop:
             disable=not self.show,
             leave=False,
         )
-        for number in range(position.step, len(batches)):
-            self.step(batches[number])
-            position.step = number + 1
-            bar.update(batches[number].numel())
-            last = position.step == len(batches)  # the end-of-epoch save covers the last step
-            periodic = every is not None and position.global_step % every == 0
-            if not last and (periodic or self.stop.requested):
-                self.checkpoint(epoch_start_order)
-                if self.stop.requested:
-                    raise TrainingInterrupted(self.run_dir, self.files)
-        bar.close()
+        try:
+            for number in range(position.step, len(batches)):
+                self.step(batches[number])
+                position.step = number + 1
+                bar.update(batches[number].numel())
+                last = position.step == len(batches)  # the end-of-epoch save covers the last step
+                periodic = every is not None and position.global_step % every == 0
+                if not last and (periodic or self.stop.requested):
+                    self.checkpoint(epoch_start_order)
+                    if self.stop.requested:
+                        raise TrainingInterrupted(self.run_dir, self.files)
+        finally:  # also when a guard or Ctrl-C stops the epoch: no bar left on the terminal
+            bar.close()
         self.finish_epoch(epoch, time.perf_counter() - started)
 
     def step(self, index: torch.Tensor) -> None:

@@ -33,7 +33,9 @@ DISTANCE_CHUNK_ELEMENTS = 1 << 22
 class QuantizerOutput:
     quantized: torch.Tensor  # (B, D, H, W) float, straight-through: gradient flows to z
     codes: torch.Tensor  # (B, H, W) int64 code indices
-    loss: torch.Tensor  # () float: codebook loss + beta * commitment loss (0 for FSQ)
+    # () float: codebook loss + beta * commitment loss; beta * commitment alone with EMA
+    # codebook updates; 0 for FSQ
+    loss: torch.Tensor
     code_counts: torch.Tensor  # (K,) int64: how often each code was chosen in this batch
 
 

@@ -40,7 +40,8 @@ def esc(value: Any) -> str:
 
 
 def fmt(value: Any, digits: int = 4) -> str:
-    """A number for a table cell: ints as is, floats to ``digits`` significant figures."""
+    """A number for a table cell: ints with thousands separators, floats to ``digits``
+    significant figures."""
     if value is None or isinstance(value, bool):
         return "–"
     if isinstance(value, int):

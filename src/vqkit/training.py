@@ -74,7 +74,18 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise VqkitError("CUDA was requested (--device cuda) but no CUDA GPU is available.")
     if name != "cpu" and not name.startswith("cuda"):
         raise VqkitError(f"Unknown device '{name}'; use auto, cpu or cuda.")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise VqkitError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise VqkitError(
+                f"There is no GPU {device.index} (--device {name}); this machine has {count}, "
+                f"numbered 0 to {count - 1}."
+            )
+    return device
 
 
 def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
@@ -161,7 +172,8 @@ def epoch_batches(
 
 @contextlib.contextmanager
 def deterministic_mode(enabled: bool, device: torch.device) -> Iterator[None]:
-    """Reproducible kernels while training (restored afterwards); a no-op when not enabled."""
+    """Reproducible kernels while training (restored afterwards; on CUDA the cuBLAS workspace
+    variable it sets stays set for the process); a no-op when not enabled."""
     if not enabled:
         yield
         return
@@ -332,7 +344,8 @@ class _Run:
                     f"The run in '{self.run_dir}' follows a {settings.lr_schedule} learning-rate "
                     f"schedule fitted to the length it started with "
                     f"({schedule_length(self.scheduler)} steps), so it cannot be resumed with "
-                    f"--epochs {settings.epochs} ({planned} steps); train a new run instead."
+                    f"--epochs {settings.epochs} on these images ({planned} steps; the length "
+                    "also changes with the dataset); train a new run instead."
                 )
             if self.position.step and self.position.world_size != context.world_size:
                 raise VqkitError(
@@ -400,32 +413,36 @@ class _Run:
         )
         loss = torch.zeros(())
         first_step = position.step  # a resumed epoch starts mid-way: rate over this session only
-        for index in range(position.step, len(batches)):
-            batch = self.images[batches[index]]
-            position.global_step += 1
-            stepped = self.train_step(batch, position.global_step)
-            if stepped is not None:
-                loss = stepped
-                self.loss_sum += loss
-                position.stepped += 1
-            position.step = index + 1
-            bar.update(1)
-            if self.show and position.step % PROGRESS_REFRESH_STEPS == 0:
-                self.guard.check()
-                steps_here = position.step - first_step
-                rate = steps_here * self.settings.batch_size / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}")
-            if position.step == len(batches):
-                break  # the end-of-epoch save below covers the last step
-            every = self.settings.checkpoint_every
-            if (every and position.global_step % every == 0) or self.stop.requested:
-                self.checkpoint(epoch_start_order)
-            if self.stop.requested:
-                raise TrainingInterrupted(self.run_dir)
-        bar.close()
+        try:
+            for index in range(position.step, len(batches)):
+                batch = self.images[batches[index]]
+                position.global_step += 1
+                stepped = self.train_step(batch, position.global_step)
+                if stepped is not None:
+                    loss = stepped
+                    self.loss_sum += loss
+                    position.stepped += 1
+                position.step = index + 1
+                bar.update(1)
+                if self.show and position.step % PROGRESS_REFRESH_STEPS == 0:
+                    self.guard.check()
+                    steps_here = position.step - first_step
+                    rate = steps_here * self.settings.batch_size / (time.perf_counter() - started)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}")
+                if position.step == len(batches):
+                    break  # the end-of-epoch save below covers the last step
+                every = self.settings.checkpoint_every
+                if (every and position.global_step % every == 0) or self.stop.requested:
+                    self.checkpoint(epoch_start_order)
+                if self.stop.requested:
+                    raise TrainingInterrupted(self.run_dir)
+        finally:  # also when a guard or Ctrl-C stops the epoch: no bar left on the terminal
+            bar.close()
         if self.device.type == "cuda":  # the host runs ahead of the GPU: stop its clock too
             torch.cuda.synchronize(self.device)
-        self.finish_epoch(epoch, time.perf_counter() - started)
+        # Images all processes trained in this session (a resumed epoch: only its rest).
+        trained = sum(int(part.numel()) for part in batches[first_step:]) * self.context.world_size
+        self.finish_epoch(epoch, time.perf_counter() - started, trained)
 
     def train_step(self, batch: torch.Tensor, global_step: int) -> torch.Tensor | None:
         """One optimizer step on ``batch``; its detached loss, or None when the guard skipped
@@ -439,8 +456,9 @@ class _Run:
             return None
         return apply_step(self.optimizer, reconstruction, quantizer, self.scheduler)
 
-    def finish_epoch(self, epoch: int, seconds: float) -> None:
-        """Evaluate, then write weights, the metrics line and the epoch-boundary state."""
+    def finish_epoch(self, epoch: int, seconds: float, trained: int) -> None:
+        """Evaluate, then write weights, the metrics line and the epoch-boundary state;
+        ``seconds`` and ``trained`` (images) cover this session's part of the epoch."""
         self.guard.check()
         steps = torch.tensor(float(self.position.stepped), dtype=torch.float64, device=self.device)
         totals = distributed.all_sum(self.context, torch.stack([self.loss_sum.double(), steps]))
@@ -450,7 +468,7 @@ class _Run:
             **evaluate_reconstruction(self.model, self.test_images, self.settings.eval_batch_size),
             **self.model.quantizer.training_stats(),
             "epoch_seconds": seconds,
-            "images_per_second": self.images.shape[0] / seconds,
+            "images_per_second": trained / seconds,
         }
         if self.guard.skipped:
             record["skipped_nonfinite_steps"] = self.guard.skipped
@@ -470,6 +488,10 @@ class _Run:
         """Save the resumable state (rank 0), once the guard has vouched for it."""
         self.guard.check()
         self.position.skipped_nonfinite = self.guard.skipped
+        # Rank 0 saves for all: the ranks' mean loss sum, which every rank restores, so the
+        # epoch's all-rank total comes out right after a mid-epoch resume.
+        loss_sum = distributed.all_sum(self.context, self.loss_sum.clone())
+        loss_sum /= self.context.world_size
         if self.context.is_main:
             train_state.save(
                 self.run_dir,
@@ -477,7 +499,7 @@ class _Run:
                 self.model,
                 self.optimizer,
                 order_state,
-                self.loss_sum,
+                loss_sum,
                 self.scheduler,
             )
         distributed.barrier(self.context)

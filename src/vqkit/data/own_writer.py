@@ -82,8 +82,9 @@ def _own_labels(labels: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
 
 
 def _as_bytes(array: np.ndarray, what: str) -> np.ndarray:
-    """``array`` as uint8, refusing anything but integers from 0 to 255."""
-    if array.dtype.kind not in "biu":
+    """``array`` as uint8, refusing anything but integers from 0 to 255 (booleans too: written
+    as pixels 0 and 1, a mask would come out black)."""
+    if array.dtype.kind not in "iu":
         raise VqkitError(f"The {what} are {array.dtype}; they must be integers from 0 to 255.")
     if array.size and (int(array.min()) < 0 or int(array.max()) > 255):
         raise VqkitError(
