@@ -87,3 +87,26 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     assert torch.equal(a.reconstruction, b.reconstruction) and torch.equal(a.codes, b.codes)
     assert RunConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
     assert VQVAE.from_run(tmp_path).training is False
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_codes_outside_the_codebook_are_refused_by_decode(quantizer):
+    config = preset_config("efficient").model
+    if quantizer == "fsq":
+        config = ModelConfig(
+            hidden_dim=16, quantizer=QuantizerConfig(quantizer="fsq", fsq_levels=[4, 4])
+        )
+    model = VQVAE(config).eval()
+    top = model.num_codes - 1
+    assert model.decode(torch.full((1, 7, 7), top)).shape == (1, 1, 28, 28)
+    for bad, shown in ((top + 1, f"from {top + 1} to {top + 1}"), (-1, "from -1 to -1")):
+        # FSQ used to wrap these to another code's image without a word.
+        with pytest.raises(VqkitError, match=f"lie in 0 to {top} .*; these range {shown}"):
+            model.decode(torch.full((1, 7, 7), bad))
+    with pytest.raises(VqkitError, match="must hold integers"):
+        model.decode(torch.zeros(1, 7, 7))
+
+
+def test_a_whole_run_config_given_for_a_model_config_is_one_sentence():
+    with pytest.raises(VqkitError, match=r"VQVAE takes a ModelConfig .*not a RunConfig"):
+        VQVAE(preset_config("efficient"))

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
+from vqkit.config import preset_config
 from vqkit.data import load_split
+from vqkit.errors import VqkitError
 from vqkit.metrics import evaluate_reconstruction
 from vqkit.model import VQVAE
+from vqkit.training import train
 
 
 def test_training_lowers_test_mse_well_below_an_untrained_model(small_run):
@@ -45,3 +49,19 @@ def test_run_folder_holds_config_weights_metrics_and_figure(small_run):
     with Image.open(run / "reconstructions.png") as figure:
         assert figure.size == (2 * (8 * 30 + 2), 2 * (2 * 30 + 2))
         assert figure.mode == "L"
+
+
+def test_a_config_edited_in_place_is_checked_before_training(tmp_path):
+    # Dataclass fields set from Python skip the constructors' checks: such a run used to train
+    # and then fail to load ("The commitment weight beta must be ...").
+    config = preset_config("efficient")
+    config.model.quantizer.beta = -1.0
+    with pytest.raises(VqkitError, match=r"beta must be a finite number >= 0 \(--beta\)"):
+        train(config, tmp_path / "run", device="cpu", progress=False)
+    config = preset_config("best")
+    config.model.quantizer.quantizer = "fsq"  # with EMA, k-means and restarts: refused by the CLI
+    with pytest.raises(VqkitError, match="do not apply to --quantizer fsq"):
+        train(config, tmp_path / "run", device="cpu", progress=False)
+    with pytest.raises(VqkitError, match="train\\(\\) takes a RunConfig .* not a dict"):
+        train(preset_config("efficient").to_dict(), tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run").exists()

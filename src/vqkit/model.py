@@ -98,6 +98,11 @@ class VQVAE(nn.Module):
     """Encoder -> vector quantizer -> decoder, configured by one :class:`ModelConfig`."""
 
     def __init__(self, config: ModelConfig) -> None:
+        if not isinstance(config, ModelConfig):
+            raise VqkitError(
+                f"VQVAE takes a ModelConfig (a run config's .model, as in "
+                f"VQVAE(preset_config('efficient').model)), not a {type(config).__name__}."
+            )
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
@@ -129,6 +134,15 @@ class VQVAE(nn.Module):
         """integer code grids (B, h, w) -> images (B, C, H, W) in [0, 1], without autograd
         history (ready for ``.numpy()``); for gradients through the decoder call
         ``model.decoder(model.quantizer.codes_to_latents(codes))``."""
+        if codes.is_floating_point() or codes.is_complex():
+            raise VqkitError(f"Code grids must hold integers, not {codes.dtype}.")
+        if codes.numel():  # FSQ would wrap an out-of-range code silently; VQ would IndexError
+            low, high = int(codes.min()), int(codes.max())
+            if low < 0 or high >= self.num_codes:
+                raise VqkitError(
+                    f"Codes must lie in 0 to {self.num_codes - 1} for this model's codebook; "
+                    f"these range from {low} to {high}."
+                )
         return self.decoder(self.quantizer.codes_to_latents(codes))
 
     @classmethod

@@ -207,7 +207,7 @@ def train(
     every process calls this; each returns the same model. Ctrl-C raises TrainingInterrupted
     after saving.
     """
-    config = record_data_folder(config, data_dir)
+    config = record_data_folder(checked_config(config), data_dir)
     target = resolve_device(device)
     context = distributed.setup(target)
     try:
@@ -219,6 +219,18 @@ def train(
             return _Run(config, run_dir, target, context, data_dir, progress, resume).train()
     finally:
         distributed.teardown(context)
+
+
+def checked_config(config: RunConfig) -> RunConfig:
+    """``config`` checked again as if read from config.json: fields edited in place from Python
+    (``cfg.model.quantizer.beta = -1``) skip the checks the constructors ran, and a run trained
+    from them could not be loaded afterwards."""
+    if not isinstance(config, RunConfig):
+        raise VqkitError(
+            f"train() takes a RunConfig (for example vqkit.preset_config('efficient')), not a "
+            f"{type(config).__name__}; RunConfig.from_dict turns a dict into one."
+        )
+    return RunConfig.from_dict(config.to_dict())
 
 
 def record_data_folder(config: RunConfig, data_dir: str | Path | None) -> RunConfig:
