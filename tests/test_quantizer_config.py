@@ -111,3 +111,22 @@ def test_cli_refuses_bad_values(capsys):
     assert info.value.code == 2
     with pytest.raises(VqkitError, match="EMA decay"):
         parse("--ema-decay", "1.2")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ema-decay", "0.9"], "--ema-decay does nothing without --codebook-update ema"),
+        (["--codebook-update", "ema", "--dead-code-threshold", "0.5"], "--dead-code-threshold"),
+        (["--dead-code-restart", "40", "--dead-code-threshold", "0.5"], "--dead-code-threshold"),
+        (["--kmeans-iters", "4"], "--kmeans-iters does nothing without --codebook-init kmeans"),
+        (["--quantizer", "fsq", "--num-embeddings", "64"], "--num-embeddings does nothing"),
+        (["--fsq-levels", "8,4,4"], "--fsq-levels does nothing without --quantizer fsq"),
+    ],
+)
+def test_a_quantizer_flag_that_would_do_nothing_is_refused(flags, message):
+    # Saved and silently ignored, a sweep over such a flag trained the same model each time.
+    with pytest.raises(VqkitError, match=message):
+        parse("--preset", "efficient", *flags)
+    # The presets' own values of those fields are not flags given, so they pass.
+    assert parse("--preset", "efficient", "--quantizer", "fsq").model.quantizer.num_codes == 1000

@@ -25,6 +25,7 @@ from vqkit.config import (
     PRECISIONS,
     PRESETS,
     QUANTIZERS,
+    QuantizerConfig,
     RunConfig,
     preset_config,
 )
@@ -205,7 +206,8 @@ def register(subparsers) -> None:
     group.add_argument(
         "--dead-code-threshold",
         type=float,
-        help="with ema, also restart codes whose cluster size falls below this (in [0, 1))",
+        help="with --codebook-update ema and --dead-code-restart N, also restart codes whose "
+        "EMA cluster size falls below this (in [0, 1))",
     )
     group.add_argument(
         "--codebook-init", choices=CODEBOOK_INITS, help="uniform, or kmeans on the first batch"
@@ -234,7 +236,41 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if args.compile is False:
             raise VqkitError("--compile-mode sets how to compile; it cannot go with --no-compile.")
         data["train"]["compile"] = True
-    return RunConfig.from_dict(data)
+    config = RunConfig.from_dict(data)
+    refuse_inert_flags(args, config.model.quantizer)
+    return config
+
+
+def refuse_inert_flags(args: argparse.Namespace, quantizer: QuantizerConfig) -> None:
+    """Refuse a quantizer flag given where it does nothing: it would be saved in config.json
+    and a sweep over it would train the same model again and again."""
+    needs = {  # flag dest: (flag, whether it acts here, what it needs)
+        "ema_decay": (
+            "--ema-decay",
+            quantizer.codebook_update == "ema",
+            "--codebook-update ema",
+        ),
+        "dead_code_threshold": (
+            "--dead-code-threshold",
+            quantizer.codebook_update == "ema" and quantizer.dead_code_restart > 0,
+            "--codebook-update ema and --dead-code-restart N (it restarts codes whose EMA "
+            "cluster size falls below it)",
+        ),
+        "kmeans_iters": (
+            "--kmeans-iters",
+            quantizer.codebook_init == "kmeans",
+            "--codebook-init kmeans",
+        ),
+        "num_embeddings": (
+            "--num-embeddings",
+            quantizer.quantizer == "vq",
+            "--quantizer vq (FSQ has as many codes as --fsq-levels multiply to)",
+        ),
+        "fsq_levels": ("--fsq-levels", quantizer.quantizer == "fsq", "--quantizer fsq"),
+    }
+    for dest, (flag, acts, needed) in needs.items():
+        if getattr(args, dest, None) is not None and not acts:
+            raise VqkitError(f"{flag} does nothing without {needed}; drop it or add that.")
 
 
 def read_config(path: str | Path) -> RunConfig:
