@@ -8,6 +8,7 @@ import sys
 
 from PIL import Image
 
+import vqkit
 from vqkit.cli import main
 
 
@@ -43,6 +44,9 @@ def test_train_evaluate_reconstruct_end_to_end(tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["num_codes"] == 128 and 0 < metrics["test_mse"] < 1
     assert metrics["bits_per_image"] == 49 * 7  # 49 codes of log2(128) = 7 bits
+    # The CLI prints what the Python function returns (the whole test set, unlike training's
+    # --test-limit).
+    assert metrics == vqkit.evaluate_run(run, device="cpu")
 
     out = tmp_path / "recon.png"
     assert main(["reconstruct", str(run), "--out", str(out), "--n", "5"]) == 0

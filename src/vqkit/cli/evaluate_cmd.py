@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, print_json
-from vqkit.data import load_split
-from vqkit.metrics import evaluate_reconstruction
+from vqkit.evaluate import evaluate_run
 from vqkit.report_text import format_metrics
-from vqkit.training import resolve_device
 
 HELP = """
 Measure a trained run on its dataset's whole test set: mean squared error and PSNR of the
@@ -30,10 +27,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.run_dir)
-    model = load_model(args.run_dir, device=resolve_device(args.device))
-    test = load_split(config.train.dataset, "test", config.train.data_folder(args.data_dir))
-    metrics = evaluate_reconstruction(model, test.images, config.train.eval_batch_size)
+    metrics = evaluate_run(args.run_dir, device=args.device, data_dir=args.data_dir)
     if args.json:
         print_json(metrics)
     else:
