@@ -122,3 +122,16 @@ def test_help_lists_every_command_and_each_has_examples(capsys):
     for name, sub in subparsers.choices.items():
         text = sub.format_help()
         assert "examples:" in text and f"vqkit {name}" in text, name
+
+
+def test_a_run_whose_model_differs_from_its_preset_is_marked(small_run, tmp_path, capsys):
+    run = copy_run(small_run.run_dir, tmp_path / "run")
+    config = json.loads((run / runfiles.CONFIG).read_text())
+    config["train"]["lr"] = 0.01  # training settings: still the preset's model
+    (run / runfiles.CONFIG).write_text(json.dumps(config))
+    assert main(["runs", str(run)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[2] == "efficient"
+    config["model"]["quantizer"]["beta"] = 0.5  # another model than the preset's
+    (run / runfiles.CONFIG).write_text(json.dumps(config))
+    assert main(["runs", str(run)]) == 0
+    assert "efficient (changed)" in capsys.readouterr().out.splitlines()[1]

@@ -21,7 +21,7 @@ from vqkit.checkpoint import (
     require_run_folder,
     weights_digest,
 )
-from vqkit.config import RunConfig
+from vqkit.config import PRESETS, RunConfig, preset_config
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
 from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, is_stale
@@ -132,7 +132,7 @@ def headline(info: RunInfo) -> Headline:
     final = info.final or {}
     result = Headline(
         dataset=info.config.train.dataset,
-        preset=info.config.preset,
+        preset=preset_label(info.config),
         epochs_done=len(info.metrics),
         epochs_planned=info.config.train.epochs,
         test_mse=number(final.get("test_mse")),
@@ -150,6 +150,15 @@ def headline(info: RunInfo) -> Headline:
         if fid is not None:
             result.fid[name] = fid
     return result
+
+
+def preset_label(config: RunConfig) -> str:
+    """The preset a run started from, marked "(changed)" when flags or --config changed its
+    model from that preset's (two runs of one label then really are the same model)."""
+    if config.preset not in PRESETS:
+        return config.preset
+    changed = preset_config(config.preset).model != config.model
+    return f"{config.preset} (changed)" if changed else config.preset
 
 
 def scores_are_stale(run_dir: Path, scores: dict[str, Any]) -> bool:
