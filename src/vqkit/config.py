@@ -45,6 +45,9 @@ def _require(condition: bool, message: str) -> None:
 
 # The choices of the quantizer's string settings (the CLI offers the same lists).
 QUANTIZERS = ("vq", "fsq")
+# Names of quantizers registered from Python (vqkit.quantize.register_quantizer); a config may
+# name one once the code that registers it has been imported.
+REGISTERED_QUANTIZERS: set[str] = set()
 CODEBOOK_UPDATES = ("loss", "ema")
 CODEBOOK_INITS = ("uniform", "kmeans")
 GRADIENT_ESTIMATORS = ("ste", "rotation")
@@ -88,7 +91,13 @@ class QuantizerConfig:
             math.isfinite(self.beta) and self.beta >= 0,
             "The commitment weight beta must be a finite number >= 0 (--beta).",
         )
-        _require_choice(self.quantizer, QUANTIZERS, "--quantizer")
+        known = QUANTIZERS + tuple(sorted(REGISTERED_QUANTIZERS))
+        _require(
+            self.quantizer in known,
+            f"Unknown --quantizer '{self.quantizer}'; choose one of: {', '.join(known)} (a "
+            "quantizer of your own must be registered with vqkit.quantize.register_quantizer, "
+            "in code imported before the config is used).",
+        )
         _require_choice(self.codebook_update, CODEBOOK_UPDATES, "--codebook-update")
         _require_choice(self.codebook_init, CODEBOOK_INITS, "--codebook-init")
         _require_choice(self.gradient_estimator, GRADIENT_ESTIMATORS, "--gradient-estimator")

@@ -12,17 +12,19 @@ would.
 
 Variants: :mod:`vqkit.vq` (a learned codebook, updated by its loss or by moving averages, with
 the health measures of :mod:`vqkit.codebook_health`) and :mod:`vqkit.fsq` (finite scalar
-quantization, no codebook).
+quantization, no codebook); :func:`register_quantizer` adds one of your own under a name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from vqkit.config import QuantizerConfig
+from vqkit.config import QUANTIZERS, REGISTERED_QUANTIZERS, QuantizerConfig
+from vqkit.errors import VqkitError
 
 # Largest number of distance entries (rows × codes) held at once. Chunking the distance matrix
 # keeps peak memory flat as N×K grows, while chunks stay big enough for an efficient matmul.
@@ -70,8 +72,32 @@ def perplexity(code_counts: torch.Tensor) -> float:
     return float(torch.exp(entropy))
 
 
+# Factories of quantizers registered from Python, by the name a config gives in ``quantizer``.
+_REGISTERED: dict[str, Callable[[QuantizerConfig], nn.Module]] = {}
+
+
+def register_quantizer(name: str):
+    """Class decorator: make ``QuantizerConfig(quantizer=name)`` build ``cls(config)``.
+
+    The class must keep the contract in the module doc (``VectorQuantizer`` subclasses do); it
+    gets the whole QuantizerConfig (``num_embeddings``, ``embedding_dim``, ``beta``, ...). A run
+    trained with it records only the name, so code that loads the run must register it first.
+    """
+    if name in QUANTIZERS:
+        raise VqkitError(f"'{name}' is a built-in quantizer; register yours under another name.")
+
+    def register(cls):
+        _REGISTERED[name] = cls
+        REGISTERED_QUANTIZERS.add(name)
+        return cls
+
+    return register
+
+
 def build_quantizer(config: QuantizerConfig) -> nn.Module:
     """The quantizer a config asks for (one interface for every variant, see the module doc)."""
+    if config.quantizer in _REGISTERED:
+        return _REGISTERED[config.quantizer](config)
     # The variants import this module's contract, so they are imported here, not at the top.
     if config.quantizer == "fsq":
         from vqkit.fsq import FiniteScalarQuantizer
