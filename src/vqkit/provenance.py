@@ -37,7 +37,22 @@ def read_stamp(png: Path) -> dict[str, str]:
         return {}
 
 
+def current_stamp(run_dir: str | Path) -> dict[str, str | None] | None:
+    """The run's digests now ({WEIGHTS_KEY: ..., PRIOR_KEY: ... or None}); None when its
+    weights cannot be read (then nothing can be called stale)."""
+    try:
+        return {WEIGHTS_KEY: weights_digest(run_dir), PRIOR_KEY: prior_digest(run_dir)}
+    except OSError:
+        return None
+
+
+def differs(recorded: dict[str, str | None], current: dict[str, str | None]) -> bool:
+    """Whether a record names other weights or another prior than ``current``; a digest the
+    record lacks (or holds as None: no prior then) is not compared."""
+    return any(value is not None and current.get(key) != value for key, value in recorded.items())
+
+
 def is_stale(png: Path, current: dict[str, str | None]) -> bool:
-    """Whether a figure's stamp names other weights than ``current`` ({WEIGHTS_KEY: digest,
-    PRIOR_KEY: digest or None}); an unstamped figure is not called stale: nothing to compare."""
-    return any(current.get(key) != value for key, value in read_stamp(png).items())
+    """Whether a figure's stamp names other weights than ``current``; an unstamped figure is
+    not called stale: nothing to compare."""
+    return differs(read_stamp(png), current)

@@ -16,15 +16,13 @@ from typing import Any
 from vqkit import runfiles
 from vqkit.checkpoint import (
     load_config,
-    prior_digest,
     prior_is_stale,
     require_run_folder,
-    weights_digest,
 )
 from vqkit.config import PRESETS, RunConfig, preset_config
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
-from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, is_stale
+from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, current_stamp, differs, is_stale
 
 # Figures found by prefix as well as by their FIGURE_NAMES entry, so a new sampling strategy or
 # interpolation kind shows up in the report without a change here.
@@ -120,10 +118,13 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     info.prior_stale = bool(info.prior_metrics) and prior_is_stale(run_dir)
     info.code_usage = _optional_json(info, runfiles.CODE_USAGE, _valid_code_usage)
     info.scores = _optional_json(info, runfiles.SCORES, _valid_scores)
-    info.scores_stale = info.scores is not None and scores_are_stale(run_dir, info.scores)
     info.timings = _optional_json(info, runfiles.TIMINGS, _valid_timings)
     info.figures = _find_figures(run_dir / runfiles.FIGURES_DIR)
-    info.stale_figures = _stale_figures(run_dir, info.figures)
+    # Scores and figures record the weights (and prior) they came from: compare with now.
+    current = current_stamp(run_dir) if info.scores is not None or info.figures else None
+    if current is not None:
+        info.scores_stale = info.scores is not None and differs(_scores_stamp(info.scores), current)
+        info.stale_figures = {k for k, path in info.figures.items() if is_stale(path, current)}
     return info
 
 
@@ -161,28 +162,9 @@ def preset_label(config: RunConfig) -> str:
     return f"{config.preset} (changed)" if changed else config.preset
 
 
-def scores_are_stale(run_dir: Path, scores: dict[str, Any]) -> bool:
-    """Whether scores.json was measured on other model weights than the run's, or on another
-    prior than the run's (when it scored one); False when it does not say (older files)."""
-    try:
-        weights = scores.get("weights_sha256")
-        if weights is not None and weights != weights_digest(run_dir):
-            return True
-        prior = scores.get("prior_sha256")
-        return prior is not None and prior != prior_digest(run_dir)
-    except OSError:  # the weights file is missing or unreadable: nothing to compare with
-        return False
-
-
-def _stale_figures(run_dir: Path, figures: dict[str, Path]) -> set[str]:
-    """The figures whose provenance stamp names other weights or another prior than the run's."""
-    if not figures:
-        return set()
-    try:
-        current = {WEIGHTS_KEY: weights_digest(run_dir), PRIOR_KEY: prior_digest(run_dir)}
-    except OSError:  # no readable weights: nothing to compare with
-        return set()
-    return {key for key, path in figures.items() if is_stale(path, current)}
+def _scores_stamp(scores: dict[str, Any]) -> dict[str, str | None]:
+    """The digests scores.json recorded, as a figure's stamp holds them (none in older files)."""
+    return {WEIGHTS_KEY: scores.get("weights_sha256"), PRIOR_KEY: scores.get("prior_sha256")}
 
 
 def _epoch_records(info: RunInfo, name: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
