@@ -45,9 +45,9 @@ def _require(condition: bool, message: str) -> None:
 
 # The choices of the quantizer's string settings (the CLI offers the same lists).
 QUANTIZERS = ("vq", "fsq")
-# Names of quantizers registered from Python (vqkit.quantize.register_quantizer); a config may
-# name one once the code that registers it has been imported.
-REGISTERED_QUANTIZERS: set[str] = set()
+# Quantizer classes registered from Python by name (vqkit.quantize.register_quantizer, which
+# builds them); a config may name one once the code that registers it has been imported.
+REGISTERED_QUANTIZERS: dict[str, Any] = {}
 CODEBOOK_UPDATES = ("loss", "ema")
 CODEBOOK_INITS = ("uniform", "kmeans")
 GRADIENT_ESTIMATORS = ("ste", "rotation")

@@ -145,9 +145,10 @@ def run_demo(
 
 def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Path) -> None:
     names = runfiles.FIGURE_NAMES
+    model_only, with_prior = stamp(context.run_dir), stamp(context.run_dir, prior=True)
     for strategy in ("random", "used", "prior"):
         _, images = sample_images(context, strategy, settings.samples_per_figure, settings.seed)
-        made_by = stamp(context.run_dir, prior=strategy == "prior")
+        made_by = with_prior if strategy == "prior" else model_only
         save_grid(images, figures / names[f"samples_{strategy}"], stamp=made_by)
     if settings.prior_conditional:
         classes = 10
@@ -159,7 +160,7 @@ def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Pa
             torch.cat(rows),
             figures / names["samples_prior_conditional"],
             columns=classes,
-            stamp=stamp(context.run_dir, prior=True),
+            stamp=with_prior,
         )
 
 

@@ -17,7 +17,6 @@ quantization, no codebook); :func:`register_quantizer` adds one of your own unde
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -72,10 +71,6 @@ def perplexity(code_counts: torch.Tensor) -> float:
     return float(torch.exp(entropy))
 
 
-# Factories of quantizers registered from Python, by the name a config gives in ``quantizer``.
-_REGISTERED: dict[str, Callable[[QuantizerConfig], nn.Module]] = {}
-
-
 def register_quantizer(name: str):
     """Class decorator: make ``QuantizerConfig(quantizer=name)`` build ``cls(config)``.
 
@@ -87,8 +82,7 @@ def register_quantizer(name: str):
         raise VqkitError(f"'{name}' is a built-in quantizer; register yours under another name.")
 
     def register(cls):
-        _REGISTERED[name] = cls
-        REGISTERED_QUANTIZERS.add(name)
+        REGISTERED_QUANTIZERS[name] = cls
         return cls
 
     return register
@@ -96,8 +90,8 @@ def register_quantizer(name: str):
 
 def build_quantizer(config: QuantizerConfig) -> nn.Module:
     """The quantizer a config asks for (one interface for every variant, see the module doc)."""
-    if config.quantizer in _REGISTERED:
-        return _REGISTERED[config.quantizer](config)
+    if config.quantizer in REGISTERED_QUANTIZERS:
+        return REGISTERED_QUANTIZERS[config.quantizer](config)
     # The variants import this module's contract, so they are imported here, not at the top.
     if config.quantizer == "fsq":
         from vqkit.fsq import FiniteScalarQuantizer

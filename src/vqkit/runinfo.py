@@ -14,11 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vqkit import runfiles
-from vqkit.checkpoint import (
-    load_config,
-    prior_is_stale,
-    require_run_folder,
-)
+from vqkit.checkpoint import load_config, prior_is_stale, require_run_folder
 from vqkit.config import PRESETS, RunConfig, preset_config
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
