@@ -169,11 +169,15 @@ def test_a_two_rank_run_resumed_mid_epoch_keeps_every_ranks_training_loss(tmp_pa
     )
     assert crashed.returncode != 0
     state = json.loads((tmp_path / "resumed" / runfiles.TRAIN_STATE_META).read_text())
-    assert state["epochs_done"] == 0 and state["step"] == 3
+    assert state["epochs_done"] == 0 and state["step"] == 3, (state, crashed.stderr[-2000:])
     torchrun_train(tmp_path, "--resume", "resumed")
     unbroken, resumed = (
         json.loads((tmp_path / name / runfiles.METRICS).read_text().splitlines()[0])
         for name in ("unbroken", "resumed")
     )
-    assert resumed["train_loss"] == pytest.approx(unbroken["train_loss"], rel=1e-6)
-    assert resumed["test_mse"] == unbroken["test_mse"]
+    # The old bug was off by 1.3e-4 (relative); float32 sums taken in another order differ by
+    # ~1e-7, and this test failed twice in about ten full-suite runs at rel=1e-6 and exact test
+    # MSE (never alone), so both get room well under the bug's size.
+    both = f"unbroken {unbroken}, resumed {resumed}"
+    assert resumed["train_loss"] == pytest.approx(unbroken["train_loss"], rel=1e-5), both
+    assert resumed["test_mse"] == pytest.approx(unbroken["test_mse"], rel=1e-5), both
