@@ -1,4 +1,5 @@
-"""Two training processes keep identical codebooks (EMA sums, restarts and k-means are shared)."""
+"""Two training processes keep identical codebooks (EMA sums, restarts and k-means are shared),
+and with the same random stream they change it as one process would on the whole batch."""
 
 from __future__ import annotations
 
@@ -28,12 +29,21 @@ def settings(**overrides) -> QuantizerConfig:
     return QuantizerConfig(**{**base, **overrides})
 
 
+HEALTH = {"dead_code_restart": 1, "codebook_init": "kmeans"}
 # Configurations run in the same pair of processes (one spawn, to keep the test quick).
 CONFIGS = {
-    "health": {"dead_code_restart": 1, "codebook_init": "kmeans"},
+    "health": HEALTH,
     "ema": {},
-    "compiled": {"dead_code_restart": 1, "codebook_init": "kmeans"},  # torch.compile after step 1
+    "compiled": HEALTH,  # torch.compile after step 1
+    "health-same-stream": HEALTH,  # both ranks seeded alike, as `vqkit train` seeds them
 }
+
+
+def one_process_batch(step: int) -> torch.Tensor:
+    """Step ``step``'s whole batch as one process trains it: image m is rank m mod 2's image
+    m // 2 (the shard layout of vqkit.training.epoch_batches)."""
+    shards = torch.stack([rank_batches(rank)[step] for rank in range(WORLD)], dim=1)
+    return shards.reshape(-1, *shards.shape[2:])
 
 
 def worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -42,7 +52,8 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
     for name, overrides in CONFIGS.items():
         torch.manual_seed(0)  # the same initial codebook, as DDP would broadcast it
         quantizer = build_quantizer(settings(**overrides)).train()
-        torch.manual_seed(1 + rank)  # every later random choice differs between ranks
+        # Every later random choice differs between ranks, unless the config says otherwise.
+        torch.manual_seed(1 if name == "health-same-stream" else 1 + rank)
         step = quantizer
         torch._dynamo.utils.counters.clear()
         for index, batch in enumerate(rank_batches(rank)):
@@ -91,6 +102,21 @@ def test_two_ranks_update_like_one_process_on_both_batches(rank_states):
     single = build_quantizer(settings()).train()
     for step in range(STEPS):
         single(torch.cat([rank_batches(rank)[step] for rank in range(WORLD)]))
+    for name, tensor in single.state_dict().items():
+        torch.testing.assert_close(states[0][name], tensor, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(states[1][name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_two_ranks_restart_and_initialise_like_one_process_on_the_whole_batch(rank_states):
+    # k-means and restarts draw from every rank's shard in the one-process order, so with the
+    # same random stream the codebook changes exactly as one process would change it.
+    states = rank_states["health-same-stream"]
+    torch.manual_seed(0)
+    single = build_quantizer(settings(**HEALTH)).train()
+    torch.manual_seed(1)
+    for step in range(STEPS):
+        single(one_process_batch(step))
+    assert int(single.restart_count) > 0
     for name, tensor in single.state_dict().items():
         torch.testing.assert_close(states[0][name], tensor, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(states[1][name], tensor, rtol=1e-5, atol=1e-6)

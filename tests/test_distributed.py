@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from process_helpers import child_env
+from process_helpers import child_env, vqkit_command
 
 from vqkit import runfiles
 from vqkit.checkpoint import read_tensors
@@ -110,6 +110,29 @@ def test_a_two_rank_channels_last_run_resumed_ends_as_an_unbroken_one(tmp_path):
     resumed = read_tensors(tmp_path / "resumed" / runfiles.WEIGHTS, "weights")
     for name, weight in unbroken.items():
         assert torch.equal(weight, resumed[name]), name
+
+
+def test_a_two_rank_run_with_kmeans_and_restarts_ends_with_the_one_process_weights(tmp_path):
+    # k-means seeds and restart vectors are drawn from the whole batch, every rank's shard in the
+    # one-process order (they used to come from rank 0's shard alone, which gave another
+    # codebook). Float sums over shards differ from one process's by ~1e-7.
+    flags = [
+        "--preset", "best", "--train-limit", "1024", "--test-limit", "64", "--epochs", "1",
+        "--batch-size", "64", "--dead-code-restart", "2", "--quiet", "--device", "cpu",
+    ]  # fmt: skip
+    alone = subprocess.run(
+        vqkit_command("train", *flags, "--out", "one"),
+        env=child_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    torchrun_train(tmp_path, *flags, "--out", "two")
+    one = read_tensors(tmp_path / "one" / runfiles.WEIGHTS, "weights")
+    two = read_tensors(tmp_path / "two" / runfiles.WEIGHTS, "weights")
+    assert int(one["quantizer.restart_count"]) > 0 and bool(one["quantizer.kmeans_done"])
+    assert one.keys() == two.keys()
+    for name, weight in one.items():
+        named = lambda message, name=name: f"{name}: {message}"  # noqa: E731
+        torch.testing.assert_close(two[name], weight, rtol=1e-4, atol=1e-5, msg=named)
 
 
 @pytest.mark.parametrize("count", [96, 101])

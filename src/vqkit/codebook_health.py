@@ -1,9 +1,15 @@
 """Keeping a codebook alive: k-means initialisation, dead-code restarts, and rank synchronisation.
 
-With several training processes (DistributedDataParallel), every rank sees a different batch but
-must keep an identical codebook. The helpers here sum statistics over ranks and make every random
-choice on rank 0 and broadcast it, so codebook changes are the same everywhere. With one process
-they are plain local operations.
+With several training processes (DistributedDataParallel), every rank sees a different shard of
+the batch but must keep an identical codebook. The helpers here sum statistics over ranks, draw
+k-means seeds and restart vectors from the whole batch (every rank's shard, in the one-process
+batch's order), and let rank 0's random choices decide, so codebook changes are the same
+everywhere and, when the ranks' random streams agree (as in ``vqkit train``), the same as one
+process makes on the whole batch. With one process they are plain local operations.
+
+Shard layout (``vqkit.training.epoch_batches``): of a step's one-process batch, image m is on
+rank m mod W at local position m // W, every rank holds the same number of images, and each
+image contributes the same number of rows (its latent grid positions).
 """
 
 from __future__ import annotations
@@ -49,17 +55,46 @@ def summed_counts_and_health(
     return summed[:-1], summed[-1] == 0
 
 
-def sample_rows(vectors: torch.Tensor, count: int) -> torch.Tensor:
-    """``count`` random rows of ``vectors`` (N, D) -> (count, D), the same rows on every rank.
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
 
-    Drawn without replacement when there are enough rows, so restarted codes start apart.
+
+def gather_batch(vectors: torch.Tensor, rows_per_image: int) -> torch.Tensor:
+    """Every rank's rows (n, D) as the one-process batch (W·n, D), rows in its order."""
+    rank, size = world()
+    if size == 1:
+        return vectors
+    shards = [torch.empty_like(vectors) for _ in range(size)]
+    dist.all_gather(shards, vectors.contiguous())
+    # (W, n_images, rows, D) -> image m = local position · W + rank comes m-th.
+    stacked = torch.stack(shards).view(size, -1, rows_per_image, vectors.shape[1])
+    return stacked.transpose(0, 1).reshape(-1, vectors.shape[1])
+
+
+def sample_rows(vectors: torch.Tensor, count: int, rows_per_image: int = 1) -> torch.Tensor:
+    """``count`` random rows of the whole batch -> (count, D) float, the same on every rank.
+
+    ``vectors`` (n, D) is this rank's shard. The draw is over the one-process batch of W·n rows
+    (rank 0's draw decides); each rank fills in the rows it holds and a sum over ranks
+    assembles them, so no rank needs the others' shards. Drawn without replacement when there
+    are enough rows, so restarted codes start apart.
     """
-    n = vectors.shape[0]
-    if count <= n:
-        picks = torch.randperm(n, device=vectors.device)[:count]
+    rank, size = world()
+    total = vectors.shape[0] * size
+    if count <= total:
+        picks = torch.randperm(total, device=vectors.device)[:count]
     else:
-        picks = torch.randint(n, (count,), device=vectors.device)
-    return broadcast_from_first_(vectors[picks].detach().float().contiguous())
+        picks = torch.randint(total, (count,), device=vectors.device)
+    if size == 1:
+        return vectors[picks].detach().float()
+    picks = broadcast_from_first_(picks)
+    image, offset = picks // rows_per_image, picks % rows_per_image
+    local = (image // size) * rows_per_image + offset
+    rows = vectors[local].detach().float()
+    held = (image % size == rank).unsqueeze(1)
+    # where, not a product: a non-finite row of another rank must not become NaN here.
+    return all_reduce_sum_(torch.where(held, rows, torch.zeros_like(rows)).contiguous())
 
 
 @torch.no_grad()
@@ -68,7 +103,6 @@ def kmeans_plus_plus_seeds(vectors: torch.Tensor, num_clusters: int) -> torch.Te
 
     Each new seed is drawn with probability proportional to its squared distance from the seeds
     so far, which spreads them over the data instead of doubling up inside one cluster.
-    Computed on each rank's own rows; rank 0's seeds are broadcast.
     """
     seeds = torch.empty(num_clusters, vectors.shape[1], device=vectors.device)
     first = int(torch.randint(vectors.shape[0], ()))
@@ -81,7 +115,7 @@ def kmeans_plus_plus_seeds(vectors: torch.Tensor, num_clusters: int) -> torch.Te
             pick = int(torch.randint(vectors.shape[0], ()))
         seeds[k] = vectors[pick]
         nearest = torch.minimum(nearest, (vectors - seeds[k]).pow(2).sum(dim=1))
-    return broadcast_from_first_(seeds)
+    return seeds
 
 
 @torch.no_grad()
@@ -89,7 +123,8 @@ def kmeans(vectors: torch.Tensor, num_clusters: int, iterations: int) -> torch.T
     """Lloyd's k-means on ``vectors`` (N, D) -> centroids (num_clusters, D), identical on all ranks.
 
     Starts from k-means++ seeds; a cluster that loses all its members keeps its centroid.
-    Each rank clusters its own rows with shared centroids (sums and counts are all-reduced).
+    Every rank clusters the same rows (pass :func:`gather_batch`'s whole batch); rank 0's
+    centroids are broadcast, so ranks whose random streams differ still agree.
     """
     vectors = vectors.detach().float()
     centroids = kmeans_plus_plus_seeds(vectors, num_clusters)
@@ -97,11 +132,9 @@ def kmeans(vectors: torch.Tensor, num_clusters: int, iterations: int) -> torch.T
         assignment = nearest_codes(vectors, centroids)  # (N,)
         sums = torch.zeros_like(centroids).index_add_(0, assignment, vectors)  # (K, D)
         counts = torch.bincount(assignment, minlength=num_clusters).to(vectors.dtype)  # (K,)
-        all_reduce_sum_(sums)
-        all_reduce_sum_(counts)
         filled = counts > 0
         centroids[filled] = sums[filled] / counts[filled].unsqueeze(1)
-    return centroids
+    return broadcast_from_first_(centroids)
 
 
 @torch.no_grad()

@@ -82,7 +82,7 @@ class VectorQuantizer(nn.Module):
         batch, dim, height, width = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, dim)  # (N, D), N = B·H·W
         if self.training and self.needs_initialization():
-            self._kmeans_init(flat)
+            self._kmeans_init(flat, height * width)
         codes = nearest_codes(flat, self.codebook)  # (N,)
         chosen = F.embedding(codes, self.codebook)  # (N, D): a lookup, not a one-hot matmul
         # The commitment loss keeps the encoder close to its codes; with the loss update, the
@@ -96,7 +96,7 @@ class VectorQuantizer(nn.Module):
         # index_add_ rather than bincount: CUDA bincount reads max() back to the host.
         counts = codes.new_zeros(self.num_codes).index_add_(0, codes, torch.ones_like(codes))
         if self.training:
-            self._update_statistics(flat, codes, counts)
+            self._update_statistics(flat, codes, counts, height * width)
         return QuantizerOutput(quantized, codes.view(batch, height, width), loss, counts)
 
     @torch.no_grad()
@@ -105,7 +105,8 @@ class VectorQuantizer(nn.Module):
         training forward would do it; compiled training calls this eagerly first, so that no
         compiled graph traces the data-dependent k-means."""
         if self.needs_initialization():
-            self._kmeans_init(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+            flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+            self._kmeans_init(flat, z.shape[2] * z.shape[3])
 
     def needs_initialization(self) -> bool:
         """Whether the k-means init is still to come (read from the device at most once)."""
@@ -115,9 +116,11 @@ class VectorQuantizer(nn.Module):
         return not self._kmeans_known_done
 
     @torch.no_grad()
-    def _kmeans_init(self, flat: torch.Tensor) -> None:
-        """Replace the codebook by k-means centroids of this batch's encoder outputs, once."""
-        centroids = health.kmeans(flat, self.num_codes, self.config.kmeans_iters)
+    def _kmeans_init(self, flat: torch.Tensor, rows_per_image: int) -> None:
+        """Replace the codebook by k-means centroids of this batch's encoder outputs (all
+        ranks' shards together), once."""
+        whole = health.gather_batch(flat.detach(), rows_per_image)
+        centroids = health.kmeans(whole, self.num_codes, self.config.kmeans_iters)
         self.codebook.copy_(centroids)
         if self.ema:
             self.ema_cluster_size.fill_(FRESH_CLUSTER_SIZE)
@@ -126,7 +129,9 @@ class VectorQuantizer(nn.Module):
         self._kmeans_known_done = True
 
     @torch.no_grad()
-    def _update_statistics(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor):
+    def _update_statistics(
+        self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, rows_per_image: int
+    ) -> None:
         """After a training step's assignments: EMA update, usage counters, dead-code restarts.
 
         Batch counts and sums are summed over ranks first, so every rank applies the same update.
@@ -146,7 +151,7 @@ class VectorQuantizer(nn.Module):
             self.ema_update(global_counts, health.all_reduce_sum_(sums))
         if self.config.dead_code_restart > 0:
             health.update_steps_since_used(self.steps_since_used, global_counts)
-            self._restart_dead_codes(flat)
+            self._restart_dead_codes(flat, rows_per_image)
         for tensor, old in zip(state, before, strict=True):
             tensor.copy_(torch.where(healthy, tensor, old))
 
@@ -161,8 +166,8 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(self.ema_embed_sum / smoothed.unsqueeze(1))
 
     @torch.no_grad()
-    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
-        """Move dead codes onto random encoder outputs of this batch (rank 0's, on every rank).
+    def _restart_dead_codes(self, flat: torch.Tensor, rows_per_image: int) -> None:
+        """Move dead codes onto random encoder outputs of this batch (drawn from all ranks').
 
         Written with masks instead of index lists so that no step waits on the device to learn
         how many codes died.
@@ -173,7 +178,8 @@ class VectorQuantizer(nn.Module):
             self.ema_cluster_size if self.ema else None,
             self.config.dead_code_threshold,
         )  # (K,) bool
-        replacements = health.sample_rows(flat, self.num_codes).to(self.codebook.dtype)  # (K, D)
+        replacements = health.sample_rows(flat, self.num_codes, rows_per_image)  # (K, D)
+        replacements = replacements.to(self.codebook.dtype)
         rows = dead.unsqueeze(1)
         self.codebook.copy_(torch.where(rows, replacements, self.codebook))
         if self.ema:
