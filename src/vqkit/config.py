@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vqkit.errors import VqkitError
+from vqkit.errors import UnknownQuantizer, VqkitError
 
 # Bumped when a saved config can no longer be read by this code; older folders are refused.
 CONFIG_VERSION = 1
@@ -46,7 +46,8 @@ def _require(condition: bool, message: str) -> None:
 # The choices of the quantizer's string settings (the CLI offers the same lists).
 QUANTIZERS = ("vq", "fsq")
 # Quantizer classes registered from Python by name (vqkit.quantize.register_quantizer, which
-# builds them); a config may name one once the code that registers it has been imported.
+# builds them); a config may name one once the code that registers it has been imported, or
+# that an installed package offers (vqkit.plugins, which loads it then).
 REGISTERED_QUANTIZERS: dict[str, Any] = {}
 CODEBOOK_UPDATES = ("loss", "ema")
 CODEBOOK_INITS = ("uniform", "kmeans")
@@ -91,13 +92,19 @@ class QuantizerConfig:
             math.isfinite(self.beta) and self.beta >= 0,
             "The commitment weight beta must be a finite number >= 0 (--beta).",
         )
+        if self.quantizer not in QUANTIZERS and self.quantizer not in REGISTERED_QUANTIZERS:
+            from vqkit.plugins import load_installed_quantizer  # it imports this module
+
+            load_installed_quantizer(self.quantizer)
         known = QUANTIZERS + tuple(sorted(REGISTERED_QUANTIZERS))
-        _require(
-            self.quantizer in known,
-            f"Unknown --quantizer '{self.quantizer}'; choose one of: {', '.join(known)} (a "
-            "quantizer of your own must be registered with vqkit.quantize.register_quantizer, "
-            "in code imported before the config is used).",
-        )
+        if self.quantizer not in known:
+            raise UnknownQuantizer(
+                f"Unknown --quantizer '{self.quantizer}'; choose one of: {', '.join(known)} (a "
+                "quantizer of your own must be registered with vqkit.quantize.register_quantizer "
+                "in code imported first: on the command line, 'vqkit --plugin FILE.py COMMAND'; "
+                "or offered by an installed package under the entry points 'vqkit.quantizers').",
+                self.quantizer,
+            )
         _require_choice(self.codebook_update, CODEBOOK_UPDATES, "--codebook-update")
         _require_choice(self.codebook_init, CODEBOOK_INITS, "--codebook-init")
         _require_choice(self.gradient_estimator, GRADIENT_ESTIMATORS, "--gradient-estimator")

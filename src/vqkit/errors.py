@@ -7,3 +7,12 @@ class VqkitError(Exception):
     The message is one complete sentence saying what is wrong and, where it helps, what to do.
     The CLI prints it and exits with status 2; library callers can catch it.
     """
+
+
+class UnknownQuantizer(VqkitError):
+    """A config names a quantizer no code here has registered (``name``): a run made with a
+    quantizer of one's own, opened without the code that registers it."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name

@@ -13,6 +13,7 @@ import sys
 from typing import NoReturn
 
 import vqkit
+from vqkit import plugins
 from vqkit.errors import VqkitError
 
 COMMAND_MODULES = (
@@ -81,6 +82,12 @@ def build_parser() -> OneLineErrors:
     # The package's own version: also right when run from a source tree (PYTHONPATH=src)
     # that no installed distribution describes.
     parser.add_argument("--version", action="version", version=f"vqkit {vqkit.__version__}")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        metavar="FILE.py|MODULE",
+        help="import this code first, for a quantizer of your own it registers (repeatable)",
+    )
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=OneLineErrors
     )
@@ -130,8 +137,31 @@ def out_of_memory_message(exc: BaseException, command: str | None = None) -> str
     return f"Out of memory{size}; ask for less at once: {less}."
 
 
+def take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The --plugin values, wherever they stand, and the command line without them: plugins
+    are imported before the parser is built, since a plugin's quantizer is one of train's
+    --quantizer choices."""
+    specs, rest = [], []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--plugin":
+            specs.append(next(tokens, ""))
+        elif token.startswith("--plugin="):
+            specs.append(token.split("=", 1)[1])
+        else:
+            rest.append(token)
+    return specs, rest
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; user errors print one sentence and exit with status 2."""
+    specs, argv = take_plugins(sys.argv[1:] if argv is None else list(argv))
+    try:
+        for spec in specs:
+            plugins.import_plugin(spec)
+    except VqkitError as exc:
+        print(f"vqkit: error: {exc}", file=sys.stderr)
+        return 2
     args = parse_command_line(build_parser(), argv)
     try:
         return int(args.handler(args) or 0)

@@ -1,0 +1,141 @@
+"""A quantizer of one's own on the command line: --plugin files and modules, and installed
+packages' entry points."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_helpers import fails_cleanly
+from process_helpers import child_env, vqkit_command
+
+from vqkit import runfiles
+from vqkit.cli import main, take_plugins
+from vqkit.config import REGISTERED_QUANTIZERS, QuantizerConfig
+from vqkit.errors import UnknownQuantizer
+from vqkit.plugins import entry_point_names
+from vqkit.quantize import build_quantizer
+
+PLUGIN_SOURCE = """
+from vqkit.quantize import register_quantizer
+from vqkit.vq import VectorQuantizer
+
+
+@register_quantizer("{name}")
+class PluginVQ(VectorQuantizer):
+    pass
+"""
+
+TRAIN_FLAGS = [
+    "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--epochs", "1",
+    "--quiet", "--device", "cpu",
+]  # fmt: skip
+
+
+def test_plugin_flags_are_taken_out_wherever_they_stand():
+    specs, rest = take_plugins(["--plugin", "a.py", "runs", "--plugin=b", "x", "--plugin"])
+    assert specs == ["a.py", "b", ""]
+    assert rest == ["runs", "x"]
+
+
+def test_a_run_trained_through_a_plugin_file_needs_it_to_be_read_again(tmp_path, capsys):
+    plugin = tmp_path / "my_quantizer.py"
+    plugin.write_text(PLUGIN_SOURCE.format(name="plugin-file-vq"))
+    run = tmp_path / "run"
+    code = main(["--plugin", str(plugin), "train", "--quantizer", "plugin-file-vq", *TRAIN_FLAGS,
+                 "--out", str(run)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((run / runfiles.CONFIG).read_text())["model"]["quantizer"]["quantizer"] == (
+        "plugin-file-vq"
+    )
+    # A fresh process knows nothing of the plugin: one sentence saying how, and runs marks it.
+    evaluate = subprocess.run(
+        vqkit_command("evaluate", str(run)), env=child_env(), capture_output=True, text=True
+    )
+    assert evaluate.returncode == 2
+    assert "'plugin-file-vq'" in evaluate.stderr and "--plugin" in evaluate.stderr
+    assert "Traceback" not in evaluate.stderr
+    listed = subprocess.run(
+        vqkit_command("runs", str(tmp_path)), env=child_env(), capture_output=True, text=True
+    )
+    assert "(needs --plugin for 'plugin-file-vq')" in listed.stdout, listed.stdout
+    # With the plugin, given after the command this time, the run loads and evaluates.
+    evaluate = subprocess.run(
+        vqkit_command("evaluate", str(run), "--plugin", str(plugin)),
+        env=child_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert evaluate.returncode == 0, evaluate.stderr
+    assert "test MSE" in evaluate.stdout
+
+
+def test_a_plugin_module_is_found_in_the_current_folder(tmp_path, monkeypatch, capsys):
+    (tmp_path / "module_plugin_vq.py").write_text(PLUGIN_SOURCE.format(name="module-plugin-vq"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert main(["--plugin", "module_plugin_vq", "runs", str(tmp_path)]) == 0
+    assert REGISTERED_QUANTIZERS["module-plugin-vq"].__module__ == "module_plugin_vq"
+    assert str(tmp_path) not in sys.path  # the folder was on the path for the import only
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragments"),
+    [
+        ("missing_plugin_file.py", ["missing_plugin_file.py does not exist"]),
+        ("no_such_plugin_module", ["No module named 'no_such_plugin_module'"]),
+        ("", ["--plugin needs a .py file or a module name"]),
+    ],
+)
+def test_a_plugin_that_cannot_be_found_is_one_sentence(capsys, spec, fragments):
+    fails_cleanly(capsys, ["--plugin", spec, "runs"], *fragments)
+
+
+def test_a_plugin_that_raises_is_one_sentence_naming_where(tmp_path, capsys):
+    plugin = tmp_path / "broken_plugin.py"
+    plugin.write_text("import math\n\nmath.sqrt(-1)\n")
+    fails_cleanly(
+        capsys, ["--plugin", plugin, "runs"], "ValueError: math domain error",
+        "broken_plugin.py, line 3",
+    )  # fmt: skip
+
+
+def write_installed_package(root: Path, quantizer: str, module: str) -> None:
+    """What pip leaves for a package offering ``quantizer`` under vqkit's entry points."""
+    (root / f"{module}.py").write_text(PLUGIN_SOURCE.format(name=quantizer))
+    info = root / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[vqkit.quantizers]\n{quantizer} = {module}:PluginVQ\n")
+
+
+def test_an_installed_quantizer_is_found_by_name_and_imported_only_then(tmp_path, monkeypatch):
+    write_installed_package(tmp_path, "installed-vq", "installed_vq_package")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "installed-vq" in entry_point_names()
+    assert "installed_vq_package" not in sys.modules
+    quantizer = build_quantizer(QuantizerConfig(quantizer="installed-vq"))
+    assert type(quantizer).__module__ == "installed_vq_package"
+    with pytest.raises(UnknownQuantizer, match="entry points 'vqkit.quantizers'"):
+        QuantizerConfig(quantizer="offered-by-nobody")
+
+
+def test_train_offers_an_installed_quantizer_on_the_command_line(tmp_path):
+    packages = tmp_path / "site"
+    packages.mkdir()
+    write_installed_package(packages, "command-line-vq", "command_line_vq_package")
+    env = child_env()
+    env["PYTHONPATH"] = f"{packages}:{env['PYTHONPATH']}"
+    done = subprocess.run(
+        vqkit_command("train", "--quantizer", "command-line-vq", *TRAIN_FLAGS, "--out", "run"),
+        env=env, capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    listed = subprocess.run(
+        vqkit_command("runs", str(tmp_path)), env=env, capture_output=True, text=True
+    )
+    # The run reads back in a fresh process without any --plugin: its row has the numbers.
+    row = listed.stdout.strip().splitlines()[-1]  # under the header
+    assert "needs --plugin" not in row and " mnist " in row, listed.stdout
