@@ -36,7 +36,17 @@ CONFIGS = {
     "ema": {},
     "compiled": HEALTH,  # torch.compile after step 1
     "health-same-stream": HEALTH,  # both ranks seeded alike, as `vqkit train` seeds them
+    "uneven": HEALTH,  # rank 1 holds one image fewer at steps 0 (the k-means batch) and 2
 }
+UNEVEN_STEPS = (0, 2)
+
+
+def batches_of(name: str, rank: int) -> list[torch.Tensor]:
+    """The config's batches on ``rank``: the same everywhere but for the uneven one."""
+    batches = rank_batches(rank)
+    if name == "uneven" and rank == 1:
+        return [b[:-1] if step in UNEVEN_STEPS else b for step, b in enumerate(batches)]
+    return batches
 
 
 def one_process_batch(step: int) -> torch.Tensor:
@@ -56,7 +66,7 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         torch.manual_seed(1 if name == "health-same-stream" else 1 + rank)
         step = quantizer
         torch._dynamo.utils.counters.clear()
-        for index, batch in enumerate(rank_batches(rank)):
+        for index, batch in enumerate(batches_of(name, rank)):
             step(batch)
             if index == 0 and name == "compiled":  # k-means done eagerly, as CompiledStep does
                 step = torch.compile(quantizer, dynamic=False)
@@ -120,3 +130,12 @@ def test_two_ranks_restart_and_initialise_like_one_process_on_the_whole_batch(ra
     for name, tensor in single.state_dict().items():
         torch.testing.assert_close(states[0][name], tensor, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(states[1][name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_ranks_with_shards_of_different_sizes_stay_identical(rank_states):
+    # A custom loop may hand the ranks unequal shards (an uneven last batch): k-means joins
+    # them rank after rank, and restarts wait for a step whose shards are equal.
+    states = rank_states["uneven"]
+    assert bool(states[0]["kmeans_done"]) and int(states[0]["restart_count"]) > 0
+    for name, tensor in states[0].items():
+        assert torch.equal(states[1][name], tensor), name

@@ -49,3 +49,62 @@ def test_an_unregistered_quantizer_says_how_to_register_one():
 def test_a_built_in_name_cannot_be_taken():
     with pytest.raises(VqkitError, match="'fsq' is a built-in quantizer"):
         register_quantizer("fsq")
+
+
+def test_another_class_cannot_take_a_registered_name_but_the_same_class_may_return():
+    with pytest.raises(VqkitError, match="'counting-vq' is already registered by"):
+
+        @register_quantizer("counting-vq")
+        class Impostor(VectorQuantizer):
+            pass
+
+    # A notebook cell run again defines the class anew under the same qualified name.
+    again = type("CountingVQ", (VectorQuantizer,), {"__module__": CountingVQ.__module__})
+    assert register_quantizer("counting-vq")(again) is again
+    register_quantizer("counting-vq")(CountingVQ)
+
+
+class NoCounters(torch.nn.Module):
+    """Keeps forward but not the rest of the contract."""
+
+    def __init__(self, config):
+        super().__init__()
+
+    def forward(self, z):
+        return z
+
+
+class TupleVQ(VectorQuantizer):
+    """Returns its output as a tuple instead of a QuantizerOutput."""
+
+    def forward(self, z):
+        out = super().forward(z)
+        return out.quantized, out.codes, out.loss, out.code_counts
+
+
+register_quantizer("no-counters")(NoCounters)
+register_quantizer("tuple-vq")(TupleVQ)
+
+
+def test_a_quantizer_missing_part_of_the_contract_is_refused_when_built(tmp_path):
+    config = preset_config("efficient")
+    config.model.quantizer.quantizer = "no-counters"
+    with pytest.raises(VqkitError, match="lacks quantize_codes, codes_to_latents, num_codes"):
+        VQVAE(config.model)
+    # Training refuses it before it makes the run folder.
+    with pytest.raises(VqkitError, match="no-counters"):
+        vqkit.train(config, tmp_path / "run", device="cpu", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_quantizer_returning_a_tuple_is_named_at_the_first_forward():
+    config = preset_config("efficient")
+    config.model.quantizer.quantizer = "tuple-vq"
+    model = VQVAE(config.model)
+    with pytest.raises(VqkitError, match="TupleVQ returned a tuple from forward"):
+        model(torch.zeros(2, 28, 28, dtype=torch.uint8))
+
+
+def test_a_misspelt_quantizer_gets_a_suggestion():
+    with pytest.raises(VqkitError, match="did you mean 'counting-vq'"):
+        QuantizerConfig(quantizer="countingvq")

@@ -12,10 +12,10 @@ import pytest
 from cli_helpers import fails_cleanly
 from process_helpers import child_env, vqkit_command
 
-from vqkit import runfiles
+from vqkit import plugins, runfiles
 from vqkit.cli import main, take_plugins
 from vqkit.config import REGISTERED_QUANTIZERS, QuantizerConfig
-from vqkit.errors import UnknownQuantizer
+from vqkit.errors import QuantizerLoadError, UnknownQuantizer
 from vqkit.plugins import entry_point_names
 from vqkit.quantize import build_quantizer
 
@@ -28,6 +28,26 @@ from vqkit.vq import VectorQuantizer
 class PluginVQ(VectorQuantizer):
     pass
 """
+
+
+@pytest.fixture(autouse=True)
+def forget_plugins():
+    """Each test starts and leaves the process with the registry, modules and plugin memory it
+    found, so no test's quantizer names leak into another's choices or messages."""
+    registered, modules, imported = (
+        dict(REGISTERED_QUANTIZERS),
+        set(sys.modules),
+        set(plugins._IMPORTED),
+    )
+    yield
+    REGISTERED_QUANTIZERS.clear()
+    REGISTERED_QUANTIZERS.update(registered)
+    for name in set(sys.modules) - modules:
+        if "plugin" in name or "vq_package" in name:
+            del sys.modules[name]
+    plugins._IMPORTED.clear()
+    plugins._IMPORTED.update(imported)
+
 
 TRAIN_FLAGS = [
     "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--epochs", "1",
@@ -56,7 +76,8 @@ def test_a_run_trained_through_a_plugin_file_needs_it_to_be_read_again(tmp_path,
         vqkit_command("evaluate", str(run)), env=child_env(), capture_output=True, text=True
     )
     assert evaluate.returncode == 2
-    assert "'plugin-file-vq'" in evaluate.stderr and "--plugin" in evaluate.stderr
+    assert f"The run {run} was trained with the quantizer 'plugin-file-vq'" in evaluate.stderr
+    assert "--plugin" in evaluate.stderr
     assert "Traceback" not in evaluate.stderr
     listed = subprocess.run(
         vqkit_command("runs", str(tmp_path)), env=child_env(), capture_output=True, text=True
@@ -87,24 +108,84 @@ def test_a_plugin_module_is_found_in_the_current_folder(tmp_path, monkeypatch, c
         ("missing_plugin_file.py", ["missing_plugin_file.py does not exist"]),
         ("no_such_plugin_module", ["No module named 'no_such_plugin_module'"]),
         ("", ["--plugin needs a .py file or a module name"]),
+        ("--quiet", ["--plugin needs a .py file or a module name"]),
+        ("json", ["'json' is a module Python has already imported"]),
+        ("./my_plugin", ["looks like a path; give the file's name with .py"]),
     ],
 )
 def test_a_plugin_that_cannot_be_found_is_one_sentence(capsys, spec, fragments):
     fails_cleanly(capsys, ["--plugin", spec, "runs"], *fragments)
 
 
-def test_a_plugin_that_raises_is_one_sentence_naming_where(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("source", "fragments"),
+    [
+        ("import math\n\nmath.sqrt(-1)\n", ["ValueError: math domain error", "line 3"]),
+        ("def broken(:\n", ["SyntaxError: invalid syntax (at broken_plugin.py, line 1)"]),
+        ("raise RuntimeError('two\\nlines')\n", ["RuntimeError: two lines (at"]),
+        (PLUGIN_SOURCE.format(name="fsq"), ["'fsq' is a built-in quantizer"]),
+        ("VALUE = 1\n", ["registered no quantizer; it must call"]),
+    ],
+)
+def test_a_plugin_that_raises_is_one_sentence_naming_where(tmp_path, capsys, source, fragments):
     plugin = tmp_path / "broken_plugin.py"
-    plugin.write_text("import math\n\nmath.sqrt(-1)\n")
-    fails_cleanly(
-        capsys, ["--plugin", plugin, "runs"], "ValueError: math domain error",
-        "broken_plugin.py, line 3",
-    )  # fmt: skip
+    plugin.write_text(source)
+    fails_cleanly(capsys, ["--plugin", plugin, "runs", tmp_path], *fragments)
 
 
-def write_installed_package(root: Path, quantizer: str, module: str) -> None:
+def test_an_abbreviated_plugin_flag_is_refused_not_ignored(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        main(["--plug", str(tmp_path / "x.py"), "runs", str(tmp_path)])
+    assert exit_status.value.code == 2
+    capsys.readouterr()
+
+
+def test_plugins_of_one_name_in_two_folders_both_load_and_each_runs_once(tmp_path, capsys):
+    # Each plugin imports a helper module beside it and appends to a log when it runs.
+    for folder, quantizer in (("a", "folder-a-vq"), ("b", "folder-b-vq")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"helper_{folder}.py").write_text(f"NAME = '{quantizer}'\n")
+        (tmp_path / folder / "same_name.py").write_text(
+            f"from helper_{folder} import NAME\n"
+            f"open({str(tmp_path / 'log')!r}, 'a').write(NAME + '\\n')\n"
+            + PLUGIN_SOURCE.replace('"{name}"', "NAME")
+        )
+    a, b = str(tmp_path / "a" / "same_name.py"), str(tmp_path / "b" / "same_name.py")
+    assert main(["--plugin", a, "--plugin", b, "--plugin", a, "runs", str(tmp_path)]) == 0
+    assert (tmp_path / "log").read_text().split() == ["folder-a-vq", "folder-b-vq"]
+    assert {"folder-a-vq", "folder-b-vq"} <= set(REGISTERED_QUANTIZERS)
+    capsys.readouterr()
+
+
+def test_a_plugin_path_may_start_with_the_home_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "home_plugin.py").write_text(PLUGIN_SOURCE.format(name="home-vq"))
+    assert main(["--plugin", "~/home_plugin.py", "runs", str(tmp_path)]) == 0
+    assert "home-vq" in REGISTERED_QUANTIZERS
+    capsys.readouterr()
+
+
+def test_two_processes_train_with_a_plugin_quantizer(tmp_path):
+    plugin = tmp_path / "ddp_plugin.py"
+    plugin.write_text(PLUGIN_SOURCE.format(name="ddp-plugin-vq"))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "vqkit", "--plugin", str(plugin), "train", "--quantizer", "ddp-plugin-vq",
+        *TRAIN_FLAGS, "--out", "run",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, env=child_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((tmp_path / "run" / runfiles.CONFIG).read_text())
+    assert config["model"]["quantizer"]["quantizer"] == "ddp-plugin-vq"
+
+
+def write_installed_package(
+    root: Path, quantizer: str, module: str, source: str = PLUGIN_SOURCE
+) -> None:
     """What pip leaves for a package offering ``quantizer`` under vqkit's entry points."""
-    (root / f"{module}.py").write_text(PLUGIN_SOURCE.format(name=quantizer))
+    (root / f"{module}.py").write_text(source.format(name=quantizer))
     info = root / f"{module}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
@@ -139,3 +220,19 @@ def test_train_offers_an_installed_quantizer_on_the_command_line(tmp_path):
     # The run reads back in a fresh process without any --plugin: its row has the numbers.
     row = listed.stdout.strip().splitlines()[-1]  # under the header
     assert "needs --plugin" not in row and " mnist " in row, listed.stdout
+
+
+def test_an_installed_quantizer_that_fails_to_import_is_named(
+    tmp_path, monkeypatch, capsys, run_copy
+):
+    write_installed_package(tmp_path, "broken-installed-vq", "broken_vq_package", "1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(QuantizerLoadError, match="ZeroDivisionError") as failure:
+        QuantizerConfig(quantizer="broken-installed-vq")
+    assert failure.value.name == "broken-installed-vq"
+    # A run that names it is listed as such, not as a damaged config.
+    config = json.loads((run_copy / runfiles.CONFIG).read_text())
+    config["model"]["quantizer"]["quantizer"] = "broken-installed-vq"
+    (run_copy / runfiles.CONFIG).write_text(json.dumps(config))
+    assert main(["runs", str(run_copy.parent)]) == 0
+    assert "(quantizer 'broken-installed-vq' failed to load)" in capsys.readouterr().out

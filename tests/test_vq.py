@@ -257,6 +257,20 @@ def test_kmeans_runs_once():
     assert torch.equal(quantizer.codebook.detach(), after_first)
 
 
+def test_a_non_finite_first_batch_leaves_the_kmeans_init_to_the_next():
+    quantizer = build_quantizer(health_config(codebook_update="loss", dead_code_restart=0)).train()
+    poisoned = torch.randn(2, 4, 4, 4)
+    poisoned[0, 1, 2, 3] = float("inf")
+    quantizer(poisoned)
+    assert not bool(quantizer.kmeans_done)
+    assert bool(torch.isfinite(quantizer.codebook).all())
+    clean = torch.randn(2, 4, 4, 4)
+    quantizer(clean)
+    assert bool(quantizer.kmeans_done)
+    # The codes are now centroids of the clean batch: every one lies inside its spread.
+    assert float(quantizer.codebook.detach().abs().max()) <= float(clean.abs().max())
+
+
 @pytest.mark.parametrize("update", ["loss", "ema"])
 def test_non_finite_batch_leaves_every_statistic_unchanged(update):
     torch.manual_seed(3)

@@ -18,7 +18,7 @@ from safetensors.torch import save as save_safetensors
 
 from vqkit import runfiles
 from vqkit.config import RunConfig
-from vqkit.errors import VqkitError
+from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
 from vqkit.fileio import read_json, write_bytes_atomic, write_json_atomic
 
 
@@ -44,7 +44,18 @@ def require_run_folder(run_dir: Path) -> None:
 def load_config(run_dir: str | Path) -> RunConfig:
     run_dir = Path(run_dir)
     require_run_folder(run_dir)
-    return RunConfig.from_dict(read_json(run_dir / runfiles.CONFIG, "run configuration"))
+    data = read_json(run_dir / runfiles.CONFIG, "run configuration")
+    try:
+        return RunConfig.from_dict(data)
+    except QuantizerLoadError:
+        raise
+    except UnknownQuantizer as exc:  # the name came from the file, not from a flag
+        raise UnknownQuantizer(
+            f"The run {run_dir} was trained with the quantizer '{exc.name}', which no code here "
+            "registers; give the file that registers it with 'vqkit --plugin FILE.py', or "
+            "install the package that offers it.",
+            exc.name,
+        ) from None
 
 
 def state_dict_bytes(module: torch.nn.Module) -> bytes:

@@ -47,12 +47,17 @@ def broadcast_from_first_(tensor: torch.Tensor) -> torch.Tensor:
 
 def summed_counts_and_health(
     counts: torch.Tensor, vectors: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Code counts (K,) summed over ranks, and a () bool that is True when every value of
-    ``vectors`` is finite on every rank: one collective for both, no host wait."""
-    bad = (~torch.isfinite(vectors)).any().float().reshape(1)
-    summed = all_reduce_sum_(torch.cat([counts.float(), bad]))
-    return summed[:-1], summed[-1] == 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Code counts (K,) summed over ranks; a () bool, True when every value of ``vectors`` is
+    finite on every rank; and a () bool, True when every rank holds as many rows as this one
+    (sample_rows needs it). One collective for all three, no host wait."""
+    rows = float(vectors.shape[0])
+    # torch.full is a fill on the device, not a copy from the host: safe in a captured graph.
+    held = torch.full((), rows, device=vectors.device)
+    extra = torch.stack([(~torch.isfinite(vectors)).any().float(), held])
+    summed = all_reduce_sum_(torch.cat([counts.float(), extra]))
+    _, size = world()
+    return summed[:-2], summed[-2] == 0, summed[-1] == rows * size
 
 
 def world() -> tuple[int, int]:
@@ -61,12 +66,24 @@ def world() -> tuple[int, int]:
 
 
 def gather_batch(vectors: torch.Tensor, rows_per_image: int) -> torch.Tensor:
-    """Every rank's rows (n, D) as the one-process batch (W·n, D), rows in its order."""
+    """Every rank's rows (n, D) as one batch, on every rank (waits for the host: call once).
+
+    With equal shards (vqkit's training, DistributedSampler) the rows come in the one-process
+    batch's order; shards of different sizes are joined rank after rank.
+    """
     rank, size = world()
     if size == 1:
         return vectors
-    shards = [torch.empty_like(vectors) for _ in range(size)]
-    dist.all_gather(shards, vectors.contiguous())
+    sizes = torch.zeros(size, dtype=torch.long, device=vectors.device)
+    sizes[rank] = vectors.shape[0]
+    sizes = all_reduce_sum_(sizes).tolist()
+    widest = max(sizes)
+    padded = torch.zeros(widest, vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
+    padded[: vectors.shape[0]] = vectors
+    shards = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(shards, padded)
+    if min(sizes) != widest:
+        return torch.cat([shard[:n] for shard, n in zip(shards, sizes, strict=True)])
     # (W, n_images, rows, D) -> image m = local position · W + rank comes m-th.
     stacked = torch.stack(shards).view(size, -1, rows_per_image, vectors.shape[1])
     return stacked.transpose(0, 1).reshape(-1, vectors.shape[1])
@@ -75,10 +92,12 @@ def gather_batch(vectors: torch.Tensor, rows_per_image: int) -> torch.Tensor:
 def sample_rows(vectors: torch.Tensor, count: int, rows_per_image: int = 1) -> torch.Tensor:
     """``count`` random rows of the whole batch -> (count, D) float, the same on every rank.
 
-    ``vectors`` (n, D) is this rank's shard. The draw is over the one-process batch of W·n rows
-    (rank 0's draw decides); each rank fills in the rows it holds and a sum over ranks
-    assembles them, so no rank needs the others' shards. Drawn without replacement when there
-    are enough rows, so restarted codes start apart.
+    ``vectors`` (n, D) is this rank's shard of equal shards (check with
+    :func:`summed_counts_and_health`; with unequal ones the rows are not to be used, but every
+    rank still takes part and nothing is indexed out of range). The draw is over the
+    one-process batch of W·n rows (rank 0's draw decides); each rank fills in the rows it holds
+    and a sum over ranks assembles them, so no rank needs the others' shards. Drawn without
+    replacement when there are enough rows, so restarted codes start apart.
     """
     rank, size = world()
     total = vectors.shape[0] * size
@@ -90,7 +109,7 @@ def sample_rows(vectors: torch.Tensor, count: int, rows_per_image: int = 1) -> t
         return vectors[picks].detach().float()
     picks = broadcast_from_first_(picks)
     image, offset = picks // rows_per_image, picks % rows_per_image
-    local = (image // size) * rows_per_image + offset
+    local = ((image // size) * rows_per_image + offset).clamp(max=vectors.shape[0] - 1)
     rows = vectors[local].detach().float()
     held = (image % size == rank).unsqueeze(1)
     # where, not a product: a non-finite row of another rank must not become NaN here.

@@ -7,6 +7,7 @@ model, so checkpoints are self-describing (no pickled objects, no guessing of si
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import sys
@@ -93,18 +94,7 @@ class QuantizerConfig:
             "The commitment weight beta must be a finite number >= 0 (--beta).",
         )
         if self.quantizer not in QUANTIZERS and self.quantizer not in REGISTERED_QUANTIZERS:
-            from vqkit.plugins import load_installed_quantizer  # it imports this module
-
-            load_installed_quantizer(self.quantizer)
-        known = QUANTIZERS + tuple(sorted(REGISTERED_QUANTIZERS))
-        if self.quantizer not in known:
-            raise UnknownQuantizer(
-                f"Unknown --quantizer '{self.quantizer}'; choose one of: {', '.join(known)} (a "
-                "quantizer of your own must be registered with vqkit.quantize.register_quantizer "
-                "in code imported first: on the command line, 'vqkit --plugin FILE.py COMMAND'; "
-                "or offered by an installed package under the entry points 'vqkit.quantizers').",
-                self.quantizer,
-            )
+            self._load_installed_or_refuse()
         _require_choice(self.codebook_update, CODEBOOK_UPDATES, "--codebook-update")
         _require_choice(self.codebook_init, CODEBOOK_INITS, "--codebook-init")
         _require_choice(self.gradient_estimator, GRADIENT_ESTIMATORS, "--gradient-estimator")
@@ -146,6 +136,24 @@ class QuantizerConfig:
                 f"Codebook options ({', '.join(chosen)}) do not apply to --quantizer fsq, "
                 "which has no codebook.",
             )
+
+    def _load_installed_or_refuse(self) -> None:
+        """Register the quantizer an installed package offers under this name, or refuse."""
+        from vqkit import plugins  # it imports this module
+
+        if plugins.load_installed_quantizer(self.quantizer):
+            return
+        offered = {*REGISTERED_QUANTIZERS, *plugins.entry_point_names()}
+        known = QUANTIZERS + tuple(sorted(offered))
+        close = difflib.get_close_matches(str(self.quantizer), known, n=1)
+        guess = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UnknownQuantizer(
+            f"Unknown --quantizer '{self.quantizer}'{guess}; choose one of: {', '.join(known)} (a "
+            "quantizer of your own must be registered with vqkit.quantize.register_quantizer "
+            "in code imported first: on the command line, 'vqkit --plugin FILE.py COMMAND'; "
+            "or offered by an installed package under the entry points 'vqkit.quantizers').",
+            self.quantizer,
+        )
 
     @property
     def num_codes(self) -> int:

@@ -16,3 +16,7 @@ class UnknownQuantizer(VqkitError):
     def __init__(self, message: str, name: str) -> None:
         super().__init__(message)
         self.name = name
+
+
+class QuantizerLoadError(UnknownQuantizer):
+    """An installed package offers quantizer ``name``, but its code failed to import."""

@@ -12,7 +12,7 @@ from torch import nn
 from vqkit.config import ModelConfig
 from vqkit.errors import VqkitError
 from vqkit.fast_conv import ConvTranspose2d
-from vqkit.quantize import build_quantizer
+from vqkit.quantize import QuantizerOutput, build_quantizer
 
 
 class ResidualBlock(nn.Module):
@@ -116,6 +116,12 @@ class VQVAE(nn.Module):
     def forward(self, images: torch.Tensor) -> VQVAEOutput:
         """images: uint8 or float (B, [C,] H, W) -> reconstruction, codes, loss, usage."""
         q = self.quantizer(self.encoder(images_to_input(images)))
+        if not isinstance(q, QuantizerOutput):  # a quantizer of one's own (register_quantizer)
+            raise VqkitError(
+                f"The quantizer {type(self.quantizer).__qualname__} returned a "
+                f"{type(q).__name__} from forward, not the vqkit.quantize.QuantizerOutput "
+                "that vqkit reads."
+            )
         return VQVAEOutput(self.decoder(q.quantized), q.codes, q.loss, q.code_counts)
 
     @torch.no_grad()

@@ -15,61 +15,126 @@ enough. Two more ways, so that ``vqkit`` commands, torchrun jobs and the demo ca
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from vqkit.config import QUANTIZERS, REGISTERED_QUANTIZERS
-from vqkit.errors import VqkitError
+from vqkit.errors import QuantizerLoadError, VqkitError
 
 ENTRY_POINT_GROUP = "vqkit.quantizers"
 
-
-def _failure(what: str, exc: BaseException) -> VqkitError:
-    """One sentence for an exception raised by a user's code, naming where it was raised."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
-    return VqkitError(f"{what} failed: {type(exc).__name__}: {exc}{where}.")
+# Plugins imported in this process (resolved file paths and module names): a plugin named twice
+# runs once.
+_IMPORTED: set[str] = set()
 
 
-def import_plugin(spec: str) -> None:
-    """Import a plugin: a ``.py`` file, or a module importable from here or the current folder."""
-    if not spec.strip():
-        raise VqkitError("--plugin needs a .py file or a module name after it.")
-    if spec.endswith(".py"):
-        path = Path(spec)
-        if not path.is_file():
-            raise VqkitError(f"The plugin file {spec} does not exist (--plugin).")
-        name = f"vqkit_plugin_{path.stem}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module  # dataclasses and pickling look modules up here
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            del sys.modules[name]
-            raise _failure(f"Importing the plugin {spec}", exc) from exc
-        return
-    # `python -m vqkit` has the current folder on the path, the installed `vqkit` script does not;
-    # a plugin beside the user's data should be found either way.
-    sys.path.insert(0, os.getcwd())
+def _failure(what: str, exc: BaseException, source: Path | None = None) -> str:
+    """One sentence for an exception raised by a user's code, naming where it was raised:
+    the innermost line of ``source`` when given, else of the whole traceback."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" (at {Path(exc.filename).name}, line {exc.lineno})"
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        own = [f for f in frames if source is None or Path(f.filename) == source] or frames
+        where = f" (at {Path(own[-1].filename).name}, line {own[-1].lineno})" if own else ""
+    said = exc.msg if isinstance(exc, SyntaxError) else str(exc)  # str() repeats the place
+    text = " ".join(str(said).split())  # one line, whatever the exception's text holds
+    return f"{what} failed: {type(exc).__name__}: {text}{where}."
+
+
+@contextmanager
+def _on_path(folder: str):
+    """``folder`` first on the import path for the duration; taken out after, leaving any
+    change the imported code made to the path itself."""
+    sys.path.insert(0, folder)
     try:
-        importlib.import_module(spec)
+        yield
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _import_file(spec: str) -> None:
+    path = Path(spec).expanduser().resolve()
+    if not path.is_file():
+        raise VqkitError(f"The plugin file {spec} does not exist (--plugin).")
+    if str(path) in _IMPORTED:
+        return
+    # Named after the whole path, so two plugins of the same file name in different folders
+    # are two modules; registered in sys.modules, where dataclasses and pickling look.
+    name = f"vqkit_plugin_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        with _on_path(str(path.parent)):  # the plugin's own helper modules beside it
+            module_spec.loader.exec_module(module)
+    except VqkitError:
+        del sys.modules[name]
+        raise
+    except Exception as exc:
+        del sys.modules[name]
+        raise VqkitError(_failure(f"Importing the plugin {spec}", exc, path)) from exc
+    _IMPORTED.add(str(path))
+
+
+def _import_module(spec: str) -> None:
+    if spec in _IMPORTED:
+        return
+    if "/" in spec or os.sep in spec or spec.startswith("."):
+        raise VqkitError(
+            f"The plugin {spec} looks like a path; give the file's name with .py, or a module "
+            "name (--plugin)."
+        )
+    if spec in sys.modules:  # json, copy, vqkit...: importing would not run anything new
+        raise VqkitError(
+            f"'{spec}' is a module Python has already imported, not a plugin of yours; give the "
+            "path of your .py file instead (--plugin)."
+        )
+    # `python -m vqkit` has the current folder on the path, the installed `vqkit` script does
+    # not; a plugin beside the user's data should be found either way.
+    try:
+        with _on_path(os.getcwd()):
+            importlib.import_module(spec)
+    except VqkitError:
+        raise
     except ModuleNotFoundError as exc:
-        if exc.name is not None and spec.startswith(exc.name):
+        if exc.name == spec or (exc.name and spec.startswith(exc.name + ".")):
             raise VqkitError(
                 f"No module named '{spec}' to import as a plugin; give a module importable "
                 "from the current folder or the path of a .py file (--plugin)."
             ) from exc
-        raise _failure(f"Importing the plugin {spec}", exc) from exc
+        raise VqkitError(_failure(f"Importing the plugin {spec}", exc)) from exc
     except Exception as exc:
-        raise _failure(f"Importing the plugin {spec}", exc) from exc
-    finally:
-        sys.path.remove(os.getcwd())
+        raise VqkitError(_failure(f"Importing the plugin {spec}", exc)) from exc
+    _IMPORTED.add(spec)
+
+
+def import_plugin(spec: str) -> None:
+    """Import a plugin once: a ``.py`` file, or a module importable from here or the current
+    folder. Failures, the plugin's own errors included, are one sentence (VqkitError), and so
+    is a plugin that registers no quantizer (a wrong file, or a module of the same name that
+    Python found first)."""
+    if not spec.strip() or spec.startswith("-"):
+        raise VqkitError("--plugin needs a .py file or a module name after it.")
+    before = dict(REGISTERED_QUANTIZERS)
+    imported = set(_IMPORTED)
+    if spec.endswith(".py"):
+        _import_file(spec)
+    else:
+        _import_module(spec)
+    if _IMPORTED != imported and REGISTERED_QUANTIZERS == before:
+        raise VqkitError(
+            f"The plugin {spec} registered no quantizer; it must call "
+            "vqkit.quantize.register_quantizer (see docs/codebook.md)."
+        )
 
 
 def entry_point_names() -> list[str]:
@@ -85,9 +150,8 @@ def load_installed_quantizer(name: str) -> bool:
         try:
             quantizer_class = entry.load()
         except Exception as exc:
-            raise _failure(
-                f"Loading the installed quantizer '{name}' ({entry.value})", exc
-            ) from exc
+            what = f"Loading the installed quantizer '{name}' ({entry.value})"
+            raise QuantizerLoadError(_failure(what, exc), name) from exc
         REGISTERED_QUANTIZERS.setdefault(name, quantizer_class)
         return True
     return False

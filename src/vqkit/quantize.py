@@ -82,16 +82,55 @@ def register_quantizer(name: str):
         raise VqkitError(f"'{name}' is a built-in quantizer; register yours under another name.")
 
     def register(cls):
+        earlier = REGISTERED_QUANTIZERS.get(name)
+        # The same class defined again (a notebook cell run twice) replaces itself; another
+        # class would silently change what runs of that name load.
+        if earlier is not None and _qualified(earlier) != _qualified(cls):
+            raise VqkitError(
+                f"The quantizer name '{name}' is already registered by {_qualified(earlier)}; "
+                f"register {_qualified(cls)} under another name."
+            )
         REGISTERED_QUANTIZERS[name] = cls
         return cls
 
     return register
 
 
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# What training, loading, sampling and the report call on every quantizer (the module doc).
+QUANTIZER_CONTRACT = (
+    "forward",
+    "quantize_codes",
+    "codes_to_latents",
+    "num_codes",
+    "training_stats",
+    "needs_initialization",
+    "initialize",
+)
+
+
+def _build_registered(config: QuantizerConfig) -> nn.Module:
+    """A registered class built and checked against the contract, before any training."""
+    cls = REGISTERED_QUANTIZERS[config.quantizer]
+    quantizer = cls(config)
+    missing = [name for name in QUANTIZER_CONTRACT if not hasattr(quantizer, name)]
+    if not isinstance(quantizer, nn.Module) or missing:
+        lacks = ", ".join(missing) if missing else "nn.Module as its base class"
+        raise VqkitError(
+            f"The quantizer '{config.quantizer}' ({_qualified(cls)}) lacks {lacks}, which "
+            "vqkit calls (the contract in the vqkit.quantize module text; subclassing "
+            "vqkit.vq.VectorQuantizer keeps it)."
+        )
+    return quantizer
+
+
 def build_quantizer(config: QuantizerConfig) -> nn.Module:
     """The quantizer a config asks for (one interface for every variant, see the module doc)."""
     if config.quantizer in REGISTERED_QUANTIZERS:
-        return REGISTERED_QUANTIZERS[config.quantizer](config)
+        return _build_registered(config)
     # The variants import this module's contract, so they are imported here, not at the top.
     if config.quantizer == "fsq":
         from vqkit.fsq import FiniteScalarQuantizer

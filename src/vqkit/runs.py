@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vqkit import runfiles
-from vqkit.errors import UnknownQuantizer, VqkitError
+from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
 from vqkit.runinfo import Headline, headline, is_run_dir, load_run_info
 
 COLUMNS = ("run", "dataset", "preset", "epochs", "test MSE", "codes used", "prior bits/code")
@@ -46,6 +46,8 @@ def run_row(run_dir: Path) -> list[str]:
         top = headline(load_run_info(run_dir))
     except VqkitError as exc:
         blanks = [MISSING] * (len(COLUMNS) - 2)
+        if isinstance(exc, QuantizerLoadError):
+            return [run_dir.name, f"(quantizer '{exc.name}' failed to load)", *blanks, report]
         if isinstance(exc, UnknownQuantizer):  # a quantizer of one's own, not imported here
             return [run_dir.name, f"(needs --plugin for '{exc.name}')", *blanks, report]
         return [run_dir.name, "(unreadable config.json)", *blanks, report]

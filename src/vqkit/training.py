@@ -328,10 +328,11 @@ class _Run:
         self.images = limit(train_split, settings.train_limit).to(device)
         test_split = load_split(settings.dataset, "test", data_dir)
         self.test_images = limit(test_split, settings.test_limit)
-        self.run_dir = prepare_run_dir(config, run_dir, resume, context, device)
-
+        # The model is built before the run folder exists, so that a quantizer of one's own
+        # that breaks the contract leaves no folder behind. (prepare_run_dir draws no numbers.)
         torch.manual_seed(settings.seed)
         self.model = VQVAE(config.model).to(device)
+        self.run_dir = prepare_run_dir(config, run_dir, resume, context, device)
         self.optimizer = make_optimizer(self.model, settings)
         total_steps = settings.epochs * steps_per_epoch(
             self.images.shape[0], settings.batch_size, context.world_size

@@ -118,8 +118,11 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _kmeans_init(self, flat: torch.Tensor, rows_per_image: int) -> None:
         """Replace the codebook by k-means centroids of this batch's encoder outputs (all
-        ranks' shards together), once."""
+        ranks' shards together), once: a batch with a non-finite output leaves it to the next
+        (one NaN would spread into a centroid for good)."""
         whole = health.gather_batch(flat.detach(), rows_per_image)
+        if not bool(torch.isfinite(whole).all()):  # the same answer on every rank
+            return
         centroids = health.kmeans(whole, self.num_codes, self.config.kmeans_iters)
         self.codebook.copy_(centroids)
         if self.ema:
@@ -145,13 +148,14 @@ class VectorQuantizer(nn.Module):
         state = [buffer for _, buffer in self.named_buffers()]
         state += [] if self.ema else [self.codebook.data]
         before = [tensor.clone() for tensor in state]
-        global_counts, healthy = health.summed_counts_and_health(counts, flat)  # (K,), () bool
+        # (K,), () bool, () bool
+        global_counts, healthy, even = health.summed_counts_and_health(counts, flat)
         if self.ema:
             sums = torch.zeros_like(self.ema_embed_sum).index_add_(0, codes, flat.float())
             self.ema_update(global_counts, health.all_reduce_sum_(sums))
         if self.config.dead_code_restart > 0:
             health.update_steps_since_used(self.steps_since_used, global_counts)
-            self._restart_dead_codes(flat, rows_per_image)
+            self._restart_dead_codes(flat, rows_per_image, even)
         for tensor, old in zip(state, before, strict=True):
             tensor.copy_(torch.where(healthy, tensor, old))
 
@@ -166,17 +170,25 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(self.ema_embed_sum / smoothed.unsqueeze(1))
 
     @torch.no_grad()
-    def _restart_dead_codes(self, flat: torch.Tensor, rows_per_image: int) -> None:
+    def _restart_dead_codes(
+        self, flat: torch.Tensor, rows_per_image: int, even: torch.Tensor
+    ) -> None:
         """Move dead codes onto random encoder outputs of this batch (drawn from all ranks').
+
+        ``even`` (() bool) says whether all ranks hold equal shards; a step where they do not
+        (a custom loop's last batch) restarts nothing, and the next even step does.
 
         Written with masks instead of index lists so that no step waits on the device to learn
         how many codes died.
         """
-        dead = health.dead_code_mask(
-            self.steps_since_used,
-            self.config.dead_code_restart,
-            self.ema_cluster_size if self.ema else None,
-            self.config.dead_code_threshold,
+        dead = (
+            health.dead_code_mask(
+                self.steps_since_used,
+                self.config.dead_code_restart,
+                self.ema_cluster_size if self.ema else None,
+                self.config.dead_code_threshold,
+            )
+            & even
         )  # (K,) bool
         replacements = health.sample_rows(flat, self.num_codes, rows_per_image)  # (K, D)
         replacements = replacements.to(self.codebook.dtype)

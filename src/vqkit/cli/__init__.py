@@ -78,6 +78,9 @@ def build_parser() -> OneLineErrors:
         prog="vqkit",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # --plugin is taken out before parsing; an abbreviation of it would be accepted here
+        # and ignored.
+        allow_abbrev=False,
     )
     # The package's own version: also right when run from a source tree (PYTHONPATH=src)
     # that no installed distribution describes.

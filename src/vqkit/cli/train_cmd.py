@@ -25,7 +25,6 @@ from vqkit.config import (
     PRECISIONS,
     PRESETS,
     QUANTIZERS,
-    REGISTERED_QUANTIZERS,
     QuantizerConfig,
     RunConfig,
     preset_config,
@@ -33,7 +32,6 @@ from vqkit.config import (
 from vqkit.data import DATASETS
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json
-from vqkit.plugins import entry_point_names
 from vqkit.report_text import format_metrics
 from vqkit.training import TrainingInterrupted, train
 
@@ -192,10 +190,12 @@ def register(subparsers) -> None:
     group.add_argument("--embedding-dim", type=int, help="code vector size D")
     group.add_argument("--beta", type=float, help="commitment loss weight")
     group = parser.add_argument_group("quantizer")
+    # No argparse choices: a name of one's own may come from an installed package, and listing
+    # those on every command would read every package's metadata. The config checks the name.
     group.add_argument(
         "--quantizer",
-        choices=QUANTIZERS + tuple(sorted({*REGISTERED_QUANTIZERS, *entry_point_names()})),
-        help="vq: codebook; fsq: scalar grid; or one of your own (vqkit --plugin)",
+        help=f"{' or '.join(QUANTIZERS)} (vq: codebook; fsq: scalar grid), or one of your own "
+        "(vqkit --plugin)",
     )
     group.add_argument(
         "--codebook-update",
