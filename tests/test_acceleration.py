@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vqkit.acceleration import (
+    CompiledStep,
     autocast,
     bf16_is_fast,
     make_scheduler,
@@ -270,3 +271,20 @@ def test_initialize_is_the_k_means_init_of_the_first_training_forward():
     ahead(images)  # the same forward, now without its k-means
     assert torch.equal(ahead.quantizer.codebook, forward.quantizer.codebook)
     assert not torch.equal(initialized, ahead.quantizer.codebook)  # the EMA step moved it
+
+
+def test_a_compiled_step_tries_the_k_means_init_again_after_a_non_finite_batch():
+    model = VQVAE(preset_config("best").model).train()
+    step = CompiledStep(model, "default")
+    step.compiled = model  # an eager stand-in: what is tested is when k-means runs
+    images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
+    last_bias = model.encoder.net[2].bias
+    saved = last_bias.detach().clone()
+    with torch.no_grad():
+        last_bias.fill_(float("nan"))  # every encoder output non-finite
+    step(images)
+    assert model.quantizer.needs_initialization() and not step.initialized
+    with torch.no_grad():
+        last_bias.copy_(saved)
+    step(images)
+    assert not model.quantizer.needs_initialization() and step.initialized

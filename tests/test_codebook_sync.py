@@ -36,17 +36,25 @@ CONFIGS = {
     "ema": {},
     "compiled": HEALTH,  # torch.compile after step 1
     "health-same-stream": HEALTH,  # both ranks seeded alike, as `vqkit train` seeds them
-    "uneven": HEALTH,  # rank 1 holds one image fewer at steps 0 (the k-means batch) and 2
+    "uneven": HEALTH,  # shards of different sizes, see SHARD_SIZES
 }
-UNEVEN_STEPS = (0, 2)
+# Three processes, for shards of which one holds the mean size and one is empty.
+CONFIGS_OF_THREE = {"uneven": HEALTH}
+# Images per rank at each step where the shards differ (2 everywhere else); restarts must
+# wait at these steps. Two ranks: k-means at step 0 joins unequal shards.
+SHARD_SIZES = {2: {0: (2, 1), 2: (2, 1)}, 3: {1: (2, 3, 4), 2: (0, 2, 2)}}
 
 
-def batches_of(name: str, rank: int) -> list[torch.Tensor]:
-    """The config's batches on ``rank``: the same everywhere but for the uneven one."""
+def batches_of(name: str, rank: int, world: int) -> list[torch.Tensor]:
+    """The config's batches on ``rank``: the same sizes everywhere but for the uneven one."""
     batches = rank_batches(rank)
-    if name == "uneven" and rank == 1:
-        return [b[:-1] if step in UNEVEN_STEPS else b for step, b in enumerate(batches)]
-    return batches
+    if name != "uneven":
+        return batches
+    sizes = SHARD_SIZES[world]
+    return [
+        torch.cat([b, b])[: sizes[step][rank]] if step in sizes else b
+        for step, b in enumerate(batches)
+    ]
 
 
 def one_process_batch(step: int) -> torch.Tensor:
@@ -56,37 +64,43 @@ def one_process_batch(step: int) -> torch.Tensor:
     return shards.reshape(-1, *shards.shape[2:])
 
 
-def worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    for name, overrides in CONFIGS.items():
+    for name, overrides in (CONFIGS if world == WORLD else CONFIGS_OF_THREE).items():
         torch.manual_seed(0)  # the same initial codebook, as DDP would broadcast it
         quantizer = build_quantizer(settings(**overrides)).train()
         # Every later random choice differs between ranks, unless the config says otherwise.
         torch.manual_seed(1 if name == "health-same-stream" else 1 + rank)
         step = quantizer
         torch._dynamo.utils.counters.clear()
-        for index, batch in enumerate(batches_of(name, rank)):
+        restarts = []
+        for index, batch in enumerate(batches_of(name, rank, world)):
             step(batch)
+            restarts.append(quantizer.training_stats()["codebook_restarts"])
             if index == 0 and name == "compiled":  # k-means done eagerly, as CompiledStep does
                 step = torch.compile(quantizer, dynamic=False)
         state = {k: v.contiguous() for k, v in quantizer.state_dict().items()}
         breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
         state["graph_breaks"] = torch.tensor(breaks)
+        state["restarts_by_step"] = torch.tensor(restarts)
         save_file(state, str(Path(out_dir) / f"{name}-rank{rank}.safetensors"))
     dist.destroy_process_group()
+
+
+def spawn(world: int, out: Path, names) -> dict[str, list[dict[str, torch.Tensor]]]:
+    mp.spawn(worker, args=(world, str(out / "init"), str(out)), nprocs=world, join=True)
+    return {
+        name: [load_file(str(out / f"{name}-rank{r}.safetensors")) for r in range(world)]
+        for name in names
+    }
 
 
 @pytest.fixture(scope="module")
 def rank_states(tmp_path_factory) -> dict[str, list[dict[str, torch.Tensor]]]:
     if not dist.is_available():
         pytest.skip("torch.distributed is not built in")
-    out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
-    return {
-        name: [load_file(str(out / f"{name}-rank{r}.safetensors")) for r in range(WORLD)]
-        for name in CONFIGS
-    }
+    return spawn(WORLD, tmp_path_factory.mktemp("ranks"), CONFIGS)
 
 
 def test_ranks_end_with_identical_state_after_restarts_and_kmeans(rank_states):
@@ -132,10 +146,25 @@ def test_two_ranks_restart_and_initialise_like_one_process_on_the_whole_batch(ra
         torch.testing.assert_close(states[1][name], tensor, rtol=1e-5, atol=1e-6)
 
 
+def shards_of_different_sizes_wait_to_restart(states, world: int) -> None:
+    """Every rank in the same state; no restart at a step with unequal shards, some at others."""
+    for rank_state in states[1:]:
+        for name, tensor in states[0].items():
+            assert torch.equal(rank_state[name], tensor), name
+    restarts = [0, *states[0]["restarts_by_step"].tolist()]
+    for step in SHARD_SIZES[world]:
+        assert restarts[step + 1] == restarts[step], (step, restarts)
+    assert restarts[-1] > 0 and bool(states[0]["kmeans_done"]), restarts
+
+
 def test_ranks_with_shards_of_different_sizes_stay_identical(rank_states):
     # A custom loop may hand the ranks unequal shards (an uneven last batch): k-means joins
     # them rank after rank, and restarts wait for a step whose shards are equal.
-    states = rank_states["uneven"]
-    assert bool(states[0]["kmeans_done"]) and int(states[0]["restart_count"]) > 0
-    for name, tensor in states[0].items():
-        assert torch.equal(states[1][name], tensor), name
+    shards_of_different_sizes_wait_to_restart(rank_states["uneven"], WORLD)
+
+
+def test_three_ranks_with_a_mean_sized_and_an_empty_shard_stay_identical(tmp_path):
+    # Shards of 2, 3 and 4 images: the rank holding the mean size must not take the step for
+    # an even one; an empty shard must neither crash its rank nor leave the others waiting.
+    states = spawn(3, tmp_path, CONFIGS_OF_THREE)
+    shards_of_different_sizes_wait_to_restart(states["uneven"], 3)

@@ -30,8 +30,9 @@ def test_a_registered_quantizer_trains_saves_and_loads(tmp_path):
     config.model.quantizer.quantizer = "counting-vq"
     config.train.epochs, config.train.batch_size = 1, 64
     config.train.train_limit, config.train.test_limit = 512, 128
+    before = CountingVQ.forwards
     result = vqkit.train(config, tmp_path / "run", device="cpu", progress=False)
-    assert CountingVQ.forwards == 512 // 64  # it, not the built-in, ran every training step
+    assert CountingVQ.forwards - before == 512 // 64  # it, not the built-in, ran every step
     loaded = VQVAE.from_run(tmp_path / "run")
     assert type(loaded.quantizer) is CountingVQ
     # Its weights are a plain VQ-VAE's: the built-in quantizer on them gives the same codes.
@@ -95,6 +96,23 @@ def test_a_quantizer_missing_part_of_the_contract_is_refused_when_built(tmp_path
     with pytest.raises(VqkitError, match="no-counters"):
         vqkit.train(config, tmp_path / "run", device="cpu", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+class NoForward(torch.nn.Module):
+    """Keeps nothing of the contract, forward included (nn.Module's own raises when called)."""
+
+    def __init__(self, config):
+        super().__init__()
+
+
+register_quantizer("no-forward")(NoForward)
+
+
+def test_a_quantizer_without_a_forward_of_its_own_is_refused_when_built():
+    config = preset_config("efficient").model
+    config.quantizer.quantizer = "no-forward"
+    with pytest.raises(VqkitError, match="lacks forward, quantize_codes"):
+        VQVAE(config)
 
 
 def test_a_quantizer_returning_a_tuple_is_named_at_the_first_forward():

@@ -30,6 +30,12 @@ class PluginVQ(VectorQuantizer):
 """
 
 
+# Modules the tests below create: plugin files, modules and packages, and their helpers.
+TEST_MODULE_PREFIXES = (
+    "vqkit_plugin_", "module_plugin_vq", "installed_vq_package", "broken_vq_package", "helper_",
+)  # fmt: skip
+
+
 @pytest.fixture(autouse=True)
 def forget_plugins():
     """Each test starts and leaves the process with the registry, modules and plugin memory it
@@ -43,7 +49,7 @@ def forget_plugins():
     REGISTERED_QUANTIZERS.clear()
     REGISTERED_QUANTIZERS.update(registered)
     for name in set(sys.modules) - modules:
-        if "plugin" in name or "vq_package" in name:
+        if name.startswith(TEST_MODULE_PREFIXES):
             del sys.modules[name]
     plugins._IMPORTED.clear()
     plugins._IMPORTED.update(imported)

@@ -106,7 +106,8 @@ class CompiledStep(nn.Module):
         model = self.model[0]
         if not self.initialized and model.training:
             model.initialize(images)
-            self.initialized = True
+            # Still pending after a batch with a non-finite output: the next step tries again.
+            self.initialized = not model.quantizer.needs_initialization()
         if self.mark_steps:
             torch.compiler.cudagraph_mark_step_begin()
         return self.compiled(images)

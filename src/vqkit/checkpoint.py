@@ -52,8 +52,8 @@ def load_config(run_dir: str | Path) -> RunConfig:
     except UnknownQuantizer as exc:  # the name came from the file, not from a flag
         raise UnknownQuantizer(
             f"The run {run_dir} was trained with the quantizer '{exc.name}', which no code here "
-            "registers; give the file that registers it with 'vqkit --plugin FILE.py', or "
-            "install the package that offers it.",
+            "registers; import the code that registers it first (on the command line: "
+            "'vqkit --plugin FILE.py'), or install the package that offers it.",
             exc.name,
         ) from None
 

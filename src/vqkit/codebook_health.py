@@ -49,15 +49,17 @@ def summed_counts_and_health(
     counts: torch.Tensor, vectors: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Code counts (K,) summed over ranks; a () bool, True when every value of ``vectors`` is
-    finite on every rank; and a () bool, True when every rank holds as many rows as this one
-    (sample_rows needs it). One collective for all three, no host wait."""
-    rows = float(vectors.shape[0])
-    # torch.full is a fill on the device, not a copy from the host: safe in a captured graph.
-    held = torch.full((), rows, device=vectors.device)
-    extra = torch.stack([(~torch.isfinite(vectors)).any().float(), held])
-    summed = all_reduce_sum_(torch.cat([counts.float(), extra]))
-    _, size = world()
-    return summed[:-2], summed[-2] == 0, summed[-1] == rows * size
+    finite on every rank; and a () bool, True when every rank holds as many rows as every
+    other (sample_rows needs it). One collective for all three, no host wait."""
+    rank, size = world()
+    bad = (~torch.isfinite(vectors)).any().float().reshape(1)
+    # Each rank's row count in its own slot, written by a fill on the device (no copy from the
+    # host, so a captured graph may hold it); after the sum every rank sees all of them.
+    rows = torch.zeros(size, device=vectors.device)
+    rows[rank : rank + 1].fill_(float(vectors.shape[0]))
+    summed = all_reduce_sum_(torch.cat([counts.float(), bad, rows]))
+    counts_sum, bad_sum, all_rows = summed[: counts.numel()], summed[counts.numel()], summed[-size:]
+    return counts_sum, bad_sum == 0, (all_rows == all_rows[0]).all()
 
 
 def world() -> tuple[int, int]:
@@ -100,7 +102,8 @@ def sample_rows(vectors: torch.Tensor, count: int, rows_per_image: int = 1) -> t
     replacement when there are enough rows, so restarted codes start apart.
     """
     rank, size = world()
-    total = vectors.shape[0] * size
+    n = vectors.shape[0]
+    total = max(n, 1) * size  # an empty shard still draws and takes part in the sums
     if count <= total:
         picks = torch.randperm(total, device=vectors.device)[:count]
     else:
@@ -109,7 +112,9 @@ def sample_rows(vectors: torch.Tensor, count: int, rows_per_image: int = 1) -> t
         return vectors[picks].detach().float()
     picks = broadcast_from_first_(picks)
     image, offset = picks // rows_per_image, picks % rows_per_image
-    local = ((image // size) * rows_per_image + offset).clamp(max=vectors.shape[0] - 1)
+    if n == 0:
+        return all_reduce_sum_(vectors.new_zeros(count, vectors.shape[1], dtype=torch.float))
+    local = ((image // size) * rows_per_image + offset).clamp(max=n - 1)
     rows = vectors[local].detach().float()
     held = (image % size == rank).unsqueeze(1)
     # where, not a product: a non-finite row of another rank must not become NaN here.

@@ -117,6 +117,8 @@ def _build_registered(config: QuantizerConfig) -> nn.Module:
     cls = REGISTERED_QUANTIZERS[config.quantizer]
     quantizer = cls(config)
     missing = [name for name in QUANTIZER_CONTRACT if not hasattr(quantizer, name)]
+    if type(quantizer).forward is nn.Module.forward:  # every module has one, raising if unset
+        missing.insert(0, "forward")
     if not isinstance(quantizer, nn.Module) or missing:
         lacks = ", ".join(missing) if missing else "nn.Module as its base class"
         raise VqkitError(
