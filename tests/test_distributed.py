@@ -12,7 +12,7 @@ import pytest
 import torch
 from process_helpers import child_env, vqkit_command
 
-from vqkit import runfiles
+from vqkit import distributed, runfiles
 from vqkit.checkpoint import read_tensors
 from vqkit.distributed import Context
 from vqkit.training import epoch_batches
@@ -132,7 +132,7 @@ def test_a_two_rank_run_with_kmeans_and_restarts_ends_with_the_one_process_weigh
     assert one.keys() == two.keys()
     for name, weight in one.items():
         named = lambda message, name=name: f"{name}: {message}"  # noqa: E731
-        torch.testing.assert_close(two[name], weight, rtol=1e-4, atol=1e-5, msg=named)
+        torch.testing.assert_close(two[name], weight, rtol=1e-5, atol=1e-5, msg=named)
 
 
 @pytest.mark.parametrize("count", [96, 101])
@@ -204,3 +204,19 @@ def test_a_two_rank_run_resumed_mid_epoch_keeps_every_ranks_training_loss(tmp_pa
     both = f"unbroken {unbroken}, resumed {resumed}"
     assert resumed["train_loss"] == pytest.approx(unbroken["train_loss"], rel=1e-5), both
     assert resumed["test_mse"] == pytest.approx(unbroken["test_mse"], rel=1e-5), both
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_leaving_the_group_waits_for_the_others_only_after_a_finished_run(monkeypatch, finished):
+    # A rank done first used to exit while the others still ran, and sometimes aborted at exit;
+    # after a failure a barrier could wait on a rank that will never come.
+    calls = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(distributed.gc, "collect", lambda: calls.append("collect"))
+    distributed.teardown(Context(rank=1, world_size=2, owns_group=True), finished)
+    assert calls == (["barrier"] if finished else []) + ["destroy", "collect"]
+    calls.clear()
+    distributed.teardown(Context(rank=1, world_size=2, owns_group=False), finished)
+    assert calls == []  # a group the caller set up is the caller's to end

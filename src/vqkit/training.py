@@ -210,15 +210,18 @@ def train(
     config = record_data_folder(checked_config(config), data_dir)
     target = resolve_device(device)
     context = distributed.setup(target)
+    finished = False
     try:
         target = distributed.device_for(context, target)
         with deterministic_mode(config.train.deterministic, target), warnings.catch_warnings():
             # DDP compares gradient strides even along the size-1 channel axis of a grayscale
             # input convolution, where they mean nothing; the warning would repeat every run.
             warnings.filterwarnings("ignore", message=DDP_STRIDE_WARNING)
-            return _Run(config, run_dir, target, context, data_dir, progress, resume).train()
+            result = _Run(config, run_dir, target, context, data_dir, progress, resume).train()
+        finished = True
+        return result
     finally:
-        distributed.teardown(context)
+        distributed.teardown(context, finished)
 
 
 def checked_config(config: RunConfig) -> RunConfig:
