@@ -220,3 +220,19 @@ def test_leaving_the_group_waits_for_the_others_only_after_a_finished_run(monkey
     calls.clear()
     distributed.teardown(Context(rank=1, world_size=2, owns_group=False), finished)
     assert calls == []  # a group the caller set up is the caller's to end
+
+
+def test_a_rank_that_left_after_failing_does_not_turn_the_finished_ranks_exit_into_a_traceback(
+    monkeypatch,
+):
+    # gloo raises at once in the barrier when the other rank has left ("Connection closed by
+    # peer"); that rank reports its own failure, and this one still leaves the group.
+    def peer_gone():
+        raise RuntimeError("Connection closed by peer")
+
+    left = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", peer_gone)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: left.append(True))
+    distributed.teardown(Context(rank=1, world_size=2, owns_group=True), finished=True)
+    assert left == [True]
