@@ -25,6 +25,11 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
+
+
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all ranks in place (a no-op in a single process)."""
     if distributed():
@@ -60,11 +65,6 @@ def summed_counts_and_health(
     summed = all_reduce_sum_(torch.cat([counts.float(), bad, rows]))
     counts_sum, bad_sum, all_rows = summed[: counts.numel()], summed[counts.numel()], summed[-size:]
     return counts_sum, bad_sum == 0, (all_rows == all_rows[0]).all()
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) without a process group."""
-    return (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
 
 
 def gather_batch(vectors: torch.Tensor, rows_per_image: int) -> torch.Tensor:
