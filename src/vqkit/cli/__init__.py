@@ -142,8 +142,7 @@ def out_of_memory_message(exc: BaseException, command: str | None = None) -> str
 
 def take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
     """The --plugin values, wherever they stand, and the command line without them: plugins
-    are imported before the parser is built, since a plugin's quantizer is one of train's
-    --quantizer choices."""
+    are imported before anything is parsed, so the flag may follow the command too."""
     specs, rest = [], []
     tokens = iter(argv)
     for token in tokens:
