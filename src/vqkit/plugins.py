@@ -76,11 +76,10 @@ def _import_file(spec: str) -> None:
     try:
         with _on_path(str(path.parent)):  # the plugin's own helper modules beside it
             module_spec.loader.exec_module(module)
-    except VqkitError:
-        del sys.modules[name]
-        raise
     except Exception as exc:
         del sys.modules[name]
+        if isinstance(exc, VqkitError):  # vqkit's own sentence, e.g. a built-in name taken
+            raise
         raise VqkitError(_failure(f"Importing the plugin {spec}", exc, path)) from exc
     _IMPORTED.add(str(path))
 
