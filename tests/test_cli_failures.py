@@ -245,8 +245,8 @@ def test_full_disk_keeps_everything_saved_and_resumes(monkeypatch, tmp_path, cap
     )
     saved = {p.name: p.read_bytes() for p in run_dir.iterdir()}
     assert sorted(saved) == sorted(
-        [runfiles.CONFIG, runfiles.WEIGHTS, runfiles.METRICS, runfiles.TRAIN_STATE,
-         runfiles.TRAIN_STATE_META]
+        [runfiles.CONFIG, runfiles.ENVIRONMENT, runfiles.WEIGHTS, runfiles.METRICS,
+         runfiles.TRAIN_STATE, runfiles.TRAIN_STATE_META]
     ), "a temp file was left or a file is missing"  # fmt: skip
     load_model(run_dir)  # epoch 1's weights are intact
     assert json.loads(saved[runfiles.TRAIN_STATE_META])["epochs_done"] == 1

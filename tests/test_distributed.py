@@ -15,6 +15,7 @@ from process_helpers import child_env, vqkit_command
 from vqkit import distributed, runfiles
 from vqkit.checkpoint import read_tensors
 from vqkit.distributed import Context
+from vqkit.environment import read_records
 from vqkit.training import epoch_batches
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -68,6 +69,8 @@ def test_rank_zero_alone_wrote_one_complete_run_folder(two_rank_run):
     assert {runfiles.CONFIG, runfiles.WEIGHTS, runfiles.METRICS, runfiles.TRAIN_STATE} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     assert len((run_dir / runfiles.METRICS).read_text().splitlines()) == 1
+    (session,) = read_records(run_dir)  # one session, logged once
+    assert session["processes"] == 2
     saved = read_tensors(run_dir / runfiles.WEIGHTS, "weights")
     rank0 = read_tensors(dump_dir / "rank0.safetensors", "rank 0 weights")
     assert all(torch.equal(saved[k], rank0[k]) for k in saved)

@@ -3,6 +3,7 @@ packages' entry points."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from process_helpers import child_env, vqkit_command
 from vqkit import plugins, runfiles
 from vqkit.cli import main, take_plugins
 from vqkit.config import REGISTERED_QUANTIZERS, QuantizerConfig
+from vqkit.environment import read_records
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer
 from vqkit.plugins import entry_point_names
 from vqkit.quantize import build_quantizer
@@ -96,6 +98,25 @@ def test_a_run_trained_through_a_plugin_file_needs_it_to_be_read_again(tmp_path,
     )  # fmt: skip
     assert evaluate.returncode == 0, evaluate.stderr
     assert "test MSE" in evaluate.stdout
+
+
+def test_a_run_records_the_plugin_code_and_its_report_says_when_it_changed(tmp_path, capsys):
+    plugin = tmp_path / "recorded_vq.py"
+    plugin.write_text(PLUGIN_SOURCE.format(name="recorded-vq"))
+    run = tmp_path / "run"
+    code = main(["--plugin", str(plugin), "train", "--quantizer", "recorded-vq", *TRAIN_FLAGS,
+                 "--out", str(run)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    (session,) = read_records(run)
+    assert session["quantizer"]["file"] == str(plugin.resolve())
+    assert session["quantizer"]["sha256"] == hashlib.sha256(plugin.read_bytes()).hexdigest()
+    assert session["quantizer"]["class"].endswith(".PluginVQ")
+    report = run / runfiles.REPORT
+    assert main(["report", str(run)]) == 0
+    assert "has changed since" not in report.read_text()
+    plugin.write_text(plugin.read_text() + "\n# edited after training\n")
+    assert main(["report", str(run)]) == 0
+    assert "recorded_vq.py, which has changed since the run was last trained" in report.read_text()
 
 
 def test_a_plugin_module_is_found_in_the_current_folder(tmp_path, monkeypatch, capsys):

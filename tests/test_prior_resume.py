@@ -372,14 +372,21 @@ def test_a_new_prior_failing_before_its_first_save_leaves_the_old_one(
     finished_prior, tmp_path, monkeypatch, capsys
 ):
     # A non-finite loss in the new prior's first epoch, before it saved anything: the finished
-    # prior's weights, metrics, config and state are all still there, byte for byte.
+    # prior's weights, metrics, config and state are all still there, byte for byte; the
+    # session log only gained the failed session's line.
     run_dir = copy_run(finished_prior, tmp_path)
     before = folder_bytes(run_dir)
+    log_before = before.pop(runfiles.ENVIRONMENT)
     poison_steps(monkeypatch, {2})
     code = main(["train-prior", str(run_dir), *TINY_FLAGS[:4], "--layers", "3", "--epochs", "1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "not finite" in err and err.count("\n") == 0, err
-    assert folder_bytes(run_dir) == before
+    after = folder_bytes(run_dir)
+    log_after = after.pop(runfiles.ENVIRONMENT)
+    assert after == before
+    assert (
+        log_after.startswith(log_before) and log_after.count(b"\n") == log_before.count(b"\n") + 1
+    )
     # Once the new prior has saved its first state, it is the run's prior.
     monkeypatch.undo()
     argv = ["train-prior", str(run_dir), *TINY_FLAGS[:4], "--layers", "3", "--epochs", "1"]

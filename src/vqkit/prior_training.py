@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqkit import runfiles, train_state
+from vqkit import environment, runfiles, train_state
 from vqkit.checkpoint import load_config, load_model, run_path, weights_digest
 from vqkit.codes_io import encode_images
 from vqkit.data import dataset_classes, load_split
@@ -226,6 +226,8 @@ def train_prior(
             resume=resume,
             show=sys.stderr.isatty() if progress is None else progress,
         )
+        session = environment.describe("train-prior", target)
+        environment.record(run_dir, {**session, "resumed": resume})
         history = loop.train()
     return PriorResult(run_dir, load_prior(run_dir, target), history)
 

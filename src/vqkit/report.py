@@ -17,6 +17,7 @@ import torch
 
 from vqkit import report_plots, runfiles
 from vqkit.codebook_view import plot_usage
+from vqkit.environment import changed_quantizer_code
 from vqkit.fileio import write_bytes_atomic
 from vqkit.quantize import perplexity
 from vqkit.report_html import Section, cards, esc, fmt, image, note, page, table, table_html
@@ -394,11 +395,43 @@ def _timing(info: RunInfo) -> Section | None:
         rows_html += f"<tr><th>total</th><th class=num>{esc(fmt(total, 3))}</th><th></th></tr>"
         head = "<th>stage</th><th class=num>seconds</th><th></th>"
         parts.append("<h3>pipeline stages</h3>" + table_html(head, rows_html))
+    if info.environment:
+        parts.append("<h3>sessions</h3>" + _sessions_table(info.environment))
+        changed = changed_quantizer_code(info.environment)
+        parts.append(note(changed) if changed else "")
     if not parts:
         return None
-    return Section(
-        "timing", "Timing", "".join(parts), "Wall-clock seconds on the machine that ran it."
-    )
+    lead = f"Wall-clock seconds, and the machine of each session ({runfiles.ENVIRONMENT})."
+    return Section("timing", "Timing", "".join(parts), lead)
+
+
+def _sessions_table(records: list[dict[str, Any]]) -> str:
+    """One row per training session: when, what, where, and the quantizer code it ran."""
+    rows = []
+    for r in records:
+        stage = r["stage"]
+        if r.get("resumed"):
+            step = number(r.get("global_step"))
+            stage += " (resumed)" if step is None else f" (resumed after step {step:.0f})"
+        started = str(r.get("started", "?")).replace("T", " ").removesuffix("+00:00")
+        where = f"{r.get('device', '?')}: {r.get('device_name', '?')}"
+        workers = f"{r.get('processes', '?')} × {r.get('threads', '?')}"
+        versions = f"vqkit {r.get('vqkit', '?')}, torch {r.get('torch', '?')}"
+        rows.append([started, stage, where, workers, versions, _code(r)])
+    headers = ["started (UTC)", "stage", "device", "processes × threads", "versions", "quantizer"]
+    return table(headers, rows, numeric_from=len(headers))
+
+
+def _code(record: dict[str, Any]) -> str:
+    source = record.get("quantizer")
+    if not isinstance(source, dict):
+        return ""
+    if source.get("builtin"):
+        return f"{source.get('name')} (built in)"
+    file, digest = source.get("file"), source.get("sha256")
+    if isinstance(file, str) and isinstance(digest, str):
+        return f"{source.get('name')} ({Path(file).name}, sha256 {digest[:12]})"
+    return f"{source.get('name')} ({source.get('class', 'own code')})"
 
 
 def _footer(info: RunInfo) -> str:

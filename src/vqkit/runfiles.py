@@ -22,6 +22,7 @@ PRIOR_STATE = "prior_state.safetensors"  # resumable prior state (train-prior --
 PRIOR_STATE_META = "prior_state.json"  # epoch/step counters of the resumable prior state
 SCORES = "scores.json"  # sample-quality table (score)
 TIMINGS = "timings.json"  # seconds per pipeline stage (demo)
+ENVIRONMENT = "environment.jsonl"  # versions and machine of each session (train, train-prior)
 FIGURES_DIR = "figures"  # PNGs made by sample/interpolate/codebook for the report (demo)
 REPORT = "report.html"  # the self-contained visual report (report)
 

@@ -16,6 +16,7 @@ from typing import Any
 from vqkit import runfiles
 from vqkit.checkpoint import load_config, prior_is_stale, require_run_folder
 from vqkit.config import PRESETS, RunConfig, preset_config
+from vqkit.environment import read_records
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
 from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, current_stamp, differs, is_stale
@@ -44,6 +45,7 @@ class RunInfo:
     scores: dict[str, Any] | None = None
     scores_stale: bool = False  # scores.json describes earlier VQ-VAE or prior weights
     timings: dict[str, float] | None = None
+    environment: list[dict[str, Any]] = field(default_factory=list)  # one per training session
     figures: dict[str, Path] = field(default_factory=dict)  # figure key -> existing PNG path
     stale_figures: set[str] = field(default_factory=set)  # keys of figures of earlier weights
     notes: dict[str, str] = field(default_factory=dict)  # file name -> why it was left out
@@ -115,6 +117,7 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     info.code_usage = _optional_json(info, runfiles.CODE_USAGE, _valid_code_usage)
     info.scores = _optional_json(info, runfiles.SCORES, _valid_scores)
     info.timings = _optional_json(info, runfiles.TIMINGS, _valid_timings)
+    info.environment = read_records(run_dir)
     info.figures = _find_figures(run_dir / runfiles.FIGURES_DIR)
     # Scores and figures record the weights (and prior) they came from: compare with now.
     current = current_stamp(run_dir) if info.scores is not None or info.figures else None

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vqkit import distributed, runfiles, train_state
+from vqkit import distributed, environment, runfiles, train_state
 from vqkit.acceleration import (
     make_optimizer,
     make_scheduler,
@@ -270,10 +270,12 @@ def prepare_run_dir(
                 f"The folder '{path}' already holds a trained run; continue it with "
                 f"vqkit train --resume {path} or choose another --out."
             )
-        # Only a config.json (a start stopped before its first save) may be written over: a
-        # new run appended to old metrics, or paired with an old prior, would mix two runs.
+        # Only a config.json (a start stopped before its first save) may be written over, with
+        # its environment log: a new run appended to old metrics, or paired with an old prior,
+        # would mix two runs.
+        reusable = (runfiles.CONFIG, runfiles.ENVIRONMENT)
         others = [
-            n for n in runfiles.FILE_NAMES if n != runfiles.CONFIG and run_path(path, n).is_file()
+            n for n in runfiles.FILE_NAMES if n not in reusable and run_path(path, n).is_file()
         ]
         if others:
             raise VqkitError(
@@ -285,6 +287,24 @@ def prepare_run_dir(
         ensure_dir(path)
         save_config(path, config)
     return path
+
+
+def record_environment(
+    run_dir: Path,
+    config: RunConfig,
+    device: torch.device,
+    context: distributed.Context,
+    resumed_at: Position | None,
+) -> None:
+    """Rank 0 logs this session's versions, machine and quantizer code (environment.jsonl);
+    ``resumed_at`` is where a resumed run continues from (None for a new run)."""
+    if context.is_main:
+        quantizer = config.model.quantizer.quantizer
+        entry = environment.describe("train", device, context.world_size, quantizer)
+        entry["resumed"] = resumed_at is not None
+        if resumed_at is not None:
+            entry["global_step"] = resumed_at.global_step
+        environment.record(run_dir, entry, fresh=resumed_at is None)
 
 
 def resumed_history(
@@ -377,6 +397,8 @@ class _Run:
             if context.is_main:  # checked: now record the new --epochs (and data folder)
                 save_config(self.run_dir, config)
             self.history = resumed_history(self.run_dir, self.position.epochs_done, context)
+        resumed_at = self.position if resume else None
+        record_environment(self.run_dir, config, device, context, resumed_at)
         if context.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)

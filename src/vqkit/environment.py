@@ -1,0 +1,124 @@
+"""What ran a run: software versions, the machine, and the code behind its quantizer.
+
+Every training session (a start, each resume, each prior training) appends one record to the
+run's ``environment.jsonl``, so the report can say which machine an epoch time came from, and a
+run trained with a quantizer of one's own keeps the file and SHA-256 of the code that defined
+it: the run's config names the quantizer only, and editing that file later changes what
+loading the run builds (the report then says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vqkit import runfiles
+from vqkit.checkpoint import run_path
+from vqkit.config import REGISTERED_QUANTIZERS
+from vqkit.fileio import append_jsonl, read_jsonl, write_bytes_atomic
+
+
+def file_digest(path: str | Path) -> str | None:
+    """SHA-256 of a file's bytes; None when it cannot be read (moved, deleted, no access)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def quantizer_source(name: str) -> dict[str, Any]:
+    """Where the quantizer ``name`` comes from: vqkit itself, or a registered class of one's
+    own with the module, the file that defines it and that file's digest."""
+    cls = REGISTERED_QUANTIZERS.get(name)
+    if cls is None:
+        return {"name": name, "builtin": True}
+    source: dict[str, Any] = {"name": name, "class": f"{cls.__module__}.{cls.__qualname__}"}
+    try:
+        path = inspect.getsourcefile(cls)
+    except TypeError:  # defined where Python keeps no file (an interactive session)
+        path = None
+    if path is not None:
+        source["file"] = str(Path(path).resolve())
+        source["sha256"] = file_digest(path)
+    return source
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux reports it in /proc/cpuinfo), else what Python says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name() if device.type == "cpu" else device.type
+
+
+def describe(
+    stage: str, device: torch.device, processes: int = 1, quantizer: str | None = None
+) -> dict[str, Any]:
+    """One session's record: when it started, the versions, the machine and how it was used."""
+    import vqkit  # here, not at import time: vqkit/__init__ imports the training modules
+
+    record: dict[str, Any] = {
+        "stage": stage,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "vqkit": vqkit.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": f"{sys.platform} {platform.machine()}",
+        "device": device.type,
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "processes": processes,
+    }
+    if quantizer is not None:
+        record["quantizer"] = quantizer_source(quantizer)
+    return record
+
+
+def record(run_dir: str | Path, entry: dict[str, Any], *, fresh: bool = False) -> None:
+    """Append ``entry`` to the run's environment log; ``fresh`` starts the log over (a new
+    run in a folder whose earlier start stopped before its first save)."""
+    path = run_path(run_dir, runfiles.ENVIRONMENT)
+    if fresh:
+        write_bytes_atomic(path, b"")
+    append_jsonl(path, entry)
+
+
+def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The run's session records, oldest first (none for runs made before vqkit kept them)."""
+    records = read_jsonl(run_path(run_dir, runfiles.ENVIRONMENT))
+    return [r for r in records if isinstance(r.get("stage"), str)]
+
+
+def changed_quantizer_code(records: list[dict[str, Any]]) -> str | None:
+    """One sentence when the file that defined the run's quantizer of one's own (as last
+    recorded) now holds other code, or is gone; None when it is unchanged or built in."""
+    sources = [r["quantizer"] for r in records if isinstance(r.get("quantizer"), dict)]
+    if not sources:
+        return None
+    source = sources[-1]
+    if not (isinstance(source.get("file"), str) and isinstance(source.get("sha256"), str)):
+        return None  # built in, or nothing was recorded to compare with
+    now = file_digest(source["file"])
+    if now == source["sha256"]:
+        return None
+    state = "no longer exists" if now is None else "has changed since"
+    return (
+        f"The quantizer '{source.get('name')}' was defined by {source['file']}, which {state} "
+        "the run was last trained; loading the run builds whatever that file holds now."
+    )
