@@ -29,8 +29,9 @@ from vqkit.prior import PriorConfig
 from vqkit.prior_training import train_prior
 from vqkit.provenance import stamp
 from vqkit.report import write_report
+from vqkit.run_folder import default_run_dir
 from vqkit.score import score_run
-from vqkit.training import default_run_dir, train
+from vqkit.training import train
 from vqkit.usage import code_usage
 
 

@@ -1,0 +1,134 @@
+"""A training run's folder: the checked config, a new or resumed folder, its session log.
+
+Rank 0 alone writes; the other processes of a torchrun job only agree on the folder's name.
+A new run never writes over an earlier run's files, and a resumed one keeps only the metrics
+its saved state covers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vqkit import distributed, environment, runfiles, train_state
+from vqkit.checkpoint import run_path, save_config
+from vqkit.config import RunConfig
+from vqkit.data import OWN_DATASET
+from vqkit.errors import VqkitError
+from vqkit.fileio import ensure_dir, read_jsonl, write_bytes_atomic
+from vqkit.train_state import Position
+
+
+def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
+    """A new folder name under ``root`` that says when and what was trained."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{stamp}-{config.train.dataset}-{config.preset}"
+    candidate, suffix = base, 1
+    while candidate.exists():
+        suffix += 1
+        candidate = base.with_name(f"{base.name}-{suffix}")
+    return candidate
+
+
+def checked_config(config: RunConfig) -> RunConfig:
+    """``config`` checked again as if read from config.json: fields edited in place from Python
+    (``cfg.model.quantizer.beta = -1``) skip the checks the constructors ran, and a run trained
+    from them could not be loaded afterwards."""
+    if not isinstance(config, RunConfig):
+        raise VqkitError(
+            f"train() takes a RunConfig (for example vqkit.preset_config('efficient')), not a "
+            f"{type(config).__name__}; RunConfig.from_dict turns a dict into one."
+        )
+    return RunConfig.from_dict(config.to_dict())
+
+
+def record_data_folder(config: RunConfig, data_dir: str | Path | None) -> RunConfig:
+    """``config`` with the folder of an own dataset recorded as an absolute path (the run's
+    later stages read it from there). A named dataset records none: a folder carried over
+    from an own dataset's config (``--config RUN --dataset mnist``) would be read instead."""
+    if config.train.dataset != OWN_DATASET:
+        folder = None
+    elif data_dir is not None:
+        folder = str(Path(data_dir).resolve())
+    else:
+        return config
+    return replace(config, train=replace(config.train, data_dir=folder))
+
+
+def prepare_run_dir(
+    config: RunConfig,
+    run_dir: str | Path | None,
+    resume: bool,
+    context: distributed.Context,
+    device: torch.device,
+) -> Path:
+    """The run folder, created by rank 0 with its config; never overwrites an earlier run.
+    (A resumed run's config is saved again only once its state has been checked.)"""
+    if resume:
+        if run_dir is None or not Path(run_dir).is_dir():
+            raise VqkitError(f"The run folder '{run_dir}' to resume does not exist.")
+        path = Path(run_dir)
+    else:
+        chosen = run_dir if run_dir is not None else default_run_dir(config)
+        path = Path(distributed.broadcast_text(context, str(chosen), device))
+        if train_state.exists(path) or run_path(path, runfiles.WEIGHTS).exists():
+            raise VqkitError(
+                f"The folder '{path}' already holds a trained run; continue it with "
+                f"vqkit train --resume {path} or choose another --out."
+            )
+        # Only a config.json (a start stopped before its first save) may be written over, with
+        # its environment log: a new run appended to old metrics, or paired with an old prior,
+        # would mix two runs.
+        reusable = (runfiles.CONFIG, runfiles.ENVIRONMENT)
+        others = [
+            n for n in runfiles.FILE_NAMES if n not in reusable and run_path(path, n).is_file()
+        ]
+        if others:
+            raise VqkitError(
+                f"The folder '{path}' already holds files of another run ({others[0]}); "
+                "choose another --out or move them away."
+            )
+    distributed.barrier(context)
+    if context.is_main and not resume:
+        ensure_dir(path)
+        save_config(path, config)
+    return path
+
+
+def record_environment(
+    run_dir: Path,
+    config: RunConfig,
+    device: torch.device,
+    context: distributed.Context,
+    resumed_at: Position | None,
+) -> None:
+    """Rank 0 logs this session's versions, machine and quantizer code (environment.jsonl);
+    ``resumed_at`` is where a resumed run continues from (None for a new run)."""
+    if context.is_main:
+        quantizer = config.model.quantizer.quantizer
+        entry = environment.describe("train", device, context.world_size, quantizer)
+        entry["resumed"] = resumed_at is not None
+        if resumed_at is not None:
+            entry["global_step"] = resumed_at.global_step
+        environment.record(run_dir, entry, fresh=resumed_at is None)
+
+
+def resumed_history(
+    run_dir: Path,
+    epochs_done: int,
+    context: distributed.Context,
+    metrics_name: str = runfiles.METRICS,
+) -> list[dict[str, Any]]:
+    """Metrics of the epochs the saved state includes; lines of later epochs (written before
+    a kill but not covered by the state) are dropped so they are not duplicated."""
+    path = run_path(run_dir, metrics_name)
+    records = read_jsonl(path)
+    kept = [r for r in records if isinstance(r.get("epoch"), int) and r["epoch"] <= epochs_done]
+    if context.is_main and len(kept) != len(records):
+        write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    return kept
