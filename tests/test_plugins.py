@@ -152,6 +152,7 @@ def test_a_plugin_that_cannot_be_found_is_one_sentence(capsys, spec, fragments):
         ("raise RuntimeError('two\\nlines')\n", ["RuntimeError: two lines (at"]),
         (PLUGIN_SOURCE.format(name="fsq"), ["'fsq' is a built-in quantizer"]),
         ("VALUE = 1\n", ["registered no quantizer; it must call"]),
+        ("import sys\n\nsys.exit(0)\n", ["SystemExit: 0 (at broken_plugin.py, line 3)"]),
     ],
 )
 def test_a_plugin_that_raises_is_one_sentence_naming_where(tmp_path, capsys, source, fragments):

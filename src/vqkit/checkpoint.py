@@ -102,7 +102,7 @@ def read_tensors_and_metadata(
     path = Path(path)
     try:
         data = path.read_bytes()
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:  # no such file, or under a file
         raise VqkitError(f"The {what} '{path}' does not exist.") from exc
     except OSError as exc:
         raise VqkitError(f"The {what} '{path}' cannot be read: {exc.strerror}.") from exc

@@ -47,7 +47,7 @@ def load_codes(path: str | Path, num_codes: int, grid_size: int) -> torch.Tensor
                 raise VqkitError(f"The codes file '{path}' is not a .npy file.")
             handle.seek(0)
             array = np.load(handle, allow_pickle=False)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:  # no such file, or under a file
         raise VqkitError(f"The codes file '{path}' does not exist.") from exc
     except IsADirectoryError as exc:
         raise VqkitError(f"The codes file '{path}' is a folder, not a .npy file.") from exc

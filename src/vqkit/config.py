@@ -55,6 +55,23 @@ CODEBOOK_INITS = ("uniform", "kmeans")
 GRADIENT_ESTIMATORS = ("ste", "rotation")
 
 
+def require_64_bit_whole_numbers(settings: Any) -> None:
+    """Refuse a whole-number setting (or list item) that a 64-bit integer cannot hold: torch
+    would fail on it deep inside a kernel, after a run folder was made."""
+    for setting in dataclasses.fields(settings):
+        if setting.name == "seed":  # refused with its own sentence (SEED_RANGE)
+            continue
+        value = getattr(settings, setting.name)
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if isinstance(item, int) and not isinstance(item, bool):
+                _require(
+                    SEED_MIN <= item <= SEED_MAX,
+                    f"--{setting.name.replace('_', '-')} {item} is too large: vqkit's whole-number "
+                    "settings must fit a 64-bit integer.",
+                )
+
+
 def is_seed(value: Any) -> bool:
     """Whether torch accepts ``value`` as a random seed (bools are ints to Python, not to torch)."""
     return isinstance(value, int) and not isinstance(value, bool) and SEED_MIN <= value <= SEED_MAX
@@ -83,6 +100,7 @@ class QuantizerConfig:
     gradient_estimator: str = "ste"  # "ste": straight-through copy; "rotation": rotation trick
 
     def __post_init__(self) -> None:
+        require_64_bit_whole_numbers(self)
         _require(
             self.num_embeddings >= 2, "The codebook needs at least 2 codes (--num-embeddings)."
         )
@@ -174,6 +192,7 @@ class ModelConfig:
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self) -> None:
+        require_64_bit_whole_numbers(self)
         if isinstance(self.quantizer, dict):
             self.quantizer = _from_dict(QuantizerConfig, self.quantizer, "quantizer")
         _require(
@@ -226,6 +245,7 @@ class TrainConfig:
     deterministic: bool = False  # bitwise-reproducible kernels (resumed runs match exactly)
 
     def __post_init__(self) -> None:
+        require_64_bit_whole_numbers(self)
         _require(self.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
         _require(self.batch_size >= 1, "The batch size must be at least 1 (--batch-size).")
         _require(
@@ -303,6 +323,11 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         _require(isinstance(data, dict), "The configuration must be a JSON object.")
         version = data.get("version")
+        _require(
+            "version" in data,
+            f"The configuration has no 'version' field, so it is not a vqkit run config (vqkit "
+            f"writes version {CONFIG_VERSION} into every run's config.json).",
+        )
         _require(
             version == CONFIG_VERSION,
             f"This run was written by an incompatible vqkit (config version {version!r}, "

@@ -99,10 +99,33 @@ def record(run_dir: str | Path, entry: dict[str, Any], *, fresh: bool = False) -
     append_jsonl(path, entry)
 
 
+# The fields every record has, and their types (a hand-edited or damaged line lacks them).
+RECORD_FIELDS = {
+    "stage": str,
+    "started": str,
+    "vqkit": str,
+    "torch": str,
+    "device": str,
+    "device_name": str,
+    "threads": int,
+    "processes": int,
+}
+
+
+def is_record(record: dict[str, Any]) -> bool:
+    """Whether ``record`` is a session record as vqkit writes them."""
+    typed = all(
+        isinstance(record.get(name), kind) and not isinstance(record.get(name), bool)
+        for name, kind in RECORD_FIELDS.items()
+    )
+    quantizer = record.get("quantizer")
+    return typed and (quantizer is None or isinstance(quantizer, dict))
+
+
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The run's session records, oldest first (none for runs made before vqkit kept them)."""
-    records = read_jsonl(run_path(run_dir, runfiles.ENVIRONMENT))
-    return [r for r in records if isinstance(r.get("stage"), str)]
+    """The run's session records, oldest first (none for runs made before vqkit kept them);
+    damaged lines are left out."""
+    return [r for r in read_jsonl(run_path(run_dir, runfiles.ENVIRONMENT)) if is_record(r)]
 
 
 def changed_quantizer_code(records: list[dict[str, Any]]) -> str | None:

@@ -85,7 +85,7 @@ def read_json(path: str | Path, what: str) -> Any:
     path = Path(path)
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:  # no such file, or under a file
         raise VqkitError(f"The {what} '{path}' does not exist.") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VqkitError(f"The {what} '{path}' is damaged or not JSON.") from exc

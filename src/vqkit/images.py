@@ -23,9 +23,12 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def tile(images: torch.Tensor | np.ndarray, columns: int, padding: int = 2) -> np.ndarray:
-    """Lay N images (N, H, W) out row by row on a white-padded canvas -> (rows·(H+p)+p, ...)."""
+    """Lay N images (N, H, W) out row by row on a white-padded canvas -> (rows·(H+p)+p, ...).
+
+    More ``columns`` than images would only add blank canvas: the row is as wide as N."""
     pixels = to_uint8(images)
     count, height, width = pixels.shape
+    columns = max(1, min(columns, count))
     rows = max(1, -(-count // columns))
     canvas = np.full(
         (rows * (height + padding) + padding, columns * (width + padding) + padding),

@@ -62,6 +62,11 @@ def load_png(path: str | Path, size: int = 28) -> torch.Tensor:
             if image.mode == "P":  # a palette may carry transparency: resolve it first
                 image = image.convert("RGBA")
             pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+    except Image.DecompressionBombError as exc:  # its header claims billions of pixels
+        raise VqkitError(
+            f"'{path}' declares an image far larger than {size}×{size} pixels; the model needs "
+            f"{size}×{size} images."
+        ) from exc
     except UnidentifiedImageError as exc:
         raise VqkitError(f"'{path}' is not an image file Pillow can read (not a PNG).") from exc
     except OSError as exc:

@@ -76,7 +76,7 @@ def _import_file(spec: str) -> None:
     try:
         with _on_path(str(path.parent)):  # the plugin's own helper modules beside it
             module_spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         del sys.modules[name]
         if isinstance(exc, VqkitError):  # vqkit's own sentence, e.g. a built-in name taken
             raise
@@ -111,7 +111,7 @@ def _import_module(spec: str) -> None:
                 "from the current folder or the path of a .py file (--plugin)."
             ) from exc
         raise VqkitError(_failure(f"Importing the plugin {spec}", exc)) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise VqkitError(_failure(f"Importing the plugin {spec}", exc)) from exc
     _IMPORTED.add(spec)
 
@@ -148,7 +148,7 @@ def load_installed_quantizer(name: str) -> bool:
     for entry in entry_points(group=ENTRY_POINT_GROUP, name=name):
         try:
             quantizer_class = entry.load()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit too
             what = f"Loading the installed quantizer '{name}' ({entry.value})"
             raise QuantizerLoadError(_failure(what, exc), name) from exc
         REGISTERED_QUANTIZERS.setdefault(name, quantizer_class)

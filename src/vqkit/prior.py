@@ -33,7 +33,13 @@ from torch import nn
 
 from vqkit import runfiles
 from vqkit.checkpoint import load_weights_into, prior_is_stale, run_path
-from vqkit.config import PRECISIONS, _from_dict, _require, check_run_controls
+from vqkit.config import (
+    PRECISIONS,
+    _from_dict,
+    _require,
+    check_run_controls,
+    require_64_bit_whole_numbers,
+)
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
 from vqkit.generate import SamplingContext, register_strategy
@@ -70,6 +76,7 @@ class PriorConfig:
     deterministic: bool = False  # bitwise-reproducible kernels (resumed runs match exactly)
 
     def __post_init__(self) -> None:
+        require_64_bit_whole_numbers(self)
         _require(self.num_codes >= 2, "The prior needs a codebook of at least 2 codes.")
         _require(self.grid_size >= 1, "The code grid size must be at least 1.")
         _require(self.channels >= 1, "The prior needs at least 1 channel (--channels).")

@@ -33,7 +33,7 @@ def read_stamp(png: Path) -> dict[str, str]:
         with Image.open(png) as image:
             text = getattr(image, "text", {})  # PNG text chunks
             return {key: text[key] for key in (WEIGHTS_KEY, PRIOR_KEY) if key in text}
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
         return {}
 
 

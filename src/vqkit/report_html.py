@@ -87,7 +87,7 @@ def png_size(data: bytes) -> tuple[int, int] | None:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decodes every pixel: a truncated file fails here
             return image.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
 
 

@@ -69,6 +69,8 @@ def prepare_run_dir(
 ) -> Path:
     """The run folder, created by rank 0 with its config; never overwrites an earlier run.
     (A resumed run's config is saved again only once its state has been checked.)"""
+    if run_dir is not None and not str(run_dir).strip():
+        raise VqkitError("The run folder name is empty; give a folder (--out or --resume).")
     if resume:
         if run_dir is None or not Path(run_dir).is_dir():
             raise VqkitError(f"The run folder '{run_dir}' to resume does not exist.")
@@ -76,28 +78,40 @@ def prepare_run_dir(
     else:
         chosen = run_dir if run_dir is not None else default_run_dir(config)
         path = Path(distributed.broadcast_text(context, str(chosen), device))
-        if train_state.exists(path) or run_path(path, runfiles.WEIGHTS).exists():
-            raise VqkitError(
-                f"The folder '{path}' already holds a trained run; continue it with "
-                f"vqkit train --resume {path} or choose another --out."
-            )
-        # Only a config.json (a start stopped before its first save) may be written over, with
-        # its environment log: a new run appended to old metrics, or paired with an old prior,
-        # would mix two runs.
-        reusable = (runfiles.CONFIG, runfiles.ENVIRONMENT)
-        others = [
-            n for n in runfiles.FILE_NAMES if n not in reusable and run_path(path, n).is_file()
-        ]
-        if others:
-            raise VqkitError(
-                f"The folder '{path}' already holds files of another run ({others[0]}); "
-                "choose another --out or move them away."
-            )
+        try:
+            _refuse_taken(path)
+        except OSError as exc:  # a name longer than the file system allows, ...
+            raise VqkitError(f"Cannot use '{path}' as a run folder: {exc.strerror}.") from exc
     distributed.barrier(context)
     if context.is_main and not resume:
         ensure_dir(path)
         save_config(path, config)
     return path
+
+
+def _refuse_taken(path: Path) -> None:
+    """Refuse a new run's folder that holds another run's files or lies inside another run."""
+    if train_state.exists(path) or run_path(path, runfiles.WEIGHTS).exists():
+        raise VqkitError(
+            f"The folder '{path}' already holds a trained run; continue it with "
+            f"vqkit train --resume {path} or choose another --out."
+        )
+    # Only a config.json (a start stopped before its first save) may be written over, with
+    # its environment log: a new run appended to old metrics, or paired with an old prior,
+    # would mix two runs.
+    reusable = (runfiles.CONFIG, runfiles.ENVIRONMENT)
+    others = [n for n in runfiles.FILE_NAMES if n not in reusable and run_path(path, n).is_file()]
+    if others:
+        raise VqkitError(
+            f"The folder '{path}' already holds files of another run ({others[0]}); "
+            "choose another --out or move them away."
+        )
+    # A run inside another is hidden from `vqkit runs` and mixed into that run's folder.
+    enclosing = next((p for p in path.resolve().parents if (p / runfiles.CONFIG).is_file()), None)
+    if enclosing is not None:
+        raise VqkitError(
+            f"The folder '{path}' lies inside the run '{enclosing}'; choose an --out outside it."
+        )
 
 
 def record_environment(
@@ -125,10 +139,27 @@ def resumed_history(
     metrics_name: str = runfiles.METRICS,
 ) -> list[dict[str, Any]]:
     """Metrics of the epochs the saved state includes; lines of later epochs (written before
-    a kill but not covered by the state) are dropped so they are not duplicated."""
+    a kill but not covered by the state) are dropped so they are not duplicated. Every other
+    line stays as it is, damaged ones included: the file is the run's record, not ours to tidy."""
     path = run_path(run_dir, metrics_name)
-    records = read_jsonl(path)
-    kept = [r for r in records if isinstance(r.get("epoch"), int) and r["epoch"] <= epochs_done]
-    if context.is_main and len(kept) != len(records):
-        write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    kept = [r for r in read_jsonl(path) if _epoch_of(r) is not None and r["epoch"] <= epochs_done]
+    if not context.is_main or not path.exists():
+        return kept
+    lines = path.read_bytes().splitlines(keepends=True)
+    staying = [line for line in lines if (_epoch_of(_parsed(line)) or 0) <= epochs_done]
+    if len(staying) != len(lines):
+        write_bytes_atomic(path, b"".join(staying))
     return kept
+
+
+def _parsed(line: bytes) -> Any:
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _epoch_of(record: Any) -> int | None:
+    """A metrics record's epoch number, None for anything that is not one."""
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config, prior_is_stale, require_run_folder
+from vqkit.checkpoint import load_config, prior_is_stale, read_tensors, require_run_folder
 from vqkit.config import PRESETS, RunConfig, preset_config
 from vqkit.environment import read_records
 from vqkit.errors import VqkitError
@@ -113,14 +113,17 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     info.prior_metrics = _epoch_records(
         info, runfiles.PRIOR_METRICS, required=("train_bits_per_code", "test_bits_per_code")
     )
-    info.prior_stale = bool(info.prior_metrics) and prior_is_stale(run_dir)
+    weights_readable = _weights_readable(info)
+    # Against unreadable weights nothing can be called stale: the digests would only differ.
+    info.prior_stale = weights_readable and bool(info.prior_metrics) and prior_is_stale(run_dir)
     info.code_usage = _optional_json(info, runfiles.CODE_USAGE, _valid_code_usage)
     info.scores = _optional_json(info, runfiles.SCORES, _valid_scores)
     info.timings = _optional_json(info, runfiles.TIMINGS, _valid_timings)
-    info.environment = read_records(run_dir)
+    info.environment = _session_records(info)
     info.figures = _find_figures(run_dir / runfiles.FIGURES_DIR)
     # Scores and figures record the weights (and prior) they came from: compare with now.
-    current = current_stamp(run_dir) if info.scores is not None or info.figures else None
+    measured = info.scores is not None or info.figures
+    current = current_stamp(run_dir) if measured and weights_readable else None
     if current is not None:
         info.scores_stale = info.scores is not None and differs(_scores_stamp(info.scores), current)
         info.stale_figures = {k for k, path in info.figures.items() if is_stale(path, current)}
@@ -159,6 +162,33 @@ def preset_label(config: RunConfig) -> str:
         return config.preset
     changed = preset_config(config.preset).model != config.model
     return f"{config.preset} (changed)" if changed else config.preset
+
+
+def _session_records(info: RunInfo) -> list[dict[str, Any]]:
+    """environment.jsonl's records; damaged lines are left out with a note."""
+    path = info.path(runfiles.ENVIRONMENT)
+    try:
+        records = read_records(info.run_dir)
+        lines = sum(1 for line in path.read_bytes().splitlines() if line.strip())
+    except (OSError, VqkitError):
+        lines, records = 0, []
+    if len(records) < lines:
+        info.notes[runfiles.ENVIRONMENT] = "has damaged lines; the sessions table leaves them out"
+    return records
+
+
+def _weights_readable(info: RunInfo) -> bool:
+    """Whether the run's weights file loads; a missing or damaged one is noted as left out."""
+    path = info.path(runfiles.WEIGHTS)
+    if not path.exists():
+        info.notes[runfiles.WEIGHTS] = "is missing (the run has no trained weights yet)"
+        return False
+    try:
+        read_tensors(path, "model weights")
+    except VqkitError:
+        info.notes[runfiles.WEIGHTS] = "is damaged; every command that loads the model will say so"
+        return False
+    return True
 
 
 def _scores_stamp(scores: dict[str, Any]) -> dict[str, str | None]:

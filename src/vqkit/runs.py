@@ -19,6 +19,8 @@ def find_runs(root: str | Path) -> list[Path]:
     """Run folders directly inside ``root`` (folders with a config.json), sorted by name;
     ``root`` itself when it is a run folder."""
     root = Path(root)
+    if root.is_file():
+        raise VqkitError(f"'{root}' is a file; give the folder that holds your runs.")
     if not root.is_dir():
         raise VqkitError(
             f"There is no folder '{root}' to list runs from; train one with 'vqkit train' "
@@ -43,7 +45,8 @@ def run_row(run_dir: Path) -> list[str]:
     """One table row of text cells for a run folder (a damaged config gets a short mark)."""
     report = "yes" if (run_dir / runfiles.REPORT).is_file() else "no"
     try:
-        top = headline(load_run_info(run_dir))
+        info = load_run_info(run_dir)
+        top = headline(info)
     except VqkitError as exc:
         blanks = [MISSING] * (len(COLUMNS) - 2)
         if isinstance(exc, QuantizerLoadError):
@@ -55,12 +58,15 @@ def run_row(run_dir: Path) -> list[str]:
     if top.epochs_done != top.epochs_planned:
         epochs += f"/{top.epochs_planned}"
     codes = MISSING if top.codes_used is None else f"{top.codes_used}/{top.num_codes}"
+    mse = MISSING if top.test_mse is None else f"{top.test_mse:.4f}"
+    if top.test_mse is not None and runfiles.WEIGHTS in info.notes:  # the numbers outlived them
+        mse += " (weights unreadable)"
     return [
         run_dir.name,
         top.dataset,
         top.preset,
         epochs,
-        MISSING if top.test_mse is None else f"{top.test_mse:.4f}",
+        mse,
         codes,
         prior_cell(top),
         report,

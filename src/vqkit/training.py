@@ -31,7 +31,7 @@ from vqkit.acceleration import (
     resolve_precision,
     schedule_length,
 )
-from vqkit.checkpoint import run_path, save_config, save_weights
+from vqkit.checkpoint import run_path, save_config, save_weights, state_dict_bytes
 from vqkit.config import RunConfig
 from vqkit.cuda_graph import (
     GraphedTrainStep,
@@ -40,7 +40,7 @@ from vqkit.cuda_graph import (
 )
 from vqkit.data import Split, load_split
 from vqkit.errors import VqkitError
-from vqkit.fileio import append_jsonl
+from vqkit.fileio import append_jsonl, write_bytes_atomic
 from vqkit.guards import NonFiniteGuard, StopRequest
 from vqkit.images import save_comparison
 from vqkit.metrics import evaluate_reconstruction
@@ -317,6 +317,7 @@ class _Run:
             raise VqkitError("The training processes ended with different weights; train again.")
         self.model.eval()
         if self.context.is_main:
+            keep_weights_file_true(self.run_dir, self.model)
             path = run_path(self.run_dir, runfiles.RECONSTRUCTIONS)
             write_reconstructions(self.model, self.test_images[:8], path)
         distributed.barrier(self.context)
@@ -436,6 +437,20 @@ class _Run:
                 self.scheduler,
             )
         distributed.barrier(self.context)
+
+
+def keep_weights_file_true(run_dir: Path, model: VQVAE) -> None:
+    """Write the weights file again when it no longer holds the trained weights: a resume of a
+    finished run trains nothing, and would otherwise report on the saved state's weights while
+    a damaged or missing model.safetensors stayed behind."""
+    path = run_path(run_dir, runfiles.WEIGHTS)
+    weights = state_dict_bytes(model)
+    try:
+        intact = path.read_bytes() == weights
+    except OSError:
+        intact = False
+    if not intact:
+        write_bytes_atomic(path, weights)
 
 
 @torch.no_grad()

@@ -118,6 +118,7 @@ LESS_AT_ONCE = {
     "score": "a smaller --n",
     "reconstruct": "a smaller --n",
     "codebook": "fewer --images",
+    "interpolate": "fewer --steps",
     "demo": "fewer --score-samples",
 }
 
@@ -125,15 +126,19 @@ LESS_AT_ONCE = {
 def out_of_memory_message(exc: BaseException, command: str | None = None) -> str | None:
     """One sentence for an allocation that failed on the CPU or the GPU, else None."""
     text = str(exc)
+    beyond_any_machine = "Storage size calculation overflowed" in text  # > 2**63 bytes
     if not (
         isinstance(exc, MemoryError)
         or type(exc).__name__ == "OutOfMemoryError"  # torch's, on a GPU
         or "can't allocate memory" in text
         or "not enough memory" in text
+        or beyond_any_machine
     ):
         return None
     asked = re.search(r"allocate (\d+) bytes", text)
     size = f" ({int(asked.group(1)) / 2**30:.1f} GiB at once)" if asked else ""
+    if beyond_any_machine:
+        size = " (more bytes at once than a 64-bit machine can address)"
     less = LESS_AT_ONCE.get(command or "")
     if less is None:
         return f"Out of memory{size}; free some memory or use a machine with more."

@@ -58,12 +58,15 @@ def add_reliability_flags(group) -> None:
 
 
 def whole_number_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number no smaller than ``minimum``."""
+    """An argparse type: a whole number no smaller than ``minimum`` that fits 64 bits (torch
+    fails with a traceback on a wider one)."""
 
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, not {text}")
+        if value > 2**63 - 1:
+            raise argparse.ArgumentTypeError(f"must fit a 64-bit integer (< 2**63), not {text}")
         return value
 
     parse.__name__ = "integer"  # argparse's "invalid integer value: 'abc'" names it so

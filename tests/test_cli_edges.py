@@ -1,0 +1,158 @@
+"""Inputs at the edges: numbers beyond 64 bits, odd folder names, oversized PNG headers, and
+damaged files in a run that a resume, the report or `vqkit runs` meets."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from cli_helpers import fails_cleanly
+
+from vqkit import runfiles
+from vqkit.cli import main
+from vqkit.images import tile
+from vqkit.report import render_report
+from vqkit.runinfo import load_run_info
+from vqkit.runs import run_row
+
+TINY = [
+    "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--batch-size", "32",
+    "--hidden-dim", "16", "--embedding-dim", "8", "--num-embeddings", "16", "--quiet",
+    "--device", "cpu",
+]  # fmt: skip
+BEYOND_64_BITS = str(2**64)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--batch-size", BEYOND_64_BITS],
+        ["--hidden-dim", BEYOND_64_BITS],
+        ["--num-embeddings", BEYOND_64_BITS],
+        ["--dead-code-restart", BEYOND_64_BITS],
+        ["--quantizer", "fsq", "--fsq-levels", f"8,{BEYOND_64_BITS}"],
+    ],
+    ids=lambda flags: flags[-2],
+)
+def test_a_whole_number_beyond_64_bits_is_refused_before_any_folder(flags, tmp_path, capsys):
+    fails_cleanly(
+        capsys, ["train", *TINY, *flags, "--out", tmp_path / "run"], "must fit a 64-bit integer"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_count_beyond_64_bits_or_beyond_any_memory_is_one_sentence(run_copy, tmp_path, capsys):
+    for argv in (
+        ["train-prior", run_copy, "--channels", BEYOND_64_BITS],
+        ["sample", run_copy, "--n", BEYOND_64_BITS],
+    ):
+        with pytest.raises(SystemExit) as stop:  # argparse's own one-line error
+            main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and "must fit a 64-bit integer" in err and "\n" == err[-1]
+    # Within 64 bits, but more bytes than any machine can address: torch's overflow.
+    out = tmp_path / "s.png"
+    sample = ["sample", run_copy, "--strategy", "random", "--out", out]
+    fails_cleanly(capsys, [*sample, "--n", 2**62], "Out of memory", "a smaller --n")
+    assert not out.exists()
+
+
+def test_more_grid_columns_than_images_make_one_row_as_wide_as_the_images():
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    assert tile(images, columns=2**62).shape == (28 + 4, 3 * 30 + 2)
+    assert tile(images, columns=3).shape == tile(images, columns=1000).shape
+
+
+def test_a_png_header_claiming_billions_of_pixels_is_one_sentence(run_copy, tmp_path, capsys):
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+    out = tmp_path / "codes.npy"
+    fails_cleanly(capsys, ["encode", run_copy, bomb, "--out", out], "far larger than 28×28")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [("a" * 300, "File name too long"), ("", "folder name is empty")],
+    ids=["too-long", "empty"],
+)
+def test_an_unusable_folder_name_is_refused_before_training(name, fragment, tmp_path, capsys,
+                                                              monkeypatch):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    fails_cleanly(capsys, ["train", *TINY, "--out", name], fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_inside_another_run_is_refused(run_copy, capsys):
+    before = sorted(p.name for p in run_copy.iterdir())
+    fails_cleanly(
+        capsys, ["train", *TINY, "--out", run_copy / "inner"], "lies inside the run", "outside it"
+    )
+    assert sorted(p.name for p in run_copy.iterdir()) == before
+
+
+def test_resume_keeps_metrics_lines_it_cannot_read(run_copy, capsys):
+    # The small run is finished (1 epoch). A line of a later epoch, written before a kill the
+    # state does not cover, goes; the unreadable lines are the user's and stay, byte for byte.
+    metrics = run_copy / runfiles.METRICS
+    first = metrics.read_bytes()
+    later = first.replace(b'"epoch": 1', b'"epoch": 2')
+    metrics.write_bytes(first + b"garbage\n" + later + b'{"epoch": "x"}\n[1]\n')
+    assert main(["train", "--resume", str(run_copy), "--quiet"]) == 0, capsys.readouterr().err
+    assert metrics.read_bytes() == first + b'garbage\n{"epoch": "x"}\n[1]\n'
+
+
+def test_resuming_a_finished_run_rewrites_weights_that_were_damaged(small_run, run_copy, capsys):
+    weights = run_copy / runfiles.WEIGHTS
+    weights.write_bytes(b"\x00" * 5000)
+    assert main(["train", "--resume", str(run_copy), "--quiet"]) == 0, capsys.readouterr().err
+    assert weights.read_bytes() == (small_run.run_dir / runfiles.WEIGHTS).read_bytes()
+
+
+def test_damaged_weights_are_named_by_the_report_and_the_runs_table(run_copy, tmp_path):
+    (run_copy / runfiles.WEIGHTS).write_bytes(b"\x00" * 5000)
+    info = load_run_info(run_copy)
+    assert "damaged" in info.notes[runfiles.WEIGHTS]
+    assert "model.safetensors" in render_report(info)
+    assert run_row(run_copy)[4].endswith("(weights unreadable)")
+    # A run with no weights yet (a start stopped before its first save) says so too.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(run_copy / runfiles.CONFIG, bare)
+    assert "missing" in load_run_info(bare).notes[runfiles.WEIGHTS]
+
+
+def test_damaged_session_lines_are_left_out_with_a_note(run_copy):
+    with (run_copy / runfiles.ENVIRONMENT).open("a") as log:
+        log.write('{"stage": {}, "processes": "x"}\nrandom bytes\n')
+    info = load_run_info(run_copy)
+    assert len(info.environment) == 1
+    assert "damaged lines" in info.notes[runfiles.ENVIRONMENT]
+
+
+def test_a_path_under_a_regular_file_does_not_exist(run_copy, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    fails_cleanly(capsys, ["train", "--config", afile / "x.json"], "does not exist")
+    out = tmp_path / "d.png"
+    fails_cleanly(capsys, ["decode", run_copy, afile / "x.npy", "--out", out], "does not exist")
+    fails_cleanly(capsys, ["runs", afile], "is a file")
+
+
+def test_a_config_without_a_version_is_not_called_incompatible(tmp_path, capsys):
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    fails_cleanly(capsys, ["train", "--config", empty], "no 'version' field")
