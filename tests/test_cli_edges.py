@@ -156,3 +156,9 @@ def test_a_config_without_a_version_is_not_called_incompatible(tmp_path, capsys)
     empty = tmp_path / "empty.json"
     empty.write_text("{}")
     fails_cleanly(capsys, ["train", "--config", empty], "no 'version' field")
+
+
+def test_an_empty_figures_folder_is_refused(run_copy, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fails_cleanly(capsys, ["codebook", run_copy, "--out", ""], "--out needs a folder")
+    assert list(tmp_path.iterdir()) == [run_copy]

@@ -8,6 +8,7 @@ from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, positive_int
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
 from vqkit.data import load_split
+from vqkit.errors import VqkitError
 from vqkit.provenance import stamp
 from vqkit.training import resolve_device
 from vqkit.usage import code_usage
@@ -44,6 +45,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.out.strip():  # Path("") is the current folder, which nobody asked for
+        raise VqkitError("--out needs a folder for the figures; it is empty.")
     config = load_config(args.run_dir)
     model = load_model(args.run_dir, device=resolve_device(args.device))
     counts = code_usage(args.run_dir, model, data_dir=args.data_dir)
