@@ -63,6 +63,17 @@ TRAIN_FLAGS = [
 ]  # fmt: skip
 
 
+def train_through_a_plugin_file(tmp_path: Path, capsys, name: str) -> tuple[Path, Path]:
+    """Train a tiny run with quantizer ``name`` from a plugin file; (plugin file, run folder)."""
+    plugin = tmp_path / f"{name.replace('-', '_')}.py"
+    plugin.write_text(PLUGIN_SOURCE.format(name=name))
+    run = tmp_path / "run"
+    code = main(["--plugin", str(plugin), "train", "--quantizer", name, *TRAIN_FLAGS,
+                 "--out", str(run)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    return plugin, run
+
+
 def test_plugin_flags_are_taken_out_wherever_they_stand():
     specs, rest = take_plugins(["--plugin", "a.py", "runs", "--plugin=b", "x", "--plugin"])
     assert specs == ["a.py", "b", ""]
@@ -70,12 +81,7 @@ def test_plugin_flags_are_taken_out_wherever_they_stand():
 
 
 def test_a_run_trained_through_a_plugin_file_needs_it_to_be_read_again(tmp_path, capsys):
-    plugin = tmp_path / "my_quantizer.py"
-    plugin.write_text(PLUGIN_SOURCE.format(name="plugin-file-vq"))
-    run = tmp_path / "run"
-    code = main(["--plugin", str(plugin), "train", "--quantizer", "plugin-file-vq", *TRAIN_FLAGS,
-                 "--out", str(run)])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
+    plugin, run = train_through_a_plugin_file(tmp_path, capsys, "plugin-file-vq")
     assert json.loads((run / runfiles.CONFIG).read_text())["model"]["quantizer"]["quantizer"] == (
         "plugin-file-vq"
     )
@@ -101,12 +107,7 @@ def test_a_run_trained_through_a_plugin_file_needs_it_to_be_read_again(tmp_path,
 
 
 def test_a_run_records_the_plugin_code_and_its_report_says_when_it_changed(tmp_path, capsys):
-    plugin = tmp_path / "recorded_vq.py"
-    plugin.write_text(PLUGIN_SOURCE.format(name="recorded-vq"))
-    run = tmp_path / "run"
-    code = main(["--plugin", str(plugin), "train", "--quantizer", "recorded-vq", *TRAIN_FLAGS,
-                 "--out", str(run)])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
+    plugin, run = train_through_a_plugin_file(tmp_path, capsys, "recorded-vq")
     (session,) = read_records(run)
     assert session["quantizer"]["file"] == str(plugin.resolve())
     assert session["quantizer"]["sha256"] == hashlib.sha256(plugin.read_bytes()).hexdigest()
