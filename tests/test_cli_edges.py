@@ -162,3 +162,9 @@ def test_an_empty_figures_folder_is_refused(run_copy, tmp_path, capsys, monkeypa
     monkeypatch.chdir(tmp_path)
     fails_cleanly(capsys, ["codebook", run_copy, "--out", ""], "--out needs a folder")
     assert list(tmp_path.iterdir()) == [run_copy]
+
+
+def test_a_folder_with_another_tools_config_json_may_hold_runs(tmp_path, capsys):
+    (tmp_path / runfiles.CONFIG).write_text('{"name": "some other project"}')
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()

@@ -107,11 +107,21 @@ def _refuse_taken(path: Path) -> None:
             "choose another --out or move them away."
         )
     # A run inside another is hidden from `vqkit runs` and mixed into that run's folder.
-    enclosing = next((p for p in path.resolve().parents if (p / runfiles.CONFIG).is_file()), None)
+    enclosing = next((p for p in path.resolve().parents if _holds_a_run(p)), None)
     if enclosing is not None:
         raise VqkitError(
             f"The folder '{path}' lies inside the run '{enclosing}'; choose an --out outside it."
         )
+
+
+def _holds_a_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a vqkit run: a config.json with vqkit's sections (the name
+    alone is common to many tools, a project folder's own config.json included)."""
+    try:
+        config = json.loads((folder / runfiles.CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and {"model", "train", "version"} <= set(config)
 
 
 def record_environment(
