@@ -168,3 +168,16 @@ def test_a_folder_with_another_tools_config_json_may_hold_runs(tmp_path, capsys)
     (tmp_path / runfiles.CONFIG).write_text('{"name": "some other project"}')
     assert main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
     capsys.readouterr()
+
+
+def test_an_output_named_only_by_its_extension_asks_for_a_name(run_copy, tmp_path, capsys):
+    codes = tmp_path / "codes.npy"
+    np.save(codes, np.zeros((1, 7, 7), dtype=np.int64))
+    out = tmp_path / ".png"
+    fails_cleanly(capsys, ["decode", run_copy, codes, "--out", out], "needs a file name before")
+    assert not out.exists()
+
+
+def test_a_config_json_that_is_a_folder_is_called_one(tmp_path, capsys):
+    (tmp_path / "run" / runfiles.CONFIG).mkdir(parents=True)
+    fails_cleanly(capsys, ["report", tmp_path / "run"], "is a folder, not a run's configuration")

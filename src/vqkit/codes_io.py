@@ -80,6 +80,9 @@ def load_codes(path: str | Path, num_codes: int, grid_size: int) -> torch.Tensor
 
 def require_suffix(path: str | Path, suffixes: tuple[str, ...], what: str) -> None:
     """A clear error when an output path does not end in one of the allowed suffixes."""
+    name = Path(path).name
+    if name.lower() in suffixes:  # ".png" alone is a hidden file without a suffix to Python
+        raise VqkitError(f"The {what} path '{path}' needs a file name before {name}.")
     if Path(path).suffix.lower() not in suffixes:
         allowed = " or ".join(suffixes)
         raise VqkitError(f"The {what} path '{path}' must end in {allowed}.")

@@ -103,6 +103,8 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     """Read a run folder; VqkitError when it is missing or its config.json is unusable."""
     run_dir = Path(run_dir)
     require_run_folder(run_dir)
+    if (run_dir / runfiles.CONFIG).is_dir():
+        raise VqkitError(f"'{run_dir / runfiles.CONFIG}' is a folder, not a run's configuration.")
     if not (run_dir / runfiles.CONFIG).is_file():
         raise VqkitError(
             f"'{run_dir}' is not a run folder (it has no {runfiles.CONFIG}); "
