@@ -63,12 +63,14 @@ TRAIN_FLAGS = [
 ]  # fmt: skip
 
 
-def train_through_a_plugin_file(tmp_path: Path, capsys, name: str) -> tuple[Path, Path]:
+def train_through_a_plugin_file(
+    tmp_path: Path, capsys, name: str, *flags: str
+) -> tuple[Path, Path]:
     """Train a tiny run with quantizer ``name`` from a plugin file; (plugin file, run folder)."""
     plugin = tmp_path / f"{name.replace('-', '_')}.py"
     plugin.write_text(PLUGIN_SOURCE.format(name=name))
     run = tmp_path / "run"
-    code = main(["--plugin", str(plugin), "train", "--quantizer", name, *TRAIN_FLAGS,
+    code = main(["--plugin", str(plugin), "train", "--quantizer", name, *TRAIN_FLAGS, *flags,
                  "--out", str(run)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     return plugin, run
@@ -104,6 +106,13 @@ def test_a_run_trained_through_a_plugin_file_needs_it_to_be_read_again(tmp_path,
     )  # fmt: skip
     assert evaluate.returncode == 0, evaluate.stderr
     assert "test MSE" in evaluate.stdout
+
+
+def test_a_plugin_quantizer_takes_the_codebook_size_flag(tmp_path, capsys):
+    # The plugin's class is a VectorQuantizer: --num-embeddings sizes its codebook.
+    _, run = train_through_a_plugin_file(tmp_path, capsys, "sized-vq", "--num-embeddings", "64")
+    quantizer = json.loads((run / runfiles.CONFIG).read_text())["model"]["quantizer"]
+    assert quantizer["num_embeddings"] == 64
 
 
 def test_a_run_records_the_plugin_code_and_its_report_says_when_it_changed(tmp_path, capsys):

@@ -267,12 +267,13 @@ def refuse_inert_flags(args: argparse.Namespace, quantizer: QuantizerConfig) -> 
             quantizer.codebook_init == "kmeans",
             "--codebook-init kmeans",
         ),
+        # A quantizer of one's own receives the whole QuantizerConfig: either may matter to it.
         "num_embeddings": (
             "--num-embeddings",
-            quantizer.quantizer == "vq",
+            quantizer.quantizer != "fsq",
             "--quantizer vq (FSQ has as many codes as --fsq-levels multiply to)",
         ),
-        "fsq_levels": ("--fsq-levels", quantizer.quantizer == "fsq", "--quantizer fsq"),
+        "fsq_levels": ("--fsq-levels", quantizer.quantizer != "vq", "--quantizer fsq"),
     }
     for dest, (flag, acts, needed) in needs.items():
         if getattr(args, dest, None) is not None and not acts:
