@@ -81,7 +81,11 @@ def prior_is_stale(run_dir: str | Path) -> bool:
     state = run_path(run_dir, runfiles.PRIOR_STATE_META)
     try:
         trained_on = read_json(state, "prior state")["extra"]["weights_sha256"]
-        return trained_on != weights_digest(run_dir)
+        if trained_on == weights_digest(run_dir):
+            return False
+        # Damaged weights differ too; loading them says so, more truly than "stale" would.
+        read_tensors(run_path(run_dir, runfiles.WEIGHTS), "model weights")
+        return True
     except (VqkitError, KeyError, TypeError, OSError):
         return False  # no readable record of the weights, or no weights: nothing to compare
 
@@ -150,9 +154,11 @@ def load_tensors_into(
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):  # -> VQVAE
     """Rebuild the model of a run folder from its config and weights, in eval mode."""
+    from vqkit.devices import resolve_device
     from vqkit.model import VQVAE
 
+    target = resolve_device(device)  # 'auto' as everywhere else, and one sentence for a bad name
     config = load_config(run_dir)
     model = VQVAE(config.model)
     load_weights_into(model, run_path(run_dir, runfiles.WEIGHTS), "model weights file")
-    return model.to(device).eval()
+    return model.to(target).eval()

@@ -21,6 +21,7 @@ from vqkit.classifier import ClassifierConfig
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
 from vqkit.config import preset_config
 from vqkit.data import load_split
+from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, write_json_atomic
 from vqkit.generate import SamplingContext, sample_images
 from vqkit.images import save_grid
@@ -85,8 +86,11 @@ def run_demo(
     config.train.train_limit = settings.train_limit
     config.train.precision = settings.precision
     config.train.channels_last = settings.channels_last
-    run_dir = ensure_dir(out_dir if out_dir is not None else default_run_dir(config))
-    figures = ensure_dir(run_dir / runfiles.FIGURES_DIR)
+    if out_dir is not None and not str(out_dir).strip():  # Path("") is the current folder
+        raise VqkitError("The demo's run folder name is empty; give a folder (--out).")
+    # Created by train, once it has checked everything: a refused demo leaves no folder behind.
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
+    figures = run_dir / runfiles.FIGURES_DIR
     timings: dict[str, float] = {}
 
     def stage(name: str, work: Callable[[], Any]) -> Any:
@@ -101,6 +105,7 @@ def run_demo(
         "train VQ-VAE", lambda: train(config, run_dir, device=device, progress=progress)
     )
     model = trained.model.eval()
+    ensure_dir(figures)
     test = load_split(settings.dataset, "test")
     stage(
         "codebook figures",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from vqkit.checkpoint import load_config, load_model
 from vqkit.data import load_split
+from vqkit.devices import resolve_device
 from vqkit.metrics import evaluate_reconstruction
-from vqkit.training import resolve_device
 
 
 def evaluate_run(

@@ -80,9 +80,28 @@ def images_to_input(images: torch.Tensor) -> torch.Tensor:
     Float images must already be in [0, 1]: float pixels 0-255 would be silently mis-encoded,
     so they are refused (the check costs a reduction; vqkit's own data are uint8).
     """
+    if not isinstance(images, torch.Tensor):
+        raise VqkitError(
+            "Images must be a torch tensor (B, H, W) or (B, C, H, W), not a "
+            f"{type(images).__name__}."
+        )
+    if images.dim() not in (3, 4):
+        raise VqkitError(
+            f"Images must be a batch (B, H, W) or (B, C, H, W); this tensor has shape "
+            f"{tuple(images.shape)}."
+        )
     if images.dim() == 3:
         images = images.unsqueeze(1)
     if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if images.dtype == torch.bool or images.is_complex():
+        raise VqkitError(f"Images must hold uint8 or float pixels, not {images.dtype}.")
+    if not images.is_floating_point():  # int16/32/64 pixels, as 0-255 like uint8
+        if images.numel() and not 0 <= int(images.min()) <= int(images.max()) <= 255:
+            raise VqkitError(
+                f"Integer images must hold pixels 0-255, and these range from "
+                f"{int(images.min())} to {int(images.max())}."
+            )
         return images.float().div_(255.0)
     if images.numel():
         low, high = float(images.min()), float(images.max())
@@ -113,9 +132,20 @@ class VQVAE(nn.Module):
     def num_codes(self) -> int:
         return self.quantizer.num_codes
 
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """``images_to_input`` checked against the shape this model was built for."""
+        x = images_to_input(images)
+        size, channels = self.config.image_size, self.config.in_channels
+        if tuple(x.shape[1:]) != (channels, size, size):
+            raise VqkitError(
+                f"This model takes {size}×{size} images with {channels} channel(s); these are "
+                f"{x.shape[-1]}×{x.shape[-2]} with {x.shape[1]}."
+            )
+        return x
+
     def forward(self, images: torch.Tensor) -> VQVAEOutput:
         """images: uint8 or float (B, [C,] H, W) -> reconstruction, codes, loss, usage."""
-        q = self.quantizer(self.encoder(images_to_input(images)))
+        q = self.quantizer(self.encoder(self.model_input(images)))
         if not isinstance(q, QuantizerOutput):  # a quantizer of one's own (register_quantizer)
             raise VqkitError(
                 f"The quantizer {type(self.quantizer).__qualname__} returned a "
@@ -128,20 +158,30 @@ class VQVAE(nn.Module):
     def initialize(self, images: torch.Tensor) -> None:
         """The quantizer's one-time set-up from a training batch (k-means init), if pending."""
         if self.quantizer.needs_initialization():
-            self.quantizer.initialize(self.encoder(images_to_input(images)))
+            self.quantizer.initialize(self.encoder(self.model_input(images)))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, [C,] H, W), uint8 0-255 or float in [0, 1] -> integer code grids (B, h, w)."""
-        return self.quantizer.quantize_codes(self.encoder(images_to_input(images)))
+        return self.quantizer.quantize_codes(self.encoder(self.model_input(images)))
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """integer code grids (B, h, w) -> images (B, C, H, W) in [0, 1], without autograd
         history (ready for ``.numpy()``); for gradients through the decoder call
         ``model.decoder(model.quantizer.codes_to_latents(codes))``."""
-        if codes.is_floating_point() or codes.is_complex():
+        if not isinstance(codes, torch.Tensor):
+            raise VqkitError(
+                f"Code grids must be a torch tensor (B, h, w), not a {type(codes).__name__}."
+            )
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
             raise VqkitError(f"Code grids must hold integers, not {codes.dtype}.")
+        grid = self.config.grid_size
+        if codes.dim() != 3 or tuple(codes.shape[1:]) != (grid, grid):
+            raise VqkitError(
+                f"Code grids must have the shape (B, {grid}, {grid}) for this model; these have "
+                f"{tuple(codes.shape)}."
+            )
         if codes.numel():  # FSQ would wrap an out-of-range code silently; VQ would IndexError
             low, high = int(codes.min()), int(codes.max())
             if low < 0 or high >= self.num_codes:
@@ -149,7 +189,7 @@ class VQVAE(nn.Module):
                     f"Codes must lie in 0 to {self.num_codes - 1} for this model's codebook; "
                     f"these range from {low} to {high}."
                 )
-        return self.decoder(self.quantizer.codes_to_latents(codes))
+        return self.decoder(self.quantizer.codes_to_latents(codes.long()))
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> VQVAE:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_weights_into, prior_is_stale, run_path
+from vqkit.checkpoint import load_config, load_weights_into, prior_is_stale, run_path
 from vqkit.config import (
     PRECISIONS,
     _from_dict,
@@ -333,7 +333,17 @@ def load_prior(run_dir: str | Path, device: str | torch.device = "cpu") -> Pixel
             f"The run '{run_dir}' has no trained prior; run 'vqkit train-prior {run_dir}' first."
         )
     require_prior_fits_the_model(run_dir)
-    prior = PixelCNNPrior(load_prior_config(run_dir))
+    settings = load_prior_config(run_dir)
+    model = load_config(run_dir).model
+    made_for = (settings.num_codes, settings.grid_size)
+    if made_for != (model.quantizer.num_codes, model.grid_size):
+        raise VqkitError(
+            f"The prior in '{run_dir}' ({runfiles.PRIOR_CONFIG}) models {made_for[0]} codes on a "
+            f"{made_for[1]}×{made_for[1]} grid, but the run's model has "
+            f"{model.quantizer.num_codes} codes on a {model.grid_size}×{model.grid_size} grid; "
+            f"train a new one with vqkit train-prior {run_dir} --restart."
+        )
+    prior = PixelCNNPrior(settings)
     load_weights_into(prior, run_path(run_dir, runfiles.PRIOR_WEIGHTS), "prior weights file")
     return prior.to(device).eval()
 

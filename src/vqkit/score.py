@@ -29,10 +29,10 @@ from vqkit.checkpoint import load_config, load_model, prior_digest, run_path, we
 from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_train_classifier
 from vqkit.codes_io import decode_codes, encode_images
 from vqkit.data import dataset_classes, load_split
+from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import write_json_atomic
 from vqkit.generate import DECODE_BATCH_SIZE, SamplingContext, sample_codes, strategies
-from vqkit.training import resolve_device
 
 # Strategies scored when available, in table order; the prior adds conditional rows itself.
 STRATEGY_ORDER = ("random", "used", "prior")

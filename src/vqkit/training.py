@@ -9,6 +9,7 @@ clear message on a non-finite loss; and under ``torchrun`` it trains with severa
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -39,6 +40,7 @@ from vqkit.cuda_graph import (
     require_cuda_graph_support,
 )
 from vqkit.data import Split, load_split
+from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import append_jsonl, write_bytes_atomic
 from vqkit.guards import NonFiniteGuard, StopRequest
@@ -69,28 +71,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.run_dir = run_dir
         self.resume_command = files.resume_command(run_dir)
         super().__init__(f"training interrupted; continue with: {self.resume_command}")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU; asking for missing CUDA is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VqkitError("CUDA was requested (--device cuda) but no CUDA GPU is available.")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise VqkitError(f"Unknown device '{name}'; use auto, cpu or cuda.")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise VqkitError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and device.index is not None:
-        count = torch.cuda.device_count()
-        if device.index >= count:
-            raise VqkitError(
-                f"There is no GPU {device.index} (--device {name}); this machine has {count}, "
-                f"numbered 0 to {count - 1}."
-            )
-    return device
 
 
 def limit(split: Split, count: int | None) -> torch.Tensor:
@@ -404,6 +384,12 @@ class _Run:
             "epoch_seconds": seconds,
             "images_per_second": trained / seconds,
         }
+        if not math.isfinite(record["test_mse"]):  # every step's loss was finite, the weights not
+            raise VqkitError(
+                f"The weights became non-finite in epoch {epoch} (test MSE {record['test_mse']}), "
+                "so nothing of that epoch was saved; lower the learning rate (--lr) and train "
+                "again."
+            )
         if self.guard.skipped:
             record["skipped_nonfinite_steps"] = self.guard.skipped
         self.history.append(record)

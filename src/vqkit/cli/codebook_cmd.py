@@ -8,9 +8,9 @@ from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, positive_int
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
 from vqkit.data import load_split
+from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.provenance import stamp
-from vqkit.training import resolve_device
 from vqkit.usage import code_usage
 
 HELP = """

@@ -14,8 +14,8 @@ from vqkit.codes_io import (
     require_suffix,
     write_images,
 )
+from vqkit.devices import resolve_device
 from vqkit.provenance import stamp
-from vqkit.training import resolve_device
 
 HELP = """
 Decode code grids into images. CODES is a .npy file holding an (N, 7, 7) integer array (a single

@@ -7,8 +7,8 @@ import argparse
 from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag
 from vqkit.codes_io import encode_images, require_new_outputs, require_suffix, save_codes
+from vqkit.devices import resolve_device
 from vqkit.inputs import resolve_images, test_split_loader
-from vqkit.training import resolve_device
 
 HELP = """
 Encode images into code grids: each 28x28 image becomes 7x7 integers in [0, K). The codes are

@@ -13,11 +13,11 @@ from vqkit.cli.common import (
     whole_number_at_least,
 )
 from vqkit.codes_io import require_new_outputs
+from vqkit.devices import resolve_device
 from vqkit.images import save_grid
 from vqkit.inputs import resolve_image, test_split_loader
 from vqkit.interpolate import MIN_STEPS, MODES, interpolation, interpolation_strip
 from vqkit.provenance import stamp
-from vqkit.training import resolve_device
 
 HELP = """
 Encode two images, walk from the codes of the first to the codes of the second, and write one

@@ -14,10 +14,10 @@ from vqkit.codes_io import (
     save_codes,
     write_images,
 )
+from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.generate import SamplingContext, sample_images, strategies, strategy_options
 from vqkit.provenance import stamp
-from vqkit.training import resolve_device
 
 HELP = """
 Draw 7x7 code grids with a sampling strategy and decode them into images.

@@ -1,0 +1,104 @@
+"""The Python API at its edges: device names, image and code tensors of the wrong kind, a prior
+that does not fit its model, weights that blow up, and a demo refused before any folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from report_helpers import train_on
+
+from vqkit import runfiles
+from vqkit.checkpoint import prior_is_stale
+from vqkit.config import preset_config
+from vqkit.demo import run_demo
+from vqkit.errors import VqkitError
+from vqkit.model import VQVAE
+from vqkit.prior import PriorConfig, load_prior
+from vqkit.prior_training import train_prior
+from vqkit.training import train
+
+
+@pytest.fixture(scope="module")
+def model(small_run) -> VQVAE:
+    return VQVAE.from_run(small_run.run_dir, device="auto")  # 'auto', as every command takes
+
+
+@pytest.mark.parametrize(("device", "fragment"), [("tpu", "Unknown device"), (None, "string")])
+def test_a_bad_device_for_a_saved_model_is_one_sentence(small_run, device, fragment):
+    with pytest.raises(VqkitError, match=fragment):
+        VQVAE.from_run(small_run.run_dir, device=device)
+
+
+def test_integer_pixels_encode_as_uint8_ones_do(model):
+    pixels = torch.randint(0, 256, (4, 28, 28))
+    assert torch.equal(model.encode(pixels), model.encode(pixels.to(torch.uint8)))
+    assert torch.equal(model.encode(pixels.int()), model.encode(pixels.to(torch.uint8)))
+    with pytest.raises(VqkitError, match="pixels 0-255, and these range from 0 to 300"):
+        model.encode(torch.tensor([0, 300]).repeat(392).view(1, 28, 28))
+
+
+@pytest.mark.parametrize(
+    ("images", "fragment"),
+    [
+        ("image.png", "must be a torch tensor"),
+        (torch.zeros(28, 28, dtype=torch.uint8), "has shape (28, 28)"),
+        (torch.zeros(1, 1, 1, 28, 28, dtype=torch.uint8), "has shape (1, 1, 1, 28, 28)"),
+        (torch.zeros(2, 3, 28, 28, dtype=torch.uint8), "28×28 with 3"),
+        (torch.zeros(2, 32, 32, dtype=torch.uint8), "these are 32×32"),
+        (torch.zeros(2, 28, 28, dtype=torch.bool), "not torch.bool"),
+    ],
+    ids=["str", "2-d", "5-d", "rgb", "32x32", "bool"],
+)
+def test_images_of_the_wrong_kind_are_one_sentence(model, images, fragment):
+    with pytest.raises(VqkitError) as refused:
+        model.encode(images)
+    assert fragment in str(refused.value)
+
+
+def test_code_grids_of_the_wrong_shape_are_one_sentence_and_narrow_integers_decode(model):
+    codes = model.encode(torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8))
+    assert torch.equal(model.decode(codes.to(torch.uint8)), model.decode(codes))
+    for bad in (codes[0], codes[:, :6, :6], codes.unsqueeze(0)):
+        with pytest.raises(VqkitError, match=r"shape \(B, 7, 7\)"):
+            model.decode(bad)
+    with pytest.raises(VqkitError, match="must be a torch tensor"):
+        model.decode(codes.tolist())
+
+
+def test_a_prior_is_judged_against_the_model_only_when_its_weights_load(run_copy):
+    train_prior(
+        run_copy, PriorConfig(channels=8, layers=2, epochs=1, train_limit=256, test_limit=64)
+    )
+    weights = run_copy / runfiles.WEIGHTS
+    original = weights.read_bytes()
+    weights.write_bytes(original[:1000])  # damaged: loading says so, not "stale"
+    assert not prior_is_stale(run_copy)
+    weights.write_bytes(original)
+    train_on(run_copy)  # other weights, still valid: the prior is stale
+    assert prior_is_stale(run_copy)
+    weights.write_bytes(original)
+    # A prior_config.json edited to another grid than the model's is refused by name.
+    path = run_copy / runfiles.PRIOR_CONFIG
+    settings = json.loads(path.read_text())
+    path.write_text(json.dumps({**settings, "grid_size": 9}))
+    with pytest.raises(VqkitError, match="on a 9×9 grid, but the run.s model has 128 codes on a 7×7 grid"):
+        load_prior(run_copy)
+
+
+def test_weights_that_blow_up_stop_the_run_before_their_epoch_is_saved(tmp_path):
+    config = preset_config("efficient")
+    config.train.epochs, config.train.lr = 1, 1e30
+    config.train.train_limit, config.train.test_limit = 64, 32
+    with pytest.raises(VqkitError, match="became non-finite in epoch 1"):
+        train(config, tmp_path / "run", device="cpu", progress=False)
+    assert not (tmp_path / "run" / runfiles.WEIGHTS).exists()
+
+
+@pytest.mark.parametrize(("out", "device"), [("", "cpu"), ("demo", "tpu")], ids=["empty", "tpu"])
+def test_a_refused_demo_leaves_no_folder(out, device, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(VqkitError):
+        run_demo(out, device=device, progress=False, log=lambda line: None)
+    assert list(tmp_path.iterdir()) == []
