@@ -83,7 +83,8 @@ def test_a_prior_is_judged_against_the_model_only_when_its_weights_load(run_copy
     path = run_copy / runfiles.PRIOR_CONFIG
     settings = json.loads(path.read_text())
     path.write_text(json.dumps({**settings, "grid_size": 9}))
-    with pytest.raises(VqkitError, match="on a 9×9 grid, but the run.s model has 128 codes on a 7×7 grid"):
+    misfit = "on a 9×9 grid, but the run.s model has 128 codes on a 7×7 grid"
+    with pytest.raises(VqkitError, match=misfit):
         load_prior(run_copy)
 
 
