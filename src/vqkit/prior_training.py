@@ -22,13 +22,14 @@ from vqkit import environment, runfiles, train_state
 from vqkit.checkpoint import load_config, load_model, run_path, weights_digest
 from vqkit.codes_io import encode_images
 from vqkit.data import dataset_classes, load_split
+from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import atomic_open, read_json, write_json_atomic
 from vqkit.model import VQVAE
 from vqkit.prior import PixelCNNPrior, PriorConfig, load_prior
 from vqkit.prior_loop import PriorLoop, code_nll, damaged_state
 from vqkit.prior_replacement import old_prior_set_aside
-from vqkit.training import deterministic_mode, resolve_device
+from vqkit.training import deterministic_mode
 
 SPLITS = ("train", "test")
 # Settings --resume may change: when the run stops and how it saves, not what it learns so far.

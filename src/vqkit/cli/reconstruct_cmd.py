@@ -10,8 +10,9 @@ from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, positive_int, require_png_path
 from vqkit.codes_io import require_new_outputs
 from vqkit.data import load_split
+from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
-from vqkit.training import resolve_device, write_reconstructions
+from vqkit.training import write_reconstructions
 
 HELP = """
 Write a PNG with test images in the top row and the model's reconstructions below them.
