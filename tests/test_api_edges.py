@@ -14,9 +14,12 @@ from vqkit.checkpoint import prior_is_stale
 from vqkit.config import preset_config
 from vqkit.demo import run_demo
 from vqkit.errors import VqkitError
+from vqkit.evaluate import evaluate_run
 from vqkit.model import VQVAE
 from vqkit.prior import PriorConfig, load_prior
 from vqkit.prior_training import train_prior
+from vqkit.report import write_report
+from vqkit.score import score_run
 from vqkit.training import train
 
 
@@ -103,3 +106,26 @@ def test_a_refused_demo_leaves_no_folder(out, device, tmp_path, monkeypatch):
     with pytest.raises(VqkitError):
         run_demo(out, device=device, progress=False, log=lambda line: None)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("run_dir", "fragment"),
+    [("", "name is empty"), (None, "not None"), (7, "not 7"), (b"run", "not b'run'")],
+    ids=["empty", "none", "int", "bytes"],
+)
+@pytest.mark.parametrize(
+    "reader",
+    [VQVAE.from_run, evaluate_run, write_report, train_prior, lambda run: score_run(run, 5)],
+    ids=["from_run", "evaluate_run", "write_report", "train_prior", "score_run"],
+)
+def test_a_run_folder_that_is_not_a_path_is_one_sentence(reader, run_dir, fragment, tmp_path,
+                                                          monkeypatch):  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # an empty name must not mean this folder
+    with pytest.raises(VqkitError, match=fragment):
+        reader(run_dir)
+
+
+@pytest.mark.parametrize("n", [2.5, None, "5", True, 1])
+def test_a_score_count_that_is_not_a_whole_number_of_two_or_more_is_refused(small_run, n):
+    with pytest.raises(VqkitError, match="at least 2 samples"):
+        score_run(small_run.run_dir, n)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -41,9 +42,20 @@ def require_run_folder(run_dir: Path) -> None:
     raise VqkitError(f"The run folder '{run_dir}' does not exist.")
 
 
+def run_folder(run_dir: str | os.PathLike) -> Path:
+    """A run folder given from Python or the command line, as an existing folder's Path; one
+    sentence for an empty name (which Path reads as the current folder) or a non-path."""
+    if not isinstance(run_dir, str | os.PathLike):
+        raise VqkitError(f"A run folder is a path (a str or pathlib.Path), not {run_dir!r}.")
+    if not str(run_dir).strip():
+        raise VqkitError("The run folder name is empty; give a folder 'vqkit train' wrote.")
+    path = Path(run_dir)
+    require_run_folder(path)
+    return path
+
+
 def load_config(run_dir: str | Path) -> RunConfig:
-    run_dir = Path(run_dir)
-    require_run_folder(run_dir)
+    run_dir = run_folder(run_dir)
     data = read_json(run_dir / runfiles.CONFIG, "run configuration")
     try:
         return RunConfig.from_dict(data)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vqkit import environment, runfiles, train_state
-from vqkit.checkpoint import load_config, load_model, run_path, weights_digest
+from vqkit.checkpoint import load_config, load_model, run_folder, run_path, weights_digest
 from vqkit.codes_io import encode_images
 from vqkit.data import dataset_classes, load_split
 from vqkit.devices import resolve_device
@@ -185,7 +185,7 @@ def train_prior(
     an unfinished prior (stopped by Ctrl-C, a crash or a non-finite loss) is only replaced with
     ``restart=True``. Ctrl-C raises TrainingInterrupted after saving.
     """
-    run_dir = Path(run_dir)
+    run_dir = run_folder(run_dir)
     target = resolve_device(device)
     model = load_model(run_dir, device=target)
     saved = _saved_extra(run_dir, resume, restart)

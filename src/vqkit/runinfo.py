@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config, prior_is_stale, read_tensors, require_run_folder
+from vqkit.checkpoint import load_config, prior_is_stale, read_tensors, run_folder
 from vqkit.config import PRESETS, RunConfig, preset_config
 from vqkit.environment import read_records
 from vqkit.errors import VqkitError
@@ -101,8 +101,7 @@ def is_run_dir(path: Path) -> bool:
 
 def load_run_info(run_dir: str | Path) -> RunInfo:
     """Read a run folder; VqkitError when it is missing or its config.json is unusable."""
-    run_dir = Path(run_dir)
-    require_run_folder(run_dir)
+    run_dir = run_folder(run_dir)
     if (run_dir / runfiles.CONFIG).is_dir():
         raise VqkitError(f"'{run_dir / runfiles.CONFIG}' is a folder, not a run's configuration.")
     if not (run_dir / runfiles.CONFIG).is_file():

@@ -25,7 +25,14 @@ import numpy as np
 import torch
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config, load_model, prior_digest, run_path, weights_digest
+from vqkit.checkpoint import (
+    load_config,
+    load_model,
+    prior_digest,
+    run_folder,
+    run_path,
+    weights_digest,
+)
 from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_train_classifier
 from vqkit.codes_io import decode_codes, encode_images
 from vqkit.data import dataset_classes, load_split
@@ -122,9 +129,9 @@ def score_run(
     "prior_sha256"}`` (see runfiles).
     Each sampled row also holds ``sample_seconds``: the time to draw its code grids.
     """
-    if n < 2:
-        raise VqkitError("Scoring needs at least 2 samples per strategy (--n).")
-    run_dir = Path(run_dir)
+    run_dir = run_folder(run_dir)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise VqkitError(f"Scoring needs a whole number of at least 2 samples (--n), not {n!r}.")
     target = resolve_device(device)
     config = load_config(run_dir)
     if _has_prior(run_dir):  # a stale prior is refused now, not after minutes of other rows
