@@ -413,10 +413,11 @@ def _sessions_table(records: list[dict[str, Any]]) -> str:
         if r.get("resumed"):
             step = number(r.get("global_step"))
             stage += " (resumed)" if step is None else f" (resumed after step {step:.0f})"
-        started = str(r.get("started", "?")).replace("T", " ").removesuffix("+00:00")
-        where = f"{r.get('device', '?')}: {r.get('device_name', '?')}"
-        workers = f"{r.get('processes', '?')} × {r.get('threads', '?')}"
-        versions = f"vqkit {r.get('vqkit', '?')}, torch {r.get('torch', '?')}"
+        # Every field read here is one environment.is_record checked.
+        started = r["started"].replace("T", " ").removesuffix("+00:00")
+        where = f"{r['device']}: {r['device_name']}"
+        workers = f"{r['processes']} × {r['threads']}"
+        versions = f"vqkit {r['vqkit']}, torch {r['torch']}"
         rows.append([started, stage, where, workers, versions, _code(r)])
     headers = ["started (UTC)", "stage", "device", "processes × threads", "versions", "quantizer"]
     return table(headers, rows, numeric_from=len(headers))

@@ -114,15 +114,15 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     info.prior_metrics = _epoch_records(
         info, runfiles.PRIOR_METRICS, required=("train_bits_per_code", "test_bits_per_code")
     )
-    weights_readable = _weights_readable(info)
-    # Against unreadable weights nothing can be called stale: the digests would only differ.
-    info.prior_stale = weights_readable and bool(info.prior_metrics) and prior_is_stale(run_dir)
+    info.prior_stale = bool(info.prior_metrics) and prior_is_stale(run_dir)
     info.code_usage = _optional_json(info, runfiles.CODE_USAGE, _valid_code_usage)
     info.scores = _optional_json(info, runfiles.SCORES, _valid_scores)
     info.timings = _optional_json(info, runfiles.TIMINGS, _valid_timings)
     info.environment = _session_records(info)
     info.figures = _find_figures(run_dir / runfiles.FIGURES_DIR)
     # Scores and figures record the weights (and prior) they came from: compare with now.
+    # Against unreadable weights nothing can be called stale: the digests would only differ.
+    weights_readable = _weights_readable(info)
     measured = info.scores is not None or info.figures
     current = current_stamp(run_dir) if measured and weights_readable else None
     if current is not None:

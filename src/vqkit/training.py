@@ -287,6 +287,8 @@ class _Run:
         self.show = show and context.is_main
 
     def train(self) -> TrainResult:
+        # Each epoch's end writes the weights file; a resume of a finished run trains none.
+        trains_an_epoch = self.position.epochs_done < self.settings.epochs
         # One rank alone cannot stop a multi-process job at a step the others agree on.
         with self.stop.installed(enabled=not self.context.enabled):
             for epoch in range(self.position.epochs_done + 1, self.settings.epochs + 1):
@@ -297,7 +299,8 @@ class _Run:
             raise VqkitError("The training processes ended with different weights; train again.")
         self.model.eval()
         if self.context.is_main:
-            keep_weights_file_true(self.run_dir, self.model)
+            if not trains_an_epoch:
+                keep_weights_file_true(self.run_dir, self.model)
             path = run_path(self.run_dir, runfiles.RECONSTRUCTIONS)
             write_reconstructions(self.model, self.test_images[:8], path)
         distributed.barrier(self.context)
@@ -426,7 +429,7 @@ class _Run:
 
 
 def keep_weights_file_true(run_dir: Path, model: VQVAE) -> None:
-    """Write the weights file again when it no longer holds the trained weights: a resume of a
+    """Write the weights file again when it no longer holds ``model``'s weights: a resume of a
     finished run trains nothing, and would otherwise report on the saved state's weights while
     a damaged or missing model.safetensors stayed behind."""
     path = run_path(run_dir, runfiles.WEIGHTS)

@@ -9,7 +9,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from vqkit.config import SEED_RANGE, is_seed
+from vqkit.config import SEED_MAX, SEED_RANGE, is_seed
 from vqkit.errors import VqkitError
 
 if TYPE_CHECKING:  # the training loop imports torch; the CLI's helpers need not
@@ -65,7 +65,7 @@ def whole_number_at_least(minimum: int) -> Callable[[str], int]:
         value = int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, not {text}")
-        if value > 2**63 - 1:
+        if value > SEED_MAX:  # the int64 bound, which seeds share
             raise argparse.ArgumentTypeError(f"must fit a 64-bit integer (< 2**63), not {text}")
         return value
 
