@@ -21,10 +21,11 @@ from PIL import Image
 from safetensors.torch import save
 
 from vqkit import runfiles
-from vqkit.checkpoint import read_tensors
+from vqkit.checkpoint import read_tensors, save_weights
 from vqkit.data import load_split
 from vqkit.fileio import append_jsonl, write_json_atomic
 from vqkit.images import save_grid
+from vqkit.prior import PixelCNNPrior, PriorConfig, save_prior_config
 
 NUM_CODES = 128  # the efficient preset of the small_run fixture
 PRIOR_EPOCHS = [
@@ -86,7 +87,8 @@ SCORES = {
     ],
 }
 TIMINGS = {"train": 41.5, "train-prior": 30.25, "sample": 2.0, "interpolate": 0.5, "score": 12.0}
-PRIOR_CONFIG = {"hidden": 64, "layers": 5, "epochs": 3}
+# A real, tiny and untrained prior, so the run holds a whole prior (settings and weights).
+PRIOR_CONFIG = PriorConfig(num_codes=NUM_CODES, channels=8, layers=2, epochs=3)
 SAMPLE_KEYS = ("samples_random", "samples_used", "samples_prior", "samples_prior_conditional")
 INTERPOLATION_KEYS = ("interpolation_crossfade", "interpolation_wipe", "interpolation_latent")
 FIGURE_KEYS = (*SAMPLE_KEYS, *INTERPOLATION_KEYS, "codebook_atlas", "codebook_codemap")
@@ -143,7 +145,8 @@ def make_full_run(run_dir: Path) -> Path:
         )
     write_json_atomic(run_dir / runfiles.SCORES, SCORES)
     write_json_atomic(run_dir / runfiles.TIMINGS, TIMINGS)
-    write_json_atomic(run_dir / runfiles.PRIOR_CONFIG, PRIOR_CONFIG)
+    save_prior_config(run_dir, PRIOR_CONFIG)
+    save_weights(run_dir / runfiles.PRIOR_WEIGHTS, PixelCNNPrior(PRIOR_CONFIG))
     write_json_atomic(
         run_dir / runfiles.CODE_USAGE, {"split": "train", "images": 3000, "counts": usage_counts()}
     )

@@ -25,9 +25,10 @@ from process_helpers import child_env, vqkit_command
 
 from vqkit import prior_loop, prior_replacement, prior_training, runfiles, score
 from vqkit.checkpoint import read_tensors
+from vqkit.classifier import ClassifierConfig
 from vqkit.cli import main
 from vqkit.fileio import read_jsonl
-from vqkit.prior import PriorConfig
+from vqkit.prior import PriorConfig, has_prior, incomplete_prior
 from vqkit.training import TrainingInterrupted
 
 TRAIN_GRIDS, TEST_GRIDS, BATCH = 1024, 128, 32
@@ -445,6 +446,72 @@ def test_a_prior_of_earlier_vqvae_weights_is_not_sampled(
     assert main(["report", str(run_dir)]) == 0
     html = (run_dir / runfiles.REPORT).read_text()
     assert "Stale: this prior learned the codes of earlier VQ-VAE weights" in html
+
+
+def prior_sample_error(run_dir: Path, tmp_path: Path, capsys) -> str:
+    argv = ["sample", str(run_dir), "--strategy", "prior", "--n", "4"]
+    assert main([*argv, "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+def test_a_prior_stopped_in_its_first_epoch_is_named_by_sample_score_and_report(
+    coded_run, tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C before the first epoch ends leaves the prior's settings and state but no
+    weights: sampling says to resume, and score and the report say why there is no prior row
+    instead of leaving it out as if the run never had a prior."""
+    run_dir = copy_run(coded_run, tmp_path)
+    ctrl_c_on_step(monkeypatch, 9)
+    assert main(["train-prior", str(run_dir), *TINY_FLAGS]) == 130
+    monkeypatch.undo()
+    assert not (run_dir / runfiles.PRIOR_WEIGHTS).exists()
+    assert (run_dir / runfiles.PRIOR_CONFIG).exists()
+    capsys.readouterr()
+    resume = f"vqkit train-prior {run_dir} --resume"
+    err = prior_sample_error(run_dir, tmp_path, capsys)
+    assert "stopped before its first epoch ended" in err and resume in err, err
+
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))
+    tiny_classifier = ClassifierConfig(
+        channels=(4, 8), features=16, epochs=1, batch_size=32, train_limit=500
+    )
+    monkeypatch.setattr(score, "ClassifierConfig", lambda dataset, num_classes: tiny_classifier)
+    assert main(["score", str(run_dir), "--n", "4", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert f"No prior rows: The prior training in '{run_dir}' stopped" in table
+    stored = json.loads((run_dir / runfiles.SCORES).read_text())
+    assert resume in stored["prior_left_out"]
+    assert not any(row["name"].startswith("prior") for row in stored["rows"])
+
+    assert main(["report", str(run_dir)]) == 0
+    html = (run_dir / runfiles.REPORT).read_text()
+    assert 'id="prior"' in html and "stopped before its first epoch ended" in html
+    assert main(["runs", str(run_dir)]) == 0
+    assert "(incomplete)" in capsys.readouterr().out
+
+    # Resuming gives a whole prior, which sample then uses.
+    assert main(["train-prior", str(run_dir), "--resume", "--quiet", "--device", "cpu"]) == 0
+    argv = ["sample", str(run_dir), "--strategy", "prior", "--n", "4", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "s.png")]) == 0
+
+
+@pytest.mark.parametrize("lost", [runfiles.PRIOR_WEIGHTS, runfiles.PRIOR_CONFIG])
+def test_a_prior_missing_one_of_its_files_says_which_and_is_replaced(
+    lost, finished_prior, tmp_path, capsys
+):
+    run_dir = copy_run(finished_prior, tmp_path)
+    (run_dir / lost).unlink()
+    err = prior_sample_error(run_dir, tmp_path, capsys)
+    assert f"is incomplete ({lost} is missing)" in err, err
+    assert f"vqkit train-prior {run_dir} --restart" in err
+    assert main(["report", str(run_dir)]) == 0  # its numbers stay, with the same sentence
+    html = (run_dir / runfiles.REPORT).read_text()
+    assert "test bits per code" in html and f"({lost} is missing)" in html
+    argv = ["train-prior", str(run_dir), *TINY_FLAGS, "--epochs", "1", "--restart"]
+    assert main(argv) == 0
+    assert has_prior(run_dir) and incomplete_prior(run_dir) is None
 
 
 def test_code_nll_is_the_cross_entropy_of_each_code():

@@ -316,6 +316,38 @@ def has_prior(run_dir: str | Path) -> bool:
     )
 
 
+def incomplete_prior(run_dir: str | Path) -> str | None:
+    """Why a run holding some of a prior's files has no usable prior, as one sentence; None
+    when it has a whole prior or none at all.
+
+    ``train-prior`` writes its settings first and its weights after the first epoch, so a run
+    stopped inside that epoch holds settings and a resumable state but no weights yet.
+    """
+    from vqkit import train_state  # here, not above: train_state is not needed to sample
+
+    files = train_state.PRIOR_FILES
+    config = run_path(run_dir, runfiles.PRIOR_CONFIG).exists()
+    weights = run_path(run_dir, runfiles.PRIOR_WEIGHTS).exists()
+    state = train_state.exists(run_dir, files)
+    if (config and weights) or not (config or weights or state):
+        return None
+    if config and state and not weights:
+        try:
+            first_epoch_unfinished = train_state.peek(run_dir, files)[0].epochs_done == 0
+        except VqkitError:  # a damaged state: resuming it would fail, so do not suggest it
+            first_epoch_unfinished = False
+        if first_epoch_unfinished:
+            return (
+                f"The prior training in '{run_dir}' stopped before its first epoch ended, so "
+                f"it has no weights yet; continue it with {files.resume_command(run_dir)}."
+            )
+    missing = runfiles.PRIOR_WEIGHTS if config else runfiles.PRIOR_CONFIG
+    return (
+        f"The prior in '{run_dir}' is incomplete ({missing} is missing); train a new one with "
+        f"vqkit train-prior {run_dir} --restart."
+    )
+
+
 def require_prior_fits_the_model(run_dir: str | Path) -> None:
     """Refuse a prior learned on the code grids of other VQ-VAE weights than the run's own (the
     model was resumed or retrained after train-prior): its codes would mean other images."""
@@ -330,7 +362,8 @@ def load_prior(run_dir: str | Path, device: str | torch.device = "cpu") -> Pixel
     """The trained prior of a run folder, in eval mode."""
     if not has_prior(run_dir):
         raise VqkitError(
-            f"The run '{run_dir}' has no trained prior; run 'vqkit train-prior {run_dir}' first."
+            incomplete_prior(run_dir)
+            or f"The run '{run_dir}' has no trained prior; run 'vqkit train-prior {run_dir}' first."
         )
     require_prior_fits_the_model(run_dir)
     settings = load_prior_config(run_dir)

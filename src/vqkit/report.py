@@ -19,6 +19,7 @@ from vqkit import report_plots, runfiles
 from vqkit.codebook_view import plot_usage
 from vqkit.environment import changed_quantizer_code
 from vqkit.fileio import write_bytes_atomic
+from vqkit.prior import incomplete_prior
 from vqkit.quantize import perplexity
 from vqkit.report_html import Section, cards, esc, fmt, image, note, page, table, table_html
 from vqkit.runinfo import RunInfo, headline, load_run_info, number
@@ -332,8 +333,9 @@ def _interpolation(info: RunInfo) -> Section | None:
 
 def _prior(info: RunInfo) -> Section | None:
     records = info.prior_metrics
+    left_out = incomplete_prior(info.run_dir)
     if not records:
-        return None
+        return Section("prior", "Prior", note(left_out), "") if left_out else None
     last = records[-1]
     baselines = {
         name: bits
@@ -363,6 +365,8 @@ def _prior(info: RunInfo) -> Section | None:
         "Negative log-likelihood of test code grids under the prior; lower is better. "
         "Uniform assumes every code equally likely, unigram uses training-set code frequencies."
     )
+    if left_out:
+        body += note(left_out)
     if info.prior_stale:
         lead += (
             " Stale: this prior learned the codes of earlier VQ-VAE weights (the model trained "

@@ -49,7 +49,9 @@ FILE_NAMES = tuple(
 #                                "label_accuracy": float | null,
 #                                "sample_seconds": float (sampled rows only)}, ...],
 #                      "dataset": name, "weights_sha256": hex,
-#                      "prior_sha256": hex | null (the run's prior at scoring time)}
+#                      "prior_sha256": hex | null (the run's prior at scoring time),
+#                      "prior_left_out": sentence (only when the run holds part of a prior:
+#                      why it has no prior rows)}
 #   timings.json      {"<stage name>": seconds, ...} in pipeline order
 # Figures written into FIGURES_DIR by the demo (each optional):
 FIGURE_NAMES = {

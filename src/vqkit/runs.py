@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vqkit import runfiles
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
+from vqkit.prior import incomplete_prior
 from vqkit.runinfo import Headline, headline, is_run_dir, load_run_info
 
 COLUMNS = ("run", "dataset", "preset", "epochs", "test MSE", "codes used", "prior bits/code")
@@ -34,11 +35,15 @@ def find_runs(root: str | Path) -> list[Path]:
         raise VqkitError(f"Cannot list the folder '{root}': {exc.strerror}.") from exc
 
 
-def prior_cell(top: Headline) -> str:
+def prior_cell(top: Headline, run_dir: Path) -> str:
+    # A prior missing its weights or settings (stopped in its first epoch, or a file lost)
+    # cannot be sampled, whatever its metrics say.
+    incomplete = incomplete_prior(run_dir) is not None
     if top.prior_bits_per_code is None:
-        return MISSING
+        return "(incomplete)" if incomplete else MISSING
     # A prior of earlier VQ-VAE weights: its number no longer describes this model's codes.
-    return f"{top.prior_bits_per_code:.3f}" + (" (stale)" if top.prior_stale else "")
+    marks = " (stale)" if top.prior_stale else ""
+    return f"{top.prior_bits_per_code:.3f}{marks}" + (" (incomplete)" if incomplete else "")
 
 
 def run_row(run_dir: Path) -> list[str]:
@@ -68,7 +73,7 @@ def run_row(run_dir: Path) -> list[str]:
         epochs,
         mse,
         codes,
-        prior_cell(top),
+        prior_cell(top, run_dir),
         report,
     ]
 

@@ -167,7 +167,7 @@ def score_run(
         if strategy not in available or (strategy == "prior" and not _has_prior(run_dir)):
             continue
         rows += _strategy_rows(strategy, context, classifier, reference, n, seed, log)
-    scores = {
+    scores: dict[str, Any] = {
         "n": n,
         "dataset": dataset,
         "classifier_test_accuracy": test_accuracy,
@@ -177,6 +177,9 @@ def score_run(
         "weights_sha256": weights_digest(run_dir),
         "prior_sha256": prior_digest(run_dir),
     }
+    prior_left_out = _incomplete_prior(run_dir)
+    if prior_left_out:  # said, so a half-trained prior is not mistaken for no prior at all
+        scores["prior_left_out"] = prior_left_out
     write_json_atomic(run_path(run_dir, runfiles.SCORES), scores)
     return scores
 
@@ -185,6 +188,12 @@ def _has_prior(run_dir: Path) -> bool:
     from vqkit.prior import has_prior
 
     return has_prior(run_dir)
+
+
+def _incomplete_prior(run_dir: Path) -> str | None:
+    from vqkit.prior import incomplete_prior
+
+    return incomplete_prior(run_dir)
 
 
 def _require_prior_fits_the_model(run_dir: Path) -> None:
@@ -322,4 +331,6 @@ def format_scores(scores: dict[str, Any]) -> str:
         "(of the requested digit for per-digit rows). FID grows as n shrinks: compare rows "
         "and runs at equal n."
     )
+    if scores.get("prior_left_out"):
+        lines.append(f"No prior rows: {scores['prior_left_out']}")
     return "\n".join(lines)
