@@ -4,7 +4,9 @@ that does not fit its model, weights that blow up, and a demo refused before any
 from __future__ import annotations
 
 import json
+import re
 
+import numpy as np
 import pytest
 import torch
 from report_helpers import train_on
@@ -15,6 +17,8 @@ from vqkit.config import preset_config
 from vqkit.demo import run_demo
 from vqkit.errors import VqkitError
 from vqkit.evaluate import evaluate_run
+from vqkit.generate import SamplingContext, sample_codes, sample_images
+from vqkit.interpolate import interpolation
 from vqkit.model import VQVAE
 from vqkit.prior import PriorConfig, load_prior
 from vqkit.prior_training import train_prior
@@ -127,5 +131,37 @@ def test_a_run_folder_that_is_not_a_path_is_one_sentence(reader, run_dir, fragme
 
 @pytest.mark.parametrize("n", [2.5, None, "5", True, 1])
 def test_a_score_count_that_is_not_a_whole_number_of_two_or_more_is_refused(small_run, n):
-    with pytest.raises(VqkitError, match="at least 2 samples"):
+    with pytest.raises(
+        VqkitError, match=r"scored per row \(--n\) must be a whole number of at least 2"
+    ):
         score_run(small_run.run_dir, n)
+
+
+# Each call passes one argument of the wrong type or value; what the sentence must name.
+WRONG_ARGUMENTS = {
+    "sample count text": (lambda m, run: sample_codes("random", "3", SamplingContext(m)), "'3'"),
+    "sample count 2.5": (lambda m, run: sample_codes("random", 2.5, SamplingContext(m)), "2.5"),
+    "no context": (lambda m, run: sample_codes("random", 2, None), "SamplingContext"),
+    "generator int": (lambda m, run: sample_codes("random", 2, SamplingContext(m), 3), "Generator"),
+    "sample seed": (lambda m, run: sample_images(SamplingContext(m), "random", 2, "x"), "seed"),
+    "steps None": (lambda m, run: interpolation(m, DIGIT, DIGIT, None), "steps"),
+    "interpolation seed": (lambda m, run: interpolation(m, DIGIT, DIGIT, 3, seed=1.5), "seed"),
+    "prior settings dict": (lambda m, run: train_prior(run, {"epochs": 1}), "PriorConfig"),
+    "score seed": (lambda m, run: score_run(run, 5, seed="x"), "seed"),
+    "demo settings dict": (lambda m, run: run_demo(run / "demo", {"epochs": 1}), "DemoSettings"),
+}
+DIGIT = torch.zeros(28, 28)
+
+
+@pytest.mark.parametrize("call, fragment", WRONG_ARGUMENTS.values(), ids=WRONG_ARGUMENTS)
+def test_a_wrong_argument_from_python_is_one_sentence_naming_it(call, fragment, model, run_copy):
+    with pytest.raises(VqkitError, match=re.escape(fragment)) as raised:
+        call(model, run_copy)
+    assert str(raised.value).endswith(".") and "\n" not in str(raised.value)
+    assert not (run_copy / "demo").exists()
+
+
+def test_whole_numbers_of_any_integer_type_are_accepted(model):
+    context = SamplingContext(model)
+    assert sample_codes("random", np.int64(3), context).shape == (3, 7, 7)
+    assert interpolation(model, DIGIT, DIGIT, np.int32(4)).shape == (4, 7, 7)

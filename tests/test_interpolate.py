@@ -119,7 +119,9 @@ def test_interpolation_and_strip(model_and_pair, mode):
 
 def test_interpolation_errors(model_and_pair):
     model, image_a, image_b = model_and_pair
-    with pytest.raises(VqkitError, match="at least 2 steps"):
+    with pytest.raises(
+        VqkitError, match="interpolation steps must be a whole number of at least 2"
+    ):
         interpolation(model, image_a, image_b, 1)
     with pytest.raises(VqkitError, match="Unknown interpolation mode"):
         interpolation(model, image_a, image_b, 4, "spiral")

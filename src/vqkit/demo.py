@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vqkit import runfiles
+from vqkit import arguments, runfiles
 from vqkit.classifier import ClassifierConfig
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
 from vqkit.config import preset_config
@@ -77,7 +77,8 @@ def run_demo(
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> DemoResult:
     """Run every stage into one run folder; returns the report path and headline numbers."""
-    settings = settings or DemoSettings()
+    settings = DemoSettings() if settings is None else settings
+    arguments.instance(settings, DemoSettings, "The demo settings", "DemoSettings(epochs=1)")
     config = preset_config(settings.preset)
     config.train.dataset = settings.dataset
     config.train.seed = settings.seed

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from vqkit import arguments
 from vqkit.errors import VqkitError
 from vqkit.model import VQVAE
 
@@ -84,8 +85,10 @@ def sample_codes(
         raise VqkitError(
             f"Unknown sampling strategy '{strategy}'; choose one of: {', '.join(names)}."
         )
-    if n < 1:
-        raise VqkitError("The number of samples must be at least 1.")
+    n = arguments.whole_number(n, "The number of samples", 1)
+    arguments.instance(context, SamplingContext, "The sampling context", "SamplingContext(model)")
+    if generator is not None:
+        arguments.instance(generator, torch.Generator, "The generator", "torch.Generator()")
     accepted = strategy_options(strategy)
     unknown = sorted(set(options) - accepted) if accepted is not None else []
     if unknown:
@@ -139,6 +142,6 @@ def sample_images(
     """
     from vqkit.codes_io import decode_codes
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(arguments.seed(seed))
     codes = sample_codes(strategy, n, context, generator, **options).cpu()
     return codes, decode_codes(context.model, codes, batch_size)

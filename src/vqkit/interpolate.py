@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from vqkit import arguments
 from vqkit.errors import VqkitError
 from vqkit.model import VQVAE, images_to_input
 
@@ -20,8 +21,7 @@ MIN_STEPS = 2  # the two ends, t = 0 and t = 1
 
 
 def _step_fractions(steps: int) -> torch.Tensor:
-    if steps < MIN_STEPS:
-        raise VqkitError(f"An interpolation needs at least {MIN_STEPS} steps (both ends).")
+    steps = arguments.whole_number(steps, "The number of interpolation steps", MIN_STEPS)
     return torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
 
 
@@ -90,6 +90,8 @@ def interpolation(
     seed: int = 0,
 ) -> torch.Tensor:
     """Code grids (steps, h, w) from image A's codes to image B's with the named mode."""
+    _step_fractions(steps)  # checked before any encoding
+    seed = arguments.seed(seed)
     if mode not in MODES:
         raise VqkitError(f"Unknown interpolation mode '{mode}'; choose one of: {', '.join(MODES)}.")
     if mode == "latent":

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqkit import environment, runfiles, train_state
+from vqkit import arguments, environment, runfiles, train_state
 from vqkit.checkpoint import load_config, load_model, run_folder, run_path, weights_digest
 from vqkit.codes_io import encode_images
 from vqkit.data import dataset_classes, load_split
@@ -186,6 +186,8 @@ def train_prior(
     ``restart=True``. Ctrl-C raises TrainingInterrupted after saving.
     """
     run_dir = run_folder(run_dir)
+    if settings is not None:
+        arguments.instance(settings, PriorConfig, "The prior settings", "PriorConfig(epochs=4)")
     target = resolve_device(device)
     model = load_model(run_dir, device=target)
     saved = _saved_extra(run_dir, resume, restart)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqkit import runfiles
+from vqkit import arguments, runfiles
 from vqkit.checkpoint import (
     load_config,
     load_model,
@@ -130,8 +130,8 @@ def score_run(
     Each sampled row also holds ``sample_seconds``: the time to draw its code grids.
     """
     run_dir = run_folder(run_dir)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise VqkitError(f"Scoring needs a whole number of at least 2 samples (--n), not {n!r}.")
+    n = arguments.whole_number(n, "The number of images scored per row (--n)", 2)
+    seed = arguments.seed(seed)
     target = resolve_device(device)
     config = load_config(run_dir)
     if _has_prior(run_dir):  # a stale prior is refused now, not after minutes of other rows

@@ -1,0 +1,40 @@
+"""Checks of what Python callers pass to vqkit's public functions.
+
+The command line checks its flags with argparse; a Python caller gets the same courtesy here:
+a wrong type or value is one VqkitError sentence naming the argument, instead of a TypeError
+raised from deep inside torch (``'<' not supported between 'str' and 'int'``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, TypeVar
+
+from vqkit.config import SEED_RANGE, is_seed
+from vqkit.errors import VqkitError
+
+T = TypeVar("T")
+
+
+def whole_number(value: Any, what: str, minimum: int) -> int:
+    """``value`` as an int when it is a whole number (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise VqkitError(f"{what} must be a whole number of at least {minimum}, not {value!r}.")
+    return int(value)
+
+
+def seed(value: Any) -> int:
+    """``value`` as an int when torch can seed a generator with it."""
+    if isinstance(value, numbers.Integral) and is_seed(int(value)) and not isinstance(value, bool):
+        return int(value)
+    raise VqkitError(f"The seed must be {SEED_RANGE}, not {value!r}.")
+
+
+def instance(value: Any, kind: type[T], what: str, example: str) -> T:
+    """``value`` when it is a ``kind``; otherwise a sentence saying what to pass instead."""
+    if not isinstance(value, kind):
+        raise VqkitError(
+            f"{what} must be a {kind.__name__} (for example {example}), "
+            f"not an object of type {type(value).__name__}."
+        )
+    return value
