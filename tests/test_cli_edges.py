@@ -44,6 +44,24 @@ def test_a_whole_number_beyond_64_bits_is_refused_before_any_folder(flags, tmp_p
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--lr", "-1e-3"], "learning rate must be a finite number > 0"),
+        (["--lr", "-inf"], "learning rate must be a finite number > 0"),
+        (["--quantizer", "fsq", "--fsq-levels", "-3,5"], "FSQ levels must be a list"),
+        (["--beta", "-.5"], "beta must be a finite number >= 0"),
+    ],
+    ids=["exponent", "inf", "list", "leading-point"],
+)
+def test_a_negative_value_argparse_mistakes_for_a_flag_reaches_its_own_check(
+    flags, fragment, tmp_path, capsys
+):
+    # argparse alone says "--lr: expected one argument" for these: the value was given.
+    fails_cleanly(capsys, ["train", *TINY, *flags, "--out", tmp_path / "run"], fragment)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_count_beyond_64_bits_or_beyond_any_memory_is_one_sentence(run_copy, tmp_path, capsys):
     for argv in (
         ["train-prior", run_copy, "--channels", BEYOND_64_BITS],

@@ -100,9 +100,44 @@ def build_parser() -> OneLineErrors:
     return parser
 
 
+# A value that starts with a dash but is a number (or a list of them): -1e-3, -.5, -inf, -3,5.
+NEGATIVE_VALUE = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def attach_negative_values(parser: OneLineErrors, argv: list[str]) -> list[str]:
+    """``argv`` with ``--flag -1e-3`` written as ``--flag=-1e-3`` where the flag takes a value.
+
+    argparse reads only plain negative numbers (-5, -0.5) as values; -1e-3 or -3,5 it takes for
+    an unknown flag and says the flag "expected one argument", which the user did give. Written
+    with "=" it reaches the flag's own check and its sentence ("must be > 0").
+    """
+    command = next((token for token in argv if token in parser.command_parsers), None)
+    if command is None:
+        return argv
+    flags = parser.command_parsers[command]._option_string_actions
+    joined: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        action = flags.get(token)
+        takes_a_value = action is not None and action.nargs is None and action.const is None
+        if takes_a_value and action.option_strings:
+            value = next(tokens, None)
+            if value is not None and NEGATIVE_VALUE.match(value) and value not in flags:
+                joined.append(f"{token}={value}")
+                continue
+            joined.append(token)
+            if value is not None:
+                joined.append(value)
+            continue
+        joined.append(token)
+    return joined
+
+
 def parse_command_line(parser: OneLineErrors, argv: list[str] | None) -> argparse.Namespace:
     """``parser.parse_args``, except that a flag the command does not have is refused by that
     command's parser, so the message points at its own --help (argparse's top level would)."""
+    if argv is not None:
+        argv = attach_negative_values(parser, argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.command_parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
