@@ -44,3 +44,12 @@ def test_the_python_walkthrough_runs(tmp_path, monkeypatch):
     model, path = scope["model"], scope["path"]
     assert torch.equal(path[0], model.encode(scope["three"][None])[0])
     assert torch.equal(path[-1], model.encode(scope["eight"][None])[0])
+
+
+def test_every_top_level_name_the_readme_uses_exists():
+    readme = DOC.parent.parent / "README.md"
+    code = "\n".join(re.findall(r"```python\n(.*?)```", readme.read_text(), re.S))
+    used = set(re.findall(r"(?<!from )\bvqkit\.(\w+)", code))  # not submodule imports
+    assert {"train", "preset_config", "sample_codes", "PriorConfig"} <= used
+    assert sorted(used - set(vqkit.__all__)) == []
+    assert all(hasattr(vqkit, name) for name in vqkit.__all__)

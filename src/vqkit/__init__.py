@@ -2,13 +2,18 @@
 
 The pipeline as functions (each is also a ``vqkit`` subcommand):
 ``train`` -> ``evaluate_run`` / ``VQVAE.from_run`` / ``encode`` / ``decode`` -> ``train_prior`` ->
-``generate.sample_codes`` -> ``score_run`` -> ``write_report``; ``run_demo`` runs them all.
+``sample_codes`` / ``interpolation`` -> ``score_run`` -> ``write_report``; ``run_demo`` runs
+them all. Their settings: ``preset_config`` (a ``RunConfig``), ``PriorConfig``, ``DemoSettings``.
 """
 
-from vqkit.demo import run_demo
+from vqkit.config import RunConfig, preset_config
+from vqkit.demo import DemoSettings, run_demo
 from vqkit.errors import VqkitError
 from vqkit.evaluate import evaluate_run
+from vqkit.generate import SamplingContext, sample_codes
+from vqkit.interpolate import interpolation
 from vqkit.model import VQVAE
+from vqkit.prior import PriorConfig
 from vqkit.prior_training import train_prior
 from vqkit.report import write_report
 from vqkit.score import score_run
@@ -16,10 +21,17 @@ from vqkit.training import TrainResult, train
 
 __all__ = [
     "VQVAE",
+    "DemoSettings",
+    "PriorConfig",
+    "RunConfig",
+    "SamplingContext",
     "TrainResult",
     "VqkitError",
     "evaluate_run",
+    "interpolation",
+    "preset_config",
     "run_demo",
+    "sample_codes",
     "score_run",
     "train",
     "train_prior",
