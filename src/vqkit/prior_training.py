@@ -29,6 +29,7 @@ from vqkit.model import VQVAE
 from vqkit.prior import PixelCNNPrior, PriorConfig, load_prior
 from vqkit.prior_loop import PriorLoop, code_nll, damaged_state
 from vqkit.prior_replacement import old_prior_set_aside
+from vqkit.run_lock import RunLock
 from vqkit.training import deterministic_mode
 
 SPLITS = ("train", "test")
@@ -189,6 +190,23 @@ def train_prior(
     if settings is not None:
         arguments.instance(settings, PriorConfig, "The prior settings", "PriorConfig(epochs=4)")
     target = resolve_device(device)
+    with RunLock() as lock:  # one writer: a second train-prior or train here is refused
+        lock.acquire(run_dir, "train-prior")
+        return _train_holding_the_lock(
+            run_dir, settings, target, data_dir, progress, resume=resume, restart=restart
+        )
+
+
+def _train_holding_the_lock(
+    run_dir: Path,
+    settings: PriorConfig | None,
+    target: torch.device,
+    data_dir: str | Path | None,
+    progress: bool | None,
+    *,
+    resume: bool,
+    restart: bool,
+) -> PriorResult:
     model = load_model(run_dir, device=target)
     saved = _saved_extra(run_dir, resume, restart)
     if settings is None:

@@ -21,6 +21,7 @@ from vqkit.config import RunConfig
 from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_jsonl, write_bytes_atomic
+from vqkit.run_lock import RunLock
 from vqkit.train_state import Position
 
 
@@ -66,9 +67,11 @@ def prepare_run_dir(
     resume: bool,
     context: distributed.Context,
     device: torch.device,
+    lock: RunLock,
 ) -> Path:
-    """The run folder, created by rank 0 with its config; never overwrites an earlier run.
-    (A resumed run's config is saved again only once its state has been checked.)"""
+    """The run folder, created by rank 0 with its config and locked by it (``lock``) against
+    other writers; never overwrites an earlier run. (A resumed run's config is saved again
+    only once its state has been checked.)"""
     if run_dir is not None and not str(run_dir).strip():
         raise VqkitError("The run folder name is empty; give a folder (--out or --resume).")
     if resume:
@@ -83,8 +86,20 @@ def prepare_run_dir(
         except OSError as exc:  # a name longer than the file system allows, ...
             raise VqkitError(f"Cannot use '{path}' as a run folder: {exc.strerror}.") from exc
     distributed.barrier(context)
+    refusal = ""
+    if context.is_main:
+        try:
+            if not resume:
+                ensure_dir(path)
+            lock.acquire(path, "train")
+            if not resume:  # again, under the lock: another process may have trained here
+                _refuse_taken(path)
+        except VqkitError as exc:
+            refusal = str(exc)
+    refusal = distributed.broadcast_text(context, refusal, device)
+    if refusal:  # on every rank, so none waits for the others at the next collective
+        raise VqkitError(refusal)
     if context.is_main and not resume:
-        ensure_dir(path)
         save_config(path, config)
     return path
 

@@ -54,6 +54,7 @@ from vqkit.run_folder import (
     record_environment,
     resumed_history,
 )
+from vqkit.run_lock import RunLock
 from vqkit.step import apply_step, compute_losses
 from vqkit.train_state import Position
 
@@ -185,16 +186,19 @@ def train(
     target = resolve_device(device)
     context = distributed.setup(target)
     finished = False
+    lock = RunLock()  # held by rank 0 from the run folder's checks to the end
     try:
         target = distributed.device_for(context, target)
         with deterministic_mode(config.train.deterministic, target), warnings.catch_warnings():
             # DDP compares gradient strides even along the size-1 channel axis of a grayscale
             # input convolution, where they mean nothing; the warning would repeat every run.
             warnings.filterwarnings("ignore", message=DDP_STRIDE_WARNING)
-            result = _Run(config, run_dir, target, context, data_dir, progress, resume).train()
+            run = _Run(config, run_dir, target, context, data_dir, progress, resume, lock)
+            result = run.train()
         finished = True
         return result
     finally:
+        lock.release()
         distributed.teardown(context, finished)
 
 
@@ -210,6 +214,7 @@ class _Run:
         data_dir: str | Path | None,
         progress: bool | None,
         resume: bool,
+        lock: RunLock,
     ) -> None:
         settings = self.settings = config.train
         self.context, self.device = context, device
@@ -230,7 +235,7 @@ class _Run:
         # that breaks the contract leaves no folder behind. (prepare_run_dir draws no numbers.)
         torch.manual_seed(settings.seed)
         self.model = VQVAE(config.model).to(device)
-        self.run_dir = prepare_run_dir(config, run_dir, resume, context, device)
+        self.run_dir = prepare_run_dir(config, run_dir, resume, context, device, lock)
         self.optimizer = make_optimizer(self.model, settings)
         total_steps = settings.epochs * steps_per_epoch(
             self.images.shape[0], settings.batch_size, context.world_size

@@ -1,0 +1,144 @@
+"""One writer per run folder: train and train-prior refuse a folder another process is writing,
+before they read or write anything, on one rank or two; a killed holder leaves no lock."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_helpers import fails_cleanly
+from process_helpers import child_env
+
+from vqkit import run_lock
+from vqkit.cli import main
+from vqkit.errors import VqkitError
+from vqkit.run_lock import LOCK_NAME, RunLock
+
+# A separate process that takes a folder's lock as `train` does, says so, and waits to be killed.
+HOLDER = (
+    "import sys, time\n"
+    "from vqkit.run_lock import RunLock\n"
+    "RunLock().acquire(sys.argv[1], 'train')\n"
+    "print('held', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@contextlib.contextmanager
+def held_by_another_process(folder: Path) -> Iterator[subprocess.Popen]:
+    """The folder locked by a child process until the block ends, when it is SIGKILLed (so
+    it never releases the lock itself)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder)],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "held"
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def files_except_the_lock(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != LOCK_NAME}
+
+
+def test_a_second_lock_names_its_holder_and_the_first_release_frees_the_folder(tmp_path):
+    first, second = RunLock(), RunLock()
+    first.acquire(tmp_path, "train")
+    holder = f"Another vqkit process (train, process {os.getpid()}) is writing to '{tmp_path}'"
+    with pytest.raises(VqkitError, match=f"^{re.escape(holder)}; wait for it to finish") as refused:
+        second.acquire(tmp_path, "train-prior")
+    assert str(refused.value).endswith(".")
+    first.release()
+    assert list(tmp_path.iterdir()) == []  # a released lock leaves the folder as it was
+    second.acquire(tmp_path, "train-prior")
+    assert (tmp_path / LOCK_NAME).read_text() == f"train-prior, process {os.getpid()}"
+    second.release()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_on_a_file_its_holder_removed_meanwhile_is_taken_on_the_new_one(
+    tmp_path, monkeypatch
+):
+    """The holder removes the file between our open and our flock: the lock we then get is on
+    a file no other process can find, so it must not count."""
+    first = RunLock()
+    first.acquire(tmp_path, "train")
+    opened: list[int] = []
+    real_open = run_lock._open
+
+    def open_while_the_holder_finishes(path: Path) -> int:
+        fd = real_open(path)
+        if not opened:
+            first.release()
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(run_lock, "_open", open_while_the_holder_finishes)
+    second = RunLock()
+    second.acquire(tmp_path, "train-prior")
+    assert len(opened) == 2  # the removed file was given up for the new one
+    monkeypatch.undo()
+    with pytest.raises(VqkitError, match="train-prior, process"):
+        RunLock().acquire(tmp_path, "train")
+    second.release()
+
+
+def test_train_and_train_prior_refuse_a_run_another_process_is_writing(run_copy, capsys):
+    before = files_except_the_lock(run_copy)
+    commands = (
+        ["train", "--resume", run_copy, "--epochs", "9"],
+        ["train-prior", run_copy, "--epochs", "1"],
+    )
+    with held_by_another_process(run_copy) as holder:
+        for argv in commands:
+            fails_cleanly(
+                capsys,
+                [*argv, "--quiet", "--device", "cpu"],
+                f"Another vqkit process (train, process {holder.pid}) is writing to",
+            )
+    assert files_except_the_lock(run_copy) == before
+    # The holder died without releasing: the kernel dropped its lock, and the file it left is
+    # taken and then removed by the next writer.
+    assert (run_copy / LOCK_NAME).exists()
+    assert main(["train", "--resume", str(run_copy), "--quiet", "--device", "cpu"]) == 0
+    assert not (run_copy / LOCK_NAME).exists()
+
+
+def test_a_new_run_is_refused_in_a_folder_another_process_holds(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with held_by_another_process(folder):
+        fails_cleanly(
+            capsys,
+            ["train", "--preset", "efficient", "--train-limit", "64", "--out", folder, "--quiet"],
+            "is writing to",
+        )
+        assert [p.name for p in folder.iterdir()] == [LOCK_NAME]  # no config.json of ours
+
+
+def test_every_rank_of_a_torchrun_job_stops_with_the_sentence(run_copy):
+    """Only rank 0 takes the lock; the others must hear of its refusal, not wait for it."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "vqkit", "train", "--resume", str(run_copy), "--epochs", "9", "--quiet",
+        "--device", "cpu",
+    ]  # fmt: skip
+    before = files_except_the_lock(run_copy)
+    with held_by_another_process(run_copy):
+        done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode != 0
+    assert done.stderr.count("is writing to") == 2, done.stderr[-3000:]
+    # The one traceback is torchrun's own report of a worker that exited with status 2.
+    assert done.stderr.count("Traceback") == 1 and "exitcode: 2" in done.stderr, done.stderr
+    assert files_except_the_lock(run_copy) == before
