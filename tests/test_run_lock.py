@@ -4,6 +4,7 @@ before they read or write anything, on one rank or two; a killed holder leaves n
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import subprocess
@@ -92,6 +93,16 @@ def test_a_lock_on_a_file_its_holder_removed_meanwhile_is_taken_on_the_new_one(
     with pytest.raises(VqkitError, match="train-prior, process"):
         RunLock().acquire(tmp_path, "train")
     second.release()
+
+
+def test_a_file_system_that_cannot_lock_runs_unlocked_and_leaves_no_file(tmp_path, monkeypatch):
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
+    with RunLock() as lock:
+        lock.acquire(tmp_path, "train")
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_train_and_train_prior_refuse_a_run_another_process_is_writing(run_copy, capsys):

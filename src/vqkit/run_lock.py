@@ -10,7 +10,8 @@ or writes anything.
 The lock is an advisory ``flock`` on ``RUN/.vqkit-lock``, which holds the holder's command and
 process id for the message of the one refused. The kernel drops it when the holder exits, so a
 killed process never leaves a folder locked. The file is removed on release, so a finished
-command leaves the folder as it found it. Where ``fcntl`` is missing (Windows) there is no lock.
+command leaves the folder as it found it. Where ``fcntl`` is missing (Windows), or the file
+system cannot lock (some network mounts), commands run unlocked, as they did before the lock.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class RunLock:
                     f"Another vqkit process{holder} is writing to '{run_dir}'; wait for it to "
                     "finish or stop it, then try again."
                 ) from None
+            except OSError:  # a file system without locks (some network mounts): go unlocked
+                os.close(fd)
+                path.unlink(missing_ok=True)
+                return
             # The holder before us may have removed the file between our open and our lock;
             # then we hold a lock on a file no one else will find: open the new one.
             if _same_file(fd, path):
