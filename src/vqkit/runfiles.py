@@ -31,6 +31,8 @@ REPORT = "report.html"  # the self-contained visual report (report)
 FILE_NAMES = tuple(
     value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)
 )
+# Not among them: vqkit.run_lock's ".vqkit-lock", present only while train or train-prior
+# writes the folder (and left by a killed one, to be reused by the next writer).
 
 # Formats of the JSON files above (the report reads them; writers must keep to these):
 #   code_usage.json   {"split": "train", "images": N, "counts": [K ints]}
