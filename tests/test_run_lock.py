@@ -16,27 +16,28 @@ import pytest
 from cli_helpers import fails_cleanly
 from process_helpers import child_env
 
-from vqkit import run_lock
+from vqkit import run_lock, runfiles
 from vqkit.cli import main
 from vqkit.errors import VqkitError
-from vqkit.run_lock import LOCK_NAME, RunLock
+from vqkit.prior import incomplete_prior
+from vqkit.run_lock import LOCK_NAME, RunLock, writer_of
 
 # A separate process that takes a folder's lock as `train` does, says so, and waits to be killed.
 HOLDER = (
     "import sys, time\n"
     "from vqkit.run_lock import RunLock\n"
-    "RunLock().acquire(sys.argv[1], 'train')\n"
+    "RunLock().acquire(sys.argv[1], sys.argv[2])\n"
     "print('held', flush=True)\n"
     "time.sleep(600)\n"
 )
 
 
 @contextlib.contextmanager
-def held_by_another_process(folder: Path) -> Iterator[subprocess.Popen]:
-    """The folder locked by a child process until the block ends, when it is SIGKILLed (so
-    it never releases the lock itself)."""
+def held_by_another_process(folder: Path, command: str = "train") -> Iterator[subprocess.Popen]:
+    """The folder locked by a child process as ``command`` until the block ends, when it is
+    SIGKILLed (so it never releases the lock itself)."""
     child = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(folder)],
+        [sys.executable, "-c", HOLDER, str(folder), command],
         env=child_env(),
         stdout=subprocess.PIPE,
         text=True,
@@ -118,6 +119,12 @@ def test_train_and_train_prior_refuse_a_run_another_process_is_writing(run_copy,
                 [*argv, "--quiet", "--device", "cpu"],
                 f"Another vqkit process (train, process {holder.pid}) is writing to",
             )
+        assert writer_of(run_copy) == f"train, process {holder.pid}"
+        assert main(["runs", str(run_copy)]) == 0
+        assert " (training)" in capsys.readouterr().out
+    assert writer_of(run_copy) is None  # its file is still there, but no one holds it
+    assert main(["runs", str(run_copy)]) == 0
+    assert " (training)" not in capsys.readouterr().out
     assert files_except_the_lock(run_copy) == before
     # The holder died without releasing: the kernel dropped its lock, and the file it left is
     # taken and then removed by the next writer.
@@ -153,3 +160,30 @@ def test_every_rank_of_a_torchrun_job_stops_with_the_sentence(run_copy):
     # The one traceback is torchrun's own report of a worker that exited with status 2.
     assert done.stderr.count("Traceback") == 1 and "exitcode: 2" in done.stderr, done.stderr
     assert files_except_the_lock(run_copy) == before
+
+
+def test_a_prior_in_its_first_epoch_is_said_to_be_training_not_stopped(run_copy):
+    (run_copy / runfiles.PRIOR_CONFIG).write_text("{}")  # train-prior writes it first
+    with held_by_another_process(run_copy, "train-prior") as holder:
+        reason = incomplete_prior(run_copy)
+        assert reason is not None
+        assert (
+            f"in its first epoch of training right now (train-prior, process {holder.pid})"
+            in reason
+        )
+    assert "is incomplete" in str(incomplete_prior(run_copy))  # once its trainer is gone
+
+
+def test_a_writer_waits_out_a_look_that_holds_the_lock_for_an_instant(tmp_path, monkeypatch):
+    real_flock = run_lock.fcntl.flock
+    refusals = iter([True, True])  # a reader's shared look, seen by two tries
+
+    def busy_twice(fd: int, operation: int) -> None:
+        if operation & run_lock.fcntl.LOCK_EX and next(refusals, False):
+            raise BlockingIOError
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", busy_twice)
+    with RunLock() as lock:
+        lock.acquire(tmp_path, "train")
+        assert (tmp_path / LOCK_NAME).exists()

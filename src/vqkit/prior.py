@@ -43,6 +43,7 @@ from vqkit.config import (
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
 from vqkit.generate import SamplingContext, register_strategy
+from vqkit.run_lock import writer_of
 
 
 @dataclass
@@ -331,6 +332,12 @@ def incomplete_prior(run_dir: str | Path) -> str | None:
     state = train_state.exists(run_dir, files)
     if (config and weights) or not (config or weights or state):
         return None
+    writer = writer_of(run_dir)
+    if config and not weights and writer is not None and writer.startswith("train-prior"):
+        return (
+            f"The prior in '{run_dir}' is in its first epoch of training right now ({writer}); "
+            "it can be sampled once that epoch ends."
+        )
     if config and state and not weights:
         try:
             first_epoch_unfinished = train_state.peek(run_dir, files)[0].epochs_done == 0

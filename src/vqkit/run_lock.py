@@ -17,6 +17,7 @@ system cannot lock (some network mounts), commands run unlocked, as they did bef
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from vqkit.errors import VqkitError
@@ -27,6 +28,9 @@ except ImportError:  # pragma: no cover - not a POSIX system
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".vqkit-lock"
+# A writer finding the lock taken looks again this many times, this far apart, before refusing:
+# long enough to outlast writer_of's shared look, far too short to wait out another writer.
+LOOK_RETRIES, LOOK_RETRY_SECONDS = 5, 0.01
 
 
 class RunLock:
@@ -44,13 +48,13 @@ class RunLock:
         while True:
             fd = _open(path)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock_exclusive(fd)
             except BlockingIOError:
-                holder = _read_holder(fd)
+                holder = _holder(fd)
                 os.close(fd)
                 raise VqkitError(
-                    f"Another vqkit process{holder} is writing to '{run_dir}'; wait for it to "
-                    "finish or stop it, then try again."
+                    f"Another vqkit process ({holder}) is writing to '{run_dir}'; wait for it "
+                    "to finish or stop it, then try again."
                 ) from None
             except OSError:  # a file system without locks (some network mounts): go unlocked
                 os.close(fd)
@@ -88,12 +92,45 @@ def _open(path: Path) -> int:
         raise VqkitError(f"Cannot write in the run folder '{folder}': {exc.strerror}.") from exc
 
 
-def _read_holder(fd: int) -> str:
+def _lock_exclusive(fd: int) -> None:
+    """flock(LOCK_EX) without waiting on a writer; a few short tries ride out a reader's look
+    (writer_of), which holds the lock shared for an instant."""
+    for _ in range(LOOK_RETRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(LOOK_RETRY_SECONDS)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def writer_of(run_dir: str | Path) -> str | None:
+    """The command and process writing ``run_dir`` now ("train, process 520"), or None when no
+    process holds its lock. Only looks: creates nothing, and holds the lock shared for an
+    instant only."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
+    except OSError:  # no lock file: no writer (or one that cannot lock, which nobody sees)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def _holder(fd: int) -> str:
     try:
         text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
     except OSError:
-        return ""
-    return f" ({text})" if text else ""
+        text = ""
+    return text or "one starting up"
 
 
 def _same_file(fd: int, path: Path) -> bool:

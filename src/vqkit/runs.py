@@ -8,6 +8,7 @@ from pathlib import Path
 from vqkit import runfiles
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
 from vqkit.prior import incomplete_prior
+from vqkit.run_lock import writer_of
 from vqkit.runinfo import Headline, headline, is_run_dir, load_run_info
 
 COLUMNS = ("run", "dataset", "preset", "epochs", "test MSE", "codes used", "prior bits/code")
@@ -62,6 +63,8 @@ def run_row(run_dir: Path) -> list[str]:
     epochs = str(top.epochs_done)
     if top.epochs_done != top.epochs_planned:
         epochs += f"/{top.epochs_planned}"
+    if writer_of(run_dir) is not None:  # train or train-prior is writing it now
+        epochs += " (training)"
     codes = MISSING if top.codes_used is None else f"{top.codes_used}/{top.num_codes}"
     mse = MISSING if top.test_mse is None else f"{top.test_mse:.4f}"
     if top.test_mse is not None and runfiles.WEIGHTS in info.notes:  # the numbers outlived them
