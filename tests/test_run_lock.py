@@ -122,6 +122,13 @@ def test_train_and_train_prior_refuse_a_run_another_process_is_writing(run_copy,
         assert writer_of(run_copy) == f"train, process {holder.pid}"
         assert main(["runs", str(run_copy)]) == 0
         assert " (training)" in capsys.readouterr().out
+        assert main(["report", str(run_copy)]) == 0
+        report = (run_copy / runfiles.REPORT).read_text()
+        assert (
+            f"still being trained when this report was written (train, process {holder.pid})"
+            in report
+        )
+        (run_copy / runfiles.REPORT).unlink()
     assert writer_of(run_copy) is None  # its file is still there, but no one holds it
     assert main(["runs", str(run_copy)]) == 0
     assert " (training)" not in capsys.readouterr().out

@@ -22,6 +22,7 @@ from vqkit.fileio import write_bytes_atomic
 from vqkit.prior import incomplete_prior
 from vqkit.quantize import perplexity
 from vqkit.report_html import Section, cards, esc, fmt, image, note, page, table, table_html
+from vqkit.run_lock import writer_of
 from vqkit.runinfo import RunInfo, headline, load_run_info, number
 
 # What each sample figure shows, and which scores.json row (exact name, or a name prefix for the
@@ -82,6 +83,9 @@ def _header(info: RunInfo, name: str) -> str:
     top = headline(info)
     epochs = f"{top.epochs_done} of {top.epochs_planned} epochs"
     subtitle = f"{top.dataset} · preset {top.preset} · {epochs} · {info.run_dir}"
+    writer = writer_of(info.run_dir)
+    if writer is not None:  # the numbers below are those of the last finished epoch
+        subtitle += f" · still being trained when this report was written ({writer})"
     items: list[tuple[str, str, str]] = []
     if top.test_mse is not None:
         psnr = number((info.final or {}).get("test_psnr"))
