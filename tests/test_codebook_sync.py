@@ -11,7 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from vqkit import distributed
 from vqkit.config import QuantizerConfig
+from vqkit.distributed import Context
 from vqkit.quantize import build_quantizer
 
 WORLD = 2
@@ -85,7 +87,10 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         state["graph_breaks"] = torch.tensor(breaks)
         state["restarts_by_step"] = torch.tensor(restarts)
         save_file(state, str(Path(out_dir) / f"{name}-rank{rank}.safetensors"))
-    dist.destroy_process_group()
+    # As vqkit leaves a group: wait for the other ranks, then free it while the interpreter is
+    # whole; a bare destroy_process_group let a rank abort at exit ("terminate called without
+    # an active exception") now and then on a loaded machine.
+    distributed.teardown(Context(rank=rank, world_size=world, owns_group=True), finished=True)
 
 
 def spawn(world: int, out: Path, names) -> dict[str, list[dict[str, torch.Tensor]]]:
