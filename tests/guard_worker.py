@@ -24,4 +24,6 @@ if __name__ == "__main__":
         guard.check()
     except VqkitError as error:
         print(f"rank {context.rank}: {error}")
-    distributed.teardown(context)
+    # Both ranks got here: wait for each other before leaving, as a finished run does, so
+    # that neither aborts at its exit while the other still talks to it.
+    distributed.teardown(context, finished=True)
