@@ -13,8 +13,9 @@ from report_helpers import train_on
 
 from vqkit import runfiles
 from vqkit.checkpoint import prior_is_stale
-from vqkit.config import preset_config
-from vqkit.demo import run_demo
+from vqkit.config import TrainConfig, preset_config
+from vqkit.data import write_own_dataset
+from vqkit.demo import DemoSettings, run_demo
 from vqkit.errors import VqkitError
 from vqkit.evaluate import evaluate_run
 from vqkit.generate import SamplingContext, sample_codes, sample_images
@@ -149,16 +150,45 @@ WRONG_ARGUMENTS = {
     "prior settings dict": (lambda m, run: train_prior(run, {"epochs": 1}), "PriorConfig"),
     "score seed": (lambda m, run: score_run(run, 5, seed="x"), "seed"),
     "demo settings dict": (lambda m, run: run_demo(run / "demo", {"epochs": 1}), "DemoSettings"),
+    "train folder int": (lambda m, run: train(preset_config("efficient"), 123), "not 123"),
+    "train data folder": (lambda m, run: train(preset_config("efficient"), data_dir=5), "not 5"),
+    "evaluate data folder": (lambda m, run: evaluate_run(run, data_dir=5), "--data-dir"),
+    "score data folder": (lambda m, run: score_run(run, 5, data_dir=5), "--data-dir"),
+    "score classifier dict": (
+        lambda m, run: score_run(run, 5, classifier_config={}),
+        "ClassifierConfig",
+    ),
+    "interpolation model": (lambda m, run: interpolation(None, DIGIT, DIGIT, 3), "VQVAE"),
+    "interpolation image": (lambda m, run: interpolation(m, "3", DIGIT, 3), "Image A"),
+    "interpolation shapes": (
+        lambda m, run: interpolation(m, DIGIT, torch.zeros(32, 32), 3, "latent"),
+        "(28, 28) and (32, 32)",
+    ),
+    "latent image size": (
+        lambda m, run: interpolation(m, torch.zeros(32, 32), torch.zeros(32, 32), 3, "latent"),
+        "28×28",
+    ),
+    "prior setting text": (lambda m, run: PriorConfig(epochs="3"), "'epochs' must be an integer"),
+    "train setting float": (
+        lambda m, run: TrainConfig(batch_size=2.0),
+        "'batch_size' must be an integer",
+    ),
+    "demo setting text": (lambda m, run: DemoSettings(epochs="x"), "'epochs' must be an integer"),
+    "demo seed": (lambda m, run: DemoSettings(seed=True), "--seed must be"),
+    "own dataset split": (lambda m, run: write_own_dataset(run / "own", "x", None), "pair"),
 }
 DIGIT = torch.zeros(28, 28)
 
 
 @pytest.mark.parametrize("call, fragment", WRONG_ARGUMENTS.values(), ids=WRONG_ARGUMENTS)
-def test_a_wrong_argument_from_python_is_one_sentence_naming_it(call, fragment, model, run_copy):
+def test_a_wrong_argument_from_python_is_one_sentence_naming_it(
+    call, fragment, model, run_copy, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # where a wrongly accepted folder name would be made
     with pytest.raises(VqkitError, match=re.escape(fragment)) as raised:
         call(model, run_copy)
     assert str(raised.value).endswith(".") and "\n" not in str(raised.value)
-    assert not (run_copy / "demo").exists()
+    assert not (run_copy / "demo").exists() and list(tmp_path.iterdir()) == [run_copy]
 
 
 def test_whole_numbers_of_any_integer_type_are_accepted(model):

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numbers
 from typing import Any, TypeVar
 
-from vqkit.config import SEED_RANGE, is_seed
+from vqkit.config import SEED_RANGE, is_seed, path_or_none
 from vqkit.errors import VqkitError
 
 T = TypeVar("T")
+__all__ = ["instance", "pair_of_arrays", "path_or_none", "seed", "whole_number"]
 
 
 def whole_number(value: Any, what: str, minimum: int) -> int:
@@ -28,6 +29,13 @@ def seed(value: Any) -> int:
     if isinstance(value, numbers.Integral) and is_seed(int(value)) and not isinstance(value, bool):
         return int(value)
     raise VqkitError(f"The seed must be {SEED_RANGE}, not {value!r}.")
+
+
+def pair_of_arrays(value: Any, what: str) -> tuple[Any, Any]:
+    """``value`` when it is a pair (images, labels); the arrays themselves are checked later."""
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise VqkitError(f"{what} must be a pair (images, labels), not {type(value).__name__}.")
+    return value[0], value[1]
 
 
 def instance(value: Any, kind: type[T], what: str, example: str) -> T:

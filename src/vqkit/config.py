@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import sys
 import types
 import typing
@@ -55,6 +56,23 @@ CODEBOOK_INITS = ("uniform", "kmeans")
 GRADIENT_ESTIMATORS = ("ste", "rotation")
 
 
+def require_typed_settings(settings: Any, where: str) -> None:
+    """Refuse a setting of the wrong type, as from_dict does for a JSON file, for settings built
+    in Python too (``PriorConfig(epochs="3")`` would otherwise fail inside the range checks
+    with a TypeError); then the whole numbers that a 64-bit integer cannot hold."""
+    kinds = typing.get_type_hints(type(settings))
+    for setting in dataclasses.fields(settings):
+        if setting.name == "seed":  # refused with its own sentence (SEED_RANGE)
+            continue
+        value = getattr(settings, setting.name)
+        _require(
+            _fits(value, kinds[setting.name]),
+            f"The '{where}' setting '{setting.name}' must be "
+            f"{_described(kinds[setting.name])}, not {_shown(value)}.",
+        )
+    require_64_bit_whole_numbers(settings)
+
+
 def require_64_bit_whole_numbers(settings: Any) -> None:
     """Refuse a whole-number setting (or list item) that a 64-bit integer cannot hold: torch
     would fail on it deep inside a kernel, after a run folder was made."""
@@ -70,6 +88,13 @@ def require_64_bit_whole_numbers(settings: Any) -> None:
                     f"--{setting.name.replace('_', '-')} {item} is too large: vqkit's whole-number "
                     "settings must fit a 64-bit integer.",
                 )
+
+
+def path_or_none(value: Any, what: str) -> Any:
+    """``value`` when it is None or a path (a str or os.PathLike); else one sentence."""
+    if value is not None and not isinstance(value, str | os.PathLike):
+        raise VqkitError(f"{what} is a path (a str or pathlib.Path), not {value!r}.")
+    return value
 
 
 def is_seed(value: Any) -> bool:
@@ -100,7 +125,7 @@ class QuantizerConfig:
     gradient_estimator: str = "ste"  # "ste": straight-through copy; "rotation": rotation trick
 
     def __post_init__(self) -> None:
-        require_64_bit_whole_numbers(self)
+        require_typed_settings(self, "quantizer")
         _require(
             self.num_embeddings >= 2, "The codebook needs at least 2 codes (--num-embeddings)."
         )
@@ -192,7 +217,7 @@ class ModelConfig:
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self) -> None:
-        require_64_bit_whole_numbers(self)
+        require_typed_settings(self, "model")
         if isinstance(self.quantizer, dict):
             self.quantizer = _from_dict(QuantizerConfig, self.quantizer, "quantizer")
         _require(
@@ -245,7 +270,7 @@ class TrainConfig:
     deterministic: bool = False  # bitwise-reproducible kernels (resumed runs match exactly)
 
     def __post_init__(self) -> None:
-        require_64_bit_whole_numbers(self)
+        require_typed_settings(self, "train")
         _require(self.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
         _require(self.batch_size >= 1, "The batch size must be at least 1 (--batch-size).")
         _require(
@@ -286,6 +311,7 @@ class TrainConfig:
     def data_folder(self, given: str | Path | None = None) -> str | Path | None:
         """Where to read the dataset: ``given`` (a --data-dir) when there is one, else the
         folder recorded at training (own datasets), else None (the named datasets' sources)."""
+        given = path_or_none(given, "The data folder (--data-dir)")
         return given if given is not None else self.data_dir
 
 
@@ -371,6 +397,8 @@ def _fits(value: Any, kind: Any) -> bool:
         )
     if dataclasses.is_dataclass(kind):  # a nested section, built (and checked) by its class
         return isinstance(value, dict | kind)
+    if typing.get_origin(kind) is tuple:  # JSON has no tuples; the class converts a list
+        return isinstance(value, list | tuple)
     return isinstance(value, typing.get_origin(kind) or kind)
 
 

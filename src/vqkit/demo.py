@@ -19,7 +19,7 @@ import torch
 from vqkit import arguments, runfiles
 from vqkit.classifier import ClassifierConfig
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
-from vqkit.config import preset_config
+from vqkit.config import SEED_RANGE, is_seed, preset_config, require_typed_settings
 from vqkit.data import load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, write_json_atomic
@@ -58,6 +58,11 @@ class DemoSettings:
     train_limit: int | None = None
     prior_train_limit: int | None = None
     classifier: ClassifierConfig | None = None
+
+    def __post_init__(self) -> None:
+        require_typed_settings(self, "demo")
+        if not is_seed(self.seed):
+            raise VqkitError(f"--seed must be {SEED_RANGE}, not {self.seed!r}.")
 
 
 @dataclass

@@ -73,7 +73,7 @@ def interpolate_latent(
     torch.lerp is exact at both ends, so step 0 and the last step are encode(A) and encode(B).
     """
     device = next(model.parameters()).device
-    pair = images_to_input(torch.stack([image_a, image_b]).to(device))
+    pair = model.model_input(torch.stack([image_a, image_b]).to(device))
     z_a, z_b = model.encoder(pair)  # each (D, h, w)
     weights = _step_fractions(steps).float().to(device).view(steps, 1, 1, 1)
     path = torch.lerp(z_a.unsqueeze(0), z_b.unsqueeze(0), weights)  # (steps, D, h, w)
@@ -92,6 +92,14 @@ def interpolation(
     """Code grids (steps, h, w) from image A's codes to image B's with the named mode."""
     _step_fractions(steps)  # checked before any encoding
     seed = arguments.seed(seed)
+    arguments.instance(model, VQVAE, "The model", "VQVAE.from_run(run_dir)")
+    for name, image in (("Image A", image_a), ("Image B", image_b)):
+        arguments.instance(image, torch.Tensor, name, "a (28, 28) uint8 tensor")
+    if image_a.shape != image_b.shape:
+        raise VqkitError(
+            f"Images A and B must have the same shape, not {tuple(image_a.shape)} and "
+            f"{tuple(image_b.shape)}."
+        )
     if mode not in MODES:
         raise VqkitError(f"Unknown interpolation mode '{mode}'; choose one of: {', '.join(MODES)}.")
     if mode == "latent":

@@ -38,7 +38,7 @@ from vqkit.config import (
     _from_dict,
     _require,
     check_run_controls,
-    require_64_bit_whole_numbers,
+    require_typed_settings,
 )
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
@@ -77,7 +77,7 @@ class PriorConfig:
     deterministic: bool = False  # bitwise-reproducible kernels (resumed runs match exactly)
 
     def __post_init__(self) -> None:
-        require_64_bit_whole_numbers(self)
+        require_typed_settings(self, "prior")
         _require(self.num_codes >= 2, "The prior needs a codebook of at least 2 codes.")
         _require(self.grid_size >= 1, "The code grid size must be at least 1.")
         _require(self.channels >= 1, "The prior needs at least 1 channel (--channels).")

@@ -145,7 +145,12 @@ def score_run(
             "Scores need a classifier of the dataset's classes, and this dataset's labels "
             "hold only one class."
         )
-    classifier_config = classifier_config or ClassifierConfig(dataset=dataset, num_classes=classes)
+    if classifier_config is None:
+        classifier_config = ClassifierConfig(dataset=dataset, num_classes=classes)
+    else:
+        arguments.instance(
+            classifier_config, ClassifierConfig, "The classifier settings", "ClassifierConfig()"
+        )
     if classifier_config.dataset != dataset:
         raise VqkitError(
             f"The classifier is for {classifier_config.dataset}, the run is {dataset}."

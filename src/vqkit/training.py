@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vqkit import distributed, runfiles, train_state
+from vqkit import arguments, distributed, runfiles, train_state
 from vqkit.acceleration import (
     make_optimizer,
     make_scheduler,
@@ -182,6 +182,8 @@ def train(
     every process calls this; each returns the same model. Ctrl-C raises TrainingInterrupted
     after saving.
     """
+    arguments.path_or_none(run_dir, "A run folder")
+    arguments.path_or_none(data_dir, "The data folder (--data-dir)")
     config = record_data_folder(checked_config(config), data_dir)
     target = resolve_device(device)
     context = distributed.setup(target)

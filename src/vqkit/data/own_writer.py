@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vqkit import arguments
 from vqkit.data.catalog import IMAGE_SIZE, INFO
 from vqkit.data.idx import idx_bytes
 from vqkit.errors import VqkitError
@@ -32,7 +33,9 @@ def write_own_dataset(
     ``overwrite`` (which also removes their uncompressed copies: readers prefer those).
     """
     arrays = {}
-    for split, (images, labels) in (("train", train), ("test", test)):
+    splits = {"train": arguments.pair_of_arrays(train, "The training split")}
+    splits["test"] = arguments.pair_of_arrays(test, "The test split")
+    for split, (images, labels) in splits.items():
         image_bytes, label_bytes = _own_images(images, split), _own_labels(labels, split)
         if image_bytes.shape[0] != label_bytes.shape[0]:
             raise VqkitError(
