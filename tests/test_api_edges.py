@@ -13,7 +13,8 @@ from report_helpers import train_on
 
 from vqkit import runfiles
 from vqkit.checkpoint import prior_is_stale
-from vqkit.config import TrainConfig, preset_config
+from vqkit.classifier import ClassifierConfig
+from vqkit.config import QuantizerConfig, TrainConfig, preset_config
 from vqkit.data import write_own_dataset
 from vqkit.demo import DemoSettings, run_demo
 from vqkit.errors import VqkitError
@@ -176,6 +177,19 @@ WRONG_ARGUMENTS = {
     "demo setting text": (lambda m, run: DemoSettings(epochs="x"), "'epochs' must be an integer"),
     "demo seed": (lambda m, run: DemoSettings(seed=True), "--seed must be"),
     "own dataset split": (lambda m, run: write_own_dataset(run / "own", "x", None), "pair"),
+    "classifier seed": (lambda m, run: ClassifierConfig(seed="x"), "classifier's seed"),
+    "demo classifier dict": (lambda m, run: DemoSettings(classifier={}), "ClassifierConfig"),
+    "demo score samples": (lambda m, run: DemoSettings(score_samples=1), "at least 2, not 1"),
+    "demo pair text": (lambda m, run: DemoSettings(interpolation_pair=(3, "8")), "two class"),
+    "demo pair class": (
+        lambda m, run: run_demo(run / "demo", DemoSettings(interpolation_pair=(3, 42))),
+        "classes are 0 to 9",
+    ),
+    "demo folder int": (lambda m, run: run_demo(5), "not 5"),
+    "fsq levels tuple": (
+        lambda m, run: QuantizerConfig(quantizer="fsq", fsq_levels=(8, 5)),
+        "(8, 5) (a tuple)",
+    ),
 }
 DIGIT = torch.zeros(28, 28)
 
@@ -189,6 +203,13 @@ def test_a_wrong_argument_from_python_is_one_sentence_naming_it(
         call(model, run_copy)
     assert str(raised.value).endswith(".") and "\n" not in str(raised.value)
     assert not (run_copy / "demo").exists() and list(tmp_path.iterdir()) == [run_copy]
+
+
+def test_a_compiled_model_interpolates_as_the_model_itself(model):
+    compiled = torch.compile(model)  # compiles nothing until called; interpolation unwraps it
+    for mode in ("crossfade", "latent"):
+        expected = interpolation(model, DIGIT, DIGIT + 0.8, 4, mode)
+        assert torch.equal(interpolation(compiled, DIGIT, DIGIT + 0.8, 4, mode), expected)
 
 
 def test_whole_numbers_of_any_integer_type_are_accepted(model):

@@ -12,7 +12,7 @@ import pytest
 from cli_helpers import fails_cleanly
 
 from vqkit import runfiles
-from vqkit.cli import main
+from vqkit.cli import attach_negative_values, build_parser, main
 from vqkit.images import tile
 from vqkit.report import render_report
 from vqkit.runinfo import load_run_info
@@ -60,6 +60,13 @@ def test_a_negative_value_argparse_mistakes_for_a_flag_reaches_its_own_check(
     # argparse alone says "--lr: expected one argument" for these: the value was given.
     fails_cleanly(capsys, ["train", *TINY, *flags, "--out", tmp_path / "run"], fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_values_after_a_double_dash_are_left_as_written():
+    argv = ["encode", "RUN", "--", "--out", "-1.png"]
+    assert attach_negative_values(build_parser(), argv) == argv
+    joined = attach_negative_values(build_parser(), ["train", "--lr", "-1e-3", "--quiet"])
+    assert joined == ["train", "--lr=-1e-3", "--quiet"]
 
 
 def test_a_count_beyond_64_bits_or_beyond_any_memory_is_one_sentence(run_copy, tmp_path, capsys):

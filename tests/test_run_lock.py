@@ -21,6 +21,7 @@ from vqkit.cli import main
 from vqkit.errors import VqkitError
 from vqkit.prior import incomplete_prior
 from vqkit.run_lock import LOCK_NAME, RunLock, writer_of
+from vqkit.runs import COLUMNS, run_row
 
 # A separate process that takes a folder's lock as `train` does, says so, and waits to be killed.
 HOLDER = (
@@ -106,11 +107,27 @@ def test_a_file_system_that_cannot_lock_runs_unlocked_and_leaves_no_file(tmp_pat
         assert list(tmp_path.iterdir()) == []
 
 
+def test_a_lock_whose_name_cannot_be_written_is_let_go_and_said_in_one_sentence(
+    tmp_path, monkeypatch
+):
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_lock.os, "write", disk_full)
+    with pytest.raises(VqkitError, match="No space left on device"):
+        RunLock().acquire(tmp_path, "train")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+    with RunLock() as lock:  # nothing of the failed attempt is still held
+        lock.acquire(tmp_path, "train")
+
+
 def test_train_and_train_prior_refuse_a_run_another_process_is_writing(run_copy, capsys):
     before = files_except_the_lock(run_copy)
     commands = (
         ["train", "--resume", run_copy, "--epochs", "9"],
         ["train-prior", run_copy, "--epochs", "1"],
+        ["train-prior", run_copy, "--resume"],  # the CLI reads the prior state before locking
     )
     with held_by_another_process(run_copy) as holder:
         for argv in commands:
@@ -169,16 +186,31 @@ def test_every_rank_of_a_torchrun_job_stops_with_the_sentence(run_copy):
     assert files_except_the_lock(run_copy) == before
 
 
-def test_a_prior_in_its_first_epoch_is_said_to_be_training_not_stopped(run_copy):
-    (run_copy / runfiles.PRIOR_CONFIG).write_text("{}")  # train-prior writes it first
+@pytest.mark.parametrize("settings_written", [True, False], ids=["first-epoch", "old-set-aside"])
+def test_a_prior_being_trained_is_said_to_be_training_not_stopped_or_absent(
+    settings_written, run_copy
+):
+    # train-prior writes its settings first (and sets an older prior's files aside before).
+    if settings_written:
+        (run_copy / runfiles.PRIOR_CONFIG).write_text("{}")
     with held_by_another_process(run_copy, "train-prior") as holder:
         reason = incomplete_prior(run_copy)
-        assert reason is not None
-        assert (
-            f"in its first epoch of training right now (train-prior, process {holder.pid})"
-            in reason
-        )
-    assert "is incomplete" in str(incomplete_prior(run_copy))  # once its trainer is gone
+        expected = f"being trained in '{run_copy}' right now (train-prior, process {holder.pid})"
+        assert reason is not None and expected in reason, reason
+        row = run_row(run_copy)  # the prior column says so; the VQ-VAE is not being trained
+        assert row[COLUMNS.index("prior bits/code")] == "(training)"
+        assert "(training)" not in row[COLUMNS.index("epochs")]
+    after = incomplete_prior(run_copy)  # once its trainer is gone
+    assert ("is incomplete" in str(after)) if settings_written else after is None
+
+
+def test_a_process_does_not_see_its_own_lock_as_another_writer(tmp_path):
+    with RunLock() as lock:
+        lock.acquire(tmp_path, "train-prior")
+        assert writer_of(tmp_path) is None
+        with pytest.raises(VqkitError, match="Another vqkit process"):
+            RunLock().acquire(tmp_path, "train")  # a second lock of its own is still refused
+    assert writer_of(tmp_path) is None and list(tmp_path.iterdir()) == []
 
 
 def test_a_writer_waits_out_a_look_that_holds_the_lock_for_an_instant(tmp_path, monkeypatch):

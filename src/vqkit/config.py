@@ -68,7 +68,7 @@ def require_typed_settings(settings: Any, where: str) -> None:
         _require(
             _fits(value, kinds[setting.name]),
             f"The '{where}' setting '{setting.name}' must be "
-            f"{_described(kinds[setting.name])}, not {_shown(value)}.",
+            f"{_described(kinds[setting.name])}, not {value!r} (a {type(value).__name__}).",
         )
     require_64_bit_whole_numbers(settings)
 

@@ -20,7 +20,7 @@ from vqkit import arguments, runfiles
 from vqkit.classifier import ClassifierConfig
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
 from vqkit.config import SEED_RANGE, is_seed, preset_config, require_typed_settings
-from vqkit.data import load_split
+from vqkit.data import dataset_classes, load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, write_json_atomic
 from vqkit.generate import SamplingContext, sample_images
@@ -60,9 +60,28 @@ class DemoSettings:
     classifier: ClassifierConfig | None = None
 
     def __post_init__(self) -> None:
+        """Checked now, not at the stage that uses a setting, minutes of training later."""
         require_typed_settings(self, "demo")
         if not is_seed(self.seed):
             raise VqkitError(f"--seed must be {SEED_RANGE}, not {self.seed!r}.")
+        if self.classifier is not None:
+            arguments.instance(
+                self.classifier,
+                ClassifierConfig,
+                "The 'demo' setting 'classifier'",
+                "ClassifierConfig()",
+            )
+        least = {"prior_epochs": 1, "samples_per_figure": 1, "score_samples": 2}
+        least |= {"interpolation_steps": 2, "prior_train_limit": 1, "train_limit": 1}
+        for name, minimum in least.items():
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise VqkitError(
+                    f"The 'demo' setting '{name}' must be at least {minimum}, not {value}."
+                )
+        pair = self.interpolation_pair
+        if len(pair) != 2 or not all(type(c) is int and c >= 0 for c in pair):
+            raise VqkitError(f"The interpolation pair must be two class numbers, not {pair!r}.")
 
 
 @dataclass
@@ -84,6 +103,13 @@ def run_demo(
     """Run every stage into one run folder; returns the report path and headline numbers."""
     settings = DemoSettings() if settings is None else settings
     arguments.instance(settings, DemoSettings, "The demo settings", "DemoSettings(epochs=1)")
+    arguments.path_or_none(out_dir, "The demo's run folder")
+    classes = dataset_classes(settings.dataset)
+    if max(settings.interpolation_pair) >= len(classes):
+        raise VqkitError(
+            f"The interpolation pair {settings.interpolation_pair} names a class that "
+            f"{settings.dataset} does not have (its classes are 0 to {len(classes) - 1})."
+        )
     config = preset_config(settings.preset)
     config.train.dataset = settings.dataset
     config.train.seed = settings.seed

@@ -92,6 +92,7 @@ def interpolation(
     """Code grids (steps, h, w) from image A's codes to image B's with the named mode."""
     _step_fractions(steps)  # checked before any encoding
     seed = arguments.seed(seed)
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the model inside
     arguments.instance(model, VQVAE, "The model", "VQVAE.from_run(run_dir)")
     for name, image in (("Image A", image_a), ("Image B", image_b)):
         arguments.instance(image, torch.Tensor, name, "a (28, 28) uint8 tensor")

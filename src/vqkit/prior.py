@@ -318,8 +318,8 @@ def has_prior(run_dir: str | Path) -> bool:
 
 
 def incomplete_prior(run_dir: str | Path) -> str | None:
-    """Why a run holding some of a prior's files has no usable prior, as one sentence; None
-    when it has a whole prior or none at all.
+    """Why a run holding some of a prior's files, or training its first prior, has no usable
+    prior, as one sentence; None when it has a whole prior or none at all.
 
     ``train-prior`` writes its settings first and its weights after the first epoch, so a run
     stopped inside that epoch holds settings and a resumable state but no weights yet.
@@ -330,14 +330,18 @@ def incomplete_prior(run_dir: str | Path) -> str | None:
     config = run_path(run_dir, runfiles.PRIOR_CONFIG).exists()
     weights = run_path(run_dir, runfiles.PRIOR_WEIGHTS).exists()
     state = train_state.exists(run_dir, files)
-    if (config and weights) or not (config or weights or state):
+    if config and weights:
         return None
+    # A prior being trained has no weights until its first epoch ends (and a prior it replaces
+    # is set aside meanwhile): say so, not that it stopped or that there is none.
     writer = writer_of(run_dir)
-    if config and not weights and writer is not None and writer.startswith("train-prior"):
+    if writer is not None and writer.startswith("train-prior"):
         return (
-            f"The prior in '{run_dir}' is in its first epoch of training right now ({writer}); "
-            "it can be sampled once that epoch ends."
+            f"A prior is being trained in '{run_dir}' right now ({writer}); it can be sampled "
+            "once its first epoch ends."
         )
+    if not (config or weights or state):
+        return None
     if config and state and not weights:
         try:
             first_epoch_unfinished = train_state.peek(run_dir, files)[0].epochs_done == 0

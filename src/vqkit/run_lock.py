@@ -33,6 +33,14 @@ LOCK_NAME = ".vqkit-lock"
 LOOK_RETRIES, LOOK_RETRY_SECONDS = 5, 0.01
 
 
+# The lock files this process holds (resolved paths): writer_of does not count them as another
+# writer, so train-prior's own checks inside its lock do not see themselves.
+_HELD: set[Path] = set()
+# Opening the lock file again after its holder removed it meanwhile: a bound, in case a file
+# system reports inode numbers that never match (some FUSE mounts); then the lock is kept.
+REOPEN_TRIES = 10
+
+
 class RunLock:
     """Held by one process for one run folder, from :meth:`acquire` to :meth:`release`."""
 
@@ -45,33 +53,39 @@ class RunLock:
         if fcntl is None or self._fd is not None:
             return
         path = Path(run_dir) / LOCK_NAME
-        while True:
+        for attempt in range(REOPEN_TRIES):
             fd = _open(path)
             try:
                 _lock_exclusive(fd)
             except BlockingIOError:
                 holder = _holder(fd)
                 os.close(fd)
-                raise VqkitError(
-                    f"Another vqkit process ({holder}) is writing to '{run_dir}'; wait for it "
-                    "to finish or stop it, then try again."
-                ) from None
+                raise VqkitError(_refusal(holder, run_dir)) from None
             except OSError:  # a file system without locks (some network mounts): go unlocked
                 os.close(fd)
                 path.unlink(missing_ok=True)
                 return
             # The holder before us may have removed the file between our open and our lock;
             # then we hold a lock on a file no one else will find: open the new one.
-            if _same_file(fd, path):
+            if _same_file(fd, path) or attempt == REOPEN_TRIES - 1:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{command}, process {os.getpid()}".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{command}, process {os.getpid()}".encode())
+        except BaseException as exc:  # a full disk, Ctrl-C: never keep a lock nobody releases
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            if isinstance(exc, OSError):
+                raise _unwritable(path, exc) from exc
+            raise
         self._fd, self._path = fd, path
+        _HELD.add(path.resolve())
 
     def release(self) -> None:
         if self._fd is None or self._path is None:
             return
+        _HELD.discard(self._path.resolve())
         # Removed while still locked, so no other process can find and lock it half-removed.
         self._path.unlink(missing_ok=True)
         os.close(self._fd)
@@ -84,12 +98,59 @@ class RunLock:
         self.release()
 
 
+def _refusal(holder: str, run_dir: str | Path) -> str:
+    return (
+        f"Another vqkit process ({holder}) is writing to '{run_dir}'; wait for it to finish or "
+        "stop it, then try again."
+    )
+
+
+def require_no_writer(run_dir: str | Path) -> None:
+    """Refuse, as acquire would, a folder another process is writing: for commands that read
+    a run's state before the call that locks it (the CLI's checks of --resume)."""
+    holder = writer_of(run_dir)
+    if holder is not None:
+        raise VqkitError(_refusal(holder, run_dir))
+
+
 def _open(path: Path) -> int:
+    """The lock file, opened for writing (created if missing). A file left by a killed writer
+    of another user cannot be opened for writing; unheld, it is replaced by one of ours."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as exc:
+        if not _replace_stale(path):
+            raise _unwritable(path, exc) from exc
+    except OSError as exc:
+        raise _unwritable(path, exc) from exc
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        folder = path.parent
-        raise VqkitError(f"Cannot write in the run folder '{folder}': {exc.strerror}.") from exc
+        raise _unwritable(path, exc) from exc
+
+
+def _unwritable(path: Path, exc: OSError) -> VqkitError:
+    return VqkitError(f"Cannot write in the run folder '{path.parent}': {exc.strerror}.")
+
+
+def _replace_stale(path: Path) -> bool:
+    """Remove a lock file this process cannot write when no one holds it; False if it could
+    not be opened at all. A held one stays (acquire then names its holder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise VqkitError(_refusal(_holder(fd), path.parent)) from None
+    except OSError:
+        return False
+    else:
+        path.unlink(missing_ok=True)  # the folder is ours to write, so its files are ours to drop
+    finally:
+        os.close(fd)
+    return True
 
 
 def _lock_exclusive(fd: int) -> None:
@@ -106,12 +167,13 @@ def _lock_exclusive(fd: int) -> None:
 
 def writer_of(run_dir: str | Path) -> str | None:
     """The command and process writing ``run_dir`` now ("train, process 520"), or None when no
-    process holds its lock. Only looks: creates nothing, and holds the lock shared for an
+    other process holds its lock. Only looks: creates nothing, and holds the lock shared for an
     instant only."""
-    if fcntl is None:
+    path = Path(run_dir) / LOCK_NAME
+    if fcntl is None or path.resolve() in _HELD:
         return None
     try:
-        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:  # no lock file: no writer (or one that cannot lock, which nobody sees)
         return None
     try:

@@ -36,15 +36,19 @@ def find_runs(root: str | Path) -> list[Path]:
         raise VqkitError(f"Cannot list the folder '{root}': {exc.strerror}.") from exc
 
 
-def prior_cell(top: Headline, run_dir: Path) -> str:
-    # A prior missing its weights or settings (stopped in its first epoch, or a file lost)
-    # cannot be sampled, whatever its metrics say.
-    incomplete = incomplete_prior(run_dir) is not None
-    if top.prior_bits_per_code is None:
-        return "(incomplete)" if incomplete else MISSING
-    # A prior of earlier VQ-VAE weights: its number no longer describes this model's codes.
-    marks = " (stale)" if top.prior_stale else ""
-    return f"{top.prior_bits_per_code:.3f}{marks}" + (" (incomplete)" if incomplete else "")
+def prior_cell(top: Headline, run_dir: Path, training: bool) -> str:
+    """The best test bits per code, marked: (training) while train-prior writes the run,
+    (stale) for a prior of earlier VQ-VAE weights (its number no longer describes this model's
+    codes), (incomplete) for one missing its weights or settings (it cannot be sampled)."""
+    number = MISSING if top.prior_bits_per_code is None else f"{top.prior_bits_per_code:.3f}"
+    if training:
+        marks = ["(training)"]
+    else:
+        marks = ["(stale)"] if top.prior_stale else []
+        marks += ["(incomplete)"] if incomplete_prior(run_dir) is not None else []
+    if number == MISSING and marks:
+        return " ".join(marks)
+    return " ".join([number, *marks])
 
 
 def run_row(run_dir: Path) -> list[str]:
@@ -63,7 +67,8 @@ def run_row(run_dir: Path) -> list[str]:
     epochs = str(top.epochs_done)
     if top.epochs_done != top.epochs_planned:
         epochs += f"/{top.epochs_planned}"
-    if writer_of(run_dir) is not None:  # train or train-prior is writing it now
+    writer = writer_of(run_dir) or ""
+    if writer.startswith("train,"):  # being trained now; a prior's training marks its column
         epochs += " (training)"
     codes = MISSING if top.codes_used is None else f"{top.codes_used}/{top.num_codes}"
     mse = MISSING if top.test_mse is None else f"{top.test_mse:.4f}"
@@ -76,7 +81,7 @@ def run_row(run_dir: Path) -> list[str]:
         epochs,
         mse,
         codes,
-        prior_cell(top, run_dir),
+        prior_cell(top, run_dir, training=writer.startswith("train-prior")),
         report,
     ]
 

@@ -118,6 +118,9 @@ def attach_negative_values(parser: OneLineErrors, argv: list[str]) -> list[str]:
     joined: list[str] = []
     tokens = iter(argv)
     for token in tokens:
+        if token == "--":  # what follows is positional, as the user wrote it
+            joined += ["--", *tokens]
+            break
         action = flags.get(token)
         takes_a_value = action is not None and action.nargs is None and action.const is None
         if takes_a_value and action.option_strings:

@@ -33,6 +33,7 @@ from vqkit.data import DATASETS
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json
 from vqkit.report_text import format_metrics
+from vqkit.run_lock import require_no_writer
 from vqkit.training import TrainingInterrupted, train
 
 HELP = """
@@ -305,6 +306,7 @@ def resume_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The stored config of the run to resume; flags that would change what it learns are refused
     (a flag repeating the stored value is fine)."""
     stored = load_config(args.resume)
+    require_no_writer(args.resume)  # before comparing flags with a config it may be rewriting
     stored_values = {
         "train": stored.train,
         "model": stored.model,

@@ -18,6 +18,7 @@ from vqkit.config import PRECISIONS
 from vqkit.errors import VqkitError
 from vqkit.prior import PriorConfig, load_prior_config
 from vqkit.prior_training import RESUME_FIELDS, require_prior_state, train_prior
+from vqkit.run_lock import require_no_writer
 from vqkit.training import TrainingInterrupted
 
 HELP = """
@@ -127,6 +128,7 @@ def resume_config_from_args(args: argparse.Namespace) -> PriorConfig:
     flags that would change what it learns are refused (repeating the stored value is fine)."""
     if not Path(args.run_dir).is_dir():
         raise VqkitError(f"The run folder '{args.run_dir}' to resume does not exist.")
+    require_no_writer(args.run_dir)  # its state may be half-way through a change
     require_prior_state(args.run_dir)
     stored = load_prior_config(args.run_dir)
     conflicts = [
