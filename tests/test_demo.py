@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
 
-from vqkit import runfiles
+from vqkit import demo, runfiles
 from vqkit.classifier import ClassifierConfig
 from vqkit.demo import DemoResult, DemoSettings, format_headline, run_demo
+from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
 from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, read_stamp
+from vqkit.run_lock import LOCK_NAME, RunLock
 
 STAGES = [
     "train VQ-VAE",
@@ -31,13 +34,33 @@ def test_demo_writes_every_stage_and_reports_the_numbers_it_saved(tmp_path, monk
         score_samples=200,
         classifier=ClassifierConfig(epochs=1, train_limit=2000),
     )
+    real_score_run, refusals = demo.score_run, []
+
+    def score_run_while_another_writer_tries(run_dir, *args, **kwargs):
+        # The demo holds its folder between its stages: another writer (a thread of its own)
+        # is refused, naming the demo.
+        def another_writer() -> None:
+            try:
+                RunLock().acquire(run_dir, "train")
+            except VqkitError as exc:
+                refusals.append(str(exc))
+
+        thread = threading.Thread(target=another_writer)
+        thread.start()
+        thread.join()
+        return real_score_run(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(demo, "score_run", score_run_while_another_writer_tries)
     result = run_demo(tmp_path / "demo", settings, device="cpu", progress=False, log=lambda _: None)
     run = tmp_path / "demo"
 
     assert list(json.loads((run / runfiles.TIMINGS).read_text())) == STAGES
     for name in runfiles.FIGURE_NAMES.values():
         assert (run / runfiles.FIGURES_DIR / name).is_file(), name
+    assert len(refusals) == 1 and "Another vqkit process (demo, process" in refusals[0]
+    assert not (run / LOCK_NAME).exists()
     html = (run / runfiles.REPORT).read_text()
+    assert "still being trained" not in html  # its own lock is not another writer
     for section in ("samples", "interpolation", "prior", "codebook", "timing"):
         assert f'id="{section}"' in html, section
 

@@ -9,7 +9,8 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,16 +56,33 @@ def files_except_the_lock(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != LOCK_NAME}
 
 
+def in_another_thread(work: Callable[[], object]) -> None:
+    """Run ``work`` in a new thread (which holds no lock of this one) and raise what it raised."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if raised:
+        raise raised[0]
+
+
 def test_a_second_lock_names_its_holder_and_the_first_release_frees_the_folder(tmp_path):
     first, second = RunLock(), RunLock()
     first.acquire(tmp_path, "train")
     holder = f"Another vqkit process (train, process {os.getpid()}) is writing to '{tmp_path}'"
     with pytest.raises(VqkitError, match=f"^{re.escape(holder)}; wait for it to finish") as refused:
-        second.acquire(tmp_path, "train-prior")
+        in_another_thread(lambda: second.acquire(tmp_path, "train-prior"))
     assert str(refused.value).endswith(".")
     first.release()
     assert list(tmp_path.iterdir()) == []  # a released lock leaves the folder as it was
-    second.acquire(tmp_path, "train-prior")
+    in_another_thread(lambda: second.acquire(tmp_path, "train-prior"))
     assert (tmp_path / LOCK_NAME).read_text() == f"train-prior, process {os.getpid()}"
     second.release()
     assert list(tmp_path.iterdir()) == []
@@ -89,7 +107,7 @@ def test_a_lock_on_a_file_its_holder_removed_meanwhile_is_taken_on_the_new_one(
 
     monkeypatch.setattr(run_lock, "_open", open_while_the_holder_finishes)
     second = RunLock()
-    second.acquire(tmp_path, "train-prior")
+    in_another_thread(lambda: second.acquire(tmp_path, "train-prior"))
     assert len(opened) == 2  # the removed file was given up for the new one
     monkeypatch.undo()
     with pytest.raises(VqkitError, match="train-prior, process"):
@@ -206,10 +224,13 @@ def test_a_prior_being_trained_is_said_to_be_training_not_stopped_or_absent(
 
 def test_a_process_does_not_see_its_own_lock_as_another_writer(tmp_path):
     with RunLock() as lock:
-        lock.acquire(tmp_path, "train-prior")
+        lock.acquire(tmp_path, "demo")
         assert writer_of(tmp_path) is None
-        with pytest.raises(VqkitError, match="Another vqkit process"):
-            RunLock().acquire(tmp_path, "train")  # a second lock of its own is still refused
+        with RunLock() as nested:  # the same thread again (train-prior inside the demo)
+            nested.acquire(tmp_path, "train-prior")
+        assert (tmp_path / LOCK_NAME).read_text().startswith("demo,")  # still the demo's
+        with pytest.raises(VqkitError, match=r"Another vqkit process \(demo, process"):
+            in_another_thread(lambda: RunLock().acquire(tmp_path, "train"))
     assert writer_of(tmp_path) is None and list(tmp_path.iterdir()) == []
 
 

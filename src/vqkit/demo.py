@@ -31,6 +31,7 @@ from vqkit.prior_training import train_prior
 from vqkit.provenance import stamp
 from vqkit.report import write_report
 from vqkit.run_folder import default_run_dir
+from vqkit.run_lock import RunLock
 from vqkit.score import score_run
 from vqkit.training import train
 from vqkit.usage import code_usage
@@ -136,49 +137,53 @@ def run_demo(
     trained = stage(
         "train VQ-VAE", lambda: train(config, run_dir, device=device, progress=progress)
     )
-    model = trained.model.eval()
-    ensure_dir(figures)
-    test = load_split(settings.dataset, "test")
-    stage(
-        "codebook figures",
-        lambda: write_codebook_figures(
-            model,
-            code_usage(run_dir, model),
-            test.images[:CODEMAP_IMAGES],
-            figures,
-            stamp(run_dir),
-        ),
-    )
-    prior_settings = PriorConfig(
-        epochs=settings.prior_epochs,
-        conditional=settings.prior_conditional,
-        seed=settings.seed,
-        train_limit=settings.prior_train_limit,
-    )
-    prior = stage(
-        "train prior",
-        lambda: train_prior(run_dir, prior_settings, device=device, progress=progress),
-    )
-    context = SamplingContext(model, run_dir)
-    stage("samples", lambda: _write_samples(context, settings, figures))
-    stage(
-        "interpolations",
-        lambda: _write_interpolations(model, test, settings, figures, stamp(run_dir)),
-    )
-    scores = stage(
-        "score",
-        lambda: score_run(
-            run_dir,
-            settings.score_samples,
+    # From here to the report this demo is the folder's one writer (train-prior inside is
+    # nested in its lock), so no other train or train-prior mixes into the run meanwhile.
+    with RunLock() as lock:
+        lock.acquire(run_dir, "demo")
+        model = trained.model.eval()
+        ensure_dir(figures)
+        test = load_split(settings.dataset, "test")
+        stage(
+            "codebook figures",
+            lambda: write_codebook_figures(
+                model,
+                code_usage(run_dir, model),
+                test.images[:CODEMAP_IMAGES],
+                figures,
+                stamp(run_dir),
+            ),
+        )
+        prior_settings = PriorConfig(
+            epochs=settings.prior_epochs,
+            conditional=settings.prior_conditional,
             seed=settings.seed,
-            device=device,
-            classifier_config=settings.classifier,
-            log=log,
-        ),
-    )
-    report = stage("report", lambda: write_report(run_dir))
-    headline = _headline(trained.final, prior.best, scores)
-    return DemoResult(run_dir, report, headline, timings)
+            train_limit=settings.prior_train_limit,
+        )
+        prior = stage(
+            "train prior",
+            lambda: train_prior(run_dir, prior_settings, device=device, progress=progress),
+        )
+        context = SamplingContext(model, run_dir)
+        stage("samples", lambda: _write_samples(context, settings, figures))
+        stage(
+            "interpolations",
+            lambda: _write_interpolations(model, test, settings, figures, stamp(run_dir)),
+        )
+        scores = stage(
+            "score",
+            lambda: score_run(
+                run_dir,
+                settings.score_samples,
+                seed=settings.seed,
+                device=device,
+                classifier_config=settings.classifier,
+                log=log,
+            ),
+        )
+        report = stage("report", lambda: write_report(run_dir))
+        headline = _headline(trained.final, prior.best, scores)
+        return DemoResult(run_dir, report, headline, timings)
 
 
 def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Path) -> None:

@@ -17,6 +17,7 @@ system cannot lock (some network mounts), commands run unlocked, as they did bef
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +37,10 @@ LOOK_RETRIES, LOOK_RETRY_SECONDS = 5, 0.01
 # The lock files this process holds (resolved paths): writer_of does not count them as another
 # writer, so train-prior's own checks inside its lock do not see themselves.
 _HELD: set[Path] = set()
+# The lock files each thread holds: a lock taken again by the same thread (train-prior inside
+# the demo, which holds its folder from training on) is nested, a no-op; another thread of the
+# process is refused like another process.
+_THREAD = threading.local()
 # Opening the lock file again after its holder removed it meanwhile: a bound, in case a file
 # system reports inode numbers that never match (some FUSE mounts); then the lock is kept.
 REOPEN_TRIES = 10
@@ -47,12 +52,15 @@ class RunLock:
     def __init__(self) -> None:
         self._fd: int | None = None
         self._path: Path | None = None
+        self._thread_held: set[Path] = set()  # the acquiring thread's (release may run elsewhere)
 
     def acquire(self, run_dir: str | Path, command: str) -> None:
         """Hold the folder's lock, or raise VqkitError naming the process that holds it."""
         if fcntl is None or self._fd is not None:
             return
         path = Path(run_dir) / LOCK_NAME
+        if path.resolve() in _held_by_this_thread():
+            return  # nested: the outer holder releases
         for attempt in range(REOPEN_TRIES):
             fd = _open(path)
             try:
@@ -81,11 +89,14 @@ class RunLock:
             raise
         self._fd, self._path = fd, path
         _HELD.add(path.resolve())
+        self._thread_held = _held_by_this_thread()
+        self._thread_held.add(path.resolve())
 
     def release(self) -> None:
         if self._fd is None or self._path is None:
             return
         _HELD.discard(self._path.resolve())
+        self._thread_held.discard(self._path.resolve())
         # Removed while still locked, so no other process can find and lock it half-removed.
         self._path.unlink(missing_ok=True)
         os.close(self._fd)
@@ -96,6 +107,12 @@ class RunLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+def _held_by_this_thread() -> set[Path]:
+    if not hasattr(_THREAD, "held"):
+        _THREAD.held = set()
+    return _THREAD.held
 
 
 def _refusal(holder: str, run_dir: str | Path) -> str:
