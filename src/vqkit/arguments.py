@@ -25,10 +25,12 @@ def whole_number(value: Any, what: str, minimum: int) -> int:
 
 
 def seed(value: Any) -> int:
-    """``value`` as an int when torch can seed a generator with it."""
-    if isinstance(value, numbers.Integral) and is_seed(int(value)) and not isinstance(value, bool):
-        return int(value)
-    raise VqkitError(f"The seed must be {SEED_RANGE}, not {value!r}.")
+    """``value`` as an int when torch can seed a generator with it (numpy ints too)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+    if not is_seed(value):
+        raise VqkitError(f"The seed must be {SEED_RANGE}, not {value!r}.")
+    return value
 
 
 def pair_of_arrays(value: Any, what: str) -> tuple[Any, Any]:

@@ -23,7 +23,7 @@ from torch import nn
 
 from vqkit.acceleration import autocast, resolve_precision
 from vqkit.checkpoint import load_weights_into, save_weights
-from vqkit.config import PRECISIONS, SEED_RANGE, _require, is_seed, require_typed_settings
+from vqkit.config import PRECISIONS, _require, require_typed_settings
 from vqkit.data import OWN_DATASET, load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_json, write_json_atomic
@@ -47,10 +47,7 @@ class ClassifierConfig:
     train_limit: int | None = None  # first N training images only (tests)
 
     def __post_init__(self) -> None:
-        require_typed_settings(self, "classifier")
-        _require(
-            is_seed(self.seed), f"The classifier's seed must be {SEED_RANGE}, not {self.seed!r}."
-        )
+        require_typed_settings(self, "classifier", seed_name="The classifier's seed")
         self.channels = tuple(self.channels)
         _require(
             len(self.channels) == 2 and min(self.channels) >= 1,

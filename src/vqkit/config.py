@@ -56,15 +56,17 @@ CODEBOOK_INITS = ("uniform", "kmeans")
 GRADIENT_ESTIMATORS = ("ste", "rotation")
 
 
-def require_typed_settings(settings: Any, where: str) -> None:
+def require_typed_settings(settings: Any, where: str, seed_name: str = "--seed") -> None:
     """Refuse a setting of the wrong type, as from_dict does for a JSON file, for settings built
     in Python too (``PriorConfig(epochs="3")`` would otherwise fail inside the range checks
-    with a TypeError); then the whole numbers that a 64-bit integer cannot hold."""
+    with a TypeError); then the whole numbers that a 64-bit integer cannot hold. A ``seed``
+    field gets its own sentence, naming it ``seed_name``."""
     kinds = typing.get_type_hints(type(settings))
     for setting in dataclasses.fields(settings):
-        if setting.name == "seed":  # refused with its own sentence (SEED_RANGE)
-            continue
         value = getattr(settings, setting.name)
+        if setting.name == "seed":
+            _require(is_seed(value), f"{seed_name} must be {SEED_RANGE}, not {_shown(value)}.")
+            continue
         _require(
             _fits(value, kinds[setting.name]),
             f"The '{where}' setting '{setting.name}' must be "
@@ -317,9 +319,8 @@ class TrainConfig:
 
 def check_run_controls(settings: Any) -> None:
     """Checks that VQ-VAE and prior training settings share: the reliability flags
-    (--skip-nonfinite, --deterministic), the seed, and the optional counts that must be positive
-    (--train-limit, --test-limit, --checkpoint-every)."""
-    _require(is_seed(settings.seed), f"--seed must be {SEED_RANGE}, not {_shown(settings.seed)}.")
+    (--skip-nonfinite, --deterministic) and the optional counts that must be positive
+    (--train-limit, --test-limit, --checkpoint-every). (Their seeds: require_typed_settings.)"""
     _require(settings.skip_nonfinite >= 0, "--skip-nonfinite cannot be negative.")
     _require(isinstance(settings.deterministic, bool), "deterministic must be true or false.")
     for name in ("train_limit", "test_limit", "checkpoint_every"):

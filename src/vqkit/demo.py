@@ -19,7 +19,7 @@ import torch
 from vqkit import arguments, runfiles
 from vqkit.classifier import ClassifierConfig
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
-from vqkit.config import SEED_RANGE, is_seed, preset_config, require_typed_settings
+from vqkit.config import preset_config, require_typed_settings
 from vqkit.data import dataset_classes, load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, write_json_atomic
@@ -63,8 +63,6 @@ class DemoSettings:
     def __post_init__(self) -> None:
         """Checked now, not at the stage that uses a setting, minutes of training later."""
         require_typed_settings(self, "demo")
-        if not is_seed(self.seed):
-            raise VqkitError(f"--seed must be {SEED_RANGE}, not {self.seed!r}.")
         if self.classifier is not None:
             arguments.instance(
                 self.classifier,

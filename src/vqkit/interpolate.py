@@ -20,9 +20,12 @@ MODES = ("crossfade", "wipe", "latent")
 MIN_STEPS = 2  # the two ends, t = 0 and t = 1
 
 
+def _checked_steps(steps: int) -> int:
+    return arguments.whole_number(steps, "The number of interpolation steps", MIN_STEPS)
+
+
 def _step_fractions(steps: int) -> torch.Tensor:
-    steps = arguments.whole_number(steps, "The number of interpolation steps", MIN_STEPS)
-    return torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+    return torch.linspace(0.0, 1.0, _checked_steps(steps), dtype=torch.float64)
 
 
 def patch_switch_codes(
@@ -90,7 +93,7 @@ def interpolation(
     seed: int = 0,
 ) -> torch.Tensor:
     """Code grids (steps, h, w) from image A's codes to image B's with the named mode."""
-    _step_fractions(steps)  # checked before any encoding
+    _checked_steps(steps)  # before any encoding
     seed = arguments.seed(seed)
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the model inside
     arguments.instance(model, VQVAE, "The model", "VQVAE.from_run(run_dir)")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqkit import runfiles
+from vqkit import runfiles, train_state
 from vqkit.checkpoint import load_config, load_weights_into, prior_is_stale, run_path
 from vqkit.config import (
     PRECISIONS,
@@ -324,8 +324,6 @@ def incomplete_prior(run_dir: str | Path) -> str | None:
     ``train-prior`` writes its settings first and its weights after the first epoch, so a run
     stopped inside that epoch holds settings and a resumable state but no weights yet.
     """
-    from vqkit import train_state  # here, not above: train_state is not needed to sample
-
     files = train_state.PRIOR_FILES
     config = run_path(run_dir, runfiles.PRIOR_CONFIG).exists()
     weights = run_path(run_dir, runfiles.PRIOR_WEIGHTS).exists()

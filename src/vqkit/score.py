@@ -40,6 +40,7 @@ from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import write_json_atomic
 from vqkit.generate import DECODE_BATCH_SIZE, SamplingContext, sample_codes, strategies
+from vqkit.prior import has_prior, incomplete_prior, load_prior, require_prior_fits_the_model
 
 # Strategies scored when available, in table order; the prior adds conditional rows itself.
 STRATEGY_ORDER = ("random", "used", "prior")
@@ -134,8 +135,8 @@ def score_run(
     seed = arguments.seed(seed)
     target = resolve_device(device)
     config = load_config(run_dir)
-    if _has_prior(run_dir):  # a stale prior is refused now, not after minutes of other rows
-        _require_prior_fits_the_model(run_dir)
+    if has_prior(run_dir):  # a stale prior is refused now, not after minutes of other rows
+        require_prior_fits_the_model(run_dir)
     dataset = config.train.dataset
     data_dir = config.train.data_folder(data_dir)
     model = load_model(run_dir, device=target)
@@ -169,7 +170,7 @@ def score_run(
     context = SamplingContext(model, run_dir, Path(data_dir) if data_dir is not None else None)
     available = strategies()
     for strategy in STRATEGY_ORDER:
-        if strategy not in available or (strategy == "prior" and not _has_prior(run_dir)):
+        if strategy not in available or (strategy == "prior" and not has_prior(run_dir)):
             continue
         rows += _strategy_rows(strategy, context, classifier, reference, n, seed, log)
     scores: dict[str, Any] = {
@@ -182,29 +183,11 @@ def score_run(
         "weights_sha256": weights_digest(run_dir),
         "prior_sha256": prior_digest(run_dir),
     }
-    prior_left_out = _incomplete_prior(run_dir)
+    prior_left_out = incomplete_prior(run_dir)
     if prior_left_out:  # said, so a half-trained prior is not mistaken for no prior at all
         scores["prior_left_out"] = prior_left_out
     write_json_atomic(run_path(run_dir, runfiles.SCORES), scores)
     return scores
-
-
-def _has_prior(run_dir: Path) -> bool:
-    from vqkit.prior import has_prior
-
-    return has_prior(run_dir)
-
-
-def _incomplete_prior(run_dir: Path) -> str | None:
-    from vqkit.prior import incomplete_prior
-
-    return incomplete_prior(run_dir)
-
-
-def _require_prior_fits_the_model(run_dir: Path) -> None:
-    from vqkit.prior import require_prior_fits_the_model
-
-    require_prior_fits_the_model(run_dir)
 
 
 def _real_rows(model, classifier, test, train, n: int, seed: int):
@@ -311,8 +294,6 @@ def _strategy_rows(
 def _prior_classes(run_dir: Path | None) -> int | None:
     """The number of classes a conditional prior draws (sample i gets class i mod it), or None
     for an unconditional prior."""
-    from vqkit.prior import load_prior
-
     if run_dir is None:
         return None
     config = load_prior(run_dir).config
