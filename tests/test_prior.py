@@ -10,6 +10,7 @@ import torch
 
 from vqkit.errors import VqkitError
 from vqkit.prior import PixelCNNPrior, PriorConfig, restrict_logits, sample_prior
+from vqkit.prior_loop import prior_loss
 from vqkit.prior_training import CodeSet, evaluate_nll
 
 GRID = 7
@@ -198,6 +199,19 @@ def test_evaluate_nll_is_the_mean_cross_entropy_in_bits():
         logits = prior(data.codes, data.labels).double()
     nats = torch.nn.functional.cross_entropy(logits, data.codes)
     assert evaluate_nll(prior, data, batch_size=3) == pytest.approx(float(nats) / math.log(2))
+
+
+def test_training_loss_under_bf16_autocast_is_taken_in_fp32():
+    """Autocast may run the network in bf16, but the loss over its logits must not be rounded
+    to bf16 (up to 0.02 bits per batch): it equals a float64 cross-entropy of the same logits."""
+    prior = tiny_prior(True)
+    codes, labels = random_codes(64), torch.arange(64) % 3
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = prior_loss(prior, codes, labels)
+        logits = prior(codes, labels)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    expected = torch.nn.functional.cross_entropy(logits.double(), codes)
+    assert float(loss) == pytest.approx(float(expected), abs=1e-5)
 
 
 def test_a_prior_that_predicts_nothing_costs_log2_k_bits_per_code():

@@ -65,7 +65,12 @@ class FiniteScalarQuantizer(nn.Module):
 
     def scalar_quantize(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-bound channels (N, c) -> (values in [-1, 1] (N, c) with straight-through rounding,
-        integer codes (N,))."""
+        integer codes (N,)).
+
+        Bound and round in at least fp32: under bf16 autocast ``h`` arrives in bf16, whose
+        rounding near the .5 boundaries would pick other codes than ``encode`` (fp32) does.
+        """
+        h = h.to(torch.promote_types(h.dtype, torch.float32))
         bounded = self.bound(h)
         integers = bounded.detach().round()
         rounded = bounded + (integers - bounded).detach()  # straight-through rounding
