@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -51,6 +53,27 @@ def test_uint8_and_float_inputs_agree():
         from_uint8 = model(batch).reconstruction
         from_float = model((batch.float() / 255).unsqueeze(1)).reconstruction
     assert torch.equal(from_uint8, from_float)
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_a_float64_model_computes_in_float64_what_the_float32_one_does(quantizer):
+    """``model.double()`` (for gradient checks) takes uint8 or float64 images and keeps every
+    step in float64, training forward and backward included, with the fp32 model's answers."""
+    config = preset_config("best").model
+    if quantizer == "fsq":
+        config = ModelConfig(quantizer=QuantizerConfig(quantizer="fsq", embedding_dim=4))
+    single = VQVAE(config).eval()
+    double = copy.deepcopy(single).double()
+    batch = images(5)
+    with torch.no_grad():
+        expected = single(batch).reconstruction
+        for pixels in (batch, batch.double() / 255):
+            out = double(pixels)
+            assert out.reconstruction.dtype == torch.float64
+            torch.testing.assert_close(out.reconstruction.float(), expected, atol=1e-5, rtol=0)
+    out = double.train()(batch)  # k-means init, EMA and restarts in float64 too
+    (out.reconstruction.mean() + out.vq_loss).backward()
+    assert all(p.grad.dtype == torch.float64 for p in double.parameters() if p.grad is not None)
 
 
 def test_decoded_images_carry_no_autograd_history():

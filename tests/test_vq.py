@@ -24,7 +24,9 @@ def as_latents(vectors: torch.Tensor) -> torch.Tensor:
     return vectors.t().reshape(1, vectors.shape[1], 1, vectors.shape[0])
 
 
-def test_ema_update_matches_hand_computed_formulas():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ema_update_matches_hand_computed_formulas(dtype):
+    """In fp32 as trained, and in float64 (a model turned .double() for gradient checks)."""
     decay, eps = 0.9, 0.01
     quantizer = build_quantizer(
         QuantizerConfig(
@@ -44,8 +46,8 @@ def test_ema_update_matches_hand_computed_formulas():
     # Three vectors near code 0, one near code 1, none near code 2.
     batch = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 1.0], [9.0, 2.0]])
 
-    quantizer.train()
-    out = quantizer(as_latents(torch.tensor(batch, dtype=torch.float32)))
+    quantizer.to(dtype).train()
+    out = quantizer(as_latents(torch.tensor(batch, dtype=dtype)))
 
     assert out.codes.flatten().tolist() == [0, 0, 0, 1]
     counts = np.array([3.0, 1.0, 0.0])

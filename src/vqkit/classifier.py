@@ -27,7 +27,7 @@ from vqkit.config import PRECISIONS, _require, require_typed_settings
 from vqkit.data import OWN_DATASET, load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_json, write_json_atomic
-from vqkit.model import images_to_input
+from vqkit.model import input_for
 
 
 @dataclass
@@ -91,7 +91,7 @@ class Classifier(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, [1,] 28, 28) uint8 or float in [0, 1] -> (B, features)."""
-        return self.body(images_to_input(images))
+        return self.body(input_for(self.body, images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.out(self.dropout(self.features(images)))

@@ -110,7 +110,17 @@ def images_to_input(images: torch.Tensor) -> torch.Tensor:
                 f"Float images must hold pixels in [0, 1], and these range from {low:g} to "
                 f"{high:g}; pass uint8 pixels 0-255, or divide them by 255 first."
             )
-    return images.float()
+    return images.to(torch.promote_types(images.dtype, torch.float32))  # float64 stays float64
+
+
+def input_for(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``images_to_input`` in the float type of ``network``'s weights (float64 after
+    ``.double()``), so a network converted for gradient checks takes the same images."""
+    x = images_to_input(images)
+    weight = next(network.parameters(), None)
+    if weight is not None and weight.is_floating_point():
+        x = x.to(weight.dtype)
+    return x
 
 
 class VQVAE(nn.Module):
@@ -133,8 +143,9 @@ class VQVAE(nn.Module):
         return self.quantizer.num_codes
 
     def model_input(self, images: torch.Tensor) -> torch.Tensor:
-        """``images_to_input`` checked against the shape this model was built for."""
-        x = images_to_input(images)
+        """``images_to_input`` checked against the shape this model was built for, in the
+        model's own float type (a model turned ``.double()`` takes float64 input)."""
+        x = input_for(self.encoder, images)
         size, channels = self.config.image_size, self.config.in_channels
         if tuple(x.shape[1:]) != (channels, size, size):
             raise VqkitError(

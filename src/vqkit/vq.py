@@ -151,7 +151,8 @@ class VectorQuantizer(nn.Module):
         # (K,), () bool, () bool
         global_counts, healthy, even = health.summed_counts_and_health(counts, flat)
         if self.ema:
-            sums = torch.zeros_like(self.ema_embed_sum).index_add_(0, codes, flat.float())
+            sums = torch.zeros_like(self.ema_embed_sum)
+            sums.index_add_(0, codes, flat.to(sums.dtype))
             self.ema_update(global_counts, health.all_reduce_sum_(sums))
         if self.config.dead_code_restart > 0:
             health.update_steps_since_used(self.steps_since_used, global_counts)
