@@ -94,7 +94,7 @@ def test_train_from_a_saved_config_with_overrides(small_run, tmp_path, capsys):
     for wrong, words in [
         (["--config", str(config_file), "--preset", "efficient"], "not both"),
         (["--config", str(tmp_path / "missing.json")], "does not exist"),
-        (["--resume", str(narrow), "--config", str(config_file)], "--config cannot be given"),
+        (["--resume", str(narrow), "--config", str(config_file)], "cannot take --out, --config"),
     ]:
         assert main(["train", *wrong, "--out", str(tmp_path / "never"), "--quiet"]) == 2
         message = capsys.readouterr().err

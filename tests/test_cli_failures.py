@@ -130,7 +130,7 @@ def test_resume_with_conflicting_flags(run_copy, capsys):
     before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
     fails_cleanly(
         capsys, ["train", "--resume", str(run_copy), "--lr", "0.5", "--hidden-dim", "8"],
-        "--lr, --hidden-dim cannot be given",
+        "cannot take --lr, --hidden-dim",
     )  # fmt: skip
     assert {p.name: p.read_bytes() for p in run_copy.iterdir()} == before
 
@@ -156,6 +156,18 @@ def test_a_constant_rate_run_trains_longer_when_resumed(tmp_path, capsys):
     assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--quiet"]) == 0
     assert json.loads((run_dir / runfiles.CONFIG).read_text())["train"]["epochs"] == 2
     assert len((run_dir / runfiles.METRICS).read_text().splitlines()) == 2
+
+
+def test_resuming_a_finished_run_says_so_and_records_no_session(run_copy, capsys):
+    """Nothing is left to train: a note naming --epochs, exit 0, the weights and metrics
+    untouched and no new training session in environment.jsonl (the report counts those)."""
+    kept = [runfiles.WEIGHTS, runfiles.METRICS, runfiles.ENVIRONMENT, runfiles.CONFIG]
+    before = {name: (run_copy / name).read_bytes() for name in kept}
+    assert main(["train", "--resume", str(run_copy), "--seed", "0", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "had already trained its 1 epoch, so nothing more was trained" in captured.err
+    assert "--epochs N (more than 1)" in captured.err and "test MSE" in captured.out
+    assert {name: (run_copy / name).read_bytes() for name in kept} == before
 
 
 def test_training_into_an_existing_run_is_refused(run_copy, capsys):

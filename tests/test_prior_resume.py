@@ -26,7 +26,7 @@ from process_helpers import child_env, vqkit_command
 from vqkit import prior_loop, prior_replacement, prior_training, runfiles, score
 from vqkit.checkpoint import read_tensors
 from vqkit.classifier import ClassifierConfig
-from vqkit.cli import main
+from vqkit.cli import main, train_prior_cmd
 from vqkit.fileio import read_jsonl
 from vqkit.prior import PriorConfig, has_prior, incomplete_prior
 from vqkit.training import TrainingInterrupted
@@ -329,8 +329,8 @@ BAD_RESUMES = {
         "has no resumable state (prior_state.safetensors)",
     ),
     "missing folder": ("missing", [], "does not exist"),
-    "flag that changes learning": (None, ["--channels", "16"], "--channels cannot be given"),
-    "resume and restart": (None, ["--restart"], "--restart cannot be given"),
+    "flag that changes learning": (None, ["--channels", "16"], "cannot take --channels"),
+    "resume and restart": (None, ["--restart"], "cannot take --restart"),
     "fewer epochs than done": (None, ["--epochs", "1"], "already trained 2 epochs"),
     "config not fitting the state": (break_prior_config, [], "channels is 8 there, 4 here"),
     "VQ-VAE retrained": (change_vqvae_weights, [], "VQ-VAE weights"),
@@ -367,6 +367,25 @@ def test_finished_prior_resumes_for_longer_or_is_replaced(finished_prior, tmp_pa
     assert main([*argv, *TINY_FLAGS[:4], "--epochs", "1"]) == 0  # a new prior, from scratch
     assert [r["epoch"] for r in read_jsonl(run_dir / runfiles.PRIOR_METRICS)] == [1]
     assert state_counters(run_dir)["epochs_done"] == 1
+
+
+def test_resuming_a_finished_prior_says_so_and_changes_nothing(finished_prior, tmp_path, capsys):
+    """No epoch left: a note naming --epochs, exit 0, and no file changed (no new session in
+    environment.jsonl, which the report counts)."""
+    run_dir = copy_run(finished_prior, tmp_path)
+    before = folder_bytes(run_dir)
+    assert main(["train-prior", str(run_dir), "--resume", "--quiet", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "had already trained its 2 epochs, so nothing more was trained" in captured.err
+    assert "give --epochs N (more than 2)" in captured.err and "best test NLL" in captured.out
+    assert folder_bytes(run_dir) == before
+
+
+def test_a_prior_stopped_by_its_patience_names_patience(capsys):
+    train_prior_cmd.say_prior_was_finished("runs/a", PriorConfig(epochs=8, patience=1), 3)
+    err = capsys.readouterr().err
+    assert "stopped early (1 epoch without a better test NLL)" in err
+    assert "give --patience N (more than 1)" in err
 
 
 def test_a_new_prior_failing_before_its_first_save_leaves_the_old_one(

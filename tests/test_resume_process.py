@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,9 @@ def unbroken_run(tmp_path_factory) -> Path:
     return run_dir
 
 
-def stop_then_resume(run_dir: Path, sig: int) -> tuple[subprocess.CompletedProcess, dict, str]:
+def stop_then_resume(
+    run_dir: Path, sig: int, before_resume: Callable[[], None] = lambda: None
+) -> tuple[subprocess.CompletedProcess, dict, str]:
     process = subprocess.Popen(
         vqkit_command("train", *TRAIN_FLAGS, "--out", str(run_dir)),
         env=child_env(),
@@ -75,6 +78,7 @@ def stop_then_resume(run_dir: Path, sig: int) -> tuple[subprocess.CompletedProce
     expected = -signal.SIGKILL if sig == signal.SIGKILL else 130
     assert process.returncode == expected, stderr
     stopped_at = json.loads((run_dir / runfiles.TRAIN_STATE_META).read_text())
+    before_resume()
     resumed = subprocess.run(
         vqkit_command("train", "--resume", str(run_dir), "--quiet"),
         env=child_env(),
@@ -100,9 +104,30 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
         assert mine["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-6)
 
 
+def say_the_first_epoch_did_not_end(run_dir: Path) -> None:
+    """Before any weights exist, the commands that need them name the way on: --resume."""
+    assert not (run_dir / runfiles.WEIGHTS).exists()
+    for command in (
+        ["evaluate"],
+        ["sample", "--strategy", "used", "--out", str(run_dir / "s.png")],
+    ):
+        done = subprocess.run(
+            vqkit_command(command[0], str(run_dir), *command[1:]),
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=WAIT_SECONDS,
+        )
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "stopped before its first epoch ended, so it has no weights yet" in done.stderr
+        assert f"continue it with vqkit train --resume {run_dir}." in done.stderr
+
+
 def test_sigkill_mid_epoch_then_resume_gives_identical_weights(unbroken_run, tmp_path):
     run_dir = tmp_path / "run"
-    resumed, stopped_at, _ = stop_then_resume(run_dir, signal.SIGKILL)
+    resumed, stopped_at, _ = stop_then_resume(
+        run_dir, signal.SIGKILL, lambda: say_the_first_epoch_did_not_end(run_dir)
+    )
     assert stopped_at["epochs_done"] == 0 and 0 < stopped_at["step"] < 125
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_dir, unbroken_run)

@@ -18,6 +18,7 @@ from cli_helpers import fails_cleanly
 from process_helpers import child_env
 
 from vqkit import run_lock, runfiles
+from vqkit.checkpoint import load_model, why_no_weights_yet
 from vqkit.cli import main
 from vqkit.errors import VqkitError
 from vqkit.prior import incomplete_prior
@@ -185,6 +186,28 @@ def test_a_new_run_is_refused_in_a_folder_another_process_holds(tmp_path, capsys
             "is writing to",
         )
         assert [p.name for p in folder.iterdir()] == [LOCK_NAME]  # no config.json of ours
+
+
+def test_a_new_run_into_a_folder_being_trained_names_its_trainer(run_copy, capsys):
+    """After its first epoch a run being trained holds weights; a second `train --out` there
+    must name the trainer, not advise a --resume that the lock would refuse."""
+    before = files_except_the_lock(run_copy)
+    with held_by_another_process(run_copy) as holder:
+        fails_cleanly(
+            capsys,
+            ["train", "--preset", "efficient", "--train-limit", "64", "--out", run_copy, "--quiet"],
+            f"(train, process {holder.pid}) is writing to",
+        )
+    assert files_except_the_lock(run_copy) == before
+
+
+def test_a_model_before_its_first_epoch_ends_is_said_to_be_training(run_copy):
+    (run_copy / runfiles.WEIGHTS).unlink()
+    with held_by_another_process(run_copy) as holder:
+        with pytest.raises(VqkitError, match=r"being trained in .* right now \(train, process"):
+            load_model(run_copy)
+        assert str(holder.pid) in why_no_weights_yet(run_copy)
+    assert why_no_weights_yet(run_copy) is None  # a finished epoch's state: the file is lost
 
 
 def test_every_rank_of_a_torchrun_job_stops_with_the_sentence(run_copy):

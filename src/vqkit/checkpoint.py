@@ -172,5 +172,36 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):  # -> V
     target = resolve_device(device)  # 'auto' as everywhere else, and one sentence for a bad name
     config = load_config(run_dir)
     model = VQVAE(config.model)
-    load_weights_into(model, run_path(run_dir, runfiles.WEIGHTS), "model weights file")
+    weights = run_path(run_dir, runfiles.WEIGHTS)
+    if not weights.exists():
+        reason = why_no_weights_yet(run_dir)
+        if reason is not None:
+            raise VqkitError(reason)
+    load_weights_into(model, weights, "model weights file")
     return model.to(target).eval()
+
+
+def why_no_weights_yet(run_dir: str | Path) -> str | None:
+    """One sentence for a run whose first epoch has not ended, so it has no weights file yet:
+    being trained now, or stopped inside that epoch (resumable); None otherwise."""
+    from vqkit import train_state
+    from vqkit.run_lock import writer_of
+
+    writer = writer_of(run_dir)
+    if writer is not None and writer.startswith("train,"):
+        return (
+            f"A model is being trained in '{run_dir}' right now ({writer}); it can be used "
+            "once its first epoch ends."
+        )
+    if not train_state.exists(run_dir):
+        return None
+    try:
+        first_epoch_unfinished = train_state.peek(run_dir)[0].epochs_done == 0
+    except VqkitError:  # a damaged state: resuming it would fail, so do not suggest it
+        return None
+    if not first_epoch_unfinished:
+        return None
+    return (
+        f"The training in '{run_dir}' stopped before its first epoch ended, so it has no "
+        f"weights yet; continue it with {train_state.VQVAE_FILES.resume_command(run_dir)}."
+    )

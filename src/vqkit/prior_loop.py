@@ -30,6 +30,7 @@ from vqkit.guards import NonFiniteGuard, StopRequest
 from vqkit.prior import PixelCNNPrior, PriorConfig, save_prior_config
 from vqkit.train_state import Position
 from vqkit.training import TrainingInterrupted, epoch_batches, resumed_history
+from vqkit.wording import counted
 
 PRIOR_TERMS = ("prior loss",)  # the one loss term the non-finite guard watches
 
@@ -145,8 +146,9 @@ class PriorLoop:
             self.counters = _Counters.from_extra(restored.extra, run_dir)
             if settings.epochs < self.position.epochs_done:
                 raise VqkitError(
-                    f"The prior in '{run_dir}' has already trained {self.position.epochs_done} "
-                    f"epochs, more than --epochs {settings.epochs}."
+                    f"The prior in '{run_dir}' has already trained "
+                    f"{counted(self.position.epochs_done, 'epoch')}, more than --epochs "
+                    f"{settings.epochs}."
                 )
             done = self.position.epochs_done
             self.history = resumed_history(run_dir, done, context, runfiles.PRIOR_METRICS)
@@ -158,6 +160,13 @@ class PriorLoop:
         )
         self.guard.skipped = self.position.skipped_nonfinite
         self.stop = StopRequest()
+
+    @property
+    def epochs_left(self) -> int:
+        """Epochs this call may train: none once the prior finished (its epochs, or patience)."""
+        if self.counters.stale >= self.settings.patience:
+            return 0
+        return self.settings.epochs - self.position.epochs_done
 
     def train(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; the per-epoch records of the whole run."""

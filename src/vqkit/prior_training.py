@@ -31,6 +31,7 @@ from vqkit.prior_loop import PriorLoop, code_nll, damaged_state
 from vqkit.prior_replacement import old_prior_set_aside
 from vqkit.run_lock import RunLock
 from vqkit.training import deterministic_mode
+from vqkit.wording import counted
 
 SPLITS = ("train", "test")
 # Settings --resume may change: when the run stops and how it saves, not what it learns so far.
@@ -155,6 +156,7 @@ class PriorResult:
     run_dir: Path
     prior: PixelCNNPrior  # the best-test-NLL weights, eval mode
     history: list[dict[str, Any]] = field(default_factory=list)
+    epochs_trained: int = 0  # by this call: 0 for a resume of a prior that had finished
 
     @property
     def best(self) -> dict[str, Any]:
@@ -247,10 +249,13 @@ def _train_holding_the_lock(
             resume=resume,
             show=sys.stderr.isatty() if progress is None else progress,
         )
-        session = environment.describe("train-prior", target)
-        environment.record(run_dir, {**session, "resumed": resume})
+        epochs_before = loop.position.epochs_done
+        if loop.epochs_left:  # a finished prior resumed is no new session
+            session = environment.describe("train-prior", target)
+            environment.record(run_dir, {**session, "resumed": resume})
         history = loop.train()
-    return PriorResult(run_dir, load_prior(run_dir, target), history)
+    trained = loop.position.epochs_done - epochs_before
+    return PriorResult(run_dir, load_prior(run_dir, target), history, epochs_trained=trained)
 
 
 def _saved_extra(run_dir: Path, resume: bool, restart: bool) -> dict[str, Any] | None:
@@ -269,7 +274,7 @@ def _saved_extra(run_dir: Path, resume: bool, restart: bool) -> dict[str, Any] |
     try:
         position, extra = train_state.peek(run_dir, files)
         unfinished = not extra.get("finished", False)
-        done = f"{position.epochs_done} epochs saved"
+        done = f"{counted(position.epochs_done, 'epoch')} saved"
     except VqkitError:
         unfinished, done = True, "its saved state is damaged"
     if unfinished:

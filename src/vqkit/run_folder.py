@@ -21,7 +21,7 @@ from vqkit.config import RunConfig
 from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_jsonl, write_bytes_atomic
-from vqkit.run_lock import RunLock
+from vqkit.run_lock import RunLock, require_no_writer
 from vqkit.train_state import Position
 
 
@@ -81,15 +81,13 @@ def prepare_run_dir(
     else:
         chosen = run_dir if run_dir is not None else default_run_dir(config)
         path = Path(distributed.broadcast_text(context, str(chosen), device))
-        try:
-            _refuse_taken(path)
-        except OSError as exc:  # a name longer than the file system allows, ...
-            raise VqkitError(f"Cannot use '{path}' as a run folder: {exc.strerror}.") from exc
     distributed.barrier(context)
     refusal = ""
-    if context.is_main:
+    if context.is_main:  # rank 0 decides, and every rank hears it (its folder may be local)
         try:
             if not resume:
+                require_no_writer(path)  # a run being trained there: name its trainer
+                _refuse_taken_or_unusable(path)  # before creating anything
                 ensure_dir(path)
             lock.acquire(path, "train")
             if not resume:  # again, under the lock: another process may have trained here
@@ -102,6 +100,13 @@ def prepare_run_dir(
     if context.is_main and not resume:
         save_config(path, config)
     return path
+
+
+def _refuse_taken_or_unusable(path: Path) -> None:
+    try:
+        _refuse_taken(path)
+    except OSError as exc:  # a name longer than the file system allows, ...
+        raise VqkitError(f"Cannot use '{path}' as a run folder: {exc.strerror}.") from exc
 
 
 def _refuse_taken(path: Path) -> None:

@@ -57,6 +57,7 @@ from vqkit.run_folder import (
 from vqkit.run_lock import RunLock
 from vqkit.step import apply_step, compute_losses
 from vqkit.train_state import Position
+from vqkit.wording import counted
 
 # How many steps between progress-bar refreshes: each refresh reads the loss off the device.
 PROGRESS_REFRESH_STEPS = 25
@@ -84,6 +85,7 @@ class TrainResult:
     run_dir: Path
     model: VQVAE
     history: list[dict[str, Any]] = field(default_factory=list)  # one metrics record per epoch
+    epochs_trained: int = 0  # by this call: 0 for a resume of a run that had finished its epochs
 
     @property
     def final(self) -> dict[str, Any]:
@@ -273,14 +275,17 @@ class _Run:
             if settings.epochs < self.position.epochs_done:
                 raise VqkitError(
                     f"The run in '{self.run_dir}' has already trained "
-                    f"{self.position.epochs_done} epochs, more than --epochs {settings.epochs}."
+                    f"{counted(self.position.epochs_done, 'epoch')}, more than --epochs "
+                    f"{settings.epochs}."
                 )
             self.position.world_size = context.world_size
             if context.is_main:  # checked: now record the new --epochs (and data folder)
                 save_config(self.run_dir, config)
             self.history = resumed_history(self.run_dir, self.position.epochs_done, context)
-        resumed_at = self.position if resume else None
-        record_environment(self.run_dir, config, device, context, resumed_at)
+        self.epochs_at_start = self.position.epochs_done
+        if self.epochs_at_start < settings.epochs:  # a finished run resumed is no new session
+            resumed_at = self.position if resume else None
+            record_environment(self.run_dir, config, device, context, resumed_at)
         if context.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
@@ -295,7 +300,7 @@ class _Run:
 
     def train(self) -> TrainResult:
         # Each epoch's end writes the weights file; a resume of a finished run trains none.
-        trains_an_epoch = self.position.epochs_done < self.settings.epochs
+        trains_an_epoch = self.epochs_at_start < self.settings.epochs
         # One rank alone cannot stop a multi-process job at a step the others agree on.
         with self.stop.installed(enabled=not self.context.enabled):
             for epoch in range(self.position.epochs_done + 1, self.settings.epochs + 1):
@@ -311,7 +316,8 @@ class _Run:
             path = run_path(self.run_dir, runfiles.RECONSTRUCTIONS)
             write_reconstructions(self.model, self.test_images[:8], path)
         distributed.barrier(self.context)
-        return TrainResult(self.run_dir, self.model, self.history)
+        trained = self.settings.epochs - self.epochs_at_start
+        return TrainResult(self.run_dir, self.model, self.history, epochs_trained=trained)
 
     def run_epoch(self, epoch: int) -> None:
         """Train one epoch (or its rest, after a resume), then evaluate and save it."""

@@ -108,14 +108,25 @@ def require_png_path(path: str, flag: str = "--out") -> str:
 
 
 def refuse_resume_conflicts(conflicts: Sequence[str], allowed: Sequence[str]) -> None:
-    """One sentence naming the flags (argparse dest names) that --resume cannot take."""
+    """One sentence naming the flags (argparse dest names) that --resume cannot take: those
+    given with values other than the stored ones, and those that never go with it."""
     if conflicts:
         names = ", ".join("--" + flag.replace("_", "-") for flag in conflicts)
         allowed_names = ", ".join("--" + flag.replace("_", "-") for flag in allowed)
         raise VqkitError(
-            f"--resume continues a run with its stored settings, so {names} cannot be given "
-            f"with it (only {allowed_names}, --device, --data-dir and --quiet can)."
+            f"--resume continues a run with its stored settings, so it cannot take {names} "
+            f"(a flag may repeat its stored value; only {allowed_names}, --device, --data-dir "
+            "and --quiet may change)."
         )
+
+
+def say_nothing_was_trained(what: str, why: str, flags: str) -> None:
+    """A resume that found its run finished: say so on stderr (the exit status stays 0)."""
+    print(
+        f"vqkit: {what} had already {why}, so nothing more was trained; give {flags} to "
+        "train it further.",
+        file=sys.stderr,
+    )
 
 
 def report_interrupted(stop: TrainingInterrupted) -> int:

@@ -16,6 +16,7 @@ from vqkit.codes_io import (
 )
 from vqkit.devices import resolve_device
 from vqkit.provenance import stamp
+from vqkit.wording import counted
 
 HELP = """
 Decode code grids into images. CODES is a .npy file holding an (N, 7, 7) integer array (a single
@@ -49,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.run_dir, device=resolve_device(args.device))
     images = decode_codes(model, codes, config.train.eval_batch_size)
     path = write_images(images, args.out, args.columns, stamp(args.run_dir))
-    print(f"wrote {path} ({codes.shape[0]} images)")
+    print(f"wrote {path} ({counted(codes.shape[0], 'image')})")
     return 0

@@ -9,6 +9,7 @@ from vqkit.cli.common import add_command, add_device_flag
 from vqkit.codes_io import encode_images, require_new_outputs, require_suffix, save_codes
 from vqkit.devices import resolve_device
 from vqkit.inputs import resolve_images, test_split_loader
+from vqkit.wording import counted
 
 HELP = """
 Encode images into code grids: each 28x28 image becomes 7x7 integers in [0, K). The codes are
@@ -41,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
     found = resolve_images(args.inputs, test, config.model.image_size)
     model = load_model(args.run_dir, device=resolve_device(args.device))
     codes = encode_images(model, found.images, config.train.eval_batch_size)
-    print(f"wrote {save_codes(codes, args.out)} ({codes.shape[0]} code grids)")
+    print(f"wrote {save_codes(codes, args.out)} ({counted(codes.shape[0], 'code grid')})")
     return 0

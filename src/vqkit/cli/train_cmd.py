@@ -14,6 +14,7 @@ from vqkit.cli.common import (
     int_list,
     refuse_resume_conflicts,
     report_interrupted,
+    say_nothing_was_trained,
     seed,
 )
 from vqkit.config import (
@@ -35,6 +36,7 @@ from vqkit.fileio import read_json
 from vqkit.report_text import format_metrics
 from vqkit.run_lock import require_no_writer
 from vqkit.training import TrainingInterrupted, train
+from vqkit.wording import counted
 
 HELP = """
 Train a VQ-VAE on MNIST or Fashion-MNIST and write a run folder holding config.json,
@@ -348,6 +350,13 @@ def run(args: argparse.Namespace) -> int:
         return report_interrupted(stop)
     if not distributed_rank_is_main():
         return 0
+    if resuming and not result.epochs_trained:
+        done = config.train.epochs
+        say_nothing_was_trained(
+            f"the run '{run_dir}'",
+            f"trained its {counted(done, 'epoch')}",
+            f"--epochs N (more than {done})",
+        )
     if result.history:
         print(format_metrics(result.final))
     print(f"run folder:      {result.run_dir}")

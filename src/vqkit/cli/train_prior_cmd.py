@@ -12,6 +12,7 @@ from vqkit.cli.common import (
     positive_int,
     refuse_resume_conflicts,
     report_interrupted,
+    say_nothing_was_trained,
     seed,
 )
 from vqkit.config import PRECISIONS
@@ -20,6 +21,7 @@ from vqkit.prior import PriorConfig, load_prior_config
 from vqkit.prior_training import RESUME_FIELDS, require_prior_state, train_prior
 from vqkit.run_lock import require_no_writer
 from vqkit.training import TrainingInterrupted
+from vqkit.wording import counted
 
 HELP = """
 Train a gated PixelCNN prior over the 7x7 code grids of a trained run. The run's model encodes
@@ -161,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except TrainingInterrupted as stop:
         return report_interrupted(stop)
+    if args.resume and not result.epochs_trained:
+        say_prior_was_finished(args.run_dir, settings, len(result.history))
     for record in result.history:
         print(
             f"epoch {record['epoch']:>3}: train {record['train_bits_per_code']:.3f}, "
@@ -176,3 +180,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"unigram:         {best['unigram_bits_per_code']:.3f} bits/code (code frequencies)")
     print(f"prior saved in:  {result.run_dir}")
     return 0
+
+
+def say_prior_was_finished(run_dir: str, settings: PriorConfig, epochs_done: int) -> None:
+    """Why a resumed prior trained nothing: its epochs were done, or its patience ran out."""
+    what = f"the prior in '{run_dir}'"
+    if epochs_done >= settings.epochs:
+        why, flags = (
+            f"trained its {counted(epochs_done, 'epoch')}",
+            f"--epochs N (more than {epochs_done})",
+        )
+    else:
+        patience = settings.patience
+        why = f"stopped early ({counted(patience, 'epoch')} without a better test NLL)"
+        flags = f"--patience N (more than {patience})"
+    say_nothing_was_trained(what, why, flags)
