@@ -109,9 +109,18 @@ def test_weights_that_blow_up_stop_the_run_before_their_epoch_is_saved(tmp_path)
 @pytest.mark.parametrize(("out", "device"), [("", "cpu"), ("demo", "tpu")], ids=["empty", "tpu"])
 def test_a_refused_demo_leaves_no_folder(out, device, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    logged: list[str] = []
     with pytest.raises(VqkitError):
-        run_demo(out, device=device, progress=False, log=lambda line: None)
+        run_demo(out, device=device, progress=False, log=logged.append)
     assert list(tmp_path.iterdir()) == []
+    assert logged == []  # refused before announcing its first stage
+
+
+def test_a_demo_into_a_trained_run_is_refused_and_leaves_it_alone(run_copy):
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    with pytest.raises(VqkitError, match="already holds a trained run, and the demo trains its"):
+        run_demo(run_copy, device="cpu", progress=False, log=lambda line: None)
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,7 @@ def test_modified_known_file_fails_checksum(tmp_path: Path) -> None:
     content[-1] = (content[-1] + 1) % 10  # still a valid IDX file, but not the real one
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(bytes(content))
     shutil.copy(EMBEDDED / "t10k-images-idx3-ubyte.gz", tmp_path)
-    with pytest.raises(IdxError, match="t10k-labels-idx1-ubyte fails its checksum"):
+    with pytest.raises(IdxError, match="t10k-labels-idx1-ubyte' fails its checksum"):
         load_split("mnist", "test", data_dir=tmp_path)
 
 

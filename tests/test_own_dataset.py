@@ -128,10 +128,10 @@ def test_an_own_dataset_needs_its_folder(tmp_path):
         load_split(OWN_DATASET, "train", tmp_path)
     # A folder that was moved away, or a file given as the folder, is named as such.
     for dataset in (OWN_DATASET, "mnist"):
-        with pytest.raises(VqkitError, match="moved does not exist; give the folder that holds"):
+        with pytest.raises(VqkitError, match="moved' does not exist; give the folder that holds"):
             load_split(dataset, "test", tmp_path / "moved")
     (tmp_path / "file").write_text("")
-    with pytest.raises(VqkitError, match="file is a file, not a folder; give the folder"):
+    with pytest.raises(VqkitError, match="file' is a file, not a folder; give the folder"):
         load_split(OWN_DATASET, "test", tmp_path / "file")
 
 

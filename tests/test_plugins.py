@@ -92,7 +92,7 @@ def test_a_run_trained_through_a_plugin_file_needs_it_to_be_read_again(tmp_path,
         vqkit_command("evaluate", str(run)), env=child_env(), capture_output=True, text=True
     )
     assert evaluate.returncode == 2
-    assert f"The run {run} was trained with the quantizer 'plugin-file-vq'" in evaluate.stderr
+    assert f"The run '{run}' was trained with the quantizer 'plugin-file-vq'" in evaluate.stderr
     assert "--plugin" in evaluate.stderr
     assert "Traceback" not in evaluate.stderr
     listed = subprocess.run(
@@ -268,9 +268,21 @@ def test_an_installed_quantizer_that_fails_to_import_is_named(
     with pytest.raises(QuantizerLoadError, match="ZeroDivisionError") as failure:
         QuantizerConfig(quantizer="broken-installed-vq")
     assert failure.value.name == "broken-installed-vq"
+    assert "(at broken_vq_package.py, line 1)" in str(failure.value)  # where, in its own code
     # A run that names it is listed as such, not as a damaged config.
     config = json.loads((run_copy / runfiles.CONFIG).read_text())
     config["model"]["quantizer"]["quantizer"] = "broken-installed-vq"
     (run_copy / runfiles.CONFIG).write_text(json.dumps(config))
     assert main(["runs", str(run_copy.parent)]) == 0
     assert "(quantizer 'broken-installed-vq' failed to load)" in capsys.readouterr().out
+
+
+def test_an_installed_quantizer_whose_module_is_gone_names_no_import_machinery(
+    tmp_path, monkeypatch
+):
+    write_installed_package(tmp_path, "gone-vq", "gone_vq_package")
+    (tmp_path / "gone_vq_package.py").unlink()  # the entry point outlived its module
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(QuantizerLoadError, match="No module named 'gone_vq_package'") as failure:
+        QuantizerConfig(quantizer="gone-vq")
+    assert "frozen" not in str(failure.value) and "(at " not in str(failure.value)

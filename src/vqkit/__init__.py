@@ -4,9 +4,11 @@ The pipeline as functions (each is also a ``vqkit`` subcommand):
 ``train`` -> ``evaluate_run`` / ``VQVAE.from_run`` / ``encode`` / ``decode`` -> ``train_prior`` ->
 ``sample_codes`` / ``interpolation`` -> ``score_run`` -> ``write_report``; ``run_demo`` runs
 them all. Their settings: ``preset_config`` (a ``RunConfig``), ``PriorConfig``, ``DemoSettings``.
+Images and labels of a dataset split: ``load_split``.
 """
 
 from vqkit.config import RunConfig, preset_config
+from vqkit.data import load_split
 from vqkit.demo import DemoSettings, run_demo
 from vqkit.errors import VqkitError
 from vqkit.evaluate import evaluate_run
@@ -29,6 +31,7 @@ __all__ = [
     "VqkitError",
     "evaluate_run",
     "interpolation",
+    "load_split",
     "preset_config",
     "run_demo",
     "sample_codes",

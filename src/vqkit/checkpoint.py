@@ -56,14 +56,22 @@ def run_folder(run_dir: str | os.PathLike) -> Path:
 
 def load_config(run_dir: str | Path) -> RunConfig:
     run_dir = run_folder(run_dir)
-    data = read_json(run_dir / runfiles.CONFIG, "run configuration")
+    path = run_dir / runfiles.CONFIG
+    if path.is_dir():
+        raise VqkitError(f"'{path}' is a folder, not a run's configuration.")
+    if not path.exists():  # every command names a folder without one the same way
+        raise VqkitError(
+            f"'{run_dir}' is not a run folder (it has no {runfiles.CONFIG}); "
+            "give a folder written by 'vqkit train'."
+        )
+    data = read_json(path, "run configuration")
     try:
         return RunConfig.from_dict(data)
     except QuantizerLoadError:
         raise
     except UnknownQuantizer as exc:  # the name came from the file, not from a flag
         raise UnknownQuantizer(
-            f"The run {run_dir} was trained with the quantizer '{exc.name}', which no code here "
+            f"The run '{run_dir}' was trained with the quantizer '{exc.name}', which no code here "
             "registers; import the code that registers it first (on the command line: "
             "'vqkit --plugin FILE.py'), or install the package that offers it.",
             exc.name,

@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from vqkit import arguments, runfiles
+from vqkit import arguments, runfiles, train_state
 from vqkit.classifier import ClassifierConfig
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
 from vqkit.config import preset_config, require_typed_settings
 from vqkit.data import dataset_classes, load_split
+from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, write_json_atomic
 from vqkit.generate import SamplingContext, sample_images
@@ -119,8 +120,14 @@ def run_demo(
     config.train.channels_last = settings.channels_last
     if out_dir is not None and not str(out_dir).strip():  # Path("") is the current folder
         raise VqkitError("The demo's run folder name is empty; give a folder (--out).")
+    resolve_device(device)  # a bad --device is refused before the first stage is announced
     # Created by train, once it has checked everything: a refused demo leaves no folder behind.
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
+    if train_state.exists(run_dir) or (run_dir / runfiles.WEIGHTS).exists():
+        raise VqkitError(
+            f"The folder '{run_dir}' already holds a trained run, and the demo trains its own; "
+            "choose another --out."
+        )
     figures = run_dir / runfiles.FIGURES_DIR
     timings: dict[str, float] = {}
 

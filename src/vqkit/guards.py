@@ -118,8 +118,9 @@ class NonFiniteGuard:
         else:
             advice = "nothing was saved, so start again with a lower --lr or --skip-nonfinite N"
         terms = term_names(bits, self.terms)
+        verb = "were" if " and " in terms else "was"
         return VqkitError(
-            f"Training stopped at step {step} because its {terms} was not finite "
+            f"Training stopped at step {step} because its {terms} {verb} not finite "
             f"(NaN or infinity){already}; {advice}."
         )
 

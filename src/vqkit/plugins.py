@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import sysconfig
 import traceback
 from contextlib import contextmanager
 from importlib.metadata import entry_points
@@ -41,12 +42,25 @@ def _failure(what: str, exc: BaseException, source: Path | None = None) -> str:
     if isinstance(exc, SyntaxError) and exc.filename:
         where = f" (at {Path(exc.filename).name}, line {exc.lineno})"
     else:
-        frames = traceback.extract_tb(exc.__traceback__)
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if _users_code(f.filename)]
         own = [f for f in frames if source is None or Path(f.filename) == source] or frames
         where = f" (at {Path(own[-1].filename).name}, line {own[-1].lineno})" if own else ""
     said = exc.msg if isinstance(exc, SyntaxError) else str(exc)  # str() repeats the place
     text = " ".join(str(said).split())  # one line, whatever the exception's text holds
     return f"{what} failed: {type(exc).__name__}: {text}{where}."
+
+
+def _users_code(filename: str) -> bool:
+    """Whether a traceback frame is in the plugin's code: not in Python's import machinery
+    ('<frozen importlib._bootstrap>', the standard library) nor in vqkit itself."""
+    if filename.startswith("<"):
+        return False
+    path = Path(filename).resolve()
+    return not any(path.is_relative_to(root) for root in (_STDLIB, _VQKIT))
+
+
+_STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
+_VQKIT = Path(__file__).resolve().parent
 
 
 @contextmanager

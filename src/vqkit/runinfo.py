@@ -102,13 +102,6 @@ def is_run_dir(path: Path) -> bool:
 def load_run_info(run_dir: str | Path) -> RunInfo:
     """Read a run folder; VqkitError when it is missing or its config.json is unusable."""
     run_dir = run_folder(run_dir)
-    if (run_dir / runfiles.CONFIG).is_dir():
-        raise VqkitError(f"'{run_dir / runfiles.CONFIG}' is a folder, not a run's configuration.")
-    if not (run_dir / runfiles.CONFIG).is_file():
-        raise VqkitError(
-            f"'{run_dir}' is not a run folder (it has no {runfiles.CONFIG}); "
-            "give a folder written by 'vqkit train'."
-        )
     info = RunInfo(run_dir=run_dir, config=load_config(run_dir))
     info.metrics = _epoch_records(info, runfiles.METRICS, required=("test_mse",))
     info.prior_metrics = _epoch_records(

@@ -38,7 +38,8 @@ their discrete codes: each image becomes a 7x7 grid of integers from a learned c
 Every command reads or writes a run folder (runs/DATE-DATASET-PRESET by default).
 
 the pipeline, in order:
-  demo          run everything below on MNIST into one run folder and report.html (start here)
+  demo          run everything below on MNIST (or Fashion-MNIST) into one run folder and
+                report.html (start here)
   train         train a VQ-VAE and write a run folder
   evaluate      test MSE, PSNR and codebook usage of a run
   reconstruct   test images above their reconstructions, as a PNG

@@ -14,7 +14,7 @@ preset: k-means codebook init, EMA updates, dead-code restarts), draw its codebo
 class-conditional PixelCNN prior over its code grids, sample with every strategy, interpolate
 between two test digits, score the samples with a classifier-based FID, and write report.html.
 Prints the headline numbers and where the report is. The evaluation classifier is trained once
-per dataset and cached (~/.cache/vqkit or $VQKIT_CACHE).
+per dataset and cached in $VQKIT_CACHE/classifiers (by default ~/.cache/vqkit/classifiers).
 
 examples:
   vqkit demo
@@ -25,10 +25,15 @@ examples:
 def register(subparsers) -> None:
     parser = add_command(subparsers, "demo", "the whole pipeline, ending in a report", HELP, run)
     named = [name for name in DATASETS if name != OWN_DATASET]  # the demo reads no --data-dir
-    parser.add_argument("--dataset", choices=named, default="mnist")
+    parser.add_argument("--dataset", choices=named, default="mnist", help="(default mnist)")
     parser.add_argument("--out", help="run folder to create (default: a new folder in runs/)")
     parser.add_argument("--preset", default="best", help="VQ-VAE preset (default: best)")
-    parser.add_argument("--prior-epochs", type=positive_int, default=2)
+    parser.add_argument(
+        "--prior-epochs",
+        type=positive_int,
+        default=2,
+        help="epochs of the PixelCNN prior (default 2)",
+    )
     # score_run needs 2 samples per strategy; checked here, not after minutes of training.
     parser.add_argument(
         "--score-samples",
@@ -36,7 +41,9 @@ def register(subparsers) -> None:
         default=2000,
         help="samples per strategy for the scores (default 2000)",
     )
-    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument(
+        "--seed", type=seed, default=0, help="seeds every stage: training, sampling (default 0)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_flag(parser)
 

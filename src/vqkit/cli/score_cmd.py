@@ -11,7 +11,8 @@ from vqkit.score import format_scores, score_run
 HELP = """
 Draw --n code grids with every sampling strategy of a run (random, used, and prior when the run
 has one; a conditional prior adds one row per digit), decode them, and judge them with a small
-classifier trained once per dataset (cached under $VQKIT_CACHE or ~/.cache/vqkit/classifiers).
+classifier trained once per dataset (cached in $VQKIT_CACHE/classifiers, by default
+~/.cache/vqkit/classifiers).
 Real test images, real training images and the model's reconstructions come first for reference.
 
 Columns: n, the images scored in the row (the real test images all; a per-digit row n divided
@@ -40,7 +41,9 @@ def register(subparsers) -> None:
         help="images scored per row: samples per strategy, training images and reconstructions"
         " (default 10000; FID grows as n shrinks, so compare runs at equal n)",
     )
-    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument(
+        "--seed", type=seed, default=0, help="seeds the samples that are scored (default 0)"
+    )
     parser.add_argument("--json", action="store_true", help="print scores.json instead")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
     add_device_flag(parser)

@@ -146,11 +146,23 @@ def register(subparsers) -> None:
     )
     add_device_flag(parser)
     group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=int)
-    group.add_argument("--batch-size", type=int)
+    group.add_argument(
+        "--epochs", type=int, help="passes over the training set (default: the preset's)"
+    )
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per step, the total over all processes (default: the preset's)",
+    )
     group.add_argument("--lr", type=float, help="Adam learning rate")
-    group.add_argument("--seed", type=seed)
-    group.add_argument("--eval-batch-size", type=int)
+    group.add_argument(
+        "--seed", type=seed, help="seeds the weights, the data order and the codebook (default 0)"
+    )
+    group.add_argument(
+        "--eval-batch-size",
+        type=int,
+        help="images per batch when evaluating (default 1000)",
+    )
     group.add_argument("--train-limit", type=int, help="train on the first N images only")
     group.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
     group = parser.add_argument_group("speed")

@@ -44,45 +44,45 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise IdxError(f"IDX file {path} does not exist.") from None
+        raise IdxError(f"IDX file '{path}' does not exist.") from None
     except IsADirectoryError:
-        raise IdxError(f"IDX file {path} is a directory, not a file.") from None
+        raise IdxError(f"IDX file '{path}' is a directory, not a file.") from None
     except OSError as e:
-        raise IdxError(f"IDX file {path} cannot be read ({e.strerror or e}).") from None
+        raise IdxError(f"IDX file '{path}' cannot be read ({e.strerror or e}).") from None
 
 
 def _decompress(path: Path, raw: bytes) -> bytes:
     """Return the decompressed content; plain files pass through unchanged."""
     if not raw.startswith(_GZIP_MAGIC):
         if path.name.endswith(".gz"):
-            raise IdxError(f"IDX file {path} is named .gz but is not gzip-compressed.")
+            raise IdxError(f"IDX file '{path}' is named .gz but is not gzip-compressed.")
         return raw
     try:
         return gzip.decompress(raw)
     except EOFError:
-        raise IdxError(f"IDX file {path} is a truncated gzip stream.") from None
+        raise IdxError(f"IDX file '{path}' is a truncated gzip stream.") from None
     except (OSError, zlib.error, ValueError) as e:
         # BadGzipFile (an OSError) covers bad headers, CRC and length mismatches.
-        raise IdxError(f"IDX file {path} is a corrupt gzip stream ({e}).") from None
+        raise IdxError(f"IDX file '{path}' is a corrupt gzip stream ({e}).") from None
 
 
 def _parse(path: Path, data: bytes) -> np.ndarray:
     if len(data) < 4:
-        raise IdxError(f"IDX file {path} is too short to hold an IDX header ({len(data)} bytes).")
+        raise IdxError(f"IDX file '{path}' is too short to hold an IDX header ({len(data)} bytes).")
     zero, code, rank = struct.unpack(">HBB", data[:4])
     if zero != 0:
         raise IdxError(
-            f"IDX file {path} has bad magic bytes {data[:2].hex()} (the first two must be zero)."
+            f"IDX file '{path}' has bad magic bytes {data[:2].hex()} (the first two must be zero)."
         )
     if code not in IDX_DTYPES:
-        raise IdxError(f"IDX file {path} has unknown dtype code 0x{code:02X}.")
+        raise IdxError(f"IDX file '{path}' has unknown dtype code 0x{code:02X}.")
     if rank == 0 or rank > MAX_RANK:
         raise IdxError(
-            f"IDX file {path} declares implausible rank {rank} (expected 1..{MAX_RANK})."
+            f"IDX file '{path}' declares implausible rank {rank} (expected 1..{MAX_RANK})."
         )
     header = 4 + 4 * rank
     if len(data) < header:
-        raise IdxError(f"IDX file {path} ends inside its header ({len(data)} of {header} bytes).")
+        raise IdxError(f"IDX file '{path}' ends inside its header ({len(data)} of {header} bytes).")
     dims = struct.unpack(f">{rank}I", data[4:header])
     dtype = np.dtype(IDX_DTYPES[code])
     # Python ints cannot overflow, so a header claiming huge dimensions is caught here,
@@ -91,12 +91,12 @@ def _parse(path: Path, data: bytes) -> np.ndarray:
     actual = len(data) - header
     if actual < expected:
         raise IdxError(
-            f"IDX file {path} is too short: shape {dims} needs {expected} payload bytes "
+            f"IDX file '{path}' is too short: shape {dims} needs {expected} payload bytes "
             f"but only {actual} are present."
         )
     if actual > expected:
         raise IdxError(
-            f"IDX file {path} has {actual - expected} trailing bytes after the payload "
+            f"IDX file '{path}' has {actual - expected} trailing bytes after the payload "
             f"of shape {dims}."
         )
     arr = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header).reshape(
@@ -122,7 +122,7 @@ def read_idx(path: str | Path, *, expected_sha256: str | None = None) -> np.ndar
         digest = hashlib.sha256(data).hexdigest()
         if digest != expected_sha256.lower():
             raise IdxError(
-                f"IDX file {path} fails its checksum (SHA-256 of decompressed content is "
+                f"IDX file '{path}' fails its checksum (SHA-256 of decompressed content is "
                 f"{digest}, expected {expected_sha256.lower()}), so it is damaged or a "
                 f"different version."
             )

@@ -81,7 +81,7 @@ def _require_folder(folder: Path) -> None:
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise VqkitError(
-            f"The data folder {folder} {what}; give the folder that holds the IDX files with "
+            f"The data folder '{folder}' {what}; give the folder that holds the IDX files with "
             "--data-dir."
         )
 
@@ -101,7 +101,7 @@ def _find_pair(
         if strict and any(found):
             missing = pair[found.index(None)].name
             raise VqkitError(
-                f"Data folder {folder} holds only half of a split: {missing}[.gz] is missing."
+                f"The data folder '{folder}' holds only half of a split: {missing}[.gz] is missing."
             )
     return None
 
@@ -179,7 +179,7 @@ def _file_key(path: Path) -> tuple[str, int, int]:
     try:
         st = path.stat()
     except OSError as e:
-        raise IdxError(f"IDX file {path} cannot be read ({e.strerror or e}).") from None
+        raise IdxError(f"IDX file '{path}' cannot be read ({e.strerror or e}).") from None
     return str(path.resolve()), st.st_size, st.st_mtime_ns
 
 
@@ -193,7 +193,7 @@ def _read_labels(path: Path, sha256: str | None = None) -> np.ndarray:
     labels = _read_verified(_file_key(path), sha256)
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise IdxError(
-            f"IDX file {path} holds {labels.dtype} of shape {labels.shape}, "
+            f"IDX file '{path}' holds {labels.dtype} of shape {labels.shape}, "
             f"expected (N,) uint8 labels."
         )
     return labels
@@ -256,7 +256,7 @@ def _locate(
         found = _find_pair(folders, pair)
         if found is None:
             raise VqkitError(
-                f"Data folder {data_dir} has no {info.name} {split} files "
+                f"The data folder '{data_dir}' has no {info.name} {split} files "
                 f"({pair[0].name}[.gz] and {pair[1].name}[.gz], flat or under "
                 f"{info.torchvision_folder}/raw/)."
             )
@@ -337,7 +337,7 @@ def _own_files(split: str, data_dir: str | Path | None) -> tuple[Path, Path]:
     found = _find_pair([folder, folder / "raw"], pair)
     if found is None:
         raise VqkitError(
-            f"Data folder {folder} has no {split} files ({pair[0].name}[.gz] and "
+            f"The data folder '{folder}' has no {split} files ({pair[0].name}[.gz] and "
             f"{pair[1].name}[.gz], flat or under raw/)."
         )
     return found
