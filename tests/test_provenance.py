@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import torch
 from report_helpers import copy_run, make_full_run, parse_page, train_on
@@ -12,9 +13,10 @@ from vqkit.checkpoint import load_model
 from vqkit.cli import main
 from vqkit.codebook_view import write_codebook_figures
 from vqkit.images import save_grid
-from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, is_stale, read_stamp, stamp
+from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, is_stale, read_stamp, staleness, stamp
 from vqkit.report import write_report
 from vqkit.runinfo import load_run_info
+from vqkit.usage import code_usage
 
 
 def sha256(path) -> str:
@@ -51,6 +53,17 @@ def test_staleness_compares_every_digest_the_figure_names(tmp_path):
     assert not is_stale(unstamped, {WEIGHTS_KEY: "x", PRIOR_KEY: None})  # nothing to compare
 
 
+def test_staleness_says_what_changed_weights_first():
+    made = {WEIGHTS_KEY: "a", PRIOR_KEY: "b"}
+    assert staleness(made, {WEIGHTS_KEY: "a", PRIOR_KEY: "b"}) is None
+    assert staleness(made, {WEIGHTS_KEY: "c", PRIOR_KEY: "d"}) == "earlier VQ-VAE weights"
+    assert staleness(made, {WEIGHTS_KEY: "a", PRIOR_KEY: "d"}) == "an earlier prior"
+    assert staleness(made, {WEIGHTS_KEY: "a", PRIOR_KEY: None}) == "a prior the run no longer holds"
+    assert (
+        staleness({WEIGHTS_KEY: "a", PRIOR_KEY: None}, {WEIGHTS_KEY: "a", PRIOR_KEY: "d"}) is None
+    )
+
+
 def test_the_report_marks_figures_of_earlier_weights(small_run, tmp_path, capsys):
     run = make_full_run(copy_run(small_run.run_dir, tmp_path / "run"))
     figures = run / runfiles.FIGURES_DIR
@@ -58,10 +71,28 @@ def test_the_report_marks_figures_of_earlier_weights(small_run, tmp_path, capsys
     argv = ["sample", str(run), "--strategy", "random", "--n", "4", "--device", "cpu"]
     assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
     assert read_stamp(out) == {WEIGHTS_KEY: sha256(run / runfiles.WEIGHTS)}
-    assert load_run_info(run).stale_figures == set()  # the helper's figures carry no stamp
-    assert "Stale, made from earlier weights" not in write_report(run).read_text()
+    assert load_run_info(run).stale_figures == {}  # the helper's figures carry no stamp
+    assert "Stale, made from earlier" not in write_report(run).read_text()
     train_on(run)
-    assert load_run_info(run).stale_figures == {"samples_random"}
+    assert load_run_info(run).stale_figures == {"samples_random": "earlier VQ-VAE weights"}
     page = parse_page(write_report(run).read_text())
-    stale = [c for c in page.captions if c.startswith("Stale, made from earlier weights")]
+    stale = [c for c in page.captions if c.startswith("Stale, made from earlier VQ-VAE weights")]
     assert len(stale) == 1 and stale[0].endswith("uniformly random codes"), page.captions
+
+
+def test_code_usage_of_earlier_weights_is_marked_stale_and_counted_again(usage_run, tmp_path):
+    """code_usage.json records the weights it counted: after they change, the report marks its
+    table stale and code_usage() counts again instead of reading the old counts."""
+    run = copy_run(usage_run[0], tmp_path / "run")
+    recorded = json.loads((run / runfiles.CODE_USAGE).read_text())
+    assert recorded["weights_sha256"] == sha256(run / runfiles.WEIGHTS)
+    assert not load_run_info(run).code_usage_stale
+    assert "Stale: these counts" not in write_report(run).read_text()
+    train_on(run)
+    assert load_run_info(run).code_usage_stale
+    assert "Stale: these counts are of earlier VQ-VAE weights" in write_report(run).read_text()
+    model = load_model(run)
+    counted_again = code_usage(run, model)  # not the cached counts of the earlier weights
+    assert counted_again.tolist() != recorded["counts"]
+    torch.testing.assert_close(counted_again, code_usage(run, model, refresh=True))
+    assert not load_run_info(run).code_usage_stale

@@ -82,6 +82,8 @@ def test_full_run_shows_the_numbers_of_its_files(full_page):
     for stage in TIMINGS:
         assert f"<td>{stage}</td>" in full_page
     assert f">{sum(TIMINGS.values()):.3g}<" in full_page
+    # The demo records its report stage after writing the page: that total says it ends before.
+    assert "<th>total before this report</th>" in full_page
     # Every scores.json row, and the mean label accuracy of the per-class prior rows.
     for row in SCORES["rows"]:
         assert f"<td>{row['name']}</td>" in full_page
@@ -293,11 +295,16 @@ def test_scores_of_earlier_weights_are_marked_stale(full_run, tmp_path):
     assert "Stale: these scores were measured on earlier" in text
     assert f"run vqkit score {run} again" in text
     assert "stale: scored on earlier weights" in text  # the headline's FID card
-    # Same weights, but the prior that was scored is not the run's prior any more.
+    # Same weights, but the prior that was scored is not the run's prior any more: only the
+    # prior's rows are stale, and the page says which and why.
     scores["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     scores["prior_sha256"] = "0" * 64
     (run / runfiles.SCORES).write_text(json.dumps(scores))
-    assert load_run_info(run).scores_stale
+    assert load_run_info(run).scores_stale == "an earlier prior"
+    text = write_report(run).read_text()
+    assert "Stale: the prior rows were scored with an earlier prior; the other rows" in text
+    assert "stale: scored on earlier weights" not in text
+    assert "the prior&#x27;s is stale, scored with an earlier prior" in text
     # A scores.json without digests (older vqkit) is not called stale: nothing to compare.
     del scores["weights_sha256"], scores["prior_sha256"]
     (run / runfiles.SCORES).write_text(json.dumps(scores))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import pytest
@@ -10,7 +11,7 @@ from report_helpers import PRIOR_EPOCHS, copy_run, make_full_run
 
 from vqkit import runfiles
 from vqkit.cli import COMMAND_MODULES, build_parser, main
-from vqkit.runs import format_table
+from vqkit.runs import format_table, run_row
 
 PLANNED_EXTRA = 3
 
@@ -56,6 +57,22 @@ def test_runs_lists_each_run_with_its_numbers(root, small_run, capsys):
     ]
     # Aligned: every line has the same length up to its last column, which is right-aligned.
     assert len({len(line) for line in lines}) == 1
+
+
+def test_a_report_older_than_what_it_shows_is_called_outdated(root, tmp_path):
+    run = copy_run(root / "b-full", tmp_path / "run")
+    assert main(["report", str(run)]) == 0
+    assert run_row(run)[-1] == "yes"
+    written = (run / runfiles.REPORT).stat().st_mtime
+    os.utime(run / runfiles.METRICS, (written + 5, written + 5))  # an epoch trained after it
+    assert run_row(run)[-1] == "outdated"
+    os.utime(run / runfiles.REPORT, (written + 10, written + 10))  # the report written again
+    assert run_row(run)[-1] == "yes"
+    os.utime(run / runfiles.TIMINGS, (written + 20, written + 20))  # the demo's report stage
+    assert run_row(run)[-1] == "yes"
+    figure = next((run / runfiles.FIGURES_DIR).glob("*.png"))
+    os.utime(figure, (written + 30, written + 30))  # a figure made again after the report
+    assert run_row(run)[-1] == "outdated"
 
 
 def test_runs_of_a_run_folder_lists_that_run(root, capsys):

@@ -46,13 +46,35 @@ def current_stamp(run_dir: str | Path) -> dict[str, str | None] | None:
         return None
 
 
+EARLIER_WEIGHTS = "earlier VQ-VAE weights"
+EARLIER_PRIOR = "an earlier prior"
+REMOVED_PRIOR = "a prior the run no longer holds"
+
+
+def staleness(recorded: dict[str, str | None], current: dict[str, str | None]) -> str | None:
+    """What a record was made from that the run no longer holds (EARLIER_WEIGHTS before a
+    prior's reason: other weights make everything stale), or None when it is current. A digest
+    the record lacks (or holds as None: no prior then) is not compared."""
+    weights = recorded.get(WEIGHTS_KEY)
+    if weights is not None and current.get(WEIGHTS_KEY) != weights:
+        return EARLIER_WEIGHTS
+    prior = recorded.get(PRIOR_KEY)
+    if prior is not None and current.get(PRIOR_KEY) != prior:
+        return REMOVED_PRIOR if current.get(PRIOR_KEY) is None else EARLIER_PRIOR
+    return None
+
+
 def differs(recorded: dict[str, str | None], current: dict[str, str | None]) -> bool:
-    """Whether a record names other weights or another prior than ``current``; a digest the
-    record lacks (or holds as None: no prior then) is not compared."""
-    return any(value is not None and current.get(key) != value for key, value in recorded.items())
+    """Whether a record names other weights or another prior than ``current``."""
+    return staleness(recorded, current) is not None
 
 
 def is_stale(png: Path, current: dict[str, str | None]) -> bool:
     """Whether a figure's stamp names other weights than ``current``; an unstamped figure is
     not called stale: nothing to compare."""
     return differs(read_stamp(png), current)
+
+
+def figure_staleness(png: Path, current: dict[str, str | None]) -> str | None:
+    """What a figure was made from that the run no longer holds (see :func:`staleness`)."""
+    return staleness(read_stamp(png), current)

@@ -20,6 +20,7 @@ from vqkit.codebook_view import plot_usage
 from vqkit.environment import changed_quantizer_code
 from vqkit.fileio import write_bytes_atomic
 from vqkit.prior import incomplete_prior
+from vqkit.provenance import EARLIER_WEIGHTS
 from vqkit.quantize import perplexity
 from vqkit.report_html import Section, cards, esc, fmt, image, note, page, table, table_html
 from vqkit.run_lock import writer_of
@@ -69,9 +70,10 @@ def render_report(info: RunInfo) -> str:
 
 def _embed(info: RunInfo, path: Path, alt: str, caption: str = "", pixelated: bool = True) -> str:
     """A figure for an image file, or "" with a note when it cannot be read as a PNG; a figure
-    made from earlier weights says so in its caption."""
-    if path in {info.figures[key] for key in info.stale_figures}:
-        caption = f"Stale, made from earlier weights than the run's (make it again): {caption}"
+    made from earlier weights or another prior says so in its caption."""
+    reasons = {info.figures[key]: why for key, why in info.stale_figures.items()}
+    if path in reasons:
+        caption = f"Stale, made from {reasons[path]} (make it again): {caption}"
     try:
         return image(path.read_bytes(), alt, caption, pixelated=pixelated)
     except (OSError, ValueError):
@@ -107,8 +109,10 @@ def _header(info: RunInfo, name: str) -> str:
     if top.fid:
         value = " / ".join(fmt(v, 3) for v in top.fid.values())
         detail = " / ".join(top.fid)
-        if top.scores_stale:
+        if top.scores_stale == EARLIER_WEIGHTS:
             detail = f"stale: scored on earlier weights ({detail})"
+        elif top.scores_stale:  # only the prior's row no longer holds
+            detail = f"{detail}; the prior's is stale, scored with {top.scores_stale}"
         items.append(("classifier-FID", value, detail))
     return (
         f"<p class='eyebrow'>vqkit run report</p><h1>{esc(name)}</h1>"
@@ -223,9 +227,16 @@ def _codebook(info: RunInfo) -> Section | None:
         images = None if images is None else int(images)
         used = sum(1 for c in counts if c > 0)
         spread = perplexity(torch.tensor(counts))
+        if info.code_usage_stale:
+            parts.append(
+                note(
+                    f"Stale: these counts are of earlier VQ-VAE weights than the run holds now; "
+                    f"run vqkit codebook {info.run_dir} --out {info.run_dir / 'figures'} again."
+                )
+            )
         parts.append(
             table(
-                ["codebook size", "codes used", "dead codes", "perplexity", "images"],
+                ["codebook size", "codes used", "dead codes", "perplexity", "training images"],
                 [[len(counts), used, len(counts) - used, spread, images]],
                 numeric_from=0,
             )
@@ -250,7 +261,10 @@ def _codebook(info: RunInfo) -> Section | None:
     body = "".join(parts)
     if not body:
         return None
-    lead = "How the codebook is used: a collapsed codebook uses few of its codes."
+    lead = (
+        "How the codebook is used over the whole training set (the headline's codes used count "
+        "the test set): a collapsed codebook uses few of its codes."
+    )
     return Section("codebook", "Codebook", body, lead)
 
 
@@ -290,10 +304,15 @@ def _samples(info: RunInfo) -> Section | None:
             tiles.append(f"<div>{picture}{_score_line(info, row_name, prefix)}</div>")
     body = f'<div class="grid">{"".join(tiles)}</div>' if tiles else ""
     if info.scores is not None:
-        if info.scores_stale:
+        if info.scores_stale == EARLIER_WEIGHTS:
             body += note(
-                f"Stale: these scores were measured on earlier VQ-VAE or prior weights than the "
-                f"run holds now (it trained on after them); run vqkit score {info.run_dir} again."
+                f"Stale: these scores were measured on earlier VQ-VAE weights than the run holds "
+                f"now (it trained on after them); run vqkit score {info.run_dir} again."
+            )
+        elif info.scores_stale:
+            body += note(
+                f"Stale: the prior rows were scored with {info.scores_stale}; the other rows "
+                f"still describe the run's model. Run vqkit score {info.run_dir} again."
             )
         body += _scores_table(info.scores)
     elif runfiles.SCORES in info.notes:
@@ -400,7 +419,10 @@ def _timing(info: RunInfo) -> Section | None:
             "</span></td></tr>"
             for stage, sec in info.timings.items()
         )
-        rows_html += f"<tr><th>total</th><th class=num>{esc(fmt(total, 3))}</th><th></th></tr>"
+        # The demo times its report stage once the report is written: this page's own
+        # timings then end before it.
+        label = "total" if "report" in info.timings else "total before this report"
+        rows_html += f"<tr><th>{label}</th><th class=num>{esc(fmt(total, 3))}</th><th></th></tr>"
         head = "<th>stage</th><th class=num>seconds</th><th></th>"
         parts.append("<h3>pipeline stages</h3>" + table_html(head, rows_html))
     if info.environment:

@@ -35,7 +35,8 @@ FILE_NAMES = tuple(
 # writes the folder (and left by a killed one, to be reused by the next writer).
 
 # Formats of the JSON files above (the report reads them; writers must keep to these):
-#   code_usage.json   {"split": "train", "images": N, "counts": [K ints]}
+#   code_usage.json   {"split": "train", "images": N, "counts": [K ints],
+#                      "weights_sha256": hex (the weights counted; absent in older files)}
 #   prior_metrics.jsonl, one object per epoch:
 #       {"epoch", "train_bits_per_code", "test_bits_per_code", "train_bits_per_image",
 #        "test_bits_per_image", "uniform_bits_per_code", "unigram_bits_per_code",

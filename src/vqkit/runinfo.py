@@ -19,7 +19,8 @@ from vqkit.config import PRESETS, RunConfig, preset_config
 from vqkit.environment import read_records
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
-from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, current_stamp, differs, is_stale
+from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, current_stamp, figure_staleness, staleness
+from vqkit.usage import counts_match_weights
 
 # Figures found by prefix as well as by their FIGURE_NAMES entry, so a new sampling strategy or
 # interpolation kind shows up in the report without a change here.
@@ -43,11 +44,12 @@ class RunInfo:
     prior_metrics: list[dict[str, Any]] = field(default_factory=list)
     prior_stale: bool = False  # the prior learned the codes of earlier VQ-VAE weights
     scores: dict[str, Any] | None = None
-    scores_stale: bool = False  # scores.json describes earlier VQ-VAE or prior weights
+    scores_stale: str | None = None  # what scores.json was made from that the run lost, if any
+    code_usage_stale: bool = False  # code_usage.json counted earlier VQ-VAE weights
     timings: dict[str, float] | None = None
     environment: list[dict[str, Any]] = field(default_factory=list)  # one per training session
     figures: dict[str, Path] = field(default_factory=dict)  # figure key -> existing PNG path
-    stale_figures: set[str] = field(default_factory=set)  # keys of figures of earlier weights
+    stale_figures: dict[str, str] = field(default_factory=dict)  # figure key -> staleness
     notes: dict[str, str] = field(default_factory=dict)  # file name -> why it was left out
 
     def path(self, name: str) -> Path:
@@ -80,7 +82,7 @@ class Headline:
     prior_bits_per_code: float | None = None  # best test NLL, the epoch whose weights are kept
     prior_stale: bool = False  # that prior learned the codes of earlier VQ-VAE weights
     fid: dict[str, float] = field(default_factory=dict)  # strategy -> classifier-FID
-    scores_stale: bool = False  # those FIDs were measured on earlier VQ-VAE or prior weights
+    scores_stale: str | None = None  # what those FIDs were measured on that the run lost
 
 
 def number(value: Any) -> float | None:
@@ -119,8 +121,12 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     measured = info.scores is not None or info.figures
     current = current_stamp(run_dir) if measured and weights_readable else None
     if current is not None:
-        info.scores_stale = info.scores is not None and differs(_scores_stamp(info.scores), current)
-        info.stale_figures = {k for k, path in info.figures.items() if is_stale(path, current)}
+        if info.scores is not None:
+            info.scores_stale = staleness(_scores_stamp(info.scores), current)
+        figures = {k: figure_staleness(path, current) for k, path in info.figures.items()}
+        info.stale_figures = {k: why for k, why in figures.items() if why is not None}
+    if info.code_usage is not None and weights_readable:
+        info.code_usage_stale = not counts_match_weights(run_dir, info.code_usage)
     return info
 
 

@@ -51,9 +51,44 @@ def prior_cell(top: Headline, run_dir: Path, training: bool) -> str:
     return " ".join([number, *marks])
 
 
+# What report.html shows: one of these changed after it was written makes it outdated.
+# (timings.json is left out: the demo records the report's own stage after writing it.)
+SHOWN_IN_REPORT = (
+    runfiles.CONFIG,
+    runfiles.WEIGHTS,
+    runfiles.METRICS,
+    runfiles.RECONSTRUCTIONS,
+    runfiles.CODE_USAGE,
+    runfiles.PRIOR_CONFIG,
+    runfiles.PRIOR_WEIGHTS,
+    runfiles.PRIOR_METRICS,
+    runfiles.SCORES,
+    runfiles.ENVIRONMENT,
+)
+
+
+def report_cell(run_dir: Path) -> str:
+    """'yes', 'no', or 'outdated' when a file the report shows changed after it was written
+    (run vqkit report again)."""
+    report = run_dir / runfiles.REPORT
+    try:
+        written = report.stat().st_mtime
+    except OSError:
+        return "no"
+    shown = [run_dir / name for name in SHOWN_IN_REPORT]
+    shown += sorted((run_dir / runfiles.FIGURES_DIR).glob("*.png"))
+    changed = []
+    for path in shown:
+        try:
+            changed.append(path.stat().st_mtime > written)
+        except OSError:  # absent: nothing to show
+            continue
+    return "outdated" if any(changed) else "yes"
+
+
 def run_row(run_dir: Path) -> list[str]:
     """One table row of text cells for a run folder (a damaged config gets a short mark)."""
-    report = "yes" if (run_dir / runfiles.REPORT).is_file() else "no"
+    report = report_cell(run_dir)
     try:
         info = load_run_info(run_dir)
         top = headline(info)

@@ -2,7 +2,8 @@
 
 The counts drive the ``used`` sampling strategy and the codebook figures. They are computed
 once over the full training split (not the ``train_limit`` subset a quick run trained on) and
-stored as ``code_usage.json``: ``{"split": "train", "images": N, "counts": [K ints]}``.
+stored as ``code_usage.json``: ``{"split": "train", "images": N, "counts": [K ints],
+"weights_sha256": the weights counted}``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config, run_path
+from vqkit.checkpoint import load_config, run_path, weights_digest
 from vqkit.data import load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
@@ -32,15 +33,30 @@ def count_codes(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.Te
     return counts.cpu()
 
 
-def _cached_counts(path: Path, model: VQVAE, weights: Path) -> torch.Tensor | None:
-    """The cached counts when the file is well formed, fits the model and is newer than it."""
-    if not path.exists() or (weights.exists() and path.stat().st_mtime < weights.stat().st_mtime):
-        return None  # missing, or the model was retrained (e.g. --resume) after counting
+def counts_match_weights(run_dir: str | Path, data: dict) -> bool:
+    """Whether code_usage.json's ``data`` counted the run's current weights: by the digest it
+    records, or (files written before the digest) by being newer than the weights file."""
+    weights = run_path(run_dir, runfiles.WEIGHTS)
+    if not weights.exists():
+        return True  # nothing to compare with
+    recorded = data.get("weights_sha256")
+    if isinstance(recorded, str):
+        return recorded == weights_digest(run_dir)
+    counted = run_path(run_dir, runfiles.CODE_USAGE)
+    return counted.exists() and counted.stat().st_mtime >= weights.stat().st_mtime
+
+
+def _cached_counts(run_dir: str | Path, model: VQVAE) -> torch.Tensor | None:
+    """The cached counts when the file is well formed, fits the model and counted its weights
+    (not those before a --resume)."""
+    path = run_path(run_dir, runfiles.CODE_USAGE)
+    if not path.exists():
+        return None
     try:
         data = read_json(path, "code usage file")
     except VqkitError:
         return None  # a damaged cache is simply recomputed
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not counts_match_weights(run_dir, data):
         return None
     counts, images = data.get("counts"), data.get("images")
     cells = model.config.grid_size**2
@@ -71,7 +87,7 @@ def code_usage(
     config = load_config(run_dir)
     model = model if model is not None else VQVAE.from_run(run_dir)
     path = run_path(run_dir, runfiles.CODE_USAGE)
-    cached = None if refresh else _cached_counts(path, model, run_path(run_dir, runfiles.WEIGHTS))
+    cached = None if refresh else _cached_counts(run_dir, model)
     if cached is not None:
         return cached
     data_dir = config.train.data_folder(data_dir)
@@ -80,7 +96,12 @@ def code_usage(
     model.eval()
     counts = count_codes(model, images, config.train.eval_batch_size)
     model.train(was_training)
-    record = {"split": USAGE_SPLIT, "images": int(images.shape[0]), "counts": counts.tolist()}
+    record = {
+        "split": USAGE_SPLIT,
+        "images": int(images.shape[0]),
+        "counts": counts.tolist(),
+        "weights_sha256": weights_digest(run_dir),
+    }
     write_json_atomic(path, record)
     return counts
 
