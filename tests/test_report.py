@@ -87,7 +87,7 @@ def test_full_run_shows_the_numbers_of_its_files(full_page):
     # Every scores.json row, and the mean label accuracy of the per-class prior rows.
     for row in SCORES["rows"]:
         assert f"<td>{row['name']}</td>" in full_page
-    assert "mean over 10 classes: classifier-FID 24.5" in full_page
+    assert "each against the test images of its class: classifier-FID 24.5" in full_page
     assert "label accuracy 0.945</p>" in full_page
     # Code usage: 96 of 128 codes used (the last quarter is dead).
     assert "<td class=num>96</td><td class=num>32</td>" in full_page
@@ -277,6 +277,23 @@ def test_figures_of_new_strategies_show_up_with_their_scores(full_run, tmp_path)
     assert "<figcaption>greedy</figcaption>" in text
     assert '<p class="scores">classifier-FID 42.5</p>' in text
     assert "interpolation spiral" in text
+
+
+def test_score_lines_name_their_n_and_used_like_random_is_explained(full_run, tmp_path):
+    run = copy_run(full_run, tmp_path / "run")
+    scores = json.loads((run / runfiles.SCORES).read_text())
+    for row in scores["rows"]:
+        row["images"] = 200 if "(digit" in row["name"] else 2000
+    (run / runfiles.SCORES).write_text(json.dumps(scores))
+    text = write_report(run).read_text()
+    assert '<p class="scores">2000 images: classifier-FID' in text
+    assert "mean over 10 classes of 200 images, each against the test images of its" in text
+    assert "score alike because every code is in use" not in text  # a quarter are dead
+    usage = json.loads((run / runfiles.CODE_USAGE).read_text())
+    usage["counts"] = [count + 1 for count in usage["counts"]]  # every code used
+    usage["images"] = sum(usage["counts"]) // 49
+    (run / runfiles.CODE_USAGE).write_text(json.dumps(usage))
+    assert "score alike because every code is in use" in write_report(run).read_text()
 
 
 def test_scores_of_earlier_weights_are_marked_stale(full_run, tmp_path):

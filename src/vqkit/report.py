@@ -137,10 +137,10 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     return rows
 
 
-def _settings_tables(data: dict[str, Any], run_rows: list[tuple[str, str]]) -> list[str]:
-    """One small titled table per top-level group of ``data``; top-level scalars join
-    ``run_rows``."""
-    groups = {"run": list(run_rows)}
+def _settings_tables(data: dict[str, Any]) -> list[str]:
+    """One small titled table per top-level group of ``data``; top-level scalars form 'run'
+    (the dataset is in 'train')."""
+    groups: dict[str, list[tuple[str, str]]] = {"run": []}
     for key, value in data.items():
         if isinstance(value, dict):
             groups[key] = _flatten(value)
@@ -154,8 +154,7 @@ def _settings_tile(name: str, rows: list[tuple[str, str]]) -> str:
 
 
 def _configuration(info: RunInfo) -> Section:
-    run_rows = [("dataset", info.config.train.dataset)]
-    tiles = _settings_tables(info.config.to_dict(), run_rows)
+    tiles = _settings_tables(info.config.to_dict())
     damaged = ""
     prior_path = info.path(runfiles.PRIOR_CONFIG)
     if prior_path.exists():
@@ -288,8 +287,13 @@ def _score_line(info: RunInfo, row_name: str, prefix: bool) -> str:
             parts.append(f"{label.split(' (')[0]} {fmt(sum(values) / len(values), 3)}")
     if not parts:
         return ""
-    averaged = f"mean over {len(rows)} classes: " if len(rows) > 1 else ""
-    return f'<p class="scores">{esc(averaged + " · ".join(parts))}</p>'
+    counts = {_count(row) for row in rows}
+    n = f" of {counts.pop()} images" if len(counts) == 1 and None not in counts else ""
+    if len(rows) > 1:  # per-class FIDs compare with that class's test images, at a smaller n
+        scope = f"mean over {len(rows)} classes{n}, each against the test images of its class: "
+    else:
+        scope = f"{n.removeprefix(' of ')}: " if n else ""
+    return f'<p class="scores">{esc(scope + " · ".join(parts))}</p>'
 
 
 def _samples(info: RunInfo) -> Section | None:
@@ -303,6 +307,11 @@ def _samples(info: RunInfo) -> Section | None:
         if picture:
             tiles.append(f"<div>{picture}{_score_line(info, row_name, prefix)}</div>")
     body = f'<div class="grid">{"".join(tiles)}</div>' if tiles else ""
+    if _used_draws_like_random(info):
+        body += note(
+            "The used and random rows score alike because every code is in use: drawing "
+            "uniformly from the used codes is then drawing from all of them."
+        )
     if info.scores is not None:
         if info.scores_stale == EARLIER_WEIGHTS:
             body += note(
@@ -321,6 +330,15 @@ def _samples(info: RunInfo) -> Section | None:
         return None
     lead = "Images decoded from sampled code grids, one panel per sampling strategy."
     return Section("samples", "Samples", body, lead)
+
+
+def _used_draws_like_random(info: RunInfo) -> bool:
+    """Whether 'used' sampled from every code, so that it is the 'random' strategy again."""
+    usage = info.code_usage
+    rows = {row["name"]: row for row in (info.scores or {}).get("rows", [])}
+    if usage is None or info.code_usage_stale or not {"used", "random"} <= set(rows):
+        return False
+    return all(count > 0 for count in usage["counts"])
 
 
 def _scores_table(scores: dict[str, Any]) -> str:
@@ -345,10 +363,8 @@ def _count(row: dict[str, Any]) -> int | None:
 
 def _interpolation(info: RunInfo) -> Section | None:
     keys = [key for key in info.figures if key.startswith("interpolation_")]
-    strips = [
-        _embed(info, info.figures[k], k, INTERPOLATION_CAPTIONS.get(k, k.replace("_", " ")))
-        for k in keys
-    ]
+    captions = {k: INTERPOLATION_CAPTIONS.get(k, k.replace("_", " ")) for k in keys}
+    strips = [_embed(info, info.figures[k], captions[k], captions[k]) for k in keys]
     body = "".join(strips)
     lead = "Each row walks from one test image to another."
     return Section("interpolation", "Interpolation", body, lead) if body else None

@@ -67,9 +67,18 @@ def epoch_curve_png(
         axes.axhline(limit, color=COLORS["muted"], linestyle=":", label=label)
         axes.set_ylim(0, limit * CEILING_HEADROOM)
         axes.legend(fontsize=8, loc="lower right")
-    axes.xaxis.get_major_locator().set_params(integer=True)
+    _epoch_ticks(axes, epochs)
     _style(axes, title, "epoch")
     return _png(figure)
+
+
+def _epoch_ticks(axes, epochs: Sequence[int]) -> None:
+    """Whole epochs on the x axis; a single epoch gets its one tick (matplotlib would spread
+    fractional ticks such as 0.96 ... 1.04 around a lone point)."""
+    if len(set(epochs)) == 1:
+        axes.set_xticks(list(epochs)[:1])
+    else:
+        axes.xaxis.get_major_locator().set_params(integer=True)
 
 
 def prior_nll_png(
@@ -87,7 +96,7 @@ def prior_nll_png(
         style = BASELINE_STYLES.get(name, "-.")
         axes.axhline(bits, color=COLORS["muted"], linestyle=style, label=f"{name} ({bits:.2f})")
     axes.set_ylim(bottom=0)
-    axes.xaxis.get_major_locator().set_params(integer=True)
+    _epoch_ticks(axes, epochs)
     axes.legend(fontsize=8, loc="best")
     _style(axes, "negative log-likelihood of code grids", "epoch", "bits per code")
     return _png(figure)
