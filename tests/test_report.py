@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -10,6 +11,7 @@ import shutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from report_helpers import (
     ALL_SECTIONS,
     FIGURE_KEYS,
@@ -29,6 +31,7 @@ from report_helpers import (
 from vqkit import runfiles
 from vqkit.errors import VqkitError
 from vqkit.report import write_report
+from vqkit.report_html import image
 from vqkit.runinfo import load_run_info
 
 DRAWN_PLOTS = 5  # full run: loss, test MSE, codes used, code usage histogram, prior NLL
@@ -326,3 +329,12 @@ def test_scores_of_earlier_weights_are_marked_stale(full_run, tmp_path):
     del scores["weights_sha256"], scores["prior_sha256"]
     (run / runfiles.SCORES).write_text(json.dumps(scores))
     assert not load_run_info(run).scores_stale
+
+
+def test_a_plot_is_shown_at_96_css_pixels_per_inch_of_its_own_dpi():
+    """Text drawn at N points stays N points on the page: a 150-dpi report plot and the
+    100-dpi usage histogram of the same pixel width are shown at different widths."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 120), "white").save(buffer, format="PNG")
+    assert 'style="width:192px"' in image(buffer.getvalue(), "plot")  # 300 px at 150 dpi
+    assert 'style="width:288px"' in image(buffer.getvalue(), "usage", density=100 / 96)

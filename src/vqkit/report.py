@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from vqkit import report_plots, runfiles
+from vqkit.codebook_view import DPI as USAGE_DPI
 from vqkit.codebook_view import plot_usage
 from vqkit.environment import changed_quantizer_code
 from vqkit.fileio import write_bytes_atomic
@@ -49,6 +50,9 @@ SCORE_COLUMNS = (
     ("label_accuracy", "label accuracy"),
 )
 
+# The codebook view draws its usage histogram at its own dpi, not the report plots' 150.
+USAGE_DENSITY = USAGE_DPI / 96
+
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/report.html`` for a run folder and return its path.
@@ -68,14 +72,16 @@ def render_report(info: RunInfo) -> str:
     return page(f"vqkit report: {name}", _header(info, name), sections, _footer(info))
 
 
-def _embed(info: RunInfo, path: Path, alt: str, caption: str = "", pixelated: bool = True) -> str:
+def _embed(
+    info: RunInfo, path: Path, alt: str, caption: str = "", pixelated: bool = True, **shown: float
+) -> str:
     """A figure for an image file, or "" with a note when it cannot be read as a PNG; a figure
     made from earlier weights or another prior says so in its caption."""
     reasons = {info.figures[key]: why for key, why in info.stale_figures.items()}
     if path in reasons:
         caption = f"Stale, made from {reasons[path]} (make it again): {caption}"
     try:
-        return image(path.read_bytes(), alt, caption, pixelated=pixelated)
+        return image(path.read_bytes(), alt, caption, pixelated=pixelated, **shown)
     except (OSError, ValueError):
         info.notes[str(path.relative_to(info.run_dir))] = "is not a readable PNG"
         return ""
@@ -243,11 +249,17 @@ def _codebook(info: RunInfo) -> Section | None:
     if "codebook_usage" in info.figures:
         parts.append(
             _embed(
-                info, info.figures["codebook_usage"], "code usage", "code usage", pixelated=False
+                info,
+                info.figures["codebook_usage"],
+                "code usage",
+                "code usage",
+                pixelated=False,
+                density=USAGE_DENSITY,
             )
         )
     elif usage is not None:
-        parts.append(image(_usage_plot(usage["counts"], images), "code usage", "code usage"))
+        plot = _usage_plot(usage["counts"], images)
+        parts.append(image(plot, "code usage", "code usage", density=USAGE_DENSITY))
     atlas = [
         ("codebook_atlas", "each used code decoded on its own, most used first"),
         ("codebook_codemap", "test images with the code of each cell of their grid"),

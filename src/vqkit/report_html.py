@@ -91,8 +91,16 @@ def png_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def image(data: bytes, alt: str, caption: str = "", *, pixelated: bool = False) -> str:
-    """A <figure> with ``data`` (checked PNG bytes) embedded as a data URI."""
+def image(
+    data: bytes,
+    alt: str,
+    caption: str = "",
+    *,
+    pixelated: bool = False,
+    density: float = PLOT_DENSITY,
+) -> str:
+    """A <figure> with ``data`` (checked PNG bytes) embedded as a data URI; a plot is shown at
+    ``density`` image pixels per CSS pixel (its dpi / 96), so its text keeps its point size."""
     size = png_size(data)
     if size is None:
         raise ValueError("not a readable PNG")
@@ -104,7 +112,7 @@ def image(data: bytes, alt: str, caption: str = "", *, pixelated: bool = False) 
         shown = width * scale
         css_class = "pixels" if scale > 1 else "natural"
     else:
-        shown = round(width / PLOT_DENSITY)
+        shown = round(width / density)
         css_class = "plot"
     source = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     caption_html = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
