@@ -174,7 +174,7 @@ def test_a_bad_step_names_every_term_any_rank_saw(mode):
     said = dict(re.findall(r"rank (\d): (Training stopped .*?--skip-nonfinite N\.)", done.stdout))
     assert set(said) == {"0", "1"}, done.stdout
     for sentence in said.values():
-        assert "step 5 because its reconstruction loss and its quantizer loss was not" in sentence
+        assert "step 5 because its reconstruction loss and its quantizer loss were not" in sentence
 
 
 def test_a_two_rank_run_resumed_mid_epoch_keeps_every_ranks_training_loss(tmp_path):
