@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -132,13 +133,20 @@ def test_cache_is_read_back_and_validated(usage_run, tmp_path):
     ]
     for record in broken:
         write_json_atomic(path, record)
-        assert _cached_counts(path, model, weights) is None
+        assert _cached_counts(run_dir, model) is None
     path.write_text("{damaged")
-    assert _cached_counts(path, model, weights) is None
+    assert _cached_counts(run_dir, model) is None
     write_json_atomic(path, {"split": "train", "images": 1, "counts": fake})
     stat = weights.stat()
     os.utime(path, (stat.st_atime, stat.st_mtime - 10))  # older than the weights: retrained
-    assert _cached_counts(path, model, weights) is None
+    assert _cached_counts(run_dir, model) is None
+    # A record naming the weights it counted is judged by that digest, not by file times.
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    for named, served in ((digest, True), ("0" * 64, False)):
+        record = {"split": "train", "images": 1, "counts": fake, "weights_sha256": named}
+        write_json_atomic(path, record)
+        os.utime(path, (stat.st_atime, stat.st_mtime - 10))
+        assert (_cached_counts(run_dir, model) is not None) == served
     # refresh=True counts again even over a valid, newer cache, and rewrites it.
     write_json_atomic(path, {"split": "train", "images": 1, "counts": fake})
     counts = code_usage(run_dir, model, refresh=True)
