@@ -111,7 +111,7 @@ def _header(info: RunInfo, name: str) -> str:
         detail = f"uniform: {fmt(uniform, 3)}" if uniform is not None else "best test epoch"
         if top.prior_stale:
             detail = "stale: learned on earlier VQ-VAE weights"
-        items.append(("prior bits per code", fmt(top.prior_bits_per_code, 3), detail))
+        items.append(("prior bits per code", fmt(top.prior_bits_per_code, 4), detail))
     if top.fid:
         value = " / ".join(fmt(v, 3) for v in top.fid.values())
         detail = " / ".join(top.fid)
