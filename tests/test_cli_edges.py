@@ -9,10 +9,14 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from cli_helpers import fails_cleanly
 
 from vqkit import runfiles
+from vqkit.checkpoint import load_model
 from vqkit.cli import attach_negative_values, build_parser, main
+from vqkit.codebook_view import write_codebook_figures
+from vqkit.errors import VqkitError
 from vqkit.images import tile
 from vqkit.report import render_report
 from vqkit.runinfo import load_run_info
@@ -187,6 +191,20 @@ def test_an_empty_figures_folder_is_refused(run_copy, tmp_path, capsys, monkeypa
     monkeypatch.chdir(tmp_path)
     fails_cleanly(capsys, ["codebook", run_copy, "--out", ""], "--out needs a folder")
     assert list(tmp_path.iterdir()) == [run_copy]
+
+
+def test_a_code_map_of_more_images_than_it_can_draw_is_refused(run_copy, tmp_path, capsys):
+    """Each image adds 49 drawn labels: 20,000 of them exhausted 24 GiB before this check."""
+    out = tmp_path / "figs"
+    with pytest.raises(SystemExit) as stop:  # argparse's own one-line error
+        main(["codebook", str(run_copy), "--out", str(out), "--images", "17"])
+    assert stop.value.code == 2 and "must be at most 16, not 17" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(VqkitError, match="shows 1 to 16 test images, not 17"):
+        write_codebook_figures(
+            load_model(run_copy), torch.ones(128), torch.zeros(17, 28, 28, dtype=torch.uint8), out
+        )
+    assert not out.exists()
 
 
 def test_a_folder_with_another_tools_config_json_may_hold_runs(tmp_path, capsys):

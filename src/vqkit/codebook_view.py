@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from vqkit import runfiles
+from vqkit.errors import VqkitError
 from vqkit.fileio import atomic_open, ensure_dir
 from vqkit.images import tile, to_uint8
 from vqkit.model import VQVAE
@@ -23,6 +24,8 @@ USAGE_FIGSIZE = (10.0, 4.0)  # inches: 1000 × 400 pixels at DPI
 ATLAS_SCALE = 3  # screen pixels per image pixel in the atlas
 CODEMAP_SCALE = 12  # large enough for a code index in each of the 7×7 cells
 CODEMAP_IMAGES = 4
+# Each image adds 336 pixels of width and 49 drawn labels: a few hundred exhaust the memory.
+MAX_CODEMAP_IMAGES = 16
 ATLAS_FONT_SIZE = 6  # points; a code index fits in a corner of an 84-pixel tile
 CODEMAP_FONT_SIZE = 8  # points; three digits fit in a 48-pixel cell
 TILE_PADDING = 2  # vqkit.images.tile's default
@@ -211,6 +214,10 @@ def write_codebook_figures(
     counts: (K,) code usage over the training set; test_images: (N, H, W) for the code map;
     stamp: the provenance chunks of every figure (vqkit.provenance).
     """
+    if not 1 <= test_images.shape[0] <= MAX_CODEMAP_IMAGES:
+        raise VqkitError(
+            f"The code map shows 1 to {MAX_CODEMAP_IMAGES} test images, not {test_images.shape[0]}."
+        )
     out_dir = ensure_dir(out_dir)
     images = int(counts.sum()) // model.config.grid_size**2
     names = runfiles.FIGURE_NAMES

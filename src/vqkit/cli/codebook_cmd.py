@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from vqkit.checkpoint import load_config, load_model
-from vqkit.cli.common import add_command, add_device_flag, positive_int
-from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
+from vqkit.cli.common import add_command, add_device_flag, whole_number_at_least
+from vqkit.codebook_view import CODEMAP_IMAGES, MAX_CODEMAP_IMAGES, write_codebook_figures
 from vqkit.data import load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
@@ -36,9 +36,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="folder for the three PNGs")
     parser.add_argument(
         "--images",
-        type=positive_int,
+        type=whole_number_at_least(1, MAX_CODEMAP_IMAGES),
         default=CODEMAP_IMAGES,
-        help=f"test images in the code map (default {CODEMAP_IMAGES})",
+        help=f"test images in the code map, 1 to {MAX_CODEMAP_IMAGES} (default {CODEMAP_IMAGES})",
     )
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
     add_device_flag(parser)

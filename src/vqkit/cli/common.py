@@ -57,14 +57,16 @@ def add_reliability_flags(group) -> None:
     )
 
 
-def whole_number_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number no smaller than ``minimum`` that fits 64 bits (torch
-    fails with a traceback on a wider one)."""
+def whole_number_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``minimum`` (nor larger than
+    ``maximum``) that fits 64 bits (torch fails with a traceback on a wider one)."""
 
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, not {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, not {text}")
         if value > SEED_MAX:  # the int64 bound, which seeds share
             raise argparse.ArgumentTypeError(f"must fit a 64-bit integer (< 2**63), not {text}")
         return value
