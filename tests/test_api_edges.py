@@ -12,7 +12,7 @@ import torch
 from report_helpers import train_on
 
 from vqkit import runfiles
-from vqkit.checkpoint import prior_is_stale
+from vqkit.checkpoint import load_config, prior_is_stale
 from vqkit.classifier import ClassifierConfig
 from vqkit.config import QuantizerConfig, TrainConfig, preset_config
 from vqkit.data import write_own_dataset
@@ -225,3 +225,15 @@ def test_whole_numbers_of_any_integer_type_are_accepted(model):
     context = SamplingContext(model)
     assert sample_codes("random", np.int64(3), context).shape == (3, 7, 7)
     assert interpolation(model, DIGIT, DIGIT, np.int32(4)).shape == (4, 7, 7)
+
+
+def test_a_python_resume_with_other_settings_is_refused_and_changes_nothing(run_copy):
+    """As the CLI refuses --lr on --resume: a resume may change only the epochs and how the
+    run survives faults, or it would learn something else under the old run's name."""
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    changed = load_config(run_copy)
+    changed.train.epochs, changed.train.lr = 2, 0.05
+    changed.model.quantizer.beta = 0.9
+    with pytest.raises(VqkitError, match=r"model.quantizer.beta is 0.25 there, 0.9 here; "):
+        train(changed, run_copy, device="cpu", progress=False, resume=True)
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before

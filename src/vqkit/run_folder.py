@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from vqkit import distributed, environment, runfiles, train_state
-from vqkit.checkpoint import run_path, save_config
+from vqkit.checkpoint import load_config, run_path, save_config
 from vqkit.config import RunConfig
 from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
@@ -100,6 +100,44 @@ def prepare_run_dir(
     if context.is_main and not resume:
         save_config(path, config)
     return path
+
+
+# The training settings a resume may change; everything else must be the stored run's.
+RESUME_FIELDS = ("epochs", "checkpoint_every", "skip_nonfinite", "cuda_graph", "data_dir")
+
+
+def require_resumable_settings(run_dir: Path, config: RunConfig) -> None:
+    """Refuse to resume ``run_dir`` with settings other than its stored ones (apart from
+    RESUME_FIELDS): the run would go on learning something else under its old name."""
+    stored, given = _flat(load_config(run_dir).to_dict()), _flat(config.to_dict())
+    allowed = {f"train.{name}" for name in RESUME_FIELDS}
+    differ = [
+        f"{key} is {_shown(stored.get(key))} there, {_shown(given.get(key))} here"
+        for key in sorted(stored.keys() | given.keys())
+        if key not in allowed and stored.get(key) != given.get(key)
+    ]
+    if differ:
+        changeable = ", ".join(RESUME_FIELDS)
+        raise VqkitError(
+            f"The run in '{run_dir}' was trained with other settings ({'; '.join(differ[:3])}); "
+            f"a resume keeps them, changing only {changeable} (pass the run's own settings, "
+            "vqkit.checkpoint.load_config(run), or train a new run)."
+        )
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys: {"model.quantizer.beta": 0.25, ...}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else json.dumps(value)
 
 
 def _refuse_taken_or_unusable(path: Path) -> None:

@@ -52,6 +52,7 @@ from vqkit.run_folder import (
     prepare_run_dir,
     record_data_folder,
     record_environment,
+    require_resumable_settings,
     resumed_history,
 )
 from vqkit.run_lock import RunLock
@@ -254,6 +255,7 @@ class _Run:
         # Before restoring: the restored optimizer moments take the parameters' final layout.
         self.step_model = prepare_model(self.model, settings)
         if resume:
+            require_resumable_settings(self.run_dir, config)
             planned = schedule_length(self.scheduler)
             self.position, loss_sum = train_state.load(
                 self.run_dir, self.model, self.optimizer, self.order_generator, self.scheduler

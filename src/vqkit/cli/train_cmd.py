@@ -34,6 +34,7 @@ from vqkit.data import DATASETS
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json
 from vqkit.report_text import format_metrics
+from vqkit.run_folder import RESUME_FIELDS
 from vqkit.run_lock import require_no_writer
 from vqkit.training import TrainingInterrupted, train
 from vqkit.wording import counted
@@ -121,7 +122,7 @@ OVERRIDES = {
     "gradient_estimator": ("quantizer", "gradient_estimator"),
 }
 # Flags --resume accepts: they steer the run without changing what it learns so far.
-RESUME_FLAGS = ("epochs", "checkpoint_every", "skip_nonfinite", "cuda_graph")
+RESUME_FLAGS = tuple(name for name in RESUME_FIELDS if name != "data_dir")  # --data-dir: apart
 
 
 def register(subparsers) -> None:
