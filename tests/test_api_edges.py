@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from report_helpers import train_on
+from report_helpers import make_full_run, train_on
 
 from vqkit import runfiles
 from vqkit.checkpoint import load_config, prior_is_stale
@@ -237,3 +237,33 @@ def test_a_python_resume_with_other_settings_is_refused_and_changes_nothing(run_
     with pytest.raises(VqkitError, match=r"model.quantizer.beta is 0.25 there, 0.9 here; "):
         train(changed, run_copy, device="cpu", progress=False, resume=True)
     assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+
+
+def test_a_sampling_context_checks_its_model_and_that_it_is_the_runs(run_copy):
+    """The run's prior and code usage describe the codes of its own model: a context pairing
+    it with another model would sample (and cache usage) for the wrong codebook."""
+    with pytest.raises(VqkitError, match="The model must be a VQVAE"):
+        SamplingContext(5)
+    with pytest.raises(VqkitError, match="The run folder is a path"):
+        SamplingContext(VQVAE.from_run(run_copy), 7)
+    other = VQVAE(preset_config("default").model)
+    with pytest.raises(VqkitError, match="is not the one trained in"):
+        SamplingContext(other, run_copy)
+    context = SamplingContext(VQVAE.from_run(run_copy), str(run_copy))
+    assert context.run_dir == run_copy  # a str folder becomes a Path
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"digit": "3"}, "--digit must be a whole number of at least 0, not '3'"),
+        ({"temperature": "1"}, "The temperature (--temperature) must be a number, not '1'"),
+        ({"top_k": 1.5}, "--top-k must be a whole number of at least 1, not 1.5"),
+    ],
+)
+def test_prior_options_of_the_wrong_type_are_one_sentence(options, fragment, run_copy):
+    make_full_run(run_copy)  # a real, tiny, conditional prior
+    context = SamplingContext(VQVAE.from_run(run_copy), run_copy)
+    with pytest.raises(VqkitError) as refused:
+        sample_codes("prior", 2, context, **options)
+    assert fragment in str(refused.value)

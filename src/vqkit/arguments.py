@@ -24,6 +24,13 @@ def whole_number(value: Any, what: str, minimum: int) -> int:
     return int(value)
 
 
+def real_number(value: Any, what: str) -> float:
+    """``value`` as a float when it is a real number (not a bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise VqkitError(f"{what} must be a number, not {value!r}.")
+    return float(value)
+
+
 def seed(value: Any) -> int:
     """``value`` as an int when torch can seed a generator with it (numpy ints too)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):

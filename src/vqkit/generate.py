@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from vqkit import arguments
+from vqkit.checkpoint import load_config
 from vqkit.errors import VqkitError
 from vqkit.model import VQVAE
 
@@ -29,9 +30,27 @@ DECODE_BATCH_SIZE = 1000
 
 @dataclass
 class SamplingContext:
+    """What a sampling strategy draws for: a model, and the run folder it came from (which
+    holds its prior and code usage) when a strategy needs one."""
+
     model: VQVAE
     run_dir: Path | None = None
     data_dir: Path | None = None  # where the dataset lives, for strategies that read it
+
+    def __post_init__(self) -> None:
+        # A compiled model (torch.compile) wraps the VQVAE; its config is the wrapped one's.
+        model = getattr(self.model, "_orig_mod", self.model)
+        arguments.instance(model, VQVAE, "The model", "VQVAE.from_run(run)")
+        run_dir = arguments.path_or_none(self.run_dir, "The run folder")
+        data_dir = arguments.path_or_none(self.data_dir, "The data folder")
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.data_dir = None if data_dir is None else Path(data_dir)
+        if self.run_dir is not None and load_config(self.run_dir).model != model.config:
+            # The run's prior and code usage describe its own model's codes, not this one's.
+            raise VqkitError(
+                f"The model is not the one trained in '{self.run_dir}' (their settings differ); "
+                f"give VQVAE.from_run('{self.run_dir}') or that model's own run folder."
+            )
 
     @property
     def grid_size(self) -> int:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqkit import runfiles, train_state
+from vqkit import arguments, runfiles, train_state
 from vqkit.checkpoint import load_config, load_weights_into, prior_is_stale, run_path
 from vqkit.config import (
     PRECISIONS,
@@ -281,10 +281,11 @@ def sample_prior(
     sample costs the vertical stack over H(H-1)/2 rows and the horizontal stack over
     H·W(W+1)/2 positions, instead of H·W full-grid passes.
     """
+    temperature = arguments.real_number(temperature, "The temperature (--temperature)")
     if not math.isfinite(temperature) or temperature <= 0:
         raise VqkitError("The temperature must be a finite number > 0 (--temperature).")
-    if top_k is not None and top_k < 1:
-        raise VqkitError("--top-k must be at least 1.")
+    if top_k is not None:
+        top_k = arguments.whole_number(top_k, "--top-k", 1)
     was_training = prior.training
     prior.eval()
     size = prior.config.grid_size
@@ -406,6 +407,8 @@ def _prior_codes(
     """
     if context.run_dir is None:
         raise VqkitError("The 'prior' strategy needs the model's run folder to load its prior.")
+    if digit is not None:
+        digit = arguments.whole_number(digit, "--digit", 0)
     prior = load_prior(context.run_dir, context.device)
     config = prior.config
     if digit is not None and not config.conditional:
