@@ -189,6 +189,15 @@ def test_training_into_a_folder_with_another_runs_files_is_refused(leftover, tmp
     assert main(["train", *TINY, "--out", str(folder)]) == 0
 
 
+def test_training_into_a_folder_of_ones_own_files_is_refused(tmp_path, capsys):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    fails_cleanly(capsys, ["train", *TINY, "--out", folder], "not a run's ('notes.txt')")
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    fails_cleanly(capsys, ["train", "--resume", folder / "notes.txt"], "is a file, not a run")
+
+
 # --- flags ---------------------------------------------------------------------------------
 
 BAD_FLAGS = [

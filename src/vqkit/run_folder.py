@@ -21,7 +21,7 @@ from vqkit.config import RunConfig
 from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_jsonl, write_bytes_atomic
-from vqkit.run_lock import RunLock, require_no_writer
+from vqkit.run_lock import LOCK_NAME, RunLock, require_no_writer
 from vqkit.train_state import Position
 
 
@@ -76,7 +76,8 @@ def prepare_run_dir(
         raise VqkitError("The run folder name is empty; give a folder (--out or --resume).")
     if resume:
         if run_dir is None or not Path(run_dir).is_dir():
-            raise VqkitError(f"The run folder '{run_dir}' to resume does not exist.")
+            missing = "is not a folder" if Path(str(run_dir)).exists() else "does not exist"
+            raise VqkitError(f"The run folder '{run_dir}' to resume {missing}.")
         path = Path(run_dir)
     else:
         chosen = run_dir if run_dir is not None else default_run_dir(config)
@@ -163,6 +164,17 @@ def _refuse_taken(path: Path) -> None:
         raise VqkitError(
             f"The folder '{path}' already holds files of another run ({others[0]}); "
             "choose another --out or move them away."
+        )
+    # Nor are a run's files mixed in among a user's own, which no command would then tell apart.
+    foreign = sorted(
+        entry.name
+        for entry in (path.iterdir() if path.is_dir() else ())
+        if entry.name not in (*reusable, LOCK_NAME)
+    )
+    if foreign:
+        raise VqkitError(
+            f"The folder '{path}' already holds files that are not a run's ('{foreign[0]}'); "
+            "choose an empty or new folder for --out."
         )
     # A run inside another is hidden from `vqkit runs` and mixed into that run's folder.
     enclosing = next((p for p in path.resolve().parents if _holds_a_run(p)), None)

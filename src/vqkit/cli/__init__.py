@@ -35,7 +35,7 @@ COMMAND_MODULES = (
 DESCRIPTION = """\
 vqkit trains Vector-Quantized VAEs (van den Oord et al. 2017) on 28x28 images and works with
 their discrete codes: each image becomes a 7x7 grid of integers from a learned codebook.
-Every command reads or writes a run folder (runs/DATE-DATASET-PRESET by default).
+Every command reads or writes a run folder (runs/DATE-TIME-DATASET-PRESET by default).
 
 the pipeline, in order:
   demo          run everything below on MNIST (or Fashion-MNIST) into one run folder and

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vqkit.cli.common import add_command, add_device_flag, positive_int, print_json, seed
+from vqkit.cli.common import add_command, add_device_flag, print_json, seed, whole_number_at_least
 from vqkit.score import format_scores, score_run
 
 HELP = """
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument(
         "--n",
-        type=positive_int,
+        type=whole_number_at_least(2),  # a covariance needs two images
         default=10000,
         help="images scored per row: samples per strategy, training images and reconstructions"
         " (default 10000; FID grows as n shrinks, so compare runs at equal n)",

@@ -129,7 +129,8 @@ def resume_config_from_args(args: argparse.Namespace) -> PriorConfig:
     """The stored settings of the prior to resume, with the flags --resume allows applied;
     flags that would change what it learns are refused (repeating the stored value is fine)."""
     if not Path(args.run_dir).is_dir():
-        raise VqkitError(f"The run folder '{args.run_dir}' to resume does not exist.")
+        missing = "is not a folder" if Path(args.run_dir).exists() else "does not exist"
+        raise VqkitError(f"The run folder '{args.run_dir}' to resume {missing}.")
     require_no_writer(args.run_dir)  # its state may be half-way through a change
     require_prior_state(args.run_dir)
     stored = load_prior_config(args.run_dir)
