@@ -15,7 +15,7 @@ from vqkit import runfiles
 from vqkit.checkpoint import load_config, prior_is_stale
 from vqkit.classifier import ClassifierConfig
 from vqkit.config import QuantizerConfig, TrainConfig, preset_config
-from vqkit.data import write_own_dataset
+from vqkit.data import load_split, write_own_dataset
 from vqkit.demo import DemoSettings, run_demo
 from vqkit.errors import VqkitError
 from vqkit.evaluate import evaluate_run
@@ -266,4 +266,21 @@ def test_prior_options_of_the_wrong_type_are_one_sentence(options, fragment, run
     context = SamplingContext(VQVAE.from_run(run_copy), run_copy)
     with pytest.raises(VqkitError) as refused:
         sample_codes("prior", 2, context, **options)
+    assert fragment in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda: load_split(["mnist"], "train"), "The dataset is named by a string, not ['mnist']"),
+        (lambda: load_split("mnist", ["train"]), "The split is named by a string"),
+        (lambda: load_split("mnist", "train", 5), "The data folder (--data-dir) is a path"),
+        (lambda: preset_config(["best"]), "Unknown preset ['best']; choose one of"),
+        (lambda: sample_codes(["used"], 2, None), "Unknown sampling strategy ['used']"),
+    ],
+    ids=["dataset", "split", "data_dir", "preset", "strategy"],
+)
+def test_names_that_are_not_strings_are_one_sentence(call, fragment):
+    with pytest.raises(VqkitError) as refused:  # not a TypeError from a dict lookup
+        call()
     assert fragment in str(refused.value)

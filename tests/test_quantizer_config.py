@@ -122,6 +122,7 @@ def test_cli_refuses_bad_values(capsys):
         (["--kmeans-iters", "4"], "--kmeans-iters does nothing without --codebook-init kmeans"),
         (["--quantizer", "fsq", "--num-embeddings", "64"], "--num-embeddings does nothing"),
         (["--fsq-levels", "8,4,4"], "--fsq-levels does nothing without --quantizer fsq"),
+        (["--quantizer", "fsq", "--beta", "3"], "--beta does nothing without --quantizer vq"),
     ],
 )
 def test_a_quantizer_flag_that_would_do_nothing_is_refused(flags, message):

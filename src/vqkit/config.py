@@ -461,8 +461,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def preset_config(name: str) -> RunConfig:
     """The RunConfig of a named preset (see ``PRESETS``)."""
-    if name not in PRESETS:
-        raise VqkitError(f"Unknown preset '{name}'; choose one of: {', '.join(PRESETS)}.")
+    if not isinstance(name, str) or name not in PRESETS:
+        raise VqkitError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
     spec = PRESETS[name]
     quantizer = QuantizerConfig(**spec["model"].get("quantizer", {}))
     model_fields = {k: v for k, v in spec["model"].items() if k != "quantizer"}

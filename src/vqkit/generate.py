@@ -100,9 +100,9 @@ def sample_codes(
 ) -> torch.Tensor:
     """``n`` code grids (n, h, w) int64 drawn with the named strategy."""
     names = strategies()
-    if strategy not in _STRATEGIES:
+    if not isinstance(strategy, str) or strategy not in _STRATEGIES:
         raise VqkitError(
-            f"Unknown sampling strategy '{strategy}'; choose one of: {', '.join(names)}."
+            f"Unknown sampling strategy {strategy!r}; choose one of: {', '.join(names)}."
         )
     n = arguments.whole_number(n, "The number of samples", 1)
     arguments.instance(context, SamplingContext, "The sampling context", "SamplingContext(model)")

@@ -290,6 +290,11 @@ def refuse_inert_flags(args: argparse.Namespace, quantizer: QuantizerConfig) -> 
             "--quantizer vq (FSQ has as many codes as --fsq-levels multiply to)",
         ),
         "fsq_levels": ("--fsq-levels", quantizer.quantizer != "vq", "--quantizer fsq"),
+        "beta": (
+            "--beta",
+            quantizer.quantizer != "fsq",
+            "--quantizer vq (FSQ has no commitment loss)",
+        ),
     }
     for dest, (flag, acts, needed) in needs.items():
         if getattr(args, dest, None) is not None and not acts:

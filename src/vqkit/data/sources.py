@@ -22,6 +22,7 @@ from typing import IO, Literal
 import numpy as np
 import torch
 
+from vqkit.config import path_or_none
 from vqkit.data.catalog import (
     DATASETS,
     IMAGE_SIZE,
@@ -300,6 +301,10 @@ def load_split(
 
     Raises :class:`VqkitError` for an unknown name, missing or damaged files.
     """
+    for value, what in ((dataset, "dataset"), (split, "split")):
+        if not isinstance(value, str):
+            raise VqkitError(f"The {what} is named by a string, not {value!r}.")
+    path_or_none(data_dir, "The data folder (--data-dir)")
     if dataset == OWN_DATASET:
         return _load_own_split(split, data_dir)
     info = _info(dataset, split)
