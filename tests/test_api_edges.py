@@ -14,7 +14,7 @@ from report_helpers import make_full_run, train_on
 from vqkit import runfiles
 from vqkit.checkpoint import load_config, prior_is_stale
 from vqkit.classifier import ClassifierConfig
-from vqkit.config import QuantizerConfig, TrainConfig, preset_config
+from vqkit.config import QuantizerConfig, RunConfig, TrainConfig, preset_config
 from vqkit.data import load_split, write_own_dataset
 from vqkit.demo import DemoSettings, run_demo
 from vqkit.errors import VqkitError
@@ -283,4 +283,23 @@ def test_prior_options_of_the_wrong_type_are_one_sentence(options, fragment, run
 def test_names_that_are_not_strings_are_one_sentence(call, fragment):
     with pytest.raises(VqkitError) as refused:  # not a TypeError from a dict lookup
         call()
+    assert fragment in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("build", "fragment"),
+    [
+        (lambda: RunConfig(model=5), "A RunConfig's model must be a ModelConfig, not 5"),
+        (lambda: RunConfig(version="1"), "A RunConfig's version must be a whole number"),
+        (lambda: DemoSettings(epochs=0), "'epochs' must be at least 1, not 0"),
+        (lambda: DemoSettings(precision="fp64"), "'precision' must be one of fp32, bf16, auto"),
+        (lambda: DemoSettings(dataset="idx"), "'dataset' must be one of mnist, fashion-mnist"),
+        (lambda: DemoSettings(preset="huge"), "'preset' must be one of default"),
+        (lambda: DemoSettings(interpolation_pair=(3, 80)), "names a class that mnist does not"),
+    ],
+    ids=["run-model", "run-version", "epochs", "precision", "dataset", "preset", "pair"],
+)
+def test_settings_are_checked_when_built_not_minutes_later(build, fragment):
+    with pytest.raises(VqkitError) as refused:
+        build()
     assert fragment in str(refused.value)

@@ -342,6 +342,18 @@ class RunConfig:
             self.model = _from_dict(ModelConfig, self.model, "model")
         if isinstance(self.train, dict):
             self.train = _from_dict(TrainConfig, self.train, "train")
+        kinds = {
+            "model": (ModelConfig, "a ModelConfig"),
+            "train": (TrainConfig, "a TrainConfig"),
+            "preset": (str, "a string"),
+            "version": (int, "a whole number"),
+        }
+        for name, (kind, described) in kinds.items():
+            value = getattr(self, name)
+            _require(
+                isinstance(value, kind) and not isinstance(value, bool),
+                f"A RunConfig's {name} must be {described}, not {value!r}.",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,8 +19,8 @@ import torch
 from vqkit import arguments, runfiles, train_state
 from vqkit.classifier import ClassifierConfig
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
-from vqkit.config import preset_config, require_typed_settings
-from vqkit.data import dataset_classes, load_split
+from vqkit.config import PRECISIONS, PRESETS, preset_config, require_typed_settings
+from vqkit.data import DATASETS, OWN_DATASET, dataset_classes, load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, write_json_atomic
@@ -71,7 +71,18 @@ class DemoSettings:
                 "The 'demo' setting 'classifier'",
                 "ClassifierConfig()",
             )
-        least = {"prior_epochs": 1, "samples_per_figure": 1, "score_samples": 2}
+        choices = {
+            "dataset": tuple(name for name in DATASETS if name != OWN_DATASET),  # no --data-dir
+            "preset": tuple(PRESETS),
+            "precision": PRECISIONS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise VqkitError(
+                    f"The 'demo' setting '{name}' must be one of {', '.join(allowed)}, not "
+                    f"{getattr(self, name)!r}."
+                )
+        least = {"epochs": 1, "prior_epochs": 1, "samples_per_figure": 1, "score_samples": 2}
         least |= {"interpolation_steps": 2, "prior_train_limit": 1, "train_limit": 1}
         for name, minimum in least.items():
             value = getattr(self, name)
@@ -82,6 +93,12 @@ class DemoSettings:
         pair = self.interpolation_pair
         if len(pair) != 2 or not all(type(c) is int and c >= 0 for c in pair):
             raise VqkitError(f"The interpolation pair must be two class numbers, not {pair!r}.")
+        classes = dataset_classes(self.dataset)
+        if max(pair) >= len(classes):
+            raise VqkitError(
+                f"The interpolation pair {pair} names a class that {self.dataset} does not "
+                f"have (its classes are 0 to {len(classes) - 1})."
+            )
 
 
 @dataclass
@@ -104,12 +121,6 @@ def run_demo(
     settings = DemoSettings() if settings is None else settings
     arguments.instance(settings, DemoSettings, "The demo settings", "DemoSettings(epochs=1)")
     arguments.path_or_none(out_dir, "The demo's run folder")
-    classes = dataset_classes(settings.dataset)
-    if max(settings.interpolation_pair) >= len(classes):
-        raise VqkitError(
-            f"The interpolation pair {settings.interpolation_pair} names a class that "
-            f"{settings.dataset} does not have (its classes are 0 to {len(classes) - 1})."
-        )
     config = preset_config(settings.preset)
     config.train.dataset = settings.dataset
     config.train.seed = settings.seed
