@@ -303,3 +303,20 @@ def test_settings_are_checked_when_built_not_minutes_later(build, fragment):
     with pytest.raises(VqkitError) as refused:
         build()
     assert fragment in str(refused.value)
+
+
+def test_switches_take_only_booleans_and_log_a_function(run_copy, tmp_path):
+    """'no' is truthy: taken as given it would show a bar, resume or weight the draw."""
+    config = preset_config("efficient")
+    with pytest.raises(VqkitError, match="progress must be True, False or None, not 'no'"):
+        train(config, tmp_path / "new", progress="no")
+    with pytest.raises(VqkitError, match="resume must be True or False, not 'yes'"):
+        train(config, run_copy, resume="yes")
+    with pytest.raises(VqkitError, match="restart must be True or False, not 1"):
+        train_prior(run_copy, restart=1)
+    context = SamplingContext(VQVAE.from_run(run_copy), run_copy)
+    with pytest.raises(VqkitError, match="weighted must be True or False, not 'no'"):
+        sample_codes("used", 2, context, weighted="no")
+    with pytest.raises(VqkitError, match="log must be a function taking one line of text"):
+        score_run(run_copy, 4, log="x")
+    assert not (tmp_path / "new").exists()

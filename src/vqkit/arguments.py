@@ -31,6 +31,24 @@ def real_number(value: Any, what: str) -> float:
     return float(value)
 
 
+def switch(value: Any, what: str, allow_none: bool = False) -> bool | None:
+    """``value`` when it is True or False (or None, where that means 'decide for me'): a
+    string such as 'no' is truthy, so it would silently mean the opposite."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, bool):
+        choices = "True, False or None" if allow_none else "True or False"
+        raise VqkitError(f"{what} must be {choices}, not {value!r}.")
+    return value
+
+
+def callable_or_none(value: Any, what: str) -> Any:
+    """``value`` when it can be called (or is None)."""
+    if value is not None and not callable(value):
+        raise VqkitError(f"{what} must be a function taking one line of text, not {value!r}.")
+    return value
+
+
 def seed(value: Any) -> int:
     """``value`` as an int when torch can seed a generator with it (numpy ints too)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):

@@ -134,6 +134,7 @@ def _used_codes(
     """
     from vqkit.usage import code_usage, used_codes
 
+    weighted = arguments.switch(weighted, "weighted")
     if context.run_dir is None:
         raise VqkitError("The 'used' strategy needs the model's run folder to count code usage.")
     counts = code_usage(context.run_dir, context.model, data_dir=context.data_dir)

@@ -191,6 +191,9 @@ def train_prior(
     run_dir = run_folder(run_dir)
     if settings is not None:
         arguments.instance(settings, PriorConfig, "The prior settings", "PriorConfig(epochs=4)")
+    arguments.switch(progress, "progress", allow_none=True)
+    arguments.switch(resume, "resume")
+    arguments.switch(restart, "restart")
     target = resolve_device(device)
     with RunLock() as lock:  # one writer: a second train-prior or train here is refused
         lock.acquire(run_dir, "train-prior")

@@ -132,6 +132,7 @@ def score_run(
     """
     run_dir = run_folder(run_dir)
     n = arguments.whole_number(n, "The number of images scored per row (--n)", 2)
+    arguments.callable_or_none(log, "log")
     seed = arguments.seed(seed)
     target = resolve_device(device)
     config = load_config(run_dir)
