@@ -104,6 +104,11 @@ def interpolation(
             f"Images A and B must have the same shape, not {tuple(image_a.shape)} and "
             f"{tuple(image_b.shape)}."
         )
+    if image_a.dtype != image_b.dtype:  # stacked, uint8 would be read as floats 0-255
+        raise VqkitError(
+            f"Images A and B must hold pixels of one type, not {image_a.dtype} and "
+            f"{image_b.dtype} (uint8 0-255, or floats in [0, 1])."
+        )
     if mode not in MODES:
         raise VqkitError(f"Unknown interpolation mode '{mode}'; choose one of: {', '.join(MODES)}.")
     if mode == "latent":

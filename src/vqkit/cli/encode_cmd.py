@@ -28,7 +28,12 @@ examples:
 def register(subparsers) -> None:
     parser = add_command(subparsers, "encode", "images to code grids (.npy)", HELP, run)
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG files or test:A-B")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="test-set indices (17, test:17), ranges (test:0-99), digit:D or PNG files",
+    )
     parser.add_argument("--out", required=True, help=".npy file for the (N, 7, 7) codes")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
     add_device_flag(parser)

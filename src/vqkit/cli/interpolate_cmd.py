@@ -42,8 +42,16 @@ examples:
 def register(subparsers) -> None:
     parser = add_command(subparsers, "interpolate", "morph one image into another", HELP, run)
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--from", dest="source", required=True, metavar="A", help="first image")
-    parser.add_argument("--to", dest="target", required=True, metavar="B", help="last image")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="A",
+        help="first image: a test-set index (17 or test:17), digit:D or a PNG file",
+    )
+    parser.add_argument(
+        "--to", dest="target", required=True, metavar="B", help="last image, as --from"
+    )
     parser.add_argument(
         "--steps",
         type=whole_number_at_least(MIN_STEPS),
