@@ -147,25 +147,16 @@ def register(subparsers) -> None:
     )
     add_device_flag(parser)
     group = parser.add_argument_group("training")
-    group.add_argument(
-        "--epochs", type=int, help="passes over the training set (default: the preset's)"
-    )
-    group.add_argument(
-        "--batch-size",
-        type=int,
-        help="images per step, the total over all processes (default: the preset's)",
-    )
-    group.add_argument("--lr", type=float, help="Adam learning rate")
-    group.add_argument(
-        "--seed", type=seed, help="seeds the weights, the data order and the codebook (default 0)"
-    )
-    group.add_argument(
-        "--eval-batch-size",
-        type=int,
-        help="images per batch when evaluating (default 1000)",
-    )
-    group.add_argument("--train-limit", type=int, help="train on the first N images only")
-    group.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
+    for flag, kind, text in (
+        ("--epochs", int, "passes over the training set (default: the preset's)"),
+        ("--batch-size", int, "images per step over all processes (default: the preset's)"),
+        ("--lr", float, "Adam learning rate"),
+        ("--seed", seed, "seeds the weights, the data order and the codebook (default 0)"),
+        ("--eval-batch-size", int, "images per batch when evaluating (default 1000)"),
+        ("--train-limit", int, "train on the first N images only"),
+        ("--test-limit", int, "evaluate on the first N test images only"),
+    ):
+        group.add_argument(flag, type=kind, help=text)
     group = parser.add_argument_group("speed")
     group.add_argument(
         "--precision",
