@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import torch
 
 from vqkit.cli import build_parser
 from vqkit.cli.train_cmd import config_from_args
 from vqkit.config import PRESETS, QuantizerConfig, RunConfig, preset_config
 from vqkit.errors import VqkitError
+from vqkit.model import VQVAE, ModelConfig
 
 
 def test_new_fields_survive_a_json_round_trip():
@@ -131,3 +134,49 @@ def test_a_quantizer_flag_that_would_do_nothing_is_refused(flags, message):
         parse("--preset", "efficient", *flags)
     # The presets' own values of those fields are not flags given, so they pass.
     assert parse("--preset", "efficient", "--quantizer", "fsq").model.quantizer.num_codes == 1000
+
+
+# A valid value other than the default for every field that may be idle.
+OTHER_VALUES = {
+    "num_embeddings": 64, "beta": 0.9, "codebook_update": "ema", "ema_decay": 0.5,
+    "ema_epsilon": 1e-3, "dead_code_restart": 3, "dead_code_threshold": 0.5,
+    "codebook_init": "kmeans", "kmeans_iters": 2, "gradient_estimator": "rotation",
+    "fsq_levels": [4, 4, 4, 4],
+}  # fmt: skip
+
+
+def trained_weights(quantizer: QuantizerConfig) -> dict[str, torch.Tensor]:
+    """The weights after three seeded training steps of a small model on fixed images."""
+    torch.manual_seed(0)
+    model = VQVAE(ModelConfig(hidden_dim=8, quantizer=quantizer))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    images = torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8, generator=torch.Generator())
+    for _ in range(3):
+        model.initialize(images)
+        out = model(images)
+        loss = (out.reconstruction - images.unsqueeze(1) / 255).pow(2).mean() + out.vq_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"codebook_update": "ema"}, {"quantizer": "fsq", "embedding_dim": 4}],
+    ids=["vq", "vq-ema", "fsq"],
+)
+def test_idle_settings_change_nothing_that_trains(settings):
+    """What the report leaves out as idle really is: another value trains the same weights."""
+    base = QuantizerConfig(**{"embedding_dim": 4, **settings})
+    idle = base.idle_settings()
+    assert idle and not idle & set(settings)
+    expected = trained_weights(base)
+    for name in sorted(idle):
+        try:
+            changed = QuantizerConfig(**{**dataclasses.asdict(base), name: OTHER_VALUES[name]})
+        except VqkitError:  # refused outright for this quantizer (FSQ has no codebook)
+            continue
+        got = trained_weights(changed)
+        assert got.keys() == expected.keys(), name
+        assert all(torch.equal(got[k], expected[k]) for k in got), name

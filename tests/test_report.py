@@ -30,7 +30,7 @@ from report_helpers import (
 
 from vqkit import runfiles
 from vqkit.errors import VqkitError
-from vqkit.report import write_report
+from vqkit.report import render_report, write_report
 from vqkit.report_html import image
 from vqkit.runinfo import load_run_info
 
@@ -338,3 +338,13 @@ def test_a_plot_is_shown_at_96_css_pixels_per_inch_of_its_own_dpi():
     Image.new("RGB", (300, 120), "white").save(buffer, format="PNG")
     assert 'style="width:192px"' in image(buffer.getvalue(), "plot")  # 300 px at 150 dpi
     assert 'style="width:288px"' in image(buffer.getvalue(), "usage", density=100 / 96)
+
+
+def test_configuration_leaves_out_the_settings_that_change_nothing(full_run):
+    """The efficient preset's codebook learns by its loss: no FSQ levels or EMA settings."""
+    html = render_report(load_run_info(full_run))
+    assert "<td>quantizer.beta</td>" in html and "<td>quantizer.num_embeddings</td>" in html
+    for idle in ("fsq_levels", "ema_decay", "ema_epsilon", "kmeans_iters"):
+        assert f"<td>quantizer.{idle}</td>" not in html, idle
+    # The helper's prior is unconditional: it has no use for the number of classes.
+    assert "<td>conditional</td>" in html and "<td>num_classes</td>" not in html

@@ -182,6 +182,27 @@ class QuantizerConfig:
                 "which has no codebook.",
             )
 
+    def idle_settings(self) -> set[str]:
+        """The fields that change nothing for this quantizer (the report leaves them out). A
+        quantizer of one's own receives every field, so none is idle for it."""
+        codebook = {
+            "num_embeddings", "beta", "codebook_update", "ema_decay", "ema_epsilon",
+            "dead_code_restart", "dead_code_threshold", "codebook_init", "kmeans_iters",
+            "gradient_estimator",
+        }  # fmt: skip
+        if self.quantizer == "fsq":
+            return codebook
+        if self.quantizer != "vq":
+            return set()
+        idle = {"fsq_levels"}
+        if self.codebook_update != "ema":
+            idle |= {"ema_decay", "ema_epsilon", "dead_code_threshold"}
+        if self.dead_code_restart == 0:
+            idle.add("dead_code_threshold")
+        if self.codebook_init != "kmeans":
+            idle.add("kmeans_iters")
+        return idle
+
     def _load_installed_or_refuse(self) -> None:
         """Register the quantizer an installed package offers under this name, or refuse."""
         from vqkit import plugins  # it imports this module

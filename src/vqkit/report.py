@@ -160,7 +160,10 @@ def _settings_tile(name: str, rows: list[tuple[str, str]]) -> str:
 
 
 def _configuration(info: RunInfo) -> Section:
-    tiles = _settings_tables(info.config.to_dict())
+    settings = info.config.to_dict()
+    for name in info.config.model.quantizer.idle_settings():
+        del settings["model"]["quantizer"][name]
+    tiles = _settings_tables(settings)
     damaged = ""
     prior_path = info.path(runfiles.PRIOR_CONFIG)
     if prior_path.exists():
@@ -168,11 +171,16 @@ def _configuration(info: RunInfo) -> Section:
             prior = json.loads(prior_path.read_text())
             if not isinstance(prior, dict):
                 raise ValueError("not an object")
+            if prior.get("conditional") is False:
+                prior.pop("num_classes", None)  # an unconditional prior uses no labels
             tiles.append(_settings_tile("prior", _flatten(prior)))
         except (OSError, ValueError):
             damaged = note(f"{runfiles.PRIOR_CONFIG} is damaged; its settings are not shown.")
     body = f'<div class="grid">{"".join(tiles)}</div>{damaged}'
-    lead = f"Settings in {runfiles.CONFIG}: everything needed to rebuild the model."
+    lead = (
+        f"Settings in {runfiles.CONFIG}: everything needed to rebuild the model (leaving out "
+        "those that change nothing for it, such as FSQ levels of a codebook quantizer)."
+    )
     return Section("configuration", "Configuration", body, lead)
 
 
