@@ -76,14 +76,14 @@ def report_cell(run_dir: Path) -> str:
     except OSError:
         return "no"
     shown = [run_dir / name for name in SHOWN_IN_REPORT]
-    shown += sorted((run_dir / runfiles.FIGURES_DIR).glob("*.png"))
-    changed = []
+    shown += (run_dir / runfiles.FIGURES_DIR).glob("*.png")
     for path in shown:
         try:
-            changed.append(path.stat().st_mtime > written)
+            if path.stat().st_mtime > written:
+                return "outdated"
         except OSError:  # absent: nothing to show
             continue
-    return "outdated" if any(changed) else "yes"
+    return "yes"
 
 
 def run_row(run_dir: Path) -> list[str]:
