@@ -348,3 +348,13 @@ def test_configuration_leaves_out_the_settings_that_change_nothing(full_run):
         assert f"<td>quantizer.{idle}</td>" not in html, idle
     # The helper's prior is unconditional: it has no use for the number of classes.
     assert "<td>conditional</td>" in html and "<td>num_classes</td>" not in html
+
+
+def test_per_class_rows_of_a_dataset_with_named_classes_say_which(full_run, tmp_path):
+    run = copy_run(full_run, tmp_path / "run")
+    assert "<td>prior (digit 3)</td>" in write_report(run).read_text()  # MNIST: digits
+    config = json.loads((run / runfiles.CONFIG).read_text())
+    config["train"]["dataset"] = "fashion-mnist"
+    (run / runfiles.CONFIG).write_text(json.dumps(config))
+    text = write_report(run).read_text()
+    assert "<td>prior (class 3: Dress)</td>" in text and "(digit 3)" not in text
