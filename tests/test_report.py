@@ -25,6 +25,7 @@ from report_helpers import (
     make_full_run,
     open_png,
     parse_page,
+    read_scores,
     train_on,
 )
 
@@ -33,6 +34,7 @@ from vqkit.errors import VqkitError
 from vqkit.report import render_report, write_report
 from vqkit.report_html import image
 from vqkit.runinfo import load_run_info
+from vqkit.score import format_scores
 
 DRAWN_PLOTS = 5  # full run: loss, test MSE, codes used, code usage histogram, prior NLL
 
@@ -353,8 +355,10 @@ def test_configuration_leaves_out_the_settings_that_change_nothing(full_run):
 def test_per_class_rows_of_a_dataset_with_named_classes_say_which(full_run, tmp_path):
     run = copy_run(full_run, tmp_path / "run")
     assert "<td>prior (digit 3)</td>" in write_report(run).read_text()  # MNIST: digits
-    config = json.loads((run / runfiles.CONFIG).read_text())
-    config["train"]["dataset"] = "fashion-mnist"
-    (run / runfiles.CONFIG).write_text(json.dumps(config))
+    for name, edit in ((runfiles.CONFIG, "train"), (runfiles.SCORES, None)):
+        data = json.loads((run / name).read_text())
+        (data[edit] if edit else data)["dataset"] = "fashion-mnist"
+        (run / name).write_text(json.dumps(data))
     text = write_report(run).read_text()
     assert "<td>prior (class 3: Dress)</td>" in text and "(digit 3)" not in text
+    assert "prior (class 9: Ankle boot)" in format_scores(read_scores(run))  # vqkit score too

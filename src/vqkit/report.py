@@ -7,7 +7,6 @@ are missing; a damaged optional file becomes a short note instead of an error.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from collections.abc import Callable
 from datetime import datetime
@@ -19,7 +18,6 @@ import torch
 from vqkit import report_plots, runfiles
 from vqkit.codebook_view import DPI as USAGE_DPI
 from vqkit.codebook_view import plot_usage
-from vqkit.data import INFO
 from vqkit.environment import changed_quantizer_code
 from vqkit.fileio import write_bytes_atomic
 from vqkit.prior import incomplete_prior
@@ -28,6 +26,7 @@ from vqkit.quantize import perplexity
 from vqkit.report_html import Section, cards, esc, fmt, image, note, page, table, table_html
 from vqkit.run_lock import writer_of
 from vqkit.runinfo import RunInfo, headline, load_run_info, number
+from vqkit.score import row_label
 
 # What each sample figure shows, and which scores.json row (exact name, or a name prefix for the
 # per-class rows) scores it.
@@ -345,7 +344,7 @@ def _samples(info: RunInfo) -> Section | None:
                 f"Stale: the prior rows were scored with {info.scores_stale}; the other rows "
                 f"still describe the run's model. Run vqkit score {info.run_dir} again."
             )
-        body += _scores_table(info.scores, _class_names(info))
+        body += _scores_table(info.scores)
     elif runfiles.SCORES in info.notes:
         body += note(f"{runfiles.SCORES} is damaged, so no scores are shown.")
     if not body:
@@ -363,27 +362,11 @@ def _used_draws_like_random(info: RunInfo) -> bool:
     return all(count > 0 for count in usage["counts"])
 
 
-def _class_names(info: RunInfo) -> tuple[str, ...]:
-    """The named classes of the run's dataset; () for digits and for one's own dataset."""
-    dataset = INFO.get(info.config.train.dataset)
-    classes = dataset.classes if dataset is not None else ()
-    return () if classes == tuple(str(d) for d in range(len(classes))) else classes
-
-
-def _row_label(name: str, classes: tuple[str, ...]) -> str:
-    """A score row's name on the page: a per-class row of a dataset with named classes says
-    which (scores.json names such rows 'digit N', as the --digit flag does)."""
-    match = re.fullmatch(r"(.*)\(digit (\d+)\)", name)
-    if match is None or int(match[2]) >= len(classes):
-        return name
-    return f"{match[1]}(class {match[2]}: {classes[int(match[2])]})"
-
-
-def _scores_table(scores: dict[str, Any], classes: tuple[str, ...] = ()) -> str:
+def _scores_table(scores: dict[str, Any]) -> str:
     headers = ["images", "n"] + [label for _, label in SCORE_COLUMNS]
     rows = [
         [
-            _row_label(row["name"], classes),
+            row_label(row["name"], scores.get("dataset")),
             _count(row),
             *(number(row.get(key)) for key, _ in SCORE_COLUMNS),
         ]

@@ -16,6 +16,7 @@ evaluation classifier (``vqkit.classifier``) judges the images next to real ones
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from vqkit.checkpoint import (
 )
 from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_train_classifier
 from vqkit.codes_io import decode_codes, encode_images
-from vqkit.data import dataset_classes, load_split
+from vqkit.data import INFO, dataset_classes, load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import write_json_atomic
@@ -301,15 +302,27 @@ def _prior_classes(run_dir: Path | None) -> int | None:
     return config.num_classes if config.conditional else None
 
 
+def row_label(name: str, dataset: str | None) -> str:
+    """A score row's name for people: a per-class row of a dataset with named classes says
+    which (scores.json names such rows 'digit N', as the --digit flag does)."""
+    match = re.fullmatch(r"(.*)\(digit (\d+)\)", name)
+    info = INFO.get(dataset) if isinstance(dataset, str) else None
+    if match is None or info is None or int(match[2]) >= len(info.classes):
+        return name
+    label = info.classes[int(match[2])]
+    return name if label == match[2] else f"{match[1]}(class {match[2]}: {label})"
+
+
 def format_scores(scores: dict[str, Any]) -> str:
     """The scores as a fixed-width table (one row per image set)."""
-    header = f"{'images':<24} {'n':>6} {'FID':>9} {'confidence':>10} {'IS':>6} {'label acc':>9}"
+    header = f"{'images':<28} {'n':>6} {'FID':>9} {'confidence':>10} {'IS':>6} {'label acc':>9}"
     lines = [header, "-" * len(header)]
     for row in scores["rows"]:
         accuracy = "" if row["label_accuracy"] is None else f"{row['label_accuracy']:.1%}"
         count = row.get("images", "")
+        name = row_label(row["name"], scores.get("dataset"))
         lines.append(
-            f"{row['name']:<24} {count:>6} {row['fid']:>9.2f} {row['confidence']:>10.3f} "
+            f"{name:<28} {count:>6} {row['fid']:>9.2f} {row['confidence']:>10.3f} "
             f"{row['inception_score']:>6.2f} {accuracy:>9}"
         )
     lines.append(
