@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vqkit import arguments, runfiles, train_state
+from vqkit import arguments, runfiles
 from vqkit.classifier import ClassifierConfig
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
 from vqkit.config import PRECISIONS, PRESETS, preset_config, require_typed_settings
@@ -31,7 +31,7 @@ from vqkit.prior import PriorConfig
 from vqkit.prior_training import train_prior
 from vqkit.provenance import stamp
 from vqkit.report import write_report
-from vqkit.run_folder import default_run_dir
+from vqkit.run_folder import default_run_dir, holds_trained_run
 from vqkit.run_lock import RunLock
 from vqkit.score import score_run
 from vqkit.training import train
@@ -136,7 +136,7 @@ def run_demo(
     resolve_device(device)  # a bad --device is refused before the first stage is announced
     # Created by train, once it has checked everything: a refused demo leaves no folder behind.
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
-    if train_state.exists(run_dir) or (run_dir / runfiles.WEIGHTS).exists():
+    if holds_trained_run(run_dir):
         raise VqkitError(
             f"The folder '{run_dir}' already holds a trained run, and the demo trains its own; "
             "choose another --out."

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from vqkit import distributed, environment, runfiles, train_state
-from vqkit.checkpoint import load_config, run_path, save_config
+from vqkit.checkpoint import load_config, require_run_folder, run_path, save_config
 from vqkit.config import RunConfig
 from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
@@ -75,10 +75,10 @@ def prepare_run_dir(
     if run_dir is not None and not str(run_dir).strip():
         raise VqkitError("The run folder name is empty; give a folder (--out or --resume).")
     if resume:
-        if run_dir is None or not Path(run_dir).is_dir():
-            missing = "is not a folder" if Path(str(run_dir)).exists() else "does not exist"
-            raise VqkitError(f"The run folder '{run_dir}' to resume {missing}.")
+        if run_dir is None:
+            raise VqkitError("A resume needs the run folder to continue (--resume RUN_DIR).")
         path = Path(run_dir)
+        require_run_folder(path)
     else:
         chosen = run_dir if run_dir is not None else default_run_dir(config)
         path = Path(distributed.broadcast_text(context, str(chosen), device))
@@ -148,9 +148,14 @@ def _refuse_taken_or_unusable(path: Path) -> None:
         raise VqkitError(f"Cannot use '{path}' as a run folder: {exc.strerror}.") from exc
 
 
+def holds_trained_run(path: Path) -> bool:
+    """Whether a folder holds a run that has saved weights or a resumable state."""
+    return train_state.exists(path) or run_path(path, runfiles.WEIGHTS).exists()
+
+
 def _refuse_taken(path: Path) -> None:
     """Refuse a new run's folder that holds another run's files or lies inside another run."""
-    if train_state.exists(path) or run_path(path, runfiles.WEIGHTS).exists():
+    if holds_trained_run(path):
         raise VqkitError(
             f"The folder '{path}' already holds a trained run; continue it with "
             f"vqkit train --resume {path} or choose another --out."

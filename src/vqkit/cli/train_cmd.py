@@ -257,38 +257,25 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def refuse_inert_flags(args: argparse.Namespace, quantizer: QuantizerConfig) -> None:
     """Refuse a quantizer flag given where it does nothing: it would be saved in config.json
     and a sweep over it would train the same model again and again."""
-    needs = {  # flag dest: (flag, whether it acts here, what it needs)
-        "ema_decay": (
-            "--ema-decay",
-            quantizer.codebook_update == "ema",
-            "--codebook-update ema",
-        ),
+    needs = {  # flag dest: (flag, what makes it act); whether it acts: idle_settings()
+        "ema_decay": ("--ema-decay", "--codebook-update ema"),
         "dead_code_threshold": (
             "--dead-code-threshold",
-            quantizer.codebook_update == "ema" and quantizer.dead_code_restart > 0,
             "--codebook-update ema and --dead-code-restart N (it restarts codes whose EMA "
             "cluster size falls below it)",
         ),
-        "kmeans_iters": (
-            "--kmeans-iters",
-            quantizer.codebook_init == "kmeans",
-            "--codebook-init kmeans",
-        ),
-        # A quantizer of one's own receives the whole QuantizerConfig: either may matter to it.
+        "kmeans_iters": ("--kmeans-iters", "--codebook-init kmeans"),
         "num_embeddings": (
             "--num-embeddings",
-            quantizer.quantizer != "fsq",
             "--quantizer vq (FSQ has as many codes as --fsq-levels multiply to)",
         ),
-        "fsq_levels": ("--fsq-levels", quantizer.quantizer != "vq", "--quantizer fsq"),
-        "beta": (
-            "--beta",
-            quantizer.quantizer != "fsq",
-            "--quantizer vq (FSQ has no commitment loss)",
-        ),
+        "fsq_levels": ("--fsq-levels", "--quantizer fsq"),
+        "beta": ("--beta", "--quantizer vq (FSQ has no commitment loss)"),
     }
-    for dest, (flag, acts, needed) in needs.items():
-        if getattr(args, dest, None) is not None and not acts:
+    # A quantizer of one's own receives the whole QuantizerConfig: none of its fields is idle.
+    idle = quantizer.idle_settings()
+    for dest, (flag, needed) in needs.items():
+        if getattr(args, dest, None) is not None and dest in idle:
             raise VqkitError(f"{flag} does nothing without {needed}; drop it or add that.")
 
 

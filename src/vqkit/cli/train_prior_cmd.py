@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vqkit.checkpoint import require_run_folder
 from vqkit.cli.common import (
     add_command,
     add_device_flag,
@@ -16,7 +17,6 @@ from vqkit.cli.common import (
     seed,
 )
 from vqkit.config import PRECISIONS
-from vqkit.errors import VqkitError
 from vqkit.prior import PriorConfig, load_prior_config
 from vqkit.prior_training import RESUME_FIELDS, require_prior_state, train_prior
 from vqkit.run_lock import require_no_writer
@@ -128,9 +128,7 @@ def config_from_args(args: argparse.Namespace) -> PriorConfig:
 def resume_config_from_args(args: argparse.Namespace) -> PriorConfig:
     """The stored settings of the prior to resume, with the flags --resume allows applied;
     flags that would change what it learns are refused (repeating the stored value is fine)."""
-    if not Path(args.run_dir).is_dir():
-        missing = "is not a folder" if Path(args.run_dir).exists() else "does not exist"
-        raise VqkitError(f"The run folder '{args.run_dir}' to resume {missing}.")
+    require_run_folder(Path(args.run_dir))
     require_no_writer(args.run_dir)  # its state may be half-way through a change
     require_prior_state(args.run_dir)
     stored = load_prior_config(args.run_dir)
