@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vqkit.cli import main
 
 
@@ -14,4 +16,14 @@ def fails_cleanly(capsys, argv: list, *fragments: str) -> str:
     assert "Traceback" not in err and err.endswith("."), err
     for fragment in fragments:
         assert fragment in err, err
+    return err
+
+
+def refused_by_parser(capsys, argv: list, fragment: str) -> str:
+    """argparse's refusal: exit status 2 and one error line holding ``fragment``."""
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2, err
+    assert "Traceback" not in err and "\n" not in err and fragment in err, err
     return err

@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from cli_helpers import fails_cleanly
+from cli_helpers import fails_cleanly, refused_by_parser
 
 from vqkit import runfiles
 from vqkit.checkpoint import load_model
@@ -33,7 +33,7 @@ BEYOND_64_BITS = str(2**64)
 @pytest.mark.parametrize(
     "flags",
     [
-        ["--batch-size", BEYOND_64_BITS],
+        ["--kmeans-iters", BEYOND_64_BITS],
         ["--hidden-dim", BEYOND_64_BITS],
         ["--num-embeddings", BEYOND_64_BITS],
         ["--dead-code-restart", BEYOND_64_BITS],
@@ -45,6 +45,12 @@ def test_a_whole_number_beyond_64_bits_is_refused_before_any_folder(flags, tmp_p
     fails_cleanly(
         capsys, ["train", *TINY, *flags, "--out", tmp_path / "run"], "must fit a 64-bit integer"
     )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_count_beyond_64_bits_is_refused_by_the_parser(tmp_path, capsys):
+    argv = ["train", *TINY, "--batch-size", BEYOND_64_BITS, "--out", tmp_path / "run"]
+    refused_by_parser(capsys, argv, "--batch-size: must fit a 64-bit integer")
     assert not (tmp_path / "run").exists()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import fails_cleanly
+from cli_helpers import fails_cleanly, refused_by_parser
 from PIL import Image
 from process_helpers import child_env, vqkit_command
 
@@ -201,10 +201,6 @@ def test_training_into_a_folder_of_ones_own_files_is_refused(tmp_path, capsys):
 # --- flags ---------------------------------------------------------------------------------
 
 BAD_FLAGS = [
-    (["--epochs", "0"], "epochs"),
-    (["--epochs", "-3"], "epochs"),
-    (["--batch-size", "0"], "batch size"),
-    (["--batch-size", "-1"], "batch size"),
     (["--lr", "0"], "learning rate"),
     (["--lr", "-0.001"], "learning rate"),
     (["--lr", "nan"], "learning rate"),
@@ -213,8 +209,6 @@ BAD_FLAGS = [
     (["--hidden-dim", "0"], "hidden width"),
     (["--embedding-dim", "-2"], "embedding dimension"),
     (["--num-embeddings", "1"], "at least 2 codes"),
-    (["--train-limit", "0"], "--train-limit"),
-    (["--eval-batch-size", "0"], "evaluation batch size"),
     (["--checkpoint-every", "0"], "--checkpoint-every"),
     (["--skip-nonfinite", "-1"], "--skip-nonfinite"),
     (["--lr-schedule", "onecycle", "--warmup-fraction", "2"], "(--warmup-fraction)"),
@@ -226,6 +220,27 @@ BAD_FLAGS = [
 def test_out_of_range_flags(flags, fragment, tmp_path, capsys):
     fails_cleanly(capsys, ["train", *TINY, *flags, "--out", str(tmp_path / "run")], fragment)
     assert not (tmp_path / "run").exists()
+
+
+# Counts are refused while the command line is read, in the words train-prior uses too.
+COUNT_FLAGS = ["--epochs", "--batch-size", "--eval-batch-size", "--train-limit", "--test-limit"]
+
+
+@pytest.mark.parametrize("flag", COUNT_FLAGS)
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_counts_below_one_are_refused_by_the_parser(flag, value, tmp_path, capsys):
+    argv = ["train", *TINY, flag, value, "--out", tmp_path / "run"]
+    refused_by_parser(capsys, argv, f"argument {flag}: must be a whole number >= 1, not {value}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_and_train_prior_word_a_zero_test_limit_alike(tmp_path, capsys):
+    def reason(err: str) -> str:  # the sentence between the command's name and its help hint
+        return err.split(" error: ", 1)[1].split(" (see ", 1)[0]
+
+    train_err = refused_by_parser(capsys, ["train", "--test-limit", "0"], "--test-limit")
+    prior_err = refused_by_parser(capsys, ["train-prior", tmp_path, "--test-limit", "0"], "--test")
+    assert reason(train_err) == reason(prior_err)
 
 
 # --- output folder and disk ----------------------------------------------------------------
@@ -286,10 +301,10 @@ def test_full_disk_keeps_everything_saved_and_resumes(monkeypatch, tmp_path, cap
     "argv",
     [
         ["evaluate", "no/such/run"],
-        ["train", "--epochs", "0"],
+        ["train", "--lr", "0"],
         ["train", "--resume", "no/such/run"],
     ],
-    ids=["missing-run", "zero-epochs", "resume-missing"],
+    ids=["missing-run", "zero-learning-rate", "resume-missing"],
 )
 def test_failures_in_a_real_process(argv, tmp_path):
     done = subprocess.run(

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import fails_cleanly
+from cli_helpers import fails_cleanly, refused_by_parser
 
 from vqkit.checkpoint import load_config
 from vqkit.cli import build_parser, main
@@ -22,15 +22,6 @@ TINY = [
     "--embedding-dim", "8", "--num-embeddings", "16", "--quiet", "--device", "cpu",
 ]  # fmt: skip
 SEED_RULE = "must be a whole number from -2**63 to 2**63 - 1"
-
-
-def refused_by_parser(capsys, argv: list[str], fragment: str) -> None:
-    """argparse's refusal: exit status 2 and one error line holding ``fragment``."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    err = capsys.readouterr().err.strip()
-    assert info.value.code == 2, err
-    assert "Traceback" not in err and "\n" not in err and fragment in err, err
 
 
 def edited(section: str, field: str, value) -> dict:

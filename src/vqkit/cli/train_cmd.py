@@ -12,6 +12,7 @@ from vqkit.cli.common import (
     add_device_flag,
     add_reliability_flags,
     int_list,
+    positive_int,
     refuse_resume_conflicts,
     report_interrupted,
     say_nothing_was_trained,
@@ -148,13 +149,17 @@ def register(subparsers) -> None:
     add_device_flag(parser)
     group = parser.add_argument_group("training")
     for flag, kind, text in (
-        ("--epochs", int, "passes over the training set (default: the preset's)"),
-        ("--batch-size", int, "images per step over all processes (default: the preset's)"),
+        ("--epochs", positive_int, "passes over the training set (default: the preset's)"),
+        (
+            "--batch-size",
+            positive_int,
+            "images per step over all processes (default: the preset's)",
+        ),
         ("--lr", float, "Adam learning rate"),
         ("--seed", seed, "seeds the weights, the data order and the codebook (default 0)"),
-        ("--eval-batch-size", int, "images per batch when evaluating (default 1000)"),
-        ("--train-limit", int, "train on the first N images only"),
-        ("--test-limit", int, "evaluate on the first N test images only"),
+        ("--eval-batch-size", positive_int, "images per batch when evaluating (default 1000)"),
+        ("--train-limit", positive_int, "train on the first N images only"),
+        ("--test-limit", positive_int, "evaluate on the first N test images only"),
     ):
         group.add_argument(flag, type=kind, help=text)
     group = parser.add_argument_group("speed")
