@@ -70,6 +70,11 @@ def test_codes_decode_to_the_latents_seen_in_training(dim):
     assert torch.equal(quantizer.quantize_codes(z), out.codes)
     torch.testing.assert_close(quantizer.codes_to_latents(out.codes), out.quantized)
     assert int(out.code_counts.sum()) == 3 * 49 and len(out.code_counts) == 1000
+    # Each code's count is how many of the 147 positions hold it, tallied one by one.
+    tally = [0] * 1000
+    for code in out.codes.flatten().tolist():
+        tally[code] += 1
+    assert out.code_counts.tolist() == tally
     assert float(out.loss) == 0.0
 
 

@@ -149,7 +149,9 @@ def test_cache_is_read_back_and_validated(usage_run, tmp_path):
         assert (_cached_counts(run_dir, model) is not None) == served
     # refresh=True counts again even over a valid, newer cache, and rewrites it.
     write_json_atomic(path, {"split": "train", "images": 1, "counts": fake})
+    model.train()  # counting switches to eval mode and must switch back afterwards
     counts = code_usage(run_dir, model, refresh=True)
+    assert model.training
     assert torch.equal(counts, usage_run[1])
     assert json.loads(path.read_text())["counts"] == usage_run[1].tolist()
 

@@ -14,6 +14,7 @@ from vqkit.interpolate import (
     interpolate_latent,
     interpolation,
     interpolation_strip,
+    patch_switch_codes,
 )
 from vqkit.model import VQVAE
 
@@ -78,6 +79,22 @@ def test_wipe_switches_in_raster_order():
         assert torch.equal(frame, expected)
 
 
+def test_patches_switch_in_the_given_order():
+    # Step i of 5 switches round(i/4 · 4) = i patches: those at order[0], ..., order[i-1].
+    a = torch.zeros(2, 2, dtype=torch.long)
+    b = torch.tensor([[1, 2], [3, 4]])
+    order = torch.tensor([2, 0, 3, 1])  # bottom-left, top-left, bottom-right, top-right
+    frames = patch_switch_codes(a, b, order, 5)
+    expected = [
+        [[0, 0], [0, 0]],
+        [[0, 0], [3, 0]],
+        [[1, 0], [3, 0]],
+        [[1, 0], [3, 4]],
+        [[1, 2], [3, 4]],
+    ]
+    assert frames.tolist() == expected
+
+
 def test_crossfade_order_depends_on_seed_only():
     a, b = torch.zeros(7, 7, dtype=torch.long), torch.ones(7, 7, dtype=torch.long)
     one = interpolate_codes(a, b, 5, "crossfade", torch.Generator().manual_seed(1))
@@ -101,6 +118,19 @@ def test_latent_ends_equal_encode(model_and_pair, steps):
         expected = model.encode(torch.stack([image_a, image_b]))
     assert frames.shape == (steps, 7, 7)
     assert torch.equal(frames[0], expected[0]) and torch.equal(frames[-1], expected[1])
+
+
+def test_latent_midpoint_is_the_nearest_code_to_the_mean_encoding(model_and_pair):
+    # With 3 steps the middle one is t = 1/2: the codes of (z_A + z_B) / 2, found here by brute
+    # force over the codebook at every grid position.
+    model, image_a, image_b = model_and_pair
+    middle = interpolate_latent(model, image_a, image_b, 3)[1]
+    with torch.no_grad():
+        z_a, z_b = model.encoder(model.model_input(torch.stack([image_a, image_b])))
+    mean = ((z_a + z_b) / 2).double()  # (D, h, w)
+    codebook = model.quantizer.codebook.detach().double()  # (K, D)
+    distances = (mean.unsqueeze(0) - codebook[:, :, None, None]).pow(2).sum(dim=1)  # (K, h, w)
+    assert torch.equal(middle, distances.argmin(dim=0))
 
 
 @pytest.mark.parametrize("mode", ["crossfade", "wipe", "latent"])

@@ -33,7 +33,9 @@ def test_evaluate_reconstruction_matches_a_per_image_recomputation():
         ModelConfig(hidden_dim=8, quantizer=QuantizerConfig(num_embeddings=6, embedding_dim=4))
     )
     images = torch.randint(0, 256, (10, 28, 28), dtype=torch.uint8)
+    model.train()  # evaluation switches to eval mode and must switch back afterwards
     metrics = evaluate_reconstruction(model, images, batch_size=3)
+    assert model.training
 
     squared_error, codes = 0.0, []
     model.eval()
@@ -51,3 +53,6 @@ def test_evaluate_reconstruction_matches_a_per_image_recomputation():
     assert metrics["codes_used"] == int((counts > 0).sum())
     assert metrics["dead_codes"] == 6 - metrics["codes_used"]
     assert metrics["perplexity"] == pytest.approx(float(torch.exp(-(share * share.log()).sum())))
+    # 6 codes on a 7×7 grid: 49 · log2(6) bits per image.
+    assert metrics["bits_per_image"] == pytest.approx(49 * math.log(6, 2))
+    assert metrics["num_codes"] == 6

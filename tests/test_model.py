@@ -6,8 +6,9 @@ import copy
 
 import pytest
 import torch
+from safetensors.torch import save as save_safetensors
 
-from vqkit.checkpoint import load_model, save_config, save_weights
+from vqkit.checkpoint import load_model, load_weights_into, save_config, save_weights
 from vqkit.config import ModelConfig, QuantizerConfig, RunConfig, preset_config
 from vqkit.errors import VqkitError
 from vqkit.model import VQVAE
@@ -110,6 +111,18 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     assert torch.equal(a.reconstruction, b.reconstruction) and torch.equal(a.codes, b.codes)
     assert RunConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
     assert VQVAE.from_run(tmp_path).training is False
+
+
+def test_weights_stored_in_another_dtype_are_refused(tmp_path):
+    # A float64 codebook in a float32 model's file: loading would silently round it, so the
+    # file is called damaged instead.
+    model = VQVAE(ModelConfig(hidden_dim=8, quantizer=QuantizerConfig(8, 4)))
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    tensors["quantizer.codebook"] = tensors["quantizer.codebook"].double()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(save_safetensors(tensors))
+    with pytest.raises(VqkitError, match="'quantizer.codebook' is stored as torch.float64"):
+        load_weights_into(model, path, "model weights file")
 
 
 @pytest.mark.parametrize("quantizer", ["vq", "fsq"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vqkit.errors import VqkitError
-from vqkit.prior import PixelCNNPrior, PriorConfig, restrict_logits, sample_prior
+from vqkit.prior import PixelCNNPrior, PriorConfig, gate, restrict_logits, sample_prior
 from vqkit.prior_loop import prior_loss
 from vqkit.prior_training import CodeSet, evaluate_nll
 
@@ -96,6 +96,45 @@ def test_mask_a_would_be_caught():
     prior.layers[0].first = False  # the first horizontal layer now sees its own position
     grad = input_gradients(prior, random_codes(1), None)[0, 3 * GRID + 3]
     assert grad[3, 3] > 0
+
+
+def test_gate_is_tanh_of_the_first_half_times_sigmoid_of_the_second():
+    # Channels 0-1 are a, channels 2-3 are b: tanh(a) · sigmoid(b), by hand.
+    x = torch.tensor([0.5, -1.0, 0.0, 2.0]).view(1, 4, 1, 1)
+    expected = [math.tanh(0.5) * 0.5, math.tanh(-1.0) / (1 + math.exp(-2.0))]
+    torch.testing.assert_close(gate(x).flatten(), torch.tensor(expected))
+
+
+def test_the_label_bias_reaches_the_logits_through_both_stacks():
+    # Every layer's horizontal gate bias acts on the logits; every vertical gate bias but the
+    # last layer's does too (the last vertical output feeds no further layer). Dropping the
+    # vertical bias would leave conditioning working through the horizontal stack alone.
+    prior = tiny_prior(True, layers=3)
+    prior(random_codes(2), torch.tensor([0, 2])).sum().backward()
+    grad = prior.label_bias.weight.grad.view(3, prior.config.layers, 2, -1)  # class, layer, stack
+    per_gate = grad.abs().sum(dim=(0, 3))  # (layers, 2)
+    assert torch.all(per_gate[:, 1] > 0), "a horizontal gate ignores the label"
+    assert torch.all(per_gate[:-1, 0] > 0), "a vertical gate ignores the label"
+    assert per_gate[-1, 0] == 0
+
+
+def test_dropout_acts_in_training_and_not_in_evaluation():
+    prior = tiny_prior(False)  # dropout 0.5
+    codes = random_codes(2)
+    with torch.no_grad():
+        evaluated = prior(codes)
+        assert torch.equal(prior(codes), evaluated)
+        prior.train()
+        torch.manual_seed(0)
+        trained = prior(codes)
+    assert not torch.allclose(trained, evaluated)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_sampling_leaves_the_prior_in_the_mode_it_found(training):
+    prior = tiny_prior(False).train(training)
+    sample_prior(prior, 2, torch.Generator().manual_seed(0))
+    assert prior.training == training
 
 
 @pytest.mark.parametrize("conditional", [False, True])

@@ -59,6 +59,21 @@ def test_forward_returns_nearest_codes_and_their_vectors():
     assert torch.equal(out.code_counts, torch.bincount(out.codes.flatten(), minlength=16))
 
 
+def test_quantize_codes_match_brute_force_at_every_grid_position():
+    # A non-square grid (3 rows, 5 columns): reading the latents in the wrong axis order would
+    # still give 15 valid codes, but not each one at its own (row, column).
+    quantizer = make_quantizer()
+    z = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(4))
+    codebook = quantizer.codebook.detach().double().numpy()
+    codes = quantizer.quantize_codes(z)
+    assert codes.shape == (2, 3, 5)
+    for b in range(2):
+        for row in range(3):
+            for col in range(5):
+                vector = z[b, :, row, col].double().numpy()[None]
+                assert int(codes[b, row, col]) == brute_force_nearest(vector, codebook)[0]
+
+
 def test_loss_equals_codebook_plus_beta_commitment_formula():
     beta = 0.4
     quantizer = make_quantizer(beta=beta)

@@ -11,7 +11,7 @@ import torch
 from vqkit import classifier as classifier_module
 from vqkit.classifier import ClassifierConfig, classify, load_or_train_classifier
 from vqkit.errors import VqkitError
-from vqkit.score import feature_statistics, frechet_distance, inception_score
+from vqkit.score import feature_statistics, frechet_distance, inception_score, score_images
 
 TINY_CLASSIFIER = ClassifierConfig(
     channels=(4, 8), features=16, epochs=2, batch_size=32, train_limit=2000
@@ -64,6 +64,41 @@ def test_statistics_of_samples_approach_the_population_distance():
     a = feature_statistics(gaussian_samples(mean1, cov1, 40000, 2))
     b = feature_statistics(gaussian_samples(mean2, cov2, 40000, 3))
     assert frechet_distance(*a, *b) == pytest.approx(expected, rel=0.03)
+
+
+def test_feature_statistics_by_hand():
+    # Two images: mean (1, 1); unbiased covariance divides by N - 1 = 1, so the variances of
+    # (0, 2) and (3, -1) are 2 and 8 and their covariance -4 (a biased one would halve them).
+    mean, cov = feature_statistics(np.array([[0.0, 3.0], [2.0, -1.0]]))
+    np.testing.assert_allclose(mean, [1.0, 1.0])
+    np.testing.assert_allclose(cov, [[2.0, -4.0], [-4.0, 8.0]])
+
+
+def test_fewer_images_than_features_give_a_finite_distance():
+    # 3 images of 6 features: the covariances have rank 2, and rounding leaves eigenvalues a
+    # hair below zero, whose square roots would be NaN. The same set shifted by s has the same
+    # covariance, so the distance is exactly |s|² (the trace terms cancel).
+    features = np.random.default_rng(0).normal(size=(3, 6))
+    shift = np.array([1.0, -2.0, 0.0, 0.5, 0.0, 3.0])
+    same = feature_statistics(features)
+    assert frechet_distance(*same, *same) == pytest.approx(0.0, abs=1e-6)
+    shifted = feature_statistics(features + shift)
+    assert frechet_distance(*same, *shifted) == pytest.approx(float(shift @ shift), abs=1e-6)
+
+
+def test_score_images_by_hand():
+    # Three images of three classes: predicted 1, 0, 0 against labels 1, 1, 0; largest
+    # probabilities 0.6, 0.9, 0.5. The reference is the set's own statistics: FID 0.
+    features = torch.tensor([[0.0, 3.0], [2.0, -1.0], [1.0, 1.0]])
+    probabilities = torch.tensor([[0.3, 0.6, 0.1], [0.9, 0.06, 0.04], [0.5, 0.1, 0.4]])
+    reference = feature_statistics(features.numpy())
+    row = score_images("set", features, probabilities, reference, torch.tensor([1, 1, 0]))
+    assert row["name"] == "set" and row["images"] == 3
+    assert row["label_accuracy"] == pytest.approx(2 / 3)
+    assert row["confidence"] == pytest.approx((0.6 + 0.9 + 0.5) / 3)
+    assert row["fid"] == pytest.approx(0.0, abs=1e-9)
+    assert row["inception_score"] == pytest.approx(inception_score(probabilities.numpy()))
+    assert score_images("set", features, probabilities, reference)["label_accuracy"] is None
 
 
 def test_feature_statistics_needs_two_images():

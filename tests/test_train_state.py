@@ -7,8 +7,10 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save as save_safetensors
 
 from vqkit import runfiles, train_state
+from vqkit.checkpoint import read_tensors_and_metadata
 from vqkit.config import ModelConfig, QuantizerConfig, preset_config
 from vqkit.errors import VqkitError
 from vqkit.model import VQVAE
@@ -82,6 +84,31 @@ def test_state_for_another_model_size_is_refused(tmp_path):
     bigger_optimizer = torch.optim.Adam(bigger.parameters())
     with pytest.raises(VqkitError, match="does not fit"):
         train_state.load(tmp_path, bigger, bigger_optimizer, torch.Generator())
+
+
+def test_negative_counters_are_refused_as_damage(tmp_path):
+    model, optimizer, _, order = training_objects(0)
+    position = Position(epochs_done=2, step=-1)  # no run can have taken -1 batches
+    train_state.save(tmp_path, position, model, optimizer, order.get_state(), torch.zeros(()))
+    with pytest.raises(VqkitError, match="damaged"):
+        train_state.load(tmp_path, model, optimizer, torch.Generator())
+
+
+def test_an_adam_moment_of_the_wrong_shape_is_refused_as_damage(tmp_path):
+    # A one-element moment would broadcast silently over its parameter when copied in; the
+    # shape check must call the file damaged instead.
+    model, optimizer, scheduler, order = training_objects(0)
+    step(model, optimizer, scheduler, torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8))
+    train_state.save(tmp_path, Position(), model, optimizer, order.get_state(), torch.zeros(()))
+    path = tmp_path / runfiles.TRAIN_STATE
+    tensors, metadata = read_tensors_and_metadata(path, "state")
+    name = "optimizer/0/exp_avg"
+    assert tensors[name].numel() > 1
+    tensors[name] = tensors[name].flatten()[:1].clone()
+    path.write_bytes(save_safetensors(tensors, metadata))
+    fresh, fresh_optimizer, _, fresh_order = training_objects(1)
+    with pytest.raises(VqkitError, match="damaged"):
+        train_state.load(tmp_path, fresh, fresh_optimizer, fresh_order)
 
 
 def test_state_from_a_future_version_is_refused(tmp_path):

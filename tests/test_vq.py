@@ -168,6 +168,25 @@ def test_restarts_from_a_batch_smaller_than_the_codebook_reuse_its_rows():
         assert (batch == quantizer.codebook[code]).all(dim=1).any()
 
 
+def test_restarts_from_a_batch_as_large_as_the_codebook_land_on_distinct_rows():
+    # Eight codes (seven dead) and a batch of eight rows: enough rows to draw without
+    # replacement, so the seven restarted codes are seven different rows. Drawn with
+    # replacement, that happens with chance 8!/8^7 (2%); two codes on one row would split its
+    # assignments and leave the other codes' rows unserved.
+    torch.manual_seed(5)
+    quantizer = build_quantizer(
+        health_config(codebook_update="loss", codebook_init="uniform", dead_code_restart=1)
+    )
+    batch = torch.randn(8, 4)
+    set_codebook(quantizer, torch.cat([batch.mean(0, keepdim=True), torch.full((7, 4), 100.0)]))
+    quantizer.train()
+    quantizer(as_latents(batch))
+    assert int(quantizer.restart_count) == 7
+    rows = {tuple(row) for row in batch.tolist()}
+    restarted = [tuple(row) for row in quantizer.codebook.detach()[1:].tolist()]
+    assert set(restarted) <= rows and len(set(restarted)) == 7
+
+
 def test_restart_waits_for_the_window():
     quantizer = build_quantizer(health_config(codebook_init="uniform", dead_code_restart=3))
     batch = torch.randn(10, 4)
@@ -251,6 +270,16 @@ def test_kmeans_ends_at_a_lloyd_fixed_point():
     assert error < 0.1
 
 
+def test_one_lloyd_iteration_moves_the_seeds_to_their_cluster_means():
+    # Two tight pairs far apart: k-means++ seeds one row of each pair (the other pair lies
+    # ~10^4 times farther in squared distance), and one Lloyd step moves each seed to its
+    # pair's mean, a point that is not a data row. Without the step the seeds stay data rows.
+    data = torch.tensor([[0.0], [1.0], [100.0], [101.0]])
+    torch.manual_seed(0)
+    centroids = kmeans(data, num_clusters=2, iterations=1)
+    assert sorted(centroids.flatten().tolist()) == [0.5, 100.5]
+
+
 def test_kmeans_runs_once():
     quantizer = build_quantizer(health_config(codebook_update="loss", dead_code_restart=0)).train()
     quantizer(torch.randn(2, 4, 4, 4))
@@ -273,15 +302,16 @@ def test_a_non_finite_first_batch_leaves_the_kmeans_init_to_the_next():
     assert float(quantizer.codebook.detach().abs().max()) <= float(clean.abs().max())
 
 
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("update", ["loss", "ema"])
-def test_non_finite_batch_leaves_every_statistic_unchanged(update):
+def test_non_finite_batch_leaves_every_statistic_unchanged(update, bad_value):
     torch.manual_seed(3)
     config = health_config(codebook_update=update, codebook_init="uniform", dead_code_restart=1)
     quantizer = build_quantizer(config).train()
     quantizer(torch.randn(2, 4, 3, 3))  # one healthy step so every state is non-trivial
     before = {k: v.clone() for k, v in quantizer.state_dict().items()}
     poisoned = torch.randn(2, 4, 3, 3)
-    poisoned[1, 2, 0, 1] = float("nan")
+    poisoned[1, 2, 0, 1] = bad_value
     quantizer(poisoned)
     for name, tensor in quantizer.state_dict().items():
         assert torch.equal(tensor, before[name]), name
