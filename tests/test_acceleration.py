@@ -125,7 +125,10 @@ def test_channels_last_changes_layout_not_results_and_weights_save_plainly(tmp_p
     config.train.channels_last = True
     stepper = prepare_model(fast, config.train)
     assert stepper is fast  # not compiled: the model itself
-    assert fast.encoder.net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    # A layer with several input channels: with one, as in the first layer, a plain weight is
+    # channels-last contiguous too, and the check could not fail.
+    weight = fast.encoder.net[2].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.allclose(plain(images).reconstruction, fast(images).reconstruction, atol=1e-5)

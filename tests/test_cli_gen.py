@@ -13,9 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from vqkit import runfiles
+from vqkit import codebook_view, runfiles
 from vqkit.cli import main
-from vqkit.codebook_view import ATLAS_SCALE, CODEMAP_IMAGES, CODEMAP_SCALE, DPI, USAGE_FIGSIZE
+from vqkit.codebook_view import (
+    ATLAS_SCALE,
+    CODEMAP_IMAGES,
+    CODEMAP_SCALE,
+    DPI,
+    USAGE_FIGSIZE,
+    tile_origin,
+)
 from vqkit.data import load_split
 from vqkit.generate import strategies
 from vqkit.images import tile, to_uint8
@@ -226,6 +233,29 @@ def test_codebook_atlas_tiles_are_the_decoded_filled_grids(model, tmp_path):
             grid = torch.full((1, 7, 7), code)
             # Equal up to rounding: oneDNN may sum in another order for another batch size.
             torch.testing.assert_close(tile_image, model.decode(grid)[0, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_tile_origin_is_where_tile_puts_each_image():
+    # The atlas and code-map labels are drawn at tile_origin: it must name the corner tile()
+    # painted. Seven distinct 3x5 images in 3 columns: a wrong row/column split shows.
+    images = torch.arange(1, 8, dtype=torch.uint8).view(7, 1, 1).expand(7, 3, 3).contiguous()
+    canvas = tile(images, columns=3)
+    for index in range(7):
+        x, y = tile_origin(index, columns=3, size=3)
+        assert (canvas[y : y + 3, x : x + 3] == index + 1).all(), index
+
+
+def test_the_atlas_shows_the_used_codes_most_used_first(monkeypatch, tmp_path):
+    drawn = []
+
+    def blank_tiles(model, codes):
+        drawn.extend(codes.tolist())
+        return torch.zeros(codes.numel(), 28, 28)
+
+    monkeypatch.setattr(codebook_view, "code_atlas", blank_tiles)
+    counts = torch.tensor([0, 5, 2, 9, 0, 5])
+    codebook_view.plot_atlas(None, counts, tmp_path / "atlas.png")
+    assert drawn == [3, 1, 5, 2]  # ties keep code order; dead codes 0 and 4 are left out
 
 
 def test_real_subprocess_encode_then_bad_decode(run_dir, tmp_path):

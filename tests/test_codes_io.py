@@ -147,6 +147,12 @@ def test_resolve_references(tmp_path, fake_test, digit_pixels):
     assert int(resolve_image("test:9", lambda: fake_test)[0, 0]) == 9
 
 
+def test_a_range_of_one_index_names_that_one_image(fake_test):
+    # test:A-B is inclusive, so A-A is one image, not an empty range.
+    found = resolve_images(["test:6-6"], lambda: fake_test)
+    assert found.names == ["test:6"] and int(found.images[0, 0, 0]) == 6
+
+
 def test_png_inputs_never_load_the_test_set(tmp_path, digit_pixels):
     png = save_image(tmp_path / "x.png", digit_pixels, "L")
 

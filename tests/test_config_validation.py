@@ -52,6 +52,15 @@ BAD_FIELDS = [
     ("quantizer", "fsq_levels", "8,5", "field 'fsq_levels' must be a list, not '8,5'."),
     ("quantizer", "quantizer", None, "field 'quantizer' must be a string, not null."),
     ("model", "quantizer", 5, "field 'quantizer' must be an object, not 5."),
+    # The smallest values just outside each bound.
+    ("quantizer", "embedding_dim", 0, "The embedding dimension must be at least 1"),
+    ("quantizer", "fsq_levels", [8, 1], "FSQ levels must be a list of whole numbers >= 2"),
+    ("model", "residual_blocks", -1, "The number of residual blocks cannot be negative"),
+    ("train", "warmup_fraction", 1.0, "warm-up fraction must lie strictly between 0 and 1"),
+    ("train", "skip_nonfinite", -1, "--skip-nonfinite cannot be negative."),
+    ("train", "train_limit", 0, "--train-limit must be at least 1."),
+    ("train", "eval_batch_size", 0, "The evaluation batch size must be at least 1"),
+    ("quantizer", "beta", float("inf"), "The commitment weight beta must be a finite number"),
 ]
 
 

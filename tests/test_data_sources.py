@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import os
 import shutil
 import struct
 import urllib.error
@@ -243,3 +244,22 @@ def test_label_out_of_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(INFO, "mnist", dataclasses.replace(INFO["mnist"], classes=("a", "b")))
     with pytest.raises(VqkitError, match="label 2, outside 0..1"):
         _load_fake(tmp_path, monkeypatch)
+
+
+def test_a_file_replaced_by_one_of_the_same_size_is_read_again(tmp_path: Path) -> None:
+    # Verified arrays are cached by path, size and modification time; a file rewritten in
+    # place with other pixels of the same size must not be served from that cache.
+    folder = tmp_path / "own"
+    folder.mkdir()
+    labels, blank = idx_bytes(0x08, (2,), bytes([0, 1])), idx_bytes(0x08, (2, 28, 28), bytes(1568))
+    for stem in ("train", "t10k"):
+        (folder / f"{stem}-labels-idx1-ubyte").write_bytes(labels)
+        (folder / f"{stem}-images-idx3-ubyte").write_bytes(blank)
+    first = load_split("idx", "train", data_dir=folder)
+    assert int(first.images.sum()) == 0
+    images = folder / "train-images-idx3-ubyte"
+    images.write_bytes(idx_bytes(0x08, (2, 28, 28), bytes([7]) * (2 * 784)))
+    later = images.stat().st_mtime_ns + 10**9  # a clock step the file system surely records
+    os.utime(images, ns=(later, later))
+    again = load_split("idx", "train", data_dir=folder)
+    assert torch.equal(again.images, torch.full((2, 28, 28), 7, dtype=torch.uint8))

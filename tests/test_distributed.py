@@ -16,7 +16,7 @@ from vqkit import distributed, runfiles
 from vqkit.checkpoint import read_tensors
 from vqkit.distributed import Context
 from vqkit.environment import read_records
-from vqkit.training import epoch_batches
+from vqkit.training import epoch_batches, steps_per_epoch
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 GUARD_WORKER = Path(__file__).with_name("guard_worker.py")
@@ -158,6 +158,26 @@ def test_the_ranks_shards_of_a_step_are_the_one_process_batch(count):
         first, second = ranks[0][step], ranks[1][step]
         assert not set(first) & set(second)
         assert sorted(first + second) == sorted(i for i in whole if i in usable)
+
+
+@pytest.mark.parametrize(
+    ("count", "batch_size", "world_size", "steps"),
+    [
+        (4000, 64, 1, 63),  # 62 full batches and one of 32: the last, short batch is a step
+        (4096, 64, 1, 64),
+        (1, 64, 1, 1),
+        (101, 8, 2, 13),  # 100 usable images, 50 per rank in shards of 4: 12 full and one of 2
+        (96, 8, 2, 12),
+    ],
+)
+def test_steps_per_epoch_counts_every_batch_a_rank_takes(count, batch_size, world_size, steps):
+    # The learning-rate schedule is fitted to epochs * steps_per_epoch: one step short, and a
+    # cosine or one-cycle schedule would run past its end in the last epoch.
+    assert steps_per_epoch(count, batch_size, world_size) == steps
+    for rank in range(world_size):
+        context = Context(rank=rank, world_size=world_size) if world_size > 1 else Context()
+        taken = epoch_batches(count, batch_size, torch.Generator().manual_seed(0), context)
+        assert len(taken) == steps
 
 
 @pytest.mark.parametrize("mode", ["eager", "lazy"])

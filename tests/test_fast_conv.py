@@ -50,6 +50,33 @@ def test_other_shapes_take_the_bias_separated_backward_and_still_match():
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        {"stride": 2, "padding": 0},
+        {"stride": 2, "padding": 2},
+        {"stride": 1, "padding": 1},
+        {"stride": 2, "padding": 1, "dilation": 2},
+    ],
+)
+def test_four_by_four_layers_with_one_output_channel_match_the_stock_layer_at_any_geometry(
+    geometry,
+):
+    # The sub-pixel form only holds for stride 2, padding 1, no dilation; a 4x4 layer with
+    # few output channels and any other geometry must still give the stock layer's numbers.
+    stock, fast = stock_and_fast(3, 1, True, kernel_size=4, **geometry)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    results = []
+    for layer in (stock, fast):
+        inputs = x.clone().requires_grad_()
+        out = layer(inputs)
+        out.backward(torch.ones_like(out))
+        results.append([out.detach(), inputs.grad] + [p.grad for p in layer.parameters()])
+    for expected, got in zip(*results, strict=True):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
 def test_sub_pixel_form_equals_the_transposed_convolution_formula():
     torch.manual_seed(1)
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64)  # non-square input too

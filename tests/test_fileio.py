@@ -1,9 +1,17 @@
-"""JSON-lines reading survives damage: bad lines, even bytes that are not UTF-8, are skipped."""
+"""Crash-safe writes (sync before rename, plain permissions, clear errors) and JSON-lines
+reading that survives damage: bad lines, even bytes that are not UTF-8, are skipped."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 
+import pytest
+
+from vqkit import fileio
+from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
 
 
@@ -18,3 +26,47 @@ def test_read_jsonl_skips_damaged_and_non_utf8_lines(tmp_path):
     )
     assert read_jsonl(path) == good
     assert read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_an_atomic_write_is_flushed_and_synced_before_it_replaces_the_file(tmp_path, monkeypatch):
+    # The crash safety rests on this order: data on disk first, then the rename. A rename
+    # before the fsync could leave an empty or partial file after a power cut.
+    target = tmp_path / "state.json"
+    target.write_text("old")
+    data = b"x" * 100  # well under the write buffer: only an explicit flush puts it on disk
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_size, target.read_bytes()))
+        real_fsync(fd)
+
+    def replace(source, destination):
+        events.append(("replace", Path(destination), target.read_bytes()))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    fileio.write_bytes_atomic(target, data)
+    # All bytes reached the temp file before the sync; the old file stood until the rename.
+    assert events == [("fsync", len(data), b"old"), ("replace", target, b"old")]
+    assert target.read_bytes() == data
+
+
+def test_an_atomic_write_gets_the_permissions_a_plain_open_would(tmp_path):
+    # mkstemp makes 0600 files; a figure or metrics file must stay readable by the group as
+    # one written with open() is.
+    previous = os.umask(0o022)
+    try:
+        (tmp_path / "plain").write_bytes(b"")
+        fileio.write_bytes_atomic(tmp_path / "atomic", b"")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "atomic").stat().st_mode) == 0o644
+
+
+def test_a_file_where_a_folder_should_be_is_named_in_one_sentence(tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(VqkitError, match="Cannot use '.*runs' as a folder: a file of that name"):
+        fileio.ensure_dir(tmp_path / "runs")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
-from vqkit.images import tile
+from vqkit.images import save_comparison, save_png, tile, to_uint8
 
 
 def test_tile_places_each_image_row_by_row_on_a_white_canvas():
@@ -26,3 +27,37 @@ def test_tile_places_each_image_row_by_row_on_a_white_canvas():
         dtype=np.uint8,
     )
     assert np.array_equal(canvas, expected)
+
+
+def test_float_pixels_are_rounded_to_the_nearest_of_256_levels():
+    # 0.5 * 255 = 127.5 and 0.1 * 255 = 25.5 round up, 0.998 * 255 = 254.49 down; 0.2 * 255 =
+    # 51.0 stays; out-of-range values are clipped.
+    pixels = np.array([[[0.0, 0.5, 0.1, 0.998, 0.2, 1.0, -0.3, 1.7]]], dtype=np.float32)
+    assert to_uint8(pixels).tolist() == [[[0, 128, 26, 254, 51, 255, 0, 255]]]
+
+
+def test_more_columns_than_images_make_the_row_only_as_wide_as_the_images():
+    images = np.zeros((3, 4, 5), dtype=np.uint8)
+    assert tile(images, columns=8, padding=2).shape == (2 + 4 + 2, 2 + 3 * (5 + 2))
+
+
+def test_an_enlarged_png_repeats_each_pixel_in_a_block(tmp_path):
+    # Nearest-neighbour enlargement: every canvas pixel becomes a scale x scale block of
+    # exactly its value, with no blending across the edges between pixels.
+    canvas = np.array([[0, 255, 40], [200, 7, 90]], dtype=np.uint8)
+    save_png(canvas, tmp_path / "x.png", scale=3)
+    with Image.open(tmp_path / "x.png") as image:
+        assert np.array_equal(np.asarray(image), np.kron(canvas, np.ones((3, 3), dtype=np.uint8)))
+
+
+def test_a_comparison_puts_the_originals_in_one_row_above_their_reconstructions(tmp_path):
+    originals = np.full((3, 28, 28), 10, dtype=np.uint8)
+    reconstructions = np.full((3, 28, 28), 200, dtype=np.uint8)
+    save_comparison(originals, reconstructions, tmp_path / "c.png", scale=1)
+    with Image.open(tmp_path / "c.png") as image:
+        pixels = np.asarray(image)
+    assert pixels.shape == (2 + 2 * 30, 2 + 3 * 30)  # 2 rows of 3 images, 2-pixel gaps
+    for column in range(3):
+        left = 2 + column * 30
+        assert (pixels[2:30, left : left + 28] == 10).all()
+        assert (pixels[32:60, left : left + 28] == 200).all()

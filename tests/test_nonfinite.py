@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from vqkit import runfiles, training
 from vqkit.checkpoint import read_tensors
 from vqkit.cli import main
 from vqkit.distributed import Context
-from vqkit.guards import NonFiniteGuard
+from vqkit.guards import NonFiniteGuard, StopRequest
 
 TINY = [
     "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--batch-size", "32",
@@ -102,3 +104,16 @@ def test_lazy_guard_reports_the_first_bad_step_only_when_checked():
     assert not guard.step_is_bad(3, nan, nan)
     with pytest.raises(Exception, match="step 2 because its quantizer loss was not finite"):
         guard.check()
+
+
+def test_the_first_ctrl_c_asks_to_stop_and_the_second_stops_at_once():
+    # The loop saves before it honours the first Ctrl-C; a user who presses it again does not
+    # want to wait for that save. Outside the block Ctrl-C is Python's own again.
+    before = signal.getsignal(signal.SIGINT)
+    stop = StopRequest()
+    with stop.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -146,6 +146,11 @@ def test_each_own_dataset_gets_its_own_cached_classifier(tmp_path):
     names = [cache_name(config, folder) for folder in (first, same, other)]
     assert names[0] == names[1] != names[2] and names[0].startswith("idx-")
     assert cache_name(ClassifierConfig(dataset="mnist")) == "mnist"
+    # The same images under other labels teach another classifier: another name too.
+    relabelled = write_dataset(
+        tmp_path / "d", {"train": (images, np.array([1, 0])), "test": (images, np.array([0, 1]))}
+    )
+    assert cache_name(config, relabelled) != names[2]
 
 
 def test_the_cli_pipeline_on_a_twenty_class_dataset(tmp_path, capsys):

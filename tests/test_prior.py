@@ -10,7 +10,7 @@ import torch
 
 from vqkit.errors import VqkitError
 from vqkit.prior import PixelCNNPrior, PriorConfig, gate, restrict_logits, sample_prior
-from vqkit.prior_loop import prior_loss
+from vqkit.prior_loop import PriorLoop, code_nll, prior_loss
 from vqkit.prior_training import CodeSet, evaluate_nll
 
 GRID = 7
@@ -281,3 +281,25 @@ def test_the_class_label_steers_what_the_sampler_draws():
     first = drawn[:, 0, 0]
     assert torch.equal(first, wanted)
     assert (drawn == wanted.view(-1, 1, 1)).float().mean() > 0.95
+
+
+def test_a_conditional_prior_trains_each_grid_with_its_own_label(tmp_path):
+    """Grids of class c are filled with code c, so only the label can predict the top-left
+    code (it has no context). Trained with its labels the prior learns that (about 0.2 bits
+    after these 60 steps); trained with labels paired to other grids it cannot beat
+    log2(10) = 3.3 bits there."""
+    labels = torch.arange(400) % 10
+    codes = labels.view(-1, 1, 1).expand(-1, 7, 7).contiguous()
+    settings = PriorConfig(
+        num_codes=10, channels=8, layers=1, conditional=True, epochs=6, patience=6,
+        batch_size=40, lr=2e-2, dropout=0.0, precision="fp32",
+    )  # fmt: skip
+    loop = PriorLoop(
+        tmp_path, settings, torch.device("cpu"), codes=codes, labels=labels,
+        evaluate=lambda prior: 0.0, baselines={}, digest="", resume=False, show=False,
+    )  # fmt: skip
+    loop.train()
+    loop.prior.eval()
+    with torch.no_grad():
+        first = code_nll(loop.prior(codes, labels), codes)[:, 0, 0].mean() / math.log(2)
+    assert float(first) < 1.0

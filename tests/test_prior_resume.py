@@ -173,6 +173,38 @@ def test_ctrl_c_between_epochs_then_resume_keeps_the_early_stopping_decisions(
     assert_same_prior(run_dir, reference)
 
 
+def test_a_better_test_nll_starts_the_patience_count_again(coded_run, tmp_path, monkeypatch):
+    """Patience 2 and a scripted test NLL: epoch 2 is worse, epoch 3 the best so far, then two
+    worse epochs. The improvement in epoch 3 resets the count, so the run stops after epoch 5
+    (not 4) and keeps epoch 3's weights and NLL as the best."""
+    script = [3.0, 3.5, 2.0, 2.5, 2.6, 1.0]
+    run_dir = copy_run(coded_run, tmp_path)
+    monkeypatch.setattr(prior_training, "evaluate_nll", scripted_nll(script))
+    result = prior_training.train_prior(
+        run_dir, replace(TINY, epochs=6, patience=2), device="cpu", progress=False
+    )
+    assert [m["epoch"] for m in read_jsonl(run_dir / runfiles.PRIOR_METRICS)] == [1, 2, 3, 4, 5]
+    assert result.best["epoch"] == 3
+    saved = state_counters(run_dir)["extra"]
+    assert saved["best_test_bits_per_code"] == 2.0 and saved["epochs_without_improvement"] == 2
+
+
+def test_train_bits_per_code_is_the_mean_nll_over_every_grid_of_the_epoch(coded_run, tmp_path):
+    """In fp32, without dropout and at a learning rate of 1e-30 the weights never move, so
+    each epoch's training figure must be the kept prior's NLL over the whole training set.
+    Batches of 100 leave a last one of 24 grids: a mean of batch means, or a count carried over
+    from epoch 1 into epoch 2, would both miss it."""
+    run_dir = copy_run(coded_run, tmp_path)
+    settings = replace(
+        TINY, epochs=2, patience=2, batch_size=100, dropout=0.0, lr=1e-30, precision="fp32"
+    )
+    result = prior_training.train_prior(run_dir, settings, device="cpu", progress=False)
+    train_set = prior_training.code_grids(run_dir)["train"]
+    expected = prior_training.evaluate_nll(result.prior, train_set, batch_size=TRAIN_GRIDS)
+    bits = [m["train_bits_per_code"] for m in read_jsonl(run_dir / runfiles.PRIOR_METRICS)]
+    assert bits == pytest.approx([expected, expected], rel=1e-6)
+
+
 def ctrl_c_on_step(monkeypatch, step: int) -> None:
     """Press Ctrl-C while the prior computes the loss of training step ``step`` (1-based)."""
     real = prior_loop.prior_loss
@@ -359,6 +391,19 @@ def folder_bytes(run_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in files if p.is_file()}
 
 
+def test_a_prior_stopped_by_its_patience_resumes_as_finished(coded_run, tmp_path, monkeypatch):
+    """Stopped by patience 1 after epoch 2 of 4, the prior has no epochs left: a resume trains
+    none and records no new session, leaving every file as it was."""
+    run_dir = copy_run(coded_run, tmp_path)
+    monkeypatch.setattr(prior_training, "evaluate_nll", scripted_nll([2.0, 3.0, 1.0, 1.0]))
+    settings = replace(TINY, epochs=4, patience=1)
+    prior_training.train_prior(run_dir, settings, device="cpu", progress=False)
+    before = folder_bytes(run_dir)
+    result = prior_training.train_prior(run_dir, None, device="cpu", progress=False, resume=True)
+    assert result.epochs_trained == 0
+    assert folder_bytes(run_dir) == before
+
+
 def test_finished_prior_resumes_for_longer_or_is_replaced(finished_prior, tmp_path, capsys):
     run_dir = copy_run(finished_prior, tmp_path)
     argv = ["train-prior", str(run_dir), "--quiet", "--device", "cpu"]
@@ -412,6 +457,24 @@ def test_a_new_prior_failing_before_its_first_save_leaves_the_old_one(
     argv = ["train-prior", str(run_dir), *TINY_FLAGS[:4], "--layers", "3", "--epochs", "1"]
     assert main([*argv, "--quiet", "--device", "cpu"]) == 0
     assert json.loads((run_dir / runfiles.PRIOR_CONFIG).read_text())["layers"] == 3
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".replaced")]
+
+
+def test_a_new_prior_stopped_after_its_first_save_stays_the_runs_prior(
+    finished_prior, tmp_path, monkeypatch
+):
+    # Ctrl-C in the new prior's second epoch: it has saved a state of its own, so that state,
+    # not the old finished prior, is what the run holds and what --resume continues.
+    run_dir = copy_run(finished_prior, tmp_path)
+    monkeypatch.setattr(prior_training, "evaluate_nll", scripted_nll([3.0, 2.0, 1.0], ctrl_c_at=2))
+    settings = replace(TINY, layers=3, epochs=3)
+    with pytest.raises(TrainingInterrupted):
+        prior_training.train_prior(run_dir, settings, device="cpu", progress=False)
+    saved = state_counters(run_dir)
+    assert saved["epochs_done"] == 2 and not saved["extra"]["finished"]
+    assert saved["extra"]["config"]["layers"] == 3
+    assert json.loads((run_dir / runfiles.PRIOR_CONFIG).read_text())["layers"] == 3
+    assert [r["epoch"] for r in read_jsonl(run_dir / runfiles.PRIOR_METRICS)] == [1, 2]
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".replaced")]
 
 

@@ -20,10 +20,12 @@ from process_helpers import child_env
 from vqkit import run_lock, runfiles
 from vqkit.checkpoint import load_model, why_no_weights_yet
 from vqkit.cli import main
+from vqkit.config import preset_config
 from vqkit.errors import VqkitError
 from vqkit.prior import incomplete_prior
 from vqkit.run_lock import LOCK_NAME, RunLock, writer_of
 from vqkit.runs import COLUMNS, run_row
+from vqkit.training import train
 
 # A separate process that takes a folder's lock as `train` does, says so, and waits to be killed.
 HOLDER = (
@@ -255,6 +257,44 @@ def test_a_process_does_not_see_its_own_lock_as_another_writer(tmp_path):
         with pytest.raises(VqkitError, match=r"Another vqkit process \(demo, process"):
             in_another_thread(lambda: RunLock().acquire(tmp_path, "train"))
     assert writer_of(tmp_path) is None and list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_once_released_does_not_hide_the_next_writer_from_this_process(tmp_path):
+    # writer_of skips the locks this process holds; one it has let go must count again, or
+    # `vqkit runs` and the resume checks would miss the process that took the folder next.
+    with RunLock() as lock:
+        lock.acquire(tmp_path, "train")
+    with held_by_another_process(tmp_path, "train-prior") as child:
+        assert writer_of(tmp_path) == f"train-prior, process {child.pid}"
+
+
+def test_a_lock_file_left_with_a_longer_holder_text_is_rewritten_whole(tmp_path):
+    # A killed holder leaves its file behind; the next holder's shorter text must replace it,
+    # not overwrite its start ("train, process 42" + "34567" of the old number).
+    (tmp_path / LOCK_NAME).write_text("train-prior, process 1234567")
+    with RunLock() as lock:
+        lock.acquire(tmp_path, "train")
+        assert (tmp_path / LOCK_NAME).read_text() == f"train, process {os.getpid()}"
+
+
+def test_a_run_another_process_saved_before_the_lock_was_taken_is_not_trained_over(
+    tmp_path, monkeypatch
+):
+    # The folder is checked, then locked: a process that saved weights there in between
+    # (while this one waited for the lock) must still be seen, by the check under the lock.
+    run_dir = tmp_path / "run"
+    real_acquire = RunLock.acquire
+
+    def acquire_after_another_run_saved(self, folder, command):
+        (Path(folder) / runfiles.WEIGHTS).write_bytes(b"the other run's weights")
+        real_acquire(self, folder, command)
+
+    monkeypatch.setattr(RunLock, "acquire", acquire_after_another_run_saved)
+    config = preset_config("efficient")
+    config.train.train_limit, config.train.test_limit = 64, 16
+    with pytest.raises(VqkitError, match="already holds a trained run"):
+        train(config, run_dir, device="cpu", progress=False)
+    assert (run_dir / runfiles.WEIGHTS).read_bytes() == b"the other run's weights"
 
 
 def test_a_writer_waits_out_a_look_that_holds_the_lock_for_an_instant(tmp_path, monkeypatch):

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 
+import numpy as np
 import pytest
 from report_helpers import PRIOR_EPOCHS, copy_run, make_full_run
 
 from vqkit import runfiles
 from vqkit.cli import COMMAND_MODULES, build_parser, main
-from vqkit.runs import format_table, run_row
+from vqkit.images import save_png
+from vqkit.provenance import stamp
+from vqkit.runinfo import load_run_info
+from vqkit.runs import find_runs, format_table, run_row
 
 PLANNED_EXTRA = 3
 
@@ -152,3 +157,48 @@ def test_a_run_whose_model_differs_from_its_preset_is_marked(small_run, tmp_path
     (run / runfiles.CONFIG).write_text(json.dumps(config))
     assert main(["runs", str(run)]) == 0
     assert "efficient (changed)" in capsys.readouterr().out.splitlines()[1]
+
+
+def test_runs_are_listed_by_folder_name_whatever_order_the_file_system_gives(tmp_path):
+    # Created out of order: a directory listing may return them in any order.
+    for name in ("run-b", "run-c", "run-a"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / runfiles.CONFIG).write_text("{}")
+    (tmp_path / "not-a-run").mkdir()
+    assert [path.name for path in find_runs(tmp_path)] == ["run-a", "run-b", "run-c"]
+
+
+def test_a_metrics_line_whose_numbers_are_not_real_numbers_is_left_out(small_run, tmp_path):
+    # JSON true is not epoch 1, and NaN or infinity is no test MSE: such lines are damage.
+    run_dir = copy_run(small_run.run_dir, tmp_path / "run")
+    metrics = run_dir / runfiles.METRICS
+    first = json.loads(metrics.read_text().splitlines()[0])
+    with metrics.open("a") as out:
+        out.write(json.dumps({**first, "epoch": True, "test_mse": 9.0}) + "\n")
+        out.write(json.dumps({**first, "epoch": 2, "test_mse": math.nan}) + "\n")
+        out.write(json.dumps({**first, "epoch": 3, "test_mse": math.inf}) + "\n")
+    assert load_run_info(run_dir).metrics == [first]
+
+
+def test_damaged_session_lines_are_left_out_with_a_note(small_run, tmp_path):
+    run_dir = copy_run(small_run.run_dir, tmp_path / "run")
+    sessions = run_dir / runfiles.ENVIRONMENT
+    good = [json.loads(line) for line in sessions.read_text().splitlines()]
+    with sessions.open("a") as out:
+        out.write('{"command": "train", \n')  # a line cut short by a crash
+    info = load_run_info(run_dir)
+    assert info.environment == good
+    assert runfiles.ENVIRONMENT in info.notes
+
+
+def test_figures_are_not_called_stale_against_weights_that_cannot_be_read(small_run, tmp_path):
+    # A damaged weights file has another digest than the one a figure recorded, but that says
+    # nothing about which model the figure shows; the note on the weights says what is wrong.
+    run_dir = copy_run(small_run.run_dir, tmp_path / "run")
+    figure = run_dir / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES["samples_random"]
+    save_png(np.zeros((4, 4), dtype=np.uint8), figure, stamp=stamp(run_dir))
+    (run_dir / runfiles.WEIGHTS).write_bytes(b"damaged")
+    info = load_run_info(run_dir)
+    assert "samples_random" in info.figures
+    assert info.stale_figures == {}
+    assert runfiles.WEIGHTS in info.notes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from vqkit import classifier as classifier_module
-from vqkit.classifier import ClassifierConfig, classify, load_or_train_classifier
+from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_train_classifier
 from vqkit.errors import VqkitError
 from vqkit.score import feature_statistics, frechet_distance, inception_score, score_images
 
@@ -142,3 +143,21 @@ def test_classifier_is_trained_once_then_read_from_the_cache(classifier_cache, m
     torch.testing.assert_close(p1.sum(dim=1), torch.ones(6, dtype=torch.float64))
     with pytest.raises(AssertionError, match="cached"):  # other settings: not a cache hit
         load_or_train_classifier(ClassifierConfig(channels=(4, 8), features=8, epochs=1))
+    with pytest.raises(AssertionError, match="cached"):  # same shapes, other training
+        load_or_train_classifier(dataclasses.replace(TINY_CLASSIFIER, seed=1))
+
+
+def test_classify_judges_images_in_evaluation_mode_whatever_mode_it_is_given():
+    # Batch-norm statistics and dropout must not depend on which other images share a batch:
+    # a classifier left in training mode still gives its evaluation-mode answers.
+    torch.manual_seed(0)
+    classifier = Classifier(ClassifierConfig())
+    images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
+    classifier.eval()
+    with torch.no_grad():
+        expected_features = classifier.features(images).double()
+        expected_probabilities = classifier(images).softmax(dim=-1).double()
+    classifier.train()
+    features, probabilities = classify(classifier, images, batch_size=4)
+    torch.testing.assert_close(features, expected_features)
+    torch.testing.assert_close(probabilities, expected_probabilities)

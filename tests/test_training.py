@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
 
+from vqkit.checkpoint import load_config
 from vqkit.config import preset_config
 from vqkit.data import load_split
+from vqkit.environment import read_records
 from vqkit.errors import VqkitError
 from vqkit.metrics import evaluate_reconstruction
 from vqkit.model import VQVAE
+from vqkit.step import compute_losses
 from vqkit.training import train
 
 
@@ -65,3 +69,51 @@ def test_a_config_edited_in_place_is_checked_before_training(tmp_path):
     with pytest.raises(VqkitError, match="train\\(\\) takes a RunConfig .* not a dict"):
         train(preset_config("efficient").to_dict(), tmp_path / "run", device="cpu")
     assert not (tmp_path / "run").exists()
+
+
+def test_each_epochs_train_loss_is_the_mean_loss_over_that_epochs_images(tmp_path):
+    # At a learning rate of 1e-30 no weight moves (the preset's codebook learns by gradient,
+    # not EMA), so every epoch's train_loss must be the loss of the untrained model over all
+    # its training images, taken here in one batch. A total carried over from epoch 1, a
+    # skipped or repeated batch, or a wrong step count would each show in epoch 2's figure.
+    config = preset_config("efficient")
+    config.train.epochs, config.train.lr = 2, 1e-30
+    config.train.train_limit, config.train.batch_size = 256, 64
+    config.train.test_limit, config.train.seed = 64, 5
+    result = train(config, tmp_path / "run", device="cpu", progress=False)
+    torch.manual_seed(5)  # the seed train() builds its model from
+    untrained = VQVAE(config.model).train()
+    with torch.no_grad():
+        reconstruction, quantizer = compute_losses(
+            untrained, load_split("mnist", "train").images[:256]
+        )
+    expected = float(reconstruction + quantizer)
+    assert [r["train_loss"] for r in result.history] == pytest.approx([expected] * 2, rel=1e-5)
+
+
+def test_a_resume_with_other_learning_settings_is_refused_before_training(run_copy):
+    # --epochs may grow on a resume; a new learning rate would go on learning something
+    # else under the run's old name, so the API refuses it as the CLI does.
+    config = load_config(run_copy)
+    config.train.epochs, config.train.lr = 2, 1e-2
+    before = (run_copy / "metrics.jsonl").read_bytes()
+    refusal = r"other settings \(train\.lr is 0\.003 there, 0\.01 here\)"
+    with pytest.raises(VqkitError, match=refusal):
+        train(config, run_copy, device="cpu", progress=False, resume=True)
+    assert (run_copy / "metrics.jsonl").read_bytes() == before
+
+
+def test_a_new_run_in_a_folder_left_by_a_start_that_never_saved_logs_only_its_own_session(
+    tmp_path,
+):
+    # A start stopped before its first save leaves config.json and environment.jsonl; the new
+    # run may reuse the folder, but the old session is not one of its sessions.
+    config = preset_config("efficient")
+    config.train.epochs, config.train.train_limit, config.train.test_limit = 1, 64, 16
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+    (run_dir / "environment.jsonl").write_text(json.dumps({"command": "train", "old": 1}) + "\n")
+    train(config, run_dir, device="cpu", progress=False)
+    lines = (run_dir / "environment.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and '"old"' not in lines[0] and read_records(run_dir)
