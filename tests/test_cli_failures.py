@@ -271,7 +271,7 @@ def test_full_disk_keeps_everything_saved_and_resumes(monkeypatch, tmp_path, cap
 
     def save_then_fill(*args, **kwargs):
         real_save(*args, **kwargs)
-        full["now"] = True
+        full["now"] = args[1].epochs_done >= 1  # not the state a new run saves at its start
 
     monkeypatch.setattr(fileio.os, "fsync", fsync)
     monkeypatch.setattr(training.train_state, "save", save_then_fill)
@@ -289,6 +289,40 @@ def test_full_disk_keeps_everything_saved_and_resumes(monkeypatch, tmp_path, cap
     # With space again, the run continues from epoch 1 and finishes.
     monkeypatch.setattr(fileio.os, "fsync", real_fsync)
     monkeypatch.setattr(training.train_state, "save", real_save)
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    lines = (run_dir / runfiles.METRICS).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_full_disk_at_the_first_epochs_save_leaves_a_resumable_run(monkeypatch, tmp_path, capsys):
+    """The disk fills up as epoch 1 ends (its weights and metrics written, its state not): the
+    run must still resume, not be left with weights that no command continues or replaces."""
+    real_fsync, real_save_weights = os.fsync, training.save_weights
+    full = {"now": False}
+
+    def fsync(fd):
+        if full["now"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    def weights_then_metrics_then_full(*args, **kwargs):
+        real_save_weights(*args, **kwargs)
+        real_append = training.append_jsonl
+
+        def append_then_fill(*a, **k):
+            real_append(*a, **k)
+            full["now"] = True
+
+        monkeypatch.setattr(training, "append_jsonl", append_then_fill)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(training, "save_weights", weights_then_metrics_then_full)
+    run_dir = tmp_path / "run"
+    fails_cleanly(
+        capsys, ["train", *TINY, "--epochs", "2", "--out", str(run_dir)], "the disk is full"
+    )
+    assert (run_dir / runfiles.WEIGHTS).exists() and (run_dir / runfiles.TRAIN_STATE).exists()
+    monkeypatch.undo()
     assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
     lines = (run_dir / runfiles.METRICS).read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]

@@ -286,6 +286,7 @@ class _Run:
             if context.is_main:  # checked: now record the new --epochs (and data folder)
                 save_config(self.run_dir, config)
             self.history = resumed_history(self.run_dir, self.position.epochs_done, context)
+        self.resumed = resume
         self.epochs_at_start = self.position.epochs_done
         if self.epochs_at_start < settings.epochs:  # a finished run resumed is no new session
             resumed_at = self.position if resume else None
@@ -305,6 +306,12 @@ class _Run:
     def train(self) -> TrainResult:
         # Each epoch's end writes the weights file; a resume of a finished run trains none.
         trains_an_epoch = self.epochs_at_start < self.settings.epochs
+        if not self.resumed:
+            # A new run saves its starting state before its first step: the end of epoch 1
+            # writes the weights before the state, and a kill or a full disk between the two
+            # would otherwise leave weights with no state, which --resume cannot continue and
+            # a new train --out refuses to write over.
+            self.checkpoint(self.order_generator.get_state())
         # One rank alone cannot stop a multi-process job at a step the others agree on.
         with self.stop.installed(enabled=not self.context.enabled):
             for epoch in range(self.position.epochs_done + 1, self.settings.epochs + 1):
