@@ -59,8 +59,8 @@ def test_user_errors_are_one_sentence_and_status_2(tmp_path, capsys):
     message = capsys.readouterr().err.strip()
     assert message.startswith("vqkit: error: ") and message.endswith(".")
     assert "Traceback" not in message and len(message.splitlines()) == 1
-    assert main(["train", "--epochs", "0", "--out", str(tmp_path / "x")]) == 2
-    assert "epochs" in capsys.readouterr().err
+    assert main(["train", "--lr", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "learning rate" in capsys.readouterr().err
 
 
 def test_module_entry_point_prints_help():
