@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vqkit import training
 from vqkit.checkpoint import load_config
 from vqkit.config import preset_config
 from vqkit.data import load_split
@@ -15,6 +16,7 @@ from vqkit.environment import read_records
 from vqkit.errors import VqkitError
 from vqkit.metrics import evaluate_reconstruction
 from vqkit.model import VQVAE
+from vqkit.run_folder import STATE_NAMES
 from vqkit.step import compute_losses
 from vqkit.training import train
 
@@ -117,3 +119,44 @@ def test_a_new_run_in_a_folder_left_by_a_start_that_never_saved_logs_only_its_ow
     train(config, run_dir, device="cpu", progress=False)
     lines = (run_dir / "environment.jsonl").read_text().splitlines()
     assert len(lines) == 1 and '"old"' not in lines[0] and read_records(run_dir)
+
+
+def stopped_at_its_first_step(config, run_dir, monkeypatch) -> None:
+    """A new run cut off after saving its starting state, before its first step (a kill)."""
+
+    def cut_off(*args, **kwargs):
+        raise RuntimeError("cut off")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "compute_losses", cut_off)
+        with pytest.raises(RuntimeError, match="cut off"):
+            train(config, run_dir, device="cpu", progress=False)
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert names == sorted([*STATE_NAMES, "config.json", "environment.jsonl"]), names
+
+
+def tiny_config(hidden_dim: int = 64):
+    config = preset_config("efficient")
+    config.train.epochs, config.train.train_limit, config.train.test_limit = 1, 64, 16
+    config.model.hidden_dim = hidden_dim
+    return config
+
+
+def test_a_run_cut_off_before_its_first_step_resumes_into_the_unbroken_run(tmp_path, monkeypatch):
+    # Its starting state is what an unbroken run starts from: the resumed weights are the same.
+    stopped_at_its_first_step(tiny_config(), tmp_path / "cut", monkeypatch)
+    resumed = train(tiny_config(), tmp_path / "cut", device="cpu", progress=False, resume=True)
+    unbroken = train(tiny_config(), tmp_path / "whole", device="cpu", progress=False)
+    for name, tensor in unbroken.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+
+
+def test_a_run_cut_off_before_its_first_step_may_be_written_over(tmp_path, monkeypatch):
+    # Nothing was learned there, so a new run (other settings) may take the folder, as it may
+    # a lone config.json; the old starting state goes with it.
+    run_dir = tmp_path / "run"
+    stopped_at_its_first_step(tiny_config(), run_dir, monkeypatch)
+    train(tiny_config(hidden_dim=16), run_dir, device="cpu", progress=False)
+    assert load_config(run_dir).model.hidden_dim == 16
+    resumed = train(tiny_config(hidden_dim=16), run_dir, device="cpu", progress=False, resume=True)
+    assert resumed.epochs_trained == 0  # the new run's own finished state

@@ -99,6 +99,8 @@ def prepare_run_dir(
     if refusal:  # on every rank, so none waits for the others at the next collective
         raise VqkitError(refusal)
     if context.is_main and not resume:
+        for name in STATE_NAMES:  # a start written over: its state holds the old settings
+            run_path(path, name).unlink(missing_ok=True)
         save_config(path, config)
     return path
 
@@ -149,8 +151,25 @@ def _refuse_taken_or_unusable(path: Path) -> None:
 
 
 def holds_trained_run(path: Path) -> bool:
-    """Whether a folder holds a run that has saved weights or a resumable state."""
-    return train_state.exists(path) or run_path(path, runfiles.WEIGHTS).exists()
+    """Whether a folder holds a run that has saved weights, or a resumable state past the
+    starting one."""
+    if run_path(path, runfiles.WEIGHTS).exists():
+        return True
+    return train_state.exists(path) and not _only_started(path)
+
+
+def _only_started(path: Path) -> bool:
+    """Whether a run saved only the state it starts from (a new run saves it before its first
+    step) and nothing after: a start that a new run may write over, as a lone config.json."""
+    if run_path(path, runfiles.WEIGHTS).exists() or not train_state.exists(path):
+        return False
+    try:
+        return train_state.peek(path)[0].global_step == 0
+    except VqkitError:  # a damaged state is not written over unread
+        return False
+
+
+STATE_NAMES = (train_state.VQVAE_FILES.tensors, train_state.VQVAE_FILES.counters)
 
 
 def _refuse_taken(path: Path) -> None:
@@ -160,10 +179,10 @@ def _refuse_taken(path: Path) -> None:
             f"The folder '{path}' already holds a trained run; continue it with "
             f"vqkit train --resume {path} or choose another --out."
         )
-    # Only a config.json (a start stopped before its first save) may be written over, with
-    # its environment log: a new run appended to old metrics, or paired with an old prior,
-    # would mix two runs.
-    reusable = (runfiles.CONFIG, runfiles.ENVIRONMENT)
+    # Only a config.json (a start stopped before its first step) may be written over, with its
+    # environment log and starting state: a new run appended to old metrics, or paired with an
+    # old prior, would mix two runs.
+    reusable = (runfiles.CONFIG, runfiles.ENVIRONMENT, *STATE_NAMES)
     others = [n for n in runfiles.FILE_NAMES if n not in reusable and run_path(path, n).is_file()]
     if others:
         raise VqkitError(
