@@ -621,3 +621,52 @@ def test_deterministic_prior_resume_on_the_gpu_is_bitwise_exact(coded_run, tmp_p
     prior_training.train_prior(split, replace(settings, epochs=1), device="cuda", progress=False)
     prior_training.train_prior(split, settings, device="cuda", progress=False, resume=True)
     assert_same_prior(split, whole)
+
+
+# --- a replacement killed outright (SIGKILL, power loss): no clean-up ran ------------------
+
+
+def set_aside(run_dir: Path, names) -> None:
+    """What old_prior_set_aside has done by the time a kill lands: these files moved aside."""
+    for name in names:
+        os.replace(run_dir / name, run_dir / (name + prior_replacement.ASIDE_SUFFIX))
+
+
+def test_a_replacement_killed_before_its_first_save_gives_the_old_prior_back(
+    finished_prior, tmp_path, capsys
+):
+    # Killed after the new prior wrote its settings, before its first state: sampling names
+    # what happened and the way back, and that way (--resume) restores every file byte for byte.
+    run_dir = copy_run(finished_prior, tmp_path)
+    before = folder_bytes(run_dir)
+    set_aside(run_dir, prior_replacement.PRIOR_FILE_NAMES)
+    config = json.loads(before[runfiles.PRIOR_CONFIG])
+    (run_dir / runfiles.PRIOR_CONFIG).write_text(json.dumps({**config, "layers": 3}))
+    capsys.readouterr()
+    err = prior_sample_error(run_dir, tmp_path, capsys)
+    assert "cut off before its first save" in err, err
+    assert f"vqkit train-prior {run_dir} --resume" in err, err
+    assert main(["train-prior", str(run_dir), "--resume", "--quiet", "--device", "cpu"]) == 0
+    assert folder_bytes(run_dir) == before
+
+
+def test_a_replacement_killed_while_setting_the_old_prior_aside_loses_nothing(
+    finished_prior, tmp_path
+):
+    run_dir = copy_run(finished_prior, tmp_path)
+    before = folder_bytes(run_dir)
+    set_aside(run_dir, prior_replacement.PRIOR_FILE_NAMES[:1])  # the state's tensors only
+    assert main(["train-prior", str(run_dir), "--resume", "--quiet", "--device", "cpu"]) == 0
+    assert folder_bytes(run_dir) == before
+
+
+def test_old_files_left_beside_a_new_saved_prior_are_deleted(finished_prior, tmp_path):
+    # Killed after the new prior's first save, before the clean-up: the new prior stands (it
+    # has a state of its own) and the old files are what the clean-up would have deleted.
+    run_dir = copy_run(finished_prior, tmp_path)
+    before = folder_bytes(run_dir)
+    for name in prior_replacement.PRIOR_FILE_NAMES:
+        shutil.copy(run_dir / name, run_dir / (name + prior_replacement.ASIDE_SUFFIX))
+    assert incomplete_prior(run_dir) is None
+    prior_replacement.settle_interrupted_replacement(run_dir)
+    assert folder_bytes(run_dir) == before

@@ -43,6 +43,7 @@ from vqkit.config import (
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
 from vqkit.generate import SamplingContext, register_strategy
+from vqkit.prior_replacement import interrupted_replacement
 from vqkit.run_lock import writer_of
 
 
@@ -329,6 +330,11 @@ def incomplete_prior(run_dir: str | Path) -> str | None:
     config = run_path(run_dir, runfiles.PRIOR_CONFIG).exists()
     weights = run_path(run_dir, runfiles.PRIOR_WEIGHTS).exists()
     state = train_state.exists(run_dir, files)
+    if interrupted_replacement(run_dir) and writer_of(run_dir) is None:
+        return (
+            f"A new prior for '{run_dir}' was cut off before its first save, with the earlier "
+            f"prior set aside; put that back with vqkit train-prior {run_dir} --resume."
+        )
     if config and weights:
         return None
     # A prior being trained has no weights until its first epoch ends (and a prior it replaces
@@ -370,9 +376,10 @@ def require_prior_fits_the_model(run_dir: str | Path) -> None:
 
 def load_prior(run_dir: str | Path, device: str | torch.device = "cpu") -> PixelCNNPrior:
     """The trained prior of a run folder, in eval mode."""
-    if not has_prior(run_dir):
+    reason = incomplete_prior(run_dir)  # also a whole-looking prior left by a cut-off one
+    if reason is not None or not has_prior(run_dir):
         raise VqkitError(
-            incomplete_prior(run_dir)
+            reason
             or f"The run '{run_dir}' has no trained prior; run 'vqkit train-prior {run_dir}' first."
         )
     require_prior_fits_the_model(run_dir)

@@ -28,6 +28,31 @@ PRIOR_FILE_NAMES = (
 ASIDE_SUFFIX = ".replaced"
 
 
+def _aside(run_dir: str | Path, name: str) -> Path:
+    original = run_path(run_dir, name)
+    return original.with_name(original.name + ASIDE_SUFFIX)
+
+
+def interrupted_replacement(run_dir: str | Path) -> bool:
+    """Whether a replacement was killed outright (SIGKILL, power loss: no clean-up ran) before
+    the new prior's first save: old files still lie aside and no new state exists."""
+    aside = any(_aside(run_dir, name).exists() for name in PRIOR_FILE_NAMES)
+    return aside and not train_state.exists(run_dir, train_state.PRIOR_FILES)
+
+
+def settle_interrupted_replacement(run_dir: str | Path) -> None:
+    """Finish what a replacement killed outright left behind; call it holding the run's lock.
+    The old prior's files go back in place when the new prior never saved a state (over what
+    the new one wrote), and are deleted when it did, as the clean-up would have done."""
+    moved = [(run_path(run_dir, name), _aside(run_dir, name)) for name in PRIOR_FILE_NAMES]
+    moved = [(original, aside) for original, aside in moved if aside.exists()]
+    if interrupted_replacement(run_dir):
+        _put_back(moved)
+    else:
+        for _, aside in moved:
+            aside.unlink(missing_ok=True)
+
+
 def _move(source: Path, target: Path) -> None:
     try:
         os.replace(source, target)
@@ -50,9 +75,8 @@ def old_prior_set_aside(run_dir: str | Path) -> Iterator[None]:
     moved: list[tuple[Path, Path]] = []
     try:
         for name in PRIOR_FILE_NAMES:
-            original = run_path(run_dir, name)
+            original, aside = run_path(run_dir, name), _aside(run_dir, name)
             if original.exists():
-                aside = original.with_name(original.name + ASIDE_SUFFIX)
                 _move(original, aside)
                 moved.append((original, aside))
     except VqkitError:

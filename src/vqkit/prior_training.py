@@ -28,7 +28,7 @@ from vqkit.fileio import atomic_open, read_json, write_json_atomic
 from vqkit.model import VQVAE
 from vqkit.prior import PixelCNNPrior, PriorConfig, load_prior
 from vqkit.prior_loop import PriorLoop, code_nll, damaged_state
-from vqkit.prior_replacement import old_prior_set_aside
+from vqkit.prior_replacement import old_prior_set_aside, settle_interrupted_replacement
 from vqkit.run_lock import RunLock
 from vqkit.training import deterministic_mode
 from vqkit.wording import counted
@@ -197,9 +197,18 @@ def train_prior(
     target = resolve_device(device)
     with RunLock() as lock:  # one writer: a second train-prior or train here is refused
         lock.acquire(run_dir, "train-prior")
+        settle_interrupted_replacement(run_dir)  # before anything reads the prior's files
         return _train_holding_the_lock(
             run_dir, settings, target, data_dir, progress, resume=resume, restart=restart
         )
+
+
+def settle_interrupted_prior(run_dir: str | Path) -> None:
+    """Put right what a train-prior killed outright while replacing a prior left behind, under
+    the run's lock (for callers that read the prior's files before train_prior takes it)."""
+    with RunLock() as lock:
+        lock.acquire(run_folder(run_dir), "train-prior")
+        settle_interrupted_replacement(run_dir)
 
 
 def _train_holding_the_lock(

@@ -18,7 +18,12 @@ from vqkit.cli.common import (
 )
 from vqkit.config import PRECISIONS
 from vqkit.prior import PriorConfig, load_prior_config
-from vqkit.prior_training import RESUME_FIELDS, require_prior_state, train_prior
+from vqkit.prior_training import (
+    RESUME_FIELDS,
+    require_prior_state,
+    settle_interrupted_prior,
+    train_prior,
+)
 from vqkit.run_lock import require_no_writer
 from vqkit.training import TrainingInterrupted
 from vqkit.wording import counted
@@ -130,6 +135,7 @@ def resume_config_from_args(args: argparse.Namespace) -> PriorConfig:
     flags that would change what it learns are refused (repeating the stored value is fine)."""
     require_run_folder(Path(args.run_dir))
     require_no_writer(args.run_dir)  # its state may be half-way through a change
+    settle_interrupted_prior(args.run_dir)  # a replacement killed outright: the old prior back
     require_prior_state(args.run_dir)
     stored = load_prior_config(args.run_dir)
     conflicts = [
