@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import subprocess
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -187,6 +188,25 @@ def test_training_into_a_folder_with_another_runs_files_is_refused(leftover, tmp
     (folder / leftover).unlink()
     (folder / runfiles.CONFIG).write_text("{}")
     assert main(["train", *TINY, "--out", str(folder)]) == 0
+
+
+def test_temp_files_left_by_a_kill_do_not_block_a_new_run(tmp_path, capsys):
+    # A process killed in mid-write leaves its atomic write's temp file (named as mkstemp
+    # names it here); a new run takes the folder and removes them. A user's own file is kept.
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / runfiles.CONFIG).write_text("{}")
+    left = []
+    for name in (runfiles.CONFIG, runfiles.METRICS):
+        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        left.append(Path(temp).name)
+    assert main(["train", *TINY, "--out", str(folder)]) == 0
+    assert not [name for name in left if (folder / name).exists()]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / ".notes.abcd1234.tmp").write_text("mine")
+    fails_cleanly(capsys, ["train", *TINY, "--out", mine], "not a run's ('.notes.abcd1234.tmp')")
 
 
 def test_training_into_a_folder_of_ones_own_files_is_refused(tmp_path, capsys):

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,13 @@ def ensure_dir(path: str | Path) -> Path:
     except OSError as exc:
         raise VqkitError(f"Cannot create the folder '{path}': {exc.strerror}.") from exc
     return path
+
+
+def temp_file_target(name: str) -> str | None:
+    """The name of the file an :func:`atomic_open` temp file named ``name`` was writing (such a
+    file outlives a process killed mid-write), or None for any other name."""
+    match = re.fullmatch(r"\.(.+)\.[a-z0-9_]{8}\.tmp", name)
+    return match[1] if match else None
 
 
 @contextlib.contextmanager

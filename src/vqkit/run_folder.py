@@ -20,7 +20,7 @@ from vqkit.checkpoint import load_config, require_run_folder, run_path, save_con
 from vqkit.config import RunConfig
 from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
-from vqkit.fileio import ensure_dir, read_jsonl, write_bytes_atomic
+from vqkit.fileio import ensure_dir, read_jsonl, temp_file_target, write_bytes_atomic
 from vqkit.run_lock import LOCK_NAME, RunLock, require_no_writer
 from vqkit.train_state import Position
 
@@ -101,6 +101,9 @@ def prepare_run_dir(
     if context.is_main and not resume:
         for name in STATE_NAMES:  # a start written over: its state holds the old settings
             run_path(path, name).unlink(missing_ok=True)
+        for entry in path.iterdir():
+            if _left_by_a_kill(entry.name) and entry.is_file():
+                entry.unlink(missing_ok=True)
         save_config(path, config)
     return path
 
@@ -172,6 +175,11 @@ def _only_started(path: Path) -> bool:
 STATE_NAMES = (train_state.VQVAE_FILES.tensors, train_state.VQVAE_FILES.counters)
 
 
+def _left_by_a_kill(name: str) -> bool:
+    """A temp file of a run file's atomic write, left by a process killed in mid-write."""
+    return temp_file_target(name) in runfiles.FILE_NAMES
+
+
 def _refuse_taken(path: Path) -> None:
     """Refuse a new run's folder that holds another run's files or lies inside another run."""
     if holds_trained_run(path):
@@ -193,7 +201,7 @@ def _refuse_taken(path: Path) -> None:
     foreign = sorted(
         entry.name
         for entry in (path.iterdir() if path.is_dir() else ())
-        if entry.name not in (*reusable, LOCK_NAME)
+        if entry.name not in (*reusable, LOCK_NAME) and not _left_by_a_kill(entry.name)
     )
     if foreign:
         raise VqkitError(
