@@ -184,10 +184,13 @@ def test_training_into_a_folder_with_another_runs_files_is_refused(leftover, tmp
     (folder / leftover).write_bytes(b"old")
     fails_cleanly(capsys, ["train", *TINY, "--out", str(folder)], "files of another run", leftover)
     assert sorted(p.name for p in folder.iterdir()) == [leftover]
-    # A config.json alone (a start stopped before its first save) is written over.
+    # A config.json (a start stopped before its first step) is written over, and a report
+    # made of that start goes with it.
     (folder / leftover).unlink()
     (folder / runfiles.CONFIG).write_text("{}")
+    (folder / runfiles.REPORT).write_text("<p>a report of the start, with nothing trained</p>")
     assert main(["train", *TINY, "--out", str(folder)]) == 0
+    assert not (folder / runfiles.REPORT).exists()
 
 
 def test_temp_files_left_by_a_kill_do_not_block_a_new_run(tmp_path, capsys):

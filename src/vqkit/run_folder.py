@@ -99,7 +99,8 @@ def prepare_run_dir(
     if refusal:  # on every rank, so none waits for the others at the next collective
         raise VqkitError(refusal)
     if context.is_main and not resume:
-        for name in STATE_NAMES:  # a start written over: its state holds the old settings
+        # A start written over: its state holds the old settings, its report the old run.
+        for name in (*STATE_NAMES, runfiles.REPORT):
             run_path(path, name).unlink(missing_ok=True)
         for entry in path.iterdir():
             if _left_by_a_kill(entry.name) and entry.is_file():
@@ -188,9 +189,9 @@ def _refuse_taken(path: Path) -> None:
             f"vqkit train --resume {path} or choose another --out."
         )
     # Only a config.json (a start stopped before its first step) may be written over, with its
-    # environment log and starting state: a new run appended to old metrics, or paired with an
-    # old prior, would mix two runs.
-    reusable = (runfiles.CONFIG, runfiles.ENVIRONMENT, *STATE_NAMES)
+    # environment log, starting state and a report of it: a new run appended to old metrics,
+    # or paired with an old prior, would mix two runs.
+    reusable = (runfiles.CONFIG, runfiles.ENVIRONMENT, runfiles.REPORT, *STATE_NAMES)
     others = [n for n in runfiles.FILE_NAMES if n not in reusable and run_path(path, n).is_file()]
     if others:
         raise VqkitError(
