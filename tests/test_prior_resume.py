@@ -670,3 +670,13 @@ def test_old_files_left_beside_a_new_saved_prior_are_deleted(finished_prior, tmp
     assert incomplete_prior(run_dir) is None
     prior_replacement.settle_interrupted_replacement(run_dir)
     assert folder_bytes(run_dir) == before
+
+
+def test_settings_files_that_are_not_objects_are_named(finished_prior, tmp_path, capsys):
+    run_dir = copy_run(finished_prior, tmp_path)
+    (run_dir / runfiles.PRIOR_CONFIG).write_text("[1, 2]")
+    err = prior_sample_error(run_dir, tmp_path, capsys)
+    assert f"{run_dir / runfiles.PRIOR_CONFIG}' does not hold a JSON object" in err, err
+    (run_dir / runfiles.CONFIG).write_text('"efficient"')
+    err = prior_sample_error(run_dir, tmp_path, capsys)
+    assert f"{run_dir / runfiles.CONFIG}' does not hold a JSON object" in err, err

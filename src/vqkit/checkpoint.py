@@ -20,7 +20,7 @@ from safetensors.torch import save as save_safetensors
 from vqkit import runfiles
 from vqkit.config import RunConfig
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
-from vqkit.fileio import read_json, write_bytes_atomic, write_json_atomic
+from vqkit.fileio import read_json, read_json_object, write_bytes_atomic, write_json_atomic
 
 
 def run_path(run_dir: str | Path, name: str) -> Path:
@@ -64,7 +64,7 @@ def load_config(run_dir: str | Path) -> RunConfig:
             f"'{run_dir}' is not a run folder (it has no {runfiles.CONFIG}); "
             "give a folder written by 'vqkit train'."
         )
-    data = read_json(path, "run configuration")
+    data = read_json_object(path, "run configuration")
     try:
         return RunConfig.from_dict(data)
     except QuantizerLoadError:

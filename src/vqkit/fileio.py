@@ -99,6 +99,14 @@ def read_json(path: str | Path, what: str) -> Any:
         raise VqkitError(f"The {what} '{path}' is damaged or not JSON.") from exc
 
 
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """:func:`read_json` of a file that must hold one JSON object (settings, not a list)."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise VqkitError(f"The {what} '{path}' does not hold a JSON object of settings.")
+    return data
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """All records of a JSON-lines file; a missing file is empty, damaged lines are skipped
     (bytes that are not UTF-8 only spoil the lines they are on)."""

@@ -41,7 +41,7 @@ from vqkit.config import (
     require_typed_settings,
 )
 from vqkit.errors import VqkitError
-from vqkit.fileio import read_json, write_json_atomic
+from vqkit.fileio import read_json_object, write_json_atomic
 from vqkit.generate import SamplingContext, register_strategy
 from vqkit.prior_replacement import interrupted_replacement
 from vqkit.run_lock import writer_of
@@ -309,7 +309,8 @@ def save_prior_config(run_dir: str | Path, config: PriorConfig) -> None:
 
 
 def load_prior_config(run_dir: str | Path) -> PriorConfig:
-    return PriorConfig.from_dict(read_json(run_path(run_dir, runfiles.PRIOR_CONFIG), "prior"))
+    path = run_path(run_dir, runfiles.PRIOR_CONFIG)
+    return PriorConfig.from_dict(read_json_object(path, "prior settings file"))
 
 
 def has_prior(run_dir: str | Path) -> bool:

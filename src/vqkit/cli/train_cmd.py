@@ -33,7 +33,7 @@ from vqkit.config import (
 )
 from vqkit.data import DATASETS
 from vqkit.errors import VqkitError
-from vqkit.fileio import read_json
+from vqkit.fileio import read_json_object
 from vqkit.report_text import format_metrics
 from vqkit.run_folder import RESUME_FIELDS
 from vqkit.run_lock import require_no_writer
@@ -289,7 +289,7 @@ def read_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if path.is_dir():
         return load_config(path)
-    return RunConfig.from_dict(read_json(path, "configuration"))
+    return RunConfig.from_dict(read_json_object(path, "configuration"))
 
 
 def apply_overrides(data: dict, args: argparse.Namespace, flags) -> None:
