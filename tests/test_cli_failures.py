@@ -282,21 +282,28 @@ def test_unwritable_reconstruct_output(run_copy, tmp_path, capsys):
     fails_cleanly(capsys, ["reconstruct", str(run_copy), "--out", str(blocker / "r.png")])
 
 
-def test_full_disk_keeps_everything_saved_and_resumes(monkeypatch, tmp_path, capsys):
-    """The disk fills up after epoch 1 was saved: epoch 2's first write fails cleanly."""
-    full = {"now": False}
-    real_fsync, real_save = os.fsync, training.train_state.save
+def fsync_failing_while(full: dict):
+    """An os.fsync that fails as on a full disk (ENOSPC) while ``full["now"]`` is true."""
+    real_fsync = os.fsync
 
     def fsync(fd):
         if full["now"]:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_fsync(fd)
 
+    return fsync
+
+
+def test_full_disk_keeps_everything_saved_and_resumes(monkeypatch, tmp_path, capsys):
+    """The disk fills up after epoch 1 was saved: epoch 2's first write fails cleanly."""
+    full = {"now": False}
+    real_fsync, real_save = os.fsync, training.train_state.save
+
     def save_then_fill(*args, **kwargs):
         real_save(*args, **kwargs)
         full["now"] = args[1].epochs_done >= 1  # not the state a new run saves at its start
 
-    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "fsync", fsync_failing_while(full))
     monkeypatch.setattr(training.train_state, "save", save_then_fill)
     run_dir = tmp_path / "run"
     fails_cleanly(
@@ -320,13 +327,8 @@ def test_full_disk_keeps_everything_saved_and_resumes(monkeypatch, tmp_path, cap
 def test_full_disk_at_the_first_epochs_save_leaves_a_resumable_run(monkeypatch, tmp_path, capsys):
     """The disk fills up as epoch 1 ends (its weights and metrics written, its state not): the
     run must still resume, not be left with weights that no command continues or replaces."""
-    real_fsync, real_save_weights = os.fsync, training.save_weights
+    real_save_weights = training.save_weights
     full = {"now": False}
-
-    def fsync(fd):
-        if full["now"]:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_fsync(fd)
 
     def weights_then_metrics_then_full(*args, **kwargs):
         real_save_weights(*args, **kwargs)
@@ -338,7 +340,7 @@ def test_full_disk_at_the_first_epochs_save_leaves_a_resumable_run(monkeypatch, 
 
         monkeypatch.setattr(training, "append_jsonl", append_then_fill)
 
-    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "fsync", fsync_failing_while(full))
     monkeypatch.setattr(training, "save_weights", weights_then_metrics_then_full)
     run_dir = tmp_path / "run"
     fails_cleanly(
