@@ -81,11 +81,15 @@ def test_cached_code_types_hold_the_largest_code(num_codes):
     assert largest.astype(prior_training.code_dtype(num_codes))[0] == num_codes - 1
 
 
-def test_a_cache_holding_negative_codes_is_recomputed(prior_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bad_code", [-7, 128], ids=["negative", "past-the-codebook"])
+def test_a_cache_holding_codes_outside_the_codebook_is_recomputed(
+    bad_code, prior_run, tmp_path, monkeypatch
+):
+    # -7: what a wrapped int16 code looks like; 128: one past the model's 128 codes.
     run = Path(shutil.copytree(prior_run, tmp_path / "run"))
     path = run / runfiles.CODES_TRAIN
-    codes = np.load(path)
-    codes[0, 0, 0] = -7  # what a wrapped int16 code looks like
+    codes = np.load(path).astype(np.int64)
+    codes[0, 0, 0] = bad_code
     np.save(path, codes)
 
     def recompute(*args, **kwargs):
