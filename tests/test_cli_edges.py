@@ -211,8 +211,11 @@ def test_a_code_map_of_more_images_than_it_can_draw_is_refused(run_copy, tmp_pat
             load_model(run_copy), torch.ones(128), torch.zeros(17, 28, 28, dtype=torch.uint8), out
         )
     assert not out.exists()
-    # The bound itself is allowed.
+    # The bound itself is allowed, on the command line and from Python.
     assert build_parser().parse_args(["codebook", "r", "--out", "f", "--images", "16"]).images == 16
+    sixteen = torch.zeros(16, 28, 28, dtype=torch.uint8)
+    write_codebook_figures(load_model(run_copy), torch.ones(128), sixteen, out)
+    assert out.is_dir() and any(out.iterdir())
 
 
 def test_a_folder_with_another_tools_config_json_may_hold_runs(tmp_path, capsys):
