@@ -201,13 +201,8 @@ def why_no_weights_yet(run_dir: str | Path) -> str | None:
             f"A model is being trained in '{run_dir}' right now ({writer}); it can be used "
             "once its first epoch ends."
         )
-    if not train_state.exists(run_dir):
-        return None
-    try:
-        first_epoch_unfinished = train_state.peek(run_dir)[0].epochs_done == 0
-    except VqkitError:  # a damaged state: resuming it would fail, so do not suggest it
-        return None
-    if not first_epoch_unfinished:
+    position = train_state.saved_position(run_dir)
+    if position is None or position.epochs_done > 0:
         return None
     return (
         f"The training in '{run_dir}' stopped before its first epoch ended, so it has no "

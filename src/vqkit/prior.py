@@ -348,12 +348,9 @@ def incomplete_prior(run_dir: str | Path) -> str | None:
         )
     if not (config or weights or state):
         return None
-    if config and state and not weights:
-        try:
-            first_epoch_unfinished = train_state.peek(run_dir, files)[0].epochs_done == 0
-        except VqkitError:  # a damaged state: resuming it would fail, so do not suggest it
-            first_epoch_unfinished = False
-        if first_epoch_unfinished:
+    if config and not weights:
+        position = train_state.saved_position(run_dir, files)
+        if position is not None and position.epochs_done == 0:
             return (
                 f"The prior training in '{run_dir}' stopped before its first epoch ended, so "
                 f"it has no weights yet; continue it with {files.resume_command(run_dir)}."

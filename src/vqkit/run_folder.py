@@ -99,8 +99,9 @@ def prepare_run_dir(
     if refusal:  # on every rank, so none waits for the others at the next collective
         raise VqkitError(refusal)
     if context.is_main and not resume:
-        # A start written over: its state holds the old settings, its report the old run.
-        for name in (*STATE_NAMES, runfiles.REPORT):
+        # A start written over goes whole: its state holds the old settings, its report the
+        # old run (the config and the session log are written afresh).
+        for name in START_FILES:
             run_path(path, name).unlink(missing_ok=True)
         for entry in path.iterdir():
             if _left_by_a_kill(entry.name) and entry.is_file():
@@ -155,25 +156,20 @@ def _refuse_taken_or_unusable(path: Path) -> None:
 
 
 def holds_trained_run(path: Path) -> bool:
-    """Whether a folder holds a run that has saved weights, or a resumable state past the
-    starting one."""
+    """Whether a folder holds a run that has saved weights, or a state past the one a new run
+    saves before its first step (a damaged state counts: it is not written over unread)."""
     if run_path(path, runfiles.WEIGHTS).exists():
         return True
-    return train_state.exists(path) and not _only_started(path)
-
-
-def _only_started(path: Path) -> bool:
-    """Whether a run saved only the state it starts from (a new run saves it before its first
-    step) and nothing after: a start that a new run may write over, as a lone config.json."""
-    if run_path(path, runfiles.WEIGHTS).exists() or not train_state.exists(path):
+    if not train_state.exists(path):
         return False
-    try:
-        return train_state.peek(path)[0].global_step == 0
-    except VqkitError:  # a damaged state is not written over unread
-        return False
+    position = train_state.saved_position(path)
+    return position is None or position.global_step > 0
 
 
 STATE_NAMES = (train_state.VQVAE_FILES.tensors, train_state.VQVAE_FILES.counters)
+# What a start cut off before its first step leaves, which a new run may write over: a new run
+# appended to old metrics, or paired with an old prior, would mix two runs.
+START_FILES = (runfiles.CONFIG, runfiles.ENVIRONMENT, runfiles.REPORT, *STATE_NAMES)
 
 
 def _left_by_a_kill(name: str) -> bool:
@@ -188,11 +184,9 @@ def _refuse_taken(path: Path) -> None:
             f"The folder '{path}' already holds a trained run; continue it with "
             f"vqkit train --resume {path} or choose another --out."
         )
-    # Only a config.json (a start stopped before its first step) may be written over, with its
-    # environment log, starting state and a report of it: a new run appended to old metrics,
-    # or paired with an old prior, would mix two runs.
-    reusable = (runfiles.CONFIG, runfiles.ENVIRONMENT, runfiles.REPORT, *STATE_NAMES)
-    others = [n for n in runfiles.FILE_NAMES if n not in reusable and run_path(path, n).is_file()]
+    others = [
+        n for n in runfiles.FILE_NAMES if n not in START_FILES and run_path(path, n).is_file()
+    ]
     if others:
         raise VqkitError(
             f"The folder '{path}' already holds files of another run ({others[0]}); "
@@ -202,7 +196,7 @@ def _refuse_taken(path: Path) -> None:
     foreign = sorted(
         entry.name
         for entry in (path.iterdir() if path.is_dir() else ())
-        if entry.name not in (*reusable, LOCK_NAME) and not _left_by_a_kill(entry.name)
+        if entry.name not in (*START_FILES, LOCK_NAME) and not _left_by_a_kill(entry.name)
     )
     if foreign:
         raise VqkitError(

@@ -201,6 +201,17 @@ def peek(run_dir: str | Path, files: StateFiles = VQVAE_FILES) -> tuple[Position
     return position, extra
 
 
+def saved_position(run_dir: str | Path, files: StateFiles = VQVAE_FILES) -> Position | None:
+    """How far the saved state has got, or None when there is none or it cannot be read (a
+    damaged state: a resume would fail on it, so no caller may count on it)."""
+    if not exists(run_dir, files):
+        return None
+    try:
+        return peek(run_dir, files)[0]
+    except VqkitError:
+        return None
+
+
 def require(run_dir: str | Path, files: StateFiles = VQVAE_FILES) -> Path:
     """The state file of ``run_dir``; a clear error when there is none to resume from."""
     path = run_path(run_dir, files.tensors)
