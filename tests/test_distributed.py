@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,7 +109,15 @@ def test_a_two_rank_channels_last_run_resumed_ends_as_an_unbroken_one(tmp_path):
     ]  # fmt: skip
     torchrun_train(tmp_path, *flags, "--epochs", "2", "--out", "unbroken")
     torchrun_train(tmp_path, *flags, "--epochs", "1", "--out", "resumed")
+    shutil.copytree(tmp_path / "resumed", tmp_path / "one_process")
     torchrun_train(tmp_path, "--resume", "resumed", "--epochs", "2")
+    # At an epoch boundary nothing depends on the process count: one process may go on.
+    done = subprocess.run(
+        vqkit_command("train", "--resume", "one_process", "--epochs", "2", "--quiet"),
+        env=child_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len((tmp_path / "one_process" / runfiles.METRICS).read_text().splitlines()) == 2
     unbroken = read_tensors(tmp_path / "unbroken" / runfiles.WEIGHTS, "weights")
     resumed = read_tensors(tmp_path / "resumed" / runfiles.WEIGHTS, "weights")
     for name, weight in unbroken.items():
@@ -216,6 +225,15 @@ def test_a_two_rank_run_resumed_mid_epoch_keeps_every_ranks_training_loss(tmp_pa
     assert crashed.returncode != 0
     state = json.loads((tmp_path / "resumed" / runfiles.TRAIN_STATE_META).read_text())
     assert state["epochs_done"] == 0 and state["step"] == 3, (state, crashed.stderr[-2000:])
+    # Mid-epoch, the ranks' shards of the rest of the epoch depend on the process count.
+    saved = (tmp_path / "resumed" / runfiles.TRAIN_STATE_META).read_bytes()
+    one_process = subprocess.run(
+        vqkit_command("train", "--resume", "resumed", "--quiet", "--device", "cpu"),
+        env=child_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert one_process.returncode == 2, one_process.stderr[-2000:]
+    assert "stopped mid-epoch with 2 processes; resume it with that many." in one_process.stderr
+    assert (tmp_path / "resumed" / runfiles.TRAIN_STATE_META).read_bytes() == saved
     torchrun_train(tmp_path, "--resume", "resumed")
     unbroken, resumed = (
         json.loads((tmp_path / name / runfiles.METRICS).read_text().splitlines()[0])
