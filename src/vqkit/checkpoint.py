@@ -89,6 +89,28 @@ def weights_digest(run_dir: str | Path) -> str:
     return hashlib.sha256(run_path(run_dir, runfiles.WEIGHTS).read_bytes()).hexdigest()
 
 
+def require_run_model(model: torch.nn.Module, run_dir: str | Path) -> None:
+    """Refuse a model other than the one saved in ``run_dir``: the folder's prior and cached
+    code usage describe the codes of that model, so the settings must match and the weights
+    must be exactly its ``model.safetensors`` (as ``VQVAE.from_run`` loads them)."""
+    model = getattr(model, "_orig_mod", model)  # a compiled model: compare the wrapped one
+    weights = run_path(run_dir, runfiles.WEIGHTS)
+    if load_config(run_dir).model != model.config:
+        differs = "their settings differ"
+    elif not weights.is_file():
+        raise VqkitError(
+            why_no_weights_yet(run_dir) or f"'{run_dir}' holds no model weights ({weights.name})."
+        )
+    elif hashlib.sha256(state_dict_bytes(model)).hexdigest() != weights_digest(run_dir):
+        differs = f"its weights are not the ones in {weights.name}"
+    else:
+        return
+    raise VqkitError(
+        f"The model is not the one trained in '{run_dir}' ({differs}); give "
+        f"VQVAE.from_run('{run_dir}') or that model's own run folder."
+    )
+
+
 def prior_digest(run_dir: str | Path) -> str | None:
     """SHA-256 of a run's prior weights file, or None when the run has no prior."""
     path = run_path(run_dir, runfiles.PRIOR_WEIGHTS)

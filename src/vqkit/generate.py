@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vqkit import arguments
-from vqkit.checkpoint import load_config
+from vqkit.checkpoint import require_run_model
 from vqkit.errors import VqkitError
 from vqkit.model import VQVAE
 
@@ -45,12 +45,8 @@ class SamplingContext:
         data_dir = arguments.path_or_none(self.data_dir, "The data folder")
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.data_dir = None if data_dir is None else Path(data_dir)
-        if self.run_dir is not None and load_config(self.run_dir).model != model.config:
-            # The run's prior and code usage describe its own model's codes, not this one's.
-            raise VqkitError(
-                f"The model is not the one trained in '{self.run_dir}' (their settings differ); "
-                f"give VQVAE.from_run('{self.run_dir}') or that model's own run folder."
-            )
+        if self.run_dir is not None:
+            require_run_model(model, self.run_dir)
 
     @property
     def grid_size(self) -> int:

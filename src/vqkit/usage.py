@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config, run_path, weights_digest
+from vqkit.checkpoint import load_config, require_run_model, run_path, weights_digest
 from vqkit.data import load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
@@ -82,10 +82,14 @@ def code_usage(
     """(K,) int64 code counts over the run's whole training split, cached in the run folder.
 
     Reads ``code_usage.json`` when it is valid and newer than the weights; otherwise encodes
-    every training image (batched, no gradients) and writes the cache.
+    every training image (batched, no gradients) and writes the cache. A ``model`` given must
+    be the run's own (the cache names the run's weights): another is refused.
     """
     config = load_config(run_dir)
-    model = model if model is not None else VQVAE.from_run(run_dir)
+    if model is None:
+        model = VQVAE.from_run(run_dir)
+    else:
+        require_run_model(model, run_dir)
     path = run_path(run_dir, runfiles.CODE_USAGE)
     cached = None if refresh else _cached_counts(run_dir, model)
     if cached is not None:
