@@ -27,6 +27,7 @@ from vqkit.prior_training import train_prior
 from vqkit.report import write_report
 from vqkit.score import score_run
 from vqkit.training import train
+from vqkit.usage import code_usage
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,8 @@ def test_integer_pixels_encode_as_uint8_ones_do(model):
         ("image.png", "must be a torch tensor"),
         (torch.zeros(28, 28, dtype=torch.uint8), "has shape (28, 28)"),
         (torch.zeros(1, 1, 1, 28, 28, dtype=torch.uint8), "has shape (1, 1, 1, 28, 28)"),
-        (torch.zeros(2, 3, 28, 28, dtype=torch.uint8), "28×28 with 3"),
-        (torch.zeros(2, 32, 32, dtype=torch.uint8), "these are 32×32"),
+        (torch.zeros(2, 3, 28, 28, dtype=torch.uint8), "these have shape (2, 3, 28, 28)"),
+        (torch.zeros(2, 32, 32, dtype=torch.uint8), "these have shape (2, 32, 32)"),
         (torch.zeros(2, 28, 28, dtype=torch.bool), "not torch.bool"),
     ],
     ids=["str", "2-d", "5-d", "rgb", "32x32", "bool"],
@@ -176,7 +177,23 @@ WRONG_ARGUMENTS = {
     ),
     "latent image size": (
         lambda m, run: interpolation(m, torch.zeros(32, 32), torch.zeros(32, 32), 3, "latent"),
-        "28×28",
+        "one 28×28 image, of shape (28, 28) or (1, 28, 28); these have shape (32, 32)",
+    ),
+    "interpolation batches": (
+        lambda m, run: interpolation(m, torch.zeros(2, 28, 28), torch.zeros(2, 28, 28), 3),
+        "must each be one 28×28 image, of shape (28, 28) or (1, 28, 28); these have shape (2, 28",
+    ),
+    "interpolation rows": (
+        lambda m, run: interpolation(m, torch.zeros(28), torch.zeros(28), 3),
+        "these have shape (28,).",
+    ),
+    "quantizer array": (
+        lambda m, run: m.quantizer(np.zeros((2, 32, 7, 7))),
+        "takes latents as a torch tensor (B, 32, H, W), not a ndarray",
+    ),
+    "quantizer channels": (
+        lambda m, run: m.quantizer.quantize_codes(torch.zeros(2, 7, 7, 32)),
+        "takes latents (B, 32, H, W), channels first; these have shape (2, 7, 7, 32).",
     ),
     "prior setting text": (lambda m, run: PriorConfig(epochs="3"), "'epochs' must be an integer"),
     "train setting float": (
@@ -251,6 +268,21 @@ def test_a_sampling_context_checks_its_model_and_that_it_is_the_runs(run_copy):
         SamplingContext(other, run_copy)
     context = SamplingContext(VQVAE.from_run(run_copy), str(run_copy))
     assert context.run_dir == run_copy  # a str folder becomes a Path
+    # The same settings with other weights: an untrained model, or the run's own one changed.
+    changed = VQVAE.from_run(run_copy)
+    with torch.no_grad():
+        changed.quantizer.codebook[0] += 1.0
+    for model in (VQVAE(load_config(run_copy).model), changed):
+        with pytest.raises(VqkitError, match="its weights are not the ones in model.safetens"):
+            SamplingContext(model, run_copy)
+        # counting usage with it would have cached its counts under the run's weights
+        with pytest.raises(VqkitError, match="is not the one trained in"):
+            code_usage(run_copy, model)
+        assert not (run_copy / runfiles.CODE_USAGE).exists()
+    # Layout and mode are not weights: the run's model in channels-last training mode is its own.
+    SamplingContext(
+        VQVAE.from_run(run_copy).to(memory_format=torch.channels_last).train(), run_copy
+    )
 
 
 @pytest.mark.parametrize(
