@@ -197,6 +197,21 @@ def test_the_whole_pipeline_runs_on_the_gpu(tmp_path):
     assert scores
 
 
+def test_a_gpu_model_encodes_and_decodes_cpu_tensors_as_the_cpu_model_does():
+    model = VQVAE(preset_config("efficient").model).eval()
+    pixels = load_split("mnist", "test").images[:64]
+    codes = model.encode(pixels)
+    on_gpu = VQVAE(preset_config("efficient").model).eval()
+    on_gpu.load_state_dict(model.state_dict())
+    on_gpu.to(CUDA)
+    gpu_codes = on_gpu.encode(pixels)  # CPU pixels: moved to the model's device
+    assert gpu_codes.device.type == "cuda"
+    assert (gpu_codes.cpu() == codes).float().mean() > 0.99  # fp32 near-ties may differ
+    decoded = on_gpu.decode(codes)  # CPU codes likewise
+    assert decoded.device.type == "cuda"
+    torch.testing.assert_close(decoded.cpu(), model.decode(codes), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compiled_training_on_the_gpu_learns_like_eager(tmp_path, mode):
     """Compiled (channels-last on CUDA, see acceleration.compiles_channels_last) and CUDA-graph

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from safetensors.torch import save as save_safetensors
 from vqkit.checkpoint import load_model, load_weights_into, save_config, save_weights
 from vqkit.config import ModelConfig, QuantizerConfig, RunConfig, preset_config
 from vqkit.errors import VqkitError
-from vqkit.model import VQVAE
+from vqkit.model import VQVAE, input_for
 
 
 def images(count: int = 4) -> torch.Tensor:
@@ -146,3 +147,41 @@ def test_codes_outside_the_codebook_are_refused_by_decode(quantizer):
 def test_a_whole_run_config_given_for_a_model_config_is_one_sentence():
     with pytest.raises(VqkitError, match=r"VQVAE takes a ModelConfig .*not a RunConfig"):
         VQVAE(preset_config("efficient"))
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value", "fragment"),
+    [
+        ("quantizer", "quantizer", "fsg", "Unknown --quantizer 'fsg'"),
+        ("quantizer", "codebook_update", "emma", "Unknown --codebook-update 'emma'"),
+        ("quantizer", "gradient_estimator", "rotate", "Unknown --gradient-estimator 'rotate'"),
+        ("quantizer", "num_embeddings", 0, "at least 2 codes"),
+        ("model", "hidden_dim", "big", "'hidden_dim' must be an integer, not 'big'"),
+        ("model", "image_size", 32, "image_size must be 28, not 32"),
+    ],
+)
+def test_a_config_edited_after_it_was_made_is_checked_again_by_the_model(
+    section, field, value, fragment
+):
+    # Edited in place, the fields skip the checks their constructors ran: a typo'd quantizer
+    # name used to build the plain quantizer, a bad estimator to raise a KeyError.
+    config = preset_config("efficient").model
+    setattr(config.quantizer if section == "quantizer" else config, field, value)
+    with pytest.raises(VqkitError, match=re.escape(fragment)):
+        VQVAE(config)
+
+
+def test_images_in_channels_last_order_are_named_by_their_shape():
+    model = VQVAE(preset_config("efficient").model).eval()
+    expected = (
+        r"\(B, 28, 28\) or \(B, 1, 28, 28\), channels first; these have shape \(2, 28, 28, 1\)"
+    )
+    with pytest.raises(VqkitError, match=expected):
+        model.encode(torch.zeros(2, 28, 28, 1, dtype=torch.uint8))
+
+
+def test_images_go_to_the_device_of_the_weights_as_pixels():
+    # The meta device stands in for a GPU here (tests/test_cuda.py runs encode and decode there).
+    network = torch.nn.Conv2d(1, 4, 3).to("meta")
+    x = input_for(network, images(2))
+    assert x.device.type == "meta" and x.dtype == torch.float32 and x.shape == (2, 1, 28, 28)

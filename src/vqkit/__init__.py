@@ -1,13 +1,15 @@
 """vqkit: Vector-Quantized VAEs on small images — train, encode, sample, evaluate.
 
 The pipeline as functions (each is also a ``vqkit`` subcommand):
-``train`` -> ``evaluate_run`` / ``VQVAE.from_run`` / ``encode`` / ``decode`` -> ``train_prior`` ->
-``sample_codes`` / ``interpolation`` -> ``score_run`` -> ``write_report``; ``run_demo`` runs
-them all. Their settings: ``preset_config`` (a ``RunConfig``), ``PriorConfig``, ``DemoSettings``.
-Images and labels of a dataset split: ``load_split``.
+``train`` -> ``evaluate_run`` / ``VQVAE.from_run`` (and the model's ``encode`` / ``decode``) ->
+``train_prior`` -> ``sample_codes`` / ``interpolation`` -> ``score_run`` -> ``write_report``;
+``run_demo`` runs them all. Their settings: ``preset_config`` (a ``RunConfig`` of a
+``ModelConfig`` with its ``QuantizerConfig`` and a ``TrainConfig``), ``PriorConfig``,
+``DemoSettings``. A quantizer of one's own: ``register_quantizer``. Images and labels of a
+dataset split: ``load_split``.
 """
 
-from vqkit.config import RunConfig, preset_config
+from vqkit.config import ModelConfig, QuantizerConfig, RunConfig, TrainConfig, preset_config
 from vqkit.data import load_split
 from vqkit.demo import DemoSettings, run_demo
 from vqkit.errors import VqkitError
@@ -17,6 +19,7 @@ from vqkit.interpolate import interpolation
 from vqkit.model import VQVAE
 from vqkit.prior import PriorConfig
 from vqkit.prior_training import train_prior
+from vqkit.quantize import register_quantizer
 from vqkit.report import write_report
 from vqkit.score import score_run
 from vqkit.training import TrainResult, train
@@ -24,15 +27,19 @@ from vqkit.training import TrainResult, train
 __all__ = [
     "VQVAE",
     "DemoSettings",
+    "ModelConfig",
     "PriorConfig",
+    "QuantizerConfig",
     "RunConfig",
     "SamplingContext",
+    "TrainConfig",
     "TrainResult",
     "VqkitError",
     "evaluate_run",
     "interpolation",
     "load_split",
     "preset_config",
+    "register_quantizer",
     "run_demo",
     "sample_codes",
     "score_run",

@@ -396,6 +396,12 @@ class RunConfig:
         return _from_dict(cls, data, "config")
 
 
+def checked_model_config(config: ModelConfig) -> ModelConfig:
+    """A copy of ``config`` checked again as if read from config.json: fields edited in place
+    from Python (``config.quantizer.quantizer = "fsg"``) skip the checks the constructors ran."""
+    return _from_dict(ModelConfig, dataclasses.asdict(config), "model")
+
+
 def _from_dict(cls: type, data: Any, where: str) -> Any:
     """Build a dataclass from a dict, refusing unknown keys so typos and version drift surface."""
     _require(

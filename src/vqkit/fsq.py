@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vqkit.config import QuantizerConfig
-from vqkit.quantize import QuantizerOutput
+from vqkit.quantize import QuantizerOutput, latent_shape
 
 # Widens the tanh range a little so its open interval still rounds to the outermost values.
 BOUND_MARGIN = 1e-3
@@ -85,7 +85,7 @@ class FiniteScalarQuantizer(nn.Module):
 
     def quantize_codes(self, z: torch.Tensor) -> torch.Tensor:
         """Code grid (B, H, W) of latents z (B, D, H, W)."""
-        batch, dim, height, width = z.shape
+        batch, dim, height, width = latent_shape(z, self.config.embedding_dim)
         with torch.no_grad():
             h = self.project_in(z.permute(0, 2, 3, 1).reshape(-1, dim))
             return self.scalar_quantize(h)[1].view(batch, height, width)
@@ -101,7 +101,7 @@ class FiniteScalarQuantizer(nn.Module):
         return latents.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        batch, dim, height, width = z.shape
+        batch, dim, height, width = latent_shape(z, self.config.embedding_dim)
         h = self.project_in(z.permute(0, 2, 3, 1).reshape(-1, dim))  # (N, c)
         values, codes = self.scalar_quantize(h)
         quantized = self.project_out(values).view(batch, height, width, -1).permute(0, 3, 1, 2)

@@ -109,6 +109,12 @@ def interpolation(
             f"Images A and B must hold pixels of one type, not {image_a.dtype} and "
             f"{image_b.dtype} (uint8 0-255, or floats in [0, 1])."
         )
+    size = model.config.image_size
+    if tuple(image_a.shape) not in ((size, size), (1, size, size)):  # not a batch: one pair
+        raise VqkitError(
+            f"Images A and B must each be one {size}×{size} image, of shape ({size}, {size}) or "
+            f"(1, {size}, {size}); these have shape {tuple(image_a.shape)}."
+        )
     if mode not in MODES:
         raise VqkitError(f"Unknown interpolation mode '{mode}'; choose one of: {', '.join(MODES)}.")
     if mode == "latent":

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqkit.config import ModelConfig
+from vqkit.config import ModelConfig, checked_model_config
 from vqkit.errors import VqkitError
 from vqkit.fast_conv import ConvTranspose2d
 from vqkit.quantize import QuantizerOutput, build_quantizer
@@ -114,10 +114,12 @@ def images_to_input(images: torch.Tensor) -> torch.Tensor:
 
 
 def input_for(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """``images_to_input`` in the float type of ``network``'s weights (float64 after
-    ``.double()``), so a network converted for gradient checks takes the same images."""
-    x = images_to_input(images)
+    """``images_to_input`` on the device and in the float type of ``network``'s weights, so a
+    network on a GPU, or converted by ``.double()`` for gradient checks, takes the same images."""
     weight = next(network.parameters(), None)
+    if weight is not None and isinstance(images, torch.Tensor):
+        images = images.to(weight.device)  # before the conversion: uint8 pixels are 4× smaller
+    x = images_to_input(images)
     if weight is not None and weight.is_floating_point():
         x = x.to(weight.dtype)
     return x
@@ -132,6 +134,7 @@ class VQVAE(nn.Module):
                 f"VQVAE takes a ModelConfig (a run config's .model, as in "
                 f"VQVAE(preset_config('efficient').model)), not a {type(config).__name__}."
             )
+        config = checked_model_config(config)  # fields may have been edited since it was made
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
@@ -140,17 +143,18 @@ class VQVAE(nn.Module):
 
     @property
     def num_codes(self) -> int:
+        """How many distinct codes the quantizer emits (K; the product of the levels for FSQ)."""
         return self.quantizer.num_codes
 
     def model_input(self, images: torch.Tensor) -> torch.Tensor:
-        """``images_to_input`` checked against the shape this model was built for, in the
-        model's own float type (a model turned ``.double()`` takes float64 input)."""
+        """``images_to_input`` checked against the shape this model was built for, on the
+        model's device and in its float type (a model turned ``.double()`` takes float64)."""
         x = input_for(self.encoder, images)
         size, channels = self.config.image_size, self.config.in_channels
         if tuple(x.shape[1:]) != (channels, size, size):
             raise VqkitError(
-                f"This model takes {size}×{size} images with {channels} channel(s); these are "
-                f"{x.shape[-1]}×{x.shape[-2]} with {x.shape[1]}."
+                f"This model takes images of shape (B, {size}, {size}) or (B, {channels}, "
+                f"{size}, {size}), channels first; these have shape {tuple(images.shape)}."
             )
         return x
 
@@ -173,13 +177,14 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, [C,] H, W), uint8 0-255 or float in [0, 1] -> integer code grids (B, h, w)."""
+        """images (B, [C,] H, W), uint8 0-255 or float in [0, 1], on any device -> integer code
+        grids (B, h, w) on the model's device."""
         return self.quantizer.quantize_codes(self.encoder(self.model_input(images)))
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """integer code grids (B, h, w) -> images (B, C, H, W) in [0, 1], without autograd
-        history (ready for ``.numpy()``); for gradients through the decoder call
+        """integer code grids (B, h, w), on any device -> images (B, C, H, W) in [0, 1] on the
+        model's device, without autograd history; for gradients through the decoder call
         ``model.decoder(model.quantizer.codes_to_latents(codes))``."""
         if not isinstance(codes, torch.Tensor):
             raise VqkitError(
@@ -200,7 +205,8 @@ class VQVAE(nn.Module):
                     f"Codes must lie in 0 to {self.num_codes - 1} for this model's codebook; "
                     f"these range from {low} to {high}."
                 )
-        return self.decoder(self.quantizer.codes_to_latents(codes.long()))
+        device = next(self.parameters()).device
+        return self.decoder(self.quantizer.codes_to_latents(codes.to(device, torch.long)))
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> VQVAE:

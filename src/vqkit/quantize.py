@@ -40,6 +40,23 @@ class QuantizerOutput:
     code_counts: torch.Tensor  # (K,) int64: how often each code was chosen in this batch
 
 
+def latent_shape(z: torch.Tensor, dim: int) -> tuple[int, int, int, int]:
+    """(B, D, H, W) of latents ``z`` for a quantizer of ``dim`` dimensions, or one sentence: a
+    quantizer used on its own would otherwise fail deep inside a matrix product."""
+    if not isinstance(z, torch.Tensor):
+        raise VqkitError(
+            f"The quantizer takes latents as a torch tensor (B, {dim}, H, W), not a "
+            f"{type(z).__name__}."
+        )
+    if z.dim() != 4 or z.shape[1] != dim:
+        raise VqkitError(
+            f"The quantizer takes latents (B, {dim}, H, W), channels first; these have shape "
+            f"{tuple(z.shape)}."
+        )
+    batch, _, height, width = z.shape
+    return batch, dim, height, width
+
+
 @torch.no_grad()
 def nearest_codes(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest codebook row (squared L2) for each vector.

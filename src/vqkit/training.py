@@ -83,6 +83,9 @@ def limit(split: Split, count: int | None) -> torch.Tensor:
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the run folder it wrote, the trained model (in eval mode,
+    on the training device) and the metrics of every epoch the run has trained."""
+
     run_dir: Path
     model: VQVAE
     history: list[dict[str, Any]] = field(default_factory=list)  # one metrics record per epoch
@@ -90,6 +93,8 @@ class TrainResult:
 
     @property
     def final(self) -> dict[str, Any]:
+        """The last epoch's metrics record (``test_mse``, ``codes_used``, ...), as in
+        ``metrics.jsonl``."""
         return self.history[-1]
 
 
@@ -177,7 +182,8 @@ def train(
     progress: bool | None = None,
     resume: bool = False,
 ) -> TrainResult:
-    """Train the model ``config`` describes and write its run folder.
+    """Train the model ``config`` describes and write its run folder: ``run_dir``, or with
+    None a new ``runs/DATE-TIME-DATASET-PRESET`` under the current folder.
 
     Returns the trained model (eval mode) and the per-epoch metrics also written to
     ``metrics.jsonl``. ``progress=None`` shows a bar only when stderr is a terminal.

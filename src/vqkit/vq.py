@@ -23,7 +23,7 @@ from torch import nn
 
 from vqkit import codebook_health as health
 from vqkit.config import QuantizerConfig
-from vqkit.quantize import QuantizerOutput, nearest_codes
+from vqkit.quantize import QuantizerOutput, latent_shape, nearest_codes
 from vqkit.rotation import GRADIENT_ESTIMATORS
 
 # Cluster size given to a freshly initialised or restarted code: it stands for the one vector it
@@ -70,7 +70,7 @@ class VectorQuantizer(nn.Module):
 
     def quantize_codes(self, z: torch.Tensor) -> torch.Tensor:
         """Code grid (B, H, W) of latents z (B, D, H, W), without loss, gradient or updates."""
-        batch, dim, height, width = z.shape
+        batch, dim, height, width = latent_shape(z, self.config.embedding_dim)
         flat = z.detach().permute(0, 2, 3, 1).reshape(-1, dim)
         return nearest_codes(flat, self.codebook).view(batch, height, width)
 
@@ -79,7 +79,7 @@ class VectorQuantizer(nn.Module):
         return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        batch, dim, height, width = z.shape
+        batch, dim, height, width = latent_shape(z, self.config.embedding_dim)
         flat = z.permute(0, 2, 3, 1).reshape(-1, dim)  # (N, D), N = B·H·W
         if self.training and self.needs_initialization():
             self._kmeans_init(flat, height * width)
@@ -105,6 +105,7 @@ class VectorQuantizer(nn.Module):
         training forward would do it; compiled training calls this eagerly first, so that no
         compiled graph traces the data-dependent k-means."""
         if self.needs_initialization():
+            latent_shape(z, self.config.embedding_dim)
             flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
             self._kmeans_init(flat, z.shape[2] * z.shape[3])
 
