@@ -464,3 +464,10 @@ def test_a_mistyped_or_missing_gpu_is_one_sentence(device, fragment, monkeypatch
         capsys, ["train", *TINY[:-2], "--device", device, "--out", tmp_path / "r"], fragment
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_an_unknown_demo_preset_is_refused_by_the_parser_with_the_choices(tmp_path, capsys):
+    argv = ["demo", "--preset", "turbo", "--out", tmp_path / "demo"]
+    err = refused_by_parser(capsys, argv, "argument --preset: invalid choice: 'turbo'")
+    assert "'best', 'default', 'efficient', 'fast'" in err
+    assert not (tmp_path / "demo").exists()

@@ -176,3 +176,12 @@ def test_png_inputs_never_load_the_test_set(tmp_path, digit_pixels):
 def test_bad_references(fake_test, reference, message):
     with pytest.raises(VqkitError, match=message):
         resolve_image(reference, lambda: fake_test)
+
+
+def test_a_missing_file_is_refused_with_the_references_the_caller_takes(fake_test, tmp_path):
+    # interpolate takes one image: its sentence used to offer test:A-B ranges, then refuse one.
+    absent = str(tmp_path / "absent.png")
+    with pytest.raises(VqkitError, match="is not a test-set index, digit:D or an existing PNG"):
+        resolve_image(absent, lambda: fake_test)
+    with pytest.raises(VqkitError, match="is not a test-set index, test:A-B range, digit:D or"):
+        resolve_images([absent], lambda: fake_test)

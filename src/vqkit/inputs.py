@@ -26,6 +26,10 @@ _INDEX = re.compile(r"^(?:test:)?(\d+)$")
 _RANGE = re.compile(r"^test:(\d+)-(\d+)$")
 _DIGIT = re.compile(r"^digit:(-?\d+)$")
 
+# What an image reference may be, as the sentences refusing one list it.
+ANY_REFERENCE = "a test-set index, test:A-B range, digit:D or an existing PNG file"
+ONE_REFERENCE = "a test-set index, digit:D or an existing PNG file"  # where one image is asked
+
 # 8-bit Pillow modes that convert to grayscale without guessing a value range.
 _CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}
 
@@ -39,13 +43,12 @@ class ImageSet:
     names: list[str]
 
 
-def load_png(path: str | Path, size: int = 28) -> torch.Tensor:
-    """A PNG file as a (size, size) uint8 grayscale tensor, with a clear error for bad files."""
+def load_png(path: str | Path, size: int = 28, expected: str = ANY_REFERENCE) -> torch.Tensor:
+    """A PNG file as a (size, size) uint8 grayscale tensor, with a clear error for bad files
+    (a missing one is said not to be any of the references ``expected``)."""
     path = Path(path)
     if not path.is_file():
-        raise VqkitError(
-            f"'{path}' is not a test-set index, test:A-B range, digit:D or an existing PNG file."
-        )
+        raise VqkitError(f"'{path}' is not {expected}.")
     try:
         with Image.open(path) as image:
             if image.format != "PNG":
@@ -86,9 +89,13 @@ def _test_index(index: int, test: Split) -> int:
 
 
 def resolve_images(
-    references: Sequence[str], test_split: Callable[[], Split], size: int = 28
+    references: Sequence[str],
+    test_split: Callable[[], Split],
+    size: int = 28,
+    expected: str = ANY_REFERENCE,
 ) -> ImageSet:
-    """All images named by ``references``, in order; ``test_split`` loads the test set lazily."""
+    """All images named by ``references``, in order; ``test_split`` loads the test set lazily.
+    ``expected`` lists the kinds of reference the caller takes, for the sentence refusing one."""
     images: list[torch.Tensor] = []
     names: list[str] = []
     for reference in references:
@@ -120,12 +127,9 @@ def resolve_images(
             images.append(test.images[position : position + 1])
             names.append(f"test:{position}")
         elif not reference.strip():  # Path("") would read as '.', the current folder
-            raise VqkitError(
-                "An image reference is empty; give a test-set index, test:A-B range, digit:D "
-                "or a PNG file."
-            )
+            raise VqkitError(f"An image reference is empty; give {expected}.")
         else:
-            images.append(load_png(reference, size).unsqueeze(0))
+            images.append(load_png(reference, size, expected).unsqueeze(0))
             names.append(reference)
     if not images:
         raise VqkitError("No input images were given.")
@@ -134,7 +138,7 @@ def resolve_images(
 
 def resolve_image(reference: str, test_split: Callable[[], Split], size: int = 28) -> torch.Tensor:
     """The one image a reference names, (H, W) uint8; a range of several is an error."""
-    found = resolve_images([reference], test_split, size)
+    found = resolve_images([reference], test_split, size, ONE_REFERENCE)
     if found.images.shape[0] != 1:
         raise VqkitError(f"'{reference}' names {found.images.shape[0]} images; give exactly one.")
     return found.images[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vqkit.cli.common import add_command, add_device_flag, positive_int, seed, whole_number_at_least
+from vqkit.config import PRESETS
 from vqkit.data import DATASETS, OWN_DATASET
 from vqkit.demo import DemoSettings, format_headline, run_demo
 
@@ -27,7 +28,9 @@ def register(subparsers) -> None:
     named = [name for name in DATASETS if name != OWN_DATASET]  # the demo reads no --data-dir
     parser.add_argument("--dataset", choices=named, default="mnist", help="(default mnist)")
     parser.add_argument("--out", help="run folder to create (default: a new folder in runs/)")
-    parser.add_argument("--preset", default="best", help="VQ-VAE preset (default: best)")
+    parser.add_argument(
+        "--preset", default="best", choices=sorted(PRESETS), help="VQ-VAE preset (default: best)"
+    )
     parser.add_argument(
         "--prior-epochs",
         type=positive_int,
