@@ -93,11 +93,17 @@ def test_runs_marks_an_unreadable_config(root, tmp_path, capsys):
     assert "(unreadable config.json)" in capsys.readouterr().out
 
 
-def test_runs_on_missing_or_empty_root(tmp_path, capsys):
+def test_runs_on_missing_or_empty_root(tmp_path, capsys, monkeypatch):
     assert main(["runs", str(tmp_path / "nope")]) == 2
     assert "There is no folder" in capsys.readouterr().err
     assert main(["runs", str(tmp_path)]) == 0
     assert "No run folders" in capsys.readouterr().out
+    # A first look before any training: the default folder not being there is no mistake.
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs"]) == 0
+    assert capsys.readouterr().out.startswith("No runs yet: there is no 'runs' folder here;")
+    assert main(["runs", "runs"]) == 2  # named, it must be there
+    assert "There is no folder 'runs'" in capsys.readouterr().err
 
 
 def test_folders_that_cannot_be_looked_into_are_left_out_or_refused(tmp_path, monkeypatch, capsys):

@@ -24,8 +24,11 @@ from vqkit.fileio import ensure_dir, read_jsonl, temp_file_target, write_bytes_a
 from vqkit.run_lock import LOCK_NAME, RunLock, require_no_writer
 from vqkit.train_state import Position
 
+# Where train and demo put a new run folder when none is named (and what vqkit runs lists).
+RUNS_ROOT = "runs"
 
-def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
+
+def default_run_dir(config: RunConfig, root: str | Path = RUNS_ROOT) -> Path:
     """A new folder name under ``root`` that says when and what was trained."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(root) / f"{stamp}-{config.train.dataset}-{config.preset}"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from vqkit.cli.common import add_command
+from vqkit.run_folder import RUNS_ROOT
 from vqkit.runs import runs_table
 
 HELP = """
 List the run folders inside ROOT (default: runs/) as a table: dataset, preset, epochs done
 (done/planned when training stopped early), test MSE and codes used after the last epoch, the
-prior's best test bits per code when a prior was trained, and whether report.html exists.
-Folders without a config.json are not runs and are skipped.
+prior's best test bits per code when a prior was trained, and whether report.html exists
+(yes, no, or outdated when a file it shows changed after it was written). Folders without a
+config.json are not runs and are skipped; with no runs/ folder yet there is nothing to list.
 
 examples:
   vqkit runs
@@ -27,11 +30,13 @@ def register(subparsers) -> None:
         "root",
         metavar="ROOT",
         nargs="?",
-        default="runs",
-        help="folder holding run folders (default: runs)",
+        help=f"folder holding run folders (default: {RUNS_ROOT})",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    print(runs_table(args.root))
+    if args.root is None and not Path(RUNS_ROOT).exists():  # a first look, before any run
+        print(f"No runs yet: there is no '{RUNS_ROOT}' folder here; 'vqkit train' makes one.")
+        return 0
+    print(runs_table(RUNS_ROOT if args.root is None else args.root))
     return 0
