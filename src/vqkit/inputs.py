@@ -4,7 +4,7 @@ One reference names one or more images:
 
 - ``17`` or ``test:17``: test image 17; ``test:0-99``: test images 0 to 99 (inclusive);
 - ``digit:3``: the first test image labelled 3 (the class index for Fashion-MNIST);
-- anything else: a path to a grayscale PNG of the model's image size.
+- anything else: a path to a PNG of the model's image size (colour converted to grayscale).
 """
 
 from __future__ import annotations

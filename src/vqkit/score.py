@@ -328,7 +328,7 @@ def format_scores(scores: dict[str, Any]) -> str:
     lines.append(
         f"n: images scored per row; classifier test accuracy "
         f"{scores['classifier_test_accuracy']:.2%}; FID against the real test images "
-        "(of the requested digit for per-digit rows). FID grows as n shrinks: compare rows "
+        "(of the requested class for per-class rows). FID grows as n shrinks: compare rows "
         "and runs at equal n."
     )
     if scores.get("prior_left_out"):

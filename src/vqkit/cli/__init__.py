@@ -17,17 +17,17 @@ from vqkit import plugins
 from vqkit.errors import VqkitError
 
 COMMAND_MODULES = (
+    "demo",
     "train",
     "evaluate",
     "reconstruct",
-    "sample",
-    "interpolate",
     "encode",
     "decode",
     "codebook",
     "train-prior",
+    "sample",
+    "interpolate",
     "score",
-    "demo",
     "report",
     "runs",
 )
@@ -36,24 +36,9 @@ DESCRIPTION = """\
 vqkit trains Vector-Quantized VAEs (van den Oord et al. 2017) on 28x28 images and works with
 their discrete codes: each image becomes a 7x7 grid of integers from a learned codebook.
 Every command reads or writes a run folder (runs/DATE-TIME-DATASET-PRESET by default).
+"""
 
-the pipeline, in order:
-  demo          run everything below on MNIST (or Fashion-MNIST) into one run folder and
-                report.html (start here)
-  train         train a VQ-VAE and write a run folder
-  evaluate      test MSE, PSNR and codebook usage of a run
-  reconstruct   test images above their reconstructions, as a PNG
-  encode        images to 7x7 code grids, saved as .npy
-  decode        code grids back to images
-  codebook      codebook health: usage histogram, dead codes, code atlas
-  train-prior   train a PixelCNN prior over the run's code grids
-  sample        new images from sampled code grids (random, used, prior)
-  interpolate   walk between two images through their code grids
-  score         classifier-based quality scores (FID, confidence) of samples
-  report        write the run's self-contained HTML report
-  runs          list run folders with their headline numbers
-
-examples:
+EXAMPLES = """examples:
   vqkit demo                                train, sample, score and report in a few minutes
   vqkit train --preset efficient            train the small model on MNIST (about a minute)
   vqkit evaluate runs/RUN                   test MSE, PSNR, codebook usage of a run
@@ -78,6 +63,7 @@ def build_parser() -> OneLineErrors:
     parser = OneLineErrors(
         prog="vqkit",
         description=DESCRIPTION,
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         # --plugin is taken out before parsing; an abbreviation of it would be accepted here
         # and ignored.
@@ -93,7 +79,11 @@ def build_parser() -> OneLineErrors:
         help="import this code first, for a quantizer of your own it registers (repeatable)",
     )
     subparsers = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=OneLineErrors
+        title="the pipeline, in order",
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        parser_class=OneLineErrors,
     )
     for name in COMMAND_MODULES:
         importlib.import_module(f"vqkit.cli.{name.replace('-', '_')}_cmd").register(subparsers)

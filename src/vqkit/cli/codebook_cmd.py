@@ -31,7 +31,13 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "codebook", "codebook usage and atlas figures", HELP, run)
+    parser = add_command(
+        subparsers,
+        "codebook",
+        "codebook health: usage histogram, dead codes, code atlas",
+        HELP,
+        run,
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--out", required=True, help="folder for the three PNGs")
     parser.add_argument(

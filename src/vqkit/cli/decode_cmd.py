@@ -32,7 +32,7 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "decode", "code grids (.npy) to images", HELP, run)
+    parser = add_command(subparsers, "decode", "code grids (.npy) back to images", HELP, run)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("codes", metavar="CODES", help=".npy file of (N, 7, 7) code grids")
     parser.add_argument("--out", required=True, help="PNG grid or .npy array of the images")

@@ -24,7 +24,13 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "demo", "the whole pipeline, ending in a report", HELP, run)
+    parser = add_command(
+        subparsers,
+        "demo",
+        "all of the below into one run folder and its report.html (start here)",
+        HELP,
+        run,
+    )
     named = [name for name in DATASETS if name != OWN_DATASET]  # the demo reads no --data-dir
     parser.add_argument("--dataset", choices=named, default="mnist", help="(default mnist)")
     parser.add_argument("--out", help="run folder to create (default: a new folder in runs/)")

@@ -16,8 +16,8 @@ Encode images into code grids: each 28x28 image becomes 7x7 integers in [0, K). 
 written as an (N, 7, 7) int64 .npy array, in the order the inputs were given; `vqkit decode`
 turns them back into images.
 
-INPUT is a PNG file (28x28 grayscale), a test-set index (17 or test:17), a test-set range
-(test:0-99, both ends included) or digit:3 (the first test image labelled 3).
+INPUT is a 28x28 PNG file (colour is converted to gray), a test-set index (17 or test:17), a
+test-set range (test:0-99, both ends included) or digit:3 (the first test image labelled 3).
 
 examples:
   vqkit encode runs/RUN test:0-99 --out codes.npy
@@ -26,7 +26,7 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "encode", "images to code grids (.npy)", HELP, run)
+    parser = add_command(subparsers, "encode", "images to 7x7 code grids, saved as .npy", HELP, run)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument(
         "inputs",

@@ -19,7 +19,9 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "evaluate", "test metrics of a trained run", HELP, run)
+    parser = add_command(
+        subparsers, "evaluate", "test MSE, PSNR and codebook usage of a run", HELP, run
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")

@@ -24,7 +24,7 @@ Encode two images, walk from the codes of the first to the codes of the second, 
 PNG row: original A, the decoded steps, original B.
 
 A and B are a test-set index (17), digit:3 (the first test image labelled 3) or the path of a
-28x28 grayscale PNG.
+28x28 PNG (colour is converted to gray).
 
 modes:
   crossfade  patches switch from A's code to B's in a random order (--seed); a switched patch
@@ -40,7 +40,9 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "interpolate", "morph one image into another", HELP, run)
+    parser = add_command(
+        subparsers, "interpolate", "walk between two images through their code grids", HELP, run
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument(
         "--from",

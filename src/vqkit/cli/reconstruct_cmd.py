@@ -24,7 +24,9 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "reconstruct", "originals above reconstructions", HELP, run)
+    parser = add_command(
+        subparsers, "reconstruct", "test images above their reconstructions, as a PNG", HELP, run
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--n", type=positive_int, default=8, help="how many images (default 8)")

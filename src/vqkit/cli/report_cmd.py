@@ -23,7 +23,9 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "report", "write a run's HTML report", HELP, run)
+    parser = add_command(
+        subparsers, "report", "write the run's self-contained HTML report", HELP, run
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by vqkit train")
 
 

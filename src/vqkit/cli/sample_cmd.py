@@ -50,7 +50,9 @@ OPTION_FLAGS = {
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "sample", "decode sampled code grids", HELP, run)
+    parser = add_command(
+        subparsers, "sample", "new images from sampled code grids (random, used, prior)", HELP, run
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--strategy", choices=strategies(), required=True)
     parser.add_argument("--n", type=positive_int, default=64, help="how many (default 64)")

@@ -32,7 +32,13 @@ examples:
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "score", "sample quality of each strategy", HELP, run)
+    parser = add_command(
+        subparsers,
+        "score",
+        "classifier-based quality scores (FID, confidence) of samples",
+        HELP,
+        run,
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument(
         "--n",

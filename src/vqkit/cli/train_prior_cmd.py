@@ -78,7 +78,7 @@ FIELDS = (
 
 def register(subparsers) -> None:
     parser = add_command(
-        subparsers, "train-prior", "train a PixelCNN prior over a run's codes", HELP, run
+        subparsers, "train-prior", "train a PixelCNN prior over the run's code grids", HELP, run
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     defaults = PriorConfig()
