@@ -29,7 +29,7 @@ def epoch_seconds(preset: str, images: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="efficient")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 60000])
     args = parser.parse_args()

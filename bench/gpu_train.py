@@ -30,7 +30,7 @@ from vqkit.data import load_split
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="efficient")
     parser.add_argument("--label", help="name of this row in the table")
     parser.add_argument("--repeat", type=int, default=1, help="train this many times (timing)")

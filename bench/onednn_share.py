@@ -69,7 +69,7 @@ def verbose_kernel_times(trainer: SlicedTrainer, images: torch.Tensor) -> dict[s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="efficient")
     parser.add_argument("--steps", type=int, default=20, help="optimiser steps per round")
     parser.add_argument("--rounds", type=int, default=4)

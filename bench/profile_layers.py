@@ -40,7 +40,7 @@ def timed_steps(trainer: SlicedTrainer, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="efficient")
     parser.add_argument("--steps", type=int, default=20, help="profiled optimiser steps")
     parser.add_argument("--rows", type=int, default=18)

@@ -120,7 +120,7 @@ def have_other_library() -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--codes", type=int, nargs="+", default=list(DEFAULT_CODES))
     parser.add_argument("--batch", type=int, nargs="+", default=list(DEFAULT_BATCHES))
     parser.add_argument("--case", nargs=3, help=argparse.SUPPRESS)

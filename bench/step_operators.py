@@ -98,7 +98,7 @@ def describe(func, args) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="efficient")
     parser.add_argument("--steps", type=int, default=20, help="steps per round and kind")
     parser.add_argument("--rounds", type=int, default=5)

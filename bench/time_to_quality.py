@@ -92,7 +92,7 @@ def summarize(name: str, settings, log, eval_seconds: float, target: float) -> d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fast")
     parser.add_argument("--reference", choices=sorted(REFERENCE_PRESETS), default="efficient")
     parser.add_argument("--target", type=float, default=0.0057, help="test MSE to reach")

@@ -42,7 +42,7 @@ CONFIGURATIONS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, help="train on the first N images (default all)")
     parser.add_argument("--full", action="store_true", help="3 epochs (the presets' length)")
     parser.add_argument("--skip-reference", action="store_true")

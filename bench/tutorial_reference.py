@@ -162,7 +162,7 @@ def train_reference(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(REFERENCE_PRESETS), default="efficient")
     parser.add_argument("--epochs", type=int, help="default: the preset's")
     args = parser.parse_args()
