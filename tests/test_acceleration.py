@@ -291,3 +291,25 @@ def test_a_compiled_step_tries_the_k_means_init_again_after_a_non_finite_batch()
         last_bias.copy_(saved)
     step(images)
     assert not model.quantizer.needs_initialization() and step.initialized
+
+
+def test_the_train_settings_called_idle_change_nothing_that_trains():
+    """What the report leaves out (and train refuses as a flag) really does nothing: the rate
+    schedule and the step the loop trains with are the same for any other value."""
+    base = TrainConfig(lr=2e-3)
+    assert base.idle_settings() == {"warmup_fraction", "compile_mode"}
+    other = TrainConfig(lr=2e-3, warmup_fraction=0.1, compile_mode="max-autotune")
+    assert rates(other, 10) == rates(base, 10) == [2e-3] * 10
+    model = VQVAE(preset_config("efficient").model)
+    assert prepare_model(model, other) is model  # not compiled, in any mode
+    scheduled = TrainConfig(lr_schedule="cosine", compile=True)
+    assert scheduled.idle_settings() == set()
+
+
+@pytest.mark.parametrize(
+    "flags", [[], ["--lr-schedule", "constant"]], ids=["the preset's constant rate", "given"]
+)
+def test_a_warmup_fraction_without_a_schedule_is_refused(flags):
+    args = parse_train_flags("--preset", "efficient", *flags, "--warmup-fraction", "0.1")
+    with pytest.raises(VqkitError, match="--warmup-fraction does nothing without --lr-schedule"):
+        config_from_args(args)

@@ -348,6 +348,9 @@ def test_configuration_leaves_out_the_settings_that_change_nothing(full_run):
     assert "<td>quantizer.beta</td>" in html and "<td>quantizer.num_embeddings</td>" in html
     for idle in ("fsq_levels", "ema_decay", "ema_epsilon", "kmeans_iters"):
         assert f"<td>quantizer.{idle}</td>" not in html, idle
+    # A constant rate has no warm-up, and an uncompiled run no compile mode.
+    assert "<td>lr_schedule</td>" in html and "<td>compile</td>" in html
+    assert "<td>warmup_fraction</td>" not in html and "<td>compile_mode</td>" not in html
     # The helper's prior is unconditional: it has no use for the number of classes.
     assert "<td>conditional</td>" in html and "<td>num_classes</td>" not in html
 

@@ -331,6 +331,15 @@ class TrainConfig:
         )
         check_run_controls(self)
 
+    def idle_settings(self) -> set[str]:
+        """The fields that change nothing for this run (the report leaves them out)."""
+        idle = set()
+        if self.lr_schedule == "constant":
+            idle.add("warmup_fraction")
+        if not self.compile:
+            idle.add("compile_mode")
+        return idle
+
     def data_folder(self, given: str | Path | None = None) -> str | Path | None:
         """Where to read the dataset: ``given`` (a --data-dir) when there is one, else the
         folder recorded at training (own datasets), else None (the named datasets' sources)."""

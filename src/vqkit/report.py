@@ -164,6 +164,8 @@ def _configuration(info: RunInfo) -> Section:
     settings = info.config.to_dict()
     for name in info.config.model.quantizer.idle_settings():
         del settings["model"]["quantizer"][name]
+    for name in info.config.train.idle_settings():
+        del settings["train"][name]
     tiles = _settings_tables(settings)
     damaged = ""
     prior_path = info.path(runfiles.PRIOR_CONFIG)
@@ -180,7 +182,8 @@ def _configuration(info: RunInfo) -> Section:
     body = f'<div class="grid">{"".join(tiles)}</div>{damaged}'
     lead = (
         f"Settings in {runfiles.CONFIG}: everything needed to rebuild the model (leaving out "
-        "those that change nothing for it, such as FSQ levels of a codebook quantizer)."
+        "those that change nothing for it, such as FSQ levels of a codebook quantizer or a "
+        "warm-up fraction without a learning-rate schedule)."
     )
     return Section("configuration", "Configuration", body, lead)
 

@@ -27,7 +27,6 @@ from vqkit.config import (
     PRECISIONS,
     PRESETS,
     QUANTIZERS,
-    QuantizerConfig,
     RunConfig,
     preset_config,
 )
@@ -255,14 +254,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             raise VqkitError("--compile-mode sets how to compile; it cannot go with --no-compile.")
         data["train"]["compile"] = True
     config = RunConfig.from_dict(data)
-    refuse_inert_flags(args, config.model.quantizer)
+    refuse_inert_flags(args, config)
     return config
 
 
-def refuse_inert_flags(args: argparse.Namespace, quantizer: QuantizerConfig) -> None:
-    """Refuse a quantizer flag given where it does nothing: it would be saved in config.json
-    and a sweep over it would train the same model again and again."""
+def refuse_inert_flags(args: argparse.Namespace, config: RunConfig) -> None:
+    """Refuse a flag given where it does nothing: it would be saved in config.json and a sweep
+    over it would train the same model again and again."""
     needs = {  # flag dest: (flag, what makes it act); whether it acts: idle_settings()
+        "warmup_fraction": ("--warmup-fraction", "--lr-schedule onecycle or cosine"),
         "ema_decay": ("--ema-decay", "--codebook-update ema"),
         "dead_code_threshold": (
             "--dead-code-threshold",
@@ -278,7 +278,7 @@ def refuse_inert_flags(args: argparse.Namespace, quantizer: QuantizerConfig) -> 
         "beta": ("--beta", "--quantizer vq (FSQ has no commitment loss)"),
     }
     # A quantizer of one's own receives the whole QuantizerConfig: none of its fields is idle.
-    idle = quantizer.idle_settings()
+    idle = config.model.quantizer.idle_settings() | config.train.idle_settings()
     for dest, (flag, needed) in needs.items():
         if getattr(args, dest, None) is not None and dest in idle:
             raise VqkitError(f"{flag} does nothing without {needed}; drop it or add that.")
