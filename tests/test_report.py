@@ -30,6 +30,7 @@ from report_helpers import (
 )
 
 from vqkit import runfiles
+from vqkit.cli import main
 from vqkit.errors import VqkitError
 from vqkit.report import render_report, write_report
 from vqkit.report_html import image
@@ -365,3 +366,17 @@ def test_per_class_rows_of_a_dataset_with_named_classes_say_which(full_run, tmp_
     text = write_report(run).read_text()
     assert "<td>prior (class 3: Dress)</td>" in text and "(digit 3)" not in text
     assert "prior (class 9: Ankle boot)" in format_scores(read_scores(run))  # vqkit score too
+
+
+def test_scores_without_sample_images_say_how_to_make_them(full_run, tmp_path):
+    assert "No sample images yet" not in render_report(load_run_info(full_run))
+    run = copy_run(full_run, tmp_path / "run")
+    for panel in (run / runfiles.FIGURES_DIR).glob("samples_*.png"):
+        panel.unlink()
+    html = render_report(load_run_info(run))
+    assert f"No sample images yet: vqkit sample {run} --strategy prior --n 64 --out" in html
+    # What the note says to run adds the panel.
+    figure = run / runfiles.FIGURES_DIR / "samples_random.png"
+    assert main(["sample", str(run), "--strategy", "random", "--n", "4", "--out", str(figure)]) == 0
+    html = render_report(load_run_info(run))
+    assert "No sample images yet" not in html and "samples: uniformly random codes" in html

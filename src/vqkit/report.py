@@ -331,6 +331,13 @@ def _samples(info: RunInfo) -> Section | None:
         if picture:
             tiles.append(f"<div>{picture}{_score_line(info, row_name, prefix)}</div>")
     body = f'<div class="grid">{"".join(tiles)}</div>' if tiles else ""
+    if not tiles and info.scores is not None:  # scored, but no panels to look at
+        figure = f"{info.run_dir / runfiles.FIGURES_DIR}/samples_prior.png"
+        body += note(
+            f"No sample images yet: vqkit sample {info.run_dir} --strategy prior --n 64 --out "
+            f"{figure} adds the prior's panel (random and used likewise, as "
+            "samples_random.png and samples_used.png); vqkit demo writes them all."
+        )
     if _used_draws_like_random(info):
         body += note(
             "The used and random rows score alike because every code is in use: drawing "
