@@ -219,12 +219,21 @@ def test_a_written_own_dataset_reads_back(tmp_path):
     assert torch.equal(train_split.images, images) and torch.equal(train_split.labels, labels)
     test_split = load_split(OWN_DATASET, "test", folder)
     assert torch.equal(test_split.images, images[:20])
+    # With a channel axis, as the model takes images too: the same files, byte for byte.
+    with_channel = write_own_dataset(
+        tmp_path / "channel",
+        train=(as_floats[:, None], labels),
+        test=(images[:20, None], labels[:20]),
+    )
+    for path in folder.iterdir():
+        assert (with_channel / path.name).read_bytes() == path.read_bytes(), path.name
 
 
 @pytest.mark.parametrize(
     ("images", "labels", "message"),
     [
-        (np.zeros((2, 27, 28), np.uint8), np.zeros(2, np.uint8), "must be \\(N, 28, 28\\)"),
+        (np.zeros((2, 27, 28), np.uint8), np.zeros(2, np.uint8), "must be \\(N, 28, 28\\) or"),
+        (np.zeros((2, 3, 28, 28), np.uint8), np.zeros(2, np.uint8), "shape \\(2, 3, 28, 28\\);"),
         (np.full((2, 28, 28), 1.5), np.zeros(2, np.uint8), "floats outside \\[0, 1\\]"),
         (np.full((2, 28, 28), 300), np.zeros(2, np.uint8), "values from 300 to 300"),
         (np.zeros((2, 28, 28), np.uint8), np.array([0, 256]), "from 0 to 256"),

@@ -27,7 +27,7 @@ def write_own_dataset(
     """Write (images, labels) of both splits as a dataset ``--dataset idx --data-dir folder``
     reads: four gzip-compressed IDX files with MNIST's names, each written atomically.
 
-    Images: (N, 28, 28) integers 0..255, or floats in [0, 1] (scaled by 255 and rounded).
+    Images: (N, 28, 28) or (N, 1, 28, 28) integers 0..255, or floats in [0, 1] (scaled by 255 and rounded).
     Labels: (N,) integers 0..255. Returns the folder. Bad input raises :class:`VqkitError`
     before anything is written, and so does a folder already holding dataset files unless
     ``overwrite`` (which also removes their uncompressed copies: readers prefer those).
@@ -63,9 +63,12 @@ def write_own_dataset(
 
 def _own_images(images: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
     array = np.asarray(images)
+    if array.ndim == 4 and array.shape[1] == 1:  # (N, 1, 28, 28), as the model takes them too
+        array = array[:, 0]
     if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or array.shape[0] == 0:
         raise VqkitError(
-            f"The {split} images have shape {array.shape}; they must be (N, 28, 28), N >= 1."
+            f"The {split} images have shape {np.asarray(images).shape}; they must be "
+            "(N, 28, 28) or (N, 1, 28, 28), N >= 1."
         )
     if array.dtype.kind == "f":
         if not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
