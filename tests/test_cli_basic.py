@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -100,3 +101,17 @@ def test_train_from_a_saved_config_with_overrides(small_run, tmp_path, capsys):
         message = capsys.readouterr().err
         assert words in message and "Traceback" not in message
     assert not (tmp_path / "never").exists()
+
+
+def test_the_program_ignores_a_ctrl_c_once_its_command_has_ended(tmp_path, monkeypatch, capsys):
+    # Python's shutdown after a finished command used to die by SIGINT (status -2, no word).
+    monkeypatch.setattr(sys, "argv", ["vqkit", "runs", str(tmp_path)])
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert main() == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert main(["runs", str(tmp_path)]) == 0  # called from Python, nothing is changed
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "No run folders" in capsys.readouterr().out

@@ -263,6 +263,20 @@ def test_leaving_the_group_waits_for_the_others_only_after_a_finished_run(monkey
     assert calls == []  # a group the caller set up is the caller's to end
 
 
+def test_a_ctrl_c_while_a_finished_run_waits_for_the_others_still_leaves_the_group(monkeypatch):
+    # It used to end the finished run as "vqkit: interrupted." with exit status 130.
+    def interrupted():
+        raise KeyboardInterrupt
+
+    calls = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", interrupted)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(distributed.gc, "collect", lambda: calls.append("collect"))
+    distributed.teardown(Context(rank=0, world_size=2, owns_group=True), finished=True)
+    assert calls == ["destroy", "collect"]
+
+
 def test_a_rank_that_left_after_failing_does_not_turn_the_finished_ranks_exit_into_a_traceback(
     monkeypatch,
 ):

@@ -93,6 +93,8 @@ def teardown(context: Context, finished: bool = False) -> None:
                 dist.barrier()
             except RuntimeError:  # another rank failed after the last step and left; it says why
                 pass
+            except KeyboardInterrupt:  # the run is complete and saved: there is nothing to stop
+                pass
         dist.destroy_process_group()
         gc.collect()  # DDP and the group's threads, if a reference cycle still holds them
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import signal
 import sys
+import threading
 from typing import NoReturn
 
 import vqkit
@@ -190,7 +192,21 @@ def take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; user errors print one sentence and exit with status 2."""
+    """Run one subcommand; user errors print one sentence and exit with status 2.
+
+    As the program (no ``argv``), a Ctrl-C that lands once the command has ended is ignored:
+    its files are written and its summary printed, and Python's shutdown would otherwise end
+    the process killed by SIGINT (status -2, without a word).
+    """
+    try:
+        return run_command(argv)
+    finally:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run_command(argv: list[str] | None) -> int:
+    """:func:`main` itself: the command line (``sys.argv`` when None) run to an exit status."""
     specs, argv = take_plugins(sys.argv[1:] if argv is None else list(argv))
     try:
         for spec in specs:

@@ -27,10 +27,11 @@ def write_own_dataset(
     """Write (images, labels) of both splits as a dataset ``--dataset idx --data-dir folder``
     reads: four gzip-compressed IDX files with MNIST's names, each written atomically.
 
-    Images: (N, 28, 28) or (N, 1, 28, 28) integers 0..255, or floats in [0, 1] (scaled by 255 and rounded).
-    Labels: (N,) integers 0..255. Returns the folder. Bad input raises :class:`VqkitError`
-    before anything is written, and so does a folder already holding dataset files unless
-    ``overwrite`` (which also removes their uncompressed copies: readers prefer those).
+    Images: (N, 28, 28) or (N, 1, 28, 28) integers 0..255, or floats in [0, 1] (scaled by 255
+    and rounded). Labels: (N,) integers 0..255. Returns the folder. Bad input raises
+    :class:`VqkitError` before anything is written, and so does a folder already holding
+    dataset files unless ``overwrite`` (which also removes their uncompressed copies: readers
+    prefer those).
     """
     arrays = {}
     splits = {"train": arguments.pair_of_arrays(train, "The training split")}
