@@ -91,7 +91,10 @@ class FiniteScalarQuantizer(nn.Module):
             return self.scalar_quantize(h)[1].view(batch, height, width)
 
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
-        """Latents of a code grid (B, H, W) -> (B, D, H, W): what the decoder saw in training."""
+        """Latents of a code grid (B, H, W) -> (B, D, H, W): what the decoder saw in training.
+
+        Codes must lie in 0 .. num_codes - 1; others wrap to another code's latents unchecked
+        (checking would make a GPU wait): ``VQVAE.decode`` checks them first."""
         batch, height, width = codes.shape
         values = self.codes_to_values(codes.reshape(-1))
         weight = next(self.parameters(), None)

@@ -75,7 +75,9 @@ class VectorQuantizer(nn.Module):
         return nearest_codes(flat, self.codebook).view(batch, height, width)
 
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codebook vectors of an integer grid: (B, H, W) -> (B, D, H, W)."""
+        """Codebook vectors of an integer grid: (B, H, W) -> (B, D, H, W). Codes must lie in
+        0 .. num_codes - 1, unchecked here (checking would make a GPU wait): ``VQVAE.decode``
+        checks them first."""
         return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
