@@ -288,9 +288,9 @@ def test_a_sampling_context_checks_its_model_and_that_it_is_the_runs(run_copy):
 @pytest.mark.parametrize(
     ("options", "fragment"),
     [
-        ({"digit": "3"}, "--digit must be a whole number of at least 0, not '3'"),
+        ({"digit": "3"}, "class to sample (--digit) must be a whole number of at least 0, not '3'"),
         ({"temperature": "1"}, "The temperature (--temperature) must be a number, not '1'"),
-        ({"top_k": 1.5}, "--top-k must be a whole number of at least 1, not 1.5"),
+        ({"top_k": 1.5}, "The top-k cut (--top-k) must be a whole number of at least 1, not 1.5"),
     ],
 )
 def test_prior_options_of_the_wrong_type_are_one_sentence(options, fragment, run_copy):

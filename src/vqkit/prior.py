@@ -286,7 +286,7 @@ def sample_prior(
     if not math.isfinite(temperature) or temperature <= 0:
         raise VqkitError("The temperature must be a finite number > 0 (--temperature).")
     if top_k is not None:
-        top_k = arguments.whole_number(top_k, "--top-k", 1)
+        top_k = arguments.whole_number(top_k, "The top-k cut (--top-k)", 1)
     was_training = prior.training
     prior.eval()
     size = prior.config.grid_size
@@ -413,16 +413,19 @@ def _prior_codes(
     if context.run_dir is None:
         raise VqkitError("The 'prior' strategy needs the model's run folder to load its prior.")
     if digit is not None:
-        digit = arguments.whole_number(digit, "--digit", 0)
+        digit = arguments.whole_number(digit, "The class to sample (--digit)", 0)
     prior = load_prior(context.run_dir, context.device)
     config = prior.config
     if digit is not None and not config.conditional:
         raise VqkitError(
-            "This run's prior is unconditional, so --digit cannot be used; retrain it with "
-            f"'vqkit train-prior {context.run_dir} --conditional'."
+            "This run's prior is unconditional, so no class (--digit) can be asked; retrain "
+            f"it with 'vqkit train-prior {context.run_dir} --conditional'."
         )
     if digit is not None and not 0 <= digit < config.num_classes:
-        raise VqkitError(f"--digit must be between 0 and {config.num_classes - 1}, not {digit}.")
+        raise VqkitError(
+            f"The class to sample (--digit) must be between 0 and {config.num_classes - 1}, "
+            f"not {digit}."
+        )
     labels = None
     if config.conditional:
         labels = (
