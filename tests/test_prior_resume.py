@@ -9,6 +9,7 @@ first few hundred images, so every run here takes well under a second of trainin
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -22,9 +23,15 @@ from pathlib import Path
 import pytest
 import torch
 from process_helpers import child_env, vqkit_command
+from safetensors.torch import save_file
 
 from vqkit import prior_loop, prior_replacement, prior_training, runfiles, score
-from vqkit.checkpoint import read_tensors
+from vqkit.checkpoint import (
+    PRIOR_LEARNED_FROM,
+    prior_is_stale,
+    read_tensors,
+    safetensors_metadata,
+)
 from vqkit.classifier import ClassifierConfig
 from vqkit.cli import main, train_prior_cmd
 from vqkit.fileio import read_jsonl
@@ -348,9 +355,36 @@ def change_vqvae_weights(run_dir: Path) -> None:
     tensors = read_tensors(path, "weights")
     first = next(iter(tensors))
     tensors[first] = tensors[first] + 1
-    from safetensors.torch import save_file
-
     save_file(tensors, str(path))
+
+
+def test_a_prior_shared_without_its_state_is_still_known_stale(finished_prior, tmp_path, capsys):
+    # Its weights file names the VQ-VAE weights it learned; only the state used to.
+    run_dir = copy_run(finished_prior, tmp_path)
+    learned = safetensors_metadata(run_dir / runfiles.PRIOR_WEIGHTS)[PRIOR_LEARNED_FROM]
+    assert learned == hashlib.sha256((run_dir / runfiles.WEIGHTS).read_bytes()).hexdigest()
+    for name in (runfiles.PRIOR_STATE, runfiles.PRIOR_STATE_META):
+        (run_dir / name).unlink()
+    assert not prior_is_stale(run_dir)
+    change_vqvae_weights(run_dir)
+    assert prior_is_stale(run_dir)
+    argv = ["sample", str(run_dir), "--strategy", "prior", "--n", "4"]
+    assert main([*argv, "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 2
+    assert "trained on the codes of earlier VQ-VAE weights" in capsys.readouterr().err
+
+
+def test_a_prior_saved_before_its_weights_named_their_source_is_judged_by_its_state(
+    finished_prior, tmp_path
+):
+    run_dir = copy_run(finished_prior, tmp_path)
+    path = run_dir / runfiles.PRIOR_WEIGHTS
+    save_file(read_tensors(path, "prior weights"), str(path))  # as written before: no metadata
+    assert safetensors_metadata(path) == {}
+    assert not prior_is_stale(run_dir)
+    change_vqvae_weights(run_dir)
+    assert prior_is_stale(run_dir)
+    (run_dir / runfiles.PRIOR_STATE_META).unlink()
+    assert not prior_is_stale(run_dir)  # nothing left to say what it learned: unknown
 
 
 BAD_RESUMES = {

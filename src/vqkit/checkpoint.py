@@ -78,10 +78,17 @@ def load_config(run_dir: str | Path) -> RunConfig:
         ) from None
 
 
-def state_dict_bytes(module: torch.nn.Module) -> bytes:
+# Metadata of a prior's weights file: the SHA-256 of the VQ-VAE weights whose codes it learned,
+# so that a prior shared without its resumable state can still be called stale.
+PRIOR_LEARNED_FROM = "vqvae_weights_sha256"
+# Largest safetensors header read for its metadata alone (the library's own limit is 100 MB).
+HEADER_LIMIT = 100_000_000
+
+
+def state_dict_bytes(module: torch.nn.Module, metadata: dict[str, str] | None = None) -> bytes:
     """A module's parameters and buffers as safetensors bytes (contiguous CPU copies)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    return save_safetensors(tensors)
+    return save_safetensors(tensors, metadata)
 
 
 def weights_digest(run_dir: str | Path) -> str:
@@ -117,23 +124,54 @@ def prior_digest(run_dir: str | Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+def prior_learned_from(run_dir: str | Path) -> str | None:
+    """SHA-256 of the VQ-VAE weights whose codes the run's prior learned: recorded in the
+    prior's weights file, or (priors saved before it was) in its resumable state; None when
+    neither says."""
+    recorded = safetensors_metadata(run_path(run_dir, runfiles.PRIOR_WEIGHTS))
+    if isinstance(recorded.get(PRIOR_LEARNED_FROM), str):
+        return recorded[PRIOR_LEARNED_FROM]
+    state = run_path(run_dir, runfiles.PRIOR_STATE_META)
+    try:
+        recorded_in_state = read_json(state, "prior state")["extra"]["weights_sha256"]
+    except (VqkitError, KeyError, TypeError, OSError):
+        return None
+    return recorded_in_state if isinstance(recorded_in_state, str) else None
+
+
 def prior_is_stale(run_dir: str | Path) -> bool:
     """Whether the run's prior learned the code grids of other VQ-VAE weights than the run's
     own (the model was resumed or retrained after train-prior); False when unknown."""
-    state = run_path(run_dir, runfiles.PRIOR_STATE_META)
+    trained_on = prior_learned_from(run_dir)
+    if trained_on is None:
+        return False  # no readable record of the weights: nothing to compare
     try:
-        trained_on = read_json(state, "prior state")["extra"]["weights_sha256"]
         if trained_on == weights_digest(run_dir):
             return False
         # Damaged weights differ too; loading them says so, more truly than "stale" would.
         read_tensors(run_path(run_dir, runfiles.WEIGHTS), "model weights")
         return True
-    except (VqkitError, KeyError, TypeError, OSError):
-        return False  # no readable record of the weights, or no weights: nothing to compare
+    except (VqkitError, OSError):
+        return False  # no weights: nothing to compare
 
 
-def save_weights(path: str | Path, module: torch.nn.Module) -> None:
-    write_bytes_atomic(path, state_dict_bytes(module))
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata in a safetensors file's header, read without its tensors; empty
+    when the file is missing, damaged or has none."""
+    try:
+        with open(path, "rb") as file:
+            length = int.from_bytes(file.read(8), "little")
+            header = json.loads(file.read(length)) if 0 < length <= HEADER_LIMIT else {}
+    except (OSError, ValueError):
+        return {}
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def save_weights(
+    path: str | Path, module: torch.nn.Module, metadata: dict[str, str] | None = None
+) -> None:
+    write_bytes_atomic(path, state_dict_bytes(module, metadata))
 
 
 def read_tensors(path: str | Path, what: str) -> dict[str, torch.Tensor]:

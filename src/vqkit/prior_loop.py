@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from vqkit import runfiles, train_state
 from vqkit.acceleration import autocast, resolve_precision
-from vqkit.checkpoint import run_path, save_weights
+from vqkit.checkpoint import PRIOR_LEARNED_FROM, run_path, save_weights
 from vqkit.distributed import Context
 from vqkit.errors import VqkitError
 from vqkit.fileio import append_jsonl
@@ -256,7 +256,11 @@ class PriorLoop:
         append_jsonl(self.metrics_path, record)
         if test_bits < counters.best:
             counters.best, counters.stale = test_bits, 0
-            save_weights(run_path(self.run_dir, runfiles.PRIOR_WEIGHTS), self.prior)
+            save_weights(
+                run_path(self.run_dir, runfiles.PRIOR_WEIGHTS),
+                self.prior,
+                {PRIOR_LEARNED_FROM: self.digest},
+            )
         else:
             counters.stale += 1
         counters.images = 0
