@@ -318,6 +318,13 @@ def test_scores_of_earlier_weights_are_marked_stale(full_run, tmp_path):
     assert "Stale: these scores were measured on earlier" in text
     assert f"run vqkit score {run} again" in text
     assert "stale: scored on earlier weights" in text  # the headline's FID card
+    # score refuses a prior of earlier weights, so with one the advice starts with the prior.
+    info = load_run_info(run)
+    info.prior_stale = True
+    assert (
+        f"train a new prior (vqkit train-prior {run} --restart), then run vqkit score {run} again"
+        in render_report(info)
+    )
     # Same weights, but the prior that was scored is not the run's prior any more: only the
     # prior's rows are stale, and the page says which and why.
     scores["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()

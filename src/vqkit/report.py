@@ -345,9 +345,15 @@ def _samples(info: RunInfo) -> Section | None:
         )
     if info.scores is not None:
         if info.scores_stale == EARLIER_WEIGHTS:
+            # score refuses a prior of earlier weights: the prior comes first then.
+            again = f"run vqkit score {info.run_dir} again"
+            if info.prior_stale:
+                again = (
+                    f"train a new prior (vqkit train-prior {info.run_dir} --restart), then {again}"
+                )
             body += note(
                 f"Stale: these scores were measured on earlier VQ-VAE weights than the run holds "
-                f"now (it trained on after them); run vqkit score {info.run_dir} again."
+                f"now (it trained on after them); {again}."
             )
         elif info.scores_stale:
             body += note(
