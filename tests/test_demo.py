@@ -92,7 +92,9 @@ def test_headline_says_when_used_codes_drew_exactly_like_random_ones(tmp_path):
     }  # fmt: skip
     result = DemoResult(tmp_path, tmp_path / "report.html", headline, {"train VQ-VAE": 1.0})
     text = format_headline(result)
-    assert "codes used:         128 of 128 on the test set" in text
+    assert "codes used:         128 of 128 on the test set" in text  # a record before counts
+    headline["test_images"] = 10000
+    assert "codes used:         128 of 128 on the 10,000 test images" in format_headline(result)
     assert "'used' draws exactly as 'random'" in text
     headline["fid_used"] = 850.0  # some codes unused in training: two different draws
     assert "'used' draws exactly" not in format_headline(result)

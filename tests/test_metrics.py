@@ -56,3 +56,4 @@ def test_evaluate_reconstruction_matches_a_per_image_recomputation():
     # 6 codes on a 7×7 grid: 49 · log2(6) bits per image.
     assert metrics["bits_per_image"] == pytest.approx(49 * math.log(6, 2))
     assert metrics["num_codes"] == 6
+    assert metrics["test_images"] == 10  # what the words "on the N test images" count

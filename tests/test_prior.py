@@ -296,7 +296,7 @@ def test_a_conditional_prior_trains_each_grid_with_its_own_label(tmp_path):
     )  # fmt: skip
     loop = PriorLoop(
         tmp_path, settings, torch.device("cpu"), codes=codes, labels=labels,
-        evaluate=lambda prior: 0.0, baselines={}, digest="", resume=False, show=False,
+        evaluate=lambda prior: 0.0, constants={}, digest="", resume=False, show=False,
     )  # fmt: skip
     loop.train()
     loop.prior.eval()

@@ -22,6 +22,8 @@ from vqkit.errors import VqkitError
 from vqkit.generate import SamplingContext, sample_codes
 from vqkit.prior import load_prior
 from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, read_stamp
+from vqkit.report import render_report
+from vqkit.runinfo import load_run_info
 
 TINY_PRIOR_FLAGS = ["--epochs", "2", "--channels", "8", "--layers", "3", "--patience", "1"]
 LIMITS = ["--train-limit", "4000", "--test-limit", "1000"]
@@ -112,6 +114,7 @@ def test_metrics_hold_the_nll_and_both_baselines(prior_run):
     for record in records:
         assert record["uniform_bits_per_code"] == pytest.approx(math.log2(128))
         assert record["unigram_bits_per_code"] == pytest.approx(entropy)
+        assert (record["train_grids"], record["test_grids"]) == (4000, 1000)  # the limits
         assert record["test_bits_per_image"] == pytest.approx(49 * record["test_bits_per_code"])
         assert record["train_bits_per_image"] == pytest.approx(49 * record["train_bits_per_code"])
     # Even a tiny prior trained briefly beats the uniform code.
@@ -272,3 +275,9 @@ def test_unigram_entropy_of_one_code_is_a_positive_zero():
     bits = prior_training.unigram_bits(torch.zeros(5, 7, 7, dtype=torch.long), 4)
     assert bits == 0.0 and math.copysign(1.0, bits) == 1.0
     assert prior_training.unigram_bits(torch.tensor([0, 1, 2, 3]), 4) == pytest.approx(2.0)
+
+
+def test_the_reports_prior_section_says_which_grids_it_measured(prior_run):
+    html = render_report(load_run_info(prior_run))
+    assert "the 1,000 test code grids under the prior (trained on 4,000 training grids)" in html
+    assert "if anything, a baseline too hard to beat" in html

@@ -375,6 +375,13 @@ def test_per_class_rows_of_a_dataset_with_named_classes_say_which(full_run, tmp_
     assert "prior (class 9: Ankle boot)" in format_scores(read_scores(run))  # vqkit score too
 
 
+def test_the_headline_says_how_many_test_images_its_numbers_cover(small_run):
+    # train --test-limit 500 measured them on 500 images; vqkit evaluate uses all 10,000.
+    html = render_report(load_run_info(small_run.run_dir))
+    assert html.count("on the 500 test images") >= 2  # test MSE and codes used
+    assert "on the test set" not in html
+
+
 def test_scores_without_sample_images_say_how_to_make_them(full_run, tmp_path):
     assert "No sample images yet" not in render_report(load_run_info(full_run))
     run = copy_run(full_run, tmp_path / "run")

@@ -36,6 +36,7 @@ from vqkit.run_lock import RunLock
 from vqkit.score import score_run
 from vqkit.training import train
 from vqkit.usage import code_usage
+from vqkit.wording import on_test_images
 
 
 @dataclass
@@ -249,6 +250,7 @@ def _headline(vq: dict[str, Any], prior: dict[str, Any], scores: dict[str, Any])
     fid = {row["name"]: row["fid"] for row in scores.get("rows", [])}
     return {
         "test_mse": vq["test_mse"],
+        "test_images": vq.get("test_images"),
         "codes_used": vq["codes_used"],
         "num_codes": vq["num_codes"],
         "prior_bits_per_code": prior["test_bits_per_code"],
@@ -264,7 +266,7 @@ def format_headline(result: DemoResult) -> str:
     h = result.headline
     lines = [
         f"test MSE:           {h['test_mse']:.5f}",
-        f"codes used:         {h['codes_used']} of {h['num_codes']} on the test set",
+        f"codes used:         {h['codes_used']} of {h['num_codes']} {on_test_images(h)}",
         f"prior bits/code:    {h['prior_bits_per_code']:.3f} "
         f"(uniform {h['uniform_bits_per_code']:.3f})",
     ]

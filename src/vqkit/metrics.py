@@ -49,6 +49,7 @@ def evaluate_reconstruction(
     mse = float(squared_error) / pixels
     used = int((counts > 0).sum())
     return {
+        "test_images": int(images.shape[0]),
         "test_mse": mse,
         "test_psnr": psnr(mse),
         "perplexity": perplexity(counts.cpu()),

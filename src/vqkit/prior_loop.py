@@ -108,16 +108,17 @@ class PriorLoop:
         codes: torch.Tensor,
         labels: torch.Tensor,
         evaluate: Callable[[PixelCNNPrior], float],
-        baselines: dict[str, float],
+        constants: dict[str, float | int],
         digest: str,
         resume: bool,
         show: bool,
     ) -> None:
         """``codes`` (N, H, W) and ``labels`` (N,) are the training set; ``evaluate`` gives the
-        test NLL in bits per code; ``baselines`` go into every metrics record; ``digest`` names
+        test NLL in bits per code; ``constants`` (baselines, grid counts) go into every metrics
+        record; ``digest`` names
         the VQ-VAE weights the codes came from."""
         self.run_dir, self.settings, self.device = run_dir, settings, device
-        self.digest, self.show, self.evaluate, self.baselines = digest, show, evaluate, baselines
+        self.digest, self.show, self.evaluate, self.constants = digest, show, evaluate, constants
         self.codes, self.labels = codes.to(device), labels.to(device)
         self.metrics_path = run_path(run_dir, runfiles.PRIOR_METRICS)
         files = self.files = train_state.PRIOR_FILES
@@ -247,7 +248,7 @@ class PriorLoop:
             "test_bits_per_code": test_bits,
             "train_bits_per_image": train_bits * cells,
             "test_bits_per_image": test_bits * cells,
-            **self.baselines,
+            **self.constants,
             "epoch_seconds": seconds,
         }
         if self.guard.skipped:

@@ -243,9 +243,11 @@ def _train_holding_the_lock(
     grids = code_grids(run_dir, model, data_dir=data_dir)
     train_set = _first(grids["train"], settings.train_limit)
     test_set = _first(grids["test"], settings.test_limit)
-    baselines = {
+    constants = {  # repeated in every metrics record
         "uniform_bits_per_code": math.log2(settings.num_codes),
         "unigram_bits_per_code": unigram_bits(train_set.codes, settings.num_codes),
+        "train_grids": int(train_set.codes.shape[0]),
+        "test_grids": int(test_set.codes.shape[0]),
     }
     replacing = contextlib.nullcontext() if resume else old_prior_set_aside(run_dir)
     with replacing, deterministic_mode(settings.deterministic, target):
@@ -256,7 +258,7 @@ def _train_holding_the_lock(
             codes=train_set.codes,
             labels=train_set.labels,
             evaluate=lambda prior: evaluate_nll(prior, test_set, settings.eval_batch_size),
-            baselines=baselines,
+            constants=constants,
             digest=digest,
             resume=resume,
             show=sys.stderr.isatty() if progress is None else progress,

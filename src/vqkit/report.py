@@ -27,6 +27,7 @@ from vqkit.report_html import Section, cards, esc, fmt, image, note, page, table
 from vqkit.run_lock import writer_of
 from vqkit.runinfo import RunInfo, headline, load_run_info, number
 from vqkit.score import row_label
+from vqkit.wording import on_test_images
 
 # What each sample figure shows, and which scores.json row (exact name, or a name prefix for the
 # per-class rows) scores it.
@@ -96,17 +97,13 @@ def _header(info: RunInfo, name: str) -> str:
     if writer is not None:  # the numbers below are those of the last finished epoch
         subtitle += f" · still being trained when this report was written ({writer})"
     items: list[tuple[str, str, str]] = []
+    where = on_test_images(info.final or {})
     if top.test_mse is not None:
         psnr = number((info.final or {}).get("test_psnr"))
-        items.append(
-            (
-                "test MSE",
-                fmt(top.test_mse, 3),
-                f"PSNR {fmt(psnr, 3)} dB" if psnr is not None else "",
-            )
-        )
+        psnr_words = f"PSNR {fmt(psnr, 3)} dB " if psnr is not None else ""
+        items.append(("test MSE", fmt(top.test_mse, 3), psnr_words + where))
     if top.codes_used is not None:
-        items.append(("codes used", f"{top.codes_used} / {top.num_codes}", "on the test set"))
+        items.append(("codes used", f"{top.codes_used} / {top.num_codes}", where))
     if top.prior_bits_per_code is not None:
         uniform = number(info.prior_metrics[-1].get("uniform_bits_per_code"))
         detail = f"uniform: {fmt(uniform, 3)}" if uniform is not None else "best test epoch"
@@ -199,7 +196,7 @@ def _training(info: RunInfo) -> Section | None:
         ("test_mse", "test MSE", report_plots.COLORS["test"], None),
         (
             "codes_used",
-            "codes used on the test set",
+            f"codes used {on_test_images(records[-1])}",
             report_plots.COLORS["codes"],
             (num_codes, f"K = {num_codes}"),
         ),
@@ -441,9 +438,18 @@ def _prior(info: RunInfo) -> Section | None:
     body = image(plot, "prior bits per code per epoch against baselines") + table(
         ["model", "test bits per code", "test bits per image"], rows
     )
+    counts = [number(last.get(f"{split}_grids")) for split in ("test", "train")]
+    grids = (
+        f"the {int(counts[0]):,} test code grids under the prior (trained on "
+        f"{int(counts[1]):,} training grids)"
+        if None not in counts
+        else "test code grids under the prior"
+    )
     lead = (
-        "Negative log-likelihood of test code grids under the prior; lower is better. "
-        "Uniform assumes every code equally likely, unigram uses training-set code frequencies."
+        f"Negative log-likelihood of {grids}; lower is better. Uniform assumes every code "
+        "equally likely. Unigram is the entropy of the training grids' code frequencies: the "
+        "least any model of independent positions spends on those grids (on the test grids "
+        "it spends a little more): if anything, a baseline too hard to beat."
     )
     if left_out:
         body += note(left_out)

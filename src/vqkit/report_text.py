@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from vqkit.wording import on_test_images
+
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     """The headline test metrics of a run, one per line."""
     ratio = metrics["eight_bit_image_bits"] / metrics["bits_per_image"]
+    where = on_test_images(metrics)
     lines = [
         f"test MSE:        {metrics['test_mse']:.5f}",
         f"test PSNR:       {metrics['test_psnr']:.2f} dB",
         # Both over the test set's codes; perplexity is 2**entropy of their frequencies, the
         # number of equally used codes that would be as uncertain.
-        f"perplexity:      {metrics['perplexity']:.1f} (codes in effective use on the test set)",
-        f"codes used:      {metrics['codes_used']} of {metrics['num_codes']} on the test set",
+        f"perplexity:      {metrics['perplexity']:.1f} (codes in effective use {where})",
+        f"codes used:      {metrics['codes_used']} of {metrics['num_codes']} {where}",
         *(
             [f"code restarts:   {metrics['codebook_restarts']} during training"]
             if metrics.get("codebook_restarts")

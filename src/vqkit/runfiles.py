@@ -40,7 +40,8 @@ FILE_NAMES = tuple(
 #   prior_metrics.jsonl, one object per epoch:
 #       {"epoch", "train_bits_per_code", "test_bits_per_code", "train_bits_per_image",
 #        "test_bits_per_image", "uniform_bits_per_code", "unigram_bits_per_code",
-#        "epoch_seconds"} (+ "skipped_nonfinite_steps" once --skip-nonfinite skipped any)
+#        "train_grids", "test_grids" (absent in older files), "epoch_seconds"}
+#       (+ "skipped_nonfinite_steps" once --skip-nonfinite skipped any)
 #   codes.json        {"weights_sha256": hex, "dataset": name, "train": N, "test": N}
 #   scores.json       {"n": N, "classifier_test_accuracy": float,
 #                      "rows": [{"name": "real test images" | "real training images" |

@@ -6,3 +6,13 @@ from __future__ import annotations
 def counted(count: int, noun: str) -> str:
     """'1 image', '3 images': a count with its noun in the right number (regular plurals)."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def on_test_images(metrics: dict) -> str:
+    """Where test metrics were measured, from a metrics record: 'on the 1,000 test images'
+    (a run's --test-limit, or the whole split), or 'on the test set' for a record written
+    before records counted their images."""
+    count = metrics.get("test_images")
+    if isinstance(count, int) and not isinstance(count, bool):
+        return f"on the {count:,} test images"
+    return "on the test set"
