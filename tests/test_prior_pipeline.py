@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -277,7 +278,11 @@ def test_unigram_entropy_of_one_code_is_a_positive_zero():
     assert prior_training.unigram_bits(torch.tensor([0, 1, 2, 3]), 4) == pytest.approx(2.0)
 
 
-def test_the_reports_prior_section_says_which_grids_it_measured(prior_run):
+def test_the_reports_prior_section_says_which_grids_it_measured(prior_run, capsys):
     html = render_report(load_run_info(prior_run))
+    # A conditional prior's bits are given the class: not comparable with an unconditional one's.
+    assert "given each image&#x27;s class; uniform: 7<" in html
+    assert main(["runs", str(prior_run)]) == 0
+    assert re.search(r"\d\.\d{3} \(conditional\)", capsys.readouterr().out)
     assert "the 1,000 test code grids under the prior (trained on 4,000 training grids)" in html
     assert "if anything, a baseline too hard to beat" in html

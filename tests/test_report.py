@@ -361,6 +361,7 @@ def test_configuration_leaves_out_the_settings_that_change_nothing(full_run):
     assert "<td>warmup_fraction</td>" not in html and "<td>compile_mode</td>" not in html
     # The helper's prior is unconditional: it has no use for the number of classes.
     assert "<td>conditional</td>" in html and "<td>num_classes</td>" not in html
+    assert "given each image" not in html  # nor are its bits given a class
 
 
 def test_per_class_rows_of_a_dataset_with_named_classes_say_which(full_run, tmp_path):

@@ -107,6 +107,8 @@ def _header(info: RunInfo, name: str) -> str:
     if top.prior_bits_per_code is not None:
         uniform = number(info.prior_metrics[-1].get("uniform_bits_per_code"))
         detail = f"uniform: {fmt(uniform, 3)}" if uniform is not None else "best test epoch"
+        if top.prior_conditional:
+            detail = f"given each image's class; {detail}"
         if top.prior_stale:
             detail = "stale: learned on earlier VQ-VAE weights"
         items.append(("prior bits per code", fmt(top.prior_bits_per_code, 4), detail))

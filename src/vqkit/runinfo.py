@@ -43,6 +43,7 @@ class RunInfo:
     code_usage: dict[str, Any] | None = None
     prior_metrics: list[dict[str, Any]] = field(default_factory=list)
     prior_stale: bool = False  # the prior learned the codes of earlier VQ-VAE weights
+    prior_conditional: bool | None = None  # its bits are given each image's class (None: unknown)
     scores: dict[str, Any] | None = None
     scores_stale: str | None = None  # what scores.json was made from that the run lost, if any
     code_usage_stale: bool = False  # code_usage.json counted earlier VQ-VAE weights
@@ -81,6 +82,7 @@ class Headline:
     num_codes: int | None = None
     prior_bits_per_code: float | None = None  # best test NLL, the epoch whose weights are kept
     prior_stale: bool = False  # that prior learned the codes of earlier VQ-VAE weights
+    prior_conditional: bool | None = None  # its bits per code are given each image's class
     fid: dict[str, float] = field(default_factory=dict)  # strategy -> classifier-FID
     scores_stale: str | None = None  # what those FIDs were measured on that the run lost
 
@@ -110,6 +112,7 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
         info, runfiles.PRIOR_METRICS, required=("train_bits_per_code", "test_bits_per_code")
     )
     info.prior_stale = bool(info.prior_metrics) and prior_is_stale(run_dir)
+    info.prior_conditional = _prior_is_conditional(run_dir) if info.prior_metrics else None
     info.code_usage = _optional_json(info, runfiles.CODE_USAGE, _valid_code_usage)
     info.scores = _optional_json(info, runfiles.SCORES, _valid_scores)
     info.timings = _optional_json(info, runfiles.TIMINGS, _valid_timings)
@@ -146,6 +149,7 @@ def headline(info: RunInfo) -> Headline:
     test_bits = [record["test_bits_per_code"] for record in info.prior_metrics]
     result.prior_bits_per_code = min(test_bits) if test_bits else None
     result.prior_stale = info.prior_stale
+    result.prior_conditional = info.prior_conditional
     result.scores_stale = info.scores_stale
     for name in HEADLINE_SCORE_ROWS:
         row = info.score_row(name)
@@ -217,6 +221,17 @@ def _epoch_records(info: RunInfo, name: str, required: tuple[str, ...]) -> list[
     if not by_epoch:
         info.notes[name] = "has no readable epoch records"
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def _prior_is_conditional(run_dir: Path) -> bool | None:
+    """prior_config.json's ``conditional``, or None when it cannot be read (the report's
+    configuration section says so already)."""
+    try:
+        data = json.loads((run_dir / runfiles.PRIOR_CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    value = data.get("conditional") if isinstance(data, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 def _optional_json(info: RunInfo, name: str, validate) -> Any:

@@ -37,10 +37,14 @@ def find_runs(root: str | Path) -> list[Path]:
 
 
 def prior_cell(top: Headline, run_dir: Path, training: bool) -> str:
-    """The best test bits per code, marked: (training) while train-prior writes the run,
-    (stale) for a prior of earlier VQ-VAE weights (its number no longer describes this model's
-    codes), (incomplete) for one missing its weights or settings (it cannot be sampled)."""
+    """The best test bits per code, marked: (conditional) for a prior given each image's class
+    (its bits are not comparable with an unconditional prior's), (training) while train-prior
+    writes the run, (stale) for a prior of earlier VQ-VAE weights (its number no longer
+    describes this model's codes), (incomplete) for one missing its weights or settings (it
+    cannot be sampled)."""
     number = MISSING if top.prior_bits_per_code is None else f"{top.prior_bits_per_code:.3f}"
+    if number != MISSING and top.prior_conditional:
+        number += " (conditional)"
     if training:
         marks = ["(training)"]
     else:
