@@ -81,6 +81,18 @@ def test_a_report_older_than_what_it_shows_is_called_outdated(root, tmp_path):
     assert run_row(run)[-1] == "outdated"
 
 
+@pytest.mark.parametrize("name", [runfiles.SCORES, "figure"])
+def test_a_report_showing_a_file_since_removed_is_called_outdated(root, tmp_path, name):
+    run = copy_run(root / "b-full", tmp_path / "run")
+    assert main(["report", str(run)]) == 0
+    assert run_row(run)[-1] == "yes"
+    path = next((run / runfiles.FIGURES_DIR).glob("*.png")) if name == "figure" else run / name
+    path.unlink()  # the page still shows it; nothing left is newer than the page
+    assert run_row(run)[-1] == "outdated"
+    assert main(["report", str(run)]) == 0
+    assert run_row(run)[-1] == "yes"
+
+
 def test_runs_of_a_run_folder_lists_that_run(root, capsys):
     assert main(["runs", str(root / "b-full")]) == 0
     lines = capsys.readouterr().out.splitlines()

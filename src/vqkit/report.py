@@ -26,6 +26,7 @@ from vqkit.quantize import perplexity
 from vqkit.report_html import Section, cards, esc, fmt, image, note, page, table, table_html
 from vqkit.run_lock import writer_of
 from vqkit.runinfo import RunInfo, headline, load_run_info, number
+from vqkit.runs import SHOWN_META, shown_files
 from vqkit.score import row_label
 from vqkit.wording import on_test_images
 
@@ -71,7 +72,8 @@ def render_report(info: RunInfo) -> str:
     """The report's HTML text."""
     sections = [section for build in SECTIONS if (section := build(info)) is not None]
     name = info.run_dir.resolve().name
-    return page(f"vqkit report: {name}", _header(info, name), sections, _footer(info))
+    shows = {SHOWN_META: json.dumps(shown_files(info.run_dir))}
+    return page(f"vqkit report: {name}", _header(info, name), sections, _footer(info), shows)
 
 
 def _embed(

@@ -193,12 +193,20 @@ footer { color:var(--muted); font-size:0.85rem; padding-top:16px; padding-bottom
 """
 
 
-def page(title: str, header: str, sections: Sequence[Section], footer: str) -> str:
-    """The whole document: header, a link bar to each section, the sections, a footer."""
+def page(
+    title: str,
+    header: str,
+    sections: Sequence[Section],
+    footer: str,
+    meta: dict[str, str] | None = None,
+) -> str:
+    """The whole document: header, a link bar to each section, the sections, a footer;
+    ``meta`` becomes ``<meta name content>`` tags at the top, for programs that read the page."""
     links = "".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in sections)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        *(f'<meta name="{esc(k)}" content="{esc(v)}">' for k, v in (meta or {}).items()),
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
         f"<header>{header}</header>",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,12 +74,28 @@ SHOWN_IN_REPORT = (
 )
 
 
+# The report's <meta> tag listing the files it showed (a JSON list of names in the run folder),
+# so that runs can tell when one was removed afterwards.
+SHOWN_META = "vqkit-shows"
+# Bytes of report.html read for that tag: it stands in the first lines of the page's <head>.
+REPORT_HEAD_BYTES = 65536
+
+
+def shown_files(run_dir: Path) -> list[str]:
+    """The files of ``run_dir`` a report written now shows, as names inside the folder."""
+    names = [name for name in SHOWN_IN_REPORT if (run_dir / name).is_file()]
+    figures = sorted((run_dir / runfiles.FIGURES_DIR).glob("*.png"))
+    return names + [path.relative_to(run_dir).as_posix() for path in figures]
+
+
 def report_cell(run_dir: Path) -> str:
-    """'yes', 'no', or 'outdated' when a file the report shows changed after it was written
-    (run vqkit report again)."""
+    """'yes', 'no', or 'outdated' when a file the report shows changed after it was written,
+    or is gone (run vqkit report again)."""
     report = run_dir / runfiles.REPORT
     try:
         written = report.stat().st_mtime
+        with report.open("rb") as file:
+            head = file.read(REPORT_HEAD_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return "no"
     shown = [run_dir / name for name in SHOWN_IN_REPORT]
@@ -87,7 +106,19 @@ def report_cell(run_dir: Path) -> str:
                 return "outdated"
         except OSError:  # absent: nothing to show
             continue
+    if any(not (run_dir / name).is_file() for name in _listed_as_shown(head)):
+        return "outdated"
     return "yes"
+
+
+def _listed_as_shown(head: str) -> list[str]:
+    """The names the report's SHOWN_META tag lists ([] for reports written before it)."""
+    found = re.search(rf'<meta name="{SHOWN_META}" content="([^"]*)">', head)
+    try:
+        names = json.loads(html.unescape(found[1])) if found else []
+    except ValueError:
+        return []
+    return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
 
 
 def run_row(run_dir: Path) -> list[str]:

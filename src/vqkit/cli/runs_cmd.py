@@ -13,8 +13,9 @@ HELP = """
 List the run folders inside ROOT (default: runs/) as a table: dataset, preset, epochs done
 (done/planned when training stopped early), test MSE and codes used after the last epoch, the
 prior's best test bits per code when a prior was trained, and whether report.html exists
-(yes, no, or outdated when a file it shows changed after it was written). Folders without a
-config.json are not runs and are skipped; with no runs/ folder yet there is nothing to list.
+(yes, no, or outdated when a file it shows changed, or was removed, after it was written).
+Folders without a config.json are not runs and are skipped; with no runs/ folder yet there is
+nothing to list.
 
 examples:
   vqkit runs
