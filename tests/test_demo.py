@@ -95,6 +95,9 @@ def test_headline_says_when_used_codes_drew_exactly_like_random_ones(tmp_path):
     assert "codes used:         128 of 128 on the test set" in text  # a record before counts
     headline["test_images"] = 10000
     assert "codes used:         128 of 128 on the 10,000 test images" in format_headline(result)
+    assert "prior bits/code:    2.000 (uniform 7.000)" in text
+    headline["prior_conditional"] = True
+    assert "prior bits/code:    2.000 given the class (uniform 7.000)" in format_headline(result)
     assert "'used' draws exactly as 'random'" in text
     headline["fid_used"] = 850.0  # some codes unused in training: two different draws
     assert "'used' draws exactly" not in format_headline(result)

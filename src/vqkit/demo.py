@@ -202,6 +202,7 @@ def run_demo(
         )
         report = stage("report", lambda: write_report(run_dir))
         headline = _headline(trained.final, prior.best, scores)
+        headline["prior_conditional"] = settings.prior_conditional
         return DemoResult(run_dir, report, headline, timings)
 
 
@@ -268,7 +269,8 @@ def format_headline(result: DemoResult) -> str:
         f"test MSE:           {h['test_mse']:.5f}",
         f"codes used:         {h['codes_used']} of {h['num_codes']} {on_test_images(h)}",
         f"prior bits/code:    {h['prior_bits_per_code']:.3f} "
-        f"(uniform {h['uniform_bits_per_code']:.3f})",
+        + ("given the class " if h.get("prior_conditional") else "")
+        + f"(uniform {h['uniform_bits_per_code']:.3f})",
     ]
     if h["fid_prior"] is not None:
         lines.append(
