@@ -131,3 +131,24 @@ def test_latents_of_the_wrong_shape_are_one_sentence():
     for call in (quantizer, quantizer.quantize_codes):
         with pytest.raises(VqkitError, match=r"\(B, 6, H, W\), channels first; .* \(2, 7, 7, 6\)"):
             call(torch.zeros(2, 7, 7, 6))
+
+
+def test_saturated_channels_of_more_than_a_thousand_levels_keep_to_their_levels():
+    # The bound's margin used to round one step past the ends once (L - 1) / 2000 >= 0.5.
+    quantizer = fsq([1002], dim=1)
+    far = torch.tensor([-50.0, 50.0]).view(2, 1, 1, 1)
+    assert quantizer.quantize_codes(far).flatten().tolist() == [0, 1001]
+    values = quantizer(far).quantized.flatten()
+    assert values.tolist() == pytest.approx([-1.0, 500 / 501])  # the lowest and highest values
+    assert torch.equal(
+        quantizer.codes_to_latents(torch.tensor([0, 1001]).view(2, 1, 1)), values.view(2, 1, 1, 1)
+    )
+
+
+def test_a_nan_latent_gets_a_code_in_range_and_a_nan_loss_not_an_index_error():
+    # forward used to fail inside index_add_ on the garbage index of a NaN digit.
+    quantizer = fsq([8, 5])
+    z = torch.tensor([float("nan"), 0.3]).view(1, 2, 1, 1)
+    out = quantizer(z)
+    assert 0 <= int(out.codes) < quantizer.num_codes and int(out.code_counts.sum()) == 1
+    assert torch.isnan(out.quantized).any()

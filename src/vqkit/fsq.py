@@ -33,6 +33,8 @@ class FiniteScalarQuantizer(nn.Module):
         # Non-persistent: derived from the config, so the weights file need not carry them.
         self.register_buffer("levels", levels, persistent=False)
         self.register_buffer("radix", radix, persistent=False)
+        # The highest rounded value per channel: (L-1)/2 for odd L, L/2 - 1 for even L.
+        self.register_buffer("top", (levels - 1) // 2, persistent=False)
         # The encoder and decoder keep their D channels; a projection adapts them to c channels.
         same = dim == channels
         self.project_in = nn.Identity() if same else nn.Linear(dim, channels)
@@ -72,10 +74,15 @@ class FiniteScalarQuantizer(nn.Module):
         """
         h = h.to(torch.promote_types(h.dtype, torch.float32))
         bounded = self.bound(h)
-        integers = bounded.detach().round()
+        half_width = self.levels // 2
+        # The bound's margin lets a saturated tanh round one step past the last value once
+        # (L - 1) * BOUND_MARGIN / 2 >= 0.5, i.e. for L > 1000: keep to the L values.
+        integers = torch.minimum(torch.maximum(bounded.detach().round(), -half_width), self.top)
         rounded = bounded + (integers - bounded).detach()  # straight-through rounding
-        digits = integers.long() + self.levels // 2  # (N, c) in 0..L_i-1
-        return rounded / (self.levels // 2).to(h.dtype), (digits * self.radix).sum(dim=1)
+        # Clamped again as integers: a NaN latent has no digit, and its row gets code 0 (the
+        # loss is NaN, which the training guard reports) instead of an index past the counts.
+        digits = torch.minimum((integers.long() + half_width).clamp(min=0), self.levels - 1)
+        return rounded / half_width.to(h.dtype), (digits * self.radix).sum(dim=1)
 
     def codes_to_values(self, codes: torch.Tensor) -> torch.Tensor:
         """Integer codes (N,) -> grid values (N, c) in [-1, 1]: the inverse of the code index."""

@@ -16,8 +16,13 @@ NORM_FLOOR = 1e-12
 
 
 def straight_through(vectors: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Forward: ``chosen``; backward: the identity onto ``vectors``. Both (N, D)."""
-    return vectors + (chosen - vectors).detach()
+    """Forward: exactly ``chosen``; backward: the identity onto ``vectors``. Both (N, D).
+
+    Written as chosen + (z - z) rather than z + (chosen - z), which differs from the code by a
+    rounding of z's magnitude: the decoder then trains on the very latents that sampling
+    decodes (``codes_to_latents``).
+    """
+    return chosen.detach() + (vectors - vectors.detach())
 
 
 def rotation_trick(vectors: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
