@@ -22,6 +22,7 @@ from vqkit.training import epoch_batches, steps_per_epoch
 WORKER = Path(__file__).with_name("ddp_worker.py")
 GUARD_WORKER = Path(__file__).with_name("guard_worker.py")
 CRASH_WORKER = Path(__file__).with_name("crash_worker.py")
+LAZY_GUARD_WORKER = Path(__file__).with_name("lazy_guard_worker.py")
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +205,18 @@ def test_a_bad_step_names_every_term_any_rank_saw(mode):
     assert set(said) == {"0", "1"}, done.stdout
     for sentence in said.values():
         assert "step 5 because its reconstruction loss and its quantizer loss were not" in sentence
+
+
+def test_a_bar_on_rank_0_alone_does_not_unmatch_the_ranks_collectives(tmp_path):
+    # Each bar refresh checked the lazy (GPU) guard, an all_reduce that rank 0 alone called:
+    # gloo aborted at step 25 ("collective mismatch"); NCCL would hang.
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(LAZY_GUARD_WORKER), str(tmp_path / "run"),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len((tmp_path / "run" / runfiles.METRICS).read_text().splitlines()) == 1
 
 
 def test_a_two_rank_run_resumed_mid_epoch_keeps_every_ranks_training_loss(tmp_path):

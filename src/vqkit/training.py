@@ -372,7 +372,10 @@ class _Run:
                 position.step = index + 1
                 bar.update(1)
                 if self.show and position.step % PROGRESS_REFRESH_STEPS == 0:
-                    self.guard.check()
+                    # Only rank 0 shows a bar, and a lazy guard's check is a collective: with
+                    # several processes it waits for the checkpoints and the epoch's end.
+                    if not self.context.enabled:
+                        self.guard.check()
                     steps_here = position.step - first_step
                     rate = steps_here * self.settings.batch_size / (time.perf_counter() - started)
                     bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}")
