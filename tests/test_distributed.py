@@ -15,6 +15,7 @@ from process_helpers import child_env, vqkit_command
 
 from vqkit import distributed, runfiles
 from vqkit.checkpoint import read_tensors
+from vqkit.cli import main, train_cmd
 from vqkit.distributed import Context
 from vqkit.environment import read_records
 from vqkit.training import epoch_batches, steps_per_epoch
@@ -304,3 +305,36 @@ def test_a_rank_that_left_after_failing_does_not_turn_the_finished_ranks_exit_in
     monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: left.append(True))
     distributed.teardown(Context(rank=1, world_size=2, owns_group=True), finished=True)
     assert left == [True]
+
+
+@pytest.mark.parametrize("argv", [["score", "runs/x", "--n", "10"], ["demo"], ["runs"]])
+def test_commands_other_than_train_refuse_several_processes(argv, monkeypatch, capsys, tmp_path):
+    # Under torchrun every process did the whole job: the demo's and train-prior's processes
+    # raced for the lock and failed, score wrote its files twice.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"vqkit {argv[0]} runs in one process; start it without torchrun" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lost_process_is_one_sentence_and_a_bug_still_a_traceback(monkeypatch, capsys):
+    def lost(args):
+        raise RuntimeError(
+            "[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:9375. "
+            "This is typically caused by a remote worker crashing."
+        )
+
+    monkeypatch.setattr(train_cmd, "run", lost)
+    assert main(["train", "--preset", "efficient"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vqkit: error: Another process of this torchrun job stopped or lost")
+    assert "\n" not in err and "vqkit train --resume RUN continues it." in err
+
+    def bug(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(train_cmd, "run", bug)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(["train", "--preset", "efficient"])

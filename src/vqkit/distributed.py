@@ -71,6 +71,37 @@ def setup(device: torch.device) -> Context:
     return Context(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
 
 
+# The commands that train with several processes; every other one runs in a single process.
+MULTI_PROCESS_COMMANDS = ("train",)
+# What gloo's error says when the process at the other end of a collective is gone.
+LOST_PROCESS_SIGNS = ("Connection closed by peer", "Connection reset by peer")
+
+
+def require_one_process(command: str) -> None:
+    """Refuse a command other than train started by torchrun with several processes: every
+    process would do the whole job (and race the others for the run folder's lock)."""
+    if command in MULTI_PROCESS_COMMANDS or "WORLD_SIZE" not in os.environ:
+        return
+    if _env_int("WORLD_SIZE") > 1:
+        raise VqkitError(
+            f"vqkit {command} runs in one process; start it without torchrun (only vqkit train "
+            "trains with several)."
+        )
+
+
+def lost_process_message(exc: BaseException) -> str | None:
+    """One sentence for a collective that failed because another process of the job stopped
+    or lost its connection (its own output says why), else None."""
+    distributed_error = getattr(dist, "DistError", ())  # NCCL's and the store's errors
+    if not (isinstance(exc, distributed_error) or any(s in str(exc) for s in LOST_PROCESS_SIGNS)):
+        return None
+    return (
+        "Another process of this torchrun job stopped or lost its connection (its own output "
+        "says why); the run's last saved state is kept, and the same torchrun command with "
+        "vqkit train --resume RUN continues it."
+    )
+
+
 def device_for(context: Context, device: torch.device) -> torch.device:
     """Each process of a multi-GPU job uses the GPU of its local rank."""
     if context.enabled and device.type == "cuda":

@@ -15,7 +15,7 @@ import threading
 from typing import NoReturn
 
 import vqkit
-from vqkit import plugins
+from vqkit import distributed, plugins
 from vqkit.errors import VqkitError
 
 COMMAND_MODULES = (
@@ -216,12 +216,13 @@ def run_command(argv: list[str] | None) -> int:
         return 2
     args = parse_command_line(build_parser(), argv)
     try:
+        distributed.require_one_process(args.command)
         return int(args.handler(args) or 0)
     except VqkitError as exc:
         print(f"vqkit: error: {exc}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:
-        message = out_of_memory_message(exc, args.command)
+        message = out_of_memory_message(exc, args.command) or distributed.lost_process_message(exc)
         if message is None:
             raise  # a bug, not a user's mistake: the traceback is what to report
         print(f"vqkit: error: {message}", file=sys.stderr)
