@@ -98,13 +98,11 @@ def report_cell(run_dir: Path) -> str:
             head = file.read(REPORT_HEAD_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return "no"
-    shown = [run_dir / name for name in SHOWN_IN_REPORT]
-    shown += (run_dir / runfiles.FIGURES_DIR).glob("*.png")
-    for path in shown:
+    for name in shown_files(run_dir):
         try:
-            if path.stat().st_mtime > written:
+            if (run_dir / name).stat().st_mtime > written:
                 return "outdated"
-        except OSError:  # absent: nothing to show
+        except OSError:  # gone since it was listed: nothing to show
             continue
     if any(not (run_dir / name).is_file() for name in _listed_as_shown(head)):
         return "outdated"
