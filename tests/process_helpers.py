@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import vqkit
+from vqkit import runfiles
+
+# How long a test waits for a real training process to save or to end.
+WAIT_SECONDS = 120
 
 
 def child_env() -> dict[str, str]:
@@ -19,3 +26,18 @@ def child_env() -> dict[str, str]:
 
 def vqkit_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "vqkit", *args]
+
+
+def wait_for_mid_epoch_state(run_dir: Path, process: subprocess.Popen) -> dict:
+    """Poll until the run has saved a state in the middle of an epoch."""
+    meta = run_dir / runfiles.TRAIN_STATE_META
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "training ended before a mid-epoch state was saved"
+        if meta.exists():
+            state = json.loads(meta.read_text())
+            if state["step"] > 0:
+                return state
+        time.sleep(0.01)
+    process.kill()
+    raise AssertionError("no mid-epoch state appeared")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from process_helpers import child_env, vqkit_command
+from process_helpers import WAIT_SECONDS, child_env, vqkit_command, wait_for_mid_epoch_state
 
 from vqkit import distributed, runfiles
 from vqkit.checkpoint import read_tensors
@@ -24,6 +25,7 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 GUARD_WORKER = Path(__file__).with_name("guard_worker.py")
 CRASH_WORKER = Path(__file__).with_name("crash_worker.py")
 LAZY_GUARD_WORKER = Path(__file__).with_name("lazy_guard_worker.py")
+SIGNAL_WORKER = Path(__file__).with_name("signal_worker.py")
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +261,61 @@ def test_a_two_rank_run_resumed_mid_epoch_keeps_every_ranks_training_loss(tmp_pa
     both = f"unbroken {unbroken}, resumed {resumed}"
     assert resumed["train_loss"] == pytest.approx(unbroken["train_loss"], rel=1e-5), both
     assert resumed["test_mse"] == pytest.approx(unbroken["test_mse"], rel=1e-5), both
+
+
+@pytest.mark.parametrize(("rank", "name", "status"), [("1", "SIGTERM", 143), ("0", "SIGINT", 130)])
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_with_a_saved_state(
+    tmp_path, rank, name, status
+):
+    # 640 images in global batches of 16: 40 steps an epoch. One rank alone is signalled before
+    # step 5; the ranks compare their requests every STOP_POLL_STEPS (20) steps, so both save
+    # step 20 and stop there, and the run resumes under the same torchrun command.
+    flags = [
+        "--preset", "efficient", "--train-limit", "640", "--test-limit", "64", "--epochs", "1",
+        "--batch-size", "16",
+    ]  # fmt: skip
+    signalled = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(SIGNAL_WORKER), rank, name, "5", "train", *flags, "--out", "run", "--quiet",
+        "--device", "cpu",
+    ]  # fmt: skip
+    done = subprocess.run(
+        signalled, env=child_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode != 0
+    state = json.loads((tmp_path / "run" / runfiles.TRAIN_STATE_META).read_text())
+    assert state["epochs_done"] == 0 and state["step"] == 20, (state, done.stderr[-2000:])
+    how = "interrupted" if name == "SIGINT" else "stopped by SIGTERM"
+    hint = f"vqkit: {how}; the run is saved, continue it with: vqkit train --resume run"
+    assert done.stderr.count(hint) == 1, done.stderr[-3000:]  # rank 0 alone says it
+    assert f"exitcode  : {status}" in done.stderr  # torchrun's report of the processes' status
+    torchrun_train(tmp_path, "--resume", "run")
+    assert len((tmp_path / "run" / runfiles.METRICS).read_text().splitlines()) == 1
+
+
+def test_ctrl_c_to_torchrun_saves_its_processes_state_and_says_how_to_resume(tmp_path):
+    # torchrun's processes run in sessions of their own, so a Ctrl-C in the terminal reaches
+    # torchrun alone, which sends the processes the same signal (and kills them 30 s later).
+    # Periodic saves every 7 steps; the stop's own save falls on a poll, a multiple of 20.
+    flags = [
+        "--preset", "efficient", "--train-limit", "8192", "--test-limit", "64", "--epochs", "1",
+        "--batch-size", "16", "--checkpoint-every", "7",
+    ]  # fmt: skip
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "vqkit", "train", *flags, "--out", "run", "--quiet", "--device", "cpu",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+    )  # fmt: skip
+    wait_for_mid_epoch_state(tmp_path / "run", process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=WAIT_SECONDS)
+    state = json.loads((tmp_path / "run" / runfiles.TRAIN_STATE_META).read_text())
+    assert state["epochs_done"] == 0 and state["step"] % 20 == 0 < state["step"], stderr[-3000:]
+    hint = "vqkit: interrupted; the run is saved, continue it with: vqkit train --resume run"
+    assert stderr.count(hint) == 1, stderr[-3000:]
 
 
 @pytest.mark.parametrize("finished", [True, False])

@@ -106,14 +106,17 @@ def test_lazy_guard_reports_the_first_bad_step_only_when_checked():
         guard.check()
 
 
-def test_the_first_ctrl_c_asks_to_stop_and_the_second_stops_at_once():
-    # The loop saves before it honours the first Ctrl-C; a user who presses it again does not
-    # want to wait for that save. Outside the block Ctrl-C is Python's own again.
-    before = signal.getsignal(signal.SIGINT)
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_the_first_stop_signal_asks_to_stop_and_the_second_stops_at_once(first):
+    # The loop saves before it honours the first Ctrl-C or SIGTERM; a user who presses Ctrl-C
+    # again does not want to wait for that save. Outside the block both are Python's own again.
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     stop = StopRequest()
     with stop.installed():
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested
+        assert not stop.agreed()
+        os.kill(os.getpid(), first)
+        assert stop.requested and stop.agreed() and stop.signal_number == first
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
+        assert stop.signal_number == first  # the message names the signal that asked to stop
+    assert {number: signal.getsignal(number) for number in before} == before

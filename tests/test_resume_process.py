@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from process_helpers import child_env, vqkit_command
+from process_helpers import WAIT_SECONDS, child_env, vqkit_command, wait_for_mid_epoch_state
 
 from vqkit import runfiles
 from vqkit.checkpoint import read_tensors
@@ -26,22 +25,6 @@ TRAIN_FLAGS = [
     "--batch-size", "16", "--hidden-dim", "32", "--embedding-dim", "16", "--num-embeddings", "32",
     "--checkpoint-every", "10", "--deterministic", "--quiet", "--seed", "7",
 ]  # fmt: skip
-WAIT_SECONDS = 120
-
-
-def wait_for_mid_epoch_state(run_dir: Path, process: subprocess.Popen) -> dict:
-    """Poll until the run has saved a state in the middle of an epoch."""
-    meta = run_dir / runfiles.TRAIN_STATE_META
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "training ended before a mid-epoch state was saved"
-        if meta.exists():
-            state = json.loads(meta.read_text())
-            if state["step"] > 0:
-                return state
-        time.sleep(0.01)
-    process.kill()
-    raise AssertionError("no mid-epoch state appeared")
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -75,7 +58,7 @@ def stop_then_resume(
     wait_for_mid_epoch_state(run_dir, process)
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=WAIT_SECONDS)
-    expected = -signal.SIGKILL if sig == signal.SIGKILL else 130
+    expected = -signal.SIGKILL if sig == signal.SIGKILL else 128 + sig  # 130, 143: as a shell's
     assert process.returncode == expected, stderr
     stopped_at = json.loads((run_dir / runfiles.TRAIN_STATE_META).read_text())
     before_resume()
@@ -138,10 +121,18 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(unbroken_run, tmp
     assert first["images_per_second"] * first["epoch_seconds"] == pytest.approx(rest)
 
 
-def test_ctrl_c_saves_prints_how_to_resume_and_resume_matches(unbroken_run, tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "how"), [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")]
+)
+def test_ctrl_c_or_sigterm_saves_prints_how_to_resume_and_resume_matches(
+    unbroken_run, tmp_path, sig, how
+):
+    # SIGTERM is what schedulers, `docker stop` and `kill` send before they kill.
     run_dir = tmp_path / "run"
-    resumed, stopped_at, stderr = stop_then_resume(run_dir, signal.SIGINT)
-    assert f"vqkit train --resume {run_dir}" in stderr
+    resumed, stopped_at, stderr = stop_then_resume(run_dir, sig)
+    assert f"vqkit: {how}; the run is saved, continue it with: vqkit train --resume {run_dir}" in (
+        stderr
+    )
     assert "Traceback" not in stderr
     assert stopped_at["epochs_done"] == 0 and 0 < stopped_at["step"] < 125
     assert resumed.returncode == 0, resumed.stderr

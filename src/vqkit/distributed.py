@@ -135,11 +135,16 @@ def barrier(context: Context) -> None:
         dist.barrier()
 
 
+def all_max(context: Context, value: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over all ranks (in place, returned)."""
+    if context.enabled:
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
 def any_true(context: Context, flag: torch.Tensor) -> torch.Tensor:
     """Element-wise OR of an integer tensor of 0/1 flags over all ranks (in place, returned)."""
-    if context.enabled:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return flag
+    return all_max(context, flag)
 
 
 def all_sum(context: Context, value: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Watchdogs of the training loop: non-finite losses and a polite Ctrl-C.
+"""Watchdogs of the training loop: non-finite losses and a polite Ctrl-C or SIGTERM.
 
 Both are built so the fast path costs no host synchronisation: on a GPU the non-finite check
 only records a flag on the device and is read when the loop syncs anyway (progress refresh,
-checkpoint, epoch end); Ctrl-C only sets a Python flag that the loop reads between steps.
+checkpoint, epoch end); a stop signal only sets a Python flag that the loop reads between steps
+(several processes compare their flags every few steps).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from vqkit import distributed
 from vqkit.errors import VqkitError
 from vqkit.train_state import VQVAE_FILES, StateFiles
 
+# How often (in steps) the processes of a multi-process job ask each other whether one of them
+# was signalled to stop: each poll is a small collective and a host synchronisation.
+STOP_POLL_STEPS = 20
 # The loss terms a VQ-VAE step checks; bit i of the per-step flag says term i was not finite.
 VQVAE_TERMS = ("reconstruction loss", "quantizer loss")
 
@@ -126,28 +130,56 @@ class NonFiniteGuard:
 
 
 class StopRequest:
-    """Turns the first Ctrl-C into a request the loop honours between steps.
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request the loop honours between steps.
 
-    A second Ctrl-C raises KeyboardInterrupt at once. Only the main thread can own signal
-    handlers, and a multi-process job must stop every rank at the same step, so elsewhere the
-    request stays off and Ctrl-C behaves as usual (the last periodic checkpoint is kept).
+    SIGTERM is what a batch scheduler, ``docker stop`` or ``kill`` sends before killing, and what
+    torchrun passes on to its processes when it is stopped (it sends them the signal it got, and
+    kills them 30 s later). A second signal raises KeyboardInterrupt at once. Only the main thread
+    can own signal handlers, so elsewhere the request stays off and the signals behave as usual.
+
+    A multi-process job must stop every rank after the same step, and the signal reaches each
+    process at its own moment, so there the ranks act on :meth:`agreed`, a collective every rank
+    calls at the same steps.
     """
 
-    def __init__(self) -> None:
-        self.requested = False
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(
+        self, context: distributed.Context | None = None, device: torch.device | str = "cpu"
+    ) -> None:
+        self.context = context or distributed.Context()
+        self.device = torch.device(device)  # NCCL's collectives need tensors on the GPU
+        self.requested = False  # a signal reached this process
+        self.signal_number = int(signal.SIGINT)  # the first one that did
+        self._agreed = False
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signal_number = int(signum)
+
+    def agreed(self, step: int | None = None) -> bool:
+        """Whether to stop now. With several processes it is a collective: True once any rank
+        was asked to stop, polled every ``STOP_POLL_STEPS`` steps, and at every call without a
+        step (the ends of epochs); a single process answers at once, without a collective."""
+        if not self.context.enabled:
+            return self.requested
+        if not self._agreed and (step is None or step % STOP_POLL_STEPS == 0):
+            flag = torch.tensor([int(self.requested), self.signal_number], device=self.device)
+            distributed.all_max(self.context, flag)  # a signalled rank's 1; SIGTERM over SIGINT
+            self._agreed = bool(flag[0])
+            self.signal_number = int(flag[1]) if self._agreed else self.signal_number
+        return self._agreed
 
     @contextlib.contextmanager
     def installed(self, enabled: bool = True) -> Iterator[StopRequest]:
         if not enabled or threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = signal.signal(signal.SIGINT, self._handle)
+        previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)

@@ -177,7 +177,7 @@ class PriorLoop:
                     break
                 self.run_epoch(epoch)
                 if self.stop.requested:
-                    raise TrainingInterrupted(self.run_dir, self.files)
+                    raise self.interrupted()
         return self.history
 
     def run_epoch(self, epoch: int) -> None:
@@ -210,10 +210,13 @@ class PriorLoop:
                 if not last and (periodic or self.stop.requested):
                     self.checkpoint(epoch_start_order)
                     if self.stop.requested:
-                        raise TrainingInterrupted(self.run_dir, self.files)
+                        raise self.interrupted()
         finally:  # also when a guard or Ctrl-C stops the epoch: no bar left on the terminal
             bar.close()
         self.finish_epoch(epoch, time.perf_counter() - started)
+
+    def interrupted(self) -> TrainingInterrupted:
+        return TrainingInterrupted(self.run_dir, self.files, self.stop.signal_number)
 
     def step(self, index: torch.Tensor) -> None:
         """One batch of grids (indices into the training set); no update when its loss is not

@@ -186,7 +186,7 @@ def train_prior(
     settings (``settings`` None) or ones differing only in :data:`RESUME_FIELDS`. Otherwise a
     new prior replaces any earlier one and ``prior_metrics.jsonl`` starts afresh, except that
     an unfinished prior (stopped by Ctrl-C, a crash or a non-finite loss) is only replaced with
-    ``restart=True``. Ctrl-C raises TrainingInterrupted after saving.
+    ``restart=True``. Ctrl-C or SIGTERM raises TrainingInterrupted after saving.
     """
     run_dir = run_folder(run_dir)
     if settings is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -68,11 +69,18 @@ DDP_STRIDE_WARNING = "Grad strides do not match bucket view strides"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a run after saving a state that ``resume_command`` continues from."""
+    """Ctrl-C or SIGTERM stopped a run after saving a state that ``resume_command`` continues
+    from; ``signal_number`` says which."""
 
-    def __init__(self, run_dir: Path, files: train_state.StateFiles = train_state.VQVAE_FILES):
+    def __init__(
+        self,
+        run_dir: Path,
+        files: train_state.StateFiles = train_state.VQVAE_FILES,
+        signal_number: int = signal.SIGINT,
+    ):
         self.run_dir = run_dir
         self.resume_command = files.resume_command(run_dir)
+        self.signal_number = int(signal_number)
         super().__init__(f"training interrupted; continue with: {self.resume_command}")
 
 
@@ -188,8 +196,8 @@ def train(
     Returns the trained model (eval mode) and the per-epoch metrics also written to
     ``metrics.jsonl``. ``progress=None`` shows a bar only when stderr is a terminal.
     ``resume=True`` continues the run in ``run_dir`` from its last saved state. Under torchrun
-    every process calls this; each returns the same model. Ctrl-C raises TrainingInterrupted
-    after saving.
+    every process calls this; each returns the same model. Ctrl-C or SIGTERM raises
+    TrainingInterrupted after saving (under torchrun, every process after the same step).
     """
     arguments.path_or_none(run_dir, "A run folder")
     arguments.path_or_none(data_dir, "The data folder (--data-dir)")
@@ -305,7 +313,7 @@ class _Run:
         )
         self.guard = NonFiniteGuard(settings.skip_nonfinite, device, context, self.run_dir)
         self.guard.skipped = self.position.skipped_nonfinite
-        self.stop = StopRequest()
+        self.stop = StopRequest(context, device)
         show = sys.stderr.isatty() if progress is None else progress
         self.show = show and context.is_main
 
@@ -318,12 +326,11 @@ class _Run:
             # would otherwise leave weights with no state, which --resume cannot continue and
             # a new train --out refuses to write over.
             self.checkpoint(self.order_generator.get_state())
-        # One rank alone cannot stop a multi-process job at a step the others agree on.
-        with self.stop.installed(enabled=not self.context.enabled):
+        with self.stop.installed():
             for epoch in range(self.position.epochs_done + 1, self.settings.epochs + 1):
                 self.run_epoch(epoch)
-                if self.stop.requested:
-                    raise TrainingInterrupted(self.run_dir)
+                if self.stop.agreed():
+                    raise self.interrupted()
         if not distributed.same_on_all_ranks(self.context, list(self.model.state_dict().values())):
             raise VqkitError("The training processes ended with different weights; train again.")
         self.model.eval()
@@ -382,10 +389,11 @@ class _Run:
                 if position.step == len(batches):
                     break  # the end-of-epoch save below covers the last step
                 every = self.settings.checkpoint_every
-                if (every and position.global_step % every == 0) or self.stop.requested:
+                stopping = self.stop.agreed(position.global_step)
+                if (every and position.global_step % every == 0) or stopping:
                     self.checkpoint(epoch_start_order)
-                if self.stop.requested:
-                    raise TrainingInterrupted(self.run_dir)
+                if stopping:
+                    raise self.interrupted()
         finally:  # also when a guard or Ctrl-C stops the epoch: no bar left on the terminal
             bar.close()
         if self.device.type == "cuda":  # the host runs ahead of the GPU: stop its clock too
@@ -393,6 +401,9 @@ class _Run:
         # Images all processes trained in this session (a resumed epoch: only its rest).
         trained = sum(int(part.numel()) for part in batches[first_step:]) * self.context.world_size
         self.finish_epoch(epoch, time.perf_counter() - started, trained)
+
+    def interrupted(self) -> TrainingInterrupted:
+        return TrainingInterrupted(self.run_dir, signal_number=self.stop.signal_number)
 
     def train_step(self, batch: torch.Tensor, global_step: int) -> torch.Tensor | None:
         """One optimizer step on ``batch``; its detached loss, or None when the guard skipped

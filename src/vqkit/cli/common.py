@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -132,9 +134,18 @@ def say_nothing_was_trained(what: str, why: str, flags: str) -> None:
 
 
 def report_interrupted(stop: TrainingInterrupted) -> int:
-    """Ctrl-C stopped a run after saving: say how to continue it; exit status 130."""
-    print(
-        f"vqkit: interrupted; the run is saved, continue it with: {stop.resume_command}",
-        file=sys.stderr,
-    )
-    return 130
+    """Ctrl-C or SIGTERM stopped a run after saving: say how to continue it (the first process
+    of a torchrun job alone); exit status 128 + the signal's number (130, 143), as the shell's."""
+    if distributed_rank_is_main():
+        how = "interrupted" if stop.signal_number == signal.SIGINT else "stopped by SIGTERM"
+        print(
+            f"vqkit: {how}; the run is saved, continue it with: {stop.resume_command}",
+            file=sys.stderr,
+        )
+    return 128 + stop.signal_number
+
+
+def distributed_rank_is_main() -> bool:
+    """Whether this is the first process of a torchrun job (or no such job): the one that
+    prints summaries."""
+    return os.environ.get("RANK", "0") == "0"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from vqkit.checkpoint import load_config
@@ -11,6 +10,7 @@ from vqkit.cli.common import (
     add_command,
     add_device_flag,
     add_reliability_flags,
+    distributed_rank_is_main,
     int_list,
     positive_int,
     refuse_resume_conflicts,
@@ -50,8 +50,8 @@ labels 0-255. They are checked for structure, not checksum; the folder is record
 so later commands find it without --data-dir.
 
 After every epoch (and every --checkpoint-every N steps) the run also saves
-train_state.safetensors, from which --resume continues after a crash, a kill or Ctrl-C (which
-saves first). With --deterministic a resumed run ends with exactly the weights of an
+train_state.safetensors, from which --resume continues after a crash, a kill, Ctrl-C or SIGTERM
+(both save first). With --deterministic a resumed run ends with exactly the weights of an
 uninterrupted one. A NaN or infinite loss stops the run, keeping the last good state, unless
 --skip-nonfinite N allows skipping up to N such steps. Under torchrun, several processes train
 together (DistributedDataParallel); --batch-size is then the total over all of them.
@@ -363,8 +363,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"run folder:      {result.run_dir}")
     print(f"reconstructions: {result.run_dir / 'reconstructions.png'}")
     return 0
-
-
-def distributed_rank_is_main() -> bool:
-    """Only the first process of a torchrun job prints the summary."""
-    return os.environ.get("RANK", "0") == "0"

@@ -40,11 +40,11 @@ Training stops early after --patience epochs without a better test NLL.
 
 After every epoch (and every --checkpoint-every N steps) it also saves prior_state.safetensors
 (weights, AdamW state, random-number states, epoch, step, best test NLL and early-stopping
-count), from which --resume continues after a crash, a kill or Ctrl-C (which saves first); with
---deterministic the resumed prior ends bitwise identical to an uninterrupted one. A NaN or
-infinite loss stops the run, keeping the last good state, unless --skip-nonfinite N allows
-skipping up to N such steps. Running train-prior again trains a new prior in place of a finished
-one; an unfinished one is only replaced with --restart.
+count), from which --resume continues after a crash, a kill, Ctrl-C or SIGTERM (both save
+first); with --deterministic the resumed prior ends bitwise identical to an uninterrupted
+one. A NaN or infinite loss stops the run, keeping the last good state, unless --skip-nonfinite
+N allows skipping up to N such steps. Running train-prior again trains a new prior in place of
+a finished one; an unfinished one is only replaced with --restart.
 
 examples:
   vqkit train-prior runs/RUN
