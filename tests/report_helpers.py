@@ -90,7 +90,12 @@ TIMINGS = {"train": 41.5, "train-prior": 30.25, "sample": 2.0, "interpolate": 0.
 # A real, tiny and untrained prior, so the run holds a whole prior (settings and weights).
 PRIOR_CONFIG = PriorConfig(num_codes=NUM_CODES, channels=8, layers=2, epochs=3)
 SAMPLE_KEYS = ("samples_random", "samples_used", "samples_prior", "samples_prior_conditional")
-INTERPOLATION_KEYS = ("interpolation_crossfade", "interpolation_wipe", "interpolation_latent")
+INTERPOLATION_KEYS = (
+    "interpolation_crossfade",
+    "interpolation_wipe",
+    "interpolation_random-mask",
+    "interpolation_latent",
+)
 FIGURE_KEYS = (*SAMPLE_KEYS, *INTERPOLATION_KEYS, "codebook_atlas", "codebook_codemap")
 # Every section of a full run, in page order; a bare training run has the first three and timing.
 ALL_SECTIONS = (
@@ -160,6 +165,7 @@ def make_full_run(run_dir: Path) -> Path:
         "samples_prior_conditional": (digits, 8),
         "interpolation_crossfade": (digits[:20], 10),
         "interpolation_wipe": (digits[20:40], 10),
+        "interpolation_random-mask": (digits[60:80], 10),
         "interpolation_latent": (digits[40:60], 10),
         "codebook_atlas": (noise, 16),
         "codebook_codemap": (digits[:8], 8),

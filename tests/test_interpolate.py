@@ -1,4 +1,5 @@
-"""Interpolation paths: exact ends, monotone patch switching, latent ends equal encode()."""
+"""Interpolation paths: exact ends, monotone patch switching, the tutorial's random masks, latent
+ends equal encode()."""
 
 from __future__ import annotations
 
@@ -101,6 +102,60 @@ def test_crossfade_order_depends_on_seed_only():
     same = interpolate_codes(a, b, 5, "crossfade", torch.Generator().manual_seed(1))
     other = interpolate_codes(a, b, 5, "crossfade", torch.Generator().manual_seed(2))
     assert torch.equal(one, same) and not torch.equal(one, other)
+
+
+def random_mask_paths(steps: int, paths: int) -> torch.Tensor:
+    """``paths`` random-mask interpolations of 7×7 grids from all-0 to all-1 codes: (paths,
+    steps, 49) with 1 where a patch holds B's code."""
+    a, b = torch.zeros(7, 7, dtype=torch.long), torch.ones(7, 7, dtype=torch.long)
+    return torch.stack(
+        [
+            interpolate_codes(a, b, steps, "random-mask", torch.Generator().manual_seed(seed))
+            for seed in range(paths)
+        ]
+    ).view(paths, steps, 49)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    size=st.integers(1, 9),
+    codes=st.integers(2, 20),
+    overlap=st.floats(0.0, 1.0),
+    steps=st.integers(2, 20),
+)
+def test_random_mask_paths_start_at_a_end_at_b_and_mix_only_their_codes(
+    seed, size, codes, overlap, steps
+):
+    a, b = grids(seed, size, codes, overlap)
+    frames = interpolate_codes(a, b, steps, "random-mask", torch.Generator().manual_seed(seed))
+    assert frames.shape == (steps, size, size)
+    assert torch.equal(frames[0], a) and torch.equal(frames[-1], b)
+    assert torch.all((frames == a) | (frames == b))
+
+
+def test_random_mask_takes_each_patch_from_b_with_probability_t_afresh_at_every_step():
+    # The tutorial's recipe: at step t each patch is B's with probability t, independently of
+    # the other patches and steps. Over 2,000 paths of 8 steps (t = i/7), the share of B's
+    # patches must be t, and a patch must be B's at two consecutive steps with probability
+    # t·t' (independent masks), where crossfade's nested masks give min(t, t').
+    steps, paths = 8, 2000
+    switched = random_mask_paths(steps, paths).double()
+    t = torch.arange(steps, dtype=torch.float64) / (steps - 1)
+    draws = paths * 49
+    share = switched.mean(dim=(0, 2))
+    assert torch.all((share - t).abs() <= 4 * (t * (1 - t) / draws).sqrt() + 1e-12), share
+    both = (switched[:, :-1] * switched[:, 1:]).mean(dim=(0, 2))
+    expected = t[:-1] * t[1:]
+    bound = 4 * (expected * (1 - expected) / draws).sqrt()
+    assert torch.all((both - expected).abs() <= bound + 1e-12), (both, expected)
+    crossfade_pair = torch.minimum(t[:-1], t[1:])
+    assert torch.all((both - crossfade_pair)[1:-1].abs() > 10 * bound[1:-1])
+
+
+def test_random_mask_depends_on_the_seed_only():
+    first, again = random_mask_paths(5, 3), random_mask_paths(5, 3)
+    assert torch.equal(first, again) and not torch.equal(first[0], first[1])
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,13 @@
 """Paths between two images through the discrete latent space.
 
-Three modes, each giving ``steps`` code grids from A's codes (t = 0) to B's codes (t = 1):
+Four modes, each giving ``steps`` code grids from A's codes (t = 0) to B's codes (t = 1):
 
 - ``crossfade``: patches switch from A's code to B's in a random order; at step t the first
   round(t·P) patches of that order hold B's code (P = h·w). A switched patch stays switched.
 - ``wipe``: the same, with patches switching in raster order (top-left to bottom-right).
+- ``random-mask``: the tutorial's own recipe: each step draws a fresh mask that takes every
+  patch from B with probability t, independently of the other steps, so the number of B's
+  patches varies around t·P and a patch may switch back.
 - ``latent``: the continuous encoder outputs are interpolated linearly, then quantized.
 """
 
@@ -16,7 +19,7 @@ from vqkit import arguments
 from vqkit.errors import VqkitError
 from vqkit.model import VQVAE, images_to_input
 
-MODES = ("crossfade", "wipe", "latent")
+MODES = ("crossfade", "wipe", "random-mask", "latent")
 MIN_STEPS = 2  # the two ends, t = 0 and t = 1
 
 
@@ -53,18 +56,34 @@ def interpolate_codes(
     mode: str = "crossfade",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Code-space interpolation (crossfade or wipe) between two (h, w) grids -> (steps, h, w)."""
+    """Code-space interpolation (crossfade, wipe or random-mask) between two (h, w) grids ->
+    (steps, h, w)."""
     if codes_a.shape != codes_b.shape or codes_a.dim() != 2:
         raise VqkitError("Both code grids must be 2-D and of the same shape.")
     patches = codes_a.numel()
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
     if mode == "crossfade":
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
         order = torch.randperm(patches, generator=generator).to(codes_a.device)
     elif mode == "wipe":
         order = torch.arange(patches, device=codes_a.device)
+    elif mode == "random-mask":
+        return random_mask_codes(codes_a, codes_b, steps, generator)
     else:
-        raise VqkitError(f"'{mode}' is not a code-space mode; use crossfade or wipe.")
+        raise VqkitError(f"'{mode}' is not a code-space mode; use crossfade, wipe or random-mask.")
     return patch_switch_codes(codes_a, codes_b, order, steps)
+
+
+def random_mask_codes(
+    codes_a: torch.Tensor, codes_b: torch.Tensor, steps: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Grids (steps, h, w) where step t takes each patch's code from B with probability t, a
+    fresh draw per step (uniform < t: never at t = 0, always at t = 1)."""
+    fractions = _step_fractions(steps)
+    shape = (fractions.numel(), codes_a.numel())
+    draws = torch.rand(shape, generator=generator, dtype=torch.float64)
+    switched = (draws < fractions.unsqueeze(1)).to(codes_a.device)
+    frames = torch.where(switched, codes_b.flatten().unsqueeze(0), codes_a.flatten().unsqueeze(0))
+    return frames.view(-1, *codes_a.shape)
 
 
 @torch.no_grad()

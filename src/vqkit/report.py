@@ -42,6 +42,8 @@ INTERPOLATION_CAPTIONS = {
     "interpolation_crossfade": "cross-fade: patches switch from the first image's code to the "
     "second's in a random order",
     "interpolation_wipe": "wipe: patches switch codes in reading order, top left to bottom right",
+    "interpolation_random-mask": "random mask (the tutorial's recipe): each step takes every "
+    "patch from the second image with probability t, a fresh mask per step",
     "interpolation_latent": "latent: encoder outputs blended linearly, each snapped to its "
     "nearest code",
 }

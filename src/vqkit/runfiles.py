@@ -65,6 +65,7 @@ FIGURE_NAMES = {
     "samples_prior_conditional": "samples_prior_conditional.png",  # one row per class
     "interpolation_crossfade": "interpolation_crossfade.png",
     "interpolation_wipe": "interpolation_wipe.png",
+    "interpolation_random-mask": "interpolation_random-mask.png",
     "interpolation_latent": "interpolation_latent.png",
     "codebook_usage": "codebook_usage.png",
     "codebook_atlas": "codebook_atlas.png",

@@ -30,6 +30,9 @@ modes:
   crossfade  patches switch from A's code to B's in a random order (--seed); a switched patch
              stays switched, so the row goes from exactly A's codes to exactly B's
   wipe       patches switch in reading order, top-left to bottom-right
+  random-mask
+             the tutorial's recipe: each step takes every patch from B with probability t,
+             a fresh random mask per step (--seed), so patches may switch back
   latent     the continuous encoder outputs are blended linearly, then quantized
 
 examples:
@@ -61,7 +64,9 @@ def register(subparsers) -> None:
         help="decoded steps (default 8)",
     )
     parser.add_argument("--mode", choices=MODES, default="crossfade", help="default: crossfade")
-    parser.add_argument("--seed", type=seed, default=0, help="crossfade order seed (default 0)")
+    parser.add_argument(
+        "--seed", type=seed, default=0, help="seed of crossfade's order and the masks (default 0)"
+    )
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
     add_device_flag(parser)
