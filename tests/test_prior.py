@@ -193,6 +193,9 @@ def test_restrict_logits_by_hand():
     out = restrict_logits(logits, temperature=2.0, top_k=2)
     expected = torch.tensor([[float("-inf"), 1.5, 1.0, float("-inf")]])
     assert torch.equal(out, expected)
+    # Ties with the k-th largest are all kept, not an arbitrary k of them.
+    tied = restrict_logits(torch.tensor([[1.0, 1.0, 1.0, 0.0]]), top_k=2)
+    assert torch.equal(tied, torch.tensor([[1.0, 1.0, 1.0, float("-inf")]]))
 
 
 def test_bad_sampling_settings_are_refused():

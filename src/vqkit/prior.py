@@ -4,10 +4,14 @@ Two stacks of causal convolutions remove the blind spot of a masked PixelCNN:
 
 * the **vertical** stack sees every row at or above the current one (kernel ``(k//2+1, k)``,
   padded on top and both sides). Its features reach the horizontal stack only after a shift down
-  by one row, so a position sees the rows strictly above it, however wide they are;
+  by one row, so a position sees only rows strictly above it;
 * the **horizontal** stack sees the current row up to the current column (kernel ``(1, k//2+1)``,
   padded on the left). Its first layer shifts its input right by one so a position never sees
   its own code ("mask A"); later layers include the current column ("mask B") and are residual.
+
+With L layers and s = k//2 a position sees up to L·s+1 rows above it, L·s columns to either side,
+and L·s+1 columns to its left on its own row: a finite field without a blind spot. The defaults
+(L = 7, k = 3) reach every earlier position of a 7×7 grid.
 
 Each layer gates ``tanh(a) · sigmoid(b)``; a class label, when the prior is conditional, adds a
 learned bias inside every gate of both stacks.
@@ -249,7 +253,11 @@ class PixelCNNPrior(nn.Module):
 def restrict_logits(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None
 ) -> torch.Tensor:
-    """(B, K) logits divided by the temperature, with all but the ``top_k`` largest at -inf."""
+    """(B, K) logits divided by the temperature, with all but the ``top_k`` largest at -inf.
+
+    Logits equal to the k-th largest are all kept, so exact ties at the boundary keep more than
+    k codes rather than an arbitrary k of them.
+    """
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
