@@ -108,7 +108,7 @@ def test_sample_strategy_choices_come_from_the_registry(run_dir, tmp_path, capsy
     assert "random" in choices and f"choose from {choices}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mode", ["crossfade", "wipe", "latent"])
+@pytest.mark.parametrize("mode", ["crossfade", "wipe", "random-mask", "latent"])
 def test_interpolate(run_dir, model, tmp_path, capsys, test_images, mode):
     out = tmp_path / f"{mode}.png"
     code, _, _ = run_cli(
@@ -166,6 +166,32 @@ def test_encode_decode_round_trip_equals_reconstruct(run_dir, tmp_path, capsys, 
     originals = test_images[3:11].numpy()
     expected = tile(np.concatenate([originals, to_uint8(np.load(decoded))]), 8)
     assert np.array_equal(png_pixels(recon), expected)  # same pixels as reconstruct's
+
+
+def test_training_images_by_index_in_encode_reconstruct_and_interpolate(run_dir, tmp_path, capsys):
+    # The tutorial reconstructs and interpolates training images: train:N names them.
+    train = load_split("mnist", "train").images
+    recon, codes, decoded = tmp_path / "r.png", tmp_path / "c.npy", tmp_path / "d.npy"
+    args = ["reconstruct", run_dir, "--split", "train", "--n", 4, "--start", 9, "--out", recon]
+    assert run_cli(args, capsys)[0] == 0
+    assert run_cli(["encode", run_dir, "train:9-12", "--out", codes], capsys)[0] == 0
+    assert run_cli(["decode", run_dir, codes, "--out", decoded], capsys)[0] == 0
+    expected = tile(np.concatenate([train[9:13].numpy(), to_uint8(np.load(decoded))]), 4)
+    assert np.array_equal(png_pixels(recon), expected)
+    strip = tmp_path / "i.png"
+    args = ["interpolate", run_dir, "--from", "train:0", "--to", "train:10", "--out", strip]
+    assert run_cli(args, capsys)[0] == 0
+    pixels = png_pixels(strip)
+    assert np.array_equal(pixels[2:30, 2:30], train[0].numpy())
+    assert np.array_equal(pixels[2:30, 2 + 9 * 30 : 30 + 9 * 30], train[10].numpy())
+    beyond = ["interpolate", run_dir, "--from", "train:60000", "--to", 0, "--out", strip]
+    code, _, err = run_cli(beyond, capsys)
+    assert code == 2 and "Train index 60000 is outside the training set (0 to 59999)." in err
+    code, _, err = run_cli(
+        ["reconstruct", run_dir, "--split", "train", "--start", 59999, "--n", 2, "--out", recon],
+        capsys,
+    )
+    assert code == 2 and "runs past the end of the training set (60000 images)" in err
 
 
 def test_encode_png_and_decode_png(run_dir, model, tmp_path, capsys, test_images):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -123,7 +124,7 @@ def test_bad_pngs(tmp_path, digit_pixels):
         sixteen: "8-bit grayscale",
         junk: "not an image file",
         cut: "damaged or truncated",
-        tmp_path / "absent.png": "not a test-set index",
+        tmp_path / "absent.png": "is not an image index",
     }
     for path, message in cases.items():
         with pytest.raises(VqkitError, match=message):
@@ -131,57 +132,79 @@ def test_bad_pngs(tmp_path, digit_pixels):
 
 
 @pytest.fixture
-def fake_test() -> Split:
-    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1).expand(10, 28, 28).clone()
-    labels = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3])
-    return Split("mnist", "test", images, labels, tuple(str(i) for i in range(10)))
+def fake_splits() -> Callable[[str], Split]:
+    """Test image i is filled with the value i (10 images), training image i with 100 + i (20)."""
+
+    def split(name: str) -> Split:
+        count, first = (10, 0) if name == "test" else (20, 100)
+        images = (first + torch.arange(count, dtype=torch.uint8)).view(count, 1, 1)
+        labels = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3] * (count // 10))
+        names = tuple(str(i) for i in range(10))
+        return Split("mnist", name, images.expand(count, 28, 28).clone(), labels, names)
+
+    return split
 
 
-def test_resolve_references(tmp_path, fake_test, digit_pixels):
+def test_resolve_references(tmp_path, fake_splits, digit_pixels):
     png = save_image(tmp_path / "x.png", digit_pixels, "L")
-    found = resolve_images(["7", "test:2-4", "digit:5", "digit:1", str(png)], lambda: fake_test)
-    assert found.names == ["test:7", "test:2", "test:3", "test:4", "test:4", "test:1", str(png)]
+    references = ["7", "test:2-4", "digit:5", "digit:1", "train:13", "train:18-19", str(png)]
+    found = resolve_images(references, fake_splits)
+    assert found.names == [
+        "test:7", "test:2", "test:3", "test:4", "test:4", "test:1", "train:13", "train:18",
+        "train:19", str(png),
+    ]  # fmt: skip
     first_pixels = [int(image[0, 0]) for image in found.images[:-1]]
-    assert first_pixels == [7, 2, 3, 4, 4, 1]  # image i of the fake set is filled with i
+    assert first_pixels == [7, 2, 3, 4, 4, 1, 113, 118, 119]  # each image holds its index
     assert np.array_equal(found.images[-1].numpy(), digit_pixels)
-    assert int(resolve_image("test:9", lambda: fake_test)[0, 0]) == 9
+    assert int(resolve_image("test:9", fake_splits)[0, 0]) == 9
+    assert int(resolve_image("train:10", fake_splits)[0, 0]) == 110  # the tutorial's second
 
 
-def test_a_range_of_one_index_names_that_one_image(fake_test):
+def test_a_range_of_one_index_names_that_one_image(fake_splits):
     # test:A-B is inclusive, so A-A is one image, not an empty range.
-    found = resolve_images(["test:6-6"], lambda: fake_test)
+    found = resolve_images(["test:6-6"], fake_splits)
     assert found.names == ["test:6"] and int(found.images[0, 0, 0]) == 6
 
 
-def test_png_inputs_never_load_the_test_set(tmp_path, digit_pixels):
+def test_png_and_test_inputs_never_load_a_split_they_do_not_name(tmp_path, digit_pixels):
     png = save_image(tmp_path / "x.png", digit_pixels, "L")
+    loaded: list[str] = []
 
-    def no_test_set():
-        raise AssertionError("the test set was loaded")
+    def splits(name: str) -> Split:
+        loaded.append(name)
+        images, labels = torch.zeros(3, 28, 28, dtype=torch.uint8), torch.zeros(3, dtype=torch.long)
+        return Split("mnist", name, images, labels, tuple(str(i) for i in range(10)))
 
-    assert resolve_images([str(png)], no_test_set).images.shape == (1, 28, 28)
+    assert resolve_images([str(png)], splits).images.shape == (1, 28, 28)
+    assert loaded == []
+    resolve_images(["2", "test:0-1", "digit:0"], splits)
+    assert set(loaded) == {"test"}
 
 
 @pytest.mark.parametrize(
     "reference, message",
     [
-        ("10", "outside the test set"),
+        ("10", "Test index 10 is outside the test set \\(0 to 9\\)"),
+        ("train:20", "Train index 20 is outside the training set \\(0 to 19\\)"),
         ("test:5-3", "is empty"),
         ("test:8-10", "outside the test set"),
+        ("train:15-25", "outside the training set"),
+        ("train:", "is not an image index"),
         ("digit:10", "names no class"),
         ("digit:7", "no image labelled 7"),
         ("test:0-1", "names 2 images"),
     ],
 )
-def test_bad_references(fake_test, reference, message):
+def test_bad_references(fake_splits, reference, message):
     with pytest.raises(VqkitError, match=message):
-        resolve_image(reference, lambda: fake_test)
+        resolve_image(reference, fake_splits)
 
 
-def test_a_missing_file_is_refused_with_the_references_the_caller_takes(fake_test, tmp_path):
+def test_a_missing_file_is_refused_with_the_references_the_caller_takes(fake_splits, tmp_path):
     # interpolate takes one image: its sentence used to offer test:A-B ranges, then refuse one.
     absent = str(tmp_path / "absent.png")
-    with pytest.raises(VqkitError, match="is not a test-set index, digit:D or an existing PNG"):
-        resolve_image(absent, lambda: fake_test)
-    with pytest.raises(VqkitError, match="is not a test-set index, test:A-B range, digit:D or"):
-        resolve_images([absent], lambda: fake_test)
+    one = r"is not an image index \(17, test:17, train:17\), digit:D or an existing PNG file"
+    with pytest.raises(VqkitError, match=one):
+        resolve_image(absent, fake_splits)
+    with pytest.raises(VqkitError, match=r"a range \(test:A-B, train:A-B\), digit:D or"):
+        resolve_images([absent], fake_splits)

@@ -1,8 +1,9 @@
-"""Naming input images on the command line: test-set indices and ranges, digits, PNG files.
+"""Naming input images on the command line: split indices and ranges, digits, PNG files.
 
 One reference names one or more images:
 
 - ``17`` or ``test:17``: test image 17; ``test:0-99``: test images 0 to 99 (inclusive);
+- ``train:17``, ``train:0-99``: the same in the training split (the tutorial's images);
 - ``digit:3``: the first test image labelled 3 (the class index for Fashion-MNIST);
 - anything else: a path to a PNG of the model's image size (colour converted to grayscale).
 """
@@ -22,13 +23,19 @@ from PIL import Image, UnidentifiedImageError
 from vqkit.data import Split, load_split
 from vqkit.errors import VqkitError
 
-_INDEX = re.compile(r"^(?:test:)?(\d+)$")
-_RANGE = re.compile(r"^test:(\d+)-(\d+)$")
+_INDEX = re.compile(r"^(?:(test|train):)?(\d+)$")
+_RANGE = re.compile(r"^(test|train):(\d+)-(\d+)$")
 _DIGIT = re.compile(r"^digit:(-?\d+)$")
+SPLIT_NAMES = {"test": "test set", "train": "training set"}
 
 # What an image reference may be, as the sentences refusing one list it.
-ANY_REFERENCE = "a test-set index, test:A-B range, digit:D or an existing PNG file"
-ONE_REFERENCE = "a test-set index, digit:D or an existing PNG file"  # where one image is asked
+ANY_REFERENCE = (
+    "an image index (17, test:17, train:17), a range (test:A-B, train:A-B), digit:D or an "
+    "existing PNG file"
+)
+ONE_REFERENCE = (  # where one image is asked
+    "an image index (17, test:17, train:17), digit:D or an existing PNG file"
+)
 
 # 8-bit Pillow modes that convert to grayscale without guessing a value range.
 _CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}
@@ -37,7 +44,7 @@ _CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}
 @dataclass
 class ImageSet:
     """Images named by references: ``images`` (N, H, W) uint8 and one name per image
-    (``test:17`` or the PNG's path)."""
+    (``test:17``, ``train:3`` or the PNG's path)."""
 
     images: torch.Tensor
     names: list[str]
@@ -77,44 +84,51 @@ def load_png(path: str | Path, size: int = 28, expected: str = ANY_REFERENCE) ->
     return torch.from_numpy(pixels.copy())
 
 
-def test_split_loader(dataset: str, data_dir: str | Path | None = None) -> Callable[[], Split]:
-    """A function loading the dataset's test split on first use only (PNG inputs never need it)."""
-    return functools.cache(lambda: load_split(dataset, "test", data_dir))
+def split_loader(dataset: str, data_dir: str | Path | None = None) -> Callable[[str], Split]:
+    """A function loading a split of the dataset ("test" or "train") on its first use only (PNG
+    inputs never need one)."""
+    return functools.cache(lambda split: load_split(dataset, split, data_dir))
 
 
-def _test_index(index: int, test: Split) -> int:
-    if index >= len(test):
-        raise VqkitError(f"Test index {index} is outside the test set (0 to {len(test) - 1}).")
+def _index_in(index: int, split: str, images: Split) -> int:
+    if index >= len(images):
+        raise VqkitError(
+            f"{split.capitalize()} index {index} is outside the {SPLIT_NAMES[split]} "
+            f"(0 to {len(images) - 1})."
+        )
     return index
 
 
 def resolve_images(
     references: Sequence[str],
-    test_split: Callable[[], Split],
+    splits: Callable[[str], Split],
     size: int = 28,
     expected: str = ANY_REFERENCE,
 ) -> ImageSet:
-    """All images named by ``references``, in order; ``test_split`` loads the test set lazily.
-    ``expected`` lists the kinds of reference the caller takes, for the sentence refusing one."""
+    """All images named by ``references``, in order; ``splits("test")`` and ``splits("train")``
+    load a split lazily. ``expected`` lists the kinds of reference the caller takes, for the
+    sentence refusing one."""
     images: list[torch.Tensor] = []
     names: list[str] = []
     for reference in references:
         index, span = _INDEX.match(reference), _RANGE.match(reference)
         digit = _DIGIT.match(reference)
-        if index or span or digit:
-            test = test_split()
         if index:
-            position = _test_index(int(index.group(1)), test)
-            images.append(test.images[position : position + 1])
-            names.append(f"test:{position}")
+            split = index.group(1) or "test"
+            chosen = splits(split)
+            position = _index_in(int(index.group(2)), split, chosen)
+            images.append(chosen.images[position : position + 1])
+            names.append(f"{split}:{position}")
         elif span:
-            first, last = int(span.group(1)), int(span.group(2))
+            split, first, last = span.group(1), int(span.group(2)), int(span.group(3))
             if first > last:
                 raise VqkitError(f"The range '{reference}' is empty: its start exceeds its end.")
-            _test_index(last, test)
-            images.append(test.images[first : last + 1])
-            names.extend(f"test:{i}" for i in range(first, last + 1))
+            chosen = splits(split)
+            _index_in(last, split, chosen)
+            images.append(chosen.images[first : last + 1])
+            names.extend(f"{split}:{i}" for i in range(first, last + 1))
         elif digit:
+            test = splits("test")
             label = int(digit.group(1))
             if not 0 <= label < len(test.classes):
                 raise VqkitError(
@@ -136,9 +150,9 @@ def resolve_images(
     return ImageSet(torch.cat(images), names)
 
 
-def resolve_image(reference: str, test_split: Callable[[], Split], size: int = 28) -> torch.Tensor:
+def resolve_image(reference: str, splits: Callable[[str], Split], size: int = 28) -> torch.Tensor:
     """The one image a reference names, (H, W) uint8; a range of several is an error."""
-    found = resolve_images([reference], test_split, size, ONE_REFERENCE)
+    found = resolve_images([reference], splits, size, ONE_REFERENCE)
     if found.images.shape[0] != 1:
         raise VqkitError(f"'{reference}' names {found.images.shape[0]} images; give exactly one.")
     return found.images[0]

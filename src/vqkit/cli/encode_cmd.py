@@ -8,7 +8,7 @@ from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag
 from vqkit.codes_io import encode_images, require_new_outputs, require_suffix, save_codes
 from vqkit.devices import resolve_device
-from vqkit.inputs import resolve_images, test_split_loader
+from vqkit.inputs import resolve_images, split_loader
 from vqkit.wording import counted
 
 HELP = """
@@ -17,7 +17,8 @@ written as an (N, 7, 7) int64 .npy array, in the order the inputs were given; `v
 turns them back into images.
 
 INPUT is a 28x28 PNG file (colour is converted to gray), a test-set index (17 or test:17), a
-test-set range (test:0-99, both ends included) or digit:3 (the first test image labelled 3).
+test-set range (test:0-99, both ends included), a training image or range (train:17,
+train:0-99) or digit:3 (the first test image labelled 3).
 
 examples:
   vqkit encode runs/RUN test:0-99 --out codes.npy
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="test-set indices (17, test:17), ranges (test:0-99), digit:D or PNG files",
+        help="indices (17, test:17, train:17), ranges (test:0-99, train:0-9), digit:D or PNGs",
     )
     parser.add_argument("--out", required=True, help=".npy file for the (N, 7, 7) codes")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
@@ -43,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     require_suffix(args.out, (".npy",), "--out")
     require_new_outputs({"--out": args.out}, args.inputs, args.run_dir)
     config = load_config(args.run_dir)
-    test = test_split_loader(config.train.dataset, config.train.data_folder(args.data_dir))
-    found = resolve_images(args.inputs, test, config.model.image_size)
+    splits = split_loader(config.train.dataset, config.train.data_folder(args.data_dir))
+    found = resolve_images(args.inputs, splits, config.model.image_size)
     model = load_model(args.run_dir, device=resolve_device(args.device))
     codes = encode_images(model, found.images, config.train.eval_batch_size)
     print(f"wrote {save_codes(codes, args.out)} ({counted(codes.shape[0], 'code grid')})")

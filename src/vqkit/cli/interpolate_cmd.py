@@ -15,7 +15,7 @@ from vqkit.cli.common import (
 from vqkit.codes_io import require_new_outputs
 from vqkit.devices import resolve_device
 from vqkit.images import save_grid
-from vqkit.inputs import resolve_image, test_split_loader
+from vqkit.inputs import resolve_image, split_loader
 from vqkit.interpolate import MIN_STEPS, MODES, interpolation, interpolation_strip
 from vqkit.provenance import stamp
 
@@ -23,8 +23,9 @@ HELP = """
 Encode two images, walk from the codes of the first to the codes of the second, and write one
 PNG row: original A, the decoded steps, original B.
 
-A and B are a test-set index (17), digit:3 (the first test image labelled 3) or the path of a
-28x28 PNG (colour is converted to gray).
+A and B are a test-set index (17), a training-set index (train:10, as the tutorial picks),
+digit:3 (the first test image labelled 3) or the path of a 28x28 PNG (colour is converted to
+gray).
 
 modes:
   crossfade  patches switch from A's code to B's in a random order (--seed); a switched patch
@@ -52,7 +53,7 @@ def register(subparsers) -> None:
         dest="source",
         required=True,
         metavar="A",
-        help="first image: a test-set index (17 or test:17), digit:D or a PNG file",
+        help="first image: an index (17, test:17, train:17), digit:D or a PNG file",
     )
     parser.add_argument(
         "--to", dest="target", required=True, metavar="B", help="last image, as --from"
@@ -76,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
     require_png_path(args.out)
     require_new_outputs({"--out": args.out}, [args.source, args.target], args.run_dir)
     config = load_config(args.run_dir)
-    test = test_split_loader(config.train.dataset, config.train.data_folder(args.data_dir))
+    splits = split_loader(config.train.dataset, config.train.data_folder(args.data_dir))
     size = config.model.image_size
-    image_a = resolve_image(args.source, test, size)
-    image_b = resolve_image(args.target, test, size)
+    image_a = resolve_image(args.source, splits, size)
+    image_b = resolve_image(args.target, splits, size)
     model = load_model(args.run_dir, device=resolve_device(args.device))
     codes = interpolation(model, image_a, image_b, args.steps, args.mode, args.seed)
     strip = interpolation_strip(model, image_a, image_b, codes)

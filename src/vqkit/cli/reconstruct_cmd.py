@@ -1,4 +1,4 @@
-"""``vqkit reconstruct``: test images above their reconstructions, as a PNG."""
+"""``vqkit reconstruct``: test (or training) images above their reconstructions, as a PNG."""
 
 from __future__ import annotations
 
@@ -12,25 +12,31 @@ from vqkit.codes_io import require_new_outputs
 from vqkit.data import load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
+from vqkit.inputs import SPLIT_NAMES
 from vqkit.training import write_reconstructions
 
 HELP = """
-Write a PNG with test images in the top row and the model's reconstructions below them.
+Write a PNG with test images in the top row and the model's reconstructions below them
+(--split train: training images, as the tutorial shows, to compare seen and unseen images).
 
 examples:
   vqkit reconstruct runs/RUN --out recon.png
   vqkit reconstruct runs/RUN --n 16 --start 100 --out recon.png
+  vqkit reconstruct runs/RUN --split train --out train-recon.png
 """
 
 
 def register(subparsers) -> None:
     parser = add_command(
-        subparsers, "reconstruct", "test images above their reconstructions, as a PNG", HELP, run
+        subparsers, "reconstruct", "images above their reconstructions, as a PNG", HELP, run
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--n", type=positive_int, default=8, help="how many images (default 8)")
-    parser.add_argument("--start", type=int, default=0, help="first test-set index (default 0)")
+    parser.add_argument("--start", type=int, default=0, help="first image's index (default 0)")
+    parser.add_argument(
+        "--split", choices=SPLIT_NAMES, default="test", help="images of this split (default test)"
+    )
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
     add_device_flag(parser)
 
@@ -40,16 +46,16 @@ def run(args: argparse.Namespace) -> int:
     require_new_outputs({"--out": args.out}, run_dir=args.run_dir)
     config = load_config(args.run_dir)
     model = load_model(args.run_dir, device=resolve_device(args.device))
-    test = load_split(config.train.dataset, "test", config.train.data_folder(args.data_dir))
-    count = test.images.shape[0]
+    split = load_split(config.train.dataset, args.split, config.train.data_folder(args.data_dir))
+    count, where = split.images.shape[0], SPLIT_NAMES[args.split]
     if args.start < 0 or args.start >= count:
-        raise VqkitError(f"--start {args.start} is outside the test set (0 to {count - 1}).")
+        raise VqkitError(f"--start {args.start} is outside the {where} (0 to {count - 1}).")
     if args.start + args.n > count:
         raise VqkitError(
-            f"--start {args.start} with --n {args.n} runs past the end of the test set "
+            f"--start {args.start} with --n {args.n} runs past the end of the {where} "
             f"({count} images); ask for --n {count - args.start} or fewer."
         )
-    images = test.images[args.start : args.start + args.n]
+    images = split.images[args.start : args.start + args.n]
     with torch.no_grad():
         path = write_reconstructions(model, images, args.out)
     print(f"wrote {path}")
