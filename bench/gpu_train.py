@@ -27,6 +27,7 @@ from vqkit_runner import (
 
 from vqkit.config import PRESETS
 from vqkit.data import load_split
+from vqkit.errors import VqkitError
 
 
 def main() -> int:
@@ -85,4 +86,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except VqkitError as exc:  # settings vqkit refuses (--cuda-graph on the CPU): one sentence
+        print(f"gpu_train.py: {exc}", file=sys.stderr)
+        sys.exit(2)

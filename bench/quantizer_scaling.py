@@ -41,7 +41,7 @@ def build(library: str, codes: int):
     """A (module, forward+backward closure factory) for one library."""
     if library == "vqkit":
         from vqkit.config import QuantizerConfig
-        from vqkit.quantize import VectorQuantizer
+        from vqkit.vq import VectorQuantizer
 
         module = VectorQuantizer(QuantizerConfig(num_embeddings=codes, embedding_dim=DIM))
 
@@ -119,7 +119,7 @@ def have_other_library() -> bool:
     return True
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--codes", type=int, nargs="+", default=list(DEFAULT_CODES))
     parser.add_argument("--batch", type=int, nargs="+", default=list(DEFAULT_BATCHES))
@@ -128,7 +128,7 @@ def main() -> None:
     if args.case:
         library, batch, codes = args.case
         print(json.dumps(measure_case(library, int(batch), int(codes))))
-        return
+        return 0
     other = have_other_library()
     if not other:
         print("vector-quantize-pytorch is not installed (pip install '.[bench]'): vqkit only.")
@@ -141,9 +141,11 @@ def main() -> None:
     from flops import measure_peak_gflops
 
     peak = measure_peak_gflops(torch.float32)
+    failed = 0
     for batch in args.batch:
         for codes in args.codes:
             ours = run_case("vqkit", batch, codes)
+            failed += ours is None
             theirs = None
             if other and batch * codes * 4 <= OTHER_LIBRARY_MAX_BYTES:
                 theirs = run_case("vqp", batch, codes)
@@ -158,7 +160,11 @@ def main() -> None:
                 flush=True,
             )
     print(f"\nmeasured fp32 matmul peak: {peak:.0f} GFLOP/s")
+    if failed:  # a broken vqkit case must not pass for a finished benchmark
+        print(f"{failed} vqkit case(s) failed; see above.", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

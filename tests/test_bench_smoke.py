@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -110,3 +111,46 @@ def test_step_operators_times_each_convolution_in_and_out_of_the_step():
     # x 32 channels x 64 inputs x 16 taps.
     encoder_2 = next(line for line in calls if line.startswith("| forward (32, 64, 14, 14)"))
     assert encoder_2.split("|")[5].strip() == str(round(2 * 32 * 49 * 32 * 64 * 16 / 1e6))
+
+
+def test_quantizer_scaling_measures_vqkit_in_every_case():
+    # An import moved in vqkit left every vqkit cell '-' while the script still exited 0.
+    out = run_bench("quantizer_scaling.py", "--batch", "98", "--codes", "16", "32")
+    rows = re.findall(r"^\| 98 \| (16|32) \| ([\d.]+) \| (\d+) \|", out, re.MULTILINE)
+    assert [codes for codes, _, _ in rows] == ["16", "32"], out
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for a CUDA Python: every check passes, every run takes a second.
+case "$1" in
+  -c) exit 0 ;;
+  -) script="$(cat)"  # the device line is faked; reading metrics.jsonl is real Python
+     case "$script" in
+       *get_device_properties*) echo "a fake GPU" ;;
+       *) printf '%s\\n' "$script" | "%s" - "${@:2}" ;;
+     esac ;;
+  bench/gpu_train.py) sleep 1; echo "| ran $* |" ;;
+  bench/step_host.py) sleep 1; echo "profiled $*" ;;
+  -m) sleep 1; mkdir -p "${@: -1}"
+      echo '{"epoch_seconds": 0.5, "test_mse": 0.005}' > "${@: -1}/metrics.jsonl" ;;
+esac
+"""
+
+
+def test_gpu_script_runs_its_rows_most_important_first_and_stops_at_its_budget(tmp_path):
+    # One short device session is all a GPU check gets: a script that runs past the session,
+    # or spends it on minor rows first, loses the numbers the issue asks for.
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON.replace('"%s"', f'"{sys.executable}"'))
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "BUDGET": "24"}
+    done = subprocess.run(
+        ["bash", str(BENCH / "gpu.sh")], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    ran = re.findall(r"^\| ran bench/gpu_train.py (.*) \|$", done.stdout, re.MULTILINE)
+    assert ran[0] == "--preset efficient --cuda-graph --repeat 2 --label efficient whole-step graph"
+    skipped = re.findall(r"^\| (.*) \| skipped: BUDGET=24 s spent \|$", done.stdout, re.M)
+    assert ran and skipped and len(ran) + len(skipped) == 10
+    assert "vqkit train --preset efficient --cuda-graph: 0.50 s of training" in done.stdout
+    assert re.search(r"^\d+ s of BUDGET=24 s$", done.stdout, re.MULTILINE)
