@@ -8,7 +8,8 @@ bursts of outside load that stretch a few intervals. The first evaluation
 at or below ``--target`` ends a run.
 
     python bench/time_to_quality.py                       # vqkit 'fast' vs tutorial efficient
-    python bench/time_to_quality.py --preset default --reference default --target 0.0046  # long
+    python bench/time_to_quality.py --preset default --reference default --target 0.0046 \\
+        --reference-epochs 6                                 # long: the reference needs 5.6
     python bench/time_to_quality.py --skip-reference --batch-size 512 --lr 4e-3   # tuning
 """
 
