@@ -57,9 +57,10 @@ run --preset efficient --cuda-graph --repeat 2 --label "efficient whole-step gra
 # printed under the table.
 cli_run="$(mktemp -d)/efficient-cuda-graph"
 cli_line="vqkit train --preset efficient --cuda-graph: failed or timed out"
-if (($(limit) == 0)); then
+cli_seconds="$(limit)"  # once: a second reading could be 0, which to timeout means no limit
+if ((cli_seconds == 0)); then
     cli_line="vqkit train --preset efficient --cuda-graph: skipped (BUDGET=$BUDGET s spent)"
-elif timeout "$(limit)" "$PYTHON" -m vqkit train --preset efficient --cuda-graph \
+elif timeout "$cli_seconds" "$PYTHON" -m vqkit train --preset efficient --cuda-graph \
     --device cuda --quiet --out "$cli_run" >/dev/null; then
     cli_line="$("$PYTHON" - "$cli_run/metrics.jsonl" <<'PY'
 import json, sys
@@ -89,9 +90,11 @@ echo
 echo "$cli_line"
 # Where a step's time goes: wall time against GPU kernel time, and the host's heaviest operators.
 profile() {
+    local seconds
+    seconds="$(limit)"
     echo
-    if (($(limit) == 0)); then echo "step_host.py $*: skipped (BUDGET=$BUDGET s spent)"; return; fi
-    timeout "$(limit)" "$PYTHON" bench/step_host.py --preset efficient "$@" || true
+    if ((seconds == 0)); then echo "step_host.py $*: skipped (BUDGET=$BUDGET s spent)"; return; fi
+    timeout "$seconds" "$PYTHON" bench/step_host.py --preset efficient "$@" || true
 }
 profile
 profile --cuda-graph

@@ -24,7 +24,7 @@ from process_helpers import child_env, vqkit_command
 
 from vqkit import fileio, runfiles, training
 from vqkit.checkpoint import load_model
-from vqkit.cli import codebook_cmd, evaluate_cmd, main
+from vqkit.cli import codebook_cmd, demo_cmd, evaluate_cmd, main
 
 TINY = [
     "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--batch-size", "32",
@@ -471,3 +471,17 @@ def test_an_unknown_demo_preset_is_refused_by_the_parser_with_the_choices(tmp_pa
     err = refused_by_parser(capsys, argv, "argument --preset: invalid choice: 'turbo'")
     assert "'best', 'default', 'efficient', 'fast'" in err
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize(("number", "said"), [(2, "interrupted"), (15, "stopped by SIGTERM")])
+def test_a_training_stop_a_command_does_not_report_itself_keeps_its_signals_status(
+    monkeypatch, capsys, tmp_path, number, said
+):
+    # The demo trains inside its own command: a SIGTERM that stopped its training (saved) said
+    # "interrupted" and exited 130, as for Ctrl-C, instead of 143.
+    def stopped(*args, **kwargs):
+        raise training.TrainingInterrupted(tmp_path / "run", signal_number=number)
+
+    monkeypatch.setattr(demo_cmd, "run_demo", stopped)
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 128 + number
+    assert capsys.readouterr().err == f"vqkit: {said}.\n"

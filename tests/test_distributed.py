@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -293,10 +294,23 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_with_a_saved_
     assert len((tmp_path / "run" / runfiles.METRICS).read_text().splitlines()) == 1
 
 
-def test_ctrl_c_to_torchrun_saves_its_processes_state_and_says_how_to_resume(tmp_path):
+def child_processes(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.parametrize(
+    ("name", "everyone", "said"),
+    [("SIGINT", False, "interrupted"), ("SIGTERM", True, "stopped by SIGTERM")],
+)
+def test_a_stop_signal_to_torchrun_saves_its_processes_state_and_says_how_to_resume(
+    tmp_path, name, everyone, said
+):
     # torchrun's processes run in sessions of their own, so a Ctrl-C in the terminal reaches
-    # torchrun alone, which sends the processes the same signal (and kills them 30 s later).
-    # Periodic saves every 7 steps; the stop's own save falls on a poll, a multiple of 20.
+    # torchrun alone, which sends the processes the same signal (and kills them 30 s later). A
+    # scheduler (SLURM) sends SIGTERM to torchrun and its processes at once, so each process
+    # gets it twice: the second copy must not stop it before the save. Periodic saves every 7
+    # steps; the stop's own save falls on a poll, a multiple of 20.
     flags = [
         "--preset", "efficient", "--train-limit", "8192", "--test-limit", "64", "--epochs", "1",
         "--batch-size", "16", "--checkpoint-every", "7",
@@ -310,11 +324,15 @@ def test_ctrl_c_to_torchrun_saves_its_processes_state_and_says_how_to_resume(tmp
         cwd=tmp_path,
     )  # fmt: skip
     wait_for_mid_epoch_state(tmp_path / "run", process)
-    process.send_signal(signal.SIGINT)
+    number = getattr(signal, name)
+    workers = child_processes(process.pid) if everyone else []
+    process.send_signal(number)
+    for worker in workers:
+        os.kill(worker, number)
     _, stderr = process.communicate(timeout=WAIT_SECONDS)
     state = json.loads((tmp_path / "run" / runfiles.TRAIN_STATE_META).read_text())
     assert state["epochs_done"] == 0 and state["step"] % 20 == 0 < state["step"], stderr[-3000:]
-    hint = "vqkit: interrupted; the run is saved, continue it with: vqkit train --resume run"
+    hint = f"vqkit: {said}; the run is saved, continue it with: vqkit train --resume run"
     assert stderr.count(hint) == 1, stderr[-3000:]
 
 

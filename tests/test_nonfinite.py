@@ -120,3 +120,16 @@ def test_the_first_stop_signal_asks_to_stop_and_the_second_stops_at_once(first):
             os.kill(os.getpid(), signal.SIGINT)
         assert stop.signal_number == first  # the message names the signal that asked to stop
     assert {number: signal.getsignal(number) for number in before} == before
+
+
+@pytest.mark.parametrize(
+    ("world_size", "again"), [(1, signal.SIGTERM), (2, signal.SIGTERM), (2, signal.SIGINT)]
+)
+def test_a_repeated_sigterm_or_any_repeat_under_torchrun_lets_the_save_finish(world_size, again):
+    # A scheduler may signal every process of a job and torchrun pass its own signal on too:
+    # the second copy must not turn the saving stop into an abrupt one.
+    stop = StopRequest(Context(rank=0, world_size=world_size))
+    with stop.installed():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), again)
+        assert stop.requested and stop.signal_number == signal.SIGTERM

@@ -134,8 +134,11 @@ class StopRequest:
 
     SIGTERM is what a batch scheduler, ``docker stop`` or ``kill`` sends before killing, and what
     torchrun passes on to its processes when it is stopped (it sends them the signal it got, and
-    kills them 30 s later). A second signal raises KeyboardInterrupt at once. Only the main thread
-    can own signal handlers, so elsewhere the request stays off and the signals behave as usual.
+    kills them 30 s later). In a single process a Ctrl-C after the first signal raises
+    KeyboardInterrupt at once (the user does not want to wait for the save); a repeated SIGTERM,
+    and any repeat under torchrun, where a scheduler may signal every process and torchrun pass
+    its own signal on too, leaves the stop to finish its save. Only the main thread can own
+    signal handlers, so elsewhere the request stays off and the signals behave as usual.
 
     A multi-process job must stop every rank after the same step, and the signal reaches each
     process at its own moment, so there the ranks act on :meth:`agreed`, a collective every rank
@@ -155,7 +158,9 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT and not self.context.enabled:
+                raise KeyboardInterrupt
+            return
         self.requested = True
         self.signal_number = int(signum)
 

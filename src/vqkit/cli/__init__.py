@@ -227,9 +227,11 @@ def run_command(argv: list[str] | None) -> int:
             raise  # a bug, not a user's mistake: the traceback is what to report
         print(f"vqkit: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("vqkit: interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # a training stop the command itself does not report (demo)
+        number = getattr(exc, "signal_number", signal.SIGINT)
+        how = "interrupted" if number == signal.SIGINT else "stopped by SIGTERM"
+        print(f"vqkit: {how}.", file=sys.stderr)
+        return 128 + number
 
 
 if __name__ == "__main__":  # pragma: no cover

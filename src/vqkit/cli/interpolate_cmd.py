@@ -40,6 +40,7 @@ examples:
   vqkit interpolate runs/RUN --from digit:3 --to digit:8 --out morph.png
   vqkit interpolate runs/RUN --from 0 --to 1 --mode latent --steps 12 --out latent.png
   vqkit interpolate runs/RUN --from mine.png --to digit:1 --mode wipe --out wipe.png
+  vqkit interpolate runs/RUN --from train:0 --to train:10 --mode random-mask --out t.png
 """
 
 
