@@ -22,6 +22,8 @@ from vqkit.distributed import Context
 from vqkit.environment import read_records
 from vqkit.training import epoch_batches, steps_per_epoch
 
+# Every torchrun command here: two processes on this machine.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 WORKER = Path(__file__).with_name("ddp_worker.py")
 GUARD_WORKER = Path(__file__).with_name("guard_worker.py")
 CRASH_WORKER = Path(__file__).with_name("crash_worker.py")
@@ -37,7 +39,7 @@ def two_rank_run(small_run, tmp_path_factory) -> tuple[Path, Path]:
     dump_dir.mkdir()
     settings = small_run_flags(small_run.run_dir)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        *TORCHRUN,
         str(WORKER), str(dump_dir), "train", *settings, "--out", str(run_dir), "--quiet",
         "--device", "cpu",
     ]  # fmt: skip
@@ -98,7 +100,7 @@ def test_two_ranks_reach_the_one_process_test_mse(two_rank_run, small_run):
 
 def torchrun_train(cwd: Path, *flags: str) -> None:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        *TORCHRUN,
         "-m", "vqkit", "train", *flags, "--quiet", "--device", "cpu",
     ]  # fmt: skip
     done = subprocess.run(
@@ -199,7 +201,7 @@ def test_a_bad_step_names_every_term_any_rank_saw(mode):
     # Rank 0's reconstruction loss is NaN, rank 1's quantizer loss infinite: both ranks must
     # stop naming both (a MAX over the ranks' bit masks named only the quantizer loss).
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        *TORCHRUN,
         str(GUARD_WORKER), mode,
     ]  # fmt: skip
     done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=120)
@@ -215,12 +217,20 @@ def test_a_bar_on_rank_0_alone_does_not_unmatch_the_ranks_collectives(tmp_path):
     # Each bar refresh checked the lazy (GPU) guard, an all_reduce that rank 0 alone called:
     # gloo aborted at step 25 ("collective mismatch"); NCCL would hang.
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        *TORCHRUN,
         str(LAZY_GUARD_WORKER), str(tmp_path / "run"),
     ]  # fmt: skip
     done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len((tmp_path / "run" / runfiles.METRICS).read_text().splitlines()) == 1
+
+
+def run_worker(cwd: Path, worker: Path, *args: str) -> subprocess.CompletedProcess:
+    """Two processes of a test worker script under torchrun, quiet, on the CPU."""
+    command = [*TORCHRUN, str(worker), *args, "--quiet", "--device", "cpu"]
+    return subprocess.run(
+        command, env=child_env(), capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def test_a_two_rank_run_resumed_mid_epoch_keeps_every_ranks_training_loss(tmp_path):
@@ -232,13 +242,7 @@ def test_a_two_rank_run_resumed_mid_epoch_keeps_every_ranks_training_loss(tmp_pa
         "--batch-size", "64", "--deterministic", "--checkpoint-every", "3",
     ]  # fmt: skip
     torchrun_train(tmp_path, *flags, "--out", "unbroken")
-    crash = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(CRASH_WORKER), "5", "train", *flags, "--out", "resumed", "--quiet", "--device", "cpu",
-    ]  # fmt: skip
-    crashed = subprocess.run(
-        crash, env=child_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
+    crashed = run_worker(tmp_path, CRASH_WORKER, "5", "train", *flags, "--out", "resumed")
     assert crashed.returncode != 0
     state = json.loads((tmp_path / "resumed" / runfiles.TRAIN_STATE_META).read_text())
     assert state["epochs_done"] == 0 and state["step"] == 3, (state, crashed.stderr[-2000:])
@@ -275,14 +279,7 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_with_a_saved_
         "--preset", "efficient", "--train-limit", "640", "--test-limit", "64", "--epochs", "1",
         "--batch-size", "16",
     ]  # fmt: skip
-    signalled = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(SIGNAL_WORKER), rank, name, "5", "train", *flags, "--out", "run", "--quiet",
-        "--device", "cpu",
-    ]  # fmt: skip
-    done = subprocess.run(
-        signalled, env=child_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
+    done = run_worker(tmp_path, SIGNAL_WORKER, rank, name, "5", "train", *flags, "--out", "run")
     assert done.returncode != 0
     state = json.loads((tmp_path / "run" / runfiles.TRAIN_STATE_META).read_text())
     assert state["epochs_done"] == 0 and state["step"] == 20, (state, done.stderr[-2000:])
@@ -316,7 +313,7 @@ def test_a_stop_signal_to_torchrun_saves_its_processes_state_and_says_how_to_res
         "--batch-size", "16", "--checkpoint-every", "7",
     ]  # fmt: skip
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        *TORCHRUN,
         "-m", "vqkit", "train", *flags, "--out", "run", "--quiet", "--device", "cpu",
     ]  # fmt: skip
     process = subprocess.Popen(

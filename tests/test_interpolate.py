@@ -43,15 +43,18 @@ def check_monotone_path(frames: torch.Tensor, a: torch.Tensor, b: torch.Tensor) 
         assert torch.all(after >= before)  # a switched patch never switches back
 
 
+# Two grids (see grids) and a path length, drawn by hypothesis.
+GRID_PAIRS = {
+    "seed": st.integers(0, 10_000),
+    "size": st.integers(1, 9),
+    "codes": st.integers(2, 20),
+    "overlap": st.floats(0.0, 1.0),
+    "steps": st.integers(2, 20),
+}
+
+
 @settings(max_examples=60, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    size=st.integers(1, 9),
-    codes=st.integers(2, 20),
-    overlap=st.floats(0.0, 1.0),
-    steps=st.integers(2, 20),
-    mode=st.sampled_from(["crossfade", "wipe"]),
-)
+@given(**GRID_PAIRS, mode=st.sampled_from(["crossfade", "wipe"]))
 def test_code_paths_go_exactly_from_a_to_b_monotonically(seed, size, codes, overlap, steps, mode):
     a, b = grids(seed, size, codes, overlap)
     frames = interpolate_codes(a, b, steps, mode, torch.Generator().manual_seed(seed))
@@ -117,13 +120,7 @@ def random_mask_paths(steps: int, paths: int) -> torch.Tensor:
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    size=st.integers(1, 9),
-    codes=st.integers(2, 20),
-    overlap=st.floats(0.0, 1.0),
-    steps=st.integers(2, 20),
-)
+@given(**GRID_PAIRS)
 def test_random_mask_paths_start_at_a_end_at_b_and_mix_only_their_codes(
     seed, size, codes, overlap, steps
 ):
