@@ -485,3 +485,18 @@ def test_a_training_stop_a_command_does_not_report_itself_keeps_its_signals_stat
     monkeypatch.setattr(demo_cmd, "run_demo", stopped)
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 128 + number
     assert capsys.readouterr().err == f"vqkit: {said}.\n"
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
+    # `vqkit evaluate RUN | head -1` printed a BrokenPipeError traceback. The pipe's read end is
+    # closed before the program starts writing (its start-up takes far longer than this).
+    process = subprocess.Popen(
+        vqkit_command("runs"),
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 141 and stderr == b""

@@ -227,6 +227,14 @@ def test_a_written_own_dataset_reads_back(tmp_path):
     )
     for path in folder.iterdir():
         assert (with_channel / path.name).read_bytes() == path.read_bytes(), path.name
+    # Tensors straight from training code: half-precision pixels (exact at multiples of 1/255
+    # only to within half a level, which the rounding absorbs), ones that require grad.
+    as_bf16 = torch.from_numpy(as_floats).to(torch.bfloat16).requires_grad_()
+    from_tensors = write_own_dataset(
+        tmp_path / "tensors", train=(as_bf16, labels), test=(images[:20].float() / 255, labels[:20])
+    )
+    reread = load_split(OWN_DATASET, "train", from_tensors).images
+    assert (reread.int() - images.int()).abs().max() <= 1  # bf16 keeps 8 bits of mantissa
 
 
 @pytest.mark.parametrize(
@@ -240,6 +248,7 @@ def test_a_written_own_dataset_reads_back(tmp_path):
         (np.zeros((2, 28, 28), np.uint8), np.array([0.0, 1.0]), "labels are float64"),
         (np.ones((2, 28, 28), bool), np.zeros(2, np.uint8), "images are bool; they must be"),
         (np.zeros((2, 28, 28), np.uint8), np.zeros(3, np.uint8), "2 images but 3 labels"),
+        (torch.zeros(2, 28, 28), torch.zeros(2, dtype=torch.bfloat16), "labels are float32"),
     ],
 )
 def test_bad_arrays_are_refused_before_anything_is_written(tmp_path, images, labels, message):
@@ -247,6 +256,19 @@ def test_bad_arrays_are_refused_before_anything_is_written(tmp_path, images, lab
     with pytest.raises(VqkitError, match=message):
         write_own_dataset(tmp_path / "own", train=good, test=(images, labels))
     assert not (tmp_path / "own").exists()
+
+
+@pytest.mark.parametrize(
+    ("split", "message"),
+    [
+        (np.zeros((1, 28, 28), np.uint8), "must be a pair \\(images, labels\\), not ndarray"),
+        ((1, 2, 3), "must be a pair \\(images, labels\\), not a tuple of 3 items"),
+    ],
+)
+def test_a_split_that_is_not_a_pair_is_refused(tmp_path, split, message):
+    good = (np.zeros((1, 28, 28), np.uint8), np.zeros(1, np.uint8))
+    with pytest.raises(VqkitError, match=message):
+        write_own_dataset(tmp_path / "own", train=good, test=split)
 
 
 def test_writing_over_a_dataset_needs_overwrite(tmp_path):

@@ -60,8 +60,13 @@ def seed(value: Any) -> int:
 
 def pair_of_arrays(value: Any, what: str) -> tuple[Any, Any]:
     """``value`` when it is a pair (images, labels); the arrays themselves are checked later."""
-    if not isinstance(value, tuple | list) or len(value) != 2:
+    if not isinstance(value, tuple | list):
         raise VqkitError(f"{what} must be a pair (images, labels), not {type(value).__name__}.")
+    if len(value) != 2:
+        raise VqkitError(
+            f"{what} must be a pair (images, labels), not a {type(value).__name__} of "
+            f"{len(value)} items."
+        )
     return value[0], value[1]
 
 

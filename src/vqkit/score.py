@@ -162,13 +162,17 @@ def score_run(
         raise VqkitError(
             f"The classifier has {classifier_config.num_classes} classes, the dataset {classes}."
         )
-    classifier, test_accuracy = load_or_train_classifier(
+    classifier, _ = load_or_train_classifier(
         classifier_config, device=target, data_dir=data_dir, log=log
     )
     test = load_split(dataset, "test", data_dir)
     reference, rows = _real_rows(
         model, classifier, test, load_split(dataset, "train", data_dir), n, seed
     )
+    # Measured now on the whole test split (the first row's label accuracy), not read from the
+    # cache: the classifier is cached per training split, and an own dataset's test split may
+    # have changed since it was trained.
+    test_accuracy = rows[0]["label_accuracy"]
     context = SamplingContext(model, run_dir, Path(data_dir) if data_dir is not None else None)
     available = strategies()
     for strategy in STRATEGY_ORDER:

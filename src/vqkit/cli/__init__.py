@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import signal
 import sys
@@ -199,7 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     the process killed by SIGINT (status -2, without a word).
     """
     try:
-        return run_command(argv)
+        status = run_command(argv)
+        sys.stdout.flush()  # here, not at exit: a reader that left is then caught below
+        return status
+    except BrokenPipeError:
+        # The reader of the output left (`vqkit runs | head -3`): it has what it wanted. Point
+        # stdout at /dev/null so the interpreter's last flush does not fail again; the status
+        # is that of a process SIGPIPE ended, as the shell reports one.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     finally:
         if argv is None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)

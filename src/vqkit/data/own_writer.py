@@ -62,13 +62,24 @@ def write_own_dataset(
     return folder
 
 
+def _as_numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Any array or tensor as NumPy: a tensor is detached and moved to the CPU first, and
+    half-precision floats (which NumPy lacks, bfloat16) become float32."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+        if values.is_floating_point() and values.element_size() < 4:
+            values = values.float()
+        return values.numpy()
+    return np.asarray(values)
+
+
 def _own_images(images: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
-    array = np.asarray(images)
+    array = _as_numpy(images)
     if array.ndim == 4 and array.shape[1] == 1:  # (N, 1, 28, 28), as the model takes them too
         array = array[:, 0]
     if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or array.shape[0] == 0:
         raise VqkitError(
-            f"The {split} images have shape {np.asarray(images).shape}; they must be "
+            f"The {split} images have shape {_as_numpy(images).shape}; they must be "
             "(N, 28, 28) or (N, 1, 28, 28), N >= 1."
         )
     if array.dtype.kind == "f":
@@ -82,7 +93,7 @@ def _own_images(images: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
 
 
 def _own_labels(labels: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
-    array = np.asarray(labels)
+    array = _as_numpy(labels)
     if array.ndim != 1:
         raise VqkitError(f"The {split} labels have shape {array.shape}; they must be (N,).")
     return _as_bytes(array, f"{split} labels")
