@@ -251,10 +251,19 @@ def test_prior_row_labels_follow_the_prior_even_when_the_test_set_lacks_a_class(
     stats = (np.zeros(2), np.eye(2))
     without_class_2 = score.Reference(stats, {c: stats for c in range(10) if c != 2})
     context = SamplingContext(load_model(prior_run), prior_run)
-    rows = score._strategy_rows("prior", context, None, without_class_2, 20, 0, None)
+    rows = score._strategy_rows("prior", context, None, without_class_2, 20, 0, None, "mnist")
     assert load_prior(prior_run).config.num_classes == 10
     assert torch.equal(scored["prior"], torch.arange(20) % 10)
     assert [row["name"] for row in rows][1:] == [f"prior (digit {d})" for d in range(10) if d != 2]
+    # The missing row is said, not silently left out.
+    said = score._classes_without_row(rows, prior_run, without_class_2)
+    assert said == (
+        "No per-class prior row for class 2: the test set holds fewer than 2 images of it."
+    )
+    assert score._classes_without_row(rows[:0], prior_run, without_class_2) == ""  # no prior rows
+    assert "class 2: the test set" in score.format_scores(
+        {"rows": [], "classifier_test_accuracy": 0.9, "classes_left_out": said}
+    )
 
 
 def test_sample_command_with_the_prior(prior_run, tmp_path):

@@ -31,6 +31,7 @@ from report_helpers import (
 
 from vqkit import runfiles
 from vqkit.cli import main
+from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
 from vqkit.report import render_report, write_report
 from vqkit.report_html import image
@@ -390,6 +391,12 @@ def test_scores_without_sample_images_say_how_to_make_them(full_run, tmp_path):
         panel.unlink()
     html = render_report(load_run_info(run))
     assert f"No sample images yet: vqkit sample {run} --strategy prior --n 64 --out" in html
+    assert "vqkit demo writes them all" in html
+    # The demo trains only the named datasets: a run of one's own is not sent to it.
+    scores = json.loads((run / runfiles.SCORES).read_text())
+    (run / runfiles.SCORES).write_text(json.dumps({**scores, "dataset": OWN_DATASET}))
+    assert "vqkit demo" not in render_report(load_run_info(run))
+    (run / runfiles.SCORES).write_text(json.dumps(scores))
     # What the note says to run adds the panel.
     figure = run / runfiles.FIGURES_DIR / "samples_random.png"
     assert main(["sample", str(run), "--strategy", "random", "--n", "4", "--out", str(figure)]) == 0

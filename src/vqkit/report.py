@@ -18,6 +18,7 @@ import torch
 from vqkit import report_plots, runfiles
 from vqkit.codebook_view import DPI as USAGE_DPI
 from vqkit.codebook_view import plot_usage
+from vqkit.data import OWN_DATASET
 from vqkit.environment import changed_quantizer_code
 from vqkit.fileio import write_bytes_atomic
 from vqkit.prior import incomplete_prior
@@ -336,10 +337,12 @@ def _samples(info: RunInfo) -> Section | None:
     body = f'<div class="grid">{"".join(tiles)}</div>' if tiles else ""
     if not tiles and info.scores is not None:  # scored, but no panels to look at
         figure = f"{info.run_dir / runfiles.FIGURES_DIR}/samples_prior.png"
+        # The demo trains the named datasets only (it reads no data folder).
+        demo = "" if info.scores.get("dataset") == OWN_DATASET else "; vqkit demo writes them all"
         body += note(
             f"No sample images yet: vqkit sample {info.run_dir} --strategy prior --n 64 --out "
             f"{figure} adds the prior's panel (random and used likewise, as "
-            "samples_random.png and samples_used.png); vqkit demo writes them all."
+            f"samples_random.png and samples_used.png){demo}."
         )
     if _used_draws_like_random(info):
         body += note(

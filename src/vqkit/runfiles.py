@@ -55,7 +55,9 @@ FILE_NAMES = tuple(
 #                      "dataset": name, "weights_sha256": hex,
 #                      "prior_sha256": hex | null (the run's prior at scoring time),
 #                      "prior_left_out": sentence (only when the run holds part of a prior:
-#                      why it has no prior rows)}
+#                      why it has no prior rows),
+#                      "classes_left_out": sentence (only when a class of a conditional prior
+#                      has fewer than 2 test images, so no per-class row)}
 #   timings.json      {"<stage name>": seconds, ...} in pipeline order
 # Figures written into FIGURES_DIR by the demo (each optional):
 FIGURE_NAMES = {

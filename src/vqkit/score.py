@@ -178,7 +178,7 @@ def score_run(
     for strategy in STRATEGY_ORDER:
         if strategy not in available or (strategy == "prior" and not has_prior(run_dir)):
             continue
-        rows += _strategy_rows(strategy, context, classifier, reference, n, seed, log)
+        rows += _strategy_rows(strategy, context, classifier, reference, n, seed, log, dataset)
     scores: dict[str, Any] = {
         "n": n,
         "dataset": dataset,
@@ -192,6 +192,9 @@ def score_run(
     prior_left_out = incomplete_prior(run_dir)
     if prior_left_out:  # said, so a half-trained prior is not mistaken for no prior at all
         scores["prior_left_out"] = prior_left_out
+    unscored = _classes_without_row(rows, run_dir, reference)
+    if unscored:
+        scores["classes_left_out"] = unscored
     write_json_atomic(run_path(run_dir, runfiles.SCORES), scores)
     return scores
 
@@ -255,6 +258,7 @@ def _strategy_rows(
     n: int,
     seed: int,
     log,
+    dataset: str,
 ) -> list[dict[str, Any]]:
     """The row of one strategy; a conditional prior adds one row per class.
 
@@ -285,7 +289,7 @@ def _strategy_rows(
         )
         seconds = time.perf_counter() - started
         if log is not None:
-            log(f"sampled {count} grids with {name} in {seconds:.1f} s")
+            log(f"sampled {count} grids with {row_label(name, dataset)} in {seconds:.1f} s")
         features, probabilities = classify(
             classifier, decode_codes(context.model, codes, DECODE_BATCH_SIZE)
         )
@@ -295,6 +299,19 @@ def _strategy_rows(
         row["sample_seconds"] = seconds
         rows.append(row)
     return rows
+
+
+def _classes_without_row(rows: list[dict[str, Any]], run_dir: Path, reference: Reference) -> str:
+    """A sentence naming the classes of a conditional prior that got no per-class row (a class
+    needs 2 test images for a covariance; one's own dataset may have fewer), or ''."""
+    classes = _prior_classes(run_dir) if any(row["name"] == "prior" for row in rows) else None
+    missing = [str(c) for c in range(classes or 0) if c not in reference.per_class]
+    if not missing:
+        return ""
+    return (
+        f"No per-class prior row for class {', '.join(missing)}: the test set holds fewer than "
+        "2 images of it."
+    )
 
 
 def _prior_classes(run_dir: Path | None) -> int | None:
@@ -337,4 +354,6 @@ def format_scores(scores: dict[str, Any]) -> str:
     )
     if scores.get("prior_left_out"):
         lines.append(f"No prior rows: {scores['prior_left_out']}")
+    if scores.get("classes_left_out"):
+        lines.append(scores["classes_left_out"])
     return "\n".join(lines)

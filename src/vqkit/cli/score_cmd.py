@@ -10,17 +10,17 @@ from vqkit.score import format_scores, score_run
 
 HELP = """
 Draw --n code grids with every sampling strategy of a run (random, used, and prior when the run
-has one; a conditional prior adds one row per digit), decode them, and judge them with a small
+has one; a conditional prior adds one row per class), decode them, and judge them with a small
 classifier trained once per dataset (cached in $VQKIT_CACHE/classifiers, by default
 ~/.cache/vqkit/classifiers).
 Real test images, real training images and the model's reconstructions come first for reference.
 
-Columns: n, the images scored in the row (the real test images all; a per-digit row n divided
+Columns: n, the images scored in the row (the real test images all; a per-class row n divided
 by the number of classes, at least 2);
 FID, the Frechet distance between the classifier's penultimate features of the images
-and of the real test images (lower is better; per-digit rows compare with that digit's test
+and of the real test images (lower is better; per-class rows compare with that class's test
 images); confidence, the mean top softmax probability; IS, the classifier Inception Score
-(at most 10); label acc, the fraction classified as the requested or true label.
+(at most the number of classes); label acc, the fraction classified as the requested or true label.
 FID is biased upwards at small n, so compare rows and runs scored with the same --n.
 Also written to RUN_DIR/scores.json, with the digests of the weights it scored: the report
 marks the scores stale once the run trains on or gets a new prior.
