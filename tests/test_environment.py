@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 import torch
 
 import vqkit
-from vqkit import runfiles
+from vqkit import acceleration, runfiles
 from vqkit.checkpoint import load_config, save_config
 from vqkit.config import preset_config
 from vqkit.environment import changed_quantizer_code, read_records
@@ -26,6 +28,13 @@ def test_a_new_run_logs_one_session_and_each_resume_another(run_copy):
     assert (start["device"], start["processes"]) == ("cpu", 1)
     assert start["threads"] == torch.get_num_threads()
     assert start["quantizer"] == {"name": "vq", "builtin": True}
+    assert start["precision"] == load_config(run_copy).train.precision == "fp32"
+    # Which code trained the run: every .py file of the package, its path and bytes.
+    package = Path(vqkit.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    assert start["vqkit_source_sha256"] == digest.hexdigest()
     started = datetime.fromisoformat(start["started"])
     assert timedelta(0) <= datetime.now(UTC) - started < timedelta(hours=6)
 
@@ -36,6 +45,23 @@ def test_a_new_run_logs_one_session_and_each_resume_another(run_copy):
     assert first == start
     assert again["resumed"] is True
     assert again["global_step"] == -(-4000 // 64)  # the small run's one epoch of steps
+
+
+@pytest.mark.parametrize(("native", "ran"), [(True, "bf16"), (False, "fp32")])
+def test_precision_auto_is_logged_as_what_it_ran(tmp_path, monkeypatch, native, ran):
+    # config.json keeps 'auto' (the user's choice); a reader needs what it became on this
+    # machine, since bf16 and fp32 train different weights.
+    monkeypatch.setattr(acceleration, "bf16_is_fast", lambda device: native)
+    config = preset_config("efficient")
+    config.train.epochs, config.train.batch_size, config.train.precision = 1, 64, "auto"
+    config.train.train_limit, config.train.test_limit = 128, 64
+    train(config, tmp_path / "run", device="cpu", progress=False)
+    (record,) = read_records(tmp_path / "run")
+    assert record["precision"] == ran and load_config(tmp_path / "run").train.precision == "auto"
+    settings = PriorConfig(channels=8, layers=2, epochs=1, train_limit=64, test_limit=32)
+    train_prior(tmp_path / "run", settings, device="cpu", progress=False)
+    assert read_records(tmp_path / "run")[-1]["precision"] == ran
+    assert f"<td>{ran}</td>" in render_report(load_run_info(tmp_path / "run"))
 
 
 def test_a_start_stopped_before_its_first_save_begins_its_log_again(tmp_path):

@@ -228,6 +228,11 @@ def test_score_end_to_end(prior_run, tmp_path, monkeypatch, capsys):
               (runfiles.WEIGHTS, runfiles.PRIOR_WEIGHTS)}  # fmt: skip
     assert stored["weights_sha256"] == digest[runfiles.WEIGHTS]
     assert stored["prior_sha256"] == digest[runfiles.PRIOR_WEIGHTS]
+    # And what else decides the numbers: the seed of the draws, and the cached classifier
+    # (its file in the cache holds the same safetensors bytes).
+    assert stored["seed"] == 0
+    cache = tmp_path / "cache" / "classifiers" / "mnist.safetensors"
+    assert stored["classifier_sha256"] == hashlib.sha256(cache.read_bytes()).hexdigest()
     # The table names every row.
     assert main(["score", str(prior_run), "--n", "30", "--device", "cpu"]) == 0
     table = capsys.readouterr().out

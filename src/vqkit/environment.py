@@ -1,7 +1,10 @@
-"""What ran a run: software versions, the machine, and the code behind its quantizer.
+"""What ran a run: software versions, vqkit's own source, the machine, the precision it
+trained in, and the code behind its quantizer.
 
 Every training session (a start, each resume, each prior training) appends one record to the
-run's ``environment.jsonl``, so the report can say which machine an epoch time came from, and a
+run's ``environment.jsonl``, so the report can say which machine an epoch time came from, a
+reader can tell which code and which arithmetic made the run (``precision: auto`` in the
+settings means bf16 on a CPU with native bf16, fp32 on one without), and a
 run trained with a quantizer of one's own keeps the file and SHA-256 of the code that defined
 it: the run's config names the quantizer only, and editing that file later changes what
 loading the run builds (the report then says so).
@@ -9,6 +12,7 @@ loading the run builds (the report then says so).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import platform
@@ -31,6 +35,18 @@ def file_digest(path: str | Path) -> str | None:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
         return None
+
+
+@functools.cache
+def vqkit_source_digest() -> str:
+    """SHA-256 over vqkit's own Python files (each one's path within the package and bytes, in
+    path order): which code trained a run, where the version number alone does not change."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def quantizer_source(name: str) -> dict[str, Any]:
@@ -68,15 +84,21 @@ def device_name(device: torch.device) -> str:
 
 
 def describe(
-    stage: str, device: torch.device, processes: int = 1, quantizer: str | None = None
+    stage: str,
+    device: torch.device,
+    processes: int = 1,
+    quantizer: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
-    """One session's record: when it started, the versions, the machine and how it was used."""
+    """One session's record: when it started, the versions, the machine and how it was used
+    (``precision``: what the session computed in, "auto" resolved)."""
     import vqkit  # here, not at import time: vqkit/__init__ imports the training modules
 
     record: dict[str, Any] = {
         "stage": stage,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "vqkit": vqkit.__version__,
+        "vqkit_source_sha256": vqkit_source_digest(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": f"{sys.platform} {platform.machine()}",
@@ -85,6 +107,8 @@ def describe(
         "threads": torch.get_num_threads(),
         "processes": processes,
     }
+    if precision is not None:
+        record["precision"] = precision
     if quantizer is not None:
         record["quantizer"] = quantizer_source(quantizer)
     return record

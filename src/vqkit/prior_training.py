@@ -265,7 +265,7 @@ def _train_holding_the_lock(
         )
         epochs_before = loop.position.epochs_done
         if loop.epochs_left:  # a finished prior resumed is no new session
-            session = environment.describe("train-prior", target)
+            session = environment.describe("train-prior", target, precision=loop.precision)
             environment.record(run_dir, {**session, "resumed": resume})
         history = loop.train()
     trained = loop.position.epochs_done - epochs_before

@@ -520,8 +520,15 @@ def _sessions_table(records: list[dict[str, Any]]) -> str:
         where = f"{r['device']}: {r['device_name']}"
         workers = f"{r['processes']} × {r['threads']}"
         versions = f"vqkit {r['vqkit']}, torch {r['torch']}"
-        rows.append([started, stage, where, workers, versions, _code(r)])
-    headers = ["started (UTC)", "stage", "device", "processes × threads", "versions", "quantizer"]
+        source = r.get("vqkit_source_sha256")
+        if isinstance(source, str):  # which code, where the version number stays the same
+            versions += f" (source {source[:12]})"
+        precision = r.get("precision") if isinstance(r.get("precision"), str) else ""
+        rows.append([started, stage, where, workers, precision, versions, _code(r)])
+    headers = [
+        "started (UTC)", "stage", "device", "processes × threads", "precision", "versions",
+        "quantizer",
+    ]  # fmt: skip
     return table(headers, rows, numeric_from=len(headers))
 
 

@@ -230,12 +230,14 @@ def record_environment(
     device: torch.device,
     context: distributed.Context,
     resumed_at: Position | None,
+    precision: str,
 ) -> None:
-    """Rank 0 logs this session's versions, machine and quantizer code (environment.jsonl);
-    ``resumed_at`` is where a resumed run continues from (None for a new run)."""
+    """Rank 0 logs this session's versions, machine, precision (resolved) and quantizer code
+    (environment.jsonl); ``resumed_at`` is where a resumed run continues from (None for a new
+    run)."""
     if context.is_main:
         quantizer = config.model.quantizer.quantizer
-        entry = environment.describe("train", device, context.world_size, quantizer)
+        entry = environment.describe("train", device, context.world_size, quantizer, precision)
         entry["resumed"] = resumed_at is not None
         if resumed_at is not None:
             entry["global_step"] = resumed_at.global_step

@@ -43,7 +43,8 @@ FILE_NAMES = tuple(
 #        "train_grids", "test_grids" (absent in older files), "epoch_seconds"}
 #       (+ "skipped_nonfinite_steps" once --skip-nonfinite skipped any)
 #   codes.json        {"weights_sha256": hex, "dataset": name, "train": N, "test": N}
-#   scores.json       {"n": N, "classifier_test_accuracy": float,
+#   scores.json       {"n": N, "seed": int, "classifier_test_accuracy": float,
+#                      "classifier_sha256": hex (the classifier's weights, safetensors bytes),
 #                      "rows": [{"name": "real test images" | "real training images" |
 #                                "reconstructions" | "random" |
 #                                "used" | "used (weighted)" | "prior" |

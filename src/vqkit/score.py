@@ -15,6 +15,7 @@ evaluation classifier (``vqkit.classifier``) judges the images next to real ones
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import time
@@ -32,6 +33,7 @@ from vqkit.checkpoint import (
     prior_digest,
     run_folder,
     run_path,
+    state_dict_bytes,
     weights_digest,
 )
 from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_train_classifier
@@ -127,8 +129,8 @@ def score_run(
 ) -> dict[str, Any]:
     """Score every available strategy of a run against real test images; write scores.json.
 
-    Returns ``{"n", "dataset", "classifier_test_accuracy", "rows": [...], "weights_sha256",
-    "prior_sha256"}`` (see runfiles).
+    Returns ``{"n", "seed", "dataset", "classifier_test_accuracy", "classifier_sha256", "rows":
+    [...], "weights_sha256", "prior_sha256"}`` (see runfiles).
     Each sampled row also holds ``sample_seconds``: the time to draw its code grids.
     """
     run_dir = run_folder(run_dir)
@@ -181,8 +183,12 @@ def score_run(
         rows += _strategy_rows(strategy, context, classifier, reference, n, seed, log, dataset)
     scores: dict[str, Any] = {
         "n": n,
+        "seed": seed,  # which images and grids were drawn: other seeds give other numbers
         "dataset": dataset,
         "classifier_test_accuracy": test_accuracy,
+        # Which classifier judged them: it comes from a cache outside the run folder, and one
+        # trained on another machine (or in another precision) moves every FID.
+        "classifier_sha256": hashlib.sha256(state_dict_bytes(classifier)).hexdigest(),
         "rows": rows,
         # Which weights the rows describe: a later train --resume or train-prior makes them
         # stale (runinfo compares these with the run's files).

@@ -304,7 +304,7 @@ class _Run:
         self.epochs_at_start = self.position.epochs_done
         if self.epochs_at_start < settings.epochs:  # a finished run resumed is no new session
             resumed_at = self.position if resume else None
-            record_environment(self.run_dir, config, device, context, resumed_at)
+            record_environment(self.run_dir, config, device, context, resumed_at, self.precision)
         if context.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
