@@ -27,6 +27,7 @@ from vqkit.data import (
     read_idx,
     write_own_dataset,
 )
+from vqkit.environment import read_records
 from vqkit.errors import VqkitError
 from vqkit.score import score_run
 from vqkit.training import train
@@ -182,6 +183,30 @@ def test_the_cli_pipeline_on_a_twenty_class_dataset(tmp_path, capsys):
     assert str(data) in capsys.readouterr().err
     assert main(["evaluate", str(run), "--data-dir", str(moved), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["test_mse"] == pytest.approx(trained_mse)
+
+
+def test_a_run_of_ones_own_images_resumes_only_on_the_same_images(tmp_path, capsys):
+    # The named datasets are checked against their checksums; one's own are recorded by digest,
+    # and a resume on other images (the folder rewritten since) is refused before training.
+    mnist = load_split("mnist", "train")
+    images, labels = mnist.images[:256], mnist.labels[:256]
+    data = write_own_dataset(tmp_path / "data", train=(images, labels), test=(images, labels))
+    run = tmp_path / "run"
+    flags = ["--dataset", "idx", "--data-dir", str(data), "--preset", "efficient", "--quiet"]
+    assert main(["train", *flags, "--epochs", "1", "--batch-size", "64", "--out", str(run)]) == 0
+    (record,) = read_records(run)
+    both = images.numpy().tobytes() + images.numpy().tobytes()  # train, then test, images
+    assert record["data_sha256"] == hashlib.sha256(both).hexdigest()
+    shifted = (images.roll(1, dims=0), labels)
+    write_own_dataset(data, train=shifted, test=(images, labels), overwrite=True)
+    state = (run / "train_state.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"The images in '{data}' differ from those the run in '{run}' trained on" in err
+    assert (run / "train_state.safetensors").read_bytes() == state
+    write_own_dataset(data, train=(images, labels), test=(images, labels), overwrite=True)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
 
 
 def test_idx_bytes_of_the_mnist_arrays_match_the_published_checksums():

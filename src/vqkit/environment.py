@@ -49,6 +49,23 @@ def vqkit_source_digest() -> str:
     return digest.hexdigest()
 
 
+def images_digest(*images: torch.Tensor) -> str:
+    """SHA-256 over uint8 image tensors' bytes: which images of one's own a run trained on
+    (the named datasets are checked against their published checksums instead)."""
+    digest = hashlib.sha256()
+    for tensor in images:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def recorded_data_digest(run_dir: str | Path) -> str | None:
+    """The images digest the run's last training session recorded (None before vqkit kept
+    one, or for a named dataset)."""
+    digests = [r.get("data_sha256") for r in read_records(run_dir)]
+    kept = [d for d in digests if isinstance(d, str)]
+    return kept[-1] if kept else None
+
+
 def quantizer_source(name: str) -> dict[str, Any]:
     """Where the quantizer ``name`` comes from: vqkit itself, or a registered class of one's
     own with the module, the file that defines it and that file's digest."""

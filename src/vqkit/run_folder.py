@@ -231,6 +231,7 @@ def record_environment(
     context: distributed.Context,
     resumed_at: Position | None,
     precision: str,
+    data_sha256: str | None = None,
 ) -> None:
     """Rank 0 logs this session's versions, machine, precision (resolved) and quantizer code
     (environment.jsonl); ``resumed_at`` is where a resumed run continues from (None for a new
@@ -238,10 +239,24 @@ def record_environment(
     if context.is_main:
         quantizer = config.model.quantizer.quantizer
         entry = environment.describe("train", device, context.world_size, quantizer, precision)
+        if data_sha256 is not None:  # one's own images: which ones (see require_same_own_data)
+            entry["data_sha256"] = data_sha256
         entry["resumed"] = resumed_at is not None
         if resumed_at is not None:
             entry["global_step"] = resumed_at.global_step
         environment.record(run_dir, entry, fresh=resumed_at is None)
+
+
+def require_same_own_data(run_dir: Path, data_sha256: str, data_dir: Path | None) -> None:
+    """Refuse to resume a run of one's own images when the images differ from those it
+    trained on (the named datasets are checked by checksum when read)."""
+    recorded = environment.recorded_data_digest(run_dir)
+    if recorded is not None and recorded != data_sha256:
+        raise VqkitError(
+            f"The images in '{data_dir}' differ from those the run in '{run_dir}' trained on "
+            "(their digest changed); resume with the same images, or train a new run on these "
+            f"with vqkit train --config {run_dir} --out NEW."
+        )
 
 
 def resumed_history(

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vqkit import arguments, distributed, runfiles, train_state
+from vqkit import arguments, distributed, environment, runfiles, train_state
 from vqkit.acceleration import (
     make_optimizer,
     make_scheduler,
@@ -40,7 +40,7 @@ from vqkit.cuda_graph import (
     graphed_step_or_none,
     require_cuda_graph_support,
 )
-from vqkit.data import Split, load_split
+from vqkit.data import OWN_DATASET, Split, load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import append_jsonl, write_bytes_atomic
@@ -54,6 +54,7 @@ from vqkit.run_folder import (
     record_data_folder,
     record_environment,
     require_resumable_settings,
+    require_same_own_data,
     resumed_history,
 )
 from vqkit.run_lock import RunLock
@@ -302,9 +303,16 @@ class _Run:
             self.history = resumed_history(self.run_dir, self.position.epochs_done, context)
         self.resumed = resume
         self.epochs_at_start = self.position.epochs_done
+        own_data = None
+        if settings.dataset == OWN_DATASET:
+            own_data = environment.images_digest(self.images, self.test_images)
+            if resume:
+                require_same_own_data(self.run_dir, own_data, data_dir)
         if self.epochs_at_start < settings.epochs:  # a finished run resumed is no new session
             resumed_at = self.position if resume else None
-            record_environment(self.run_dir, config, device, context, resumed_at, self.precision)
+            record_environment(
+                self.run_dir, config, device, context, resumed_at, self.precision, own_data
+            )
         if context.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
