@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -27,6 +28,7 @@ from vqkit.data import load_split
 from vqkit.generate import strategies
 from vqkit.images import tile, to_uint8
 from vqkit.model import VQVAE
+from vqkit.provenance import MADE_WITH_KEY
 
 PNG_SCALE = 2  # vqkit.images.save_grid's default enlargement
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -184,6 +186,11 @@ def test_training_images_by_index_in_encode_reconstruct_and_interpolate(run_dir,
     pixels = png_pixels(strip)
     assert np.array_equal(pixels[2:30, 2:30], train[0].numpy())
     assert np.array_equal(pixels[2:30, 2 + 9 * 30 : 30 + 9 * 30], train[10].numpy())
+    with Image.open(strip) as png:  # the settings that made it, in the PNG
+        assert json.loads(png.text[MADE_WITH_KEY]) == {
+            "command": "interpolate", "from": "train:0", "to": "train:10", "mode": "crossfade",
+            "steps": 8, "seed": 0,
+        }  # fmt: skip
     beyond = ["interpolate", run_dir, "--from", "train:60000", "--to", 0, "--out", strip]
     code, _, err = run_cli(beyond, capsys)
     assert code == 2 and "Train index 60000 is outside the training set (0 to 59999)." in err

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from vqkit import prior_training, runfiles, score
 from vqkit.checkpoint import load_model
@@ -22,7 +23,7 @@ from vqkit.data import load_split
 from vqkit.errors import VqkitError
 from vqkit.generate import SamplingContext, sample_codes
 from vqkit.prior import load_prior
-from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, read_stamp
+from vqkit.provenance import MADE_WITH_KEY, PRIOR_KEY, WEIGHTS_KEY, read_stamp
 from vqkit.report import render_report
 from vqkit.runinfo import load_run_info
 
@@ -286,6 +287,12 @@ def test_sample_command_with_the_prior(prior_run, tmp_path):
         WEIGHTS_KEY: hashlib.sha256((prior_run / runfiles.WEIGHTS).read_bytes()).hexdigest(),
         PRIOR_KEY: hashlib.sha256((prior_run / runfiles.PRIOR_WEIGHTS).read_bytes()).hexdigest(),
     }
+    # And the settings that, with those digests, decide its pixels (the seed above all).
+    with Image.open(tmp_path / "s.png") as png:
+        made_with = json.loads(png.text[MADE_WITH_KEY])
+    assert made_with == {
+        "command": "sample", "strategy": "prior", "n": 5, "seed": 3, "digit": 7, "top_k": 1
+    }  # fmt: skip
     # An out-of-range digit is one sentence and exit status 2, not a traceback.
     assert main(argv[:-4] + ["--digit", "12", "--out", str(tmp_path / "t.png")]) == 2
 

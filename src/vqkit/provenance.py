@@ -8,7 +8,9 @@ the report can mark the figures that no longer show the run's model.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -16,14 +18,20 @@ from vqkit.checkpoint import prior_digest, weights_digest
 
 WEIGHTS_KEY = "vqkit-weights-sha256"
 PRIOR_KEY = "vqkit-prior-sha256"
+MADE_WITH_KEY = "vqkit-made-with"  # the command's settings, as JSON: seed, strategy, ...
 
 
-def stamp(run_dir: str | Path, *, prior: bool = False) -> dict[str, str]:
-    """The text chunks for a figure made from the run's weights (and its prior, if ``prior``)."""
+def stamp(
+    run_dir: str | Path, *, prior: bool = False, made_with: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """The text chunks for a figure made from the run's weights (and its prior, if ``prior``);
+    ``made_with`` adds the settings that, with those, decide its pixels (the seed above all)."""
     text = {WEIGHTS_KEY: weights_digest(run_dir)}
     prior_sha = prior_digest(run_dir) if prior else None
     if prior_sha is not None:
         text[PRIOR_KEY] = prior_sha
+    if made_with is not None:
+        text[MADE_WITH_KEY] = json.dumps(made_with, sort_keys=True)
     return text
 
 

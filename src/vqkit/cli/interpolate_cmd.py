@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.run_dir, device=resolve_device(args.device))
     codes = interpolation(model, image_a, image_b, args.steps, args.mode, args.seed)
     strip = interpolation_strip(model, image_a, image_b, codes)
-    made_by = stamp(args.run_dir)
+    settings = {"command": "interpolate", "from": args.source, "to": args.target}
+    settings |= {"mode": args.mode, "steps": args.steps, "seed": args.seed}
+    made_by = stamp(args.run_dir, made_with=settings)
     print(f"wrote {save_grid(strip, args.out, columns=strip.shape[0], stamp=made_by)}")
     return 0
