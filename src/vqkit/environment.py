@@ -42,8 +42,11 @@ def vqkit_source_digest() -> str:
     """SHA-256 over vqkit's own Python files (each one's path within the package and bytes, in
     path order): which code trained a run, where the version number alone does not change."""
     package = Path(__file__).resolve().parent
+    files = sorted(package.rglob("*.py"))
+    if not files:  # imported from a zip: nothing to read, and a digest of nothing would mislead
+        return "unknown"
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
+    for path in files:
         digest.update(path.relative_to(package).as_posix().encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()

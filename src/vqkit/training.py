@@ -271,8 +271,13 @@ class _Run:
         # Channels-last / compiled view of the model; DDP wraps that view when distributed.
         # Before restoring: the restored optimizer moments take the parameters' final layout.
         self.step_model = prepare_model(self.model, settings)
+        own_data = None
+        if settings.dataset == OWN_DATASET:
+            own_data = environment.images_digest(self.images, self.test_images)
         if resume:
             require_resumable_settings(self.run_dir, config)
+            if own_data is not None:  # before anything is saved: a refusal changes no file
+                require_same_own_data(self.run_dir, own_data, data_dir)
             planned = schedule_length(self.scheduler)
             self.position, loss_sum = train_state.load(
                 self.run_dir, self.model, self.optimizer, self.order_generator, self.scheduler
@@ -303,11 +308,6 @@ class _Run:
             self.history = resumed_history(self.run_dir, self.position.epochs_done, context)
         self.resumed = resume
         self.epochs_at_start = self.position.epochs_done
-        own_data = None
-        if settings.dataset == OWN_DATASET:
-            own_data = environment.images_digest(self.images, self.test_images)
-            if resume:
-                require_same_own_data(self.run_dir, own_data, data_dir)
         if self.epochs_at_start < settings.epochs:  # a finished run resumed is no new session
             resumed_at = self.position if resume else None
             record_environment(
