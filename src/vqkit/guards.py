@@ -178,8 +178,8 @@ class StopRequest:
         return self._agreed
 
     @contextlib.contextmanager
-    def installed(self, enabled: bool = True) -> Iterator[StopRequest]:
-        if not enabled or threading.current_thread() is not threading.main_thread():
+    def installed(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
             yield self
             return
         previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
