@@ -91,6 +91,11 @@ def state_dict_bytes(module: torch.nn.Module, metadata: dict[str, str] | None = 
     return save_safetensors(tensors, metadata)
 
 
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state as safetensors bytes: what its weights file would hash to."""
+    return hashlib.sha256(state_dict_bytes(module)).hexdigest()
+
+
 def weights_digest(run_dir: str | Path) -> str:
     """SHA-256 of a run's model weights file: names the weights that code grids came from."""
     return hashlib.sha256(run_path(run_dir, runfiles.WEIGHTS).read_bytes()).hexdigest()
@@ -108,7 +113,7 @@ def require_run_model(model: torch.nn.Module, run_dir: str | Path) -> None:
         raise VqkitError(
             why_no_weights_yet(run_dir) or f"'{run_dir}' holds no model weights ({weights.name})."
         )
-    elif hashlib.sha256(state_dict_bytes(model)).hexdigest() != weights_digest(run_dir):
+    elif state_digest(model) != weights_digest(run_dir):
         differs = f"its weights are not the ones in {weights.name}"
     else:
         return

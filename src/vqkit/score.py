@@ -15,7 +15,6 @@ evaluation classifier (``vqkit.classifier``) judges the images next to real ones
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import time
@@ -33,7 +32,7 @@ from vqkit.checkpoint import (
     prior_digest,
     run_folder,
     run_path,
-    state_dict_bytes,
+    state_digest,
     weights_digest,
 )
 from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_train_classifier
@@ -188,7 +187,7 @@ def score_run(
         "classifier_test_accuracy": test_accuracy,
         # Which classifier judged them: it comes from a cache outside the run folder, and one
         # trained on another machine (or in another precision) moves every FID.
-        "classifier_sha256": hashlib.sha256(state_dict_bytes(classifier)).hexdigest(),
+        "classifier_sha256": state_digest(classifier),
         "rows": rows,
         # Which weights the rows describe: a later train --resume or train-prior makes them
         # stale (runinfo compares these with the run's files).

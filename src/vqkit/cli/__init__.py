@@ -17,6 +17,7 @@ from typing import NoReturn
 
 import vqkit
 from vqkit import distributed, plugins
+from vqkit.cli.common import stopped_by
 from vqkit.errors import VqkitError
 
 COMMAND_MODULES = (
@@ -238,8 +239,7 @@ def run_command(argv: list[str] | None) -> int:
         return 2
     except KeyboardInterrupt as exc:  # a training stop the command itself does not report (demo)
         number = getattr(exc, "signal_number", signal.SIGINT)
-        how = "interrupted" if number == signal.SIGINT else "stopped by SIGTERM"
-        print(f"vqkit: {how}.", file=sys.stderr)
+        print(f"vqkit: {stopped_by(number)}.", file=sys.stderr)
         return 128 + number
 
 

@@ -137,12 +137,17 @@ def report_interrupted(stop: TrainingInterrupted) -> int:
     """Ctrl-C or SIGTERM stopped a run after saving: say how to continue it (the first process
     of a torchrun job alone); exit status 128 + the signal's number (130, 143), as the shell's."""
     if distributed_rank_is_main():
-        how = "interrupted" if stop.signal_number == signal.SIGINT else "stopped by SIGTERM"
         print(
-            f"vqkit: {how}; the run is saved, continue it with: {stop.resume_command}",
+            f"vqkit: {stopped_by(stop.signal_number)}; the run is saved, continue it with: "
+            f"{stop.resume_command}",
             file=sys.stderr,
         )
     return 128 + stop.signal_number
+
+
+def stopped_by(signal_number: int) -> str:
+    """How a stop signal is named in vqkit's last line: Ctrl-C interrupts, SIGTERM stops."""
+    return "interrupted" if signal_number == signal.SIGINT else "stopped by SIGTERM"
 
 
 def distributed_rank_is_main() -> bool:
