@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import threading
 
+from PIL import Image
+
 from vqkit import demo, runfiles
 from vqkit.classifier import ClassifierConfig
+from vqkit.cli import main
 from vqkit.demo import DemoResult, DemoSettings, format_headline, run_demo
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
-from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, read_stamp
+from vqkit.provenance import MADE_WITH_KEY, PRIOR_KEY, WEIGHTS_KEY, read_stamp
 from vqkit.run_lock import LOCK_NAME, RunLock
 
 STAGES = [
@@ -83,6 +86,28 @@ def test_demo_writes_every_stage_and_reports_the_numbers_it_saved(tmp_path, monk
         "samples_prior",
         "samples_prior_conditional",
     }
+    # The sample and interpolation figures record their settings: given to the commands, they
+    # draw the same pixels.
+    for key in ("samples_prior", "samples_used", "interpolation_random-mask"):
+        figure = run / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES[key]
+        with Image.open(figure) as png:
+            made_with = json.loads(png.text[MADE_WITH_KEY])
+        assert made_with.pop("command") == "demo"
+        again = tmp_path / f"{key}.png"
+        if key.startswith("samples_"):
+            argv = ["sample", str(run), "--strategy", made_with["strategy"]]
+            argv += ["--n", str(made_with["n"]), "--seed", str(made_with["seed"])]
+        else:
+            argv = ["interpolate", str(run), "--from", made_with["from"], "--to", made_with["to"]]
+            argv += ["--mode", made_with["mode"], "--steps", str(made_with["steps"])]
+            argv += ["--seed", str(made_with["seed"])]
+        assert main([*argv, "--out", str(again), "--device", "cpu"]) == 0
+        assert pixels(again) == pixels(figure), key
+
+
+def pixels(png) -> bytes:
+    with Image.open(png) as image:
+        return image.tobytes()
 
 
 def test_headline_says_when_used_codes_drew_exactly_like_random_ones(tmp_path):

@@ -139,6 +139,16 @@ def test_damaged_scores_are_skipped_with_a_note(full_run, tmp_path):
     assert "scores.json" in text and "95.2" not in text
 
 
+def test_classes_without_a_row_are_said_under_the_scores(full_run, tmp_path):
+    run = copy_run(full_run, tmp_path / "run")
+    scores = json.loads((run / runfiles.SCORES).read_text())
+    said = "No per-class prior row for class 2: the test set holds fewer than 2 images of it."
+    (run / runfiles.SCORES).write_text(json.dumps({**scores, "classes_left_out": said}))
+    html = render_report(load_run_info(run))
+    assert html.index(said) > html.index('<div id="scores">')
+    assert said not in render_report(load_run_info(full_run))
+
+
 @pytest.mark.parametrize(
     "content",
     ['{"rows": []}', '{"rows": [{"fid": 1.0}]}', "[1, 2]", '{"rows": "x"}', "\xff\xfe"],

@@ -185,10 +185,7 @@ def run_demo(
         )
         context = SamplingContext(model, run_dir)
         stage("samples", lambda: _write_samples(context, settings, figures))
-        stage(
-            "interpolations",
-            lambda: _write_interpolations(model, test, settings, figures, stamp(run_dir)),
-        )
+        stage("interpolations", lambda: _write_interpolations(model, test, settings, run_dir))
         scores = stage(
             "score",
             lambda: score_run(
@@ -208,10 +205,11 @@ def run_demo(
 
 def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Path) -> None:
     names = runfiles.FIGURE_NAMES
-    model_only, with_prior = stamp(context.run_dir), stamp(context.run_dir, prior=True)
+    count = settings.samples_per_figure
     for strategy in ("random", "used", "prior"):
-        _, images = sample_images(context, strategy, settings.samples_per_figure, settings.seed)
-        made_by = with_prior if strategy == "prior" else model_only
+        _, images = sample_images(context, strategy, count, settings.seed)
+        made_with = {"command": "demo", "strategy": strategy, "n": count, "seed": settings.seed}
+        made_by = stamp(context.run_dir, prior=strategy == "prior", made_with=made_with)
         save_grid(images, figures / names[f"samples_{strategy}"], stamp=made_by)
     if settings.prior_conditional:
         classes = 10
@@ -219,29 +217,33 @@ def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Pa
             sample_images(context, "prior", classes, settings.seed + label, digit=label)[1]
             for label in range(classes)
         ]
+        # Row d: 10 samples of class d drawn with seed + d (as `vqkit sample --digit d` would).
+        made_with = {"command": "demo", "strategy": "prior", "n": classes, "seed": settings.seed}
+        made_with["rows"] = "class d with seed + d"
         save_grid(
             torch.cat(rows),
             figures / names["samples_prior_conditional"],
             columns=classes,
-            stamp=with_prior,
+            stamp=stamp(context.run_dir, prior=True, made_with=made_with),
         )
 
 
-def _write_interpolations(
-    model, test, settings: DemoSettings, figures: Path, made_by: dict[str, str]
-) -> None:
+def _write_interpolations(model, test, settings: DemoSettings, run_dir: Path) -> None:
     first, second = (
         int(torch.nonzero(test.labels == label)[0]) for label in settings.interpolation_pair
     )
     image_a, image_b = test.images[first], test.images[second]
     for mode in MODES:
+        made_with = {"command": "demo", "from": f"test:{first}", "to": f"test:{second}"}
+        made_with |= {"mode": mode, "steps": settings.interpolation_steps, "seed": settings.seed}
+        made_by = stamp(run_dir, made_with=made_with)
         codes = interpolation(
             model, image_a, image_b, settings.interpolation_steps, mode, settings.seed
         )
         strip = interpolation_strip(model, image_a, image_b, codes)
         save_grid(
             strip,
-            figures / runfiles.FIGURE_NAMES[f"interpolation_{mode}"],
+            run_dir / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES[f"interpolation_{mode}"],
             columns=strip.shape[0],
             stamp=made_by,
         )

@@ -399,7 +399,9 @@ def _scores_table(scores: dict[str, Any]) -> str:
     if accuracy is not None:
         detail.append(f"the scoring classifier is {accuracy:.1%} accurate on the test set")
     caption = f"<p class='lead'>{esc('; '.join(detail))}.</p>"
-    return f'<div id="scores"><h3>Sample quality</h3>{caption}{table(headers, rows)}</div>'
+    left_out = scores.get("classes_left_out")  # a conditional prior's class with no row of its own
+    after = f"<p>{esc(left_out)}</p>" if isinstance(left_out, str) and left_out else ""
+    return f'<div id="scores"><h3>Sample quality</h3>{caption}{table(headers, rows)}{after}</div>'
 
 
 def _count(row: dict[str, Any]) -> int | None:
