@@ -118,12 +118,19 @@ def test_bad_pngs(tmp_path, digit_pixels):
     good = save_image(tmp_path / "good.png", digit_pixels, "L")
     cut = tmp_path / "cut.png"
     cut.write_bytes(good.read_bytes()[:60])
+    # The chunk after the 33-byte signature and header claims a wrong length, so the parser
+    # reads data as the next chunk's name (Pillow raises SyntaxError, not OSError).
+    wrong_length = tmp_path / "length.png"
+    data = bytearray(good.read_bytes())
+    data[36] ^= 0x06
+    wrong_length.write_bytes(bytes(data))
     cases = {
         big: "30×32 pixels; the model needs 28×28",
         jpeg: "not a PNG",
         sixteen: "8-bit grayscale",
         junk: "not an image file",
         cut: "damaged or truncated",
+        wrong_length: "damaged or truncated",
         tmp_path / "absent.png": "is not an image index",
     }
     for path, message in cases.items():

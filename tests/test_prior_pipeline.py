@@ -85,16 +85,22 @@ def test_cached_code_types_hold_the_largest_code(num_codes):
     assert largest.astype(prior_training.code_dtype(num_codes))[0] == num_codes - 1
 
 
-@pytest.mark.parametrize("bad_code", [-7, 128], ids=["negative", "past-the-codebook"])
+@pytest.mark.parametrize(
+    "bad_code", [-7, 128, None], ids=["negative", "past-the-codebook", "empty-file"]
+)
 def test_a_cache_holding_codes_outside_the_codebook_is_recomputed(
     bad_code, prior_run, tmp_path, monkeypatch
 ):
-    # -7: what a wrapped int16 code looks like; 128: one past the model's 128 codes.
+    # -7: what a wrapped int16 code looks like; 128: one past the model's 128 codes; None: a
+    # file emptied by a full disk (NumPy raises EOFError reading it).
     run = Path(shutil.copytree(prior_run, tmp_path / "run"))
     path = run / runfiles.CODES_TRAIN
     codes = np.load(path).astype(np.int64)
-    codes[0, 0, 0] = bad_code
-    np.save(path, codes)
+    if bad_code is None:
+        path.write_bytes(b"")
+    else:
+        codes[0, 0, 0] = bad_code
+        np.save(path, codes)
 
     def recompute(*args, **kwargs):
         raise AssertionError("recomputed")

@@ -79,7 +79,7 @@ def load_png(path: str | Path, size: int = 28, expected: str = ANY_REFERENCE) ->
         ) from exc
     except UnidentifiedImageError as exc:
         raise VqkitError(f"'{path}' is not an image file Pillow can read (not a PNG).") from exc
-    except OSError as exc:
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's PNG parser raises all three
         raise VqkitError(f"'{path}' cannot be read as a PNG: it is damaged or truncated.") from exc
     return torch.from_numpy(pixels.copy())
 

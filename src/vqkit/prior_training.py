@@ -20,11 +20,11 @@ import torch
 
 from vqkit import arguments, environment, runfiles, train_state
 from vqkit.checkpoint import load_config, load_model, run_folder, run_path, weights_digest
-from vqkit.codes_io import encode_images
+from vqkit.codes_io import encode_images, save_npy
 from vqkit.data import dataset_classes, load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
-from vqkit.fileio import atomic_open, read_json, write_json_atomic
+from vqkit.fileio import read_json, write_json_atomic
 from vqkit.model import VQVAE
 from vqkit.prior import PixelCNNPrior, PriorConfig, load_prior
 from vqkit.prior_loop import PriorLoop, code_nll, damaged_state
@@ -64,11 +64,6 @@ def code_dtype(num_codes: int) -> type[np.signedinteger]:
     return np.int16 if num_codes <= np.iinfo(np.int16).max + 1 else np.int32
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_open(path, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-
-
 def _load_cached(run_dir: Path, digest: str, model: VQVAE) -> dict[str, CodeSet] | None:
     """The cached grids when they were made by these exact weights and are well formed."""
     try:
@@ -87,7 +82,7 @@ def _load_cached(run_dir: Path, digest: str, model: VQVAE) -> dict[str, CodeSet]
                 torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(labels.astype(np.int64))
             )
         return result
-    except (VqkitError, OSError, ValueError):
+    except (VqkitError, OSError, ValueError, EOFError):  # np.load of an empty file: EOFError
         return None  # missing or damaged: recomputed
 
 
@@ -114,12 +109,12 @@ def code_grids(
     for split in SPLITS:
         data = load_split(config.train.dataset, split, config.train.data_folder(data_dir))
         result[split] = CodeSet(extract_codes(model, data.images, batch_size), data.labels)
-        _save_npy(
-            run_path(run_dir, CODE_FILES[split]),
+        save_npy(
             result[split].codes.numpy().astype(code_dtype(model.num_codes)),
+            run_path(run_dir, CODE_FILES[split]),
         )
-        _save_npy(
-            run_path(run_dir, LABEL_FILES[split]), result[split].labels.numpy().astype(np.int16)
+        save_npy(
+            result[split].labels.numpy().astype(np.int16), run_path(run_dir, LABEL_FILES[split])
         )
     meta = {"weights_sha256": digest, "dataset": config.train.dataset}
     meta.update({split: int(result[split].codes.shape[0]) for split in SPLITS})
