@@ -229,6 +229,10 @@ def test_an_output_named_only_by_its_extension_asks_for_a_name(run_copy, tmp_pat
     np.save(codes, np.zeros((1, 7, 7), dtype=np.int64))
     out = tmp_path / ".png"
     fails_cleanly(capsys, ["decode", run_copy, codes, "--out", out], "needs a file name before")
+    fails_cleanly(capsys, ["reconstruct", run_copy, "--out", out], "needs a file name before")
+    interpolate = ["interpolate", run_copy, "--from", "0", "--to", "1", "--out", out]
+    fails_cleanly(capsys, interpolate, "needs a file name before")
+    fails_cleanly(capsys, [*interpolate[:-1], tmp_path / "strip.jpg"], "must end in .png")
     assert not out.exists()
 
 

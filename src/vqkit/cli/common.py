@@ -105,12 +105,6 @@ def print_json(obj) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def require_png_path(path: str, flag: str = "--out") -> str:
-    if not path.lower().endswith(".png"):
-        raise VqkitError(f"The {flag} path '{path}' must end in .png.")
-    return path
-
-
 def refuse_resume_conflicts(conflicts: Sequence[str], allowed: Sequence[str]) -> None:
     """One sentence naming the flags (argparse dest names) that --resume cannot take: those
     given with values other than the stored ones, and those that never go with it."""

@@ -8,11 +8,10 @@ from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import (
     add_command,
     add_device_flag,
-    require_png_path,
     seed,
     whole_number_at_least,
 )
-from vqkit.codes_io import require_new_outputs
+from vqkit.codes_io import require_new_outputs, require_suffix
 from vqkit.devices import resolve_device
 from vqkit.images import save_grid
 from vqkit.inputs import resolve_image, split_loader
@@ -75,7 +74,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    require_png_path(args.out)
+    require_suffix(args.out, (".png",), "--out")
     require_new_outputs({"--out": args.out}, [args.source, args.target], args.run_dir)
     config = load_config(args.run_dir)
     splits = split_loader(config.train.dataset, config.train.data_folder(args.data_dir))

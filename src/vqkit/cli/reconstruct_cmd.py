@@ -7,8 +7,8 @@ import argparse
 import torch
 
 from vqkit.checkpoint import load_config, load_model
-from vqkit.cli.common import add_command, add_device_flag, positive_int, require_png_path
-from vqkit.codes_io import require_new_outputs
+from vqkit.cli.common import add_command, add_device_flag, positive_int
+from vqkit.codes_io import require_new_outputs, require_suffix
 from vqkit.data import load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    require_png_path(args.out)
+    require_suffix(args.out, (".png",), "--out")
     require_new_outputs({"--out": args.out}, run_dir=args.run_dir)
     config = load_config(args.run_dir)
     model = load_model(args.run_dir, device=resolve_device(args.device))
