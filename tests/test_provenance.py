@@ -13,7 +13,14 @@ from vqkit.checkpoint import load_model
 from vqkit.cli import main
 from vqkit.codebook_view import write_codebook_figures
 from vqkit.images import save_grid
-from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, is_stale, read_stamp, staleness, stamp
+from vqkit.provenance import (
+    PRIOR_KEY,
+    WEIGHTS_KEY,
+    figure_staleness,
+    read_stamp,
+    staleness,
+    stamp,
+)
 from vqkit.report import write_report
 from vqkit.runinfo import load_run_info
 from vqkit.usage import code_usage
@@ -44,13 +51,17 @@ def test_staleness_compares_every_digest_the_figure_names(tmp_path):
     png = save_grid(
         torch.rand(1, 28, 28), tmp_path / "p.png", stamp={WEIGHTS_KEY: "a", PRIOR_KEY: "b"}
     )
-    assert not is_stale(png, {WEIGHTS_KEY: "a", PRIOR_KEY: "b"})
-    assert is_stale(png, {WEIGHTS_KEY: "c", PRIOR_KEY: "b"})  # the model trained on
-    assert is_stale(png, {WEIGHTS_KEY: "a", PRIOR_KEY: None})  # the prior is gone
+    assert figure_staleness(png, {WEIGHTS_KEY: "a", PRIOR_KEY: "b"}) is None
+    # the model trained on; the prior is gone
+    assert figure_staleness(png, {WEIGHTS_KEY: "c", PRIOR_KEY: "b"}) == "earlier VQ-VAE weights"
+    assert (
+        figure_staleness(png, {WEIGHTS_KEY: "a", PRIOR_KEY: None})
+        == "a prior the run no longer holds"
+    )
     weights_only = save_grid(torch.rand(1, 28, 28), tmp_path / "w.png", stamp={WEIGHTS_KEY: "a"})
-    assert not is_stale(weights_only, {WEIGHTS_KEY: "a", PRIOR_KEY: "new prior"})
+    assert figure_staleness(weights_only, {WEIGHTS_KEY: "a", PRIOR_KEY: "new prior"}) is None
     unstamped = save_grid(torch.rand(1, 28, 28), tmp_path / "u.png")
-    assert not is_stale(unstamped, {WEIGHTS_KEY: "x", PRIOR_KEY: None})  # nothing to compare
+    assert figure_staleness(unstamped, {WEIGHTS_KEY: "x", PRIOR_KEY: None}) is None  # no stamp
 
 
 def test_staleness_says_what_changed_weights_first():

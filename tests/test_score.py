@@ -117,6 +117,23 @@ def test_inception_score_by_hand():
     assert inception_score(np.eye(10)[np.zeros(50, dtype=int)]) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ({"features": 0}, "features must be at least 1, not 0"),
+        ({"num_classes": 1}, "num_classes must be at least 2, not 1"),
+        ({"epochs": 0}, "epochs must be at least 1, not 0"),
+        ({"batch_size": -4}, "batch_size must be at least 1, not -4"),
+        ({"dropout": 1.0}, "dropout must be at least 0 and below 1, not 1.0"),
+        ({"lr": math.nan}, "learning rate must be a number above 0, not nan"),
+        ({"precision": "fp16"}, "precision must be one of fp32, bf16, auto, not 'fp16'"),
+    ],
+)
+def test_bad_classifier_settings_are_named_with_their_value(setting, said):
+    with pytest.raises(VqkitError, match=f"^The classifier's {said}\\.$"):
+        ClassifierConfig(**setting)
+
+
 @pytest.fixture
 def classifier_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))

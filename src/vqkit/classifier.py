@@ -53,11 +53,24 @@ class ClassifierConfig:
             len(self.channels) == 2 and min(self.channels) >= 1,
             "The classifier needs two positive channel widths.",
         )
-        _require(self.features >= 1 and self.num_classes >= 2, "Bad classifier sizes.")
-        _require(0.0 <= self.dropout < 1.0, "The classifier dropout must be in [0, 1).")
-        _require(self.epochs >= 1 and self.batch_size >= 1, "Bad classifier training settings.")
-        _require(math.isfinite(self.lr) and self.lr > 0, "The learning rate must be > 0.")
-        _require(self.precision in PRECISIONS, f"Precision must be one of {PRECISIONS}.")
+        for name, least in (("features", 1), ("num_classes", 2), ("epochs", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            _require(
+                value >= least, f"The classifier's {name} must be at least {least}, not {value}."
+            )
+        _require(
+            0.0 <= self.dropout < 1.0,
+            f"The classifier's dropout must be at least 0 and below 1, not {self.dropout}.",
+        )
+        _require(
+            math.isfinite(self.lr) and self.lr > 0,
+            f"The classifier's learning rate must be a number above 0, not {self.lr}.",
+        )
+        _require(
+            self.precision in PRECISIONS,
+            f"The classifier's precision must be one of {', '.join(PRECISIONS)}, "
+            f"not {self.precision!r}.",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

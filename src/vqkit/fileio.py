@@ -116,7 +116,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     try:
         text = path.read_bytes().decode("utf-8", errors="replace")
     except OSError as exc:
-        raise VqkitError(f"The metrics file '{path}' cannot be read: {exc.strerror}.") from exc
+        raise VqkitError(f"The records file '{path}' cannot be read: {exc.strerror}.") from exc
     records = []
     for line in text.splitlines():
         with contextlib.suppress(json.JSONDecodeError):

@@ -76,8 +76,3 @@ def figure_staleness(png: Path, current: dict[str, str | None]) -> str | None:
     """What a figure was made from that the run no longer holds (see :func:`staleness`); an
     unstamped figure is not called stale: nothing to compare."""
     return staleness(read_stamp(png), current)
-
-
-def is_stale(png: Path, current: dict[str, str | None]) -> bool:
-    """Whether a figure's stamp names other weights or another prior than ``current``."""
-    return figure_staleness(png, current) is not None

@@ -249,10 +249,11 @@ def _codebook(info: RunInfo) -> Section | None:
         used = sum(1 for c in counts if c > 0)
         spread = perplexity(torch.tensor(counts))
         if info.code_usage_stale:
+            figures = info.run_dir / runfiles.FIGURES_DIR
             parts.append(
                 note(
                     f"Stale: these counts are of earlier VQ-VAE weights than the run holds now; "
-                    f"run vqkit codebook {info.run_dir} --out {info.run_dir / 'figures'} again."
+                    f"run vqkit codebook {info.run_dir} --out {figures} again."
                 )
             )
         parts.append(
@@ -336,13 +337,14 @@ def _samples(info: RunInfo) -> Section | None:
             tiles.append(f"<div>{picture}{_score_line(info, row_name, prefix)}</div>")
     body = f'<div class="grid">{"".join(tiles)}</div>' if tiles else ""
     if not tiles and info.scores is not None:  # scored, but no panels to look at
-        figure = f"{info.run_dir / runfiles.FIGURES_DIR}/samples_prior.png"
+        figure = info.run_dir / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES["samples_prior"]
         # The demo trains the named datasets only (it reads no data folder).
         demo = "" if info.scores.get("dataset") == OWN_DATASET else "; vqkit demo writes them all"
         body += note(
             f"No sample images yet: vqkit sample {info.run_dir} --strategy prior --n 64 --out "
             f"{figure} adds the prior's panel (random and used likewise, as "
-            f"samples_random.png and samples_used.png){demo}."
+            f"{runfiles.FIGURE_NAMES['samples_random']} and "
+            f"{runfiles.FIGURE_NAMES['samples_used']}){demo}."
         )
     if _used_draws_like_random(info):
         body += note(

@@ -16,13 +16,15 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from vqkit.report_plots import DPI
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Small pixel images (28×28 digits) are enlarged by a whole factor up to about this CSS width,
 # never more than MAX_PIXEL_SCALE times; the page shrinks them again on narrow screens.
 PIXEL_TARGET_WIDTH = 520
 MAX_PIXEL_SCALE = 4
-# Plots are rendered at 150 dpi; shown at 96 CSS px per inch they stay sharp on dense screens.
-PLOT_DENSITY = 150 / 96
+# Plots are rendered at DPI; shown at 96 CSS px per inch they stay sharp on dense screens.
+PLOT_DENSITY = DPI / 96
 
 
 @dataclass

@@ -42,7 +42,12 @@ from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import write_json_atomic
 from vqkit.generate import DECODE_BATCH_SIZE, SamplingContext, sample_codes, strategies
-from vqkit.prior import has_prior, incomplete_prior, load_prior, require_prior_fits_the_model
+from vqkit.prior import (
+    has_prior,
+    incomplete_prior,
+    load_prior_config,
+    require_prior_fits_the_model,
+)
 
 # Strategies scored when available, in table order; the prior adds conditional rows itself.
 STRATEGY_ORDER = ("random", "used", "prior")
@@ -324,7 +329,7 @@ def _prior_classes(run_dir: Path | None) -> int | None:
     for an unconditional prior."""
     if run_dir is None:
         return None
-    config = load_prior(run_dir).config
+    config = load_prior_config(run_dir)
     return config.num_classes if config.conditional else None
 
 

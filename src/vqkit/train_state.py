@@ -172,7 +172,7 @@ def restore(
             k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)
         }
         load_tensors_into(model, model_tensors, path, what)
-        _load_optimizer(optimizer, tensors, info, path)
+        _load_optimizer(optimizer, tensors, info)
         torch.set_rng_state(tensors[TORCH_RNG])
         cuda_states = [v for k, v in sorted(tensors.items()) if k.startswith(CUDA_RNG_PREFIX)]
         if cuda_states and torch.cuda.is_available():
@@ -265,7 +265,6 @@ def _load_optimizer(
     optimizer: torch.optim.Optimizer,
     tensors: dict[str, torch.Tensor],
     info: dict[str, Any],
-    path: Path,
 ) -> None:
     """Rebuild the optimizer's state dict from flat tensors, checking every moment's shape."""
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -81,7 +81,8 @@ def code_usage(
 ) -> torch.Tensor:
     """(K,) int64 code counts over the run's whole training split, cached in the run folder.
 
-    Reads ``code_usage.json`` when it is valid and newer than the weights; otherwise encodes
+    Reads ``code_usage.json`` when it is valid and names the weights' SHA-256 (an older file
+    without the digest: when it is newer than the weights file); otherwise encodes
     every training image (batched, no gradients) and writes the cache. A ``model`` given must
     be the run's own (the cache names the run's weights): another is refused.
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vqkit import runfiles
 from vqkit.checkpoint import load_config
 from vqkit.cli.common import (
     add_command,
@@ -361,5 +362,5 @@ def run(args: argparse.Namespace) -> int:
     if result.history:
         print(format_metrics(result.final))
     print(f"run folder:      {result.run_dir}")
-    print(f"reconstructions: {result.run_dir / 'reconstructions.png'}")
+    print(f"reconstructions: {result.run_dir / runfiles.RECONSTRUCTIONS}")
     return 0
