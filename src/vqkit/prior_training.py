@@ -91,15 +91,17 @@ def code_grids(
     model: VQVAE | None = None,
     *,
     data_dir: str | Path | None = None,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
 ) -> dict[str, CodeSet]:
-    """Code grids of the whole train and test splits, cached in the run folder.
+    """Code grids of the whole train and test splits, cached in the run folder, encoded in
+    batches of ``batch_size`` (default: the run's evaluation batch size).
 
     The cache (``codes_*.npy``, ``labels_*.npy`` and ``codes.json``) is keyed by a digest of
     the model weights, so retraining the VQ-VAE invalidates it.
     """
     run_dir = Path(run_dir)
     config = load_config(run_dir)
+    batch_size = batch_size or config.train.eval_batch_size
     model = model if model is not None else load_model(run_dir)
     digest = weights_digest(run_dir)
     cached = _load_cached(run_dir, digest, model)
