@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vqkit.config import RunConfig, preset_config
+from vqkit.config import RunConfig, preset_config, settings_differences
 from vqkit.errors import VqkitError
 
 
@@ -66,3 +66,15 @@ def test_unknown_fields_and_versions_are_refused():
     data["version"] = 999
     with pytest.raises(VqkitError, match="incompatible"):
         RunConfig.from_dict(data)
+
+
+def test_settings_differences_name_every_changed_key_but_the_allowed_ones():
+    stored = {"train": {"lr": 0.003, "epochs": 3, "old": True}, "name": "a"}
+    given = {"train": {"lr": 0.01, "epochs": 5, "new": None}, "name": "a"}
+    # A key only one side has differs, unless the other side's absence means the same (null).
+    assert settings_differences(stored, given, {"train.epochs"}) == [
+        "train.lr is 0.003 there, 0.01 here",
+        "train.old is true there, null here",
+    ]
+    assert settings_differences(stored, stored) == []
+    assert settings_differences({"a": "x"}, {"a": "y"}) == ["a is 'x' there, 'y' here"]

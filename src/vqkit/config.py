@@ -14,6 +14,7 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -462,6 +463,30 @@ def _described(kind: Any) -> str:
 def _shown(value: Any) -> str:
     """A value as the user wrote it: JSON (true, null, NaN), strings in single quotes."""
     return repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
+
+
+def flat_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys: {"model.quantizer.beta": 0.25, ...}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def settings_differences(
+    stored: dict[str, Any], given: dict[str, Any], may_change: Collection[str] = ()
+) -> list[str]:
+    """'KEY is X there, Y here' for each setting (dotted key) that differs between stored and
+    given settings, apart from those in ``may_change``; a key only one side has differs too."""
+    stored, given = flat_settings(stored), flat_settings(given)
+    return [
+        f"{key} is {_shown(stored.get(key))} there, {_shown(given.get(key))} here"
+        for key in sorted(stored.keys() | given.keys())
+        if key not in may_change and stored.get(key) != given.get(key)
+    ]
 
 
 # The tutorial's Exercise 1 settings, and its smaller Exercise 2 ("efficient") settings.

@@ -21,6 +21,7 @@ import torch
 from vqkit import arguments, environment, runfiles, train_state
 from vqkit.checkpoint import load_config, load_model, run_folder, run_path, weights_digest
 from vqkit.codes_io import encode_images, save_npy
+from vqkit.config import settings_differences
 from vqkit.data import dataset_classes, load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
@@ -322,13 +323,10 @@ def _check_state_fits(
             f"state does not fit the new code grids; train a new prior with vqkit {command} "
             f"{run_dir} --restart."
         )
-    stored = saved["config"]
-    current = settings.to_dict()
-    changed = [k for k in current if k not in RESUME_FIELDS and stored.get(k) != current[k]]
+    changed = settings_differences(saved["config"], settings.to_dict(), RESUME_FIELDS)
     if changed:
-        name = changed[0]
         raise VqkitError(
-            f"The saved prior state in '{run_dir}' does not fit the prior settings ({name} is "
-            f"{stored.get(name)!r} there, {current[name]!r} here); resume with the settings it "
-            f"was trained with, or train a new prior with vqkit {command} {run_dir} --restart."
+            f"The saved prior state in '{run_dir}' does not fit the prior settings "
+            f"({'; '.join(changed[:3])}); resume with the settings it was trained with, or "
+            f"train a new prior with vqkit {command} {run_dir} --restart."
         )

@@ -18,6 +18,7 @@ import torch
 from vqkit import report_plots, runfiles
 from vqkit.codebook_view import DPI as USAGE_DPI
 from vqkit.codebook_view import plot_usage
+from vqkit.config import flat_settings
 from vqkit.data import OWN_DATASET
 from vqkit.environment import changed_quantizer_code
 from vqkit.fileio import write_bytes_atomic
@@ -138,14 +139,8 @@ def _setting(value: Any) -> str:
     return "none" if value is None else json.dumps(value)
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            rows += _flatten(value, f"{prefix}{key}.")
-        else:
-            rows.append((f"{prefix}{key}", _setting(value)))
-    return rows
+def _flatten(data: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(key, _setting(value)) for key, value in flat_settings(data).items()]
 
 
 def _settings_tables(data: dict[str, Any]) -> list[str]:

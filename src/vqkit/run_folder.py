@@ -17,7 +17,7 @@ import torch
 
 from vqkit import distributed, environment, runfiles, train_state
 from vqkit.checkpoint import load_config, require_run_folder, run_path, save_config
-from vqkit.config import RunConfig
+from vqkit.config import RunConfig, settings_differences
 from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_jsonl, temp_file_target, write_bytes_atomic
@@ -120,13 +120,8 @@ RESUME_FIELDS = ("epochs", "checkpoint_every", "skip_nonfinite", "cuda_graph", "
 def require_resumable_settings(run_dir: Path, config: RunConfig) -> None:
     """Refuse to resume ``run_dir`` with settings other than its stored ones (apart from
     RESUME_FIELDS): the run would go on learning something else under its old name."""
-    stored, given = _flat(load_config(run_dir).to_dict()), _flat(config.to_dict())
     allowed = {f"train.{name}" for name in RESUME_FIELDS}
-    differ = [
-        f"{key} is {_shown(stored.get(key))} there, {_shown(given.get(key))} here"
-        for key in sorted(stored.keys() | given.keys())
-        if key not in allowed and stored.get(key) != given.get(key)
-    ]
+    differ = settings_differences(load_config(run_dir).to_dict(), config.to_dict(), allowed)
     if differ:
         changeable = ", ".join(RESUME_FIELDS)
         raise VqkitError(
@@ -134,21 +129,6 @@ def require_resumable_settings(run_dir: Path, config: RunConfig) -> None:
             f"a resume keeps them, changing only {changeable} (pass the run's own settings, "
             "vqkit.checkpoint.load_config(run), or train a new run)."
         )
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as dotted keys: {"model.quantizer.beta": 0.25, ...}."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _shown(value: Any) -> str:
-    return "none" if value is None else json.dumps(value)
 
 
 def _refuse_taken_or_unusable(path: Path) -> None:
