@@ -10,7 +10,6 @@ its softmax the confidence and Inception Score (see ``vqkit.score``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from vqkit.acceleration import autocast, resolve_precision
 from vqkit.checkpoint import load_weights_into, save_weights
 from vqkit.config import PRECISIONS, _require, require_typed_settings
 from vqkit.data import OWN_DATASET, load_split
+from vqkit.environment import images_digest
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_json, write_json_atomic
 from vqkit.model import input_for
@@ -178,9 +178,7 @@ def cache_name(config: ClassifierConfig, data_dir: str | Path | None = None) -> 
     if config.dataset != OWN_DATASET:
         return config.dataset
     train = load_split(config.dataset, "train", data_dir)
-    digest = hashlib.sha256(train.images.numpy().tobytes())
-    digest.update(train.labels.numpy().tobytes())
-    return f"{config.dataset}-{digest.hexdigest()[:16]}"
+    return f"{config.dataset}-{images_digest(train.images, train.labels)[:16]}"
 
 
 def load_or_train_classifier(
