@@ -8,7 +8,7 @@ import json
 import torch
 from report_helpers import copy_run, make_full_run, parse_page, train_on
 
-from vqkit import runfiles
+from vqkit import runfiles, usage
 from vqkit.checkpoint import load_model
 from vqkit.cli import main
 from vqkit.codebook_view import write_codebook_figures
@@ -31,11 +31,11 @@ def sha256(path) -> str:
 
 
 def test_a_stamp_survives_the_png_and_names_the_weights_file(small_run, tmp_path):
-    made_by = stamp(small_run.run_dir)
+    model = load_model(small_run.run_dir)
+    made_by = stamp(small_run.run_dir, model)
     assert made_by == {WEIGHTS_KEY: sha256(small_run.run_dir / runfiles.WEIGHTS)}  # no prior
     grid = save_grid(torch.rand(4, 28, 28), tmp_path / "grid.png", stamp=made_by)
     assert read_stamp(grid) == made_by
-    model = load_model(small_run.run_dir)
     figures = write_codebook_figures(
         model, torch.arange(model.num_codes), torch.zeros(2, 28, 28, dtype=torch.uint8),
         tmp_path / "codebook", made_by,
@@ -107,3 +107,34 @@ def test_code_usage_of_earlier_weights_is_marked_stale_and_counted_again(usage_r
     counted = json.loads((run / runfiles.CODE_USAGE).read_text())
     assert counted["weights_sha256"] == sha256(run / runfiles.WEIGHTS) != recorded["weights_sha256"]
     assert not load_run_info(run).code_usage_stale
+
+
+def test_counts_name_the_weights_counted_when_a_training_saves_meanwhile(
+    usage_run, tmp_path, monkeypatch
+):
+    # Readers take no lock: `vqkit codebook` may count codes while `train --resume` saves. The
+    # cache must name the weights it counted, not the file as it is once the count ends.
+    run = copy_run(usage_run[0], tmp_path / "run")
+    earlier = load_model(run)
+    train_on(run)  # the newer weights, set aside to land in the middle of the count
+    newer = (run / runfiles.WEIGHTS).read_bytes()
+    (run / runfiles.WEIGHTS).write_bytes((usage_run[0] / runfiles.WEIGHTS).read_bytes())
+    (run / runfiles.CODE_USAGE).unlink()
+    real_count = usage.count_codes
+
+    def count_while_a_training_saves(*args, **kwargs):
+        (run / runfiles.WEIGHTS).write_bytes(newer)
+        return real_count(*args, **kwargs)
+
+    monkeypatch.setattr(usage, "count_codes", count_while_a_training_saves)
+    counts = code_usage(run, earlier)
+    assert torch.equal(counts, usage_run[1])  # the earlier model's counts
+    recorded = json.loads((run / runfiles.CODE_USAGE).read_text())["weights_sha256"]
+    assert recorded == sha256(usage_run[0] / runfiles.WEIGHTS) != sha256(run / runfiles.WEIGHTS)
+    assert load_run_info(run).code_usage_stale  # the report says they are not the newer's
+    monkeypatch.setattr(usage, "count_codes", real_count)
+    newer_counts = code_usage(run, load_model(run))  # counted again, not the earlier's answer
+    assert json.loads((run / runfiles.CODE_USAGE).read_text())["weights_sha256"] == sha256(
+        run / runfiles.WEIGHTS
+    )
+    assert newer_counts.sum() == counts.sum()

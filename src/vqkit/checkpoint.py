@@ -92,7 +92,9 @@ def state_dict_bytes(module: torch.nn.Module, metadata: dict[str, str] | None = 
 
 
 def state_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of a module's state as safetensors bytes: what its weights file would hash to."""
+    """SHA-256 of a module's state as safetensors bytes: what its weights file would hash to
+    (a compiled module's: the wrapped one's, as training saves it)."""
+    module = getattr(module, "_orig_mod", module)
     return hashlib.sha256(state_dict_bytes(module)).hexdigest()
 
 

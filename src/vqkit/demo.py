@@ -170,7 +170,7 @@ def run_demo(
                 code_usage(run_dir, model),
                 test.images[:CODEMAP_IMAGES],
                 figures,
-                stamp(run_dir),
+                stamp(run_dir, model),
             ),
         )
         prior_settings = PriorConfig(
@@ -209,7 +209,9 @@ def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Pa
     for strategy in ("random", "used", "prior"):
         _, images = sample_images(context, strategy, count, settings.seed)
         made_with = {"command": "demo", "strategy": strategy, "n": count, "seed": settings.seed}
-        made_by = stamp(context.run_dir, prior=strategy == "prior", made_with=made_with)
+        made_by = stamp(
+            context.run_dir, context.model, prior=strategy == "prior", made_with=made_with
+        )
         save_grid(images, figures / names[f"samples_{strategy}"], stamp=made_by)
     if settings.prior_conditional:
         classes = 10
@@ -224,7 +226,7 @@ def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Pa
             torch.cat(rows),
             figures / names["samples_prior_conditional"],
             columns=classes,
-            stamp=stamp(context.run_dir, prior=True, made_with=made_with),
+            stamp=stamp(context.run_dir, context.model, prior=True, made_with=made_with),
         )
 
 
@@ -236,7 +238,7 @@ def _write_interpolations(model, test, settings: DemoSettings, run_dir: Path) ->
     for mode in MODES:
         made_with = {"command": "demo", "from": f"test:{first}", "to": f"test:{second}"}
         made_with |= {"mode": mode, "steps": settings.interpolation_steps, "seed": settings.seed}
-        made_by = stamp(run_dir, made_with=made_with)
+        made_by = stamp(run_dir, model, made_with=made_with)
         codes = interpolation(
             model, image_a, image_b, settings.interpolation_steps, mode, settings.seed
         )

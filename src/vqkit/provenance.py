@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image, UnidentifiedImageError
 
-from vqkit.checkpoint import prior_digest, weights_digest
+from vqkit.checkpoint import prior_digest, state_digest, weights_digest
 
 WEIGHTS_KEY = "vqkit-weights-sha256"
 PRIOR_KEY = "vqkit-prior-sha256"
@@ -22,11 +23,17 @@ MADE_WITH_KEY = "vqkit-made-with"  # the command's settings, as JSON: seed, stra
 
 
 def stamp(
-    run_dir: str | Path, *, prior: bool = False, made_with: dict[str, Any] | None = None
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    *,
+    prior: bool = False,
+    made_with: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The text chunks for a figure made from the run's weights (and its prior, if ``prior``);
-    ``made_with`` adds the settings that, with those, decide its pixels (the seed above all)."""
-    text = {WEIGHTS_KEY: weights_digest(run_dir)}
+    """The text chunks for a figure that ``model``, the run's, made (with the run's prior, if
+    ``prior``); ``made_with`` adds the settings that, with those, decide its pixels (the seed
+    above all). The digest is of the model in hand, not of the file now: a training that saves
+    while the figure is drawn must not lend it the newer weights' name."""
+    text = {WEIGHTS_KEY: state_digest(model)}
     prior_sha = prior_digest(run_dir) if prior else None
     if prior_sha is not None:
         text[PRIOR_KEY] = prior_sha

@@ -33,7 +33,6 @@ from vqkit.checkpoint import (
     run_folder,
     run_path,
     state_digest,
-    weights_digest,
 )
 from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_train_classifier
 from vqkit.codes_io import decode_codes, encode_images
@@ -196,7 +195,7 @@ def score_run(
         "rows": rows,
         # Which weights the rows describe: a later train --resume or train-prior makes them
         # stale (runinfo compares these with the run's files).
-        "weights_sha256": weights_digest(run_dir),
+        "weights_sha256": state_digest(model),  # the model scored, whatever the file is now
         "prior_sha256": prior_digest(run_dir),
     }
     prior_left_out = incomplete_prior(run_dir)

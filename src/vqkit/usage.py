@@ -13,7 +13,13 @@ from pathlib import Path
 import torch
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config, require_run_model, run_path, weights_digest
+from vqkit.checkpoint import (
+    load_config,
+    require_run_model,
+    run_path,
+    state_digest,
+    weights_digest,
+)
 from vqkit.data import load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
@@ -33,15 +39,16 @@ def count_codes(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.Te
     return counts.cpu()
 
 
-def counts_match_weights(run_dir: str | Path, data: dict) -> bool:
-    """Whether code_usage.json's ``data`` counted the run's current weights: by the digest it
-    records, or (files written before the digest) by being newer than the weights file."""
+def counts_match_weights(run_dir: str | Path, data: dict, digest: str | None = None) -> bool:
+    """Whether code_usage.json's ``data`` counted the weights of SHA-256 ``digest`` (default:
+    the run's weights file now): by the digest it records, or (files written before the
+    digest) by being newer than the weights file."""
     weights = run_path(run_dir, runfiles.WEIGHTS)
     if not weights.exists():
         return True  # nothing to compare with
     recorded = data.get("weights_sha256")
     if isinstance(recorded, str):
-        return recorded == weights_digest(run_dir)
+        return recorded == (digest or weights_digest(run_dir))
     counted = run_path(run_dir, runfiles.CODE_USAGE)
     return counted.exists() and counted.stat().st_mtime >= weights.stat().st_mtime
 
@@ -56,7 +63,7 @@ def _cached_counts(run_dir: str | Path, model: VQVAE) -> torch.Tensor | None:
         data = read_json(path, "code usage file")
     except VqkitError:
         return None  # a damaged cache is simply recomputed
-    if not isinstance(data, dict) or not counts_match_weights(run_dir, data):
+    if not isinstance(data, dict) or not counts_match_weights(run_dir, data, state_digest(model)):
         return None
     counts, images = data.get("counts"), data.get("images")
     cells = model.config.grid_size**2
@@ -105,7 +112,8 @@ def code_usage(
         "split": USAGE_SPLIT,
         "images": int(images.shape[0]),
         "counts": counts.tolist(),
-        "weights_sha256": weights_digest(run_dir),
+        # The weights counted, not the file now: a training may save meanwhile.
+        "weights_sha256": state_digest(model),
     }
     write_json_atomic(path, record)
     return counts
