@@ -239,3 +239,23 @@ def test_an_output_named_only_by_its_extension_asks_for_a_name(run_copy, tmp_pat
 def test_a_config_json_that_is_a_folder_is_called_one(tmp_path, capsys):
     (tmp_path / "run" / runfiles.CONFIG).mkdir(parents=True)
     fails_cleanly(capsys, ["report", tmp_path / "run"], "is a folder, not a run's configuration")
+
+
+def test_an_output_folder_behind_a_symlink_loop_is_one_sentence(tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    for out in (tmp_path / "a", tmp_path / "a" / "run"):
+        fails_cleanly(capsys, ["train", *TINY, "--out", out], "symbolic links that point at each")
+
+
+def test_json_nested_too_deeply_to_parse_is_damage_not_a_crash(run_copy, tmp_path, capsys):
+    # Python's parser raises RecursionError, not JSONDecodeError, on ~100,000 open brackets.
+    nested = "[" * 100_000
+    (run_copy / runfiles.METRICS).write_text(nested + "\n")
+    assert main(["runs", str(tmp_path)]) == 0  # the listing goes on
+    assert main(["report", str(run_copy)]) == 0
+    capsys.readouterr()
+    (run_copy / runfiles.CONFIG).write_text(nested)
+    fails_cleanly(capsys, ["evaluate", run_copy], "is damaged or not JSON")
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "run" in capsys.readouterr().out

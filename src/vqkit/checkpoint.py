@@ -8,7 +8,6 @@ A run folder holds ``config.json`` (a RunConfig: everything to rebuild the model
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -20,7 +19,13 @@ from safetensors.torch import save as save_safetensors
 from vqkit import runfiles
 from vqkit.config import RunConfig
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
-from vqkit.fileio import read_json, read_json_object, write_bytes_atomic, write_json_atomic
+from vqkit.fileio import (
+    parse_json,
+    read_json,
+    read_json_object,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 
 def run_path(run_dir: str | Path, name: str) -> Path:
@@ -168,7 +173,7 @@ def safetensors_metadata(path: str | Path) -> dict[str, str]:
     try:
         with open(path, "rb") as file:
             length = int.from_bytes(file.read(8), "little")
-            header = json.loads(file.read(length)) if 0 < length <= HEADER_LIMIT else {}
+            header = parse_json(file.read(length)) if 0 < length <= HEADER_LIMIT else {}
     except (OSError, ValueError):
         return {}
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
@@ -202,7 +207,7 @@ def read_tensors_and_metadata(
         tensors = load_safetensors(data)
         # The loader has validated the header: 8-byte little-endian length, then JSON.
         header_length = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + header_length]).get("__metadata__") or {}
+        metadata = parse_json(data[8 : 8 + header_length]).get("__metadata__") or {}
     except (SafetensorError, ValueError, RuntimeError, OverflowError, KeyError, TypeError) as exc:
         raise VqkitError(damaged) from exc
     if not isinstance(metadata, dict):

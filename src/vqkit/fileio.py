@@ -88,11 +88,20 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     write_bytes_atomic(path, previous + (json.dumps(record) + "\n").encode())
 
 
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads``, with nesting too deep for Python's parser (which raises RecursionError)
+    raised as the JSONDecodeError of any other damage."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply to parse", "", 0) from None
+
+
 def read_json(path: str | Path, what: str) -> Any:
     """Parse a JSON file, naming ``what`` it is when it is missing or damaged."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return parse_json(path.read_text())
     except (FileNotFoundError, NotADirectoryError) as exc:  # no such file, or under a file
         raise VqkitError(f"The {what} '{path}' does not exist.") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -120,7 +129,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     records = []
     for line in text.splitlines():
         with contextlib.suppress(json.JSONDecodeError):
-            item = json.loads(line)
+            item = parse_json(line)
             if isinstance(item, dict):
                 records.append(item)
     return records

@@ -21,7 +21,7 @@ from vqkit.codebook_view import plot_usage
 from vqkit.config import flat_settings
 from vqkit.data import OWN_DATASET
 from vqkit.environment import changed_quantizer_code
-from vqkit.fileio import write_bytes_atomic
+from vqkit.fileio import parse_json, write_bytes_atomic
 from vqkit.prior import incomplete_prior
 from vqkit.provenance import EARLIER_WEIGHTS
 from vqkit.quantize import perplexity
@@ -170,7 +170,7 @@ def _configuration(info: RunInfo) -> Section:
     prior_path = info.path(runfiles.PRIOR_CONFIG)
     if prior_path.exists():
         try:
-            prior = json.loads(prior_path.read_text())
+            prior = parse_json(prior_path.read_text())
             if not isinstance(prior, dict):
                 raise ValueError("not an object")
             if prior.get("conditional") is False:

@@ -20,7 +20,7 @@ from vqkit.checkpoint import load_config, require_run_folder, run_path, save_con
 from vqkit.config import RunConfig, settings_differences
 from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
-from vqkit.fileio import ensure_dir, read_jsonl, temp_file_target, write_bytes_atomic
+from vqkit.fileio import ensure_dir, parse_json, read_jsonl, temp_file_target, write_bytes_atomic
 from vqkit.run_lock import LOCK_NAME, RunLock, require_no_writer
 from vqkit.train_state import Position
 
@@ -198,7 +198,7 @@ def _holds_a_run(folder: Path) -> bool:
     """Whether ``folder`` holds a vqkit run: a config.json with vqkit's sections (the name
     alone is common to many tools, a project folder's own config.json included)."""
     try:
-        config = json.loads((folder / runfiles.CONFIG).read_text())
+        config = parse_json((folder / runfiles.CONFIG).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(config, dict) and {"model", "train", "version"} <= set(config)
@@ -261,7 +261,7 @@ def resumed_history(
 
 def _parsed(line: bytes) -> Any:
     try:
-        return json.loads(line.decode("utf-8"))
+        return parse_json(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
 

@@ -18,7 +18,7 @@ from vqkit.checkpoint import load_config, prior_is_stale, read_tensors, run_fold
 from vqkit.config import PRESETS, RunConfig, preset_config
 from vqkit.environment import read_records
 from vqkit.errors import VqkitError
-from vqkit.fileio import read_jsonl
+from vqkit.fileio import parse_json, read_jsonl
 from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, current_stamp, figure_staleness, staleness
 from vqkit.usage import counts_match_weights
 
@@ -227,7 +227,7 @@ def _prior_is_conditional(run_dir: Path) -> bool | None:
     """prior_config.json's ``conditional``, or None when it cannot be read (the report's
     configuration section says so already)."""
     try:
-        data = json.loads((run_dir / runfiles.PRIOR_CONFIG).read_text())
+        data = parse_json((run_dir / runfiles.PRIOR_CONFIG).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     value = data.get("conditional") if isinstance(data, dict) else None
@@ -240,7 +240,7 @@ def _optional_json(info: RunInfo, name: str, validate) -> Any:
     if not path.exists():
         return None
     try:
-        data = validate(json.loads(path.read_text()))
+        data = validate(parse_json(path.read_text()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         data = None
     if data is None:

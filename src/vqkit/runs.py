@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import html
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from vqkit import runfiles
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
+from vqkit.fileio import parse_json
 from vqkit.prior import incomplete_prior
 from vqkit.run_lock import writer_of
 from vqkit.runinfo import Headline, headline, is_run_dir, load_run_info
@@ -113,7 +113,7 @@ def _listed_as_shown(head: str) -> list[str]:
     """The names the report's SHOWN_META tag lists ([] for reports written before it)."""
     found = re.search(rf'<meta name="{SHOWN_META}" content="([^"]*)">', head)
     try:
-        names = json.loads(html.unescape(found[1])) if found else []
+        names = parse_json(html.unescape(found[1])) if found else []
     except ValueError:
         return []
     return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []

@@ -23,7 +23,7 @@ from safetensors.torch import save as save_safetensors
 from vqkit import runfiles
 from vqkit.checkpoint import load_tensors_into, read_tensors_and_metadata, run_path
 from vqkit.errors import VqkitError
-from vqkit.fileio import write_bytes_atomic, write_json_atomic
+from vqkit.fileio import parse_json, write_bytes_atomic, write_json_atomic
 
 STATE_VERSION = 1
 METADATA_KEY = "vqkit_train_state"
@@ -235,7 +235,7 @@ def _read(
     path = require(run_dir, files)
     tensors, metadata = read_tensors_and_metadata(path, files.what)
     try:
-        info = json.loads(metadata[METADATA_KEY])
+        info = parse_json(metadata[METADATA_KEY])
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise VqkitError(_damaged(path, files)) from exc
     if not isinstance(info, dict):

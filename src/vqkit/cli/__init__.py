@@ -7,6 +7,7 @@ adding a module to ``COMMAND_MODULES``. Nothing runs at import.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import re
@@ -156,6 +157,21 @@ LESS_AT_ONCE = {
 }
 
 
+def symlink_loop_message(exc: BaseException) -> str | None:
+    """One sentence for a path whose symbolic links point at each other (pathlib's resolve
+    raises RuntimeError, the system calls ELOOP), else None."""
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        where = exc.filename
+    elif isinstance(exc, RuntimeError) and str(exc).startswith(_PATHLIB_LOOP):
+        where = str(exc)[len(_PATHLIB_LOOP) :].strip("'\"")
+    else:
+        return None
+    return f"The path '{where}' goes through symbolic links that point at each other; fix them."
+
+
+_PATHLIB_LOOP = "Symlink loop from "
+
+
 def out_of_memory_message(exc: BaseException, command: str | None = None) -> str | None:
     """One sentence for an allocation that failed on the CPU or the GPU, else None."""
     text = str(exc)
@@ -231,8 +247,12 @@ def run_command(argv: list[str] | None) -> int:
     except VqkitError as exc:
         print(f"vqkit: error: {exc}", file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError) as exc:
-        message = out_of_memory_message(exc, args.command) or distributed.lost_process_message(exc)
+    except (MemoryError, RuntimeError, OSError) as exc:
+        message = (
+            out_of_memory_message(exc, args.command)
+            or distributed.lost_process_message(exc)
+            or symlink_loop_message(exc)
+        )
         if message is None:
             raise  # a bug, not a user's mistake: the traceback is what to report
         print(f"vqkit: error: {message}", file=sys.stderr)
