@@ -111,6 +111,39 @@ def test_an_adam_moment_of_the_wrong_shape_is_refused_as_damage(tmp_path):
         train_state.load(tmp_path, fresh, fresh_optimizer, fresh_order)
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda info: info.update(optimizer_state=[]),
+        lambda info: info.update(param_groups="x"),
+        lambda info: info["param_groups"][0].update(lr="abc"),
+        lambda info: info["param_groups"][0].update(lr=None),
+        lambda info: info["param_groups"][0].update(betas=[5]),
+        lambda info: info["param_groups"][0].update(amsgrad=1),
+        lambda info: info["param_groups"][0].pop("eps"),
+    ],
+    ids=["state-list", "groups-text", "lr-text", "lr-null", "one-beta", "flag-number", "no-eps"],
+)
+def test_optimizer_settings_of_the_wrong_kind_are_refused_as_damage(tmp_path, damage):
+    # Such a state loads into Adam without complaint and fails at its first step instead.
+    model, optimizer, scheduler, order = training_objects(0)
+    step(model, optimizer, scheduler, torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8))
+    train_state.save(tmp_path, Position(), model, optimizer, order.get_state(), torch.zeros(()))
+    path = tmp_path / runfiles.TRAIN_STATE
+    tensors, metadata = read_tensors_and_metadata(path, "state")
+    info = json.loads(metadata[train_state.METADATA_KEY])
+    # A flag newer than the state (here: one the saving optimizer lacked) is no damage.
+    info["param_groups"][0].pop("differentiable")
+    path.write_bytes(save_safetensors(tensors, {train_state.METADATA_KEY: json.dumps(info)}))
+    fresh, fresh_optimizer, _, _ = training_objects(1)
+    train_state.load(tmp_path, fresh, fresh_optimizer, torch.Generator())
+    damage(info)
+    path.write_bytes(save_safetensors(tensors, {train_state.METADATA_KEY: json.dumps(info)}))
+    fresh, fresh_optimizer, _, _ = training_objects(1)
+    with pytest.raises(VqkitError, match="damaged"):
+        train_state.load(tmp_path, fresh, fresh_optimizer, torch.Generator())
+
+
 def test_state_from_a_future_version_is_refused(tmp_path):
     model, optimizer, _, order = training_objects(0)
     train_state.save(tmp_path, Position(), model, optimizer, order.get_state(), torch.zeros(()))

@@ -189,7 +189,7 @@ def restore(
         loss_sum = tensors[LOSS_SUM].reshape(())
     except VqkitError:
         raise
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
         raise VqkitError(_damaged(path, files)) from exc
     return Restored(*_counters(info, path, files), loss_sum=loss_sum)
 
@@ -289,9 +289,37 @@ def _load_optimizer(
     groups = info["param_groups"]
     if len(groups) != len(optimizer.param_groups):
         raise ValueError("optimizer parameter groups differ")
-    # JSON turned tuples (Adam's betas) into lists; give each setting its live type back.
+    # JSON turned tuples (Adam's betas) into lists; give each setting its live type back, and
+    # refuse a setting of another kind (the optimizer would fail at its first step instead).
     for saved, live in zip(groups, optimizer.param_groups, strict=True):
         for key, value in live.items():
+            if key == "params":
+                continue
             if isinstance(value, tuple) and isinstance(saved.get(key), list):
                 saved[key] = tuple(saved[key])
+            if key not in saved:  # a flag newer than the state: the optimizer sets its default
+                if isinstance(value, bool) or value is None:
+                    continue
+                raise ValueError(f"optimizer setting '{key}' is missing")
+            if not _same_kind(saved[key], value):
+                raise ValueError(f"optimizer setting '{key}' is {saved[key]!r}")
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _same_kind(saved: Any, live: Any) -> bool:
+    """Whether a saved optimizer setting can stand in for the live one: a number for a number,
+    a flag for a flag, a tuple of as many numbers for a tuple (an option the optimizer leaves
+    unset, None, takes any saved value)."""
+    if live is None:
+        return True
+    if isinstance(live, bool):
+        return isinstance(saved, bool)
+    if isinstance(live, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool)
+    if isinstance(live, tuple):
+        return (
+            isinstance(saved, tuple)
+            and len(saved) == len(live)
+            and all(_same_kind(s, v) for s, v in zip(saved, live, strict=True))
+        )
+    return type(saved) is type(live)
