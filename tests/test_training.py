@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save as save_safetensors
 
-from vqkit import training
-from vqkit.checkpoint import load_config
+from vqkit import runfiles, train_state, training
+from vqkit.checkpoint import load_config, read_tensors_and_metadata
 from vqkit.config import preset_config
 from vqkit.data import load_split
 from vqkit.environment import read_records
@@ -103,6 +104,21 @@ def test_a_resume_with_other_learning_settings_is_refused_before_training(run_co
     with pytest.raises(VqkitError, match=refusal):
         train(config, run_copy, device="cpu", progress=False, resume=True)
     assert (run_copy / "metrics.jsonl").read_bytes() == before
+
+
+def test_a_state_stopped_past_its_epochs_last_step_is_refused_as_damage(run_copy):
+    # Such a count would end the epoch at once, recording it as trained with nothing learned.
+    state = run_copy / runfiles.TRAIN_STATE
+    tensors, metadata = read_tensors_and_metadata(state, "state")
+    info = json.loads(metadata[train_state.METADATA_KEY])
+    info["step"] = 99_999
+    state.write_bytes(save_safetensors(tensors, {train_state.METADATA_KEY: json.dumps(info)}))
+    kept = {name: (run_copy / name).read_bytes() for name in (runfiles.CONFIG, runfiles.METRICS)}
+    config = load_config(run_copy)
+    config.train.epochs += 1
+    with pytest.raises(VqkitError, match="is damaged or incomplete"):
+        train(config, run_copy, device="cpu", progress=False, resume=True)
+    assert {name: (run_copy / name).read_bytes() for name in kept} == kept
 
 
 def test_a_new_run_in_a_folder_left_by_a_start_that_never_saved_logs_only_its_own_session(

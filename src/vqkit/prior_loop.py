@@ -29,7 +29,12 @@ from vqkit.fileio import append_jsonl
 from vqkit.guards import NonFiniteGuard, StopRequest
 from vqkit.prior import PixelCNNPrior, PriorConfig, save_prior_config
 from vqkit.train_state import Position
-from vqkit.training import TrainingInterrupted, epoch_batches, resumed_history
+from vqkit.training import (
+    TrainingInterrupted,
+    epoch_batches,
+    resumed_history,
+    steps_per_epoch,
+)
 from vqkit.wording import counted
 
 PRIOR_TERMS = ("prior loss",)  # the one loss term the non-finite guard watches
@@ -145,6 +150,8 @@ class PriorLoop:
             )
             self.position, self.loss_sum = restored.position, restored.loss_sum.to(device)
             self.counters = _Counters.from_extra(restored.extra, run_dir)
+            epoch_steps = steps_per_epoch(self.codes.shape[0], settings.batch_size, 1)
+            train_state.require_step_in_epoch(run_dir, self.position.step, epoch_steps, files)
             if settings.epochs < self.position.epochs_done:
                 raise VqkitError(
                     f"The prior in '{run_dir}' has already trained "

@@ -224,6 +224,16 @@ def require(run_dir: str | Path, files: StateFiles = VQVAE_FILES) -> Path:
     return path
 
 
+def require_step_in_epoch(
+    run_dir: str | Path, step: int, steps: int, files: StateFiles = VQVAE_FILES
+) -> None:
+    """Refuse a state that stopped at a step its epoch does not have: a state is saved before
+    an epoch's last step only, so any other count is damage (it would end the epoch at once,
+    having trained nothing)."""
+    if 0 < steps <= step:
+        raise VqkitError(_damaged(run_path(run_dir, files.tensors), files))
+
+
 def _damaged(path: Path, files: StateFiles) -> str:
     return f"The {files.what} '{path}' is damaged or incomplete; start the run again."
 

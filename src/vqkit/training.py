@@ -259,9 +259,8 @@ class _Run:
         self.model = VQVAE(config.model).to(device)
         self.run_dir = prepare_run_dir(config, run_dir, resume, context, device, lock)
         self.optimizer = make_optimizer(self.model, settings)
-        total_steps = settings.epochs * steps_per_epoch(
-            self.images.shape[0], settings.batch_size, context.world_size
-        )
+        epoch_steps = steps_per_epoch(self.images.shape[0], settings.batch_size, context.world_size)
+        total_steps = settings.epochs * epoch_steps
         self.scheduler = make_scheduler(self.optimizer, settings, total_steps)
         self.precision = resolve_precision(settings.precision, device)
         self.order_generator = torch.Generator().manual_seed(settings.seed)
@@ -283,6 +282,7 @@ class _Run:
                 self.run_dir, self.model, self.optimizer, self.order_generator, self.scheduler
             )
             self.loss_sum = loss_sum.to(device)
+            train_state.require_step_in_epoch(self.run_dir, self.position.step, epoch_steps)
             if schedule_length(self.scheduler) != planned:
                 raise VqkitError(
                     f"The run in '{self.run_dir}' follows a {settings.lr_schedule} learning-rate "
