@@ -247,6 +247,20 @@ def test_a_prior_being_trained_is_said_to_be_training_not_stopped_or_absent(
     assert ("is incomplete" in str(after)) if settings_written else after is None
 
 
+def test_a_demo_holding_its_folder_is_said_to_train_the_prior_once_the_prior_has_files(run_copy):
+    # The demo holds the lock through all its stages under its own name, "demo".
+    with held_by_another_process(run_copy, "demo") as holder:
+        row = run_row(run_copy)  # its VQ-VAE's epochs are done, and no prior file exists yet
+        assert "(training)" not in row[COLUMNS.index("epochs")]
+        assert "(training)" not in row[COLUMNS.index("prior bits/code")]
+        assert incomplete_prior(run_copy) is None
+        (run_copy / runfiles.PRIOR_CONFIG).write_text("{}")  # its prior stage has begun
+        expected = f"being trained in '{run_copy}' right now (demo, process {holder.pid})"
+        assert expected in str(incomplete_prior(run_copy))
+        assert run_row(run_copy)[COLUMNS.index("prior bits/code")] == "(training)"
+    assert "is incomplete" in str(incomplete_prior(run_copy))  # once the demo is gone
+
+
 def test_a_process_does_not_see_its_own_lock_as_another_writer(tmp_path):
     with RunLock() as lock:
         lock.acquire(tmp_path, "demo")

@@ -349,7 +349,10 @@ def incomplete_prior(run_dir: str | Path) -> str | None:
     # A prior being trained has no weights until its first epoch ends (and a prior it replaces
     # is set aside meanwhile): say so, not that it stopped or that there is none.
     writer = writer_of(run_dir)
-    if writer is not None and writer.startswith("train-prior"):
+    # The demo holds its folder through every stage; it is training the prior once one of the
+    # prior's files exists (its folder starts with none).
+    in_demo = writer is not None and writer.startswith("demo,") and (config or weights or state)
+    if writer is not None and (writer.startswith("train-prior") or in_demo):
         return (
             f"A prior is being trained in '{run_dir}' right now ({writer}); it can be sampled "
             "once its first epoch ends."

@@ -136,8 +136,14 @@ def run_row(run_dir: Path) -> list[str]:
     if top.epochs_done != top.epochs_planned:
         epochs += f"/{top.epochs_planned}"
     writer = writer_of(run_dir) or ""
-    if writer.startswith("train,"):  # being trained now; a prior's training marks its column
+    # Being trained now (the demo holds the folder through all its stages: its VQ-VAE until
+    # the epochs are done); a prior's training marks its own column.
+    demo = writer.startswith("demo,")
+    if writer.startswith("train,") or (demo and top.epochs_done != top.epochs_planned):
         epochs += " (training)"
+    prior_training = writer.startswith("train-prior") or (
+        demo and incomplete_prior(run_dir) is not None
+    )
     codes = MISSING if top.codes_used is None else f"{top.codes_used}/{top.num_codes}"
     mse = MISSING if top.test_mse is None else f"{top.test_mse:.4f}"
     if top.test_mse is not None and runfiles.WEIGHTS in info.notes:  # the numbers outlived them
@@ -149,7 +155,7 @@ def run_row(run_dir: Path) -> list[str]:
         epochs,
         mse,
         codes,
-        prior_cell(top, run_dir, training=writer.startswith("train-prior")),
+        prior_cell(top, run_dir, training=prior_training),
         report,
     ]
 
