@@ -412,3 +412,10 @@ def test_scores_without_sample_images_say_how_to_make_them(full_run, tmp_path):
     assert main(["sample", str(run), "--strategy", "random", "--n", "4", "--out", str(figure)]) == 0
     html = render_report(load_run_info(run))
     assert "No sample images yet" not in html and "samples: uniformly random codes" in html
+    # Without a prior of the current weights the prior's command would be refused: the note
+    # offers the random panel's and says to train a prior first.
+    figure.unlink()
+    (run / runfiles.PRIOR_WEIGHTS).unlink()
+    html = render_report(load_run_info(run))
+    assert f"vqkit sample {run} --strategy random --n 64 --out" in html
+    assert "--strategy prior" not in html and f"(vqkit train-prior {run})" in html

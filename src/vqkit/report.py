@@ -22,7 +22,7 @@ from vqkit.config import flat_settings
 from vqkit.data import OWN_DATASET
 from vqkit.environment import changed_quantizer_code
 from vqkit.fileio import parse_json, write_bytes_atomic
-from vqkit.prior import incomplete_prior
+from vqkit.prior import has_prior, incomplete_prior
 from vqkit.provenance import EARLIER_WEIGHTS
 from vqkit.quantize import perplexity
 from vqkit.report_html import Section, cards, esc, fmt, image, note, page, table, table_html
@@ -332,15 +332,7 @@ def _samples(info: RunInfo) -> Section | None:
             tiles.append(f"<div>{picture}{_score_line(info, row_name, prefix)}</div>")
     body = f'<div class="grid">{"".join(tiles)}</div>' if tiles else ""
     if not tiles and info.scores is not None:  # scored, but no panels to look at
-        figure = info.run_dir / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES["samples_prior"]
-        # The demo trains the named datasets only (it reads no data folder).
-        demo = "" if info.scores.get("dataset") == OWN_DATASET else "; vqkit demo writes them all"
-        body += note(
-            f"No sample images yet: vqkit sample {info.run_dir} --strategy prior --n 64 --out "
-            f"{figure} adds the prior's panel (random and used likewise, as "
-            f"{runfiles.FIGURE_NAMES['samples_random']} and "
-            f"{runfiles.FIGURE_NAMES['samples_used']}){demo}."
-        )
+        body += note(_how_to_make_samples(info))
     if _used_draws_like_random(info):
         body += note(
             "The used and random rows score alike because every code is in use: drawing "
@@ -379,6 +371,29 @@ def _used_draws_like_random(info: RunInfo) -> bool:
     if usage is None or info.code_usage_stale or not {"used", "random"} <= set(rows):
         return False
     return all(count > 0 for count in usage["counts"])
+
+
+def _how_to_make_samples(info: RunInfo) -> str:
+    """The commands that add sample panels to a run scored without any: the prior's when the
+    run has a prior of its current weights, else the random one's and how to get a prior."""
+    run, figures, names = info.run_dir, info.run_dir / runfiles.FIGURES_DIR, runfiles.FIGURE_NAMES
+    # The demo trains the named datasets only (it reads no data folder).
+    demo = (
+        "" if (info.scores or {}).get("dataset") == OWN_DATASET else "; vqkit demo writes them all"
+    )
+    if has_prior(run) and not info.prior_stale and incomplete_prior(run) is None:
+        return (
+            f"No sample images yet: vqkit sample {run} --strategy prior --n 64 --out "
+            f"{figures / names['samples_prior']} adds the prior's panel (random and used "
+            f"likewise, as {names['samples_random']} and {names['samples_used']}){demo}."
+        )
+    train_prior = f"vqkit train-prior {run}" + (" --restart" if has_prior(run) else "")
+    return (
+        f"No sample images yet: vqkit sample {run} --strategy random --n 64 --out "
+        f"{figures / names['samples_random']} adds the random panel (used likewise, as "
+        f"{names['samples_used']}); the prior's panel needs a prior of the current weights "
+        f"first ({train_prior}){demo}."
+    )
 
 
 def _scores_table(scores: dict[str, Any]) -> str:
