@@ -494,6 +494,38 @@ def test_a_new_prior_failing_before_its_first_save_leaves_the_old_one(
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".replaced")]
 
 
+@pytest.mark.parametrize("periodic", [False, True], ids=["stop-save", "periodic-save-too"])
+def test_a_new_prior_stopped_in_its_first_epoch_gives_the_old_one_back(
+    finished_prior, tmp_path, monkeypatch, capsys, periodic
+):
+    # Ctrl-C saves a resumable state, and --checkpoint-every 1 saves one at every step, but the
+    # new prior has no weights yet: it is dropped and the finished prior stays the run's, byte
+    # for byte (the session log only gained the stopped session's line).
+    run_dir = copy_run(finished_prior, tmp_path)
+    before = folder_bytes(run_dir)
+    log_before = before.pop(runfiles.ENVIRONMENT)
+    real, steps = prior_loop.prior_loss, []
+
+    def ctrl_c_at_step_2(prior, codes, labels):
+        steps.append(1)
+        if len(steps) == 2:
+            press_ctrl_c()
+        return real(prior, codes, labels)
+
+    monkeypatch.setattr(prior_loop, "prior_loss", ctrl_c_at_step_2)
+    argv = ["train-prior", str(run_dir), *TINY_FLAGS[:4], "--layers", "3", "--epochs", "1"]
+    argv += ["--checkpoint-every", "1"] if periodic else []
+    assert main([*argv, "--quiet", "--device", "cpu"]) == 128 + signal.SIGINT
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "vqkit: interrupted; the new prior had not finished its first epoch, so the earlier "
+        f"prior is kept as it was (vqkit train-prior {run_dir} --restart trains a new one)"
+    )
+    after = folder_bytes(run_dir)
+    assert after.pop(runfiles.ENVIRONMENT).startswith(log_before)
+    assert after == before
+
+
 def test_a_new_prior_stopped_after_its_first_save_stays_the_runs_prior(
     finished_prior, tmp_path, monkeypatch
 ):

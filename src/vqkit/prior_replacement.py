@@ -1,10 +1,15 @@
-"""A new prior replaces a run's old one only once it has saved a state of its own.
+"""A new prior replaces a run's old one only once it has weights of its own.
 
 ``vqkit train-prior RUN`` on a run that already has a prior trains a new one. Deleting the old
-files first would lose a finished prior to any failure before the new one's first save (a
-non-finite loss in the first epoch, a full disk, Ctrl-C during the code extraction). So the
-old files are moved aside under a suffix, put back if the new training stops before it has
-saved a resumable state, and deleted once it has.
+files first would lose a finished prior to any failure before the new one can be sampled (a
+non-finite loss in the first epoch, a full disk, Ctrl-C). So the old files are moved aside
+under a suffix; when the new training stops before the end of its first epoch (its first
+weights), whatever it wrote is removed and the old files go back; after that they are deleted.
+
+A process killed outright (SIGKILL, power loss) runs no clean-up: the next ``train-prior``
+(or ``settle_interrupted_replacement``) finishes it, by the files it finds. The old prior comes
+back when the new one had saved no resumable state yet; a new one that had (``--checkpoint-every``
+inside its first epoch) stands, and can be resumed.
 """
 
 from __future__ import annotations
@@ -68,10 +73,15 @@ def _put_back(moved: list[tuple[Path, Path]]) -> None:
         _move(aside, original)
 
 
+def _new_prior_has_weights(run_dir: str | Path) -> bool:
+    return run_path(run_dir, runfiles.PRIOR_WEIGHTS).exists()  # the old ones are set aside
+
+
 @contextlib.contextmanager
 def old_prior_set_aside(run_dir: str | Path) -> Iterator[None]:
-    """Inside: the run's prior files are out of the way. After: the new prior's files if it
-    saved a state, else (it raised before its first save) the old prior's, as they were."""
+    """Inside: the run's prior files are out of the way. After: the new prior's files once it
+    has weights, else (it raised before its first epoch ended) the old prior's, as they were;
+    a TrainingInterrupted raised through it then says so instead of how to resume."""
     moved: list[tuple[Path, Path]] = []
     try:
         for name in PRIOR_FILE_NAMES:
@@ -84,10 +94,17 @@ def old_prior_set_aside(run_dir: str | Path) -> Iterator[None]:
         raise
     try:
         yield
-    except BaseException:
-        if not train_state.exists(run_dir, train_state.PRIOR_FILES):
+    except BaseException as exc:
+        if moved and not _new_prior_has_weights(run_dir):
+            for name in PRIOR_FILE_NAMES:  # all the new prior's: every old file was moved aside
+                run_path(run_dir, name).unlink(missing_ok=True)
             _put_back(moved)
             moved = []
+            if hasattr(exc, "resume_command"):  # a stop (Ctrl-C, SIGTERM) that saved a state
+                exc.outcome = (
+                    "the new prior had not finished its first epoch, so the earlier prior is "
+                    f"kept as it was (vqkit train-prior {run_dir} --restart trains a new one)"
+                )
         raise
     finally:
         for _, aside in moved:

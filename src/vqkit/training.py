@@ -82,6 +82,9 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.run_dir = run_dir
         self.resume_command = files.resume_command(run_dir)
         self.signal_number = int(signal_number)
+        # What became of the run instead, when its saved state was given up (a replacement
+        # prior stopped in its first epoch: the earlier prior is back); None: it can resume.
+        self.outcome: str | None = None
         super().__init__(f"training interrupted; continue with: {self.resume_command}")
 
 

@@ -131,11 +131,8 @@ def report_interrupted(stop: TrainingInterrupted) -> int:
     """Ctrl-C or SIGTERM stopped a run after saving: say how to continue it (the first process
     of a torchrun job alone); exit status 128 + the signal's number (130, 143), as the shell's."""
     if distributed_rank_is_main():
-        print(
-            f"vqkit: {stopped_by(stop.signal_number)}; the run is saved, continue it with: "
-            f"{stop.resume_command}",
-            file=sys.stderr,
-        )
+        outcome = stop.outcome or f"the run is saved, continue it with: {stop.resume_command}"
+        print(f"vqkit: {stopped_by(stop.signal_number)}; {outcome}", file=sys.stderr)
     return 128 + stop.signal_number
 
 
