@@ -11,6 +11,7 @@ from safetensors.torch import save as save_safetensors
 
 from vqkit import runfiles, train_state, training
 from vqkit.checkpoint import load_config, read_tensors_and_metadata
+from vqkit.cli import main
 from vqkit.config import preset_config
 from vqkit.data import load_split
 from vqkit.environment import read_records
@@ -104,6 +105,26 @@ def test_a_resume_with_other_learning_settings_is_refused_before_training(run_co
     with pytest.raises(VqkitError, match=refusal):
         train(config, run_copy, device="cpu", progress=False, resume=True)
     assert (run_copy / "metrics.jsonl").read_bytes() == before
+
+
+def test_a_config_json_edited_after_the_state_was_saved_is_refused_on_resume(run_copy, capsys):
+    # The state's own rate would win over an edited one, which config.json would then record
+    # as used; other edits would go on training a run neither file describes.
+    path = run_copy / runfiles.CONFIG
+    original = path.read_bytes()
+    data = json.loads(original)
+    data["train"]["lr"], data["model"]["quantizer"]["beta"] = 0.5, 0.9
+    path.write_text(json.dumps(data))
+    edited = path.read_bytes()
+    state = (run_copy / runfiles.TRAIN_STATE).read_bytes()
+    argv = ["train", "--resume", str(run_copy), "--epochs", "3", "--quiet", "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "was saved with other settings than its config.json holds now" in err, err
+    assert "model.quantizer.beta is 0.25 there, 0.9 here; train.lr is 0.003 there, 0.5" in err
+    assert path.read_bytes() == edited and (run_copy / runfiles.TRAIN_STATE).read_bytes() == state
+    path.write_bytes(original)  # put back: the resume goes on
+    assert main(argv) == 0
 
 
 def test_a_state_stopped_past_its_epochs_last_step_is_refused_as_damage(run_copy):

@@ -113,14 +113,28 @@ def prepare_run_dir(
     return path
 
 
+# The key of the run's settings (RunConfig.to_dict()) among a VQ-VAE state's own counters.
+STATE_CONFIG_KEY = "config"
 # The training settings a resume may change; everything else must be the stored run's.
 RESUME_FIELDS = ("epochs", "checkpoint_every", "skip_nonfinite", "cuda_graph", "data_dir")
 
 
 def require_resumable_settings(run_dir: Path, config: RunConfig) -> None:
     """Refuse to resume ``run_dir`` with settings other than its stored ones (apart from
-    RESUME_FIELDS): the run would go on learning something else under its old name."""
+    RESUME_FIELDS): the run would go on learning something else under its old name. The
+    settings its resumable state was saved with count too (config.json may have been edited
+    since: an edited rate would be recorded but never used, the state's own rate winning)."""
     allowed = {f"train.{name}" for name in RESUME_FIELDS}
+    saved = train_state.peek(run_dir)[1].get(STATE_CONFIG_KEY)  # None: saved before vqkit kept it
+    if isinstance(saved, dict):
+        edited = settings_differences(saved, load_config(run_dir).to_dict(), allowed)
+        if edited:
+            raise VqkitError(
+                f"The run in '{run_dir}' was saved with other settings than its "
+                f"{runfiles.CONFIG} holds now ({'; '.join(edited[:3])}: 'there' is the saved "
+                f"state, 'here' {runfiles.CONFIG}); put the edited values back, or train a new "
+                "run."
+            )
     differ = settings_differences(load_config(run_dir).to_dict(), config.to_dict(), allowed)
     if differ:
         changeable = ", ".join(RESUME_FIELDS)

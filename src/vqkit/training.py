@@ -49,6 +49,7 @@ from vqkit.images import save_comparison
 from vqkit.metrics import evaluate_reconstruction
 from vqkit.model import VQVAE
 from vqkit.run_folder import (
+    STATE_CONFIG_KEY,
     checked_config,
     prepare_run_dir,
     record_data_folder,
@@ -241,7 +242,8 @@ class _Run:
         resume: bool,
         lock: RunLock,
     ) -> None:
-        settings = self.settings = config.train
+        self.config, settings = config, config.train
+        self.settings = settings
         self.context, self.device = context, device
         require_compile_toolchain(settings, device)
         require_cuda_graph_support(settings, device, context)
@@ -479,6 +481,7 @@ class _Run:
                 order_state,
                 loss_sum,
                 self.scheduler,
+                extra={STATE_CONFIG_KEY: self.config.to_dict()},  # what a resume must match
             )
         distributed.barrier(self.context)
 
