@@ -26,6 +26,12 @@ CONFIG_VERSION = 1
 
 # Choices of the speed settings in TrainConfig (implemented in vqkit.acceleration).
 PRECISIONS = ("fp32", "bf16", "auto")
+# Bounds far above any sensible model of 28×28 images (the paper: 2 residual blocks, width 256),
+# below sizes that only a typo asks for: a model of 10^5 blocks takes minutes merely to build,
+# and a width of 10^5 fills 10 GiB per feature map of a batch, so the kernel kills the process
+# without a word (the parameter count alone is checked against memory when training starts).
+MAX_RESIDUAL_BLOCKS = 100
+MAX_WIDTH = 4096
 LR_SCHEDULES = ("constant", "onecycle", "cosine")
 # torch.compile modes; reduce-overhead replays CUDA graphs, which removes the per-step launch
 # cost that bounds this small model on a GPU (no effect on a CPU).
@@ -133,7 +139,9 @@ class QuantizerConfig:
             self.num_embeddings >= 2, "The codebook needs at least 2 codes (--num-embeddings)."
         )
         _require(
-            self.embedding_dim >= 1, "The embedding dimension must be at least 1 (--embedding-dim)."
+            1 <= self.embedding_dim <= MAX_WIDTH,
+            f"The embedding dimension must be 1 to {MAX_WIDTH} (--embedding-dim), not "
+            f"{self.embedding_dim}.",
         )
         _require(
             math.isfinite(self.beta) and self.beta >= 0,
@@ -254,10 +262,14 @@ class ModelConfig:
             f"The model's image_size must be {IMAGE_SIZE}, not {self.image_size}: vqkit's "
             f"images are {IMAGE_SIZE}×{IMAGE_SIZE}.",
         )
-        _require(self.hidden_dim >= 1, "The hidden width must be at least 1 (--hidden-dim).")
         _require(
-            self.residual_blocks >= 0,
-            "The number of residual blocks cannot be negative (--residual-blocks).",
+            1 <= self.hidden_dim <= MAX_WIDTH,
+            f"The hidden width must be 1 to {MAX_WIDTH} (--hidden-dim), not {self.hidden_dim}.",
+        )
+        _require(
+            0 <= self.residual_blocks <= MAX_RESIDUAL_BLOCKS,
+            f"The number of residual blocks must be 0 to {MAX_RESIDUAL_BLOCKS} "
+            f"(--residual-blocks), not {self.residual_blocks}.",
         )
 
     @property

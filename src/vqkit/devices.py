@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections.abc import Callable
+
 import torch
+from torch import nn
 
 from vqkit.errors import VqkitError
+
+# Bytes a trained parameter holds at least: fp32 weight, its gradient and Adam's two moments.
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """The device's whole memory (the machine's RAM for the CPU); None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None
+
+
+def require_trainable_size(
+    build: Callable[[], nn.Module], device: torch.device, what: str, flags: str
+) -> None:
+    """Refuse, before anything is allocated, a model whose weights, gradients and Adam moments
+    alone exceed the device's memory: on the CPU the kernel would kill the process without a
+    word. ``build`` makes the model; it runs on the meta device, which allocates nothing."""
+    with torch.device("meta"):
+        model = build()
+    count = sum(t.numel() for t in itertools.chain(model.parameters(), model.buffers()))
+    need, have = count * TRAINING_BYTES_PER_PARAMETER, memory_bytes(device)
+    if have is not None and need > have:
+        raise VqkitError(
+            f"The {what} would have {count:,} parameters, and training them needs at least "
+            f"{need / 2**30:,.1f} GiB ({TRAINING_BYTES_PER_PARAMETER} bytes each), more than the "
+            f"{have / 2**30:,.1f} GiB of this {device.type.upper()}'s memory; choose a smaller "
+            f"{flags}."
+        )
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

@@ -9,6 +9,7 @@ makes the same decisions as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from vqkit import runfiles, train_state
 from vqkit.acceleration import autocast, resolve_precision
 from vqkit.checkpoint import PRIOR_LEARNED_FROM, run_path, save_weights
+from vqkit.devices import require_trainable_size
 from vqkit.distributed import Context
 from vqkit.errors import VqkitError
 from vqkit.fileio import append_jsonl
@@ -127,8 +129,10 @@ class PriorLoop:
         self.codes, self.labels = codes.to(device), labels.to(device)
         self.metrics_path = run_path(run_dir, runfiles.PRIOR_METRICS)
         files = self.files = train_state.PRIOR_FILES
+        build = functools.partial(PixelCNNPrior, settings)
+        require_trainable_size(build, device, "prior", "--channels or --layers")
         torch.manual_seed(settings.seed)
-        self.prior = PixelCNNPrior(settings).to(device, memory_format=torch.channels_last)
+        self.prior = build().to(device, memory_format=torch.channels_last)
         self.precision = resolve_precision(settings.precision, device)
         # Fused: one kernel per tensor, and its step counters live on the device, so a step
         # never reads one back to the host (the unfused CPU path reads each tensor's counter).

@@ -41,7 +41,7 @@ from vqkit.cuda_graph import (
     require_cuda_graph_support,
 )
 from vqkit.data import OWN_DATASET, Split, load_split
-from vqkit.devices import resolve_device
+from vqkit.devices import require_trainable_size, resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import append_jsonl, write_bytes_atomic
 from vqkit.guards import NonFiniteGuard, StopRequest
@@ -260,6 +260,12 @@ class _Run:
         self.test_images = limit(test_split, settings.test_limit)
         # The model is built before the run folder exists, so that a quantizer of one's own
         # that breaks the contract leaves no folder behind. (prepare_run_dir draws no numbers.)
+        require_trainable_size(
+            lambda: VQVAE(config.model),
+            device,
+            "VQ-VAE",
+            "--hidden-dim, --num-embeddings, --embedding-dim or --residual-blocks",
+        )
         torch.manual_seed(settings.seed)
         self.model = VQVAE(config.model).to(device)
         self.run_dir = prepare_run_dir(config, run_dir, resume, context, device, lock)

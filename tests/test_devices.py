@@ -1,0 +1,65 @@
+"""A model too large to train is refused in one sentence before anything is allocated."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqkit import devices, runfiles
+from vqkit.cli import main
+from vqkit.config import preset_config
+from vqkit.devices import TRAINING_BYTES_PER_PARAMETER, require_trainable_size
+from vqkit.errors import VqkitError
+from vqkit.model import VQVAE
+
+
+def test_the_count_is_that_of_the_real_model(monkeypatch):
+    config = preset_config("default").model
+    real = VQVAE(config)
+    count = sum(t.numel() for t in [*real.parameters(), *real.buffers()])
+    need = count * TRAINING_BYTES_PER_PARAMETER
+    monkeypatch.setattr(devices, "memory_bytes", lambda device: need)
+    require_trainable_size(lambda: VQVAE(config), torch.device("cpu"), "VQ-VAE", "--x")
+    monkeypatch.setattr(devices, "memory_bytes", lambda device: need - 1)
+    with pytest.raises(VqkitError, match=f"would have {count:,} parameters"):
+        require_trainable_size(lambda: VQVAE(config), torch.device("cpu"), "VQ-VAE", "--x")
+
+
+def test_building_on_the_meta_device_draws_no_random_numbers():
+    # The check runs before training seeds its generator, and must not shift what it draws.
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    require_trainable_size(
+        lambda: VQVAE(preset_config("efficient").model), torch.device("cpu"), "VQ-VAE", "--x"
+    )
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_train_refuses_it_before_making_its_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(devices, "memory_bytes", lambda device: 2**20)  # a 1 MiB machine
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "efficient", "--epochs", "1", "--train-limit", "64"]
+    assert main([*argv, "--out", str(out), "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "The VQ-VAE would have" in err and "more than the 0.0 GiB of this CPU's memory" in err
+    assert "--hidden-dim, --num-embeddings" in err and not out.exists()
+
+
+def test_train_prior_refuses_it_before_writing_a_prior_file(
+    small_run, tmp_path, monkeypatch, capsys
+):
+    run = Path(shutil.copytree(small_run.run_dir, tmp_path / "run"))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    monkeypatch.setattr(devices, "memory_bytes", lambda device: 2**20)
+    assert main(["train-prior", str(run), "--epochs", "1", "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "The prior would have" in err and "choose a smaller --channels or --layers" in err
+    after = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert {name: after[name] for name in before} == before  # new: the code-grid cache only
+    assert (
+        not (run / runfiles.PRIOR_CONFIG).exists() and not (run / runfiles.PRIOR_WEIGHTS).exists()
+    )
