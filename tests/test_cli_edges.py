@@ -259,3 +259,10 @@ def test_json_nested_too_deeply_to_parse_is_damage_not_a_crash(run_copy, tmp_pat
     fails_cleanly(capsys, ["evaluate", run_copy], "is damaged or not JSON")
     assert main(["runs", str(tmp_path)]) == 0
     assert "run" in capsys.readouterr().out
+
+
+def test_codebook_refuses_a_file_in_its_folders_place_before_counting(run_copy, tmp_path, capsys):
+    taken = tmp_path / "figures"
+    taken.write_text("a file")
+    fails_cleanly(capsys, ["codebook", run_copy, "--out", taken], "a file of that name exists")
+    assert not (run_copy / runfiles.CODE_USAGE).exists()

@@ -64,11 +64,18 @@ def test_bad_files_are_refused(tmp_path):
     good = io.BytesIO()
     np.save(good, np.zeros((4, 7, 7), dtype=np.int64))
     (tmp_path / "cut.npy").write_bytes(good.getvalue()[:150])
+    # A header promising 10^12 grids over 800 bytes: np.load would first try to allocate them.
+    header = good.getvalue()[:128].replace(
+        b"(4, 7, 7), }" + b" " * 12, b"(1%s, 7, 7), }" % (b"0" * 12)
+    )
+    assert len(header) == 128
+    (tmp_path / "lying.npy").write_bytes(header + bytes(800))
     cases = {
         pickled: "pickled",
         tmp_path / "archive.npz": "not a .npy",
         tmp_path / "raw.pkl": "not a .npy",
         tmp_path / "cut.npy": "damaged",
+        tmp_path / "lying.npy": "damaged: its header promises 392,000,000,000,000 bytes of data",
         tmp_path / "missing.npy": "does not exist",
         tmp_path: "folder",
     }

@@ -60,12 +60,20 @@ def test_out_of_range_values_are_refused_with_a_sentence(section, field, value):
 def test_unknown_fields_and_versions_are_refused():
     data = preset_config("default").to_dict()
     data["train"]["epoch"] = 3
-    with pytest.raises(VqkitError, match="unknown fields: epoch"):
+    with pytest.raises(VqkitError, match="The 'train' section of the configuration has unknown"):
+        RunConfig.from_dict(data)
+    data = preset_config("default").to_dict()
+    data["colour"] = "blue"
+    with pytest.raises(VqkitError, match=r"^The configuration has unknown fields: colour\.$"):
         RunConfig.from_dict(data)
     data = preset_config("default").to_dict()
     data["version"] = 999
     with pytest.raises(VqkitError, match="incompatible"):
         RunConfig.from_dict(data)
+    for text in ("1", True):  # what a hand edit may leave: not the version number itself
+        data["version"] = text
+        with pytest.raises(VqkitError, match="'version' field must be the whole number 1, not"):
+            RunConfig.from_dict(data)
 
 
 def test_settings_differences_name_every_changed_key_but_the_allowed_ones():

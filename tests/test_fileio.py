@@ -70,3 +70,12 @@ def test_a_file_where_a_folder_should_be_is_named_in_one_sentence(tmp_path):
     (tmp_path / "runs").write_text("not a folder")
     with pytest.raises(VqkitError, match="Cannot use '.*runs' as a folder: a file of that name"):
         fileio.ensure_dir(tmp_path / "runs")
+    (tmp_path / "gone").symlink_to(tmp_path / "moved-away")
+    with pytest.raises(VqkitError, match="is a symbolic link to '.*moved-away', which does not"):
+        fileio.ensure_dir(tmp_path / "gone")
+
+
+def test_json_nested_too_deeply_is_a_decode_error_like_any_damage():
+    with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
+        fileio.parse_json("[" * 100_000)
+    assert fileio.parse_json(b'{"a": [1]}') == {"a": [1]}

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from vqkit import score
 from vqkit.classifier import ClassifierConfig, cache_name
 from vqkit.cli import main
 from vqkit.config import preset_config
@@ -329,3 +330,23 @@ def test_a_config_from_an_own_run_with_a_named_dataset_reads_the_named_one(tmp_p
                  "--out", str(mnist_run)]) == 0  # fmt: skip
     train_settings = json.loads((mnist_run / "config.json").read_text())["train"]
     assert train_settings["dataset"] == "mnist" and train_settings["data_dir"] is None
+
+
+def test_scoring_a_dataset_of_one_test_image_is_refused_before_the_classifier(
+    tmp_path, monkeypatch, capsys
+):
+    mnist = load_split("mnist", "train")
+    train, test = (mnist.images[:64], mnist.labels[:64]), (mnist.images[:1], mnist.labels[:1])
+    data = write_own_dataset(tmp_path / "data", train=train, test=test)
+    run = tmp_path / "run"
+    flags = ["--dataset", "idx", "--data-dir", str(data), "--preset", "efficient", "--quiet"]
+    assert main(["train", *flags, "--epochs", "1", "--batch-size", "32", "--out", str(run)]) == 0
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the classifier came first")
+
+    monkeypatch.setattr(score, "load_or_train_classifier", too_late)
+    capsys.readouterr()
+    assert main(["score", str(run), "--n", "10", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "this dataset's test split holds 1 image; it needs at least 2." in err

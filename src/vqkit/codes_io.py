@@ -6,8 +6,10 @@ back. Reading validates everything a damaged or foreign file could get wrong.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -37,6 +39,28 @@ def save_codes(codes: torch.Tensor | np.ndarray, path: str | Path) -> Path:
     return save_npy(array.astype(np.int64), path)
 
 
+def _require_data_the_header_promises(handle: BinaryIO, path: Path) -> None:
+    """Refuse a ``.npy`` file holding fewer or more bytes than its header's shape and type
+    promise (np.load would first allocate what a damaged header claims: terabytes, perhaps)."""
+    handle.seek(0)
+    version = np.lib.format.read_magic(handle)
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    if version not in readers:
+        return  # a newer format: np.load judges it
+    shape, _, dtype = readers[version](handle)
+    if dtype.hasobject:
+        return  # refused by np.load as pickled objects, whatever its size
+    promised, held = math.prod(shape) * dtype.itemsize, path.stat().st_size - handle.tell()
+    if promised != held:
+        raise VqkitError(
+            f"The codes file '{path}' is damaged: its header promises {promised:,} bytes of "
+            f"data, and it holds {held:,}."
+        )
+
+
 def load_codes(path: str | Path, num_codes: int, grid_size: int) -> torch.Tensor:
     """Validated code grids (N, h, w) int64 from ``.npy``; a single (h, w) grid becomes N=1."""
     path = Path(path)
@@ -45,6 +69,7 @@ def load_codes(path: str | Path, num_codes: int, grid_size: int) -> torch.Tensor
             # np.load would also accept .npz archives and (refused) pickles: check the magic.
             if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
                 raise VqkitError(f"The codes file '{path}' is not a .npy file.")
+            _require_data_the_header_promises(handle, path)
             handle.seek(0)
             array = np.load(handle, allow_pickle=False)
     except (FileNotFoundError, NotADirectoryError) as exc:  # no such file, or under a file

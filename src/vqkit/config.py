@@ -411,6 +411,11 @@ class RunConfig:
             f"writes version {CONFIG_VERSION} into every run's config.json).",
         )
         _require(
+            isinstance(version, int) and not isinstance(version, bool),
+            f"The configuration's 'version' field must be the whole number {CONFIG_VERSION}, "
+            f"not {_shown(version)}.",
+        )
+        _require(
             version == CONFIG_VERSION,
             f"This run was written by an incompatible vqkit (config version {version!r}, "
             f"this vqkit reads version {CONFIG_VERSION}).",
@@ -431,7 +436,8 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     )
     kinds = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(kinds))
-    _require(not unknown, f"The '{where}' configuration has unknown fields: {', '.join(unknown)}.")
+    section = "configuration" if where == "config" else f"'{where}' section of the configuration"
+    _require(not unknown, f"The {section} has unknown fields: {', '.join(unknown)}.")
     # Type first: a hand-edited file's 1.5 or "big" would otherwise fail deep inside torch, or
     # inside the range checks of __post_init__, with a Python error instead of a sentence.
     for name, value in data.items():

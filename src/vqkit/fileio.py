@@ -21,6 +21,11 @@ def ensure_dir(path: str | Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError as exc:
+        if path.is_symlink() and not path.exists():  # mkdir sees the link, not its target
+            raise VqkitError(
+                f"Cannot use '{path}' as a folder: it is a symbolic link to "
+                f"'{os.readlink(path)}', which does not exist."
+            ) from exc
         raise VqkitError(f"Cannot use '{path}' as a folder: a file of that name exists.") from exc
     except OSError as exc:
         raise VqkitError(f"Cannot create the folder '{path}': {exc.strerror}.") from exc

@@ -95,7 +95,10 @@ class PriorConfig:
         _require(self.num_classes >= 1, "The number of classes must be at least 1.")
         _require(self.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
         _require(self.batch_size >= 1, "The batch size must be at least 1 (--batch-size).")
-        _require(math.isfinite(self.lr) and self.lr > 0, "The learning rate must be > 0 (--lr).")
+        _require(
+            math.isfinite(self.lr) and self.lr > 0,
+            "The learning rate must be a finite number > 0 (--lr).",
+        )
         _require(
             math.isfinite(self.weight_decay) and self.weight_decay >= 0,
             "The prior's weight decay must be a finite number >= 0.",

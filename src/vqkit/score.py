@@ -47,6 +47,7 @@ from vqkit.prior import (
     load_prior_config,
     require_prior_fits_the_model,
 )
+from vqkit.wording import counted
 
 # Strategies scored when available, in table order; the prior adds conditional rows itself.
 STRATEGY_ORDER = ("random", "used", "prior")
@@ -153,6 +154,12 @@ def score_run(
             "Scores need a classifier of the dataset's classes, and this dataset's labels "
             "hold only one class."
         )
+    test = load_split(dataset, "test", data_dir)
+    if len(test) < 2:  # a covariance of the real images' features needs two of them
+        raise VqkitError(
+            f"Scores compare samples with the test images, and this dataset's test split holds "
+            f"{counted(len(test), 'image')}; it needs at least 2."
+        )
     if classifier_config is None:
         classifier_config = ClassifierConfig(dataset=dataset, num_classes=classes)
     else:
@@ -170,7 +177,6 @@ def score_run(
     classifier, _ = load_or_train_classifier(
         classifier_config, device=target, data_dir=data_dir, log=log
     )
-    test = load_split(dataset, "test", data_dir)
     reference, rows = _real_rows(
         model, classifier, test, load_split(dataset, "train", data_dir), n, seed
     )

@@ -10,6 +10,7 @@ from vqkit.codebook_view import CODEMAP_IMAGES, MAX_CODEMAP_IMAGES, write_codebo
 from vqkit.data import load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
+from vqkit.fileio import ensure_dir
 from vqkit.provenance import stamp
 from vqkit.usage import code_usage
 
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.strip():  # Path("") is the current folder, which nobody asked for
         raise VqkitError("--out needs a folder for the figures; it is empty.")
     config = load_config(args.run_dir)
+    ensure_dir(args.out)  # a file in its place is refused before minutes of counting codes
     model = load_model(args.run_dir, device=resolve_device(args.device))
     counts = code_usage(args.run_dir, model, data_dir=args.data_dir)
     test = load_split(config.train.dataset, "test", config.train.data_folder(args.data_dir))

@@ -29,6 +29,7 @@ from vqkit.config import (
     PRESETS,
     QUANTIZERS,
     RunConfig,
+    TrainConfig,
     preset_config,
 )
 from vqkit.data import DATASETS
@@ -155,7 +156,7 @@ def register(subparsers) -> None:
             positive_int,
             "images per step over all processes (default: the preset's)",
         ),
-        ("--lr", float, "Adam learning rate"),
+        ("--lr", float, "Adam learning rate (with --lr-schedule: the peak rate)"),
         ("--seed", seed, "seeds the weights, the data order and the codebook (default 0)"),
         ("--eval-batch-size", positive_int, "images per batch when evaluating (default 1000)"),
         ("--train-limit", positive_int, "train on the first N images only"),
@@ -193,7 +194,11 @@ def register(subparsers) -> None:
         help="capture each whole training step once as a CUDA graph and replay it (GPU only)",
     )
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="per-step LR schedule")
-    group.add_argument("--warmup-fraction", type=float, help="share of steps warming up")
+    group.add_argument(
+        "--warmup-fraction",
+        type=float,
+        help=f"share of steps warming up to --lr (default {TrainConfig().warmup_fraction})",
+    )
     add_reliability_flags(group)
     group = parser.add_argument_group("model")
     group.add_argument("--hidden-dim", type=int, help="convolution width")

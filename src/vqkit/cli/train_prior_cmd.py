@@ -170,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
         return report_interrupted(stop)
     if args.resume and not result.epochs_trained:
         say_prior_was_finished(args.run_dir, settings, len(result.history))
-    for record in result.history:
+    trained_now = result.history[len(result.history) - result.epochs_trained :]
+    for record in trained_now:  # earlier sessions' epochs are in prior_metrics.jsonl
         print(
             f"epoch {record['epoch']:>3}: train {record['train_bits_per_code']:.3f}, "
             f"test {record['test_bits_per_code']:.3f} bits/code "
