@@ -266,3 +266,7 @@ def test_codebook_refuses_a_file_in_its_folders_place_before_counting(run_copy, 
     taken.write_text("a file")
     fails_cleanly(capsys, ["codebook", run_copy, "--out", taken], "a file of that name exists")
     assert not (run_copy / runfiles.CODE_USAGE).exists()
+    # A refused command makes no folder either (a GPU that is not there).
+    fresh = tmp_path / "fresh"
+    fails_cleanly(capsys, ["codebook", run_copy, "--out", fresh, "--device", "cuda:99"], "GPU")
+    assert not fresh.exists()

@@ -39,6 +39,20 @@ def test_building_on_the_meta_device_draws_no_random_numbers():
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_a_model_that_cannot_be_built_on_the_meta_device_is_not_checked(monkeypatch):
+    # A quantizer of one's own may read a tensor's value in its constructor: meta tensors
+    # have none. The check is skipped then (training builds the model for real and goes on).
+    def reads_a_value() -> torch.nn.Module:
+        layer = torch.nn.Linear(2, 2)
+        float(layer.weight.sum())  # raises on the meta device
+        return layer
+
+    monkeypatch.setattr(devices, "memory_bytes", lambda device: 1)
+    require_trainable_size(reads_a_value, torch.device("cpu"), "VQ-VAE", "--x")
+    with pytest.raises(VqkitError, match="would have 6 parameters"):
+        require_trainable_size(lambda: torch.nn.Linear(2, 2), torch.device("cpu"), "VQ-VAE", "--x")
+
+
 def test_train_refuses_it_before_making_its_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(devices, "memory_bytes", lambda device: 2**20)  # a 1 MiB machine
     out = tmp_path / "run"

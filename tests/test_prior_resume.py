@@ -526,6 +526,26 @@ def test_a_new_prior_stopped_in_its_first_epoch_gives_the_old_one_back(
     assert after == before
 
 
+def test_a_new_prior_failing_after_a_periodic_save_says_the_old_one_is_kept(
+    finished_prior, tmp_path, monkeypatch, capsys
+):
+    # The guard's usual advice (resume the last good state) would resume the earlier prior:
+    # the new prior's state is removed with it, so the sentence says what happened instead.
+    run_dir = copy_run(finished_prior, tmp_path)
+    before = folder_bytes(run_dir)
+    before.pop(runfiles.ENVIRONMENT)
+    poison_steps(monkeypatch, {3})
+    argv = ["train-prior", str(run_dir), *TINY_FLAGS[:4], "--layers", "3", "--epochs", "1"]
+    assert main([*argv, "--checkpoint-every", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Training stopped at step 3 because its prior loss was not finite" in err, err
+    assert "the new prior had not finished its first epoch, so the earlier prior is kept" in err
+    assert "--resume" not in err and err.count("\n") == 0
+    after = folder_bytes(run_dir)
+    after.pop(runfiles.ENVIRONMENT)
+    assert after == before
+
+
 def test_a_new_prior_stopped_after_its_first_save_stays_the_runs_prior(
     finished_prior, tmp_path, monkeypatch
 ):
@@ -710,7 +730,7 @@ def test_a_replacement_killed_before_its_first_save_gives_the_old_prior_back(
     (run_dir / runfiles.PRIOR_CONFIG).write_text(json.dumps({**config, "layers": 3}))
     capsys.readouterr()
     err = prior_sample_error(run_dir, tmp_path, capsys)
-    assert "cut off before its first save" in err, err
+    assert "cut off before its first epoch ended" in err, err
     assert f"vqkit train-prior {run_dir} --resume" in err, err
     assert main(["train-prior", str(run_dir), "--resume", "--quiet", "--device", "cpu"]) == 0
     assert folder_bytes(run_dir) == before
@@ -723,6 +743,22 @@ def test_a_replacement_killed_while_setting_the_old_prior_aside_loses_nothing(
     before = folder_bytes(run_dir)
     set_aside(run_dir, prior_replacement.PRIOR_FILE_NAMES[:1])  # the state's tensors only
     assert main(["train-prior", str(run_dir), "--resume", "--quiet", "--device", "cpu"]) == 0
+    assert folder_bytes(run_dir) == before
+
+
+def test_a_replacement_killed_after_a_periodic_save_gives_the_old_prior_back(
+    finished_prior, tmp_path
+):
+    # Killed inside the new prior's first epoch after --checkpoint-every saved a state: it has
+    # no weights, so the earlier prior comes back (the new state and settings removed).
+    run_dir = copy_run(finished_prior, tmp_path)
+    before = folder_bytes(run_dir)
+    set_aside(run_dir, prior_replacement.PRIOR_FILE_NAMES)
+    new_files = (runfiles.PRIOR_CONFIG, *prior_replacement.PRIOR_FILE_NAMES[:2])  # config, state
+    for name in new_files:  # what the new prior had written
+        (run_dir / name).write_bytes(before[name][::-1])
+    assert "cut off before its first epoch ended" in str(incomplete_prior(run_dir))
+    prior_replacement.settle_interrupted_replacement(run_dir)
     assert folder_bytes(run_dir) == before
 
 

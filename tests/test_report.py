@@ -29,7 +29,7 @@ from report_helpers import (
     train_on,
 )
 
-from vqkit import runfiles
+from vqkit import prior_replacement, runfiles
 from vqkit.cli import main
 from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
@@ -415,7 +415,10 @@ def test_scores_without_sample_images_say_how_to_make_them(full_run, tmp_path):
     # Without a prior of the current weights the prior's command would be refused: the note
     # offers the random panel's and says to train a prior first.
     figure.unlink()
-    (run / runfiles.PRIOR_WEIGHTS).unlink()
+    (run / runfiles.PRIOR_WEIGHTS).unlink()  # an unfinished prior: only --restart replaces it
     html = render_report(load_run_info(run))
     assert f"vqkit sample {run} --strategy random --n 64 --out" in html
-    assert "--strategy prior" not in html and f"(vqkit train-prior {run})" in html
+    assert "--strategy prior" not in html and f"(vqkit train-prior {run} --restart)" in html
+    for name in prior_replacement.PRIOR_FILE_NAMES:  # no prior at all
+        (run / name).unlink(missing_ok=True)
+    assert f"(vqkit train-prior {run})" in render_report(load_run_info(run))

@@ -132,14 +132,18 @@ def test_a_state_stopped_past_its_epochs_last_step_is_refused_as_damage(run_copy
     state = run_copy / runfiles.TRAIN_STATE
     tensors, metadata = read_tensors_and_metadata(state, "state")
     info = json.loads(metadata[train_state.METADATA_KEY])
-    info["step"] = 99_999
-    state.write_bytes(save_safetensors(tensors, {train_state.METADATA_KEY: json.dumps(info)}))
-    kept = {name: (run_copy / name).read_bytes() for name in (runfiles.CONFIG, runfiles.METRICS)}
     config = load_config(run_copy)
     config.train.epochs += 1
+    steps = training.steps_per_epoch(config.train.train_limit, config.train.batch_size, 1)
+    info["step"] = steps  # one past the last step a mid-epoch state can stop at
+    state.write_bytes(save_safetensors(tensors, {train_state.METADATA_KEY: json.dumps(info)}))
+    kept = {name: (run_copy / name).read_bytes() for name in (runfiles.CONFIG, runfiles.METRICS)}
     with pytest.raises(VqkitError, match="is damaged or incomplete"):
         train(config, run_copy, device="cpu", progress=False, resume=True)
     assert {name: (run_copy / name).read_bytes() for name in kept} == kept
+    info["step"] = steps - 1  # the last step it can stop at: resumed
+    state.write_bytes(save_safetensors(tensors, {train_state.METADATA_KEY: json.dumps(info)}))
+    train(config, run_copy, device="cpu", progress=False, resume=True)
 
 
 def test_a_new_run_in_a_folder_left_by_a_start_that_never_saved_logs_only_its_own_session(

@@ -30,9 +30,14 @@ def require_trainable_size(
 ) -> None:
     """Refuse, before anything is allocated, a model whose weights, gradients and Adam moments
     alone exceed the device's memory: on the CPU the kernel would kill the process without a
-    word. ``build`` makes the model; it runs on the meta device, which allocates nothing."""
-    with torch.device("meta"):
-        model = build()
+    word. ``build`` makes the model; it runs on the meta device, which allocates nothing (a
+    quantizer of one's own that reads a tensor's value while it is built cannot run there: then
+    nothing is checked)."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except Exception:  # any failure only costs the check, never the training
+        return
     count = sum(t.numel() for t in itertools.chain(model.parameters(), model.buffers()))
     need, have = count * TRAINING_BYTES_PER_PARAMETER, memory_bytes(device)
     if have is not None and need > have:

@@ -9,6 +9,15 @@ class VqkitError(Exception):
     """
 
 
+class NonFiniteLoss(VqkitError):
+    """Training stopped at a non-finite loss; ``cause`` is the sentence's first part (which
+    step, which terms), before its advice on what to do."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
 class UnknownQuantizer(VqkitError):
     """A config names a quantizer no code here has registered (``name``): a run made with a
     quantizer of one's own, opened without the code that registers it."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vqkit import distributed
-from vqkit.errors import VqkitError
+from vqkit.errors import NonFiniteLoss, VqkitError
 from vqkit.train_state import VQVAE_FILES, StateFiles
 
 # How often (in steps) the processes of a multi-process job ask each other whether one of them
@@ -123,10 +123,11 @@ class NonFiniteGuard:
             advice = "nothing was saved, so start again with a lower --lr or --skip-nonfinite N"
         terms = term_names(bits, self.terms)
         verb = "were" if " and " in terms else "was"
-        return VqkitError(
+        cause = (
             f"Training stopped at step {step} because its {terms} {verb} not finite "
-            f"(NaN or infinity){already}; {advice}."
+            f"(NaN or infinity){already}"
         )
+        return NonFiniteLoss(f"{cause}; {advice}.", cause)
 
 
 class StopRequest:

@@ -344,8 +344,8 @@ def incomplete_prior(run_dir: str | Path) -> str | None:
     state = train_state.exists(run_dir, files)
     if interrupted_replacement(run_dir) and writer_of(run_dir) is None:
         return (
-            f"A new prior for '{run_dir}' was cut off before its first save, with the earlier "
-            f"prior set aside; put that back with vqkit train-prior {run_dir} --resume."
+            f"A new prior for '{run_dir}' was cut off before its first epoch ended, with the "
+            f"earlier prior set aside; put that back with vqkit train-prior {run_dir} --resume."
         )
     if config and weights:
         return None

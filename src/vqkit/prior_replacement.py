@@ -7,9 +7,8 @@ under a suffix; when the new training stops before the end of its first epoch (i
 weights), whatever it wrote is removed and the old files go back; after that they are deleted.
 
 A process killed outright (SIGKILL, power loss) runs no clean-up: the next ``train-prior``
-(or ``settle_interrupted_replacement``) finishes it, by the files it finds. The old prior comes
-back when the new one had saved no resumable state yet; a new one that had (``--checkpoint-every``
-inside its first epoch) stands, and can be resumed.
+(or ``settle_interrupted_replacement``) finishes it by the files it finds, to the same rule: the
+old prior comes back unless the new one had saved its weights and state.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from vqkit import runfiles, train_state
 from vqkit.checkpoint import run_path
-from vqkit.errors import VqkitError
+from vqkit.errors import NonFiniteLoss, VqkitError
 
 PRIOR_FILE_NAMES = (
     train_state.PRIOR_FILES.tensors,
@@ -38,20 +37,34 @@ def _aside(run_dir: str | Path, name: str) -> Path:
     return original.with_name(original.name + ASIDE_SUFFIX)
 
 
+def _new_prior_has_weights(run_dir: str | Path) -> bool:
+    return run_path(run_dir, runfiles.PRIOR_WEIGHTS).exists()  # the old ones are set aside
+
+
 def interrupted_replacement(run_dir: str | Path) -> bool:
     """Whether a replacement was killed outright (SIGKILL, power loss: no clean-up ran) before
-    the new prior's first save: old files still lie aside and no new state exists."""
+    the new prior had weights: old files still lie aside and the run holds no new state with
+    weights (the new prior saves both at the end of its first epoch; a killed move aside, which
+    moves the state first, has left no new state either)."""
     aside = any(_aside(run_dir, name).exists() for name in PRIOR_FILE_NAMES)
-    return aside and not train_state.exists(run_dir, train_state.PRIOR_FILES)
+    new_prior = train_state.exists(run_dir, train_state.PRIOR_FILES) and _new_prior_has_weights(
+        run_dir
+    )
+    return aside and not new_prior
 
 
 def settle_interrupted_replacement(run_dir: str | Path) -> None:
     """Finish what a replacement killed outright left behind; call it holding the run's lock.
-    The old prior's files go back in place when the new prior never saved a state (over what
-    the new one wrote), and are deleted when it did, as the clean-up would have done."""
+    The old prior's files go back in place when the new prior had no weights yet, and are
+    deleted when it had, as the clean-up would have done."""
     moved = [(run_path(run_dir, name), _aside(run_dir, name)) for name in PRIOR_FILE_NAMES]
     moved = [(original, aside) for original, aside in moved if aside.exists()]
     if interrupted_replacement(run_dir):
+        if train_state.exists(run_dir, train_state.PRIOR_FILES):
+            # A new state: the new prior had started, so every old file was aside and every
+            # prior file in place is the new one's (a kill during the moves leaves none).
+            for name in PRIOR_FILE_NAMES:
+                run_path(run_dir, name).unlink(missing_ok=True)
         _put_back(moved)
     else:
         for _, aside in moved:
@@ -73,10 +86,6 @@ def _put_back(moved: list[tuple[Path, Path]]) -> None:
         _move(aside, original)
 
 
-def _new_prior_has_weights(run_dir: str | Path) -> bool:
-    return run_path(run_dir, runfiles.PRIOR_WEIGHTS).exists()  # the old ones are set aside
-
-
 @contextlib.contextmanager
 def old_prior_set_aside(run_dir: str | Path) -> Iterator[None]:
     """Inside: the run's prior files are out of the way. After: the new prior's files once it
@@ -92,20 +101,31 @@ def old_prior_set_aside(run_dir: str | Path) -> Iterator[None]:
     except VqkitError:
         _put_back(moved)
         raise
+    # The old files are deleted only once the new prior stands; a clean-up cut short (a
+    # second Ctrl-C, a failed move) leaves them aside for settle_interrupted_replacement.
+    new_prior_stands = False
     try:
         yield
+        new_prior_stands = True
     except BaseException as exc:
-        if moved and not _new_prior_has_weights(run_dir):
-            for name in PRIOR_FILE_NAMES:  # all the new prior's: every old file was moved aside
-                run_path(run_dir, name).unlink(missing_ok=True)
-            _put_back(moved)
-            moved = []
-            if hasattr(exc, "resume_command"):  # a stop (Ctrl-C, SIGTERM) that saved a state
-                exc.outcome = (
-                    "the new prior had not finished its first epoch, so the earlier prior is "
-                    f"kept as it was (vqkit train-prior {run_dir} --restart trains a new one)"
-                )
+        if not moved or _new_prior_has_weights(run_dir):
+            new_prior_stands = True
+            raise
+        for name in PRIOR_FILE_NAMES:  # all the new prior's: every old file was moved aside
+            run_path(run_dir, name).unlink(missing_ok=True)
+        _put_back(moved)
+        kept = (
+            "the new prior had not finished its first epoch, so the earlier prior is kept as it was"
+        )
+        if isinstance(exc, NonFiniteLoss):  # its advice (resume the new state) no longer holds
+            raise VqkitError(
+                f"{exc.cause}; {kept}: start again with a lower --lr, or --skip-nonfinite N to "
+                "skip a few bad steps."
+            ) from exc
+        if hasattr(exc, "resume_command"):  # a stop (Ctrl-C, SIGTERM) that saved a state
+            exc.outcome = f"{kept} (vqkit train-prior {run_dir} --restart trains a new one)"
         raise
     finally:
-        for _, aside in moved:
-            aside.unlink(missing_ok=True)
+        if new_prior_stands:
+            for _, aside in moved:
+                aside.unlink(missing_ok=True)

@@ -387,7 +387,8 @@ def _how_to_make_samples(info: RunInfo) -> str:
             f"{figures / names['samples_prior']} adds the prior's panel (random and used "
             f"likewise, as {names['samples_random']} and {names['samples_used']}){demo}."
         )
-    train_prior = f"vqkit train-prior {run}" + (" --restart" if has_prior(run) else "")
+    any_prior = has_prior(run) or incomplete_prior(run) is not None  # --restart replaces it
+    train_prior = f"vqkit train-prior {run}" + (" --restart" if any_prior else "")
     return (
         f"No sample images yet: vqkit sample {run} --strategy random --n 64 --out "
         f"{figures / names['samples_random']} adds the random panel (used likewise, as "

@@ -136,13 +136,12 @@ def run_row(run_dir: Path) -> list[str]:
     if top.epochs_done != top.epochs_planned:
         epochs += f"/{top.epochs_planned}"
     writer = writer_of(run_dir) or ""
-    # Being trained now (the demo holds the folder through all its stages: its VQ-VAE until
-    # the epochs are done); a prior's training marks its own column.
-    demo = writer.startswith("demo,")
-    if writer.startswith("train,") or (demo and top.epochs_done != top.epochs_planned):
+    if writer.startswith("train,"):  # being trained now; a prior's training marks its column
         epochs += " (training)"
+    # The demo holds its folder under its own name from the end of its VQ-VAE's training on:
+    # a prior with files but no weights then is its prior being trained.
     prior_training = writer.startswith("train-prior") or (
-        demo and incomplete_prior(run_dir) is not None
+        writer.startswith("demo,") and incomplete_prior(run_dir) is not None
     )
     codes = MISSING if top.codes_used is None else f"{top.codes_used}/{top.num_codes}"
     mse = MISSING if top.test_mse is None else f"{top.test_mse:.4f}"

@@ -293,7 +293,6 @@ class _Run:
                 self.run_dir, self.model, self.optimizer, self.order_generator, self.scheduler
             )
             self.loss_sum = loss_sum.to(device)
-            train_state.require_step_in_epoch(self.run_dir, self.position.step, epoch_steps)
             if schedule_length(self.scheduler) != planned:
                 raise VqkitError(
                     f"The run in '{self.run_dir}' follows a {settings.lr_schedule} learning-rate "
@@ -307,6 +306,8 @@ class _Run:
                     f"The run in '{self.run_dir}' stopped mid-epoch with "
                     f"{self.position.world_size} processes; resume it with that many."
                 )
+            # Now with as many processes as saved it: their epoch's steps are these.
+            train_state.require_step_in_epoch(self.run_dir, self.position.step, epoch_steps)
             if settings.epochs < self.position.epochs_done:
                 raise VqkitError(
                     f"The run in '{self.run_dir}' has already trained "

@@ -248,11 +248,11 @@ def run_command(argv: list[str] | None) -> int:
         print(f"vqkit: error: {exc}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError, OSError) as exc:
-        message = (
-            out_of_memory_message(exc, args.command)
-            or distributed.lost_process_message(exc)
-            or symlink_loop_message(exc)
-        )
+        message = symlink_loop_message(exc)
+        if message is None and not isinstance(exc, OSError):  # the others are torch's errors
+            message = out_of_memory_message(exc, args.command) or distributed.lost_process_message(
+                exc
+            )
         if message is None:
             raise  # a bug, not a user's mistake: the traceback is what to report
         print(f"vqkit: error: {message}", file=sys.stderr)

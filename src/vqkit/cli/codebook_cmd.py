@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, whole_number_at_least
@@ -10,7 +11,6 @@ from vqkit.codebook_view import CODEMAP_IMAGES, MAX_CODEMAP_IMAGES, write_codebo
 from vqkit.data import load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
-from vqkit.fileio import ensure_dir
 from vqkit.provenance import stamp
 from vqkit.usage import code_usage
 
@@ -55,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.strip():  # Path("") is the current folder, which nobody asked for
         raise VqkitError("--out needs a folder for the figures; it is empty.")
     config = load_config(args.run_dir)
-    ensure_dir(args.out)  # a file in its place is refused before minutes of counting codes
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # refused before minutes of counting codes
+        raise VqkitError(f"Cannot use '{out}' as a folder: a file of that name exists.")
     model = load_model(args.run_dir, device=resolve_device(args.device))
     counts = code_usage(args.run_dir, model, data_dir=args.data_dir)
     test = load_split(config.train.dataset, "test", config.train.data_folder(args.data_dir))
