@@ -70,6 +70,12 @@ def test_unknown_fields_and_versions_are_refused():
     data["version"] = 999
     with pytest.raises(VqkitError, match="incompatible"):
         RunConfig.from_dict(data)
+    for section in ("model", "train"):
+        data = preset_config("default").to_dict()
+        del data[section]
+        with pytest.raises(VqkitError, match=f"^The configuration has no '{section}' section;"):
+            RunConfig.from_dict(data)
+    data = preset_config("default").to_dict()
     for text in ("1", True):  # what a hand edit may leave: not the version number itself
         data["version"] = text
         with pytest.raises(VqkitError, match="'version' field must be the whole number 1, not"):

@@ -420,6 +420,14 @@ class RunConfig:
             f"This run was written by an incompatible vqkit (config version {version!r}, "
             f"this vqkit reads version {CONFIG_VERSION}).",
         )
+        # vqkit writes every section; one missing was removed by hand, and its defaults would
+        # describe another model than the run's weights.
+        missing = [name for name in ("model", "train") if name not in data]
+        _require(
+            not missing,
+            f"The configuration has no '{missing[0] if missing else ''}' section; vqkit writes "
+            "every section into a run's config.json.",
+        )
         return _from_dict(cls, data, "config")
 
 
