@@ -44,7 +44,9 @@ count), from which --resume continues after a crash, a kill, Ctrl-C or SIGTERM (
 first); with --deterministic the resumed prior ends bitwise identical to an uninterrupted
 one. A NaN or infinite loss stops the run, keeping the last good state, unless --skip-nonfinite
 N allows skipping up to N such steps. Running train-prior again trains a new prior in place of
-a finished one; an unfinished one is only replaced with --restart.
+a finished one; an unfinished one is only replaced with --restart. The earlier prior stays until
+the new one has weights: stopped or failing in its first epoch, the new one is removed and the
+earlier one kept as it was.
 
 examples:
   vqkit train-prior runs/RUN
