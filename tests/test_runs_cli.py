@@ -18,7 +18,7 @@ from vqkit.cli import COMMAND_MODULES, build_parser, main
 from vqkit.images import save_png
 from vqkit.provenance import stamp
 from vqkit.runinfo import load_run_info
-from vqkit.runs import find_runs, format_table, run_row
+from vqkit.runs import find_runs, format_table, run_row, runs_table
 
 PLANNED_EXTRA = 3
 
@@ -226,3 +226,11 @@ def test_figures_are_not_called_stale_against_weights_that_cannot_be_read(small_
     assert "samples_random" in info.figures
     assert info.stale_figures == {}
     assert runfiles.WEIGHTS in info.notes
+
+
+def test_a_folder_name_with_a_line_break_keeps_the_table_one_row_per_run(small_run, tmp_path):
+    parent = tmp_path / "runs"
+    copy_run(small_run.run_dir, parent / "two\nlines")
+    copy_run(small_run.run_dir, parent / "plain")
+    assert sorted(run_row(run)[0] for run in find_runs(parent)) == ["'two\\nlines'", "plain"]
+    assert len(runs_table(parent).splitlines()) == 3  # the header and one line per run

@@ -122,16 +122,19 @@ def _listed_as_shown(head: str) -> list[str]:
 def run_row(run_dir: Path) -> list[str]:
     """One table row of text cells for a run folder (a damaged config gets a short mark)."""
     report = report_cell(run_dir)
+    # A folder name holding a line break or another control character would break the table:
+    # such a name is shown quoted, with its escapes.
+    name = run_dir.name if run_dir.name.isprintable() else repr(run_dir.name)
     try:
         info = load_run_info(run_dir)
         top = headline(info)
     except VqkitError as exc:
         blanks = [MISSING] * (len(COLUMNS) - 2)
         if isinstance(exc, QuantizerLoadError):
-            return [run_dir.name, f"(quantizer '{exc.name}' failed to load)", *blanks, report]
+            return [name, f"(quantizer '{exc.name}' failed to load)", *blanks, report]
         if isinstance(exc, UnknownQuantizer):  # a quantizer of one's own, not imported here
-            return [run_dir.name, f"(needs --plugin for '{exc.name}')", *blanks, report]
-        return [run_dir.name, "(unreadable config.json)", *blanks, report]
+            return [name, f"(needs --plugin for '{exc.name}')", *blanks, report]
+        return [name, "(unreadable config.json)", *blanks, report]
     epochs = str(top.epochs_done)
     if top.epochs_done != top.epochs_planned:
         epochs += f"/{top.epochs_planned}"
@@ -148,7 +151,7 @@ def run_row(run_dir: Path) -> list[str]:
     if top.test_mse is not None and runfiles.WEIGHTS in info.notes:  # the numbers outlived them
         mse += " (weights unreadable)"
     return [
-        run_dir.name,
+        name,
         top.dataset,
         top.preset,
         epochs,
