@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vqkit import prior as prior_module
 from vqkit import prior_training, runfiles, score
 from vqkit.checkpoint import load_model
 from vqkit.classifier import ClassifierConfig
@@ -318,3 +319,21 @@ def test_the_reports_prior_section_says_which_grids_it_measured(prior_run, capsy
     assert re.search(r"\d\.\d{3} \(conditional\)", capsys.readouterr().out)
     assert "the 1,000 test code grids under the prior (trained on 4,000 training grids)" in html
     assert "if anything, a baseline too hard to beat" in html
+
+
+def test_a_prior_saved_while_it_is_read_is_refused_not_misnamed(prior_run, tmp_path, monkeypatch):
+    # Samples name the prior they drew with by its file's digest: a train-prior saving between
+    # the digest and the load would lend them the newer prior's name.
+    run = Path(shutil.copytree(prior_run, tmp_path / "run"))
+    weights = run / runfiles.PRIOR_WEIGHTS
+    loaded = load_prior(run)
+    assert loaded.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    real = prior_module.load_weights_into
+
+    def load_while_a_training_saves(module, path, what):
+        real(module, path, what)
+        weights.write_bytes(weights.read_bytes() + b" ")  # another file by the time it ends
+
+    monkeypatch.setattr(prior_module, "load_weights_into", load_while_a_training_saves)
+    with pytest.raises(VqkitError, match="changed while it was read"):
+        load_prior(run)

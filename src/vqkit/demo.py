@@ -210,7 +210,10 @@ def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Pa
         _, images = sample_images(context, strategy, count, settings.seed)
         made_with = {"command": "demo", "strategy": strategy, "n": count, "seed": settings.seed}
         made_by = stamp(
-            context.run_dir, context.model, prior=strategy == "prior", made_with=made_with
+            context.run_dir,
+            context.model,
+            prior_sha256=context.prior_sha256 if strategy == "prior" else None,
+            made_with=made_with,
         )
         save_grid(images, figures / names[f"samples_{strategy}"], stamp=made_by)
     if settings.prior_conditional:
@@ -226,7 +229,12 @@ def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Pa
             torch.cat(rows),
             figures / names["samples_prior_conditional"],
             columns=classes,
-            stamp=stamp(context.run_dir, context.model, prior=True, made_with=made_with),
+            stamp=stamp(
+                context.run_dir,
+                context.model,
+                prior_sha256=context.prior_sha256,
+                made_with=made_with,
+            ),
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +36,8 @@ class SamplingContext:
     model: VQVAE
     run_dir: Path | None = None
     data_dir: Path | None = None  # where the dataset lives, for strategies that read it
+    # The SHA-256 of the prior weights file the 'prior' strategy last drew with (None before).
+    prior_sha256: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         # A compiled model (torch.compile) wraps the VQVAE; its config is the wrapped one's.

@@ -36,7 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqkit import arguments, runfiles, train_state
-from vqkit.checkpoint import load_config, load_weights_into, prior_is_stale, run_path
+from vqkit.checkpoint import (
+    load_config,
+    load_weights_into,
+    prior_digest,
+    prior_is_stale,
+    run_path,
+)
 from vqkit.config import (
     PRECISIONS,
     _from_dict,
@@ -184,6 +190,7 @@ class PixelCNNPrior(nn.Module):
     def __init__(self, config: PriorConfig) -> None:
         super().__init__()
         self.config = config
+        self.weights_sha256: str | None = None  # the weights file it was loaded from (load_prior)
         c = config.channels
         self.embedding = nn.Embedding(config.num_codes, c)
         self.layers = nn.ModuleList(GatedLayer(config, i == 0) for i in range(config.layers))
@@ -406,7 +413,16 @@ def load_prior(run_dir: str | Path, device: str | torch.device = "cpu") -> Pixel
             f"train a new one with vqkit train-prior {run_dir} --restart."
         )
     prior = PixelCNNPrior(settings)
+    # The file's digest names what was drawn from (figures, scores); read around the load, so
+    # a train-prior saving meanwhile cannot lend the samples its newer prior's name.
+    digest = prior_digest(run_dir)
     load_weights_into(prior, run_path(run_dir, runfiles.PRIOR_WEIGHTS), "prior weights file")
+    if prior_digest(run_dir) != digest:
+        raise VqkitError(
+            f"The prior in '{run_dir}' changed while it was read (a train-prior is saving it); "
+            "run the command again."
+        )
+    prior.weights_sha256 = digest
     return prior.to(device).eval()
 
 
@@ -429,6 +445,7 @@ def _prior_codes(
     if digit is not None:
         digit = arguments.whole_number(digit, "The class to sample (--digit)", 0)
     prior = load_prior(context.run_dir, context.device)
+    context.prior_sha256 = prior.weights_sha256
     config = prior.config
     if digit is not None and not config.conditional:
         raise VqkitError(

@@ -26,17 +26,17 @@ def stamp(
     run_dir: str | Path,
     model: torch.nn.Module,
     *,
-    prior: bool = False,
+    prior_sha256: str | None = None,
     made_with: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The text chunks for a figure that ``model``, the run's, made (with the run's prior, if
-    ``prior``); ``made_with`` adds the settings that, with those, decide its pixels (the seed
-    above all). The digest is of the model in hand, not of the file now: a training that saves
-    while the figure is drawn must not lend it the newer weights' name."""
+    """The text chunks for a figure that ``model``, the run's, made (with the prior whose
+    weights file has SHA-256 ``prior_sha256``: SamplingContext.prior_sha256 after drawing);
+    ``made_with`` adds the settings that, with those, decide its pixels (the seed above all).
+    The digests are of what was used, not of the files now: a training that saves while the
+    figure is drawn must not lend it the newer weights' name."""
     text = {WEIGHTS_KEY: state_digest(model)}
-    prior_sha = prior_digest(run_dir) if prior else None
-    if prior_sha is not None:
-        text[PRIOR_KEY] = prior_sha
+    if prior_sha256 is not None:
+        text[PRIOR_KEY] = prior_sha256
     if made_with is not None:
         text[MADE_WITH_KEY] = json.dumps(made_with, sort_keys=True)
     return text

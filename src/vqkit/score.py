@@ -202,7 +202,8 @@ def score_run(
         # Which weights the rows describe: a later train --resume or train-prior makes them
         # stale (runinfo compares these with the run's files).
         "weights_sha256": state_digest(model),  # the model scored, whatever the file is now
-        "prior_sha256": prior_digest(run_dir),
+        # The prior the rows drew with (the file's digest when no row drew from one).
+        "prior_sha256": context.prior_sha256 or prior_digest(run_dir),
     }
     prior_left_out = incomplete_prior(run_dir)
     if prior_left_out:  # said, so a half-trained prior is not mistaken for no prior at all

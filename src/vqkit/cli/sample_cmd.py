@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     )
     settings = {"command": "sample", "strategy": args.strategy, "n": args.n, "seed": args.seed}
     made_by = stamp(
-        args.run_dir, model, prior=args.strategy == "prior", made_with=settings | options
+        args.run_dir, model, prior_sha256=context.prior_sha256, made_with=settings | options
     )
     print(f"wrote {write_images(images, args.out, args.columns, made_by)}")
     if args.codes_out is not None:
