@@ -161,7 +161,15 @@ def test_classifier_is_trained_once_then_read_from_the_cache(classifier_cache, m
     with pytest.raises(AssertionError, match="cached"):  # other settings: not a cache hit
         load_or_train_classifier(ClassifierConfig(channels=(4, 8), features=8, epochs=1))
     with pytest.raises(AssertionError, match="cached"):  # same shapes, other training
-        load_or_train_classifier(dataclasses.replace(TINY_CLASSIFIER, seed=1))
+        load_or_train_classifier(dataclasses.replace(TINY_CLASSIFIER, seed=1), log=lines.append)
+    (classifier_cache / "mnist.json").write_text("{")  # damaged: trained again, saying why
+    with pytest.raises(AssertionError, match="cached"):
+        load_or_train_classifier(TINY_CLASSIFIER, log=lines.append)
+    assert [line.split("(")[1].split(";")[0] for line in lines] == [
+        "none is cached yet",
+        "the cached one has other settings",
+        "the cached one is damaged",
+    ]
 
 
 def test_classify_judges_images_in_evaluation_mode_whatever_mode_it_is_given():

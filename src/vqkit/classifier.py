@@ -199,16 +199,21 @@ def load_or_train_classifier(
     weights = folder / f"{name}.safetensors"
     meta_path = folder / f"{name}.json"
     classifier = Classifier(config)
+    why = "none is cached yet"
     if weights.exists() and meta_path.exists():
         try:
             meta = read_json(meta_path, "classifier description")
             if meta.get("config") == config.to_dict():
                 load_weights_into(classifier, weights, "classifier weights file")
                 return classifier.to(device).eval(), float(meta["test_accuracy"])
+            why = "the cached one has other settings"
         except (VqkitError, AttributeError, KeyError, TypeError, ValueError):
-            pass  # a damaged or foreign cache entry is replaced below
+            why = "the cached one is damaged"  # replaced below
     if log is not None:
-        log(f"training the {config.dataset} evaluation classifier (once; cached in {folder})")
+        log(
+            f"training the {config.dataset} evaluation classifier ({why}; it is cached in "
+            f"{folder} for next time)"
+        )
     classifier, test_accuracy = train_classifier(config, device, data_dir)
     ensure_dir(folder)
     save_weights(weights, classifier)
