@@ -71,7 +71,11 @@ def register(subparsers) -> None:
     )
     options.add_argument("--digit", type=int, help="class to sample (conditional strategies)")
     options.add_argument("--temperature", type=float, help="sampling temperature")
-    options.add_argument("--top-k", type=positive_int, help="sample among the k likeliest codes")
+    options.add_argument(
+        "--top-k",
+        type=positive_int,
+        help="sample among the k likeliest codes (k at least the codebook size: all of them)",
+    )
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
     add_device_flag(parser)
 
