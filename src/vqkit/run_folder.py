@@ -125,9 +125,10 @@ def require_resumable_settings(run_dir: Path, config: RunConfig) -> None:
     settings its resumable state was saved with count too (config.json may have been edited
     since: an edited rate would be recorded but never used, the state's own rate winning)."""
     allowed = {f"train.{name}" for name in RESUME_FIELDS}
+    stored = load_config(run_dir).to_dict()
     saved = train_state.peek(run_dir)[1].get(STATE_CONFIG_KEY)  # None: saved before vqkit kept it
     if isinstance(saved, dict):
-        edited = settings_differences(saved, load_config(run_dir).to_dict(), allowed)
+        edited = settings_differences(saved, stored, allowed)
         if edited:
             raise VqkitError(
                 f"The run in '{run_dir}' was saved with other settings than its "
@@ -135,7 +136,7 @@ def require_resumable_settings(run_dir: Path, config: RunConfig) -> None:
                 f"state, 'here' {runfiles.CONFIG}); put the edited values back, or train a new "
                 "run."
             )
-    differ = settings_differences(load_config(run_dir).to_dict(), config.to_dict(), allowed)
+    differ = settings_differences(stored, config.to_dict(), allowed)
     if differ:
         changeable = ", ".join(RESUME_FIELDS)
         raise VqkitError(

@@ -242,8 +242,8 @@ class _Run:
         resume: bool,
         lock: RunLock,
     ) -> None:
-        self.config, settings = config, config.train
-        self.settings = settings
+        self.config = config
+        settings = self.settings = config.train
         self.context, self.device = context, device
         require_compile_toolchain(settings, device)
         require_cuda_graph_support(settings, device, context)

@@ -53,9 +53,11 @@ def counts_match_weights(run_dir: str | Path, data: dict, digest: str | None = N
     return counted.exists() and counted.stat().st_mtime >= weights.stat().st_mtime
 
 
-def _cached_counts(run_dir: str | Path, model: VQVAE) -> torch.Tensor | None:
+def _cached_counts(
+    run_dir: str | Path, model: VQVAE, digest: str | None = None
+) -> torch.Tensor | None:
     """The cached counts when the file is well formed, fits the model and counted its weights
-    (not those before a --resume)."""
+    (SHA-256 ``digest``, the model's own when not given; not those before a --resume)."""
     path = run_path(run_dir, runfiles.CODE_USAGE)
     if not path.exists():
         return None
@@ -63,7 +65,8 @@ def _cached_counts(run_dir: str | Path, model: VQVAE) -> torch.Tensor | None:
         data = read_json(path, "code usage file")
     except VqkitError:
         return None  # a damaged cache is simply recomputed
-    if not isinstance(data, dict) or not counts_match_weights(run_dir, data, state_digest(model)):
+    digest = digest or state_digest(model)
+    if not isinstance(data, dict) or not counts_match_weights(run_dir, data, digest):
         return None
     counts, images = data.get("counts"), data.get("images")
     cells = model.config.grid_size**2
@@ -99,7 +102,8 @@ def code_usage(
     else:
         require_run_model(model, run_dir)
     path = run_path(run_dir, runfiles.CODE_USAGE)
-    cached = None if refresh else _cached_counts(run_dir, model)
+    digest = state_digest(model)  # of the weights counted, not the file: a training may save
+    cached = None if refresh else _cached_counts(run_dir, model, digest)
     if cached is not None:
         return cached
     data_dir = config.train.data_folder(data_dir)
@@ -112,8 +116,7 @@ def code_usage(
         "split": USAGE_SPLIT,
         "images": int(images.shape[0]),
         "counts": counts.tolist(),
-        # The weights counted, not the file now: a training may save meanwhile.
-        "weights_sha256": state_digest(model),
+        "weights_sha256": digest,
     }
     write_json_atomic(path, record)
     return counts
