@@ -315,6 +315,34 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(
     assert records[-1]["skipped_nonfinite_steps"] == 1
 
 
+def nan_after_epochs(monkeypatch, good_epochs: int) -> None:
+    """The test NLL is NaN after the first ``good_epochs`` epochs: weights gone non-finite while
+    every training loss stayed finite (the guard sees only the losses)."""
+    real, calls = prior_training.evaluate_nll, []
+
+    def evaluate(prior, data, batch_size):
+        calls.append(1)
+        return real(prior, data, batch_size) if len(calls) <= good_epochs else float("nan")
+
+    monkeypatch.setattr(prior_training, "evaluate_nll", evaluate)
+
+
+def test_a_non_finite_test_nll_stops_and_keeps_the_last_good_epoch(
+    coded_run, tmp_path, monkeypatch, capsys
+):
+    run_dir = copy_run(coded_run, tmp_path)
+    nan_after_epochs(monkeypatch, good_epochs=1)
+    code = main(["train-prior", str(run_dir), *TINY_FLAGS])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert "The prior's weights became non-finite in epoch 2 (test NLL nan" in err, err
+    # Epoch 1's weights, metrics line and state stand; the NaN epoch left nothing behind.
+    assert len(read_jsonl(run_dir / runfiles.PRIOR_METRICS)) == 1
+    assert state_counters(run_dir)["epochs_done"] == 1
+    weights = read_tensors(run_dir / runfiles.PRIOR_WEIGHTS, "weights")
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
 def test_skip_nonfinite_skips_bad_steps_without_updating(coded_run, tmp_path, monkeypatch, capsys):
     run_dir = copy_run(coded_run, tmp_path)
     seen = poison_steps(monkeypatch, {2, 5})
@@ -492,6 +520,21 @@ def test_a_new_prior_failing_before_its_first_save_leaves_the_old_one(
     assert main([*argv, "--quiet", "--device", "cpu"]) == 0
     assert json.loads((run_dir / runfiles.PRIOR_CONFIG).read_text())["layers"] == 3
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".replaced")]
+
+
+def test_a_new_prior_whose_first_test_nll_is_not_finite_leaves_the_old_one(
+    finished_prior, tmp_path, monkeypatch, capsys
+):
+    run_dir = copy_run(finished_prior, tmp_path)
+    before = folder_bytes(run_dir)
+    before.pop(runfiles.ENVIRONMENT)
+    nan_after_epochs(monkeypatch, good_epochs=0)
+    code = main(["train-prior", str(run_dir), *TINY_FLAGS[:4], "--layers", "3", "--epochs", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "became non-finite in epoch 1" in err and err.count("\n") == 0, err
+    after = folder_bytes(run_dir)
+    after.pop(runfiles.ENVIRONMENT)
+    assert after == before
 
 
 @pytest.mark.parametrize("periodic", [False, True], ids=["stop-save", "periodic-save-too"])

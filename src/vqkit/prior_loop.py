@@ -256,6 +256,12 @@ class PriorLoop:
         counters, cells = self.counters, self.settings.grid_size**2
         train_bits = float(self.loss_sum) / max(counters.images, 1) / math.log(2)
         test_bits = self.evaluate(self.prior)
+        if not math.isfinite(test_bits):  # every step's loss was finite, the weights not
+            raise VqkitError(
+                f"The prior's weights became non-finite in epoch {epoch} (test NLL {test_bits} "
+                "bits per code), so nothing of that epoch was saved; lower the learning rate "
+                "(--lr) and train again."
+            )
         record: dict[str, Any] = {
             "epoch": epoch,
             "train_bits_per_code": train_bits,
