@@ -112,6 +112,15 @@ def test_config_with_unknown_fields(run_copy, capsys):
     fails_cleanly(capsys, ["evaluate", str(run_copy)], "unknown fields: dropout")
 
 
+def test_a_bad_value_in_config_json_is_blamed_on_the_file(run_copy, capsys):
+    # The range check's sentence names the flag that sets the value; here the file holds it.
+    edit_config(run_copy, lambda d: d["model"]["quantizer"].update(beta=-1))
+    fails_cleanly(
+        capsys, ["evaluate", str(run_copy)],
+        f"'{run_copy / runfiles.CONFIG}' cannot be used: the commitment weight beta must be",
+    )  # fmt: skip
+
+
 def test_config_that_is_not_json(run_copy, capsys):
     (run_copy / runfiles.CONFIG).write_text("{not json")
     fails_cleanly(capsys, ["reconstruct", str(run_copy), "--out", "x.png"], "not JSON")

@@ -81,6 +81,15 @@ def load_config(run_dir: str | Path) -> RunConfig:
             "'vqkit --plugin FILE.py'), or install the package that offers it.",
             exc.name,
         ) from None
+    except VqkitError as exc:  # the sentence names a flag; say that the file holds the value
+        raise VqkitError(f"'{path}' cannot be used: {_as_clause(str(exc))}") from None
+
+
+def _as_clause(sentence: str) -> str:
+    """A sentence's first word in lower case ("The x ..." -> "the x ..."), acronyms kept."""
+    if len(sentence) > 1 and sentence[0].isupper() and sentence[1].islower():
+        return sentence[0].lower() + sentence[1:]
+    return sentence
 
 
 # Metadata of a prior's weights file: the SHA-256 of the VQ-VAE weights whose codes it learned,
