@@ -659,6 +659,26 @@ def test_a_prior_of_earlier_vqvae_weights_is_not_sampled(
     assert "Stale: this prior learned the codes of earlier VQ-VAE weights" in html
 
 
+def test_a_bad_value_in_prior_config_json_is_blamed_on_the_file_before_any_work(
+    finished_prior, tmp_path, capsys, monkeypatch
+):
+    run_dir = copy_run(finished_prior, tmp_path)
+    path = run_dir / runfiles.PRIOR_CONFIG
+    path.write_text(json.dumps({**json.loads(path.read_text()), "lr": -1}))
+    expected = f"'{path}' cannot be used: the learning rate must be a finite number > 0"
+    argv = ["sample", str(run_dir), "--strategy", "prior", "--n", "4"]
+    assert main([*argv, "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and err.count("\n") == 0, err
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the damaged prior settings should have been refused first")
+
+    monkeypatch.setattr(score, "load_or_train_classifier", too_late)
+    assert main(["score", str(run_dir), "--n", "4", "--device", "cpu"]) == 2
+    assert expected in capsys.readouterr().err
+
+
 def prior_sample_error(run_dir: Path, tmp_path: Path, capsys) -> str:
     argv = ["sample", str(run_dir), "--strategy", "prior", "--n", "4"]
     assert main([*argv, "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 2

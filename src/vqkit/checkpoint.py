@@ -18,7 +18,7 @@ from safetensors.torch import save as save_safetensors
 
 from vqkit import runfiles
 from vqkit.config import RunConfig
-from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
+from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError, refused_file
 from vqkit.fileio import (
     parse_json,
     read_json,
@@ -81,15 +81,8 @@ def load_config(run_dir: str | Path) -> RunConfig:
             "'vqkit --plugin FILE.py'), or install the package that offers it.",
             exc.name,
         ) from None
-    except VqkitError as exc:  # the sentence names a flag; say that the file holds the value
-        raise VqkitError(f"'{path}' cannot be used: {_as_clause(str(exc))}") from None
-
-
-def _as_clause(sentence: str) -> str:
-    """A sentence's first word in lower case ("The x ..." -> "the x ..."), acronyms kept."""
-    if len(sentence) > 1 and sentence[0].isupper() and sentence[1].islower():
-        return sentence[0].lower() + sentence[1:]
-    return sentence
+    except VqkitError as exc:
+        raise refused_file(path, exc) from None
 
 
 # Metadata of a prior's weights file: the SHA-256 of the VQ-VAE weights whose codes it learned,

@@ -29,3 +29,12 @@ class UnknownQuantizer(VqkitError):
 
 class QuantizerLoadError(UnknownQuantizer):
     """An installed package offers quantizer ``name``, but its code failed to import."""
+
+
+def refused_file(path: object, exc: VqkitError) -> VqkitError:
+    """The refusal of a setting read from the file ``path``: the check's sentence names the flag
+    that sets the value, so it is prefixed with the file that holds it."""
+    sentence = str(exc)
+    if len(sentence) > 1 and sentence[0].isupper() and sentence[1].islower():  # not "FSQ ..."
+        sentence = sentence[0].lower() + sentence[1:]
+    return VqkitError(f"'{path}' cannot be used: {sentence}")

@@ -50,7 +50,7 @@ from vqkit.config import (
     check_run_controls,
     require_typed_settings,
 )
-from vqkit.errors import VqkitError
+from vqkit.errors import VqkitError, refused_file
 from vqkit.fileio import read_json_object, write_json_atomic
 from vqkit.generate import SamplingContext, register_strategy
 from vqkit.prior_replacement import interrupted_replacement
@@ -328,7 +328,11 @@ def save_prior_config(run_dir: str | Path, config: PriorConfig) -> None:
 
 def load_prior_config(run_dir: str | Path) -> PriorConfig:
     path = run_path(run_dir, runfiles.PRIOR_CONFIG)
-    return PriorConfig.from_dict(read_json_object(path, "prior settings file"))
+    data = read_json_object(path, "prior settings file")
+    try:
+        return PriorConfig.from_dict(data)
+    except VqkitError as exc:
+        raise refused_file(path, exc) from None
 
 
 def has_prior(run_dir: str | Path) -> bool:

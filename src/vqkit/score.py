@@ -143,8 +143,9 @@ def score_run(
     seed = arguments.seed(seed)
     target = resolve_device(device)
     config = load_config(run_dir)
-    if has_prior(run_dir):  # a stale prior is refused now, not after minutes of other rows
+    if has_prior(run_dir):  # a stale or damaged prior is refused now, not after other rows
         require_prior_fits_the_model(run_dir)
+        load_prior_config(run_dir)
     dataset = config.train.dataset
     data_dir = config.train.data_folder(data_dir)
     model = load_model(run_dir, device=target)
