@@ -189,11 +189,12 @@ WRONG_ARGUMENTS = {
     ),
     "quantizer array": (
         lambda m, run: m.quantizer(np.zeros((2, 32, 7, 7))),
-        "takes latents as a torch tensor (B, 32, H, W), not a ndarray",
+        "takes latents as a torch tensor (B, 32, ...), not a ndarray",
     ),
     "quantizer channels": (
         lambda m, run: m.quantizer.quantize_codes(torch.zeros(2, 7, 7, 32)),
-        "takes latents (B, 32, H, W), channels first; these have shape (2, 7, 7, 32).",
+        "(B, 32, ...) with the 32 channels second ((B, 32, H, W) for images, (B, 32, T) for "
+        "sequences: x.transpose(1, 2) for (B, T, 32)); these have shape (2, 7, 7, 32).",
     ),
     "prior setting text": (lambda m, run: PriorConfig(epochs="3"), "'epochs' must be an integer"),
     "train setting float": (

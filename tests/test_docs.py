@@ -1,4 +1,4 @@
-"""The Python examples of docs/from-the-tutorial.md run as written (on a smaller training)."""
+"""The Python examples of the docs run as written (training made smaller)."""
 
 from __future__ import annotations
 
@@ -53,3 +53,17 @@ def test_every_top_level_name_the_readme_uses_exists():
     assert {"train", "preset_config", "sample_codes", "PriorConfig"} <= used
     assert sorted(used - set(vqkit.__all__)) == []
     assert all(hasattr(vqkit, name) for name in vqkit.__all__)
+
+
+def test_the_sequence_quantizer_example_of_the_codebook_guide_gives_what_it_says():
+    guide = DOC.parent / "codebook.md"
+    (block,) = [
+        b for b in re.findall(r"```python\n(.*?)```", guide.read_text(), re.S) if "(B, T, D)" in b
+    ]
+    scope: dict = {}
+    exec(block, scope)
+    h, h_q, codes, vectors = scope["h"], scope["h_q"], scope["codes"], scope["vectors"]
+    assert h_q.shape == h.shape == (8, 100, 64) and codes.shape == (8, 100)
+    assert int(codes.min()) >= 0 and int(codes.max()) < 512
+    assert torch.equal(vectors, scope["quantizer"].codebook[codes].transpose(1, 2))
+    assert scope["loss"].dim() == 0 and float(scope["loss"]) > 0

@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from vqkit.config import QuantizerConfig
-from vqkit.quantize import QuantizerOutput, latent_shape
+from vqkit.quantize import (
+    QuantizerOutput,
+    as_latents,
+    as_rows,
+    latent_shape,
+    require_code_tensor,
+    require_codes_in_range,
+)
 
 # Widens the tanh range a little so its open interval still rounds to the outermost values.
 BOUND_MARGIN = 1e-3
@@ -43,6 +50,22 @@ class FiniteScalarQuantizer(nn.Module):
     @property
     def num_codes(self) -> int:
         return math.prod(self.config.fsq_levels)
+
+    def extra_repr(self) -> str:
+        return f"levels={list(self.config.fsq_levels)}, dim={self.config.embedding_dim}"
+
+    def _project_in(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows (N, D) -> pre-bound channels (N, c), in the projection's dtype (latents of
+        another precision, outside autocast, would not multiply with its weights)."""
+        if isinstance(self.project_in, nn.Linear):
+            rows = rows.to(self.project_in.weight.dtype)
+        return self.project_in(rows)
+
+    def _project_out(self, values: torch.Tensor) -> torch.Tensor:
+        """Grid values (N, c) -> latents (N, D), in the projection's dtype."""
+        if isinstance(self.project_out, nn.Linear):
+            values = values.to(self.project_out.weight.dtype)
+        return self.project_out(values)
 
     def training_stats(self) -> dict[str, float | int]:
         return {}
@@ -91,31 +114,32 @@ class FiniteScalarQuantizer(nn.Module):
         return (digits - half_width).float() / half_width.float()
 
     def quantize_codes(self, z: torch.Tensor) -> torch.Tensor:
-        """Code grid (B, H, W) of latents z (B, D, H, W)."""
-        batch, dim, height, width = latent_shape(z, self.config.embedding_dim)
+        """Code grid (B, H, W) of latents z (B, D, H, W) (any (B, D, *S) -> (B, *S))."""
+        shape = latent_shape(z, self.config.embedding_dim)
         with torch.no_grad():
-            h = self.project_in(z.permute(0, 2, 3, 1).reshape(-1, dim))
-            return self.scalar_quantize(h)[1].view(batch, height, width)
+            codes = self.scalar_quantize(self._project_in(as_rows(z)))[1]
+            return codes.view(shape[0], *shape[2:])
 
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
-        """Latents of a code grid (B, H, W) -> (B, D, H, W): what the decoder saw in training.
+        """Latents of a code grid (B, H, W) -> (B, D, H, W) (any (B, *S) -> (B, D, *S)): what
+        the decoder saw in training.
 
-        Codes must lie in 0 .. num_codes - 1; others wrap to another code's latents unchecked
-        (checking would make a GPU wait): ``VQVAE.decode`` checks them first."""
-        batch, height, width = codes.shape
-        values = self.codes_to_values(codes.reshape(-1))
-        weight = next(self.parameters(), None)
-        if weight is not None:
-            values = values.to(weight.dtype)
-        latents = self.project_out(values)  # (N, D)
-        return latents.view(batch, height, width, -1).permute(0, 3, 1, 2)
+        Codes must lie in 0 .. num_codes - 1: checked for CPU tensors; on a GPU others wrap to
+        another code's latents (reading them would make it wait; ``VQVAE.decode`` checks once)."""
+        require_code_tensor(codes)
+        if codes.device.type == "cpu":
+            require_codes_in_range(codes, self.num_codes)
+        latents = self._project_out(self.codes_to_values(codes.reshape(-1)))  # (N, D)
+        return latents.view(*codes.shape, latents.shape[1]).movedim(-1, 1)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        batch, dim, height, width = latent_shape(z, self.config.embedding_dim)
-        h = self.project_in(z.permute(0, 2, 3, 1).reshape(-1, dim))  # (N, c)
-        values, codes = self.scalar_quantize(h)
-        quantized = self.project_out(values).view(batch, height, width, -1).permute(0, 3, 1, 2)
+        """Quantize latents z (B, D, H, W) (or (B, D, *S)) onto the grid. The gradient reaches
+        z through the bounding tanh and the projections (straight-through only across the
+        rounding), so it is not the identity a VQ's straight-through copy gives."""
+        shape = latent_shape(z, self.config.embedding_dim)
+        values, codes = self.scalar_quantize(self._project_in(as_rows(z)))  # (N, c), (N,)
+        quantized = as_latents(self._project_out(values), shape)
         # index_add_ rather than bincount: CUDA bincount reads max() back to the host.
         counts = codes.new_zeros(self.num_codes).index_add_(0, codes, torch.ones_like(codes))
-        loss = torch.zeros((), device=z.device, dtype=z.dtype)
-        return QuantizerOutput(quantized, codes.view(batch, height, width), loss, counts)
+        loss = torch.zeros((), device=z.device, dtype=quantized.dtype)
+        return QuantizerOutput(quantized, codes.view(shape[0], *shape[2:]), loss, counts)

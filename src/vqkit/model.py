@@ -12,7 +12,7 @@ from torch import nn
 from vqkit.config import ModelConfig, checked_model_config
 from vqkit.errors import VqkitError
 from vqkit.fast_conv import ConvTranspose2d
-from vqkit.quantize import QuantizerOutput, build_quantizer
+from vqkit.quantize import QuantizerOutput, build_quantizer, require_codes_in_range
 
 
 class ResidualBlock(nn.Module):
@@ -198,13 +198,7 @@ class VQVAE(nn.Module):
                 f"Code grids must have the shape (B, {grid}, {grid}) for this model; these have "
                 f"{tuple(codes.shape)}."
             )
-        if codes.numel():  # FSQ would wrap an out-of-range code silently; VQ would IndexError
-            low, high = int(codes.min()), int(codes.max())
-            if low < 0 or high >= self.num_codes:
-                raise VqkitError(
-                    f"Codes must lie in 0 to {self.num_codes - 1} for this model's codebook; "
-                    f"these range from {low} to {high}."
-                )
+        require_codes_in_range(codes, self.num_codes)  # once here, also for codes on a GPU
         device = next(self.parameters()).device
         return self.decoder(self.quantizer.codes_to_latents(codes.to(device, torch.long)))
 

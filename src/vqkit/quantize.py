@@ -1,8 +1,9 @@
 """Vector quantization: snap each encoder output vector to its nearest codebook entry.
 
 The quantizer contract, shared by every variant: ``forward(z)`` takes continuous latents
-``(B, D, H, W)`` and returns a :class:`QuantizerOutput` with the straight-through quantized
-latents, the integer code grid ``(B, H, W)``, the training loss and per-code usage counts;
+``(B, D, H, W)`` (the built-in ones any ``(B, D, *S)``: sequences ``(B, D, T)``, vectors
+``(B, D)``) and returns a :class:`QuantizerOutput` with the straight-through quantized latents,
+the integer code grid ``(B, H, W)`` (``(B, *S)``), the training loss and per-code usage counts;
 ``quantize_codes`` maps latents to integer grids without side effects, ``codes_to_latents`` maps
 integer grids back to latent vectors, ``num_codes`` is the number of distinct codes and
 ``training_stats()`` returns counters (restarts, ...) that training logs once per epoch;
@@ -17,6 +18,7 @@ quantization, no codebook); :func:`register_quantizer` adds one of your own unde
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +34,8 @@ DISTANCE_CHUNK_ELEMENTS = 1 << 22
 
 @dataclass
 class QuantizerOutput:
+    """What a quantizer's forward returns, for latents z (B, D, H, W) (or (B, D, *S))."""
+
     quantized: torch.Tensor  # (B, D, H, W) float, straight-through: gradient flows to z
     codes: torch.Tensor  # (B, H, W) int64 code indices
     # () float: codebook loss + beta * commitment loss; beta * commitment alone with EMA
@@ -40,21 +44,62 @@ class QuantizerOutput:
     code_counts: torch.Tensor  # (K,) int64: how often each code was chosen in this batch
 
 
-def latent_shape(z: torch.Tensor, dim: int) -> tuple[int, int, int, int]:
-    """(B, D, H, W) of latents ``z`` for a quantizer of ``dim`` dimensions, or one sentence: a
-    quantizer used on its own would otherwise fail deep inside a matrix product."""
+def latent_shape(z: torch.Tensor, dim: int) -> torch.Size:
+    """The shape (B, D, *S) of latents ``z`` for a quantizer of ``dim`` dimensions, or one
+    sentence: a quantizer used on its own would otherwise fail deep inside a matrix product.
+
+    S is any number of positions, each quantized on its own: (H, W) for images (the VQ-VAE),
+    (T,) for sequences, none for a batch of plain vectors (B, D).
+    """
     if not isinstance(z, torch.Tensor):
         raise VqkitError(
-            f"The quantizer takes latents as a torch tensor (B, {dim}, H, W), not a "
+            f"The quantizer takes latents as a torch tensor (B, {dim}, ...), not a "
             f"{type(z).__name__}."
         )
-    if z.dim() != 4 or z.shape[1] != dim:
+    if z.dim() < 2 or z.shape[1] != dim:
         raise VqkitError(
-            f"The quantizer takes latents (B, {dim}, H, W), channels first; these have shape "
-            f"{tuple(z.shape)}."
+            f"The quantizer takes latents (B, {dim}, ...) with the {dim} channels second "
+            f"((B, {dim}, H, W) for images, (B, {dim}, T) for sequences: x.transpose(1, 2) for "
+            f"(B, T, {dim})); these have shape {tuple(z.shape)}."
         )
-    batch, _, height, width = z.shape
-    return batch, dim, height, width
+    return z.shape
+
+
+def as_rows(z: torch.Tensor) -> torch.Tensor:
+    """Latents (B, D, *S) -> one row per position (N, D), N = B·∏S, in (B, *S) order."""
+    return z.movedim(1, -1).reshape(-1, z.shape[1])
+
+
+def as_latents(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Rows (N, D') back to latents (B, D', *S) of a latent ``shape`` (B, D, *S)."""
+    return rows.view(shape[0], *shape[2:], rows.shape[1]).movedim(-1, 1)
+
+
+def positions_per_item(shape: torch.Size) -> int:
+    """Rows one batch item contributes (H·W for images): shards and restarts sample by item."""
+    return math.prod(shape[2:])
+
+
+def require_codes_in_range(codes: torch.Tensor, num_codes: int) -> None:
+    """Refuse codes outside 0 .. num_codes - 1 with one sentence (one read of min and max, so a
+    GPU caller checks once, before its loop, not per step)."""
+    if codes.numel():  # FSQ would wrap an out-of-range code silently; VQ would IndexError
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= num_codes:
+            raise VqkitError(
+                f"Codes must lie in 0 to {num_codes - 1} for this model's codebook; these range "
+                f"from {low} to {high}."
+            )
+
+
+def require_code_tensor(codes: torch.Tensor) -> None:
+    """Refuse code indices that are not an integer tensor of at least one dimension (B, *S)."""
+    if not isinstance(codes, torch.Tensor):
+        raise VqkitError(f"Codes must be a torch tensor (B, ...), not a {type(codes).__name__}.")
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise VqkitError(f"Codes must be integers, not {codes.dtype}.")
+    if codes.dim() == 0:
+        raise VqkitError("Codes must have a batch dimension (B, ...); this is a single number.")
 
 
 @torch.no_grad()

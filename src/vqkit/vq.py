@@ -23,7 +23,17 @@ from torch import nn
 
 from vqkit import codebook_health as health
 from vqkit.config import QuantizerConfig
-from vqkit.quantize import QuantizerOutput, latent_shape, nearest_codes
+from vqkit.errors import VqkitError
+from vqkit.quantize import (
+    QuantizerOutput,
+    as_latents,
+    as_rows,
+    latent_shape,
+    nearest_codes,
+    positions_per_item,
+    require_code_tensor,
+    require_codes_in_range,
+)
 from vqkit.rotation import GRADIENT_ESTIMATORS
 
 # Cluster size given to a freshly initialised or restarted code: it stands for the one vector it
@@ -36,6 +46,11 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, config: QuantizerConfig) -> None:
         super().__init__()
+        if config.quantizer == "fsq":  # build_quantizer picks the class a config names
+            raise VqkitError(
+                "This config asks for FSQ (quantizer 'fsq'); build it with "
+                "vqkit.quantize.build_quantizer(config) or FiniteScalarQuantizer(config)."
+            )
         self.config = config
         num, dim = config.num_embeddings, config.embedding_dim
         self.ema = config.codebook_update == "ema"
@@ -63,43 +78,59 @@ class VectorQuantizer(nn.Module):
     def num_codes(self) -> int:
         return self.config.num_embeddings
 
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"num_codes={c.num_embeddings}, dim={c.embedding_dim}, beta={c.beta}, "
+            f"update={c.codebook_update!r}, estimator={c.gradient_estimator!r}"
+        )
+
     def training_stats(self) -> dict[str, float | int]:
         """Counters kept across steps, logged once per epoch: restarts so far."""
         restarts = int(self.restart_count) if self.config.dead_code_restart > 0 else 0
         return {"codebook_restarts": restarts}
 
     def quantize_codes(self, z: torch.Tensor) -> torch.Tensor:
-        """Code grid (B, H, W) of latents z (B, D, H, W), without loss, gradient or updates."""
-        batch, dim, height, width = latent_shape(z, self.config.embedding_dim)
-        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, dim)
-        return nearest_codes(flat, self.codebook).view(batch, height, width)
+        """Code grid (B, H, W) of latents z (B, D, H, W) (any (B, D, *S) -> (B, *S)), without
+        loss, gradient or updates."""
+        shape = latent_shape(z, self.config.embedding_dim)
+        return nearest_codes(as_rows(z.detach()), self.codebook).view(shape[0], *shape[2:])
 
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codebook vectors of an integer grid: (B, H, W) -> (B, D, H, W). Codes must lie in
-        0 .. num_codes - 1, unchecked here (checking would make a GPU wait): ``VQVAE.decode``
-        checks them first."""
-        return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
+        """Codebook vectors of integer codes: (B, H, W) -> (B, D, H, W) (any (B, *S) ->
+        (B, D, *S)). Codes must lie in 0 .. num_codes - 1: checked for CPU tensors, not for
+        GPU ones (reading them would make the GPU wait; ``VQVAE.decode`` checks once)."""
+        require_code_tensor(codes)
+        if codes.device.type == "cpu":
+            require_codes_in_range(codes, self.num_codes)
+        return F.embedding(codes, self.codebook).movedim(-1, 1)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        batch, dim, height, width = latent_shape(z, self.config.embedding_dim)
-        flat = z.permute(0, 2, 3, 1).reshape(-1, dim)  # (N, D), N = B·H·W
-        if self.training and self.needs_initialization():
-            self._kmeans_init(flat, height * width)
+        """Quantize latents z (B, D, H, W) (or (B, D, *S)): nearest codes, straight-through
+        latents, the codebook + β·commitment loss (β·commitment alone with EMA updates), and
+        in training mode the codebook's statistics (EMA, restarts, k-means init)."""
+        shape = latent_shape(z, self.config.embedding_dim)
+        flat = as_rows(z)  # (N, D), N = B·H·W
+        per_item = positions_per_item(shape)
+        # An empty batch has nothing to learn from; an empty shard of a multi-process batch
+        # still joins the others' collectives (they learn from their rows).
+        learns = self.training and (flat.shape[0] > 0 or health.distributed())
+        if learns and self.needs_initialization():
+            self._kmeans_init(flat, per_item)
         codes = nearest_codes(flat, self.codebook)  # (N,)
         chosen = F.embedding(codes, self.codebook)  # (N, D): a lookup, not a one-hot matmul
         # The commitment loss keeps the encoder close to its codes; with the loss update, the
         # codebook loss moves codes toward encoder outputs. Each term stops the gradient on its
         # other side. (With EMA the codebook is a buffer and needs no loss.)
-        loss = self.config.beta * F.mse_loss(flat, chosen.detach())
+        loss = self.config.beta * _mean_squared(flat, chosen.detach())
         if not self.ema:
-            loss = loss + F.mse_loss(chosen, flat.detach())
-        quantized = self.estimator(flat, chosen)  # forward: chosen; backward: onto flat
-        quantized = quantized.view(batch, height, width, dim).permute(0, 3, 1, 2)
+            loss = loss + _mean_squared(chosen, flat.detach())
+        quantized = as_latents(self.estimator(flat, chosen), shape)  # forward: chosen
         # index_add_ rather than bincount: CUDA bincount reads max() back to the host.
         counts = codes.new_zeros(self.num_codes).index_add_(0, codes, torch.ones_like(codes))
-        if self.training:
-            self._update_statistics(flat, codes, counts, height * width)
-        return QuantizerOutput(quantized, codes.view(batch, height, width), loss, counts)
+        if learns:
+            self._update_statistics(flat, codes, counts, per_item)
+        return QuantizerOutput(quantized, codes.view(shape[0], *shape[2:]), loss, counts)
 
     @torch.no_grad()
     def initialize(self, z: torch.Tensor) -> None:
@@ -107,9 +138,9 @@ class VectorQuantizer(nn.Module):
         training forward would do it; compiled training calls this eagerly first, so that no
         compiled graph traces the data-dependent k-means."""
         if self.needs_initialization():
-            latent_shape(z, self.config.embedding_dim)
-            flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-            self._kmeans_init(flat, z.shape[2] * z.shape[3])
+            shape = latent_shape(z, self.config.embedding_dim)
+            if z.numel() or health.distributed():
+                self._kmeans_init(as_rows(z), positions_per_item(shape))
 
     def needs_initialization(self) -> bool:
         """Whether the k-means init is still to come (read from the device at most once)."""
@@ -204,3 +235,9 @@ class VectorQuantizer(nn.Module):
             self.ema_embed_sum.copy_(torch.where(rows, fresh_sums, self.ema_embed_sum))
         self.steps_since_used.masked_fill_(dead, 0)
         self.restart_count += dead.sum()
+
+
+def _mean_squared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mean((a - b)²) as a () tensor; 0 (still in the graph) for an empty batch, where
+    F.mse_loss gives NaN."""
+    return F.mse_loss(a, b) if a.numel() else (a - b).sum()
