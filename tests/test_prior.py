@@ -210,6 +210,35 @@ def test_bad_sampling_settings_are_refused():
         sample_prior(tiny_prior(True), 2, torch.Generator())
 
 
+@pytest.mark.parametrize(
+    "n,labels,message",
+    [
+        (2, [0, 1, 2], r"shape \(2,\), one per grid; these have \(3,\)"),
+        (2, [1, 20], "lie in 0 to 2 for this prior's 3 classes; these range from 1 to 20"),
+        (2, [-1, 0], "range from -1 to 0"),
+        (2, [0.5, 1.0], "whole numbers, not torch.float32"),
+        (2, "ab", "must be 2 whole numbers, not str"),
+        ("3", None, r"number of grids to sample \(n\) must be a whole number"),
+        (-1, None, "at least 0"),
+    ],
+)
+def test_bad_sampler_arguments_from_python_are_one_sentence(n, labels, message):
+    prior = tiny_prior(True)  # 3 classes
+    labels = labels if labels is not None else [0] * 2
+    with pytest.raises(VqkitError, match=message):
+        sample_prior(prior, n, torch.Generator(), labels=labels)
+
+
+def test_labels_as_a_list_and_zero_grids_are_taken():
+    prior = tiny_prior(True)
+    as_list = sample_prior(prior, 3, torch.Generator().manual_seed(1), labels=[0, 2, 1])
+    as_tensor = sample_prior(prior, 3, torch.Generator().manual_seed(1), torch.tensor([0, 2, 1]))
+    assert torch.equal(as_list, as_tensor)
+    assert sample_prior(prior, 0, torch.Generator(), labels=[]).shape == (0, GRID, GRID)
+    with pytest.raises(VqkitError, match="generator must be a Generator"):
+        sample_prior(prior, 1, 0, labels=[0])
+
+
 def test_config_rejects_bad_values_and_round_trips():
     config = PriorConfig(num_codes=16, channels=4, conditional=True)
     assert PriorConfig.from_dict(config.to_dict()) == config

@@ -214,7 +214,8 @@ class PixelCNNPrior(nn.Module):
             return [(None, None)] * self.config.layers
         if labels is None:
             raise VqkitError("This prior is conditional; it needs a class label per sample.")
-        bias = self.label_bias(labels).view(labels.shape[0], self.config.layers, 2, -1, 1, 1)
+        per_gate = 2 * self.config.channels
+        bias = self.label_bias(labels).view(len(labels), self.config.layers, 2, per_gate, 1, 1)
         return [(bias[:, i, 0], bias[:, i, 1]) for i in range(self.config.layers)]
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -300,17 +301,23 @@ def sample_prior(
     sample costs the vertical stack over H(H-1)/2 rows and the horizontal stack over
     H·W(W+1)/2 positions, instead of H·W full-grid passes.
     """
+    n = arguments.whole_number(n, "The number of grids to sample (n)", 0)
+    arguments.instance(generator, torch.Generator, "generator", "torch.Generator()")
     temperature = arguments.real_number(temperature, "The temperature (--temperature)")
     if not math.isfinite(temperature) or temperature <= 0:
         raise VqkitError("The temperature must be a finite number > 0 (--temperature).")
     if top_k is not None:
         top_k = arguments.whole_number(top_k, "The top-k cut (--top-k)", 1)
-    was_training = prior.training
-    prior.eval()
     size = prior.config.grid_size
     device = prior.embedding.weight.device
     codes = torch.zeros(n, size, size, dtype=torch.long, device=device)
-    conditions = prior.conditions(None if labels is None else labels.to(device))
+    if labels is not None and prior.label_bias is not None:  # an unconditional prior refuses any
+        labels = _labels(prior, labels, n, device)
+    conditions = prior.conditions(labels)
+    if n == 0:
+        return codes
+    was_training = prior.training
+    prior.eval()
     for r in range(size):
         context = prior.vertical_context(codes[:, :r], conditions)
         for c in range(size):
@@ -320,6 +327,31 @@ def sample_prior(
             )
     prior.train(was_training)
     return codes
+
+
+def _labels(prior: PixelCNNPrior, labels: Any, n: int, device: torch.device) -> torch.Tensor:
+    """A conditional prior's labels as (n,) int64 on ``device``, or one sentence."""
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise VqkitError(
+            f"The labels must be {n} whole numbers, not {type(labels).__name__}."
+        ) from None
+    kind_wrong = labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool
+    if kind_wrong and labels.numel():  # an empty list becomes a float tensor
+        raise VqkitError(f"The labels must be whole numbers, not {labels.dtype}.")
+    if tuple(labels.shape) != (n,):
+        raise VqkitError(
+            f"The labels must have the shape ({n},), one per grid; these have "
+            f"{tuple(labels.shape)}."
+        )
+    classes = prior.config.num_classes
+    if n and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+        raise VqkitError(
+            f"The labels must lie in 0 to {classes - 1} for this prior's {classes} classes; "
+            f"these range from {int(labels.min())} to {int(labels.max())}."
+        )
+    return labels.to(device, torch.long)
 
 
 def save_prior_config(run_dir: str | Path, config: PriorConfig) -> None:
