@@ -152,3 +152,17 @@ def test_a_nan_latent_gets_a_code_in_range_and_a_nan_loss_not_an_index_error():
     out = quantizer(z)
     assert 0 <= int(out.codes) < quantizer.num_codes and int(out.code_counts.sum()) == 1
     assert torch.isnan(out.quantized).any()
+
+
+def test_the_bound_keeps_the_reference_margin():
+    # tanh(h)·(L-1)(1 + 1e-3)/2 - offset, the reference implementation's eps = 1e-3: without the
+    # margin a saved FSQ model would give other codes near a boundary (at tanh(h) = 1.5 / 2.001
+    # for L = 5 the margin rounds up to 2, the bare bound down to 1).
+    quantizer = fsq([5, 4], dim=2)
+    h = torch.linspace(-3, 3, 61, dtype=torch.float64).unsqueeze(1).repeat(1, 2)
+    expected = torch.stack(
+        [torch.tanh(h[:, 0]) * 4 * 1.001 / 2, torch.tanh(h[:, 1]) * 3 * 1.001 / 2 - 0.5], dim=1
+    )
+    torch.testing.assert_close(quantizer.bound(h), expected, rtol=1e-12, atol=1e-12)
+    edge = torch.atanh(torch.tensor([[1.5 / 2.001, 0.0]], dtype=torch.float64))
+    assert quantizer.scalar_quantize(edge)[0][0, 0].item() == 1.0  # the top value, 2 of 2

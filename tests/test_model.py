@@ -7,12 +7,13 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 
 from vqkit.checkpoint import load_model, load_weights_into, save_config, save_weights
 from vqkit.config import ModelConfig, QuantizerConfig, RunConfig, preset_config
 from vqkit.errors import VqkitError
-from vqkit.model import VQVAE, input_for
+from vqkit.model import VQVAE, ResidualBlock, input_for
 
 
 def images(count: int = 4) -> torch.Tensor:
@@ -124,6 +125,36 @@ def test_weights_stored_in_another_dtype_are_refused(tmp_path):
     path.write_bytes(save_safetensors(tensors))
     with pytest.raises(VqkitError, match="'quantizer.codebook' is stored as torch.float64"):
         load_weights_into(model, path, "model weights file")
+
+
+def test_weights_with_tensors_the_configuration_lacks_or_needs_are_refused(tmp_path):
+    # An EMA-trained model holds two buffers (ema_cluster_size, ema_embed_sum) that a
+    # loss-updated model of the same shape lacks: either way round, one sentence naming them.
+    def model(update: str) -> VQVAE:
+        quantizer = QuantizerConfig(num_embeddings=8, embedding_dim=4, codebook_update=update)
+        return VQVAE(ModelConfig(hidden_dim=8, quantizer=quantizer))
+
+    path = tmp_path / "model.safetensors"
+    save_weights(path, model("ema"))
+    with pytest.raises(VqkitError, match=r"does not fit its configuration \(unexpected"):
+        load_weights_into(model("loss"), path, "model weights file")
+    save_weights(path, model("loss"))
+    with pytest.raises(VqkitError, match=r"does not fit its configuration \(missing"):
+        load_weights_into(model("ema"), path, "model weights file")
+
+
+def test_residual_block_adds_its_branch_to_the_input():
+    # The paper's block, x + conv1x1(relu(conv3x3(relu(x)))), written out with its weights.
+    torch.manual_seed(0)
+    block = ResidualBlock(6).double()
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64)
+    inner = F.conv2d(F.relu(x), block.conv3.weight, block.conv3.bias, padding=1)
+    branch = F.conv2d(F.relu(inner), block.conv1.weight, block.conv1.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x + branch)
+        block.conv1.weight.zero_()  # the last convolution silenced: exactly the skip path
+        block.conv1.bias.zero_()
+        assert torch.equal(block(x), x)
 
 
 @pytest.mark.parametrize("quantizer", ["vq", "fsq"])

@@ -186,3 +186,12 @@ def test_classify_judges_images_in_evaluation_mode_whatever_mode_it_is_given():
     features, probabilities = classify(classifier, images, batch_size=4)
     torch.testing.assert_close(features, expected_features)
     torch.testing.assert_close(probabilities, expected_probabilities)
+
+
+def test_identical_feature_sets_are_never_at_a_negative_distance():
+    # A distance is >= 0; rounding in the matrix square roots takes about half of these
+    # identical 100×16 sets a few 1e-14 below zero unless the result is clipped.
+    for seed in range(20):
+        stats = feature_statistics(np.random.default_rng(seed).normal(size=(100, 16)))
+        distance = frechet_distance(*stats, *stats)
+        assert 0.0 <= distance < 1e-8, (seed, distance)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch.nn.functional as F
 
 from vqkit import runfiles
 from vqkit.checkpoint import load_model, save_config, save_weights
-from vqkit.codebook_health import kmeans
+from vqkit.codebook_health import dead_code_mask, kmeans, kmeans_plus_plus_seeds
 from vqkit.config import ModelConfig, QuantizerConfig, RunConfig
 from vqkit.model import VQVAE
 from vqkit.quantize import build_quantizer
@@ -445,3 +447,51 @@ def test_loss_mode_training_matches_the_tutorial_loss():
     chosen = quantizer.codebook.detach()[out.codes.flatten()]
     expected = F.mse_loss(chosen, flat) * 1.25  # codebook + 0.25 · commitment, equal values
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_cluster_size_equal_to_the_threshold_is_not_dead():
+    # "Restart codes whose cluster size is below the threshold": strictly below.
+    steps = torch.zeros(4, dtype=torch.long)  # none has reached the window
+    sizes = torch.tensor([0.25, 0.5, 0.75, 0.0])
+    dead = dead_code_mask(steps, window=10, cluster_size=sizes, threshold=0.5)
+    assert dead.tolist() == [True, False, False, True]
+    assert not dead_code_mask(steps, 10, sizes, 0.0).any()  # threshold 0: the size test is off
+
+
+def test_kmeans_plus_plus_draws_the_next_seed_by_squared_distance():
+    # Rows 0, 1, 3: after the first seed a, the second is row b with probability
+    # (a - b)² / Σ_c (a - c)² (Arthur and Vassilvitskii's D² weighting); weighting by the plain
+    # distance would give row 3 after a = 0 with probability 3/4 instead of 9/10.
+    data = torch.tensor([[0.0], [1.0], [3.0]])
+    values = [0.0, 1.0, 3.0]
+    torch.manual_seed(0)
+    pairs = Counter(tuple(kmeans_plus_plus_seeds(data, 2).flatten().tolist()) for _ in range(3000))
+    for a in values:
+        trials = sum(count for (first, _), count in pairs.items() if first == a)
+        assert trials > 500  # the first seed is uniform over the three rows
+        total = sum((a - c) ** 2 for c in values)
+        for b in values:
+            p = (a - b) ** 2 / total
+            assert abs(pairs[(a, b)] - trials * p) <= 5 * math.sqrt(trials * p * (1 - p)), (a, b)
+
+
+def test_kmeans_keeps_the_centroid_of_a_cluster_left_empty():
+    # Two distinct rows, three clusters: a repeated seed wins no rows (ties go to the first)
+    # and keeps its place instead of becoming 0/0 = NaN.
+    data = torch.tensor([[0.0, 1.0], [0.0, 1.0], [5.0, -2.0], [5.0, -2.0]])
+    for seed in range(5):
+        torch.manual_seed(seed)
+        centroids = kmeans(data, num_clusters=3, iterations=3)
+        assert torch.isfinite(centroids).all(), centroids
+        assert {tuple(row) for row in centroids.tolist()} == {(0.0, 1.0), (5.0, -2.0)}
+
+
+def test_rotation_trick_of_an_encoder_output_at_the_origin_is_finite():
+    # A zero encoder output has no direction: the norm floor keeps the forward value exactly the
+    # chosen code and the gradient finite instead of 0/0 = NaN.
+    vectors = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, -1.0]], requires_grad=True)
+    chosen = torch.tensor([[0.5, -0.5, 1.0], [1.0, 2.0, 0.0]])
+    out = rotation_trick(vectors, chosen)
+    assert torch.equal(out.detach(), chosen)
+    out.sum().backward()
+    assert torch.isfinite(vectors.grad).all()
