@@ -391,6 +391,30 @@ def test_commands_other_than_train_refuse_several_processes(argv, monkeypatch, c
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv", [["train", "--lr", "-1"], ["train", "--lr", "x"]])
+def test_a_refusal_before_joining_is_printed_once_per_machine(argv, monkeypatch, capsys):
+    # Every process of a torchrun job reads the same command line and refuses alike, before
+    # joining the group: the first process on the machine says it, the others only exit 2.
+    for name, value in [("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")]:
+        monkeypatch.setenv(name, value)
+    printed = {}
+    for local_rank in ("0", "1"):
+        monkeypatch.setenv("RANK", local_rank)
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's refusal of a mistyped value
+            code = exc.code
+        printed[local_rank] = capsys.readouterr().err
+        assert code == 2
+    assert printed["0"].startswith("vqkit") and "error: " in printed["0"]
+    assert printed["1"] == ""
+    # After joining, each process speaks for itself (their failures may differ).
+    monkeypatch.setattr(distributed, "_joined", True)
+    assert main(["train", "--lr", "-1"]) == 2
+    assert "learning rate" in capsys.readouterr().err
+
+
 def test_a_lost_process_is_one_sentence_and_a_bug_still_a_traceback(monkeypatch, capsys):
     def lost(args):
         raise RuntimeError(

@@ -68,7 +68,22 @@ def setup(device: torch.device) -> Context:
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend)
+    global _joined
+    _joined = True
     return Context(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
+
+
+# Whether this process has joined a torchrun job's process group (it stays True once it has).
+_joined = False
+
+
+def prints_refusals() -> bool:
+    """Whether this process prints a refusal's sentence. Until a torchrun job's processes join
+    their group, each reads the same command line and files and refuses alike, so only the
+    first process on each machine (LOCAL_RANK 0) says it; after that each speaks for itself."""
+    if _joined or os.environ.get("WORLD_SIZE", "1") in ("", "0", "1"):
+        return True
+    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 # The commands that train with several processes; every other one runs in a single process.

@@ -61,7 +61,8 @@ class OneLineErrors(argparse.ArgumentParser):
     command_parsers: dict[str, argparse.ArgumentParser]  # the top level's, by command name
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help').\n")
+        sentence = f"{self.prog}: error: {message} (see '{self.prog} --help').\n"
+        self.exit(2, sentence if distributed.prints_refusals() else None)
 
 
 def build_parser() -> OneLineErrors:
@@ -245,7 +246,8 @@ def run_command(argv: list[str] | None) -> int:
         distributed.require_one_process(args.command)
         return int(args.handler(args) or 0)
     except VqkitError as exc:
-        print(f"vqkit: error: {exc}", file=sys.stderr)
+        if distributed.prints_refusals():  # one line for a torchrun job's identical refusals
+            print(f"vqkit: error: {exc}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError, OSError) as exc:
         message = symlink_loop_message(exc)
