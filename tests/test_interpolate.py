@@ -107,6 +107,18 @@ def test_crossfade_order_depends_on_seed_only():
     assert torch.equal(one, same) and not torch.equal(one, other)
 
 
+@pytest.mark.parametrize("mode", ["crossfade", "wipe", "random-mask"])
+def test_numpy_grids_give_the_path_their_tensors_give(mode):
+    a, b = torch.arange(49).view(7, 7), torch.arange(49, 98).view(7, 7)
+    from_arrays = interpolate_codes(a.numpy(), b.numpy(), 4, mode, torch.Generator().manual_seed(3))
+    from_tensors = interpolate_codes(a, b, 4, mode, torch.Generator().manual_seed(3))
+    assert torch.equal(from_arrays, from_tensors)
+    with pytest.raises(VqkitError, match="must hold integers, not torch.float64"):
+        interpolate_codes(a.double().numpy(), b, 4, mode)
+    with pytest.raises(VqkitError, match="tensor or array of integers, not str"):
+        interpolate_codes("a", b, 4, mode)
+
+
 def random_mask_paths(steps: int, paths: int) -> torch.Tensor:
     """``paths`` random-mask interpolations of 7×7 grids from all-0 to all-1 codes: (paths,
     steps, 49) with 1 where a patch holds B's code."""
