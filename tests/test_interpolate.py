@@ -220,6 +220,8 @@ def test_interpolation_errors(model_and_pair):
     with pytest.raises(VqkitError, match="Unknown interpolation mode"):
         interpolation(model, image_a, image_b, 4, "spiral")
     with pytest.raises(VqkitError, match="same shape"):
-        interpolate_codes(torch.zeros(7, 7), torch.zeros(6, 6), 4)
+        interpolate_codes(
+            torch.zeros(7, 7, dtype=torch.long), torch.zeros(6, 6, dtype=torch.long), 4
+        )
     with pytest.raises(VqkitError, match="pixels of one type, not torch.uint8 and torch.float32"):
         interpolation(model, image_a, image_b.float() / 255)  # not read as floats 0-255

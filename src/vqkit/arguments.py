@@ -10,6 +10,8 @@ from __future__ import annotations
 import numbers
 from typing import Any, TypeVar
 
+import torch
+
 from vqkit.config import SEED_RANGE, is_seed, path_or_none
 from vqkit.errors import VqkitError
 
@@ -77,4 +79,22 @@ def instance(value: Any, kind: type[T], what: str, example: str) -> T:
             f"{what} must be a {kind.__name__} (for example {example}), "
             f"not an object of type {type(value).__name__}."
         )
+    return value
+
+
+def integers(value: Any, what: str, arrays: bool = False) -> torch.Tensor:
+    """``value`` when it is a tensor of integers (with ``arrays``, also what ``torch.as_tensor``
+    takes: a NumPy array, a list), else one sentence naming ``what``. Empty is fine: an empty
+    list becomes a float tensor."""
+    if not isinstance(value, torch.Tensor):
+        kind = type(value).__name__
+        if not arrays:
+            raise VqkitError(f"{what} must be a torch tensor of integers, not a {kind}.")
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise VqkitError(f"{what} must be a tensor or array of integers, not {kind}.") from None
+    wrong = value.is_floating_point() or value.is_complex() or value.dtype == torch.bool
+    if wrong and value.numel():
+        raise VqkitError(f"{what} must hold integers, not {value.dtype}.")
     return value

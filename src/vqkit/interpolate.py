@@ -13,8 +13,6 @@ Four modes, each giving ``steps`` code grids from A's codes (t = 0) to B's codes
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from vqkit import arguments
@@ -51,20 +49,6 @@ def patch_switch_codes(
     return frames.view(steps, *codes_a.shape)
 
 
-def _code_grid(codes: Any) -> torch.Tensor:
-    """A grid of integer codes as a tensor, or one sentence."""
-    if not isinstance(codes, torch.Tensor):
-        try:
-            codes = torch.as_tensor(codes)
-        except (TypeError, ValueError, RuntimeError):
-            raise VqkitError(
-                f"A code grid must be a tensor or array of integers, not {type(codes).__name__}."
-            ) from None
-    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
-        raise VqkitError(f"A code grid must hold integers, not {codes.dtype}.")
-    return codes
-
-
 def interpolate_codes(
     codes_a: torch.Tensor,
     codes_b: torch.Tensor,
@@ -74,7 +58,8 @@ def interpolate_codes(
 ) -> torch.Tensor:
     """Code-space interpolation (crossfade, wipe or random-mask) between two (h, w) grids ->
     (steps, h, w); NumPy grids (``np.load`` of ``vqkit encode``'s output) are taken too."""
-    codes_a, codes_b = _code_grid(codes_a), _code_grid(codes_b)
+    codes_a = arguments.integers(codes_a, "A code grid", arrays=True)
+    codes_b = arguments.integers(codes_b, "A code grid", arrays=True)
     if codes_a.shape != codes_b.shape or codes_a.dim() != 2:
         raise VqkitError("Both code grids must be 2-D and of the same shape.")
     patches = codes_a.numel()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqkit import arguments
 from vqkit.config import ModelConfig, checked_model_config
 from vqkit.errors import VqkitError
 from vqkit.fast_conv import ConvTranspose2d
@@ -186,12 +187,7 @@ class VQVAE(nn.Module):
         """integer code grids (B, h, w), on any device -> images (B, C, H, W) in [0, 1] on the
         model's device, without autograd history; for gradients through the decoder call
         ``model.decoder(model.quantizer.codes_to_latents(codes))``."""
-        if not isinstance(codes, torch.Tensor):
-            raise VqkitError(
-                f"Code grids must be a torch tensor (B, h, w), not a {type(codes).__name__}."
-            )
-        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
-            raise VqkitError(f"Code grids must hold integers, not {codes.dtype}.")
+        codes = arguments.integers(codes, "Code grids (B, h, w)")
         grid = self.config.grid_size
         if codes.dim() != 3 or tuple(codes.shape[1:]) != (grid, grid):
             raise VqkitError(

@@ -331,15 +331,7 @@ def sample_prior(
 
 def _labels(prior: PixelCNNPrior, labels: Any, n: int, device: torch.device) -> torch.Tensor:
     """A conditional prior's labels as (n,) int64 on ``device``, or one sentence."""
-    try:
-        labels = torch.as_tensor(labels)
-    except (TypeError, ValueError, RuntimeError):
-        raise VqkitError(
-            f"The labels must be {n} whole numbers, not {type(labels).__name__}."
-        ) from None
-    kind_wrong = labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool
-    if kind_wrong and labels.numel():  # an empty list becomes a float tensor
-        raise VqkitError(f"The labels must be whole numbers, not {labels.dtype}.")
+    labels = arguments.integers(labels, "The labels", arrays=True)
     if tuple(labels.shape) != (n,):
         raise VqkitError(
             f"The labels must have the shape ({n},), one per grid; these have "

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vqkit import arguments
 from vqkit.config import QUANTIZERS, REGISTERED_QUANTIZERS, QuantizerConfig
 from vqkit.errors import VqkitError
 
@@ -94,10 +95,7 @@ def require_codes_in_range(codes: torch.Tensor, num_codes: int) -> None:
 
 def require_code_tensor(codes: torch.Tensor) -> None:
     """Refuse code indices that are not an integer tensor of at least one dimension (B, *S)."""
-    if not isinstance(codes, torch.Tensor):
-        raise VqkitError(f"Codes must be a torch tensor (B, ...), not a {type(codes).__name__}.")
-    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
-        raise VqkitError(f"Codes must be integers, not {codes.dtype}.")
+    arguments.integers(codes, "Codes (B, ...)")
     if codes.dim() == 0:
         raise VqkitError("Codes must have a batch dimension (B, ...); this is a single number.")
 
