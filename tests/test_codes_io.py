@@ -222,3 +222,15 @@ def test_a_missing_file_is_refused_with_the_references_the_caller_takes(fake_spl
         resolve_image(absent, fake_splits)
     with pytest.raises(VqkitError, match=r"a range \(test:A-B, train:A-B\), digit:D or"):
         resolve_images([absent], fake_splits)
+
+
+def test_a_npy_header_claiming_fewer_grids_than_the_file_holds_is_refused(tmp_path):
+    # A header damaged to say (1, 7, 7) over four grids' bytes would otherwise load silently
+    # as one grid, dropping three.
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones((4, 7, 7), dtype=np.int64))
+    data = buffer.getvalue()
+    assert b"(4, 7, 7)" in data
+    (tmp_path / "c.npy").write_bytes(data.replace(b"(4, 7, 7)", b"(1, 7, 7)", 1))
+    with pytest.raises(VqkitError, match="damaged"):
+        load_codes(tmp_path / "c.npy", 8, 7)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vqkit.data.idx import IdxError, read_idx
+from vqkit.data.idx import idx_bytes as vqkit_idx_bytes
 from vqkit.errors import VqkitError
 
 
@@ -150,3 +151,28 @@ def test_fuzz_mutated_gzip(tmp_path: Path, pos: int, value: int, cut: int) -> No
     raw = bytearray(VALID)
     raw[pos] = value
     _only_idx_error(write(tmp_path / "g.gz", bytes(raw[: len(raw) - cut]), gz=False))
+
+
+def test_rank_eight_is_the_largest_rank_read_and_written(tmp_path):
+    # MAX_RANK is 8 ("expected 1..8"): a rank-8 file reads, a rank-9 one is refused, and the
+    # writer takes rank 8 too.
+    dims8 = (1, 2, 1, 1, 1, 1, 1, 2)
+    path = tmp_path / "r8"
+    path.write_bytes(idx_bytes(0x08, dims8, bytes([1, 2, 3, 4])))
+    assert read_idx(path).shape == dims8
+    path9 = tmp_path / "r9"
+    path9.write_bytes(idx_bytes(0x08, (1,) * 9, bytes([1])))
+    with pytest.raises(IdxError, match="rank 9"):
+        read_idx(path9)
+    array = np.arange(4, dtype=np.uint8).reshape(dims8)
+    assert vqkit_idx_bytes(array) == idx_bytes(0x08, dims8, bytes([0, 1, 2, 3]))
+
+
+@pytest.mark.parametrize("magic", [b"\x00\x01", b"\x01\x00", b"\xff\xff"])
+def test_either_magic_byte_nonzero_is_refused(tmp_path, magic):
+    # Both leading bytes must be zero, not only the first.
+    good = idx_bytes(0x08, (2,), bytes([5, 6]))
+    path = tmp_path / "m"
+    path.write_bytes(magic + good[2:])
+    with pytest.raises(IdxError, match="magic"):
+        read_idx(path)

@@ -263,3 +263,77 @@ def test_a_file_replaced_by_one_of_the_same_size_is_read_again(tmp_path: Path) -
     os.utime(images, ns=(later, later))
     again = load_split("idx", "train", data_dir=folder)
     assert torch.equal(again.images, torch.full((2, 28, 28), 7, dtype=torch.uint8))
+
+
+@pytest.fixture
+def two_good_mirrors(tmp_path, monkeypatch):
+    """Fashion-MNIST metadata for tiny files served, identically, by two file:// mirrors."""
+    labels = idx_bytes(0x08, (3,), bytes([0, 1, 2]))
+    images = idx_bytes(0x08, (3, 28, 28), bytes(range(256)) * 9 + bytes(48))
+    infos = []
+    mirrors = []
+    for mirror_name in ("first", "second"):
+        mirror = tmp_path / mirror_name
+        mirror.mkdir()
+        mirrors.append(mirror)
+    for name, content in (("t10k-images-idx3-ubyte", images), ("t10k-labels-idx1-ubyte", labels)):
+        gz = gzip.compress(content, mtime=0)
+        for mirror in mirrors:
+            (mirror / f"{name}.gz").write_bytes(gz)
+        infos.append(
+            FileInfo(
+                name, hashlib.sha256(content).hexdigest(), len(content), hashlib.md5(gz).hexdigest()
+            )
+        )
+    info = dataclasses.replace(
+        INFO["fashion-mnist"],
+        files={"test": tuple(infos), "train": INFO["fashion-mnist"].files["train"]},
+        mirrors=tuple(m.as_uri() + "/" for m in mirrors),
+    )
+    monkeypatch.setitem(INFO, "fashion-mnist", info)
+    monkeypatch.setenv("VQKIT_DATA", str(tmp_path / "cache"))
+    opened = []
+
+    def open_url(url):
+        opened.append(url)
+        return sources.urllib.request.urlopen(url)
+
+    monkeypatch.setattr(sources, "_open_url", open_url)
+    return mirrors, opened
+
+
+def test_mirrors_are_tried_in_their_listed_order(tmp_path, two_good_mirrors):
+    # The first mirror that works serves every file; a later one is only a fallback.
+    mirrors, opened = two_good_mirrors
+    sources.download_split("fashion-mnist", "test", tmp_path / "dl")
+    assert opened == [
+        mirrors[0].as_uri() + "/t10k-images-idx3-ubyte.gz",
+        mirrors[0].as_uri() + "/t10k-labels-idx1-ubyte.gz",
+    ]
+
+
+def test_a_download_is_synced_before_it_is_renamed_into_place(
+    tmp_path, two_good_mirrors, monkeypatch
+):
+    # As atomic_open: the downloaded bytes reach the disk before the rename publishes the file,
+    # so a power cut cannot leave an empty cached file under the final name.
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_size))
+        real_fsync(fd)
+
+    def replace(source, destination):
+        events.append(("replace", Path(destination).name))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(sources.os, "fsync", fsync)
+    monkeypatch.setattr(sources.os, "replace", replace)
+    images, labels = sources.download_split("fashion-mnist", "test", tmp_path / "dl")
+    assert events == [
+        ("fsync", images.stat().st_size),
+        ("replace", images.name),
+        ("fsync", labels.stat().st_size),
+        ("replace", labels.name),
+    ]

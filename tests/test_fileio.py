@@ -79,3 +79,16 @@ def test_json_nested_too_deeply_is_a_decode_error_like_any_damage():
     with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
         fileio.parse_json("[" * 100_000)
     assert fileio.parse_json(b'{"a": [1]}') == {"a": [1]}
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
+    # An exception while writing (a full disk, Ctrl-C) must leave the folder as it was: the
+    # old file intact and no .NAME.XXXXXXXX.tmp beside it.
+    target = tmp_path / "metrics.jsonl"
+    target.write_bytes(b"old\n")
+    with pytest.raises(KeyboardInterrupt):
+        with fileio.atomic_open(target, "wb") as handle:
+            handle.write(b"half of the new")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+    assert target.read_bytes() == b"old\n"

@@ -133,3 +133,37 @@ def test_a_repeated_sigterm_or_any_repeat_under_torchrun_lets_the_save_finish(wo
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), again)
         assert stop.requested and stop.signal_number == signal.SIGTERM
+
+
+TINY_TRAIN = [
+    "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--batch-size", "32",
+    "--hidden-dim", "16", "--embedding-dim", "8", "--num-embeddings", "16", "--quiet",
+    "--device", "cpu",
+]  # fmt: skip
+
+
+def test_skipped_steps_count_over_the_whole_run_across_a_resume(monkeypatch, tmp_path, capsys):
+    # --skip-nonfinite N allows N bad steps per run (Position.skipped_nonfinite is "over the
+    # whole run"): one skipped before a resume and one after make two, more than 1 allowed.
+    real = training.compute_losses
+    script = {"seen": 0, "bad": {2}}
+
+    def poisoned(model, batch, precision="fp32"):
+        reconstruction, quantizer = real(model, batch, precision)
+        script["seen"] += 1
+        if script["seen"] in script["bad"]:
+            quantizer = quantizer + float("inf")
+        return reconstruction, quantizer
+
+    monkeypatch.setattr(training, "compute_losses", poisoned)
+    run_dir = tmp_path / "run"
+    flags = ["--skip-nonfinite", "1"]
+    assert main(["train", *TINY_TRAIN, "--epochs", "1", *flags, "--out", str(run_dir)]) == 0
+    first = json.loads((run_dir / runfiles.METRICS).read_text())
+    assert first["skipped_nonfinite_steps"] == 1
+    capsys.readouterr()
+    script.update(seen=0, bad={3})
+    code = main(["train", "--resume", str(run_dir), "--epochs", "2", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and "--skip-nonfinite 1" in err, err
+    assert len((run_dir / runfiles.METRICS).read_text().splitlines()) == 1

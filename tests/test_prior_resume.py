@@ -25,7 +25,7 @@ import torch
 from process_helpers import child_env, vqkit_command
 from safetensors.torch import save_file
 
-from vqkit import prior_loop, prior_replacement, prior_training, runfiles, score
+from vqkit import prior_loop, prior_replacement, prior_training, runfiles, score, train_state
 from vqkit.checkpoint import (
     PRIOR_LEARNED_FROM,
     prior_is_stale,
@@ -36,6 +36,7 @@ from vqkit.classifier import ClassifierConfig
 from vqkit.cli import main, train_prior_cmd
 from vqkit.fileio import read_jsonl
 from vqkit.prior import PriorConfig, has_prior, incomplete_prior
+from vqkit.prior_replacement import old_prior_set_aside
 from vqkit.training import TrainingInterrupted
 
 TRAIN_GRIDS, TEST_GRIDS, BATCH = 1024, 128, 32
@@ -845,3 +846,47 @@ def test_settings_files_that_are_not_objects_are_named(finished_prior, tmp_path,
     (run_dir / runfiles.CONFIG).write_text('"efficient"')
     err = prior_sample_error(run_dir, tmp_path, capsys)
     assert f"{run_dir / runfiles.CONFIG}' does not hold a JSON object" in err, err
+
+
+def test_a_test_nll_equal_to_the_best_is_no_improvement(coded_run, tmp_path, monkeypatch):
+    # Patience 2, scripted NLL: epoch 2 is the best; epochs 3 and 4 only equal it, which is not
+    # an improvement, so the run stops after epoch 4 and keeps epoch 2's weights.
+    script = [3.0, 2.0, 2.0, 2.0, 1.0, 1.0]
+    run_dir = copy_run(coded_run, tmp_path)
+    best_weights = {}
+
+    real_save = prior_loop.save_weights
+
+    def recording_save(path, model, metadata=None):
+        best_weights["epoch"] = len(read_jsonl(run_dir / runfiles.PRIOR_METRICS))
+        return real_save(path, model, metadata)
+
+    monkeypatch.setattr(prior_loop, "save_weights", recording_save)
+    monkeypatch.setattr(prior_training, "evaluate_nll", scripted_nll(script))
+    result = prior_training.train_prior(
+        run_dir, replace(TINY, epochs=6, patience=2), device="cpu", progress=False
+    )
+    assert [m["epoch"] for m in read_jsonl(run_dir / runfiles.PRIOR_METRICS)] == [1, 2, 3, 4]
+    assert result.best["epoch"] == 2
+    assert best_weights["epoch"] == 2  # the weights file was last written after epoch 2
+
+
+def test_a_failed_replacement_leaves_exactly_the_old_priors_files(tmp_path):
+    # The old prior here has weights and settings but no state or metrics (a prior shared
+    # without its state). A new prior that saved a state but no weights yet, then failed,
+    # must leave the folder as it was: its state beside the old weights would resume as if it
+    # belonged to them.
+    old = {runfiles.PRIOR_WEIGHTS: b"old weights", runfiles.PRIOR_CONFIG: b'{"old": 1}'}
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(RuntimeError, match="first epoch"):
+        with old_prior_set_aside(tmp_path):
+            for name in (
+                train_state.PRIOR_FILES.tensors,
+                train_state.PRIOR_FILES.counters,
+                runfiles.PRIOR_CONFIG,
+                runfiles.PRIOR_METRICS,
+            ):
+                (tmp_path / name).write_bytes(b"new")
+            raise RuntimeError("failed in the first epoch")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old

@@ -174,3 +174,21 @@ def test_a_resumed_channels_last_run_ends_as_an_unbroken_one(tmp_path):
     resumed_weights = resumed.model.state_dict()
     for name, weight in unbroken.model.state_dict().items():
         assert torch.equal(weight, resumed_weights[name]), name
+
+
+def test_a_moment_for_a_parameter_the_model_lacks_is_refused_as_damage(tmp_path):
+    # Parameters are numbered 0..P-1; a moment numbered P names none of them and must be called
+    # damage, not escape as an IndexError.
+    config = ModelConfig(hidden_dim=8, quantizer=QuantizerConfig(num_embeddings=8, embedding_dim=4))
+    torch.manual_seed(0)
+    model = VQVAE(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    order = torch.Generator().manual_seed(0)
+    train_state.save(tmp_path, Position(), model, optimizer, order.get_state(), torch.zeros(()))
+    path = tmp_path / runfiles.TRAIN_STATE
+    tensors, metadata = read_tensors_and_metadata(path, "state")
+    count = len(list(model.parameters()))
+    tensors[f"optimizer/{count}/exp_avg"] = torch.zeros(3)
+    path.write_bytes(save_safetensors(tensors, metadata))
+    with pytest.raises(VqkitError, match="damaged"):
+        train_state.load(tmp_path, model, torch.optim.Adam(model.parameters()), torch.Generator())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save as save_safetensors
 
-from vqkit import runfiles, train_state, training
+from vqkit import distributed, runfiles, train_state, training
 from vqkit.checkpoint import load_config, read_tensors_and_metadata
 from vqkit.cli import main
 from vqkit.config import preset_config
@@ -20,7 +21,7 @@ from vqkit.metrics import evaluate_reconstruction
 from vqkit.model import VQVAE
 from vqkit.run_folder import STATE_NAMES
 from vqkit.step import compute_losses
-from vqkit.training import train
+from vqkit.training import epoch_batches, steps_per_epoch, train
 
 
 def test_training_lowers_test_mse_well_below_an_untrained_model(small_run):
@@ -201,3 +202,34 @@ def test_a_run_cut_off_before_its_first_step_may_be_written_over(tmp_path, monke
     assert load_config(run_dir).model.hidden_dim == 16
     resumed = train(tiny_config(hidden_dim=16), run_dir, device="cpu", progress=False, resume=True)
     assert resumed.epochs_trained == 0  # the new run's own finished state
+
+
+def test_each_epoch_draws_a_fresh_permutation_from_the_order_generator():
+    # Epoch k's batches are the k-th torch.randperm draw of the seeded generator, split into
+    # batches: a new order every epoch, not the first one repeated.
+    generator = torch.Generator().manual_seed(7)
+    reference = torch.Generator().manual_seed(7)
+    orders = []
+    for _ in range(3):
+        batches = epoch_batches(10, 4, generator, distributed.Context())
+        assert [len(b) for b in batches] == [4, 4, 2]
+        order = torch.cat(batches)
+        assert torch.equal(order, torch.randperm(10, generator=reference))
+        orders.append(order.tolist())
+    assert orders[0] != orders[1] != orders[2]
+
+
+@pytest.mark.parametrize(
+    ("count", "batch_size", "world_size"),
+    [(10, 4, 1), (12, 4, 1), (1, 4, 1), (11, 4, 2), (13, 6, 3), (12, 4, 2)],
+)
+def test_steps_per_epoch_counts_the_last_partial_batch(count, batch_size, world_size):
+    # The schedule's length and the resume check both rest on this count: it must be the
+    # number of batches each rank really takes, a partial last batch included.
+    per_rank = count // world_size  # each rank's share of the usable images
+    expected = math.ceil(per_rank / (batch_size // world_size))
+    assert steps_per_epoch(count, batch_size, world_size) == expected
+    for rank in range(world_size):
+        context = distributed.Context(rank=rank, world_size=world_size)
+        generator = torch.Generator().manual_seed(0)
+        assert len(epoch_batches(count, batch_size, generator, context)) == expected
