@@ -14,8 +14,11 @@ import torch
 from vqkit import runfiles, training
 from vqkit.checkpoint import read_tensors
 from vqkit.cli import main
+from vqkit.config import ModelConfig, QuantizerConfig
 from vqkit.distributed import Context
+from vqkit.errors import VqkitError
 from vqkit.guards import NonFiniteGuard, StopRequest
+from vqkit.model import VQVAE
 
 TINY = [
     "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--batch-size", "32",
@@ -167,3 +170,14 @@ def test_skipped_steps_count_over_the_whole_run_across_a_resume(monkeypatch, tmp
     err = capsys.readouterr().err
     assert code == 2 and "--skip-nonfinite 1" in err, err
     assert len((run_dir / runfiles.METRICS).read_text().splitlines()) == 1
+
+
+def test_a_save_refuses_weights_or_buffers_gone_non_finite():
+    # An EMA codebook is a buffer, no parameter: a NaN there must stop a save as well.
+    guard = NonFiniteGuard(0, torch.device("cpu"), Context(), Path("nowhere"))
+    model = VQVAE(ModelConfig(hidden_dim=8, quantizer=QuantizerConfig(8, 4, codebook_update="ema")))
+    guard.check_weights(model, 5)  # finite: nothing to say
+    with torch.no_grad():
+        model.quantizer.ema_embed_sum[3, 1] = float("inf")
+    with pytest.raises(VqkitError, match="non-finite by step 5; they were not saved"):
+        guard.check_weights(model, 5)

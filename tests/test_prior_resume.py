@@ -344,6 +344,36 @@ def test_a_non_finite_test_nll_stops_and_keeps_the_last_good_epoch(
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
 
 
+def test_weights_gone_non_finite_under_finite_losses_are_never_saved(
+    coded_run, tmp_path, monkeypatch, capsys
+):
+    # The embedding row of a code no training grid holds is read by no loss: NaN there leaves
+    # every loss finite. The next --checkpoint-every save refuses it; the state on disk is the
+    # one saved before, with finite weights.
+    run_dir = copy_run(coded_run, tmp_path)
+    real, seen = prior_loop.prior_loss, []
+    bad = STEPS_PER_EPOCH + 3
+    unused = 127  # the last of the small run's 128 codes, which its few grids never hold
+
+    def poisoned(prior, codes, labels):
+        seen.append(codes)
+        if len(seen) == bad:
+            with torch.no_grad():
+                prior.embedding.weight[unused] = float("nan")
+        return real(prior, codes, labels)
+
+    monkeypatch.setattr(prior_loop, "prior_loss", poisoned)
+    code = main(["train-prior", str(run_dir), *TINY_FLAGS, "--checkpoint-every", "1"])
+    err = capsys.readouterr().err.strip()
+    assert not any(bool((codes == unused).any()) for codes in seen)  # no loss read the row
+    assert code == 2 and err.count("\n") == 0, err
+    assert f"The weights became non-finite by step {bad}; they were not saved" in err, err
+    assert state_counters(run_dir)["global_step"] == bad - 1
+    for name, tensor in read_tensors(run_dir / runfiles.PRIOR_STATE, "state").items():
+        if tensor.is_floating_point():
+            assert torch.isfinite(tensor).all(), name
+
+
 def test_skip_nonfinite_skips_bad_steps_without_updating(coded_run, tmp_path, monkeypatch, capsys):
     run_dir = copy_run(coded_run, tmp_path)
     seen = poison_steps(monkeypatch, {2, 5})

@@ -27,6 +27,13 @@ STOP_POLL_STEPS = 20
 VQVAE_TERMS = ("reconstruction loss", "quantizer loss")
 
 
+# What a run stopped for non-finite weights says of them: every save vouches for its weights.
+WEIGHTS_NOT_SAVED = (
+    "they were not saved (the last saved state holds finite weights), so lower the learning "
+    "rate (--lr) and train again."
+)
+
+
 def term_names(bits: int, terms: tuple[str, ...] = VQVAE_TERMS) -> str:
     return " and its ".join(name for i, name in enumerate(terms) if bits >> i & 1)
 
@@ -106,6 +113,14 @@ class NonFiniteGuard:
             if int(first) < 0:
                 return
         raise self._error(int(first), int(bits))
+
+    def check_weights(self, module: torch.nn.Module, step: int) -> None:
+        """Raise if a weight or buffer went non-finite although every loss stayed finite (one
+        no loss reads can: a prior's embedding of a code the batches never held), before a
+        save would keep it (one host synchronisation per save)."""
+        tensors = [t for t in module.state_dict().values() if t.is_floating_point()]
+        if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            raise VqkitError(f"The weights became non-finite by step {step}; {WEIGHTS_NOT_SAVED}")
 
     def _error(self, step: int, bits: int) -> VqkitError:
         already = (

@@ -28,7 +28,7 @@ from vqkit.devices import require_trainable_size
 from vqkit.distributed import Context
 from vqkit.errors import VqkitError
 from vqkit.fileio import append_jsonl
-from vqkit.guards import NonFiniteGuard, StopRequest
+from vqkit.guards import WEIGHTS_NOT_SAVED, NonFiniteGuard, StopRequest
 from vqkit.prior import PixelCNNPrior, PriorConfig, save_prior_config
 from vqkit.train_state import Position
 from vqkit.training import (
@@ -259,8 +259,7 @@ class PriorLoop:
         if not math.isfinite(test_bits):  # every step's loss was finite, the weights not
             raise VqkitError(
                 f"The prior's weights became non-finite in epoch {epoch} (test NLL {test_bits} "
-                "bits per code), so nothing of that epoch was saved; lower the learning rate "
-                "(--lr) and train again."
+                f"bits per code); {WEIGHTS_NOT_SAVED}"
             )
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -295,6 +294,7 @@ class PriorLoop:
     def checkpoint(self, order_state: torch.Tensor) -> None:
         """Save the resumable state, once the guard has vouched for it."""
         self.guard.check()
+        self.guard.check_weights(self.prior, self.position.global_step)
         self.position.skipped_nonfinite = self.guard.skipped
         train_state.save(
             self.run_dir,

@@ -44,7 +44,7 @@ from vqkit.data import OWN_DATASET, Split, load_split
 from vqkit.devices import require_trainable_size, resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import append_jsonl, write_bytes_atomic
-from vqkit.guards import NonFiniteGuard, StopRequest
+from vqkit.guards import WEIGHTS_NOT_SAVED, NonFiniteGuard, StopRequest
 from vqkit.images import save_comparison
 from vqkit.metrics import evaluate_reconstruction
 from vqkit.model import VQVAE
@@ -453,9 +453,8 @@ class _Run:
         }
         if not math.isfinite(record["test_mse"]):  # every step's loss was finite, the weights not
             raise VqkitError(
-                f"The weights became non-finite in epoch {epoch} (test MSE {record['test_mse']}), "
-                "so nothing of that epoch was saved; lower the learning rate (--lr) and train "
-                "again."
+                f"The weights became non-finite in epoch {epoch} (test MSE {record['test_mse']}); "
+                f"{WEIGHTS_NOT_SAVED}"
             )
         if self.guard.skipped:
             record["skipped_nonfinite_steps"] = self.guard.skipped
@@ -474,6 +473,7 @@ class _Run:
     def checkpoint(self, order_state: torch.Tensor) -> None:
         """Save the resumable state (rank 0), once the guard has vouched for it."""
         self.guard.check()
+        self.guard.check_weights(self.model, self.position.global_step)
         self.position.skipped_nonfinite = self.guard.skipped
         # Rank 0 saves for all: the ranks' mean loss sum, which every rank restores, so the
         # epoch's all-rank total comes out right after a mid-epoch resume.
