@@ -119,6 +119,13 @@ def test_a_bad_value_in_config_json_is_blamed_on_the_file(run_copy, capsys):
         capsys, ["evaluate", str(run_copy)],
         f"'{run_copy / runfiles.CONFIG}' cannot be used: the commitment weight beta must be",
     )  # fmt: skip
+    # The same file given to train --config, as a file of its own.
+    settings = run_copy / "settings.json"
+    settings.write_bytes((run_copy / runfiles.CONFIG).read_bytes())
+    fails_cleanly(
+        capsys, ["train", "--config", str(settings)],
+        f"'{settings}' cannot be used: the commitment weight beta must be",
+    )  # fmt: skip
 
 
 def test_config_that_is_not_json(run_copy, capsys):

@@ -69,6 +69,12 @@ def load_config(run_dir: str | Path) -> RunConfig:
             f"'{run_dir}' is not a run folder (it has no {runfiles.CONFIG}); "
             "give a folder written by 'vqkit train'."
         )
+    return config_from_file(path, f"The run '{run_dir}' was trained with")
+
+
+def config_from_file(path: Path, source: str = "") -> RunConfig:
+    """The RunConfig in a JSON file. Its refusals name the file (their sentences name the flag
+    that sets a value); ``source`` begins the sentence for a quantizer no code registers."""
     data = read_json_object(path, "run configuration")
     try:
         return RunConfig.from_dict(data)
@@ -76,9 +82,9 @@ def load_config(run_dir: str | Path) -> RunConfig:
         raise
     except UnknownQuantizer as exc:  # the name came from the file, not from a flag
         raise UnknownQuantizer(
-            f"The run '{run_dir}' was trained with the quantizer '{exc.name}', which no code here "
-            "registers; import the code that registers it first (on the command line: "
-            "'vqkit --plugin FILE.py'), or install the package that offers it.",
+            f"{source or f'The configuration {str(path)!r} names'} the quantizer '{exc.name}', "
+            "which no code here registers; import the code that registers it first (on the "
+            "command line: 'vqkit --plugin FILE.py'), or install the package that offers it.",
             exc.name,
         ) from None
     except VqkitError as exc:

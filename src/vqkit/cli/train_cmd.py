@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config
+from vqkit.checkpoint import config_from_file, load_config
 from vqkit.cli.common import (
     add_command,
     add_device_flag,
@@ -34,7 +34,6 @@ from vqkit.config import (
 )
 from vqkit.data import DATASETS
 from vqkit.errors import VqkitError
-from vqkit.fileio import read_json_object
 from vqkit.report_text import format_metrics
 from vqkit.run_folder import RESUME_FIELDS
 from vqkit.run_lock import require_no_writer
@@ -295,7 +294,7 @@ def read_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if path.is_dir():
         return load_config(path)
-    return RunConfig.from_dict(read_json_object(path, "configuration"))
+    return config_from_file(path)
 
 
 def apply_overrides(data: dict, args: argparse.Namespace, flags) -> None:
