@@ -391,7 +391,9 @@ def test_commands_other_than_train_refuse_several_processes(argv, monkeypatch, c
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("argv", [["train", "--lr", "-1"], ["train", "--lr", "x"]])
+@pytest.mark.parametrize(
+    "argv", [["train", "--lr", "-1"], ["train", "--lr", "x"], ["--plugin", "nowhere.py", "train"]]
+)
 def test_a_refusal_before_joining_is_printed_once_per_machine(argv, monkeypatch, capsys):
     # Every process of a torchrun job reads the same command line and refuses alike, before
     # joining the group: the first process on the machine says it, the others only exit 2.
@@ -409,6 +411,11 @@ def test_a_refusal_before_joining_is_printed_once_per_machine(argv, monkeypatch,
         assert code == 2
     assert printed["0"].startswith("vqkit") and "error: " in printed["0"]
     assert printed["1"] == ""
+    # A LOCAL_RANK that is no number is refused by every process, saying so.
+    monkeypatch.setenv("LOCAL_RANK", "x")
+    assert main(["train", "--lr", "-1"]) == 2
+    assert capsys.readouterr().err != ""
+    monkeypatch.setenv("LOCAL_RANK", "1")
     # After joining, each process speaks for itself (their failures may differ).
     monkeypatch.setattr(distributed, "_joined", True)
     assert main(["train", "--lr", "-1"]) == 2

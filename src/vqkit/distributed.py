@@ -81,9 +81,12 @@ def prints_refusals() -> bool:
     """Whether this process prints a refusal's sentence. Until a torchrun job's processes join
     their group, each reads the same command line and files and refuses alike, so only the
     first process on each machine (LOCAL_RANK 0) says it; after that each speaks for itself."""
-    if _joined or os.environ.get("WORLD_SIZE", "1") in ("", "0", "1"):
+    try:
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        later = int(os.environ.get("LOCAL_RANK", "0")) != 0
+    except ValueError:  # the refusal may be about that very variable: say it
         return True
-    return os.environ.get("LOCAL_RANK", "0") == "0"
+    return _joined or not (several and later)
 
 
 # The commands that train with several processes; every other one runs in a single process.

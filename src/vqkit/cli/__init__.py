@@ -239,7 +239,8 @@ def run_command(argv: list[str] | None) -> int:
         for spec in specs:
             plugins.import_plugin(spec)
     except VqkitError as exc:
-        print(f"vqkit: error: {exc}", file=sys.stderr)
+        if distributed.prints_refusals():
+            print(f"vqkit: error: {exc}", file=sys.stderr)
         return 2
     args = parse_command_line(build_parser(), argv)
     try:
