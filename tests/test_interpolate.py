@@ -115,7 +115,7 @@ def test_numpy_grids_give_the_path_their_tensors_give(mode):
     assert torch.equal(from_arrays, from_tensors)
     with pytest.raises(VqkitError, match="must hold integers, not torch.float64"):
         interpolate_codes(a.double().numpy(), b, 4, mode)
-    with pytest.raises(VqkitError, match="tensor or array of integers, not str"):
+    with pytest.raises(VqkitError, match="tensor or array of integers, not a str"):
         interpolate_codes("a", b, 4, mode)
 
 

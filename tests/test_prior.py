@@ -217,7 +217,7 @@ def test_bad_sampling_settings_are_refused():
         (2, [1, 20], "lie in 0 to 2 for this prior's 3 classes; these range from 1 to 20"),
         (2, [-1, 0], "range from -1 to 0"),
         (2, [0.5, 1.0], "labels must hold integers, not torch.float32"),
-        (2, "ab", "labels must be a tensor or array of integers, not str"),
+        (2, "ab", "labels must be a tensor or array of integers, not a str"),
         ("3", None, r"number of grids to sample \(n\) must be a whole number"),
         (-1, None, "at least 0"),
     ],
@@ -235,7 +235,7 @@ def test_labels_as_a_list_and_zero_grids_are_taken():
     as_tensor = sample_prior(prior, 3, torch.Generator().manual_seed(1), torch.tensor([0, 2, 1]))
     assert torch.equal(as_list, as_tensor)
     assert sample_prior(prior, 0, torch.Generator(), labels=[]).shape == (0, GRID, GRID)
-    with pytest.raises(VqkitError, match="generator must be a Generator"):
+    with pytest.raises(VqkitError, match="The generator must be a Generator"):
         sample_prior(prior, 1, 0, labels=[0])
 
 

@@ -113,7 +113,8 @@ def test_fsq_with_a_projection_takes_latents_of_lower_precision(dtype):
     out = quantizer(z)
     assert torch.equal(out.codes, quantizer(z.float()).codes)
     assert torch.equal(out.codes, quantizer.quantize_codes(z))
-    assert out.loss.dtype == out.quantized.dtype
+    # The projections' float32: the latents the decoder sees, and a loss of the same precision.
+    assert out.quantized.dtype == out.loss.dtype == torch.float32
 
 
 def test_codes_out_of_range_or_not_integers_are_one_sentence():
@@ -140,3 +141,20 @@ def test_the_vq_class_refuses_an_fsq_config_and_shows_its_settings():
 def test_latents_with_the_channels_last_are_refused_naming_the_transpose():
     with pytest.raises(VqkitError, match=r"x\.transpose\(1, 2\) for \(B, T, 8\).*\(4, 10, 8\)"):
         vq("loss")(torch.randn(4, 10, DIM))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_codes_of_any_integer_type_give_the_latents_of_int64_codes(dtype):
+    for quantizer in (vq("loss"), fsq()):
+        codes = torch.tensor([[0, 3], [7, 15]])
+        expected = quantizer.codes_to_latents(codes)
+        assert torch.equal(quantizer.codes_to_latents(codes.to(dtype)), expected)
+
+
+def test_fsq_under_bf16_autocast_picks_the_codes_of_float32():
+    quantizer, z = fsq(), torch.randn(2, DIM, 7, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = quantizer(z.bfloat16()).codes
+    # The projection runs in bf16 under autocast: compare with bf16 weights outside it.
+    reference = fsq().bfloat16()
+    assert torch.equal(under_autocast, reference.quantize_codes(z.bfloat16()))

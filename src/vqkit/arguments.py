@@ -16,7 +16,17 @@ from vqkit.config import SEED_RANGE, is_seed, path_or_none
 from vqkit.errors import VqkitError
 
 T = TypeVar("T")
-__all__ = ["instance", "pair_of_arrays", "path_or_none", "seed", "whole_number"]
+__all__ = [
+    "callable_or_none",
+    "instance",
+    "integers",
+    "pair_of_arrays",
+    "path_or_none",
+    "real_number",
+    "seed",
+    "switch",
+    "whole_number",
+]
 
 
 def whole_number(value: Any, what: str, minimum: int) -> int:
@@ -93,7 +103,8 @@ def integers(value: Any, what: str, arrays: bool = False) -> torch.Tensor:
         try:
             value = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError):
-            raise VqkitError(f"{what} must be a tensor or array of integers, not {kind}.") from None
+            message = f"{what} must be a tensor or array of integers, not a {kind}."
+            raise VqkitError(message) from None
     wrong = value.is_floating_point() or value.is_complex() or value.dtype == torch.bool
     if wrong and value.numel():
         raise VqkitError(f"{what} must hold integers, not {value.dtype}.")

@@ -57,7 +57,10 @@ class FiniteScalarQuantizer(nn.Module):
     def _project_in(self, rows: torch.Tensor) -> torch.Tensor:
         """Rows (N, D) -> pre-bound channels (N, c), in the projection's dtype (latents of
         another precision, outside autocast, would not multiply with its weights)."""
-        if isinstance(self.project_in, nn.Linear):
+        # Under autocast the Linear casts by itself; outside it, a bf16 row and an fp32 weight
+        # would not multiply.
+        autocast = torch.is_autocast_enabled(rows.device.type)
+        if isinstance(self.project_in, nn.Linear) and not autocast:
             rows = rows.to(self.project_in.weight.dtype)
         return self.project_in(rows)
 

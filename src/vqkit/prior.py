@@ -302,7 +302,7 @@ def sample_prior(
     H·W(W+1)/2 positions, instead of H·W full-grid passes.
     """
     n = arguments.whole_number(n, "The number of grids to sample (n)", 0)
-    arguments.instance(generator, torch.Generator, "generator", "torch.Generator()")
+    arguments.instance(generator, torch.Generator, "The generator", "torch.Generator()")
     temperature = arguments.real_number(temperature, "The temperature (--temperature)")
     if not math.isfinite(temperature) or temperature <= 0:
         raise VqkitError("The temperature must be a finite number > 0 (--temperature).")

@@ -103,14 +103,14 @@ class VectorQuantizer(nn.Module):
         require_code_tensor(codes)
         if codes.device.type == "cpu":
             require_codes_in_range(codes, self.num_codes)
-        return F.embedding(codes, self.codebook).movedim(-1, 1)
+        return F.embedding(codes.long(), self.codebook).movedim(-1, 1)  # uint8 codes too
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantize latents z (B, D, H, W) (or (B, D, *S)): nearest codes, straight-through
         latents, the codebook + β·commitment loss (β·commitment alone with EMA updates), and
         in training mode the codebook's statistics (EMA, restarts, k-means init)."""
         shape = latent_shape(z, self.config.embedding_dim)
-        flat = as_rows(z)  # (N, D), N = B·H·W
+        flat = as_rows(z)  # (N, D), N = B·∏S (B·H·W for images)
         per_item = positions_per_item(shape)
         # An empty batch has nothing to learn from; an empty shard of a multi-process batch
         # still joins the others' collectives (they learn from their rows).
