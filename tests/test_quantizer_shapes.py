@@ -158,3 +158,20 @@ def test_fsq_under_bf16_autocast_picks_the_codes_of_float32():
     # The projection runs in bf16 under autocast: compare with bf16 weights outside it.
     reference = fsq().bfloat16()
     assert torch.equal(under_autocast, reference.quantize_codes(z.bfloat16()))
+
+
+@pytest.mark.parametrize("variant", ["ema", "ema-kmeans-restarts"])
+def test_training_on_sequences_updates_the_codebook_as_on_one_column_images(variant):
+    # (B, D, T) and (B, D, T, 1) hold the same rows in the same order with T per item: the
+    # image path's statistics (checked against formulas in test_vq) must come out identical.
+    z = torch.randn(6, DIM, 5)
+    states = []
+    for latents in (z, z.unsqueeze(-1)):
+        quantizer = vq(variant).train()
+        torch.manual_seed(1)  # the restarts' and k-means' draws
+        for _ in range(3):
+            quantizer(latents)
+        states.append(quantizer.state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not torch.equal(states[0]["codebook"], vq(variant).codebook)  # it did learn
