@@ -35,7 +35,7 @@ def edited(section: str, field: str, value) -> dict:
 # --- a hand-edited config.json -------------------------------------------------------------
 
 BAD_FIELDS = [
-    ("train", "epochs", 1.5, "The 'train' config field 'epochs' must be an integer, not 1.5."),
+    ("train", "epochs", 1.5, "'train' config field 'epochs' must be an integer, not 1.5."),
     ("quantizer", "num_embeddings", 2.5, "field 'num_embeddings' must be an integer, not 2.5."),
     ("train", "seed", True, "field 'seed' must be an integer, not true."),
     ("model", "hidden_dim", "big", "config field 'hidden_dim' must be an integer, not 'big'."),
@@ -86,7 +86,10 @@ def test_train_refuses_a_bad_config_file_before_training(
     out = tmp_path / "runs" / "o"
     # No TINY here: its --hidden-dim and --num-embeddings would replace the bad values.
     argv = ["train", "--config", str(config), "--out", str(out), "--quiet", "--device", "cpu"]
-    fails_cleanly(capsys, [*argv, "--train-limit", "256", "--test-limit", "64"], fragment)
+    fails_cleanly(
+        capsys, [*argv, "--train-limit", "256", "--test-limit", "64"],
+        f"'{config}' cannot be used: ", fragment,
+    )  # fmt: skip
     assert not out.exists() and config.read_text() == before
 
 
