@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -26,6 +27,9 @@ from vqkit.fileio import (
     write_bytes_atomic,
     write_json_atomic,
 )
+
+if TYPE_CHECKING:  # model imports this module
+    from vqkit.model import VQVAE
 
 
 def run_path(run_dir: str | Path, name: str) -> Path:
@@ -252,7 +256,7 @@ def load_tensors_into(
     module.load_state_dict(tensors)
 
 
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):  # -> VQVAE
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> VQVAE:
     """Rebuild the model of a run folder from its config and weights, in eval mode."""
     from vqkit.devices import resolve_device
     from vqkit.model import VQVAE

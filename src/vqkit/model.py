@@ -69,6 +69,8 @@ class Decoder(nn.Module):
 
 @dataclass
 class VQVAEOutput:
+    """What the VQ-VAE's forward returns for a batch of B images."""
+
     reconstruction: torch.Tensor  # (B, C, H, W) in [0, 1]
     codes: torch.Tensor  # (B, h, w) int64
     vq_loss: torch.Tensor  # () quantizer loss (codebook + beta * commitment)

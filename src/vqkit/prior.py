@@ -219,6 +219,8 @@ class PixelCNNPrior(nn.Module):
         return [(bias[:, i, 0], bias[:, i, 1]) for i in range(self.config.layers)]
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Code grids (B, H, W) (and a conditional prior's labels (B,)) -> logits (B, K, H, W)
+        of every position given the positions before it in raster order."""
         return self.forward_embedded(self.embed(codes), labels)
 
     def forward_embedded(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

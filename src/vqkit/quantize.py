@@ -19,6 +19,7 @@ quantization, no codebook); :func:`register_quantizer` adds one of your own unde
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -131,7 +132,7 @@ def perplexity(code_counts: torch.Tensor) -> float:
     return float(torch.exp(entropy))
 
 
-def register_quantizer(name: str):
+def register_quantizer(name: str) -> Callable[[type], type]:
     """Class decorator: make ``QuantizerConfig(quantizer=name)`` build ``cls(config)``.
 
     The class must keep the contract in the module doc (``VectorQuantizer`` subclasses do); it
