@@ -55,8 +55,7 @@ class FiniteScalarQuantizer(nn.Module):
         return f"levels={list(self.config.fsq_levels)}, dim={self.config.embedding_dim}"
 
     def _project_in(self, rows: torch.Tensor) -> torch.Tensor:
-        """Rows (N, D) -> pre-bound channels (N, c), in the projection's dtype (latents of
-        another precision, outside autocast, would not multiply with its weights)."""
+        """Rows (N, D) -> pre-bound channels (N, c)."""
         # Under autocast the Linear casts by itself; outside it, a bf16 row and an fp32 weight
         # would not multiply.
         autocast = torch.is_autocast_enabled(rows.device.type)
