@@ -54,20 +54,14 @@ class FiniteScalarQuantizer(nn.Module):
     def extra_repr(self) -> str:
         return f"levels={list(self.config.fsq_levels)}, dim={self.config.embedding_dim}"
 
-    def _project_in(self, rows: torch.Tensor) -> torch.Tensor:
-        """Rows (N, D) -> pre-bound channels (N, c)."""
+    @staticmethod
+    def _project(layer: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        """Rows (N, D) through a projection (N, c), or grid values (N, c) back (N, D)."""
         # Under autocast the Linear casts by itself; outside it, a bf16 row and an fp32 weight
         # would not multiply.
-        autocast = torch.is_autocast_enabled(rows.device.type)
-        if isinstance(self.project_in, nn.Linear) and not autocast:
-            rows = rows.to(self.project_in.weight.dtype)
-        return self.project_in(rows)
-
-    def _project_out(self, values: torch.Tensor) -> torch.Tensor:
-        """Grid values (N, c) -> latents (N, D), in the projection's dtype."""
-        if isinstance(self.project_out, nn.Linear):
-            values = values.to(self.project_out.weight.dtype)
-        return self.project_out(values)
+        if isinstance(layer, nn.Linear) and not torch.is_autocast_enabled(rows.device.type):
+            rows = rows.to(layer.weight.dtype)
+        return layer(rows)
 
     def training_stats(self) -> dict[str, float | int]:
         return {}
@@ -119,7 +113,7 @@ class FiniteScalarQuantizer(nn.Module):
         """Code grid (B, H, W) of latents z (B, D, H, W) (any (B, D, *S) -> (B, *S))."""
         shape = latent_shape(z, self.config.embedding_dim)
         with torch.no_grad():
-            codes = self.scalar_quantize(self._project_in(as_rows(z)))[1]
+            codes = self.scalar_quantize(self._project(self.project_in, as_rows(z)))[1]
             return codes.view(shape[0], *shape[2:])
 
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
@@ -131,7 +125,8 @@ class FiniteScalarQuantizer(nn.Module):
         require_code_tensor(codes)
         if codes.device.type == "cpu":
             require_codes_in_range(codes, self.num_codes)
-        latents = self._project_out(self.codes_to_values(codes.reshape(-1)))  # (N, D)
+        values = self.codes_to_values(codes.reshape(-1))  # (N, c)
+        latents = self._project(self.project_out, values)  # (N, D)
         return latents.view(*codes.shape, latents.shape[1]).movedim(-1, 1)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
@@ -139,8 +134,9 @@ class FiniteScalarQuantizer(nn.Module):
         z through the bounding tanh and the projections (straight-through only across the
         rounding), so it is not the identity a VQ's straight-through copy gives."""
         shape = latent_shape(z, self.config.embedding_dim)
-        values, codes = self.scalar_quantize(self._project_in(as_rows(z)))  # (N, c), (N,)
-        quantized = as_latents(self._project_out(values), shape)
+        h = self._project(self.project_in, as_rows(z))  # (N, c)
+        values, codes = self.scalar_quantize(h)  # (N, c), (N,)
+        quantized = as_latents(self._project(self.project_out, values), shape)
         # index_add_ rather than bincount: CUDA bincount reads max() back to the host.
         counts = codes.new_zeros(self.num_codes).index_add_(0, codes, torch.ones_like(codes))
         loss = torch.zeros((), device=z.device, dtype=quantized.dtype)
