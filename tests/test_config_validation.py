@@ -64,6 +64,7 @@ BAD_FIELDS = [
     ("train", "skip_nonfinite", -1, "--skip-nonfinite cannot be negative."),
     ("train", "train_limit", 0, "--train-limit must be at least 1."),
     ("train", "eval_batch_size", 0, "The evaluation batch size must be at least 1"),
+    ("train", "dataset", "cifar", "Unknown dataset 'cifar'; valid datasets are: mnist, fashion"),
     ("quantizer", "beta", float("inf"), "The commitment weight beta must be a finite number"),
 ]
 

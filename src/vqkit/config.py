@@ -307,6 +307,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require_typed_settings(self, "train")
+        # Imported here, not at the top: the data package reads this module as it loads.
+        from vqkit.data.catalog import DATASETS
+
+        _require(
+            self.dataset in DATASETS,
+            f"Unknown dataset {self.dataset!r}; valid datasets are: {', '.join(DATASETS)}.",
+        )
         _require(self.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
         _require(self.batch_size >= 1, "The batch size must be at least 1 (--batch-size).")
         _require(
