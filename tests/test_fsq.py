@@ -110,6 +110,22 @@ def test_fsq_model_encodes_and_decodes():
     torch.testing.assert_close(model.decode(codes), model(images).reconstruction)
 
 
+@pytest.mark.parametrize("dim", [2, 6])  # 2: no projection (identity), 6: linear projections
+def test_an_fsq_model_cast_wholly_to_bf16_trains_and_decodes(dim):
+    config = ModelConfig(
+        hidden_dim=8,
+        quantizer=QuantizerConfig(quantizer="fsq", fsq_levels=[4, 4], embedding_dim=dim),
+    )
+    model = VQVAE(config).to(torch.bfloat16)
+    images = torch.rand(3, 1, 28, 28, dtype=torch.bfloat16)
+    out = model(images)
+    assert out.reconstruction.dtype == torch.bfloat16
+    out.reconstruction.float().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in model.parameters())
+    with torch.no_grad():
+        assert torch.equal(model.decode(out.codes), out.reconstruction)
+
+
 @pytest.mark.parametrize(
     "settings",
     [

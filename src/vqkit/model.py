@@ -197,8 +197,10 @@ class VQVAE(nn.Module):
                 f"{tuple(codes.shape)}."
             )
         require_codes_in_range(codes, self.num_codes)  # once here, also for codes on a GPU
-        device = next(self.parameters()).device
-        return self.decoder(self.quantizer.codes_to_latents(codes.to(device, torch.long)))
+        weight = next(self.decoder.parameters())
+        latents = self.quantizer.codes_to_latents(codes.to(weight.device, torch.long))
+        # FSQ without a projection gives fp32 grid values whatever the model was cast to.
+        return self.decoder(latents.to(weight.dtype))
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> VQVAE:
