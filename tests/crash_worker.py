@@ -1,5 +1,6 @@
 """One torchrun worker that trains with the real `vqkit train` command line and dies abruptly at
-a given step (both ranks alike, as a killed job): what survives is the last periodic save."""
+a given step: both ranks alike, as a killed job (what survives is the last periodic save), or
+with STEP@RANK only that rank, as one lost process (the others must say so)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from vqkit import training
 from vqkit.cli import main
 
 if __name__ == "__main__":
-    crash_at, argv = int(sys.argv[1]), sys.argv[2:]
+    step, _, rank = sys.argv[1].partition("@")
+    crash_at, argv = int(step), sys.argv[2:]
     real_step = training._Run.train_step
 
     def step_or_die(self, batch, global_step):
-        if global_step == crash_at:
+        if global_step == crash_at and rank in ("", os.environ["RANK"]):
             os._exit(3)  # no cleanup, no save: like SIGKILL
         return real_step(self, batch, global_step)
 

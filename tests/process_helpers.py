@@ -14,6 +14,8 @@ from vqkit import runfiles
 
 # How long a test waits for a real training process to save or to end.
 WAIT_SECONDS = 120
+# Every torchrun command of the tests: two processes on this machine.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
 def child_env() -> dict[str, str]:
@@ -41,3 +43,22 @@ def wait_for_mid_epoch_state(run_dir: Path, process: subprocess.Popen) -> dict:
         time.sleep(0.01)
     process.kill()
     raise AssertionError("no mid-epoch state appeared")
+
+
+def torchrun_train(cwd: Path, *flags: str) -> None:
+    command = [
+        *TORCHRUN,
+        "-m", "vqkit", "train", *flags, "--quiet", "--device", "cpu",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, env=child_env(), capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def run_worker(cwd: Path, worker: Path, *args: str) -> subprocess.CompletedProcess:
+    """Two processes of a test worker script under torchrun, quiet, on the CPU."""
+    command = [*TORCHRUN, str(worker), *args, "--quiet", "--device", "cpu"]
+    return subprocess.run(
+        command, env=child_env(), capture_output=True, text=True, timeout=300, cwd=cwd
+    )

@@ -8,22 +8,28 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from process_helpers import WAIT_SECONDS, child_env, vqkit_command, wait_for_mid_epoch_state
+from process_helpers import (
+    TORCHRUN,
+    WAIT_SECONDS,
+    child_env,
+    run_worker,
+    torchrun_train,
+    vqkit_command,
+    wait_for_mid_epoch_state,
+)
 
 from vqkit import distributed, runfiles
 from vqkit.checkpoint import read_tensors
 from vqkit.cli import main, train_cmd
 from vqkit.distributed import Context
 from vqkit.environment import read_records
+from vqkit.errors import VqkitError
 from vqkit.training import epoch_batches, steps_per_epoch
 
-# Every torchrun command here: two processes on this machine.
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 WORKER = Path(__file__).with_name("ddp_worker.py")
 GUARD_WORKER = Path(__file__).with_name("guard_worker.py")
 CRASH_WORKER = Path(__file__).with_name("crash_worker.py")
@@ -96,17 +102,6 @@ def test_two_ranks_reach_the_one_process_test_mse(two_rank_run, small_run):
     one = small_run.final
     assert two["test_mse"] == pytest.approx(one["test_mse"], rel=0.05)
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=0.05)
-
-
-def torchrun_train(cwd: Path, *flags: str) -> None:
-    command = [
-        *TORCHRUN,
-        "-m", "vqkit", "train", *flags, "--quiet", "--device", "cpu",
-    ]  # fmt: skip
-    done = subprocess.run(
-        command, env=child_env(), capture_output=True, text=True, timeout=300, cwd=cwd
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_a_two_rank_channels_last_run_resumed_ends_as_an_unbroken_one(tmp_path):
@@ -225,14 +220,6 @@ def test_a_bar_on_rank_0_alone_does_not_unmatch_the_ranks_collectives(tmp_path):
     assert len((tmp_path / "run" / runfiles.METRICS).read_text().splitlines()) == 1
 
 
-def run_worker(cwd: Path, worker: Path, *args: str) -> subprocess.CompletedProcess:
-    """Two processes of a test worker script under torchrun, quiet, on the CPU."""
-    command = [*TORCHRUN, str(worker), *args, "--quiet", "--device", "cpu"]
-    return subprocess.run(
-        command, env=child_env(), capture_output=True, text=True, timeout=300, cwd=cwd
-    )
-
-
 def test_a_two_rank_run_resumed_mid_epoch_keeps_every_ranks_training_loss(tmp_path):
     # 512 images in batches of 64: 8 steps an epoch; a save every 3 steps, a crash at step 5.
     # The resumed epoch's train_loss must count both ranks' losses before the save (only rank
@@ -284,7 +271,8 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_with_a_saved_
     state = json.loads((tmp_path / "run" / runfiles.TRAIN_STATE_META).read_text())
     assert state["epochs_done"] == 0 and state["step"] == 20, (state, done.stderr[-2000:])
     how = "interrupted" if name == "SIGINT" else "stopped by SIGTERM"
-    hint = f"vqkit: {how}; the run is saved, continue it with: vqkit train --resume run"
+    hint = f"vqkit: {how}; the run is saved, continue it with: "
+    hint += "torchrun --nproc-per-node 2 -m vqkit train --resume run"
     assert done.stderr.count(hint) == 1, done.stderr[-3000:]  # rank 0 alone says it
     assert f"exitcode  : {status}" in done.stderr  # torchrun's report of the processes' status
     torchrun_train(tmp_path, "--resume", "run")
@@ -329,7 +317,8 @@ def test_a_stop_signal_to_torchrun_saves_its_processes_state_and_says_how_to_res
     _, stderr = process.communicate(timeout=WAIT_SECONDS)
     state = json.loads((tmp_path / "run" / runfiles.TRAIN_STATE_META).read_text())
     assert state["epochs_done"] == 0 and state["step"] % 20 == 0 < state["step"], stderr[-3000:]
-    hint = f"vqkit: {said}; the run is saved, continue it with: vqkit train --resume run"
+    hint = f"vqkit: {said}; the run is saved, continue it with: "
+    hint += "torchrun --nproc-per-node 2 -m vqkit train --resume run"
     assert stderr.count(hint) == 1, stderr[-3000:]
 
 
@@ -387,7 +376,7 @@ def test_commands_other_than_train_refuse_several_processes(argv, monkeypatch, c
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"vqkit {argv[0]} runs in one process; start it without torchrun" in err
+    assert f"vqkit {argv[0]} works in one process; start it without torchrun" in err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -420,6 +409,19 @@ def test_a_refusal_before_joining_is_printed_once_per_machine(argv, monkeypatch,
     monkeypatch.setattr(distributed, "_joined", True)
     assert main(["train", "--lr", "-1"]) == 2
     assert "learning rate" in capsys.readouterr().err
+
+
+def test_after_joining_a_refusal_met_alike_is_said_by_the_first_process_of_a_machine(
+    monkeypatch,
+):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "_joined", True)
+    with pytest.raises(VqkitError) as refused, distributed.refused_alike():
+        raise VqkitError("The same for every process.")
+    for local_rank, says in [("0", True), ("1", False)]:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert distributed.prints_refusals(refused.value) is says
+        assert distributed.prints_refusals(VqkitError("Its own failure."))
 
 
 def test_a_lost_process_is_one_sentence_and_a_bug_still_a_traceback(monkeypatch, capsys):

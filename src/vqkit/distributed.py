@@ -7,8 +7,10 @@ of every batch, and lets rank 0 alone write files and show progress.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -77,16 +79,36 @@ def setup(device: torch.device) -> Context:
 _joined = False
 
 
-def prints_refusals() -> bool:
-    """Whether this process prints a refusal's sentence. Until a torchrun job's processes join
-    their group, each reads the same command line and files and refuses alike, so only the
-    first process on each machine (LOCAL_RANK 0) says it; after that each speaks for itself."""
+def prints_refusals(refusal: BaseException | None = None) -> bool:
+    """Whether this process prints the sentence of ``refusal``. Until a torchrun job's
+    processes join their group, each reads the same command line and files and refuses alike,
+    so only the first process on each machine (LOCAL_RANK 0) says it; after that each speaks
+    for itself, except for a refusal raised inside :func:`refused_alike`."""
     try:
         several = int(os.environ.get("WORLD_SIZE", "1")) > 1
         later = int(os.environ.get("LOCAL_RANK", "0")) != 0
     except ValueError:  # the refusal may be about that very variable: say it
         return True
-    return _joined or not (several and later)
+    alike = getattr(refusal, ALIKE_MARK, False)
+    return (_joined and not alike) or not (several and later)
+
+
+# The attribute refused_alike sets on the refusals it lets through.
+ALIKE_MARK = "vqkit_refused_alike"
+
+
+@contextlib.contextmanager
+def refused_alike() -> Iterator[None]:
+    """Marks the refusals raised inside as ones every process on a machine meets alike, after
+    joining: checks of the settings, the data and the run folder's files, and decisions rank 0
+    broadcasts. Their sentence is printed once per machine, not once per process. (Checks whose
+    answer can differ between the processes of one machine, such as a GPU's free memory, stay
+    outside: a process that refused alone and said nothing would leave no sentence at all.)"""
+    try:
+        yield
+    except VqkitError as exc:
+        setattr(exc, ALIKE_MARK, True)
+        raise
 
 
 # The commands that train with several processes; every other one runs in a single process.
@@ -102,22 +124,35 @@ def require_one_process(command: str) -> None:
         return
     if _env_int("WORLD_SIZE") > 1:
         raise VqkitError(
-            f"vqkit {command} runs in one process; start it without torchrun (only vqkit train "
+            f"vqkit {command} works in one process; start it without torchrun (only vqkit train "
             "trains with several)."
         )
 
 
-def lost_process_message(exc: BaseException) -> str | None:
+def lost_process_message(exc: BaseException, resume: str | None = None) -> str | None:
     """One sentence for a collective that failed because another process of the job stopped
-    or lost its connection (its own output says why), else None."""
+    or lost its connection, else None; ``resume`` is the command line that continues the run
+    (see :func:`under_torchrun`), when the run folder is known."""
     distributed_error = getattr(dist, "DistError", ())  # NCCL's and the store's errors
     if not (isinstance(exc, distributed_error) or any(s in str(exc) for s in LOST_PROCESS_SIGNS)):
         return None
+    resume = resume or "the same torchrun command with vqkit train --resume RUN"
     return (
-        "Another process of this torchrun job stopped or lost its connection (its own output "
-        "says why); the run's last saved state is kept, and the same torchrun command with "
-        "vqkit train --resume RUN continues it."
+        "Another process of this torchrun job stopped or lost its connection (torchrun's "
+        f"report names it); the run's last saved state is kept, and {resume} continues it."
     )
+
+
+def under_torchrun(command: str, context: Context) -> str:
+    """The command line ``command`` (``vqkit train --resume RUN``) as this torchrun job would
+    run it: with as many processes, since a state saved mid-epoch resumes only with those."""
+    if not context.enabled:
+        return command
+    world = str(context.world_size)
+    module = command.removeprefix("vqkit ")
+    if os.environ.get("LOCAL_WORLD_SIZE", world) == world:  # one machine
+        return f"torchrun --nproc-per-node {world} -m vqkit {module}"
+    return f"the same torchrun command on every machine with -m vqkit {module}"
 
 
 def device_for(context: Context, device: torch.device) -> torch.device:
@@ -127,7 +162,7 @@ def device_for(context: Context, device: torch.device) -> torch.device:
     return device
 
 
-def teardown(context: Context, finished: bool = False) -> None:
+def teardown(context: Context, finished: bool = False, peers_lost: bool = False) -> None:
     """Leave the process group this code started.
 
     After a finished run every rank first waits for the others, and the group's objects are
@@ -135,7 +170,13 @@ def teardown(context: Context, finished: bool = False) -> None:
     aborted at its exit ("terminate called without an active exception") in about one two-rank
     torchrun run in ten on a loaded 2-core machine, and torchrun reported a finished run as
     failed; with both, none did in 40 such runs.
+
+    With ``peers_lost`` (a collective failed because another process is gone) the group is not
+    left: leaving waited for the process that held the job's store (rank 0) when it was the one
+    gone, until torchrun's SIGTERM ended this process before it could say why it stopped.
     """
+    if peers_lost:
+        return
     if context.owns_group and dist.is_initialized():
         if finished:
             try:

@@ -79,9 +79,11 @@ class TrainingInterrupted(KeyboardInterrupt):
         run_dir: Path,
         files: train_state.StateFiles = train_state.VQVAE_FILES,
         signal_number: int = signal.SIGINT,
+        context: distributed.Context | None = None,
     ):
         self.run_dir = run_dir
-        self.resume_command = files.resume_command(run_dir)
+        command = files.resume_command(run_dir)
+        self.resume_command = distributed.under_torchrun(command, context or distributed.Context())
         self.signal_number = int(signal_number)
         # What became of the run instead, when its saved state was given up (a replacement
         # prior stopped in its first epoch: the earlier prior is back); None: it can resume.
@@ -211,8 +213,9 @@ def train(
     config = record_data_folder(checked_config(config), data_dir)
     target = resolve_device(device)
     context = distributed.setup(target)
-    finished = False
+    finished = peers_lost = False
     lock = RunLock()  # held by rank 0 from the run folder's checks to the end
+    run = None
     try:
         target = distributed.device_for(context, target)
         with deterministic_mode(config.train.deterministic, target), warnings.catch_warnings():
@@ -223,9 +226,19 @@ def train(
             result = run.train()
         finished = True
         return result
+    except RuntimeError as exc:
+        resume = None
+        if run is not None:
+            command = train_state.VQVAE_FILES.resume_command(run.run_dir)
+            resume = distributed.under_torchrun(command, context)
+        message = distributed.lost_process_message(exc, resume)
+        if message is None:
+            raise
+        peers_lost = True
+        raise VqkitError(message) from exc
     finally:
         lock.release()
-        distributed.teardown(context, finished)
+        distributed.teardown(context, finished, peers_lost)
 
 
 class _Run:
@@ -245,19 +258,11 @@ class _Run:
         self.config = config
         settings = self.settings = config.train
         self.context, self.device = context, device
-        require_compile_toolchain(settings, device)
-        require_cuda_graph_support(settings, device, context)
-        if settings.batch_size % context.world_size:
-            raise VqkitError(
-                f"The batch size {settings.batch_size} must be a multiple of the "
-                f"{context.world_size} processes (--batch-size is the total over all of them)."
-            )
         data_dir = settings.data_folder(data_dir)
-        train_split = load_split(settings.dataset, "train", data_dir)
-        # Whole dataset resident on the device as uint8; batches are gathered by index.
-        self.images = limit(train_split, settings.train_limit).to(device)
-        test_split = load_split(settings.dataset, "test", data_dir)
-        self.test_images = limit(test_split, settings.test_limit)
+        with distributed.refused_alike():
+            require_compile_toolchain(settings, device)
+            require_cuda_graph_support(settings, device, context)
+            self._load_images(data_dir)
         # The model is built before the run folder exists, so that a quantizer of one's own
         # that breaks the contract leaves no folder behind. (prepare_run_dir draws no numbers.)
         require_trainable_size(
@@ -268,7 +273,8 @@ class _Run:
         )
         torch.manual_seed(settings.seed)
         self.model = VQVAE(config.model).to(device)
-        self.run_dir = prepare_run_dir(config, run_dir, resume, context, device, lock)
+        with distributed.refused_alike():  # rank 0's refusal, broadcast
+            self.run_dir = prepare_run_dir(config, run_dir, resume, context, device, lock)
         self.optimizer = make_optimizer(self.model, settings)
         epoch_steps = steps_per_epoch(self.images.shape[0], settings.batch_size, context.world_size)
         total_steps = settings.epochs * epoch_steps
@@ -285,39 +291,8 @@ class _Run:
         if settings.dataset == OWN_DATASET:
             own_data = environment.images_digest(self.images, self.test_images)
         if resume:
-            require_resumable_settings(self.run_dir, config)
-            if own_data is not None:  # before anything is saved: a refusal changes no file
-                require_same_own_data(self.run_dir, own_data, data_dir)
-            planned = schedule_length(self.scheduler)
-            self.position, loss_sum = train_state.load(
-                self.run_dir, self.model, self.optimizer, self.order_generator, self.scheduler
-            )
-            self.loss_sum = loss_sum.to(device)
-            if schedule_length(self.scheduler) != planned:
-                raise VqkitError(
-                    f"The run in '{self.run_dir}' follows a {settings.lr_schedule} learning-rate "
-                    f"schedule fitted to the length it started with "
-                    f"({schedule_length(self.scheduler)} steps), so it cannot be resumed with "
-                    f"--epochs {settings.epochs} on these images ({planned} steps; the length "
-                    "also changes with the dataset); train a new run instead."
-                )
-            if self.position.step and self.position.world_size != context.world_size:
-                raise VqkitError(
-                    f"The run in '{self.run_dir}' stopped mid-epoch with "
-                    f"{self.position.world_size} processes; resume it with that many."
-                )
-            # Now with as many processes as saved it: their epoch's steps are these.
-            train_state.require_step_in_epoch(self.run_dir, self.position.step, epoch_steps)
-            if settings.epochs < self.position.epochs_done:
-                raise VqkitError(
-                    f"The run in '{self.run_dir}' has already trained "
-                    f"{counted(self.position.epochs_done, 'epoch')}, more than --epochs "
-                    f"{settings.epochs}."
-                )
-            self.position.world_size = context.world_size
-            if context.is_main:  # checked: now record the new --epochs (and data folder)
-                save_config(self.run_dir, config)
-            self.history = resumed_history(self.run_dir, self.position.epochs_done, context)
+            with distributed.refused_alike():  # every process reads the same run folder
+                self._restore(own_data, data_dir, epoch_steps)
         self.resumed = resume
         self.epochs_at_start = self.position.epochs_done
         if self.epochs_at_start < settings.epochs:  # a finished run resumed is no new session
@@ -336,6 +311,71 @@ class _Run:
         self.stop = StopRequest(context, device)
         show = sys.stderr.isatty() if progress is None else progress
         self.show = show and context.is_main
+
+    def _load_images(self, data_dir: str | Path | None) -> None:
+        """The training images, resident on the device as uint8 (batches are gathered by
+        index), and the test images; refused when they cannot be shared among the processes."""
+        settings, world_size = self.settings, self.context.world_size
+        if settings.batch_size % world_size:
+            raise VqkitError(
+                f"The batch size {settings.batch_size} must be a multiple of the "
+                f"{world_size} processes (--batch-size is the total over all of them)."
+            )
+        train_split = load_split(settings.dataset, "train", data_dir)
+        self.images = limit(train_split, settings.train_limit).to(self.device)
+        if self.images.shape[0] < world_size:  # some process would get no image to train on
+            raise VqkitError(
+                f"{counted(self.images.shape[0], 'training image')} cannot be shared among "
+                f"{world_size} processes; train on more images or with fewer processes."
+            )
+        test_split = load_split(settings.dataset, "test", data_dir)
+        self.test_images = limit(test_split, settings.test_limit)
+
+    def _restore(self, own_data: str | None, data_dir: str | Path | None, epoch_steps: int) -> None:
+        """Load the run's saved state into the live objects, after checking that it fits
+        these settings, this data and this many processes."""
+        require_resumable_settings(self.run_dir, self.config)
+        if own_data is not None:  # before anything is saved: a refusal changes no file
+            require_same_own_data(self.run_dir, own_data, data_dir)
+        planned = schedule_length(self.scheduler)
+        self.position, loss_sum = train_state.load(
+            self.run_dir, self.model, self.optimizer, self.order_generator, self.scheduler
+        )
+        self.loss_sum = loss_sum.to(self.device)
+        saved, now = self.position.world_size, self.context.world_size
+        if self.position.step and saved != now:
+            raise VqkitError(
+                f"The run in '{self.run_dir}' stopped mid-epoch with "
+                f"{counted(saved, 'process', 'processes')}; resume it with that many."
+            )
+        fitted = schedule_length(self.scheduler)
+        if fitted != planned and saved != now:
+            raise VqkitError(
+                f"The run in '{self.run_dir}' follows a {self.settings.lr_schedule} "
+                f"learning-rate schedule fitted to {fitted} steps with "
+                f"{counted(saved, 'process', 'processes')}; with {now} the same epochs take "
+                f"{planned} (each process trains on an equal share of the images), so resume "
+                "it with as many processes as before."
+            )
+        if fitted != planned:
+            raise VqkitError(
+                f"The run in '{self.run_dir}' follows a {self.settings.lr_schedule} learning-rate "
+                f"schedule fitted to the length it started with ({fitted} steps), so it cannot "
+                f"be resumed with --epochs {self.settings.epochs} on these images ({planned} "
+                "steps; the length also changes with the dataset); train a new run instead."
+            )
+        # Now with as many processes as saved it: their epoch's steps are these.
+        train_state.require_step_in_epoch(self.run_dir, self.position.step, epoch_steps)
+        if self.settings.epochs < self.position.epochs_done:
+            raise VqkitError(
+                f"The run in '{self.run_dir}' has already trained "
+                f"{counted(self.position.epochs_done, 'epoch')}, more than --epochs "
+                f"{self.settings.epochs}."
+            )
+        self.position.world_size = self.context.world_size
+        if self.context.is_main:  # checked: now record the new --epochs (and data folder)
+            save_config(self.run_dir, self.config)
+        self.history = resumed_history(self.run_dir, self.position.epochs_done, self.context)
 
     def train(self) -> TrainResult:
         # Each epoch's end writes the weights file; a resume of a finished run trains none.
@@ -423,7 +463,9 @@ class _Run:
         self.finish_epoch(epoch, time.perf_counter() - started, trained)
 
     def interrupted(self) -> TrainingInterrupted:
-        return TrainingInterrupted(self.run_dir, signal_number=self.stop.signal_number)
+        return TrainingInterrupted(
+            self.run_dir, signal_number=self.stop.signal_number, context=self.context
+        )
 
     def train_step(self, batch: torch.Tensor, global_step: int) -> torch.Tensor | None:
         """One optimizer step on ``batch``; its detached loss, or None when the guard skipped

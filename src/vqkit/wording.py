@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 
-def counted(count: int, noun: str) -> str:
-    """'1 image', '3 images': a count with its noun in the right number (regular plurals)."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """'1 image', '3 images': a count with its noun in the right number (``plural`` for a noun
+    whose plural is not the noun and an s: '2 processes')."""
+    return f"{count} {noun}" if count == 1 else f"{count} {plural or noun + 's'}"
 
 
 def on_test_images(metrics: dict) -> str:

@@ -247,7 +247,7 @@ def run_command(argv: list[str] | None) -> int:
         distributed.require_one_process(args.command)
         return int(args.handler(args) or 0)
     except VqkitError as exc:
-        if distributed.prints_refusals():  # one line for a torchrun job's identical refusals
+        if distributed.prints_refusals(exc):  # one line for a torchrun job's identical refusals
             print(f"vqkit: error: {exc}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError, OSError) as exc:
