@@ -6,7 +6,7 @@ in those kernels bounds any speed-up that only makes them faster: if every oneDN
 at the measured matrix-product peak (model FLOPs ÷ peak), the rest of the step — elementwise
 work, the quantizer, the optimiser, the framework — would still take what it takes now.
 
-    python bench/onednn_share.py                       # efficient preset, bf16 channels-last
+    python bench/onednn_share.py            # efficient preset, channels-last, bf16 where native
     python bench/onednn_share.py --precision fp32 --no-channels-last
 """
 
@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--train-limit", type=int, help="images to draw batches from")
     add_training_overrides(parser)
-    parser.set_defaults(precision="bf16", channels_last=True, epochs=1)
+    parser.set_defaults(precision="auto", channels_last=True, epochs=1)
     args = parser.parse_args()
     config = config_from_args(args)
     if not torch.backends.mkldnn.is_available():

@@ -17,7 +17,7 @@ import time
 import torch
 from flops import measure_peak_gflops, training_flops_per_image
 from torch.profiler import ProfilerActivity, profile
-from vqkit_runner import SlicedTrainer, bench_config
+from vqkit_runner import NO_NATIVE_BF16, SlicedTrainer, bench_config, native_bf16
 
 from vqkit.config import PRESETS
 from vqkit.data import load_split
@@ -47,17 +47,19 @@ def main() -> None:
     args = parser.parse_args()
     images = load_split("mnist", "train").images
     peak32 = measure_peak_gflops(torch.float32)
-    peak16 = measure_peak_gflops(torch.bfloat16)
-    print(f"measured matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
-    variants = {
-        "fp32 NCHW": {},
-        "bf16 channels-last": {"precision": "bf16", "channels_last": True},
-        "bf16 channels-last batch 256": {
+    variants: dict[str, dict] = {"fp32 NCHW": {}}
+    if native_bf16():
+        peak16 = measure_peak_gflops(torch.bfloat16)
+        print(f"measured matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+        variants["bf16 channels-last"] = {"precision": "bf16", "channels_last": True}
+        variants["bf16 channels-last batch 256"] = {
             "precision": "bf16",
             "channels_last": True,
             "batch_size": 256,
-        },
-    }
+        }
+    else:
+        print(f"measured matmul peak: fp32 {peak32:.0f} GFLOP/s; {NO_NATIVE_BF16}")
+        variants["fp32 channels-last"] = {"channels_last": True}
     flops = training_flops_per_image(bench_config(args.preset))
     print(
         f"{args.preset}: {flops['forward'] / 1e6:.1f} MFLOP/image forward, "
@@ -68,7 +70,7 @@ def main() -> None:
     for name, overrides in variants.items():
         trainer = SlicedTrainer(bench_config(args.preset, epochs=1, **overrides), images)
         rate = timed_steps(trainer, args.steps)
-        peak = peak16 if trainer.precision == "bf16" else peak32
+        peak = peak16 if trainer.precision == "bf16" else peak32  # bf16 only where measured
         floor = peak * 1e9 / flops["train"]
         print(
             f"| {name} | {rate:.0f} | {rate * flops['train'] / 1e9:.0f} | {floor:.0f} | "

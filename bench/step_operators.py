@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--flush-mib", type=int, default=128, help="buffer written to evict")
     parser.add_argument("--top", type=int, default=12, help="operators listed")
     add_training_overrides(parser)
-    parser.set_defaults(precision="bf16", channels_last=True)
+    parser.set_defaults(precision="auto", channels_last=True)
     args = parser.parse_args()
     args.epochs = 1
     config = config_from_args(args)

@@ -7,7 +7,7 @@ running), then a round of reference steps (its clock running), and so on, so bot
 machine conditions. Printed: each side's overall images/s and their ratio, and the median and
 range of the per-round ratios (each vqkit round against the reference round right after it).
 
-    python bench/throughput_interleaved.py                          # efficient, bf16, channels-last
+    python bench/throughput_interleaved.py        # efficient, channels-last, bf16 where native
     python bench/throughput_interleaved.py --precision fp32 --no-channels-last
     python bench/throughput_interleaved.py --preset fast --images 20000
     python bench/throughput_interleaved.py --preset default --reference default
@@ -30,6 +30,7 @@ from tutorial_reference import (
 )
 from vqkit_runner import SlicedTrainer, add_training_overrides, config_from_args
 
+from vqkit.acceleration import resolve_precision
 from vqkit.config import PRESETS
 from vqkit.data import load_split
 
@@ -48,7 +49,7 @@ def main() -> None:
         "--round-batches", type=int, default=30, help="batches of 128 per side per round"
     )
     add_training_overrides(parser)
-    parser.set_defaults(epochs=1, precision="bf16", channels_last=True)
+    parser.set_defaults(epochs=1, precision="auto", channels_last=True)
     args = parser.parse_args()
     train_images = load_split("mnist", "train").images[: args.images]
     test_images = load_split("mnist", "test").images
@@ -57,7 +58,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{train_images.shape[0]} images x {config.train.epochs} epoch(s), rounds of "
         f"{args.round_batches} batches; vqkit --preset {args.preset} "
-        f"--precision {config.train.precision} "
+        f"--precision {resolve_precision(config.train.precision, train_images.device)} "
         f"--{'' if config.train.channels_last else 'no-'}channels-last "
         f"--batch-size {config.train.batch_size}"
     )

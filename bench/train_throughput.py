@@ -22,7 +22,14 @@ from tutorial_reference import (
     reference_test_mse,
     train_reference,
 )
-from vqkit_runner import SlicedTrainer, bench_config, clock_reader, median_seconds_per_image
+from vqkit_runner import (
+    NO_NATIVE_BF16,
+    SlicedTrainer,
+    bench_config,
+    clock_reader,
+    median_seconds_per_image,
+    native_bf16,
+)
 
 from vqkit.data import load_split
 
@@ -51,7 +58,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     configurations = dict(CONFIGURATIONS)
-    if args.compile:
+    if not native_bf16():
+        print(NO_NATIVE_BF16)
+        configurations = {
+            name: (preset, overrides)
+            for name, (preset, overrides) in configurations.items()
+            if overrides.get("precision") != "bf16"
+        }
+    if args.compile and native_bf16():
         configurations["vqkit efficient bf16 channels-last compiled"] = (
             "efficient",
             {"precision": "bf16", "channels_last": True, "compile": True},

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from vqkit.acceleration import make_optimizer, make_scheduler, prepare_model, resolve_precision
+from vqkit.acceleration import (
+    bf16_is_fast,
+    make_optimizer,
+    make_scheduler,
+    prepare_model,
+    resolve_precision,
+)
 from vqkit.config import COMPILE_MODES, LR_SCHEDULES, PRECISIONS, RunConfig, preset_config
 from vqkit.cuda_graph import graphed_step_or_none, require_cuda_graph_support
 from vqkit.distributed import Context
@@ -26,6 +32,16 @@ from vqkit.training import run_epoch
 # Test MSE each preset must reach: the tutorial's own results on the same data (the efficient
 # model's 3-epoch figure for the presets built on it).
 TARGET_MSE = {"efficient": 0.0057, "fast": 0.0057, "best": 0.0057, "default": 0.0046}
+
+
+# Printed where bf16 rows are left out: without AVX512-BF16 or AMX the CPU emulates bf16, tens
+# of times slower than fp32 (a 512² product: 60×), so such rows would time the emulation.
+NO_NATIVE_BF16 = "this CPU has no native bf16 (AVX512-BF16/AMX): its bf16 rows are left out"
+
+
+def native_bf16() -> bool:
+    """Whether this machine's CPU runs bf16 convolutions natively (what --precision auto asks)."""
+    return bf16_is_fast(torch.device("cpu"))
 
 
 @dataclass
