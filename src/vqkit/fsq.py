@@ -136,9 +136,11 @@ class FiniteScalarQuantizer(nn.Module):
         shape = latent_shape(z, self.config.embedding_dim)
         h = self._project(self.project_in, as_rows(z))  # (N, c)
         values, codes = self.scalar_quantize(h)  # (N, c), (N,)
-        # In z's type: with no projection to cast them, the fp32 grid values would not enter a
-        # decoder cast wholly to bf16 (under autocast the decoder casts them the same way).
-        quantized = as_latents(self._project(self.project_out, values), shape).to(z.dtype)
+        quantized = as_latents(self._project(self.project_out, values), shape)
+        if isinstance(self.project_out, nn.Identity):
+            # No projection's type to take: the fp32 grid values take the encoder's, or they
+            # would not enter a decoder cast wholly to bf16 (autocast casts them the same way).
+            quantized = quantized.to(z.dtype)
         # index_add_ rather than bincount: CUDA bincount reads max() back to the host.
         counts = codes.new_zeros(self.num_codes).index_add_(0, codes, torch.ones_like(codes))
         loss = torch.zeros((), device=z.device, dtype=quantized.dtype)
