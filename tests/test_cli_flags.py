@@ -51,6 +51,12 @@ def test_train_prior_flags_reach_the_prior_config():
         (["sample", "r", "--strategy", "random", "--out", "a.png", "--n", "0"], "argument --n"),
         (["trian"], "vqkit: error: argument COMMAND: invalid choice: 'trian'"),
         (["train", "--lrr", "1"], "vqkit train: error: unrecognized arguments: --lrr 1"),
+        # A shortened flag is no flag: --epoch quietly meant --epochs.
+        (["train", "--epoch", "1"], "vqkit train: error: unrecognized arguments: --epoch 1"),
+        (
+            ["sample", "r", "--strategy", "used", "--weight", "--out", "a.png"],
+            "unrecognized arguments: --weight",
+        ),
     ],
 )
 def test_a_mistyped_flag_is_one_line_not_the_usage_block(argv, fragment, capsys):

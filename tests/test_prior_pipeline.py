@@ -318,7 +318,7 @@ def test_the_reports_prior_section_says_which_grids_it_measured(prior_run, capsy
     assert main(["runs", str(prior_run)]) == 0
     assert re.search(r"\d\.\d{3} \(conditional\)", capsys.readouterr().out)
     assert "the 1,000 test code grids under the prior (trained on 4,000 training grids)" in html
-    assert "if anything, a baseline too hard to beat" in html
+    assert "knows neither a code&#x27;s position nor its neighbours" in html
 
 
 def test_a_prior_saved_while_it_is_read_is_refused_not_misnamed(prior_run, tmp_path, monkeypatch):

@@ -428,7 +428,7 @@ def _interpolation(info: RunInfo) -> Section | None:
     captions = {k: INTERPOLATION_CAPTIONS.get(k, k.replace("_", " ")) for k in keys}
     strips = [_embed(info, info.figures[k], captions[k], captions[k]) for k in keys]
     body = "".join(strips)
-    lead = "Each row walks from one test image to another."
+    lead = "Each row walks from one image (left) to another (right) through their code grids."
     return Section("interpolation", "Interpolation", body, lead) if body else None
 
 
@@ -471,9 +471,10 @@ def _prior(info: RunInfo) -> Section | None:
     )
     lead = (
         f"Negative log-likelihood of {grids}; lower is better. Uniform assumes every code "
-        "equally likely. Unigram is the entropy of the training grids' code frequencies: the "
-        "least any model of independent positions spends on those grids (on the test grids "
-        "it spends a little more): if anything, a baseline too hard to beat."
+        "equally likely. Unigram is the entropy of the training grids' code frequencies: what "
+        "a model that knows neither a code's position nor its neighbours spends. A model of "
+        "each position's own frequencies spends no more on those grids, and usually less, so "
+        "not all of the prior's gain over unigram comes from reading neighbouring codes."
     )
     if left_out:
         body += note(left_out)

@@ -25,6 +25,9 @@ def add_command(subparsers, name: str, summary: str, body: str, handler) -> argp
         help=summary,
         description=textwrap.dedent(body).strip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # Like the top-level parser: --epoch must not quietly mean --epochs (and a shortened
+        # flag before a negative value would get argparse's 'expected one argument').
+        allow_abbrev=False,
     )
     parser.set_defaults(handler=handler)
     return parser
