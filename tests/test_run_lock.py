@@ -307,7 +307,9 @@ def test_a_run_another_process_saved_before_the_lock_was_taken_is_not_trained_ov
     monkeypatch.setattr(RunLock, "acquire", acquire_after_another_run_saved)
     config = preset_config("efficient")
     config.train.train_limit, config.train.test_limit = 64, 16
-    with pytest.raises(VqkitError, match="already holds a trained run"):
+    with pytest.raises(
+        VqkitError, match="already holds a run \\(finished or not\\); continue it with"
+    ):
         train(config, run_dir, device="cpu", progress=False)
     assert (run_dir / runfiles.WEIGHTS).read_bytes() == b"the other run's weights"
 

@@ -179,7 +179,7 @@ def _refuse_taken(path: Path) -> None:
     """Refuse a new run's folder that holds another run's files or lies inside another run."""
     if holds_trained_run(path):
         raise VqkitError(
-            f"The folder '{path}' already holds a trained run; continue it with "
+            f"The folder '{path}' already holds a run (finished or not); continue it with "
             f"vqkit train --resume {path} or choose another --out."
         )
     others = [
