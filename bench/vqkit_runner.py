@@ -34,13 +34,13 @@ from vqkit.training import run_epoch
 TARGET_MSE = {"efficient": 0.0057, "fast": 0.0057, "best": 0.0057, "default": 0.0046}
 
 
-# Printed where bf16 rows are left out: without AVX512-BF16 or AMX the CPU emulates bf16, tens
-# of times slower than fp32 (a 512² product: 60×), so such rows would time the emulation.
-NO_NATIVE_BF16 = "this CPU has no native bf16 (AVX512-BF16/AMX): its bf16 rows are left out"
+# Printed where bf16 rows are left out: where oneDNN has no bf16 kernels (AVX2 and older CPUs),
+# bf16 runs tens of times slower than fp32 (a 512² product: 60×), so the rows would time that.
+NO_NATIVE_BF16 = "oneDNN has no bf16 kernels for this CPU (AVX2 or older): bf16 rows left out"
 
 
 def native_bf16() -> bool:
-    """Whether this machine's CPU runs bf16 convolutions natively (what --precision auto asks)."""
+    """Whether oneDNN runs bf16 on this machine's CPU (what --precision auto asks)."""
     return bf16_is_fast(torch.device("cpu"))
 
 

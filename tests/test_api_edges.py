@@ -119,7 +119,8 @@ def test_a_refused_demo_leaves_no_folder(out, device, tmp_path, monkeypatch):
 
 def test_a_demo_into_a_trained_run_is_refused_and_leaves_it_alone(run_copy):
     before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
-    with pytest.raises(VqkitError, match="already holds a trained run, and the demo trains its"):
+    taken = "already holds a run \\(finished or not\\), and the demo trains its"
+    with pytest.raises(VqkitError, match=taken):
         run_demo(run_copy, device="cpu", progress=False, log=lambda line: None)
     assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
 

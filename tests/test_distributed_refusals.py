@@ -53,6 +53,26 @@ def test_a_refusal_every_process_meets_after_joining_is_said_once(tmp_path, flag
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+def test_a_new_torchrun_run_into_a_folder_holding_one_is_refused_once_with_a_torchrun_hint(
+    tmp_path,
+):
+    flags = [*SMALL, "--train-limit", "64", "--batch-size", "32", "--out", "run"]
+    done = subprocess.run(
+        vqkit_command("train", *flags, "--quiet", "--device", "cpu"),
+        env=child_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    weights = (tmp_path / "run" / runfiles.WEIGHTS).read_bytes()
+    again = torchrun_vqkit(tmp_path, "train", *flags)
+    assert again.returncode != 0
+    sentence = (
+        "vqkit: error: The folder 'run' already holds a run (finished or not); continue it with "
+        "torchrun --nproc-per-node 2 -m vqkit train --resume run or choose another --out."
+    )
+    assert again.stderr.count("vqkit: error: ") == 1 and sentence in again.stderr, again.stderr
+    assert (tmp_path / "run" / runfiles.WEIGHTS).read_bytes() == weights
+
+
 def test_a_scheduled_run_resumed_at_an_epoch_end_with_other_processes_is_told_why(tmp_path):
     # 129 images in global batches of 16: 9 steps an epoch for one process, 8 for two (each
     # takes 64 images). A crash in epoch 2 leaves the state of epoch 1's end; with one process
@@ -65,16 +85,24 @@ def test_a_scheduled_run_resumed_at_an_epoch_end_with_other_processes_is_told_wh
     assert crashed.returncode != 0
     state = json.loads((tmp_path / "run" / runfiles.TRAIN_STATE_META).read_text())
     assert (state["epochs_done"], state["step"]) == (1, 0), crashed.stderr[-2000:]
-    one_process = subprocess.run(
-        vqkit_command("train", "--resume", "run", "--quiet", "--device", "cpu"),
-        env=child_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
-    assert one_process.returncode == 2
+
+    def resume_in_one_process(*flags: str) -> str:
+        done = subprocess.run(
+            vqkit_command("train", "--resume", "run", *flags, "--quiet", "--device", "cpu"),
+            env=child_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 2
+        return done.stderr
+
     assert (
         "follows a cosine learning-rate schedule fitted to 16 steps with 2 processes; with 1 "
-        "the same epochs take 18 (each process trains on an equal share of the images), so "
-        "resume it with as many processes as before." in one_process.stderr
-    ), one_process.stderr
+        "process the same epochs take 18 steps (each process trains on an equal share of the "
+        "images), so resume it with 2." in resume_in_one_process()
+    )
+    # Three epochs would not fit the schedule with two processes either: --epochs is to blame.
+    assert "cannot be resumed with --epochs 3 on these images (27 steps" in resume_in_one_process(
+        "--epochs", "3"
+    )
 
 
 @pytest.mark.parametrize("lost", ["0", "1"])

@@ -139,8 +139,8 @@ def run_demo(
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
     if holds_trained_run(run_dir):
         raise VqkitError(
-            f"The folder '{run_dir}' already holds a trained run, and the demo trains its own; "
-            "choose another --out."
+            f"The folder '{run_dir}' already holds a run (finished or not), and the demo trains "
+            "its own; choose another --out."
         )
     figures = run_dir / runfiles.FIGURES_DIR
     timings: dict[str, float] = {}

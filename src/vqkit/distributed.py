@@ -131,16 +131,18 @@ def require_one_process(command: str) -> None:
 
 def lost_process_message(exc: BaseException, resume: str | None = None) -> str | None:
     """One sentence for a collective that failed because another process of the job stopped
-    or lost its connection, else None; ``resume`` is the command line that continues the run
-    (see :func:`under_torchrun`), when the run folder is known."""
+    or lost its connection, else None. ``resume`` is the command line that continues the run
+    from its saved state; None when the run has saved none (or its folder is not known here)."""
     distributed_error = getattr(dist, "DistError", ())  # NCCL's and the store's errors
     if not (isinstance(exc, distributed_error) or any(s in str(exc) for s in LOST_PROCESS_SIGNS)):
         return None
-    resume = resume or "the same torchrun command with vqkit train --resume RUN"
-    return (
-        "Another process of this torchrun job stopped or lost its connection (torchrun's "
-        f"report names it); the run's last saved state is kept, and {resume} continues it."
+    lost = (
+        "Another process of this torchrun job stopped or lost its connection (torchrun's report "
+        "names it)"
     )
+    if resume is None:
+        return f"{lost}; whatever the run had saved is kept: run the same torchrun command again."
+    return f"{lost}; the run's last saved state is kept, and {resume} continues it."
 
 
 def under_torchrun(command: str, context: Context) -> str:
@@ -172,8 +174,9 @@ def teardown(context: Context, finished: bool = False, peers_lost: bool = False)
     failed; with both, none did in 40 such runs.
 
     With ``peers_lost`` (a collective failed because another process is gone) the group is not
-    left: leaving waited for the process that held the job's store (rank 0) when it was the one
-    gone, until torchrun's SIGTERM ended this process before it could say why it stopped.
+    left: when the process gone was rank 0, leaving it never returned (seen in a trace of a
+    two-process gloo job), and torchrun's SIGTERM ended this process before it said why it
+    stopped. The process is about to exit anyway.
     """
     if peers_lost:
         return

@@ -122,9 +122,6 @@ class NonFiniteGuard:
         if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
             raise VqkitError(f"The weights became non-finite by step {step}; {WEIGHTS_NOT_SAVED}")
 
-    def resume_command(self) -> str:
-        return distributed.under_torchrun(self.files.resume_command(self.run_dir), self.context)
-
     def _error(self, step: int, bits: int) -> VqkitError:
         already = (
             f" after {self.allowed} such steps had been skipped (--skip-nonfinite {self.allowed})"
@@ -134,7 +131,7 @@ class NonFiniteGuard:
         if (self.run_dir / self.files.tensors).exists():
             advice = (
                 f"the last good state in '{self.run_dir}' is kept, so start again with a lower "
-                f"--lr or continue with {self.resume_command()} "
+                f"--lr or continue with {self.files.resume_command(self.run_dir, self.context)} "
                 "--skip-nonfinite N to skip a few bad steps"
             )
         else:

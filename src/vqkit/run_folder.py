@@ -91,11 +91,11 @@ def prepare_run_dir(
         try:
             if not resume:
                 require_no_writer(path)  # a run being trained there: name its trainer
-                _refuse_taken_or_unusable(path)  # before creating anything
+                _refuse_taken_or_unusable(path, context)  # before creating anything
                 ensure_dir(path)
             lock.acquire(path, "train")
             if not resume:  # again, under the lock: another process may have trained here
-                _refuse_taken(path)
+                _refuse_taken(path, context)
         except VqkitError as exc:
             refusal = str(exc)
     refusal = distributed.broadcast_text(context, refusal, device)
@@ -146,9 +146,9 @@ def require_resumable_settings(run_dir: Path, config: RunConfig) -> None:
         )
 
 
-def _refuse_taken_or_unusable(path: Path) -> None:
+def _refuse_taken_or_unusable(path: Path, context: distributed.Context) -> None:
     try:
-        _refuse_taken(path)
+        _refuse_taken(path, context)
     except OSError as exc:  # a name longer than the file system allows, ...
         raise VqkitError(f"Cannot use '{path}' as a run folder: {exc.strerror}.") from exc
 
@@ -175,12 +175,12 @@ def _left_by_a_kill(name: str) -> bool:
     return temp_file_target(name) in runfiles.FILE_NAMES
 
 
-def _refuse_taken(path: Path) -> None:
+def _refuse_taken(path: Path, context: distributed.Context) -> None:
     """Refuse a new run's folder that holds another run's files or lies inside another run."""
     if holds_trained_run(path):
         raise VqkitError(
             f"The folder '{path}' already holds a run (finished or not); continue it with "
-            f"vqkit train --resume {path} or choose another --out."
+            f"{train_state.VQVAE_FILES.resume_command(path, context)} or choose another --out."
         )
     others = [
         n for n in runfiles.FILE_NAMES if n not in START_FILES and run_path(path, n).is_file()

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as save_safetensors
 
-from vqkit import runfiles
+from vqkit import distributed, runfiles
 from vqkit.checkpoint import load_tensors_into, read_tensors_and_metadata, run_path
 from vqkit.errors import VqkitError
 from vqkit.fileio import parse_json, write_bytes_atomic, write_json_atomic
@@ -45,8 +45,13 @@ class StateFiles:
     what: str  # how error messages name the state file
     resume_template: str  # the command line that continues a run folder ``{run_dir}``
 
-    def resume_command(self, run_dir: str | Path) -> str:
-        return self.resume_template.format(run_dir=run_dir)
+    def resume_command(
+        self, run_dir: str | Path, context: distributed.Context | None = None
+    ) -> str:
+        """The command line that continues ``run_dir``; under torchrun (``context`` of several
+        processes) as a torchrun command line with as many processes."""
+        command = self.resume_template.format(run_dir=run_dir)
+        return distributed.under_torchrun(command, context) if context is not None else command
 
 
 VQVAE_FILES = StateFiles(

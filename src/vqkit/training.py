@@ -82,8 +82,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         context: distributed.Context | None = None,
     ):
         self.run_dir = run_dir
-        command = files.resume_command(run_dir)
-        self.resume_command = distributed.under_torchrun(command, context or distributed.Context())
+        self.resume_command = files.resume_command(run_dir, context)
         self.signal_number = int(signal_number)
         # What became of the run instead, when its saved state was given up (a replacement
         # prior stopped in its first epoch: the earlier prior is back); None: it can resume.
@@ -140,6 +139,22 @@ def run_epoch(
             total += apply_step(optimizer, reconstruction, quantizer, scheduler)
         steps += 1
     return float(total) / max(steps, 1)
+
+
+def require_batch_divides(batch_size: int, world_size: int) -> None:
+    if batch_size % world_size:
+        raise VqkitError(
+            f"The batch size {batch_size} must be a multiple of the {world_size} processes "
+            "(--batch-size is the total over all of them)."
+        )
+
+
+def require_images_for_processes(count: int, world_size: int) -> None:
+    if count < world_size:  # some process would get no image to train on
+        raise VqkitError(
+            f"{counted(count, 'training image')} cannot be shared among {world_size} "
+            "processes; train on more images or with fewer processes."
+        )
 
 
 def steps_per_epoch(count: int, batch_size: int, world_size: int) -> int:
@@ -227,11 +242,9 @@ def train(
         finished = True
         return result
     except RuntimeError as exc:
-        resume = None
-        if run is not None:
-            command = train_state.VQVAE_FILES.resume_command(run.run_dir)
-            resume = distributed.under_torchrun(command, context)
-        message = distributed.lost_process_message(exc, resume)
+        saved = run is not None and train_state.exists(run.run_dir, train_state.VQVAE_FILES)
+        hint = train_state.VQVAE_FILES.resume_command(run.run_dir, context) if saved else None
+        message = distributed.lost_process_message(exc, hint)
         if message is None:
             raise
         peers_lost = True
@@ -262,7 +275,15 @@ class _Run:
         with distributed.refused_alike():
             require_compile_toolchain(settings, device)
             require_cuda_graph_support(settings, device, context)
-            self._load_images(data_dir)
+            require_batch_divides(settings.batch_size, context.world_size)
+        # Not alike: a download may fail in one process alone, which must then say so itself.
+        train_split = load_split(settings.dataset, "train", data_dir)
+        # Whole dataset resident on the device as uint8; batches are gathered by index.
+        self.images = limit(train_split, settings.train_limit).to(device)
+        test_split = load_split(settings.dataset, "test", data_dir)
+        self.test_images = limit(test_split, settings.test_limit)
+        with distributed.refused_alike():
+            require_images_for_processes(self.images.shape[0], context.world_size)
         # The model is built before the run folder exists, so that a quantizer of one's own
         # that breaks the contract leaves no folder behind. (prepare_run_dir draws no numbers.)
         require_trainable_size(
@@ -291,8 +312,7 @@ class _Run:
         if settings.dataset == OWN_DATASET:
             own_data = environment.images_digest(self.images, self.test_images)
         if resume:
-            with distributed.refused_alike():  # every process reads the same run folder
-                self._restore(own_data, data_dir, epoch_steps)
+            self._restore(own_data, data_dir, epoch_steps)
         self.resumed = resume
         self.epochs_at_start = self.position.epochs_done
         if self.epochs_at_start < settings.epochs:  # a finished run resumed is no new session
@@ -312,36 +332,29 @@ class _Run:
         show = sys.stderr.isatty() if progress is None else progress
         self.show = show and context.is_main
 
-    def _load_images(self, data_dir: str | Path | None) -> None:
-        """The training images, resident on the device as uint8 (batches are gathered by
-        index), and the test images; refused when they cannot be shared among the processes."""
-        settings, world_size = self.settings, self.context.world_size
-        if settings.batch_size % world_size:
-            raise VqkitError(
-                f"The batch size {settings.batch_size} must be a multiple of the "
-                f"{world_size} processes (--batch-size is the total over all of them)."
-            )
-        train_split = load_split(settings.dataset, "train", data_dir)
-        self.images = limit(train_split, settings.train_limit).to(self.device)
-        if self.images.shape[0] < world_size:  # some process would get no image to train on
-            raise VqkitError(
-                f"{counted(self.images.shape[0], 'training image')} cannot be shared among "
-                f"{world_size} processes; train on more images or with fewer processes."
-            )
-        test_split = load_split(settings.dataset, "test", data_dir)
-        self.test_images = limit(test_split, settings.test_limit)
-
     def _restore(self, own_data: str | None, data_dir: str | Path | None, epoch_steps: int) -> None:
         """Load the run's saved state into the live objects, after checking that it fits
-        these settings, this data and this many processes."""
-        require_resumable_settings(self.run_dir, self.config)
-        if own_data is not None:  # before anything is saved: a refusal changes no file
-            require_same_own_data(self.run_dir, own_data, data_dir)
+        these settings, this data and this many processes. The checks read the same run folder
+        in every process; loading the state is left out, as its memory is each process's own."""
+        with distributed.refused_alike():
+            require_resumable_settings(self.run_dir, self.config)
+            if own_data is not None:  # before anything is saved: a refusal changes no file
+                require_same_own_data(self.run_dir, own_data, data_dir)
         planned = schedule_length(self.scheduler)
         self.position, loss_sum = train_state.load(
             self.run_dir, self.model, self.optimizer, self.order_generator, self.scheduler
         )
         self.loss_sum = loss_sum.to(self.device)
+        with distributed.refused_alike():
+            self._require_resumable_here(planned, epoch_steps)
+        self.position.world_size = self.context.world_size
+        if self.context.is_main:  # checked: now record the new --epochs (and data folder)
+            save_config(self.run_dir, self.config)
+        self.history = resumed_history(self.run_dir, self.position.epochs_done, self.context)
+
+    def _require_resumable_here(self, planned: int, epoch_steps: int) -> None:
+        """Refuse a restored position this many processes, epochs and images cannot continue:
+        ``planned`` is the length of the schedule they would need."""
         saved, now = self.position.world_size, self.context.world_size
         if self.position.step and saved != now:
             raise VqkitError(
@@ -349,13 +362,16 @@ class _Run:
                 f"{counted(saved, 'process', 'processes')}; resume it with that many."
             )
         fitted = schedule_length(self.scheduler)
-        if fitted != planned and saved != now:
+        batch, count = self.settings.batch_size, self.images.shape[0]
+        fits_saved = self.settings.epochs * steps_per_epoch(count, batch, saved) == fitted
+        if fitted != planned and fits_saved:  # only the number of processes changed the length
             raise VqkitError(
                 f"The run in '{self.run_dir}' follows a {self.settings.lr_schedule} "
                 f"learning-rate schedule fitted to {fitted} steps with "
-                f"{counted(saved, 'process', 'processes')}; with {now} the same epochs take "
-                f"{planned} (each process trains on an equal share of the images), so resume "
-                "it with as many processes as before."
+                f"{counted(saved, 'process', 'processes')}; with "
+                f"{counted(now, 'process', 'processes')} the same epochs take {planned} steps "
+                "(each process trains on an equal share of the images), so resume it with "
+                f"{saved}."
             )
         if fitted != planned:
             raise VqkitError(
@@ -372,10 +388,6 @@ class _Run:
                 f"{counted(self.position.epochs_done, 'epoch')}, more than --epochs "
                 f"{self.settings.epochs}."
             )
-        self.position.world_size = self.context.world_size
-        if self.context.is_main:  # checked: now record the new --epochs (and data folder)
-            save_config(self.run_dir, self.config)
-        self.history = resumed_history(self.run_dir, self.position.epochs_done, self.context)
 
     def train(self) -> TrainResult:
         # Each epoch's end writes the weights file; a resume of a finished run trains none.
