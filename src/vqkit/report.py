@@ -474,7 +474,7 @@ def _prior(info: RunInfo) -> Section | None:
         "equally likely. Unigram is the entropy of the training grids' code frequencies: what "
         "a model that knows neither a code's position nor its neighbours spends. A model of "
         "each position's own frequencies spends no more on those grids, and usually less, so "
-        "not all of the prior's gain over unigram comes from reading neighbouring codes."
+        "the prior's gain over unigram need not all come from reading neighbouring codes."
     )
     if left_out:
         body += note(left_out)
