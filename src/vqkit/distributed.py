@@ -100,10 +100,11 @@ ALIKE_MARK = "vqkit_refused_alike"
 @contextlib.contextmanager
 def refused_alike() -> Iterator[None]:
     """Marks the refusals raised inside as ones every process on a machine meets alike, after
-    joining: checks of the settings, the data and the run folder's files, and decisions rank 0
-    broadcasts. Their sentence is printed once per machine, not once per process. (Checks whose
-    answer can differ between the processes of one machine, such as a GPU's free memory, stay
-    outside: a process that refused alone and said nothing would leave no sentence at all.)"""
+    joining: checks of the settings, the image count and the run folder's files, and decisions
+    rank 0 broadcasts. Their sentence is printed once per machine, not once per process. (Work
+    whose outcome can differ between the processes of one machine, such as reading or
+    downloading the data or a GPU's free memory, stays outside: a process that failed alone and
+    said nothing would leave no sentence at all.)"""
     try:
         yield
     except VqkitError as exc:
