@@ -96,7 +96,8 @@ def test_full_run_shows_the_numbers_of_its_files(full_page):
     for row in SCORES["rows"]:
         assert f"<td>{row['name']}</td>" in full_page
     assert "each against the test images of its class: classifier-FID 24.5" in full_page
-    assert "label accuracy 0.945</p>" in full_page
+    assert "label accuracy 94.5%</p>" in full_page  # as the CLI prints it, not 0.945
+    assert "<td class=num>94.0%</td>" in full_page  # the table's cell for the digit 0 row
     # Code usage: 96 of 128 codes used (the last quarter is dead).
     assert "<td class=num>96</td><td class=num>32</td>" in full_page
 

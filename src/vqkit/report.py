@@ -56,6 +56,7 @@ SCORE_COLUMNS = (
     ("inception_score", "inception score"),
     ("label_accuracy", "label accuracy"),
 )
+PERCENT_SCORES = {"label_accuracy"}  # shown as the CLI prints them: 94.5%, not 0.945
 
 # The codebook view draws its usage histogram at its own dpi, not the report plots' 150.
 USAGE_DENSITY = USAGE_DPI / 96
@@ -308,7 +309,9 @@ def _score_line(info: RunInfo, row_name: str, prefix: bool) -> str:
     for key, label in SCORE_COLUMNS:
         values = [v for row in rows if (v := number(row.get(key))) is not None]
         if values:
-            parts.append(f"{label.split(' (')[0]} {fmt(sum(values) / len(values), 3)}")
+            mean = sum(values) / len(values)
+            shown = _percent(mean) if key in PERCENT_SCORES else fmt(mean, 3)
+            parts.append(f"{label.split(' (')[0]} {shown}")
     if not parts:
         return ""
     counts = {_count(row) for row in rows}
@@ -403,7 +406,7 @@ def _scores_table(scores: dict[str, Any]) -> str:
         [
             row_label(row["name"], scores.get("dataset")),
             _count(row),
-            *(number(row.get(key)) for key, _ in SCORE_COLUMNS),
+            *(_score_cell(key, row.get(key)) for key, _ in SCORE_COLUMNS),
         ]
         for row in scores["rows"]
     ]
@@ -415,6 +418,15 @@ def _scores_table(scores: dict[str, Any]) -> str:
     left_out = scores.get("classes_left_out")  # a conditional prior's class with no row of its own
     after = f"<p>{esc(left_out)}</p>" if isinstance(left_out, str) and left_out else ""
     return f'<div id="scores"><h3>Sample quality</h3>{caption}{table(headers, rows)}{after}</div>'
+
+
+def _score_cell(key: str, value: Any) -> float | str | None:
+    value = number(value)
+    return _percent(value) if key in PERCENT_SCORES and value is not None else value
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction:.1%}"
 
 
 def _count(row: dict[str, Any]) -> int | None:
