@@ -72,6 +72,58 @@ def test_module_entry_point_prints_help():
     assert "train" in result.stdout and "evaluate" in result.stdout
 
 
+# Sends the process a real SIGINT at the moment the command line starts importing PyTorch,
+# then runs the program as `python -m vqkit` does.
+INTERRUPTED_WHILE_LOADING = """
+import builtins, os, runpy, signal, sys
+real_import = builtins.__import__
+def interrupting(name, *args, **kwargs):
+    if name == "torch" and "torch" not in sys.modules:
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = interrupting
+sys.argv = ["vqkit", "runs", sys.argv[1]]
+runpy.run_module("vqkit", run_name="__main__")
+"""
+
+
+def test_a_ctrl_c_while_pytorch_loads_ends_in_one_line(tmp_path):
+    # It used to print Python's KeyboardInterrupt traceback: `import vqkit` imported PyTorch
+    # before any handler of the program's could run.
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_WHILE_LOADING, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr, result.stdout) == (130, "vqkit: interrupted.\n", "")
+
+
+def test_importing_vqkit_leaves_pytorch_unloaded_until_a_name_is_used():
+    check = (
+        "import sys, vqkit; before = 'torch' in sys.modules; model = vqkit.VQVAE; "
+        "print(before, 'torch' in sys.modules, model.__module__, sorted(vqkit.__all__) == "
+        "sorted(n for n in dir(vqkit) if n in vqkit.__all__))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["False", "True", "vqkit.model", "True"], result.stderr
+    try:
+        vqkit.no_such_name  # noqa: B018
+    except AttributeError as exc:
+        assert "no attribute 'no_such_name'" in str(exc)
+    else:
+        raise AssertionError("an unknown name was found")
+
+
+def test_the_installed_program_starts_at_the_handler_of_a_ctrl_c_while_loading():
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="vqkit")
+    assert script.value == "vqkit.entry:main"
+
+
 def test_train_from_a_saved_config_with_overrides(small_run, tmp_path, capsys):
     tiny = ["--epochs", "1", "--train-limit", "128", "--test-limit", "50", "--quiet"]
     again = tmp_path / "again"

@@ -2,6 +2,6 @@
 
 import sys
 
-from vqkit.cli import main
+from vqkit.entry import main
 
 sys.exit(main())

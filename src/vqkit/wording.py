@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 def counted(count: int, noun: str, plural: str | None = None) -> str:
     """'1 image', '3 images': a count with its noun in the right number (``plural`` for a noun
@@ -17,3 +19,8 @@ def on_test_images(metrics: dict) -> str:
     if isinstance(count, int) and not isinstance(count, bool):
         return f"on the {count:,} test images"
     return "on the test set"
+
+
+def stopped_by(signal_number: int) -> str:
+    """How a stop signal is named in vqkit's last line: Ctrl-C interrupts, SIGTERM stops."""
+    return "interrupted" if signal_number == signal.SIGINT else "stopped by SIGTERM"

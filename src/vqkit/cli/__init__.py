@@ -18,8 +18,8 @@ from typing import NoReturn
 
 import vqkit
 from vqkit import distributed, plugins
-from vqkit.cli.common import stopped_by
 from vqkit.errors import VqkitError
+from vqkit.wording import stopped_by
 
 COMMAND_MODULES = (
     "demo",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from vqkit.config import SEED_MAX, SEED_RANGE, is_seed
 from vqkit.errors import VqkitError
+from vqkit.wording import stopped_by
 
 if TYPE_CHECKING:  # the training loop imports torch; the CLI's helpers need not
     from vqkit.training import TrainingInterrupted
@@ -137,11 +137,6 @@ def report_interrupted(stop: TrainingInterrupted) -> int:
         outcome = stop.outcome or f"the run is saved, continue it with: {stop.resume_command}"
         print(f"vqkit: {stopped_by(stop.signal_number)}; {outcome}", file=sys.stderr)
     return 128 + stop.signal_number
-
-
-def stopped_by(signal_number: int) -> str:
-    """How a stop signal is named in vqkit's last line: Ctrl-C interrupts, SIGTERM stops."""
-    return "interrupted" if signal_number == signal.SIGINT else "stopped by SIGTERM"
 
 
 def distributed_rank_is_main() -> bool:
