@@ -25,7 +25,15 @@ import torch
 from process_helpers import child_env, vqkit_command
 from safetensors.torch import save_file
 
-from vqkit import prior_loop, prior_replacement, prior_training, runfiles, score, train_state
+from vqkit import (
+    prior_loop,
+    prior_replacement,
+    prior_training,
+    runfiles,
+    runs,
+    score,
+    train_state,
+)
 from vqkit.checkpoint import (
     PRIOR_LEARNED_FROM,
     prior_is_stale,
@@ -35,7 +43,7 @@ from vqkit.checkpoint import (
 from vqkit.classifier import ClassifierConfig
 from vqkit.cli import main, train_prior_cmd
 from vqkit.fileio import read_jsonl
-from vqkit.prior import PriorConfig, has_prior, incomplete_prior
+from vqkit.prior import PriorConfig, has_prior, incomplete_prior, unfinished_prior
 from vqkit.prior_replacement import old_prior_set_aside
 from vqkit.training import TrainingInterrupted
 
@@ -165,6 +173,8 @@ def test_ctrl_c_between_epochs_then_resume_keeps_the_early_stopping_decisions(
     prior_training.train_prior(reference, settings, device="cpu", progress=False)
     assert [m["epoch"] for m in read_jsonl(reference / runfiles.PRIOR_METRICS)] == [1, 2, 3]
     assert state_counters(reference)["extra"]["finished"]
+    # Stopped by its patience, at 3 of 6 epochs: finished, not to be resumed.
+    assert unfinished_prior(reference) is None and "unfinished" not in prior_column(reference)
 
     run_dir = copy_run(coded_run, tmp_path)
     monkeypatch.setattr(prior_training, "evaluate_nll", scripted_nll(script, ctrl_c_at=2))
@@ -175,10 +185,18 @@ def test_ctrl_c_between_epochs_then_resume_keeps_the_early_stopping_decisions(
     assert saved["extra"]["best_test_bits_per_code"] == 3.0
     assert saved["extra"]["epochs_without_improvement"] == 1
     assert not saved["extra"]["finished"]
+    assert unfinished_prior(run_dir) == (2, 6)
+    assert prior_column(run_dir).endswith(" (unfinished: 2/6 epochs)")
 
     monkeypatch.setattr(prior_training, "evaluate_nll", scripted_nll(script, first_epoch=3))
     prior_training.train_prior(run_dir, None, device="cpu", progress=False, resume=True)
     assert_same_prior(run_dir, reference)
+    assert unfinished_prior(run_dir) is None and "unfinished" not in prior_column(run_dir)
+
+
+def prior_column(run_dir: Path) -> str:
+    """The prior's cell of `vqkit runs` for the run."""
+    return runs.run_row(run_dir)[runs.COLUMNS.index("prior bits/code")]
 
 
 def test_a_better_test_nll_starts_the_patience_count_again(coded_run, tmp_path, monkeypatch):

@@ -413,6 +413,23 @@ def incomplete_prior(run_dir: str | Path) -> str | None:
     )
 
 
+def unfinished_prior(run_dir: str | Path) -> tuple[int, int] | None:
+    """(epochs done, epochs planned) of a prior whose training stopped before it ended (a
+    Ctrl-C, a crash, a non-finite loss: neither its epochs nor its patience ran out), from the
+    counters its resumable state keeps beside it; None for a finished prior, for none, and
+    when those counters cannot be read."""
+    try:
+        counters = read_json_object(
+            run_path(run_dir, train_state.PRIOR_FILES.counters), "prior state"
+        )
+        extra = counters["extra"]
+        done, planned = int(counters["epochs_done"]), int(extra["config"]["epochs"])
+        finished = extra["finished"]
+    except (VqkitError, KeyError, TypeError, ValueError):
+        return None
+    return None if finished is not False else (done, planned)
+
+
 def require_prior_fits_the_model(run_dir: str | Path) -> None:
     """Refuse a prior learned on the code grids of other VQ-VAE weights than the run's own (the
     model was resumed or retrained after train-prior): its codes would mean other images."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from vqkit import runfiles
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
 from vqkit.fileio import parse_json
-from vqkit.prior import incomplete_prior
+from vqkit.prior import incomplete_prior, unfinished_prior
 from vqkit.run_lock import writer_of
 from vqkit.runinfo import Headline, headline, is_run_dir, load_run_info
 
@@ -44,7 +44,8 @@ def prior_cell(top: Headline, run_dir: Path, training: bool) -> str:
     (its bits are not comparable with an unconditional prior's), (training) while train-prior
     writes the run, (stale) for a prior of earlier VQ-VAE weights (its number no longer
     describes this model's codes), (incomplete) for one missing its weights or settings (it
-    cannot be sampled)."""
+    cannot be sampled), (unfinished: 2/8 epochs) for one whose training stopped before it
+    ended (train-prior --resume continues it)."""
     number = MISSING if top.prior_bits_per_code is None else f"{top.prior_bits_per_code:.3f}"
     if number != MISSING and top.prior_conditional:
         number += " (conditional)"
@@ -53,6 +54,8 @@ def prior_cell(top: Headline, run_dir: Path, training: bool) -> str:
     else:
         marks = ["(stale)"] if top.prior_stale else []
         marks += ["(incomplete)"] if incomplete_prior(run_dir) is not None else []
+        stopped = unfinished_prior(run_dir)
+        marks += [f"(unfinished: {stopped[0]}/{stopped[1]} epochs)"] if stopped else []
     if number == MISSING and marks:
         return " ".join(marks)
     return " ".join([number, *marks])
