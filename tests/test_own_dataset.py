@@ -186,6 +186,28 @@ def test_the_cli_pipeline_on_a_twenty_class_dataset(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["test_mse"] == pytest.approx(trained_mse)
 
 
+def test_train_prior_encodes_again_when_the_data_folder_was_rewritten(tmp_path, capsys):
+    # The cached code grids were keyed by the weights alone: relabelled data then trained a
+    # conditional prior on the old labels, or (fewer classes) ended in an IndexError traceback.
+    data = twenty_class_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    common = ["--quiet", "--device", "cpu"]
+    train_args = ["--dataset", "idx", "--data-dir", str(data), "--preset", "efficient"]
+    assert main(["train", *train_args, "--epochs", "1", "--out", str(run), *common]) == 0
+    prior = ["train-prior", str(run), "--conditional", "--epochs", "1", "--channels", "8", *common]
+    assert main(prior) == 0
+    assert json.loads((run / "prior_config.json").read_text())["num_classes"] == 20
+    mnist = {split: load_split("mnist", split) for split in ("train", "test")}
+    five = {
+        split: (mnist[split].images[:count].numpy(), mnist[split].labels[:count].numpy() % 5)
+        for split, count in (("train", 600), ("test", 200))
+    }
+    write_dataset(data, five)
+    assert main([*prior, "--restart"]) == 0, capsys.readouterr().err
+    assert json.loads((run / "prior_config.json").read_text())["num_classes"] == 5
+    np.testing.assert_array_equal(np.load(run / "labels_train.npy"), five["train"][1])
+
+
 def test_a_run_of_ones_own_images_resumes_only_on_the_same_images(tmp_path, capsys):
     # The named datasets are checked against their checksums; one's own are recorded by digest,
     # and a resume on other images (the folder rewritten since) is refused before training.

@@ -53,8 +53,9 @@ def vqkit_source_digest() -> str:
 
 
 def images_digest(*images: torch.Tensor) -> str:
-    """SHA-256 over uint8 image tensors' bytes: which images of one's own a run trained on
-    (the named datasets are checked against their published checksums instead)."""
+    """SHA-256 over tensors' bytes (uint8 images, and their labels where those count too):
+    which images of one's own a run trained on (the named datasets are checked against their
+    published checksums instead)."""
     digest = hashlib.sha256()
     for tensor in images:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
