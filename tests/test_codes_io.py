@@ -115,11 +115,68 @@ def test_png_modes_convert_to_grayscale(tmp_path, digit_pixels, mode):
         assert np.array_equal(loaded.numpy(), digit_pixels)
 
 
+def ink_mask() -> np.ndarray:
+    """A digit's ink coverage, 0 (paper) to 255 (ink), with soft edges."""
+    rows, cols = np.mgrid[0:28, 0:28]
+    distance = np.hypot(rows - 14, cols - 14)
+    return np.clip((9 - abs(distance - 7)) * 64, 0, 255).astype(np.uint8)
+
+
+def rgba(red_green_blue: np.ndarray | int, alpha: np.ndarray) -> np.ndarray:
+    colour = np.broadcast_to(np.asarray(red_green_blue, dtype=np.uint8), alpha.shape)
+    return np.stack([colour, colour, colour, alpha], axis=-1)
+
+
+def test_ink_of_one_colour_on_a_transparent_canvas_is_read_as_light_ink_on_black(tmp_path):
+    # Transparency used to be dropped: black ink on a transparent canvas came out as an empty
+    # black square, white ink (or white paper made transparent) as an empty white one.
+    ink = ink_mask()
+    assert ((ink > 0) & (ink < 255)).any() and ink.max() == 255 and (ink == 0).any()  # soft edges
+    paper_made_transparent = np.where(ink > 0, 0, 255).astype(np.uint8)  # black ink, white paper
+    drawings = {
+        "black ink": rgba(0, ink),
+        "white ink": rgba(255, ink),
+        "white paper": rgba(paper_made_transparent, ink),
+    }
+    for name, pixels in drawings.items():
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(pixels, "RGBA").save(path)
+        assert np.array_equal(load_png(path).numpy(), ink), name
+    gray_alpha = tmp_path / "la.png"
+    Image.fromarray(np.stack([np.zeros_like(ink), ink], axis=-1), "LA").save(gray_alpha)
+    assert np.array_equal(load_png(gray_alpha).numpy(), ink)
+
+
+def test_colour_keys_and_palettes_with_a_transparent_entry_are_read_the_same_way(tmp_path):
+    stroke = ink_mask() > 127
+    key = tmp_path / "key.png"  # grayscale, white paper marked transparent by a tRNS colour key
+    Image.fromarray(np.where(stroke, 0, 255).astype(np.uint8), "L").save(key, transparency=255)
+    palette = Image.fromarray(stroke.astype(np.uint8), "P")  # entry 0 white paper, 1 black ink
+    palette.putpalette([255, 255, 255, 0, 0, 0])
+    palette.save(tmp_path / "palette.png", transparency=0)
+    for path in (key, tmp_path / "palette.png"):
+        assert np.array_equal(load_png(path).numpy(), stroke * np.uint8(255)), path.name
+
+
+def test_partly_transparent_gray_is_laid_over_black(tmp_path, digit_pixels):
+    alpha = np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)
+    path = tmp_path / "over.png"
+    Image.fromarray(rgba(digit_pixels, alpha), "RGBA").save(path)
+    expected = np.floor(digit_pixels.astype(np.float64) * alpha / 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(load_png(path).numpy(), expected)
+
+
+def test_sixteen_bit_grayscale_is_scaled_to_eight_bits(tmp_path, digit_pixels):
+    path = tmp_path / "16.png"
+    Image.fromarray(digit_pixels.astype(np.uint16) * 257).save(path)  # 255 -> 65535
+    with Image.open(path) as image:
+        assert image.mode.startswith("I")  # stored with 16 bits per pixel
+    assert np.array_equal(load_png(path).numpy(), digit_pixels)
+
+
 def test_bad_pngs(tmp_path, digit_pixels):
     big = save_image(tmp_path / "big.png", np.zeros((32, 30), dtype=np.uint8), "L")
     jpeg = save_image(tmp_path / "d.jpg", digit_pixels, "L", fmt="JPEG")
-    sixteen = tmp_path / "16.png"
-    Image.fromarray(digit_pixels.astype(np.uint16) * 256).save(sixteen)
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"definitely not an image")
     good = save_image(tmp_path / "good.png", digit_pixels, "L")
@@ -134,11 +191,11 @@ def test_bad_pngs(tmp_path, digit_pixels):
     cases = {
         big: "30×32 pixels; the model needs 28×28",
         jpeg: "not a PNG",
-        sixteen: "8-bit grayscale",
         junk: "not an image file",
         cut: "damaged or truncated",
         wrong_length: "damaged or truncated",
         tmp_path / "absent.png": "is not an image index",
+        tmp_path: "is a folder; name its PNG files one by one",
     }
     for path, message in cases.items():
         with pytest.raises(VqkitError, match=message):

@@ -5,7 +5,8 @@ One reference names one or more images:
 - ``17`` or ``test:17``: test image 17; ``test:0-99``: test images 0 to 99 (inclusive);
 - ``train:17``, ``train:0-99``: the same in the training split (the tutorial's images);
 - ``digit:3``: the first test image labelled 3 (the class index for Fashion-MNIST);
-- anything else: a path to a PNG of the model's image size (colour converted to grayscale).
+- anything else: a path to a PNG of the model's image size (colour converted to grayscale,
+  transparency laid over black: :func:`grayscale`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ ONE_REFERENCE = (  # where one image is asked
     "an image index (17, test:17, train:17), digit:D or an existing PNG file"
 )
 
-# 8-bit Pillow modes that convert to grayscale without guessing a value range.
+# Pillow modes that convert to grayscale without guessing a value range: 8-bit ones, and
+# 16-bit grayscale (Pillow opens a 16-bit PNG as "I;16", "I;16B" or "I", values 0 to 65535).
 _CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I"}
 
 
 @dataclass
@@ -54,13 +57,17 @@ def load_png(path: str | Path, size: int = 28, expected: str = ANY_REFERENCE) ->
     """A PNG file as a (size, size) uint8 grayscale tensor, with a clear error for bad files
     (a missing one is said not to be any of the references ``expected``)."""
     path = Path(path)
+    if path.is_dir():
+        raise VqkitError(
+            f"'{path}' is a folder; name its PNG files one by one (for example {path}/*.png)."
+        )
     if not path.is_file():
         raise VqkitError(f"'{path}' is not {expected}.")
     try:
         with Image.open(path) as image:
             if image.format != "PNG":
                 raise VqkitError(f"'{path}' is not a PNG file (it is {image.format or 'unknown'}).")
-            if image.mode not in _CONVERTIBLE_MODES:
+            if image.mode not in _CONVERTIBLE_MODES | _SIXTEEN_BIT_MODES:
                 raise VqkitError(
                     f"'{path}' has the pixel format {image.mode}; save it as 8-bit grayscale."
                 )
@@ -69,9 +76,7 @@ def load_png(path: str | Path, size: int = 28, expected: str = ANY_REFERENCE) ->
                 raise VqkitError(
                     f"'{path}' is {width}×{height} pixels; the model needs {size}×{size} images."
                 )
-            if image.mode == "P":  # a palette may carry transparency: resolve it first
-                image = image.convert("RGBA")
-            pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+            pixels = grayscale(image)
     except Image.DecompressionBombError as exc:  # its header claims billions of pixels
         raise VqkitError(
             f"'{path}' declares an image far larger than {size}×{size} pixels; the model needs "
@@ -82,6 +87,28 @@ def load_png(path: str | Path, size: int = 28, expected: str = ANY_REFERENCE) ->
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's PNG parser raises all three
         raise VqkitError(f"'{path}' cannot be read as a PNG: it is damaged or truncated.") from exc
     return torch.from_numpy(pixels.copy())
+
+
+def grayscale(image: Image.Image) -> np.ndarray:
+    """The image's luminance as uint8 (Pillow's weights, 0.299 R + 0.587 G + 0.114 B).
+
+    An image with transparency is laid over black, the background of MNIST's light-on-dark
+    digits; when that leaves one flat colour though the alpha channel holds a shape (ink of one
+    colour, black or white, drawn on a transparent canvas), the alpha channel is the drawing:
+    it is read as light ink on black.
+    """
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        return np.clip(np.rint(values / 257), 0, 255).astype(np.uint8)  # 65535 -> 255
+    transparent = image.mode in ("LA", "PA", "RGBA") or "transparency" in image.info
+    if not transparent:
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    # A palette or a colour key (tRNS) becomes an alpha channel on the way to RGBA.
+    gray, alpha = np.moveaxis(np.asarray(image.convert("RGBA").convert("LA"), np.uint16), -1, 0)
+    over_black = ((gray * alpha + 127) // 255).astype(np.uint8)
+    if over_black.min() == over_black.max() and alpha.min() != alpha.max():
+        return alpha.astype(np.uint8)
+    return over_black
 
 
 def split_loader(dataset: str, data_dir: str | Path | None = None) -> Callable[[str], Split]:
