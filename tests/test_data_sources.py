@@ -120,8 +120,12 @@ def test_modified_known_file_fails_checksum(tmp_path: Path) -> None:
     content[-1] = (content[-1] + 1) % 10  # still a valid IDX file, but not the real one
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(bytes(content))
     shutil.copy(EMBEDDED / "t10k-images-idx3-ubyte.gz", tmp_path)
-    with pytest.raises(IdxError, match="t10k-labels-idx1-ubyte' fails its checksum"):
+    with pytest.raises(IdxError, match="t10k-labels-idx1-ubyte' fails its checksum") as caught:
         load_split("mnist", "test", data_dir=tmp_path)
+    # Whose mistake it most often is: one's own files read as MNIST's (no --dataset idx).
+    assert str(caught.value).endswith(
+        f"; if '{tmp_path}' holds images of your own, add --dataset idx."
+    )
 
 
 # --- a tiny fake Fashion-MNIST with known checksums --------------------------------------

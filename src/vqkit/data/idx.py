@@ -40,6 +40,10 @@ class IdxError(VqkitError):
     """An IDX file is missing, unreadable or damaged."""
 
 
+class ChecksumMismatch(IdxError):
+    """An IDX file reads well but is not the published file it should be."""
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -121,7 +125,7 @@ def read_idx(path: str | Path, *, expected_sha256: str | None = None) -> np.ndar
     if expected_sha256 is not None:
         digest = hashlib.sha256(data).hexdigest()
         if digest != expected_sha256.lower():
-            raise IdxError(
+            raise ChecksumMismatch(
                 f"IDX file '{path}' fails its checksum (SHA-256 of decompressed content is "
                 f"{digest}, expected {expected_sha256.lower()}), so it is damaged or a "
                 f"different version."

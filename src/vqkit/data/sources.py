@@ -33,7 +33,7 @@ from vqkit.data.catalog import (
     FileInfo,
     Split,
 )
-from vqkit.data.idx import IdxError, read_idx
+from vqkit.data.idx import ChecksumMismatch, IdxError, read_idx
 from vqkit.errors import VqkitError
 
 __all__ = [
@@ -313,7 +313,16 @@ def load_split(
         paths = _locate(
             info, split, Path(data_dir) if data_dir is not None else None, download, stack
         )
-        images, labels = _read_pair(paths[0], paths[1], len(info.classes), d.sha256, s.sha256)
+        try:
+            images, labels = _read_pair(paths[0], paths[1], len(info.classes), d.sha256, s.sha256)
+        except ChecksumMismatch as exc:
+            if data_dir is None:
+                raise
+            # Well-formed files that are not the dataset's: most likely one's own images.
+            raise ChecksumMismatch(
+                f"{str(exc).removesuffix('.')}; if '{data_dir}' holds images of your own, "
+                "add --dataset idx."
+            ) from exc
     # Fresh tensors per call: the cached arrays are shared and must not be mutated.
     return Split(
         dataset=dataset,
