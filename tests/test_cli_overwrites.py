@@ -67,3 +67,9 @@ def test_reconstruct_refuses_to_run_past_the_end_of_the_test_set(run_copy, tmp_p
     )
     fails_cleanly(capsys, [*argv[:3], 10000, *argv[4:]], "outside the test set (0 to 9999)")
     assert not out.exists()
+    # Without --n it shows the images there are after --start (a small own test set too).
+    assert main([str(a) for a in [*argv[:4], *argv[6:]]]) == 0
+    asked = tmp_path / "two.png"
+    assert main([str(a) for a in [*argv[:5], 2, "--out", asked, "--device", "cpu"]]) == 0
+    with Image.open(out) as shown, Image.open(asked) as two:
+        assert np.array_equal(np.asarray(shown), np.asarray(two))

@@ -14,6 +14,7 @@ from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.inputs import SPLIT_NAMES
 from vqkit.training import write_reconstructions
+from vqkit.wording import counted
 
 HELP = """
 Write a PNG with test images in the top row and the model's reconstructions below them
@@ -26,13 +27,20 @@ examples:
 """
 
 
+DEFAULT_COUNT = 8
+
+
 def register(subparsers) -> None:
     parser = add_command(
         subparsers, "reconstruct", "images above their reconstructions, as a PNG", HELP, run
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--out", required=True, help="PNG file to write")
-    parser.add_argument("--n", type=positive_int, default=8, help="how many images (default 8)")
+    parser.add_argument(
+        "--n",
+        type=positive_int,
+        help=f"how many images (default {DEFAULT_COUNT}, or as many as follow --start)",
+    )
     parser.add_argument("--start", type=int, default=0, help="first image's index (default 0)")
     parser.add_argument(
         "--split", choices=SPLIT_NAMES, default="test", help="images of this split (default test)"
@@ -50,12 +58,14 @@ def run(args: argparse.Namespace) -> int:
     count, where = split.images.shape[0], SPLIT_NAMES[args.split]
     if args.start < 0 or args.start >= count:
         raise VqkitError(f"--start {args.start} is outside the {where} (0 to {count - 1}).")
-    if args.start + args.n > count:
+    # Without --n, a small split (one's own data) shows what it has rather than refusing.
+    wanted = args.n if args.n is not None else min(DEFAULT_COUNT, count - args.start)
+    if args.start + wanted > count:
         raise VqkitError(
-            f"--start {args.start} with --n {args.n} runs past the end of the {where} "
-            f"({count} images); ask for --n {count - args.start} or fewer."
+            f"--start {args.start} with --n {wanted} runs past the end of the {where} "
+            f"({counted(count, 'image')}); ask for --n {count - args.start} or fewer."
         )
-    images = split.images[args.start : args.start + args.n]
+    images = split.images[args.start : args.start + wanted]
     with torch.no_grad():
         path = write_reconstructions(model, images, args.out)
     print(f"wrote {path}")
