@@ -495,3 +495,32 @@ def test_rotation_trick_of_an_encoder_output_at_the_origin_is_finite():
     assert torch.equal(out.detach(), chosen)
     out.sum().backward()
     assert torch.isfinite(vectors.grad).all()
+
+
+def test_an_unused_ema_code_keeps_its_place_until_the_smoothing_outweighs_its_size():
+    # docs/codebook.md: after t unused steps a fresh code's length is multiplied by
+    # g^t / (g^t + eps) (times the smoothing's N / (N + K eps), ~1): ~1 for 500 steps at decay
+    # 0.99, half near ln(1/eps) / -ln(g) ~ 1,150 steps, 3% at 1,500.
+    torch.manual_seed(0)
+    codes, batch_rows = 8, 6272
+    quantizer = build_quantizer(
+        QuantizerConfig(num_embeddings=codes, embedding_dim=2, codebook_update="ema")
+    )
+    start = quantizer.codebook[7].clone()
+    counts = torch.zeros(codes)
+    counts[0] = batch_rows  # only code 0 is chosen, always at its own place
+    sums = torch.zeros(codes, 2)
+    sums[0] = quantizer.codebook[0] * batch_rows
+    decay, eps = 0.99, 1e-5
+    kept = {}
+    for step in range(1, 1501):
+        quantizer.ema_update(counts, sums)
+        if step in (500, 1000, 1146, 1500):
+            kept[step] = float(quantizer.codebook[7].norm() / start.norm())
+    for step, ratio in kept.items():
+        size = decay**step  # the unused code's decayed cluster size, from 1
+        total = batch_rows * (1 - size) + codes * size  # code 0's size and seven unused ones
+        expected = size / ((size + eps) / (total + codes * eps) * total)
+        assert ratio == pytest.approx(expected, rel=1e-3), step
+    assert kept[500] > 0.998 and 0.45 < kept[1146] < 0.55 and kept[1500] < 0.03
+    assert math.log(1 / eps) / -math.log(decay) == pytest.approx(1145.5, abs=0.5)
