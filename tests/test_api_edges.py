@@ -13,7 +13,7 @@ from report_helpers import make_full_run, train_on
 
 from vqkit import runfiles
 from vqkit.checkpoint import load_config, prior_is_stale
-from vqkit.classifier import ClassifierConfig
+from vqkit.classifier import ClassifierConfig, train_classifier
 from vqkit.config import QuantizerConfig, RunConfig, TrainConfig, preset_config
 from vqkit.data import load_split, write_own_dataset
 from vqkit.demo import DemoSettings, run_demo
@@ -96,6 +96,26 @@ def test_a_prior_is_judged_against_the_model_only_when_its_weights_load(run_copy
     misfit = "on a 9×9 grid, but the run.s model has 128 codes on a 7×7 grid"
     with pytest.raises(VqkitError, match=misfit):
         load_prior(run_copy)
+
+
+def test_training_leaves_the_callers_random_numbers_alone(run_copy, tmp_path):
+    # train, train_prior and the scoring classifier seed PyTorch's global generator: a script
+    # training in a loop then drew vqkit's numbers after the first call, whatever its own seed.
+    config = preset_config("efficient")
+    config.train.epochs, config.train.train_limit, config.train.test_limit = 1, 64, 32
+    tiny_prior = PriorConfig(channels=8, layers=2, epochs=1, train_limit=64, test_limit=32)
+    classifier = ClassifierConfig(channels=(4, 8), features=8, epochs=1, train_limit=64)
+    calls = {
+        "train": lambda: train(config, tmp_path / "fresh", device="cpu", progress=False),
+        "train_prior": lambda: train_prior(run_copy, tiny_prior, device="cpu", progress=False),
+        "train_classifier": lambda: train_classifier(classifier, device="cpu"),
+    }
+    for name, call in calls.items():
+        torch.manual_seed(1234)
+        expected = torch.rand(4)
+        torch.manual_seed(1234)
+        call()
+        assert torch.equal(torch.rand(4), expected), name
 
 
 def test_weights_that_blow_up_stop_the_run_before_their_epoch_is_saved(tmp_path):

@@ -23,7 +23,8 @@ from torch import nn
 from vqkit.acceleration import autocast, resolve_precision
 from vqkit.checkpoint import load_weights_into, save_weights
 from vqkit.config import PRECISIONS, _require, require_typed_settings
-from vqkit.data import OWN_DATASET, load_split
+from vqkit.data import OWN_DATASET, Split, load_split
+from vqkit.devices import callers_random_state_kept
 from vqkit.environment import images_digest
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_json, write_json_atomic
@@ -141,6 +142,17 @@ def train_classifier(
     images, labels = train.images, train.labels
     if config.train_limit is not None:
         images, labels = images[: config.train_limit], labels[: config.train_limit]
+    with callers_random_state_kept(torch.device(device)):
+        return _train_classifier(config, images, labels, test, device)
+
+
+def _train_classifier(
+    config: ClassifierConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test: Split,
+    device: str | torch.device,
+) -> tuple[Classifier, float]:
     torch.manual_seed(config.seed)
     classifier = Classifier(config).to(device, memory_format=torch.channels_last)
     precision = resolve_precision(config.precision, torch.device(device))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -75,3 +76,15 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
                 f"numbered 0 to {count - 1}."
             )
     return device
+
+
+@contextlib.contextmanager
+def callers_random_state_kept(device: torch.device) -> Iterator[None]:
+    """Work that seeds PyTorch's global generators (a training run seeds them for its model and
+    draws) with their state put back afterwards, the CPU's and on CUDA ``device``'s: a script
+    calling vqkit in a loop then draws its own numbers, not ones following vqkit's seed."""
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        yield

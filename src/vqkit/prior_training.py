@@ -23,7 +23,7 @@ from vqkit.checkpoint import load_config, load_model, run_folder, run_path, weig
 from vqkit.codes_io import encode_images, save_npy
 from vqkit.config import settings_differences
 from vqkit.data import dataset_classes, load_split
-from vqkit.devices import resolve_device
+from vqkit.devices import callers_random_state_kept, resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
 from vqkit.model import VQVAE
@@ -210,7 +210,9 @@ def train_prior(
     arguments.switch(resume, "resume")
     arguments.switch(restart, "restart")
     target = resolve_device(device)
-    with RunLock() as lock:  # one writer: a second train-prior or train here is refused
+    # One writer: a second train-prior or train here is refused. (Loading the model, too,
+    # draws from the global generator: its layers are built before the weights are read.)
+    with RunLock() as lock, callers_random_state_kept(target):
         lock.acquire(run_dir, "train-prior")
         settle_interrupted_replacement(run_dir)  # before anything reads the prior's files
         return _train_holding_the_lock(

@@ -41,7 +41,7 @@ from vqkit.cuda_graph import (
     require_cuda_graph_support,
 )
 from vqkit.data import OWN_DATASET, Split, load_split
-from vqkit.devices import require_trainable_size, resolve_device
+from vqkit.devices import callers_random_state_kept, require_trainable_size, resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import append_jsonl, write_bytes_atomic
 from vqkit.guards import WEIGHTS_NOT_SAVED, NonFiniteGuard, StopRequest
@@ -233,7 +233,11 @@ def train(
     run = None
     try:
         target = distributed.device_for(context, target)
-        with deterministic_mode(config.train.deterministic, target), warnings.catch_warnings():
+        with (
+            deterministic_mode(config.train.deterministic, target),
+            callers_random_state_kept(target),
+            warnings.catch_warnings(),
+        ):
             # DDP compares gradient strides even along the size-1 channel axis of a grayscale
             # input convolution, where they mean nothing; the warning would repeat every run.
             warnings.filterwarnings("ignore", message=DDP_STRIDE_WARNING)
