@@ -524,3 +524,19 @@ def test_an_unused_ema_code_keeps_its_place_until_the_smoothing_outweighs_its_si
         assert ratio == pytest.approx(expected, rel=1e-3), step
     assert kept[500] > 0.998 and 0.45 < kept[1146] < 0.55 and kept[1500] < 0.03
     assert math.log(1 / eps) / -math.log(decay) == pytest.approx(1145.5, abs=0.5)
+
+
+def test_kmeans_runs_again_after_loading_weights_that_have_not_had_it():
+    # The quantizer remembered "k-means done" on the host: loading an untrained state (its
+    # kmeans_done False) into a trained model left the codebook without k-means for good.
+    config = QuantizerConfig(num_embeddings=8, embedding_dim=2, codebook_init="kmeans")
+    quantizer = build_quantizer(config).train()
+    untrained = {name: value.clone() for name, value in quantizer.state_dict().items()}
+    latents = torch.randn(4, 2, 3, 3)
+    quantizer(latents)
+    assert bool(quantizer.kmeans_done)
+    quantizer.load_state_dict(untrained)
+    assert not bool(quantizer.kmeans_done) and quantizer.needs_initialization()
+    quantizer(latents + 5)
+    assert bool(quantizer.kmeans_done)  # centroids of the new latents, all near (5, 5)
+    assert (quantizer.codebook - 5).abs().max() < 4

@@ -17,6 +17,8 @@ in ``model.safetensors`` and restored exactly; statistics change only in trainin
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,6 +143,12 @@ class VectorQuantizer(nn.Module):
             shape = latent_shape(z, self.config.embedding_dim)
             if z.numel() or health.distributed():
                 self._kmeans_init(as_rows(z), positions_per_item(shape))
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        # Loaded weights bring their own kmeans_done (False for an untrained model's): it is
+        # read again rather than remembered from before.
+        self._kmeans_known_done = False
+        super()._load_from_state_dict(*args, **kwargs)
 
     def needs_initialization(self) -> bool:
         """Whether the k-means init is still to come (read from the device at most once)."""
