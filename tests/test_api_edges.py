@@ -14,6 +14,7 @@ from report_helpers import make_full_run, train_on
 from vqkit import runfiles
 from vqkit.checkpoint import load_config, prior_is_stale
 from vqkit.classifier import ClassifierConfig, train_classifier
+from vqkit.codes_io import decode_codes
 from vqkit.config import QuantizerConfig, RunConfig, TrainConfig, preset_config
 from vqkit.data import load_split, write_own_dataset
 from vqkit.demo import DemoSettings, run_demo
@@ -75,6 +76,11 @@ def test_code_grids_of_the_wrong_shape_are_one_sentence_and_narrow_integers_deco
             model.decode(bad)
     with pytest.raises(VqkitError, match="must be a torch tensor"):
         model.decode(codes.tolist())
+    # decode_codes (the batched decoder of the docs' Python entry points) takes NumPy grids
+    # too: it raised AttributeError ('numpy.ndarray' object has no attribute 'split').
+    assert torch.equal(decode_codes(model, codes.numpy(), 1), decode_codes(model, codes, 1))
+    with pytest.raises(VqkitError, match=r"Code grids \(N, h, w\) must hold integers"):
+        decode_codes(model, codes.numpy().astype(np.float32), 1)
 
 
 def test_a_prior_is_judged_against_the_model_only_when_its_weights_load(run_copy):

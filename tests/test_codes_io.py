@@ -27,6 +27,16 @@ def test_codes_round_trip(tmp_path):
     assert torch.equal(load_codes(path, K, GRID), codes)
 
 
+def test_codes_that_are_not_integers_are_refused_before_saving(tmp_path):
+    # save_codes stored a float 3.7 as code 3 without a word.
+    for codes in (np.full((1, GRID, GRID), 3.7), torch.full((1, GRID, GRID), 3.0)):
+        with pytest.raises(VqkitError, match="The code grids to save must hold integers, not"):
+            save_codes(codes, tmp_path / "c.npy")
+    assert not (tmp_path / "c.npy").exists()
+    saved = save_codes(np.full((1, GRID, GRID), 3, dtype=np.uint8), tmp_path / "c.npy")
+    assert np.array_equal(np.load(saved), np.full((1, GRID, GRID), 3))
+
+
 @pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.int16, np.uint64])
 def test_any_integer_dtype_and_single_grid(tmp_path, dtype):
     grid = (np.arange(GRID * GRID) % K).reshape(GRID, GRID).astype(dtype)

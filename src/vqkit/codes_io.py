@@ -14,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from vqkit import runfiles
+from vqkit import arguments, runfiles
 from vqkit.errors import VqkitError
 from vqkit.fileio import atomic_open
 from vqkit.images import save_grid
@@ -33,10 +33,11 @@ def save_npy(array: np.ndarray, path: str | Path) -> Path:
 
 
 def save_codes(codes: torch.Tensor | np.ndarray, path: str | Path) -> Path:
-    """Code grids (N, h, w) as an int64 ``.npy`` file."""
+    """Code grids (N, h, w) of an integer type as an int64 ``.npy`` file."""
     require_suffix(path, (".npy",), "codes file")
-    array = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else codes
-    return save_npy(array.astype(np.int64), path)
+    # Floats are refused (3.7 would be stored as code 3 without a word), as decode does.
+    codes = arguments.integers(codes, "The code grids to save", arrays=True)
+    return save_npy(codes.detach().cpu().numpy().astype(np.int64), path)
 
 
 def _require_data_the_header_promises(handle: BinaryIO, path: Path) -> None:
@@ -168,5 +169,6 @@ def encode_images(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.
 @torch.no_grad()
 def decode_codes(model: VQVAE, codes: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Images (N, C, H, W) in [0, 1] on the CPU of code grids (N, h, w), in batches."""
+    codes = arguments.integers(codes, "Code grids (N, h, w)", arrays=True)  # NumPy's too
     device = next(model.parameters()).device
     return torch.cat([model.decode(part.to(device)).cpu() for part in codes.split(batch_size)])
