@@ -132,14 +132,40 @@ def require_run_model(model: torch.nn.Module, run_dir: str | Path) -> None:
         raise VqkitError(
             why_no_weights_yet(run_dir) or f"'{run_dir}' holds no model weights ({weights.name})."
         )
-    elif state_digest(model) != weights_digest(run_dir):
-        differs = f"its weights are not the ones in {weights.name}"
-    else:
+    elif state_digest(model) == weights_digest(run_dir):
         return
+    else:
+        differs = _cast_or_other_weights(model, weights)
+        if differs is None:
+            return
     raise VqkitError(
         f"The model is not the one trained in '{run_dir}' ({differs}); give "
         f"VQVAE.from_run('{run_dir}') or that model's own run folder."
     )
+
+
+def _cast_or_other_weights(model: torch.nn.Module, weights: Path) -> str | None:
+    """None when the model holds the saved weights in another floating type that they cast
+    back from exactly (``model.double()`` for gradient checks); else how it differs."""
+    saved = read_tensors(weights, "model weights")
+    state = model.state_dict()
+    if set(state) != set(saved):
+        return f"its weights are not the ones in {weights.name}"
+    cast = {
+        name: str(tensor.dtype).removeprefix("torch.")
+        for name, tensor in state.items()
+        if tensor.dtype != saved[name].dtype
+    }
+    exact = all(
+        torch.equal(tensor.detach().to("cpu", saved[name].dtype), saved[name])
+        for name, tensor in state.items()
+    )
+    if exact and cast:
+        return None
+    if cast:
+        kinds = " and ".join(sorted(set(cast.values())))
+        return f"its weights, cast to {kinds}, no longer round to the ones in {weights.name}"
+    return f"its weights are not the ones in {weights.name}"
 
 
 def prior_digest(run_dir: str | Path) -> str | None:
