@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cli_helpers import fails_cleanly, refused_by_parser
 
 from vqkit.checkpoint import load_config
 from vqkit.cli import build_parser, main
-from vqkit.config import PRESETS, RunConfig, TrainConfig, preset_config
+from vqkit.config import PRESETS, QuantizerConfig, RunConfig, TrainConfig, preset_config
 from vqkit.errors import VqkitError
 from vqkit.prior import PriorConfig
 
@@ -92,6 +93,23 @@ def test_train_refuses_a_bad_config_file_before_training(
         f"'{config}' cannot be used: ", fragment,
     )  # fmt: skip
     assert not out.exists() and config.read_text() == before
+
+
+def test_numpy_numbers_and_tuples_are_taken_as_the_values_they_are():
+    # A sweep over np.arange values was refused: "must be an integer or null, not
+    # np.int64(100)"; fsq_levels given as a tuple too.
+    train = TrainConfig(
+        train_limit=np.int64(100), lr=np.float32(0.5), epochs=np.int32(2), deterministic=np.True_
+    )
+    assert (train.train_limit, train.lr, train.epochs, train.deterministic) == (100, 0.5, 2, True)
+    assert [type(v) for v in (train.train_limit, train.lr, train.epochs)] == [int, float, int]
+    assert type(train.deterministic) is bool
+    quantizer = QuantizerConfig(quantizer="fsq", fsq_levels=(np.int64(8), 5, np.uint8(5)))
+    assert quantizer.fsq_levels == [8, 5, 5] and {type(v) for v in quantizer.fsq_levels} == {int}
+    assert json.loads(json.dumps(RunConfig(train=train).to_dict()))["train"]["train_limit"] == 100
+    assert PriorConfig(epochs=np.int64(3)).epochs == 3
+    with pytest.raises(VqkitError, match="must be an integer or null, not 2.5"):
+        TrainConfig(train_limit=np.float64(2.5))
 
 
 def test_prior_config_fields_are_type_checked():

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import json
 import math
+import numbers
 import os
 import sys
 import types
@@ -69,6 +70,7 @@ def require_typed_settings(settings: Any, where: str, seed_name: str = "--seed")
     with a TypeError); then the whole numbers that a 64-bit integer cannot hold. A ``seed``
     field gets its own sentence, naming it ``seed_name``."""
     kinds = typing.get_type_hints(type(settings))
+    as_python_numbers(settings, kinds)
     for setting in dataclasses.fields(settings):
         value = getattr(settings, setting.name)
         if setting.name == "seed":
@@ -80,6 +82,27 @@ def require_typed_settings(settings: Any, where: str, seed_name: str = "--seed")
             f"{_described(kinds[setting.name])}, not {value!r} (a {type(value).__name__}).",
         )
     require_64_bit_whole_numbers(settings)
+
+
+def as_python_numbers(settings: Any, kinds: dict[str, Any]) -> None:
+    """Replace NumPy's number types (a sweep's ``np.arange`` values: np.int64, np.float32, and
+    np.bool) by Python's int, float and bool, in place, and a tuple given for a list setting by
+    a list, so that they are accepted, and saved to JSON, as the numbers they are."""
+
+    def plain(value: Any) -> Any:
+        if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
+            return bool(value)
+        if isinstance(value, numbers.Integral) and type(value) not in (int, bool):
+            return int(value)
+        if isinstance(value, numbers.Real) and type(value) not in (int, float, bool):
+            return float(value)  # np.float64 too: a float, but shown as np.float64(2.5)
+        return value
+
+    for setting in dataclasses.fields(settings):
+        value = getattr(settings, setting.name)
+        if isinstance(value, list | tuple) and typing.get_origin(kinds[setting.name]) is list:
+            value = [plain(item) for item in value]
+        setattr(settings, setting.name, plain(value))
 
 
 def require_64_bit_whole_numbers(settings: Any) -> None:
