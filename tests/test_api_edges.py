@@ -240,9 +240,9 @@ WRONG_ARGUMENTS = {
         "classes are 0 to 9",
     ),
     "demo folder int": (lambda m, run: run_demo(5), "not 5"),
-    "fsq levels tuple": (
-        lambda m, run: QuantizerConfig(quantizer="fsq", fsq_levels=(8, 5)),
-        "(8, 5) (a tuple)",
+    "fsq levels text": (  # a tuple is taken as the list it holds
+        lambda m, run: QuantizerConfig(quantizer="fsq", fsq_levels="8,5"),
+        "must be a list, not '8,5' (a str)",
     ),
 }
 DIGIT = torch.zeros(28, 28)

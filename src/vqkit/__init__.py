@@ -56,15 +56,23 @@ if TYPE_CHECKING:  # what static tools and editors read; at run time, __getattr_
     from vqkit.training import TrainResult, train
 
 
-def __getattr__(name: str) -> object:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'vqkit' has no attribute {name!r}")
-    import importlib
+if not TYPE_CHECKING:  # static tools see the imports above, and flag any other name
 
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
+    def __getattr__(name: str) -> object:
+        import importlib
+        import importlib.util
+
+        home = _HOMES.get(name)
+        if home is not None:
+            value = getattr(importlib.import_module(home), name)
+        elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            # A submodule (vqkit.codes_io, vqkit.quantize): `import vqkit` used to import them
+            # all, and code written then reaches them through the package.
+            value = importlib.import_module(f"{__name__}.{name}")
+        else:
+            raise AttributeError(f"module 'vqkit' has no attribute {name!r}")
+        globals()[name] = value  # later look-ups skip this function
+        return value
 
 
 def __dir__() -> list[str]:
