@@ -143,10 +143,17 @@ def test_ink_of_one_colour_on_a_transparent_canvas_is_read_as_light_ink_on_black
     ink = ink_mask()
     assert ((ink > 0) & (ink < 255)).any() and ink.max() == 255 and (ink == 0).any()  # soft edges
     paper_made_transparent = np.where(ink > 0, 0, 255).astype(np.uint8)  # black ink, white paper
+    navy = np.stack([np.zeros_like(ink), np.zeros_like(ink), np.full_like(ink, 128), ink], -1)
+    stray = rgba(0, ink)
+    stray[14, 14, :3] = 3  # one pixel of the brush slightly off black
+    assert ink[14, 14] > 0
     drawings = {
         "black ink": rgba(0, ink),
         "white ink": rgba(255, ink),
         "white paper": rgba(paper_made_transparent, ink),
+        "#222 ink": rgba(0x22, ink),  # a design tool's black
+        "navy ink": navy,
+        "black ink with a stray pixel": stray,
     }
     for name, pixels in drawings.items():
         path = tmp_path / f"{name}.png"
@@ -182,6 +189,11 @@ def test_sixteen_bit_grayscale_is_scaled_to_eight_bits(tmp_path, digit_pixels):
     with Image.open(path) as image:
         assert image.mode.startswith("I")  # stored with 16 bits per pixel
     assert np.array_equal(load_png(path).numpy(), digit_pixels)
+    # With white paper marked transparent by a colour key, as an 8-bit image would be.
+    stroke = ink_mask() > 127
+    keyed = tmp_path / "16-key.png"
+    Image.fromarray(np.where(stroke, 0, 65535).astype(np.uint16)).save(keyed, transparency=65535)
+    assert np.array_equal(load_png(keyed).numpy(), stroke * np.uint8(255))
 
 
 def test_bad_pngs(tmp_path, digit_pixels):

@@ -93,22 +93,38 @@ def grayscale(image: Image.Image) -> np.ndarray:
     """The image's luminance as uint8 (Pillow's weights, 0.299 R + 0.587 G + 0.114 B).
 
     An image with transparency is laid over black, the background of MNIST's light-on-dark
-    digits; when that leaves one flat colour though the alpha channel holds a shape (ink of one
-    colour, black or white, drawn on a transparent canvas), the alpha channel is the drawing:
-    it is read as light ink on black.
+    digits, unless everything not transparent is of one colour (within ONE_COLOUR_SPREAD
+    levels): ink of one colour, black, white or any other, drawn on a transparent canvas. The
+    drawing is then its alpha channel, read as light ink on black. (A stencil, an opaque
+    square with a transparent digit, is such an image too: its digit comes out dark on light.)
     """
+    gray, alpha = _gray_and_alpha(image)
+    if alpha is None or alpha.min() == 255:
+        return gray
+    drawn = gray[alpha > 0]
+    if drawn.size and int(drawn.max()) - int(drawn.min()) <= ONE_COLOUR_SPREAD:
+        return alpha
+    return ((gray.astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+
+
+# Gray levels within which the visible pixels of an image with transparency count as one colour
+# of ink (a stray or slightly off pixel of a drawing app's brush).
+ONE_COLOUR_SPREAD = 8
+
+
+def _gray_and_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """8-bit luminance and, for an image with transparency, its 8-bit alpha channel."""
+    key = image.info.get("transparency")  # a colour key (tRNS) or a palette's entry
     if image.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(image, dtype=np.float64)
-        return np.clip(np.rint(values / 257), 0, 255).astype(np.uint8)  # 65535 -> 255
-    transparent = image.mode in ("LA", "PA", "RGBA") or "transparency" in image.info
-    if not transparent:
-        return np.asarray(image.convert("L"), dtype=np.uint8)
-    # A palette or a colour key (tRNS) becomes an alpha channel on the way to RGBA.
-    gray, alpha = np.moveaxis(np.asarray(image.convert("RGBA").convert("LA"), np.uint16), -1, 0)
-    over_black = ((gray * alpha + 127) // 255).astype(np.uint8)
-    if over_black.min() == over_black.max() and alpha.min() != alpha.max():
-        return alpha.astype(np.uint8)
-    return over_black
+        gray = np.clip(np.rint(values / 257), 0, 255).astype(np.uint8)  # 65535 -> 255
+        alpha = None if not isinstance(key, int) else np.where(values == key, 0, 255)
+        return gray, None if alpha is None else alpha.astype(np.uint8)
+    if image.mode in ("LA", "PA", "RGBA") or key is not None:
+        # A palette or a colour key becomes an alpha channel on the way to RGBA.
+        both = np.asarray(image.convert("RGBA").convert("LA"), dtype=np.uint8)
+        return both[..., 0], both[..., 1]
+    return np.asarray(image.convert("L"), dtype=np.uint8), None
 
 
 def split_loader(dataset: str, data_dir: str | Path | None = None) -> Callable[[str], Split]:
