@@ -35,6 +35,10 @@ def test_codes_that_are_not_integers_are_refused_before_saving(tmp_path):
     assert not (tmp_path / "c.npy").exists()
     saved = save_codes(np.full((1, GRID, GRID), 3, dtype=np.uint8), tmp_path / "c.npy")
     assert np.array_equal(np.load(saved), np.full((1, GRID, GRID), 3))
+    # NumPy arrays torch.as_tensor does not take as they are: reversed and big-endian.
+    codes = np.arange(2 * GRID * GRID).reshape(2, GRID, GRID) % K
+    for layout in (np.flip(codes, 0), codes.astype(">i4")):
+        assert np.array_equal(np.load(save_codes(layout, tmp_path / "c.npy")), layout)
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.int16, np.uint64])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from vqkit.config import SEED_RANGE, is_seed, path_or_none
@@ -101,6 +102,8 @@ def integers(value: Any, what: str, arrays: bool = False) -> torch.Tensor:
         if not arrays:
             raise VqkitError(f"{what} must be a torch tensor of integers, not a {kind}.")
         try:
+            if isinstance(value, np.ndarray):  # torch takes neither reversed strides nor
+                value = np.ascontiguousarray(value, value.dtype.newbyteorder("="))  # big-endian
             value = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError):
             message = f"{what} must be a tensor or array of integers, not a {kind}."
