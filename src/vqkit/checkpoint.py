@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -132,39 +133,32 @@ def require_run_model(model: torch.nn.Module, run_dir: str | Path) -> None:
         raise VqkitError(
             why_no_weights_yet(run_dir) or f"'{run_dir}' holds no model weights ({weights.name})."
         )
-    elif state_digest(model) == weights_digest(run_dir):
-        return
-    else:
+    elif state_digest(model) != weights_digest(run_dir):
         differs = _cast_or_other_weights(model, weights)
-        if differs is None:
-            return
+    else:
+        return
     raise VqkitError(
         f"The model is not the one trained in '{run_dir}' ({differs}); give "
         f"VQVAE.from_run('{run_dir}') or that model's own run folder."
     )
 
 
-def _cast_or_other_weights(model: torch.nn.Module, weights: Path) -> str | None:
-    """None when the model holds the saved weights in another floating type that they cast
-    back from exactly (``model.double()`` for gradient checks); else how it differs."""
+def _cast_or_other_weights(model: torch.nn.Module, weights: Path) -> str:
+    """How the model's weights differ from the saved ones: another floating type (a model cast
+    with .double() computes slightly other codes, and its counts would be cached as the run's),
+    or other values."""
     saved = read_tensors(weights, "model weights")
     state = model.state_dict()
-    if set(state) != set(saved):
-        return f"its weights are not the ones in {weights.name}"
-    cast = {
-        name: str(tensor.dtype).removeprefix("torch.")
-        for name, tensor in state.items()
-        if tensor.dtype != saved[name].dtype
-    }
-    exact = all(
-        torch.equal(tensor.detach().to("cpu", saved[name].dtype), saved[name])
-        for name, tensor in state.items()
-    )
-    if exact and cast:
-        return None
-    if cast:
-        kinds = " and ".join(sorted(set(cast.values())))
-        return f"its weights, cast to {kinds}, no longer round to the ones in {weights.name}"
+
+    def floating(tensors: Iterable[torch.Tensor]) -> set[str]:  # counters, flags: integers
+        return {str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()}
+
+    kinds, kinds_saved = floating(state.values()), floating(saved.values())
+    if kinds != kinds_saved:
+        return (
+            f"its weights are {' and '.join(sorted(kinds))}, the run's "
+            f"{' and '.join(sorted(kinds_saved))}"
+        )
     return f"its weights are not the ones in {weights.name}"
 
 
