@@ -203,6 +203,9 @@ def test_train_prior_encodes_again_when_the_data_folder_was_rewritten(tmp_path, 
         for split, count in (("train", 600), ("test", 200))
     }
     write_dataset(data, five)
+    capsys.readouterr()
+    assert main(["train-prior", str(run), "--resume", "--epochs", "2", *common]) == 2
+    assert "data folder of '" in capsys.readouterr().err  # the saved state fits the old grids
     assert main([*prior, "--restart"]) == 0, capsys.readouterr().err
     assert json.loads((run / "prior_config.json").read_text())["num_classes"] == 5
     np.testing.assert_array_equal(np.load(run / "labels_train.npy"), five["train"][1])

@@ -77,7 +77,9 @@ class _Counters:
     images: int = 0  # grids of the epoch in progress whose loss was applied
     finished: bool = False  # the run ended normally (all epochs, or stopped early)
 
-    def to_extra(self, settings: PriorConfig, digest: str) -> dict[str, Any]:
+    def to_extra(
+        self, settings: PriorConfig, digest: str, data_digest: str | None
+    ) -> dict[str, Any]:
         # JSON has no infinity: no best yet is null. Floats round-trip exactly through JSON.
         best = self.best if math.isfinite(self.best) else None
         return {
@@ -86,6 +88,7 @@ class _Counters:
             "epoch_grids": self.images,
             "finished": self.finished,
             "weights_sha256": digest,
+            "data_sha256": data_digest,  # one's own data's (None for a named dataset)
             "config": settings.to_dict(),
         }
 
@@ -117,15 +120,17 @@ class PriorLoop:
         evaluate: Callable[[PixelCNNPrior], float],
         constants: dict[str, float | int],
         digest: str,
+        data_digest: str | None = None,
         resume: bool,
         show: bool,
     ) -> None:
         """``codes`` (N, H, W) and ``labels`` (N,) are the training set; ``evaluate`` gives the
         test NLL in bits per code; ``constants`` (baselines, grid counts) go into every metrics
-        record; ``digest`` names
-        the VQ-VAE weights the codes came from."""
+        record; ``digest`` names the VQ-VAE weights the codes came from, ``data_digest`` one's
+        own images and labels they encode (None for a named dataset)."""
         self.run_dir, self.settings, self.device = run_dir, settings, device
         self.digest, self.show, self.evaluate, self.constants = digest, show, evaluate, constants
+        self.data_digest = data_digest
         self.codes, self.labels = codes.to(device), labels.to(device)
         self.metrics_path = run_path(run_dir, runfiles.PRIOR_METRICS)
         files = self.files = train_state.PRIOR_FILES
@@ -304,5 +309,5 @@ class PriorLoop:
             order_state,
             self.loss_sum,
             files=self.files,
-            extra=self.counters.to_extra(self.settings, self.digest),
+            extra=self.counters.to_extra(self.settings, self.digest, self.data_digest),
         )
