@@ -13,8 +13,10 @@ import pytest
 from cli_helpers import fails_cleanly, refused_by_parser
 
 from vqkit.checkpoint import load_config
+from vqkit.classifier import ClassifierConfig
 from vqkit.cli import build_parser, main
 from vqkit.config import PRESETS, QuantizerConfig, RunConfig, TrainConfig, preset_config
+from vqkit.demo import DemoSettings
 from vqkit.errors import VqkitError
 from vqkit.prior import PriorConfig
 
@@ -107,7 +109,9 @@ def test_numpy_numbers_and_tuples_are_taken_as_the_values_they_are():
     quantizer = QuantizerConfig(quantizer="fsq", fsq_levels=(np.int64(8), 5, np.uint8(5)))
     assert quantizer.fsq_levels == [8, 5, 5] and {type(v) for v in quantizer.fsq_levels} == {int}
     assert json.loads(json.dumps(RunConfig(train=train).to_dict()))["train"]["train_limit"] == 100
-    assert PriorConfig(epochs=np.int64(3)).epochs == 3
+    assert PriorConfig(epochs=np.int64(3), lr=np.float32(0.1)).lr == 0.1  # not 0.10000000149
+    assert ClassifierConfig(channels=(np.int64(4), 8)).to_dict()["channels"] == [4, 8]
+    assert DemoSettings(interpolation_pair=(np.int64(3), 8)).interpolation_pair == (3, 8)
     with pytest.raises(VqkitError, match="must be an integer or null, not 2.5"):
         TrainConfig(train_limit=np.float64(2.5))
 

@@ -86,8 +86,9 @@ def require_typed_settings(settings: Any, where: str, seed_name: str = "--seed")
 
 def as_python_numbers(settings: Any, kinds: dict[str, Any]) -> None:
     """Replace NumPy's number types (a sweep's ``np.arange`` values: np.int64, np.float32, and
-    np.bool) by Python's int, float and bool, in place, and a tuple given for a list setting by
-    a list, so that they are accepted, and saved to JSON, as the numbers they are."""
+    np.bool) by Python's int, float and bool, in place, also inside list and tuple settings (a
+    tuple given for a list setting becomes a list), so that they are accepted, and saved to
+    JSON, as the numbers they are."""
 
     def plain(value: Any) -> Any:
         if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
@@ -95,13 +96,17 @@ def as_python_numbers(settings: Any, kinds: dict[str, Any]) -> None:
         if isinstance(value, numbers.Integral) and type(value) not in (int, bool):
             return int(value)
         if isinstance(value, numbers.Real) and type(value) not in (int, float, bool):
-            return float(value)  # np.float64 too: a float, but shown as np.float64(2.5)
+            # np.float64 too (a float, but shown as np.float64(2.5)); through its text, so that
+            # np.float32(0.1) is saved as the 0.1 it was written as, not 0.10000000149011612.
+            return float(str(value))
         return value
 
     for setting in dataclasses.fields(settings):
         value = getattr(settings, setting.name)
-        if isinstance(value, list | tuple) and typing.get_origin(kinds[setting.name]) is list:
-            value = [plain(item) for item in value]
+        if isinstance(value, list | tuple):
+            items = [plain(item) for item in value]
+            kind = typing.get_origin(kinds[setting.name])
+            value = items if kind is list or isinstance(value, list) else tuple(items)
         setattr(settings, setting.name, plain(value))
 
 

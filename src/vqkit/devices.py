@@ -82,7 +82,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 def callers_random_state_kept(device: torch.device) -> Iterator[None]:
     """Work that seeds PyTorch's global generators (a training run seeds them for its model and
     draws) with their state put back afterwards, the CPU's and on CUDA ``device``'s: a script
-    calling vqkit in a loop then draws its own numbers, not ones following vqkit's seed."""
+    calling vqkit in a loop then draws its own numbers, not ones following vqkit's seed. (Other
+    GPUs' generators stay reseeded, as torch.manual_seed leaves them: forking them all would
+    open a context on every GPU from every torchrun process.)"""
     cuda = []
     if device.type == "cuda":
         cuda = [device.index if device.index is not None else torch.cuda.current_device()]

@@ -321,7 +321,7 @@ def load_split(
             # Well-formed files that are not the dataset's: most likely one's own images.
             raise ChecksumMismatch(
                 f"{str(exc).removesuffix('.')}; if '{data_dir}' holds images of your own, "
-                "add --dataset idx."
+                "add --dataset idx (dataset='idx' in Python)."
             ) from exc
     # Fresh tensors per call: the cached arrays are shared and must not be mutated.
     return Split(
