@@ -124,7 +124,7 @@ def test_modified_known_file_fails_checksum(tmp_path: Path) -> None:
         load_split("mnist", "test", data_dir=tmp_path)
     # Whose mistake it most often is: one's own files read as MNIST's (no --dataset idx).
     assert str(caught.value).endswith(
-        f"; if '{tmp_path}' holds images of your own, add --dataset idx."
+        f"; if '{tmp_path}' holds images of your own, add --dataset idx (dataset='idx' in Python)."
     )
 
 
