@@ -387,6 +387,9 @@ def test_per_class_rows_of_a_dataset_with_named_classes_say_which(full_run, tmp_
     text = write_report(run).read_text()
     assert "<td>prior (class 3: Dress)</td>" in text and "(digit 3)" not in text
     assert "prior (class 9: Ankle boot)" in format_scores(read_scores(run))  # vqkit score too
+    # One's own data has classes, not digits, and no names for them.
+    own = {**read_scores(run), "dataset": "idx"}
+    assert "prior (class 9) " in format_scores(own) and "digit" not in format_scores(own)
 
 
 def test_the_headline_says_how_many_test_images_its_numbers_cover(small_run):

@@ -36,7 +36,7 @@ from vqkit.checkpoint import (
 )
 from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_train_classifier
 from vqkit.codes_io import decode_codes, encode_images
-from vqkit.data import INFO, dataset_classes, load_split
+from vqkit.data import INFO, OWN_DATASET, dataset_classes, load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import write_json_atomic
@@ -342,8 +342,11 @@ def _prior_classes(run_dir: Path | None) -> int | None:
 
 def row_label(name: str, dataset: str | None) -> str:
     """A score row's name for people: a per-class row of a dataset with named classes says
-    which (scores.json names such rows 'digit N', as the --digit flag does)."""
+    which, one of one's own data says 'class N' (scores.json names such rows 'digit N', as the
+    --digit flag does)."""
     match = re.fullmatch(r"(.*)\(digit (\d+)\)", name)
+    if match is not None and dataset == OWN_DATASET:
+        return f"{match[1]}(class {match[2]})"
     info = INFO.get(dataset) if isinstance(dataset, str) else None
     if match is None or info is None or int(match[2]) >= len(info.classes):
         return name
