@@ -98,9 +98,9 @@ INTERPOLATION_KEYS = (
     "interpolation_latent",
 )
 FIGURE_KEYS = (*SAMPLE_KEYS, *INTERPOLATION_KEYS, "codebook_atlas", "codebook_codemap")
-# Every section of a full run, in page order; a bare training run has the first three and timing.
+# Every section of a full run, in page order; a bare training run has training,
+# reconstructions, timing and configuration.
 ALL_SECTIONS = (
-    "configuration",
     "training",
     "reconstructions",
     "codebook",
@@ -109,8 +109,9 @@ ALL_SECTIONS = (
     "interpolation",
     "prior",
     "timing",
+    "configuration",
 )
-TRAIN_ONLY_SECTIONS = ("configuration", "training", "reconstructions", "timing")
+TRAIN_ONLY_SECTIONS = ("training", "reconstructions", "timing", "configuration")
 
 
 def copy_run(source: Path, target: Path) -> Path:

@@ -314,7 +314,7 @@ def test_unigram_entropy_of_one_code_is_a_positive_zero():
 def test_the_reports_prior_section_says_which_grids_it_measured(prior_run, capsys):
     html = render_report(load_run_info(prior_run))
     # A conditional prior's bits are given the class: not comparable with an unconditional one's.
-    assert "given each image&#x27;s class; uniform: 7<" in html
+    assert "given each image&#x27;s class; uniform: 7; lower is better<" in html
     assert main(["runs", str(prior_run)]) == 0
     assert re.search(r"\d\.\d{3} \(conditional\)", capsys.readouterr().out)
     assert "the 1,000 test code grids under the prior (trained on 4,000 training grids)" in html

@@ -31,8 +31,10 @@ from report_helpers import (
 
 from vqkit import prior_replacement, runfiles
 from vqkit.cli import main
-from vqkit.data import OWN_DATASET
+from vqkit.data import OWN_DATASET, load_split
 from vqkit.errors import VqkitError
+from vqkit.images import save_grid
+from vqkit.provenance import MADE_WITH_KEY
 from vqkit.report import render_report, write_report
 from vqkit.report_html import image
 from vqkit.runinfo import load_run_info
@@ -427,3 +429,28 @@ def test_scores_without_sample_images_say_how_to_make_them(full_run, tmp_path):
     for name in prior_replacement.PRIOR_FILE_NAMES:  # no prior at all
         (run / name).unlink(missing_ok=True)
     assert f"(vqkit train-prior {run})" in render_report(load_run_info(run))
+
+
+def test_the_page_says_what_its_figures_and_numbers_are(full_run, tmp_path):
+    run = copy_run(full_run, tmp_path / "run")
+    # An interpolation strip records its two images; the page names them.
+    strip = run / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES["interpolation_wipe"]
+    ends = {MADE_WITH_KEY: json.dumps({"from": "test:18", "to": "digit:8", "mode": "wipe"})}
+    save_grid(load_split("mnist", "test").images[:10], strip, columns=10, stamp=ends)
+    # A conditional prior: its panel draws the classes in turn, its bits are given the class.
+    settings = json.loads((run / runfiles.PRIOR_CONFIG).read_text())
+    (run / runfiles.PRIOR_CONFIG).write_text(json.dumps({**settings, "conditional": True}))
+    # Dead-code restarts counted per epoch.
+    records = [json.loads(line) for line in (run / runfiles.METRICS).read_text().splitlines()]
+    lines = [json.dumps({**r, "codebook_restarts": 7 * r["epoch"]}) for r in records]
+    (run / runfiles.METRICS).write_text("\n".join(lines) + "\n")
+    page = write_report(run).read_text()
+    assert "top left to bottom right (from test:18 to digit:8)</figcaption>" in page
+    assert "then the other image itself." in page  # the lead says what the ends are
+    assert "PixelCNN prior, given the classes 0, 1, 2, ... in turn, in reading order" in page
+    assert "<td>PixelCNN prior, given each image&#x27;s class (epoch 2)</td>" in page
+    assert "which the baselines are not." in page
+    assert "<th class=num>code restarts so far</th>" in page
+    assert f"<td class=num>{7 * records[-1]['epoch']}</td></tr>" in page
+    # Which way is better, on every headline card of a number.
+    assert page.count("lower is better") >= 4

@@ -44,10 +44,24 @@ def stamp(
 
 def read_stamp(png: Path) -> dict[str, str]:
     """The provenance chunks of a PNG ({} for other files, unreadable ones, or older figures)."""
+    text = _text_chunks(png)
+    return {key: text[key] for key in (WEIGHTS_KEY, PRIOR_KEY) if key in text}
+
+
+def made_with(png: Path) -> dict[str, Any]:
+    """The settings a figure records it was made with ({} when it records none, or not as a
+    JSON object)."""
+    try:
+        settings = json.loads(_text_chunks(png).get(MADE_WITH_KEY, "{}"))
+    except ValueError:
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def _text_chunks(png: Path) -> dict[str, str]:
     try:
         with Image.open(png) as image:
-            text = getattr(image, "text", {})  # PNG text chunks
-            return {key: text[key] for key in (WEIGHTS_KEY, PRIOR_KEY) if key in text}
+            return dict(getattr(image, "text", {}))  # PNG text chunks
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
         return {}
 

@@ -23,7 +23,7 @@ from vqkit.data import OWN_DATASET
 from vqkit.environment import changed_quantizer_code
 from vqkit.fileio import parse_json, write_bytes_atomic
 from vqkit.prior import has_prior, incomplete_prior
-from vqkit.provenance import EARLIER_WEIGHTS
+from vqkit.provenance import EARLIER_WEIGHTS, made_with
 from vqkit.quantize import perplexity
 from vqkit.report_html import Section, cards, esc, fmt, image, note, page, table, table_html
 from vqkit.run_lock import writer_of
@@ -108,7 +108,7 @@ def _header(info: RunInfo, name: str) -> str:
     if top.test_mse is not None:
         psnr = number((info.final or {}).get("test_psnr"))
         psnr_words = f"PSNR {fmt(psnr, 3)} dB " if psnr is not None else ""
-        items.append(("test MSE", fmt(top.test_mse, 3), psnr_words + where))
+        items.append(("test MSE", fmt(top.test_mse, 3), f"lower is better; {psnr_words}{where}"))
     if top.codes_used is not None:
         items.append(("codes used", f"{top.codes_used} / {top.num_codes}", where))
     if top.prior_bits_per_code is not None:
@@ -116,12 +116,13 @@ def _header(info: RunInfo, name: str) -> str:
         detail = f"uniform: {fmt(uniform, 3)}" if uniform is not None else "best test epoch"
         if top.prior_conditional:
             detail = f"given each image's class; {detail}"
+        detail += "; lower is better"
         if top.prior_stale:
             detail = "stale: learned on earlier VQ-VAE weights"
         items.append(("prior bits per code", fmt(top.prior_bits_per_code, 4), detail))
     if top.fid:
         value = " / ".join(fmt(v, 3) for v in top.fid.values())
-        detail = " / ".join(top.fid)
+        detail = " / ".join(top.fid) + "; lower is better"
         if top.scores_stale == EARLIER_WEIGHTS:
             detail = f"stale: scored on earlier weights ({detail})"
         elif top.scores_stale:  # only the prior's row no longer holds
@@ -180,8 +181,9 @@ def _configuration(info: RunInfo) -> Section:
         except (OSError, ValueError):
             damaged = note(f"{runfiles.PRIOR_CONFIG} is damaged; its settings are not shown.")
     body = f'<div class="grid">{"".join(tiles)}</div>{damaged}'
+    files = runfiles.CONFIG + (f" and {runfiles.PRIOR_CONFIG}" if prior_path.exists() else "")
     lead = (
-        f"Settings in {runfiles.CONFIG}: everything needed to rebuild the model (leaving out "
+        f"Settings in {files}: everything needed to rebuild the model (leaving out "
         "those that change nothing for it, such as FSQ levels of a codebook quantizer or a "
         "warm-up fraction without a learning-rate schedule)."
     )
@@ -213,13 +215,21 @@ def _training(info: RunInfo) -> Section | None:
         )
         for key, title, color, ceiling in curves
     ]
-    columns = ("train_loss", "test_mse", "test_psnr", "perplexity", "codes_used")
-    rows = [[r["epoch"], *(r.get(c) for c in columns)] for r in records]
+    columns = ["train_loss", "test_mse", "test_psnr", "perplexity", "codes_used"]
     headers = ["epoch", "train loss", "test MSE", "PSNR (dB)", "perplexity", "codes used"]
+    if any("codebook_restarts" in r for r in records):  # dead-code restarts so far
+        columns.append("codebook_restarts")
+        headers.append("code restarts so far")
+    rows = [[r["epoch"], *(r.get(c) for c in columns)] for r in records]
     body = f'<div class="grid">{"".join(plots)}</div>' + (
         f"<details><summary>per-epoch numbers</summary>{table(headers, rows)}</details>"
     )
-    return Section("training", "Training", body, f"One point per epoch, from {runfiles.METRICS}.")
+    lead = (
+        f"One point per epoch, from {runfiles.METRICS}. Training loss: the reconstruction MSE "
+        "plus the quantizer's loss, averaged over the epoch's steps; test MSE: pixels in "
+        "[0, 1], lower is better; perplexity: the effective number of codes in use."
+    )
+    return Section("training", "Training", body, lead)
 
 
 def _reconstructions(info: RunInfo) -> Section | None:
@@ -254,7 +264,13 @@ def _codebook(info: RunInfo) -> Section | None:
             )
         parts.append(
             table(
-                ["codebook size", "codes used", "dead codes", "perplexity", "training images"],
+                [
+                    "codebook size",
+                    "codes used",
+                    "dead codes (never chosen)",
+                    "perplexity (effective codes in use)",
+                    "training images",
+                ],
                 [[len(counts), used, len(counts) - used, spread, images]],
                 numeric_from=0,
             )
@@ -274,7 +290,11 @@ def _codebook(info: RunInfo) -> Section | None:
         plot = _usage_plot(usage["counts"], images)
         parts.append(image(plot, "code usage", "code usage", density=USAGE_DENSITY))
     atlas = [
-        ("codebook_atlas", "each used code decoded on its own, most used first"),
+        (
+            "codebook_atlas",
+            "each used code, most used first, decoded from a grid holding only that code: "
+            "black tiles are background codes",
+        ),
         ("codebook_codemap", "test images with the code of each cell of their grid"),
     ]
     parts += [
@@ -330,6 +350,8 @@ def _samples(info: RunInfo) -> Section | None:
         # A strategy without an entry is titled and scored by its own name.
         strategy = key.removeprefix("samples_")
         title, row_name, prefix = SAMPLE_FIGURES.get(key, (strategy, strategy, False))
+        if key == "samples_prior" and info.prior_conditional:  # sample i is of class i mod C
+            title += ", given the classes 0, 1, 2, ... in turn, in reading order"
         picture = _embed(info, info.figures[key], f"samples: {title}", title)
         if picture:
             tiles.append(f"<div>{picture}{_score_line(info, row_name, prefix)}</div>")
@@ -411,7 +433,16 @@ def _scores_table(scores: dict[str, Any]) -> str:
         for row in scores["rows"]
     ]
     accuracy = number(scores.get("classifier_test_accuracy"))
-    detail = ["n: images scored in the row; FID grows as n shrinks, so compare at equal n"]
+    detail = [
+        "n: images scored in the row; FID grows as n shrinks, so compare at equal n",
+        "FID is measured against the real test images (0 for them) in a small classifier's "
+        "feature space, not Inception's, so its scale is not that of published FIDs",
+        "confidence: the classifier's mean top probability (higher: clearer images)",
+        "inception score: higher when each image is clearly one class and all classes appear, "
+        "at most the number of classes, so a row of one class scores low by design",
+        "label accuracy: the share classified as the image's label or requested class "
+        "(– where none is known)",
+    ]
     if accuracy is not None:
         detail.append(f"the scoring classifier is {accuracy:.1%} accurate on the test set")
     caption = f"<p class='lead'>{esc('; '.join(detail))}.</p>"
@@ -438,9 +469,17 @@ def _count(row: dict[str, Any]) -> int | None:
 def _interpolation(info: RunInfo) -> Section | None:
     keys = [key for key in info.figures if key.startswith("interpolation_")]
     captions = {k: INTERPOLATION_CAPTIONS.get(k, k.replace("_", " ")) for k in keys}
+    for key in keys:
+        ends = made_with(info.figures[key])
+        if isinstance(ends.get("from"), str) and isinstance(ends.get("to"), str):
+            captions[key] += f" (from {ends['from']} to {ends['to']})"
     strips = [_embed(info, info.figures[k], captions[k], captions[k]) for k in keys]
     body = "".join(strips)
-    lead = "Each row walks from one image (left) to another (right) through their code grids."
+    lead = (
+        "Each row walks from one image to another through their code grids: the first image "
+        "itself, then decoded steps from t = 0 (its own codes) to t = 1 (the other's), then "
+        "the other image itself."
+    )
     return Section("interpolation", "Interpolation", body, lead) if body else None
 
 
@@ -462,10 +501,11 @@ def _prior(info: RunInfo) -> Section | None:
         baselines,
     )
     best = min(records, key=lambda r: r["test_bits_per_code"])
+    given = ", given each image's class" if info.prior_conditional else ""
     cells_per_grid = info.config.model.grid_size**2
     rows = [
         [
-            f"PixelCNN prior (epoch {best['epoch']})",
+            f"PixelCNN prior{given} (epoch {best['epoch']})",
             best["test_bits_per_code"],
             number(best.get("test_bits_per_image")),
         ]
@@ -488,6 +528,8 @@ def _prior(info: RunInfo) -> Section | None:
         "each position's own frequencies spends no more on those grids, and usually less, so "
         "the prior's gain over unigram need not all come from reading neighbouring codes."
     )
+    if info.prior_conditional:
+        lead += " This prior is also told each image's class, which the baselines are not."
     if left_out:
         body += note(left_out)
     if info.prior_stale:
@@ -586,8 +628,8 @@ def _footer(info: RunInfo) -> str:
     return "".join(lines)
 
 
+# Results first; the settings that made them after them, with the timings.
 SECTIONS: tuple[Callable[[RunInfo], Section | None], ...] = (
-    _configuration,
     _training,
     _reconstructions,
     _codebook,
@@ -595,4 +637,5 @@ SECTIONS: tuple[Callable[[RunInfo], Section | None], ...] = (
     _interpolation,
     _prior,
     _timing,
+    _configuration,
 )
