@@ -50,11 +50,13 @@ INTERPOLATION_CAPTIONS = {
     "nearest code",
 }
 STAGE_BAR_PX = 160  # width of the longest stage's bar in the timing table
+# Arrows say which way is better (the table's lead says so in words): short headers keep the
+# table within a phone's width.
 SCORE_COLUMNS = (
-    ("fid", "classifier-FID (lower is better)"),
-    ("confidence", "confidence"),
-    ("inception_score", "inception score"),
-    ("label_accuracy", "label accuracy"),
+    ("fid", "classifier-FID ↓"),
+    ("confidence", "confidence ↑"),
+    ("inception_score", "inception score ↑"),
+    ("label_accuracy", "label accuracy ↑"),
 )
 PERCENT_SCORES = {"label_accuracy"}  # shown as the CLI prints them: 94.5%, not 0.945
 
@@ -331,7 +333,7 @@ def _score_line(info: RunInfo, row_name: str, prefix: bool) -> str:
         if values:
             mean = sum(values) / len(values)
             shown = _percent(mean) if key in PERCENT_SCORES else fmt(mean, 3)
-            parts.append(f"{label.split(' (')[0]} {shown}")
+            parts.append(f"{label.rstrip(' ↑↓')} {shown}")
     if not parts:
         return ""
     counts = {_count(row) for row in rows}
@@ -434,6 +436,7 @@ def _scores_table(scores: dict[str, Any]) -> str:
     ]
     accuracy = number(scores.get("classifier_test_accuracy"))
     detail = [
+        "↓: lower is better, ↑: higher is better",
         "n: images scored in the row; FID grows as n shrinks, so compare at equal n",
         "FID is measured against the real test images (0 for them) in a small classifier's "
         "feature space, not Inception's, so its scale is not that of published FIDs",
@@ -453,7 +456,10 @@ def _scores_table(scores: dict[str, Any]) -> str:
 
 def _score_cell(key: str, value: Any) -> float | str | None:
     value = number(value)
-    return _percent(value) if key in PERCENT_SCORES and value is not None else value
+    if value is None or key == "fid":
+        return value
+    # Three figures tell these apart (0.991, 8.38) and keep the table narrow.
+    return _percent(value) if key in PERCENT_SCORES else fmt(value, 3)
 
 
 def _percent(fraction: float) -> str:
