@@ -215,6 +215,31 @@ def test_encode_png_and_decode_png(run_dir, model, tmp_path, capsys, test_images
     assert Image.open(out).size == png_size(2, 1)
 
 
+def test_a_png_drawn_dark_on_light_gets_a_note_and_its_codes(
+    run_dir, tmp_path, capsys, test_images
+):
+    # A student's digit drawn in black on white paper gets codes of another kind of image from
+    # an MNIST model, which learned light digits on black: the commands say so and go on.
+    paper = tmp_path / "paper.png"
+    Image.fromarray(255 - test_images[0].numpy()).save(paper)
+    light = tmp_path / "light.png"
+    Image.fromarray(test_images[1].numpy()).save(light)
+    codes = tmp_path / "c.npy"
+    code, _, err = run_cli(["encode", run_dir, light, paper, "test:3", "--out", codes], capsys)
+    assert code == 0 and np.load(codes).shape == (3, 7, 7)
+    assert err == (
+        f"vqkit: note: '{paper}' is dark on a light background, unlike the mnist images this "
+        "model learned (light on black); invert it for codes that mean what they do for those.\n"
+    )
+    strip = tmp_path / "strip.png"
+    code, _, err = run_cli(
+        ["interpolate", run_dir, "--from", paper, "--to", 3, "--out", strip], capsys
+    )
+    assert code == 0 and f"'{paper}' is dark on a light background" in err
+    code, _, err = run_cli(["encode", run_dir, light, "--out", tmp_path / "d.npy"], capsys)
+    assert code == 0 and err == ""
+
+
 def test_decode_refuses_bad_codes(run_dir, model, tmp_path, capsys):
     k = model.num_codes
     np.save(tmp_path / "shape.npy", np.zeros((3, 6, 7), dtype=np.int64))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from vqkit.data import Split, load_split
+from vqkit.data import INFO, Split, load_split
 from vqkit.errors import VqkitError
 
 _INDEX = re.compile(r"^(?:(test|train):)?(\d+)$")
@@ -191,6 +191,30 @@ def resolve_images(
     if not images:
         raise VqkitError("No input images were given.")
     return ImageSet(torch.cat(images), names)
+
+
+def light_background_note(found: ImageSet, dataset: str) -> str | None:
+    """A note naming the PNG inputs drawn dark on a light background (their outer two-pixel
+    frame brighter than mid-gray) when the run learned a named dataset, whose images are all
+    light on black: such a drawing (black ink on white paper) gets codes of another kind of
+    image. None when there is none, or for one's own data, which may be either."""
+    if dataset not in INFO:
+        return None
+    frame = torch.ones(found.images.shape[1:], dtype=torch.bool)
+    frame[2:-2, 2:-2] = False
+    light = [
+        name
+        for name, image in zip(found.names, found.images, strict=True)
+        if Path(name).suffix.lower() == ".png" and image[frame].float().mean() > 127
+    ]
+    if not light:
+        return None
+    names = ", ".join(f"'{name}'" for name in light)
+    return (
+        f"{names} {'is' if len(light) == 1 else 'are'} dark on a light background, unlike the "
+        f"{dataset} images this model learned (light on black); invert "
+        f"{'it' if len(light) == 1 else 'them'} for codes that mean what they do for those."
+    )
 
 
 def resolve_image(reference: str, splits: Callable[[str], Split], size: int = 28) -> torch.Tensor:

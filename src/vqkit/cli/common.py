@@ -15,6 +15,7 @@ from vqkit.errors import VqkitError
 from vqkit.wording import stopped_by
 
 if TYPE_CHECKING:  # the training loop imports torch; the CLI's helpers need not
+    from vqkit.inputs import ImageSet
     from vqkit.training import TrainingInterrupted
 
 
@@ -143,3 +144,13 @@ def distributed_rank_is_main() -> bool:
     """Whether this is the first process of a torchrun job (or no such job): the one that
     prints summaries."""
     return os.environ.get("RANK", "0") == "0"
+
+
+def note_light_backgrounds(found: ImageSet, dataset: str) -> None:
+    """Print, as a note on stderr, which PNG inputs are drawn dark on light for a model of
+    light-on-dark images (the command goes on: the user may mean it)."""
+    from vqkit.inputs import light_background_note  # torch: only for the commands that read
+
+    note = light_background_note(found, dataset)
+    if note is not None:
+        print(f"vqkit: note: {note}", file=sys.stderr)

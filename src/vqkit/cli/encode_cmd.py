@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vqkit.checkpoint import load_config, load_model
-from vqkit.cli.common import add_command, add_device_flag
+from vqkit.cli.common import add_command, add_device_flag, note_light_backgrounds
 from vqkit.codes_io import encode_images, require_new_outputs, require_suffix, save_codes
 from vqkit.devices import resolve_device
 from vqkit.inputs import resolve_images, split_loader
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.run_dir)
     splits = split_loader(config.train.dataset, config.train.data_folder(args.data_dir))
     found = resolve_images(args.inputs, splits, config.model.image_size)
+    note_light_backgrounds(found, config.train.dataset)
     model = load_model(args.run_dir, device=resolve_device(args.device))
     codes = encode_images(model, found.images, config.train.eval_batch_size)
     print(f"wrote {save_codes(codes, args.out)} ({counted(codes.shape[0], 'code grid')})")

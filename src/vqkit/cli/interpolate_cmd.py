@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import (
     add_command,
     add_device_flag,
+    note_light_backgrounds,
     seed,
     whole_number_at_least,
 )
 from vqkit.codes_io import require_new_outputs, require_suffix
 from vqkit.devices import resolve_device
 from vqkit.images import save_grid
-from vqkit.inputs import resolve_image, split_loader
+from vqkit.inputs import ImageSet, resolve_image, split_loader
 from vqkit.interpolate import MIN_STEPS, MODES, interpolation, interpolation_strip
 from vqkit.provenance import stamp
 
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     size = config.model.image_size
     image_a = resolve_image(args.source, splits, size)
     image_b = resolve_image(args.target, splits, size)
+    ends = ImageSet(torch.stack([image_a, image_b]), [args.source, args.target])
+    note_light_backgrounds(ends, config.train.dataset)
     model = load_model(args.run_dir, device=resolve_device(args.device))
     codes = interpolation(model, image_a, image_b, args.steps, args.mode, args.seed)
     strip = interpolation_strip(model, image_a, image_b, codes)
