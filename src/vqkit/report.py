@@ -123,7 +123,7 @@ def _header(info: RunInfo, name: str) -> str:
             detail = "stale: learned on earlier VQ-VAE weights"
         items.append(("prior bits per code", fmt(top.prior_bits_per_code, 4), detail))
     if top.fid:
-        value = " / ".join(fmt(v, 3) for v in top.fid.values())
+        value = " / ".join(f"{v:.1f}" for v in top.fid.values())  # as the demo prints them
         detail = " / ".join(top.fid) + "; lower is better"
         if top.scores_stale == EARLIER_WEIGHTS:
             detail = f"stale: scored on earlier weights ({detail})"
@@ -536,6 +536,10 @@ def _prior(info: RunInfo) -> Section | None:
     )
     if info.prior_conditional:
         lead += " This prior is also told each image's class, which the baselines are not."
+    lead += (
+        " Training bits are averaged over each epoch while the weights still change; test bits "
+        "are those of the epoch's end."
+    )
     if left_out:
         body += note(left_out)
     if info.prior_stale:
