@@ -175,6 +175,20 @@ def test_deterministic_resume_on_the_gpu_is_bitwise_exact(tmp_path):
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
 
 
+def test_whole_step_training_on_the_gpu_leaves_the_callers_random_numbers_alone(tmp_path):
+    # train seeds the CPU's and the GPU's generators; their state is put back when it ends,
+    # after the whole-step graph's own use of the GPU generator.
+    config = preset_config("efficient")
+    config.train.epochs, config.train.train_limit, config.train.test_limit = 1, 2048, 256
+    config.train.cuda_graph = True
+    torch.manual_seed(99)
+    expected = (torch.rand(3), torch.rand(3, device=CUDA).cpu())
+    torch.manual_seed(99)
+    train(config, tmp_path / "run", device="cuda", progress=False)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert torch.equal(torch.rand(3, device=CUDA).cpu(), expected[1])
+
+
 def vqkit_cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "vqkit", *args], check=True, timeout=600)
 
