@@ -238,6 +238,16 @@ def test_a_png_drawn_dark_on_light_gets_a_note_and_its_codes(
     assert code == 0 and f"'{paper}' is dark on a light background" in err
     code, _, err = run_cli(["encode", run_dir, light, "--out", tmp_path / "d.npy"], capsys)
     assert code == 0 and err == ""
+    # A PNG named without its suffix is still a drawing; a light ring touching two edges of
+    # the frame is still light on dark.
+    bare = tmp_path / "drawing"
+    bare.write_bytes(paper.read_bytes())
+    ring = np.zeros((28, 28), dtype=np.uint8)
+    ring[:, :3] = ring[:3, :] = 255
+    Image.fromarray(ring).save(tmp_path / "ring.png")
+    args = ["encode", run_dir, bare, tmp_path / "ring.png", "--out", tmp_path / "e.npy"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and f"'{bare}' is dark" in err and "ring" not in err
 
 
 def test_decode_refuses_bad_codes(run_dir, model, tmp_path, capsys):

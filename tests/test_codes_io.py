@@ -141,6 +141,14 @@ def rgba(red_green_blue: np.ndarray | int, alpha: np.ndarray) -> np.ndarray:
     return np.stack([colour, colour, colour, alpha], axis=-1)
 
 
+def premultiplied(gray: int, alpha: np.ndarray) -> np.ndarray:
+    """RGBA as an exporter keeping premultiplied colour writes it: a faint pixel's colour is
+    rounded to what its alpha can carry (colour x alpha / 255, back to 8 bits, divided again)."""
+    kept = np.rint(gray * alpha.astype(np.float64) / 255)
+    shown = np.where(alpha > 0, np.rint(kept * 255 / np.maximum(alpha, 1)), 0)
+    return rgba(np.clip(shown, 0, 255).astype(np.uint8), alpha)
+
+
 def test_ink_of_one_colour_on_a_transparent_canvas_is_read_as_light_ink_on_black(tmp_path):
     # Transparency used to be dropped: black ink on a transparent canvas came out as an empty
     # black square, white ink (or white paper made transparent) as an empty white one.
@@ -158,6 +166,7 @@ def test_ink_of_one_colour_on_a_transparent_canvas_is_read_as_light_ink_on_black
         "#222 ink": rgba(0x22, ink),  # a design tool's black
         "navy ink": navy,
         "black ink with a stray pixel": stray,
+        "#222 ink, stored premultiplied": premultiplied(0x22, ink),  # a browser canvas's PNG
     }
     for name, pixels in drawings.items():
         path = tmp_path / f"{name}.png"

@@ -6,6 +6,7 @@ and demo score counts the score stage would refuse only after training. Good con
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,7 @@ def test_numpy_numbers_and_tuples_are_taken_as_the_values_they_are():
     assert PriorConfig(epochs=np.int64(3), lr=np.float32(0.1)).lr == 0.1  # not 0.10000000149
     assert ClassifierConfig(channels=(np.int64(4), 8)).to_dict()["channels"] == [4, 8]
     assert DemoSettings(interpolation_pair=(np.int64(3), 8)).interpolation_pair == (3, 8)
+    assert TrainConfig(lr=Fraction(1, 1000)).lr == 0.001  # other real numbers: their value
     with pytest.raises(VqkitError, match="must be an integer or null, not 2.5"):
         TrainConfig(train_limit=np.float64(2.5))
 

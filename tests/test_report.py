@@ -99,6 +99,7 @@ def test_full_run_shows_the_numbers_of_its_files(full_page):
         assert f"<td>{row['name']}</td>" in full_page
     assert "each against the test images of its class: classifier-FID 24.5" in full_page
     assert "label accuracy 94.5%</p>" in full_page  # as the CLI prints it, not 0.945
+    assert "<td class=num>0.900</td>" in full_page  # confidence to three figures, not 0.9
     assert "<td class=num>94.0%</td>" in full_page  # the table's cell for the digit 0 row
     # Code usage: 96 of 128 codes used (the last quarter is dead).
     assert "<td class=num>96</td><td class=num>32</td>" in full_page
@@ -440,10 +441,20 @@ def test_the_page_says_what_its_figures_and_numbers_are(full_run, tmp_path):
     # A conditional prior: its panel draws the classes in turn, its bits are given the class.
     settings = json.loads((run / runfiles.PRIOR_CONFIG).read_text())
     (run / runfiles.PRIOR_CONFIG).write_text(json.dumps({**settings, "conditional": True}))
-    # Dead-code restarts counted per epoch.
+    # A prior panel drawn for one class (vqkit sample --digit 4) says that class instead.
+    panel = run / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES["samples_prior"]
+    one_class = {MADE_WITH_KEY: json.dumps({"strategy": "prior", "digit": 4})}
+    save_grid(load_split("mnist", "test").images[:8], panel, columns=8, stamp=one_class)
+    assert "PixelCNN prior, given class 4</figcaption>" in write_report(run).read_text()
+    save_grid(load_split("mnist", "test").images[:8], panel, columns=8)
+    # Dead-code restarts counted per epoch (every VQ run records them, 0 without restarts).
     records = [json.loads(line) for line in (run / runfiles.METRICS).read_text().splitlines()]
     lines = [json.dumps({**r, "codebook_restarts": 7 * r["epoch"]}) for r in records]
     (run / runfiles.METRICS).write_text("\n".join(lines) + "\n")
+    assert "code restarts so far" not in write_report(run).read_text()  # restarts are off
+    config = json.loads((run / runfiles.CONFIG).read_text())
+    config["model"]["quantizer"]["dead_code_restart"] = 50
+    (run / runfiles.CONFIG).write_text(json.dumps(config))
     page = write_report(run).read_text()
     assert "top left to bottom right (from test:18 to digit:8)</figcaption>" in page
     assert "then the other image itself." in page  # the lead says what the ends are
@@ -453,4 +464,7 @@ def test_the_page_says_what_its_figures_and_numbers_are(full_run, tmp_path):
     assert "<th class=num>code restarts so far</th>" in page
     assert f"<td class=num>{7 * records[-1]['epoch']}</td></tr>" in page
     # Which way is better, on every headline card of a number.
-    assert page.count("lower is better") >= 4
+    cards = dict(re.findall(r'<div class="label">([^<]*)</div>.*?"detail">([^<]*)</div>', page))
+    assert sorted(cards) == ["classifier-FID", "codes used", "prior bits per code", "test MSE"]
+    for label in ("classifier-FID", "prior bits per code", "test MSE"):
+        assert "lower is better" in cards[label], label

@@ -157,7 +157,7 @@ def _cast_or_other_weights(model: torch.nn.Module, weights: Path) -> str:
     if kinds != kinds_saved:
         return (
             f"its weights are {' and '.join(sorted(kinds))}, the run's "
-            f"{' and '.join(sorted(kinds_saved))}"
+            f"{' and '.join(sorted(kinds_saved))}: cast it back, model.float() for float32"
         )
     return f"its weights are not the ones in {weights.name}"
 

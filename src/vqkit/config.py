@@ -96,9 +96,10 @@ def as_python_numbers(settings: Any, kinds: dict[str, Any]) -> None:
         if isinstance(value, numbers.Integral) and type(value) not in (int, bool):
             return int(value)
         if isinstance(value, numbers.Real) and type(value) not in (int, float, bool):
-            # np.float64 too (a float, but shown as np.float64(2.5)); through its text, so that
-            # np.float32(0.1) is saved as the 0.1 it was written as, not 0.10000000149011612.
-            return float(str(value))
+            # np.float64 too (a float, but shown as np.float64(2.5)). NumPy's through their
+            # text, so that np.float32(0.1) is saved as the 0.1 it was written as, not
+            # 0.10000000149011612 (a Fraction's text, 1/1000, is no float).
+            return float(str(value)) if type(value).__module__ == "numpy" else float(value)
         return value
 
     for setting in dataclasses.fields(settings):

@@ -101,7 +101,9 @@ def grayscale(image: Image.Image) -> np.ndarray:
     gray, alpha = _gray_and_alpha(image)
     if alpha is None or alpha.min() == 255:
         return gray
-    drawn = gray[alpha > 0]
+    # Mostly opaque pixels only: exporters that store premultiplied colour round the colour
+    # of a faint edge pixel far off its ink's.
+    drawn = gray[alpha >= 128]
     if drawn.size and int(drawn.max()) - int(drawn.min()) <= ONE_COLOUR_SPREAD:
         return alpha
     return ((gray.astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
@@ -194,10 +196,11 @@ def resolve_images(
 
 
 def light_background_note(found: ImageSet, dataset: str) -> str | None:
-    """A note naming the PNG inputs drawn dark on a light background (their outer two-pixel
-    frame brighter than mid-gray) when the run learned a named dataset, whose images are all
-    light on black: such a drawing (black ink on white paper) gets codes of another kind of
-    image. None when there is none, or for one's own data, which may be either."""
+    """A note naming the PNG inputs drawn dark on a light background (three quarters of their
+    outer two-pixel frame brighter than mid-gray: a light stroke may touch an edge) when the
+    run learned a named dataset, whose images are all light on black: such a drawing (black
+    ink on white paper) gets codes of another kind of image. None when there is none, or for
+    one's own data, which may be either."""
     if dataset not in INFO:
         return None
     frame = torch.ones(found.images.shape[1:], dtype=torch.bool)
@@ -205,7 +208,7 @@ def light_background_note(found: ImageSet, dataset: str) -> str | None:
     light = [
         name
         for name, image in zip(found.names, found.images, strict=True)
-        if Path(name).suffix.lower() == ".png" and image[frame].float().mean() > 127
+        if not _names_split_image(name) and (image[frame] > 127).float().mean() >= 0.75
     ]
     if not light:
         return None
@@ -215,6 +218,12 @@ def light_background_note(found: ImageSet, dataset: str) -> str | None:
         f"{dataset} images this model learned (light on black); invert "
         f"{'it' if len(light) == 1 else 'them'} for codes that mean what they do for those."
     )
+
+
+def _names_split_image(name: str) -> bool:
+    """Whether an image reference or ImageSet name is a split's image (17, test:17, digit:3),
+    not a file's path."""
+    return any(pattern.match(name) for pattern in (_INDEX, _RANGE, _DIGIT))
 
 
 def resolve_image(reference: str, splits: Callable[[str], Split], size: int = 28) -> torch.Tensor:

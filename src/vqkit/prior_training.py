@@ -22,7 +22,7 @@ from vqkit import arguments, environment, runfiles, train_state
 from vqkit.checkpoint import load_config, load_model, run_folder, run_path, weights_digest
 from vqkit.codes_io import encode_images, save_npy
 from vqkit.config import TrainConfig, settings_differences
-from vqkit.data import OWN_DATASET, dataset_classes, load_split
+from vqkit.data import OWN_DATASET, Split, dataset_classes, load_split
 from vqkit.devices import callers_random_state_kept, resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
@@ -66,15 +66,15 @@ def code_dtype(num_codes: int) -> type[np.signedinteger]:
 
 
 def _load_cached(
-    run_dir: Path, digest: str, data_digest: str, model: VQVAE
+    run_dir: Path, digest: str, own_data_sha256: str | None, model: VQVAE
 ) -> dict[str, CodeSet] | None:
-    """The cached grids when they were made by these exact weights from these images and
-    labels (SHA-256 ``data_digest``) and are well formed."""
+    """The cached grids when they were made by these exact weights (and, for one's own data,
+    from the images and labels of SHA-256 ``own_data_sha256``) and are well formed."""
     try:
         meta = read_json(run_path(run_dir, runfiles.CODES_META), "code grid cache")
         if not isinstance(meta, dict) or meta.get("weights_sha256") != digest:
             return None
-        if meta.get("data_sha256") != data_digest:
+        if own_data_sha256 is not None and meta.get("data_sha256") != own_data_sha256:
             return None  # the run's data folder now holds other images or labels
         result = {}
         for split in SPLITS:
@@ -112,12 +112,13 @@ def code_grids(
     batch_size = batch_size or config.train.eval_batch_size
     model = model if model is not None else load_model(run_dir)
     digest = weights_digest(run_dir)
-    cached = _load_cached(run_dir, digest, data_digest(config.train, data_dir), model)
+    own = data_digest(config.train, data_dir)  # None for a named dataset
+    cached = _load_cached(run_dir, digest, own, model)
     if cached is not None:
         return cached
+    splits = _read_splits(config.train, data_dir)
     result = {}
-    for split in SPLITS:
-        data = load_split(config.train.dataset, split, config.train.data_folder(data_dir))
+    for split, data in splits.items():
         result[split] = CodeSet(extract_codes(model, data.images, batch_size), data.labels)
         save_npy(
             result[split].codes.numpy().astype(code_dtype(model.num_codes)),
@@ -128,7 +129,7 @@ def code_grids(
         )
     meta = {
         "weights_sha256": digest,
-        "data_sha256": data_digest(config.train, data_dir),
+        "data_sha256": None if own is None else _splits_digest(splits),  # what was encoded
         "dataset": config.train.dataset,
     }
     meta.update({split: int(result[split].codes.shape[0]) for split in SPLITS})
@@ -141,9 +142,18 @@ def data_digest(config: TrainConfig, data_dir: str | Path | None = None) -> str 
     0.3 s for 70,000 images); None for a named dataset, which its published checksums fix."""
     if config.dataset != OWN_DATASET:
         return None
+    return _splits_digest(_read_splits(config, data_dir))
+
+
+def _read_splits(config: TrainConfig, data_dir: str | Path | None) -> dict[str, Split]:
     folder = config.data_folder(data_dir)
-    splits = [load_split(config.dataset, split, folder) for split in SPLITS]
-    return environment.images_digest(*(t for data in splits for t in (data.images, data.labels)))
+    return {split: load_split(config.dataset, split, folder) for split in SPLITS}
+
+
+def _splits_digest(splits: dict[str, Split]) -> str:
+    return environment.images_digest(
+        *(tensor for data in splits.values() for tensor in (data.images, data.labels))
+    )
 
 
 def unigram_bits(codes: torch.Tensor, num_codes: int) -> float:

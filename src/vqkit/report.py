@@ -19,7 +19,7 @@ from vqkit import report_plots, runfiles
 from vqkit.codebook_view import DPI as USAGE_DPI
 from vqkit.codebook_view import plot_usage
 from vqkit.config import flat_settings
-from vqkit.data import OWN_DATASET
+from vqkit.data import INFO, OWN_DATASET
 from vqkit.environment import changed_quantizer_code
 from vqkit.fileio import parse_json, write_bytes_atomic
 from vqkit.prior import has_prior, incomplete_prior
@@ -219,7 +219,7 @@ def _training(info: RunInfo) -> Section | None:
     ]
     columns = ["train_loss", "test_mse", "test_psnr", "perplexity", "codes_used"]
     headers = ["epoch", "train loss", "test MSE", "PSNR (dB)", "perplexity", "codes used"]
-    if any("codebook_restarts" in r for r in records):  # dead-code restarts so far
+    if info.config.model.quantizer.dead_code_restart > 0:  # dead-code restarts so far
         columns.append("codebook_restarts")
         headers.append("code restarts so far")
     rows = [[r["epoch"], *(r.get(c) for c in columns)] for r in records]
@@ -294,8 +294,8 @@ def _codebook(info: RunInfo) -> Section | None:
     atlas = [
         (
             "codebook_atlas",
-            "each used code, most used first, decoded from a grid holding only that code: "
-            "black tiles are background codes",
+            "each used code, most used first, decoded from a grid holding only that code"
+            + (": black tiles are background codes" if info.config.train.dataset in INFO else ""),
         ),
         ("codebook_codemap", "test images with the code of each cell of their grid"),
     ]
@@ -352,8 +352,13 @@ def _samples(info: RunInfo) -> Section | None:
         # A strategy without an entry is titled and scored by its own name.
         strategy = key.removeprefix("samples_")
         title, row_name, prefix = SAMPLE_FIGURES.get(key, (strategy, strategy, False))
-        if key == "samples_prior" and info.prior_conditional:  # sample i is of class i mod C
-            title += ", given the classes 0, 1, 2, ... in turn, in reading order"
+        if key == "samples_prior" and info.prior_conditional:
+            asked = made_with(info.figures[key]).get("digit")  # vqkit sample --digit D
+            title += (
+                f", given class {asked}"
+                if isinstance(asked, int)
+                else ", given the classes 0, 1, 2, ... in turn, in reading order"  # i mod C
+            )
         picture = _embed(info, info.figures[key], f"samples: {title}", title)
         if picture:
             tiles.append(f"<div>{picture}{_score_line(info, row_name, prefix)}</div>")
@@ -438,7 +443,8 @@ def _scores_table(scores: dict[str, Any]) -> str:
     detail = [
         "↓: lower is better, ↑: higher is better",
         "n: images scored in the row; FID grows as n shrinks, so compare at equal n",
-        "FID is measured against the real test images (0 for them) in a small classifier's "
+        "FID is measured against the real test images (a per-class row: those of its class; "
+        "0 for them) in a small classifier's "
         "feature space, not Inception's, so its scale is not that of published FIDs",
         "confidence: the classifier's mean top probability (higher: clearer images)",
         "inception score: higher when each image is clearly one class and all classes appear, "
@@ -459,7 +465,7 @@ def _score_cell(key: str, value: Any) -> float | str | None:
     if value is None or key == "fid":
         return value
     # Three figures tell these apart (0.991, 8.38) and keep the table narrow.
-    return _percent(value) if key in PERCENT_SCORES else fmt(value, 3)
+    return _percent(value) if key in PERCENT_SCORES else f"{value:#.3g}"
 
 
 def _percent(fraction: float) -> str:
@@ -537,8 +543,8 @@ def _prior(info: RunInfo) -> Section | None:
     if info.prior_conditional:
         lead += " This prior is also told each image's class, which the baselines are not."
     lead += (
-        " Training bits are averaged over each epoch while the weights still change; test bits "
-        "are those of the epoch's end."
+        " Training bits are averaged over each epoch while the weights still change, with "
+        "dropout on; test bits are those of the epoch's end, without it."
     )
     if left_out:
         body += note(left_out)

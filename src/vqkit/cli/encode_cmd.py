@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.run_dir)
     splits = split_loader(config.train.dataset, config.train.data_folder(args.data_dir))
     found = resolve_images(args.inputs, splits, config.model.image_size)
-    note_light_backgrounds(found, config.train.dataset)
     model = load_model(args.run_dir, device=resolve_device(args.device))
+    note_light_backgrounds(found, config.train.dataset)  # once nothing is left to refuse
     codes = encode_images(model, found.images, config.train.eval_batch_size)
     print(f"wrote {save_codes(codes, args.out)} ({counted(codes.shape[0], 'code grid')})")
     return 0

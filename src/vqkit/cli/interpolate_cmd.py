@@ -84,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
     size = config.model.image_size
     image_a = resolve_image(args.source, splits, size)
     image_b = resolve_image(args.target, splits, size)
-    ends = ImageSet(torch.stack([image_a, image_b]), [args.source, args.target])
-    note_light_backgrounds(ends, config.train.dataset)
     model = load_model(args.run_dir, device=resolve_device(args.device))
+    ends = ImageSet(torch.stack([image_a, image_b]), [args.source, args.target])
+    note_light_backgrounds(ends, config.train.dataset)  # once nothing is left to refuse
     codes = interpolation(model, image_a, image_b, args.steps, args.mode, args.seed)
     strip = interpolation_strip(model, image_a, image_b, codes)
     settings = {"command": "interpolate", "from": args.source, "to": args.target}
