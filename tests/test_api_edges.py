@@ -314,7 +314,8 @@ def test_a_sampling_context_checks_its_model_and_that_it_is_the_runs(run_copy):
     # A floating type is (its codes may differ, and code usage would be cached as the run's),
     # and the sentence says that is the difference, not that the weights are other ones.
     for cast, kind in ((torch.float64, "float64"), (torch.bfloat16, "bfloat16")):
-        with pytest.raises(VqkitError, match=f"its weights are {kind}, the run's float32\\)"):
+        refusal = f"its weights are {kind}, the run's float32: cast it back, model.float"
+        with pytest.raises(VqkitError, match=refusal):
             SamplingContext(VQVAE.from_run(run_copy).to(cast), run_copy)
 
 

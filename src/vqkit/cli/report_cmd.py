@@ -9,9 +9,10 @@ from vqkit.report import write_report
 
 HELP = """
 Write RUN_DIR/report.html: one self-contained page (images embedded, no network needed) that
-shows what the run holds. Sections appear for whatever the run has: configuration, training
-curves, reconstructions, codebook usage and code atlas, samples of each strategy with their
-scores, interpolation strips, the prior's bits per code against its baselines, and timings.
+shows what the run holds. Sections appear for whatever the run has: training curves,
+reconstructions, codebook usage and code atlas, samples of each strategy with their scores,
+interpolation strips, the prior's bits per code against its baselines, timings, and last the
+configuration.
 Missing stages are left out; a damaged optional file is noted instead of stopping the report.
 
 Open the file in any browser. Run it again after adding stages to a run to refresh the page.
