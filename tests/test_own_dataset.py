@@ -30,8 +30,10 @@ from vqkit.data import (
 )
 from vqkit.environment import read_records
 from vqkit.errors import VqkitError
+from vqkit.model import VQVAE
 from vqkit.score import score_run
 from vqkit.training import train
+from vqkit.usage import code_usage, count_codes
 
 STEMS = {"train": "train", "test": "t10k"}
 
@@ -197,12 +199,21 @@ def test_train_prior_encodes_again_when_the_data_folder_was_rewritten(tmp_path, 
     prior = ["train-prior", str(run), "--conditional", "--epochs", "1", "--channels", "8", *common]
     assert main(prior) == 0
     assert json.loads((run / "prior_config.json").read_text())["num_classes"] == 20
+    counted = code_usage(run)  # cached in the run folder
     mnist = {split: load_split("mnist", split) for split in ("train", "test")}
-    five = {
-        split: (mnist[split].images[:count].numpy(), mnist[split].labels[:count].numpy() % 5)
+    five = {  # other images, and labels of 5 classes
+        split: (
+            mnist[split].images[600 : 600 + count].numpy(),
+            mnist[split].labels[600 : 600 + count].numpy() % 5,
+        )
         for split, count in (("train", 600), ("test", 200))
     }
     write_dataset(data, five)
+    # The code usage of the new images, not the counts cached for the old ones.
+    recounted = code_usage(run)
+    with torch.no_grad():
+        expected = count_codes(VQVAE.from_run(run), torch.from_numpy(five["train"][0]), 100)
+    assert torch.equal(recounted, expected) and not torch.equal(recounted, counted)
     capsys.readouterr()
     assert main(["train-prior", str(run), "--resume", "--epochs", "2", *common]) == 2
     assert "data folder of '" in capsys.readouterr().err  # the saved state fits the old grids

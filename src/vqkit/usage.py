@@ -20,7 +20,8 @@ from vqkit.checkpoint import (
     state_digest,
     weights_digest,
 )
-from vqkit.data import load_split
+from vqkit.data import OWN_DATASET, load_split
+from vqkit.environment import images_digest
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
 from vqkit.model import VQVAE
@@ -54,10 +55,11 @@ def counts_match_weights(run_dir: str | Path, data: dict, digest: str | None = N
 
 
 def _cached_counts(
-    run_dir: str | Path, model: VQVAE, digest: str | None = None
+    run_dir: str | Path, model: VQVAE, digest: str | None = None, images_sha256: str | None = None
 ) -> torch.Tensor | None:
     """The cached counts when the file is well formed, fits the model and counted its weights
-    (SHA-256 ``digest``, the model's own when not given; not those before a --resume)."""
+    (SHA-256 ``digest``, the model's own when not given; not those before a --resume) and,
+    when ``images_sha256`` is given (one's own data, readable now), those images."""
     path = run_path(run_dir, runfiles.CODE_USAGE)
     if not path.exists():
         return None
@@ -68,6 +70,8 @@ def _cached_counts(
     digest = digest or state_digest(model)
     if not isinstance(data, dict) or not counts_match_weights(run_dir, data, digest):
         return None
+    if images_sha256 is not None and data.get("images_sha256") != images_sha256:
+        return None  # one's own data folder now holds other training images
     counts, images = data.get("counts"), data.get("images")
     cells = model.config.grid_size**2
     if (
@@ -92,7 +96,8 @@ def code_usage(
     """(K,) int64 code counts over the run's whole training split, cached in the run folder.
 
     Reads ``code_usage.json`` when it is valid and names the weights' SHA-256 (an older file
-    without the digest: when it is newer than the weights file); otherwise encodes
+    without the digest: when it is newer than the weights file) and, for one's own data that
+    can be read now, the training images' SHA-256; otherwise encodes
     every training image (batched, no gradients) and writes the cache. A ``model`` given must
     be the run's own (the cache names the run's weights): another is refused.
     """
@@ -103,11 +108,19 @@ def code_usage(
         require_run_model(model, run_dir)
     path = run_path(run_dir, runfiles.CODE_USAGE)
     digest = state_digest(model)  # of the weights counted, not the file: a training may save
-    cached = None if refresh else _cached_counts(run_dir, model, digest)
+    data_dir = config.train.data_folder(data_dir)
+    images = own = None
+    if config.train.dataset == OWN_DATASET:  # may have been rewritten since it was counted
+        try:
+            images = load_split(config.train.dataset, USAGE_SPLIT, data_dir).images
+            own = images_digest(images)
+        except VqkitError:
+            pass  # a moved folder: the counts cached for these weights still answer
+    cached = None if refresh else _cached_counts(run_dir, model, digest, own)
     if cached is not None:
         return cached
-    data_dir = config.train.data_folder(data_dir)
-    images = load_split(config.train.dataset, USAGE_SPLIT, data_dir).images
+    if images is None:
+        images = load_split(config.train.dataset, USAGE_SPLIT, data_dir).images
     was_training = model.training
     model.eval()
     counts = count_codes(model, images, config.train.eval_batch_size)
@@ -118,6 +131,8 @@ def code_usage(
         "counts": counts.tolist(),
         "weights_sha256": digest,
     }
+    if own is not None:
+        record["images_sha256"] = own
     write_json_atomic(path, record)
     return counts
 
