@@ -112,11 +112,13 @@ def code_grids(
     batch_size = batch_size or config.train.eval_batch_size
     model = model if model is not None else load_model(run_dir)
     digest = weights_digest(run_dir)
-    own = data_digest(config.train, data_dir)  # None for a named dataset
+    # One's own data is read (and hashed) to check the cache; a named dataset only on a miss.
+    splits = _read_splits(config.train, data_dir) if config.train.dataset == OWN_DATASET else None
+    own = None if splits is None else _splits_digest(splits)
     cached = _load_cached(run_dir, digest, own, model)
     if cached is not None:
         return cached
-    splits = _read_splits(config.train, data_dir)
+    splits = splits or _read_splits(config.train, data_dir)
     result = {}
     for split, data in splits.items():
         result[split] = CodeSet(extract_codes(model, data.images, batch_size), data.labels)
@@ -129,7 +131,7 @@ def code_grids(
         )
     meta = {
         "weights_sha256": digest,
-        "data_sha256": None if own is None else _splits_digest(splits),  # what was encoded
+        "data_sha256": own,  # of the very tensors encoded
         "dataset": config.train.dataset,
     }
     meta.update({split: int(result[split].codes.shape[0]) for split in SPLITS})
