@@ -192,3 +192,30 @@ def test_a_moment_for_a_parameter_the_model_lacks_is_refused_as_damage(tmp_path)
     path.write_bytes(save_safetensors(tensors, metadata))
     with pytest.raises(VqkitError, match="damaged"):
         train_state.load(tmp_path, model, torch.optim.Adam(model.parameters()), torch.Generator())
+
+
+def test_a_state_saved_with_the_loss_sum_alone_resumes_without_inventing_its_terms(tmp_path):
+    # States saved before the quantizer term was kept hold one sum. At an epoch's start its
+    # terms are known (nothing summed yet); mid-epoch the resumed epoch logs the loss alone.
+    config = preset_config("efficient")
+    config.train.epochs, config.train.train_limit, config.train.batch_size = 1, 128, 32
+    config.train.test_limit, config.train.checkpoint_every = 32, 2
+    run = tmp_path / "run"
+    train(config, run, device="cpu", progress=False)
+    path = run / runfiles.TRAIN_STATE
+    tensors, metadata = read_tensors_and_metadata(path, "state")
+    assert tensors["epoch/loss_sum"].shape == (2,)  # the loss, its quantizer term
+    for step, logged in ((0, True), (2, False)):
+        old = dict(tensors, **{"epoch/loss_sum": tensors["epoch/loss_sum"][:1].clone()})
+        info = json.loads(metadata["vqkit_train_state"])
+        info.update(epochs_done=0, step=step, global_step=step)
+        path.write_bytes(save_safetensors(old, {"vqkit_train_state": json.dumps(info)}))
+        counters = json.loads((run / runfiles.TRAIN_STATE_META).read_text())
+        counters.update(epochs_done=0, step=step, global_step=step)
+        (run / runfiles.TRAIN_STATE_META).write_text(json.dumps(counters))
+        (run / runfiles.METRICS).write_text("")
+        config.train.epochs = 1
+        record = train(config, run, device="cpu", progress=False, resume=True).history[-1]
+        assert ("train_quantizer_loss" in record) is logged
+        assert ("train_reconstruction_mse" in record) is logged
+        assert 0 < record["train_loss"] < 1

@@ -94,6 +94,12 @@ def test_each_epochs_train_loss_is_the_mean_loss_over_that_epochs_images(tmp_pat
         )
     expected = float(reconstruction + quantizer)
     assert [r["train_loss"] for r in result.history] == pytest.approx([expected] * 2, rel=1e-5)
+    # Its two terms, each averaged the same way (the quantizer's: codebook + beta * commitment).
+    for key, term in (
+        ("train_reconstruction_mse", reconstruction),
+        ("train_quantizer_loss", quantizer),
+    ):
+        assert [r[key] for r in result.history] == pytest.approx([float(term)] * 2, rel=1e-4)
 
 
 def test_a_resume_with_other_learning_settings_is_refused_before_training(run_copy):

@@ -73,7 +73,9 @@ class VQVAEOutput:
 
     reconstruction: torch.Tensor  # (B, C, H, W) in [0, 1]
     codes: torch.Tensor  # (B, h, w) int64
-    vq_loss: torch.Tensor  # () quantizer loss (codebook + beta * commitment)
+    # () quantizer loss: codebook + beta * commitment; beta * commitment alone with EMA codebook
+    # updates; 0 for FSQ
+    vq_loss: torch.Tensor
     code_counts: torch.Tensor  # (K,) codes chosen in this batch
 
 

@@ -157,7 +157,10 @@ class PriorLoop:
             restored = train_state.restore(
                 run_dir, self.prior, self.optimizer, self.order_generator, files=files
             )
-            self.position, self.loss_sum = restored.position, restored.loss_sum.to(device)
+            self.position, self.loss_sum = (
+                restored.position,
+                restored.loss_sum.to(device).reshape(()),
+            )
             self.counters = _Counters.from_extra(restored.extra, run_dir)
             epoch_steps = steps_per_epoch(self.codes.shape[0], settings.batch_size, 1)
             train_state.require_step_in_epoch(run_dir, self.position.step, epoch_steps, files)

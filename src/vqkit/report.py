@@ -219,6 +219,9 @@ def _training(info: RunInfo) -> Section | None:
     ]
     columns = ["train_loss", "test_mse", "test_psnr", "perplexity", "codes_used"]
     headers = ["epoch", "train loss", "test MSE", "PSNR (dB)", "perplexity", "codes used"]
+    if any("train_quantizer_loss" in r for r in records):  # older runs logged the sum only
+        columns[1:1] = ["train_reconstruction_mse", "train_quantizer_loss"]
+        headers[2:2] = ["train reconstruction MSE", "train quantizer loss"]
     if info.config.model.quantizer.dead_code_restart > 0:  # dead-code restarts so far
         columns.append("codebook_restarts")
         headers.append("code restarts so far")
@@ -228,7 +231,8 @@ def _training(info: RunInfo) -> Section | None:
     )
     lead = (
         f"One point per epoch, from {runfiles.METRICS}. Training loss: the reconstruction MSE "
-        "plus the quantizer's loss, averaged over the epoch's steps; test MSE: pixels in "
+        "plus the quantizer's loss (codebook + β·commitment; β·commitment alone with an EMA "
+        "codebook, 0 for FSQ), averaged over the epoch's steps; test MSE: pixels in "
         "[0, 1], lower is better; perplexity: the effective number of codes in use."
     )
     return Section("training", "Training", body, lead)

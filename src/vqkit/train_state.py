@@ -32,7 +32,9 @@ OPTIMIZER_PREFIX = "optimizer/"
 TORCH_RNG = "rng/torch"
 CUDA_RNG_PREFIX = "rng/cuda/"
 ORDER_RNG = "rng/order"  # the batch-permutation generator at the start of the epoch in progress
-LOSS_SUM = "epoch/loss_sum"  # summed training loss of the epoch in progress so far
+# Summed training loss of the epoch in progress so far: (1,) for a prior; (2,) for a VQ-VAE,
+# the loss and its quantizer term ((1,), the loss alone, in states saved before vqkit kept both)
+LOSS_SUM = "epoch/loss_sum"
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class Restored:
 
     position: Position
     extra: dict[str, Any] = field(default_factory=dict)  # the caller's own JSON counters
-    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # () epoch so far
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(1))  # epoch so far
 
 
 def state_tensors(
@@ -112,7 +114,7 @@ def state_tensors(
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"{CUDA_RNG_PREFIX}{index}"] = state
     tensors[ORDER_RNG] = order_state
-    tensors[LOSS_SUM] = loss_sum.reshape(1)
+    tensors[LOSS_SUM] = loss_sum.reshape(-1)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     extras = {"param_groups": optimizer_state["param_groups"], "optimizer_state": plain_state}
     return tensors, extras
@@ -156,8 +158,9 @@ def load(
     order_generator: torch.Generator,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> tuple[Position, torch.Tensor]:
-    """Restore a VQ-VAE run's state in place (see :func:`restore`): position and loss sum."""
-    restored = restore(run_dir, model, optimizer, order_generator, scheduler)
+    """Restore a VQ-VAE run's state in place (see :func:`restore`): position and loss sums
+    (the loss and its quantizer term; the loss alone from a state saved before both were)."""
+    restored = restore(run_dir, model, optimizer, order_generator, scheduler, sums=2)
     return restored.position, restored.loss_sum
 
 
@@ -168,8 +171,10 @@ def restore(
     order_generator: torch.Generator,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     files: StateFiles = VQVAE_FILES,
+    sums: int = 1,
 ) -> Restored:
-    """Restore model, optimizer and RNG states in place from the state ``files`` name."""
+    """Restore model, optimizer and RNG states in place from the state ``files`` name; its
+    loss sums, ``sums`` of them or (from an older state) one, come back flat."""
     path, tensors, info = _read(run_dir, files)
     what = files.what
     try:
@@ -191,7 +196,9 @@ def restore(
                     "the schedule it was trained with."
                 )
             scheduler.load_state_dict(info["scheduler"])
-        loss_sum = tensors[LOSS_SUM].reshape(())
+        loss_sum = tensors[LOSS_SUM].reshape(-1)
+        if loss_sum.numel() not in (1, sums):
+            raise ValueError("loss sums of another shape")
     except VqkitError:
         raise
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:

@@ -63,6 +63,9 @@ from vqkit.step import apply_step, compute_losses
 from vqkit.train_state import Position
 from vqkit.wording import counted
 
+# What a step adds to the epoch's sums: the training loss and its quantizer term.
+LOSS_TERMS = 2
+
 # How many steps between progress-bar refreshes: each refresh reads the loss off the device.
 PROGRESS_REFRESH_STEPS = 25
 # cuBLAS needs a fixed workspace layout for reproducible matrix products (NVIDIA's value).
@@ -139,6 +142,15 @@ def run_epoch(
             total += apply_step(optimizer, reconstruction, quantizer, scheduler)
         steps += 1
     return float(total) / max(steps, 1)
+
+
+def loss_terms(loss: float, quantizer: float) -> dict[str, float]:
+    """An epoch's mean training loss split into its two terms, for metrics.jsonl; nothing
+    when the quantizer's share is unknown (an epoch resumed from a state saved before it was
+    kept)."""
+    if not math.isfinite(quantizer):
+        return {}
+    return {"train_reconstruction_mse": loss - quantizer, "train_quantizer_loss": quantizer}
 
 
 def require_batch_divides(batch_size: int, world_size: int) -> None:
@@ -307,7 +319,8 @@ class _Run:
         self.precision = resolve_precision(settings.precision, device)
         self.order_generator = torch.Generator().manual_seed(settings.seed)
         self.position = Position(world_size=context.world_size)
-        self.loss_sum = torch.zeros((), device=device)
+        # The epoch's sums so far of the training loss and of its quantizer term: (2,).
+        self.loss_sums = torch.zeros(LOSS_TERMS, device=device)
         self.history: list[dict[str, Any]] = []
         # Channels-last / compiled view of the model; DDP wraps that view when distributed.
         # Before restoring: the restored optimizer moments take the parameters' final layout.
@@ -345,10 +358,13 @@ class _Run:
             if own_data is not None:  # before anything is saved: a refusal changes no file
                 require_same_own_data(self.run_dir, own_data, data_dir)
         planned = schedule_length(self.scheduler)
-        self.position, loss_sum = train_state.load(
+        self.position, loss_sums = train_state.load(
             self.run_dir, self.model, self.optimizer, self.order_generator, self.scheduler
         )
-        self.loss_sum = loss_sum.to(self.device)
+        if loss_sums.numel() < LOSS_TERMS:  # saved before the quantizer term was kept
+            known = 0.0 if self.position.step == 0 else math.nan  # none yet at an epoch's start
+            loss_sums = torch.cat([loss_sums, torch.full((1,), known)])
+        self.loss_sums = loss_sums.to(self.device)
         with distributed.refused_alike():
             self._require_resumable_here(planned, epoch_steps)
         self.position.world_size = self.context.world_size
@@ -449,8 +465,8 @@ class _Run:
                 position.global_step += 1
                 stepped = self.train_step(batch, position.global_step)
                 if stepped is not None:
-                    loss = stepped
-                    self.loss_sum += loss
+                    loss = stepped[0]
+                    self.loss_sums += stepped
                     position.stepped += 1
                 position.step = index + 1
                 bar.update(1)
@@ -484,26 +500,31 @@ class _Run:
         )
 
     def train_step(self, batch: torch.Tensor, global_step: int) -> torch.Tensor | None:
-        """One optimizer step on ``batch``; its detached loss, or None when the guard skipped
-        it. A replayed step's guard is lazy (--skip-nonfinite is refused with --cuda-graph)."""
+        """One optimizer step on ``batch``; its detached loss and quantizer term (2,), or None
+        when the guard skipped it. A replayed step's guard is lazy (--skip-nonfinite is refused
+        with --cuda-graph)."""
         if self.graphed is not None:
             reconstruction, quantizer, loss = self.graphed(batch)
             self.guard.step_is_bad(global_step, reconstruction, quantizer)
-            return loss
-        reconstruction, quantizer = compute_losses(self.step_model, batch, self.precision)
-        if self.guard.step_is_bad(global_step, reconstruction, quantizer):
-            return None
-        return apply_step(self.optimizer, reconstruction, quantizer, self.scheduler)
+        else:
+            reconstruction, quantizer = compute_losses(self.step_model, batch, self.precision)
+            if self.guard.step_is_bad(global_step, reconstruction, quantizer):
+                return None
+            loss = apply_step(self.optimizer, reconstruction, quantizer, self.scheduler)
+        return torch.stack([loss, quantizer.detach().float()])
 
     def finish_epoch(self, epoch: int, seconds: float, trained: int) -> None:
         """Evaluate, then write weights, the metrics line and the epoch-boundary state;
         ``seconds`` and ``trained`` (images) cover this session's part of the epoch."""
         self.guard.check()
         steps = torch.tensor(float(self.position.stepped), dtype=torch.float64, device=self.device)
-        totals = distributed.all_sum(self.context, torch.stack([self.loss_sum.double(), steps]))
+        sums = torch.cat([self.loss_sums.double(), steps.reshape(1)])
+        totals = distributed.all_sum(self.context, sums)
+        means = (totals[:LOSS_TERMS] / totals[LOSS_TERMS].clamp(min=1)).tolist()
         record: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": float(totals[0] / totals[1].clamp(min=1)),
+            "train_loss": means[0],
+            **loss_terms(*means),
             **evaluate_reconstruction(self.model, self.test_images, self.settings.eval_batch_size),
             **self.model.quantizer.training_stats(),
             "epoch_seconds": seconds,
@@ -525,7 +546,7 @@ class _Run:
             global_step=self.position.global_step,
             world_size=self.context.world_size,
         )
-        self.loss_sum.zero_()
+        self.loss_sums.zero_()
         self.checkpoint(self.order_generator.get_state())
 
     def checkpoint(self, order_state: torch.Tensor) -> None:
@@ -535,8 +556,8 @@ class _Run:
         self.position.skipped_nonfinite = self.guard.skipped
         # Rank 0 saves for all: the ranks' mean loss sum, which every rank restores, so the
         # epoch's all-rank total comes out right after a mid-epoch resume.
-        loss_sum = distributed.all_sum(self.context, self.loss_sum.clone())
-        loss_sum /= self.context.world_size
+        loss_sums = distributed.all_sum(self.context, self.loss_sums.clone())
+        loss_sums /= self.context.world_size
         if self.context.is_main:
             train_state.save(
                 self.run_dir,
@@ -544,7 +565,7 @@ class _Run:
                 self.model,
                 self.optimizer,
                 order_state,
-                loss_sum,
+                loss_sums,
                 self.scheduler,
                 extra={STATE_CONFIG_KEY: self.config.to_dict()},  # what a resume must match
             )
