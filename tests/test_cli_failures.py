@@ -185,6 +185,10 @@ def test_resuming_a_finished_run_says_so_and_records_no_session(run_copy, capsys
     assert "had already trained its 1 epoch, so nothing more was trained" in captured.err
     assert "--epochs N (more than 1)" in captured.err and "test MSE" in captured.out
     assert {name: (run_copy / name).read_bytes() for name in kept} == before
+    # Flags that only steer a training are not recorded when none follows.
+    steer = ["--checkpoint-every", "5", "--skip-nonfinite", "2", "--epochs", "1"]
+    assert main(["train", "--resume", str(run_copy), *steer, "--quiet"]) == 0
+    assert {name: (run_copy / name).read_bytes() for name in kept} == before
 
 
 def test_training_into_an_existing_run_is_refused(run_copy, capsys):

@@ -535,6 +535,11 @@ def test_resuming_a_finished_prior_says_so_and_changes_nothing(finished_prior, t
     assert "had already trained its 2 epochs, so nothing more was trained" in captured.err
     assert "give --epochs N (more than 2)" in captured.err and "best test NLL" in captured.out
     assert folder_bytes(run_dir) == before
+    # Flags that only steer a training are not recorded when none follows (the report would
+    # show them as the prior's settings, and a later resume would go by them).
+    argv = ["train-prior", str(run_dir), "--resume", "--quiet", "--device", "cpu"]
+    assert main([*argv, "--checkpoint-every", "5", "--patience", "9", "--epochs", "2"]) == 0
+    assert folder_bytes(run_dir) == before
 
 
 def test_a_prior_stopped_by_its_patience_names_patience(capsys):

@@ -173,8 +173,10 @@ class PriorLoop:
             done = self.position.epochs_done
             self.history = resumed_history(run_dir, done, context, runfiles.PRIOR_METRICS)
         # A new prior starts in a run folder whose earlier prior files were set aside
-        # (vqkit.prior_replacement), so nothing of them is appended to or kept.
-        save_prior_config(run_dir, settings)
+        # (vqkit.prior_replacement), so nothing of them is appended to or kept. A finished prior
+        # resumed (its epochs, or its patience) trains nothing and changes no file.
+        if not resume or self.epochs_left > 0:
+            save_prior_config(run_dir, settings)
         self.guard = NonFiniteGuard(
             settings.skip_nonfinite, device, context, run_dir, terms=PRIOR_TERMS, files=files
         )

@@ -368,7 +368,9 @@ class _Run:
         with distributed.refused_alike():
             self._require_resumable_here(planned, epoch_steps)
         self.position.world_size = self.context.world_size
-        if self.context.is_main:  # checked: now record the new --epochs (and data folder)
+        # Checked: now record the new --epochs (and data folder, checkpoint and guard settings),
+        # unless nothing is left to train: a finished run resumed changes no file.
+        if self.context.is_main and self.position.epochs_done < self.config.train.epochs:
             save_config(self.run_dir, self.config)
         self.history = resumed_history(self.run_dir, self.position.epochs_done, self.context)
 
