@@ -79,6 +79,20 @@ def test_code_cache_is_reused_and_invalidated_by_new_weights(prior_run, monkeypa
         weights.write_bytes(original)
 
 
+def test_code_grids_refuse_a_model_other_than_the_runs_own(prior_run, monkeypatch):
+    # The cache is named by the run's weights: another model's codes cached under that name
+    # would be the grids every later prior learns from.
+    model = load_model(prior_run)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    cache = (prior_run / runfiles.CODES_TRAIN).read_bytes()
+    with pytest.raises(VqkitError, match="not the one trained in"):
+        prior_training.code_grids(prior_run, model)
+    assert (prior_run / runfiles.CODES_TRAIN).read_bytes() == cache
+    monkeypatch.setattr(prior_training, "extract_codes", None)  # the run's own: a cache hit
+    assert prior_training.code_grids(prior_run, load_model(prior_run))["test"].codes.shape[0]
+
+
 @pytest.mark.parametrize("num_codes", [2, 32768, 32769, 65536, 1_000_000])
 def test_cached_code_types_hold_the_largest_code(num_codes):
     # int16 wraps past 32767: a codebook of 40,000 codes (or FSQ levels 8^6) came back negative.

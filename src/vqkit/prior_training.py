@@ -19,7 +19,14 @@ import numpy as np
 import torch
 
 from vqkit import arguments, environment, runfiles, train_state
-from vqkit.checkpoint import load_config, load_model, run_folder, run_path, weights_digest
+from vqkit.checkpoint import (
+    load_config,
+    load_model,
+    require_run_model,
+    run_folder,
+    run_path,
+    weights_digest,
+)
 from vqkit.codes_io import encode_images, save_npy
 from vqkit.config import TrainConfig, settings_differences
 from vqkit.data import OWN_DATASET, Split, dataset_classes, load_split
@@ -36,7 +43,7 @@ from vqkit.wording import counted
 
 SPLITS = ("train", "test")
 # Settings --resume may change: when the run stops and how it saves, not what it learns so far.
-RESUME_FIELDS = ("epochs", "patience", "checkpoint_every", "skip_nonfinite")
+PRIOR_RESUME_FIELDS = ("epochs", "patience", "checkpoint_every", "skip_nonfinite")
 CODE_FILES = {"train": runfiles.CODES_TRAIN, "test": runfiles.CODES_TEST}
 LABEL_FILES = {"train": runfiles.LABELS_TRAIN, "test": runfiles.LABELS_TEST}
 
@@ -103,22 +110,51 @@ def code_grids(
     batches of ``batch_size`` (default: the run's evaluation batch size).
 
     The cache (``codes_*.npy``, ``labels_*.npy`` and ``codes.json``) is keyed by the digest of
-    the model weights and, for one's own data, of its images and labels (:func:`data_digest`),
-    so retraining the VQ-VAE, or a data folder rewritten with other images or labels,
-    invalidates it.
+    the model weights and, for one's own data, of its images and labels, so retraining the
+    VQ-VAE, or a data folder rewritten with other images or labels, invalidates it. A
+    ``model`` given must be the run's own (its weights name the cache).
     """
+    if model is not None:
+        require_run_model(model, run_dir)
     run_dir = Path(run_dir)
-    config = load_config(run_dir)
-    batch_size = batch_size or config.train.eval_batch_size
+    config = load_config(run_dir).train
     model = model if model is not None else load_model(run_dir)
+    return _code_grids(run_dir, model, OwnData.read(config, data_dir), data_dir, batch_size)
+
+
+@dataclass
+class OwnData:
+    """Both splits of one's own data, read once, and the SHA-256 of their images and labels
+    (about 0.3 s for 70,000 images); named datasets are fixed by their published checksums."""
+
+    splits: dict[str, Split]
+    sha256: str
+
+    @classmethod
+    def read(cls, config: TrainConfig, data_dir: str | Path | None) -> OwnData | None:
+        if config.dataset != OWN_DATASET:
+            return None
+        splits = _read_splits(config, data_dir)
+        tensors = (tensor for data in splits.values() for tensor in (data.images, data.labels))
+        return cls(splits, environment.images_digest(*tensors))
+
+
+def _code_grids(
+    run_dir: Path,
+    model: VQVAE,
+    own: OwnData | None,
+    data_dir: str | Path | None,
+    batch_size: int | None,
+) -> dict[str, CodeSet]:
+    """:func:`code_grids` of the run's own ``model``, with one's own data already read."""
+    config = load_config(run_dir).train
+    batch_size = batch_size or config.eval_batch_size
     digest = weights_digest(run_dir)
-    # One's own data is read (and hashed) to check the cache; a named dataset only on a miss.
-    splits = _read_splits(config.train, data_dir) if config.train.dataset == OWN_DATASET else None
-    own = None if splits is None else _splits_digest(splits)
-    cached = _load_cached(run_dir, digest, own, model)
+    own_sha256 = None if own is None else own.sha256
+    cached = _load_cached(run_dir, digest, own_sha256, model)
     if cached is not None:
         return cached
-    splits = splits or _read_splits(config.train, data_dir)
+    splits = own.splits if own is not None else _read_splits(config, data_dir)
     result = {}
     for split, data in splits.items():
         result[split] = CodeSet(extract_codes(model, data.images, batch_size), data.labels)
@@ -131,31 +167,17 @@ def code_grids(
         )
     meta = {
         "weights_sha256": digest,
-        "data_sha256": own,  # of the very tensors encoded
-        "dataset": config.train.dataset,
+        "data_sha256": own_sha256,  # of the very tensors encoded
+        "dataset": config.dataset,
     }
     meta.update({split: int(result[split].codes.shape[0]) for split in SPLITS})
     write_json_atomic(run_path(run_dir, runfiles.CODES_META), meta)
     return result
 
 
-def data_digest(config: TrainConfig, data_dir: str | Path | None = None) -> str | None:
-    """SHA-256 over the images and labels of both splits of one's own data (read for it: about
-    0.3 s for 70,000 images); None for a named dataset, which its published checksums fix."""
-    if config.dataset != OWN_DATASET:
-        return None
-    return _splits_digest(_read_splits(config, data_dir))
-
-
 def _read_splits(config: TrainConfig, data_dir: str | Path | None) -> dict[str, Split]:
     folder = config.data_folder(data_dir)
     return {split: load_split(config.dataset, split, folder) for split in SPLITS}
-
-
-def _splits_digest(splits: dict[str, Split]) -> str:
-    return environment.images_digest(
-        *(tensor for data in splits.values() for tensor in (data.images, data.labels))
-    )
 
 
 def unigram_bits(codes: torch.Tensor, num_codes: int) -> float:
@@ -214,7 +236,7 @@ def train_prior(
     are those of the epoch with the lowest test NLL; training stops after ``patience`` epochs
     without improvement. A resumable state (``prior_state.safetensors``) is saved after every
     epoch and every ``checkpoint_every`` steps; ``resume=True`` continues from it, with the saved
-    settings (``settings`` None) or ones differing only in :data:`RESUME_FIELDS`. Otherwise a
+    settings (``settings`` None) or ones differing only in :data:`PRIOR_RESUME_FIELDS`. Otherwise a
     new prior replaces any earlier one and ``prior_metrics.jsonl`` starts afresh, except that
     an unfinished prior (stopped by Ctrl-C, a crash or a non-finite loss) is only replaced with
     ``restart=True``. Ctrl-C or SIGTERM raises TrainingInterrupted after saving.
@@ -270,10 +292,11 @@ def _train_holding_the_lock(
             "num_classes": len(classes),
         }
     )
-    digest, data = weights_digest(run_dir), data_digest(train_config, data_dir)
+    digest, own = weights_digest(run_dir), OwnData.read(train_config, data_dir)
+    data = None if own is None else own.sha256
     if saved is not None:
         _check_state_fits(run_dir, saved, settings, digest, data)
-    grids = code_grids(run_dir, model, data_dir=data_dir)
+    grids = _code_grids(run_dir, model, own, data_dir, None)
     train_set = _first(grids["train"], settings.train_limit)
     test_set = _first(grids["test"], settings.test_limit)
     constants = {  # repeated in every metrics record
@@ -366,7 +389,7 @@ def _check_state_fits(
             f"state does not fit the new code grids; train a new prior with vqkit {command} "
             f"{run_dir} --restart."
         )
-    changed = settings_differences(saved["config"], settings.to_dict(), RESUME_FIELDS)
+    changed = settings_differences(saved["config"], settings.to_dict(), PRIOR_RESUME_FIELDS)
     if changed:
         raise VqkitError(
             f"The saved prior state in '{run_dir}' does not fit the prior settings "

@@ -116,15 +116,15 @@ def prepare_run_dir(
 # The key of the run's settings (RunConfig.to_dict()) among a VQ-VAE state's own counters.
 STATE_CONFIG_KEY = "config"
 # The training settings a resume may change; everything else must be the stored run's.
-RESUME_FIELDS = ("epochs", "checkpoint_every", "skip_nonfinite", "cuda_graph", "data_dir")
+VQVAE_RESUME_FIELDS = ("epochs", "checkpoint_every", "skip_nonfinite", "cuda_graph", "data_dir")
 
 
 def require_resumable_settings(run_dir: Path, config: RunConfig) -> None:
     """Refuse to resume ``run_dir`` with settings other than its stored ones (apart from
-    RESUME_FIELDS): the run would go on learning something else under its old name. The
+    VQVAE_RESUME_FIELDS): the run would go on learning something else under its old name. The
     settings its resumable state was saved with count too (config.json may have been edited
     since: an edited rate would be recorded but never used, the state's own rate winning)."""
-    allowed = {f"train.{name}" for name in RESUME_FIELDS}
+    allowed = {f"train.{name}" for name in VQVAE_RESUME_FIELDS}
     stored = load_config(run_dir).to_dict()
     saved = train_state.peek(run_dir)[1].get(STATE_CONFIG_KEY)  # None: saved before vqkit kept it
     if isinstance(saved, dict):
@@ -138,7 +138,7 @@ def require_resumable_settings(run_dir: Path, config: RunConfig) -> None:
             )
     differ = settings_differences(stored, config.to_dict(), allowed)
     if differ:
-        changeable = ", ".join(RESUME_FIELDS)
+        changeable = ", ".join(VQVAE_RESUME_FIELDS)
         raise VqkitError(
             f"The run in '{run_dir}' was trained with other settings ({'; '.join(differ[:3])}); "
             f"a resume keeps them, changing only {changeable} (pass the run's own settings, "

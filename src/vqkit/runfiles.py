@@ -36,13 +36,16 @@ FILE_NAMES = tuple(
 
 # Formats of the JSON files above (the report reads them; writers must keep to these):
 #   code_usage.json   {"split": "train", "images": N, "counts": [K ints],
-#                      "weights_sha256": hex (the weights counted; absent in older files)}
+#                      "weights_sha256": hex (the weights counted; absent in older files),
+#                      "images_sha256": hex (one's own data only: its training images)}
 #   prior_metrics.jsonl, one object per epoch:
 #       {"epoch", "train_bits_per_code", "test_bits_per_code", "train_bits_per_image",
 #        "test_bits_per_image", "uniform_bits_per_code", "unigram_bits_per_code",
 #        "train_grids", "test_grids" (absent in older files), "epoch_seconds"}
 #       (+ "skipped_nonfinite_steps" once --skip-nonfinite skipped any)
-#   codes.json        {"weights_sha256": hex, "dataset": name, "train": N, "test": N}
+#   codes.json        {"weights_sha256": hex, "dataset": name, "train": N, "test": N,
+#                      "data_sha256": hex | null (one's own data's images and labels, both
+#                      splits; null for a named dataset; absent in older files)}
 #   scores.json       {"n": N, "seed": int, "classifier_test_accuracy": float,
 #                      "classifier_sha256": hex (the classifier's weights, safetensors bytes),
 #                      "rows": [{"name": "real test images" | "real training images" |

@@ -3,7 +3,8 @@
 The counts drive the ``used`` sampling strategy and the codebook figures. They are computed
 once over the full training split (not the ``train_limit`` subset a quick run trained on) and
 stored as ``code_usage.json``: ``{"split": "train", "images": N, "counts": [K ints],
-"weights_sha256": the weights counted}``.
+"weights_sha256": the weights counted}``, and for one's own data ``"images_sha256"``, the
+training images counted.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from vqkit.config import (
 from vqkit.data import DATASETS
 from vqkit.errors import VqkitError
 from vqkit.report_text import format_metrics
-from vqkit.run_folder import RESUME_FIELDS
+from vqkit.run_folder import VQVAE_RESUME_FIELDS
 from vqkit.run_lock import require_no_writer
 from vqkit.training import TrainingInterrupted, train
 from vqkit.wording import counted
@@ -122,8 +122,9 @@ OVERRIDES = {
     "fsq_levels": ("quantizer", "fsq_levels"),
     "gradient_estimator": ("quantizer", "gradient_estimator"),
 }
-# Flags --resume accepts: they steer the run without changing what it learns so far.
-RESUME_FLAGS = tuple(name for name in RESUME_FIELDS if name != "data_dir")  # --data-dir: apart
+# Flags --resume accepts: they steer the run without changing what it learns so far
+# (--data-dir apart).
+RESUME_FLAGS = tuple(name for name in VQVAE_RESUME_FIELDS if name != "data_dir")
 
 
 def register(subparsers) -> None:

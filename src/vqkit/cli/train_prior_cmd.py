@@ -19,7 +19,7 @@ from vqkit.cli.common import (
 from vqkit.config import PRECISIONS
 from vqkit.prior import PriorConfig, load_prior_config
 from vqkit.prior_training import (
-    RESUME_FIELDS,
+    PRIOR_RESUME_FIELDS,
     require_prior_state,
     settle_interrupted_prior,
     train_prior,
@@ -143,15 +143,15 @@ def resume_config_from_args(args: argparse.Namespace) -> PriorConfig:
     conflicts = [
         name
         for name in FIELDS
-        if name not in RESUME_FIELDS
+        if name not in PRIOR_RESUME_FIELDS
         and getattr(args, name) is not None
         and getattr(args, name) != getattr(stored, name)
     ]
     if args.restart:
         conflicts.insert(0, "restart")
-    refuse_resume_conflicts(conflicts, RESUME_FIELDS)
+    refuse_resume_conflicts(conflicts, PRIOR_RESUME_FIELDS)
     data = stored.to_dict()
-    given = {name: getattr(args, name) for name in RESUME_FIELDS}
+    given = {name: getattr(args, name) for name in PRIOR_RESUME_FIELDS}
     data.update({name: value for name, value in given.items() if value is not None})
     return PriorConfig.from_dict(data)
 
