@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from vqkit.images import save_comparison, save_png, tile, to_uint8
@@ -34,6 +36,13 @@ def test_float_pixels_are_rounded_to_the_nearest_of_256_levels():
     # 51.0 stays; out-of-range values are clipped.
     pixels = np.array([[[0.0, 0.5, 0.1, 0.998, 0.2, 1.0, -0.3, 1.7]]], dtype=np.float32)
     assert to_uint8(pixels).tolist() == [[[0, 128, 26, 254, 51, 255, 0, 255]]]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_pixels_of_any_float_tensor_type_round_the_same_way(dtype):
+    # bf16 and fp16 hold these values exactly; NumPy has no bfloat16 of its own.
+    pixels = torch.tensor([[[0.0, 0.5, 0.25, 1.0, -0.5, 2.0]]], dtype=dtype)
+    assert to_uint8(pixels).tolist() == [[[0, 128, 64, 255, 0, 255]]]
 
 
 def test_more_columns_than_images_make_the_row_only_as_wide_as_the_images():

@@ -3,6 +3,8 @@ ends equal encode()."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -181,6 +183,15 @@ def test_latent_ends_equal_encode(model_and_pair, steps):
     with torch.no_grad():
         expected = model.encode(torch.stack([image_a, image_b]))
     assert frames.shape == (steps, 7, 7)
+    assert torch.equal(frames[0], expected[0]) and torch.equal(frames[-1], expected[1])
+
+
+def test_a_float64_models_latent_path_ends_at_its_own_codes(model_and_pair):
+    # The step fractions take the encoder's float type (torch.lerp refuses a mix).
+    model, image_a, image_b = model_and_pair
+    wide = copy.deepcopy(model).double()
+    frames = interpolate_latent(wide, image_a, image_b, 4)
+    expected = wide.encode(torch.stack([image_a, image_b]))
     assert torch.equal(frames[0], expected[0]) and torch.equal(frames[-1], expected[1])
 
 

@@ -14,7 +14,12 @@ from vqkit.fileio import atomic_open
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     """(N, [1,] H, W) float in [0, 1] or uint8 -> (N, H, W) uint8."""
-    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu()
+        # NumPy has no bfloat16: a model cast to bf16 decodes into it.
+        array = (images.float() if images.is_floating_point() else images).numpy()
+    else:
+        array = images
     if array.ndim == 4:
         array = array[:, 0]
     if array.dtype != np.uint8:

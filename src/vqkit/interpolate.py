@@ -99,7 +99,7 @@ def interpolate_latent(
     device = next(model.parameters()).device
     pair = model.model_input(torch.stack([image_a, image_b]).to(device))
     z_a, z_b = model.encoder(pair)  # each (D, h, w)
-    weights = _step_fractions(steps).float().to(device).view(steps, 1, 1, 1)
+    weights = _step_fractions(steps).to(device, z_a.dtype).view(steps, 1, 1, 1)  # lerp: one type
     path = torch.lerp(z_a.unsqueeze(0), z_b.unsqueeze(0), weights)  # (steps, D, h, w)
     return model.quantizer.quantize_codes(path)
 
