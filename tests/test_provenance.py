@@ -32,7 +32,7 @@ def sha256(path) -> str:
 
 def test_a_stamp_survives_the_png_and_names_the_weights_file(small_run, tmp_path):
     model = load_model(small_run.run_dir)
-    made_by = stamp(small_run.run_dir, model)
+    made_by = stamp(model)
     assert made_by == {WEIGHTS_KEY: sha256(small_run.run_dir / runfiles.WEIGHTS)}  # no prior
     grid = save_grid(torch.rand(4, 28, 28), tmp_path / "grid.png", stamp=made_by)
     assert read_stamp(grid) == made_by

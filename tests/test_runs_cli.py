@@ -220,7 +220,7 @@ def test_figures_are_not_called_stale_against_weights_that_cannot_be_read(small_
     # nothing about which model the figure shows; the note on the weights says what is wrong.
     run_dir = copy_run(small_run.run_dir, tmp_path / "run")
     figure = run_dir / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES["samples_random"]
-    save_png(np.zeros((4, 4), dtype=np.uint8), figure, stamp=stamp(run_dir, load_model(run_dir)))
+    save_png(np.zeros((4, 4), dtype=np.uint8), figure, stamp=stamp(load_model(run_dir)))
     (run_dir / runfiles.WEIGHTS).write_bytes(b"damaged")
     info = load_run_info(run_dir)
     assert "samples_random" in info.figures

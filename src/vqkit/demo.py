@@ -170,7 +170,7 @@ def run_demo(
                 code_usage(run_dir, model),
                 test.images[:CODEMAP_IMAGES],
                 figures,
-                stamp(run_dir, model),
+                stamp(model),
             ),
         )
         prior_settings = PriorConfig(
@@ -210,7 +210,6 @@ def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Pa
         _, images = sample_images(context, strategy, count, settings.seed)
         made_with = {"command": "demo", "strategy": strategy, "n": count, "seed": settings.seed}
         made_by = stamp(
-            context.run_dir,
             context.model,
             prior_sha256=context.prior_sha256 if strategy == "prior" else None,
             made_with=made_with,
@@ -230,7 +229,6 @@ def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Pa
             figures / names["samples_prior_conditional"],
             columns=classes,
             stamp=stamp(
-                context.run_dir,
                 context.model,
                 prior_sha256=context.prior_sha256,
                 made_with=made_with,
@@ -246,7 +244,7 @@ def _write_interpolations(model, test, settings: DemoSettings, run_dir: Path) ->
     for mode in MODES:
         made_with = {"command": "demo", "from": f"test:{first}", "to": f"test:{second}"}
         made_with |= {"mode": mode, "steps": settings.interpolation_steps, "seed": settings.seed}
-        made_by = stamp(run_dir, model, made_with=made_with)
+        made_by = stamp(model, made_with=made_with)
         codes = interpolation(
             model, image_a, image_b, settings.interpolation_steps, mode, settings.seed
         )

@@ -23,7 +23,6 @@ MADE_WITH_KEY = "vqkit-made-with"  # the command's settings, as JSON: seed, stra
 
 
 def stamp(
-    run_dir: str | Path,
     model: torch.nn.Module,
     *,
     prior_sha256: str | None = None,

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     counts = code_usage(args.run_dir, model, data_dir=args.data_dir)
     test = load_split(config.train.dataset, "test", config.train.data_folder(args.data_dir))
     test_images = test.images[: args.images]
-    made_by = stamp(args.run_dir, model)
+    made_by = stamp(model)
     figures = write_codebook_figures(model, counts, test_images, args.out, made_by)
     used = int((counts > 0).sum())
     print(f"codes used: {used} of {counts.numel()} on the training set")

@@ -49,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
     codes = load_codes(args.codes, config.model.quantizer.num_codes, config.model.grid_size)
     model = load_model(args.run_dir, device=resolve_device(args.device))
     images = decode_codes(model, codes, config.train.eval_batch_size)
-    path = write_images(images, args.out, args.columns, stamp(args.run_dir, model))
+    path = write_images(images, args.out, args.columns, stamp(model))
     print(f"wrote {path} ({counted(codes.shape[0], 'image')})")
     return 0

@@ -91,6 +91,6 @@ def run(args: argparse.Namespace) -> int:
     strip = interpolation_strip(model, image_a, image_b, codes)
     settings = {"command": "interpolate", "from": args.source, "to": args.target}
     settings |= {"mode": args.mode, "steps": args.steps, "seed": args.seed}
-    made_by = stamp(args.run_dir, model, made_with=settings)
+    made_by = stamp(model, made_with=settings)
     print(f"wrote {save_grid(strip, args.out, columns=strip.shape[0], stamp=made_by)}")
     return 0

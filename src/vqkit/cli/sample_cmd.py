@@ -105,9 +105,7 @@ def run(args: argparse.Namespace) -> int:
         context, args.strategy, args.n, args.seed, batch_size=batch_size, **options
     )
     settings = {"command": "sample", "strategy": args.strategy, "n": args.n, "seed": args.seed}
-    made_by = stamp(
-        args.run_dir, model, prior_sha256=context.prior_sha256, made_with=settings | options
-    )
+    made_by = stamp(model, prior_sha256=context.prior_sha256, made_with=settings | options)
     print(f"wrote {write_images(images, args.out, args.columns, made_by)}")
     if args.codes_out is not None:
         print(f"wrote {save_codes(codes, args.codes_out)}")
