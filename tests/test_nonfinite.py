@@ -181,3 +181,33 @@ def test_a_save_refuses_weights_or_buffers_gone_non_finite():
         model.quantizer.ema_embed_sum[3, 1] = float("inf")
     with pytest.raises(VqkitError, match="non-finite by step 5; they were not saved"):
         guard.check_weights(model, 5)
+
+
+def test_a_skipped_steps_finite_encoder_outputs_still_count_for_the_ema_codebook(
+    monkeypatch, tmp_path, capsys
+):
+    # docs/reliability.md: the bad term came after the quantizer, so its statistics took in the
+    # batch's valid encoder outputs; only the optimizer update is skipped.
+    real = training.compute_losses
+    sizes: list[torch.Tensor] = []  # EMA cluster sizes before each step
+    counts: list[torch.Tensor] = []  # codes each step's forward chose
+
+    def poisoned(model, batch, precision="fp32"):
+        quantizer = model.quantizer
+        sizes.append(quantizer.ema_cluster_size.clone())
+        with torch.no_grad():
+            counts.append(model.eval()(batch).code_counts.double())
+        model.train()
+        reconstruction, vq_loss = real(model, batch, precision)
+        if len(sizes) == 2:
+            reconstruction = reconstruction * float("nan")
+        return reconstruction, vq_loss
+
+    monkeypatch.setattr(training, "compute_losses", poisoned)
+    flags = ["--codebook-update", "ema", "--ema-decay", "0.9", "--skip-nonfinite", "1"]
+    code = main(["train", *TINY, "--epochs", "1", *flags, "--out", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    # N <- gamma N + (1 - gamma) n for the skipped step 2 as for the applied ones.
+    for before, chosen, after in zip(sizes[:3], counts[:3], sizes[1:4], strict=True):
+        expected = 0.9 * before.double() + 0.1 * chosen
+        assert torch.allclose(after.double(), expected, atol=1e-5)

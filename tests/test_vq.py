@@ -322,6 +322,21 @@ def test_non_finite_batch_leaves_every_statistic_unchanged(update, bad_value):
     assert "codebook" in changed
 
 
+def test_a_nan_row_gets_code_0_and_an_infinite_one_a_code_of_its_sign():
+    # docs/codebook.md: NaN -> code 0 and a NaN loss; +-inf in coordinate d -> the first code
+    # whose coordinate d has that sign (its distance is inf - inf), and an infinite loss.
+    config = health_config(num_embeddings=3, codebook_update="loss", codebook_init="uniform")
+    quantizer = build_quantizer(config).eval()
+    with torch.no_grad():
+        quantizer.codebook.copy_(torch.tensor([[-1.0, 1, 0, 0], [2, 0, 0, 0], [-3, 0, 0, 0]]))
+    rows = torch.zeros(3, 4)
+    rows[0, 0], rows[1, 0], rows[2, 0] = float("nan"), float("inf"), float("-inf")
+    with torch.no_grad():
+        assert quantizer(rows.view(3, 4, 1, 1)).codes.flatten().tolist() == [0, 1, 0]
+        assert math.isnan(float(quantizer(rows[:1].view(1, 4, 1, 1)).loss))
+        assert float(quantizer(rows[1:2].view(1, 4, 1, 1)).loss) == math.inf
+
+
 def test_kmeans_flag_restored_from_a_checkpoint_skips_the_init():
     trained = build_quantizer(health_config(codebook_update="loss", dead_code_restart=0)).train()
     trained(torch.randn(2, 4, 4, 4))
