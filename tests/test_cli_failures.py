@@ -23,8 +23,9 @@ from PIL import Image
 from process_helpers import child_env, vqkit_command
 
 from vqkit import fileio, runfiles, training
-from vqkit.checkpoint import load_model
+from vqkit.checkpoint import load_model, save_config
 from vqkit.cli import codebook_cmd, demo_cmd, evaluate_cmd, main
+from vqkit.config import preset_config
 
 TINY = [
     "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--batch-size", "32",
@@ -207,10 +208,24 @@ def test_training_into_a_folder_with_another_runs_files_is_refused(leftover, tmp
     # A config.json (a start stopped before its first step) is written over, and a report
     # made of that start goes with it.
     (folder / leftover).unlink()
-    (folder / runfiles.CONFIG).write_text("{}")
+    save_config(folder, preset_config("efficient"))
     (folder / runfiles.REPORT).write_text("<p>a report of the start, with nothing trained</p>")
     assert main(["train", *TINY, "--out", str(folder)]) == 0
     assert not (folder / runfiles.REPORT).exists()
+
+
+@pytest.mark.parametrize("name", [runfiles.CONFIG, runfiles.REPORT, runfiles.ENVIRONMENT])
+def test_a_projects_own_files_with_a_runs_names_are_not_taken_for_a_start(name, tmp_path, capsys):
+    # Only beside the vqkit config.json a start writes first are these a start's leftovers; a
+    # project's own config.json, report.html or log were written over or deleted.
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / name).write_text('{"name": "my-project"}')
+    if name != runfiles.CONFIG:
+        (folder / runfiles.CONFIG).write_text('{"name": "my-project"}')
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    fails_cleanly(capsys, ["train", *TINY, "--out", folder], "not a run's ('")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_temp_files_left_by_a_kill_do_not_block_a_new_run(tmp_path, capsys):
@@ -218,7 +233,7 @@ def test_temp_files_left_by_a_kill_do_not_block_a_new_run(tmp_path, capsys):
     # names it here); a new run takes the folder and removes them. A user's own file is kept.
     folder = tmp_path / "run"
     folder.mkdir()
-    (folder / runfiles.CONFIG).write_text("{}")
+    save_config(folder, preset_config("efficient"))
     left = []
     for name in (runfiles.CONFIG, runfiles.METRICS):
         fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
@@ -520,3 +535,4 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
     process.stdout.close()
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 141 and stderr == b""
+

@@ -191,10 +191,13 @@ def _refuse_taken(path: Path, context: distributed.Context) -> None:
             "choose another --out or move them away."
         )
     # Nor are a run's files mixed in among a user's own, which no command would then tell apart.
+    # A start's files are written over only beside the vqkit config.json it writes first: a
+    # project's own config.json or report.html is not a start of ours.
+    ours = (*START_FILES, LOCK_NAME) if _holds_a_run(path) else (LOCK_NAME,)
     foreign = sorted(
         entry.name
         for entry in (path.iterdir() if path.is_dir() else ())
-        if entry.name not in (*START_FILES, LOCK_NAME) and not _left_by_a_kill(entry.name)
+        if entry.name not in ours and not _left_by_a_kill(entry.name)
     )
     if foreign:
         raise VqkitError(
