@@ -536,3 +536,29 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 141 and stderr == b""
 
+
+def test_files_and_folders_this_user_may_not_read_get_a_sentence_not_a_traceback(
+    run_copy, monkeypatch, capsys
+):
+    # Root ignores permissions, so the refusals an unreadable file or folder gives are raised
+    # by hand where the system raises them: reading a file, and looking at a folder.
+    real_read_text, real_stat = Path.read_text, Path.stat
+
+    def read_text(path, *args, **kwargs):
+        if path.name == runfiles.CONFIG:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    config = run_copy / runfiles.CONFIG
+    fails_cleanly(capsys, ["evaluate", run_copy], f"'{config}' cannot be read: permission denied")
+    monkeypatch.setattr(Path, "read_text", real_read_text)
+
+    def stat(path, *args, **kwargs):
+        if path == run_copy:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    for argv in (["evaluate", run_copy], ["train", "--resume", run_copy, "--quiet"]):
+        fails_cleanly(capsys, argv, f"vqkit may not use '{run_copy}' (permission denied)")

@@ -109,6 +109,8 @@ def read_json(path: str | Path, what: str) -> Any:
         return parse_json(path.read_text())
     except (FileNotFoundError, NotADirectoryError) as exc:  # no such file, or under a file
         raise VqkitError(f"The {what} '{path}' does not exist.") from exc
+    except PermissionError as exc:  # readable again once permitted: no damage to report
+        raise VqkitError(f"The {what} '{path}' cannot be read: permission denied.") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VqkitError(f"The {what} '{path}' is damaged or not JSON.") from exc
 

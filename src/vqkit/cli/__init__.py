@@ -173,6 +173,15 @@ def symlink_loop_message(exc: BaseException) -> str | None:
 _PATHLIB_LOOP = "Symlink loop from "
 
 
+def permission_message(exc: BaseException) -> str | None:
+    """One sentence for a file or folder this user may not read or write (wherever the command
+    met it: a run folder, a data folder, a cache), else None."""
+    if not isinstance(exc, PermissionError):
+        return None
+    where = f"'{exc.filename}'" if exc.filename else "a file it needs"
+    return f"vqkit may not use {where} (permission denied); check its permissions."
+
+
 def out_of_memory_message(exc: BaseException, command: str | None = None) -> str | None:
     """One sentence for an allocation that failed on the CPU or the GPU, else None."""
     text = str(exc)
@@ -251,7 +260,7 @@ def run_command(argv: list[str] | None) -> int:
             print(f"vqkit: error: {exc}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError, OSError) as exc:
-        message = symlink_loop_message(exc)
+        message = symlink_loop_message(exc) or permission_message(exc)
         if message is None and not isinstance(exc, OSError):  # the others are torch's errors
             message = out_of_memory_message(exc, args.command) or distributed.lost_process_message(
                 exc
