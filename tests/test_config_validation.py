@@ -62,6 +62,8 @@ BAD_FIELDS = [
     ("model", "hidden_dim", 0, "The hidden width must be 1 to 4096 (--hidden-dim), not 0."),
     ("model", "hidden_dim", 4097, "The hidden width must be 1 to 4096 (--hidden-dim), not 4097."),
     ("quantizer", "fsq_levels", [8, 1], "FSQ levels must be a list of whole numbers >= 2"),
+    ("quantizer", "kmeans_iters", 0, "k-means takes 1 to 1000 iterations (--kmeans-iters), not 0"),
+    ("quantizer", "kmeans_iters", 1001, "k-means takes 1 to 1000 iterations"),
     ("model", "residual_blocks", -1, "residual blocks must be 0 to 100 (--residual-blocks)"),
     ("model", "residual_blocks", 101, "residual blocks must be 0 to 100 (--residual-blocks)"),
     ("train", "warmup_fraction", 1.0, "warm-up fraction must lie strictly between 0 and 1"),
@@ -210,3 +212,12 @@ def test_a_real_runs_config_loads_and_trains_again(tmp_path: Path, capsys):
     assert main(["train", "--config", str(first), "--out", str(second), "--quiet"]) == 0
     assert load_config(second) == saved
     capsys.readouterr()
+
+
+def test_fsq_levels_may_make_at_most_2_to_the_24_codes():
+    # Every step counts the use of each code in a tensor of that many entries: 63 levels of 2
+    # (2^63 codes) ended in an overflow inside the first forward, its folder left behind.
+    assert QuantizerConfig(quantizer="fsq", fsq_levels=[2] * 24).num_codes == 2**24
+    with pytest.raises(VqkitError, match=r"make 33,554,432 codes; at most 16,777,216 are allowed"):
+        QuantizerConfig(quantizer="fsq", fsq_levels=[2] * 25)
+    QuantizerConfig(quantizer="vq", fsq_levels=[2] * 63)  # idle for a codebook quantizer

@@ -33,6 +33,12 @@ PRECISIONS = ("fp32", "bf16", "auto")
 # without a word (the parameter count alone is checked against memory when training starts).
 MAX_RESIDUAL_BLOCKS = 100
 MAX_WIDTH = 4096
+# Lloyd's k-means settles in tens of iterations; each runs inside the first training step,
+# which a single Ctrl-C lets finish, so a typo's 10^8 held the process for a quarter hour.
+MAX_KMEANS_ITERS = 1000
+# FSQ codes: 2^24 is 256 times the largest codebooks of the FSQ paper (2^16); every training
+# step counts each code's use in a tensor of this many entries, so 2^62 could not even start.
+MAX_FSQ_CODES = 2**24
 LR_SCHEDULES = ("constant", "onecycle", "cosine")
 # torch.compile modes; reduce-overhead replays CUDA graphs, which removes the per-step launch
 # cost that bounds this small model on a GPU (no effect on a CPU).
@@ -199,7 +205,11 @@ class QuantizerConfig:
             math.isfinite(self.dead_code_threshold) and 0 <= self.dead_code_threshold < 1,
             "The dead-code cluster-size threshold must lie in [0, 1) (--dead-code-threshold).",
         )
-        _require(self.kmeans_iters >= 1, "k-means needs at least 1 iteration (--kmeans-iters).")
+        _require(
+            1 <= self.kmeans_iters <= MAX_KMEANS_ITERS,
+            f"k-means takes 1 to {MAX_KMEANS_ITERS} iterations (--kmeans-iters), not "
+            f"{self.kmeans_iters}.",
+        )
         _require(
             isinstance(self.fsq_levels, list)
             and len(self.fsq_levels) >= 1
@@ -207,6 +217,12 @@ class QuantizerConfig:
             "FSQ levels must be a list of whole numbers >= 2, e.g. --fsq-levels 8,5,5,5.",
         )
         if self.quantizer == "fsq":
+            _require(
+                math.prod(self.fsq_levels) <= MAX_FSQ_CODES,
+                f"FSQ levels {','.join(map(str, self.fsq_levels))} make "
+                f"{math.prod(self.fsq_levels):,} codes; at most {MAX_FSQ_CODES:,} are allowed "
+                "(--fsq-levels).",
+            )
             vq_only = {
                 "--codebook-update ema": self.codebook_update != "loss",
                 "--dead-code-restart": self.dead_code_restart > 0,

@@ -306,7 +306,9 @@ class _Run:
             lambda: VQVAE(config.model),
             device,
             "VQ-VAE",
-            "--hidden-dim, --num-embeddings, --embedding-dim or --residual-blocks",
+            "--hidden-dim, --fsq-levels or --residual-blocks"
+            if config.model.quantizer.quantizer == "fsq"
+            else "--hidden-dim, --num-embeddings, --embedding-dim or --residual-blocks",
         )
         torch.manual_seed(settings.seed)
         self.model = VQVAE(config.model).to(device)
