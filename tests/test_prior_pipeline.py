@@ -101,18 +101,23 @@ def test_cached_code_types_hold_the_largest_code(num_codes):
 
 
 @pytest.mark.parametrize(
-    "bad_code", [-7, 128, None], ids=["negative", "past-the-codebook", "empty-file"]
+    "bad_code",
+    [-7, 128, None, "scalar-labels"],
+    ids=["negative", "past-the-codebook", "empty-file", "scalar-labels"],
 )
 def test_a_cache_holding_codes_outside_the_codebook_is_recomputed(
     bad_code, prior_run, tmp_path, monkeypatch
 ):
     # -7: what a wrapped int16 code looks like; 128: one past the model's 128 codes; None: a
-    # file emptied by a full disk (NumPy raises EOFError reading it).
+    # file emptied by a full disk (NumPy raises EOFError reading it); a labels file holding
+    # one number (it has no length: IndexError).
     run = Path(shutil.copytree(prior_run, tmp_path / "run"))
     path = run / runfiles.CODES_TRAIN
     codes = np.load(path).astype(np.int64)
     if bad_code is None:
         path.write_bytes(b"")
+    elif bad_code == "scalar-labels":
+        np.save(run / runfiles.LABELS_TRAIN, np.array(5, dtype=np.int16))
     else:
         codes[0, 0, 0] = bad_code
         np.save(path, codes)

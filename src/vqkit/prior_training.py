@@ -88,7 +88,7 @@ def _load_cached(
             codes = np.load(run_path(run_dir, CODE_FILES[split]), allow_pickle=False)
             labels = np.load(run_path(run_dir, LABEL_FILES[split]), allow_pickle=False)
             size = model.config.grid_size
-            shape_fits = codes.shape == (labels.shape[0], size, size)
+            shape_fits = labels.ndim == 1 and codes.shape == (labels.shape[0], size, size)
             if not shape_fits or codes.min() < 0 or codes.max() >= model.num_codes:
                 return None
             result[split] = CodeSet(
