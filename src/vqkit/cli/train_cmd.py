@@ -235,7 +235,9 @@ def register(subparsers) -> None:
     group.add_argument(
         "--codebook-init", choices=CODEBOOK_INITS, help="uniform, or kmeans on the first batch"
     )
-    group.add_argument("--kmeans-iters", type=int, help="k-means iterations (default 10)")
+    group.add_argument(
+        "--kmeans-iters", type=int, help="k-means iterations, 1 to 1000 (default 10)"
+    )
     group.add_argument(
         "--fsq-levels", type=int_list, metavar="L1,L2,...", help="FSQ values per channel"
     )
