@@ -6,6 +6,7 @@ and demo score counts the score stage would refuse only after training. Good con
 from __future__ import annotations
 
 import json
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from vqkit.config import PRESETS, QuantizerConfig, RunConfig, TrainConfig, prese
 from vqkit.demo import DemoSettings
 from vqkit.errors import VqkitError
 from vqkit.prior import PriorConfig
+from vqkit.training import train
 
 TINY = [
     "--train-limit", "256", "--test-limit", "64", "--batch-size", "32", "--hidden-dim", "16",
@@ -63,7 +65,6 @@ BAD_FIELDS = [
     ("model", "hidden_dim", 4097, "The hidden width must be 1 to 4096 (--hidden-dim), not 4097."),
     ("quantizer", "fsq_levels", [8, 1], "FSQ levels must be a list of whole numbers >= 2"),
     ("quantizer", "kmeans_iters", 0, "k-means takes 1 to 1000 iterations (--kmeans-iters), not 0"),
-    ("quantizer", "kmeans_iters", 1001, "k-means takes 1 to 1000 iterations"),
     ("model", "residual_blocks", -1, "residual blocks must be 0 to 100 (--residual-blocks)"),
     ("model", "residual_blocks", 101, "residual blocks must be 0 to 100 (--residual-blocks)"),
     ("train", "warmup_fraction", 1.0, "warm-up fraction must lie strictly between 0 and 1"),
@@ -214,10 +215,25 @@ def test_a_real_runs_config_loads_and_trains_again(tmp_path: Path, capsys):
     capsys.readouterr()
 
 
-def test_fsq_levels_may_make_at_most_2_to_the_24_codes():
-    # Every step counts the use of each code in a tensor of that many entries: 63 levels of 2
-    # (2^63 codes) ended in an overflow inside the first forward, its folder left behind.
-    assert QuantizerConfig(quantizer="fsq", fsq_levels=[2] * 24).num_codes == 2**24
-    with pytest.raises(VqkitError, match=r"make 33,554,432 codes; at most 16,777,216 are allowed"):
-        QuantizerConfig(quantizer="fsq", fsq_levels=[2] * 25)
-    QuantizerConfig(quantizer="vq", fsq_levels=[2] * 63)  # idle for a codebook quantizer
+@pytest.mark.parametrize(
+    ("quantizer", "fragment"),
+    [
+        # A typo's 10^8 iterations ran inside the first step for a quarter hour, past Ctrl-C.
+        ({"codebook_init": "kmeans", "kmeans_iters": 1001}, "takes 1 to 1000 iterations"),
+        # Every step counts each code's use in a tensor of that many entries: 63 levels of 2
+        # overflowed inside the first forward, the folder left behind.
+        ({"quantizer": "fsq", "fsq_levels": [2] * 25}, "make 33,554,432 codes; at most 16,77"),
+    ],
+)
+def test_new_runs_keep_bounds_that_saved_runs_may_exceed(quantizer, fragment, tmp_path):
+    config = preset_config("efficient").to_dict()
+    config["model"]["quantizer"].update(quantizer)
+    config = RunConfig.from_dict(config)  # a run saved before the bounds still loads
+    config.train.train_limit, config.train.test_limit = 64, 64
+    with pytest.raises(VqkitError, match=re.escape(fragment)):
+        train(config, tmp_path / "run", device="cpu", progress=False)
+    assert not (tmp_path / "run").exists()
+    # Just inside them: 2^24 FSQ codes, 1000 iterations; and idle settings are not checked.
+    QuantizerConfig(quantizer="fsq", fsq_levels=[2] * 24).require_new_run_bounds()
+    QuantizerConfig(codebook_init="kmeans", kmeans_iters=1000).require_new_run_bounds()
+    QuantizerConfig(kmeans_iters=10**8, fsq_levels=[2] * 63).require_new_run_bounds()

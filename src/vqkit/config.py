@@ -206,7 +206,7 @@ class QuantizerConfig:
             "The dead-code cluster-size threshold must lie in [0, 1) (--dead-code-threshold).",
         )
         _require(
-            1 <= self.kmeans_iters <= MAX_KMEANS_ITERS,
+            self.kmeans_iters >= 1,
             f"k-means takes 1 to {MAX_KMEANS_ITERS} iterations (--kmeans-iters), not "
             f"{self.kmeans_iters}.",
         )
@@ -217,12 +217,6 @@ class QuantizerConfig:
             "FSQ levels must be a list of whole numbers >= 2, e.g. --fsq-levels 8,5,5,5.",
         )
         if self.quantizer == "fsq":
-            _require(
-                math.prod(self.fsq_levels) <= MAX_FSQ_CODES,
-                f"FSQ levels {','.join(map(str, self.fsq_levels))} make "
-                f"{math.prod(self.fsq_levels):,} codes; at most {MAX_FSQ_CODES:,} are allowed "
-                "(--fsq-levels).",
-            )
             vq_only = {
                 "--codebook-update ema": self.codebook_update != "loss",
                 "--dead-code-restart": self.dead_code_restart > 0,
@@ -234,6 +228,22 @@ class QuantizerConfig:
                 not chosen,
                 f"Codebook options ({', '.join(chosen)}) do not apply to --quantizer fsq, "
                 "which has no codebook.",
+            )
+
+    def require_new_run_bounds(self) -> None:
+        """Bounds a new run must keep, which runs saved before they existed may exceed (their
+        config.json still loads): the k-means iterations, and FSQ's number of codes."""
+        if self.codebook_init == "kmeans":
+            _require(
+                self.kmeans_iters <= MAX_KMEANS_ITERS,
+                f"k-means takes 1 to {MAX_KMEANS_ITERS} iterations (--kmeans-iters), not "
+                f"{self.kmeans_iters}.",
+            )
+        if self.quantizer == "fsq":
+            _require(
+                self.num_codes <= MAX_FSQ_CODES,
+                f"FSQ levels {','.join(map(str, self.fsq_levels))} make {self.num_codes:,} "
+                f"codes; at most {MAX_FSQ_CODES:,} are allowed (--fsq-levels).",
             )
 
     def idle_settings(self) -> set[str]:

@@ -289,6 +289,8 @@ class _Run:
         self.context, self.device = context, device
         data_dir = settings.data_folder(data_dir)
         with distributed.refused_alike():
+            if not resume:  # a saved run keeps the settings it was trained with
+                config.model.quantizer.require_new_run_bounds()
             require_compile_toolchain(settings, device)
             require_cuda_graph_support(settings, device, context)
             require_batch_divides(settings.batch_size, context.world_size)

@@ -239,7 +239,10 @@ def register(subparsers) -> None:
         "--kmeans-iters", type=int, help="k-means iterations, 1 to 1000 (default 10)"
     )
     group.add_argument(
-        "--fsq-levels", type=int_list, metavar="L1,L2,...", help="FSQ values per channel"
+        "--fsq-levels",
+        type=int_list,
+        metavar="L1,L2,...",
+        help="FSQ values per channel (their product, the codes, at most 2^24)",
     )
     group.add_argument(
         "--gradient-estimator", choices=GRADIENT_ESTIMATORS, help="ste or rotation (rotation trick)"
