@@ -149,7 +149,7 @@ def test_state_from_a_future_version_is_refused(tmp_path):
     train_state.save(tmp_path, Position(), model, optimizer, order.get_state(), torch.zeros(()))
     path = tmp_path / runfiles.TRAIN_STATE
     data = path.read_bytes()
-    path.write_bytes(data.replace(b'\\"version\\": 1', b'\\"version\\": 7', 1))
+    path.write_bytes(data.replace(b'\\"version\\": 2', b'\\"version\\": 7', 1))
     with pytest.raises(VqkitError, match="incompatible"):
         train_state.load(tmp_path, model, optimizer, torch.Generator())
 
@@ -208,10 +208,10 @@ def test_a_state_saved_with_the_loss_sum_alone_resumes_without_inventing_its_ter
     for step, logged in ((0, True), (2, False)):
         old = dict(tensors, **{"epoch/loss_sum": tensors["epoch/loss_sum"][:1].clone()})
         info = json.loads(metadata["vqkit_train_state"])
-        info.update(epochs_done=0, step=step, global_step=step)
+        info.update(epochs_done=0, step=step, global_step=step, version=1)
         path.write_bytes(save_safetensors(old, {"vqkit_train_state": json.dumps(info)}))
         counters = json.loads((run / runfiles.TRAIN_STATE_META).read_text())
-        counters.update(epochs_done=0, step=step, global_step=step)
+        counters.update(epochs_done=0, step=step, global_step=step, version=1)
         (run / runfiles.TRAIN_STATE_META).write_text(json.dumps(counters))
         (run / runfiles.METRICS).write_text("")
         config.train.epochs = 1

@@ -25,7 +25,11 @@ from vqkit.checkpoint import load_tensors_into, read_tensors_and_metadata, run_p
 from vqkit.errors import VqkitError
 from vqkit.fileio import parse_json, write_bytes_atomic, write_json_atomic
 
-STATE_VERSION = 1
+# Version 2 keeps a VQ-VAE's loss and its quantizer term (epoch/loss_sum of two); a version-1
+# state, with the loss alone, still resumes. An older vqkit refuses version 2 as incompatible
+# rather than calling the file damaged.
+STATE_VERSION = 2
+READABLE_STATE_VERSIONS = (1, 2)
 METADATA_KEY = "vqkit_train_state"
 MODEL_PREFIX = "model/"
 OPTIMIZER_PREFIX = "optimizer/"
@@ -262,10 +266,10 @@ def _read(
         raise VqkitError(_damaged(path, files)) from exc
     if not isinstance(info, dict):
         raise VqkitError(_damaged(path, files))
-    if info.get("version") != STATE_VERSION:
+    if info.get("version") not in READABLE_STATE_VERSIONS:
         raise VqkitError(
             f"The {files.what} '{path}' was written by an incompatible vqkit (state version "
-            f"{info.get('version')!r}, this vqkit reads version {STATE_VERSION})."
+            f"{info.get('version')!r}, this vqkit reads versions 1 and 2)."
         )
     return path, tensors, info
 
