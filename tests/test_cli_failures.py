@@ -562,3 +562,19 @@ def test_files_and_folders_this_user_may_not_read_get_a_sentence_not_a_traceback
     monkeypatch.setattr(Path, "stat", stat)
     for argv in (["evaluate", run_copy], ["train", "--resume", run_copy, "--quiet"]):
         fails_cleanly(capsys, argv, f"vqkit may not use '{run_copy}' (permission denied)")
+
+
+def test_score_refuses_a_run_folder_it_cannot_write_before_any_work(run_copy, monkeypatch, capsys):
+    # scores.json is written last, after minutes of sampling and classifying: a read-only
+    # folder is refused first. (Root ignores permissions: the refusal is made by hand.)
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: mode != os.W_OK and real_access(path, mode)
+    )
+
+    def work(*args, **kwargs):
+        raise AssertionError("scoring began")
+
+    monkeypatch.setattr("vqkit.score.load_model", work)
+    fails_cleanly(capsys, ["score", run_copy, "--n", "20"], f"Cannot write into '{run_copy}'")
+    assert not (run_copy / runfiles.SCORES).exists()

@@ -69,6 +69,13 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
+def require_writable_folder(folder: str | Path) -> None:
+    """Refuse a folder no file can be written into, before long work whose result goes there
+    (the sentence :func:`atomic_open` would give at the end)."""
+    if not os.access(folder, os.W_OK):  # a read-only file system too (EROFS)
+        raise VqkitError(f"Cannot write into '{folder}': Permission denied.")
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

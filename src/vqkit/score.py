@@ -39,7 +39,7 @@ from vqkit.codes_io import decode_codes, encode_images
 from vqkit.data import INFO, OWN_DATASET, dataset_classes, load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
-from vqkit.fileio import write_json_atomic
+from vqkit.fileio import require_writable_folder, write_json_atomic
 from vqkit.generate import DECODE_BATCH_SIZE, SamplingContext, sample_codes, strategies
 from vqkit.prior import (
     has_prior,
@@ -138,6 +138,7 @@ def score_run(
     Each sampled row also holds ``sample_seconds``: the time to draw its code grids.
     """
     run_dir = run_folder(run_dir)
+    require_writable_folder(run_dir)  # scores.json goes there, after minutes of sampling
     n = arguments.whole_number(n, "The number of images scored per row (--n)", 2)
     arguments.callable_or_none(log, "log")
     seed = arguments.seed(seed)
