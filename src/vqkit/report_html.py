@@ -192,9 +192,12 @@ details summary { cursor:pointer; color:var(--accent); margin:6px 0; }
 footer { color:var(--muted); font-size:0.85rem; padding-top:16px; padding-bottom:40px; }
 @media (max-width:600px) { h1 { font-size:1.35rem; } .card .value { font-size:1.2rem; }
   header, main, footer { padding-left:12px; padding-right:12px; }
-  /* On a phone a wide table's last columns (the scores) would sit off screen: cells wrap. */
+  /* On a phone a wide table's last columns (the scores) would sit off screen: cells wrap.
+     Headers only between words (split inside them they read as letters stacked, "e p o c
+     h"); a wider table than the screen scrolls. */
   table { font-size:0.75rem; }
   th, td { padding:3px 3px; white-space:normal; overflow-wrap:anywhere; }
+  th { overflow-wrap:break-word; font-size:0.68rem; }
   td.num { white-space:nowrap; overflow-wrap:normal; } }
 """
 
