@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,6 +172,20 @@ def test_classifier_is_trained_once_then_read_from_the_cache(classifier_cache, m
         "the cached one has other settings",
         "the cached one is damaged",
     ]
+    # One this user may not read is not damaged: said so, and nothing is trained or replaced.
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(path):
+        if path.name == "mnist.safetensors":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_bytes(path)
+
+    save_json = classifier_cache / "mnist.json"
+    save_json.write_text(json.dumps({"config": TINY_CLASSIFIER.to_dict(), "test_accuracy": 0.9}))
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(VqkitError, match="cannot be read: Permission denied"):
+        load_or_train_classifier(TINY_CLASSIFIER, log=lines.append)
+    assert len(lines) == 3
 
 
 def test_classify_judges_images_in_evaluation_mode_whatever_mode_it_is_given():

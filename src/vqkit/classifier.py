@@ -219,7 +219,9 @@ def load_or_train_classifier(
                 load_weights_into(classifier, weights, "classifier weights file")
                 return classifier.to(device).eval(), float(meta["test_accuracy"])
             why = "the cached one has other settings"
-        except (VqkitError, AttributeError, KeyError, TypeError, ValueError):
+        except (VqkitError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc.__cause__, PermissionError):  # not damage: say so, replace nothing
+                raise
             why = "the cached one is damaged"  # replaced below
     if log is not None:
         log(
