@@ -22,13 +22,14 @@ def images(count: int = 4) -> torch.Tensor:
     )
 
 
+def small_config(residual_blocks: int, hidden: int, codes: int, dim: int) -> ModelConfig:
+    quantizer = QuantizerConfig(num_embeddings=codes, embedding_dim=dim)
+    return ModelConfig(hidden_dim=hidden, residual_blocks=residual_blocks, quantizer=quantizer)
+
+
 @pytest.mark.parametrize("residual_blocks", [0, 2])
 def test_shapes_28x28_to_7x7_grid_and_back(residual_blocks):
-    config = ModelConfig(
-        hidden_dim=16,
-        residual_blocks=residual_blocks,
-        quantizer=QuantizerConfig(num_embeddings=10, embedding_dim=8),
-    )
+    config = small_config(residual_blocks, hidden=16, codes=10, dim=8)
     model = VQVAE(config).eval()
     with torch.no_grad():
         out = model(images())
@@ -222,11 +223,7 @@ def test_images_go_to_the_device_of_the_weights_as_pixels():
 def test_relus_in_place_train_exactly_as_out_of_place_ones(residual_blocks):
     # The ReLUs after convolutions overwrite their input (no convolution's backward reads its
     # output); three steps must end in the very weights of a copy whose ReLUs all allocate.
-    config = ModelConfig(
-        hidden_dim=8,
-        residual_blocks=residual_blocks,
-        quantizer=QuantizerConfig(num_embeddings=16, embedding_dim=4),
-    )
+    config = small_config(residual_blocks, hidden=8, codes=16, dim=4)
     torch.manual_seed(0)
     fast = VQVAE(config)
     stock = copy.deepcopy(fast)
