@@ -73,7 +73,9 @@ def require_writable_folder(folder: str | Path) -> None:
     """Refuse a folder no file can be written into, before long work whose result goes there
     (the sentence :func:`atomic_open` would give at the end)."""
     if not os.access(folder, os.W_OK):  # a read-only file system too (EROFS)
-        raise VqkitError(f"Cannot write into '{folder}': Permission denied.")
+        raise VqkitError(
+            f"Cannot write into '{folder}': permission denied, or a read-only file system."
+        )
 
 
 def _current_umask() -> int:
