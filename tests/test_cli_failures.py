@@ -26,6 +26,7 @@ from vqkit import fileio, runfiles, training
 from vqkit.checkpoint import load_model, save_config
 from vqkit.cli import codebook_cmd, demo_cmd, evaluate_cmd, main
 from vqkit.config import preset_config
+from vqkit.errors import VqkitError
 
 TINY = [
     "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--batch-size", "32",
@@ -578,3 +579,20 @@ def test_score_refuses_a_run_folder_it_cannot_write_before_any_work(run_copy, mo
     monkeypatch.setattr("vqkit.score.load_model", work)
     fails_cleanly(capsys, ["score", run_copy, "--n", "20"], f"Cannot write into '{run_copy}'")
     assert not (run_copy / runfiles.SCORES).exists()
+
+
+@pytest.mark.parametrize("failing", ["resumed_history", "record_environment"])
+def test_a_resume_that_fails_reading_its_run_leaves_the_config_as_it_was(
+    failing, run_copy, monkeypatch, capsys
+):
+    # An unreadable metrics.jsonl or environment.jsonl stopped the resume after config.json
+    # had been rewritten with the new --epochs, which no training then followed.
+    config = (run_copy / runfiles.CONFIG).read_bytes()
+
+    def unreadable(*args, **kwargs):
+        raise VqkitError("The records file cannot be read: Permission denied.")
+
+    monkeypatch.setattr(training, failing, unreadable)
+    argv = ["train", "--resume", run_copy, "--epochs", "2", "--quiet"]
+    fails_cleanly(capsys, argv, "cannot be read")
+    assert (run_copy / runfiles.CONFIG).read_bytes() == config

@@ -341,6 +341,11 @@ class _Run:
             record_environment(
                 self.run_dir, config, device, context, resumed_at, self.precision, own_data
             )
+            # Checked, its metrics and session log readable: now a resume records the new
+            # --epochs (and data folder, checkpoint and guard settings). A finished run resumed
+            # changes no file.
+            if resume and context.is_main:
+                save_config(self.run_dir, config)
         if context.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
@@ -372,10 +377,6 @@ class _Run:
         with distributed.refused_alike():
             self._require_resumable_here(planned, epoch_steps)
         self.position.world_size = self.context.world_size
-        # Checked: now record the new --epochs (and data folder, checkpoint and guard settings),
-        # unless nothing is left to train: a finished run resumed changes no file.
-        if self.context.is_main and self.position.epochs_done < self.config.train.epochs:
-            save_config(self.run_dir, self.config)
         self.history = resumed_history(self.run_dir, self.position.epochs_done, self.context)
 
     def _require_resumable_here(self, planned: int, epoch_steps: int) -> None:
