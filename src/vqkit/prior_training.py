@@ -119,7 +119,8 @@ def code_grids(
     run_dir = Path(run_dir)
     config = load_config(run_dir).train
     model = model if model is not None else load_model(run_dir)
-    return _code_grids(run_dir, model, OwnData.read(config, data_dir), data_dir, batch_size)
+    own = OwnData.read(config, data_dir)
+    return _code_grids(run_dir, config, weights_digest(run_dir), model, own, data_dir, batch_size)
 
 
 @dataclass
@@ -141,15 +142,16 @@ class OwnData:
 
 def _code_grids(
     run_dir: Path,
+    config: TrainConfig,
+    digest: str,
     model: VQVAE,
     own: OwnData | None,
     data_dir: str | Path | None,
     batch_size: int | None,
 ) -> dict[str, CodeSet]:
-    """:func:`code_grids` of the run's own ``model``, with one's own data already read."""
-    config = load_config(run_dir).train
+    """:func:`code_grids` of the run's own ``model`` (training settings ``config``, weights of
+    SHA-256 ``digest``), with one's own data already read."""
     batch_size = batch_size or config.eval_batch_size
-    digest = weights_digest(run_dir)
     own_sha256 = None if own is None else own.sha256
     cached = _load_cached(run_dir, digest, own_sha256, model)
     if cached is not None:
@@ -296,7 +298,7 @@ def _train_holding_the_lock(
     data = None if own is None else own.sha256
     if saved is not None:
         _check_state_fits(run_dir, saved, settings, digest, data)
-    grids = _code_grids(run_dir, model, own, data_dir, None)
+    grids = _code_grids(run_dir, train_config, digest, model, own, data_dir, None)
     train_set = _first(grids["train"], settings.train_limit)
     test_set = _first(grids["test"], settings.test_limit)
     constants = {  # repeated in every metrics record
