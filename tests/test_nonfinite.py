@@ -138,6 +138,31 @@ def test_a_repeated_sigterm_or_any_repeat_under_torchrun_lets_the_save_finish(wo
         assert stop.requested and stop.signal_number == signal.SIGTERM
 
 
+@pytest.mark.parametrize(
+    ("world_size", "failure", "held"),
+    [
+        (2, "Connection closed by peer", True),
+        (2, "some other failure", False),
+        (1, "Connection closed by peer", False),
+    ],
+)
+def test_sigterm_stays_a_request_after_a_torchrun_job_lost_a_process(world_size, failure, held):
+    # torchrun sends the process left SIGTERM a moment after another died: with the default
+    # handler back when the loop's error left this block, it sometimes died before saying why.
+    before = signal.getsignal(signal.SIGTERM)
+    stop = StopRequest(Context(rank=0, world_size=world_size))
+    try:
+        with pytest.raises(RuntimeError), stop.installed():
+            raise RuntimeError(failure)
+        assert (signal.getsignal(signal.SIGTERM) != before) == held
+        assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+        if held:
+            os.kill(os.getpid(), signal.SIGTERM)  # would end the test run with the default
+            assert stop.requested
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 TINY_TRAIN = [
     "--preset", "efficient", "--train-limit", "256", "--test-limit", "64", "--batch-size", "32",
     "--hidden-dim", "16", "--embedding-dim", "8", "--num-embeddings", "16", "--quiet",

@@ -130,12 +130,17 @@ def require_one_process(command: str) -> None:
         )
 
 
+def is_lost_process(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective's failure because another process of the job is gone."""
+    distributed_error = getattr(dist, "DistError", ())  # NCCL's and the store's errors
+    return isinstance(exc, distributed_error) or any(s in str(exc) for s in LOST_PROCESS_SIGNS)
+
+
 def lost_process_message(exc: BaseException, resume: str | None = None) -> str | None:
     """One sentence for a collective that failed because another process of the job stopped
     or lost its connection, else None. ``resume`` is the command line that continues the run
     from its saved state; None when the run has saved none (or its folder is not known here)."""
-    distributed_error = getattr(dist, "DistError", ())  # NCCL's and the store's errors
-    if not (isinstance(exc, distributed_error) or any(s in str(exc) for s in LOST_PROCESS_SIGNS)):
+    if not is_lost_process(exc):
         return None
     lost = (
         "Another process of this torchrun job stopped or lost its connection (torchrun's report "

@@ -199,8 +199,17 @@ class StopRequest:
             yield self
             return
         previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        peers_lost = False
         try:
             yield self
+        except BaseException as exc:
+            peers_lost = self.context.enabled and distributed.is_lost_process(exc)
+            raise
         finally:
             for number, handler in previous.items():
-                signal.signal(number, handler)
+                # When another process of the job is gone, torchrun sends this one SIGTERM a
+                # moment later; with the default handler back it died before it said why it
+                # stopped. The process is about to exit (torchrun kills it 30 s after that
+                # signal), so SIGTERM stays a request no one acts on.
+                if not (peers_lost and number == signal.SIGTERM):
+                    signal.signal(number, handler)
