@@ -29,7 +29,7 @@ from report_helpers import (
     train_on,
 )
 
-from vqkit import prior_replacement, runfiles
+from vqkit import prior_replacement, report_plots, runfiles
 from vqkit.cli import main
 from vqkit.data import OWN_DATASET, load_split
 from vqkit.errors import VqkitError
@@ -364,6 +364,16 @@ def test_a_plot_is_shown_at_96_css_pixels_per_inch_of_its_own_dpi():
     Image.new("RGB", (300, 120), "white").save(buffer, format="PNG")
     assert 'style="width:192px"' in image(buffer.getvalue(), "plot")  # 300 px at 150 dpi
     assert 'style="width:288px"' in image(buffer.getvalue(), "usage", density=100 / 96)
+
+
+def test_the_lines_of_one_plot_differ_in_more_than_colour(monkeypatch):
+    # The prior's train and test curves were told apart by red and blue alone.
+    drawn = []
+    monkeypatch.setattr(report_plots, "_png", lambda figure: drawn.append(figure) or b"")
+    report_plots.prior_nll_png([1, 2], [3.0, 2.5], [3.1, 2.7], {"uniform": 7.0, "unigram": 6.0})
+    (axes,) = drawn[0].axes
+    looks = [(line.get_marker(), line.get_linestyle()) for line in axes.get_lines()]
+    assert len(looks) == 4 and len(set(looks)) == 4, looks
 
 
 def test_configuration_leaves_out_the_settings_that_change_nothing(full_run):

@@ -15,6 +15,9 @@ DPI = 150
 PANEL_SIZE = (3.6, 2.8)  # inches per panel of a row of small plots
 WIDE_SIZE = (7.2, 3.2)  # inches of a single wide plot
 COLORS = {"train": "#2563eb", "test": "#dc2626", "codes": "#059669", "muted": "#6b7280"}
+# Marker shapes tell the train and test curves of one plot apart without their colours (for
+# readers who do not see red from blue, and on a grey printout).
+MARKERS = {"train": "o", "test": "s"}
 BASELINE_STYLES = {"uniform": ":", "unigram": "--"}
 GRID_ALPHA = 0.3
 CEILING_HEADROOM = 1.05  # room above a limit line so it does not sit on the frame
@@ -90,8 +93,9 @@ def prior_nll_png(
     """Prior bits per code against epoch, with baselines (name -> bits) as horizontal lines."""
     figure = _new_figure(WIDE_SIZE)
     axes = figure.subplots()
-    axes.plot(epochs, train_bits, marker="o", color=COLORS["train"], label="prior, train")
-    axes.plot(epochs, test_bits, marker="o", color=COLORS["test"], label="prior, test")
+    for split, bits in (("train", train_bits), ("test", test_bits)):
+        style = {"marker": MARKERS[split], "color": COLORS[split]}
+        axes.plot(epochs, bits, **style, label=f"prior, {split}")
     for name, bits in baselines.items():
         style = BASELINE_STYLES.get(name, "-.")
         axes.axhline(bits, color=COLORS["muted"], linestyle=style, label=f"{name} ({bits:.2f})")
