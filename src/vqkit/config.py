@@ -369,12 +369,7 @@ class TrainConfig:
             self.dataset in DATASETS,
             f"Unknown dataset {self.dataset!r}; valid datasets are: {', '.join(DATASETS)}.",
         )
-        _require(self.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
-        _require(self.batch_size >= 1, "The batch size must be at least 1 (--batch-size).")
-        _require(
-            math.isfinite(self.lr) and self.lr > 0,
-            "The learning rate must be a finite number > 0 (--lr).",
-        )
+        check_loop_settings(self)
         _require(
             self.eval_batch_size >= 1,
             "The evaluation batch size must be at least 1 (--eval-batch-size).",
@@ -420,6 +415,16 @@ class TrainConfig:
         folder recorded at training (own datasets), else None (the named datasets' sources)."""
         given = path_or_none(given, "The data folder (--data-dir)")
         return given if given is not None else self.data_dir
+
+
+def check_loop_settings(settings: Any) -> None:
+    """Checks of the loop settings VQ-VAE and prior training share: epochs, batch, rate."""
+    _require(settings.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
+    _require(settings.batch_size >= 1, "The batch size must be at least 1 (--batch-size).")
+    _require(
+        math.isfinite(settings.lr) and settings.lr > 0,
+        "The learning rate must be a finite number > 0 (--lr).",
+    )
 
 
 def check_run_controls(settings: Any) -> None:

@@ -47,6 +47,7 @@ from vqkit.config import (
     PRECISIONS,
     _from_dict,
     _require,
+    check_loop_settings,
     check_run_controls,
     require_typed_settings,
 )
@@ -99,12 +100,7 @@ class PriorConfig:
         )
         _require(0.0 <= self.dropout < 1.0, "The dropout must be in [0, 1) (--dropout).")
         _require(self.num_classes >= 1, "The number of classes must be at least 1.")
-        _require(self.epochs >= 1, "The number of epochs must be at least 1 (--epochs).")
-        _require(self.batch_size >= 1, "The batch size must be at least 1 (--batch-size).")
-        _require(
-            math.isfinite(self.lr) and self.lr > 0,
-            "The learning rate must be a finite number > 0 (--lr).",
-        )
+        check_loop_settings(self)
         _require(
             math.isfinite(self.weight_decay) and self.weight_decay >= 0,
             "The prior's weight decay must be a finite number >= 0.",
