@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vqkit import acceleration
 from vqkit.acceleration import (
     CompiledStep,
     autocast,
@@ -72,6 +73,27 @@ def test_cosine_warms_up_linearly_then_follows_a_half_cosine():
 def test_schedules_accept_runs_too_short_for_their_phases():
     settings = TrainConfig(lr=1e-3, lr_schedule="onecycle", warmup_fraction=0.25)
     assert all(rate > 0 for rate in rates(settings, 3))
+
+
+@pytest.mark.parametrize(
+    ("machine", "onednn", "avx512_bf16", "amx", "native"),
+    [
+        ("x86_64", True, False, False, False),  # AVX-512 without bf16: emulated, slow
+        ("x86_64", True, True, False, True),
+        ("AMD64", True, False, True, True),
+        ("x86_64", False, True, True, False),
+        ("aarch64", True, False, False, True),  # Arm: oneDNN's check is the instruction's
+        ("aarch64", False, False, False, False),
+    ],
+)
+def test_bf16_counts_as_native_on_a_cpu_only_with_its_instructions(
+    monkeypatch, machine, onednn, avx512_bf16, amx, native
+):
+    monkeypatch.setattr(acceleration.platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert bf16_is_fast(CPU) is native
 
 
 def test_precision_auto_follows_the_hardware_and_unknown_names_are_refused():

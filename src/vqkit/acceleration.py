@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,9 @@ from torch import nn
 from vqkit.config import PRECISIONS, TrainConfig
 from vqkit.errors import VqkitError
 
+# platform.machine() names of x86-64 CPUs (Linux and macOS, Windows).
+X86_MACHINES = ("x86_64", "amd64")
+
 
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 convolutions are native on ``device`` (AVX512-BF16/AMX CPUs, Ampere+ GPUs)."""
@@ -28,7 +32,16 @@ def bf16_is_fast(device: torch.device) -> bool:
         # Without including_emulation=False, pre-Ampere GPUs (V100, T4) count as supported: bf16
         # tensors work there, but slowly.
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    if platform.machine().lower() not in X86_MACHINES:
+        return True  # on Arm, PyTorch's check asks for the bf16 instructions themselves
+    # On x86 PyTorch's check asks only for AVX-512 (BW, VL, DQ), where oneDNN emulates bf16
+    # (Skylake-SP, Cascade Lake): native bf16 needs AVX512-BF16 or AMX.
+    return any(
+        bool(getattr(torch.cpu, check, lambda: False)())
+        for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
