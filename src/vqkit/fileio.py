@@ -89,6 +89,18 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         handle.write(data)
 
 
+def write_bytes_if_changed(path: str | Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` (atomically) unless the file already holds exactly it, so an
+    unchanged file keeps its modification time; returns whether it wrote."""
+    try:
+        if Path(path).read_bytes() == data:
+            return False
+    except OSError:  # missing or unreadable: write it
+        pass
+    write_bytes_atomic(path, data)
+    return True
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     with atomic_open(path, "w") as handle:
         json.dump(obj, handle, indent=2, sort_keys=False)

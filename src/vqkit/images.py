@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from vqkit.fileio import atomic_open
+from vqkit.fileio import write_bytes_atomic
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -47,20 +48,26 @@ def tile(images: torch.Tensor | np.ndarray, columns: int, padding: int = 2) -> n
     return canvas
 
 
-def save_png(
-    canvas: np.ndarray, path: str | Path, scale: int = 1, stamp: dict[str, str] | None = None
-) -> Path:
-    """Write a uint8 (H, W) canvas as a grayscale PNG, enlarged ``scale`` times (nearest);
-    ``stamp`` (see vqkit.provenance) goes into the file's text chunks."""
+def png_bytes(canvas: np.ndarray, scale: int = 1, stamp: dict[str, str] | None = None) -> bytes:
+    """A uint8 (H, W) canvas as a grayscale PNG file's bytes, enlarged ``scale`` times
+    (nearest); ``stamp`` (see vqkit.provenance) goes into the file's text chunks."""
     image = Image.fromarray(canvas, mode="L")
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     chunks = PngInfo()
     for key, value in (stamp or {}).items():
         chunks.add_text(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=chunks)
+    return buffer.getvalue()
+
+
+def save_png(
+    canvas: np.ndarray, path: str | Path, scale: int = 1, stamp: dict[str, str] | None = None
+) -> Path:
+    """Write :func:`png_bytes` of ``canvas`` to ``path`` (atomically)."""
     path = Path(path)
-    with atomic_open(path, "wb") as handle:
-        image.save(handle, format="PNG", pnginfo=chunks)
+    write_bytes_atomic(path, png_bytes(canvas, scale, stamp))
     return path
 
 
@@ -75,12 +82,23 @@ def save_grid(
     return save_png(tile(images, columns), path, scale, stamp)
 
 
+# The reconstructions figure's enlargement: 28-pixel digits are small on a screen.
+COMPARISON_SCALE = 2
+
+
+def comparison_canvas(
+    originals: torch.Tensor | np.ndarray, reconstructions: torch.Tensor | np.ndarray
+) -> np.ndarray:
+    """Originals in the top row, their reconstructions right below (the tutorial's figure)."""
+    top, bottom = to_uint8(originals), to_uint8(reconstructions)
+    return tile(np.concatenate([top, bottom]), columns=top.shape[0])
+
+
 def save_comparison(
     originals: torch.Tensor | np.ndarray,
     reconstructions: torch.Tensor | np.ndarray,
     path: str | Path,
-    scale: int = 2,
+    scale: int = COMPARISON_SCALE,
 ) -> Path:
-    """Originals in the top row, their reconstructions right below (the tutorial's figure)."""
-    top, bottom = to_uint8(originals), to_uint8(reconstructions)
-    return save_grid(np.concatenate([top, bottom]), path, columns=top.shape[0], scale=scale)
+    """Write :func:`comparison_canvas` as a PNG."""
+    return save_png(comparison_canvas(originals, reconstructions), path, scale)

@@ -43,9 +43,9 @@ from vqkit.cuda_graph import (
 from vqkit.data import OWN_DATASET, Split, load_split
 from vqkit.devices import callers_random_state_kept, require_trainable_size, resolve_device
 from vqkit.errors import VqkitError
-from vqkit.fileio import append_jsonl, write_bytes_atomic
+from vqkit.fileio import append_jsonl, write_bytes_if_changed
 from vqkit.guards import WEIGHTS_NOT_SAVED, NonFiniteGuard, StopRequest
-from vqkit.images import save_comparison
+from vqkit.images import COMPARISON_SCALE, comparison_canvas, png_bytes
 from vqkit.metrics import evaluate_reconstruction
 from vqkit.model import VQVAE
 from vqkit.run_folder import (
@@ -435,7 +435,10 @@ class _Run:
         self.model.eval()
         if self.context.is_main:
             if not trains_an_epoch:
-                keep_weights_file_true(self.run_dir, self.model)
+                # A resume of a finished run trains nothing: the weights file is written again
+                # only if it no longer holds the state's weights (damaged or missing).
+                weights = run_path(self.run_dir, runfiles.WEIGHTS)
+                write_bytes_if_changed(weights, state_dict_bytes(self.model))
             path = run_path(self.run_dir, runfiles.RECONSTRUCTIONS)
             write_reconstructions(self.model, self.test_images[:8], path)
         distributed.barrier(self.context)
@@ -579,23 +582,12 @@ class _Run:
         distributed.barrier(self.context)
 
 
-def keep_weights_file_true(run_dir: Path, model: VQVAE) -> None:
-    """Write the weights file again when it no longer holds ``model``'s weights: a resume of a
-    finished run trains nothing, and would otherwise report on the saved state's weights while
-    a damaged or missing model.safetensors stayed behind."""
-    path = run_path(run_dir, runfiles.WEIGHTS)
-    weights = state_dict_bytes(model)
-    try:
-        intact = path.read_bytes() == weights
-    except OSError:
-        intact = False
-    if not intact:
-        write_bytes_atomic(path, weights)
-
-
 @torch.no_grad()
 def write_reconstructions(model: VQVAE, images: torch.Tensor, path: Path) -> Path:
-    """Save originals (top row) above the model's reconstructions (bottom row)."""
+    """Save originals (top row) above the model's reconstructions (bottom row); a figure that
+    is already the same (a finished run resumed) is left untouched."""
     device = next(model.parameters()).device
     reconstructions = model(images.to(device)).reconstruction
-    return save_comparison(images, reconstructions, path)
+    canvas = comparison_canvas(images, reconstructions)
+    write_bytes_if_changed(path, png_bytes(canvas, COMPARISON_SCALE))
+    return path
