@@ -334,6 +334,29 @@ def test_a_split_that_is_not_a_pair_is_refused(tmp_path, split, message):
         write_own_dataset(tmp_path / "own", train=good, test=split)
 
 
+@pytest.mark.parametrize(
+    ("folder", "message"),
+    [
+        ("", "The dataset folder is empty; give the name of a folder."),
+        (" ", "The dataset folder is empty; give the name of a folder."),
+        (None, "The dataset folder is a path \\(a str or pathlib.Path\\), not None."),
+        (5, "The dataset folder is a path \\(a str or pathlib.Path\\), not 5."),
+    ],
+)
+def test_a_dataset_folder_that_names_none_is_refused(tmp_path, monkeypatch, folder, message):
+    monkeypatch.chdir(tmp_path)  # "" was the current folder, written into without a word
+    good = (np.zeros((1, 28, 28), np.uint8), np.zeros(1, np.uint8))
+    with pytest.raises(VqkitError, match=message):
+        write_own_dataset(folder, train=good, test=good)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ragged_nested_lists_are_refused_in_a_sentence(tmp_path):
+    ragged = [[0] * 28] * 27 + [[0] * 27]
+    with pytest.raises(VqkitError, match="The test images are not a rectangular array"):
+        write_own_dataset(tmp_path / "own", train=([[[0] * 28] * 28], [0]), test=([ragged], [0]))
+
+
 def test_writing_over_a_dataset_needs_overwrite(tmp_path):
     images, labels = np.zeros((2, 28, 28), np.uint8), np.array([0, 1])
     folder = write_own_dataset(tmp_path / "own", train=(images, labels), test=(images, labels))
@@ -341,6 +364,9 @@ def test_writing_over_a_dataset_needs_overwrite(tmp_path):
     brighter = (images + 9, labels)
     with pytest.raises(VqkitError, match="already holds dataset files"):
         write_own_dataset(folder, train=brighter, test=brighter)
+    for truthy in ("no", 1):  # a string such as "no" would have meant yes
+        with pytest.raises(VqkitError, match="overwrite must be True or False, not"):
+            write_own_dataset(folder, train=brighter, test=brighter, overwrite=truthy)
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
 
     # An uncompressed copy is what the reader would take first: overwrite removes it.

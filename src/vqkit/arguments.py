@@ -8,6 +8,8 @@ raised from deep inside torch (``'<' not supported between 'str' and 'int'``).
 from __future__ import annotations
 
 import numbers
+import os
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,6 +21,7 @@ from vqkit.errors import VqkitError
 T = TypeVar("T")
 __all__ = [
     "callable_or_none",
+    "folder",
     "instance",
     "integers",
     "pair_of_arrays",
@@ -53,6 +56,16 @@ def switch(value: Any, what: str, allow_none: bool = False) -> bool | None:
         choices = "True, False or None" if allow_none else "True or False"
         raise VqkitError(f"{what} must be {choices}, not {value!r}.")
     return value
+
+
+def folder(value: Any, what: str) -> Path:
+    """``value`` as a Path when it names a folder: a str or os.PathLike that is not empty
+    (``Path("")`` would quietly be the current folder)."""
+    if not isinstance(value, str | os.PathLike):
+        raise VqkitError(f"{what} is a path (a str or pathlib.Path), not {value!r}.")
+    if not str(value).strip():
+        raise VqkitError(f"{what} is empty; give the name of a folder.")
+    return Path(value)
 
 
 def callable_or_none(value: Any, what: str) -> Any:

@@ -33,6 +33,8 @@ def write_own_dataset(
     dataset files unless ``overwrite`` (which also removes their uncompressed copies: readers
     prefer those).
     """
+    folder = arguments.folder(folder, "The dataset folder")
+    overwrite = arguments.switch(overwrite, "overwrite")
     arrays = {}
     splits = {"train": arguments.pair_of_arrays(train, "The training split")}
     splits["test"] = arguments.pair_of_arrays(test, "The test split")
@@ -45,7 +47,6 @@ def write_own_dataset(
             )
         names = INFO["mnist"].files[split]
         arrays[names[0].name], arrays[names[1].name] = image_bytes, label_bytes
-    folder = Path(folder)
     existing = [
         path for name in arrays for path in (folder / name, folder / f"{name}.gz") if path.exists()
     ]
@@ -62,7 +63,7 @@ def write_own_dataset(
     return folder
 
 
-def _as_numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
+def _as_numpy(values: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
     """Any array or tensor as NumPy: a tensor is detached and moved to the CPU first, and
     half-precision floats (which NumPy lacks, bfloat16) become float32."""
     if isinstance(values, torch.Tensor):
@@ -70,16 +71,21 @@ def _as_numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
         if values.is_floating_point() and values.element_size() < 4:
             values = values.float()
         return values.numpy()
-    return np.asarray(values)
+    try:
+        return np.asarray(values)
+    except ValueError:  # nested lists of unequal lengths
+        raise VqkitError(
+            f"The {what} are not a rectangular array (rows of unequal length)."
+        ) from None
 
 
 def _own_images(images: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
-    array = _as_numpy(images)
+    array = _as_numpy(images, f"{split} images")
     if array.ndim == 4 and array.shape[1] == 1:  # (N, 1, 28, 28), as the model takes them too
         array = array[:, 0]
     if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or array.shape[0] == 0:
         raise VqkitError(
-            f"The {split} images have shape {_as_numpy(images).shape}; they must be "
+            f"The {split} images have shape {_as_numpy(images, split).shape}; they must be "
             "(N, 28, 28) or (N, 1, 28, 28), N >= 1."
         )
     if array.dtype.kind == "f":
@@ -93,7 +99,7 @@ def _own_images(images: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
 
 
 def _own_labels(labels: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
-    array = _as_numpy(labels)
+    array = _as_numpy(labels, f"{split} labels")
     if array.ndim != 1:
         raise VqkitError(f"The {split} labels have shape {array.shape}; they must be (N,).")
     return _as_bytes(array, f"{split} labels")
