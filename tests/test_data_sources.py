@@ -200,6 +200,13 @@ def test_download_from_file_mirror(tmp_path: Path, fake_fashion: Path) -> None:
     assert len(load_split("fashion-mnist", "test", download=False)) == 3
 
 
+@pytest.mark.parametrize("download", ["no", 0, None])
+def test_download_must_be_true_or_false(fake_fashion: Path, download) -> None:
+    # "no" is truthy: it would have downloaded when no local copy was there.
+    with pytest.raises(VqkitError, match=f"download must be True or False, not {download!r}"):
+        load_split("fashion-mnist", "test", download=download)
+
+
 def test_download_falls_back_to_second_mirror(tmp_path: Path, fake_fashion: Path) -> None:
     dest = tmp_path / "dl"
     paths = download_split(

@@ -22,6 +22,7 @@ from typing import IO, Literal
 import numpy as np
 import torch
 
+from vqkit import arguments
 from vqkit.config import path_or_none
 from vqkit.data.catalog import (
     DATASETS,
@@ -305,6 +306,7 @@ def load_split(
         if not isinstance(value, str):
             raise VqkitError(f"The {what} is named by a string, not {value!r}.")
     path_or_none(data_dir, "The data folder (--data-dir)")
+    download = arguments.switch(download, "download")  # "no" would have meant yes
     if dataset == OWN_DATASET:
         return _load_own_split(split, data_dir)
     info = _info(dataset, split)
