@@ -20,6 +20,7 @@ from vqkit import prior_training, runfiles, score
 from vqkit.checkpoint import load_model
 from vqkit.classifier import ClassifierConfig
 from vqkit.cli import main
+from vqkit.codes_io import save_codes
 from vqkit.data import load_split
 from vqkit.errors import VqkitError
 from vqkit.generate import SamplingContext, sample_codes
@@ -102,10 +103,10 @@ def test_cached_code_types_hold_the_largest_code(num_codes):
 
 @pytest.mark.parametrize(
     "bad_code",
-    [-7, 128, None, "scalar-labels"],
-    ids=["negative", "past-the-codebook", "empty-file", "scalar-labels"],
+    [-7, 128, None, "scalar-labels", "save-codes", "unhashed"],
+    ids=["negative", "past-the-codebook", "empty-file", "scalar-labels", "zeros", "old-cache"],
 )
-def test_a_cache_holding_codes_outside_the_codebook_is_recomputed(
+def test_a_code_cache_other_than_as_written_is_recomputed(
     bad_code, prior_run, tmp_path, monkeypatch
 ):
     # -7: what a wrapped int16 code looks like; 128: one past the model's 128 codes; None: a
@@ -118,6 +119,12 @@ def test_a_cache_holding_codes_outside_the_codebook_is_recomputed(
         path.write_bytes(b"")
     elif bad_code == "scalar-labels":
         np.save(run / runfiles.LABELS_TRAIN, np.array(5, dtype=np.int16))
+    elif bad_code == "save-codes":  # well-formed grids written over the cache from Python:
+        save_codes(np.zeros_like(codes), path)  # a prior trained on them without a word
+    elif bad_code == "unhashed":  # a cache written before its files' digests were recorded
+        meta = json.loads((run / runfiles.CODES_META).read_text())
+        del meta["files_sha256"]
+        (run / runfiles.CODES_META).write_text(json.dumps(meta))
     else:
         codes[0, 0, 0] = bad_code
         np.save(path, codes)

@@ -6,6 +6,7 @@ back. Reading validates everything a damaged or foreign file could get wrong.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 
 from vqkit import arguments, runfiles
 from vqkit.errors import VqkitError
-from vqkit.fileio import atomic_open
+from vqkit.fileio import write_bytes_atomic
 from vqkit.images import save_grid
 from vqkit.model import VQVAE
 
@@ -24,11 +25,17 @@ IMAGE_SUFFIXES = (".png", ".npy")
 NPY_MAGIC = b"\x93NUMPY"
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as the bytes of a ``.npy`` file, without pickling."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
 def save_npy(array: np.ndarray, path: str | Path) -> Path:
     """Write an array as ``.npy`` atomically and without pickling."""
     path = Path(path)
-    with atomic_open(path, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+    write_bytes_atomic(path, npy_bytes(array))
     return path
 
 

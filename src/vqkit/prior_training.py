@@ -9,6 +9,8 @@ uniform and unigram baselines, best-test checkpoint, early stopping, resume; the
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import math
 import sys
 from dataclasses import dataclass, field
@@ -27,12 +29,12 @@ from vqkit.checkpoint import (
     run_path,
     weights_digest,
 )
-from vqkit.codes_io import encode_images, save_npy
+from vqkit.codes_io import encode_images, npy_bytes
 from vqkit.config import TrainConfig, settings_differences
 from vqkit.data import OWN_DATASET, Split, dataset_classes, load_split
 from vqkit.devices import callers_random_state_kept, resolve_device
 from vqkit.errors import VqkitError
-from vqkit.fileio import read_json, write_json_atomic
+from vqkit.fileio import read_json, write_bytes_atomic, write_json_atomic
 from vqkit.model import VQVAE
 from vqkit.prior import PixelCNNPrior, PriorConfig, load_prior
 from vqkit.prior_loop import PriorLoop, code_nll, damaged_state
@@ -83,10 +85,13 @@ def _load_cached(
             return None
         if own_data_sha256 is not None and meta.get("data_sha256") != own_data_sha256:
             return None  # the run's data folder now holds other images or labels
+        files = meta.get("files_sha256")
+        if not isinstance(files, dict):
+            return None  # a cache from before its files were hashed
         result = {}
         for split in SPLITS:
-            codes = np.load(run_path(run_dir, CODE_FILES[split]), allow_pickle=False)
-            labels = np.load(run_path(run_dir, LABEL_FILES[split]), allow_pickle=False)
+            codes = _cached_array(run_dir, CODE_FILES[split], files)
+            labels = _cached_array(run_dir, LABEL_FILES[split], files)
             size = model.config.grid_size
             shape_fits = labels.ndim == 1 and codes.shape == (labels.shape[0], size, size)
             if not shape_fits or codes.min() < 0 or codes.max() >= model.num_codes:
@@ -97,6 +102,23 @@ def _load_cached(
         return result
     except (VqkitError, OSError, ValueError, EOFError):  # np.load of an empty file: EOFError
         return None  # missing or damaged: recomputed
+
+
+def _cached_array(run_dir: Path, name: str, files: dict[str, Any]) -> np.ndarray:
+    """The array in the cache file ``name`` when its bytes are the ones the cache wrote (so
+    grids written over it, by ``save_codes`` or by hand, are never trained on); else
+    ValueError."""
+    data = run_path(run_dir, name).read_bytes()
+    if files.get(name) != hashlib.sha256(data).hexdigest():
+        raise ValueError(f"{name} is not the file the code grid cache wrote")
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _write_cached_array(run_dir: Path, name: str, array: np.ndarray) -> str:
+    """Write one file of the code grid cache; returns the SHA-256 of its bytes."""
+    data = npy_bytes(array)
+    write_bytes_atomic(run_path(run_dir, name), data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def code_grids(
@@ -157,20 +179,18 @@ def _code_grids(
     if cached is not None:
         return cached
     splits = own.splits if own is not None else _read_splits(config, data_dir)
-    result = {}
+    result, files = {}, {}
     for split, data in splits.items():
         result[split] = CodeSet(extract_codes(model, data.images, batch_size), data.labels)
-        save_npy(
-            result[split].codes.numpy().astype(code_dtype(model.num_codes)),
-            run_path(run_dir, CODE_FILES[split]),
-        )
-        save_npy(
-            result[split].labels.numpy().astype(np.int16), run_path(run_dir, LABEL_FILES[split])
-        )
+        codes = result[split].codes.numpy().astype(code_dtype(model.num_codes))
+        files[CODE_FILES[split]] = _write_cached_array(run_dir, CODE_FILES[split], codes)
+        labels = result[split].labels.numpy().astype(np.int16)
+        files[LABEL_FILES[split]] = _write_cached_array(run_dir, LABEL_FILES[split], labels)
     meta = {
         "weights_sha256": digest,
         "data_sha256": own_sha256,  # of the very tensors encoded
         "dataset": config.dataset,
+        "files_sha256": files,
     }
     meta.update({split: int(result[split].codes.shape[0]) for split in SPLITS})
     write_json_atomic(run_path(run_dir, runfiles.CODES_META), meta)

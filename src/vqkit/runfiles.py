@@ -45,7 +45,9 @@ FILE_NAMES = tuple(
 #       (+ "skipped_nonfinite_steps" once --skip-nonfinite skipped any)
 #   codes.json        {"weights_sha256": hex, "dataset": name, "train": N, "test": N,
 #                      "data_sha256": hex | null (one's own data's images and labels, both
-#                      splits; null for a named dataset; absent in older files)}
+#                      splits; null for a named dataset; absent in older files),
+#                      "files_sha256": {cache file name: hex of its bytes} (absent in older
+#                      files: such a cache is made again)}
 #   scores.json       {"n": N, "seed": int, "classifier_test_accuracy": float,
 #                      "classifier_sha256": hex (the classifier's weights, safetensors bytes),
 #                      "rows": [{"name": "real test images" | "real training images" |
