@@ -14,6 +14,7 @@ from vqkit.config import preset_config
 from vqkit.devices import TRAINING_BYTES_PER_PARAMETER, require_trainable_size
 from vqkit.errors import VqkitError
 from vqkit.model import VQVAE
+from vqkit.prior import MAX_PRIOR_KERNEL, MAX_PRIOR_LAYERS, PriorConfig
 
 
 def test_the_count_is_that_of_the_real_model(monkeypatch):
@@ -51,6 +52,27 @@ def test_a_model_that_cannot_be_built_on_the_meta_device_is_not_checked(monkeypa
     require_trainable_size(reads_a_value, torch.device("cpu"), "VQ-VAE", "--x")
     with pytest.raises(VqkitError, match="would have 6 parameters"):
         require_trainable_size(lambda: torch.nn.Linear(2, 2), torch.device("cpu"), "VQ-VAE", "--x")
+
+
+def test_a_model_whose_sizes_overflow_on_the_meta_device_is_refused(tmp_path, capsys):
+    # 2**62 codes of 64 dimensions: PyTorch cannot even describe the tensor, and the check,
+    # skipped, left training to fail with "Storage size calculation overflowed".
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "efficient", "--num-embeddings", str(2**62), "--out", str(out)]
+    assert main([*argv, "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "The VQ-VAE would hold tensors larger than any memory (their sizes overflow" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_prior_shapes_far_beyond_any_use_are_refused_before_anything_is_built():
+    # 10**9 layers were built for ten minutes until memory ran out.
+    for settings, flag in [({"layers": 10**9}, "--layers"), ({"channels": 10**9}, "--channels")]:
+        with pytest.raises(VqkitError, match=f"must be 1 to [0-9]+ \\({flag}\\), not 1000000000"):
+            PriorConfig(**settings)
+    with pytest.raises(VqkitError, match="an odd number from 3 to 63, not 1000000001"):
+        PriorConfig(kernel_size=10**9 + 1)
+    PriorConfig(layers=MAX_PRIOR_LAYERS, channels=8, kernel_size=MAX_PRIOR_KERNEL)  # the limits
 
 
 def test_train_refuses_it_before_making_its_folder(tmp_path, monkeypatch, capsys):

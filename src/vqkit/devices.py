@@ -26,6 +26,10 @@ def memory_bytes(device: torch.device) -> int | None:
         return None
 
 
+# What PyTorch says when a tensor's byte count does not fit 64 bits (on any device, meta too).
+SIZE_OVERFLOW = "Storage size calculation overflowed"
+
+
 def require_trainable_size(
     build: Callable[[], nn.Module], device: torch.device, what: str, flags: str
 ) -> None:
@@ -37,7 +41,12 @@ def require_trainable_size(
     try:
         with torch.device("meta"):
             model = build()
-    except Exception:  # any failure only costs the check, never the training
+    except Exception as exc:  # any other failure only costs the check, never the training
+        if SIZE_OVERFLOW in str(exc):  # a tensor of more than 2**63 bytes, even without data
+            raise VqkitError(
+                f"The {what} would hold tensors larger than any memory (their sizes overflow "
+                f"64-bit counts); choose a smaller {flags}."
+            ) from None
         return
     count = sum(t.numel() for t in itertools.chain(model.parameters(), model.buffers()))
     need, have = count * TRAINING_BYTES_PER_PARAMETER, memory_bytes(device)

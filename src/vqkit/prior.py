@@ -44,6 +44,7 @@ from vqkit.checkpoint import (
     run_path,
 )
 from vqkit.config import (
+    MAX_WIDTH,
     PRECISIONS,
     _from_dict,
     _require,
@@ -56,6 +57,12 @@ from vqkit.fileio import read_json_object, write_json_atomic
 from vqkit.generate import SamplingContext, register_strategy
 from vqkit.prior_replacement import interrupted_replacement
 from vqkit.run_lock import writer_of
+
+# Bounds far above any useful prior (the default has 7 layers of 32 channels, kernel 3, and
+# a 7x7 grid is covered by 4 layers): without them 10**9 layers were built for ten minutes
+# until memory ran out, before the memory check could say anything.
+MAX_PRIOR_LAYERS = 100
+MAX_PRIOR_KERNEL = 63
 
 
 @dataclass
@@ -92,11 +99,18 @@ class PriorConfig:
         require_typed_settings(self, "prior")
         _require(self.num_codes >= 2, "The prior needs a codebook of at least 2 codes.")
         _require(self.grid_size >= 1, "The code grid size must be at least 1.")
-        _require(self.channels >= 1, "The prior needs at least 1 channel (--channels).")
-        _require(self.layers >= 1, "The prior needs at least 1 layer (--layers).")
         _require(
-            self.kernel_size >= 3 and self.kernel_size % 2 == 1,
-            "The prior's kernel size must be an odd number >= 3.",
+            1 <= self.channels <= MAX_WIDTH,
+            f"The prior's channels must be 1 to {MAX_WIDTH} (--channels), not {self.channels}.",
+        )
+        _require(
+            1 <= self.layers <= MAX_PRIOR_LAYERS,
+            f"The prior's layers must be 1 to {MAX_PRIOR_LAYERS} (--layers), not {self.layers}.",
+        )
+        _require(
+            3 <= self.kernel_size <= MAX_PRIOR_KERNEL and self.kernel_size % 2 == 1,
+            f"The prior's kernel size must be an odd number from 3 to {MAX_PRIOR_KERNEL}, not "
+            f"{self.kernel_size}.",
         )
         _require(0.0 <= self.dropout < 1.0, "The dropout must be in [0, 1) (--dropout).")
         _require(self.num_classes >= 1, "The number of classes must be at least 1.")
