@@ -362,8 +362,26 @@ def test_names_that_are_not_strings_are_one_sentence(call, fragment):
         (lambda: DemoSettings(dataset="idx"), "'dataset' must be one of mnist, fashion-mnist"),
         (lambda: DemoSettings(preset="huge"), "'preset' must be one of default"),
         (lambda: DemoSettings(interpolation_pair=(3, 80)), "names a class that mnist does not"),
+        # Accepted, these failed to allocate at the samples stage, after minutes of training.
+        (
+            lambda: DemoSettings(samples_per_figure=2**62),
+            "'samples_per_figure' must be at most 4,096, not 4,611,686,018,427,387,904",
+        ),
+        (lambda: DemoSettings(score_samples=10**9), "'score_samples' must be at most 1,000,000"),
+        (lambda: DemoSettings(interpolation_steps=10**9), "'interpolation_steps' must be at most"),
     ],
-    ids=["run-model", "run-version", "epochs", "precision", "dataset", "preset", "pair"],
+    ids=[
+        "run-model",
+        "run-version",
+        "epochs",
+        "precision",
+        "dataset",
+        "preset",
+        "pair",
+        "figure-samples",
+        "score-samples",
+        "interpolation-steps",
+    ],  # fmt: skip
 )
 def test_settings_are_checked_when_built_not_minutes_later(build, fragment):
     with pytest.raises(VqkitError) as refused:

@@ -38,6 +38,10 @@ from vqkit.training import train
 from vqkit.usage import code_usage
 from vqkit.wording import on_test_images
 
+# Upper bounds of the demo's sampling settings, far above its defaults: a figure of 4,096
+# samples, a strip of 1,000 steps, scores over a million samples.
+MOST = {"samples_per_figure": 4096, "interpolation_steps": 1000, "score_samples": 1_000_000}
+
 
 @dataclass
 class DemoSettings:
@@ -90,6 +94,12 @@ class DemoSettings:
             if value is not None and value < minimum:
                 raise VqkitError(
                     f"The 'demo' setting '{name}' must be at least {minimum}, not {value}."
+                )
+        for name, most in MOST.items():  # else the stage failed to allocate, after training
+            if getattr(self, name) > most:
+                raise VqkitError(
+                    f"The 'demo' setting '{name}' must be at most {most:,}, not "
+                    f"{getattr(self, name):,}."
                 )
         pair = self.interpolation_pair
         if len(pair) != 2 or not all(type(c) is int and c >= 0 for c in pair):

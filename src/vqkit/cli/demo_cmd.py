@@ -49,7 +49,7 @@ def register(subparsers) -> None:
         "--score-samples",
         type=whole_number_at_least(2),
         default=2000,
-        help="samples per strategy for the scores (default 2000)",
+        help="samples per strategy for the scores (default 2000, at most 1,000,000)",
     )
     parser.add_argument(
         "--seed", type=seed, default=0, help="seeds every stage: training, sampling (default 0)"
