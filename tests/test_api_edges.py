@@ -14,7 +14,7 @@ from report_helpers import make_full_run, train_on
 from vqkit import runfiles
 from vqkit.checkpoint import load_config, prior_is_stale
 from vqkit.classifier import ClassifierConfig, train_classifier
-from vqkit.codes_io import decode_codes
+from vqkit.codes_io import decode_codes, encode_images, load_codes, save_codes
 from vqkit.config import QuantizerConfig, RunConfig, TrainConfig, preset_config
 from vqkit.data import load_split, write_own_dataset
 from vqkit.demo import DemoSettings, run_demo
@@ -240,6 +240,21 @@ WRONG_ARGUMENTS = {
         "classes are 0 to 9",
     ),
     "demo folder int": (lambda m, run: run_demo(5), "not 5"),
+    # The batched helpers generation.md names: torch's own errors before.
+    "encode batch zero": (lambda m, run: encode_images(m, DIGIT[None], 0), "batch size must be"),
+    "encode batch text": (lambda m, run: encode_images(m, DIGIT[None], "4"), "not '4'"),
+    "encode array": (lambda m, run: encode_images(m, DIGIT[None].numpy(), 4), "must be a Tensor"),
+    "encode no model": (lambda m, run: encode_images(None, DIGIT[None], 4), "must be a VQVAE"),
+    "decode batch float": (
+        lambda m, run: decode_codes(m, torch.zeros(1, 7, 7, dtype=torch.long), 2.5),
+        "not 2.5",
+    ),
+    "load codes count text": (
+        lambda m, run: load_codes(run / "x.npy", "32", 7),
+        "number of codes must be a whole number of at least 1, not '32'",
+    ),
+    "load codes no path": (lambda m, run: load_codes(None, 32, 7), "is a path"),
+    "save codes no path": (lambda m, run: save_codes(torch.zeros(1, 7, 7).long(), None), "path"),
     "fsq levels text": (  # a tuple is taken as the list it holds
         lambda m, run: QuantizerConfig(quantizer="fsq", fsq_levels="8,5"),
         "must be a list, not '8,5' (a str)",

@@ -25,6 +25,7 @@ __all__ = [
     "instance",
     "integers",
     "pair_of_arrays",
+    "path",
     "path_or_none",
     "real_number",
     "seed",
@@ -56,6 +57,13 @@ def switch(value: Any, what: str, allow_none: bool = False) -> bool | None:
         choices = "True, False or None" if allow_none else "True or False"
         raise VqkitError(f"{what} must be {choices}, not {value!r}.")
     return value
+
+
+def path(value: Any, what: str) -> str | os.PathLike:
+    """``value`` when it is a path (a str or os.PathLike), not None; else one sentence."""
+    if value is None:
+        raise VqkitError(f"{what} is a path (a str or pathlib.Path), not None.")
+    return path_or_none(value, what)
 
 
 def folder(value: Any, what: str) -> Path:

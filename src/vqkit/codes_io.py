@@ -10,7 +10,7 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ def save_npy(array: np.ndarray, path: str | Path) -> Path:
 
 def save_codes(codes: torch.Tensor | np.ndarray, path: str | Path) -> Path:
     """Code grids (N, h, w) of an integer type as an int64 ``.npy`` file."""
+    arguments.path(path, "The codes file")
     require_suffix(path, (".npy",), "codes file")
     # Floats are refused (3.7 would be stored as code 3 without a word), as decode does.
     codes = arguments.integers(codes, "The code grids to save", arrays=True)
@@ -71,7 +72,9 @@ def _require_data_the_header_promises(handle: BinaryIO, path: Path) -> None:
 
 def load_codes(path: str | Path, num_codes: int, grid_size: int) -> torch.Tensor:
     """Validated code grids (N, h, w) int64 from ``.npy``; a single (h, w) grid becomes N=1."""
-    path = Path(path)
+    path = Path(arguments.path(path, "The codes file"))
+    arguments.whole_number(num_codes, "The number of codes", 1)
+    arguments.whole_number(grid_size, "The grid size", 1)
     try:
         with path.open("rb") as handle:
             # np.load would also accept .npz archives and (refused) pickles: check the magic.
@@ -166,9 +169,19 @@ def write_images(
     return save_npy(array.clamp(0.0, 1.0).numpy().astype(np.float32), path)
 
 
+def _require_model_and_batch(model: Any, batch_size: Any) -> None:
+    """The checks both batched helpers share (a torch.compile'd model is checked inside)."""
+    arguments.instance(
+        getattr(model, "_orig_mod", model), VQVAE, "The model", "VQVAE.from_run(run)"
+    )
+    arguments.whole_number(batch_size, "The batch size", 1)
+
+
 @torch.no_grad()
 def encode_images(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Code grids (N, h, w) int64 on the CPU of uint8 images (N, H, W), in batches."""
+    _require_model_and_batch(model, batch_size)
+    arguments.instance(images, torch.Tensor, "The images", "a (N, 28, 28) uint8 tensor")
     device = next(model.parameters()).device
     return torch.cat([model.encode(part.to(device)).cpu() for part in images.split(batch_size)])
 
@@ -176,6 +189,7 @@ def encode_images(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.
 @torch.no_grad()
 def decode_codes(model: VQVAE, codes: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Images (N, C, H, W) in [0, 1] on the CPU of code grids (N, h, w), in batches."""
+    _require_model_and_batch(model, batch_size)
     codes = arguments.integers(codes, "Code grids (N, h, w)", arrays=True)  # NumPy's too
     device = next(model.parameters()).device
     return torch.cat([model.decode(part.to(device)).cpu() for part in codes.split(batch_size)])
