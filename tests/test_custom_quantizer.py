@@ -52,6 +52,23 @@ def test_a_built_in_name_cannot_be_taken():
         register_quantizer("fsq")
 
 
+@pytest.mark.parametrize("name", [["x"], "", None])
+def test_a_quantizer_name_must_be_a_non_empty_string(name):
+    # A list raised "unhashable type" from inside the registry.
+    with pytest.raises(VqkitError, match="registered under a name \\(a non-empty str\\)"):
+        register_quantizer(name)
+
+
+@pytest.mark.parametrize("made", [lambda config: 1, type("NotAModule", (), {})])
+def test_only_a_module_class_can_be_registered(made):
+    # A function was taken, and building a model raised AttributeError: type object 'int' has
+    # no attribute 'forward'.
+    with pytest.raises(VqkitError, match="decorates a class derived from torch.nn.Module"):
+        register_quantizer("not-a-module")(made)
+    with pytest.raises(VqkitError, match="registered with vqkit.quantize.register_quantizer"):
+        QuantizerConfig(quantizer="not-a-module")
+
+
 def test_another_class_cannot_take_a_registered_name_but_the_same_class_may_return():
     with pytest.raises(VqkitError, match="'counting-vq' is already registered by"):
 

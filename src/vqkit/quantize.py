@@ -139,10 +139,17 @@ def register_quantizer(name: str) -> Callable[[type], type]:
     gets the whole QuantizerConfig (``num_embeddings``, ``embedding_dim``, ``beta``, ...). A run
     trained with it records only the name, so code that loads the run must register it first.
     """
+    if not isinstance(name, str) or not name.strip():
+        raise VqkitError(f"A quantizer is registered under a name (a non-empty str), not {name!r}.")
     if name in QUANTIZERS:
         raise VqkitError(f"'{name}' is a built-in quantizer; register yours under another name.")
 
     def register(cls):
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise VqkitError(
+                f"register_quantizer('{name}') decorates a class derived from torch.nn.Module "
+                f"(vqkit.vq.VectorQuantizer, say), not {cls!r}."
+            )
         earlier = REGISTERED_QUANTIZERS.get(name)
         # The same class defined again (a notebook cell run twice) replaces itself; another
         # class would silently change what runs of that name load.
@@ -178,7 +185,7 @@ def _build_registered(config: QuantizerConfig) -> nn.Module:
     cls = REGISTERED_QUANTIZERS[config.quantizer]
     quantizer = cls(config)
     missing = [name for name in QUANTIZER_CONTRACT if not hasattr(quantizer, name)]
-    if type(quantizer).forward is nn.Module.forward:  # every module has one, raising if unset
+    if getattr(type(quantizer), "forward", None) is nn.Module.forward:  # raises if unset
         missing.insert(0, "forward")
     if not isinstance(quantizer, nn.Module) or missing:
         lacks = ", ".join(missing) if missing else "nn.Module as its base class"
