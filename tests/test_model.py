@@ -59,6 +59,29 @@ def test_uint8_and_float_inputs_agree():
     assert torch.equal(from_uint8, from_float)
 
 
+@pytest.mark.parametrize("wide", [torch.uint16, torch.uint32, torch.uint64])
+def test_wide_unsigned_pixels_and_codes_work_as_int64_ones(wide):
+    # torch has no min or max of these types: encode and decode raised NotImplementedError.
+    model = VQVAE(preset_config("efficient").model).eval()
+    batch = images(3)
+    codes = model.encode(batch)
+    assert torch.equal(model.encode(batch.to(wide)), codes)
+    assert torch.equal(model.decode(codes.to(wide)), model.decode(codes))
+    assert torch.equal(
+        model.quantizer.codes_to_latents(codes.to(wide)), model.quantizer.codes_to_latents(codes)
+    )
+    with pytest.raises(VqkitError, match="pixels 0-255, and these range from 256 to 256"):
+        model.encode(torch.full((1, 28, 28), 256).to(wide))
+    with pytest.raises(VqkitError, match="lie in 0 to 127 for this model's codebook"):
+        model.decode(torch.full((1, 7, 7), 128).to(wide))
+
+
+def test_fp8_pixels_are_read_as_floats():
+    model = VQVAE(preset_config("efficient").model).eval()
+    pixels = torch.rand(2, 28, 28).to(torch.float8_e4m3fn)
+    assert torch.equal(model.encode(pixels), model.encode(pixels.float()))
+
+
 @pytest.mark.parametrize("quantizer", ["vq", "fsq"])
 def test_a_float64_model_computes_in_float64_what_the_float32_one_does(quantizer):
     """``model.double()`` (for gradient checks) takes uint8 or float64 images and keeps every

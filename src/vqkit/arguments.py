@@ -31,6 +31,7 @@ __all__ = [
     "seed",
     "switch",
     "whole_number",
+    "widened",
 ]
 
 
@@ -132,4 +133,14 @@ def integers(value: Any, what: str, arrays: bool = False) -> torch.Tensor:
     wrong = value.is_floating_point() or value.is_complex() or value.dtype == torch.bool
     if wrong and value.numel():
         raise VqkitError(f"{what} must hold integers, not {value.dtype}.")
-    return value
+    return widened(value)
+
+
+# Unsigned integer types wider than a byte: torch has few kernels for them (no min or max).
+WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+
+
+def widened(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as int64 when its type is one of WIDE_UNSIGNED (a uint64 above 2**63 wraps
+    to a negative number, which range checks then refuse), else unchanged."""
+    return tensor.to(torch.int64) if tensor.dtype in WIDE_UNSIGNED else tensor

@@ -122,7 +122,7 @@ class FiniteScalarQuantizer(nn.Module):
 
         Codes must lie in 0 .. num_codes - 1: checked for CPU tensors; on a GPU others wrap to
         another code's latents (reading them would make it wait; ``VQVAE.decode`` checks once)."""
-        require_code_tensor(codes)
+        codes = require_code_tensor(codes)
         if codes.device.type == "cpu":
             require_codes_in_range(codes, self.num_codes)
         values = self.codes_to_values(codes.reshape(-1))  # (N, c)

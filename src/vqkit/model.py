@@ -113,6 +113,9 @@ def images_to_input(images: torch.Tensor) -> torch.Tensor:
         )
     if images.dim() == 3:
         images = images.unsqueeze(1)
+    images = arguments.widened(images)  # uint16 and wider: checked as int64 below
+    if images.is_floating_point() and images.element_size() == 1:  # fp8: no min or max either
+        images = images.float()
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
     if images.dtype == torch.bool or images.is_complex():

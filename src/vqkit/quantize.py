@@ -85,6 +85,7 @@ def positions_per_item(shape: torch.Size) -> int:
 def require_codes_in_range(codes: torch.Tensor, num_codes: int) -> None:
     """Refuse codes outside 0 .. num_codes - 1 with one sentence (one read of min and max, so a
     GPU caller checks once, before its loop, not per step)."""
+    codes = arguments.widened(codes)
     if codes.numel():  # FSQ would wrap an out-of-range code silently; VQ would IndexError
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high >= num_codes:
@@ -94,11 +95,13 @@ def require_codes_in_range(codes: torch.Tensor, num_codes: int) -> None:
             )
 
 
-def require_code_tensor(codes: torch.Tensor) -> None:
-    """Refuse code indices that are not an integer tensor of at least one dimension (B, *S)."""
-    arguments.integers(codes, "Codes (B, ...)")
+def require_code_tensor(codes: torch.Tensor) -> torch.Tensor:
+    """Refuse code indices that are not an integer tensor of at least one dimension (B, *S);
+    returns them, unsigned types wider than a byte as int64 (torch has no min of those)."""
+    codes = arguments.integers(codes, "Codes (B, ...)")
     if codes.dim() == 0:
         raise VqkitError("Codes must have a batch dimension (B, ...); this is a single number.")
+    return codes
 
 
 @torch.no_grad()

@@ -102,7 +102,7 @@ class VectorQuantizer(nn.Module):
         """Codebook vectors of integer codes: (B, H, W) -> (B, D, H, W) (any (B, *S) ->
         (B, D, *S)). Codes must lie in 0 .. num_codes - 1: checked for CPU tensors, not for
         GPU ones (reading them would make the GPU wait; ``VQVAE.decode`` checks once)."""
-        require_code_tensor(codes)
+        codes = require_code_tensor(codes)
         if codes.device.type == "cpu":
             require_codes_in_range(codes, self.num_codes)
         return F.embedding(codes.long(), self.codebook).movedim(-1, 1)  # uint8 codes too
