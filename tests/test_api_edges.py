@@ -223,6 +223,14 @@ WRONG_ARGUMENTS = {
         "(B, 32, ...) with the 32 channels second ((B, 32, H, W) for images, (B, 32, T) for "
         "sequences: x.transpose(1, 2) for (B, T, 32)); these have shape (2, 7, 7, 32).",
     ),
+    "quantizer bool latents": (  # raised from the rotation estimator inside
+        lambda m, run: m.quantizer(torch.zeros(2, 32, 7, 7, dtype=torch.bool)),
+        "takes latents of a float type, not torch.bool",
+    ),
+    "quantizer complex codes": (  # the imaginary part was dropped with a warning
+        lambda m, run: m.quantizer.quantize_codes(torch.zeros(2, 32, 7, 7, dtype=torch.cfloat)),
+        "not torch.complex64",
+    ),
     "prior setting text": (lambda m, run: PriorConfig(epochs="3"), "'epochs' must be an integer"),
     "train setting float": (
         lambda m, run: TrainConfig(batch_size=2.0),

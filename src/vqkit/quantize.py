@@ -58,6 +58,8 @@ def latent_shape(z: torch.Tensor, dim: int) -> torch.Size:
             f"The quantizer takes latents as a torch tensor (B, {dim}, ...), not a "
             f"{type(z).__name__}."
         )
+    if not z.is_floating_point():  # bool, integer or complex latents have no nearest code
+        raise VqkitError(f"The quantizer takes latents of a float type, not {z.dtype}.")
     if z.dim() < 2 or z.shape[1] != dim:
         raise VqkitError(
             f"The quantizer takes latents (B, {dim}, ...) with the {dim} channels second "
