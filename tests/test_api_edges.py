@@ -133,11 +133,15 @@ def test_weights_that_blow_up_stop_the_run_before_their_epoch_is_saved(tmp_path)
     assert not (tmp_path / "run" / runfiles.WEIGHTS).exists()
 
 
-@pytest.mark.parametrize(("out", "device"), [("", "cpu"), ("demo", "tpu")], ids=["empty", "tpu"])
-def test_a_refused_demo_leaves_no_folder(out, device, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("out", "device", "reason"),
+    [("", "cpu", "run folder name is empty"), ("demo", "tpu", "Unknown device 'tpu'")],
+    ids=["empty", "tpu"],
+)
+def test_a_refused_demo_leaves_no_folder(out, device, reason, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     logged: list[str] = []
-    with pytest.raises(VqkitError):
+    with pytest.raises(VqkitError, match=reason):
         run_demo(out, device=device, progress=False, log=logged.append)
     assert list(tmp_path.iterdir()) == []
     assert logged == []  # refused before announcing its first stage

@@ -37,24 +37,24 @@ def test_json_round_trip_is_exact():
 
 
 @pytest.mark.parametrize(
-    "section,field,value",
+    "section,field,value,flag",
     [
-        ("train", "epochs", 0),
-        ("train", "batch_size", -1),
-        ("train", "lr", 0.0),
-        ("train", "lr", float("nan")),
-        ("model", "hidden_dim", 0),
-        ("quantizer", "num_embeddings", 1),
-        ("quantizer", "beta", -0.5),
+        ("train", "epochs", 0, "--epochs"),
+        ("train", "batch_size", -1, "--batch-size"),
+        ("train", "lr", 0.0, "--lr"),
+        ("train", "lr", float("nan"), "--lr"),
+        ("model", "hidden_dim", 0, "--hidden-dim"),
+        ("quantizer", "num_embeddings", 1, "--num-embeddings"),
+        ("quantizer", "beta", -0.5, "--beta"),
     ],
 )
-def test_out_of_range_values_are_refused_with_a_sentence(section, field, value):
+def test_out_of_range_values_are_refused_with_a_sentence(section, field, value, flag):
     data = preset_config("default").to_dict()
     target = data["model"]["quantizer"] if section == "quantizer" else data[section]
     target[field] = value
     with pytest.raises(VqkitError) as info:
         RunConfig.from_dict(data)
-    assert str(info.value).endswith(".")
+    assert f"({flag}" in str(info.value) and str(info.value).endswith(".")
 
 
 def test_unknown_fields_and_versions_are_refused():

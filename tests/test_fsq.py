@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -126,19 +127,26 @@ def test_an_fsq_model_cast_wholly_to_bf16_trains_and_decodes(dim):
         assert torch.equal(model.decode(out.codes), out.reconstruction)
 
 
+LEVELS = "FSQ levels must be a list of whole numbers >= 2"
+NO_CODEBOOK = "do not apply to --quantizer fsq, which has no codebook"
+
+
 @pytest.mark.parametrize(
-    "settings",
+    ("settings", "fragment"),
     [
-        {"fsq_levels": [1, 5]},
-        {"fsq_levels": []},
-        {"fsq_levels": [8, 2.5]},
-        {"quantizer": "fsq", "codebook_update": "ema"},
-        {"quantizer": "fsq", "dead_code_restart": 5},
-        {"quantizer": "fsq", "gradient_estimator": "rotation"},
+        ({"fsq_levels": [1, 5]}, LEVELS),
+        ({"fsq_levels": []}, LEVELS),
+        ({"fsq_levels": [8, 2.5]}, LEVELS),
+        ({"quantizer": "fsq", "codebook_update": "ema"}, f"(--codebook-update ema) {NO_CODEBOOK}"),
+        ({"quantizer": "fsq", "dead_code_restart": 5}, f"(--dead-code-restart) {NO_CODEBOOK}"),
+        (
+            {"quantizer": "fsq", "gradient_estimator": "rotation"},
+            f"(--gradient-estimator rotation) {NO_CODEBOOK}",
+        ),
     ],
 )
-def test_bad_fsq_settings_are_refused(settings):
-    with pytest.raises(VqkitError):
+def test_bad_fsq_settings_are_refused(settings, fragment):
+    with pytest.raises(VqkitError, match=re.escape(fragment)):
         QuantizerConfig(**settings)
 
 

@@ -86,10 +86,15 @@ def test_unweighted_used_is_uniform_over_used_codes(context, independent_counts)
     assert torch.all((share - p).abs() <= 6 * (p * (1 - p) / codes.numel()) ** 0.5)
 
 
-def test_random_spans_whole_codebook(context):
+def test_random_is_uniform_over_the_whole_codebook(context):
     codes = sample_codes("random", 300, context, torch.Generator().manual_seed(0))
     assert codes.shape == (300, 7, 7)
     assert int(codes.min()) == 0 and int(codes.max()) == context.model.num_codes - 1
+    # Every code's share within six binomial standard deviations of 1/K.
+    share = torch.bincount(codes.flatten(), minlength=context.model.num_codes).double()
+    share /= codes.numel()
+    p = 1.0 / context.model.num_codes
+    assert torch.all((share - p).abs() <= 6 * (p * (1 - p) / codes.numel()) ** 0.5)
 
 
 def test_same_seed_same_codes(context):

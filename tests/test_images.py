@@ -33,9 +33,12 @@ def test_tile_places_each_image_row_by_row_on_a_white_canvas():
 
 def test_float_pixels_are_rounded_to_the_nearest_of_256_levels():
     # 0.5 * 255 = 127.5 and 0.1 * 255 = 25.5 round up, 0.998 * 255 = 254.49 down; 0.2 * 255 =
-    # 51.0 stays; out-of-range values are clipped.
-    pixels = np.array([[[0.0, 0.5, 0.1, 0.998, 0.2, 1.0, -0.3, 1.7]]], dtype=np.float32)
-    assert to_uint8(pixels).tolist() == [[[0, 128, 26, 254, 51, 255, 0, 255]]]
+    # 51.0 stays; out-of-range values are clipped. 10.5 / 255 is a tie with an even integer
+    # part: half-up gives 11 where round-half-to-even (np.rint) would give 10.
+    tie = np.float32(10.5) / np.float32(255)
+    assert tie * np.float32(255) == np.float32(10.5)  # exact in float32, so a true tie
+    pixels = np.array([[[0.0, 0.5, 0.1, 0.998, 0.2, 1.0, -0.3, 1.7, tie]]], dtype=np.float32)
+    assert to_uint8(pixels).tolist() == [[[0, 128, 26, 254, 51, 255, 0, 255, 11]]]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 from pathlib import Path
@@ -28,14 +27,19 @@ TINY = [
 STEPS_PER_EPOCH = 256 // 32
 
 
-def poison_steps(monkeypatch, bad_steps: set[int], term: str) -> list[int]:
-    """Make the loss term ``term`` NaN on the given (1-based) steps; returns the steps seen."""
+def poison_steps(
+    monkeypatch, bad_steps: set[int], term: str, clean: list | None = None
+) -> list[int]:
+    """Make the loss term ``term`` NaN on the given (1-based) steps; returns the steps seen.
+    ``clean`` collects the (reconstruction, quantizer) losses of the other steps."""
     real = training.compute_losses
     seen: list[int] = []
 
     def poisoned(model, batch, precision="fp32"):
         reconstruction, quantizer = real(model, batch, precision)
         seen.append(len(seen) + 1)
+        if clean is not None and seen[-1] not in bad_steps:
+            clean.append((float(reconstruction), float(quantizer)))
         if seen[-1] in bad_steps:
             if term == "reconstruction":
                 reconstruction = reconstruction * float("nan")
@@ -72,16 +76,19 @@ def test_nan_stops_with_step_and_term_and_keeps_last_good_state(monkeypatch, tmp
 
 
 def test_skip_nonfinite_skips_bad_steps_without_updating(monkeypatch, tmp_path, capsys):
-    seen = poison_steps(monkeypatch, {2, 5}, "quantizer")
+    clean: list[tuple[float, float]] = []
+    seen = poison_steps(monkeypatch, {2, 5}, "quantizer", clean)
     run_dir = tmp_path / "run"
     code = main(["train", *TINY, "--epochs", "1", "--skip-nonfinite", "2", "--out", str(run_dir)])
     assert code == 0, capsys.readouterr().err
-    assert len(seen) == STEPS_PER_EPOCH
+    assert len(seen) == STEPS_PER_EPOCH and len(clean) == STEPS_PER_EPOCH - 2
     record = json.loads((run_dir / runfiles.METRICS).read_text())
     assert record["skipped_nonfinite_steps"] == 2
-    # The mean over the applied steps only: finite, and an MSE of [0, 1] pixels plus a small
-    # quantizer loss (0.24 when written), where a poisoned step would make it inf or NaN.
-    assert math.isfinite(record["train_loss"]) and 0 < record["train_loss"] < 1
+    # The means over the applied steps only (equal batches of 32), not over all 8 steps.
+    mse, vq = (sum(terms) / len(clean) for terms in zip(*clean, strict=True))
+    assert record["train_reconstruction_mse"] == pytest.approx(mse, rel=1e-5)
+    assert record["train_quantizer_loss"] == pytest.approx(vq, rel=1e-5)
+    assert record["train_loss"] == pytest.approx(mse + vq, rel=1e-5)
     state = json.loads((run_dir / runfiles.TRAIN_STATE_META).read_text())
     assert state["skipped_nonfinite"] == 2
     # Adam counts the updates it applied: the two skipped steps were never applied.

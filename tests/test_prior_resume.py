@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -293,14 +294,17 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_prior(coded_run, unbroken
     assert not list(run_dir.glob(".*.tmp")), "a temp file of an interrupted write was left"
 
 
-def poison_steps(monkeypatch, bad_steps: set[int]) -> list[int]:
-    """Make the prior's loss NaN on the given (1-based) steps; returns the steps seen."""
+def poison_steps(monkeypatch, bad_steps: set[int], clean: list | None = None) -> list[int]:
+    """Make the prior's loss NaN on the given (1-based) steps; returns the steps seen.
+    ``clean`` collects (loss in nats per code, grids in the batch) of the other steps."""
     real = prior_loop.prior_loss
     seen: list[int] = []
 
     def poisoned(prior, codes, labels):
         loss = real(prior, codes, labels)
         seen.append(len(seen) + 1)
+        if clean is not None and seen[-1] not in bad_steps:
+            clean.append((float(loss), codes.shape[0]))
         return loss * float("nan") if seen[-1] in bad_steps else loss
 
     monkeypatch.setattr(prior_loop, "prior_loss", poisoned)
@@ -394,13 +398,16 @@ def test_weights_gone_non_finite_under_finite_losses_are_never_saved(
 
 def test_skip_nonfinite_skips_bad_steps_without_updating(coded_run, tmp_path, monkeypatch, capsys):
     run_dir = copy_run(coded_run, tmp_path)
-    seen = poison_steps(monkeypatch, {2, 5})
+    clean: list[tuple[float, int]] = []
+    seen = poison_steps(monkeypatch, {2, 5}, clean)
     argv = ["train-prior", str(run_dir), *TINY_FLAGS, "--epochs", "1", "--skip-nonfinite", "2"]
     assert main(argv) == 0
-    assert len(seen) == STEPS_PER_EPOCH
+    assert len(seen) == STEPS_PER_EPOCH and len(clean) == STEPS_PER_EPOCH - 2
     (record,) = read_jsonl(run_dir / runfiles.PRIOR_METRICS)
     assert record["skipped_nonfinite_steps"] == 2
-    assert 0 < record["train_bits_per_code"] < 7  # finite, below the uniform 7 bits of 128 codes
+    # The mean over the grids of the applied steps only, in bits.
+    nats = sum(loss * grids for loss, grids in clean) / sum(grids for _, grids in clean)
+    assert record["train_bits_per_code"] == pytest.approx(nats / math.log(2), rel=1e-6)
     assert state_counters(run_dir)["skipped_nonfinite"] == 2
     # AdamW counts the updates it applied: the two skipped steps were never applied.
     adam_steps = read_tensors(run_dir / runfiles.PRIOR_STATE, "state")["optimizer/0/step"]

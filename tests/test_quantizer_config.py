@@ -37,28 +37,28 @@ def test_new_fields_survive_a_json_round_trip():
 
 
 @pytest.mark.parametrize(
-    "settings",
+    ("settings", "fragment"),
     [
-        {"ema_decay": 0.0},
-        {"ema_decay": 1.0},
-        {"ema_decay": 1.5},
-        {"ema_decay": float("nan")},
-        {"ema_epsilon": 0.0},
-        {"dead_code_restart": -1},
-        {"dead_code_threshold": 1.0},
-        {"dead_code_threshold": -0.1},
-        {"kmeans_iters": 0},
-        {"quantizer": "pq"},
-        {"codebook_update": "adam"},
-        {"codebook_init": "normal"},
-        {"gradient_estimator": "gumbel"},
+        ({"ema_decay": 0.0}, "EMA decay must lie strictly between 0 and 1 (--ema-decay), not 0"),
+        ({"ema_decay": 1.0}, "(--ema-decay), not 1.0"),
+        ({"ema_decay": 1.5}, "(--ema-decay), not 1.5"),
+        ({"ema_decay": float("nan")}, "(--ema-decay), not nan"),
+        ({"ema_epsilon": 0.0}, "EMA smoothing epsilon must be a finite number > 0"),
+        ({"dead_code_restart": -1}, "restart window must be >= 0 steps (--dead-code-restart"),
+        ({"dead_code_threshold": 1.0}, "threshold must lie in [0, 1) (--dead-code-threshold)"),
+        ({"dead_code_threshold": -0.1}, "threshold must lie in [0, 1) (--dead-code-threshold)"),
+        ({"kmeans_iters": 0}, "1 to 1000 iterations (--kmeans-iters), not 0"),
+        ({"quantizer": "pq"}, "Unknown --quantizer 'pq'; choose one of: vq, fsq"),
+        ({"codebook_update": "adam"}, "Unknown --codebook-update 'adam'; choose one of: loss"),
+        ({"codebook_init": "normal"}, "Unknown --codebook-init 'normal'"),
+        ({"gradient_estimator": "gumbel"}, "Unknown --gradient-estimator 'gumbel'"),
     ],
 )
-def test_bad_values_raise_one_sentence(settings):
+def test_bad_values_raise_one_sentence(settings, fragment):
     with pytest.raises(VqkitError) as info:
         QuantizerConfig(**settings)
     message = str(info.value)
-    assert message.endswith(".") and "\n" not in message
+    assert fragment in message and message.endswith(".") and "\n" not in message
 
 
 def test_fsq_code_count_is_the_product_of_levels():
@@ -172,11 +172,16 @@ def test_idle_settings_change_nothing_that_trains(settings):
     idle = base.idle_settings()
     assert idle and not idle & set(settings)
     expected = trained_weights(base)
+    refused = set()
     for name in sorted(idle):
         try:
             changed = QuantizerConfig(**{**dataclasses.asdict(base), name: OTHER_VALUES[name]})
         except VqkitError:  # refused outright for this quantizer (FSQ has no codebook)
+            refused.add(name)
             continue
         got = trained_weights(changed)
         assert got.keys() == expected.keys(), name
         assert all(torch.equal(got[k], expected[k]) for k in got), name
+    # Only FSQ refuses settings, and only those of a codebook: every other one was trained.
+    codebook = {"codebook_init", "codebook_update", "dead_code_restart", "gradient_estimator"}
+    assert refused == (codebook if base.quantizer == "fsq" else set())

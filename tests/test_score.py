@@ -105,7 +105,7 @@ def test_score_images_by_hand():
 
 
 def test_feature_statistics_needs_two_images():
-    with pytest.raises(VqkitError):
+    with pytest.raises(VqkitError, match="needs at least 2 images per set"):
         feature_statistics(np.zeros((1, 3)))
 
 

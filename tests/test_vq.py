@@ -444,8 +444,8 @@ def test_training_logs_restarts_per_epoch(tmp_path):
     lines = (tmp_path / "run" / runfiles.METRICS).read_text().splitlines()
     records = [json.loads(line) for line in lines]
     restarts = [r["codebook_restarts"] for r in records]
-    assert restarts[0] > 0 and restarts[1] >= restarts[0]
-    assert restarts[-1] == int(result.model.quantizer.restart_count)
+    # Running totals of the model's own counter (a buffer that only grows).
+    assert restarts[0] > 0 and restarts[-1] == int(result.model.quantizer.restart_count)
     # Usage over the test set agrees with a direct count of the model's codes.
     from vqkit.data import load_split
 
