@@ -18,7 +18,7 @@ from vqkit.codes_io import decode_codes, encode_images, load_codes, save_codes
 from vqkit.config import QuantizerConfig, RunConfig, TrainConfig, preset_config
 from vqkit.data import load_split, write_own_dataset
 from vqkit.demo import DemoSettings, run_demo
-from vqkit.errors import VqkitError
+from vqkit.errors import OutOfMemory, VqkitError
 from vqkit.evaluate import evaluate_run
 from vqkit.generate import SamplingContext, sample_codes, sample_images
 from vqkit.interpolate import interpolation
@@ -297,6 +297,28 @@ def test_whole_numbers_of_any_integer_type_are_accepted(model):
     context = SamplingContext(model)
     assert sample_codes("random", np.int64(3), context).shape == (3, 7, 7)
     assert interpolation(model, DIGIT, DIGIT, np.int32(4)).shape == (4, 7, 7)
+
+
+@pytest.mark.parametrize(
+    ("call", "less"),
+    [
+        (lambda m: sample_codes("random", 2**62, SamplingContext(m)), "a smaller n"),
+        (lambda m: sample_images(SamplingContext(m), "random", 2**40), "a smaller n"),
+        (lambda m: interpolation(m, DIGIT, DIGIT, 10**12), "fewer steps"),
+        (lambda m: interpolation(m, DIGIT, DIGIT, 10**12, "latent"), "fewer steps"),
+    ],
+    ids=["sample-codes", "sample-images", "crossfade", "latent"],
+)
+def test_more_than_memory_holds_is_one_sentence_from_python_too(model, call, less):
+    # PyTorch's own allocation errors came through ("Storage size calculation overflowed").
+    with pytest.raises(OutOfMemory, match=f"^Out of memory .*; ask for less at once: {less}.$"):
+        call(model)
+
+
+def test_a_count_beyond_64_bits_is_one_sentence():
+    # torch.randint raised TypeError "Overflow when unpacking long long".
+    with pytest.raises(VqkitError, match="must fit a 64-bit integer \\(< 2\\*\\*63\\), not 18446"):
+        sample_codes("random", 2**64, SamplingContext(VQVAE(preset_config("efficient").model)))
 
 
 def test_a_python_resume_with_other_settings_is_refused_and_changes_nothing(run_copy):

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from vqkit.config import SEED_RANGE, is_seed, path_or_none
+from vqkit.config import SEED_MAX, SEED_RANGE, is_seed, path_or_none
 from vqkit.errors import VqkitError
 
 T = TypeVar("T")
@@ -36,9 +36,12 @@ __all__ = [
 
 
 def whole_number(value: Any, what: str, minimum: int) -> int:
-    """``value`` as an int when it is a whole number (not a bool) of at least ``minimum``."""
+    """``value`` as an int when it is a whole number (not a bool) of at least ``minimum`` that
+    a 64-bit integer holds (torch takes no larger one, and raises its own TypeError)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise VqkitError(f"{what} must be a whole number of at least {minimum}, not {value!r}.")
+    if value > SEED_MAX:
+        raise VqkitError(f"{what} must fit a 64-bit integer (< 2**63), not {value}.")
     return int(value)
 
 

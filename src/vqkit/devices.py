@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from vqkit.errors import VqkitError
+from vqkit.errors import SIZE_OVERFLOW, VqkitError
 
 # Bytes a trained parameter holds at least: fp32 weight, its gradient and Adam's two moments.
 TRAINING_BYTES_PER_PARAMETER = 16
@@ -24,10 +24,6 @@ def memory_bytes(device: torch.device) -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # not a POSIX system
         return None
-
-
-# What PyTorch says when a tensor's byte count does not fit 64 bits (on any device, meta too).
-SIZE_OVERFLOW = "Storage size calculation overflowed"
 
 
 def require_trainable_size(

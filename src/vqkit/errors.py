@@ -1,5 +1,14 @@
 """The one exception type that reaches users as a sentence instead of a traceback."""
 
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+# What PyTorch says when a tensor's byte count does not fit 64 bits (on any device, meta too).
+SIZE_OVERFLOW = "Storage size calculation overflowed"
+
 
 class VqkitError(Exception):
     """A user-facing failure: bad input, damaged file, unusable run folder.
@@ -38,3 +47,46 @@ def refused_file(path: object, exc: VqkitError) -> VqkitError:
     if len(sentence) > 1 and sentence[0].isupper() and sentence[1].islower():  # not "FSQ ..."
         sentence = sentence[0].lower() + sentence[1:]
     return VqkitError(f"'{path}' cannot be used: {sentence}")
+
+
+class OutOfMemory(VqkitError):
+    """An allocation failed inside a public function (``__cause__`` is PyTorch's error); the
+    command line says it again naming its own flag instead of the argument."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed: Python's, the CPU allocator's, a GPU's, or
+    a size no 64-bit machine could hold."""
+    text = str(exc)
+    return (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"  # torch's, on a GPU
+        or "can't allocate memory" in text
+        or "not enough memory" in text
+        or SIZE_OVERFLOW in text
+    )
+
+
+def out_of_memory_sentence(exc: BaseException, less: str | None = None) -> str:
+    """The sentence for an allocation ``exc`` that failed, with how much it asked for where
+    PyTorch says it; ``less`` names what the caller can ask less of."""
+    text = str(exc)
+    asked = re.search(r"allocate (\d+) bytes", text)
+    size = f" ({int(asked.group(1)) / 2**30:.1f} GiB at once)" if asked else ""
+    if SIZE_OVERFLOW in text:
+        size = " (more bytes at once than a 64-bit machine can address)"
+    if less is None:
+        return f"Out of memory{size}; free some memory or use a machine with more."
+    return f"Out of memory{size}; ask for less at once: {less}."
+
+
+@contextlib.contextmanager
+def out_of_memory_said(less: str) -> Iterator[None]:
+    """An allocation failing inside becomes :class:`OutOfMemory`, one sentence saying what to
+    ask less of (``less``: "a smaller n"), instead of PyTorch's own error."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise OutOfMemory(out_of_memory_sentence(exc, less)) from exc

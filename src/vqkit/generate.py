@@ -18,7 +18,7 @@ import torch
 
 from vqkit import arguments
 from vqkit.checkpoint import require_run_model
-from vqkit.errors import VqkitError
+from vqkit.errors import VqkitError, out_of_memory_said
 from vqkit.model import VQVAE
 
 # Modules whose import registers strategies (kept lazy: the prior pulls in more code).
@@ -111,7 +111,8 @@ def sample_codes(
     if unknown:
         raise VqkitError(f"The '{strategy}' strategy takes no option '{unknown[0]}'.")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    return _STRATEGIES[strategy](context, n, generator, **options)
+    with out_of_memory_said("a smaller n"):
+        return _STRATEGIES[strategy](context, n, generator, **options)
 
 
 @register_strategy("random")
@@ -162,4 +163,5 @@ def sample_images(
 
     generator = torch.Generator().manual_seed(arguments.seed(seed))
     codes = sample_codes(strategy, n, context, generator, **options).cpu()
-    return codes, decode_codes(context.model, codes, batch_size)
+    with out_of_memory_said("a smaller n"):  # n images, decoded in batches, kept together
+        return codes, decode_codes(context.model, codes, batch_size)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from vqkit import arguments
-from vqkit.errors import VqkitError
+from vqkit.errors import VqkitError, out_of_memory_said
 from vqkit.model import VQVAE, images_to_input
 
 MODES = ("crossfade", "wipe", "random-mask", "latent")
@@ -138,12 +138,13 @@ def interpolation(
         )
     if mode not in MODES:
         raise VqkitError(f"Unknown interpolation mode '{mode}'; choose one of: {', '.join(MODES)}.")
-    if mode == "latent":
-        return interpolate_latent(model, image_a, image_b, steps)
-    device = next(model.parameters()).device
-    codes_a, codes_b = model.encode(torch.stack([image_a, image_b]).to(device))
-    generator = torch.Generator().manual_seed(seed)
-    return interpolate_codes(codes_a, codes_b, steps, mode, generator)
+    with out_of_memory_said("fewer steps"):
+        if mode == "latent":
+            return interpolate_latent(model, image_a, image_b, steps)
+        device = next(model.parameters()).device
+        codes_a, codes_b = model.encode(torch.stack([image_a, image_b]).to(device))
+        generator = torch.Generator().manual_seed(seed)
+        return interpolate_codes(codes_a, codes_b, steps, mode, generator)
 
 
 @torch.no_grad()

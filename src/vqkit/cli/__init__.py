@@ -18,7 +18,7 @@ from typing import NoReturn
 
 import vqkit
 from vqkit import distributed, plugins
-from vqkit.errors import VqkitError
+from vqkit.errors import OutOfMemory, VqkitError, is_out_of_memory, out_of_memory_sentence
 from vqkit.wording import stopped_by
 
 COMMAND_MODULES = (
@@ -184,24 +184,9 @@ def permission_message(exc: BaseException) -> str | None:
 
 def out_of_memory_message(exc: BaseException, command: str | None = None) -> str | None:
     """One sentence for an allocation that failed on the CPU or the GPU, else None."""
-    text = str(exc)
-    beyond_any_machine = "Storage size calculation overflowed" in text  # > 2**63 bytes
-    if not (
-        isinstance(exc, MemoryError)
-        or type(exc).__name__ == "OutOfMemoryError"  # torch's, on a GPU
-        or "can't allocate memory" in text
-        or "not enough memory" in text
-        or beyond_any_machine
-    ):
+    if not is_out_of_memory(exc):
         return None
-    asked = re.search(r"allocate (\d+) bytes", text)
-    size = f" ({int(asked.group(1)) / 2**30:.1f} GiB at once)" if asked else ""
-    if beyond_any_machine:
-        size = " (more bytes at once than a 64-bit machine can address)"
-    less = LESS_AT_ONCE.get(command or "")
-    if less is None:
-        return f"Out of memory{size}; free some memory or use a machine with more."
-    return f"Out of memory{size}; ask for less at once: {less}."
+    return out_of_memory_sentence(exc, LESS_AT_ONCE.get(command or ""))
 
 
 def take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -256,8 +241,11 @@ def run_command(argv: list[str] | None) -> int:
         distributed.require_one_process(args.command)
         return int(args.handler(args) or 0)
     except VqkitError as exc:
+        sentence = str(exc)
+        if isinstance(exc, OutOfMemory):  # the function's sentence names an argument: a flag here
+            sentence = out_of_memory_message(exc.__cause__, args.command) or sentence
         if distributed.prints_refusals(exc):  # one line for a torchrun job's identical refusals
-            print(f"vqkit: error: {exc}", file=sys.stderr)
+            print(f"vqkit: error: {sentence}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError, OSError) as exc:
         message = symlink_loop_message(exc) or permission_message(exc)
