@@ -8,6 +8,7 @@ import torch
 
 from vqkit import quantize
 from vqkit.config import QuantizerConfig
+from vqkit.errors import VqkitError
 from vqkit.quantize import nearest_codes, perplexity
 from vqkit.vq import VectorQuantizer
 
@@ -127,6 +128,14 @@ def test_perplexity_formula():
     probs = np.array([0.5, 0.25, 0.25])
     expected = np.exp(-(probs * np.log(probs)).sum())
     assert perplexity(torch.tensor([2, 1, 1])) == pytest.approx(expected)
+    assert perplexity([2, 1, 1]) == perplexity(np.array([2, 1, 1])) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("counts", [[[1, 2]], "ab", None, torch.tensor([True, False])])
+def test_perplexity_of_what_are_not_counts_is_one_sentence(counts):
+    # A list raised AttributeError ('list' object has no attribute 'double').
+    with pytest.raises(VqkitError, match="Code counts must be one \\(K,\\) tensor, list or array"):
+        perplexity(counts)
 
 
 def test_the_straight_through_latents_are_exactly_the_codes_sampling_decodes():

@@ -132,6 +132,13 @@ def nearest_codes(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor
 
 def perplexity(code_counts: torch.Tensor) -> float:
     """exp(entropy) of the code-usage distribution: K when all codes are equally used, 1 if one."""
+    try:
+        counts = torch.as_tensor(code_counts)  # a list or NumPy counts too
+    except (TypeError, ValueError, RuntimeError):
+        counts = None
+    if counts is None or counts.is_complex() or counts.dtype == torch.bool or counts.dim() != 1:
+        raise VqkitError("Code counts must be one (K,) tensor, list or array of numbers.")
+    code_counts = counts
     probs = code_counts.double() / code_counts.sum().clamp(min=1)
     entropy = -(probs * torch.log(probs.clamp(min=1e-30))).sum()
     return float(torch.exp(entropy))
