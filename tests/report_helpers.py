@@ -97,7 +97,8 @@ INTERPOLATION_KEYS = (
     "interpolation_random-mask",
     "interpolation_latent",
 )
-FIGURE_KEYS = (*SAMPLE_KEYS, *INTERPOLATION_KEYS, "codebook_atlas", "codebook_codemap")
+CODEBOOK_KEYS = ("codebook_atlas", "codebook_exemplars", "codebook_codemap")
+FIGURE_KEYS = (*SAMPLE_KEYS, *INTERPOLATION_KEYS, *CODEBOOK_KEYS)
 # Every section of a full run, in page order; a bare training run has training,
 # reconstructions, timing and configuration.
 ALL_SECTIONS = (
@@ -170,6 +171,7 @@ def make_full_run(run_dir: Path) -> Path:
         "interpolation_random-mask": (digits[60:80], 10),
         "interpolation_latent": (digits[40:60], 10),
         "codebook_atlas": (noise, 16),
+        "codebook_exemplars": (digits[:16], 4),
         "codebook_codemap": (digits[:8], 8),
     }
     for key, (images, columns) in pictures.items():

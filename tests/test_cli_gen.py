@@ -286,9 +286,15 @@ def test_codebook_figures(run_dir, model, tmp_path, capsys):
         names["codebook_atlas"]: png_size(used, math.ceil(math.sqrt(used)), ATLAS_SCALE),
         names["codebook_codemap"]: png_size(CODEMAP_IMAGES, CODEMAP_IMAGES, CODEMAP_SCALE),
     }
+    # Exemplars: a block of 2x2 patches of 12 pixels, 1 apart, per code; blocks 5 apart.
+    columns, block = math.ceil(math.sqrt(used)), 2 * 12 + 3
+    rows = math.ceil(used / columns)
+    side = (columns * (block + 5) + 5, rows * (block + 5) + 5)
+    sizes[names["codebook_exemplars"]] = tuple(v * ATLAS_SCALE for v in side)
     for name, size in sizes.items():
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.size == tuple(int(s) for s in size)
+        assert f"wrote {out / name}" in text
 
 
 def test_codebook_atlas_tiles_are_the_decoded_filled_grids(model, tmp_path):

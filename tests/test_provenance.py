@@ -38,9 +38,10 @@ def test_a_stamp_survives_the_png_and_names_the_weights_file(small_run, tmp_path
     assert read_stamp(grid) == made_by
     figures = write_codebook_figures(
         model, torch.arange(model.num_codes), torch.zeros(2, 28, 28, dtype=torch.uint8),
-        tmp_path / "codebook", made_by,
+        tmp_path / "codebook", made_by, exemplar_images=torch.zeros(3, 28, 28, dtype=torch.uint8),
     )  # fmt: skip
-    for path in (figures.usage, figures.atlas, figures.codemap):  # matplotlib's PNGs too
+    assert len(figures.paths()) == 4
+    for path in figures.paths():  # matplotlib's PNGs too
         assert read_stamp(path) == made_by
     assert read_stamp(save_grid(torch.rand(1, 28, 28), tmp_path / "plain.png")) == {}
     (tmp_path / "text.png").write_text("not a png")

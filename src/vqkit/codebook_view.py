@@ -1,4 +1,5 @@
-"""Pictures of a codebook: usage histogram, code atlas, and code maps over test images.
+"""Pictures of a codebook: usage histogram, code atlas, code exemplars, and code maps over
+test images.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (never pyplot), so nothing here
 changes the caller's plotting backend and nothing is imported until a figure is drawn.
@@ -13,6 +14,8 @@ from pathlib import Path
 import torch
 
 from vqkit import runfiles
+from vqkit.codebook_exemplars import exemplar_blocks
+from vqkit.codes_io import encode_images
 from vqkit.errors import VqkitError
 from vqkit.fileio import atomic_open, ensure_dir
 from vqkit.images import tile, to_uint8
@@ -26,6 +29,8 @@ CODEMAP_SCALE = 12  # large enough for a code index in each of the 7×7 cells
 CODEMAP_IMAGES = 4
 # Each image adds 336 pixels of width and 49 drawn labels: a few hundred exhaust the memory.
 MAX_CODEMAP_IMAGES = 16
+EXEMPLAR_BATCH = 1000  # images encoded at once when searching for exemplars
+EXEMPLAR_BLOCK_PADDING = 5  # pixels between codes' blocks (their own patches are 1 apart)
 ATLAS_FONT_SIZE = 6  # points; a code index fits in a corner of an 84-pixel tile
 CODEMAP_FONT_SIZE = 8  # points; three digits fit in a 48-pixel cell
 TILE_PADDING = 2  # vqkit.images.tile's default
@@ -38,6 +43,10 @@ class CodebookFigures:
     usage: Path
     atlas: Path
     codemap: Path
+    exemplars: Path | None = None  # written when test images to search were given
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.usage, self.atlas, self.codemap, self.exemplars) if p]
 
 
 def _save(figure, path: str | Path, stamp: dict[str, str] | None = None) -> Path:
@@ -148,18 +157,20 @@ def code_atlas(model: VQVAE, codes: torch.Tensor) -> torch.Tensor:
     return model.decode(grids)[:, 0].cpu()
 
 
-def plot_atlas(
-    model: VQVAE, counts: torch.Tensor, path: str | Path, stamp: dict[str, str] | None = None
-) -> Path:
-    """Every used code decoded, most used first, each tile labelled with its code index."""
+def used_codes(counts: torch.Tensor) -> torch.Tensor:
+    """The codes with a count, most used first (ties in code order)."""
     order = torch.argsort(counts.cpu(), descending=True, stable=True)
-    used = order[counts.cpu()[order] > 0]
-    tiles = code_atlas(model, used)
-    columns = atlas_columns(used.numel())
-    figure, axes = _show_canvas(tile(tiles, columns), ATLAS_SCALE)
+    return order[counts.cpu()[order] > 0]
+
+
+def _labelled_tiles(tiles, codes: list[int], padding: int = TILE_PADDING):
+    """Tiles (N, S, S) laid out near-square ``padding`` pixels apart, enlarged, each labelled
+    with its code in a corner; returns the figure."""
+    columns = atlas_columns(len(codes))
+    figure, axes = _show_canvas(tile(tiles, columns, padding), ATLAS_SCALE)
     size = tiles.shape[-1]
-    for index, code in enumerate(used.tolist()):
-        x, y = tile_origin(index, columns, size)
+    for index, code in enumerate(codes):
+        x, y = tile_origin(index, columns, size, padding)
         axes.text(
             x * ATLAS_SCALE + 1,
             y * ATLAS_SCALE + 1,
@@ -168,7 +179,30 @@ def plot_atlas(
             ha="left",
             **_label_style(ATLAS_FONT_SIZE),
         )
-    return _save(figure, path, stamp)
+    return figure
+
+
+def plot_atlas(
+    model: VQVAE, counts: torch.Tensor, path: str | Path, stamp: dict[str, str] | None = None
+) -> Path:
+    """Every used code decoded, most used first, each tile labelled with its code index."""
+    used = used_codes(counts)
+    return _save(_labelled_tiles(code_atlas(model, used), used.tolist()), path, stamp)
+
+
+def plot_exemplars(
+    model: VQVAE,
+    counts: torch.Tensor,
+    images: torch.Tensor,
+    path: str | Path,
+    stamp: dict[str, str] | None = None,
+) -> Path:
+    """For every used code, most used first, four patches of ``images`` (N, H, W) around cells
+    the encoder gave that code (vqkit.codebook_exemplars), labelled with its index."""
+    codes = encode_images(model, images, EXEMPLAR_BATCH)
+    used = used_codes(counts).tolist()
+    blocks = exemplar_blocks(images, codes, used)
+    return _save(_labelled_tiles(blocks, used, EXEMPLAR_BLOCK_PADDING), path, stamp)
 
 
 @torch.no_grad()
@@ -208,11 +242,14 @@ def write_codebook_figures(
     test_images: torch.Tensor,
     out_dir: str | Path,
     stamp: dict[str, str] | None = None,
+    exemplar_images: torch.Tensor | None = None,
 ) -> CodebookFigures:
-    """The usage histogram, code atlas and code map PNGs, named as in ``runfiles.FIGURE_NAMES``.
+    """The usage histogram, code atlas and code map PNGs, named as in ``runfiles.FIGURE_NAMES``,
+    and with ``exemplar_images`` the code exemplars.
 
     counts: (K,) code usage over the training set; test_images: (N, H, W) for the code map;
-    stamp: the provenance chunks of every figure (vqkit.provenance).
+    stamp: the provenance chunks of every figure (vqkit.provenance); exemplar_images: (N, H, W)
+    test images searched for each code's patches.
     """
     if not 1 <= test_images.shape[0] <= MAX_CODEMAP_IMAGES:
         raise VqkitError(
@@ -221,8 +258,13 @@ def write_codebook_figures(
     out_dir = ensure_dir(out_dir)
     images = int(counts.sum()) // model.config.grid_size**2
     names = runfiles.FIGURE_NAMES
+    exemplars = None
+    if exemplar_images is not None:
+        path = out_dir / names["codebook_exemplars"]
+        exemplars = plot_exemplars(model, counts, exemplar_images, path, stamp)
     return CodebookFigures(
         usage=plot_usage(counts, out_dir / names["codebook_usage"], images, stamp),
         atlas=plot_atlas(model, counts, out_dir / names["codebook_atlas"], stamp),
         codemap=plot_code_map(model, test_images, out_dir / names["codebook_codemap"], stamp),
+        exemplars=exemplars,
     )

@@ -18,6 +18,7 @@ import torch
 
 from vqkit import arguments, runfiles
 from vqkit.classifier import ClassifierConfig
+from vqkit.codebook_exemplars import EXEMPLAR_IMAGES
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
 from vqkit.config import PRECISIONS, PRESETS, preset_config, require_typed_settings
 from vqkit.data import DATASETS, OWN_DATASET, dataset_classes, load_split
@@ -181,6 +182,7 @@ def run_demo(
                 test.images[:CODEMAP_IMAGES],
                 figures,
                 stamp(model),
+                exemplar_images=test.images[:EXEMPLAR_IMAGES],
             ),
         )
         prior_settings = PriorConfig(

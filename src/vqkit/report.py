@@ -301,6 +301,12 @@ def _codebook(info: RunInfo) -> Section | None:
             "each used code, most used first, decoded from a grid holding only that code"
             + (": black tiles are background codes" if info.config.train.dataset in INFO else ""),
         ),
+        (
+            "codebook_exemplars",
+            "where the encoder chooses each used code, most used first: four test-image patches "
+            "around cells holding it (the cell in the middle, one cell of margin around it; "
+            "gray where fewer of the images searched hold it)",
+        ),
         ("codebook_codemap", "test images with the code of each cell of their grid"),
     ]
     parts += [

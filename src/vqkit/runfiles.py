@@ -77,5 +77,6 @@ FIGURE_NAMES = {
     "interpolation_latent": "interpolation_latent.png",
     "codebook_usage": "codebook_usage.png",
     "codebook_atlas": "codebook_atlas.png",
+    "codebook_exemplars": "codebook_exemplars.png",
     "codebook_codemap": "codebook_codemap.png",
 }

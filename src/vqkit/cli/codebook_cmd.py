@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, whole_number_at_least
+from vqkit.codebook_exemplars import EXEMPLAR_IMAGES
 from vqkit.codebook_view import CODEMAP_IMAGES, MAX_CODEMAP_IMAGES, write_codebook_figures
 from vqkit.data import load_split
 from vqkit.devices import resolve_device
@@ -15,11 +16,15 @@ from vqkit.provenance import stamp
 from vqkit.usage import code_usage
 
 HELP = """
-Write three PNGs into a folder:
+Write four PNGs into a folder:
   codebook_usage.png    how often each code is chosen over the whole training set, most used
                         first; dead codes (never chosen) are marked in red
   codebook_atlas.png    what each used code "paints": a 7x7 grid filled with that one code,
                         decoded; most used first, each tile labelled with its code index
+  codebook_exemplars.png
+                        where the encoder chooses each used code: four patches of the first
+                        1,000 test images around cells holding it (the cell in the middle,
+                        one cell of margin around it; gray where fewer images hold it)
   codebook_codemap.png  a few test images with their 7x7 code indices written over them
 
 The usage counts are cached in the run folder as code_usage.json (also used by
@@ -40,7 +45,7 @@ def register(subparsers) -> None:
         run,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--out", required=True, help="folder for the three PNGs")
+    parser.add_argument("--out", required=True, help="folder for the four PNGs")
     parser.add_argument(
         "--images",
         type=whole_number_at_least(1, MAX_CODEMAP_IMAGES),
@@ -63,9 +68,12 @@ def run(args: argparse.Namespace) -> int:
     test = load_split(config.train.dataset, "test", config.train.data_folder(args.data_dir))
     test_images = test.images[: args.images]
     made_by = stamp(model)
-    figures = write_codebook_figures(model, counts, test_images, args.out, made_by)
+    searched = test.images[:EXEMPLAR_IMAGES]
+    figures = write_codebook_figures(
+        model, counts, test_images, args.out, made_by, exemplar_images=searched
+    )
     used = int((counts > 0).sum())
     print(f"codes used: {used} of {counts.numel()} on the training set")
-    for path in (figures.usage, figures.atlas, figures.codemap):
+    for path in figures.paths():
         print(f"wrote {path}")
     return 0

@@ -1,0 +1,52 @@
+"""Where each code is chosen: patches of real images around grid cells that hold the code.
+
+A code decoded on its own (the atlas) shows what the decoder paints with it; the patches here
+show what the encoder maps to it, which is what tells strokes, ends and background apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vqkit.images import tile, to_uint8
+
+EXEMPLARS_PER_CODE = 4  # patches per code, from as many different images, in a 2×2 block
+EXEMPLAR_COLUMNS = 2
+EXEMPLAR_IMAGES = 1000  # test images searched (one encoding pass)
+PATCH_GAP = 1  # pixels between the patches of one code (codes are 2 apart, tile's default)
+MISSING_GRAY = 128  # a patch the searched images did not provide (the code is rarer there)
+
+
+def exemplar_cells(codes: torch.Tensor, code: int, count: int) -> list[tuple[int, int, int]]:
+    """(image, row, column) of up to ``count`` cells holding ``code`` in code grids (N, h, w):
+    the first image holding it, the next, ... (one cell each, the first in reading order)."""
+    holds = codes == code
+    images = torch.nonzero(holds.flatten(1).any(dim=1)).flatten()[:count].tolist()
+    cells = []
+    for index in images:
+        row, column = torch.nonzero(holds[index])[0].tolist()
+        cells.append((index, row, column))
+    return cells
+
+
+def exemplar_patches(images: torch.Tensor, codes: torch.Tensor, code: int) -> np.ndarray:
+    """``EXEMPLARS_PER_CODE`` uint8 patches (P, 3s, 3s) of ``images`` (N, H, W) around cells
+    holding ``code`` (cells of s = H / h pixels, with one cell of margin on each side, black
+    beyond the image's edge); gray where fewer cells hold it."""
+    pixels = to_uint8(images)
+    cell = pixels.shape[-1] // codes.shape[-1]
+    padded = np.pad(pixels, ((0, 0), (cell, cell), (cell, cell)))
+    patches = np.full((EXEMPLARS_PER_CODE, 3 * cell, 3 * cell), MISSING_GRAY, dtype=np.uint8)
+    for slot, (index, row, column) in enumerate(exemplar_cells(codes, code, EXEMPLARS_PER_CODE)):
+        # Padded coordinates: the cell starts one cell further in; the patch one cell before.
+        top, left = row * cell, column * cell
+        patches[slot] = padded[index, top : top + 3 * cell, left : left + 3 * cell]
+    return patches
+
+
+def exemplar_blocks(images: torch.Tensor, codes: torch.Tensor, shown: list[int]) -> np.ndarray:
+    """One 2×2 block of patches per code in ``shown``: (len(shown), B, B) uint8."""
+    return np.stack(
+        [tile(exemplar_patches(images, codes, code), EXEMPLAR_COLUMNS, PATCH_GAP) for code in shown]
+    )
