@@ -297,6 +297,11 @@ def test_whole_numbers_of_any_integer_type_are_accepted(model):
     context = SamplingContext(model)
     assert sample_codes("random", np.int64(3), context).shape == (3, 7, 7)
     assert interpolation(model, DIGIT, DIGIT, np.int32(4)).shape == (4, 7, 7)
+    # The batch sizes too: torch's split took no NumPy integer.
+    images = torch.zeros(3, 28, 28, dtype=torch.uint8)
+    codes = encode_images(model, images, np.int64(2))
+    assert decode_codes(model, codes, np.int32(2)).shape == (3, 1, 28, 28)
+    assert sample_images(context, "random", 3, batch_size=np.int64(2))[1].shape[0] == 3
 
 
 @pytest.mark.parametrize(

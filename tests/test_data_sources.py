@@ -205,6 +205,7 @@ def test_download_must_be_true_or_false(fake_fashion: Path, download) -> None:
     # "no" is truthy: it would have downloaded when no local copy was there.
     with pytest.raises(VqkitError, match=f"download must be True or False, not {download!r}"):
         load_split("fashion-mnist", "test", download=download)
+    assert len(load_split("fashion-mnist", "test", download=np.True_)) == 3  # NumPy's too
 
 
 def test_download_falls_back_to_second_mirror(tmp_path: Path, fake_fashion: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from vqkit.devices import TRAINING_BYTES_PER_PARAMETER, require_trainable_size
 from vqkit.errors import VqkitError
 from vqkit.model import VQVAE
 from vqkit.prior import MAX_PRIOR_KERNEL, MAX_PRIOR_LAYERS, PriorConfig
+from vqkit.prior_training import train_prior
 
 
 def test_the_count_is_that_of_the_real_model(monkeypatch):
@@ -65,14 +67,25 @@ def test_a_model_whose_sizes_overflow_on_the_meta_device_is_refused(tmp_path, ca
     assert "Traceback" not in err and not out.exists()
 
 
-def test_prior_shapes_far_beyond_any_use_are_refused_before_anything_is_built():
-    # 10**9 layers were built for ten minutes until memory ran out.
-    for settings, flag in [({"layers": 10**9}, "--layers"), ({"channels": 10**9}, "--channels")]:
-        with pytest.raises(VqkitError, match=f"must be 1 to [0-9]+ \\({flag}\\), not 1000000000"):
-            PriorConfig(**settings)
-    with pytest.raises(VqkitError, match="an odd number from 3 to 63, not 1000000001"):
-        PriorConfig(kernel_size=10**9 + 1)
-    PriorConfig(layers=MAX_PRIOR_LAYERS, channels=8, kernel_size=MAX_PRIOR_KERNEL)  # the limits
+def test_prior_shapes_far_beyond_any_use_are_refused_for_a_new_prior(small_run, tmp_path):
+    # 10**9 layers were built for ten minutes until memory ran out. A prior saved with more
+    # than the bounds (before they existed) still loads: only a new one is held to them.
+    run = Path(shutil.copytree(small_run.run_dir, tmp_path / "run"))
+    before = sorted(p.name for p in run.iterdir())
+    cases = [
+        ({"layers": 10**9}, "layers must be 1 to 100 (--layers), not 1000000000"),
+        ({"channels": 10**9}, "channels must be 1 to 4096 (--channels), not 1000000000"),
+        ({"kernel_size": 10**9 + 1}, "an odd number from 3 to 63, not 1000000001"),
+    ]
+    for settings, message in cases:
+        saved = PriorConfig(**settings)
+        assert PriorConfig.from_dict(saved.to_dict()) == saved
+        with pytest.raises(VqkitError, match=re.escape(message)):
+            train_prior(run, saved, device="cpu", progress=False)
+    assert sorted(p.name for p in run.iterdir()) == before
+    PriorConfig(
+        layers=MAX_PRIOR_LAYERS, channels=8, kernel_size=MAX_PRIOR_KERNEL
+    ).require_new_prior_bounds()
 
 
 def test_train_refuses_it_before_making_its_folder(tmp_path, monkeypatch, capsys):

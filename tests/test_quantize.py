@@ -129,12 +129,20 @@ def test_perplexity_formula():
     expected = np.exp(-(probs * np.log(probs)).sum())
     assert perplexity(torch.tensor([2, 1, 1])) == pytest.approx(expected)
     assert perplexity([2, 1, 1]) == perplexity(np.array([2, 1, 1])) == pytest.approx(expected)
+    assert perplexity(np.array([1, 1, 2])[::-1]) == pytest.approx(expected)  # reversed strides
 
 
 @pytest.mark.parametrize("counts", [[[1, 2]], "ab", None, torch.tensor([True, False])])
 def test_perplexity_of_what_are_not_counts_is_one_sentence(counts):
     # A list raised AttributeError ('list' object has no attribute 'double').
     with pytest.raises(VqkitError, match="Code counts must be one \\(K,\\) tensor, list or array"):
+        perplexity(counts)
+
+
+@pytest.mark.parametrize("counts", [[3, -1], [1.0, float("nan")], [float("inf"), 1.0]])
+def test_negative_or_non_finite_counts_are_refused(counts):
+    # [3, -1] gave a perplexity of 5e-16, NaN counts a NaN.
+    with pytest.raises(VqkitError, match="Code counts must be finite and not negative."):
         perplexity(counts)
 
 

@@ -57,6 +57,8 @@ def switch(value: Any, what: str, allow_none: bool = False) -> bool | None:
     string such as 'no' is truthy, so it would silently mean the opposite."""
     if value is None and allow_none:
         return None
+    if isinstance(value, np.bool_):  # NumPy's True and False are no Python bools
+        return bool(value)
     if not isinstance(value, bool):
         choices = "True, False or None" if allow_none else "True or False"
         raise VqkitError(f"{what} must be {choices}, not {value!r}.")

@@ -169,18 +169,19 @@ def write_images(
     return save_npy(array.clamp(0.0, 1.0).numpy().astype(np.float32), path)
 
 
-def _require_model_and_batch(model: Any, batch_size: Any) -> None:
-    """The checks both batched helpers share (a torch.compile'd model is checked inside)."""
+def _require_model_and_batch(model: Any, batch_size: Any) -> int:
+    """The checks both batched helpers share (a torch.compile'd model is checked inside);
+    returns the batch size as an int (torch's split takes no NumPy integer)."""
     arguments.instance(
         getattr(model, "_orig_mod", model), VQVAE, "The model", "VQVAE.from_run(run)"
     )
-    arguments.whole_number(batch_size, "The batch size", 1)
+    return arguments.whole_number(batch_size, "The batch size", 1)
 
 
 @torch.no_grad()
 def encode_images(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Code grids (N, h, w) int64 on the CPU of uint8 images (N, H, W), in batches."""
-    _require_model_and_batch(model, batch_size)
+    batch_size = _require_model_and_batch(model, batch_size)
     arguments.instance(images, torch.Tensor, "The images", "a (N, 28, 28) uint8 tensor")
     device = next(model.parameters()).device
     return torch.cat([model.encode(part.to(device)).cpu() for part in images.split(batch_size)])
@@ -189,7 +190,7 @@ def encode_images(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.
 @torch.no_grad()
 def decode_codes(model: VQVAE, codes: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Images (N, C, H, W) in [0, 1] on the CPU of code grids (N, h, w), in batches."""
-    _require_model_and_batch(model, batch_size)
+    batch_size = _require_model_and_batch(model, batch_size)
     codes = arguments.integers(codes, "Code grids (N, h, w)", arrays=True)  # NumPy's too
     device = next(model.parameters()).device
     return torch.cat([model.decode(part.to(device)).cpu() for part in codes.split(batch_size)])

@@ -99,18 +99,11 @@ class PriorConfig:
         require_typed_settings(self, "prior")
         _require(self.num_codes >= 2, "The prior needs a codebook of at least 2 codes.")
         _require(self.grid_size >= 1, "The code grid size must be at least 1.")
+        _require(self.channels >= 1, "The prior needs at least 1 channel (--channels).")
+        _require(self.layers >= 1, "The prior needs at least 1 layer (--layers).")
         _require(
-            1 <= self.channels <= MAX_WIDTH,
-            f"The prior's channels must be 1 to {MAX_WIDTH} (--channels), not {self.channels}.",
-        )
-        _require(
-            1 <= self.layers <= MAX_PRIOR_LAYERS,
-            f"The prior's layers must be 1 to {MAX_PRIOR_LAYERS} (--layers), not {self.layers}.",
-        )
-        _require(
-            3 <= self.kernel_size <= MAX_PRIOR_KERNEL and self.kernel_size % 2 == 1,
-            f"The prior's kernel size must be an odd number from 3 to {MAX_PRIOR_KERNEL}, not "
-            f"{self.kernel_size}.",
+            self.kernel_size >= 3 and self.kernel_size % 2 == 1,
+            f"The prior's kernel size must be an odd number >= 3, not {self.kernel_size}.",
         )
         _require(0.0 <= self.dropout < 1.0, "The dropout must be in [0, 1) (--dropout).")
         _require(self.num_classes >= 1, "The number of classes must be at least 1.")
@@ -125,6 +118,23 @@ class PriorConfig:
             self.precision in PRECISIONS, f"--precision must be one of: {', '.join(PRECISIONS)}."
         )
         check_run_controls(self)
+
+    def require_new_prior_bounds(self) -> None:
+        """Bounds a new prior must keep, which priors saved before they existed may exceed
+        (their prior_config.json still loads and resumes)."""
+        _require(
+            self.channels <= MAX_WIDTH,
+            f"The prior's channels must be 1 to {MAX_WIDTH} (--channels), not {self.channels}.",
+        )
+        _require(
+            self.layers <= MAX_PRIOR_LAYERS,
+            f"The prior's layers must be 1 to {MAX_PRIOR_LAYERS} (--layers), not {self.layers}.",
+        )
+        _require(
+            self.kernel_size <= MAX_PRIOR_KERNEL,
+            f"The prior's kernel size must be an odd number from 3 to {MAX_PRIOR_KERNEL}, not "
+            f"{self.kernel_size}.",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

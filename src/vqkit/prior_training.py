@@ -314,6 +314,8 @@ def _train_holding_the_lock(
             "num_classes": len(classes),
         }
     )
+    if saved is None:  # a new prior (one saved before the bounds existed still resumes)
+        settings.require_new_prior_bounds()
     digest, own = weights_digest(run_dir), OwnData.read(train_config, data_dir)
     data = None if own is None else own.sha256
     if saved is not None:

@@ -81,11 +81,12 @@ def _as_numpy(values: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
 
 def _own_images(images: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
     array = _as_numpy(images, f"{split} images")
+    shape = array.shape  # as given, before a channel axis is dropped
     if array.ndim == 4 and array.shape[1] == 1:  # (N, 1, 28, 28), as the model takes them too
         array = array[:, 0]
     if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or array.shape[0] == 0:
         raise VqkitError(
-            f"The {split} images have shape {_as_numpy(images, split).shape}; they must be "
+            f"The {split} images have shape {shape}; they must be "
             "(N, 28, 28) or (N, 1, 28, 28), N >= 1."
         )
     if array.dtype.kind == "f":
