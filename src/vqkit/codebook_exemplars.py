@@ -14,8 +14,9 @@ from vqkit.images import tile, to_uint8
 EXEMPLARS_PER_CODE = 4  # patches per code, from as many different images, in a 2×2 block
 EXEMPLAR_COLUMNS = 2
 EXEMPLAR_IMAGES = 1000  # test images searched (one encoding pass)
-PATCH_GAP = 1  # pixels between the patches of one code (codes are 2 apart, tile's default)
+PATCH_GAP = 1  # pixels between the patches of one code (codebook_view spaces the codes wider)
 MISSING_GRAY = 128  # a patch the searched images did not provide (the code is rarer there)
+MARGIN_DIMMING = 0.5  # the margin around the code's cell at half brightness: the cell stands out
 
 
 def exemplar_cells(codes: torch.Tensor, code: int, count: int) -> list[tuple[int, int, int]]:
@@ -30,23 +31,31 @@ def exemplar_cells(codes: torch.Tensor, code: int, count: int) -> list[tuple[int
     return cells
 
 
-def exemplar_patches(images: torch.Tensor, codes: torch.Tensor, code: int) -> np.ndarray:
-    """``EXEMPLARS_PER_CODE`` uint8 patches (P, 3s, 3s) of ``images`` (N, H, W) around cells
-    holding ``code`` (cells of s = H / h pixels, with one cell of margin on each side, black
-    beyond the image's edge); gray where fewer cells hold it."""
-    pixels = to_uint8(images)
-    cell = pixels.shape[-1] // codes.shape[-1]
-    padded = np.pad(pixels, ((0, 0), (cell, cell), (cell, cell)))
+def framed(images: torch.Tensor, cell: int) -> np.ndarray:
+    """uint8 images (N, H, W) with ``cell`` black pixels added on every side."""
+    return np.pad(to_uint8(images), ((0, 0), (cell, cell), (cell, cell)))
+
+
+def exemplar_patches(padded: np.ndarray, codes: torch.Tensor, code: int) -> np.ndarray:
+    """``EXEMPLARS_PER_CODE`` uint8 patches (P, 3s, 3s) around cells holding ``code``: the cell
+    of s pixels (s = image side / grid side) with one cell of margin on each side, the margin
+    dimmed; gray where fewer cells hold it. ``padded`` is :func:`framed` of the images."""
+    cell = padded.shape[-1] // (codes.shape[-1] + 2)  # the side is grid + 2 cells
     patches = np.full((EXEMPLARS_PER_CODE, 3 * cell, 3 * cell), MISSING_GRAY, dtype=np.uint8)
     for slot, (index, row, column) in enumerate(exemplar_cells(codes, code, EXEMPLARS_PER_CODE)):
         # Padded coordinates: the cell starts one cell further in; the patch one cell before.
         top, left = row * cell, column * cell
-        patches[slot] = padded[index, top : top + 3 * cell, left : left + 3 * cell]
+        patch = padded[index, top : top + 3 * cell, left : left + 3 * cell].astype(np.float32)
+        dimmed = np.rint(patch * MARGIN_DIMMING)
+        dimmed[cell : 2 * cell, cell : 2 * cell] = patch[cell : 2 * cell, cell : 2 * cell]
+        patches[slot] = dimmed.astype(np.uint8)
     return patches
 
 
 def exemplar_blocks(images: torch.Tensor, codes: torch.Tensor, shown: list[int]) -> np.ndarray:
     """One 2×2 block of patches per code in ``shown``: (len(shown), B, B) uint8."""
-    return np.stack(
-        [tile(exemplar_patches(images, codes, code), EXEMPLAR_COLUMNS, PATCH_GAP) for code in shown]
-    )
+    padded = framed(images, images.shape[-1] // codes.shape[-1])  # once for every code
+    blocks = [
+        tile(exemplar_patches(padded, codes, code), EXEMPLAR_COLUMNS, PATCH_GAP) for code in shown
+    ]
+    return np.stack(blocks)

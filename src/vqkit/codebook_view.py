@@ -46,7 +46,8 @@ class CodebookFigures:
     exemplars: Path | None = None  # written when test images to search were given
 
     def paths(self) -> list[Path]:
-        return [p for p in (self.usage, self.atlas, self.codemap, self.exemplars) if p]
+        """The figures written, in the order of runfiles.FIGURE_NAMES."""
+        return [p for p in (self.usage, self.atlas, self.exemplars, self.codemap) if p]
 
 
 def _save(figure, path: str | Path, stamp: dict[str, str] | None = None) -> Path:

@@ -23,8 +23,9 @@ Write four PNGs into a folder:
                         decoded; most used first, each tile labelled with its code index
   codebook_exemplars.png
                         where the encoder chooses each used code: four patches of the first
-                        1,000 test images around cells holding it (the cell in the middle,
-                        one cell of margin around it; gray where fewer images hold it)
+                        1,000 test images around cells holding it (the cell bright in the
+                        middle, a dimmed cell of margin around it; gray where fewer images
+                        hold it)
   codebook_codemap.png  a few test images with their 7x7 code indices written over them
 
 The usage counts are cached in the run folder as code_usage.json (also used by
