@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vqkit.images import save_comparison, save_png, tile, to_uint8
+from vqkit.images import comparison_canvas, save_png, tile, to_uint8
 
 
 def test_tile_places_each_image_row_by_row_on_a_white_canvas():
@@ -65,9 +65,7 @@ def test_an_enlarged_png_repeats_each_pixel_in_a_block(tmp_path):
 def test_a_comparison_puts_the_originals_in_one_row_above_their_reconstructions(tmp_path):
     originals = np.full((3, 28, 28), 10, dtype=np.uint8)
     reconstructions = np.full((3, 28, 28), 200, dtype=np.uint8)
-    save_comparison(originals, reconstructions, tmp_path / "c.png", scale=1)
-    with Image.open(tmp_path / "c.png") as image:
-        pixels = np.asarray(image)
+    pixels = comparison_canvas(originals, reconstructions)
     assert pixels.shape == (2 + 2 * 30, 2 + 3 * 30)  # 2 rows of 3 images, 2-pixel gaps
     for column in range(3):
         left = 2 + column * 30

@@ -287,3 +287,14 @@ def test_an_installed_quantizer_whose_module_is_gone_names_no_import_machinery(
     with pytest.raises(QuantizerLoadError, match="No module named 'gone_vq_package'") as failure:
         QuantizerConfig(quantizer="gone-vq")
     assert "frozen" not in str(failure.value) and "(at " not in str(failure.value)
+
+
+def test_an_installed_quantizer_that_is_no_module_class_is_refused_by_name(tmp_path, monkeypatch):
+    # A factory function was registered as it was; building a model then raised
+    # AttributeError ('int' has no attribute 'forward').
+    write_installed_package(
+        tmp_path, "factory-vq", "factory_vq_package", "def PluginVQ(config):\n    return 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(QuantizerLoadError, match="is not a class derived from torch.nn.Module"):
+        QuantizerConfig(quantizer="factory-vq")

@@ -82,7 +82,7 @@ def save_grid(
     return save_png(tile(images, columns), path, scale, stamp)
 
 
-# The reconstructions figure's enlargement: 28-pixel digits are small on a screen.
+# The reconstructions figure's enlargement (vqkit.training): 28-pixel digits are small.
 COMPARISON_SCALE = 2
 
 
@@ -92,13 +92,3 @@ def comparison_canvas(
     """Originals in the top row, their reconstructions right below (the tutorial's figure)."""
     top, bottom = to_uint8(originals), to_uint8(reconstructions)
     return tile(np.concatenate([top, bottom]), columns=top.shape[0])
-
-
-def save_comparison(
-    originals: torch.Tensor | np.ndarray,
-    reconstructions: torch.Tensor | np.ndarray,
-    path: str | Path,
-    scale: int = COMPARISON_SCALE,
-) -> Path:
-    """Write :func:`comparison_canvas` as a PNG."""
-    return save_png(comparison_canvas(originals, reconstructions), path, scale)

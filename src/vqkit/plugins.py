@@ -165,6 +165,14 @@ def load_installed_quantizer(name: str) -> bool:
         except (Exception, SystemExit) as exc:  # a plugin calling sys.exit too
             what = f"Loading the installed quantizer '{name}' ({entry.value})"
             raise QuantizerLoadError(_failure(what, exc), name) from exc
+        from torch import nn  # here: this module is imported before PyTorch is needed
+
+        if not (isinstance(quantizer_class, type) and issubclass(quantizer_class, nn.Module)):
+            raise QuantizerLoadError(
+                f"The installed quantizer '{name}' ({entry.value}) is not a class derived from "
+                "torch.nn.Module; its package must offer one (vqkit.vq.VectorQuantizer, say).",
+                name,
+            )
         REGISTERED_QUANTIZERS.setdefault(name, quantizer_class)
         return True
     return False
