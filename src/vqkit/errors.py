@@ -1,4 +1,5 @@
-"""The one exception type that reaches users as a sentence instead of a traceback."""
+"""The exception types that reach users as a sentence instead of a traceback, and the
+sentence for an allocation that failed."""
 
 from __future__ import annotations
 
@@ -50,8 +51,13 @@ def refused_file(path: object, exc: VqkitError) -> VqkitError:
 
 
 class OutOfMemory(VqkitError):
-    """An allocation failed inside a public function (``__cause__`` is PyTorch's error); the
-    command line says it again naming its own flag instead of the argument."""
+    """An allocation failed inside a public function; ``failure`` is PyTorch's message, which
+    the command line words again naming its own flag instead of the argument. (PyTorch's error
+    stays as the context without its traceback, whose frames would hold the tensors.)"""
+
+    def __init__(self, message: str, failure: str) -> None:
+        super().__init__(message)
+        self.failure = failure
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -67,10 +73,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def out_of_memory_sentence(exc: BaseException, less: str | None = None) -> str:
-    """The sentence for an allocation ``exc`` that failed, with how much it asked for where
-    PyTorch says it; ``less`` names what the caller can ask less of."""
-    text = str(exc)
+def out_of_memory_sentence(text: str, less: str | None = None) -> str:
+    """The sentence for an allocation that failed with the message ``text``, with how much it
+    asked for where PyTorch says it; ``less`` names what the caller can ask less of."""
     asked = re.search(r"allocate (\d+) bytes", text)
     size = f" ({int(asked.group(1)) / 2**30:.1f} GiB at once)" if asked else ""
     if SIZE_OVERFLOW in text:
@@ -89,4 +94,6 @@ def out_of_memory_said(less: str) -> Iterator[None]:
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        raise OutOfMemory(out_of_memory_sentence(exc, less)) from exc
+        exc.__traceback__ = None  # its frames would keep the tensors (a GPU's memory) alive
+        failure = str(exc)
+        raise OutOfMemory(out_of_memory_sentence(failure, less), failure) from None

@@ -163,5 +163,5 @@ def sample_images(
 
     generator = torch.Generator().manual_seed(arguments.seed(seed))
     codes = sample_codes(strategy, n, context, generator, **options).cpu()
-    with out_of_memory_said("a smaller n"):  # n images, decoded in batches, kept together
+    with out_of_memory_said("a smaller n or batch_size"):  # n images, decoded in batches
         return codes, decode_codes(context.model, codes, batch_size)

@@ -186,7 +186,7 @@ def out_of_memory_message(exc: BaseException, command: str | None = None) -> str
     """One sentence for an allocation that failed on the CPU or the GPU, else None."""
     if not is_out_of_memory(exc):
         return None
-    return out_of_memory_sentence(exc, LESS_AT_ONCE.get(command or ""))
+    return out_of_memory_sentence(str(exc), LESS_AT_ONCE.get(command or ""))
 
 
 def take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -242,8 +242,8 @@ def run_command(argv: list[str] | None) -> int:
         return int(args.handler(args) or 0)
     except VqkitError as exc:
         sentence = str(exc)
-        if isinstance(exc, OutOfMemory):  # the function's sentence names an argument: a flag here
-            sentence = out_of_memory_message(exc.__cause__, args.command) or sentence
+        if isinstance(exc, OutOfMemory) and args.command in LESS_AT_ONCE:  # a flag, not an argument
+            sentence = out_of_memory_sentence(exc.failure, LESS_AT_ONCE[args.command])
         if distributed.prints_refusals(exc):  # one line for a torchrun job's identical refusals
             print(f"vqkit: error: {sentence}", file=sys.stderr)
         return 2
