@@ -3,8 +3,10 @@ that does not fit its model, weights that blow up, and a demo refused before any
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import weakref
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from vqkit.codes_io import decode_codes, encode_images, load_codes, save_codes
 from vqkit.config import QuantizerConfig, RunConfig, TrainConfig, preset_config
 from vqkit.data import load_split, write_own_dataset
 from vqkit.demo import DemoSettings, run_demo
-from vqkit.errors import OutOfMemory, VqkitError
+from vqkit.errors import OutOfMemory, VqkitError, out_of_memory_said
 from vqkit.evaluate import evaluate_run
 from vqkit.generate import SamplingContext, sample_codes, sample_images
 from vqkit.interpolate import interpolation
@@ -326,6 +328,30 @@ def test_more_than_memory_holds_is_one_sentence_from_python_too(model, call, les
         "Storage size calculation overflowed" in oom.value.failure
         or "allocate" in oom.value.failure
     )
+
+
+def test_a_kept_out_of_memory_error_holds_no_tensor_of_the_failed_call():
+    # A notebook keeps the last error (sys.last_traceback): PyTorch's frames in it held the
+    # tensors of the call, and on a GPU their memory.
+    probe = []
+
+    def fails_after_allocating():
+        held = torch.zeros(1000)
+        probe.append(weakref.ref(held))
+        raise RuntimeError(
+            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"
+        )
+
+    with pytest.raises(OutOfMemory) as oom:
+        with out_of_memory_said("less"):
+            fails_after_allocating()
+    kept = oom.value  # noqa: F841 (what a caller keeps)
+    gc.collect()
+    assert probe[0]() is None
+    with out_of_memory_said("less"):  # nothing raised: nothing said
+        pass
+    with pytest.raises(RuntimeError, match="another failure"), out_of_memory_said("less"):
+        raise RuntimeError("another failure")
 
 
 def test_a_count_beyond_64_bits_is_one_sentence():

@@ -8,7 +8,7 @@ import torch
 
 from vqkit.codebook_exemplars import (
     EXEMPLARS_PER_CODE,
-    MISSING_GRAY,
+    MISSING,
     exemplar_blocks,
     exemplar_cells,
     exemplar_patches,
@@ -60,14 +60,14 @@ def test_patches_are_the_cell_with_one_cell_of_margin_black_beyond_the_edges():
         np.testing.assert_array_equal(patch, brute_force_patch(images[index].numpy(), row, column))
 
 
-def test_a_code_rarer_than_the_block_leaves_gray_patches():
+def test_a_code_rarer_than_the_block_leaves_blank_patches():
     images = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
     codes = torch.zeros(3, 7, 7, dtype=torch.long)
     codes[1, 2, 2] = 7
     patches = exemplar_patches(framed(images, CELL), codes, 7)
     np.testing.assert_array_equal(patches[0], brute_force_patch(images[1].numpy(), 2, 2))
-    assert (patches[1:] == MISSING_GRAY).all()
-    assert (exemplar_patches(framed(images, CELL), codes, 8) == MISSING_GRAY).all()  # nowhere
+    assert (patches[1:] == MISSING).all()
+    assert (exemplar_patches(framed(images, CELL), codes, 8) == MISSING).all()  # nowhere
 
 
 def test_each_code_gets_one_block_of_its_patches_one_pixel_apart():
@@ -79,3 +79,9 @@ def test_each_code_gets_one_block_of_its_patches_one_pixel_apart():
         patches = exemplar_patches(framed(images, CELL), codes, code)
         for slot, (top, left) in enumerate([(1, 1), (1, 14), (14, 1), (14, 14)]):
             np.testing.assert_array_equal(block[top : top + 12, left : left + 12], patches[slot])
+
+
+def test_no_code_to_show_makes_no_block():
+    images = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    blocks = exemplar_blocks(images, torch.zeros(2, 7, 7, dtype=torch.long), [])
+    assert blocks.shape == (0, 27, 27)  # np.stack of nothing raised ValueError

@@ -21,11 +21,13 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from process_helpers import child_env, vqkit_command
 from safetensors.torch import save_file
 
+from vqkit import prior as prior_module
 from vqkit import (
     prior_loop,
     prior_replacement,
@@ -43,6 +45,7 @@ from vqkit.checkpoint import (
 )
 from vqkit.classifier import ClassifierConfig
 from vqkit.cli import main, train_prior_cmd
+from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
 from vqkit.prior import PriorConfig, has_prior, incomplete_prior, unfinished_prior
 from vqkit.prior_replacement import old_prior_set_aside
@@ -950,3 +953,20 @@ def test_a_failed_replacement_leaves_exactly_the_old_priors_files(tmp_path):
                 (tmp_path / name).write_bytes(b"new")
             raise RuntimeError("failed in the first epoch")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
+
+
+def test_a_prior_beyond_the_new_bounds_resumes_but_is_not_restarted(
+    finished_prior, tmp_path, monkeypatch
+):
+    # The bounds hold a new prior only: one saved before they existed still trains on. With
+    # NumPy's True for resume (accepted as a switch): it reached the session log's JSON.
+    run_dir = copy_run(finished_prior, tmp_path)
+    monkeypatch.setattr(prior_module, "MAX_PRIOR_LAYERS", 1)  # the saved prior has 2 layers
+    with single_thread():
+        more = replace(TINY, epochs=3)
+        result = prior_training.train_prior(
+            run_dir, more, device="cpu", progress=False, resume=np.True_
+        )
+    assert result.epochs_trained == 1
+    with pytest.raises(VqkitError, match="layers must be 1 to 1 \\(--layers\\), not 2"):
+        prior_training.train_prior(run_dir, more, device="cpu", progress=False, restart=True)

@@ -130,9 +130,14 @@ def test_perplexity_formula():
     assert perplexity(torch.tensor([2, 1, 1])) == pytest.approx(expected)
     assert perplexity([2, 1, 1]) == perplexity(np.array([2, 1, 1])) == pytest.approx(expected)
     assert perplexity(np.array([1, 1, 2])[::-1]) == pytest.approx(expected)  # reversed strides
+    # Wide unsigned types: torch has no min of them.
+    assert perplexity(np.array([2, 1, 1], np.uint32)) == pytest.approx(expected)
+    assert perplexity(torch.tensor([2, 1, 1]).to(torch.uint16)) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("counts", [[[1, 2]], "ab", None, torch.tensor([True, False])])
+@pytest.mark.parametrize(
+    "counts", [[[1, 2]], "ab", None, torch.tensor([True, False]), np.array(5), torch.tensor(5)]
+)
 def test_perplexity_of_what_are_not_counts_is_one_sentence(counts):
     # A list raised AttributeError ('list' object has no attribute 'double').
     with pytest.raises(VqkitError, match="Code counts must be one \\(K,\\) tensor, list or array"):

@@ -15,7 +15,9 @@ EXEMPLARS_PER_CODE = 4  # patches per code, from as many different images, in a 
 EXEMPLAR_COLUMNS = 2
 EXEMPLAR_IMAGES = 1000  # test images searched (one encoding pass)
 PATCH_GAP = 1  # pixels between the patches of one code (codebook_view spaces the codes wider)
-MISSING_GRAY = 128  # a patch the searched images did not provide (the code is rarer there)
+# A patch the searched images did not provide (the code is rarer there): blank, like the gaps
+# between patches, and unlike any dimmed margin (at most 128).
+MISSING = 255
 MARGIN_DIMMING = 0.5  # the margin around the code's cell at half brightness: the cell stands out
 
 
@@ -39,9 +41,9 @@ def framed(images: torch.Tensor, cell: int) -> np.ndarray:
 def exemplar_patches(padded: np.ndarray, codes: torch.Tensor, code: int) -> np.ndarray:
     """``EXEMPLARS_PER_CODE`` uint8 patches (P, 3s, 3s) around cells holding ``code``: the cell
     of s pixels (s = image side / grid side) with one cell of margin on each side, the margin
-    dimmed; gray where fewer cells hold it. ``padded`` is :func:`framed` of the images."""
+    dimmed; blank (white) where fewer cells hold it. ``padded`` is :func:`framed` of the images."""
     cell = padded.shape[-1] // (codes.shape[-1] + 2)  # the side is grid + 2 cells
-    patches = np.full((EXEMPLARS_PER_CODE, 3 * cell, 3 * cell), MISSING_GRAY, dtype=np.uint8)
+    patches = np.full((EXEMPLARS_PER_CODE, 3 * cell, 3 * cell), MISSING, dtype=np.uint8)
     for slot, (index, row, column) in enumerate(exemplar_cells(codes, code, EXEMPLARS_PER_CODE)):
         # Padded coordinates: the cell starts one cell further in; the patch one cell before.
         top, left = row * cell, column * cell
@@ -54,8 +56,12 @@ def exemplar_patches(padded: np.ndarray, codes: torch.Tensor, code: int) -> np.n
 
 def exemplar_blocks(images: torch.Tensor, codes: torch.Tensor, shown: list[int]) -> np.ndarray:
     """One 2×2 block of patches per code in ``shown``: (len(shown), B, B) uint8."""
-    padded = framed(images, images.shape[-1] // codes.shape[-1])  # once for every code
+    cell = images.shape[-1] // codes.shape[-1]
+    padded = framed(images, cell)  # once for every code
     blocks = [
         tile(exemplar_patches(padded, codes, code), EXEMPLAR_COLUMNS, PATCH_GAP) for code in shown
     ]
+    if not blocks:  # no code used: an empty figure, as the atlas draws
+        side = EXEMPLAR_COLUMNS * (3 * cell + PATCH_GAP) + PATCH_GAP
+        return np.zeros((0, side, side), dtype=np.uint8)
     return np.stack(blocks)

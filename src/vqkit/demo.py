@@ -133,7 +133,7 @@ def run_demo(
     settings = DemoSettings() if settings is None else settings
     arguments.instance(settings, DemoSettings, "The demo settings", "DemoSettings(epochs=1)")
     arguments.path_or_none(out_dir, "The demo's run folder")
-    arguments.switch(progress, "progress", allow_none=True)
+    progress = arguments.switch(progress, "progress", allow_none=True)
     arguments.callable_or_none(log, "log")
     config = preset_config(settings.preset)
     config.train.dataset = settings.dataset

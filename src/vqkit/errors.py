@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import traceback
 from collections.abc import Iterator
 
 # What PyTorch says when a tensor's byte count does not fit 64 bits (on any device, meta too).
@@ -55,7 +56,7 @@ class OutOfMemory(VqkitError):
     the command line words again naming its own flag instead of the argument. (PyTorch's error
     stays as the context without its traceback, whose frames would hold the tensors.)"""
 
-    def __init__(self, message: str, failure: str) -> None:
+    def __init__(self, message: str, failure: str = "") -> None:
         super().__init__(message)
         self.failure = failure
 
@@ -94,6 +95,9 @@ def out_of_memory_said(less: str) -> Iterator[None]:
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        exc.__traceback__ = None  # its frames would keep the tensors (a GPU's memory) alive
+        # Its frames would keep the tensors (a GPU's memory) alive while the error is kept,
+        # and contextlib's frame in the new error's traceback still refers to them.
+        traceback.clear_frames(exc.__traceback__)
+        exc.__traceback__ = None
         failure = str(exc)
         raise OutOfMemory(out_of_memory_sentence(failure, less), failure) from None

@@ -266,9 +266,9 @@ def train_prior(
     run_dir = run_folder(run_dir)
     if settings is not None:
         arguments.instance(settings, PriorConfig, "The prior settings", "PriorConfig(epochs=4)")
-    arguments.switch(progress, "progress", allow_none=True)
-    arguments.switch(resume, "resume")
-    arguments.switch(restart, "restart")
+    progress = arguments.switch(progress, "progress", allow_none=True)
+    resume = arguments.switch(resume, "resume")
+    restart = arguments.switch(restart, "restart")
     target = resolve_device(device)
     # One writer: a second train-prior or train here is refused. (Loading the model, too,
     # draws from the global generator: its layers are built before the weights are read.)

@@ -134,16 +134,16 @@ def nearest_codes(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor
 def perplexity(code_counts: torch.Tensor) -> float:
     """exp(entropy) of the code-usage distribution: K when all codes are equally used, 1 if one."""
     if isinstance(code_counts, np.ndarray):  # torch takes no reversed strides
-        code_counts = np.ascontiguousarray(code_counts)
+        code_counts = code_counts.copy()
     try:
         counts = torch.as_tensor(code_counts)  # a list or NumPy counts too
     except (TypeError, ValueError, RuntimeError):
         counts = None
     if counts is None or counts.is_complex() or counts.dtype == torch.bool or counts.dim() != 1:
         raise VqkitError("Code counts must be one (K,) tensor, list or array of numbers.")
-    if counts.numel() and not (torch.isfinite(counts).all() and counts.min() >= 0):
+    code_counts = counts.double()  # unsigned types have no min in torch
+    if code_counts.numel() and not (torch.isfinite(code_counts).all() and code_counts.min() >= 0):
         raise VqkitError("Code counts must be finite and not negative.")
-    code_counts = counts
     probs = code_counts.double() / code_counts.sum().clamp(min=1)
     entropy = -(probs * torch.log(probs.clamp(min=1e-30))).sum()
     return float(torch.exp(entropy))

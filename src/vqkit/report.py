@@ -305,7 +305,7 @@ def _codebook(info: RunInfo) -> Section | None:
             "codebook_exemplars",
             "where the encoder chooses each used code, most used first: four test-image patches "
             "around cells holding it (the cell bright in the middle, a dimmed cell of margin "
-            "around it; gray where fewer of the images searched hold it)",
+            "around it; blank where fewer of the images searched hold it)",
         ),
         ("codebook_codemap", "test images with the code of each cell of their grid"),
     ]

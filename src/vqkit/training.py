@@ -235,8 +235,8 @@ def train(
     """
     arguments.path_or_none(run_dir, "A run folder")
     arguments.path_or_none(data_dir, "The data folder (--data-dir)")
-    arguments.switch(progress, "progress", allow_none=True)
-    arguments.switch(resume, "resume")
+    progress = arguments.switch(progress, "progress", allow_none=True)
+    resume = arguments.switch(resume, "resume")
     config = record_data_folder(checked_config(config), data_dir)
     target = resolve_device(device)
     context = distributed.setup(target)

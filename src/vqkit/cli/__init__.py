@@ -242,8 +242,8 @@ def run_command(argv: list[str] | None) -> int:
         return int(args.handler(args) or 0)
     except VqkitError as exc:
         sentence = str(exc)
-        if isinstance(exc, OutOfMemory) and args.command in LESS_AT_ONCE:  # a flag, not an argument
-            sentence = out_of_memory_sentence(exc.failure, LESS_AT_ONCE[args.command])
+        if isinstance(exc, OutOfMemory):  # a flag to lower, not a Python argument
+            sentence = out_of_memory_sentence(exc.failure, LESS_AT_ONCE.get(args.command))
         if distributed.prints_refusals(exc):  # one line for a torchrun job's identical refusals
             print(f"vqkit: error: {sentence}", file=sys.stderr)
         return 2

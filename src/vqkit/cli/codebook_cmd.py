@@ -24,7 +24,7 @@ Write four PNGs into a folder:
   codebook_exemplars.png
                         where the encoder chooses each used code: four patches of the first
                         1,000 test images around cells holding it (the cell bright in the
-                        middle, a dimmed cell of margin around it; gray where fewer images
+                        middle, a dimmed cell of margin around it; blank where fewer images
                         hold it)
   codebook_codemap.png  a few test images with their 7x7 code indices written over them
 
