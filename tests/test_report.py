@@ -283,6 +283,21 @@ def test_any_json_in_an_optional_file_never_crashes(fuzz_run, name, value):
         path.unlink()
 
 
+@pytest.mark.parametrize("epoch", [2**64, 2**62, -1])
+def test_an_epoch_number_beyond_64_bits_is_left_out_not_plotted(fuzz_run, epoch):
+    # Found by the fuzzer above: epoch 2**64 became a NumPy object array and matplotlib's
+    # tick formatter raised TypeError.
+    path = fuzz_run / runfiles.PRIOR_METRICS
+    record = {"epoch": epoch, "train_bits_per_code": 0, "test_bits_per_code": 0}
+    try:
+        path.write_text(json.dumps(record) + "\n")
+        info = load_run_info(fuzz_run)
+        assert info.prior_metrics == [] and runfiles.PRIOR_METRICS in info.notes
+        write_report(fuzz_run)
+    finally:
+        path.unlink()
+
+
 def test_figures_of_new_strategies_show_up_with_their_scores(full_run, tmp_path):
     run = copy_run(full_run, tmp_path / "run")
     figures = run / runfiles.FIGURES_DIR

@@ -217,7 +217,9 @@ def _epoch_records(info: RunInfo, name: str, required: tuple[str, ...]) -> list[
         epoch = number(record.get("epoch"))
         if epoch is None or any(number(record.get(key)) is None for key in required):
             continue
-        by_epoch[int(epoch)] = record
+        if not 0 <= epoch < MAX_COUNT:  # 2**64 became an object array, which plots refused
+            continue
+        by_epoch[int(epoch)] = {**record, "epoch": int(epoch)}
     if not by_epoch:
         info.notes[name] = "has no readable epoch records"
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
