@@ -75,8 +75,7 @@ def path(value: Any, what: str) -> str | os.PathLike:
 def folder(value: Any, what: str) -> Path:
     """``value`` as a Path when it names a folder: a str or os.PathLike that is not empty
     (``Path("")`` would quietly be the current folder)."""
-    if not isinstance(value, str | os.PathLike):
-        raise VqkitError(f"{what} is a path (a str or pathlib.Path), not {value!r}.")
+    value = path(value, what)
     if not str(value).strip():
         raise VqkitError(f"{what} is empty; give the name of a folder.")
     return Path(value)
