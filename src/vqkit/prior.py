@@ -58,8 +58,8 @@ from vqkit.generate import SamplingContext, register_strategy
 from vqkit.prior_replacement import interrupted_replacement
 from vqkit.run_lock import writer_of
 
-# Bounds far above any useful prior (the default has 7 layers of 32 channels, kernel 3, and
-# a 7x7 grid is covered by 4 layers): without them 10**9 layers were built for ten minutes
+# Bounds far above any useful prior (the default has 7 layers of 32 channels, kernel 3; a 7x7
+# grid is covered from 6 layers, when L·(k//2) columns reach the far side): without them 10**9 layers were built for ten minutes
 # until memory ran out, before the memory check could say anything.
 MAX_PRIOR_LAYERS = 100
 MAX_PRIOR_KERNEL = 63
