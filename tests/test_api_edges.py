@@ -271,7 +271,7 @@ WRONG_ARGUMENTS = {
     "save codes no path": (lambda m, run: save_codes(torch.zeros(1, 7, 7).long(), None), "path"),
     "fsq levels text": (  # a tuple is taken as the list it holds
         lambda m, run: QuantizerConfig(quantizer="fsq", fsq_levels="8,5"),
-        "must be a list, not '8,5' (a str)",
+        "must be a list, not '8,5' (type str)",
     ),
 }
 DIGIT = torch.zeros(28, 28)

@@ -29,7 +29,9 @@ FIGURE_PREFIXES = ("samples_", "interpolation_")
 # Score rows that stand for one sampling strategy each (the FIDs in the headline).
 HEADLINE_SCORE_ROWS = ("prior", "used", "random")
 
-# Code counts must fit a 64-bit integer (they are summed as int64).
+# Counts and epoch numbers read from a run's files are whole numbers below this: the report
+# turns them into int64 tensors and arrays (a count or epoch of 2**64 became an object array,
+# which the plots refused), and 2**62 leaves room for their sums.
 MAX_COUNT = 2**62
 
 
@@ -217,7 +219,7 @@ def _epoch_records(info: RunInfo, name: str, required: tuple[str, ...]) -> list[
         epoch = number(record.get("epoch"))
         if epoch is None or any(number(record.get(key)) is None for key in required):
             continue
-        if not 0 <= epoch < MAX_COUNT:  # 2**64 became an object array, which plots refused
+        if not 0 <= epoch < MAX_COUNT:
             continue
         by_epoch[int(epoch)] = {**record, "epoch": int(epoch)}
     if not by_epoch:
