@@ -305,6 +305,19 @@ def test_prior_row_labels_follow_the_prior_even_when_the_test_set_lacks_a_class(
     )
 
 
+def test_a_conditional_prior_is_scored_when_no_class_has_two_test_images(prior_run, monkeypatch):
+    # One's own dataset with two test images of different classes: no class gets its own
+    # covariance, so only the class-balanced "prior" row is made (its count divided by zero).
+    monkeypatch.setattr(score, "score_images", lambda name, *args, **kwargs: {"name": name})
+    monkeypatch.setattr(score, "classify", lambda classifier, images: (None, None))
+    no_class = score.Reference((np.zeros(2), np.eye(2)), {})
+    context = SamplingContext(load_model(prior_run), prior_run)
+    rows = score._strategy_rows("prior", context, None, no_class, 20, 0, None, "mnist")
+    assert [row["name"] for row in rows] == ["prior"]
+    said = score._classes_without_row(rows, prior_run, no_class)
+    assert said.startswith("No per-class prior row for class 0, 1, 2, 3, 4, 5, 6, 7, 8, 9:")
+
+
 def test_sample_command_with_the_prior(prior_run, tmp_path):
     codes_path = tmp_path / "codes.npy"
     argv = ["sample", str(prior_run), "--strategy", "prior", "--n", "5", "--seed", "3"]

@@ -287,7 +287,7 @@ def _strategy_rows(
     runs: list[tuple[str, dict[str, Any], int, tuple, torch.Tensor | None]]
     if prior_classes is not None:
         classes = sorted(reference.per_class)
-        per_class = max(2, n // len(classes))
+        per_class = max(2, n // max(1, len(classes)))  # no class may have 2 test images
         labels = torch.arange(n) % prior_classes  # the classes the prior draws, in its order
         runs = [("prior", {}, n, reference.overall, labels)]
         runs += [
