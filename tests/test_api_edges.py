@@ -457,6 +457,12 @@ def test_names_that_are_not_strings_are_one_sentence(call, fragment):
         ),
         (lambda: DemoSettings(score_samples=10**9), "'score_samples' must be at most 1,000,000"),
         (lambda: DemoSettings(interpolation_steps=10**9), "'interpolation_steps' must be at most"),
+        # Class d's row of the conditional figure is drawn with seed + d: that failed after
+        # both models had trained.
+        (
+            lambda: DemoSettings(seed=2**63 - 9),
+            "--seed must be at most 9223372036854775798 with a conditional prior",
+        ),
     ],
     ids=[
         "run-model",
@@ -469,6 +475,7 @@ def test_names_that_are_not_strings_are_one_sentence(call, fragment):
         "figure-samples",
         "score-samples",
         "interpolation-steps",
+        "conditional-seed",
     ],  # fmt: skip
 )
 def test_settings_are_checked_when_built_not_minutes_later(build, fragment):

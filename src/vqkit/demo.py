@@ -20,7 +20,7 @@ from vqkit import arguments, runfiles
 from vqkit.classifier import ClassifierConfig
 from vqkit.codebook_exemplars import EXEMPLAR_IMAGES
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
-from vqkit.config import PRECISIONS, PRESETS, preset_config, require_typed_settings
+from vqkit.config import PRECISIONS, PRESETS, SEED_MAX, preset_config, require_typed_settings
 from vqkit.data import DATASETS, OWN_DATASET, dataset_classes, load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
@@ -110,6 +110,12 @@ class DemoSettings:
             raise VqkitError(
                 f"The interpolation pair {pair} names a class that {self.dataset} does not "
                 f"have (its classes are 0 to {len(classes) - 1})."
+            )
+        highest_seed = SEED_MAX - (len(classes) - 1)  # row d of the conditional figure: seed + d
+        if self.prior_conditional and self.seed > highest_seed:
+            raise VqkitError(
+                f"--seed must be at most {highest_seed} with a conditional prior (class d's "
+                f"samples are drawn with seed + d), not {self.seed}."
             )
 
 
@@ -228,12 +234,13 @@ def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Pa
         )
         save_grid(images, figures / names[f"samples_{strategy}"], stamp=made_by)
     if settings.prior_conditional:
-        classes = 10
+        classes = len(dataset_classes(settings.dataset))
         rows = [
             sample_images(context, "prior", classes, settings.seed + label, digit=label)[1]
             for label in range(classes)
         ]
-        # Row d: 10 samples of class d drawn with seed + d (as `vqkit sample --digit d` would).
+        # Row d: as many samples of class d as there are classes, drawn with seed + d (as
+        # `vqkit sample --digit d` would).
         made_with = {"command": "demo", "strategy": "prior", "n": classes, "seed": settings.seed}
         made_with["rows"] = "class d with seed + d"
         save_grid(
