@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vqkit.config import ModelConfig, QuantizerConfig
+from vqkit.config import ModelConfig, QuantizerConfig, preset_config
 from vqkit.metrics import code_grid_bits, evaluate_reconstruction, psnr
 from vqkit.model import VQVAE
 
@@ -57,3 +57,15 @@ def test_evaluate_reconstruction_matches_a_per_image_recomputation():
     assert metrics["bits_per_image"] == pytest.approx(49 * math.log(6, 2))
     assert metrics["num_codes"] == 6
     assert metrics["test_images"] == 10  # what the words "on the N test images" count
+
+
+def test_an_interrupted_evaluation_leaves_the_model_training(monkeypatch):
+    model = VQVAE(preset_config("efficient").model).train()
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "forward", stop)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_reconstruction(model, torch.zeros(3, 28, 28, dtype=torch.uint8))
+    assert all(module.training for module in model.modules())

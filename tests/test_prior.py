@@ -141,6 +141,25 @@ def test_sampling_leaves_the_prior_in_the_mode_it_found(training):
     assert prior.training == training
 
 
+@pytest.mark.parametrize("interrupted", ["sample", "evaluate"])
+def test_an_interrupted_pass_leaves_the_prior_training(interrupted, monkeypatch):
+    # A Ctrl-C in a notebook once left the prior in eval mode: trained on, without dropout.
+    prior = tiny_prior(False).train()
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prior, "row_logits", stop)
+    monkeypatch.setattr(prior, "forward", stop)
+    with pytest.raises(KeyboardInterrupt):
+        if interrupted == "sample":
+            sample_prior(prior, 2, torch.Generator().manual_seed(0))
+        else:
+            codes = random_codes(2)
+            evaluate_nll(prior, CodeSet(codes, torch.zeros(2, dtype=torch.long)), 2)
+    assert all(module.training for module in prior.modules())  # dropout layers included
+
+
 @pytest.mark.parametrize("conditional", [False, True])
 def test_sampler_crops_give_the_full_forward_logits(conditional):
     prior = tiny_prior(conditional)

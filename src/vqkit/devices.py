@@ -12,6 +12,19 @@ from torch import nn
 
 from vqkit.errors import SIZE_OVERFLOW, VqkitError
 
+
+@contextlib.contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block and back in its own mode after it, also when
+    the block raises (an interrupted sample in a notebook once left dropout off for training)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 # Bytes a trained parameter holds at least: fp32 weight, its gradient and Adam's two moments.
 TRAINING_BYTES_PER_PARAMETER = 16
 

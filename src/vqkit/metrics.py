@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from vqkit.devices import evaluation_mode
 from vqkit.model import VQVAE, images_to_input
 from vqkit.quantize import perplexity
 
@@ -33,18 +34,17 @@ def evaluate_reconstruction(
     Perplexity and codes used count every code chosen over all N images (not per batch, which
     would depend on the batch size). Sums stay on the device: one host sync at the end.
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     squared_error = torch.zeros((), dtype=torch.float64, device=device)
     counts = torch.zeros(model.num_codes, dtype=torch.long, device=device)
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start : start + batch_size].to(device, non_blocking=True)
-        out = model(batch)
-        target = images_to_input(batch)
-        squared_error += (out.reconstruction.float() - target).pow(2).sum(dtype=torch.float64)
-        counts += out.code_counts
-    model.train(was_training)
+    with evaluation_mode(model):
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start : start + batch_size].to(device, non_blocking=True)
+            out = model(batch)
+            target = images_to_input(batch)
+            error = (out.reconstruction.float() - target).pow(2).sum(dtype=torch.float64)
+            squared_error += error
+            counts += out.code_counts
     pixels = images.numel()
     mse = float(squared_error) / pixels
     used = int((counts > 0).sum())

@@ -52,6 +52,7 @@ from vqkit.config import (
     check_run_controls,
     require_typed_settings,
 )
+from vqkit.devices import evaluation_mode
 from vqkit.errors import VqkitError, refused_file
 from vqkit.fileio import read_json_object, write_json_atomic
 from vqkit.generate import SamplingContext, register_strategy
@@ -59,8 +60,9 @@ from vqkit.prior_replacement import interrupted_replacement
 from vqkit.run_lock import writer_of
 
 # Bounds far above any useful prior (the default has 7 layers of 32 channels, kernel 3; a 7x7
-# grid is covered from 6 layers, when L·(k//2) columns reach the far side): without them 10**9 layers were built for ten minutes
-# until memory ran out, before the memory check could say anything.
+# grid is covered from 6 layers, when L·(k//2) columns reach the far side): without them
+# 10**9 layers were built for ten minutes until memory ran out, before the memory check could
+# say anything.
 MAX_PRIOR_LAYERS = 100
 MAX_PRIOR_KERNEL = 63
 
@@ -338,16 +340,14 @@ def sample_prior(
     conditions = prior.conditions(labels)
     if n == 0:
         return codes
-    was_training = prior.training
-    prior.eval()
-    for r in range(size):
-        context = prior.vertical_context(codes[:, :r], conditions)
-        for c in range(size):
-            logits = prior.row_logits(codes[:, r : r + 1, : c + 1], context, conditions)
-            codes[:, r, c] = draw(
-                restrict_logits(logits[:, :, 0, c], temperature, top_k), generator
-            )
-    prior.train(was_training)
+    with evaluation_mode(prior):
+        for r in range(size):
+            context = prior.vertical_context(codes[:, :r], conditions)
+            for c in range(size):
+                logits = prior.row_logits(codes[:, r : r + 1, : c + 1], context, conditions)
+                codes[:, r, c] = draw(
+                    restrict_logits(logits[:, :, 0, c], temperature, top_k), generator
+                )
     return codes
 
 

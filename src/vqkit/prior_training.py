@@ -32,7 +32,7 @@ from vqkit.checkpoint import (
 from vqkit.codes_io import encode_images, npy_bytes
 from vqkit.config import TrainConfig, settings_differences
 from vqkit.data import OWN_DATASET, Split, dataset_classes, load_split
-from vqkit.devices import callers_random_state_kept, resolve_device
+from vqkit.devices import callers_random_state_kept, evaluation_mode, resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_bytes_atomic, write_json_atomic
 from vqkit.model import VQVAE
@@ -61,11 +61,8 @@ class CodeSet:
 @torch.no_grad()
 def extract_codes(model: VQVAE, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """uint8 images (N, H, W) -> code grids (N, h, w) int64 on the CPU, in eval mode."""
-    was_training = model.training
-    model.eval()
-    codes = encode_images(model, images, batch_size)
-    model.train(was_training)
-    return codes
+    with evaluation_mode(model):
+        return encode_images(model, images, batch_size)
 
 
 def code_dtype(num_codes: int) -> type[np.signedinteger]:
@@ -213,16 +210,14 @@ def unigram_bits(codes: torch.Tensor, num_codes: int) -> float:
 @torch.no_grad()
 def evaluate_nll(prior: PixelCNNPrior, data: CodeSet, batch_size: int) -> float:
     """Mean negative log-likelihood of ``data`` under ``prior`` in bits per code."""
-    was_training = prior.training
-    prior.eval()
     device = prior.embedding.weight.device
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for start in range(0, data.codes.shape[0], batch_size):
-        codes = data.codes[start : start + batch_size].to(device)
-        labels = data.labels[start : start + batch_size].to(device)
-        logits = prior(codes, labels if prior.config.conditional else None)
-        total += code_nll(logits, codes).double().sum()
-    prior.train(was_training)
+    with evaluation_mode(prior):
+        for start in range(0, data.codes.shape[0], batch_size):
+            codes = data.codes[start : start + batch_size].to(device)
+            labels = data.labels[start : start + batch_size].to(device)
+            logits = prior(codes, labels if prior.config.conditional else None)
+            total += code_nll(logits, codes).double().sum()
     return float(total) / data.codes.numel() / math.log(2)
 
 

@@ -22,6 +22,7 @@ from vqkit.checkpoint import (
     weights_digest,
 )
 from vqkit.data import OWN_DATASET, load_split
+from vqkit.devices import evaluation_mode
 from vqkit.environment import images_digest
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
@@ -122,10 +123,8 @@ def code_usage(
         return cached
     if images is None:
         images = load_split(config.train.dataset, USAGE_SPLIT, data_dir).images
-    was_training = model.training
-    model.eval()
-    counts = count_codes(model, images, config.train.eval_batch_size)
-    model.train(was_training)
+    with evaluation_mode(model):
+        counts = count_codes(model, images, config.train.eval_batch_size)
     record = {
         "split": USAGE_SPLIT,
         "images": int(images.shape[0]),
