@@ -92,3 +92,24 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_pa
             raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
     assert target.read_bytes() == b"old\n"
+
+
+def _strict(text: str):
+    """json.loads that refuses the non-standard Infinity and NaN tokens, as jq does."""
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_files_hold_no_infinity_or_nan(tmp_path):
+    # A perfect reconstruction's PSNR is infinite; Python's encoder wrote it as Infinity.
+    record = {"test_psnr": float("inf"), "rows": [{"fid": float("nan")}, (1.5, -float("inf"))]}
+    expected = {"test_psnr": None, "rows": [{"fid": None}, [1.5, None]]}
+    fileio.write_json_atomic(tmp_path / "a.json", record)
+    assert _strict((tmp_path / "a.json").read_text()) == expected
+    fileio.append_jsonl(tmp_path / "m.jsonl", {"epoch": 1, "test_psnr": 12.5})
+    fileio.append_jsonl(tmp_path / "m.jsonl", record)
+    lines = (tmp_path / "m.jsonl").read_text().splitlines()
+    assert [_strict(line) for line in lines] == [{"epoch": 1, "test_psnr": 12.5}, expected]

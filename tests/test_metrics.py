@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
+from vqkit.cli.common import print_json
 from vqkit.config import ModelConfig, QuantizerConfig, preset_config
+from vqkit.errors import VqkitError
 from vqkit.metrics import code_grid_bits, evaluate_reconstruction, psnr
 from vqkit.model import VQVAE
 
@@ -69,3 +72,22 @@ def test_an_interrupted_evaluation_leaves_the_model_training(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         evaluate_reconstruction(model, torch.zeros(3, 28, 28, dtype=torch.uint8))
     assert all(module.training for module in model.modules())
+
+
+def test_a_perfect_reconstruction_prints_as_standard_json(capsys):
+    # Black images and a decoder whose last bias saturates its sigmoid at exactly 0: MSE 0,
+    # PSNR infinite, which `evaluate --json` printed as the non-JSON token Infinity.
+    model = VQVAE(preset_config("efficient").model)
+    with torch.no_grad():
+        model.decoder.net[-2].bias.fill_(-1000.0)
+    metrics = evaluate_reconstruction(model, torch.zeros(3, 28, 28, dtype=torch.uint8), 2)
+    assert metrics["test_mse"] == 0.0 and metrics["test_psnr"] == math.inf
+    print_json(metrics)
+    printed = json.loads(capsys.readouterr().out, parse_constant=pytest.fail)
+    assert printed["test_psnr"] is None and printed["test_mse"] == 0.0
+
+
+def test_no_images_are_refused_in_a_sentence():
+    model = VQVAE(preset_config("efficient").model)
+    with pytest.raises(VqkitError, match="There are no images to evaluate"):
+        evaluate_reconstruction(model, torch.zeros(0, 28, 28, dtype=torch.uint8))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import tempfile
@@ -101,17 +102,34 @@ def write_bytes_if_changed(path: str | Path, data: bytes) -> bool:
     return True
 
 
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every infinite or NaN float inside it (dicts, lists, tuples) as None.
+
+    JSON has no such numbers: Python's encoder writes ``Infinity``, which strict parsers (jq,
+    browsers' JSON.parse) refuse; a perfect reconstruction's PSNR is infinite."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_null(value) for value in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """Standard JSON of ``obj`` (see :func:`finite_or_null`) as text."""
+    return json.dumps(finite_or_null(obj), indent=indent, allow_nan=False)
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    with atomic_open(path, "w") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=False)
-        handle.write("\n")
+    write_bytes_atomic(path, (json_text(obj, indent=2) + "\n").encode())
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON line (a reader may see the old lines or one more, never a torn line)."""
     path = Path(path)
     previous = path.read_bytes() if path.exists() else b""
-    write_bytes_atomic(path, previous + (json.dumps(record) + "\n").encode())
+    write_bytes_atomic(path, previous + (json_text(record) + "\n").encode())
 
 
 def parse_json(text: str | bytes) -> Any:

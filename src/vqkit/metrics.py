@@ -6,13 +6,15 @@ import math
 
 import torch
 
+from vqkit.config import IMAGE_SIZE
 from vqkit.devices import evaluation_mode
+from vqkit.errors import VqkitError
 from vqkit.model import VQVAE, images_to_input
 from vqkit.quantize import perplexity
 
 # Sizes of the raw image a 7×7 code grid replaces, for the compression figures.
-BINARIZED_IMAGE_BITS = 28 * 28
-EIGHT_BIT_IMAGE_BITS = 28 * 28 * 8
+BINARIZED_IMAGE_BITS = IMAGE_SIZE * IMAGE_SIZE
+EIGHT_BIT_IMAGE_BITS = IMAGE_SIZE * IMAGE_SIZE * 8
 
 
 def psnr(mse: float, peak: float = 1.0) -> float:
@@ -34,6 +36,8 @@ def evaluate_reconstruction(
     Perplexity and codes used count every code chosen over all N images (not per batch, which
     would depend on the batch size). Sums stay on the device: one host sync at the end.
     """
+    if images.shape[0] == 0:  # a mean over no pixels
+        raise VqkitError("There are no images to evaluate; give at least one.")
     device = next(model.parameters()).device
     squared_error = torch.zeros((), dtype=torch.float64, device=device)
     counts = torch.zeros(model.num_codes, dtype=torch.long, device=device)

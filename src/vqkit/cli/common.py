@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import textwrap
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from vqkit.config import SEED_MAX, SEED_RANGE, is_seed
 from vqkit.errors import VqkitError
+from vqkit.fileio import json_text
 from vqkit.wording import stopped_by
 
 if TYPE_CHECKING:  # the training loop imports torch; the CLI's helpers need not
@@ -106,7 +106,7 @@ def int_list(text: str) -> list[int]:
 
 
 def print_json(obj) -> None:
-    print(json.dumps(obj, indent=2))
+    print(json_text(obj, indent=2))
 
 
 def refuse_resume_conflicts(conflicts: Sequence[str], allowed: Sequence[str]) -> None:
