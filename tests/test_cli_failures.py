@@ -175,6 +175,13 @@ def test_a_constant_rate_run_trains_longer_when_resumed(tmp_path, capsys):
     assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--quiet"]) == 0
     assert json.loads((run_dir / runfiles.CONFIG).read_text())["train"]["epochs"] == 2
     assert len((run_dir / runfiles.METRICS).read_text().splitlines()) == 2
+    # Fewer epochs than it trained: refused in a sentence, nothing written.
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    fails_cleanly(
+        capsys, ["train", "--resume", str(run_dir), "--epochs", "1", "--quiet"],
+        f"The run in '{run_dir}' has already trained 2 epochs, more than --epochs 1.",
+    )  # fmt: skip
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
 
 
 def test_resuming_a_finished_run_says_so_and_records_no_session(run_copy, capsys):

@@ -37,7 +37,6 @@ from vqkit.training import (
     resumed_history,
     steps_per_epoch,
 )
-from vqkit.wording import counted
 
 PRIOR_TERMS = ("prior loss",)  # the one loss term the non-finite guard watches
 
@@ -164,13 +163,8 @@ class PriorLoop:
             self.counters = _Counters.from_extra(restored.extra, run_dir)
             epoch_steps = steps_per_epoch(self.codes.shape[0], settings.batch_size, 1)
             train_state.require_step_in_epoch(run_dir, self.position.step, epoch_steps, files)
-            if settings.epochs < self.position.epochs_done:
-                raise VqkitError(
-                    f"The prior in '{run_dir}' has already trained "
-                    f"{counted(self.position.epochs_done, 'epoch')}, more than --epochs "
-                    f"{settings.epochs}."
-                )
             done = self.position.epochs_done
+            train_state.require_epochs_not_below("prior", run_dir, done, settings.epochs)
             self.history = resumed_history(run_dir, done, context, runfiles.PRIOR_METRICS)
         # A new prior starts in a run folder whose earlier prior files were set aside
         # (vqkit.prior_replacement), so nothing of them is appended to or kept. A finished prior

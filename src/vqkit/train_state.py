@@ -24,6 +24,7 @@ from vqkit import distributed, runfiles
 from vqkit.checkpoint import load_tensors_into, read_tensors_and_metadata, run_path
 from vqkit.errors import VqkitError
 from vqkit.fileio import parse_json, write_bytes_atomic, write_json_atomic
+from vqkit.wording import counted
 
 # Version 2 keeps a VQ-VAE's loss and its quantizer term (epoch/loss_sum of two); a version-1
 # state, with the loss alone, still resumes. An older vqkit refuses version 2 as incompatible
@@ -248,6 +249,16 @@ def require_step_in_epoch(
     having trained nothing)."""
     if 0 < steps <= step:
         raise VqkitError(_damaged(run_path(run_dir, files.tensors), files))
+
+
+def require_epochs_not_below(trained: str, run_dir: str | Path, done: int, epochs: int) -> None:
+    """Refuse to resume ``trained`` ("run", "prior") with fewer ``epochs`` than it has done:
+    it would stop at once, its last epochs unaccounted for by the settings it records."""
+    if epochs < done:
+        raise VqkitError(
+            f"The {trained} in '{run_dir}' has already trained {counted(done, 'epoch')}, more "
+            f"than --epochs {epochs}."
+        )
 
 
 def _damaged(path: Path, files: StateFiles) -> str:

@@ -409,12 +409,9 @@ class _Run:
             )
         # Now with as many processes as saved it: their epoch's steps are these.
         train_state.require_step_in_epoch(self.run_dir, self.position.step, epoch_steps)
-        if self.settings.epochs < self.position.epochs_done:
-            raise VqkitError(
-                f"The run in '{self.run_dir}' has already trained "
-                f"{counted(self.position.epochs_done, 'epoch')}, more than --epochs "
-                f"{self.settings.epochs}."
-            )
+        train_state.require_epochs_not_below(
+            "run", self.run_dir, self.position.epochs_done, self.settings.epochs
+        )
 
     def train(self) -> TrainResult:
         # Each epoch's end writes the weights file; a resume of a finished run trains none.
