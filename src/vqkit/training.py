@@ -132,9 +132,11 @@ def run_epoch(
     building block benchmarks use to time training with the clock stopped for evaluation.
     ``graphed`` (built on the same model, optimizer and scheduler) takes the steps instead.
     """
-    order = torch.randperm(images.shape[0], generator=order_generator).to(images.device)
+    batches = epoch_batches(
+        images.shape[0], batch_size, order_generator, distributed.Context(), images.device
+    )
     total, steps = torch.zeros((), device=images.device), 0
-    for index in order.split(batch_size):
+    for index in batches:
         if graphed is not None:
             total += graphed(images[index])[2]
         else:
@@ -154,6 +156,7 @@ def loss_terms(loss: float, quantizer: float) -> dict[str, float]:
 
 
 def require_batch_divides(batch_size: int, world_size: int) -> None:
+    """Refuse a global batch that the ``world_size`` processes cannot split evenly."""
     if batch_size % world_size:
         raise VqkitError(
             f"The batch size {batch_size} must be a multiple of the {world_size} processes "
@@ -162,6 +165,7 @@ def require_batch_divides(batch_size: int, world_size: int) -> None:
 
 
 def require_images_for_processes(count: int, world_size: int) -> None:
+    """Refuse fewer training images than processes."""
     if count < world_size:  # some process would get no image to train on
         raise VqkitError(
             f"{counted(count, 'training image')} cannot be shared among {world_size} "
