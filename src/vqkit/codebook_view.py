@@ -158,7 +158,7 @@ def code_atlas(model: VQVAE, codes: torch.Tensor) -> torch.Tensor:
     return model.decode(grids)[:, 0].cpu()
 
 
-def used_codes(counts: torch.Tensor) -> torch.Tensor:
+def codes_by_use(counts: torch.Tensor) -> torch.Tensor:
     """The codes with a count, most used first (ties in code order)."""
     order = torch.argsort(counts.cpu(), descending=True, stable=True)
     return order[counts.cpu()[order] > 0]
@@ -187,7 +187,7 @@ def plot_atlas(
     model: VQVAE, counts: torch.Tensor, path: str | Path, stamp: dict[str, str] | None = None
 ) -> Path:
     """Every used code decoded, most used first, each tile labelled with its code index."""
-    used = used_codes(counts)
+    used = codes_by_use(counts)
     return _save(_labelled_tiles(code_atlas(model, used), used.tolist()), path, stamp)
 
 
@@ -201,7 +201,7 @@ def plot_exemplars(
     """For every used code, most used first, four patches of ``images`` (N, H, W) around cells
     the encoder gave that code (vqkit.codebook_exemplars), labelled with its index."""
     codes = encode_images(model, images, EXEMPLAR_BATCH)
-    used = used_codes(counts).tolist()
+    used = codes_by_use(counts).tolist()
     blocks = exemplar_blocks(images, codes, used)
     return _save(_labelled_tiles(blocks, used, EXEMPLAR_BLOCK_PADDING), path, stamp)
 

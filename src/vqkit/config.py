@@ -49,8 +49,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 SEED_RANGE = "a whole number from -2**63 to 2**63 - 1"
 
-# vqkit's datasets (MNIST, Fashion-MNIST, own IDX files) are all 28×28 grayscale images
-# (vqkit.data.catalog.IMAGE_SIZE), so a model of another size or depth could never be fed.
+# vqkit's datasets (MNIST, Fashion-MNIST, own IDX files) are all 28×28 grayscale images, so a
+# model of another size or depth could never be fed (vqkit.data.catalog re-exports IMAGE_SIZE).
 IMAGE_SIZE, IMAGE_CHANNELS = 28, 1
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vqkit.config import IMAGE_SIZE
+
 __all__ = [
     "DATASETS",
     "IMAGE_SIZE",
@@ -16,8 +18,6 @@ __all__ = [
     "FileInfo",
     "Split",
 ]
-
-IMAGE_SIZE = 28
 
 # Any 28×28 grayscale dataset in MNIST's four-file layout (KMNIST, your own), from --data-dir.
 OWN_DATASET = "idx"
