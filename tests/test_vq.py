@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from vqkit import runfiles
 from vqkit.checkpoint import load_model, save_config, save_weights
 from vqkit.codebook_health import dead_code_mask, kmeans, kmeans_plus_plus_seeds
-from vqkit.config import ModelConfig, QuantizerConfig, RunConfig
+from vqkit.config import GRADIENT_ESTIMATORS, ModelConfig, QuantizerConfig, RunConfig
 from vqkit.model import VQVAE
 from vqkit.quantize import build_quantizer
-from vqkit.rotation import rotation_trick
+from vqkit.rotation import ESTIMATOR_FUNCTIONS, rotation_trick
 from vqkit.training import train
 
 
@@ -558,3 +558,7 @@ def test_kmeans_runs_again_after_loading_weights_that_have_not_had_it():
     quantizer(latents + 5)
     assert bool(quantizer.kmeans_done)  # centroids of the new latents, all near (5, 5)
     assert (quantizer.codebook - 5).abs().max() < 4
+
+
+def test_every_gradient_estimator_the_config_offers_has_a_function():
+    assert set(ESTIMATOR_FUNCTIONS) == set(GRADIENT_ESTIMATORS)

@@ -30,13 +30,9 @@ from vqkit.errors import VqkitError
 from vqkit.fileio import append_jsonl
 from vqkit.guards import WEIGHTS_NOT_SAVED, NonFiniteGuard, StopRequest
 from vqkit.prior import PixelCNNPrior, PriorConfig, save_prior_config
+from vqkit.run_folder import resumed_history
 from vqkit.train_state import Position
-from vqkit.training import (
-    TrainingInterrupted,
-    epoch_batches,
-    resumed_history,
-    steps_per_epoch,
-)
+from vqkit.training import TrainingInterrupted, epoch_batches, steps_per_epoch
 
 PRIOR_TERMS = ("prior loss",)  # the one loss term the non-finite guard watches
 

@@ -47,4 +47,5 @@ def rotation_trick(vectors: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     return chosen.detach() + (scaled - scaled.detach())
 
 
-GRADIENT_ESTIMATORS = {"ste": straight_through, "rotation": rotation_trick}
+# The function of each name config.GRADIENT_ESTIMATORS offers (config imports no torch).
+ESTIMATOR_FUNCTIONS = {"ste": straight_through, "rotation": rotation_trick}

@@ -36,7 +36,7 @@ from vqkit.quantize import (
     require_code_tensor,
     require_codes_in_range,
 )
-from vqkit.rotation import GRADIENT_ESTIMATORS
+from vqkit.rotation import ESTIMATOR_FUNCTIONS
 
 # Cluster size given to a freshly initialised or restarted code: it stands for the one vector it
 # was set to, so the EMA neither drags it to the origin nor blows it up before it is chosen.
@@ -56,7 +56,7 @@ class VectorQuantizer(nn.Module):
         self.config = config
         num, dim = config.num_embeddings, config.embedding_dim
         self.ema = config.codebook_update == "ema"
-        self.estimator = GRADIENT_ESTIMATORS[config.gradient_estimator]
+        self.estimator = ESTIMATOR_FUNCTIONS[config.gradient_estimator]
         # Small uniform init as in the reference implementation: codes start near the origin.
         initial = torch.empty(num, dim).uniform_(-1.0 / num, 1.0 / num)
         # Only the state a configuration uses is registered, so the default model's weights file

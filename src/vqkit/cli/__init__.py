@@ -219,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         # The reader of the output left (`vqkit runs | head -3`): it has what it wanted. Point
         # stdout at /dev/null so the interpreter's last flush does not fail again; the status
         # is that of a process SIGPIPE ended, as the shell reports one.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)  # main() may be called again in this process
         return 128 + signal.SIGPIPE
     finally:
         if argv is None and threading.current_thread() is threading.main_thread():
