@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cli_helpers import fails_cleanly
 from process_helpers import child_env, vqkit_command
 
-from vqkit import plugins, runfiles
+from vqkit import generate, plugins, runfiles
 from vqkit.cli import main, take_plugins
 from vqkit.config import REGISTERED_QUANTIZERS, QuantizerConfig
 from vqkit.environment import read_records
@@ -47,9 +49,12 @@ def forget_plugins():
         set(sys.modules),
         set(plugins._IMPORTED),
     )
+    strategies = dict(generate._STRATEGIES)
     yield
     REGISTERED_QUANTIZERS.clear()
     REGISTERED_QUANTIZERS.update(registered)
+    generate._STRATEGIES.clear()
+    generate._STRATEGIES.update(strategies)
     for name in set(sys.modules) - modules:
         if name.startswith(TEST_MODULE_PREFIXES):
             del sys.modules[name]
@@ -161,7 +166,9 @@ def test_a_plugin_that_cannot_be_found_is_one_sentence(capsys, spec, fragments):
         ("def broken(:\n", ["SyntaxError: invalid syntax (at broken_plugin.py, line 1)"]),
         ("raise RuntimeError('two\\nlines')\n", ["RuntimeError: two lines (at"]),
         (PLUGIN_SOURCE.format(name="fsq"), ["'fsq' is a built-in quantizer"]),
-        ("VALUE = 1\n", ["registered no quantizer; it must call"]),
+        ("VALUE = 1\n", ["registered no quantizer and no sampling strategy; it must call"]),
+        # Importing vqkit's strategies registers vqkit's own, not the plugin's.
+        ("import vqkit.generate, vqkit.prior\n", ["registered no quantizer and no sampling"]),
         ("import sys\n\nsys.exit(0)\n", ["SystemExit: 0 (at broken_plugin.py, line 3)"]),
     ],
 )
@@ -298,3 +305,19 @@ def test_an_installed_quantizer_that_is_no_module_class_is_refused_by_name(tmp_p
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(QuantizerLoadError, match="is not a class derived from torch.nn.Module"):
         QuantizerConfig(quantizer="factory-vq")
+
+
+def test_a_plugin_may_register_a_sampling_strategy_that_sample_then_offers(run_copy, tmp_path):
+    # The example of docs/generation.md, as written, imported with --plugin.
+    guide = Path(__file__).resolve().parent.parent / "docs" / "generation.md"
+    (source,) = [b for b in re.findall(r"```python\n(.*?)```", guide.read_text(), re.S)
+                 if "@register_strategy" in b]  # fmt: skip
+    plugin = tmp_path / "vqkit_plugin_strategies.py"
+    plugin.write_text(source)
+    out, codes_out = tmp_path / "mirrored.npy", tmp_path / "codes.npy"
+    assert main(["--plugin", str(plugin), "sample", str(run_copy), "--strategy", "mirrored",
+                 "--n", "5", "--out", str(out), "--codes-out", str(codes_out)]) == 0  # fmt: skip
+    codes = np.load(codes_out)
+    assert codes.shape == (5, 7, 7) and np.array_equal(codes, codes[..., ::-1])
+    assert len(np.unique(codes)) > 1  # drawn, not constant
+    assert np.load(out).shape[0] == 5

@@ -2,8 +2,9 @@
 
 A strategy is a function ``(context, n, generator, **options) -> (n, h, w) int64 codes``.
 ``context`` gives it the trained model and its run folder (for cached statistics such as code
-usage or a trained prior). Register one with ``@register_strategy("name")`` in any module listed
-in ``STRATEGY_MODULES``; ``sample_codes`` imports those lazily.
+usage or a trained prior). Register one with ``@register_strategy("name")``: vqkit's own live in
+the modules of ``STRATEGY_MODULES``, which ``sample_codes`` imports lazily; one's own, in code
+imported first (``vqkit --plugin my_strategies.py sample ...`` on the command line).
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
         return function
 
     return decorate
+
+
+def added_strategies() -> dict[str, Strategy]:
+    """The strategies registered by code outside ``STRATEGY_MODULES`` (a plugin's, a user's)."""
+    return {
+        name: function
+        for name, function in _STRATEGIES.items()
+        if function.__module__ not in STRATEGY_MODULES
+    }
 
 
 def strategies() -> list[str]:

@@ -5,7 +5,8 @@ the name. From Python, importing the code that calls ``vqkit.quantize.register_q
 enough. Two more ways, so that ``vqkit`` commands, torchrun jobs and the demo can use them too:
 
 - ``vqkit --plugin my_quantizers.py COMMAND ...`` (a file, or an importable module name)
-  imports that code before the command runs;
+  imports that code before the command runs (it may register sampling strategies instead,
+  ``vqkit.generate.register_strategy``, which ``vqkit sample --strategy`` then offers);
 - an installed package declares its class under the entry-point group ``vqkit.quantizers``, as
   the Python packaging standard lets any package do (in its pyproject.toml:
   ``[project.entry-points."vqkit.quantizers"]`` then ``my-vq = "my_package.quantizers:MyVQ"``).
@@ -130,23 +131,32 @@ def _import_module(spec: str) -> None:
     _IMPORTED.add(spec)
 
 
+def _added_strategies() -> dict[str, object]:
+    """Sampling strategies registered by code outside vqkit's own (none before vqkit.generate
+    is imported, which a plugin that registers one does itself)."""
+    generate = sys.modules.get("vqkit.generate")
+    return {} if generate is None else generate.added_strategies()
+
+
 def import_plugin(spec: str) -> None:
     """Import a plugin once: a ``.py`` file, or a module importable from here or the current
     folder. Failures, the plugin's own errors included, are one sentence (VqkitError), and so
-    is a plugin that registers no quantizer (a wrong file, or a module of the same name that
-    Python found first)."""
+    is a plugin that registers neither a quantizer nor a sampling strategy (a wrong file, or a
+    module of the same name that Python found first)."""
     if not spec.strip() or spec.startswith("-"):
         raise VqkitError("--plugin needs a .py file or a module name after it.")
-    before = dict(REGISTERED_QUANTIZERS)
+    quantizers, strategies = dict(REGISTERED_QUANTIZERS), _added_strategies()
     imported = set(_IMPORTED)
     if spec.endswith(".py"):
         _import_file(spec)
     else:
         _import_module(spec)
-    if _IMPORTED != imported and REGISTERED_QUANTIZERS == before:
+    unchanged = REGISTERED_QUANTIZERS == quantizers and _added_strategies() == strategies
+    if _IMPORTED != imported and unchanged:
         raise VqkitError(
-            f"The plugin {spec} registered no quantizer; it must call "
-            "vqkit.quantize.register_quantizer (see docs/codebook.md)."
+            f"The plugin {spec} registered no quantizer and no sampling strategy; it must call "
+            "vqkit.quantize.register_quantizer (see docs/codebook.md) or decorate a function "
+            "with vqkit.generate.register_strategy (docs/generation.md)."
         )
 
 

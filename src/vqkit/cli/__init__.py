@@ -82,7 +82,8 @@ def build_parser() -> OneLineErrors:
         "--plugin",
         action="append",
         metavar="FILE.py|MODULE",
-        help="import this code first, for a quantizer of your own it registers (repeatable)",
+        help="import this code first, for a quantizer or sampling strategy of your own it "
+        "registers (repeatable)",
     )
     subparsers = parser.add_subparsers(
         title="the pipeline, in order",
