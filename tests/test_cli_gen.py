@@ -297,6 +297,16 @@ def test_codebook_figures(run_dir, model, tmp_path, capsys):
         assert f"wrote {out / name}" in text
 
 
+def test_codebook_out_naming_a_file_is_refused_not_made_a_folder(run_dir, tmp_path, capsys):
+    # Every other command's --out is a file; `--out cb.png` quietly became a folder.
+    out = tmp_path / "cb.png"
+    code, _, err = run_cli(["codebook", run_dir, "--out", out], capsys)
+    assert code == 2 and not out.exists()
+    assert f"'{out}' names a file; give a folder (e.g. '{tmp_path / 'cb'}')" in err
+    out.mkdir()  # a folder of that name already made is the user's choice
+    assert run_cli(["codebook", run_dir, "--out", out], capsys)[0] == 0
+
+
 def test_codebook_atlas_tiles_are_the_decoded_filled_grids(model, tmp_path):
     from vqkit.codebook_view import code_atlas
 

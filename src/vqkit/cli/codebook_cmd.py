@@ -9,6 +9,7 @@ from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, whole_number_at_least
 from vqkit.codebook_exemplars import EXEMPLAR_IMAGES
 from vqkit.codebook_view import CODEMAP_IMAGES, MAX_CODEMAP_IMAGES, write_codebook_figures
+from vqkit.codes_io import IMAGE_SUFFIXES
 from vqkit.data import load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
@@ -64,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # refused before minutes of counting codes
         raise VqkitError(f"Cannot use '{out}' as a folder: a file of that name exists.")
+    if not out.exists() and out.suffix.lower() in IMAGE_SUFFIXES:  # as other commands' --out
+        raise VqkitError(
+            f"--out is the folder for the codebook's four PNGs, and '{out}' names a file; give "
+            f"a folder (e.g. '{out.with_suffix('')}')."
+        )
     model = load_model(args.run_dir, device=resolve_device(args.device))
     counts = code_usage(args.run_dir, model, data_dir=args.data_dir)
     test = load_split(config.train.dataset, "test", config.train.data_folder(args.data_dir))
