@@ -92,6 +92,9 @@ def test_torchvision_layout(tmp_path: Path) -> None:
         shutil.copy(EMBEDDED / name, raw / name)
     s = load_split("mnist", "test", data_dir=tmp_path / "root", download=False)
     assert torch.equal(s.labels, load_split("mnist", "test").labels)
+    # The folder that visibly holds raw/ is accepted too, not only torchvision's root.
+    s = load_split("mnist", "test", data_dir=tmp_path / "root" / "MNIST", download=False)
+    assert torch.equal(s.labels, load_split("mnist", "test").labels)
 
 
 def test_flat_uncompressed_folder(tmp_path: Path) -> None:

@@ -254,12 +254,13 @@ def _locate(
     pair = info.files[split]
     if data_dir is not None:
         _require_folder(data_dir)
+        # torchvision's root, this dataset's folder in it (which holds raw/), or flat files.
         folders = [data_dir / info.torchvision_folder / "raw", data_dir / info.name, data_dir]
-        found = _find_pair(folders, pair)
+        found = _find_pair([*folders, data_dir / "raw"], pair)
         if found is None:
             raise VqkitError(
                 f"The data folder '{data_dir}' has no {info.name} {split} files "
-                f"({pair[0].name}[.gz] and {pair[1].name}[.gz], flat or under "
+                f"({pair[0].name}[.gz] and {pair[1].name}[.gz], flat, under raw/ or under "
                 f"{info.torchvision_folder}/raw/)."
             )
         return found
