@@ -76,8 +76,12 @@ def test_sample_png_npy_and_codes(run_dir, model, tmp_path, capsys):
 
     images, codes = tmp_path / "s.npy", tmp_path / "c.npy"
     args = ["sample", run_dir, "--strategy", "used", "--weighted", "--n", 6]
-    code, _, _ = run_cli([*args, "--out", images, "--codes-out", codes], capsys)
+    code, out, _ = run_cli([*args, "--out", images, "--codes-out", codes], capsys)
     assert code == 0
+    # How many codes it drew from, counted here over the training images (the tutorial's line).
+    train_codes = model.encode(load_split("mnist", "train").images)
+    used = len(torch.unique(train_codes))
+    assert f"drew by their frequency from the {used} codes of {model.num_codes} that" in out
     array = np.load(images, allow_pickle=False)
     grids = np.load(codes, allow_pickle=False)
     assert array.shape == (6, 28, 28) and array.dtype == np.float32

@@ -18,6 +18,7 @@ from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.generate import SamplingContext, sample_images, strategies, strategy_options
 from vqkit.provenance import stamp
+from vqkit.usage import code_usage
 
 HELP = """
 Draw 7x7 code grids with a sampling strategy and decode them into images.
@@ -106,6 +107,13 @@ def run(args: argparse.Namespace) -> int:
     )
     settings = {"command": "sample", "strategy": args.strategy, "n": args.n, "seed": args.seed}
     made_by = stamp(model, prior_sha256=context.prior_sha256, made_with=settings | options)
+    if args.strategy == "used":  # the tutorial's "found N used codes out of K"
+        counts = code_usage(context.run_dir, model, data_dir=data_dir)  # cached by the draw
+        drawn = "by their frequency" if options.get("weighted") else "uniformly"
+        print(
+            f"drew {drawn} from the {int((counts > 0).sum())} codes of {model.num_codes} that "
+            "the encoder uses on the training set"
+        )
     print(f"wrote {write_images(images, args.out, args.columns, made_by)}")
     if args.codes_out is not None:
         print(f"wrote {save_codes(codes, args.codes_out)}")
