@@ -46,13 +46,16 @@ def test_runs_lists_each_run_with_its_numbers(root, small_run, capsys):
     assert len(lines) == 3  # header and two runs; the stray folder and file are skipped
     header, bare, full = lines
     assert header.split()[:3] == ["run", "dataset", "preset"]
-    mse = f"{small_run.final['test_mse']:.4f}"
+    # The run measured on its first 500 test images (--test-limit) says so beside its MSE.
+    assert small_run.final["test_images"] == 500
+    mse = f"{small_run.final['test_mse']:.4f} (500 images)"
     codes = f"{small_run.final['codes_used']}/128"
     best_prior = f"{min(t for _, _, t in PRIOR_EPOCHS):.3f}"
     done = len((small_run.run_dir / runfiles.METRICS).read_text().splitlines())
     epochs = f"{done}/{done + PLANNED_EXTRA}"
-    assert bare.split() == ["a-bare", "mnist", "efficient", epochs, mse, codes, "-", "no"]
-    assert full.split() == [
+    bare, full = (re.split(r"\s{2,}", line.strip()) for line in (bare, full))
+    assert bare == ["a-bare", "mnist", "efficient", epochs, mse, codes, "-", "no"]
+    assert full == [
         "b-full",
         "mnist",
         "efficient",
@@ -234,3 +237,11 @@ def test_a_folder_name_with_a_line_break_keeps_the_table_one_row_per_run(small_r
     copy_run(small_run.run_dir, parent / "plain")
     assert sorted(run_row(run)[0] for run in find_runs(parent)) == ["'two\\nlines'", "plain"]
     assert len(runs_table(parent).splitlines()) == 3  # the header and one line per run
+
+
+def test_a_run_measured_on_its_whole_test_split_shows_the_bare_mse(small_run, tmp_path):
+    run = copy_run(small_run.run_dir, tmp_path / "run")
+    config = json.loads((run / runfiles.CONFIG).read_text())
+    config["train"]["test_limit"] = None  # as if trained without --test-limit
+    (run / runfiles.CONFIG).write_text(json.dumps(config))
+    assert run_row(run)[4] == f"{small_run.final['test_mse']:.4f}"

@@ -151,6 +151,9 @@ def run_row(run_dir: Path) -> list[str]:
     )
     codes = MISSING if top.codes_used is None else f"{top.codes_used}/{top.num_codes}"
     mse = MISSING if top.test_mse is None else f"{top.test_mse:.4f}"
+    tested = (info.final or {}).get("test_images")
+    if mse != MISSING and info.config.train.test_limit is not None and type(tested) is int:
+        mse += f" ({tested:,} images)"  # not comparable with a whole test split's number
     if top.test_mse is not None and runfiles.WEIGHTS in info.notes:  # the numbers outlived them
         mse += " (weights unreadable)"
     return [
