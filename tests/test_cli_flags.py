@@ -10,6 +10,7 @@ import pytest
 
 from vqkit.cli import build_parser, demo_cmd, main
 from vqkit.cli.train_prior_cmd import config_from_args
+from vqkit.demo import DemoSettings
 
 
 def test_demo_flags_reach_the_demo_settings(monkeypatch, tmp_path, capsys):
@@ -22,16 +23,19 @@ def test_demo_flags_reach_the_demo_settings(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(demo_cmd, "run_demo", fake_demo)
     monkeypatch.setattr(demo_cmd, "format_headline", lambda result: "headline")
     flags = [
-        "demo", "--dataset", "fashion-mnist", "--preset", "fast", "--prior-epochs", "3",
-        "--score-samples", "50", "--seed", "4", "--out", str(tmp_path / "d"), "--quiet",
-        "--device", "cpu",
+        "demo", "--dataset", "fashion-mnist", "--preset", "fast", "--epochs", "5",
+        "--prior-epochs", "3", "--score-samples", "50", "--seed", "4",
+        "--out", str(tmp_path / "d"), "--quiet", "--device", "cpu",
     ]  # fmt: skip
     assert main(flags) == 0
     settings = seen["settings"]
     assert (settings.dataset, settings.preset, settings.seed) == ("fashion-mnist", "fast", 4)
-    assert (settings.prior_epochs, settings.score_samples) == (3, 50)
+    assert (settings.epochs, settings.prior_epochs, settings.score_samples) == (5, 3, 50)
     assert seen == {**seen, "out": str(tmp_path / "d"), "device": "cpu", "progress": False}
     assert capsys.readouterr().out.strip() == "headline"
+    # Without the flags, the demo's own settings (the command line repeats none of them).
+    assert main(["demo", "--out", str(tmp_path / "e")]) == 0
+    assert seen["settings"] == DemoSettings(seed=0)
 
 
 def test_train_prior_flags_reach_the_prior_config():

@@ -7,11 +7,13 @@ import argparse
 from vqkit.cli.common import add_command, add_device_flag, positive_int, seed, whole_number_at_least
 from vqkit.config import PRESETS
 from vqkit.data import DATASETS, OWN_DATASET
-from vqkit.demo import DemoSettings, format_headline, run_demo
+from vqkit.demo import MOST, DemoSettings, format_headline, run_demo
+
+DEFAULTS = DemoSettings()
 
 HELP = """
 Run everything vqkit does, in a few minutes on a laptop CPU: train a VQ-VAE (the 'best'
-preset: k-means codebook init, EMA updates, dead-code restarts), draw its codebook, fit a
+preset: k-means codebook init, EMA updates, dead-code restarts; 2 epochs), draw its codebook, fit a
 class-conditional PixelCNN prior over its code grids, sample with every strategy, interpolate
 between two test images of different classes, score the samples with a classifier-based FID,
 and write report.html. Prints the headline numbers and where the report is. The evaluation
@@ -39,17 +41,24 @@ def register(subparsers) -> None:
         "--preset", default="best", choices=sorted(PRESETS), help="VQ-VAE preset (default: best)"
     )
     parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=DEFAULTS.epochs,
+        help=f"epochs of the VQ-VAE (default {DEFAULTS.epochs}, whatever the preset's own)",
+    )
+    parser.add_argument(
         "--prior-epochs",
         type=positive_int,
-        default=2,
-        help="epochs of the PixelCNN prior (default 2)",
+        default=DEFAULTS.prior_epochs,
+        help=f"epochs of the PixelCNN prior (default {DEFAULTS.prior_epochs})",
     )
     # score_run needs 2 samples per strategy; checked here, not after minutes of training.
     parser.add_argument(
         "--score-samples",
         type=whole_number_at_least(2),
-        default=2000,
-        help="samples per strategy for the scores (default 2000, at most 1,000,000)",
+        default=DEFAULTS.score_samples,
+        help=f"samples per strategy for the scores (default {DEFAULTS.score_samples}, at most "
+        f"{MOST['score_samples']:,})",
     )
     parser.add_argument(
         "--seed", type=seed, default=0, help="seeds every stage: training, sampling (default 0)"
@@ -62,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     settings = DemoSettings(
         dataset=args.dataset,
         preset=args.preset,
+        epochs=args.epochs,
         prior_epochs=args.prior_epochs,
         score_samples=args.score_samples,
         seed=args.seed,
