@@ -143,6 +143,27 @@ def test_interpolate(run_dir, model, tmp_path, capsys, test_images, mode):
     assert np.array_equal(pixels[2:30, 2 + 6 * 30 : 30 + 6 * 30], test_images[1].numpy())
 
 
+def test_interpolate_writes_npy_frames_and_code_grids(run_dir, model, tmp_path, capsys):
+    png, frames, walk = tmp_path / "s.png", tmp_path / "f.npy", tmp_path / "w.npy"
+    base = ["interpolate", run_dir, "--from", "digit:3", "--to", 1, "--steps", 5]
+    assert run_cli([*base, "--out", png], capsys)[0] == 0
+    code, out, _ = run_cli([*base, "--out", frames, "--codes-out", walk], capsys)
+    assert code == 0 and f"wrote {walk}" in out
+    array, grids = np.load(frames, allow_pickle=False), np.load(walk, allow_pickle=False)
+    assert array.shape == (7, 28, 28) and array.dtype == np.float32
+    assert grids.shape == (5, 7, 7) and grids.dtype == np.int64
+    # The same images as the PNG's strip (rounded as the PNG rounds), the steps decoded from
+    # the grids, and the walk from A's codes to B's.
+    pixels = png_pixels(png)
+    for i, image in enumerate(to_uint8(array)):
+        assert np.array_equal(pixels[2:30, 2 + 30 * i : 30 + 30 * i], image)
+    with torch.no_grad():
+        decoded = model.decode(torch.from_numpy(grids))[:, 0].numpy()
+    assert np.allclose(array[1:-1], decoded, atol=1e-6)
+    ends = model.encode(torch.from_numpy(np.rint(array[[0, -1]] * 255).astype(np.uint8)))
+    assert np.array_equal(grids[[0, -1]], ends.numpy())
+
+
 def test_interpolate_from_png_equals_from_index(run_dir, tmp_path, capsys, test_images):
     mine = tmp_path / "mine.png"
     Image.fromarray(test_images[4].numpy()).convert("RGB").save(mine)

@@ -14,16 +14,23 @@ from vqkit.cli.common import (
     seed,
     whole_number_at_least,
 )
-from vqkit.codes_io import require_new_outputs, require_suffix
+from vqkit.codes_io import (
+    IMAGE_SUFFIXES,
+    require_new_outputs,
+    require_suffix,
+    save_codes,
+    write_images,
+)
 from vqkit.devices import resolve_device
-from vqkit.images import save_grid
 from vqkit.inputs import ImageSet, resolve_image, split_loader
 from vqkit.interpolate import MIN_STEPS, MODES, interpolation, interpolation_strip
 from vqkit.provenance import stamp
 
 HELP = """
 Encode two images, walk from the codes of the first to the codes of the second, and write one
-PNG row: original A, the decoded steps, original B.
+PNG row: original A, the decoded steps, original B. An --out ending in .npy gets the same
+images as a (steps + 2, 28, 28) float32 array in [0, 1]; --codes-out FILE.npy also writes the
+(steps, 7, 7) code grids of the walk.
 
 A and B are a test-set index (17), a training-set index (train:10, as the tutorial picks),
 digit:3 (the first test image labelled 3) or the path of a 28x28 PNG (colour is converted to
@@ -43,6 +50,7 @@ examples:
   vqkit interpolate runs/RUN --from 0 --to 1 --mode latent --steps 12 --out latent.png
   vqkit interpolate runs/RUN --from mine.png --to digit:1 --mode wipe --out wipe.png
   vqkit interpolate runs/RUN --from train:0 --to train:10 --mode random-mask --out t.png
+  vqkit interpolate runs/RUN --from 0 --to 1 --out frames.npy --codes-out walk.npy
 """
 
 
@@ -71,14 +79,18 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--seed", type=seed, default=0, help="seed of crossfade's order and the masks (default 0)"
     )
-    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--out", required=True, help=".png (or .npy) file to write")
+    parser.add_argument("--codes-out", help=".npy file for the (steps, 7, 7) code grids")
     parser.add_argument("--data-dir", help="folder holding the dataset's IDX files (optional)")
     add_device_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    require_suffix(args.out, (".png",), "--out")
-    require_new_outputs({"--out": args.out}, [args.source, args.target], args.run_dir)
+    require_suffix(args.out, IMAGE_SUFFIXES, "--out")
+    if args.codes_out is not None:
+        require_suffix(args.codes_out, (".npy",), "--codes-out")
+    outputs = {"--out": args.out, "--codes-out": args.codes_out}
+    require_new_outputs(outputs, [args.source, args.target], args.run_dir)
     config = load_config(args.run_dir)
     splits = split_loader(config.train.dataset, config.train.data_folder(args.data_dir))
     size = config.model.image_size
@@ -92,5 +104,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {"command": "interpolate", "from": args.source, "to": args.target}
     settings |= {"mode": args.mode, "steps": args.steps, "seed": args.seed}
     made_by = stamp(model, made_with=settings)
-    print(f"wrote {save_grid(strip, args.out, columns=strip.shape[0], stamp=made_by)}")
+    print(f"wrote {write_images(strip, args.out, columns=strip.shape[0], stamp=made_by)}")
+    if args.codes_out is not None:
+        print(f"wrote {save_codes(codes, args.codes_out)}")
     return 0
