@@ -83,7 +83,11 @@ def test_full_run_shows_the_numbers_of_its_files(full_page):
     assert "12.8 / 95.2 / 210.5" in full_page  # one decimal, as the demo prints them
     # The prior table: the best test epoch (3.45 at epoch 2, not the last) and the baselines,
     # per code and image.
-    assert "PixelCNN prior (epoch 2)" in full_page and "(epoch 3)" not in full_page
+    assert "PixelCNN prior (epoch 2), on the test grids" in full_page
+    assert "(epoch 3)" not in full_page
+    # The unigram row is the training grids' entropy and says so (not under a "test" header).
+    assert "<td>unigram baseline, the training grids&#x27; entropy</td>" in full_page
+    assert "test bits per code" not in full_page
     assert f">{min(t for _, _, t in PRIOR_EPOCHS)}<" in full_page
     assert f">{UNIGRAM_BITS}<" in full_page and f">{UNIGRAM_BITS * 49:.4g}<" in full_page
     assert ">7<" in full_page and ">343<" in full_page  # uniform: log2(128) bits, 49 codes
