@@ -280,7 +280,8 @@ def _read(
     if info.get("version") not in READABLE_STATE_VERSIONS:
         raise VqkitError(
             f"The {files.what} '{path}' was written by an incompatible vqkit (state version "
-            f"{info.get('version')!r}, this vqkit reads versions 1 and 2)."
+            f"{info.get('version')!r}, this vqkit reads versions "
+            f"{', '.join(map(str, READABLE_STATE_VERSIONS))})."
         )
     return path, tensors, info
 

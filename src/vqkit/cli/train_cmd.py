@@ -25,9 +25,12 @@ from vqkit.config import (
     COMPILE_MODES,
     GRADIENT_ESTIMATORS,
     LR_SCHEDULES,
+    MAX_FSQ_CODES,
+    MAX_KMEANS_ITERS,
     PRECISIONS,
     PRESETS,
     QUANTIZERS,
+    QuantizerConfig,
     RunConfig,
     TrainConfig,
     preset_config,
@@ -219,7 +222,11 @@ def register(subparsers) -> None:
         choices=CODEBOOK_UPDATES,
         help="loss (tutorial) or ema (moving average)",
     )
-    group.add_argument("--ema-decay", type=float, help="EMA decay gamma in (0, 1) (default 0.99)")
+    group.add_argument(
+        "--ema-decay",
+        type=float,
+        help=f"EMA decay gamma in (0, 1) (default {QuantizerConfig().ema_decay})",
+    )
     group.add_argument(
         "--dead-code-restart",
         type=int,
@@ -236,13 +243,16 @@ def register(subparsers) -> None:
         "--codebook-init", choices=CODEBOOK_INITS, help="uniform, or kmeans on the first batch"
     )
     group.add_argument(
-        "--kmeans-iters", type=int, help="k-means iterations, 1 to 1000 (default 10)"
+        "--kmeans-iters",
+        type=int,
+        help=f"k-means iterations, 1 to {MAX_KMEANS_ITERS} (default "
+        f"{QuantizerConfig().kmeans_iters})",
     )
     group.add_argument(
         "--fsq-levels",
         type=int_list,
         metavar="L1,L2,...",
-        help="FSQ values per channel (their product, the codes, at most 2^24)",
+        help=f"FSQ values per channel (their product, the codes, at most {MAX_FSQ_CODES:,})",
     )
     group.add_argument(
         "--gradient-estimator", choices=GRADIENT_ESTIMATORS, help="ste or rotation (rotation trick)"
