@@ -22,7 +22,7 @@ from torch import nn
 
 from vqkit.acceleration import autocast, resolve_precision
 from vqkit.checkpoint import load_weights_into, save_weights
-from vqkit.config import PRECISIONS, _require, require_typed_settings
+from vqkit.config import EVAL_BATCH_SIZE, PRECISIONS, _require, require_typed_settings
 from vqkit.data import OWN_DATASET, Split, load_split
 from vqkit.devices import callers_random_state_kept
 from vqkit.environment import images_digest
@@ -113,7 +113,7 @@ class Classifier(nn.Module):
 
 @torch.no_grad()
 def classify(
-    classifier: Classifier, images: torch.Tensor, batch_size: int = 1000
+    classifier: Classifier, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, [1,] 28, 28) images -> (features (N, F) float64, probabilities (N, classes) float64)."""
     classifier.eval()

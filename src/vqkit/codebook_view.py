@@ -16,6 +16,7 @@ import torch
 from vqkit import runfiles
 from vqkit.codebook_exemplars import exemplar_blocks
 from vqkit.codes_io import encode_images
+from vqkit.config import EVAL_BATCH_SIZE
 from vqkit.errors import VqkitError
 from vqkit.fileio import atomic_open, ensure_dir
 from vqkit.images import tile, to_uint8
@@ -29,7 +30,7 @@ CODEMAP_SCALE = 12  # large enough for a code index in each of the 7×7 cells
 CODEMAP_IMAGES = 4
 # Each image adds 336 pixels of width and 49 drawn labels: a few hundred exhaust the memory.
 MAX_CODEMAP_IMAGES = 16
-EXEMPLAR_BATCH = 1000  # images encoded at once when searching for exemplars
+EXEMPLAR_BATCH = EVAL_BATCH_SIZE  # images encoded at once when searching for exemplars
 EXEMPLAR_BLOCK_PADDING = 5  # pixels between codes' blocks (their own patches are 1 apart)
 ATLAS_FONT_SIZE = 6  # points; a code index fits in a corner of an 84-pixel tile
 CODEMAP_FONT_SIZE = 8  # points; three digits fit in a 48-pixel cell

@@ -54,6 +54,11 @@ SEED_RANGE = "a whole number from -2**63 to 2**63 - 1"
 IMAGE_SIZE, IMAGE_CHANNELS = 28, 1
 
 
+# Images (or grids) evaluated, encoded or decoded at once where no setting says otherwise: a
+# whole batch of MNIST-sized work that bounds memory for any N.
+EVAL_BATCH_SIZE = 1000
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise VqkitError(message)
@@ -345,7 +350,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
-    eval_batch_size: int = 1000
+    eval_batch_size: int = EVAL_BATCH_SIZE
     train_limit: int | None = None  # train on the first N images only (quick experiments, tests)
     test_limit: int | None = None  # evaluate on the first N test images only
     # Speed levers (see vqkit.acceleration): they change how fast, not what, the model learns.

@@ -19,14 +19,15 @@ import torch
 
 from vqkit import arguments
 from vqkit.checkpoint import require_run_model
+from vqkit.config import EVAL_BATCH_SIZE
 from vqkit.errors import VqkitError, out_of_memory_said
 from vqkit.model import VQVAE
 
 # Modules whose import registers strategies (kept lazy: the prior pulls in more code).
 STRATEGY_MODULES = ("vqkit.generate", "vqkit.prior")
-# Grids decoded at once by sample_images when the caller gives no batch size (the default
-# evaluation batch size of TrainConfig): bounds decoder memory for large n.
-DECODE_BATCH_SIZE = 1000
+# Grids decoded at once by sample_images when the caller gives no batch size: bounds decoder
+# memory for large n.
+DECODE_BATCH_SIZE = EVAL_BATCH_SIZE
 
 
 @dataclass

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from vqkit.config import IMAGE_SIZE
+from vqkit.config import EVAL_BATCH_SIZE, IMAGE_SIZE
 from vqkit.devices import evaluation_mode
 from vqkit.errors import VqkitError
 from vqkit.model import VQVAE, images_to_input
@@ -29,7 +29,7 @@ def code_grid_bits(num_codes: int, grid_size: int = 7) -> float:
 
 @torch.no_grad()
 def evaluate_reconstruction(
-    model: VQVAE, images: torch.Tensor, batch_size: int = 1000
+    model: VQVAE, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE
 ) -> dict[str, float | int]:
     """Test metrics of ``model`` on uint8 images (N, H, W), over the whole set at once.
 

@@ -44,6 +44,7 @@ from vqkit.checkpoint import (
     run_path,
 )
 from vqkit.config import (
+    EVAL_BATCH_SIZE,
     MAX_WIDTH,
     PRECISIONS,
     _from_dict,
@@ -86,7 +87,7 @@ class PriorConfig:
     weight_decay: float = 0.0
     patience: int = 2  # stop after this many epochs without a better test NLL
     seed: int = 0
-    eval_batch_size: int = 1000
+    eval_batch_size: int = EVAL_BATCH_SIZE
     # Training autocast: 'auto' is bf16 where the hardware runs it natively (1.4x faster on an
     # AVX512-BF16 CPU). The loss (log_softmax) and every reported NLL stay fp32.
     precision: str = "auto"

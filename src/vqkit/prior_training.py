@@ -30,7 +30,7 @@ from vqkit.checkpoint import (
     weights_digest,
 )
 from vqkit.codes_io import encode_images, npy_bytes
-from vqkit.config import TrainConfig, settings_differences
+from vqkit.config import EVAL_BATCH_SIZE, TrainConfig, settings_differences
 from vqkit.data import OWN_DATASET, Split, dataset_classes, load_split
 from vqkit.devices import callers_random_state_kept, evaluation_mode, resolve_device
 from vqkit.errors import VqkitError
@@ -59,7 +59,9 @@ class CodeSet:
 
 
 @torch.no_grad()
-def extract_codes(model: VQVAE, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def extract_codes(
+    model: VQVAE, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE
+) -> torch.Tensor:
     """uint8 images (N, H, W) -> code grids (N, h, w) int64 on the CPU, in eval mode."""
     with evaluation_mode(model):
         return encode_images(model, images, batch_size)
