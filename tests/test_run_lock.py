@@ -327,3 +327,22 @@ def test_a_writer_waits_out_a_look_that_holds_the_lock_for_an_instant(tmp_path, 
     with RunLock() as lock:
         lock.acquire(tmp_path, "train")
         assert (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_kept(
+    run_copy, tmp_path, capsys
+):
+    # The holder's name was written through the link: another run's weights became a line.
+    target = tmp_path / "other-weights.safetensors"
+    target.write_bytes((run_copy / runfiles.WEIGHTS).read_bytes())
+    kept = target.read_bytes()
+    (run_copy / LOCK_NAME).symlink_to(target)
+    before = files_except_the_lock(run_copy)
+    for argv in (["train", "--resume", run_copy, "--epochs", "2"], ["train-prior", run_copy]):
+        fails_cleanly(
+            capsys,
+            [*argv, "--quiet", "--device", "cpu"],
+            f"The run folder's lock file '{run_copy / LOCK_NAME}' is a symbolic link",
+        )
+    assert target.read_bytes() == kept and files_except_the_lock(run_copy) == before
+    assert writer_of(run_copy) is None  # a look at the folder neither follows it

@@ -130,18 +130,29 @@ def require_no_writer(run_dir: str | Path) -> None:
         raise VqkitError(_refusal(holder, run_dir))
 
 
+# The lock file is opened without following a symbolic link: its holder's name is written into
+# it, which through a link would overwrite the link's target (another run's weights, say).
+WRITE_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+
+
 def _open(path: Path) -> int:
     """The lock file, opened for writing (created if missing). A file left by a killed writer
     of another user cannot be opened for writing; unheld, it is replaced by one of ours."""
+    if path.is_symlink():
+        raise VqkitError(
+            f"The run folder's lock file '{path}' is a symbolic link; vqkit keeps a file of its "
+            "own there: remove the link."
+        )
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        return os.open(path, WRITE_FLAGS, 0o644)
     except PermissionError as exc:
         if not _replace_stale(path):
             raise _unwritable(path, exc) from exc
     except OSError as exc:
         raise _unwritable(path, exc) from exc
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        return os.open(path, WRITE_FLAGS, 0o644)
     except OSError as exc:
         raise _unwritable(path, exc) from exc
 
@@ -154,7 +165,7 @@ def _replace_stale(path: Path) -> bool:
     """Remove a lock file this process cannot write when no one holds it; False if it could
     not be opened at all. A held one stays (acquire then names its holder)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, READ_FLAGS)
     except OSError:
         return False
     try:
@@ -190,7 +201,7 @@ def writer_of(run_dir: str | Path) -> str | None:
     if fcntl is None or path.resolve() in _HELD:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, READ_FLAGS)
     except OSError:  # no lock file: no writer (or one that cannot lock, which nobody sees)
         return None
     try:
