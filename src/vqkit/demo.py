@@ -20,7 +20,14 @@ from vqkit import arguments, runfiles
 from vqkit.classifier import ClassifierConfig
 from vqkit.codebook_exemplars import EXEMPLAR_IMAGES
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
-from vqkit.config import PRECISIONS, PRESETS, SEED_MAX, preset_config, require_typed_settings
+from vqkit.config import (
+    PRECISIONS,
+    PRESETS,
+    SEED_MAX,
+    RunConfig,
+    preset_config,
+    require_typed_settings,
+)
 from vqkit.data import DATASETS, OWN_DATASET, dataset_classes, load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
@@ -127,6 +134,19 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _run_config(settings: DemoSettings) -> RunConfig:
+    """The preset's run configuration with the demo's dataset, seed, length and speed."""
+    config = preset_config(settings.preset)
+    config.train.dataset = settings.dataset
+    config.train.seed = settings.seed
+    if settings.epochs is not None:
+        config.train.epochs = settings.epochs
+    config.train.train_limit = settings.train_limit
+    config.train.precision = settings.precision
+    config.train.channels_last = settings.channels_last
+    return config
+
+
 def run_demo(
     out_dir: str | Path | None = None,
     settings: DemoSettings | None = None,
@@ -141,14 +161,7 @@ def run_demo(
     arguments.path_or_none(out_dir, "The demo's run folder")
     progress = arguments.switch(progress, "progress", allow_none=True)
     arguments.callable_or_none(log, "log")
-    config = preset_config(settings.preset)
-    config.train.dataset = settings.dataset
-    config.train.seed = settings.seed
-    if settings.epochs is not None:
-        config.train.epochs = settings.epochs
-    config.train.train_limit = settings.train_limit
-    config.train.precision = settings.precision
-    config.train.channels_last = settings.channels_last
+    config = _run_config(settings)
     if out_dir is not None and not str(out_dir).strip():  # Path("") is the current folder
         raise VqkitError("The demo's run folder name is empty; give a folder (--out).")
     resolve_device(device)  # a bad --device is refused before the first stage is announced

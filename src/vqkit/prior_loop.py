@@ -149,19 +149,7 @@ class PriorLoop:
         self.history: list[dict[str, Any]] = []
         context = Context()
         if resume:
-            restored = train_state.restore(
-                run_dir, self.prior, self.optimizer, self.order_generator, files=files
-            )
-            self.position, self.loss_sum = (
-                restored.position,
-                restored.loss_sum.to(device).reshape(()),
-            )
-            self.counters = _Counters.from_extra(restored.extra, run_dir)
-            epoch_steps = steps_per_epoch(self.codes.shape[0], settings.batch_size, 1)
-            train_state.require_step_in_epoch(run_dir, self.position.step, epoch_steps, files)
-            done = self.position.epochs_done
-            train_state.require_epochs_not_below("prior", run_dir, done, settings.epochs)
-            self.history = resumed_history(run_dir, done, context, runfiles.PRIOR_METRICS)
+            self._restore(context)
         # A new prior starts in a run folder whose earlier prior files were set aside
         # (vqkit.prior_replacement), so nothing of them is appended to or kept. A finished prior
         # resumed (its epochs, or its patience) trains nothing and changes no file.
@@ -172,6 +160,22 @@ class PriorLoop:
         )
         self.guard.skipped = self.position.skipped_nonfinite
         self.stop = StopRequest()
+
+    def _restore(self, context: Context) -> None:
+        """Load the saved state into the live objects, after checking that it fits these
+        settings (its step inside an epoch of these codes, no more epochs done than asked)."""
+        run_dir, settings, files = self.run_dir, self.settings, self.files
+        restored = train_state.restore(
+            run_dir, self.prior, self.optimizer, self.order_generator, files=files
+        )
+        self.position = restored.position
+        self.loss_sum = restored.loss_sum.to(self.device).reshape(())
+        self.counters = _Counters.from_extra(restored.extra, run_dir)
+        epoch_steps = steps_per_epoch(self.codes.shape[0], settings.batch_size, 1)
+        train_state.require_step_in_epoch(run_dir, self.position.step, epoch_steps, files)
+        done = self.position.epochs_done
+        train_state.require_epochs_not_below("prior", run_dir, done, settings.epochs)
+        self.history = resumed_history(run_dir, done, context, runfiles.PRIOR_METRICS)
 
     @property
     def epochs_left(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,7 @@ def score_run(
     device: str = "auto",
     data_dir: str | Path | None = None,
     classifier_config: ClassifierConfig | None = None,
-    log=None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score every available strategy of a run against real test images; write scores.json.
 
@@ -162,20 +163,7 @@ def score_run(
             f"Scores compare samples with the test images, and this dataset's test split holds "
             f"{counted(len(test), 'image')}; it needs at least 2."
         )
-    if classifier_config is None:
-        classifier_config = ClassifierConfig(dataset=dataset, num_classes=classes)
-    else:
-        arguments.instance(
-            classifier_config, ClassifierConfig, "The classifier settings", "ClassifierConfig()"
-        )
-    if classifier_config.dataset != dataset:
-        raise VqkitError(
-            f"The classifier is for {classifier_config.dataset}, the run is {dataset}."
-        )
-    if classifier_config.num_classes != classes:
-        raise VqkitError(
-            f"The classifier has {classifier_config.num_classes} classes, the dataset {classes}."
-        )
+    classifier_config = _checked_classifier_config(classifier_config, dataset, classes)
     classifier, _ = load_or_train_classifier(
         classifier_config, device=target, data_dir=data_dir, log=log
     )
@@ -207,6 +195,27 @@ def score_run(
         # The prior the rows drew with (the file's digest when no row drew from one).
         "prior_sha256": context.prior_sha256 or prior_digest(run_dir),
     }
+    return _write_scores(run_dir, scores, reference)
+
+
+def _checked_classifier_config(
+    config: ClassifierConfig | None, dataset: str, classes: int
+) -> ClassifierConfig:
+    """The classifier settings to score with: the dataset's own when none are given, else the
+    given ones once they are known to fit the run's dataset and its number of classes."""
+    if config is None:
+        return ClassifierConfig(dataset=dataset, num_classes=classes)
+    arguments.instance(config, ClassifierConfig, "The classifier settings", "ClassifierConfig()")
+    if config.dataset != dataset:
+        raise VqkitError(f"The classifier is for {config.dataset}, the run is {dataset}.")
+    if config.num_classes != classes:
+        raise VqkitError(f"The classifier has {config.num_classes} classes, the dataset {classes}.")
+    return config
+
+
+def _write_scores(run_dir: Path, scores: dict[str, Any], reference: Reference) -> dict[str, Any]:
+    """Write scores.json: ``scores`` and the notes on what it could not score; returned too."""
+    rows = scores["rows"]
     prior_left_out = incomplete_prior(run_dir)
     if prior_left_out:  # said, so a half-trained prior is not mistaken for no prior at all
         scores["prior_left_out"] = prior_left_out

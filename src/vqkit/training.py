@@ -298,14 +298,7 @@ class _Run:
             require_compile_toolchain(settings, device)
             require_cuda_graph_support(settings, device, context)
             require_batch_divides(settings.batch_size, context.world_size)
-        # Not alike: a download may fail in one process alone, which must then say so itself.
-        train_split = load_split(settings.dataset, "train", data_dir)
-        # Whole dataset resident on the device as uint8; batches are gathered by index.
-        self.images = limit(train_split, settings.train_limit).to(device)
-        test_split = load_split(settings.dataset, "test", data_dir)
-        self.test_images = limit(test_split, settings.test_limit)
-        with distributed.refused_alike():
-            require_images_for_processes(self.images.shape[0], context.world_size)
+        self._load_data(data_dir)
         # The model is built before the run folder exists, so that a quantizer of one's own
         # that breaks the contract leaves no folder behind. (prepare_run_dir draws no numbers.)
         require_trainable_size(
@@ -341,15 +334,38 @@ class _Run:
         self.resumed = resume
         self.epochs_at_start = self.position.epochs_done
         if self.epochs_at_start < settings.epochs:  # a finished run resumed is no new session
-            resumed_at = self.position if resume else None
-            record_environment(
-                self.run_dir, config, device, context, resumed_at, self.precision, own_data
-            )
-            # Checked, its metrics and session log readable: now a resume records the new
-            # --epochs (and data folder, checkpoint and guard settings). A finished run resumed
-            # changes no file.
-            if resume and context.is_main:
-                save_config(self.run_dir, config)
+            self._record_session(own_data)
+        self._prepare_steps(progress)
+
+    def _load_data(self, data_dir: str | Path | None) -> None:
+        """The training split resident on the device (uint8; batches are gathered by index)
+        and the test split, each cut to its limit."""
+        settings = self.settings
+        # Not alike: a download may fail in one process alone, which must then say so itself.
+        train_split = load_split(settings.dataset, "train", data_dir)
+        self.images = limit(train_split, settings.train_limit).to(self.device)
+        test_split = load_split(settings.dataset, "test", data_dir)
+        self.test_images = limit(test_split, settings.test_limit)
+        with distributed.refused_alike():
+            require_images_for_processes(self.images.shape[0], self.context.world_size)
+
+    def _record_session(self, own_data: str | None) -> None:
+        """Log this training session in environment.jsonl; a resume also records its settings."""
+        resumed_at = self.position if self.resumed else None
+        record_environment(
+            self.run_dir, self.config, self.device, self.context, resumed_at, self.precision,
+            own_data,
+        )  # fmt: skip
+        # Checked, its metrics and session log readable: now a resume records the new --epochs
+        # (and data folder, checkpoint and guard settings). A finished run resumed changes no
+        # file (this is not called for it).
+        if self.resumed and self.context.is_main:
+            save_config(self.run_dir, self.config)
+
+    def _prepare_steps(self, progress: bool | None) -> None:
+        """What takes and watches the steps: DDP around the step model when distributed, the
+        CUDA graph when asked, the non-finite and stop guards, the progress bar."""
+        settings, context, device = self.settings, self.context, self.device
         if context.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
