@@ -17,6 +17,7 @@ from vqkit.checkpoint import load_model
 from vqkit.cli import attach_negative_values, build_parser, main
 from vqkit.codebook_view import write_codebook_figures
 from vqkit.errors import VqkitError
+from vqkit.fileio import read_jsonl
 from vqkit.images import tile
 from vqkit.report import render_report
 from vqkit.runinfo import load_run_info
@@ -148,6 +149,32 @@ def test_resume_keeps_metrics_lines_it_cannot_read(run_copy, capsys):
     metrics.write_bytes(first + b"garbage\n" + later + b'{"epoch": "x"}\n[1]\n')
     assert main(["train", "--resume", str(run_copy), "--quiet"]) == 0, capsys.readouterr().err
     assert metrics.read_bytes() == first + b'garbage\n{"epoch": "x"}\n[1]\n'
+
+
+@pytest.mark.parametrize("cut", ["line break", "half a line"])
+def test_resume_after_a_last_metrics_line_cut_short_keeps_the_new_epochs(run_copy, capsys, cut):
+    # The new epoch's record was glued onto the last line and lost with it; `runs` then showed
+    # the run unfinished, with an earlier epoch's numbers.
+    metrics = run_copy / runfiles.METRICS
+    first = metrics.read_bytes()
+    damaged = first[:-1] if cut == "line break" else first[: len(first) // 2]
+    metrics.write_bytes(damaged)
+    argv = ["train", "--resume", str(run_copy), "--epochs", "2", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    lines = metrics.read_bytes().split(b"\n")
+    assert lines[0] == damaged and lines[-1] == b""  # the user's bytes stay as they were
+    assert [record["epoch"] for record in read_jsonl(metrics)][-1] == 2
+    assert run_row(run_copy)[3] == "2"
+
+
+def test_a_records_file_that_is_a_folder_is_one_sentence(run_copy, capsys):
+    (run_copy / runfiles.ENVIRONMENT).unlink()
+    (run_copy / runfiles.ENVIRONMENT).mkdir()
+    fails_cleanly(
+        capsys,
+        ["train", "--resume", str(run_copy), "--epochs", "2", "--quiet"],
+        f"The records file '{run_copy / runfiles.ENVIRONMENT}' cannot be read: Is a directory.",
+    )
 
 
 def test_resuming_a_finished_run_rewrites_weights_that_were_damaged(small_run, run_copy, capsys):

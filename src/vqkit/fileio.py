@@ -126,9 +126,17 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON line (a reader may see the old lines or one more, never a torn line)."""
+    """Append one JSON line (a reader may see the old lines or one more, never a torn line).
+
+    A file whose last line lacks its line break (cut short, or edited by hand) gets one first:
+    glued onto that line, the new record would be lost with it."""
     path = Path(path)
-    previous = path.read_bytes() if path.exists() else b""
+    try:
+        previous = path.read_bytes() if path.exists() else b""
+    except OSError as exc:  # a folder of that name, an unreadable file
+        raise VqkitError(f"The records file '{path}' cannot be read: {exc.strerror}.") from exc
+    if previous and not previous.endswith(b"\n"):
+        previous += b"\n"
     write_bytes_atomic(path, previous + (json_text(record) + "\n").encode())
 
 

@@ -141,7 +141,9 @@ def headline(info: RunInfo) -> Headline:
     result = Headline(
         dataset=info.config.train.dataset,
         preset=preset_label(info.config),
-        epochs_done=len(info.metrics),
+        # The last epoch recorded, not the count of readable records: a line damaged by hand
+        # or cut short does not make a finished run look unfinished.
+        epochs_done=info.metrics[-1]["epoch"] if info.metrics else 0,
         epochs_planned=info.config.train.epochs,
         test_mse=number(final.get("test_mse")),
         num_codes=info.config.model.quantizer.num_codes,
