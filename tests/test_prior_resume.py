@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import fails_cleanly
 from process_helpers import child_env, vqkit_command
 from safetensors.torch import save_file
 
@@ -533,6 +534,32 @@ def test_finished_prior_resumes_for_longer_or_is_replaced(finished_prior, tmp_pa
     assert main([*argv, *TINY_FLAGS[:4], "--epochs", "1"]) == 0  # a new prior, from scratch
     assert [r["epoch"] for r in read_jsonl(run_dir / runfiles.PRIOR_METRICS)] == [1]
     assert state_counters(run_dir)["epochs_done"] == 1
+
+
+def test_a_full_disk_as_a_new_priors_first_state_is_written_keeps_the_earlier_prior(
+    finished_prior, tmp_path, capsys, monkeypatch
+):
+    # The first epoch's weights were written, its state not: the new prior had weights, so the
+    # earlier one was deleted, and what stood could be sampled but neither resumed nor called
+    # unfinished. A kill at that moment already gave the earlier prior back.
+    run_dir = copy_run(finished_prior, tmp_path)
+    names = prior_replacement.PRIOR_FILE_NAMES
+    before = {name: data for name, data in folder_bytes(run_dir).items() if name in names}
+    state = run_dir / train_state.PRIOR_FILES.tensors
+
+    def full_disk(*args, **kwargs):
+        raise VqkitError(f"Could not write '{state}': the disk is full.")
+
+    monkeypatch.setattr(train_state, "save", full_disk)
+    fails_cleanly(
+        capsys,
+        ["train-prior", str(run_dir), *TINY_FLAGS[:4], "--epochs", "1", "--quiet"],
+        f"Could not write '{state}': the disk is full; the new prior had not finished its "
+        "first epoch, so the earlier prior is kept as it was.",
+    )
+    after = folder_bytes(run_dir)
+    assert {name: data for name, data in after.items() if name in names} == before
+    assert not any(name.endswith(prior_replacement.ASIDE_SUFFIX) for name in after)
 
 
 def test_resuming_a_finished_prior_says_so_and_changes_nothing(finished_prior, tmp_path, capsys):

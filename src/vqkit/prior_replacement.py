@@ -37,8 +37,11 @@ def _aside(run_dir: str | Path, name: str) -> Path:
     return original.with_name(original.name + ASIDE_SUFFIX)
 
 
-def _new_prior_has_weights(run_dir: str | Path) -> bool:
-    return run_path(run_dir, runfiles.PRIOR_WEIGHTS).exists()  # the old ones are set aside
+def _new_prior_saved(run_dir: str | Path) -> bool:
+    """Whether the new prior stands on its own: its weights and its state (the first epoch's
+    end writes both; the old files are aside, so these are the new prior's)."""
+    has_weights = run_path(run_dir, runfiles.PRIOR_WEIGHTS).exists()
+    return has_weights and train_state.exists(run_dir, train_state.PRIOR_FILES)
 
 
 def interrupted_replacement(run_dir: str | Path) -> bool:
@@ -47,10 +50,7 @@ def interrupted_replacement(run_dir: str | Path) -> bool:
     weights (the new prior saves both at the end of its first epoch; a killed move aside, which
     moves the state first, has left no new state either)."""
     aside = any(_aside(run_dir, name).exists() for name in PRIOR_FILE_NAMES)
-    new_prior = train_state.exists(run_dir, train_state.PRIOR_FILES) and _new_prior_has_weights(
-        run_dir
-    )
-    return aside and not new_prior
+    return aside and not _new_prior_saved(run_dir)
 
 
 def settle_interrupted_replacement(run_dir: str | Path) -> None:
@@ -89,8 +89,9 @@ def _put_back(moved: list[tuple[Path, Path]]) -> None:
 @contextlib.contextmanager
 def old_prior_set_aside(run_dir: str | Path) -> Iterator[None]:
     """Inside: the run's prior files are out of the way. After: the new prior's files once it
-    has weights, else (it raised before its first epoch ended) the old prior's, as they were;
-    a TrainingInterrupted raised through it then says so instead of how to resume."""
+    has saved weights and state, else (it raised before, or while, its first epoch's end saved
+    them) the old prior's, as they were, the rule settle_interrupted_replacement keeps after a
+    kill; a TrainingInterrupted raised through it then says so instead of how to resume."""
     moved: list[tuple[Path, Path]] = []
     try:
         for name in PRIOR_FILE_NAMES:
@@ -108,7 +109,9 @@ def old_prior_set_aside(run_dir: str | Path) -> Iterator[None]:
         yield
         new_prior_stands = True
     except BaseException as exc:
-        if not moved or _new_prior_has_weights(run_dir):
+        # Weights without a state (a full disk as the first epoch's state was written) would
+        # be a prior that can be sampled but neither resumed nor called unfinished.
+        if not moved or _new_prior_saved(run_dir):
             new_prior_stands = True
             raise
         for name in PRIOR_FILE_NAMES:  # all the new prior's: every old file was moved aside
@@ -124,6 +127,8 @@ def old_prior_set_aside(run_dir: str | Path) -> Iterator[None]:
             ) from exc
         if hasattr(exc, "resume_command"):  # a stop (Ctrl-C, SIGTERM) that saved a state
             exc.outcome = f"{kept} (vqkit train-prior {run_dir} --restart trains a new one)"
+        elif isinstance(exc, VqkitError):  # a full disk, say: its sentence, and what stands
+            raise VqkitError(f"{str(exc).rstrip('.')}; {kept}.") from exc
         raise
     finally:
         if new_prior_stands:
