@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 import vqkit.config
 
@@ -44,6 +45,14 @@ def test_the_python_walkthrough_runs(tmp_path, monkeypatch):
     model, path = scope["model"], scope["path"]
     assert torch.equal(path[0], model.encode(scope["three"][None])[0])
     assert torch.equal(path[-1], model.encode(scope["eight"][None])[0])
+    # The figures: 16 originals above their reconstructions (2x), 16 samples 8 per row, and
+    # the 8 frames in a row, on 2-pixel white margins.
+    sizes = {"reconstructions.png": (2 * (16 * 30 + 2), 2 * (2 * 30 + 2))}
+    sizes |= {"used.png": (2 * (8 * 30 + 2), 2 * (2 * 30 + 2))}
+    sizes |= {"interpolation.png": (2 * (8 * 30 + 2), 2 * (30 + 2))}
+    for name, size in sizes.items():
+        with Image.open(tmp_path / name) as image:
+            assert image.size == size, name
 
 
 def test_every_top_level_name_the_readme_uses_exists():
