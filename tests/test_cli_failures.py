@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -182,6 +183,17 @@ def test_a_constant_rate_run_trains_longer_when_resumed(tmp_path, capsys):
         f"The run in '{run_dir}' has already trained 2 epochs, more than --epochs 1.",
     )  # fmt: skip
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_a_finished_run_whose_psnr_was_recorded_as_null_resumes(run_copy, capsys):
+    # A perfect reconstruction's infinite PSNR is null in metrics.jsonl; the summary of a
+    # finished run resumed formatted that null and crashed. The PSNR follows from the MSE.
+    metrics = run_copy / runfiles.METRICS
+    record = json.loads(metrics.read_text().splitlines()[-1])
+    metrics.write_text(json.dumps({**record, "test_psnr": None}) + "\n")
+    assert main(["train", "--resume", str(run_copy), "--quiet"]) == 0
+    expected = 10 * math.log10(1 / record["test_mse"])
+    assert f"test PSNR:       {expected:.2f} dB" in capsys.readouterr().out
 
 
 def test_resuming_a_finished_run_says_so_and_records_no_session(run_copy, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vqkit.metrics import psnr
 from vqkit.wording import on_test_images
 
 
@@ -13,7 +14,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     where = on_test_images(metrics)
     lines = [
         f"test MSE:        {metrics['test_mse']:.5f}",
-        f"test PSNR:       {metrics['test_psnr']:.2f} dB",
+        # From the MSE, not the record: JSON holds an infinite PSNR (MSE 0) as null.
+        f"test PSNR:       {psnr(metrics['test_mse']):.2f} dB",
         # Both over the test set's codes; perplexity is 2**entropy of their frequencies, the
         # number of equally used codes that would be as uncertain.
         f"perplexity:      {metrics['perplexity']:.1f} (codes in effective use {where})",
