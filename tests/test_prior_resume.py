@@ -536,21 +536,29 @@ def test_finished_prior_resumes_for_longer_or_is_replaced(finished_prior, tmp_pa
     assert state_counters(run_dir)["epochs_done"] == 1
 
 
+@pytest.mark.parametrize("failed", ["tensors", "counters"])
 def test_a_full_disk_as_a_new_priors_first_state_is_written_keeps_the_earlier_prior(
-    finished_prior, tmp_path, capsys, monkeypatch
+    finished_prior, tmp_path, capsys, monkeypatch, failed
 ):
-    # The first epoch's weights were written, its state not: the new prior had weights, so the
-    # earlier one was deleted, and what stood could be sampled but neither resumed nor called
-    # unfinished. A kill at that moment already gave the earlier prior back.
+    # The first epoch's weights were written, its state (or the state's readable copy, written
+    # last) not: the new prior had weights, so the earlier one was deleted, and what stood
+    # could be sampled but neither resumed nor called unfinished by `vqkit runs`. A kill at
+    # that moment already gave the earlier prior back.
     run_dir = copy_run(finished_prior, tmp_path)
     names = prior_replacement.PRIOR_FILE_NAMES
     before = {name: data for name, data in folder_bytes(run_dir).items() if name in names}
-    state = run_dir / train_state.PRIOR_FILES.tensors
+    state = run_dir / getattr(train_state.PRIOR_FILES, failed)
+    real_write = (
+        train_state.write_bytes_atomic if failed == "tensors" else train_state.write_json_atomic
+    )
 
-    def full_disk(*args, **kwargs):
-        raise VqkitError(f"Could not write '{state}': the disk is full.")
+    def full_disk(path, data):
+        if Path(path) == state:
+            raise VqkitError(f"Could not write '{state}': the disk is full.")
+        real_write(path, data)
 
-    monkeypatch.setattr(train_state, "save", full_disk)
+    writer = "write_bytes_atomic" if failed == "tensors" else "write_json_atomic"
+    monkeypatch.setattr(train_state, writer, full_disk)
     fails_cleanly(
         capsys,
         ["train-prior", str(run_dir), *TINY_FLAGS[:4], "--epochs", "1", "--quiet"],

@@ -1,10 +1,11 @@
-"""A new prior replaces a run's old one only once it has weights of its own.
+"""A new prior replaces a run's old one only once it has saved weights and a state of its own.
 
 ``vqkit train-prior RUN`` on a run that already has a prior trains a new one. Deleting the old
 files first would lose a finished prior to any failure before the new one can be sampled (a
 non-finite loss in the first epoch, a full disk, Ctrl-C). So the old files are moved aside
-under a suffix; when the new training stops before the end of its first epoch (its first
-weights), whatever it wrote is removed and the old files go back; after that they are deleted.
+under a suffix; when the new training stops before the end of its first epoch has saved its
+first weights and state, whatever it wrote is removed and the old files go back; after that
+they are deleted.
 
 A process killed outright (SIGKILL, power loss) runs no clean-up: the next ``train-prior``
 (or ``settle_interrupted_replacement``) finishes it by the files it finds, to the same rule: the
@@ -38,10 +39,12 @@ def _aside(run_dir: str | Path, name: str) -> Path:
 
 
 def _new_prior_saved(run_dir: str | Path) -> bool:
-    """Whether the new prior stands on its own: its weights and its state (the first epoch's
-    end writes both; the old files are aside, so these are the new prior's)."""
-    has_weights = run_path(run_dir, runfiles.PRIOR_WEIGHTS).exists()
-    return has_weights and train_state.exists(run_dir, train_state.PRIOR_FILES)
+    """Whether the new prior stands on its own: its weights and its state, both files of it
+    (the first epoch's end writes them; the old files are aside, so these are the new prior's).
+    The state's readable copy is written last, and `vqkit runs` reads it."""
+    state = train_state.PRIOR_FILES
+    names = (runfiles.PRIOR_WEIGHTS, state.tensors, state.counters)
+    return all(run_path(run_dir, name).is_file() for name in names)
 
 
 def interrupted_replacement(run_dir: str | Path) -> bool:
@@ -55,8 +58,8 @@ def interrupted_replacement(run_dir: str | Path) -> bool:
 
 def settle_interrupted_replacement(run_dir: str | Path) -> None:
     """Finish what a replacement killed outright left behind; call it holding the run's lock.
-    The old prior's files go back in place when the new prior had no weights yet, and are
-    deleted when it had, as the clean-up would have done."""
+    The old prior's files go back in place when the new prior had not saved its weights and
+    state yet, and are deleted when it had, as the clean-up would have done."""
     moved = [(run_path(run_dir, name), _aside(run_dir, name)) for name in PRIOR_FILE_NAMES]
     moved = [(original, aside) for original, aside in moved if aside.exists()]
     if interrupted_replacement(run_dir):
