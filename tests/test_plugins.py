@@ -321,3 +321,13 @@ def test_a_plugin_may_register_a_sampling_strategy_that_sample_then_offers(run_c
     assert codes.shape == (5, 7, 7) and np.array_equal(codes, codes[..., ::-1])
     assert len(np.unique(codes)) > 1  # drawn, not constant
     assert np.load(out).shape[0] == 5
+
+
+def test_a_plugin_registering_one_of_vqkits_functions_under_a_new_name_is_accepted(tmp_path):
+    plugin = tmp_path / "vqkit_plugin_alias.py"
+    plugin.write_text(
+        "from vqkit import generate\n\n"
+        'generate.register_strategy("uniform")(generate.registered_strategies()["random"])\n'
+    )
+    plugins.import_plugin(str(plugin))
+    assert generate.registered_strategies()["uniform"] is generate.registered_strategies()["random"]

@@ -131,13 +131,6 @@ def _import_module(spec: str) -> None:
     _IMPORTED.add(spec)
 
 
-def _added_strategies() -> dict[str, object]:
-    """Sampling strategies registered by code outside vqkit's own (none before vqkit.generate
-    is imported, which a plugin that registers one does itself)."""
-    generate = sys.modules.get("vqkit.generate")
-    return {} if generate is None else generate.added_strategies()
-
-
 def import_plugin(spec: str) -> None:
     """Import a plugin once: a ``.py`` file, or a module importable from here or the current
     folder. Failures, the plugin's own errors included, are one sentence (VqkitError), and so
@@ -145,13 +138,15 @@ def import_plugin(spec: str) -> None:
     module of the same name that Python found first)."""
     if not spec.strip() or spec.startswith("-"):
         raise VqkitError("--plugin needs a .py file or a module name after it.")
-    quantizers, strategies = dict(REGISTERED_QUANTIZERS), _added_strategies()
+    from vqkit.generate import registered_strategies  # PyTorch: a command is about to run
+
+    quantizers, strategies = dict(REGISTERED_QUANTIZERS), registered_strategies()
     imported = set(_IMPORTED)
     if spec.endswith(".py"):
         _import_file(spec)
     else:
         _import_module(spec)
-    unchanged = REGISTERED_QUANTIZERS == quantizers and _added_strategies() == strategies
+    unchanged = REGISTERED_QUANTIZERS == quantizers and registered_strategies() == strategies
     if _IMPORTED != imported and unchanged:
         raise VqkitError(
             f"The plugin {spec} registered no quantizer and no sampling strategy; it must call "
