@@ -15,6 +15,8 @@ from report_helpers import PRIOR_EPOCHS, copy_run, make_full_run
 from vqkit import runfiles
 from vqkit.checkpoint import load_model
 from vqkit.cli import COMMAND_MODULES, build_parser, main
+from vqkit.data import load_split
+from vqkit.data.catalog import split_size
 from vqkit.images import save_png
 from vqkit.provenance import stamp
 from vqkit.runinfo import load_run_info
@@ -239,9 +241,34 @@ def test_a_folder_name_with_a_line_break_keeps_the_table_one_row_per_run(small_r
     assert len(runs_table(parent).splitlines()) == 3  # the header and one line per run
 
 
-def test_a_run_measured_on_its_whole_test_split_shows_the_bare_mse(small_run, tmp_path):
+@pytest.mark.parametrize("limit", [None, 10_000, 20_000])
+def test_a_run_measured_on_its_whole_test_split_shows_the_bare_mse(small_run, tmp_path, limit):
+    # No --test-limit, or one at or beyond MNIST's 10,000 test images: the whole split.
     run = copy_run(small_run.run_dir, tmp_path / "run")
     config = json.loads((run / runfiles.CONFIG).read_text())
-    config["train"]["test_limit"] = None  # as if trained without --test-limit
+    config["train"]["test_limit"] = limit
     (run / runfiles.CONFIG).write_text(json.dumps(config))
+    metrics = run / runfiles.METRICS
+    record = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({**record, "test_images": len(load_split("mnist", "test"))}))
     assert run_row(run)[4] == f"{small_run.final['test_mse']:.4f}"
+
+
+def test_the_split_sizes_are_those_of_the_files():
+    for dataset in ("mnist", "fashion-mnist"):
+        for split, count in (("train", 60_000), ("test", 10_000)):
+            assert split_size(dataset, split) == count
+    assert split_size("idx", "test") is None
+
+
+@pytest.mark.parametrize(("limit", "marked"), [(500, True), (20_000, False)])
+def test_an_own_datasets_run_is_marked_when_its_test_limit_was_reached(
+    small_run, tmp_path, limit, marked
+):
+    # One's own test split's size is not known without reading it: the limit decides.
+    run = copy_run(small_run.run_dir, tmp_path / "run")
+    config = json.loads((run / runfiles.CONFIG).read_text())
+    config["train"] |= {"dataset": "idx", "test_limit": limit}
+    (run / runfiles.CONFIG).write_text(json.dumps(config))
+    assert small_run.final["test_images"] == 500
+    assert run_row(run)[4].endswith(" (500 images)") == marked

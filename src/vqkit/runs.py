@@ -6,8 +6,11 @@ import html
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vqkit import runfiles
+from vqkit.config import TrainConfig
+from vqkit.data.catalog import split_size
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
 from vqkit.fileio import parse_json
 from vqkit.prior import incomplete_prior, unfinished_prior
@@ -152,7 +155,7 @@ def run_row(run_dir: Path) -> list[str]:
     codes = MISSING if top.codes_used is None else f"{top.codes_used}/{top.num_codes}"
     mse = MISSING if top.test_mse is None else f"{top.test_mse:.4f}"
     tested = (info.final or {}).get("test_images")
-    if mse != MISSING and info.config.train.test_limit is not None and type(tested) is int:
+    if mse != MISSING and _part_of_the_test_split(info.config.train, tested):
         mse += f" ({tested:,} images)"  # not comparable with a whole test split's number
     if top.test_mse is not None and runfiles.WEIGHTS in info.notes:  # the numbers outlived them
         mse += " (weights unreadable)"
@@ -166,6 +169,16 @@ def run_row(run_dir: Path) -> list[str]:
         prior_cell(top, run_dir, training=prior_training),
         report,
     ]
+
+
+def _part_of_the_test_split(settings: TrainConfig, tested: Any) -> bool:
+    """Whether a run's test metrics cover only the first ``tested`` images of the split (its
+    --test-limit was reached; one's own split's size is not known here, only the limit)."""
+    limit = settings.test_limit
+    if limit is None or type(tested) is not int:
+        return False
+    whole = split_size(settings.dataset, "test")
+    return tested < whole if whole is not None else tested >= limit
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> str:

@@ -11,14 +11,14 @@ from vqkit.demo import MOST, DemoSettings, format_headline, run_demo
 
 DEFAULTS = DemoSettings()
 
-HELP = """
+HELP = f"""
 Run everything vqkit does, in a few minutes on a laptop CPU: train a VQ-VAE (the 'best'
-preset: k-means codebook init, EMA updates, dead-code restarts; 2 epochs), draw its codebook, fit a
-class-conditional PixelCNN prior over its code grids, sample with every strategy, interpolate
-between two test images of different classes, score the samples with a classifier-based FID,
-and write report.html. Prints the headline numbers and where the report is. The evaluation
-classifier is trained once per dataset and cached in $VQKIT_CACHE/classifiers (by default
-~/.cache/vqkit/classifiers).
+preset: k-means codebook init, EMA updates, dead-code restarts; {DEFAULTS.epochs} epochs), draw
+its codebook, fit a class-conditional PixelCNN prior over its code grids, sample with every
+strategy, interpolate between two test images of different classes, score the samples with a
+classifier-based FID, and write report.html. Prints the headline numbers and where the report
+is. The evaluation classifier is trained once per dataset and cached in
+$VQKIT_CACHE/classifiers (by default ~/.cache/vqkit/classifiers).
 
 examples:
   vqkit demo

@@ -48,6 +48,13 @@ class DatasetInfo:
     embedded: bool
 
 
+def split_size(dataset: str, split: str) -> int | None:
+    """The number of images in a named dataset's split, from its label file's size (one byte
+    per label after an IDX header of 8 bytes: magic and count); None for one's own data."""
+    info = INFO.get(dataset)
+    return None if info is None else info.files[split][1].size - 8
+
+
 INFO: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         name="mnist",
