@@ -488,7 +488,8 @@ def test_the_page_says_what_its_figures_and_numbers_are(full_run, tmp_path):
     assert "top left to bottom right (from test:18 to digit:8)</figcaption>" in page
     assert "then the other image itself." in page  # the lead says what the ends are
     assert "PixelCNN prior, given the classes 0, 1, 2, ... in turn, in reading order" in page
-    assert "<td>PixelCNN prior, given each image&#x27;s class (epoch 2)</td>" in page
+    given = "given each image&#x27;s class (epoch 2), on the test grids"
+    assert f"<td>PixelCNN prior, {given}</td>" in page
     assert "which the baselines are not." in page
     assert "<th class=num>code restarts so far</th>" in page
     assert f"<td class=num>{7 * records[-1]['epoch']}</td></tr>" in page
