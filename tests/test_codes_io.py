@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 from collections.abc import Callable
 
@@ -326,3 +327,12 @@ def test_a_npy_header_claiming_fewer_grids_than_the_file_holds_is_refused(tmp_pa
     (tmp_path / "c.npy").write_bytes(data.replace(b"(4, 7, 7)", b"(1, 7, 7)", 1))
     with pytest.raises(VqkitError, match="damaged"):
         load_codes(tmp_path / "c.npy", 8, 7)
+
+
+def test_a_pipe_is_refused_in_a_sentence_not_waited_on(tmp_path):
+    # A FIFO with no writer made decode wait forever; one with a writer (a shell's
+    # <(cat codes.npy)) was called damaged, as its size cannot be measured.
+    fifo = tmp_path / "codes.npy"
+    os.mkfifo(fifo)
+    with pytest.raises(VqkitError, match="is a pipe or device, not a file; save the codes"):
+        load_codes(fifo, K, GRID)

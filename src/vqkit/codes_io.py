@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -70,11 +71,26 @@ def _require_data_the_header_promises(handle: BinaryIO, path: Path) -> None:
         )
 
 
+def _require_regular_file(path: Path) -> None:
+    """Refuse a pipe or device (``<(cat codes.npy)``, a FIFO): the size checks below need a
+    file they can measure, and opening a FIFO with no writer would wait forever."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing or unreadable: opening it says which
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise VqkitError(
+            f"The codes file '{path}' is a pipe or device, not a file; save the codes to a "
+            ".npy file and give that."
+        )
+
+
 def load_codes(path: str | Path, num_codes: int, grid_size: int) -> torch.Tensor:
     """Validated code grids (N, h, w) int64 from ``.npy``; a single (h, w) grid becomes N=1."""
     path = Path(arguments.path(path, "The codes file"))
     arguments.whole_number(num_codes, "The number of codes", 1)
     arguments.whole_number(grid_size, "The grid size", 1)
+    _require_regular_file(path)
     try:
         with path.open("rb") as handle:
             # np.load would also accept .npz archives and (refused) pickles: check the magic.
