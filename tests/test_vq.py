@@ -562,3 +562,22 @@ def test_kmeans_runs_again_after_loading_weights_that_have_not_had_it():
 
 def test_every_gradient_estimator_the_config_offers_has_a_function():
     assert set(ESTIMATOR_FUNCTIONS) == set(GRADIENT_ESTIMATORS)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_an_ema_codebook_cast_to_half_precision_still_tracks_the_mean(dtype):
+    # Its running statistics took the module's dtype, and in bf16 each 1% update was mostly
+    # rounded away: the code settled at [0.25, -0.51] for data around [0.3, -0.7].
+    torch.manual_seed(0)
+    config = QuantizerConfig(num_embeddings=4, embedding_dim=2, codebook_update="ema")
+    quantizer = build_quantizer(config).to(dtype).train()
+    assert quantizer.codebook.dtype == dtype
+    assert quantizer.ema_cluster_size.dtype == quantizer.ema_embed_sum.dtype == torch.float32
+    mean, generator = torch.tensor([0.3, -0.7]), torch.Generator().manual_seed(0)
+    for _ in range(2000):
+        quantizer((mean + 0.05 * torch.randn(64, 2, generator=generator)).to(dtype))
+    chosen = int(quantizer.ema_cluster_size.argmax())
+    assert float(quantizer.ema_cluster_size[chosen]) == pytest.approx(64, abs=0.01)
+    # Within the codebook's own rounding (bf16: 8 bits of mantissa) of the data's mean.
+    torch.testing.assert_close(quantizer.codebook[chosen].float(), mean, atol=4e-3, rtol=0)
+    assert build_quantizer(config).double().ema_embed_sum.dtype == torch.float64  # not narrowed
