@@ -272,3 +272,15 @@ def test_an_own_datasets_run_is_marked_when_its_test_limit_was_reached(
     (run / runfiles.CONFIG).write_text(json.dumps(config))
     assert small_run.final["test_images"] == 500
     assert run_row(run)[4].endswith(" (500 images)") == marked
+
+
+@pytest.mark.parametrize(("grids", "cell"), [(500, " (500 grids)"), (10_000, "")])
+def test_prior_bits_measured_on_part_of_the_test_split_say_so(root, tmp_path, grids, cell):
+    # train-prior --test-limit 500: its bits per code are no more comparable with a whole
+    # split's than a test MSE on 500 images is.
+    run = copy_run(root / "b-full", tmp_path / "run")
+    metrics = run / runfiles.PRIOR_METRICS
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    metrics.write_text("".join(json.dumps({**r, "test_grids": grids}) + "\n" for r in records))
+    best = f"{min(t for _, _, t in PRIOR_EPOCHS):.3f}"
+    assert run_row(run)[6] == best + cell

@@ -42,14 +42,16 @@ def find_runs(root: str | Path) -> list[Path]:
         raise VqkitError(f"Cannot list the folder '{root}': {exc.strerror}.") from exc
 
 
-def prior_cell(top: Headline, run_dir: Path, training: bool) -> str:
+def prior_cell(top: Headline, run_dir: Path, training: bool, measured_on: str = "") -> str:
     """The best test bits per code, marked: (conditional) for a prior given each image's class
     (its bits are not comparable with an unconditional prior's), (training) while train-prior
     writes the run, (stale) for a prior of earlier VQ-VAE weights (its number no longer
     describes this model's codes), (incomplete) for one missing its weights or settings (it
     cannot be sampled), (unfinished: 2/8 epochs) for one whose training stopped before it
-    ended (train-prior --resume continues it)."""
+    ended (train-prior --resume continues it). ``measured_on`` follows the number: " (500
+    grids)" for bits measured on part of the test split."""
     number = MISSING if top.prior_bits_per_code is None else f"{top.prior_bits_per_code:.3f}"
+    number += measured_on if number != MISSING else ""
     if number != MISSING and top.prior_conditional:
         number += " (conditional)"
     if training:
@@ -159,16 +161,11 @@ def run_row(run_dir: Path) -> list[str]:
         mse += f" ({tested:,} images)"  # not comparable with a whole test split's number
     if top.test_mse is not None and runfiles.WEIGHTS in info.notes:  # the numbers outlived them
         mse += " (weights unreadable)"
-    return [
-        name,
-        top.dataset,
-        top.preset,
-        epochs,
-        mse,
-        codes,
-        prior_cell(top, run_dir, training=prior_training),
-        report,
-    ]
+    grids = info.prior_metrics[-1].get("test_grids") if info.prior_metrics else None
+    whole = split_size(info.config.train.dataset, "test")  # None for one's own data
+    part = type(grids) is int and whole is not None and grids < whole  # train-prior --test-limit
+    prior = prior_cell(top, run_dir, prior_training, f" ({grids:,} grids)" if part else "")
+    return [name, top.dataset, top.preset, epochs, mse, codes, prior, report]
 
 
 def _part_of_the_test_split(settings: TrainConfig, tested: Any) -> bool:
