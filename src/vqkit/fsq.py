@@ -118,7 +118,9 @@ class FiniteScalarQuantizer(nn.Module):
 
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
         """Latents of a code grid (B, H, W) -> (B, D, H, W) (any (B, *S) -> (B, D, *S)): what
-        the decoder saw in training.
+        the decoder saw in training. In the projections' dtype; without projections (D equal
+        to the number of levels) the quantizer holds no weights to take a dtype from, and the
+        grid values come as float32: cast them to your model's dtype.
 
         Codes must lie in 0 .. num_codes - 1: checked for CPU tensors; on a GPU others wrap to
         another code's latents (reading them would make it wait; ``VQVAE.decode`` checks once)."""
