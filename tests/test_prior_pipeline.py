@@ -355,7 +355,8 @@ def test_the_reports_prior_section_says_which_grids_it_measured(prior_run, capsy
     # A conditional prior's bits are given the class: not comparable with an unconditional one's.
     assert "given each image&#x27;s class; uniform: 7; lower is better<" in html
     assert main(["runs", str(prior_run)]) == 0
-    assert re.search(r"\d\.\d{3} \(conditional\)", capsys.readouterr().out)
+    # Measured on the first 1,000 test grids (train-prior --test-limit): said too.
+    assert re.search(r"\d\.\d{3} \(conditional\) \(1,000 grids\)", capsys.readouterr().out)
     assert "the 1,000 test code grids under the prior (trained on 4,000 training grids)" in html
     assert "knows neither a code&#x27;s position nor its neighbours" in html
 

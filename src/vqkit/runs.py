@@ -48,12 +48,12 @@ def prior_cell(top: Headline, run_dir: Path, training: bool, measured_on: str = 
     writes the run, (stale) for a prior of earlier VQ-VAE weights (its number no longer
     describes this model's codes), (incomplete) for one missing its weights or settings (it
     cannot be sampled), (unfinished: 2/8 epochs) for one whose training stopped before it
-    ended (train-prior --resume continues it). ``measured_on`` follows the number: " (500
-    grids)" for bits measured on part of the test split."""
+    ended (train-prior --resume continues it). ``measured_on`` follows the number and its
+    (conditional): " (500 grids)" for bits measured on part of the test split."""
     number = MISSING if top.prior_bits_per_code is None else f"{top.prior_bits_per_code:.3f}"
-    number += measured_on if number != MISSING else ""
     if number != MISSING and top.prior_conditional:
         number += " (conditional)"
+    number += measured_on if number != MISSING else ""
     if training:
         marks = ["(training)"]
     else:
