@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from vqkit import runfiles
-from vqkit.config import TrainConfig
 from vqkit.data.catalog import split_size
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
 from vqkit.fileio import parse_json
@@ -156,26 +155,28 @@ def run_row(run_dir: Path) -> list[str]:
     )
     codes = MISSING if top.codes_used is None else f"{top.codes_used}/{top.num_codes}"
     mse = MISSING if top.test_mse is None else f"{top.test_mse:.4f}"
+    settings = info.config.train
     tested = (info.final or {}).get("test_images")
-    if mse != MISSING and _part_of_the_test_split(info.config.train, tested):
+    if mse != MISSING and _part_of_the_test_split(settings.dataset, tested, settings.test_limit):
         mse += f" ({tested:,} images)"  # not comparable with a whole test split's number
     if top.test_mse is not None and runfiles.WEIGHTS in info.notes:  # the numbers outlived them
         mse += " (weights unreadable)"
     grids = info.prior_metrics[-1].get("test_grids") if info.prior_metrics else None
-    whole = split_size(info.config.train.dataset, "test")  # None for one's own data
-    part = type(grids) is int and whole is not None and grids < whole  # train-prior --test-limit
+    part = _part_of_the_test_split(settings.dataset, grids, None)  # train-prior --test-limit
     prior = prior_cell(top, run_dir, prior_training, f" ({grids:,} grids)" if part else "")
     return [name, top.dataset, top.preset, epochs, mse, codes, prior, report]
 
 
-def _part_of_the_test_split(settings: TrainConfig, tested: Any) -> bool:
-    """Whether a run's test metrics cover only the first ``tested`` images of the split (its
-    --test-limit was reached; one's own split's size is not known here, only the limit)."""
-    limit = settings.test_limit
-    if limit is None or type(tested) is not int:
+def _part_of_the_test_split(dataset: str, measured: Any, limit: int | None) -> bool:
+    """Whether test numbers over ``measured`` images (or grids) cover only part of the split:
+    fewer than a named dataset's split holds; for one's own data, whose split size is not known
+    here, as many as a --test-limit ``limit`` allowed (None: unknown, so not marked)."""
+    if type(measured) is not int:
         return False
-    whole = split_size(settings.dataset, "test")
-    return tested < whole if whole is not None else tested >= limit
+    whole = split_size(dataset, "test")
+    if whole is not None:
+        return measured < whole
+    return limit is not None and measured >= limit
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> str:
