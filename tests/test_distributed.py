@@ -255,13 +255,18 @@ def test_a_two_rank_run_resumed_mid_epoch_keeps_every_ranks_training_loss(tmp_pa
     assert resumed["test_mse"] == pytest.approx(unbroken["test_mse"], rel=1e-5), both
 
 
-@pytest.mark.parametrize(("rank", "name", "status"), [("1", "SIGTERM", 143), ("0", "SIGINT", 130)])
+@pytest.mark.parametrize(
+    ("rank", "name", "status"),
+    [("1", "SIGTERM", 143), ("0", "SIGINT", 130), ("0", "SIGINT+again", 130)],
+)
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_with_a_saved_state(
     tmp_path, rank, name, status
 ):
     # 640 images in global batches of 16: 40 steps an epoch. One rank alone is signalled before
     # step 5; the ranks compare their requests every STOP_POLL_STEPS (20) steps, so both save
-    # step 20 and stop there, and the run resumes under the same torchrun command.
+    # step 20 and stop there, and the run resumes under the same torchrun command. "+again"
+    # signals rank 0 once more while the job leaves its process group, after the loop: a
+    # repeat there ended it in a bare KeyboardInterrupt, without the resume command.
     flags = [
         "--preset", "efficient", "--train-limit", "640", "--test-limit", "64", "--epochs", "1",
         "--batch-size", "16",
@@ -270,7 +275,7 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_with_a_saved_
     assert done.returncode != 0
     state = json.loads((tmp_path / "run" / runfiles.TRAIN_STATE_META).read_text())
     assert state["epochs_done"] == 0 and state["step"] == 20, (state, done.stderr[-2000:])
-    how = "interrupted" if name == "SIGINT" else "stopped by SIGTERM"
+    how = "interrupted" if name.startswith("SIGINT") else "stopped by SIGTERM"
     hint = f"vqkit: {how}; the run is saved, continue it with: "
     hint += "torchrun --nproc-per-node 2 -m vqkit train --resume run"
     assert done.stderr.count(hint) == 1, done.stderr[-3000:]  # rank 0 alone says it

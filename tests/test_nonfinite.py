@@ -139,10 +139,36 @@ def test_a_repeated_sigterm_or_any_repeat_under_torchrun_lets_the_save_finish(wo
     # A scheduler may signal every process of a job and torchrun pass its own signal on too:
     # the second copy must not turn the saving stop into an abrupt one.
     stop = StopRequest(Context(rank=0, world_size=world_size))
-    with stop.installed():
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), again)
-        assert stop.requested and stop.signal_number == signal.SIGTERM
+    try:
+        with stop.installed():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), again)
+            assert stop.requested and stop.signal_number == signal.SIGTERM
+    finally:
+        stop.release_signals()  # a job's stop holds them past the block
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_jobs_stop_keeps_repeated_signals_requests_until_the_caller_releases_them(world_size):
+    # After the loop a job's processes still leave the process group; a second Ctrl-C there
+    # ended rank 0 in a bare KeyboardInterrupt, without the sentence that says how to resume.
+    # A single process puts Python's handlers back at the block's end, as before.
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopRequest(Context(rank=0, world_size=world_size))
+    try:
+        with stop.installed():
+            os.kill(os.getpid(), signal.SIGINT)
+        now = {number: signal.getsignal(number) for number in before}
+        assert (now != before) == (world_size > 1)
+        if world_size > 1:
+            os.kill(os.getpid(), signal.SIGINT)  # a KeyboardInterrupt with Python's handler
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signal_number == signal.SIGINT
+        stop.release_signals()
+        assert {number: signal.getsignal(number) for number in before} == before
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
 
 
 @pytest.mark.parametrize(

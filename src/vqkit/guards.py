@@ -171,6 +171,7 @@ class StopRequest:
         self.requested = False  # a signal reached this process
         self.signal_number = int(signal.SIGINT)  # the first one that did
         self._agreed = False
+        self._held: dict[int, object] = {}  # the handlers release_signals() puts back
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
@@ -206,10 +207,23 @@ class StopRequest:
             peers_lost = self.context.enabled and distributed.is_lost_process(exc)
             raise
         finally:
+            if self.requested and self.context.enabled and not peers_lost:
+                # A job's stop is under way: every process still releases the run's lock and
+                # leaves the process group (a collective), and a repeated signal there (torchrun
+                # passes its own on; a scheduler signals every process) would end rank 0 in a
+                # bare KeyboardInterrupt, without the sentence that says how to resume. Repeats
+                # stay requests until the caller's release_signals().
+                self._held = previous
             for number, handler in previous.items():
                 # When another process of the job is gone, torchrun sends this one SIGTERM a
                 # moment later; with the default handler back it died before it said why it
                 # stopped. The process is about to exit (torchrun kills it 30 s after that
                 # signal), so SIGTERM stays a request no one acts on.
-                if not (peers_lost and number == signal.SIGTERM):
+                if not (self._held or (peers_lost and number == signal.SIGTERM)):
                     signal.signal(number, handler)
+
+    def release_signals(self) -> None:
+        """Put back the handlers :meth:`installed` kept in place for a job's stop."""
+        held, self._held = self._held, {}
+        for number, handler in held.items():
+            signal.signal(number, handler)

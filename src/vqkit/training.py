@@ -270,8 +270,12 @@ def train(
         peers_lost = True
         raise VqkitError(message) from exc
     finally:
-        lock.release()
-        distributed.teardown(context, finished, peers_lost)
+        try:
+            lock.release()
+            distributed.teardown(context, finished, peers_lost)
+        finally:
+            if run is not None:  # a stop's repeated signals were requests until now
+                run.stop.release_signals()
 
 
 class _Run:
