@@ -150,6 +150,7 @@ def test_metrics_hold_the_nll_and_both_baselines(prior_run):
         assert record["uniform_bits_per_code"] == pytest.approx(math.log2(128))
         assert record["unigram_bits_per_code"] == pytest.approx(entropy)
         assert (record["train_grids"], record["test_grids"]) == (4000, 1000)  # the limits
+        assert record["test_split_grids"] == 10_000  # the whole split, for `vqkit runs`
         assert record["test_bits_per_image"] == pytest.approx(49 * record["test_bits_per_code"])
         assert record["train_bits_per_image"] == pytest.approx(49 * record["train_bits_per_code"])
     # Even a tiny prior trained briefly beats the uniform code.

@@ -284,3 +284,19 @@ def test_prior_bits_measured_on_part_of_the_test_split_say_so(root, tmp_path, gr
     metrics.write_text("".join(json.dumps({**r, "test_grids": grids}) + "\n" for r in records))
     best = f"{min(t for _, _, t in PRIOR_EPOCHS):.3f}"
     assert run_row(run)[6] == best + cell
+
+
+@pytest.mark.parametrize(("whole", "cell"), [(600, " (500 grids)"), (500, ""), (None, "")])
+def test_an_own_datasets_prior_bits_on_part_of_its_test_split_say_so(root, tmp_path, whole, cell):
+    # One's own test split has no size in the catalog: the prior's records carry it (a record
+    # from before they did is left unmarked, as the size is unknown).
+    run = copy_run(root / "b-full", tmp_path / "run")
+    config = json.loads((run / runfiles.CONFIG).read_text())
+    config["train"] |= {"dataset": "idx"}
+    (run / runfiles.CONFIG).write_text(json.dumps(config))
+    metrics = run / runfiles.PRIOR_METRICS
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    sizes = {"test_grids": 500} | ({} if whole is None else {"test_split_grids": whole})
+    metrics.write_text("".join(json.dumps({**r, **sizes}) + "\n" for r in records))
+    best = f"{min(t for _, _, t in PRIOR_EPOCHS):.3f}"
+    assert run_row(run)[6] == best + cell

@@ -325,6 +325,7 @@ def _train_holding_the_lock(
         "unigram_bits_per_code": unigram_bits(train_set.codes, settings.num_codes),
         "train_grids": int(train_set.codes.shape[0]),
         "test_grids": int(test_set.codes.shape[0]),
+        "test_split_grids": int(grids["test"].codes.shape[0]),  # says whether a limit cut it
     }
     replacing = contextlib.nullcontext() if resume else old_prior_set_aside(run_dir)
     with replacing, deterministic_mode(settings.deterministic, target):

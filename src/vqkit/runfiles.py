@@ -41,7 +41,8 @@ FILE_NAMES = tuple(
 #   prior_metrics.jsonl, one object per epoch:
 #       {"epoch", "train_bits_per_code", "test_bits_per_code", "train_bits_per_image",
 #        "test_bits_per_image", "uniform_bits_per_code", "unigram_bits_per_code",
-#        "train_grids", "test_grids" (absent in older files), "epoch_seconds"}
+#        "train_grids", "test_grids" (absent in older files), "test_split_grids" (the
+#        whole test split's; absent in older files), "epoch_seconds"}
 #       (+ "skipped_nonfinite_steps" once --skip-nonfinite skipped any)
 #   codes.json        {"weights_sha256": hex, "dataset": name, "train": N, "test": N,
 #                      "data_sha256": hex | null (one's own data's images and labels, both

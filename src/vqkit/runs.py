@@ -161,8 +161,12 @@ def run_row(run_dir: Path) -> list[str]:
         mse += f" ({tested:,} images)"  # not comparable with a whole test split's number
     if top.test_mse is not None and runfiles.WEIGHTS in info.notes:  # the numbers outlived them
         mse += " (weights unreadable)"
-    grids = info.prior_metrics[-1].get("test_grids") if info.prior_metrics else None
-    part = _part_of_the_test_split(settings.dataset, grids, None)  # train-prior --test-limit
+    last = info.prior_metrics[-1] if info.prior_metrics else {}
+    grids, whole = last.get("test_grids"), last.get("test_split_grids")
+    if type(whole) is int and type(grids) is int:  # train-prior --test-limit
+        part = grids < whole
+    else:  # a record from before the split's size was written
+        part = _part_of_the_test_split(settings.dataset, grids, None)
     prior = prior_cell(top, run_dir, prior_training, f" ({grids:,} grids)" if part else "")
     return [name, top.dataset, top.preset, epochs, mse, codes, prior, report]
 
