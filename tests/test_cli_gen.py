@@ -367,6 +367,21 @@ def test_the_atlas_shows_the_used_codes_most_used_first(monkeypatch, tmp_path):
     assert drawn == [3, 1, 5, 2]  # ties keep code order; dead codes 0 and 4 are left out
 
 
+def test_every_used_code_draws_a_visible_bar_in_the_usage_figure(tmp_path):
+    # One code chosen 10^6 times and 63 chosen 10 times each: on a linear axis the rare ones
+    # drew nothing and looked dead. Pixel columns holding the bars' blue, at least 3 pixels
+    # high, must span all 64 used codes (about 6 columns each) and none of the 64 dead ones.
+    from matplotlib.colors import to_rgb
+
+    counts = torch.tensor([1_000_000] + [10] * 63 + [0] * 64)
+    path = codebook_view.plot_usage(counts, tmp_path / "usage.png", images=60_000)
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    blue = np.array([round(255 * c) for c in to_rgb(codebook_view.USED_COLOR)])
+    bar_columns = np.flatnonzero((np.abs(pixels - blue).sum(axis=2) < 12).sum(axis=0) >= 3)
+    per_code = (bar_columns.max() - bar_columns.min() + 1) / 64
+    assert len(bar_columns) >= 64 * 4 and 4 <= per_code <= 8, (len(bar_columns), per_code)
+
+
 def test_real_subprocess_encode_then_bad_decode(run_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     codes = tmp_path / "c.npy"

@@ -123,23 +123,24 @@ def plot_usage(
     axes = figure.add_subplot()
     colors = [USED_COLOR if c > 0 else DEAD_COLOR for c in sorted_counts.tolist()]
     axes.bar(positions, share, width=1.0, color=colors)
+    if used:
+        # A log scale: on a linear one a codebook's rarely used codes (often most of the used
+        # ones) drew no visible bar and looked as dead as the dead ones.
+        axes.set_yscale("log")
+        axes.set_ylim(share[used - 1] / 2, share[0] * 2)
     if dead:
         # Dead codes have no bar; a red band along the axis shows where they sit and how many.
         axes.axvspan(used - 0.5, counts.numel() - 0.5, color=DEAD_COLOR, alpha=0.15)
-        axes.text(
-            (used + counts.numel()) / 2,
-            max(share) * 0.5 if share.size else 0.0,
-            f"{dead} dead codes",
-            color=DEAD_COLOR,
-            ha="center",
-        )
-    over = f" over {images} training images" if images is not None else ""
+        middle = (share[0] * share[used - 1]) ** 0.5 if used else 0.5  # halfway on the log axis
+        axes.text((used + counts.numel()) / 2, middle, f"{dead} dead codes", color=DEAD_COLOR,
+                  ha="center")  # fmt: skip
+    over = f" over {images:,} training images" if images is not None else ""
     axes.set_title(
         f"Code usage{over}: {used} of {counts.numel()} codes used, "
         f"perplexity {perplexity(counts):.1f}"
     )
     axes.set_xlabel("codes, most used first")
-    axes.set_ylabel("share of all code choices (%)")
+    axes.set_ylabel("share of all code choices (%, log scale)" if used else "share (%)")
     axes.set_xlim(-0.5, counts.numel() - 0.5)
     figure.tight_layout()
     return _save(figure, path, stamp)
