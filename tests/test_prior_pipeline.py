@@ -354,7 +354,12 @@ def test_unigram_entropy_of_one_code_is_a_positive_zero():
 def test_the_reports_prior_section_says_which_grids_it_measured(prior_run, capsys):
     html = render_report(load_run_info(prior_run))
     # A conditional prior's bits are given the class: not comparable with an unconditional one's.
-    assert "given each image&#x27;s class; uniform: 7; lower is better<" in html
+    # The unigram baseline, what a prior must beat, first: the entropy of the training grids.
+    codes = np.load(prior_run / runfiles.CODES_TRAIN, allow_pickle=False)[:4000]  # --train-limit
+    shares = np.bincount(codes.ravel()) / codes.size
+    entropy = float(-(shares[shares > 0] * np.log2(shares[shares > 0])).sum())
+    said = f"given each image&#x27;s class; unigram: {entropy:.3g}, uniform: 7; lower is better<"
+    assert said in html
     assert main(["runs", str(prior_run)]) == 0
     # Measured on the first 1,000 test grids (train-prior --test-limit): said too.
     assert re.search(r"\d\.\d{3} \(conditional\) \(1,000 grids\)", capsys.readouterr().out)

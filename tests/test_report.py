@@ -101,7 +101,7 @@ def test_full_run_shows_the_numbers_of_its_files(full_page):
     # Every scores.json row, and the mean label accuracy of the per-class prior rows.
     for row in SCORES["rows"]:
         assert f"<td>{row['name']}</td>" in full_page
-    assert "each against the test images of its class: classifier-FID 24.5" in full_page
+    assert "scored against the test images of their class: classifier-FID 24.5" in full_page
     assert "label accuracy 94.5%</p>" in full_page  # as the CLI prints it, not 0.945
     assert "<td class=num>0.900</td>" in full_page  # confidence to three figures, not 0.9
     assert "<td class=num>94.0%</td>" in full_page  # the table's cell for the digit 0 row
@@ -327,8 +327,8 @@ def test_score_lines_name_their_n_and_used_like_random_is_explained(full_run, tm
         row["images"] = 200 if "(digit" in row["name"] else 2000
     (run / runfiles.SCORES).write_text(json.dumps(scores))
     text = write_report(run).read_text()
-    assert '<p class="scores">2000 images: classifier-FID' in text
-    assert "mean over 10 classes of 200 images, each against the test images of its" in text
+    assert '<p class="scores">scored on 2000 images (not the ones shown): classifier-FID' in text
+    assert "mean over 10 classes, 200 images each (not the ones shown), scored against" in text
     assert "score alike because every code is in use" not in text  # a quarter are dead
     usage = json.loads((run / runfiles.CODE_USAGE).read_text())
     usage["counts"] = [count + 1 for count in usage["counts"]]  # every code used
@@ -393,6 +393,27 @@ def test_the_lines_of_one_plot_differ_in_more_than_colour(monkeypatch):
     (axes,) = drawn[0].axes
     looks = [(line.get_marker(), line.get_linestyle()) for line in axes.get_lines()]
     assert len(looks) == 4 and len(set(looks)) == 4, looks
+
+
+@pytest.mark.parametrize(
+    ("test_bits", "unigram", "uniform_drawn"), [([2.5, 2.3], 3.4, False), ([5.6, 5.5], 5.8, True)]
+)
+def test_a_uniform_line_far_above_the_prior_is_named_not_drawn(
+    monkeypatch, test_bits, unigram, uniform_drawn
+):
+    # A 7-bit uniform line stretched the axis so far that the prior's gap to the unigram
+    # baseline, the comparison that matters, shrank to a sliver.
+    drawn = []
+    monkeypatch.setattr(report_plots, "_png", lambda figure: drawn.append(figure) or b"")
+    baselines = {"uniform": 7.0, "unigram": unigram}
+    report_plots.prior_nll_png([1, 2], [2.6, 2.4], test_bits, baselines)
+    (axes,) = drawn[0].axes
+    top = axes.get_ylim()[1]
+    heights = {line.get_label(): line.get_ydata() for line in axes.get_lines()}
+    assert (top > 7.0) == uniform_drawn and top > unigram
+    uniform = next(label for label in heights if label.startswith("uniform (7.00"))
+    assert uniform.endswith("above this axis)") != uniform_drawn
+    assert (len(heights[uniform]) > 0) == uniform_drawn  # a legend entry alone has no points
 
 
 def test_configuration_leaves_out_the_settings_that_change_nothing(full_run):
@@ -463,9 +484,10 @@ def test_scores_without_sample_images_say_how_to_make_them(full_run, tmp_path):
 
 def test_the_page_says_what_its_figures_and_numbers_are(full_run, tmp_path):
     run = copy_run(full_run, tmp_path / "run")
-    # An interpolation strip records its two images; the page names them.
+    # An interpolation strip records its two images as given; the page names them, a bare
+    # index as the test image it is ("from 18 to ..." read like t's range).
     strip = run / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES["interpolation_wipe"]
-    ends = {MADE_WITH_KEY: json.dumps({"from": "test:18", "to": "digit:8", "mode": "wipe"})}
+    ends = {MADE_WITH_KEY: json.dumps({"from": "18", "to": "digit:8", "mode": "wipe"})}
     save_grid(load_split("mnist", "test").images[:10], strip, columns=10, stamp=ends)
     # A conditional prior: its panel draws the classes in turn, its bits are given the class.
     settings = json.loads((run / runfiles.PRIOR_CONFIG).read_text())

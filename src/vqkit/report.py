@@ -114,8 +114,13 @@ def _header(info: RunInfo, name: str) -> str:
     if top.codes_used is not None:
         items.append(("codes used", f"{top.codes_used} / {top.num_codes}", where))
     if top.prior_bits_per_code is not None:
-        uniform = number(info.prior_metrics[-1].get("uniform_bits_per_code"))
-        detail = f"uniform: {fmt(uniform, 3)}" if uniform is not None else "best test epoch"
+        last = info.prior_metrics[-1]
+        baselines = [
+            f"{name}: {fmt(bits, 3)}"
+            for name in ("unigram", "uniform")  # the unigram is the one a prior must beat
+            if (bits := number(last.get(f"{name}_bits_per_code"))) is not None
+        ]
+        detail = ", ".join(baselines) or "best test epoch"
         if top.prior_conditional:
             detail = f"given each image's class; {detail}"
         detail += "; lower is better"
@@ -347,11 +352,15 @@ def _score_line(info: RunInfo, row_name: str, prefix: bool) -> str:
     if not parts:
         return ""
     counts = {_count(row) for row in rows}
-    n = f" of {counts.pop()} images" if len(counts) == 1 and None not in counts else ""
+    # The scores come from samples `vqkit score` drew itself, not from the panel above them.
+    n = f"{counts.pop()} images" if len(counts) == 1 and None not in counts else ""
     if len(rows) > 1:  # per-class FIDs compare with that class's test images, at a smaller n
-        scope = f"mean over {len(rows)} classes{n}, each against the test images of its class: "
+        each = f", {n} each (not the ones shown)" if n else ""
+        scope = (
+            f"mean over {len(rows)} classes{each}, scored against the test images of their class: "
+        )
     else:
-        scope = f"{n.removeprefix(' of ')}: " if n else ""
+        scope = f"scored on {n} (not the ones shown): " if n else ""
     return f'<p class="scores">{esc(scope + " · ".join(parts))}</p>'
 
 
@@ -488,13 +497,19 @@ def _count(row: dict[str, Any]) -> int | None:
     return None if count is None else int(count)
 
 
+def _image_name(chosen: str) -> str:
+    """An interpolation end as ``--from``/``--to`` gave it, a bare test index as ``test:N``
+    (a caption "from 0 to 1" read like t going from 0 to 1)."""
+    return f"test:{chosen}" if chosen.isdecimal() else chosen
+
+
 def _interpolation(info: RunInfo) -> Section | None:
     keys = [key for key in info.figures if key.startswith("interpolation_")]
     captions = {k: INTERPOLATION_CAPTIONS.get(k, k.replace("_", " ")) for k in keys}
     for key in keys:
         ends = made_with(info.figures[key])
         if isinstance(ends.get("from"), str) and isinstance(ends.get("to"), str):
-            captions[key] += f" (from {ends['from']} to {ends['to']})"
+            captions[key] += f" (from {_image_name(ends['from'])} to {_image_name(ends['to'])})"
     strips = [_embed(info, info.figures[k], captions[k], captions[k]) for k in keys]
     body = "".join(strips)
     lead = (

@@ -21,6 +21,8 @@ MARKERS = {"train": "o", "test": "s"}
 BASELINE_STYLES = {"uniform": ":", "unigram": "--"}
 GRID_ALPHA = 0.3
 CEILING_HEADROOM = 1.05  # room above a limit line so it does not sit on the frame
+PLOT_HEADROOM = 1.15  # room above the highest line drawn
+AXIS_ROOM = 1.5  # a uniform line beyond this times the prior plot's other lines is not drawn
 
 
 def _new_figure(size: tuple[float, float]):
@@ -69,7 +71,7 @@ def epoch_curve_png(
         limit, label = ceiling
         axes.axhline(limit, color=COLORS["muted"], linestyle=":", label=label)
         axes.set_ylim(0, limit * CEILING_HEADROOM)
-        axes.legend(fontsize=8, loc="lower right")
+        axes.legend(fontsize=8, loc="best")  # a fixed corner hid a collapsed codebook's point
     _epoch_ticks(axes, epochs)
     _style(axes, title, "epoch")
     return _png(figure)
@@ -84,6 +86,17 @@ def _epoch_ticks(axes, epochs: Sequence[int]) -> None:
         axes.xaxis.get_major_locator().set_params(integer=True)
 
 
+def baselines_on_axis(curves: Sequence[float], baselines: dict[str, float]) -> list[str]:
+    """The baselines a prior plot draws: a uniform code far above the curves (log2 K bits,
+    often 3-5 times the prior's) would squeeze the gap that matters, prior against unigram,
+    into a sliver, so it is named in the legend instead."""
+    others = [*curves, *(bits for name, bits in baselines.items() if name != "uniform")]
+    if not others:
+        return list(baselines)
+    top = max(others) * AXIS_ROOM
+    return [name for name, bits in baselines.items() if name != "uniform" or bits <= top]
+
+
 def prior_nll_png(
     epochs: Sequence[int],
     train_bits: Sequence[float],
@@ -96,10 +109,15 @@ def prior_nll_png(
     for split, bits in (("train", train_bits), ("test", test_bits)):
         style = {"marker": MARKERS[split], "color": COLORS[split]}
         axes.plot(epochs, bits, **style, label=f"prior, {split}")
+    on_axis = baselines_on_axis([*train_bits, *test_bits], baselines)
     for name, bits in baselines.items():
-        style = BASELINE_STYLES.get(name, "-.")
-        axes.axhline(bits, color=COLORS["muted"], linestyle=style, label=f"{name} ({bits:.2f})")
-    axes.set_ylim(bottom=0)
+        style = {"color": COLORS["muted"], "linestyle": BASELINE_STYLES.get(name, "-.")}
+        if name in on_axis:
+            axes.axhline(bits, **style, label=f"{name} ({bits:.2f})")
+        else:
+            axes.plot([], [], **style, label=f"{name} ({bits:.2f}, above this axis)")
+    drawn = [*train_bits, *test_bits, *(baselines[name] for name in on_axis)]
+    axes.set_ylim(0, max(drawn, default=1.0) * PLOT_HEADROOM)
     _epoch_ticks(axes, epochs)
     axes.legend(fontsize=8, loc="best")
     _style(axes, "negative log-likelihood of code grids", "epoch", "bits per code")
