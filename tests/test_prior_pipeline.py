@@ -319,6 +319,20 @@ def test_a_conditional_prior_is_scored_when_no_class_has_two_test_images(prior_r
     assert said.startswith("No per-class prior row for class 0, 1, 2, 3, 4, 5, 6, 7, 8, 9:")
 
 
+@pytest.mark.parametrize(
+    ("flags", "columns"), [([], 10), (["--digit", "3"], 8), (["--columns", "4"], 4)]
+)
+def test_a_conditional_priors_class_mix_gets_one_column_per_class(
+    prior_run, tmp_path, flags, columns
+):
+    # Sample i has class i mod 10: 8 columns cut across the classes, 10 put one in each.
+    out = tmp_path / "s.png"
+    argv = ["sample", str(prior_run), "--strategy", "prior", "--n", "20", "--out", str(out)]
+    assert main(argv + flags + ["--device", "cpu"]) == 0
+    with Image.open(out) as png:  # 28-pixel images 2 pixels apart, at scale 2
+        assert png.size == ((columns * 30 + 2) * 2, (-(-20 // columns) * 30 + 2) * 2)
+
+
 def test_sample_command_with_the_prior(prior_run, tmp_path):
     codes_path = tmp_path / "codes.npy"
     argv = ["sample", str(prior_run), "--strategy", "prior", "--n", "5", "--seed", "3"]

@@ -19,7 +19,7 @@ import torch
 from vqkit import arguments, runfiles
 from vqkit.errors import VqkitError
 from vqkit.fileio import write_bytes_atomic
-from vqkit.images import save_grid
+from vqkit.images import GRID_COLUMNS, save_grid
 from vqkit.model import VQVAE
 
 IMAGE_SUFFIXES = (".png", ".npy")
@@ -172,7 +172,10 @@ def require_new_outputs(
 
 
 def write_images(
-    images: torch.Tensor, path: str | Path, columns: int = 8, stamp: dict[str, str] | None = None
+    images: torch.Tensor,
+    path: str | Path,
+    columns: int = GRID_COLUMNS,
+    stamp: dict[str, str] | None = None,
 ) -> Path:
     """Images (N, [1,] H, W) in [0, 1]: a PNG grid (with ``stamp``'s provenance chunks), or
     an (N, H, W) float32 ``.npy`` array."""

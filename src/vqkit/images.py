@@ -71,10 +71,13 @@ def save_png(
     return path
 
 
+GRID_COLUMNS = 8  # images per row of a saved grid unless told otherwise
+
+
 def save_grid(
     images: torch.Tensor | np.ndarray,
     path: str | Path,
-    columns: int = 8,
+    columns: int = GRID_COLUMNS,
     scale: int = 2,
     stamp: dict[str, str] | None = None,
 ) -> Path:

@@ -382,6 +382,14 @@ def load_prior_config(run_dir: str | Path) -> PriorConfig:
         raise refused_file(path, exc) from None
 
 
+def class_mix_columns(run_dir: str | Path) -> int | None:
+    """Grid columns for the run's prior samples drawn without a class: a conditional prior
+    draws sample i of class i mod C, so C columns put one class in each column (8 columns
+    cut across the classes). None for an unconditional prior."""
+    settings = load_prior_config(run_dir)
+    return settings.num_classes if settings.conditional else None
+
+
 def has_prior(run_dir: str | Path) -> bool:
     return (
         run_path(run_dir, runfiles.PRIOR_CONFIG).exists()

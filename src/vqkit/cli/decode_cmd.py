@@ -15,6 +15,7 @@ from vqkit.codes_io import (
     write_images,
 )
 from vqkit.devices import resolve_device
+from vqkit.images import GRID_COLUMNS
 from vqkit.provenance import stamp
 from vqkit.wording import counted
 
@@ -37,7 +38,10 @@ def register(subparsers) -> None:
     parser.add_argument("codes", metavar="CODES", help=".npy file of (N, 7, 7) code grids")
     parser.add_argument("--out", required=True, help="PNG grid or .npy array of the images")
     parser.add_argument(
-        "--columns", type=positive_int, default=8, help="PNG grid width (default 8)"
+        "--columns",
+        type=positive_int,
+        default=GRID_COLUMNS,
+        help=f"PNG grid width (default {GRID_COLUMNS})",
     )
     add_device_flag(parser)
 

@@ -17,6 +17,8 @@ from vqkit.codes_io import (
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.generate import SamplingContext, sample_images, strategies, strategy_options
+from vqkit.images import GRID_COLUMNS
+from vqkit.prior import class_mix_columns
 from vqkit.provenance import stamp
 from vqkit.usage import code_usage
 
@@ -61,7 +63,10 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="PNG grid or .npy array of the images")
     parser.add_argument("--codes-out", help=".npy file for the (n, 7, 7) code grids")
     parser.add_argument(
-        "--columns", type=positive_int, default=8, help="PNG grid width (default 8)"
+        "--columns",
+        type=positive_int,
+        help=f"PNG grid width (default {GRID_COLUMNS}; a conditional prior's mix of classes: "
+        "one column per class, so each column is one class)",
     )
     options = parser.add_argument_group("strategy options (passed on only when given)")
     options.add_argument(
@@ -92,6 +97,12 @@ def strategy_kwargs(args: argparse.Namespace) -> dict:
     return given
 
 
+def default_columns(run_dir: str, strategy: str, options: dict) -> int:
+    if strategy == "prior" and options.get("digit") is None:
+        return class_mix_columns(run_dir) or GRID_COLUMNS
+    return GRID_COLUMNS
+
+
 def run(args: argparse.Namespace) -> int:
     require_suffix(args.out, IMAGE_SUFFIXES, "--out")
     if args.codes_out is not None:
@@ -114,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
             f"drew {drawn} from the {int((counts > 0).sum())} codes of {model.num_codes} that "
             "the encoder uses on the training set"
         )
-    print(f"wrote {write_images(images, args.out, args.columns, made_by)}")
+    columns = args.columns or default_columns(args.run_dir, args.strategy, options)
+    print(f"wrote {write_images(images, args.out, columns, made_by)}")
     if args.codes_out is not None:
         print(f"wrote {save_codes(codes, args.codes_out)}")
     return 0
