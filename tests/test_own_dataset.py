@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqkit import score
+from vqkit import runfiles, score
 from vqkit.classifier import ClassifierConfig, cache_name
 from vqkit.cli import main
 from vqkit.config import preset_config
@@ -34,6 +34,7 @@ from vqkit.model import VQVAE
 from vqkit.score import score_run
 from vqkit.training import train
 from vqkit.usage import code_usage, count_codes
+from vqkit.wording import some_of
 
 STEMS = {"train": "train", "test": "t10k"}
 
@@ -310,6 +311,11 @@ def test_a_written_own_dataset_reads_back(tmp_path):
         (np.zeros((2, 28, 28), np.uint8), np.array([0, 256]), "from 0 to 256"),
         (np.zeros((2, 28, 28), np.uint8), np.array([0.0, 1.0]), "labels are float64"),
         (np.ones((2, 28, 28), bool), np.zeros(2, np.uint8), "images are bool; they must be"),
+        (
+            np.eye(28, dtype=np.int64)[None].repeat(2, 0),
+            np.zeros(2, np.uint8),
+            "0 and 1 only, read",
+        ),
         (np.zeros((2, 28, 28), np.uint8), np.zeros(3, np.uint8), "2 images but 3 labels"),
         (torch.zeros(2, 28, 28), torch.zeros(2, dtype=torch.bfloat16), "labels are float32"),
     ],
@@ -412,3 +418,40 @@ def test_scoring_a_dataset_of_one_test_image_is_refused_before_the_classifier(
     assert main(["score", str(run), "--n", "10", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "this dataset's test split holds 1 image; it needs at least 2." in err
+
+
+def test_labels_with_gaps_refuse_a_conditional_prior_and_one_class_refuses_scores(
+    tmp_path, monkeypatch, capsys
+):
+    # Every label 7: vqkit's classes are 0 to 7, and 0 to 6 have no image. A conditional prior
+    # left those 7 classes at their random start and drew 7 of every 8 mixed samples from
+    # them; score trained a one-class classifier and printed meaningless FIDs and accuracies.
+    mnist = load_split("mnist", "train")
+    sevens = np.full(64, 7, np.uint8)
+    data = write_own_dataset(
+        tmp_path / "data",
+        train=(mnist.images[:64], sevens),
+        test=(mnist.images[64:80], sevens[:16]),
+    )
+    run = tmp_path / "run"
+    flags = ["--dataset", "idx", "--data-dir", str(data), "--preset", "efficient", "--quiet"]
+    assert main(["train", *flags, "--epochs", "1", "--batch-size", "32", "--out", str(run)]) == 0
+    capsys.readouterr()
+    prior = ["train-prior", str(run), "--conditional", "--epochs", "1", "--channels", "8"]
+    assert main([*prior, "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "the training split holds no image labelled 0, 1, 2, 3, 4, 5 and 6;" in err
+    assert not (run / runfiles.PRIOR_CONFIG).exists()
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the classifier came first")
+
+    monkeypatch.setattr(score, "load_or_train_classifier", too_late)
+    assert main(["score", str(run), "--n", "10", "--device", "cpu"]) == 2
+    assert "this dataset's training labels hold only one class." in capsys.readouterr().err
+
+
+def test_a_long_list_of_labels_is_shortened():
+    assert some_of([3]) == "3" and some_of([3, 5, 9]) == "3, 5 and 9"
+    assert some_of(list(range(7))) == "0, 1, 2, 3, 4, 5 and 6"
+    assert some_of(list(range(88))) == "0, 1, 2, 3, 4, 5 and 82 more"

@@ -41,7 +41,7 @@ from vqkit.prior_loop import PriorLoop, code_nll, damaged_state
 from vqkit.prior_replacement import old_prior_set_aside, settle_interrupted_replacement
 from vqkit.run_lock import RunLock
 from vqkit.training import deterministic_mode
-from vqkit.wording import counted
+from vqkit.wording import counted, some_of
 
 SPLITS = ("train", "test")
 # Settings --resume may change: when the run stops and how it saves, not what it learns so far.
@@ -196,6 +196,21 @@ def _code_grids(
     return result
 
 
+def _require_every_class_trained(labels: torch.Tensor, classes: int) -> None:
+    """A conditional prior learns one class per label 0 to C - 1 and draws its class-balanced
+    mix from all of them: a label with no training grid (one's own labels 10, 50, 90 make 91
+    classes) would stay at its random start and fill most of the mix."""
+    counts = torch.bincount(labels, minlength=classes)
+    missing = torch.nonzero(counts == 0).flatten().tolist()
+    if missing:
+        raise VqkitError(
+            f"A conditional prior learns one class per label from 0 to {classes - 1}, and the "
+            f"training split holds no image labelled {some_of(missing)}; number the labels "
+            "0 to C - 1 (numpy: np.unique(labels, return_inverse=True)[1]) or train an "
+            "unconditional prior (without --conditional)."
+        )
+
+
 def _read_splits(config: TrainConfig, data_dir: str | Path | None) -> dict[str, Split]:
     folder = config.data_folder(data_dir)
     return {split: load_split(config.dataset, split, folder) for split in SPLITS}
@@ -318,6 +333,8 @@ def _train_holding_the_lock(
     if saved is not None:
         _check_state_fits(run_dir, saved, settings, digest, data)
     grids = _code_grids(run_dir, train_config, digest, model, own, data_dir, None)
+    if settings.conditional:
+        _require_every_class_trained(grids["train"].labels, len(classes))
     train_set = _first(grids["train"], settings.train_limit)
     test_set = _first(grids["test"], settings.test_limit)
     constants = {  # repeated in every metrics record

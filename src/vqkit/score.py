@@ -152,10 +152,11 @@ def score_run(
     data_dir = config.train.data_folder(data_dir)
     model = load_model(run_dir, device=target)
     classes = len(dataset_classes(dataset, data_dir))
-    if classes < 2:
+    train = load_split(dataset, "train", data_dir)
+    if train.labels.unique().numel() < 2:  # one's own labels all 7 made classes 0 to 7
         raise VqkitError(
-            "Scores need a classifier of the dataset's classes, and this dataset's labels "
-            "hold only one class."
+            "Scores need a classifier of the dataset's classes, and this dataset's training "
+            "labels hold only one class."
         )
     test = load_split(dataset, "test", data_dir)
     if len(test) < 2:  # a covariance of the real images' features needs two of them
@@ -167,9 +168,7 @@ def score_run(
     classifier, _ = load_or_train_classifier(
         classifier_config, device=target, data_dir=data_dir, log=log
     )
-    reference, rows = _real_rows(
-        model, classifier, test, load_split(dataset, "train", data_dir), n, seed
-    )
+    reference, rows = _real_rows(model, classifier, test, train, n, seed)
     # Measured now on the whole test split (the first row's label accuracy), not read from the
     # cache: the classifier is cached per training split, and an own dataset's test split may
     # have changed since it was trained.

@@ -11,6 +11,15 @@ def counted(count: int, noun: str, plural: str | None = None) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {plural or noun + 's'}"
 
 
+def some_of(values: list, shown: int = 6) -> str:
+    """'3, 5 and 9', or for a long list its first ``shown`` and how many more: '0, 1, 2, 3, 4,
+    5 and 83 more'."""
+    words = [str(value) for value in values]
+    if len(words) > shown + 1:
+        words = [*words[:shown], f"{len(values) - shown} more"]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def on_test_images(metrics: dict) -> str:
     """Where test metrics were measured, from a metrics record: 'on the 1,000 test images'
     (a run's --test-limit, or the whole split), or 'on the test set' for a record written

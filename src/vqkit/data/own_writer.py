@@ -96,7 +96,13 @@ def _own_images(images: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
                 "integers from 0 to 255."
             )
         return np.rint(array * 255).astype(np.uint8)
-    return _as_bytes(array, f"{split} images")
+    pixels = _as_bytes(array, f"{split} images")
+    if pixels.max() == 1:  # read as 0-255, a 0/1 mask would come out black, as booleans do
+        raise VqkitError(
+            f"The {split} images are integers 0 and 1 only, read as 0 to 255 they would be "
+            "black; multiply them by 255 or give floats in [0, 1]."
+        )
+    return pixels
 
 
 def _own_labels(labels: np.ndarray | torch.Tensor, split: str) -> np.ndarray:
