@@ -13,6 +13,7 @@ from vqkit.config import ModelConfig, QuantizerConfig, preset_config
 from vqkit.errors import VqkitError
 from vqkit.metrics import code_grid_bits, evaluate_reconstruction, psnr
 from vqkit.model import VQVAE
+from vqkit.wording import on_test_images
 
 
 def test_psnr_against_hand_values():
@@ -60,6 +61,12 @@ def test_evaluate_reconstruction_matches_a_per_image_recomputation():
     assert metrics["bits_per_image"] == pytest.approx(49 * math.log(6, 2))
     assert metrics["num_codes"] == 6
     assert metrics["test_images"] == 10  # what the words "on the N test images" count
+
+
+def test_the_words_for_a_count_of_test_images():
+    assert on_test_images({"test_images": 1}) == "on the 1 test image"
+    assert on_test_images({"test_images": 10_000}) == "on the 10,000 test images"
+    assert on_test_images({}) == "on the test set"  # a record from before records counted
 
 
 def test_an_interrupted_evaluation_leaves_the_model_training(monkeypatch):

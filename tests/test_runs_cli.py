@@ -261,16 +261,27 @@ def test_the_split_sizes_are_those_of_the_files():
     assert split_size("idx", "test") is None
 
 
-@pytest.mark.parametrize(("limit", "marked"), [(500, True), (20_000, False)])
-def test_an_own_datasets_run_is_marked_when_its_test_limit_was_reached(
-    small_run, tmp_path, limit, marked
+@pytest.mark.parametrize(
+    ("whole", "limit", "marked"),
+    [(500, 500, False), (600, 500, True), (None, 500, True), (None, 20_000, False)],
+)
+def test_an_own_datasets_run_is_marked_when_its_test_split_was_cut(
+    small_run, tmp_path, whole, limit, marked
 ):
-    # One's own test split's size is not known without reading it: the limit decides.
+    # The records give the test split's size (a split of exactly --test-limit images is whole);
+    # for a record from before they did, one's own split's size is unknown: the limit decides.
     run = copy_run(small_run.run_dir, tmp_path / "run")
     config = json.loads((run / runfiles.CONFIG).read_text())
     config["train"] |= {"dataset": "idx", "test_limit": limit}
     (run / runfiles.CONFIG).write_text(json.dumps(config))
     assert small_run.final["test_images"] == 500
+    assert small_run.final["test_split_images"] == 10_000  # MNIST's, recorded by train
+    metrics = run / runfiles.METRICS
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for record in records:
+        record.pop("test_split_images")
+        record |= {} if whole is None else {"test_split_images": whole}
+    metrics.write_text("".join(json.dumps(record) + "\n" for record in records))
     assert run_row(run)[4].endswith(" (500 images)") == marked
 
 

@@ -156,28 +156,34 @@ def run_row(run_dir: Path) -> list[str]:
     codes = MISSING if top.codes_used is None else f"{top.codes_used}/{top.num_codes}"
     mse = MISSING if top.test_mse is None else f"{top.test_mse:.4f}"
     settings = info.config.train
-    tested = (info.final or {}).get("test_images")
-    if mse != MISSING and _part_of_the_test_split(settings.dataset, tested, settings.test_limit):
-        mse += f" ({tested:,} images)"  # not comparable with a whole test split's number
+    final = info.final or {}
+    tested, whole = final.get("test_images"), final.get("test_split_images")
+    if mse != MISSING and _part_of_the_test_split(
+        settings.dataset, tested, whole, settings.test_limit
+    ):
+        mse += f" ({_images(tested)})"  # not comparable with a whole test split's number
     if top.test_mse is not None and runfiles.WEIGHTS in info.notes:  # the numbers outlived them
         mse += " (weights unreadable)"
     last = info.prior_metrics[-1] if info.prior_metrics else {}
     grids, whole = last.get("test_grids"), last.get("test_split_grids")
-    if type(whole) is int and type(grids) is int:  # train-prior --test-limit
-        part = grids < whole
-    else:  # a record from before the split's size was written
-        part = _part_of_the_test_split(settings.dataset, grids, None)
+    part = _part_of_the_test_split(settings.dataset, grids, whole, None)  # --test-limit
     prior = prior_cell(top, run_dir, prior_training, f" ({grids:,} grids)" if part else "")
     return [name, top.dataset, top.preset, epochs, mse, codes, prior, report]
 
 
-def _part_of_the_test_split(dataset: str, measured: Any, limit: int | None) -> bool:
+def _images(count: int) -> str:
+    return f"{count:,} image" + ("" if count == 1 else "s")
+
+
+def _part_of_the_test_split(dataset: str, measured: Any, whole: Any, limit: int | None) -> bool:
     """Whether test numbers over ``measured`` images (or grids) cover only part of the split:
-    fewer than a named dataset's split holds; for one's own data, whose split size is not known
-    here, as many as a --test-limit ``limit`` allowed (None: unknown, so not marked)."""
+    fewer than the split holds (``whole`` as the record gives it, or a named dataset's); for a
+    record of one's own data from before records gave the split's size, as many as a
+    --test-limit ``limit`` allowed (None: unknown, so not marked)."""
     if type(measured) is not int:
         return False
-    whole = split_size(dataset, "test")
+    if type(whole) is not int:
+        whole = split_size(dataset, "test")
     if whole is not None:
         return measured < whole
     return limit is not None and measured >= limit

@@ -350,6 +350,7 @@ class _Run:
         self.images = limit(train_split, settings.train_limit).to(self.device)
         test_split = load_split(settings.dataset, "test", data_dir)
         self.test_images = limit(test_split, settings.test_limit)
+        self.test_split_images = len(test_split)  # recorded: says whether a limit cut it
         with distributed.refused_alike():
             require_images_for_processes(self.images.shape[0], self.context.world_size)
 
@@ -557,6 +558,7 @@ class _Run:
             "train_loss": means[0],
             **loss_terms(*means),
             **evaluate_reconstruction(self.model, self.test_images, self.settings.eval_batch_size),
+            "test_split_images": self.test_split_images,
             **self.model.quantizer.training_stats(),
             "epoch_seconds": seconds,
             "images_per_second": trained / seconds,

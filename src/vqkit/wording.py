@@ -26,7 +26,7 @@ def on_test_images(metrics: dict) -> str:
     before records counted their images."""
     count = metrics.get("test_images")
     if isinstance(count, int) and not isinstance(count, bool):
-        return f"on the {count:,} test images"
+        return f"on the {count:,} test image" + ("" if count == 1 else "s")
     return "on the test set"
 
 
