@@ -355,7 +355,8 @@ def _own_files(split: str, data_dir: str | Path | None) -> tuple[Path, Path]:
     if found is None:
         raise VqkitError(
             f"The data folder '{folder}' has no {split} files ({pair[0].name}[.gz] and "
-            f"{pair[1].name}[.gz], flat or under raw/)."
+            f"{pair[1].name}[.gz], flat or under raw/); vqkit.data.write_own_dataset makes "
+            "them from image and label arrays."
         )
     return found
 
