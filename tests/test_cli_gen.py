@@ -195,6 +195,18 @@ def test_encode_decode_round_trip_equals_reconstruct(run_dir, tmp_path, capsys, 
     assert np.array_equal(png_pixels(recon), expected)  # same pixels as reconstruct's
 
 
+def test_reconstruct_writes_the_reconstructions_as_npy(run_dir, model, tmp_path, capsys):
+    out = tmp_path / "r.npy"
+    argv = ["reconstruct", run_dir, "--n", 300, "--start", 5, "--out", out]
+    assert run_cli(argv, capsys)[0] == 0
+    array = np.load(out)
+    images = load_split("mnist", "test").images[5:305]
+    with torch.no_grad():
+        expected = model(images).reconstruction[:, 0].clamp(0, 1).numpy()
+    assert array.dtype == np.float32 and array.shape == (300, 28, 28)
+    np.testing.assert_allclose(array, expected, atol=1e-5)
+
+
 def test_training_images_by_index_in_encode_reconstruct_and_interpolate(run_dir, tmp_path, capsys):
     # The tutorial reconstructs and interpolates training images: train:N names them.
     train = load_split("mnist", "train").images

@@ -129,7 +129,9 @@ def test_own_files_of_the_wrong_shape_are_refused(tmp_path, images, message):
 def test_an_own_dataset_needs_its_folder(tmp_path):
     with pytest.raises(VqkitError, match="give it with --data-dir"):
         load_split(OWN_DATASET, "train")
-    with pytest.raises(VqkitError, match="has no train files .*write_own_dataset makes them from image"):
+    with pytest.raises(
+        VqkitError, match="has no train files .*write_own_dataset makes them from image"
+    ):
         load_split(OWN_DATASET, "train", tmp_path)
     # A folder that was moved away, or a file given as the folder, is named as such.
     for dataset in (OWN_DATASET, "mnist"):

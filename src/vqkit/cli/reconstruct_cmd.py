@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, positive_int
-from vqkit.codes_io import require_new_outputs, require_suffix
+from vqkit.codes_io import (
+    IMAGE_SUFFIXES,
+    decode_codes,
+    encode_images,
+    require_new_outputs,
+    require_suffix,
+    write_images,
+)
 from vqkit.data import load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
@@ -18,12 +26,14 @@ from vqkit.wording import counted
 
 HELP = """
 Write a PNG with test images in the top row and the model's reconstructions below them
-(--split train: training images, as the tutorial shows, to compare seen and unseen images).
+(--split train: training images, as the tutorial shows, to compare seen and unseen images). An
+--out ending in .npy gets the reconstructions alone, an (n, 28, 28) float32 array in [0, 1].
 
 examples:
   vqkit reconstruct runs/RUN --out recon.png
   vqkit reconstruct runs/RUN --n 16 --start 100 --out recon.png
   vqkit reconstruct runs/RUN --split train --out train-recon.png
+  vqkit reconstruct runs/RUN --n 10000 --out all-test-reconstructions.npy
 """
 
 
@@ -35,7 +45,9 @@ def register(subparsers) -> None:
         subparsers, "reconstruct", "images above their reconstructions, as a PNG", HELP, run
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument(
+        "--out", required=True, help="PNG file to write, or .npy for the reconstructions alone"
+    )
     parser.add_argument(
         "--n",
         type=positive_int,
@@ -50,7 +62,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    require_suffix(args.out, (".png",), "--out")
+    require_suffix(args.out, IMAGE_SUFFIXES, "--out")
     require_new_outputs({"--out": args.out}, run_dir=args.run_dir)
     config = load_config(args.run_dir)
     model = load_model(args.run_dir, device=resolve_device(args.device))
@@ -66,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
             f"({counted(count, 'image')}); ask for --n {count - args.start} or fewer."
         )
     images = split.images[args.start : args.start + wanted]
-    with torch.no_grad():
-        path = write_reconstructions(model, images, args.out)
+    if Path(args.out).suffix.lower() == ".npy":  # in batches: --n may ask for a whole split
+        batch_size = config.train.eval_batch_size
+        codes = encode_images(model, images, batch_size)
+        path = write_images(decode_codes(model, codes, batch_size), args.out)
+    else:
+        with torch.no_grad():
+            path = write_reconstructions(model, images, args.out)
     print(f"wrote {path}")
     return 0
