@@ -199,6 +199,24 @@ def test_ctrl_c_between_epochs_then_resume_keeps_the_early_stopping_decisions(
     assert unfinished_prior(run_dir) is None and "unfinished" not in prior_column(run_dir)
 
 
+@pytest.mark.parametrize(("epochs", "patience"), [(2, 5), (6, 2)])
+def test_a_ctrl_c_in_the_last_epochs_evaluation_says_the_prior_is_finished(
+    coded_run, tmp_path, monkeypatch, epochs, patience
+):
+    # Its last epoch (2 of 2, or the 3rd of 6 when patience 2 ends the run there): it said
+    # "continue it with --resume", and the resume had nothing to train.
+    run_dir = copy_run(coded_run, tmp_path)
+    last = min(epochs, 3)
+    monkeypatch.setattr(
+        prior_training, "evaluate_nll", scripted_nll([3.0, 3.5, 3.2, 1.0, 1.0, 1.0], ctrl_c_at=last)
+    )
+    settings = replace(TINY, epochs=epochs, patience=patience)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        prior_training.train_prior(run_dir, settings, device="cpu", progress=False)
+    assert stopped.value.outcome == "the prior had already finished its training and is saved."
+    assert state_counters(run_dir)["extra"]["finished"] and unfinished_prior(run_dir) is None
+
+
 def prior_column(run_dir: Path) -> str:
     """The prior's cell of `vqkit runs` for the run."""
     return runs.run_row(run_dir)[runs.COLUMNS.index("prior bits/code")]

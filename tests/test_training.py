@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -238,3 +240,25 @@ def test_steps_per_epoch_counts_the_last_partial_batch(count, batch_size, world_
         context = distributed.Context(rank=rank, world_size=world_size)
         generator = torch.Generator().manual_seed(0)
         assert len(epoch_batches(count, batch_size, generator, context)) == expected
+
+
+def test_a_ctrl_c_in_the_last_epochs_evaluation_ends_a_finished_run(tmp_path, monkeypatch):
+    # It said "continue it with: vqkit train --resume", a resume that had nothing to train
+    # (and left the comparison figure unwritten); now the figure is written, then the stop
+    # says the run is finished.
+    real, evaluated = training.evaluate_reconstruction, []
+
+    def ctrl_c_in_epoch_2(*args, **kwargs):
+        evaluated.append(1)
+        if len(evaluated) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_reconstruction", ctrl_c_in_epoch_2)
+    config = preset_config("efficient")
+    config.train.epochs, config.train.train_limit, config.train.test_limit = 2, 64, 16
+    with pytest.raises(training.TrainingInterrupted) as stopped:
+        train(config, tmp_path / "run", device="cpu", progress=False)
+    assert stopped.value.outcome == "the run had already finished its 2 epochs and is saved."
+    state = json.loads((tmp_path / "run" / runfiles.TRAIN_STATE_META).read_text())
+    assert state["epochs_done"] == 2 and (tmp_path / "run" / runfiles.RECONSTRUCTIONS).is_file()

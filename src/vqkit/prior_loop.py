@@ -192,7 +192,14 @@ class PriorLoop:
                     break
                 self.run_epoch(epoch)
                 if self.stop.requested:
-                    raise self.interrupted()
+                    stop = self.interrupted()
+                    if (
+                        epoch == self.settings.epochs
+                        or self.counters.stale >= self.settings.patience
+                    ):
+                        # The stop came in the last epoch's evaluation or save: nothing is left.
+                        stop.outcome = "the prior had already finished its training and is saved."
+                    raise stop
         return self.history
 
     def run_epoch(self, epoch: int) -> None:

@@ -87,8 +87,9 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.run_dir = run_dir
         self.resume_command = files.resume_command(run_dir, context)
         self.signal_number = int(signal_number)
-        # What became of the run instead, when its saved state was given up (a replacement
-        # prior stopped in its first epoch: the earlier prior is back); None: it can resume.
+        # What became of the run instead, when there is nothing to resume (a replacement prior
+        # stopped in its first epoch: the earlier prior is back; a run stopped after its last
+        # epoch: it is finished); None: it can resume.
         self.outcome: str | None = None
         super().__init__(f"training interrupted; continue with: {self.resume_command}")
 
@@ -450,8 +451,23 @@ class _Run:
         with self.stop.installed():
             for epoch in range(self.position.epochs_done + 1, self.settings.epochs + 1):
                 self.run_epoch(epoch)
-                if self.stop.agreed():
+                if self.stop.agreed() and epoch < self.settings.epochs:
                     raise self.interrupted()
+            # A stop in the last epoch's evaluation or save, or in the lines below, finds the
+            # run finished: it ends the command once the run's last figure is written.
+            result = self._finish(trains_an_epoch)
+            if self.stop.agreed():
+                stop = self.interrupted()
+                stop.outcome = (
+                    f"the run had already finished its {counted(self.settings.epochs, 'epoch')} "
+                    "and is saved."
+                )
+                raise stop
+        return result
+
+    def _finish(self, trains_an_epoch: bool) -> TrainResult:
+        """After the last epoch: the weights checked alike on every process, the comparison
+        figure written, the result."""
         if not distributed.same_on_all_ranks(self.context, list(self.model.state_dict().values())):
             raise VqkitError("The training processes ended with different weights; train again.")
         self.model.eval()
