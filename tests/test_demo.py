@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 
 from PIL import Image
@@ -15,6 +16,7 @@ from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
 from vqkit.provenance import MADE_WITH_KEY, PRIOR_KEY, WEIGHTS_KEY, read_stamp
 from vqkit.run_lock import LOCK_NAME, RunLock
+from vqkit.training import TrainingInterrupted
 
 STAGES = [
     "train VQ-VAE",
@@ -126,3 +128,30 @@ def test_headline_says_when_used_codes_drew_exactly_like_random_ones(tmp_path):
     assert "'used' draws exactly as 'random'" in text
     headline["fid_used"] = 850.0  # some codes unused in training: two different draws
     assert "'used' draws exactly" not in format_headline(result)
+
+
+def test_a_stopped_demo_says_where_it_stopped_and_how_to_go_on(tmp_path, monkeypatch, capsys):
+    # It ended in a bare "vqkit: interrupted.", though its VQ-VAE's state was saved and the
+    # same demo command is refused on the folder it left.
+    run_dir = tmp_path / "demo"
+
+    def stopped_training(config, out, **kwargs):
+        raise TrainingInterrupted(out, signal_number=signal.SIGTERM)
+
+    monkeypatch.setattr(demo, "train", stopped_training)
+    assert main(["demo", "--out", str(run_dir), "--quiet", "--device", "cpu"]) == 143
+    said = capsys.readouterr().err.splitlines(keepends=True)[-1]  # after "[demo] train ..."
+    assert said == (
+        f"vqkit: stopped by SIGTERM in the demo's 'train VQ-VAE' stage; what it finished is "
+        f"saved in {run_dir} (continue this stage with: vqkit train --resume {run_dir}; vqkit "
+        f"report {run_dir} shows it; a new demo needs another --out).\n"
+    )
+
+    def ctrl_c(config, out, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "train", ctrl_c)
+    assert main(["demo", "--out", str(run_dir), "--quiet", "--device", "cpu"]) == 130
+    assert "vqkit: interrupted in the demo's 'train VQ-VAE' stage; what it finished is saved" in (
+        capsys.readouterr().err
+    )

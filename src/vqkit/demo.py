@@ -7,6 +7,7 @@ settings small enough to finish in a few minutes on a 2-core laptop CPU, and tim
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +43,7 @@ from vqkit.report import write_report
 from vqkit.run_folder import default_run_dir, holds_trained_run
 from vqkit.run_lock import RunLock
 from vqkit.score import score_run
-from vqkit.training import train
+from vqkit.training import TrainingInterrupted, train
 from vqkit.usage import code_usage
 from vqkit.wording import on_test_images
 
@@ -127,6 +128,27 @@ class DemoSettings:
 
 
 @dataclass
+class DemoInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the demo in ``stage``: what it finished is in ``run_dir``."""
+
+    def __init__(self, stage: str, run_dir: Path, stop: KeyboardInterrupt) -> None:
+        self.stage, self.run_dir = stage, run_dir
+        self.signal_number = getattr(stop, "signal_number", int(signal.SIGINT))
+        # A training stage saved a state: the command that continues it (None elsewhere, or
+        # when there is nothing to continue).
+        resumable = isinstance(stop, TrainingInterrupted) and stop.outcome is None
+        self.resume_command = stop.resume_command if resumable else None
+        super().__init__(self.sentence())
+
+    def sentence(self) -> str:
+        """What the user can do next: the demo starts only in a new folder."""
+        saved = f"what it finished is saved in {self.run_dir}"
+        then = f"vqkit report {self.run_dir} shows it; a new demo needs another --out"
+        if self.resume_command is not None:
+            then = f"continue this stage with: {self.resume_command}; {then}"
+        return f"in the demo's '{self.stage}' stage; {saved} ({then})."
+
+
 class DemoResult:
     run_dir: Path
     report: Path
@@ -178,7 +200,10 @@ def run_demo(
     def stage(name: str, work: Callable[[], Any]) -> Any:
         log(f"[demo] {name} ...")
         started = time.perf_counter()
-        result = work()
+        try:
+            result = work()
+        except KeyboardInterrupt as stop:
+            raise DemoInterrupted(name, run_dir, stop) from stop
         timings[name] = time.perf_counter() - started
         write_json_atomic(run_dir / runfiles.TIMINGS, timings)
         return result

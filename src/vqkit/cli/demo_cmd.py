@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from vqkit.cli.common import add_command, add_device_flag, positive_int, seed, whole_number_at_least
 from vqkit.config import PRESETS
 from vqkit.data import DATASETS, OWN_DATASET
-from vqkit.demo import MOST, DemoSettings, format_headline, run_demo
+from vqkit.demo import MOST, DemoInterrupted, DemoSettings, format_headline, run_demo
+from vqkit.wording import stopped_by
 
 DEFAULTS = DemoSettings()
 
@@ -76,8 +78,12 @@ def run(args: argparse.Namespace) -> int:
         score_samples=args.score_samples,
         seed=args.seed,
     )
-    result = run_demo(
-        args.out, settings, device=args.device, progress=False if args.quiet else None
-    )
+    try:
+        result = run_demo(
+            args.out, settings, device=args.device, progress=False if args.quiet else None
+        )
+    except DemoInterrupted as stop:
+        print(f"vqkit: {stopped_by(stop.signal_number)} {stop.sentence()}", file=sys.stderr)
+        return 128 + stop.signal_number
     print(format_headline(result))
     return 0
