@@ -262,3 +262,27 @@ def test_a_ctrl_c_in_the_last_epochs_evaluation_ends_a_finished_run(tmp_path, mo
     assert stopped.value.outcome == "the run had already finished its 2 epochs and is saved."
     state = json.loads((tmp_path / "run" / runfiles.TRAIN_STATE_META).read_text())
     assert state["epochs_done"] == 2 and (tmp_path / "run" / runfiles.RECONSTRUCTIONS).is_file()
+
+
+def test_a_second_ctrl_c_stops_at_once_and_names_the_last_saved_state(tmp_path, monkeypatch):
+    # It ended in a bare "vqkit: interrupted." though the state saved before (here the starting
+    # one, at step 0) resumes.
+    real_step = training._Run.train_step
+
+    def pressed_twice(self, batch, global_step):
+        if global_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # a request: the loop would save at this step
+            os.kill(os.getpid(), signal.SIGINT)  # the user does not want to wait
+        return real_step(self, batch, global_step)
+
+    monkeypatch.setattr(training._Run, "train_step", pressed_twice)
+    config = preset_config("efficient")
+    config.train.epochs, config.train.train_limit, config.train.test_limit = 1, 640, 16
+    run_dir = tmp_path / "run"
+    with pytest.raises(training.TrainingInterrupted) as stopped:
+        train(config, run_dir, device="cpu", progress=False)
+    expected = (
+        f"stopped at once; its last saved state continues with: vqkit train --resume {run_dir}"
+    )
+    assert stopped.value.outcome == expected
+    assert json.loads((run_dir / runfiles.TRAIN_STATE_META).read_text())["step"] == 0

@@ -270,6 +270,16 @@ def train(
             raise
         peers_lost = True
         raise VqkitError(message) from exc
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt as exc:  # a second Ctrl-C: at once, without the stop's own save
+        if run is None or not train_state.exists(run.run_dir, train_state.VQVAE_FILES):
+            raise
+        stop = TrainingInterrupted(run.run_dir, context=context)
+        stop.outcome = (
+            f"stopped at once; its last saved state continues with: {stop.resume_command}"
+        )
+        raise stop from exc
     finally:
         try:
             lock.release()
