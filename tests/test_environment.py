@@ -6,6 +6,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,6 +26,8 @@ def test_a_new_run_logs_one_session_and_each_resume_another(run_copy):
     (start,) = read_records(run_copy)
     assert start["stage"] == "train" and start["resumed"] is False
     assert (start["vqkit"], start["torch"]) == (vqkit.__version__, torch.__version__)
+    assert start["numpy"] == np.__version__
+    assert start["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert (start["device"], start["processes"]) == ("cpu", 1)
     assert start["threads"] == torch.get_num_threads()
     assert start["quantizer"] == {"name": "vq", "builtin": True}

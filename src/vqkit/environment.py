@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 
 from vqkit import runfiles
@@ -121,10 +122,13 @@ def describe(
         "vqkit": vqkit.__version__,
         "vqkit_source_sha256": vqkit_source_digest(),
         "torch": torch.__version__,
+        "numpy": numpy.__version__,
         "python": platform.python_version(),
         "platform": f"{sys.platform} {platform.machine()}",
         "device": device.type,
         "device_name": device_name(device),
+        # The CPU kernels PyTorch picked (AVX2, AVX512, ...): whether bf16 was native.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "processes": processes,
     }
