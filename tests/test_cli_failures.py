@@ -624,3 +624,30 @@ def test_a_resume_that_fails_reading_its_run_leaves_the_config_as_it_was(
     argv = ["train", "--resume", run_copy, "--epochs", "2", "--quiet"]
     fails_cleanly(capsys, argv, "cannot be read")
     assert (run_copy / runfiles.CONFIG).read_bytes() == config
+
+
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_output_that_cannot_be_written_is_one_sentence_or_nothing(tmp_path, stdout):
+    # `vqkit runs > /dev/full` and `vqkit runs >&-` ended in tracebacks (OSError, and an
+    # AttributeError of the missing sys.stdout).
+    if stdout == "full" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    with open("/dev/full" if stdout == "full" else os.devnull, "wb") as full:
+        process = subprocess.Popen(
+            vqkit_command("runs", str(tmp_path)),
+            env=child_env(),
+            stdout=full if stdout == "full" else None,
+            stderr=subprocess.PIPE,
+            preexec_fn=None if stdout == "full" else (lambda: os.close(1)),
+        )
+        _, stderr = process.communicate(timeout=60)
+    if stdout == "full":
+        said = b"vqkit: error: vqkit could not write its output: no space is left on the device.\n"
+        assert (process.returncode, stderr) == (2, said)
+    else:
+        assert (process.returncode, stderr) == (0, b"")
+
+
+def test_a_path_with_a_name_too_long_is_one_sentence(tmp_path, capsys):
+    long = tmp_path / ("x" * 300)
+    fails_cleanly(capsys, ["evaluate", long], f"The path '{long}' is too long: a name in it is")

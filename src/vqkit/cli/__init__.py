@@ -174,6 +174,19 @@ def symlink_loop_message(exc: BaseException) -> str | None:
 _PATHLIB_LOOP = "Symlink loop from "
 
 
+def system_limit_message(exc: BaseException) -> str | None:
+    """One sentence for a path with a name longer than the file system allows, or for output
+    that could not be written for want of space (``vqkit runs > /dev/full``), else None."""
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno == errno.ENAMETOOLONG:
+        where = f"The path '{exc.filename}'" if exc.filename else "A path"
+        return f"{where} is too long: a name in it is longer than the file system allows."
+    if exc.errno == errno.ENOSPC and not exc.filename:  # a file's own write names the file
+        return "vqkit could not write its output: no space is left on the device."
+    return None
+
+
 def permission_message(exc: BaseException) -> str | None:
     """One sentence for a file or folder this user may not read or write (wherever the command
     met it: a run folder, a data folder, a cache), else None."""
@@ -212,21 +225,35 @@ def main(argv: list[str] | None = None) -> int:
     its files are written and its summary printed, and Python's shutdown would otherwise end
     the process killed by SIGINT (status -2, without a word).
     """
+    if sys.stdout is None:  # started with stdout closed (`vqkit runs >&-`): nothing to show
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - open for the process's life
     try:
         status = run_command(argv)
         sys.stdout.flush()  # here, not at exit: a reader that left is then caught below
         return status
     except BrokenPipeError:
-        # The reader of the output left (`vqkit runs | head -3`): it has what it wanted. Point
-        # stdout at /dev/null so the interpreter's last flush does not fail again; the status
-        # is that of a process SIGPIPE ended, as the shell reports one.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)  # main() may be called again in this process
+        # The reader of the output left (`vqkit runs | head -3`): it has what it wanted. The
+        # status is that of a process SIGPIPE ended, as the shell reports one.
+        _drop_output()
         return 128 + signal.SIGPIPE
+    except OSError as exc:  # the output's last flush failed (`vqkit runs > /dev/full`)
+        message = system_limit_message(exc)
+        if message is None:
+            raise
+        _drop_output()
+        print(f"vqkit: error: {message}", file=sys.stderr)
+        return 2
     finally:
         if argv is None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _drop_output() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of output that cannot
+    be written does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)  # main() may be called again in this process
 
 
 def run_command(argv: list[str] | None) -> int:
@@ -251,13 +278,15 @@ def run_command(argv: list[str] | None) -> int:
             print(f"vqkit: error: {sentence}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError, OSError) as exc:
-        message = symlink_loop_message(exc) or permission_message(exc)
+        message = symlink_loop_message(exc) or permission_message(exc) or system_limit_message(exc)
         if message is None and not isinstance(exc, OSError):  # the others are torch's errors
             message = out_of_memory_message(exc, args.command) or distributed.lost_process_message(
                 exc
             )
         if message is None:
             raise  # a bug, not a user's mistake: the traceback is what to report
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not exc.filename:
+            _drop_output()  # the output itself could not be written
         print(f"vqkit: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # a training stop the command itself does not report (demo)
