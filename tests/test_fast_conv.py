@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqkit.config import preset_config
 from vqkit.fast_conv import ConvTranspose2d, sub_pixel_conv_transpose
+from vqkit.model import VQVAE
 
 
 def stock_and_fast(c_in: int, c_out: int, bias: bool, **kwargs) -> tuple[nn.Module, nn.Module]:
@@ -117,3 +119,15 @@ def test_gradients_pass_a_finite_difference_check():
         return out
 
     assert torch.autograd.gradcheck(through_the_layer, (weight, bias))
+
+
+@pytest.mark.parametrize("hidden", [1, 4])
+def test_a_narrow_decoder_trains_through_its_in_place_relu(hidden):
+    # Its first transposed convolution (hidden <= 4 output channels) took the sub-pixel path,
+    # whose cropped output was a view: the in-place ReLU after it raised in the first step.
+    config = preset_config("efficient").model
+    config.hidden_dim = hidden
+    model = VQVAE(config)
+    out = model(torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8))
+    (out.reconstruction.mean() + out.vq_loss).backward()
+    assert all(p.grad is not None for p in model.decoder.parameters())
