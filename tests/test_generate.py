@@ -177,3 +177,23 @@ def test_a_new_strategy_slots_in_with_its_own_options(context):
         assert seen == {"digit": 4, "temperature": 1.0, "top_k": 2}
     finally:
         del generate._STRATEGIES["test-constant"]
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (None, "What the 'test-bad' strategy returned must be a torch tensor of integers, not a"),
+        (np.zeros((3, 7, 7), np.int64), "must be a torch tensor of integers, not a ndarray"),
+        (torch.zeros(3, 7, 7), "must hold integers, not torch.float32"),
+        (torch.zeros(2, 7, 7, dtype=torch.long), "of shape (2, 7, 7); asked for 3, it must"),
+    ],
+)
+def test_what_a_strategy_of_ones_own_returns_is_checked(context, returned, message):
+    # None or an array ended in an AttributeError traceback; 2 grids for 3 wrote 2 images.
+    generate.register_strategy("test-bad")(lambda ctx, n, generator: returned)
+    try:
+        with pytest.raises(VqkitError) as refused:
+            sample_codes("test-bad", 3, context)
+        assert message in str(refused.value)
+    finally:
+        del generate._STRATEGIES["test-bad"]

@@ -121,7 +121,17 @@ def sample_codes(
         raise VqkitError(f"The '{strategy}' strategy takes no option '{unknown[0]}'.")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     with out_of_memory_said("a smaller n"):
-        return _STRATEGIES[strategy](context, n, generator, **options)
+        codes = _STRATEGIES[strategy](context, n, generator, **options)
+    # A strategy of one's own (a plugin) may return anything: say so here, not in a traceback
+    # later, nor by writing fewer images than asked for.
+    codes = arguments.integers(codes, f"What the '{strategy}' strategy returned")
+    size = context.grid_size
+    if tuple(codes.shape) != (n, size, size):
+        raise VqkitError(
+            f"The '{strategy}' strategy returned code grids of shape {tuple(codes.shape)}; "
+            f"asked for {n}, it must return ({n}, {size}, {size})."
+        )
+    return codes
 
 
 @register_strategy("random")
