@@ -12,7 +12,7 @@ import pytest
 
 from vqkit import fileio
 from vqkit.errors import VqkitError
-from vqkit.fileio import read_jsonl
+from vqkit.fileio import read_json, read_jsonl
 
 
 def test_read_jsonl_skips_damaged_and_non_utf8_lines(tmp_path):
@@ -113,3 +113,16 @@ def test_json_files_hold_no_infinity_or_nan(tmp_path):
     fileio.append_jsonl(tmp_path / "m.jsonl", record)
     lines = (tmp_path / "m.jsonl").read_text().splitlines()
     assert [_strict(line) for line in lines] == [{"epoch": 1, "test_psnr": 12.5}, expected]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_json_file_that_is_a_pipe_or_device_is_refused_not_read(tmp_path, kind):
+    # `train --config FIFO` waited forever for a writer; a link to /dev/zero read until
+    # memory ran out.
+    path = tmp_path / "config.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    with pytest.raises(VqkitError, match="config.json' is a pipe or device, not a file."):
+        read_json(path, "settings file")

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,6 +154,10 @@ def read_json(path: str | Path, what: str) -> Any:
     """Parse a JSON file, naming ``what`` it is when it is missing or damaged."""
     path = Path(path)
     try:
+        mode = path.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: "damaged" below
+            # A FIFO without a writer waits forever; /dev/zero reads until memory runs out.
+            raise VqkitError(f"The {what} '{path}' is a pipe or device, not a file.")
         return parse_json(path.read_text())
     except (FileNotFoundError, NotADirectoryError) as exc:  # no such file, or under a file
         raise VqkitError(f"The {what} '{path}' does not exist.") from exc
