@@ -142,6 +142,19 @@ def classifier_cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / "classifiers"
 
 
+def test_a_cache_that_cannot_be_a_folder_is_refused_before_training(tmp_path, monkeypatch):
+    # VQKIT_CACHE naming a file was found only when the trained classifier was saved.
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "afile"))
+
+    def too_early(*args, **kwargs):
+        raise AssertionError("the classifier was trained before its cache was checked")
+
+    monkeypatch.setattr(classifier_module, "train_classifier", too_early)
+    with pytest.raises(VqkitError, match="Cannot create the folder .*afile/classifiers"):
+        load_or_train_classifier(TINY_CLASSIFIER)
+
+
 def test_classifier_is_trained_once_then_read_from_the_cache(classifier_cache, monkeypatch):
     lines = []
     first, accuracy = load_or_train_classifier(TINY_CLASSIFIER, log=lines.append)

@@ -27,7 +27,7 @@ from vqkit.data import OWN_DATASET, Split, load_split
 from vqkit.devices import callers_random_state_kept
 from vqkit.environment import images_digest
 from vqkit.errors import VqkitError
-from vqkit.fileio import ensure_dir, read_json, write_json_atomic
+from vqkit.fileio import ensure_dir, read_json, require_writable_folder, write_json_atomic
 from vqkit.model import input_for
 
 
@@ -223,13 +223,15 @@ def load_or_train_classifier(
             if isinstance(exc.__cause__, PermissionError):  # not damage: say so, replace nothing
                 raise
             why = "the cached one is damaged"  # replaced below
+    # A cache that cannot be written (VQKIT_CACHE naming a file) is said now, not after the
+    # minutes of training.
+    require_writable_folder(ensure_dir(folder))
     if log is not None:
         log(
             f"training the {config.dataset} evaluation classifier ({why}; it is cached in "
             f"{folder} for next time)"
         )
     classifier, test_accuracy = train_classifier(config, device, data_dir)
-    ensure_dir(folder)
     save_weights(weights, classifier)
     write_json_atomic(meta_path, {"config": config.to_dict(), "test_accuracy": test_accuracy})
     return classifier, test_accuracy
