@@ -21,6 +21,10 @@ def test_an_output_naming_an_input_or_another_output_is_refused(run_copy, tmp_pa
     assert main(["encode", str(run_copy), "test:0-3", "--out", str(codes), "--device", "cpu"]) == 0
     mine = tmp_path / "mine.png"
     Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(mine)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / runfiles.CONFIG).write_text((run_copy / runfiles.CONFIG).read_text())
+    (other / runfiles.RECONSTRUCTIONS).write_bytes(b"the other run's figure")
     capsys.readouterr()
     before = folder_bytes(run_copy, tmp_path)
     cases = [
@@ -54,6 +58,9 @@ def test_an_output_naming_an_input_or_another_output_is_refused(run_copy, tmp_pa
         ),  # fmt: skip
         (["reconstruct", run_copy, "--out", run_copy / runfiles.RECONSTRUCTIONS], "keeps for"),
     ]
+    # Another run folder's files too (they were written over): its config.json marks it.
+    out = other / runfiles.RECONSTRUCTIONS
+    cases.append((["sample", run_copy, "--strategy", "random", "--out", out], f"'{other}' keeps"))
     for argv, *fragments in cases:
         fails_cleanly(capsys, [*argv, "--device", "cpu"], *fragments)
     assert folder_bytes(run_copy, tmp_path) == before

@@ -163,10 +163,14 @@ def require_new_outputs(
             )
         if resolved in named:
             raise VqkitError(f"{named[resolved]} and {flag} name the same file '{path}'.")
-        if resolved in run_files:
+        # This run's own files, and those of any other run folder (one holding config.json).
+        in_a_run = (
+            resolved.name in runfiles.FILE_NAMES and (resolved.parent / runfiles.CONFIG).is_file()
+        )
+        if resolved in run_files or in_a_run:
             raise VqkitError(
-                f"The {flag} path '{path}' is a file the run folder keeps for itself; write "
-                "to another file."
+                f"The {flag} path '{path}' is a file the run folder '{resolved.parent}' keeps "
+                "for itself; write to another file."
             )
         named[resolved] = flag
 
