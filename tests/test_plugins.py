@@ -159,6 +159,12 @@ def test_a_plugin_that_cannot_be_found_is_one_sentence(capsys, spec, fragments):
     fails_cleanly(capsys, ["--plugin", spec, "runs"], *fragments)
 
 
+def test_a_plugin_path_that_is_a_folder_says_so(tmp_path, capsys):
+    folder = tmp_path / "plugins.py"  # a folder was said not to exist
+    folder.mkdir()
+    fails_cleanly(capsys, ["--plugin", folder, "runs"], "plugins.py is a folder; give a .py file")
+
+
 @pytest.mark.parametrize(
     ("source", "fragments"),
     [

@@ -78,6 +78,8 @@ def _on_path(folder: str):
 
 def _import_file(spec: str) -> None:
     path = Path(spec).expanduser().resolve()
+    if path.is_dir():
+        raise VqkitError(f"The plugin file {spec} is a folder; give a .py file (--plugin).")
     if not path.is_file():
         raise VqkitError(f"The plugin file {spec} does not exist (--plugin).")
     if str(path) in _IMPORTED:
