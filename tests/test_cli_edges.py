@@ -218,6 +218,10 @@ def test_a_config_without_a_version_is_not_called_incompatible(tmp_path, capsys)
     empty = tmp_path / "empty.json"
     empty.write_text("{}")
     fails_cleanly(capsys, ["train", "--config", empty], "no 'version' field")
+    # Another of a run's files, with a version field of its own, is not a config either.
+    state = tmp_path / "train_state.json"
+    state.write_text('{"version": 2, "epochs_done": 1, "extra": {}}')
+    fails_cleanly(capsys, ["train", "--config", state], "neither a 'model' nor a 'train' section")
 
 
 def test_an_empty_figures_folder_is_refused(run_copy, tmp_path, capsys, monkeypatch):

@@ -477,6 +477,11 @@ class RunConfig:
             f"The configuration has no 'version' field, so it is not a vqkit run config (vqkit "
             f"writes version {CONFIG_VERSION} into every run's config.json).",
         )
+        _require(  # another of a run's files (train_state.json) was called an old config
+            any(name in data for name in ("model", "train")),
+            "The configuration has neither a 'model' nor a 'train' section, so it is not a "
+            "vqkit run config (a run's config.json has both).",
+        )
         _require(
             isinstance(version, int) and not isinstance(version, bool),
             f"The configuration's 'version' field must be the whole number {CONFIG_VERSION}, "
