@@ -197,3 +197,10 @@ def test_what_a_strategy_of_ones_own_returns_is_checked(context, returned, messa
         assert message in str(refused.value)
     finally:
         del generate._STRATEGIES["test-bad"]
+
+
+def test_a_smaller_n_of_random_codes_is_the_first_of_a_larger_one(context):
+    # What docs/generation.md says of --n (the prior's grids, drawn together, are not).
+    big = sample_codes("random", 32, context, torch.Generator().manual_seed(3))
+    small = sample_codes("random", 16, context, torch.Generator().manual_seed(3))
+    assert torch.equal(big[:16], small)
