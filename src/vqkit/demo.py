@@ -127,7 +127,6 @@ class DemoSettings:
             )
 
 
-@dataclass
 class DemoInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped the demo in ``stage``: what it finished is in ``run_dir``."""
 
@@ -149,6 +148,7 @@ class DemoInterrupted(KeyboardInterrupt):
         return f"in the demo's '{self.stage}' stage; {saved} ({then})."
 
 
+@dataclass
 class DemoResult:
     run_dir: Path
     report: Path

@@ -63,9 +63,7 @@ class _ConvTranspose(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding = stride, padding
         if sub_pixel:
-            # The crop is a view, and autograd forbids changing a Function's view output in
-            # place: a decoder of hidden width <= 4 took this path before its in-place ReLU.
-            return sub_pixel_conv_transpose(x, weight, bias).contiguous()
+            return sub_pixel_conv_transpose(x, weight, bias)
         return F.conv_transpose2d(x, weight, bias, stride, padding)
 
     @staticmethod

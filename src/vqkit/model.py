@@ -12,7 +12,7 @@ from torch import nn
 from vqkit import arguments
 from vqkit.config import ModelConfig, checked_model_config
 from vqkit.errors import VqkitError
-from vqkit.fast_conv import ConvTranspose2d
+from vqkit.fast_conv import SUB_PIXEL_MAX_OUT_CHANNELS, ConvTranspose2d
 from vqkit.quantize import QuantizerOutput, build_quantizer, require_codes_in_range
 
 
@@ -72,8 +72,11 @@ class Decoder(nn.Module):
             layers += [nn.ReLU(), ConvTranspose2d(hidden, hidden, 4, 2, 1)]
         else:
             layers.append(ConvTranspose2d(dim, hidden, 4, 2, 1))
+        # A transposed convolution of at most SUB_PIXEL_MAX_OUT_CHANNELS outputs returns a
+        # cropped view on the CPU, which autograd forbids changing in place.
+        narrow = hidden <= SUB_PIXEL_MAX_OUT_CHANNELS
         layers += [
-            relu_after_conv(),
+            nn.ReLU() if narrow else relu_after_conv(),
             ConvTranspose2d(hidden, config.in_channels, 4, 2, 1),
             nn.Sigmoid(),
         ]
