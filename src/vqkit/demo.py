@@ -34,9 +34,9 @@ from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, write_json_atomic
 from vqkit.generate import SamplingContext, sample_images
-from vqkit.images import GRID_COLUMNS, save_grid
+from vqkit.images import save_grid
 from vqkit.interpolate import MODES, interpolation, interpolation_strip
-from vqkit.prior import PriorConfig, class_mix_columns
+from vqkit.prior import PriorConfig, sample_grid_columns
 from vqkit.prior_training import train_prior
 from vqkit.provenance import stamp
 from vqkit.report import write_report
@@ -270,8 +270,7 @@ def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Pa
             prior_sha256=context.prior_sha256 if strategy == "prior" else None,
             made_with=made_with,
         )
-        columns = class_mix_columns(context.run_dir) if strategy == "prior" else None
-        columns = columns or GRID_COLUMNS
+        columns = sample_grid_columns(context.run_dir, strategy)
         save_grid(images, figures / names[f"samples_{strategy}"], columns, stamp=made_by)
     if settings.prior_conditional:
         classes = len(dataset_classes(settings.dataset))

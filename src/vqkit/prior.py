@@ -57,6 +57,7 @@ from vqkit.devices import evaluation_mode
 from vqkit.errors import VqkitError, refused_file
 from vqkit.fileio import read_json_object, write_json_atomic
 from vqkit.generate import SamplingContext, register_strategy
+from vqkit.images import GRID_COLUMNS
 from vqkit.prior_replacement import interrupted_replacement
 from vqkit.run_lock import writer_of
 
@@ -382,12 +383,15 @@ def load_prior_config(run_dir: str | Path) -> PriorConfig:
         raise refused_file(path, exc) from None
 
 
-def class_mix_columns(run_dir: str | Path) -> int | None:
-    """Grid columns for the run's prior samples drawn without a class: a conditional prior
-    draws sample i of class i mod C, so C columns put one class in each column (8 columns
-    cut across the classes). None for an unconditional prior."""
-    settings = load_prior_config(run_dir)
-    return settings.num_classes if settings.conditional else None
+def sample_grid_columns(run_dir: str | Path, strategy: str, digit: int | None = None) -> int:
+    """Grid columns for a run's samples: a conditional prior asked for no class draws sample
+    i of class i mod C, so C columns put one class in each column (GRID_COLUMNS would cut
+    across the classes); everything else gets GRID_COLUMNS."""
+    if strategy == "prior" and digit is None:
+        settings = load_prior_config(run_dir)
+        if settings.conditional:
+            return settings.num_classes
+    return GRID_COLUMNS
 
 
 def has_prior(run_dir: str | Path) -> bool:

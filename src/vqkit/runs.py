@@ -15,6 +15,7 @@ from vqkit.fileio import parse_json
 from vqkit.prior import incomplete_prior, unfinished_prior
 from vqkit.run_lock import writer_of
 from vqkit.runinfo import Headline, headline, is_run_dir, load_run_info
+from vqkit.wording import images_counted
 
 COLUMNS = ("run", "dataset", "preset", "epochs", "test MSE", "codes used", "prior bits/code")
 REPORT_COLUMN = "report"
@@ -161,7 +162,7 @@ def run_row(run_dir: Path) -> list[str]:
     if mse != MISSING and _part_of_the_test_split(
         settings.dataset, tested, whole, settings.test_limit
     ):
-        mse += f" ({_images(tested)})"  # not comparable with a whole test split's number
+        mse += f" ({images_counted(tested)})"  # not comparable with a whole test split's number
     if top.test_mse is not None and runfiles.WEIGHTS in info.notes:  # the numbers outlived them
         mse += " (weights unreadable)"
     last = info.prior_metrics[-1] if info.prior_metrics else {}
@@ -169,10 +170,6 @@ def run_row(run_dir: Path) -> list[str]:
     part = _part_of_the_test_split(settings.dataset, grids, whole, None)  # --test-limit
     prior = prior_cell(top, run_dir, prior_training, f" ({grids:,} grids)" if part else "")
     return [name, top.dataset, top.preset, epochs, mse, codes, prior, report]
-
-
-def _images(count: int) -> str:
-    return f"{count:,} image" + ("" if count == 1 else "s")
 
 
 def _part_of_the_test_split(dataset: str, measured: Any, whole: Any, limit: int | None) -> bool:

@@ -20,13 +20,18 @@ def some_of(values: list, shown: int = 6) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
+def images_counted(count: int, noun: str = "image") -> str:
+    """'1 image', '10,000 images': a count with thousands separators and its noun."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 def on_test_images(metrics: dict) -> str:
     """Where test metrics were measured, from a metrics record: 'on the 1,000 test images'
     (a run's --test-limit, or the whole split), or 'on the test set' for a record written
     before records counted their images."""
     count = metrics.get("test_images")
     if isinstance(count, int) and not isinstance(count, bool):
-        return f"on the {count:,} test image" + ("" if count == 1 else "s")
+        return f"on the {images_counted(count, 'test image')}"
     return "on the test set"
 
 

@@ -18,7 +18,7 @@ from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.generate import SamplingContext, sample_images, strategies, strategy_options
 from vqkit.images import GRID_COLUMNS
-from vqkit.prior import class_mix_columns
+from vqkit.prior import sample_grid_columns
 from vqkit.provenance import stamp
 from vqkit.usage import code_usage
 
@@ -97,12 +97,6 @@ def strategy_kwargs(args: argparse.Namespace) -> dict:
     return given
 
 
-def default_columns(run_dir: str, strategy: str, options: dict) -> int:
-    if strategy == "prior" and options.get("digit") is None:
-        return class_mix_columns(run_dir) or GRID_COLUMNS
-    return GRID_COLUMNS
-
-
 def run(args: argparse.Namespace) -> int:
     require_suffix(args.out, IMAGE_SUFFIXES, "--out")
     if args.codes_out is not None:
@@ -125,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             f"drew {drawn} from the {int((counts > 0).sum())} codes of {model.num_codes} that "
             "the encoder uses on the training set"
         )
-    columns = args.columns or default_columns(args.run_dir, args.strategy, options)
+    columns = args.columns or sample_grid_columns(args.run_dir, args.strategy, options.get("digit"))
     print(f"wrote {write_images(images, args.out, columns, made_by)}")
     if args.codes_out is not None:
         print(f"wrote {save_codes(codes, args.codes_out)}")
