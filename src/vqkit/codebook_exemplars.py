@@ -21,16 +21,28 @@ MISSING = 255
 MARGIN_DIMMING = 0.5  # the margin around the code's cell at half brightness: the cell stands out
 
 
+def first_cells(
+    codes: torch.Tensor, wanted: list[int], count: int
+) -> dict[int, list[tuple[int, int, int]]]:
+    """For each code in ``wanted``, (image, row, column) of up to ``count`` cells holding it in
+    code grids (N, h, w): in the first image holding it, the next, ... (one cell each, the first
+    in reading order). One pass over the grids for all codes: a search per code took seconds
+    for a codebook of thousands of used codes."""
+    found: dict[int, list[tuple[int, int, int]]] = {code: [] for code in wanted}
+    width = codes.shape[-1]
+    for index, grid in enumerate(codes.flatten(1).tolist()):
+        taken = set()  # codes already given a cell of this image
+        for position, code in enumerate(grid):
+            cells = found.get(code)
+            if cells is not None and code not in taken and len(cells) < count:
+                taken.add(code)
+                cells.append((index, *divmod(position, width)))
+    return found
+
+
 def exemplar_cells(codes: torch.Tensor, code: int, count: int) -> list[tuple[int, int, int]]:
-    """(image, row, column) of up to ``count`` cells holding ``code`` in code grids (N, h, w):
-    the first image holding it, the next, ... (one cell each, the first in reading order)."""
-    holds = codes == code
-    images = torch.nonzero(holds.flatten(1).any(dim=1)).flatten()[:count].tolist()
-    cells = []
-    for index in images:
-        row, column = torch.nonzero(holds[index])[0].tolist()
-        cells.append((index, row, column))
-    return cells
+    """:func:`first_cells` of one code."""
+    return first_cells(codes, [code], count)[code]
 
 
 def framed(images: torch.Tensor, cell: int) -> np.ndarray:
@@ -42,9 +54,14 @@ def exemplar_patches(padded: np.ndarray, codes: torch.Tensor, code: int) -> np.n
     """``EXEMPLARS_PER_CODE`` uint8 patches (P, 3s, 3s) around cells holding ``code``: the cell
     of s pixels (s = image side / grid side) with one cell of margin on each side, the margin
     dimmed; blank (white) where fewer cells hold it. ``padded`` is :func:`framed` of the images."""
-    cell = padded.shape[-1] // (codes.shape[-1] + 2)  # the side is grid + 2 cells
+    return _patches_at(padded, codes.shape[-1], exemplar_cells(codes, code, EXEMPLARS_PER_CODE))
+
+
+def _patches_at(padded: np.ndarray, grid: int, cells: list[tuple[int, int, int]]) -> np.ndarray:
+    """The patches of :func:`exemplar_patches` around ``cells`` of grids ``grid`` cells wide."""
+    cell = padded.shape[-1] // (grid + 2)  # the side is grid + 2 cells
     patches = np.full((EXEMPLARS_PER_CODE, 3 * cell, 3 * cell), MISSING, dtype=np.uint8)
-    for slot, (index, row, column) in enumerate(exemplar_cells(codes, code, EXEMPLARS_PER_CODE)):
+    for slot, (index, row, column) in enumerate(cells):
         # Padded coordinates: the cell starts one cell further in; the patch one cell before.
         top, left = row * cell, column * cell
         patch = padded[index, top : top + 3 * cell, left : left + 3 * cell].astype(np.float32)
@@ -58,8 +75,10 @@ def exemplar_blocks(images: torch.Tensor, codes: torch.Tensor, shown: list[int])
     """One 2×2 block of patches per code in ``shown``: (len(shown), B, B) uint8."""
     cell = images.shape[-1] // codes.shape[-1]
     padded = framed(images, cell)  # once for every code
+    cells = first_cells(codes, shown, EXEMPLARS_PER_CODE)
+    grid = codes.shape[-1]
     blocks = [
-        tile(exemplar_patches(padded, codes, code), EXEMPLAR_COLUMNS, PATCH_GAP) for code in shown
+        tile(_patches_at(padded, grid, cells[code]), EXEMPLAR_COLUMNS, PATCH_GAP) for code in shown
     ]
     if not blocks:  # no code used: an empty figure, as the atlas draws
         side = EXEMPLAR_COLUMNS * (3 * cell + PATCH_GAP) + PATCH_GAP

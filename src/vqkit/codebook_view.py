@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vqkit import runfiles
@@ -25,11 +26,16 @@ from vqkit.quantize import perplexity
 
 DPI = 100
 USAGE_FIGSIZE = (10.0, 4.0)  # inches: 1000 × 400 pixels at DPI
+USAGE_MAX_STEPS = 2000  # steps drawn in the usage figure: two per pixel column of its width
 ATLAS_SCALE = 3  # screen pixels per image pixel in the atlas
 CODEMAP_SCALE = 12  # large enough for a code index in each of the 7×7 cells
 CODEMAP_IMAGES = 4
 # Each image adds 336 pixels of width and 49 drawn labels: a few hundred exhaust the memory.
 MAX_CODEMAP_IMAGES = 16
+# The atlas and the exemplars tile at most this many codes, the most used: 32 × 32 tiles of 84
+# pixels. A large codebook's every used code (tens of thousands) made a figure of hundreds of
+# megapixels that took minutes to draw and that no one could read.
+MAX_TILED_CODES = 1024
 EXEMPLAR_BATCH = EVAL_BATCH_SIZE  # images encoded at once when searching for exemplars
 EXEMPLAR_BLOCK_PADDING = 5  # pixels between codes' blocks (their own patches are 1 apart)
 ATLAS_FONT_SIZE = 6  # points; a code index fits in a corner of an 84-pixel tile
@@ -112,18 +118,22 @@ def plot_usage(
     from matplotlib.figure import Figure
 
     counts = counts.cpu()
-    order = torch.argsort(counts, descending=True, stable=True)
-    sorted_counts = counts[order].double()
+    # Only the used codes are sorted and drawn: the dead ones, a band, need no bar each.
+    sorted_counts = torch.sort(counts[counts > 0].double(), descending=True).values
     total = float(sorted_counts.sum())
     share = (sorted_counts / max(total, 1.0) * 100.0).numpy()
-    used = int((counts > 0).sum())
+    used = sorted_counts.numel()
     dead = counts.numel() - used
-    positions = range(counts.numel())
     figure = Figure(figsize=USAGE_FIGSIZE, dpi=DPI)
     axes = figure.add_subplot()
-    colors = [USED_COLOR if c > 0 else DEAD_COLOR for c in sorted_counts.tolist()]
-    axes.bar(positions, share, width=1.0, color=colors)
     if used:
+        # One filled outline of touching bars, not a bar each: matplotlib took minutes over
+        # the tens of thousands of bars a large codebook would need. Past USAGE_MAX_STEPS
+        # codes a step spans several; the shares fall, so its height is its first code's.
+        starts = np.unique(np.linspace(0, used, min(used, USAGE_MAX_STEPS) + 1).astype(int))
+        axes.stairs(
+            share[starts[:-1]], starts - 0.5, fill=True, color=USED_COLOR, baseline=share[-1] / 2
+        )
         # A log scale: on a linear one a codebook's rarely used codes (often most of the used
         # ones) drew no visible bar and looked as dead as the dead ones.
         axes.set_yscale("log")
@@ -132,11 +142,11 @@ def plot_usage(
         # Dead codes have no bar; a red band along the axis shows where they sit and how many.
         axes.axvspan(used - 0.5, counts.numel() - 0.5, color=DEAD_COLOR, alpha=0.15)
         middle = (share[0] * share[used - 1]) ** 0.5 if used else 0.5  # halfway on the log axis
-        axes.text((used + counts.numel()) / 2, middle, f"{dead} dead codes", color=DEAD_COLOR,
+        axes.text((used + counts.numel()) / 2, middle, f"{dead:,} dead codes", color=DEAD_COLOR,
                   ha="center")  # fmt: skip
     over = f" over {images:,} training images" if images is not None else ""
     axes.set_title(
-        f"Code usage{over}: {used} of {counts.numel()} codes used, "
+        f"Code usage{over}: {used:,} of {counts.numel():,} codes used, "
         f"perplexity {perplexity(counts):.1f}"
     )
     axes.set_xlabel("codes, most used first")
@@ -162,8 +172,14 @@ def code_atlas(model: VQVAE, codes: torch.Tensor) -> torch.Tensor:
 
 def codes_by_use(counts: torch.Tensor) -> torch.Tensor:
     """The codes with a count, most used first (ties in code order)."""
-    order = torch.argsort(counts.cpu(), descending=True, stable=True)
-    return order[counts.cpu()[order] > 0]
+    counts = counts.cpu()
+    used = torch.nonzero(counts > 0).flatten()  # ascending: a stable sort keeps ties in order
+    return used[torch.argsort(counts[used], descending=True, stable=True)]
+
+
+def tiled_codes(counts: torch.Tensor) -> torch.Tensor:
+    """The codes the atlas and the exemplars show: the ``MAX_TILED_CODES`` most used."""
+    return codes_by_use(counts)[:MAX_TILED_CODES]
 
 
 def _labelled_tiles(tiles, codes: list[int], padding: int = TILE_PADDING):
@@ -188,8 +204,9 @@ def _labelled_tiles(tiles, codes: list[int], padding: int = TILE_PADDING):
 def plot_atlas(
     model: VQVAE, counts: torch.Tensor, path: str | Path, stamp: dict[str, str] | None = None
 ) -> Path:
-    """Every used code decoded, most used first, each tile labelled with its code index."""
-    used = codes_by_use(counts)
+    """Every used code decoded (the ``MAX_TILED_CODES`` most used when more are), most used
+    first, each tile labelled with its code index."""
+    used = tiled_codes(counts)
     return _save(_labelled_tiles(code_atlas(model, used), used.tolist()), path, stamp)
 
 
@@ -200,10 +217,11 @@ def plot_exemplars(
     path: str | Path,
     stamp: dict[str, str] | None = None,
 ) -> Path:
-    """For every used code, most used first, four patches of ``images`` (N, H, W) around cells
-    the encoder gave that code (vqkit.codebook_exemplars), labelled with its index."""
+    """For every used code (the ``MAX_TILED_CODES`` most used when more are), most used first,
+    four patches of ``images`` (N, H, W) around cells the encoder gave that code
+    (vqkit.codebook_exemplars), labelled with its index."""
     codes = encode_images(model, images, EXEMPLAR_BATCH)
-    used = codes_by_use(counts).tolist()
+    used = tiled_codes(counts).tolist()
     blocks = exemplar_blocks(images, codes, used)
     return _save(_labelled_tiles(blocks, used, EXEMPLAR_BLOCK_PADDING), path, stamp)
 

@@ -17,7 +17,7 @@ import torch
 
 from vqkit import report_plots, runfiles
 from vqkit.codebook_view import DPI as USAGE_DPI
-from vqkit.codebook_view import plot_usage
+from vqkit.codebook_view import MAX_TILED_CODES, plot_usage
 from vqkit.config import flat_settings
 from vqkit.data import INFO, OWN_DATASET
 from vqkit.environment import changed_quantizer_code
@@ -258,13 +258,12 @@ def _reconstructions(info: RunInfo) -> Section | None:
 
 def _codebook(info: RunInfo) -> Section | None:
     parts: list[str] = []
-    usage = info.code_usage
-    if usage is not None:
-        counts = usage["counts"]
+    usage, counts = info.code_usage, info.code_counts
+    if usage is not None and counts is not None:
         images = number(usage.get("images"))
         images = None if images is None else int(images)
-        used = sum(1 for c in counts if c > 0)
-        spread = perplexity(torch.tensor(counts))
+        used = int((counts > 0).sum())
+        spread = perplexity(counts)
         if info.code_usage_stale:
             figures = info.run_dir / runfiles.FIGURES_DIR
             parts.append(
@@ -282,7 +281,7 @@ def _codebook(info: RunInfo) -> Section | None:
                     "perplexity (effective codes in use)",
                     "training images",
                 ],
-                [[len(counts), used, len(counts) - used, spread, images]],
+                [[counts.numel(), used, counts.numel() - used, spread, images]],
                 numeric_from=0,
             )
         )
@@ -297,18 +296,20 @@ def _codebook(info: RunInfo) -> Section | None:
                 density=USAGE_DENSITY,
             )
         )
-    elif usage is not None:
-        plot = _usage_plot(usage["counts"], images)
+    elif counts is not None:
+        plot = _usage_plot(counts, images)
         parts.append(image(plot, "code usage", "code usage", density=USAGE_DENSITY))
+    many = counts is not None and int((counts > 0).sum()) > MAX_TILED_CODES
+    each = f"each of the {MAX_TILED_CODES:,} most used codes" if many else "each used code"
     atlas = [
         (
             "codebook_atlas",
-            "each used code, most used first, decoded from a grid holding only that code"
+            f"{each}, most used first, decoded from a grid holding only that code"
             + (": black tiles are background codes" if info.config.train.dataset in INFO else ""),
         ),
         (
             "codebook_exemplars",
-            "where the encoder chooses each used code, most used first: four test-image patches "
+            f"where the encoder chooses {each}, most used first: four test-image patches "
             "around cells holding it (the cell bright in the middle, a dimmed cell of margin "
             "around it; blank where fewer of the images searched hold it)",
         ),
@@ -329,10 +330,10 @@ def _codebook(info: RunInfo) -> Section | None:
     return Section("codebook", "Codebook", body, lead)
 
 
-def _usage_plot(counts: list[int], images: int | None) -> bytes:
+def _usage_plot(counts: torch.Tensor, images: int | None) -> bytes:
     """The codebook view's usage histogram of ``counts``, as PNG bytes."""
     with tempfile.TemporaryDirectory() as folder:
-        return plot_usage(torch.tensor(counts), Path(folder) / "usage.png", images).read_bytes()
+        return plot_usage(counts, Path(folder) / "usage.png", images).read_bytes()
 
 
 def _score_line(info: RunInfo, row_name: str, prefix: bool) -> str:
@@ -417,11 +418,11 @@ def _samples(info: RunInfo) -> Section | None:
 
 def _used_draws_like_random(info: RunInfo) -> bool:
     """Whether 'used' sampled from every code, so that it is the 'random' strategy again."""
-    usage = info.code_usage
+    counts = info.code_counts
     rows = {row["name"]: row for row in (info.scores or {}).get("rows", [])}
-    if usage is None or info.code_usage_stale or not {"used", "random"} <= set(rows):
+    if counts is None or info.code_usage_stale or not {"used", "random"} <= set(rows):
         return False
-    return all(count > 0 for count in usage["counts"])
+    return bool((counts > 0).all())
 
 
 def _how_to_make_samples(info: RunInfo) -> str:

@@ -35,7 +35,8 @@ FILE_NAMES = tuple(
 # writes the folder (and left by a killed one, to be reused by the next writer).
 
 # Formats of the JSON files above (the report reads them; writers must keep to these):
-#   code_usage.json   {"split": "train", "images": N, "counts": [K ints],
+#   code_usage.json   {"split": "train", "images": N, "counts": [K ints] (past 65,536 codes
+#                      instead "num_codes": K, "used_codes": [ints], "used_counts": [ints]),
 #                      "weights_sha256": hex (the weights counted; absent in older files),
 #                      "images_sha256": hex (one's own data only: its training images)}
 #   prior_metrics.jsonl, one object per epoch:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from vqkit import runfiles
 from vqkit.checkpoint import load_config, prior_is_stale, read_tensors, run_folder
@@ -20,7 +23,7 @@ from vqkit.environment import read_records
 from vqkit.errors import VqkitError
 from vqkit.fileio import parse_json, read_jsonl
 from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, current_stamp, figure_staleness, staleness
-from vqkit.usage import counts_match_weights
+from vqkit.usage import MAX_COUNT, counts_match_weights, record_counts
 
 # Figures found by prefix as well as by their FIGURE_NAMES entry, so a new sampling strategy or
 # interpolation kind shows up in the report without a change here.
@@ -28,11 +31,6 @@ FIGURE_PREFIXES = ("samples_", "interpolation_")
 
 # Score rows that stand for one sampling strategy each (the FIDs in the headline).
 HEADLINE_SCORE_ROWS = ("prior", "used", "random")
-
-# Counts and epoch numbers read from a run's files are whole numbers below this: the report
-# turns them into int64 tensors and arrays (a count or epoch of 2**64 became an object array,
-# which the plots refused), and 2**62 leaves room for their sums.
-MAX_COUNT = 2**62
 
 
 @dataclass
@@ -43,6 +41,7 @@ class RunInfo:
     config: RunConfig
     metrics: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
     code_usage: dict[str, Any] | None = None
+    code_counts: torch.Tensor | None = None  # code_usage.json's (K,) counts, when it is valid
     prior_metrics: list[dict[str, Any]] = field(default_factory=list)
     prior_stale: bool = False  # the prior learned the codes of earlier VQ-VAE weights
     prior_conditional: bool | None = None  # its bits are given each image's class (None: unknown)
@@ -115,7 +114,7 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     )
     info.prior_stale = bool(info.prior_metrics) and prior_is_stale(run_dir)
     info.prior_conditional = _prior_is_conditional(run_dir) if info.prior_metrics else None
-    info.code_usage = _optional_json(info, runfiles.CODE_USAGE, _valid_code_usage)
+    info.code_usage = _optional_json(info, runfiles.CODE_USAGE, partial(_valid_code_usage, info))
     info.scores = _optional_json(info, runfiles.SCORES, _valid_scores)
     info.timings = _optional_json(info, runfiles.TIMINGS, _valid_timings)
     info.environment = _session_records(info)
@@ -254,13 +253,10 @@ def _optional_json(info: RunInfo, name: str, validate) -> Any:
     return data
 
 
-def _valid_code_usage(data: Any) -> dict[str, Any] | None:
-    counts = data.get("counts") if isinstance(data, dict) else None
-    if not isinstance(counts, list) or not counts:
-        return None
-    if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < MAX_COUNT for c in counts):
-        return None
-    return data
+def _valid_code_usage(info: RunInfo, data: Any) -> dict[str, Any] | None:
+    """``data`` when it holds counts for this run's codebook, which go to ``info.code_counts``."""
+    info.code_counts = record_counts(data, info.config.model.quantizer.num_codes)
+    return None if info.code_counts is None else data
 
 
 def _valid_scores(data: Any) -> dict[str, Any] | None:

@@ -4,12 +4,15 @@ The counts drive the ``used`` sampling strategy and the codebook figures. They a
 once over the full training split (not the ``train_limit`` subset a quick run trained on) and
 stored as ``code_usage.json``: ``{"split": "train", "images": N, "counts": [K ints],
 "weights_sha256": the weights counted}``, and for one's own data ``"images_sha256"``, the
-training images counted.
+training images counted. A codebook of more than ``DENSE_COUNTS_UP_TO`` codes keeps only its
+used codes instead of ``"counts"``: ``"num_codes": K, "used_codes": [ascending indices],
+"used_counts": [their counts]``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,6 +32,12 @@ from vqkit.fileio import read_json, write_json_atomic
 from vqkit.model import VQVAE
 
 USAGE_SPLIT = "train"
+# Past this many codes the file lists only the used ones: an FSQ codebook of 2^24 codes wrote
+# 117 MB of zeros (half a minute) where a few thousand codes were used.
+DENSE_COUNTS_UP_TO = 65_536
+# Counts read from a run's files are whole numbers below this: the report turns them into int64
+# tensors and arrays (2**64 became a NumPy object array), and 2**62 leaves room for their sums.
+MAX_COUNT = 2**62
 
 
 @torch.no_grad()
@@ -38,8 +47,55 @@ def count_codes(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.Te
     counts = torch.zeros(model.num_codes, dtype=torch.long, device=device)
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].to(device, non_blocking=True)
-        counts += torch.bincount(model.encode(batch).flatten(), minlength=model.num_codes)
+        codes = model.encode(batch).flatten()
+        # Not bincount(minlength=K): that makes a K-long tensor per batch (2^24 for a large
+        # FSQ codebook), where adding ones at the batch's codes costs only the batch.
+        counts.scatter_add_(0, codes, torch.ones_like(codes))
     return counts.cpu()
+
+
+def _whole_counts(values: Any, positive: bool = False) -> bool:
+    """Whether ``values`` is a list of whole numbers in [0, MAX_COUNT) (> 0 if ``positive``)."""
+    low = 1 if positive else 0
+    return isinstance(values, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and low <= v < MAX_COUNT for v in values
+    )
+
+
+def usage_record(counts: torch.Tensor) -> dict[str, Any]:
+    """The counts as code_usage.json keeps them: every code's, or past ``DENSE_COUNTS_UP_TO``
+    codes the codebook size and the used codes with their counts."""
+    if counts.numel() <= DENSE_COUNTS_UP_TO:
+        return {"counts": counts.tolist()}
+    used = used_codes(counts)
+    return {
+        "num_codes": counts.numel(),
+        "used_codes": used.tolist(),
+        "used_counts": counts[used].tolist(),
+    }
+
+
+def record_counts(data: Any, num_codes: int) -> torch.Tensor | None:
+    """The (K,) int64 counts of a code_usage.json record of either form for a codebook of
+    ``num_codes`` codes; None when the record is malformed or of another codebook size."""
+    if not isinstance(data, dict):
+        return None
+    if "counts" in data:
+        counts = data["counts"]
+        if not _whole_counts(counts) or len(counts) != num_codes:
+            return None
+        return torch.tensor(counts, dtype=torch.long)
+    codes, used = data.get("used_codes"), data.get("used_counts")
+    if data.get("num_codes") != num_codes or not _whole_counts(codes):
+        return None
+    if not _whole_counts(used, positive=True) or len(used) != len(codes):
+        return None
+    index = torch.tensor(codes, dtype=torch.long)
+    if index.numel() and (index.max() >= num_codes or (index.diff() <= 0).any()):
+        return None  # outside the codebook, or not ascending (a code listed twice)
+    counts = torch.zeros(num_codes, dtype=torch.long)
+    counts[index] = torch.tensor(used, dtype=torch.long)
+    return counts
 
 
 def counts_match_weights(run_dir: str | Path, data: dict, digest: str | None = None) -> bool:
@@ -74,18 +130,16 @@ def _cached_counts(
         return None
     if images_sha256 is not None and data.get("images_sha256") != images_sha256:
         return None  # one's own data folder now holds other training images
-    counts, images = data.get("counts"), data.get("images")
+    counts, images = record_counts(data, model.num_codes), data.get("images")
     cells = model.config.grid_size**2
     if (
         data.get("split") != USAGE_SPLIT
         or not isinstance(images, int)
-        or not isinstance(counts, list)
-        or len(counts) != model.num_codes
-        or not all(isinstance(c, int) and c >= 0 for c in counts)
-        or sum(counts) != images * cells
+        or counts is None
+        or int(counts.sum()) != images * cells
     ):
         return None
-    return torch.tensor(counts, dtype=torch.long)
+    return counts
 
 
 def code_usage(
@@ -128,7 +182,7 @@ def code_usage(
     record = {
         "split": USAGE_SPLIT,
         "images": int(images.shape[0]),
-        "counts": counts.tolist(),
+        **usage_record(counts),
         "weights_sha256": digest,
     }
     if own is not None:

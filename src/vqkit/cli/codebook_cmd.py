@@ -8,7 +8,12 @@ from pathlib import Path
 from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, whole_number_at_least
 from vqkit.codebook_exemplars import EXEMPLAR_IMAGES
-from vqkit.codebook_view import CODEMAP_IMAGES, MAX_CODEMAP_IMAGES, write_codebook_figures
+from vqkit.codebook_view import (
+    CODEMAP_IMAGES,
+    MAX_CODEMAP_IMAGES,
+    MAX_TILED_CODES,
+    write_codebook_figures,
+)
 from vqkit.codes_io import IMAGE_SUFFIXES
 from vqkit.data import load_split
 from vqkit.devices import resolve_device
@@ -27,6 +32,8 @@ Write four PNGs into a folder:
                         1,000 test images around cells holding it (the cell bright in the
                         middle, a dimmed cell of margin around it; blank where fewer images
                         hold it)
+                        (the atlas and the exemplars show the 1,024 most used codes when more
+                        are used)
   codebook_codemap.png  a few test images with their 7x7 code indices written over them
 
 The usage counts are cached in the run folder as code_usage.json (also used by
@@ -81,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     )
     used = int((counts > 0).sum())
     print(f"codes used: {used} of {counts.numel()} on the training set")
+    if used > MAX_TILED_CODES:
+        print(f"the atlas and the exemplars show the {MAX_TILED_CODES:,} most used codes")
     for path in figures.paths():
         print(f"wrote {path}")
     return 0
