@@ -104,6 +104,17 @@ def test_a_prior_is_judged_against_the_model_only_when_its_weights_load(run_copy
     misfit = "on a 9×9 grid, but the run.s model has 128 codes on a 7×7 grid"
     with pytest.raises(VqkitError, match=misfit):
         load_prior(run_copy)
+    # Sizes other than the weights' are refused before a network of them is built: 10**9
+    # layers hung the command building them.
+    for name, value, stored in (
+        ("layers", 10**9, 2),
+        ("channels", 10**9, 8),
+        ("kernel_size", 5, 3),
+    ):
+        path.write_text(json.dumps({**settings, name: value}))
+        said = f"say {name} {value}, but its weights .prior.safetensors. have {name} {stored};"
+        with pytest.raises(VqkitError, match=said):
+            load_prior(run_copy)
 
 
 def test_training_leaves_the_callers_random_numbers_alone(run_copy, tmp_path):

@@ -38,9 +38,10 @@ from torch import nn
 from vqkit import arguments, runfiles, train_state
 from vqkit.checkpoint import (
     load_config,
-    load_weights_into,
+    load_tensors_into,
     prior_digest,
     prior_is_stale,
+    read_tensors,
     run_path,
 )
 from vqkit.config import (
@@ -492,11 +493,14 @@ def load_prior(run_dir: str | Path, device: str | torch.device = "cpu") -> Pixel
             f"{model.quantizer.num_codes} codes on a {model.grid_size}×{model.grid_size} grid; "
             f"train a new one with vqkit train-prior {run_dir} --restart."
         )
-    prior = PixelCNNPrior(settings)
     # The file's digest names what was drawn from (figures, scores); read around the load, so
     # a train-prior saving meanwhile cannot lend the samples its newer prior's name.
     digest = prior_digest(run_dir)
-    load_weights_into(prior, run_path(run_dir, runfiles.PRIOR_WEIGHTS), "prior weights file")
+    path, what = run_path(run_dir, runfiles.PRIOR_WEIGHTS), "prior weights file"
+    tensors = read_tensors(path, what)
+    _require_sizes_of(tensors, settings, run_dir)
+    prior = PixelCNNPrior(settings)
+    load_tensors_into(prior, tensors, path, what)
     if prior_digest(run_dir) != digest:
         raise VqkitError(
             f"The prior in '{run_dir}' changed while it was read (a train-prior is saving it); "
@@ -504,6 +508,34 @@ def load_prior(run_dir: str | Path, device: str | torch.device = "cpu") -> Pixel
         )
     prior.weights_sha256 = digest
     return prior.to(device).eval()
+
+
+def _require_sizes_of(
+    tensors: dict[str, torch.Tensor], settings: PriorConfig, run_dir: str | Path
+) -> None:
+    """Refuse settings whose sizes differ from those of the stored weights, before a network
+    of those settings is built: an edited prior_config.json of 10**9 layers hung the command
+    building them, where the weights hold 7."""
+
+    def size(name: str, dim: int) -> int | None:
+        tensor = tensors.get(name)
+        return int(tensor.shape[dim]) if tensor is not None and tensor.dim() > dim else None
+
+    stored = {
+        "layers": len({name.split(".")[1] for name in tensors if name.startswith("layers.")}),
+        "channels": size("embedding.weight", 1),
+        "kernel_size": size("layers.0.v_conv.weight", 3),  # (2C, C, k//2 + 1, k)
+    }
+    if settings.conditional:
+        stored["num_classes"] = size("label_bias.weight", 0)
+    for name, value in stored.items():
+        if value is not None and value != getattr(settings, name):
+            raise VqkitError(
+                f"The prior's settings ({runfiles.PRIOR_CONFIG} in '{run_dir}') say "
+                f"{name} {getattr(settings, name)}, but its weights ({runfiles.PRIOR_WEIGHTS}) "
+                f"have {name} {value}; restore the file or train a new prior with "
+                f"vqkit train-prior {run_dir} --restart."
+            )
 
 
 @register_strategy("prior")
