@@ -415,7 +415,14 @@ class TrainConfig:
         """Where to read the dataset: ``given`` (a --data-dir) when there is one, else the
         folder recorded at training (own datasets), else None (the named datasets' sources)."""
         given = path_or_none(given, "The data folder (--data-dir)")
-        return given if given is not None else self.data_dir
+        if given is None:
+            return self.data_dir
+        from vqkit.data.sources import require_data_folder  # it imports this module
+
+        # Checked here, not only where images are read: commands answered from cached code
+        # counts or grids read none, and took a mistyped --data-dir without a word.
+        require_data_folder(Path(given))
+        return given
 
 
 def check_loop_settings(settings: Any) -> None:

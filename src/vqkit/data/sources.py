@@ -78,7 +78,7 @@ def _find_in(folder: Path, f: FileInfo) -> Path | None:
     return None
 
 
-def _require_folder(folder: Path) -> None:
+def require_data_folder(folder: Path) -> None:
     """A data folder that is gone (moved, renamed, mistyped) is named as gone, not as empty."""
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "does not exist"
@@ -253,7 +253,7 @@ def _locate(
 ) -> tuple[Path, Path]:
     pair = info.files[split]
     if data_dir is not None:
-        _require_folder(data_dir)
+        require_data_folder(data_dir)
         # torchvision's root, this dataset's folder in it (which holds raw/), or flat files.
         folders = [data_dir / info.torchvision_folder / "raw", data_dir / info.name, data_dir]
         found = _find_pair([*folders, data_dir / "raw"], pair)
@@ -349,7 +349,7 @@ def _own_files(split: str, data_dir: str | Path | None) -> tuple[Path, Path]:
             "--data-dir (four IDX files named as MNIST's, such as train-images-idx3-ubyte.gz)."
         )
     folder = Path(data_dir)
-    _require_folder(folder)
+    require_data_folder(folder)
     pair = INFO["mnist"].files[split]  # MNIST's file names; the content is the user's
     found = _find_pair([folder, folder / "raw"], pair)
     if found is None:
