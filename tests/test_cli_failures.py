@@ -100,6 +100,13 @@ def test_missing_run_folder_or_a_file_given_as_one(tmp_path, capsys):
         fails_cleanly(capsys, [command, str(tmp_path / "a-file")], "is a file, not a run folder")
 
 
+def test_a_path_holding_a_newline_stays_on_the_refusals_one_line(tmp_path, capsys):
+    # Printed raw, the name's newline split the sentence in two.
+    odd = tmp_path / "first\nsecond\tthird"
+    err = fails_cleanly(capsys, ["evaluate", str(odd)], "does not exist")
+    assert "first\\nsecond\\tthird" in err, err
+
+
 def test_incomplete_run_folder_without_weights(run_copy, capsys):
     (run_copy / runfiles.WEIGHTS).unlink()
     fails_cleanly(capsys, ["evaluate", str(run_copy)], "model weights", "does not exist")

@@ -54,6 +54,12 @@ def test_train_prior_flags_reach_the_prior_config():
         (["train", "--lr", "abc"], "vqkit train: error: argument --lr: invalid float value"),
         (["sample", "r", "--strategy", "random", "--out", "a.png", "--n", "0"], "argument --n"),
         (["trian"], "vqkit: error: argument COMMAND: invalid choice: 'trian'"),
+        # int() and float() read other scripts' digits: "\u0663" (Arabic-Indic) was 3.
+        (["train", "--epochs", "\u0663"], "argument --epochs: invalid integer value"),
+        (["train", "--hidden-dim", "\u0663"], "argument --hidden-dim: invalid int value"),
+        (["train", "--lr", "\u0663"], "argument --lr: invalid float value"),
+        (["train", "--fsq-levels", "8,\u0663"], "argument --fsq-levels: must be whole numbers"),
+        (["sample", "r", "--out", "a.png", "--seed", "\u0663"], "argument --seed: must be"),
         (["train", "--lrr", "1"], "vqkit train: error: unrecognized arguments: --lrr 1"),
         # A shortened flag is no flag: --epoch quietly meant --epochs.
         (["train", "--epoch", "1"], "vqkit train: error: unrecognized arguments: --epoch 1"),

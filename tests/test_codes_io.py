@@ -300,6 +300,10 @@ def test_png_and_test_inputs_never_load_a_split_they_do_not_name(tmp_path, digit
         ("digit:10", "names no class"),
         ("digit:7", "no image labelled 7"),
         ("test:0-1", "names 2 images"),
+        # Other scripts' digits and a trailing newline were read as index 3 and test:3.
+        ("\u0663", "is not an image index"),
+        ("test:3\n", "is not an image index"),
+        ("digit:\u0663", "is not an image index"),
     ],
 )
 def test_bad_references(fake_splits, reference, message):

@@ -24,9 +24,11 @@ from PIL import Image, UnidentifiedImageError
 from vqkit.data import INFO, Split, load_split
 from vqkit.errors import VqkitError
 
-_INDEX = re.compile(r"^(?:(test|train):)?(\d+)$")
-_RANGE = re.compile(r"^(test|train):(\d+)-(\d+)$")
-_DIGIT = re.compile(r"^digit:(-?\d+)$")
+# ASCII digits only (re's \d takes every script's: "test:١٢" read image 12), and \Z, not $,
+# which also matches before a final newline.
+_INDEX = re.compile(r"^(?:(test|train):)?([0-9]+)\Z")
+_RANGE = re.compile(r"^(test|train):([0-9]+)-([0-9]+)\Z")
+_DIGIT = re.compile(r"^digit:(-?[0-9]+)\Z")
 SPLIT_NAMES = {"test": "test set", "train": "training set"}
 
 # What an image reference may be, as the sentences refusing one list it.

@@ -61,7 +61,7 @@ class OneLineErrors(argparse.ArgumentParser):
     command_parsers: dict[str, argparse.ArgumentParser]  # the top level's, by command name
 
     def error(self, message: str) -> NoReturn:
-        sentence = f"{self.prog}: error: {message} (see '{self.prog} --help').\n"
+        sentence = f"{self.prog}: error: {one_line(message)} (see '{self.prog} --help').\n"
         self.exit(2, sentence if distributed.prints_refusals() else None)
 
 
@@ -241,11 +241,21 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise
         _drop_output()
-        print(f"vqkit: error: {message}", file=sys.stderr)
+        _print_error(message)
         return 2
     finally:
         if argv is None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its unprintable characters escaped as Python writes them: a path holding
+    a newline split a refusal over two lines, the second looking like a message of its own."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _print_error(message: object) -> None:
+    print(f"vqkit: error: {one_line(str(message))}", file=sys.stderr)
 
 
 def _drop_output() -> None:
@@ -264,7 +274,7 @@ def run_command(argv: list[str] | None) -> int:
             plugins.import_plugin(spec)
     except VqkitError as exc:
         if distributed.prints_refusals():
-            print(f"vqkit: error: {exc}", file=sys.stderr)
+            _print_error(exc)
         return 2
     args = parse_command_line(build_parser(), argv)
     try:
@@ -275,7 +285,7 @@ def run_command(argv: list[str] | None) -> int:
         if isinstance(exc, OutOfMemory):  # a flag to lower, not a Python argument
             sentence = out_of_memory_sentence(exc.failure, LESS_AT_ONCE.get(args.command))
         if distributed.prints_refusals(exc):  # one line for a torchrun job's identical refusals
-            print(f"vqkit: error: {sentence}", file=sys.stderr)
+            _print_error(sentence)
         return 2
     except (MemoryError, RuntimeError, OSError) as exc:
         message = symlink_loop_message(exc) or permission_message(exc) or system_limit_message(exc)
@@ -287,7 +297,7 @@ def run_command(argv: list[str] | None) -> int:
             raise  # a bug, not a user's mistake: the traceback is what to report
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not exc.filename:
             _drop_output()  # the output itself could not be written
-        print(f"vqkit: error: {message}", file=sys.stderr)
+        _print_error(message)
         return 2
     except KeyboardInterrupt as exc:  # a training stop the command itself does not report (demo)
         number = getattr(exc, "signal_number", signal.SIGINT)

@@ -45,13 +45,13 @@ def add_reliability_flags(group) -> None:
     config checks their values)."""
     group.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=ascii_int,
         metavar="N",
         help="also save a resumable state every N steps",
     )
     group.add_argument(
         "--skip-nonfinite",
-        type=int,
+        type=ascii_int,
         metavar="N",
         help="skip up to N steps whose loss is NaN or infinite instead of stopping (default 0)",
     )
@@ -63,12 +63,31 @@ def add_reliability_flags(group) -> None:
     )
 
 
+def ascii_int(text: str) -> int:
+    """int(text) for ASCII digits only: int() also reads other scripts' digits ("٣" is 3),
+    which no one means on a command line."""
+    if not text.isascii():
+        raise ValueError(f"not an ASCII number: {text!r}")
+    return int(text)
+
+
+def ascii_float(text: str) -> float:
+    """float(text) for ASCII text only, as :func:`ascii_int`."""
+    if not text.isascii():
+        raise ValueError(f"not an ASCII number: {text!r}")
+    return float(text)
+
+
+# argparse names a type by its __name__: "invalid int value: 'x'", as with int itself.
+ascii_int.__name__, ascii_float.__name__ = "int", "float"
+
+
 def whole_number_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: a whole number no smaller than ``minimum`` (nor larger than
     ``maximum``) that fits 64 bits (torch fails with a traceback on a wider one)."""
 
     def parse(text: str) -> int:
-        value = int(text)
+        value = ascii_int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, not {text}")
         if maximum is not None and value > maximum:
@@ -87,7 +106,7 @@ positive_int = whole_number_at_least(1)
 def seed(text: str) -> int:
     """A --seed that torch accepts; a wider one would end in a traceback inside torch."""
     try:
-        value = int(text)
+        value = ascii_int(text)
     except ValueError:
         value = None
     if not is_seed(value):
@@ -98,7 +117,7 @@ def seed(text: str) -> int:
 def int_list(text: str) -> list[int]:
     """A comma-separated list of whole numbers, e.g. "8,5,5,5"."""
     try:
-        return [int(part) for part in text.split(",")]
+        return [ascii_int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"must be whole numbers separated by commas, like 8,5,5,5, not {text!r}"

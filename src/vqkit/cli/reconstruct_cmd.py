@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from vqkit.checkpoint import load_config, load_model
-from vqkit.cli.common import add_command, add_device_flag, positive_int
+from vqkit.cli.common import add_command, add_device_flag, ascii_int, positive_int
 from vqkit.codes_io import (
     IMAGE_SUFFIXES,
     decode_codes,
@@ -53,7 +53,9 @@ def register(subparsers) -> None:
         type=positive_int,
         help=f"how many images (default {DEFAULT_COUNT}, or as many as follow --start)",
     )
-    parser.add_argument("--start", type=int, default=0, help="first image's index (default 0)")
+    parser.add_argument(
+        "--start", type=ascii_int, default=0, help="first image's index (default 0)"
+    )
     parser.add_argument(
         "--split", choices=SPLIT_NAMES, default="test", help="images of this split (default test)"
     )

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from vqkit.checkpoint import load_config, load_model
-from vqkit.cli.common import add_command, add_device_flag, positive_int, seed
+from vqkit.cli.common import (
+    add_command,
+    add_device_flag,
+    ascii_float,
+    ascii_int,
+    positive_int,
+    seed,
+)
 from vqkit.codes_io import (
     IMAGE_SUFFIXES,
     require_new_outputs,
@@ -75,8 +82,8 @@ def register(subparsers) -> None:
         default=None,
         help="draw codes by how often they are used",
     )
-    options.add_argument("--digit", type=int, help="class to sample (conditional strategies)")
-    options.add_argument("--temperature", type=float, help="sampling temperature")
+    options.add_argument("--digit", type=ascii_int, help="class to sample (conditional strategies)")
+    options.add_argument("--temperature", type=ascii_float, help="sampling temperature")
     options.add_argument(
         "--top-k",
         type=positive_int,

@@ -11,6 +11,8 @@ from vqkit.cli.common import (
     add_command,
     add_device_flag,
     add_reliability_flags,
+    ascii_float,
+    ascii_int,
     distributed_rank_is_main,
     int_list,
     positive_int,
@@ -159,7 +161,7 @@ def register(subparsers) -> None:
             positive_int,
             "images per step over all processes (default: the preset's)",
         ),
-        ("--lr", float, "Adam learning rate (with --lr-schedule: the peak rate)"),
+        ("--lr", ascii_float, "Adam learning rate (with --lr-schedule: the peak rate)"),
         ("--seed", seed, "seeds the weights, the data order and the codebook (default 0)"),
         ("--eval-batch-size", positive_int, "images per batch when evaluating (default 1000)"),
         ("--train-limit", positive_int, "train on the first N images only"),
@@ -199,16 +201,18 @@ def register(subparsers) -> None:
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="per-step LR schedule")
     group.add_argument(
         "--warmup-fraction",
-        type=float,
+        type=ascii_float,
         help=f"share of steps warming up to --lr (default {TrainConfig().warmup_fraction})",
     )
     add_reliability_flags(group)
     group = parser.add_argument_group("model")
-    group.add_argument("--hidden-dim", type=int, help="convolution width")
-    group.add_argument("--residual-blocks", type=int, help="the paper's residual blocks (0: none)")
-    group.add_argument("--num-embeddings", type=int, help="codebook size K")
-    group.add_argument("--embedding-dim", type=int, help="code vector size D")
-    group.add_argument("--beta", type=float, help="commitment loss weight")
+    group.add_argument("--hidden-dim", type=ascii_int, help="convolution width")
+    group.add_argument(
+        "--residual-blocks", type=ascii_int, help="the paper's residual blocks (0: none)"
+    )
+    group.add_argument("--num-embeddings", type=ascii_int, help="codebook size K")
+    group.add_argument("--embedding-dim", type=ascii_int, help="code vector size D")
+    group.add_argument("--beta", type=ascii_float, help="commitment loss weight")
     group = parser.add_argument_group("quantizer")
     # No argparse choices: a name of one's own may come from an installed package, and listing
     # those on every command would read every package's metadata. The config checks the name.
@@ -224,18 +228,18 @@ def register(subparsers) -> None:
     )
     group.add_argument(
         "--ema-decay",
-        type=float,
+        type=ascii_float,
         help=f"EMA decay gamma in (0, 1) (default {QuantizerConfig().ema_decay})",
     )
     group.add_argument(
         "--dead-code-restart",
-        type=int,
+        type=ascii_int,
         metavar="N",
         help="move codes unused for N training steps onto batch encoder outputs (0: off)",
     )
     group.add_argument(
         "--dead-code-threshold",
-        type=float,
+        type=ascii_float,
         help="with --codebook-update ema and --dead-code-restart N, also restart codes whose "
         "EMA cluster size falls below this (in [0, 1))",
     )
@@ -244,7 +248,7 @@ def register(subparsers) -> None:
     )
     group.add_argument(
         "--kmeans-iters",
-        type=int,
+        type=ascii_int,
         help=f"k-means iterations, 1 to {MAX_KMEANS_ITERS} (default "
         f"{QuantizerConfig().kmeans_iters})",
     )

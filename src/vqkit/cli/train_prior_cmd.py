@@ -10,6 +10,7 @@ from vqkit.cli.common import (
     add_command,
     add_device_flag,
     add_reliability_flags,
+    ascii_float,
     positive_int,
     refuse_resume_conflicts,
     report_interrupted,
@@ -92,8 +93,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--layers", type=positive_int, help=f"gated layers (default {defaults.layers})"
     )
-    parser.add_argument("--dropout", type=float, help=f"default {defaults.dropout}")
-    parser.add_argument("--lr", type=float, help=f"AdamW learning rate (default {defaults.lr})")
+    parser.add_argument("--dropout", type=ascii_float, help=f"default {defaults.dropout}")
+    parser.add_argument(
+        "--lr", type=ascii_float, help=f"AdamW learning rate (default {defaults.lr})"
+    )
     parser.add_argument("--batch-size", type=positive_int, help=f"default {defaults.batch_size}")
     parser.add_argument(
         "--precision",
