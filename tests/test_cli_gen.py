@@ -438,3 +438,24 @@ def test_a_missing_data_folder_is_refused_even_where_cached_codes_would_answer(
     assert code == 2 and f"The data folder '{missing}' does not exist;" in err, err
     assert sorted(p.name for p in run_dir.iterdir()) == before
     assert not (tmp_path / "s.png").exists()
+
+
+def test_exemplar_labels_sit_in_the_gap_above_each_block_not_on_its_patches(tmp_path):
+    # In the block's corner the label hid the first patch's corner. Black tiles: any pixel
+    # inside a tile that is not black is a label drawn over it.
+    blocks = np.zeros((4, 25, 25), dtype=np.uint8)
+    padding, scale = codebook_view.EXEMPLAR_BLOCK_PADDING, ATLAS_SCALE
+    for above in (True, False):
+        figure = codebook_view._labelled_tiles(blocks, [888, 4, 56, 7], padding, above=above)
+        path = codebook_view._save(figure, tmp_path / f"{above}.png")
+        pixels = np.asarray(Image.open(path).convert("L")).astype(int)
+        on_tiles = 0
+        for index in range(4):
+            x, y = codebook_view.tile_origin(index, 2, 25, padding)
+            inside = pixels[y * scale : (y + 25) * scale, x * scale : (x + 25) * scale]
+            on_tiles += int((inside > 40).sum())
+        gap = pixels[: padding * scale, : 25 * scale]  # white, above the first block
+        if above:  # the label's black outline shows in the gap
+            assert on_tiles == 0 and (gap < 100).sum() > 20, (gap < 100).sum()
+        else:
+            assert on_tiles > 20  # the check sees a label on a tile

@@ -71,3 +71,18 @@ def test_a_comparison_puts_the_originals_in_one_row_above_their_reconstructions(
         left = 2 + column * 30
         assert (pixels[2:30, left : left + 28] == 10).all()
         assert (pixels[32:60, left : left + 28] == 200).all()
+
+
+def test_a_long_comparison_wraps_into_pairs_of_rows_each_original_above_its_own(tmp_path):
+    # 37 images at 16 per row: three pairs of rows, the last holding 5 images then blanks.
+    originals = np.arange(37, dtype=np.uint8).reshape(37, 1, 1).repeat(28, 1).repeat(28, 2)
+    reconstructions = originals + 100
+    pixels = comparison_canvas(originals, reconstructions, columns=16)
+    assert pixels.shape == (2 + 6 * 30, 2 + 16 * 30)
+    for index in range(48):
+        pair, column = divmod(index, 16)
+        top, left = 2 + 2 * pair * 30, 2 + column * 30
+        original = pixels[top : top + 28, left : left + 28]
+        below = pixels[top + 30 : top + 58, left : left + 28]
+        expected = (index, index + 100) if index < 37 else (255, 255)  # blank past the last
+        assert (original == expected[0]).all() and (below == expected[1]).all(), index

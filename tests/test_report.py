@@ -520,3 +520,20 @@ def test_the_page_says_what_its_figures_and_numbers_are(full_run, tmp_path):
     assert sorted(cards) == ["classifier-FID", "codes used", "prior bits per code", "test MSE"]
     for label in ("classifier-FID", "prior bits per code", "test MSE"):
         assert "lower is better" in cards[label], label
+
+
+def test_every_training_curve_names_its_y_axis(bare_run, monkeypatch):
+    # The three per-epoch plots had a title and an epoch axis, but no y-axis label.
+    labels = []
+    styled = report_plots._style
+
+    def spy(axes, title, xlabel, ylabel=""):
+        styled(axes, title, xlabel, ylabel)
+        labels.append((title, axes.get_ylabel()))
+
+    monkeypatch.setattr(report_plots, "_style", spy)
+    render_report(load_run_info(bare_run))
+    curves = dict(labels)
+    assert curves["training loss"] == "MSE + VQ loss"
+    assert curves["test MSE"] == "mean squared error"
+    assert [label for title, label in labels if title.startswith("codes used")] == ["codes"]

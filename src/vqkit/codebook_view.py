@@ -37,7 +37,9 @@ MAX_CODEMAP_IMAGES = 16
 # megapixels that took minutes to draw and that no one could read.
 MAX_TILED_CODES = 1024
 EXEMPLAR_BATCH = EVAL_BATCH_SIZE  # images encoded at once when searching for exemplars
-EXEMPLAR_BLOCK_PADDING = 5  # pixels between codes' blocks (their own patches are 1 apart)
+# Pixels between codes' blocks (their own patches are 1 apart): 15 on screen, room for the
+# ATLAS_FONT_SIZE label drawn in the gap above each block.
+EXEMPLAR_BLOCK_PADDING = 5
 ATLAS_FONT_SIZE = 6  # points; a code index fits in a corner of an 84-pixel tile
 CODEMAP_FONT_SIZE = 8  # points; three digits fit in a 48-pixel cell
 TILE_PADDING = 2  # vqkit.images.tile's default
@@ -182,9 +184,10 @@ def tiled_codes(counts: torch.Tensor) -> torch.Tensor:
     return codes_by_use(counts)[:MAX_TILED_CODES]
 
 
-def _labelled_tiles(tiles, codes: list[int], padding: int = TILE_PADDING):
+def _labelled_tiles(tiles, codes: list[int], padding: int = TILE_PADDING, above: bool = False):
     """Tiles (N, S, S) laid out near-square ``padding`` pixels apart, enlarged, each labelled
-    with its code in a corner; returns the figure."""
+    with its code in its top-left corner, or with ``above`` in the gap over that corner (the
+    padding must then hold a line of text); returns the figure."""
     columns = atlas_columns(len(codes))
     figure, axes = _show_canvas(tile(tiles, columns, padding), ATLAS_SCALE)
     size = tiles.shape[-1]
@@ -192,9 +195,9 @@ def _labelled_tiles(tiles, codes: list[int], padding: int = TILE_PADDING):
         x, y = tile_origin(index, columns, size, padding)
         axes.text(
             x * ATLAS_SCALE + 1,
-            y * ATLAS_SCALE + 1,
+            y * ATLAS_SCALE + (-1 if above else 1),
             str(code),
-            va="top",
+            va="bottom" if above else "top",
             ha="left",
             **_label_style(ATLAS_FONT_SIZE),
         )
@@ -223,7 +226,9 @@ def plot_exemplars(
     codes = encode_images(model, images, EXEMPLAR_BATCH)
     used = tiled_codes(counts).tolist()
     blocks = exemplar_blocks(images, codes, used)
-    return _save(_labelled_tiles(blocks, used, EXEMPLAR_BLOCK_PADDING), path, stamp)
+    # Above each block: in its corner a label hid the first patch's corner, often its stroke.
+    figure = _labelled_tiles(blocks, used, EXEMPLAR_BLOCK_PADDING, above=True)
+    return _save(figure, path, stamp)
 
 
 @torch.no_grad()

@@ -87,11 +87,24 @@ def save_grid(
 
 # The reconstructions figure's enlargement (vqkit.training): 28-pixel digits are small.
 COMPARISON_SCALE = 2
+# Images per row of a comparison: `reconstruct --n 200` made one strip 12,000 pixels wide.
+COMPARISON_COLUMNS = 16
 
 
 def comparison_canvas(
-    originals: torch.Tensor | np.ndarray, reconstructions: torch.Tensor | np.ndarray
+    originals: torch.Tensor | np.ndarray,
+    reconstructions: torch.Tensor | np.ndarray,
+    columns: int = COMPARISON_COLUMNS,
 ) -> np.ndarray:
-    """Originals in the top row, their reconstructions right below (the tutorial's figure)."""
+    """Originals in the top row, their reconstructions right below (the tutorial's figure);
+    past ``columns`` images the next ones form another such pair of rows, and so on."""
     top, bottom = to_uint8(originals), to_uint8(reconstructions)
-    return tile(np.concatenate([top, bottom]), columns=top.shape[0])
+    count = top.shape[0]
+    if count <= columns:
+        return tile(np.concatenate([top, bottom]), columns=count)
+    # Blank (white, as the padding) images fill the last pair of rows, so each original
+    # stays right above its own reconstruction.
+    blank = np.full((-count % columns, *top.shape[1:]), 255, dtype=np.uint8)
+    top, bottom = np.concatenate([top, blank]), np.concatenate([bottom, blank])
+    rows = [half[i : i + columns] for i in range(0, len(top), columns) for half in (top, bottom)]
+    return tile(np.concatenate(rows), columns)

@@ -203,24 +203,25 @@ def _training(info: RunInfo) -> Section | None:
         return None
     epochs = [int(r["epoch"]) for r in records]
     num_codes = info.config.model.quantizer.num_codes
-    curves = [
-        ("train_loss", "training loss", report_plots.COLORS["train"], None),
-        ("test_mse", "test MSE", report_plots.COLORS["test"], None),
+    curves = [  # (metric, title, color, ceiling, y-axis label)
+        ("train_loss", "training loss", report_plots.COLORS["train"], None, "MSE + VQ loss"),
+        ("test_mse", "test MSE", report_plots.COLORS["test"], None, "mean squared error"),
         (
             "codes_used",
             f"codes used {on_test_images(records[-1])}",
             report_plots.COLORS["codes"],
             (num_codes, f"K = {num_codes}"),
+            "codes",
         ),
     ]
     plots = [
         image(
             report_plots.epoch_curve_png(
-                epochs, [number(r.get(key)) for r in records], title, color, ceiling
+                epochs, [number(r.get(key)) for r in records], title, color, ceiling, ylabel
             ),
             f"{title} per epoch",
         )
-        for key, title, color, ceiling in curves
+        for key, title, color, ceiling, ylabel in curves
     ]
     columns = ["train_loss", "test_mse", "test_psnr", "perplexity", "codes_used"]
     headers = ["epoch", "train loss", "test MSE", "PSNR (dB)", "perplexity", "codes used"]

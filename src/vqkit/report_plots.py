@@ -59,9 +59,11 @@ def epoch_curve_png(
     title: str,
     color: str,
     ceiling: tuple[float, str] | None = None,
+    ylabel: str = "",
 ) -> bytes:
-    """One small plot of a per-epoch number; ``ceiling`` (value, label) adds a dotted limit line
-    and starts the axis at zero (for counts such as codes used out of K)."""
+    """One small plot of a per-epoch number, its axis named ``ylabel``; ``ceiling`` (value,
+    label) adds a dotted limit line and starts the axis at zero (for counts such as codes used
+    out of K)."""
     figure = _new_figure(PANEL_SIZE)
     axes = figure.subplots()
     known = [(e, v) for e, v in zip(epochs, values, strict=True) if v is not None]
@@ -73,7 +75,7 @@ def epoch_curve_png(
         axes.set_ylim(0, limit * CEILING_HEADROOM)
         axes.legend(fontsize=8, loc="best")  # a fixed corner hid a collapsed codebook's point
     _epoch_ticks(axes, epochs)
-    _style(axes, title, "epoch")
+    _style(axes, title, "epoch", ylabel)
     return _png(figure)
 
 

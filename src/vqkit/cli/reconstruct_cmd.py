@@ -20,13 +20,15 @@ from vqkit.codes_io import (
 from vqkit.data import load_split
 from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
+from vqkit.images import COMPARISON_COLUMNS
 from vqkit.inputs import SPLIT_NAMES
 from vqkit.training import write_reconstructions
 from vqkit.wording import counted
 
-HELP = """
+HELP = f"""
 Write a PNG with test images in the top row and the model's reconstructions below them
-(--split train: training images, as the tutorial shows, to compare seen and unseen images). An
+(--split train: training images, as the tutorial shows, to compare seen and unseen images);
+past {COMPARISON_COLUMNS} images the next ones form another such pair of rows, and so on. An
 --out ending in .npy gets the reconstructions alone, an (n, 28, 28) float32 array in [0, 1].
 
 examples:
