@@ -311,3 +311,52 @@ def test_an_own_datasets_prior_bits_on_part_of_its_test_split_say_so(root, tmp_p
     metrics.write_text("".join(json.dumps({**r, **sizes}) + "\n" for r in records))
     best = f"{min(t for _, _, t in PRIOR_EPOCHS):.3f}"
     assert run_row(run)[6] == best + cell
+
+
+def edit_config(run, change) -> None:
+    config = json.loads((run / runfiles.CONFIG).read_text())
+    change(config)
+    (run / runfiles.CONFIG).write_text(json.dumps(config))
+
+
+def test_a_second_table_lists_the_settings_in_which_the_runs_differ(small_run, tmp_path):
+    parent = tmp_path / "runs"
+    for name in ("a", "b", "c"):
+        copy_run(small_run.run_dir, parent / name)
+    edit_config(parent / "b", lambda c: c["train"].update(seed=7, lr=0.01))
+    # c: FSQ, whose codebook settings are idle (-) and whose levels the VQ runs leave idle.
+    edit_config(parent / "c", lambda c: c["model"]["quantizer"].update(quantizer="fsq"))
+    edit_config(parent / "c", lambda c: c["train"].update(epochs=9))  # shown in the first table
+    text = runs_table(parent)
+    first, second = text.split("\n\n")
+    assert second.splitlines()[0] == "settings that differ between these runs:"
+    lines = second.splitlines()
+    # lr, seed, quantizer; then 6 codebook settings FSQ leaves idle, then fsq_levels, which
+    # both VQ runs leave idle: 10, of which the last two are counted.
+    assert lines[-1] == "(and 2 more; each run's config.json holds them all)"
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[1:-1]]
+    header = rows[0]
+    # The settings every run uses come first, alphabetically; then those some leave idle.
+    assert header[1:4] == ["lr", "quantizer.quantizer", "seed"], header
+    assert "epochs" not in header and "dataset" not in header
+    expected = {
+        "lr": ["0.003", "0.01", "0.003"],
+        "seed": ["0", "7", "0"],
+        "quantizer.quantizer": ["vq", "vq", "fsq"],
+        "quantizer.codebook_init": ["uniform", "uniform", "-"],
+        "quantizer.beta": ["0.25", "0.25", "-"],
+    }
+    columns = {name: [row[i] for row in rows[1:]] for i, name in enumerate(header)}
+    assert [row[0] for row in rows[1:]] == ["a", "b", "c"]
+    for name, values in expected.items():
+        assert columns[name] == values, (name, columns)
+    assert len(header) == 1 + 8  # the rest are counted, not shown
+
+
+def test_runs_that_share_every_setting_get_no_second_table(small_run, tmp_path):
+    parent = tmp_path / "runs"
+    for name in ("a", "b"):
+        copy_run(small_run.run_dir, parent / name)
+    edit_config(parent / "b", lambda c: c["train"].update(epochs=9))  # epochs: the first table
+    assert "settings that differ" not in runs_table(parent)
+    assert len(runs_table(parent).splitlines()) == 3

@@ -570,6 +570,24 @@ def _shown(value: Any) -> str:
     return repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
 
 
+def setting_text(value: Any) -> str:
+    """A setting as a person writes it: strings bare, None as 'none', the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    return "none" if value is None else json.dumps(value)
+
+
+def active_settings(config: RunConfig) -> dict[str, Any]:
+    """``config.to_dict()`` without the settings that change nothing for this run (FSQ levels
+    of a codebook quantizer, a warm-up fraction without a schedule, ...)."""
+    settings = config.to_dict()
+    for name in config.model.quantizer.idle_settings():
+        del settings["model"]["quantizer"][name]
+    for name in config.train.idle_settings():
+        del settings["train"][name]
+    return settings
+
+
 def flat_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested settings as dotted keys: {"model.quantizer.beta": 0.25, ...}."""
     flat: dict[str, Any] = {}

@@ -18,7 +18,7 @@ import torch
 from vqkit import report_plots, runfiles
 from vqkit.codebook_view import DPI as USAGE_DPI
 from vqkit.codebook_view import MAX_TILED_CODES, plot_usage
-from vqkit.config import flat_settings
+from vqkit.config import active_settings, flat_settings, setting_text
 from vqkit.data import INFO, OWN_DATASET
 from vqkit.environment import changed_quantizer_code
 from vqkit.fileio import parse_json, write_bytes_atomic
@@ -141,15 +141,8 @@ def _header(info: RunInfo, name: str) -> str:
     )
 
 
-def _setting(value: Any) -> str:
-    """A config value as a person writes it: strings bare, None as 'none', the rest as JSON."""
-    if isinstance(value, str):
-        return value
-    return "none" if value is None else json.dumps(value)
-
-
 def _flatten(data: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(key, _setting(value)) for key, value in flat_settings(data).items()]
+    return [(key, setting_text(value)) for key, value in flat_settings(data).items()]
 
 
 def _settings_tables(data: dict[str, Any]) -> list[str]:
@@ -160,7 +153,7 @@ def _settings_tables(data: dict[str, Any]) -> list[str]:
         if isinstance(value, dict):
             groups[key] = _flatten(value)
         else:
-            groups["run"].append((key, _setting(value)))
+            groups["run"].append((key, setting_text(value)))
     return [_settings_tile(name, rows) for name, rows in groups.items() if rows]
 
 
@@ -169,12 +162,7 @@ def _settings_tile(name: str, rows: list[tuple[str, str]]) -> str:
 
 
 def _configuration(info: RunInfo) -> Section:
-    settings = info.config.to_dict()
-    for name in info.config.model.quantizer.idle_settings():
-        del settings["model"]["quantizer"][name]
-    for name in info.config.train.idle_settings():
-        del settings["train"][name]
-    tiles = _settings_tables(settings)
+    tiles = _settings_tables(active_settings(info.config))
     damaged = ""
     prior_path = info.path(runfiles.PRIOR_CONFIG)
     if prior_path.exists():

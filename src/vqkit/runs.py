@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from vqkit import runfiles
+from vqkit.checkpoint import load_config
+from vqkit.config import active_settings, flat_settings, setting_text
 from vqkit.data.catalog import split_size
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
 from vqkit.fileio import parse_json
@@ -21,6 +23,9 @@ COLUMNS = ("run", "dataset", "preset", "epochs", "test MSE", "codes used", "prio
 REPORT_COLUMN = "report"
 LEFT_ALIGNED = 3  # the first columns hold names; the rest are numbers, right-aligned
 MISSING = "-"
+# Settings the first table shows already (epochs as done/planned), or that name the file format.
+SHOWN_SETTINGS = {"train.dataset", "train.epochs", "preset", "version"}
+MAX_SETTING_COLUMNS = 8  # the differing settings shown side by side; the rest are counted
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -127,12 +132,16 @@ def _listed_as_shown(head: str) -> list[str]:
     return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
 
 
+def run_name(run_dir: Path) -> str:
+    """The folder's name, quoted with its escapes when it holds a line break or another control
+    character (it would break the table)."""
+    return run_dir.name if run_dir.name.isprintable() else repr(run_dir.name)
+
+
 def run_row(run_dir: Path) -> list[str]:
     """One table row of text cells for a run folder (a damaged config gets a short mark)."""
     report = report_cell(run_dir)
-    # A folder name holding a line break or another control character would break the table:
-    # such a name is shown quoted, with its escapes.
-    name = run_dir.name if run_dir.name.isprintable() else repr(run_dir.name)
+    name = run_name(run_dir)
     try:
         info = load_run_info(run_dir)
         top = headline(info)
@@ -200,10 +209,53 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: in
     return "\n".join([line(headers), *(line(row) for row in rows)])
 
 
+def _settings_of(run_dir: Path) -> dict[str, str] | None:
+    """A run's active settings as {dotted key without 'train.'/'model.': text}, or None for a
+    config that cannot be read (its row says so)."""
+    try:
+        config = load_config(run_dir)
+    except VqkitError:
+        return None
+    flat = flat_settings(active_settings(config))
+    return {
+        key.removeprefix("train.").removeprefix("model."): setting_text(value)
+        for key, value in flat.items()
+        if key not in SHOWN_SETTINGS
+    }
+
+
+def differing_settings(runs: Sequence[Path]) -> str:
+    """A second table: the settings in which the listed runs differ (a seed sweep's seeds, a
+    learning-rate search's rates), one row per readable run; "" when they share them all. A
+    setting a run lacks or leaves idle shows as '-'."""
+    settings = {path: found for path in runs if (found := _settings_of(path)) is not None}
+    if len(settings) < 2:
+        return ""
+    keys = sorted({key for found in settings.values() for key in found})
+    differ = [k for k in keys if len({found.get(k) for found in settings.values()}) > 1]
+    # Settings every run uses first (a seed, a rate): those some runs leave idle differ only
+    # because the runs differ elsewhere (the codebook settings an FSQ run has no use for).
+    differ.sort(key=lambda k: sum(k not in found for found in settings.values()))
+    if not differ:
+        return ""
+    shown = differ[:MAX_SETTING_COLUMNS]
+    rows = [
+        [run_name(path), *(found.get(key, MISSING) for key in shown)]
+        for path, found in settings.items()
+    ]
+    more = len(differ) - len(shown)
+    tail = f"\n(and {more} more; each run's {runfiles.CONFIG} holds them all)" if more else ""
+    title = "settings that differ between these runs:\n"
+    return title + format_table(["run", *shown], rows, left=len(shown) + 1) + tail
+
+
 def runs_table(root: str | Path) -> str:
-    """The text ``vqkit runs`` prints for ``root``."""
+    """The text ``vqkit runs`` prints for ``root``: the runs' numbers, then the settings in
+    which they differ."""
     runs = find_runs(root)
     if not runs:
         return f"No run folders in '{root}' (a run folder holds a {runfiles.CONFIG})."
     rows = [run_row(path) for path in runs]
-    return format_table([*COLUMNS, REPORT_COLUMN], rows, left=LEFT_ALIGNED)
+    table = format_table([*COLUMNS, REPORT_COLUMN], rows, left=LEFT_ALIGNED)
+    differences = differing_settings(runs)
+    return f"{table}\n\n{differences}" if differences else table

@@ -14,6 +14,7 @@ List the run folders inside ROOT (default: runs/) as a table: dataset, preset, e
 (done/planned when training stopped early), test MSE and codes used after the last epoch, the
 prior's best test bits per code when a prior was trained, and whether report.html exists
 (yes, no, or outdated when a file it shows changed, or was removed, after it was written).
+A second table lists the settings in which the runs differ (seeds, rates, codebook sizes, ...).
 Folders without a config.json are not runs and are skipped; with no runs/ folder yet there is
 nothing to list.
 
