@@ -106,10 +106,11 @@ def test_a_prior_is_judged_against_the_model_only_when_its_weights_load(run_copy
         load_prior(run_copy)
     # Sizes other than the weights' are refused before a network of them is built: 10**9
     # layers hung the command building them.
-    for name, value, stored in (
-        ("layers", 10**9, 2),
-        ("channels", 10**9, 8),
+    for name, value, stored in (  # the small ones first: without the check they fail fast
+        ("layers", 3, 2),
         ("kernel_size", 5, 3),
+        ("channels", 10**9, 8),
+        ("layers", 10**9, 2),
     ):
         path.write_text(json.dumps({**settings, name: value}))
         said = f"say {name} {value}, but its weights .prior.safetensors. have {name} {stored};"

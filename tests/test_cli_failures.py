@@ -101,10 +101,11 @@ def test_missing_run_folder_or_a_file_given_as_one(tmp_path, capsys):
 
 
 def test_a_path_holding_a_newline_stays_on_the_refusals_one_line(tmp_path, capsys):
-    # Printed raw, the name's newline split the sentence in two.
-    odd = tmp_path / "first\nsecond\tthird"
+    # Printed raw, the name's newline split the sentence in two. A narrow no-break space (in
+    # macOS screenshot names) is no control character: it stays, so the path can be copied.
+    odd = tmp_path / "first\nsecond\tthird\u202fAM"
     err = fails_cleanly(capsys, ["evaluate", str(odd)], "does not exist")
-    assert "first\\nsecond\\tthird" in err, err
+    assert "first\\nsecond\\tthird\u202fAM" in err, err
 
 
 def test_incomplete_run_folder_without_weights(run_copy, capsys):

@@ -421,18 +421,16 @@ def test_real_subprocess_encode_then_bad_decode(run_dir, tmp_path):
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("command", ["sample", "train-prior"])
+@pytest.mark.parametrize("strategy", ["used", "random"])
 def test_a_missing_data_folder_is_refused_even_where_cached_codes_would_answer(
-    run_dir, tmp_path, capsys, command
+    run_dir, tmp_path, capsys, strategy
 ):
-    # `sample --strategy used` reads cached code counts and train-prior cached code grids:
-    # a mistyped --data-dir was never looked at, and the command went on without a word.
+    # `sample --strategy used` reads cached code counts, and `random` no data at all: a
+    # mistyped --data-dir was never looked at, and the command went on without a word.
+    # (train-prior, which reads cached code grids: tests/test_prior_resume.py.)
     missing = tmp_path / "no-such-folder"
     run_dir = shutil.copytree(run_dir, tmp_path / "run")  # a wrong answer would write into it
-    args = {
-        "sample": ["sample", run_dir, "--strategy", "used", "--out", tmp_path / "s.png"],
-        "train-prior": ["train-prior", run_dir, "--epochs", "1", "--quiet"],
-    }[command]
+    args = ["sample", run_dir, "--strategy", strategy, "--out", tmp_path / "s.png"]
     before = sorted(p.name for p in run_dir.iterdir())
     code, _, err = run_cli([*args, "--data-dir", missing], capsys)
     assert code == 2 and f"The data folder '{missing}' does not exist;" in err, err

@@ -38,9 +38,11 @@ def test_the_usage_record_reads_back_the_counts_it_was_made_from(num_codes):
     counts = sparse_counts(num_codes, used=100)
     record = json.loads(json.dumps(usage_record(counts)))  # as written and read from disk
     assert ("counts" in record) == (num_codes <= DENSE_COUNTS_UP_TO)
-    assert len(json.dumps(record)) < 10 * num_codes if "counts" in record else 3000
+    limit = 10 * num_codes if "counts" in record else 3000  # 100 used codes, not 2^24 zeros
+    assert len(json.dumps(record)) < limit
     assert torch.equal(record_counts(record, num_codes), counts)
     assert record_counts(record, num_codes + 1) is None  # a record of another codebook size
+    assert torch.equal(record_counts(record), counts)  # any size (the report, for plugins)
 
 
 @pytest.mark.parametrize(
@@ -83,6 +85,24 @@ def test_counting_codes_of_a_huge_codebook_matches_a_plain_count():
     with torch.no_grad():
         np.add.at(expected, model.encode(images).numpy().ravel(), 1)
     assert counts.shape == (2**24,) and np.array_equal(counts.numpy(), expected)
+
+
+def test_codes_given_as_tensors_or_int32_are_found_and_counted():
+    codes = torch.tensor([[[3, 1], [1, 3]]])
+    assert first_cells(codes, [torch.tensor(3)], 2) == {3: [(0, 0, 0)]}
+
+    class Int32Codes(torch.nn.Module):  # a quantizer of one's own may return int32 grids
+        num_codes = 5
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def encode(self, batch):
+            return torch.tensor([[[4, 0], [4, 4]]], dtype=torch.int32).expand(len(batch), 2, 2)
+
+    counts = count_codes(Int32Codes(), torch.zeros(3, 28, 28, dtype=torch.uint8), batch_size=2)
+    assert counts.tolist() == [3, 0, 0, 0, 9]
 
 
 def test_first_cells_of_many_codes_at_once_match_a_search_per_code():

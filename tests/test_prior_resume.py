@@ -104,6 +104,18 @@ def coded_run(small_run, tmp_path_factory) -> Path:
     return run_dir
 
 
+def test_a_missing_data_folder_is_refused_though_the_code_grids_are_cached(
+    coded_run, tmp_path, capsys
+):
+    # The grids cached in the run answered without reading the data: a mistyped --data-dir
+    # was never looked at, and a prior trained without a word.
+    run_dir = copy_run(coded_run, tmp_path)
+    missing = tmp_path / "no-such-folder"
+    argv = ["train-prior", run_dir, "--epochs", "1", "--quiet", "--data-dir", missing]
+    fails_cleanly(capsys, argv, f"The data folder '{missing}' does not exist;")
+    assert not has_prior(run_dir)
+
+
 def copy_run(source: Path, tmp_path: Path, name: str = "run") -> Path:
     target = tmp_path / name
     shutil.copytree(source, target)

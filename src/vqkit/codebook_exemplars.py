@@ -28,7 +28,7 @@ def first_cells(
     code grids (N, h, w): in the first image holding it, the next, ... (one cell each, the first
     in reading order). One pass over the grids for all codes: a search per code took seconds
     for a codebook of thousands of used codes."""
-    found: dict[int, list[tuple[int, int, int]]] = {code: [] for code in wanted}
+    found: dict[int, list[tuple[int, int, int]]] = {int(code): [] for code in wanted}
     width = codes.shape[-1]
     for index, grid in enumerate(codes.flatten(1).tolist()):
         taken = set()  # codes already given a cell of this image

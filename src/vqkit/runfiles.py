@@ -36,7 +36,8 @@ FILE_NAMES = tuple(
 
 # Formats of the JSON files above (the report reads them; writers must keep to these):
 #   code_usage.json   {"split": "train", "images": N, "counts": [K ints] (past 65,536 codes
-#                      instead "num_codes": K, "used_codes": [ints], "used_counts": [ints]),
+#                      instead "num_codes": K, "used_codes": [ascending ints],
+#                      "used_counts": [ints > 0]),
 #                      "weights_sha256": hex (the weights counted; absent in older files),
 #                      "images_sha256": hex (one's own data only: its training images)}
 #   prior_metrics.jsonl, one object per epoch:

@@ -254,8 +254,9 @@ def _optional_json(info: RunInfo, name: str, validate) -> Any:
 
 
 def _valid_code_usage(info: RunInfo, data: Any) -> dict[str, Any] | None:
-    """``data`` when it holds counts for this run's codebook, which go to ``info.code_counts``."""
-    info.code_counts = record_counts(data, info.config.model.quantizer.num_codes)
+    """``data`` when it holds valid counts, which go to ``info.code_counts``. Of any length:
+    a quantizer of one's own may count its codes otherwise than its num_embeddings."""
+    info.code_counts = record_counts(data)
     return None if info.code_counts is None else data
 
 

@@ -6,7 +6,7 @@ stored as ``code_usage.json``: ``{"split": "train", "images": N, "counts": [K in
 "weights_sha256": the weights counted}``, and for one's own data ``"images_sha256"``, the
 training images counted. A codebook of more than ``DENSE_COUNTS_UP_TO`` codes keeps only its
 used codes instead of ``"counts"``: ``"num_codes": K, "used_codes": [ascending indices],
-"used_counts": [their counts]``.
+"used_counts": [their counts, each > 0]``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from vqkit.checkpoint import (
     state_digest,
     weights_digest,
 )
+from vqkit.config import MAX_FSQ_CODES
 from vqkit.data import OWN_DATASET, load_split
 from vqkit.devices import evaluation_mode
 from vqkit.environment import images_digest
@@ -38,6 +39,9 @@ DENSE_COUNTS_UP_TO = 65_536
 # Counts read from a run's files are whole numbers below this: the report turns them into int64
 # tensors and arrays (2**64 became a NumPy object array), and 2**62 leaves room for their sums.
 MAX_COUNT = 2**62
+# The largest codebook a sparse record read without a known size may name (its dense counts
+# are made in memory): the largest FSQ grid vqkit trains.
+MAX_SPARSE_CODES = MAX_FSQ_CODES
 
 
 @torch.no_grad()
@@ -47,7 +51,7 @@ def count_codes(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.Te
     counts = torch.zeros(model.num_codes, dtype=torch.long, device=device)
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].to(device, non_blocking=True)
-        codes = model.encode(batch).flatten()
+        codes = model.encode(batch).flatten().long()  # a quantizer's own may give int32
         # Not bincount(minlength=K): that makes a K-long tensor per batch (2^24 for a large
         # FSQ codebook), where adding ones at the batch's codes costs only the batch.
         counts.scatter_add_(0, codes, torch.ones_like(codes))
@@ -75,18 +79,22 @@ def usage_record(counts: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def record_counts(data: Any, num_codes: int) -> torch.Tensor | None:
-    """The (K,) int64 counts of a code_usage.json record of either form for a codebook of
-    ``num_codes`` codes; None when the record is malformed or of another codebook size."""
+def record_counts(data: Any, num_codes: int | None = None) -> torch.Tensor | None:
+    """The (K,) int64 counts of a code_usage.json record of either form; None when it is
+    malformed or, with ``num_codes``, of another codebook size. (Without it, a sparse record
+    may name up to MAX_SPARSE_CODES codes: a quantizer of one's own may count its codes
+    otherwise than its settings' num_embeddings, which is all the report knows.)"""
     if not isinstance(data, dict):
         return None
     if "counts" in data:
         counts = data["counts"]
-        if not _whole_counts(counts) or len(counts) != num_codes:
+        if not _whole_counts(counts) or not counts or num_codes not in (None, len(counts)):
             return None
         return torch.tensor(counts, dtype=torch.long)
-    codes, used = data.get("used_codes"), data.get("used_counts")
-    if data.get("num_codes") != num_codes or not _whole_counts(codes):
+    codes, used, size = data.get("used_codes"), data.get("used_counts"), data.get("num_codes")
+    if num_codes is None and type(size) is int and 1 <= size <= MAX_SPARSE_CODES:
+        num_codes = size
+    if size != num_codes or not _whole_counts(codes):
         return None
     if not _whole_counts(used, positive=True) or len(used) != len(codes):
         return None

@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 import threading
+import unicodedata
 from typing import NoReturn
 
 import vqkit
@@ -248,10 +249,18 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# Control and format characters, line and paragraph separators, lone surrogates: not the
+# spaces other than ' ' (str.isprintable refuses those too, and macOS names screenshots with
+# U+202F, which must stay a copyable part of the path).
+ESCAPED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
+
+
 def one_line(text: str) -> str:
-    """``text`` with its unprintable characters escaped as Python writes them: a path holding
-    a newline split a refusal over two lines, the second looking like a message of its own."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """``text`` with its control characters escaped as Python writes them: a path holding a
+    newline split a refusal over two lines, the second looking like a message of its own."""
+    return "".join(
+        repr(c)[1:-1] if unicodedata.category(c) in ESCAPED_CATEGORIES else c for c in text
+    )
 
 
 def _print_error(message: object) -> None:

@@ -110,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
         require_suffix(args.codes_out, (".npy",), "--codes-out")
     require_new_outputs({"--out": args.out, "--codes-out": args.codes_out}, run_dir=args.run_dir)
     options = strategy_kwargs(args)
-    batch_size = load_config(args.run_dir).train.eval_batch_size
+    config = load_config(args.run_dir)
+    batch_size = config.train.eval_batch_size
+    if args.data_dir is not None:  # refused as a typo even where the strategy reads no data
+        config.train.data_folder(args.data_dir)
     model = load_model(args.run_dir, device=resolve_device(args.device))
     data_dir = Path(args.data_dir) if args.data_dir else None
     context = SamplingContext(model, Path(args.run_dir), data_dir)
