@@ -388,12 +388,12 @@ def test_a_prior_saved_while_it_is_read_is_refused_not_misnamed(prior_run, tmp_p
     weights = run / runfiles.PRIOR_WEIGHTS
     loaded = load_prior(run)
     assert loaded.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
-    real = prior_module.load_weights_into
+    real = prior_module.load_tensors_into
 
-    def load_while_a_training_saves(module, path, what):
-        real(module, path, what)
+    def load_while_a_training_saves(module, tensors, path, what):
+        real(module, tensors, path, what)
         weights.write_bytes(weights.read_bytes() + b" ")  # another file by the time it ends
 
-    monkeypatch.setattr(prior_module, "load_weights_into", load_while_a_training_saves)
+    monkeypatch.setattr(prior_module, "load_tensors_into", load_while_a_training_saves)
     with pytest.raises(VqkitError, match="changed while it was read"):
         load_prior(run)
