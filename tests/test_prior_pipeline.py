@@ -320,17 +320,25 @@ def test_a_conditional_prior_is_scored_when_no_class_has_two_test_images(prior_r
 
 
 @pytest.mark.parametrize(
-    ("flags", "columns"), [([], 10), (["--digit", "3"], 8), (["--columns", "4"], 4)]
+    ("flags", "columns", "said"),
+    [
+        ([], 10, "a mix of the prior's 10 classes: column c holds class c"),
+        (["--digit", "3"], 8, None),
+        (["--columns", "4"], 4, "a mix of the prior's 10 classes: sample i (row by row) has"),
+    ],
 )
 def test_a_conditional_priors_class_mix_gets_one_column_per_class(
-    prior_run, tmp_path, flags, columns
+    prior_run, tmp_path, flags, columns, said, capsys
 ):
-    # Sample i has class i mod 10: 8 columns cut across the classes, 10 put one in each.
+    # Sample i has class i mod 10: 8 columns cut across the classes, 10 put one in each. The
+    # PNG has no labels, so the command says where each class is.
     out = tmp_path / "s.png"
     argv = ["sample", str(prior_run), "--strategy", "prior", "--n", "20", "--out", str(out)]
     assert main(argv + flags + ["--device", "cpu"]) == 0
     with Image.open(out) as png:  # 28-pixel images 2 pixels apart, at scale 2
         assert png.size == ((columns * 30 + 2) * 2, (-(-20 // columns) * 30 + 2) * 2)
+    printed = capsys.readouterr().out
+    assert (said in printed) if said else "a mix of" not in printed, printed
 
 
 def test_sample_command_with_the_prior(prior_run, tmp_path):
