@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -36,7 +37,7 @@ from vqkit.errors import VqkitError
 from vqkit.images import save_grid
 from vqkit.provenance import MADE_WITH_KEY
 from vqkit.report import render_report, write_report
-from vqkit.report_html import image
+from vqkit.report_html import block_scale, image
 from vqkit.runinfo import load_run_info
 from vqkit.score import format_scores
 
@@ -537,3 +538,55 @@ def test_every_training_curve_names_its_y_axis(bare_run, monkeypatch):
     assert curves["training loss"] == "MSE + VQ loss"
     assert curves["test MSE"] == "mean squared error"
     assert [label for title, label in labels if title.startswith("codes used")] == ["codes"]
+
+
+def png_of(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_pixel_grids_saved_enlarged_are_shown_at_whole_multiples_with_hard_edges():
+    # vqkit saves its digit grids at 2x; as 484 pixels wide they were called "natural" and
+    # smoothed by the browser (soft on a dense screen). Their source is 242 pixels.
+    source = np.random.default_rng(0).integers(0, 256, (31, 242), dtype=np.uint8)
+    doubled = source.repeat(2, 0).repeat(2, 1)
+    assert block_scale(png_of(doubled)) == 2
+    assert block_scale(png_of(source.repeat(3, 0).repeat(3, 1))) == 3
+    assert block_scale(png_of(source)) == 1
+    edged = doubled.copy()
+    edged[0, 1] ^= 1  # one pixel off its block: a figure with smoothed text, not a grid
+    assert block_scale(png_of(edged)) == 1
+    assert 'class="pixels"' in image(png_of(doubled), "grid", pixelated=True)
+    assert 'style="width:484px"' in image(png_of(doubled), "grid", pixelated=True)
+    small = source[:, :100].repeat(2, 0).repeat(2, 1)  # 100 source pixels: 5x would be 500
+    assert 'style="width:400px"' in image(png_of(small), "grid", pixelated=True)  # at most 4x
+    assert 'class="natural"' in image(png_of(edged), "figure", pixelated=True)
+
+
+def test_the_page_prints_whole_tables_and_scrolls_them_by_keyboard(bare_run):
+    text = render_report(load_run_info(bare_run))
+    assert "@media print" in text and ".scroll { overflow:visible; }" in text
+    assert '<div class="scroll" tabindex="0">' in text
+    assert '<meta name="color-scheme" content="light">' in text
+
+
+def test_the_header_does_not_show_the_folder_path_as_typed(bare_run, monkeypatch):
+    # A report mailed to someone showed the sender's own folders (or "." from inside the run).
+    monkeypatch.chdir(bare_run)
+    text = render_report(load_run_info("."))
+    subtitle = re.search(r"<p class='subtitle'>([^<]*)</p>", text)[1]
+    assert subtitle.endswith("epochs") and str(bare_run) not in subtitle, subtitle
+    assert f"<h1>{bare_run.name}</h1>" in text
+
+
+def test_the_fid_card_says_how_many_images_each_score_used(full_run, tmp_path):
+    run = copy_run(full_run, tmp_path / "run")
+    scores = json.loads((run / runfiles.SCORES).read_text())
+    for row in scores["rows"]:
+        row["images"] = 200
+    (run / runfiles.SCORES).write_text(json.dumps(scores))
+    text = write_report(run).read_text()
+    card = re.search(r"classifier-FID</div><div class=\"value\">[^<]*</div>"
+                     r"<div class=\"detail\">([^<]*)</div>", text)[1]  # fmt: skip
+    assert card.endswith("lower is better; 200 images each"), card

@@ -101,7 +101,9 @@ def _embed(
 def _header(info: RunInfo, name: str) -> str:
     top = headline(info)
     epochs = f"{top.epochs_done} of {top.epochs_planned} epochs"
-    subtitle = f"{top.dataset} · preset {top.preset} · {epochs} · {info.run_dir}"
+    # Not the folder's path as typed: a report sent to someone would show one's own folders
+    # (or a bare "." when written from inside the run); the title names the run.
+    subtitle = f"{top.dataset} · preset {top.preset} · {epochs}"
     writer = writer_of(info.run_dir)
     if writer is not None:  # the numbers below are those of the last finished epoch
         subtitle += f" · still being trained when this report was written ({writer})"
@@ -130,6 +132,10 @@ def _header(info: RunInfo, name: str) -> str:
     if top.fid:
         value = " / ".join(f"{v:.1f}" for v in top.fid.values())  # as the demo prints them
         detail = " / ".join(top.fid) + "; lower is better"
+        scored = {_count(row) for row in (info.scores or {}).get("rows", [])
+                  if row.get("name") in top.fid}  # fmt: skip
+        if len(scored) == 1 and None not in scored:  # FIDs at small n run high: say which
+            detail += f"; {scored.pop():,} images each"
         if top.scores_stale == EARLIER_WEIGHTS:
             detail = f"stale: scored on earlier weights ({detail})"
         elif top.scores_stale:  # only the prior's row no longer holds
@@ -337,7 +343,7 @@ def _score_line(info: RunInfo, row_name: str, prefix: bool) -> str:
         values = [v for row in rows if (v := number(row.get(key))) is not None]
         if values:
             mean = sum(values) / len(values)
-            shown = _percent(mean) if key in PERCENT_SCORES else fmt(mean, 3)
+            shown = _percent(mean) if key in PERCENT_SCORES else _score_text(key, mean)
             parts.append(f"{label.rstrip(' ↑↓')} {shown}")
     if not parts:
         return ""
@@ -352,6 +358,12 @@ def _score_line(info: RunInfo, row_name: str, prefix: bool) -> str:
     else:
         scope = f"scored on {n} (not the ones shown): " if n else ""
     return f'<p class="scores">{esc(scope + " · ".join(parts))}</p>'
+
+
+def _score_text(key: str, value: float) -> str:
+    """A score under a sample panel as the headline card and the demo print it: FIDs to one
+    decimal (976.1, not 976), the others to 3 significant figures."""
+    return f"{value:.1f}" if key == "fid" else fmt(value, 3)
 
 
 def _samples(info: RunInfo) -> Section | None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vqkit.report_plots import DPI
@@ -76,7 +77,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: i
 def table_html(head: str, body: str) -> str:
     """A scrollable table from ready-made header cells and body rows (already escaped)."""
     return (
-        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        # Focusable: a keyboard (and Safari, whose scrolling boxes are not) can scroll it.
+        f'<div class="scroll" tabindex="0"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{body}</tbody></table></div>"
     )
 
@@ -91,6 +93,22 @@ def png_size(data: bytes) -> tuple[int, int] | None:
             return image.size
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+def block_scale(data: bytes) -> int:
+    """The factor a PNG was enlarged by with each pixel repeated in a square block (vqkit saves
+    its pixel grids at 2x): the largest of 4, 3, 2 whose blocks are all uniform, else 1 (a
+    figure with text or smoothed lines)."""
+    with Image.open(io.BytesIO(data)) as opened:
+        pixels = np.asarray(opened.convert("RGBA"))
+    height, width = pixels.shape[:2]
+    for factor in (4, 3, 2):
+        if height % factor or width % factor:
+            continue
+        small = pixels[::factor, ::factor]
+        if np.array_equal(np.repeat(np.repeat(small, factor, 0), factor, 1), pixels):
+            return factor
+    return 1
 
 
 def image(
@@ -108,11 +126,13 @@ def image(
         raise ValueError("not a readable PNG")
     width, height = size
     if pixelated:
-        # Small pixel images are enlarged by a whole factor with hard pixel edges; larger ones
-        # (figures with text) are shown at their own size, smoothed when a screen shrinks them.
-        scale = max(1, min(MAX_PIXEL_SCALE, PIXEL_TARGET_WIDTH // width))
-        shown = width * scale
-        css_class = "pixels" if scale > 1 else "natural"
+        # Pixel grids (digits saved as blocks of repeated pixels) are shown at a whole multiple
+        # of their source pixels with hard edges, so a dense screen or a zoom keeps them crisp;
+        # figures with text are shown at their own size, smoothed when a screen shrinks them.
+        block = block_scale(data)
+        scale = max(1, min(MAX_PIXEL_SCALE, PIXEL_TARGET_WIDTH // (width // block)))
+        shown = width // block * scale
+        css_class = "pixels" if block > 1 or scale > 1 else "natural"
     else:
         shown = round(width / density)
         css_class = "plot"
@@ -196,9 +216,20 @@ footer { color:var(--muted); font-size:0.85rem; padding-top:16px; padding-bottom
      Headers only between words (split inside them they read as letters stacked, "e p o c
      h"); a wider table than the screen scrolls. */
   table { font-size:0.75rem; }
-  th, td { padding:3px 3px; white-space:normal; overflow-wrap:anywhere; }
-  th { overflow-wrap:break-word; font-size:0.68rem; }
-  td.num { white-space:nowrap; overflow-wrap:normal; } }
+  th, td { padding:3px 3px; white-space:normal; overflow-wrap:break-word; }
+  th { font-size:0.72rem; }
+  td.num { white-space:nowrap; overflow-wrap:normal; }
+  /* A wrapped link bar is three lines tall: it would cover each section's title it jumps to. */
+  nav { position:static; } }
+@media print {
+  /* On paper a scrolling box is cut at the page edge: tables wrap instead, nothing is
+     hidden in a closed box, and a figure or row is not split across pages. */
+  nav { display:none; }
+  .scroll { overflow:visible; }
+  table { font-size:0.75rem; }
+  th, td { white-space:normal; padding:3px 6px; }
+  figure, tr { break-inside:avoid; }
+  details::details-content { content-visibility:visible; display:block; } }
 """
 
 
@@ -217,6 +248,7 @@ def page(
         '<html lang="en"><head><meta charset="utf-8">',
         *(f'<meta name="{esc(k)}" content="{esc(v)}">' for k, v in (meta or {}).items()),
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<meta name="color-scheme" content="light">',  # its plots are drawn on white
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
         f"<header>{header}</header>",
         f"<nav><div>{links}</div></nav>" if sections else "",
