@@ -590,3 +590,14 @@ def test_the_fid_card_says_how_many_images_each_score_used(full_run, tmp_path):
     card = re.search(r"classifier-FID</div><div class=\"value\">[^<]*</div>"
                      r"<div class=\"detail\">([^<]*)</div>", text)[1]  # fmt: skip
     assert card.endswith("lower is better; 200 images each"), card
+
+
+def test_session_rows_mark_what_they_lack_and_the_footer_is_in_utc(bare_run):
+    from vqkit import report
+
+    record = json.loads((bare_run / runfiles.ENVIRONMENT).read_text().splitlines()[0])
+    del record["quantizer"], record["precision"]  # a train-prior session records neither
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", report._sessions_table([record]))
+    assert cells[-1] == "–" and cells[4] == "–", cells  # as missing values elsewhere, not ""
+    footer = report._footer(load_run_info(bare_run))
+    assert re.search(r"Written by vqkit on \d{4}-\d\d-\d\d \d\d:\d\d UTC\.", footer), footer

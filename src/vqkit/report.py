@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +320,8 @@ def _codebook(info: RunInfo) -> Section | None:
         return None
     lead = (
         "How the codebook is used over the whole training set (the headline's codes used count "
-        "the test set): a collapsed codebook uses few of its codes."
+        "the test set): a collapsed codebook uses few of its codes. The exemplars and the code "
+        "map show where codes fall on test images."
     )
     return Section("codebook", "Codebook", body, lead)
 
@@ -642,7 +643,7 @@ def _sessions_table(records: list[dict[str, Any]]) -> str:
         if isinstance(source, str):  # which code, where the version number stays the same
             versions += f" (source {source[:12]})"
         precision = r.get("precision") if isinstance(r.get("precision"), str) else ""
-        rows.append([started, stage, where, workers, precision, versions, _code(r)])
+        rows.append([started, stage, where, workers, precision or "–", versions, _code(r) or "–"])
     headers = [
         "started (UTC)", "stage", "device", "processes × threads", "precision", "versions",
         "quantizer",
@@ -671,7 +672,8 @@ def _footer(info: RunInfo) -> str:
         lines.append(
             f'<div id="notes" class="note"><strong>Left out:</strong><ul>{items}</ul></div>'
         )
-    stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    # UTC, as the sessions table's start times.
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines.append(f"<p>Written by vqkit on {esc(stamp)}.</p>")
     return "".join(lines)
 
