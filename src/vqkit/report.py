@@ -218,7 +218,15 @@ def _training(info: RunInfo) -> Section | None:
         for key, title, color, ceiling, ylabel in curves
     ]
     columns = ["train_loss", "test_mse", "test_psnr", "perplexity", "codes_used"]
-    headers = ["epoch", "train loss", "test MSE", "PSNR (dB)", "perplexity", "codes used"]
+    # Perplexity and codes used are the test set's here (the Codebook section's: training's).
+    headers = [
+        "epoch",
+        "train loss",
+        "test MSE",
+        "test PSNR (dB)",
+        "test perplexity",
+        "test codes used",
+    ]
     if any("train_quantizer_loss" in r for r in records):  # older runs logged the sum only
         columns[1:1] = ["train_reconstruction_mse", "train_quantizer_loss"]
         headers[2:2] = ["train reconstruction MSE", "train quantizer loss"]
