@@ -367,7 +367,8 @@ def test_tile_origin_is_where_tile_puts_each_image():
         assert (canvas[y : y + 3, x : x + 3] == index + 1).all(), index
 
 
-def test_the_atlas_shows_the_used_codes_most_used_first(monkeypatch, tmp_path):
+def atlas_codes(monkeypatch, tmp_path, counts: torch.Tensor) -> list[int]:
+    """The codes plot_atlas decodes for ``counts``, in its order (tiles left blank)."""
     drawn = []
 
     def blank_tiles(model, codes):
@@ -375,9 +376,22 @@ def test_the_atlas_shows_the_used_codes_most_used_first(monkeypatch, tmp_path):
         return torch.zeros(codes.numel(), 28, 28)
 
     monkeypatch.setattr(codebook_view, "code_atlas", blank_tiles)
-    counts = torch.tensor([0, 5, 2, 9, 0, 5])
     codebook_view.plot_atlas(None, counts, tmp_path / "atlas.png")
+    return drawn
+
+
+def test_the_atlas_shows_the_used_codes_most_used_first(monkeypatch, tmp_path):
+    drawn = atlas_codes(monkeypatch, tmp_path, torch.tensor([0, 5, 2, 9, 0, 5]))
     assert drawn == [3, 1, 5, 2]  # ties keep code order; dead codes 0 and 4 are left out
+
+
+def test_the_atlas_tiles_only_the_most_used_codes(monkeypatch, tmp_path):
+    generator = torch.Generator().manual_seed(4)
+    counts = torch.zeros(2**20, dtype=torch.long)
+    used = torch.randperm(2**20, generator=generator)[: codebook_view.MAX_TILED_CODES + 500]
+    counts[used] = torch.randint(1, 1000, (used.numel(),), generator=generator)
+    by_use = sorted(used.tolist(), key=lambda c: (-counts[c], c))
+    assert atlas_codes(monkeypatch, tmp_path, counts) == by_use[: codebook_view.MAX_TILED_CODES]
 
 
 def test_every_used_code_draws_a_visible_bar_in_the_usage_figure(tmp_path):

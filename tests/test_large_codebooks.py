@@ -119,18 +119,7 @@ def test_first_cells_of_many_codes_at_once_match_a_search_per_code():
         assert found[code] == plain == exemplar_cells(codes, code, 4), code
 
 
-def test_the_atlas_tiles_only_the_most_used_codes(monkeypatch, tmp_path):
-    drawn = []
-
-    def blank_tiles(model, codes):
-        drawn.extend(codes.tolist())
-        return torch.zeros(codes.numel(), 28, 28)
-
-    monkeypatch.setattr(codebook_view, "code_atlas", blank_tiles)
-    counts = sparse_counts(2**20, used=codebook_view.MAX_TILED_CODES + 500, seed=4)
-    codebook_view.plot_atlas(None, counts, tmp_path / "atlas.png")
-    by_use = sorted(torch.nonzero(counts).flatten().tolist(), key=lambda c: (-counts[c], c))
-    assert drawn == by_use[: codebook_view.MAX_TILED_CODES]
+# The atlas's cap: tests/test_cli_gen.py, beside its other atlas tests.
 
 
 def test_the_usage_figure_of_many_used_codes_spans_them_and_marks_the_dead(tmp_path):
