@@ -601,3 +601,16 @@ def test_session_rows_mark_what_they_lack_and_the_footer_is_in_utc(bare_run):
     assert cells[-1] == "–" and cells[4] == "–", cells  # as missing values elsewhere, not ""
     footer = report._footer(load_run_info(bare_run))
     assert re.search(r"Written by vqkit on \d{4}-\d\d-\d\d \d\d:\d\d UTC\.", footer), footer
+
+
+def test_every_fid_in_the_score_table_has_one_decimal(full_run, tmp_path):
+    # The column read "0", "41.39", "248", "976.1": their decimal points did not line up.
+    run = copy_run(full_run, tmp_path / "run")
+    scores = json.loads((run / runfiles.SCORES).read_text())
+    for row, fid in zip(scores["rows"], [0.0, 41.3877, 248.04, 976.14], strict=False):
+        row["fid"] = fid
+    (run / runfiles.SCORES).write_text(json.dumps(scores))
+    table = re.search(r"<h3>Sample quality</h3>.*?</table>", write_report(run).read_text(), re.S)
+    cells = re.findall(r"<td class=num>([^<]*)</td>", table[0])
+    for shown in ("0.0", "41.4", "248.0", "976.1"):
+        assert shown in cells, cells

@@ -492,8 +492,10 @@ def _scores_table(scores: dict[str, Any]) -> str:
 
 def _score_cell(key: str, value: Any) -> float | str | None:
     value = number(value)
-    if value is None or key == "fid":
+    if value is None:
         return value
+    if key == "fid":  # one decimal in every row, as the card and the panels' lines show it
+        return _score_text(key, value)
     # Three figures tell these apart (0.991, 8.38) and keep the table narrow.
     return _percent(value) if key in PERCENT_SCORES else f"{value:#.3g}"
 
