@@ -182,6 +182,9 @@ def test_other_damaged_files_are_left_out(full_run, tmp_path):
     ids = parse_page(text).ids
     assert "prior" not in ids
     assert "interpolation" in ids  # the two intact strips remain
+    # Said at the top too, linking to the list at the bottom.
+    said = '4 files are missing, damaged or only partly shown in this report: <a href="#notes">'
+    assert said in text
     for name in (runfiles.PRIOR_METRICS, runfiles.TIMINGS, runfiles.CODE_USAGE, broken.name):
         assert name in text
     for source in parse_page(text).images:

@@ -141,9 +141,18 @@ def _header(info: RunInfo, name: str) -> str:
         elif top.scores_stale:  # only the prior's row no longer holds
             detail = f"{detail}; the prior's is stale, scored with {top.scores_stale}"
         items.append(("classifier-FID", value, detail))
+    # The sections are built first: what they left out is known here, and said at the top
+    # (the list itself is at the bottom of the page, where nothing pointed to it).
+    left_out = (
+        f'<p class="note">{len(info.notes)} {"file is" if len(info.notes) == 1 else "files are"}'
+        ' missing, damaged or only partly shown in this report: <a href="#notes">which, and why'
+        "</a>.</p>"
+        if info.notes
+        else ""
+    )
     return (
         f"<p class='eyebrow'>vqkit run report</p><h1>{esc(name)}</h1>"
-        f"<p class='subtitle'>{esc(subtitle)}</p>" + (cards(items) if items else "")
+        f"<p class='subtitle'>{esc(subtitle)}</p>" + left_out + (cards(items) if items else "")
     )
 
 
