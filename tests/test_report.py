@@ -617,3 +617,14 @@ def test_every_fid_in_the_score_table_has_one_decimal(full_run, tmp_path):
     cells = re.findall(r"<td class=num>([^<]*)</td>", table[0])
     for shown in ("0.0", "41.4", "248.0", "976.1"):
         assert shown in cells, cells
+
+
+def test_no_figure_repeats_its_caption_as_its_alt_text(full_run):
+    # A screen reader reads both: 12 of 17 figures said the same words twice.
+    text = render_report(load_run_info(full_run))
+    figures = re.findall(r'<img [^>]*alt="([^"]*)"[^>]*>(?:<figcaption>([^<]*)</figcaption>)?', text)
+    assert len(figures) >= 10
+    repeated = [alt for alt, caption in figures if alt == caption]
+    assert not repeated, repeated
+    usage = next(alt for alt, _ in figures if alt.startswith("bar chart"))
+    assert re.search(r": \d+ of 128 codes used$", usage), usage

@@ -297,12 +297,16 @@ def _codebook(info: RunInfo) -> Section | None:
                 numeric_from=0,
             )
         )
+    # Alt texts say what a figure shows in a few words (screen readers read the caption too).
+    usage_alt = "bar chart of each code's share of all code choices, most used first"
+    if counts is not None:
+        usage_alt += f": {int((counts > 0).sum()):,} of {counts.numel():,} codes used"
     if "codebook_usage" in info.figures:
         parts.append(
             _embed(
                 info,
                 info.figures["codebook_usage"],
-                "code usage",
+                usage_alt,
                 "code usage",
                 pixelated=False,
                 density=USAGE_DENSITY,
@@ -310,26 +314,33 @@ def _codebook(info: RunInfo) -> Section | None:
         )
     elif counts is not None:
         plot = _usage_plot(counts, images)
-        parts.append(image(plot, "code usage", "code usage", density=USAGE_DENSITY))
+        parts.append(image(plot, usage_alt, "code usage", density=USAGE_DENSITY))
     many = counts is not None and int((counts > 0).sum()) > MAX_TILED_CODES
     each = f"each of the {MAX_TILED_CODES:,} most used codes" if many else "each used code"
-    atlas = [
+    grid = info.config.model.grid_size
+    atlas = [  # (figure, alt, caption)
         (
             "codebook_atlas",
+            "code atlas: one decoded tile per code, labelled with its index",
             f"{each}, most used first, decoded from a grid holding only that code"
             + (": black tiles are background codes" if info.config.train.dataset in INFO else ""),
         ),
         (
             "codebook_exemplars",
+            "code exemplars: four image patches per code, labelled with its index",
             f"where the encoder chooses {each}, most used first: four test-image patches "
             "around cells holding it (the cell bright in the middle, a dimmed cell of margin "
             "around it; blank where fewer of the images searched hold it)",
         ),
-        ("codebook_codemap", "test images with the code of each cell of their grid"),
+        (
+            "codebook_codemap",
+            f"code map: test images with a {grid} by {grid} grid of code indices over each",
+            "test images with the code of each cell of their grid",
+        ),
     ]
     parts += [
-        _embed(info, info.figures[key], caption, caption)
-        for key, caption in atlas
+        _embed(info, info.figures[key], alt, caption)
+        for key, alt, caption in atlas
         if key in info.figures
     ]
     body = "".join(parts)
@@ -532,7 +543,8 @@ def _interpolation(info: RunInfo) -> Section | None:
         ends = made_with(info.figures[key])
         if isinstance(ends.get("from"), str) and isinstance(ends.get("to"), str):
             captions[key] += f" (from {_image_name(ends['from'])} to {_image_name(ends['to'])})"
-    strips = [_embed(info, info.figures[k], captions[k], captions[k]) for k in keys]
+    strips = [_embed(info, info.figures[k], f"interpolation strip: {captions[k]}", captions[k])
+              for k in keys]  # fmt: skip
     body = "".join(strips)
     lead = (
         "Each row walks from one image to another through their code grids: the first image "
