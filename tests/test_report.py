@@ -622,7 +622,8 @@ def test_every_fid_in_the_score_table_has_one_decimal(full_run, tmp_path):
 def test_no_figure_repeats_its_caption_as_its_alt_text(full_run):
     # A screen reader reads both: 12 of 17 figures said the same words twice.
     text = render_report(load_run_info(full_run))
-    figures = re.findall(r'<img [^>]*alt="([^"]*)"[^>]*>(?:<figcaption>([^<]*)</figcaption>)?', text)
+    figure = r'<img [^>]*alt="([^"]*)"[^>]*>(?:<figcaption>([^<]*)</figcaption>)?'
+    figures = re.findall(figure, text)
     assert len(figures) >= 10
     repeated = [alt for alt, caption in figures if alt == caption]
     assert not repeated, repeated
