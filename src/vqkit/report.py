@@ -644,8 +644,16 @@ def _timing(info: RunInfo) -> Section | None:
         # The demo times its report stage once the report is written: this page's own
         # timings then end before it.
         label = "total" if "report" in info.timings else "total before this report"
-        rows_html += f"<tr><th>{label}</th><th class=num>{esc(fmt(total, 3))}</th><th></th></tr>"
-        head = "<th>stage</th><th class=num>seconds</th><th></th>"
+        # The total is a row header and its number a data cell; the bars' column is named for
+        # screen readers, which read an empty header as nothing.
+        rows_html += (
+            f'<tr><th scope="row">{label}</th><td class=num><strong>{esc(fmt(total, 3))}</strong>'
+            "</td><td></td></tr>"
+        )
+        head = (
+            '<th scope="col">stage</th><th scope="col" class=num>seconds</th>'
+            '<th scope="col"><span class="hidden">share of the total</span></th>'
+        )
         parts.append("<h3>pipeline stages</h3>" + table_html(head, rows_html))
     if info.environment:
         parts.append("<h3>sessions</h3>" + _sessions_table(info.environment))

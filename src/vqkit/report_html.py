@@ -59,7 +59,7 @@ def fmt(value: Any, digits: int = 4) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> str:
     """An HTML table; cells are escaped, columns from ``numeric_from`` on are right-aligned."""
     head = "".join(
-        f"<th{' class=num' if i >= numeric_from else ''}>{esc(h)}</th>"
+        f'<th scope="col"{" class=num" if i >= numeric_from else ""}>{esc(h)}</th>'
         for i, h in enumerate(headers)
     )
     body = "".join(
@@ -197,6 +197,7 @@ img.pixels { image-rendering:pixelated; }
 img.pixels, img.natural { border:1px solid var(--line); }
 figcaption { font-size:0.88rem; color:var(--muted); margin-top:4px; }
 .scroll { overflow-x:auto; }
+.hidden { position:absolute; width:1px; height:1px; overflow:hidden; clip-path:inset(50%); }
 table { border-collapse:collapse; margin:6px 0 12px; font-size:0.92rem; }
 th, td { padding:5px 12px; border-bottom:1px solid var(--line); text-align:left;
          white-space:nowrap; }
