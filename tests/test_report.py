@@ -98,7 +98,7 @@ def test_full_run_shows_the_numbers_of_its_files(full_page):
         assert f"<td>{stage}</td>" in full_page
     assert f">{sum(TIMINGS.values()):.3g}<" in full_page
     # The demo records its report stage after writing the page: that total says it ends before.
-    assert "<th scope=\"row\">total before this report</th>" in full_page
+    assert '<th scope="row">total before this report</th>' in full_page
     # Every scores.json row, and the mean label accuracy of the per-class prior rows.
     for row in SCORES["rows"]:
         assert f"<td>{row['name']}</td>" in full_page
@@ -517,7 +517,7 @@ def test_the_page_says_what_its_figures_and_numbers_are(full_run, tmp_path):
     given = "given each image&#x27;s class (epoch 2), on the test grids"
     assert f"<td>PixelCNN prior, {given}</td>" in page
     assert "which the baselines are not." in page
-    assert "<th scope=\"col\" class=num>code restarts so far</th>" in page
+    assert '<th scope="col" class=num>code restarts so far</th>' in page
     assert f"<td class=num>{7 * records[-1]['epoch']}</td></tr>" in page
     # Which way is better, on every headline card of a number.
     cards = dict(re.findall(r'<div class="label">([^<]*)</div>.*?"detail">([^<]*)</div>', page))
