@@ -178,13 +178,16 @@ def test_other_damaged_files_are_left_out(full_run, tmp_path):
     (run / runfiles.CODE_USAGE).write_text('{"counts": [1, "two"]}')
     broken = run / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES["interpolation_wipe"]
     broken.write_bytes(broken.read_bytes()[:100])  # truncated PNG
+    (run / runfiles.PRIOR_CONFIG).write_text("{cut")  # noted where its settings would be
     text = write_report(run).read_text()
     ids = parse_page(text).ids
     assert "prior" not in ids
     assert "interpolation" in ids  # the two intact strips remain
-    # Said at the top too, linking to the list at the bottom.
-    said = '4 files are missing, damaged or only partly shown in this report: <a href="#notes">'
+    # Said at the top too, linking to the list at the bottom, which names every one of them.
+    said = '5 files are missing, damaged or only partly shown in this report: <a href="#notes">'
     assert said in text
+    listed = text[text.index('<div id="notes"') :]
+    assert f"<code>{runfiles.PRIOR_CONFIG}</code> is damaged" in listed
     for name in (runfiles.PRIOR_METRICS, runfiles.TIMINGS, runfiles.CODE_USAGE, broken.name):
         assert name in text
     for source in parse_page(text).images:

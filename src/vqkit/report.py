@@ -190,6 +190,7 @@ def _configuration(info: RunInfo) -> Section:
             tiles.append(_settings_tile("prior", _flatten(prior)))
         except (OSError, ValueError):
             damaged = note(f"{runfiles.PRIOR_CONFIG} is damaged; its settings are not shown.")
+            info.notes[runfiles.PRIOR_CONFIG] = "is damaged; its settings are not shown"
     body = f'<div class="grid">{"".join(tiles)}</div>{damaged}'
     files = runfiles.CONFIG + (f" and {runfiles.PRIOR_CONFIG}" if prior_path.exists() else "")
     lead = (
