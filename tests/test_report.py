@@ -632,3 +632,15 @@ def test_no_figure_repeats_its_caption_as_its_alt_text(full_run):
     assert not repeated, repeated
     usage = next(alt for alt, _ in figures if alt.startswith("bar chart"))
     assert re.search(r": \d+ of 128 codes used$", usage), usage
+
+
+@pytest.mark.parametrize(("used", "warned"), [(31, True), (32, False)])
+def test_a_collapsed_codebook_is_called_so_in_the_headline(bare_run, tmp_path, used, warned):
+    # A bare run using 9 of its 128 codes got no word about it in the report.
+    run = copy_run(bare_run, tmp_path / "run")
+    lines = (run / runfiles.METRICS).read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["codes_used"] = used  # a quarter of 128 is 32
+    (run / runfiles.METRICS).write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+    text = render_report(load_run_info(run))
+    assert ("(a collapsed codebook)" in text) == warned

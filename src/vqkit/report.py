@@ -60,6 +60,10 @@ SCORE_COLUMNS = (
 )
 PERCENT_SCORES = {"label_accuracy"}  # shown as the CLI prints them: 94.5%, not 0.945
 
+# Fewer codes used than this share of the codebook: the headline calls it collapsed (the
+# tutorial's own quantizer uses 38% of 128 after 3 epochs; a collapse leaves a few percent).
+COLLAPSED_SHARE = 0.25
+
 # The codebook view draws its usage histogram at its own dpi, not the report plots' 150.
 USAGE_DENSITY = USAGE_DPI / 96
 
@@ -114,7 +118,14 @@ def _header(info: RunInfo, name: str) -> str:
         psnr_words = f"PSNR {fmt(psnr, 3)} dB " if psnr is not None else ""
         items.append(("test MSE", fmt(top.test_mse, 3), f"lower is better; {psnr_words}{where}"))
     if top.codes_used is not None:
-        items.append(("codes used", f"{top.codes_used} / {top.num_codes}", where))
+        detail = where
+        learned = info.config.model.quantizer.quantizer == "vq"  # not a fixed FSQ grid
+        if learned and top.num_codes and top.codes_used < top.num_codes * COLLAPSED_SHARE:
+            detail += (
+                "; most codes are never chosen (a collapsed codebook): EMA updates with "
+                "dead-code restarts (--preset best) put them back in use"
+            )
+        items.append(("codes used", f"{top.codes_used} / {top.num_codes}", detail))
     if top.prior_bits_per_code is not None:
         last = info.prior_metrics[-1]
         baselines = [
