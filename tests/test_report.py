@@ -644,3 +644,13 @@ def test_a_collapsed_codebook_is_called_so_in_the_headline(bare_run, tmp_path, u
     (run / runfiles.METRICS).write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
     text = render_report(load_run_info(run))
     assert ("(a collapsed codebook)" in text) == warned
+
+
+def test_a_single_epochs_point_is_labelled_with_its_value(monkeypatch):
+    # After one epoch each curve is one dot on an axis of 5-digit ticks: its value is written.
+    drawn = []
+    monkeypatch.setattr(report_plots, "_png", lambda figure: drawn.append(figure) or b"")
+    report_plots.epoch_curve_png([1], [0.018231], "test MSE", "red")
+    report_plots.epoch_curve_png([1, 2], [0.02, 0.018231], "test MSE", "red")
+    one, two = ([t.get_text() for t in figure.axes[0].texts] for figure in drawn)
+    assert one == ["0.01823"] and two == []

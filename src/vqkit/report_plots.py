@@ -69,6 +69,12 @@ def epoch_curve_png(
     known = [(e, v) for e, v in zip(epochs, values, strict=True) if v is not None]
     if known:
         axes.plot(*zip(*known, strict=True), marker="o", color=color)
+    if len(known) == 1:  # one dot on an axis of fine ticks: its value, written beside it
+        ((epoch, value),) = known
+        axes.annotate(
+            f"{value:.4g}", (epoch, value), xytext=(8, 0), textcoords="offset points",
+            va="center", fontsize=9, color=color,
+        )  # fmt: skip
     if ceiling is not None:
         limit, label = ceiling
         axes.axhline(limit, color=COLORS["muted"], linestyle=":", label=label)
