@@ -90,13 +90,13 @@ def test_full_run_shows_the_numbers_of_its_files(full_page):
     assert "<td>unigram baseline, the training grids&#x27; entropy</td>" in full_page
     assert "test bits per code" not in full_page
     assert f">{min(t for _, _, t in PRIOR_EPOCHS)}<" in full_page
-    assert f">{UNIGRAM_BITS}<" in full_page and f">{UNIGRAM_BITS * 49:.4g}<" in full_page
-    assert ">7<" in full_page and ">343<" in full_page  # uniform: log2(128) bits, 49 codes
+    assert f">{UNIGRAM_BITS:.3f}<" in full_page and f">{UNIGRAM_BITS * 49:.1f}<" in full_page
+    assert ">7.000<" in full_page and ">343.0<" in full_page  # uniform: log2(128), 49 codes
     assert "<h3>prior epochs</h3>" in full_page  # prior_metrics.jsonl has epoch_seconds
     # Every stage of timings.json, and their total.
     for stage in TIMINGS:
         assert f"<td>{stage}</td>" in full_page
-    assert f">{sum(TIMINGS.values()):.3g}<" in full_page
+    assert f">{sum(TIMINGS.values()):,.1f}<" in full_page
     # The demo records its report stage after writing the page: that total says it ends before.
     assert '<th scope="row">total before this report</th>' in full_page
     # Every scores.json row, and the mean label accuracy of the per-class prior rows.
@@ -654,3 +654,15 @@ def test_a_single_epochs_point_is_labelled_with_its_value(monkeypatch):
     report_plots.epoch_curve_png([1, 2], [0.02, 0.018231], "test MSE", "red")
     one, two = ([t.get_text() for t in figure.axes[0].texts] for figure in drawn)
     assert one == ["0.01823"] and two == []
+
+
+def test_the_prior_and_stage_tables_keep_fixed_decimals_per_column(full_run):
+    # Their columns read 118, 343, 302.1 and 163, 13, 66.5, 0.0213: points that did not line up.
+    text = render_report(load_run_info(full_run))
+    for heading, places in (("<h2>Prior</h2>", (3, 1)), ("<h3>pipeline stages</h3>", (1,))):
+        section = text[text.index(heading) :]
+        table = section[: section.index("</table>")]
+        for row in re.findall(r"<tr>(.*?)</tr>", table)[1:]:  # after the header row
+            cells = re.findall(r"<td class=num>(?:<strong>)?([^<]*)<", row)
+            for cell, decimals in zip(cells, places, strict=False):
+                assert re.fullmatch(rf"[\d,]+\.\d{{{decimals}}}", cell), (heading, cell)

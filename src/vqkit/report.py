@@ -586,17 +586,22 @@ def _prior(info: RunInfo) -> Section | None:
     best = min(records, key=lambda r: r["test_bits_per_code"])
     given = ", given each image's class" if info.prior_conditional else ""
     cells_per_grid = info.config.model.grid_size**2
+    # Fixed decimals per column, so the decimal points line up (they read 118, 343, 302.1).
     rows = [
         [
             f"PixelCNN prior{given} (epoch {best['epoch']}), on the test grids",
-            best["test_bits_per_code"],
-            number(best.get("test_bits_per_image")),
+            _decimals(best["test_bits_per_code"], 3),
+            _decimals(best.get("test_bits_per_image"), 1),
         ]
     ]
     # The unigram figure is the training grids' entropy, not a measurement on the test grids.
     measured = {"uniform": "any grid", "unigram": "the training grids' entropy"}
     rows += [
-        [f"{name} baseline, {measured[name]}", bits, bits * cells_per_grid]
+        [
+            f"{name} baseline, {measured[name]}",
+            _decimals(bits, 3),
+            _decimals(bits * cells_per_grid, 1),
+        ]
         for name, bits in baselines.items()
     ]
     body = image(plot, "prior bits per code per epoch against baselines") + table(
@@ -632,6 +637,12 @@ def _prior(info: RunInfo) -> Section | None:
     return Section("prior", "Prior", body, lead)
 
 
+def _decimals(value: Any, places: int) -> str | None:
+    """A number to a fixed count of decimals (None stays None, shown as a dash)."""
+    value = number(value)
+    return None if value is None else f"{value:,.{places}f}"
+
+
 def _timing(info: RunInfo) -> Section | None:
     parts = []
     epochs = [r for r in info.metrics if number(r.get("epoch_seconds")) is not None]
@@ -648,7 +659,7 @@ def _timing(info: RunInfo) -> Section | None:
         longest = max(info.timings.values()) or 1.0
         total = sum(info.timings.values())
         rows_html = "".join(
-            f"<tr><td>{esc(stage)}</td><td class=num>{esc(fmt(sec, 3))}</td>"
+            f"<tr><td>{esc(stage)}</td><td class=num>{_decimals(sec, 1)}</td>"
             f'<td><span class="bar" style="width:{STAGE_BAR_PX * sec / longest:.0f}px">'
             "</span></td></tr>"
             for stage, sec in info.timings.items()
@@ -659,7 +670,7 @@ def _timing(info: RunInfo) -> Section | None:
         # The total is a row header and its number a data cell; the bars' column is named for
         # screen readers, which read an empty header as nothing.
         rows_html += (
-            f'<tr><th scope="row">{label}</th><td class=num><strong>{esc(fmt(total, 3))}</strong>'
+            f'<tr><th scope="row">{label}</th><td class=num><strong>{_decimals(total, 1)}</strong>'
             "</td><td></td></tr>"
         )
         head = (
