@@ -384,15 +384,20 @@ def load_prior_config(run_dir: str | Path) -> PriorConfig:
         raise refused_file(path, exc) from None
 
 
-def sample_grid_columns(run_dir: str | Path, strategy: str, digit: int | None = None) -> int:
-    """Grid columns for a run's samples: a conditional prior asked for no class draws sample
-    i of class i mod C, so C columns put one class in each column (GRID_COLUMNS would cut
-    across the classes); everything else gets GRID_COLUMNS."""
+def class_mix_classes(run_dir: str | Path, strategy: str, digit: int | None = None) -> int | None:
+    """C when a run's samples are a class mix (a conditional prior asked for no class draws
+    sample i of class i mod C), else None."""
     if strategy == "prior" and digit is None:
         settings = load_prior_config(run_dir)
         if settings.conditional:
             return settings.num_classes
-    return GRID_COLUMNS
+    return None
+
+
+def sample_grid_columns(run_dir: str | Path, strategy: str, digit: int | None = None) -> int:
+    """Grid columns for a run's samples: a class mix of C classes gets C columns, one class in
+    each (GRID_COLUMNS would cut across the classes); everything else gets GRID_COLUMNS."""
+    return class_mix_classes(run_dir, strategy, digit) or GRID_COLUMNS
 
 
 def has_prior(run_dir: str | Path) -> bool:

@@ -141,7 +141,7 @@ def _header(info: RunInfo, name: str) -> str:
             detail = "stale: learned on earlier VQ-VAE weights"
         items.append(("prior bits per code", fmt(top.prior_bits_per_code, 4), detail))
     if top.fid:
-        value = " / ".join(f"{v:.1f}" for v in top.fid.values())  # as the demo prints them
+        value = " / ".join(_score_text("fid", v) for v in top.fid.values())  # as the demo
         detail = " / ".join(top.fid) + "; lower is better"
         scored = {_count(row) for row in (info.scores or {}).get("rows", [])
                   if row.get("name") in top.fid}  # fmt: skip
@@ -283,10 +283,10 @@ def _reconstructions(info: RunInfo) -> Section | None:
 def _codebook(info: RunInfo) -> Section | None:
     parts: list[str] = []
     usage, counts = info.code_usage, info.code_counts
+    used = None if counts is None else int((counts > 0).sum())
     if usage is not None and counts is not None:
         images = number(usage.get("images"))
         images = None if images is None else int(images)
-        used = int((counts > 0).sum())
         spread = perplexity(counts)
         if info.code_usage_stale:
             figures = info.run_dir / runfiles.FIGURES_DIR
@@ -312,7 +312,7 @@ def _codebook(info: RunInfo) -> Section | None:
     # Alt texts say what a figure shows in a few words (screen readers read the caption too).
     usage_alt = "bar chart of each code's share of all code choices, most used first"
     if counts is not None:
-        usage_alt += f": {int((counts > 0).sum()):,} of {counts.numel():,} codes used"
+        usage_alt += f": {used:,} of {counts.numel():,} codes used"
     if "codebook_usage" in info.figures:
         parts.append(
             _embed(
@@ -327,7 +327,7 @@ def _codebook(info: RunInfo) -> Section | None:
     elif counts is not None:
         plot = _usage_plot(counts, images)
         parts.append(image(plot, usage_alt, "code usage", density=USAGE_DENSITY))
-    many = counts is not None and int((counts > 0).sum()) > MAX_TILED_CODES
+    many = used is not None and used > MAX_TILED_CODES
     each = f"each of the {MAX_TILED_CODES:,} most used codes" if many else "each used code"
     grid = info.config.model.grid_size
     atlas = [  # (figure, alt, caption)

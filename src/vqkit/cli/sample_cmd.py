@@ -25,7 +25,7 @@ from vqkit.devices import resolve_device
 from vqkit.errors import VqkitError
 from vqkit.generate import SamplingContext, sample_images, strategies, strategy_options
 from vqkit.images import GRID_COLUMNS
-from vqkit.prior import load_prior_config, sample_grid_columns
+from vqkit.prior import class_mix_classes, sample_grid_columns
 from vqkit.provenance import stamp
 from vqkit.usage import code_usage
 
@@ -129,16 +129,16 @@ def run(args: argparse.Namespace) -> int:
             f"drew {drawn} from the {int((counts > 0).sum())} codes of {model.num_codes} that "
             "the encoder uses on the training set"
         )
-    columns = args.columns or sample_grid_columns(args.run_dir, args.strategy, options.get("digit"))
-    if args.strategy == "prior" and options.get("digit") is None:
-        classes = load_prior_config(args.run_dir)
-        if classes.conditional:  # the PNG has no labels: say how the classes are laid out
-            where = (
-                "column c holds class c"
-                if columns == classes.num_classes
-                else f"sample i (row by row) has class i mod {classes.num_classes}"
-            )
-            print(f"a mix of the prior's {classes.num_classes} classes: {where}")
+    digit = options.get("digit")
+    columns = args.columns or sample_grid_columns(args.run_dir, args.strategy, digit)
+    classes = class_mix_classes(args.run_dir, args.strategy, digit)
+    if classes is not None:  # the PNG has no labels: say how the classes are laid out
+        where = (
+            "column c holds class c"
+            if columns == classes
+            else f"sample i (row by row) has class i mod {classes}"
+        )
+        print(f"a mix of the prior's {classes} classes: {where}")
     print(f"wrote {write_images(images, args.out, columns, made_by)}")
     if args.codes_out is not None:
         print(f"wrote {save_codes(codes, args.codes_out)}")
