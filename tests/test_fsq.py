@@ -14,6 +14,7 @@ from vqkit.errors import VqkitError
 from vqkit.fsq import FiniteScalarQuantizer
 from vqkit.model import VQVAE, ModelConfig
 from vqkit.quantize import build_quantizer
+from vqkit.step import compute_losses
 
 LEVEL_SETS = [[3], [2, 2], [8, 5, 5, 5], [3, 4, 2], [7, 6]]
 
@@ -190,3 +191,25 @@ def test_the_bound_keeps_the_reference_margin():
     torch.testing.assert_close(quantizer.bound(h), expected, rtol=1e-12, atol=1e-12)
     edge = torch.atanh(torch.tensor([[1.5 / 2.001, 0.0]], dtype=torch.float64))
     assert quantizer.scalar_quantize(edge)[0][0, 0].item() == 1.0  # the top value, 2 of 2
+
+
+def test_a_training_step_counts_no_codes_until_they_are_read(monkeypatch):
+    """An FSQ grid of 2^24 codes made every step build a 2^24-long count tensor (128 MB,
+    ~150 ms on 2 cores) that no training step reads; the counts are made when first read."""
+    import vqkit.quantize
+
+    made = []
+    counting = vqkit.quantize.count_batch_codes
+    monkeypatch.setattr(
+        vqkit.quantize, "count_batch_codes", lambda *a: made.append(a[1]) or counting(*a)
+    )
+    model = VQVAE(ModelConfig(quantizer=QuantizerConfig(quantizer="fsq", fsq_levels=[256] * 3)))
+    images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    reconstruction, vq_loss = compute_losses(model.train(), images)
+    (reconstruction + vq_loss).backward()
+    assert made == []
+    out = model(images)
+    counts = out.code_counts  # read: now counted, once
+    assert made == [2**24] and out.code_counts is counts
+    assert torch.equal(counts.nonzero().flatten(), out.codes.flatten().unique())
+    assert int(counts.sum()) == 4 * 49

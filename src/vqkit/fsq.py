@@ -143,7 +143,6 @@ class FiniteScalarQuantizer(nn.Module):
             # No projection's type to take: the fp32 grid values take the encoder's, or they
             # would not enter a decoder cast wholly to bf16 (autocast casts them the same way).
             quantized = quantized.to(z.dtype)
-        # index_add_ rather than bincount: CUDA bincount reads max() back to the host.
-        counts = codes.new_zeros(self.num_codes).index_add_(0, codes, torch.ones_like(codes))
         loss = torch.zeros((), device=z.device, dtype=quantized.dtype)
-        return QuantizerOutput(quantized, codes.view(shape[0], *shape[2:]), loss, counts)
+        # The counts are made only if read: nothing in FSQ's training step needs them.
+        return QuantizerOutput(quantized, codes.view(shape[0], *shape[2:]), loss, self.num_codes)

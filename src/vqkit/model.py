@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,7 +12,12 @@ from vqkit import arguments
 from vqkit.config import ModelConfig, checked_model_config
 from vqkit.errors import VqkitError
 from vqkit.fast_conv import SUB_PIXEL_MAX_OUT_CHANNELS, ConvTranspose2d
-from vqkit.quantize import QuantizerOutput, build_quantizer, require_codes_in_range
+from vqkit.quantize import (
+    CountedCodes,
+    QuantizerOutput,
+    build_quantizer,
+    require_codes_in_range,
+)
 
 
 def relu_after_conv() -> nn.ReLU:
@@ -86,16 +90,25 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
-@dataclass
-class VQVAEOutput:
-    """What the VQ-VAE's forward returns for a batch of B images."""
+class VQVAEOutput(CountedCodes):
+    """What the VQ-VAE's forward returns for a batch of B images:
 
-    reconstruction: torch.Tensor  # (B, C, H, W) in [0, 1]
-    codes: torch.Tensor  # (B, h, w) int64
-    # () quantizer loss: codebook + beta * commitment; beta * commitment alone with EMA codebook
-    # updates; 0 for FSQ
-    vq_loss: torch.Tensor
-    code_counts: torch.Tensor  # (K,) codes chosen in this batch
+    - ``reconstruction`` (B, C, H, W) in [0, 1];
+    - ``codes`` (B, h, w) int64;
+    - ``vq_loss`` () the quantizer loss: codebook + beta * commitment; beta * commitment alone
+      with EMA codebook updates; 0 for FSQ;
+    - ``code_counts`` (K,) the codes chosen in this batch (counted when first read)."""
+
+    def __init__(
+        self,
+        reconstruction: torch.Tensor,
+        codes: torch.Tensor,
+        vq_loss: torch.Tensor,
+        code_counts: torch.Tensor | int,
+    ) -> None:
+        super().__init__(codes, code_counts)
+        self.reconstruction = reconstruction
+        self.vq_loss = vq_loss
 
 
 def images_to_input(images: torch.Tensor) -> torch.Tensor:
@@ -194,7 +207,7 @@ class VQVAE(nn.Module):
                 f"{type(q).__name__} from forward, not the vqkit.quantize.QuantizerOutput "
                 "that vqkit reads."
             )
-        return VQVAEOutput(self.decoder(q.quantized), q.codes, q.loss, q.code_counts)
+        return VQVAEOutput(self.decoder(q.quantized), q.codes, q.loss, q.counts_or_num_codes())
 
     @torch.no_grad()
     def initialize(self, images: torch.Tensor) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,16 +34,57 @@ from vqkit.errors import VqkitError
 DISTANCE_CHUNK_ELEMENTS = 1 << 22
 
 
-@dataclass
-class QuantizerOutput:
-    """What a quantizer's forward returns, for latents z (B, D, H, W) (or (B, D, *S))."""
+def count_batch_codes(codes: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """(num_codes,) int64: how often each code occurs in ``codes`` (any shape, int64)."""
+    flat = codes.reshape(-1).long()  # a quantizer's own may give int32
+    # index_add_ rather than bincount: CUDA bincount reads max() back to the host.
+    return flat.new_zeros(num_codes, dtype=torch.long).index_add_(
+        0, flat, torch.ones_like(flat, dtype=torch.long)
+    )
 
-    quantized: torch.Tensor  # (B, D, H, W) float, straight-through: gradient flows to z
-    codes: torch.Tensor  # (B, H, W) int64 code indices
-    # () float: codebook loss + beta * commitment loss; beta * commitment alone with EMA
-    # codebook updates; 0 for FSQ
-    loss: torch.Tensor
-    code_counts: torch.Tensor  # (K,) int64: how often each code was chosen in this batch
+
+class CountedCodes:
+    """A code grid ``codes`` with ``code_counts``, its (K,) int64 count of each code.
+
+    The counts may be given as K alone: they are then counted from the codes when first read.
+    A training step never reads them, and for FSQ's largest grids (K = 2^24) counting them
+    each step would build a 128 MB tensor, slower than the step itself."""
+
+    def __init__(self, codes: torch.Tensor, code_counts: torch.Tensor | int) -> None:
+        self.codes = codes
+        self._counts = code_counts
+
+    @property
+    def code_counts(self) -> torch.Tensor:
+        if not isinstance(self._counts, torch.Tensor):
+            self._counts = count_batch_codes(self.codes, self._counts)
+        return self._counts
+
+    def counts_or_num_codes(self) -> torch.Tensor | int:
+        """The counts if they were made, else K: passes them on without counting."""
+        return self._counts
+
+
+class QuantizerOutput(CountedCodes):
+    """What a quantizer's forward returns, for latents z (B, D, H, W) (or (B, D, *S)):
+
+    - ``quantized`` (B, D, H, W) float, straight-through: the gradient flows to z;
+    - ``codes`` (B, H, W) int64 code indices;
+    - ``loss`` () float: codebook loss + beta * commitment loss; beta * commitment alone with
+      EMA codebook updates; 0 for FSQ;
+    - ``code_counts`` (K,) int64: how often each code was chosen in this batch (given as the
+      tensor, or as K to count them only if read)."""
+
+    def __init__(
+        self,
+        quantized: torch.Tensor,
+        codes: torch.Tensor,
+        loss: torch.Tensor,
+        code_counts: torch.Tensor | int,
+    ) -> None:
+        super().__init__(codes, code_counts)
+        self.quantized = quantized
+        self.loss = loss
 
 
 def latent_shape(z: torch.Tensor, dim: int) -> torch.Size:

@@ -30,6 +30,7 @@ from vqkit.quantize import (
     QuantizerOutput,
     as_latents,
     as_rows,
+    count_batch_codes,
     latent_shape,
     nearest_codes,
     positions_per_item,
@@ -142,9 +143,9 @@ class VectorQuantizer(nn.Module):
         if not self.ema:
             loss = loss + _mean_squared(chosen, flat.detach())
         quantized = as_latents(self.estimator(flat, chosen), shape)  # forward: chosen
-        # index_add_ rather than bincount: CUDA bincount reads max() back to the host.
-        counts = codes.new_zeros(self.num_codes).index_add_(0, codes, torch.ones_like(codes))
+        counts: torch.Tensor | int = self.num_codes  # counted only if read, unless learning
         if learns:
+            counts = count_batch_codes(codes, self.num_codes)
             self._update_statistics(flat, codes, counts, per_item)
         return QuantizerOutput(quantized, codes.view(shape[0], *shape[2:]), loss, counts)
 
