@@ -154,6 +154,30 @@ def test_resume_without_a_saved_state(run_copy, capsys):
     fails_cleanly(capsys, ["train", "--resume", str(run_copy)], "no resumable state")
 
 
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (["train", "--resume", "{run}", "--epochs", "2"], runfiles.TRAIN_STATE_META),
+        (["train", "--resume", "{run}", "--epochs", "2"], runfiles.METRICS),
+        (["train-prior", "{run}", "--epochs", "1"], runfiles.PRIOR_STATE_META),
+        (["train-prior", "{run}", "--epochs", "1"], runfiles.CODES_META),
+    ],
+)
+def test_a_folder_in_place_of_a_run_file_is_refused_before_anything_is_written(
+    run_copy, capsys, command, name
+):
+    """A resume with train_state.json made a folder wrote the epoch's weights and metrics,
+    then failed on the state: the run's files no longer agreed."""
+    path = run_copy / name
+    if path.exists():
+        path.unlink()
+    path.mkdir()
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    argv = [part.replace("{run}", str(run_copy)) for part in command]
+    fails_cleanly(capsys, argv, f"'{path}' is a folder where the run keeps a file")
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+
+
 def test_resume_with_conflicting_flags(run_copy, capsys):
     before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
     fails_cleanly(

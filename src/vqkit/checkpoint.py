@@ -52,6 +52,19 @@ def require_run_folder(run_dir: Path) -> None:
     raise VqkitError(f"The run folder '{run_dir}' does not exist.")
 
 
+def require_files_where_files_go(run_dir: Path) -> None:
+    """One sentence, before a writer (train, train-prior) writes anything, when one of the
+    run's file names is taken by a folder: that file's write would fail only after the others
+    had moved on (an epoch's weights and metrics saved, its resumable state not)."""
+    for name in runfiles.FILE_NAMES:
+        path = run_path(run_dir, name)
+        if name != runfiles.FIGURES_DIR and path.is_dir():
+            raise VqkitError(
+                f"'{path}' is a folder where the run keeps a file; move it out of the run "
+                "folder, then run the command again."
+            )
+
+
 def run_folder(run_dir: str | os.PathLike) -> Path:
     """A run folder given from Python or the command line, as an existing folder's Path; one
     sentence for an empty name (which Path reads as the current folder) or a non-path."""

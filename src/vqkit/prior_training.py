@@ -24,6 +24,7 @@ from vqkit import arguments, environment, runfiles, train_state
 from vqkit.checkpoint import (
     load_config,
     load_model,
+    require_files_where_files_go,
     require_run_model,
     run_folder,
     run_path,
@@ -286,6 +287,7 @@ def train_prior(
     # draws from the global generator: its layers are built before the weights are read.)
     with RunLock() as lock, callers_random_state_kept(target):
         lock.acquire(run_dir, "train-prior")
+        require_files_where_files_go(run_dir)
         settle_interrupted_replacement(run_dir)  # before anything reads the prior's files
         return _train_holding_the_lock(
             run_dir, settings, target, data_dir, progress, resume=resume, restart=restart

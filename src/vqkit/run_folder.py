@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from vqkit import distributed, environment, runfiles, train_state
-from vqkit.checkpoint import load_config, require_run_folder, run_path, save_config
+from vqkit.checkpoint import (
+    load_config,
+    require_files_where_files_go,
+    require_run_folder,
+    run_path,
+    save_config,
+)
 from vqkit.config import RunConfig, settings_differences
 from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
@@ -94,6 +100,7 @@ def prepare_run_dir(
                 _refuse_taken_or_unusable(path, context)  # before creating anything
                 ensure_dir(path)
             lock.acquire(path, "train")
+            require_files_where_files_go(path)
             if not resume:  # again, under the lock: another process may have trained here
                 _refuse_taken(path, context)
         except VqkitError as exc:
