@@ -188,6 +188,21 @@ def test_a_run_whose_model_differs_from_its_preset_is_marked(small_run, tmp_path
     assert "efficient (changed)" in capsys.readouterr().out.splitlines()[1]
 
 
+def test_text_from_a_received_runs_config_cannot_drive_the_terminal(small_run, tmp_path, capsys):
+    hostile = "eff\x1b]0;TITLE\x07\x1b[31mRED"  # sets the window title, then turns text red
+    for name, preset in (("a", hostile), ("b", "efficient")):
+        run = copy_run(small_run.run_dir, tmp_path / name)
+        config = json.loads((run / runfiles.CONFIG).read_text())
+        config["preset"] = preset
+        config["train"]["data_dir"] = f"/data/{preset}"  # a setting in which the runs differ
+        (run / runfiles.CONFIG).write_text(json.dumps(config))
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert r"eff\x1b]0;TITLE\x07\x1b[31mRED" in out  # both tables show them, escaped
+    assert out.count(r"\x1b]0;TITLE") == 2
+
+
 def test_runs_are_listed_by_folder_name_whatever_order_the_file_system_gives(tmp_path):
     # Created out of order: a directory listing may return them in any order.
     for name in ("run-b", "run-c", "run-a"):

@@ -17,7 +17,7 @@ from vqkit.fileio import parse_json
 from vqkit.prior import incomplete_prior, unfinished_prior
 from vqkit.run_lock import writer_of
 from vqkit.runinfo import Headline, headline, is_run_dir, load_run_info
-from vqkit.wording import images_counted
+from vqkit.wording import images_counted, one_line
 
 COLUMNS = ("run", "dataset", "preset", "epochs", "test MSE", "codes used", "prior bits/code")
 REPORT_COLUMN = "report"
@@ -196,7 +196,11 @@ def _part_of_the_test_split(dataset: str, measured: Any, whole: Any, limit: int 
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> str:
-    """Columns padded to their widest cell; the first ``left`` columns left-aligned."""
+    """Columns padded to their widest cell; the first ``left`` columns left-aligned. Cells
+    with control characters (a preset name from a received run's config.json) show them
+    escaped rather than sending them to the terminal."""
+    headers = [one_line(cell) for cell in headers]
+    rows = [[one_line(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import unicodedata
 
 
 def counted(count: int, noun: str, plural: str | None = None) -> str:
@@ -38,3 +39,18 @@ def on_test_images(metrics: dict) -> str:
 def stopped_by(signal_number: int) -> str:
     """How a stop signal is named in vqkit's last line: Ctrl-C interrupts, SIGTERM stops."""
     return "interrupted" if signal_number == signal.SIGINT else "stopped by SIGTERM"
+
+
+# Control and format characters, line and paragraph separators, lone surrogates: not the
+# spaces other than ' ' (str.isprintable refuses those too, and macOS names screenshots with
+# U+202F, which must stay a copyable part of the path).
+ESCAPED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped as Python writes them: a path holding a
+    newline split a refusal over two lines, the second looking like a message of its own, and
+    text from a run's files (a preset name in its config.json) could drive the terminal."""
+    return "".join(
+        repr(c)[1:-1] if unicodedata.category(c) in ESCAPED_CATEGORIES else c for c in text
+    )

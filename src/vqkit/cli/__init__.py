@@ -14,13 +14,12 @@ import re
 import signal
 import sys
 import threading
-import unicodedata
 from typing import NoReturn
 
 import vqkit
 from vqkit import distributed, plugins
 from vqkit.errors import OutOfMemory, VqkitError, is_out_of_memory, out_of_memory_sentence
-from vqkit.wording import stopped_by
+from vqkit.wording import one_line, stopped_by
 
 COMMAND_MODULES = (
     "demo",
@@ -247,20 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if argv is None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-# Control and format characters, line and paragraph separators, lone surrogates: not the
-# spaces other than ' ' (str.isprintable refuses those too, and macOS names screenshots with
-# U+202F, which must stay a copyable part of the path).
-ESCAPED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
-
-
-def one_line(text: str) -> str:
-    """``text`` with its control characters escaped as Python writes them: a path holding a
-    newline split a refusal over two lines, the second looking like a message of its own."""
-    return "".join(
-        repr(c)[1:-1] if unicodedata.category(c) in ESCAPED_CATEGORIES else c for c in text
-    )
 
 
 def _print_error(message: object) -> None:
