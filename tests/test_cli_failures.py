@@ -149,6 +149,35 @@ def test_checkpoint_shapes_do_not_fit_config(run_copy, capsys):
     fails_cleanly(capsys, ["evaluate", str(run_copy)], "does not fit its configuration", "shape")
 
 
+def test_a_config_edited_to_huge_sizes_is_refused_before_the_model_is_built(
+    run_copy, capsys, monkeypatch
+):
+    """hidden_dim 4096, 100 residual blocks, embedding_dim 4096: valid sizes, 34 billion
+    parameters. An 850-byte config.json made every loading command allocate 128 GiB before the
+    weights could say they differ; the sizes are now checked on a model on the meta device."""
+    from vqkit.model import VQVAE
+
+    built_on = []
+    real_init = VQVAE.__init__
+
+    def recording_init(self, *args, **kwargs):
+        built_on.append(torch.empty(0).device.type)  # the device new tensors go to
+        if built_on[-1] != "meta":  # 128 GiB: stop here rather than let the machine swap
+            raise AssertionError("the model was built in memory")
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(VQVAE, "__init__", recording_init)
+    edit_config(
+        run_copy,
+        lambda d: (
+            d["model"].update(hidden_dim=4096, residual_blocks=100),
+            d["model"]["quantizer"].update(embedding_dim=4096),
+        ),
+    )
+    fails_cleanly(capsys, ["evaluate", str(run_copy)], "does not fit its configuration")
+    assert built_on == ["meta"]
+
+
 def test_resume_without_a_saved_state(run_copy, capsys):
     (run_copy / runfiles.TRAIN_STATE).unlink()
     fails_cleanly(capsys, ["train", "--resume", str(run_copy)], "no resumable state")

@@ -269,7 +269,15 @@ def load_tensors_into(
     module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path, what: str
 ) -> None:
     """Copy ``tensors`` into ``module`` after checking names, shapes and dtypes."""
-    expected = module.state_dict()
+    require_tensors_fit(module.state_dict(), tensors, path, what)
+    module.load_state_dict(tensors)
+
+
+def require_tensors_fit(
+    expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], path: str | Path, what: str
+) -> None:
+    """One sentence when ``tensors`` differ from a module's ``expected`` state in their names,
+    shapes or dtypes (``expected`` may be a meta-device module's: only shapes are read)."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -286,7 +294,6 @@ def load_tensors_into(
                 f"The {what} '{path}' is damaged: '{name}' is stored as {tensor.dtype}, "
                 f"the model needs {expected[name].dtype}."
             )
-    module.load_state_dict(tensors)
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> VQVAE:
@@ -296,13 +303,26 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> VQVAE
 
     target = resolve_device(device)  # 'auto' as everywhere else, and one sentence for a bad name
     config = load_config(run_dir)
-    model = VQVAE(config.model)
     weights = run_path(run_dir, runfiles.WEIGHTS)
     if not weights.exists():
         reason = why_no_weights_yet(run_dir)
         if reason is not None:
             raise VqkitError(reason)
-    load_weights_into(model, weights, "model weights file")
+    what = "model weights file"
+    tensors = read_tensors(weights, what)
+    # The sizes are checked on a model built on the meta device, which allocates nothing: a
+    # config.json edited to large but valid sizes made an 850-byte file allocate 128 GiB
+    # before the weights could say they differ. (A quantizer of one's own that reads a
+    # tensor's value while it is built cannot be built there: it is checked once built.)
+    try:
+        with torch.device("meta"):
+            skeleton = VQVAE(config.model)
+    except Exception:
+        skeleton = None
+    if skeleton is not None:
+        require_tensors_fit(skeleton.state_dict(), tensors, weights, what)
+    model = VQVAE(config.model)
+    load_tensors_into(model, tensors, weights, what)
     return model.to(target).eval()
 
 
