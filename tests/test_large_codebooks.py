@@ -68,6 +68,20 @@ def test_a_malformed_record_gives_no_counts(broken):
     assert record_counts(broken, 10) is None
 
 
+@pytest.mark.parametrize(
+    "sizeless",
+    [
+        {"used_codes": [1, 2], "used_counts": [2, 3]},
+        {"used_codes": [], "used_counts": []},
+        {"num_codes": None, "used_codes": [1, 2], "used_counts": [2, 3]},
+        {"num_codes": "10", "used_codes": [1, 2], "used_counts": [2, 3]},
+    ],
+)
+def test_a_sparse_record_without_its_codebook_size_gives_no_counts_of_any_size(sizeless):
+    # read for any size (the run listing and the report): no size to check the codes against
+    assert record_counts(sizeless) is None
+
+
 def test_a_valid_sparse_record_of_no_used_code_reads_as_zeros():
     record = {"num_codes": 10, "used_codes": [], "used_counts": []}
     assert torch.equal(record_counts(record, 10), torch.zeros(10, dtype=torch.long))

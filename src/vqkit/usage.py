@@ -94,8 +94,8 @@ def record_counts(data: Any, num_codes: int | None = None) -> torch.Tensor | Non
     codes, used, size = data.get("used_codes"), data.get("used_counts"), data.get("num_codes")
     if num_codes is None and type(size) is int and 1 <= size <= MAX_SPARSE_CODES:
         num_codes = size
-    if size != num_codes or not _whole_counts(codes):
-        return None
+    if num_codes is None or size != num_codes or not _whole_counts(codes):
+        return None  # no codebook size (a record without num_codes, read for any size)
     if not _whole_counts(used, positive=True) or len(used) != len(codes):
         return None
     index = torch.tensor(codes, dtype=torch.long)
