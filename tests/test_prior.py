@@ -358,3 +358,13 @@ def test_a_conditional_prior_trains_each_grid_with_its_own_label(tmp_path):
     with torch.no_grad():
         first = code_nll(loop.prior(codes, labels), codes)[:, 0, 0].mean() / math.log(2)
     assert float(first) < 1.0
+
+
+def test_a_prior_and_each_of_its_layers_take_half_precision():
+    # A layer's padding was kept as `half`, which hid nn.Module.half(): calling it raised.
+    prior = PixelCNNPrior(PriorConfig(num_codes=16, channels=8, layers=2))
+    for layer in prior.layers:
+        assert layer.half() is layer
+        assert all(p.dtype == torch.float16 for p in layer.parameters())
+    assert prior.half() is prior
+    assert all(p.dtype == torch.float16 for p in prior.parameters())

@@ -176,10 +176,11 @@ class GatedLayer(nn.Module):
         super().__init__()
         c, k = config.channels, config.kernel_size
         self.first = first
-        self.half = k // 2
-        self.v_conv = nn.Conv2d(c, 2 * c, (self.half + 1, k))
+        # Not 'half': that would hide nn.Module.half(), and layer.half() would call an int.
+        self.reach = k // 2
+        self.v_conv = nn.Conv2d(c, 2 * c, (self.reach + 1, k))
         self.v_to_h = nn.Conv2d(2 * c, 2 * c, 1)
-        self.h_conv = nn.Conv2d(c, 2 * c, (1, self.half + 1))
+        self.h_conv = nn.Conv2d(c, 2 * c, (1, self.reach + 1))
         self.h_out = nn.Conv2d(c, c, 1)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -191,7 +192,7 @@ class GatedLayer(nn.Module):
         Row r of both outputs depends on rows <= r of ``v`` only; the contribution must still be
         shifted down one row before it is added to the horizontal stack.
         """
-        pre = self.v_conv(F.pad(v, (self.half, self.half, self.half, 0)))
+        pre = self.v_conv(F.pad(v, (self.reach, self.reach, self.reach, 0)))
         to_h = self.v_to_h(pre)
         if cond is not None:
             pre = pre + cond
@@ -202,7 +203,7 @@ class GatedLayer(nn.Module):
     ) -> torch.Tensor:
         """h (B, C, H, W) and the down-shifted vertical contribution (B, 2C, H, W) -> next h."""
         source = shift_right(h) if self.first else h
-        pre = self.h_conv(F.pad(source, (self.half, 0))) + from_v
+        pre = self.h_conv(F.pad(source, (self.reach, 0))) + from_v
         if cond is not None:
             pre = pre + cond
         out = self.h_out(self.dropout(gate(pre)))
