@@ -209,6 +209,15 @@ def test_plugins_of_one_name_in_two_folders_both_load_and_each_runs_once(tmp_pat
     capsys.readouterr()
 
 
+def test_a_plugin_file_linked_to_a_file_of_another_name_loads(tmp_path, capsys):
+    # The resolved name has no .py suffix: no loader was found for it (an AttributeError).
+    (tmp_path / "linked_vq_source.txt").write_text(PLUGIN_SOURCE.format(name="linked-vq"))
+    (tmp_path / "linked_plugin.py").symlink_to(tmp_path / "linked_vq_source.txt")
+    assert main(["--plugin", str(tmp_path / "linked_plugin.py"), "runs", str(tmp_path)]) == 0
+    assert "linked-vq" in REGISTERED_QUANTIZERS
+    capsys.readouterr()
+
+
 def test_a_plugin_path_may_start_with_the_home_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "home_plugin.py").write_text(PLUGIN_SOURCE.format(name="home-vq"))

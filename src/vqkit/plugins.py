@@ -87,7 +87,11 @@ def _import_file(spec: str) -> None:
     # Named after the whole path, so two plugins of the same file name in different folders
     # are two modules; registered in sys.modules, where dataclasses and pickling look.
     name = f"vqkit_plugin_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
+    # Loaded from the path as given (a .py name), not the resolved one: a link plugin.py to a
+    # file of another name would find no loader for that name's suffix.
+    module_spec = importlib.util.spec_from_file_location(name, Path(spec).expanduser().absolute())
+    if module_spec is None or module_spec.loader is None:
+        raise VqkitError(f"The plugin file {spec} cannot be imported as Python (--plugin).")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
     try:
