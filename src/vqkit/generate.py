@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,16 +43,25 @@ class SamplingContext:
     # The SHA-256 of the prior weights file the 'prior' strategy last drew with (None before).
     prior_sha256: str | None = field(default=None, init=False)
 
-    def __post_init__(self) -> None:
+    # Written out (the dataclass keeps a class's own __init__) so that its hints say what it
+    # takes, a str as well as a Path; the fields above hold the Paths made of them.
+    def __init__(
+        self,
+        model: VQVAE,
+        run_dir: str | os.PathLike[str] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         # A compiled model (torch.compile) wraps the VQVAE; its config is the wrapped one's.
-        model = getattr(self.model, "_orig_mod", self.model)
-        arguments.instance(model, VQVAE, "The model", "VQVAE.from_run(run)")
-        run_dir = arguments.path_or_none(self.run_dir, "The run folder")
-        data_dir = arguments.path_or_none(self.data_dir, "The data folder")
+        unwrapped = getattr(model, "_orig_mod", model)
+        arguments.instance(unwrapped, VQVAE, "The model", "VQVAE.from_run(run)")
+        run_dir = arguments.path_or_none(run_dir, "The run folder")
+        data_dir = arguments.path_or_none(data_dir, "The data folder")
+        self.model = model
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.data_dir = None if data_dir is None else Path(data_dir)
+        self.prior_sha256 = None
         if self.run_dir is not None:
-            require_run_model(model, self.run_dir)
+            require_run_model(unwrapped, self.run_dir)
 
     @property
     def grid_size(self) -> int:
@@ -103,7 +114,7 @@ def sample_codes(
     n: int,
     context: SamplingContext,
     generator: torch.Generator | None = None,
-    **options,
+    **options: Any,
 ) -> torch.Tensor:
     """``n`` code grids (n, h, w) int64 drawn with the named strategy."""
     names = strategies()
@@ -172,7 +183,7 @@ def sample_images(
     n: int,
     seed: int = 0,
     batch_size: int = DECODE_BATCH_SIZE,
-    **options,
+    **options: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``n`` code grids with a strategy and decode them (in batches of ``batch_size``).
 
