@@ -14,13 +14,16 @@ import os
 import platform
 import shutil
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from vqkit.config import PRECISIONS, TrainConfig
 from vqkit.errors import VqkitError
+
+if TYPE_CHECKING:
+    from vqkit.model import VQVAE
 
 # platform.machine() names of x86-64 CPUs (Linux and macOS, Windows).
 X86_MACHINES = ("x86_64", "amd64")
@@ -73,7 +76,7 @@ def require_compile_toolchain(settings: TrainConfig, device: torch.device) -> No
         )
 
 
-def prepare_model(model: nn.Module, settings: TrainConfig) -> Callable[..., Any]:
+def prepare_model(model: VQVAE, settings: TrainConfig) -> Callable[..., Any]:
     """Move ``model`` to channels-last if asked; return the callable to train with.
 
     With ``compile`` the returned callable is a :class:`CompiledStep`, while ``model`` itself
@@ -108,7 +111,7 @@ class CompiledStep(nn.Module):
     which the loop no longer reads.
     """
 
-    def __init__(self, model: nn.Module, mode: str) -> None:
+    def __init__(self, model: VQVAE, mode: str) -> None:
         super().__init__()
         self.compiled = torch.compile(model, mode=mode, dynamic=False)
         self.model = [model]  # in a list: not registered twice as a submodule

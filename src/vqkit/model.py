@@ -14,6 +14,7 @@ from vqkit.errors import VqkitError
 from vqkit.fast_conv import SUB_PIXEL_MAX_OUT_CHANNELS, ConvTranspose2d
 from vqkit.quantize import (
     CountedCodes,
+    Quantizer,
     QuantizerOutput,
     build_quantizer,
     require_codes_in_range,
@@ -178,7 +179,7 @@ class VQVAE(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
-        self.quantizer = build_quantizer(config.quantizer)
+        self.quantizer: Quantizer = build_quantizer(config.quantizer)
         self.decoder = Decoder(config)
 
     @property

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
 import torch
@@ -85,6 +86,31 @@ class QuantizerOutput(CountedCodes):
         super().__init__(codes, code_counts)
         self.quantized = quantized
         self.loss = loss
+
+
+if TYPE_CHECKING:
+
+    class Quantizer(nn.Module):
+        """The quantizer contract of the module doc, as static tools see it: what
+        :func:`build_quantizer` returns and ``VQVAE.quantizer`` holds (a ``VectorQuantizer``, a
+        ``FiniteScalarQuantizer`` or a registered class of one's own). At run time the name is
+        ``nn.Module`` itself: a quantizer of one's own need not derive from any vqkit class."""
+
+        @property
+        def num_codes(self) -> int: ...
+        def __call__(self, z: torch.Tensor) -> QuantizerOutput: ...
+        def forward(self, z: torch.Tensor) -> QuantizerOutput: ...
+        def quantize_codes(self, z: torch.Tensor) -> torch.Tensor: ...
+        def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor: ...
+        def training_stats(self) -> dict[str, float | int]: ...
+        def needs_initialization(self) -> bool: ...
+        def initialize(self, z: torch.Tensor) -> None: ...
+
+else:
+    Quantizer = nn.Module
+
+# A quantizer class, kept as itself by register_quantizer (static tools read its own type).
+QuantizerClass = TypeVar("QuantizerClass", bound=type[nn.Module])
 
 
 def latent_shape(z: torch.Tensor, dim: int) -> torch.Size:
@@ -189,7 +215,7 @@ def perplexity(code_counts: torch.Tensor) -> float:
     return float(torch.exp(entropy))
 
 
-def register_quantizer(name: str) -> Callable[[type], type]:
+def register_quantizer(name: str) -> Callable[[QuantizerClass], QuantizerClass]:
     """Class decorator: make ``QuantizerConfig(quantizer=name)`` build ``cls(config)``.
 
     The class must keep the contract in the module doc (``VectorQuantizer`` subclasses do); it
@@ -201,7 +227,7 @@ def register_quantizer(name: str) -> Callable[[type], type]:
     if name in QUANTIZERS:
         raise VqkitError(f"'{name}' is a built-in quantizer; register yours under another name.")
 
-    def register(cls):
+    def register(cls: QuantizerClass) -> QuantizerClass:
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
             raise VqkitError(
                 f"register_quantizer('{name}') decorates a class derived from torch.nn.Module "
@@ -237,7 +263,7 @@ QUANTIZER_CONTRACT = (
 )
 
 
-def _build_registered(config: QuantizerConfig) -> nn.Module:
+def _build_registered(config: QuantizerConfig) -> Quantizer:
     """A registered class built and checked against the contract, before any training."""
     cls = REGISTERED_QUANTIZERS[config.quantizer]
     quantizer = cls(config)
@@ -251,10 +277,10 @@ def _build_registered(config: QuantizerConfig) -> nn.Module:
             "vqkit calls (the contract in the vqkit.quantize module text; subclassing "
             "vqkit.vq.VectorQuantizer keeps it)."
         )
-    return quantizer
+    return cast("Quantizer", quantizer)
 
 
-def build_quantizer(config: QuantizerConfig) -> nn.Module:
+def build_quantizer(config: QuantizerConfig) -> Quantizer:
     """The quantizer a config asks for (one interface for every variant, see the module doc)."""
     if config.quantizer in REGISTERED_QUANTIZERS:
         return _build_registered(config)
@@ -262,7 +288,7 @@ def build_quantizer(config: QuantizerConfig) -> nn.Module:
     if config.quantizer == "fsq":
         from vqkit.fsq import FiniteScalarQuantizer
 
-        return FiniteScalarQuantizer(config)
+        return cast("Quantizer", FiniteScalarQuantizer(config))
     from vqkit.vq import VectorQuantizer
 
-    return VectorQuantizer(config)
+    return cast("Quantizer", VectorQuantizer(config))
