@@ -10,7 +10,7 @@ from __future__ import annotations
 import numbers
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 import torch
@@ -52,6 +52,10 @@ def real_number(value: Any, what: str) -> float:
     return float(value)
 
 
+@overload
+def switch(value: Any, what: str, allow_none: Literal[False] = False) -> bool: ...
+@overload
+def switch(value: Any, what: str, allow_none: bool) -> bool | None: ...
 def switch(value: Any, what: str, allow_none: bool = False) -> bool | None:
     """``value`` when it is True or False (or None, where that means 'decide for me'): a
     string such as 'no' is truthy, so it would silently mean the opposite."""

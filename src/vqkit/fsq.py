@@ -30,6 +30,12 @@ BOUND_MARGIN = 1e-3
 class FiniteScalarQuantizer(nn.Module):
     """FSQ with levels (L_1..L_c) behind a D -> c -> D linear projection (identity when D = c)."""
 
+    # The buffers registered in __init__, as static tools should read them (nn.Module's own
+    # __getattr__ says Tensor | Module).
+    levels: torch.Tensor
+    radix: torch.Tensor
+    top: torch.Tensor
+
     def __init__(self, config: QuantizerConfig) -> None:
         super().__init__()
         self.config = config

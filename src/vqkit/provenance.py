@@ -9,6 +9,7 @@ the report can mark the figures that no longer show the run's model.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ EARLIER_PRIOR = "an earlier prior"
 REMOVED_PRIOR = "a prior the run no longer holds"
 
 
-def staleness(recorded: dict[str, str | None], current: dict[str, str | None]) -> str | None:
+def staleness(recorded: Mapping[str, str | None], current: Mapping[str, str | None]) -> str | None:
     """What a record was made from that the run no longer holds (EARLIER_WEIGHTS before a
     prior's reason: other weights make everything stale), or None when it is current. A digest
     the record lacks (or holds as None: no prior then) is not compared."""

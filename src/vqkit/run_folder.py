@@ -252,7 +252,7 @@ def record_environment(
         environment.record(run_dir, entry, fresh=resumed_at is None)
 
 
-def require_same_own_data(run_dir: Path, data_sha256: str, data_dir: Path | None) -> None:
+def require_same_own_data(run_dir: Path, data_sha256: str, data_dir: str | Path | None) -> None:
     """Refuse to resume a run of one's own images when the images differ from those it
     trained on (the named datasets are checked by checksum when read)."""
     recorded = environment.recorded_data_digest(run_dir)

@@ -415,7 +415,7 @@ class _Run:
         self.position.world_size = self.context.world_size
         self.history = resumed_history(self.run_dir, self.position.epochs_done, self.context)
 
-    def _require_resumable_here(self, planned: int, epoch_steps: int) -> None:
+    def _require_resumable_here(self, planned: int | None, epoch_steps: int) -> None:
         """Refuse a restored position this many processes, epochs and images cannot continue:
         ``planned`` is the length of the schedule they would need."""
         saved, now = self.position.world_size, self.context.world_size

@@ -51,6 +51,16 @@ EMA_STATISTICS = ("ema_cluster_size", "ema_embed_sum")
 class VectorQuantizer(nn.Module):
     """Nearest-code quantizer with a loss- or EMA-updated codebook (K, D)."""
 
+    # The codebook (a Parameter, or a buffer with EMA updates) and the buffers registered in
+    # __init__ where the config uses them, as static tools should read them (nn.Module's own
+    # __getattr__ says Tensor | Module).
+    codebook: torch.Tensor
+    ema_cluster_size: torch.Tensor
+    ema_embed_sum: torch.Tensor
+    steps_since_used: torch.Tensor
+    restart_count: torch.Tensor
+    kmeans_done: torch.Tensor
+
     def __init__(self, config: QuantizerConfig) -> None:
         super().__init__()
         if config.quantizer == "fsq":  # build_quantizer picks the class a config names
@@ -87,7 +97,11 @@ class VectorQuantizer(nn.Module):
         super()._apply(fn, recurse)
         for name in EMA_STATISTICS if self.ema else ():
             statistic = self._buffers[name]
-            if statistic.is_floating_point() and torch.finfo(statistic.dtype).bits < 32:
+            if (
+                statistic is not None
+                and statistic.is_floating_point()
+                and torch.finfo(statistic.dtype).bits < 32
+            ):
                 self._buffers[name] = statistic.float()
         return self
 
