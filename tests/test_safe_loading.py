@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pickle
 import re
 import shutil
 import struct
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from vqkit.checkpoint import load_model, read_tensors, save_config, save_weights
 from vqkit.cli import main
 from vqkit.config import ModelConfig, QuantizerConfig, RunConfig
 from vqkit.errors import VqkitError
+from vqkit.fileio import read_file_bytes
 from vqkit.model import VQVAE
 
 
@@ -196,3 +201,67 @@ def test_the_unmutated_checkpoint_loads(tiny_run):
     (run_dir / runfiles.WEIGHTS).write_bytes(good)
     model = load_model(run_dir)
     assert model.quantizer.codebook.shape == (4, 2)
+
+
+@contextlib.contextmanager
+def writer_released(fifo: Path, after: float):
+    """A thread that, from ``after`` seconds on, opens ``fifo`` as a writer and closes it
+    again and again: a reader blocked on it then reads its end, so a test of a reader that
+    waits fails (on its clock) instead of hanging the suite."""
+    stop = threading.Event()
+
+    def release() -> None:
+        if stop.wait(after):
+            return
+        while not stop.is_set():
+            os.close(os.open(fifo, os.O_RDWR))  # never blocks on Linux; counts as a writer
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+@pytest.mark.parametrize(
+    ("name", "command"),
+    [
+        (runfiles.WEIGHTS, "evaluate"),
+        (runfiles.WEIGHTS, "runs"),
+        (runfiles.METRICS, "report"),
+        (runfiles.CODE_USAGE, "report"),
+        (runfiles.RECONSTRUCTIONS, "report"),
+        (".vqkit-lock", "runs"),
+    ],
+)
+def test_a_pipe_planted_in_a_run_folder_is_not_waited_on(run_copy, capsys, name, command):
+    """A named pipe in place of a run's file made evaluate, report and runs wait forever for
+    a writer; it is now read as a file that cannot be read."""
+    path = run_copy / name
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    started = time.monotonic()
+    with writer_released(path, after=20):
+        code = main([command, str(run_copy)])
+    assert time.monotonic() - started < 15, f"{command} waited on the pipe"
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if command == "evaluate":
+        assert code == 2 and "cannot be read: a pipe or device, not a file." in err
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_a_link_to_a_device_is_refused_unread(tmp_path):
+    """A link to /dev/zero in place of the weights read until memory ran out."""
+    link = tmp_path / "model.safetensors"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(OSError, match="a pipe or device, not a file"):
+        read_file_bytes(link)
+    with pytest.raises(VqkitError, match="cannot be read: a pipe or device, not a file"):
+        read_tensors(link, "model weights file")
+    with pytest.raises(IsADirectoryError):
+        read_file_bytes(tmp_path)

@@ -22,7 +22,9 @@ from vqkit import runfiles
 from vqkit.config import RunConfig
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError, refused_file
 from vqkit.fileio import (
+    open_regular_file,
     parse_json,
+    read_file_bytes,
     read_json,
     read_json_object,
     write_bytes_atomic,
@@ -131,7 +133,7 @@ def state_digest(module: torch.nn.Module) -> str:
 
 def weights_digest(run_dir: str | Path) -> str:
     """SHA-256 of a run's model weights file: names the weights that code grids came from."""
-    return hashlib.sha256(run_path(run_dir, runfiles.WEIGHTS).read_bytes()).hexdigest()
+    return hashlib.sha256(read_file_bytes(run_path(run_dir, runfiles.WEIGHTS))).hexdigest()
 
 
 def require_run_model(model: torch.nn.Module, run_dir: str | Path) -> None:
@@ -216,7 +218,7 @@ def safetensors_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata in a safetensors file's header, read without its tensors; empty
     when the file is missing, damaged or has none."""
     try:
-        with open(path, "rb") as file:
+        with open_regular_file(path) as file:
             length = int.from_bytes(file.read(8), "little")
             header = parse_json(file.read(length)) if 0 < length <= HEADER_LIMIT else {}
     except (OSError, ValueError):
@@ -242,7 +244,7 @@ def read_tensors_and_metadata(
     """The tensors of a safetensors file and its string metadata (empty when it has none)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_file_bytes(path)
     except (FileNotFoundError, NotADirectoryError) as exc:  # no such file, or under a file
         raise VqkitError(f"The {what} '{path}' does not exist.") from exc
     except OSError as exc:

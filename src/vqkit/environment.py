@@ -27,13 +27,13 @@ import torch
 from vqkit import runfiles
 from vqkit.checkpoint import run_path
 from vqkit.config import REGISTERED_QUANTIZERS
-from vqkit.fileio import append_jsonl, read_jsonl, write_bytes_atomic
+from vqkit.fileio import append_jsonl, read_file_bytes, read_jsonl, write_bytes_atomic
 
 
 def file_digest(path: str | Path) -> str | None:
     """SHA-256 of a file's bytes; None when it cannot be read (moved, deleted, no access)."""
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return hashlib.sha256(read_file_bytes(path)).hexdigest()
     except OSError:
         return None
 

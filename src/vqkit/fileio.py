@@ -95,7 +95,7 @@ def write_bytes_if_changed(path: str | Path, data: bytes) -> bool:
     """Write ``data`` to ``path`` (atomically) unless the file already holds exactly it, so an
     unchanged file keeps its modification time; returns whether it wrote."""
     try:
-        if Path(path).read_bytes() == data:
+        if read_file_bytes(path) == data:
             return False
     except OSError:  # missing or unreadable: write it
         pass
@@ -133,12 +133,43 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     glued onto that line, the new record would be lost with it."""
     path = Path(path)
     try:
-        previous = path.read_bytes() if path.exists() else b""
+        previous = read_file_bytes(path) if path.exists() else b""
     except OSError as exc:  # a folder of that name, an unreadable file
         raise VqkitError(f"The records file '{path}' cannot be read: {exc.strerror}.") from exc
     if previous and not previous.endswith(b"\n"):
         previous += b"\n"
     write_bytes_atomic(path, previous + (json_text(record) + "\n").encode())
+
+
+# Opening for reading never waits: a pipe without a writer blocks an ordinary open forever.
+READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+NOT_A_FILE = "a pipe or device, not a file"
+
+
+@contextlib.contextmanager
+def open_regular_file(path: str | Path) -> Iterator[IO[bytes]]:
+    """``open(path, "rb")`` that refuses what is not a regular file, with the OSError open
+    raises (IsADirectoryError for a folder): a pipe planted in a received run folder made its
+    readers wait forever, a link to /dev/zero read until memory ran out."""
+    fd = os.open(path, READ_FLAGS)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, NOT_A_FILE, str(path))
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        yield handle
+
+
+def read_file_bytes(path: str | Path) -> bytes:
+    """``Path.read_bytes`` through :func:`open_regular_file`."""
+    with open_regular_file(path) as handle:
+        return handle.read()
 
 
 def parse_json(text: str | bytes) -> Any:
@@ -182,7 +213,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
+        text = read_file_bytes(path).decode("utf-8", errors="replace")
     except OSError as exc:
         raise VqkitError(f"The records file '{path}' cannot be read: {exc.strerror}.") from exc
     records = []

@@ -35,7 +35,7 @@ from vqkit.config import EVAL_BATCH_SIZE, TrainConfig, settings_differences
 from vqkit.data import OWN_DATASET, Split, dataset_classes, load_split
 from vqkit.devices import callers_random_state_kept, evaluation_mode, resolve_device
 from vqkit.errors import VqkitError
-from vqkit.fileio import read_json, write_bytes_atomic, write_json_atomic
+from vqkit.fileio import read_file_bytes, read_json, write_bytes_atomic, write_json_atomic
 from vqkit.model import VQVAE
 from vqkit.prior import PixelCNNPrior, PriorConfig, load_prior
 from vqkit.prior_loop import PriorLoop, code_nll, damaged_state
@@ -108,7 +108,7 @@ def _cached_array(run_dir: Path, name: str, files: dict[str, Any]) -> np.ndarray
     """The array in the cache file ``name`` when its bytes are the ones the cache wrote (so
     grids written over it, by ``save_codes`` or by hand, are never trained on); else
     ValueError."""
-    data = run_path(run_dir, name).read_bytes()
+    data = read_file_bytes(run_path(run_dir, name))
     if files.get(name) != hashlib.sha256(data).hexdigest():
         raise ValueError(f"{name} is not the file the code grid cache wrote")
     return np.load(io.BytesIO(data), allow_pickle=False)

@@ -21,7 +21,7 @@ from vqkit.codebook_view import MAX_TILED_CODES, plot_usage
 from vqkit.config import active_settings, flat_settings, setting_text
 from vqkit.data import INFO, OWN_DATASET
 from vqkit.environment import changed_quantizer_code
-from vqkit.fileio import parse_json, write_bytes_atomic
+from vqkit.fileio import parse_json, read_file_bytes, write_bytes_atomic
 from vqkit.prior import has_prior, incomplete_prior
 from vqkit.provenance import EARLIER_WEIGHTS, made_with
 from vqkit.quantize import perplexity
@@ -96,7 +96,7 @@ def _embed(
     if path in reasons:
         caption = f"Stale, made from {reasons[path]} (make it again): {caption}"
     try:
-        return image(path.read_bytes(), alt, caption, pixelated=pixelated, **shown)
+        return image(read_file_bytes(path), alt, caption, pixelated=pixelated, **shown)
     except (OSError, ValueError):
         info.notes[str(path.relative_to(info.run_dir))] = "is not a readable PNG"
         return ""
@@ -193,7 +193,7 @@ def _configuration(info: RunInfo) -> Section:
     prior_path = info.path(runfiles.PRIOR_CONFIG)
     if prior_path.exists():
         try:
-            prior = parse_json(prior_path.read_text())
+            prior = parse_json(read_file_bytes(prior_path))
             if not isinstance(prior, dict):
                 raise ValueError("not an object")
             if prior.get("conditional") is False:

@@ -26,7 +26,14 @@ from vqkit.checkpoint import (
 from vqkit.config import RunConfig, settings_differences
 from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
-from vqkit.fileio import ensure_dir, parse_json, read_jsonl, temp_file_target, write_bytes_atomic
+from vqkit.fileio import (
+    ensure_dir,
+    parse_json,
+    read_file_bytes,
+    read_jsonl,
+    temp_file_target,
+    write_bytes_atomic,
+)
 from vqkit.run_lock import LOCK_NAME, RunLock, require_no_writer
 from vqkit.train_state import Position
 
@@ -223,7 +230,7 @@ def _holds_a_run(folder: Path) -> bool:
     """Whether ``folder`` holds a vqkit run: a config.json with vqkit's sections (the name
     alone is common to many tools, a project folder's own config.json included)."""
     try:
-        config = parse_json((folder / runfiles.CONFIG).read_text())
+        config = parse_json(read_file_bytes(folder / runfiles.CONFIG))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(config, dict) and {"model", "train", "version"} <= set(config)
@@ -277,7 +284,7 @@ def resumed_history(
     kept = [r for r in read_jsonl(path) if _epoch_of(r) is not None and r["epoch"] <= epochs_done]
     if not context.is_main or not path.exists():
         return kept
-    lines = path.read_bytes().splitlines(keepends=True)
+    lines = read_file_bytes(path).splitlines(keepends=True)
     staying = [line for line in lines if (_epoch_of(_parsed(line)) or 0) <= epochs_done]
     if len(staying) != len(lines):
         write_bytes_atomic(path, b"".join(staying))

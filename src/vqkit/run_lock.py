@@ -132,8 +132,11 @@ def require_no_writer(run_dir: str | Path) -> None:
 
 # The lock file is opened without following a symbolic link: its holder's name is written into
 # it, which through a link would overwrite the link's target (another run's weights, say).
-WRITE_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+# Neither open waits (O_NONBLOCK): a pipe planted in place of the lock file blocked every
+# reader of the folder (report, runs) until something wrote to it.
+NO_WAIT = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+WRITE_FLAGS = os.O_RDWR | os.O_CREAT | NO_WAIT
+READ_FLAGS = os.O_RDONLY | NO_WAIT
 
 
 def _open(path: Path) -> int:

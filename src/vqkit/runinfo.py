@@ -21,7 +21,7 @@ from vqkit.checkpoint import load_config, prior_is_stale, read_tensors, run_fold
 from vqkit.config import PRESETS, RunConfig, preset_config
 from vqkit.environment import read_records
 from vqkit.errors import VqkitError
-from vqkit.fileio import parse_json, read_jsonl
+from vqkit.fileio import parse_json, read_file_bytes, read_jsonl
 from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, current_stamp, figure_staleness, staleness
 from vqkit.usage import MAX_COUNT, counts_match_weights, record_counts
 
@@ -176,7 +176,7 @@ def _session_records(info: RunInfo) -> list[dict[str, Any]]:
     path = info.path(runfiles.ENVIRONMENT)
     try:
         records = read_records(info.run_dir)
-        lines = sum(1 for line in path.read_bytes().splitlines() if line.strip())
+        lines = sum(1 for line in read_file_bytes(path).splitlines() if line.strip())
     except (OSError, VqkitError):
         lines, records = 0, []
     if len(records) < lines:
@@ -232,7 +232,7 @@ def _prior_is_conditional(run_dir: Path) -> bool | None:
     """prior_config.json's ``conditional``, or None when it cannot be read (the report's
     configuration section says so already)."""
     try:
-        data = parse_json((run_dir / runfiles.PRIOR_CONFIG).read_text())
+        data = parse_json(read_file_bytes(run_dir / runfiles.PRIOR_CONFIG))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     value = data.get("conditional") if isinstance(data, dict) else None
@@ -245,7 +245,7 @@ def _optional_json(info: RunInfo, name: str, validate) -> Any:
     if not path.exists():
         return None
     try:
-        data = validate(parse_json(path.read_text()))
+        data = validate(parse_json(read_file_bytes(path)))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         data = None
     if data is None:

@@ -13,7 +13,7 @@ from vqkit.checkpoint import load_config
 from vqkit.config import active_settings, flat_settings, setting_text
 from vqkit.data.catalog import split_size
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
-from vqkit.fileio import parse_json
+from vqkit.fileio import open_regular_file, parse_json
 from vqkit.prior import incomplete_prior, unfinished_prior
 from vqkit.run_lock import writer_of
 from vqkit.runinfo import Headline, headline, is_run_dir, load_run_info
@@ -107,7 +107,7 @@ def report_cell(run_dir: Path) -> str:
     report = run_dir / runfiles.REPORT
     try:
         written = report.stat().st_mtime
-        with report.open("rb") as file:
+        with open_regular_file(report) as file:
             head = file.read(REPORT_HEAD_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return "no"

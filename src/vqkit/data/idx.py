@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vqkit.errors import VqkitError
+from vqkit.fileio import read_file_bytes
 
 __all__ = ["IdxError", "read_idx", "idx_bytes", "IDX_DTYPES", "MAX_RANK"]
 
@@ -46,7 +47,7 @@ class ChecksumMismatch(IdxError):
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        return path.read_bytes()
+        return read_file_bytes(path)
     except FileNotFoundError:
         raise IdxError(f"IDX file '{path}' does not exist.") from None
     except IsADirectoryError:
