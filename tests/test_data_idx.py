@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,8 @@ DAMAGE = [
     ("short.gz", SMALL[:-1], True, "too short"),
     ("tiny.gz", b"\x00\x00", True, "too short"),
     ("header.gz", SMALL[:6], True, "header"),
-    ("trailing.gz", SMALL + b"\x00\x00", True, "2 trailing bytes"),
+    ("trailing", SMALL + b"\x00\x00", False, "2 trailing bytes"),
+    ("trailing.gz", SMALL + b"\x00\x00", True, "more trailing bytes"),  # inflated no further
     ("huge.gz", idx_bytes(0x0E, (2**32 - 1,) * 4, b""), True, "too short"),
 ]
 
@@ -101,6 +103,23 @@ def test_damage_is_named(tmp_path: Path, name: str, content: bytes, gz: bool, pr
     msg = str(info.value)
     assert str(p) in msg and problem in msg
     assert msg.endswith(".") and "\n" not in msg
+
+
+@pytest.mark.parametrize("claimed", [2, 10**9])
+def test_a_gzip_bomb_is_inflated_no_further_than_its_header_claims(tmp_path: Path, claimed):
+    """200 MB of zeros gzip to 200 kB: with a header claiming 2 images of 3 bytes (or a
+    billion, more than the file holds) they were inflated whole before being refused."""
+    zeros = bytes(200 * 2**20)
+    p = write(tmp_path / "bomb.gz", idx_bytes(0x08, (claimed, 3), b"") + zeros, True)
+    assert p.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(IdxError, match="trailing bytes" if claimed == 2 else "too short"):
+            read_idx(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < (20 if claimed == 2 else 500) * 2**20
 
 
 def test_missing_and_directory(tmp_path: Path) -> None:

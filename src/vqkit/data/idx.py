@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import math
 import struct
 import zlib
@@ -35,6 +36,7 @@ IDX_DTYPES: dict[int, str] = {
 MAX_RANK = 8
 
 _GZIP_MAGIC = b"\x1f\x8b"
+READ_PIECE_BYTES = 1 << 24
 
 
 class IdxError(VqkitError):
@@ -56,22 +58,52 @@ def _read_bytes(path: Path) -> bytes:
         raise IdxError(f"IDX file '{path}' cannot be read ({e.strerror or e}).") from None
 
 
-def _decompress(path: Path, raw: bytes) -> bytes:
-    """Return the decompressed content; plain files pass through unchanged."""
+def _decompress(path: Path, raw: bytes) -> tuple[bytes, bool]:
+    """The decompressed content (plain files pass through unchanged), and whether it was cut.
+
+    Decompressed no further than one byte past what the header declares: a 1 MB file of
+    zeros inflates to 1 GB (a 'gzip bomb'), and only the declared bytes can be an IDX file."""
     if not raw.startswith(_GZIP_MAGIC):
         if path.name.endswith(".gz"):
             raise IdxError(f"IDX file '{path}' is named .gz but is not gzip-compressed.")
-        return raw
+        return raw, False
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            head = stream.read(4)
+            rank = head[3] if len(head) == 4 and head[3] <= MAX_RANK else 0
+            head += stream.read(4 * rank)
+            declared = _declared_size(head)
+            data = head + _read_at_most(stream, declared - len(head) + 1)
     except EOFError:
         raise IdxError(f"IDX file '{path}' is a truncated gzip stream.") from None
     except (OSError, zlib.error, ValueError) as e:
         # BadGzipFile (an OSError) covers bad headers, CRC and length mismatches.
         raise IdxError(f"IDX file '{path}' is a corrupt gzip stream ({e}).") from None
+    return data, len(data) > declared
 
 
-def _parse(path: Path, data: bytes) -> np.ndarray:
+def _read_at_most(stream: gzip.GzipFile, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``stream``, read in pieces: one read of a header's claim of
+    billions of images would try to hold them all before finding the stream shorter."""
+    pieces = []
+    while limit > 0 and (piece := stream.read(min(limit, READ_PIECE_BYTES))):
+        pieces.append(piece)
+        limit -= len(piece)
+    return b"".join(pieces)
+
+
+def _declared_size(head: bytes) -> int:
+    """Header plus payload bytes that an IDX header ``head`` declares (its length alone when
+    it is too damaged to declare any: the parser then says what is wrong)."""
+    if len(head) < 4 or head[3] == 0 or len(head) != 4 + 4 * head[3]:
+        return len(head)
+    itemsize = np.dtype(IDX_DTYPES.get(head[2], ">u1")).itemsize
+    return len(head) + itemsize * math.prod(struct.unpack(f">{head[3]}I", head[4:]))
+
+
+def _parse(path: Path, data: bytes, cut: bool = False) -> np.ndarray:
+    """The array in IDX content ``data``; ``cut``: decompressed no further than one byte past
+    the payload, so trailing bytes are not counted."""
     if len(data) < 4:
         raise IdxError(f"IDX file '{path}' is too short to hold an IDX header ({len(data)} bytes).")
     zero, code, rank = struct.unpack(">HBB", data[:4])
@@ -100,9 +132,9 @@ def _parse(path: Path, data: bytes) -> np.ndarray:
             f"but only {actual} are present."
         )
     if actual > expected:
+        trailing = "more" if cut else actual - expected
         raise IdxError(
-            f"IDX file '{path}' has {actual - expected} trailing bytes after the payload "
-            f"of shape {dims}."
+            f"IDX file '{path}' has {trailing} trailing bytes after the payload of shape {dims}."
         )
     arr = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header).reshape(
         dims
@@ -121,8 +153,8 @@ def read_idx(path: str | Path, *, expected_sha256: str | None = None) -> np.ndar
     Raises :class:`IdxError` (one sentence naming the file) for every kind of damage.
     """
     path = Path(path)
-    data = _decompress(path, _read_bytes(path))
-    arr = _parse(path, data)
+    data, cut = _decompress(path, _read_bytes(path))
+    arr = _parse(path, data, cut)
     if expected_sha256 is not None:
         digest = hashlib.sha256(data).hexdigest()
         if digest != expected_sha256.lower():
