@@ -123,6 +123,26 @@ def test_every_image_is_an_embedded_png_and_files_are_embedded_unchanged(full_ru
     assert len(embedded) == len(FIGURE_KEYS) + 1 + DRAWN_PLOTS
 
 
+def test_a_link_out_of_the_run_folder_is_not_embedded(bare_run, tmp_path):
+    """A received run folder's reconstructions.png linking to a PNG of one's own (any path its
+    sender guessed) put that image into a report one may pass on."""
+    run = copy_run(bare_run, tmp_path / "run")
+    private = tmp_path / "private.png"
+    Image.new("L", (28, 28), 200).save(private)
+    (run / runfiles.RECONSTRUCTIONS).unlink()
+    (run / runfiles.RECONSTRUCTIONS).symlink_to(private)
+    page = write_report(run).read_text()
+    embedded = [decode_data_uri(source) for source in parse_page(page).images]
+    assert private.read_bytes() not in embedded
+    assert "links outside the run folder" in page
+    inside = run / "copy.png"  # a link within the folder is the folder's own file
+    shutil.copyfile(private, inside)
+    (run / runfiles.RECONSTRUCTIONS).unlink()
+    (run / runfiles.RECONSTRUCTIONS).symlink_to(inside.name)
+    page = write_report(run).read_text()
+    assert private.read_bytes() in [decode_data_uri(s) for s in parse_page(page).images]
+
+
 def test_page_is_self_contained(full_page):
     assert parse_page(full_page).script_tags == 0
     for needle in ("http://", "https://", "<script", "<link", "@import", "url("):
