@@ -92,7 +92,7 @@ def test_full_run_shows_the_numbers_of_its_files(full_page):
     assert f">{min(t for _, _, t in PRIOR_EPOCHS)}<" in full_page
     assert f">{UNIGRAM_BITS:.3f}<" in full_page and f">{UNIGRAM_BITS * 49:.1f}<" in full_page
     assert ">7.000<" in full_page and ">343.0<" in full_page  # uniform: log2(128), 49 codes
-    assert "<h3>prior epochs</h3>" in full_page  # prior_metrics.jsonl has epoch_seconds
+    assert "<caption>prior epochs</caption>" in full_page  # prior_metrics.jsonl has epoch_seconds
     # Every stage of timings.json, and their total.
     for stage in TIMINGS:
         assert f"<td>{stage}</td>" in full_page
@@ -676,13 +676,29 @@ def test_a_single_epochs_point_is_labelled_with_its_value(monkeypatch):
     assert one == ["0.01823"] and two == []
 
 
-def test_the_prior_and_stage_tables_keep_fixed_decimals_per_column(full_run):
+def test_the_prior_stage_and_epoch_tables_keep_fixed_decimals_per_column(full_run):
     # Their columns read 118, 343, 302.1 and 163, 13, 66.5, 0.0213: points that did not line up.
     text = render_report(load_run_info(full_run))
-    for heading, places in (("<h2>Prior</h2>", (3, 1)), ("<h3>pipeline stages</h3>", (1,))):
+    for heading, places in (
+        ("<h2>Prior</h2>", (3, 1)),
+        ("<caption>pipeline stages</caption>", (1,)),
+        ("<caption>training epochs</caption>", (1, 0)),
+        ("<caption>prior epochs</caption>", (1,)),
+    ):
         section = text[text.index(heading) :]
         table = section[: section.index("</table>")]
         for row in re.findall(r"<tr>(.*?)</tr>", table)[1:]:  # after the header row
             cells = re.findall(r"<td class=num>(?:<strong>)?([^<]*)<", row)
             for cell, decimals in zip(cells, places, strict=False):
-                assert re.fullmatch(rf"[\d,]+\.\d{{{decimals}}}", cell), (heading, cell)
+                pattern = rf"[\d,]+\.\d{{{decimals}}}" if decimals else r"[\d,]+"
+                assert re.fullmatch(pattern, cell), (heading, cell)
+
+
+def test_every_table_is_named_by_its_caption(full_page):
+    # Screen readers announce a table by its caption; a heading above it is not tied to it.
+    tables = re.findall(r"<table>(.*?)</table>", full_page, re.S)
+    assert len(tables) >= 8
+    captions = [re.match(r"<caption[^>]*>([^<]+)</caption><thead>", t) for t in tables]
+    assert all(captions), [t[:80] for t, c in zip(tables, captions, strict=True) if not c]
+    names = [c[1] for c in captions if c]
+    assert {"training epochs", "sessions", "per-epoch numbers", "sample quality"} <= set(names)

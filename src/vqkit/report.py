@@ -189,7 +189,7 @@ def _settings_tables(data: dict[str, Any]) -> list[str]:
 
 
 def _settings_tile(name: str, rows: list[tuple[str, str]]) -> str:
-    return f"<div><h3>{esc(name)}</h3>{table(['setting', 'value'], rows, numeric_from=2)}</div>"
+    return f"<div>{table(['setting', 'value'], rows, numeric_from=2, caption=name)}</div>"
 
 
 def _configuration(info: RunInfo) -> Section:
@@ -261,7 +261,8 @@ def _training(info: RunInfo) -> Section | None:
         headers.append("code restarts so far")
     rows = [[r["epoch"], *(r.get(c) for c in columns)] for r in records]
     body = f'<div class="grid">{"".join(plots)}</div>' + (
-        f"<details><summary>per-epoch numbers</summary>{table(headers, rows)}</details>"
+        "<details><summary>per-epoch numbers</summary>"
+        f"{table(headers, rows, caption='per-epoch numbers', caption_shown=False)}</details>"
     )
     lead = (
         f"One point per epoch, from {runfiles.METRICS}. Training loss: the reconstruction MSE "
@@ -312,6 +313,8 @@ def _codebook(info: RunInfo) -> Section | None:
                 ],
                 [[counts.numel(), used, counts.numel() - used, spread, images]],
                 numeric_from=0,
+                caption="codebook usage on the training set",
+                caption_shown=False,
             )
         )
     # Alt texts say what a figure shows in a few words (screen readers read the caption too).
@@ -524,7 +527,8 @@ def _scores_table(scores: dict[str, Any]) -> str:
     caption = f"<p class='lead'>{esc('; '.join(detail))}.</p>"
     left_out = scores.get("classes_left_out")  # a conditional prior's class with no row of its own
     after = f"<p>{esc(left_out)}</p>" if isinstance(left_out, str) and left_out else ""
-    return f'<div id="scores"><h3>Sample quality</h3>{caption}{table(headers, rows)}{after}</div>'
+    named = table(headers, rows, caption="sample quality", caption_shown=False)
+    return f'<div id="scores"><h3>Sample quality</h3>{caption}{named}{after}</div>'
 
 
 def _score_cell(key: str, value: Any) -> float | str | None:
@@ -610,7 +614,10 @@ def _prior(info: RunInfo) -> Section | None:
         for name, bits in baselines.items()
     ]
     body = image(plot, "prior bits per code per epoch against baselines") + table(
-        ["model", "bits per code", "bits per image"], rows
+        ["model", "bits per code", "bits per image"],
+        rows,
+        caption="prior and baselines on the test code grids",
+        caption_shown=False,
     )
     counts = [number(last.get(f"{split}_grids")) for split in ("test", "train")]
     grids = (
@@ -653,13 +660,15 @@ def _timing(info: RunInfo) -> Section | None:
     epochs = [r for r in info.metrics if number(r.get("epoch_seconds")) is not None]
     if epochs:
         rows = [
-            [r["epoch"], r["epoch_seconds"], number(r.get("images_per_second"))] for r in epochs
+            [r["epoch"], _decimals(r["epoch_seconds"], 1), _decimals(r.get("images_per_second"), 0)]
+            for r in epochs
         ]
-        parts.append("<h3>training epochs</h3>" + table(["epoch", "seconds", "images/s"], rows))
+        headers = ["epoch", "seconds", "images/s"]
+        parts.append(table(headers, rows, caption="training epochs"))
     prior_epochs = [r for r in info.prior_metrics if number(r.get("epoch_seconds")) is not None]
     if prior_epochs:
-        rows = [[r["epoch"], r["epoch_seconds"]] for r in prior_epochs]
-        parts.append("<h3>prior epochs</h3>" + table(["epoch", "seconds"], rows))
+        rows = [[r["epoch"], _decimals(r["epoch_seconds"], 1)] for r in prior_epochs]
+        parts.append(table(["epoch", "seconds"], rows, caption="prior epochs"))
     if info.timings:
         longest = max(info.timings.values()) or 1.0
         total = sum(info.timings.values())
@@ -682,9 +691,9 @@ def _timing(info: RunInfo) -> Section | None:
             '<th scope="col">stage</th><th scope="col" class=num>seconds</th>'
             '<th scope="col"><span class="hidden">share of the total</span></th>'
         )
-        parts.append("<h3>pipeline stages</h3>" + table_html(head, rows_html))
+        parts.append(table_html(head, rows_html, caption="pipeline stages"))
     if info.environment:
-        parts.append("<h3>sessions</h3>" + _sessions_table(info.environment))
+        parts.append(_sessions_table(info.environment))
         changed = changed_quantizer_code(info.environment)
         parts.append(note(changed) if changed else "")
     if not parts:
@@ -715,7 +724,7 @@ def _sessions_table(records: list[dict[str, Any]]) -> str:
         "started (UTC)", "stage", "device", "processes × threads", "precision", "versions",
         "quantizer",
     ]  # fmt: skip
-    return table(headers, rows, numeric_from=len(headers))
+    return table(headers, rows, numeric_from=len(headers), caption="sessions")
 
 
 def _code(record: dict[str, Any]) -> str:

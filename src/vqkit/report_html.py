@@ -56,8 +56,15 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> str:
-    """An HTML table; cells are escaped, columns from ``numeric_from`` on are right-aligned."""
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    numeric_from: int = 1,
+    caption: str = "",
+    caption_shown: bool = True,
+) -> str:
+    """An HTML table; cells are escaped, columns from ``numeric_from`` on are right-aligned.
+    ``caption`` names it (see :func:`table_html`)."""
     head = "".join(
         f'<th scope="col"{" class=num" if i >= numeric_from else ""}>{esc(h)}</th>'
         for i, h in enumerate(headers)
@@ -71,14 +78,19 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: i
         + "</tr>"
         for row in rows
     )
-    return table_html(head, body)
+    return table_html(head, body, caption, caption_shown)
 
 
-def table_html(head: str, body: str) -> str:
-    """A scrollable table from ready-made header cells and body rows (already escaped)."""
+def table_html(head: str, body: str, caption: str = "", caption_shown: bool = True) -> str:
+    """A scrollable table from ready-made header cells and body rows (already escaped).
+
+    ``caption`` is its name, which screen readers announce with it: shown as a heading, or
+    only to them (``caption_shown`` False) where a heading or summary above names it already."""
+    hidden = "" if caption_shown else " class=hidden"
+    named = f"<caption{hidden}>{esc(caption)}</caption>" if caption else ""
     return (
         # Focusable: a keyboard (and Safari, whose scrolling boxes are not) can scroll it.
-        f'<div class="scroll" tabindex="0"><table><thead><tr>{head}</tr></thead>'
+        f'<div class="scroll" tabindex="0"><table>{named}<thead><tr>{head}</tr></thead>'
         f"<tbody>{body}</tbody></table></div>"
     )
 
@@ -168,7 +180,8 @@ header, main, footer { max-width:1120px; margin:0 auto; padding:0 20px; }
 header { padding-top:28px; }
 h1 { font-size:1.7rem; margin:0 0 4px; letter-spacing:-0.01em; }
 h2 { font-size:1.25rem; margin:0 0 4px; padding-top:8px; }
-h3 { font-size:1rem; margin:18px 0 6px; }
+h3, caption { font-size:1rem; font-weight:bold; margin:18px 0 6px; }
+caption { text-align:left; }
 .eyebrow { margin:0; font-size:0.8rem; color:var(--accent); text-transform:uppercase;
            letter-spacing:0.06em; font-weight:600; }
 .subtitle { color:var(--muted); margin:0 0 18px; }
