@@ -157,3 +157,49 @@ def test_the_straight_through_latents_are_exactly_the_codes_sampling_decodes():
     z = 100 + torch.randn(2, 4, 3, 3)
     out = quantizer(z)
     assert torch.equal(out.quantized, quantizer.codes_to_latents(out.codes))
+
+
+def test_outputs_stay_dataclasses_whose_counts_are_a_field_counted_when_read():
+    """Counting on first read made QuantizerOutput and VQVAEOutput plain classes: fields()
+    and dataclasses.replace failed, and out.code_counts = ... raised AttributeError."""
+    import dataclasses
+
+    from vqkit.model import VQVAEOutput
+
+    codes = torch.tensor([[0, 2], [2, 3]], dtype=torch.int32)  # a quantizer's own int32 codes
+    out = quantize.QuantizerOutput(torch.zeros(2, 1, 2), codes, torch.zeros(()), 4)
+    names = [f.name for f in dataclasses.fields(out)]
+    assert names == ["quantized", "codes", "loss", "code_counts"]
+    assert out.counts_or_num_codes() == 4  # not counted yet
+    moved = dataclasses.replace(out, quantized=torch.ones(2, 1, 2))
+    assert moved.code_counts.tolist() == [1, 0, 2, 1] and moved.code_counts.dtype == torch.long
+    out.code_counts = torch.tensor([9, 9, 9, 9])  # set by a quantizer of one's own
+    assert out.code_counts.tolist() == [9, 9, 9, 9]
+    with pytest.raises(TypeError, match="code_counts"):
+        quantize.QuantizerOutput(torch.zeros(1), codes, torch.zeros(()))  # still required
+    whole = VQVAEOutput(torch.zeros(1), codes, torch.zeros(()), 5)
+    assert dataclasses.is_dataclass(whole) and whole.code_counts.tolist() == [1, 0, 2, 1, 0]
+
+
+def test_a_model_in_ddp_finding_unused_parameters_trains(tmp_path):
+    """DistributedDataParallel(find_unused_parameters=True) looks for the output's tensors in
+    a dataclass's fields; in a plain class it found none, marked every parameter unused, and
+    the backward raised 'Expected to mark a variable ready only once'."""
+    import torch.distributed as dist
+
+    from vqkit.config import preset_config
+    from vqkit.model import VQVAE
+
+    config = preset_config("efficient").model
+    config.hidden_dim = 8
+    model = VQVAE(config)
+    images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        for _ in range(2):
+            out = wrapped(images)
+            (out.reconstruction.float().mean() + out.vq_loss).backward()
+    finally:
+        dist.destroy_process_group()
+    assert model.encoder.net[0].weight.grad.abs().sum() > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -91,25 +92,17 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
+@dataclass
 class VQVAEOutput(CountedCodes):
-    """What the VQ-VAE's forward returns for a batch of B images:
+    """What the VQ-VAE's forward returns for a batch of B images."""
 
-    - ``reconstruction`` (B, C, H, W) in [0, 1];
-    - ``codes`` (B, h, w) int64;
-    - ``vq_loss`` () the quantizer loss: codebook + beta * commitment; beta * commitment alone
-      with EMA codebook updates; 0 for FSQ;
-    - ``code_counts`` (K,) the codes chosen in this batch (counted when first read)."""
-
-    def __init__(
-        self,
-        reconstruction: torch.Tensor,
-        codes: torch.Tensor,
-        vq_loss: torch.Tensor,
-        code_counts: torch.Tensor | int,
-    ) -> None:
-        super().__init__(codes, code_counts)
-        self.reconstruction = reconstruction
-        self.vq_loss = vq_loss
+    reconstruction: torch.Tensor  # (B, C, H, W) in [0, 1]
+    codes: torch.Tensor  # (B, h, w) int64
+    # () quantizer loss: codebook + beta * commitment; beta * commitment alone with EMA codebook
+    # updates; 0 for FSQ
+    vq_loss: torch.Tensor
+    # (K,) codes chosen in this batch (given as K: counted when first read)
+    code_counts: torch.Tensor | int  # type: ignore[assignment]
 
 
 def images_to_input(images: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -44,48 +45,54 @@ def count_batch_codes(codes: torch.Tensor, num_codes: int) -> torch.Tensor:
     )
 
 
+class LazyCodeCounts:
+    """The ``code_counts`` field of :class:`CountedCodes`: set as the (K,) tensor or as K
+    alone, read as the tensor (counted from ``codes`` at the first read when given as K).
+
+    A data descriptor, not a property: the outputs stay dataclasses whose ``code_counts`` is a
+    field (``dataclasses.fields`` and ``replace``, DistributedDataParallel's search of an
+    output for its tensors with ``find_unused_parameters``) and may be set again."""
+
+    def __get__(self, output: Any, owner: type | None = None) -> torch.Tensor:
+        if output is None:  # read on the class: the dataclass field has no default
+            raise AttributeError("code_counts")
+        if not isinstance(output._counts, torch.Tensor):
+            output._counts = count_batch_codes(output.codes, output._counts)
+        return output._counts
+
+    def __set__(self, output: Any, counts: torch.Tensor | int) -> None:
+        output._counts = counts
+
+
 class CountedCodes:
-    """A code grid ``codes`` with ``code_counts``, its (K,) int64 count of each code.
+    """Base of the output dataclasses with a code grid ``codes`` and ``code_counts``, its (K,)
+    int64 count of each code.
 
     The counts may be given as K alone: they are then counted from the codes when first read.
     A training step never reads them, and for FSQ's largest grids (K = 2^24) counting them
     each step would build a 128 MB tensor, slower than the step itself."""
 
-    def __init__(self, codes: torch.Tensor, code_counts: torch.Tensor | int) -> None:
-        self.codes = codes
-        self._counts = code_counts
-
-    @property
-    def code_counts(self) -> torch.Tensor:
-        if not isinstance(self._counts, torch.Tensor):
-            self._counts = count_batch_codes(self.codes, self._counts)
-        return self._counts
+    codes: torch.Tensor
+    _counts: torch.Tensor | int
+    code_counts = LazyCodeCounts()
 
     def counts_or_num_codes(self) -> torch.Tensor | int:
         """The counts if they were made, else K: passes them on without counting."""
         return self._counts
 
 
+@dataclass
 class QuantizerOutput(CountedCodes):
-    """What a quantizer's forward returns, for latents z (B, D, H, W) (or (B, D, *S)):
+    """What a quantizer's forward returns, for latents z (B, D, H, W) (or (B, D, *S))."""
 
-    - ``quantized`` (B, D, H, W) float, straight-through: the gradient flows to z;
-    - ``codes`` (B, H, W) int64 code indices;
-    - ``loss`` () float: codebook loss + beta * commitment loss; beta * commitment alone with
-      EMA codebook updates; 0 for FSQ;
-    - ``code_counts`` (K,) int64: how often each code was chosen in this batch (given as the
-      tensor, or as K to count them only if read)."""
-
-    def __init__(
-        self,
-        quantized: torch.Tensor,
-        codes: torch.Tensor,
-        loss: torch.Tensor,
-        code_counts: torch.Tensor | int,
-    ) -> None:
-        super().__init__(codes, code_counts)
-        self.quantized = quantized
-        self.loss = loss
+    quantized: torch.Tensor  # (B, D, H, W) float, straight-through: gradient flows to z
+    codes: torch.Tensor  # (B, H, W) int64 code indices
+    # () float: codebook loss + beta * commitment loss; beta * commitment alone with EMA
+    # codebook updates; 0 for FSQ
+    loss: torch.Tensor
+    # (K,) int64: how often each code was chosen in this batch (given as the tensor, or as K
+    # to count them only if read)
+    code_counts: torch.Tensor | int  # type: ignore[assignment]
 
 
 if TYPE_CHECKING:
