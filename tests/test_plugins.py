@@ -346,3 +346,18 @@ def test_a_plugin_registering_one_of_vqkits_functions_under_a_new_name_is_accept
     )
     plugins.import_plugin(str(plugin))
     assert generate.registered_strategies()["uniform"] is generate.registered_strategies()["random"]
+
+
+@pytest.mark.parametrize("given", ["../helped_plugin.py", "linked_helped_plugin.py"])
+def test_a_failure_is_placed_in_the_plugin_given_by_a_path_not_its_own(
+    tmp_path, monkeypatch, capsys, given
+):
+    """A plugin given as ../plugin.py, or by a link, runs from that path, not the resolved
+    one: its frames did not match the resolved path, and a failure was placed in the helper
+    module it called (helper.py, line 2) instead of the plugin's own line."""
+    (tmp_path / "plugin_helper.py").write_text("def fail():\n    raise ValueError('boom')\n")
+    (tmp_path / "helped_plugin.py").write_text("import plugin_helper\n\nplugin_helper.fail()\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "linked_helped_plugin.py").symlink_to(tmp_path / "helped_plugin.py")
+    monkeypatch.chdir(tmp_path / "sub")
+    fails_cleanly(capsys, ["--plugin", given, "runs", tmp_path], "boom (at ", ", line 3).")

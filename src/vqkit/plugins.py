@@ -88,8 +88,10 @@ def _import_file(spec: str) -> None:
     # are two modules; registered in sys.modules, where dataclasses and pickling look.
     name = f"vqkit_plugin_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
     # Loaded from the path as given (a .py name), not the resolved one: a link plugin.py to a
-    # file of another name would find no loader for that name's suffix.
-    module_spec = importlib.util.spec_from_file_location(name, Path(spec).expanduser().absolute())
+    # file of another name would find no loader for that name's suffix. Its frames carry that
+    # path, so a failure is placed in the plugin by it (not by the resolved one).
+    located = Path(spec).expanduser().absolute()
+    module_spec = importlib.util.spec_from_file_location(name, located)
     if module_spec is None or module_spec.loader is None:
         raise VqkitError(f"The plugin file {spec} cannot be imported as Python (--plugin).")
     module = importlib.util.module_from_spec(module_spec)
@@ -101,7 +103,7 @@ def _import_file(spec: str) -> None:
         del sys.modules[name]
         if isinstance(exc, VqkitError):  # vqkit's own sentence, e.g. a built-in name taken
             raise
-        raise VqkitError(_failure(f"Importing the plugin {spec}", exc, path)) from exc
+        raise VqkitError(_failure(f"Importing the plugin {spec}", exc, located)) from exc
     _IMPORTED.add(str(path))
 
 
