@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import struct
 import threading
 import time
@@ -26,6 +27,11 @@ from vqkit.config import ModelConfig, QuantizerConfig, RunConfig
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_file_bytes
 from vqkit.model import VQVAE
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 
 class PlantMarker:
@@ -265,3 +271,30 @@ def test_a_link_to_a_device_is_refused_unread(tmp_path):
         read_tensors(link, "model weights file")
     with pytest.raises(IsADirectoryError):
         read_file_bytes(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETLEASE"), reason="file leases are Linux's")
+def test_a_file_held_by_a_lease_is_read_once_its_holder_lets_go(tmp_path):
+    """A Samba or NFS server (any F_SETLEASE holder) is asked to give up its lease when the
+    file is opened; an open that does not wait failed at once with EAGAIN instead of reading
+    the file, as Path.read_bytes did once the holder let go."""
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"weights")
+    holder = os.open(path, os.O_RDWR)
+    asked = []
+
+    def let_go(*_: object) -> None:  # the kernel's SIGIO: the lease is wanted
+        asked.append(True)
+        fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+
+    previous = signal.signal(signal.SIGIO, let_go)
+    try:
+        try:
+            fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as exc:  # leases turned off (fs.leases-enable), or a file system without
+            pytest.skip(f"no lease here: {exc}")
+        assert read_file_bytes(path) == b"weights"
+        assert asked
+    finally:
+        signal.signal(signal.SIGIO, previous)
+        os.close(holder)

@@ -151,7 +151,7 @@ def open_regular_file(path: str | Path) -> Iterator[IO[bytes]]:
     """``open(path, "rb")`` that refuses what is not a regular file, with the OSError open
     raises (IsADirectoryError for a folder): a pipe planted in a received run folder made its
     readers wait forever, a link to /dev/zero read until memory ran out."""
-    fd = os.open(path, READ_FLAGS)
+    fd = _open_for_reading(path)
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
@@ -164,6 +164,18 @@ def open_regular_file(path: str | Path) -> Iterator[IO[bytes]]:
         raise
     with handle:
         yield handle
+
+
+def _open_for_reading(path: str | Path) -> int:
+    """``os.open`` with READ_FLAGS; a regular file it finds held by a lease (a Samba or NFS
+    server's, or any F_SETLEASE holder's) is opened again waiting, as an ordinary open does:
+    without waiting, open fails at once (EAGAIN) while the holder is asked to let go."""
+    try:
+        return os.open(path, READ_FLAGS)
+    except BlockingIOError:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never waits on what is not a file
+            raise
+        return os.open(path, READ_FLAGS & ~getattr(os, "O_NONBLOCK", 0))
 
 
 def read_file_bytes(path: str | Path) -> bytes:
