@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import vqkit
-from vqkit.config import QuantizerConfig, preset_config
+from vqkit import runfiles
+from vqkit.checkpoint import load_model, save_config, save_weights
+from vqkit.config import QuantizerConfig, RunConfig, preset_config
 from vqkit.errors import VqkitError
 from vqkit.model import VQVAE
 from vqkit.quantize import register_quantizer
@@ -143,3 +147,48 @@ def test_a_quantizer_returning_a_tuple_is_named_at_the_first_forward():
 def test_a_misspelt_quantizer_gets_a_suggestion():
     with pytest.raises(VqkitError, match="did you mean 'counting-vq'"):
         QuantizerConfig(quantizer="countingvq")
+
+
+@functools.lru_cache
+def sign_table(dim: int) -> torch.Tensor:
+    """A fixed tensor made once per size, as a quantizer of one's own may keep one."""
+    return torch.tensor([1.0, -1.0]).repeat(dim)[:dim]
+
+
+@register_quantizer("cached-table-vq")
+class CachedTableVQ(VectorQuantizer):
+    """Flips the sign of every other latent channel by a table made once (cached)."""
+
+    built_on: list[str] = []
+
+    def __init__(self, config):
+        super().__init__(config)
+        type(self).built_on.append(torch.empty(0).device.type)
+        self.signs = sign_table(config.embedding_dim)
+
+    def forward(self, z):
+        return super().forward(z * self.signs.view(1, -1, 1, 1))
+
+
+def test_a_quantizer_of_ones_own_is_loaded_built_once_and_for_real(tmp_path):
+    """load_model built the whole model once on the meta device to check the weights' sizes:
+    a quantizer of one's own ran there too, and a tensor it cached while built was a meta
+    tensor in the real model ('Tensor on device meta is not on the expected device cpu')."""
+    config = RunConfig(model=preset_config("efficient").model)
+    config.model.hidden_dim = 8
+    config.model.quantizer.quantizer = "cached-table-vq"
+    save_config(tmp_path, config)
+    save_weights(tmp_path / runfiles.WEIGHTS, VQVAE(config.model))
+    sign_table.cache_clear()
+    CachedTableVQ.built_on.clear()
+    model = load_model(tmp_path)
+    assert CachedTableVQ.built_on == ["cpu"]
+    out = model(torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8))
+    assert out.codes.shape == (2, 7, 7)
+    # The encoder's and decoder's sizes are still checked before anything is built for real.
+    config.model.hidden_dim = 4096
+    save_config(tmp_path, config)
+    CachedTableVQ.built_on.clear()
+    with pytest.raises(VqkitError, match="does not fit its configuration"):
+        load_model(tmp_path)
+    assert CachedTableVQ.built_on == []

@@ -19,7 +19,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from vqkit import runfiles
-from vqkit.config import RunConfig
+from vqkit.config import REGISTERED_QUANTIZERS, ModelConfig, RunConfig
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError, refused_file
 from vqkit.fileio import (
     open_regular_file,
@@ -314,18 +314,33 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> VQVAE
     tensors = read_tensors(weights, what)
     # The sizes are checked on a model built on the meta device, which allocates nothing: a
     # config.json edited to large but valid sizes made an 850-byte file allocate 128 GiB
-    # before the weights could say they differ. (A quantizer of one's own that reads a
-    # tensor's value while it is built cannot be built there: it is checked once built.)
-    try:
-        with torch.device("meta"):
-            skeleton = VQVAE(config.model)
-    except Exception:
-        skeleton = None
-    if skeleton is not None:
-        require_tensors_fit(skeleton.state_dict(), tensors, weights, what)
+    # before the weights could say they differ.
+    expected = _meta_state(config.model)
+    if expected is not None:
+        parts = {name.split(".", 1)[0] for name in expected}
+        mine = {name: t for name, t in tensors.items() if name.split(".", 1)[0] in parts}
+        require_tensors_fit(expected, mine, weights, what)
     model = VQVAE(config.model)
     load_tensors_into(model, tensors, weights, what)
     return model.to(target).eval()
+
+
+def _meta_state(config: ModelConfig) -> dict[str, torch.Tensor] | None:
+    """The state of a VQVAE of ``config`` built on the meta device (shapes and dtypes, no
+    memory), or None when it cannot be built there. With a quantizer of one's own, only the
+    encoder's and decoder's: its code is built once, for real, as before, since what it made
+    while built on the meta device could outlive that build (a tensor it caches, say) and
+    leave the real model with tensors that hold no data."""
+    from vqkit.model import VQVAE, Decoder, Encoder
+
+    try:
+        with torch.device("meta"):
+            if config.quantizer.quantizer not in REGISTERED_QUANTIZERS:
+                return VQVAE(config).state_dict()
+            parts = {"encoder": Encoder(config), "decoder": Decoder(config)}
+    except Exception:
+        return None
+    return {f"{part}.{name}": t for part, m in parts.items() for name, t in m.state_dict().items()}
 
 
 def why_no_weights_yet(run_dir: str | Path) -> str | None:
