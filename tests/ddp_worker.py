@@ -9,19 +9,20 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from vqkit import training
 from vqkit.checkpoint import save_weights
-from vqkit.cli import main, train_cmd
+from vqkit.cli import main
 
 if __name__ == "__main__":
     dump_dir, argv = Path(sys.argv[1]), sys.argv[2:]
     results = []
-    real_train = train_cmd.train
+    real_train = training.train
 
     def keep_result(*args, **kwargs):
         results.append(real_train(*args, **kwargs))
         return results[-1]
 
-    train_cmd.train = keep_result
+    training.train = keep_result  # `vqkit train` imports it when it runs
     code = main(argv)
     assert not dist.is_initialized(), "the process group was left open"
     if code == 0:

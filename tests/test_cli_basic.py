@@ -9,10 +9,12 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from PIL import Image
+from process_helpers import child_env
 
 import vqkit
-from vqkit.cli import main
+from vqkit.cli import COMMAND_MODULES, main
 
 
 def test_train_evaluate_reconstruct_end_to_end(tmp_path, capsys):
@@ -105,6 +107,49 @@ def test_a_ctrl_c_while_pytorch_loads_ends_in_one_line(tmp_path):
     )
     expected = (130, "vqkit: interrupted.\n", "True True\n")
     assert (result.returncode, result.stderr, result.stdout) == expected
+
+
+# Runs the program as `python -m vqkit` does, then says on stderr its exit status and which
+# heavy libraries it imported.
+IMPORTS_OF_A_COMMAND_LINE = """
+import runpy, sys
+sys.argv = ["vqkit", *sys.argv[1:]]
+status = 0
+try:
+    runpy.run_module("vqkit", run_name="__main__")
+except SystemExit as exc:
+    status = exc.code
+heavy = [name for name in ("torch", "numpy", "PIL", "matplotlib") if name in sys.modules]
+print(status, *heavy, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["trian"],
+        ["train", "--epochs", "x"],
+        ["train", "--preset", "nope"],
+        ["train", "--no-such-flag"],
+        ["train-prior", "--layers", "0"],
+        ["interpolate", "RUN", "--from", "0", "--to", "1", "--mode", "fade", "--out", "i.png"],
+        *([name, "--help"] for name in COMMAND_MODULES if name != "sample"),
+    ],
+)
+def test_help_and_mistyped_flags_answer_without_loading_pytorch(argv):
+    # They waited 2-3 s on a 2-core machine for PyTorch, which parsing never needs. (sample's
+    # --help lists the strategies, which their modules register: it loads PyTorch.)
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_OF_A_COMMAND_LINE, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    status = result.stderr.splitlines()[-1]
+    assert status in ("0", "2"), result.stderr
 
 
 def test_importing_vqkit_leaves_pytorch_unloaded_until_a_name_is_used():

@@ -25,7 +25,7 @@ from process_helpers import child_env, vqkit_command
 
 from vqkit import fileio, runfiles, training
 from vqkit.checkpoint import load_model, save_config
-from vqkit.cli import codebook_cmd, demo_cmd, evaluate_cmd, main
+from vqkit.cli import codebook_cmd, evaluate_cmd, main
 from vqkit.config import preset_config
 from vqkit.errors import VqkitError
 
@@ -607,7 +607,7 @@ def test_a_training_stop_a_command_does_not_report_itself_keeps_its_signals_stat
     def stopped(*args, **kwargs):
         raise training.TrainingInterrupted(tmp_path / "run", signal_number=number)
 
-    monkeypatch.setattr(demo_cmd, "run_demo", stopped)
+    monkeypatch.setattr("vqkit.demo.run_demo", stopped)  # demo_cmd imports it when it runs
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 128 + number
     assert capsys.readouterr().err == f"vqkit: {said}.\n"
 

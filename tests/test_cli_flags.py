@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from vqkit.cli import build_parser, demo_cmd, main
+from vqkit.cli import build_parser, main
 from vqkit.cli.train_prior_cmd import config_from_args
 from vqkit.demo import DemoSettings
 
@@ -20,8 +20,8 @@ def test_demo_flags_reach_the_demo_settings(monkeypatch, tmp_path, capsys):
         seen.update(out=out_dir, settings=settings, device=device, progress=progress)
         return SimpleNamespace()
 
-    monkeypatch.setattr(demo_cmd, "run_demo", fake_demo)
-    monkeypatch.setattr(demo_cmd, "format_headline", lambda result: "headline")
+    monkeypatch.setattr("vqkit.demo.run_demo", fake_demo)  # demo_cmd imports it when it runs
+    monkeypatch.setattr("vqkit.demo.format_headline", lambda result: "headline")
     flags = [
         "demo", "--dataset", "fashion-mnist", "--preset", "fast", "--epochs", "5",
         "--prior-epochs", "3", "--score-samples", "50", "--seed", "4",

@@ -332,9 +332,9 @@ def test_leaving_the_group_waits_for_the_others_only_after_a_finished_run(monkey
     # A rank done first used to exit while the others still ran, and sometimes aborted at exit;
     # after a failure a barrier could wait on a rank that will never come.
     calls = []
-    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
-    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: calls.append("destroy"))
     monkeypatch.setattr(distributed.gc, "collect", lambda: calls.append("collect"))
     distributed.teardown(Context(rank=1, world_size=2, owns_group=True), finished)
     assert calls == (["barrier"] if finished else []) + ["destroy", "collect"]
@@ -349,9 +349,9 @@ def test_a_ctrl_c_while_a_finished_run_waits_for_the_others_still_leaves_the_gro
         raise KeyboardInterrupt
 
     calls = []
-    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(distributed.dist, "barrier", interrupted)
-    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "barrier", interrupted)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: calls.append("destroy"))
     monkeypatch.setattr(distributed.gc, "collect", lambda: calls.append("collect"))
     distributed.teardown(Context(rank=0, world_size=2, owns_group=True), finished=True)
     assert calls == ["destroy", "collect"]
@@ -366,9 +366,9 @@ def test_a_rank_that_left_after_failing_does_not_turn_the_finished_ranks_exit_in
         raise RuntimeError("Connection closed by peer")
 
     left = []
-    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(distributed.dist, "barrier", peer_gone)
-    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: left.append(True))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "barrier", peer_gone)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: left.append(True))
     distributed.teardown(Context(rank=1, world_size=2, owns_group=True), finished=True)
     assert left == [True]
 

@@ -28,7 +28,6 @@ from cli_helpers import fails_cleanly
 from process_helpers import child_env, vqkit_command
 from safetensors.torch import save_file
 
-from vqkit import prior as prior_module
 from vqkit import (
     prior_loop,
     prior_replacement,
@@ -1026,7 +1025,7 @@ def test_a_prior_beyond_the_new_bounds_resumes_but_is_not_restarted(
     # The bounds hold a new prior only: one saved before they existed still trains on. With
     # NumPy's True for resume (accepted as a switch): it reached the session log's JSON.
     run_dir = copy_run(finished_prior, tmp_path)
-    monkeypatch.setattr(prior_module, "MAX_PRIOR_LAYERS", 1)  # the saved prior has 2 layers
+    monkeypatch.setattr("vqkit.config.MAX_PRIOR_LAYERS", 1)  # the saved prior has 2 layers
     with single_thread():
         more = replace(TINY, epochs=3)
         result = prior_training.train_prior(

@@ -9,12 +9,9 @@ its softmax the confidence and Inception Score (see ``vqkit.score``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,61 +19,14 @@ from torch import nn
 
 from vqkit.acceleration import autocast, resolve_precision
 from vqkit.checkpoint import load_weights_into, save_weights
-from vqkit.config import EVAL_BATCH_SIZE, PRECISIONS, _require, require_typed_settings
+from vqkit.config import EVAL_BATCH_SIZE
+from vqkit.config import ClassifierConfig as ClassifierConfig  # re-exported: it lives there
 from vqkit.data import OWN_DATASET, Split, load_split
 from vqkit.devices import callers_random_state_kept
 from vqkit.environment import images_digest
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_json, require_writable_folder, write_json_atomic
 from vqkit.model import input_for
-
-
-@dataclass
-class ClassifierConfig:
-    """Shape and training of the evaluation classifier."""
-
-    dataset: str = "mnist"
-    channels: tuple[int, int] = (32, 64)  # widths of the two conv blocks
-    features: int = 128  # size of the penultimate layer (the Fréchet features)
-    num_classes: int = 10
-    dropout: float = 0.25
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 2e-3
-    precision: str = "auto"  # training autocast: bf16 where the hardware runs it natively
-    seed: int = 0
-    train_limit: int | None = None  # first N training images only (tests)
-
-    def __post_init__(self) -> None:
-        require_typed_settings(self, "classifier", seed_name="The classifier's seed")
-        self.channels = tuple(self.channels)
-        _require(
-            len(self.channels) == 2 and min(self.channels) >= 1,
-            "The classifier needs two positive channel widths.",
-        )
-        for name, least in (("features", 1), ("num_classes", 2), ("epochs", 1), ("batch_size", 1)):
-            value = getattr(self, name)
-            _require(
-                value >= least, f"The classifier's {name} must be at least {least}, not {value}."
-            )
-        _require(
-            0.0 <= self.dropout < 1.0,
-            f"The classifier's dropout must be at least 0 and below 1, not {self.dropout}.",
-        )
-        _require(
-            math.isfinite(self.lr) and self.lr > 0,
-            f"The classifier's learning rate must be a number above 0, not {self.lr}.",
-        )
-        _require(
-            self.precision in PRECISIONS,
-            f"The classifier's precision must be one of {', '.join(PRECISIONS)}, "
-            f"not {self.precision!r}.",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["channels"] = list(self.channels)
-        return data
 
 
 class Classifier(nn.Module):

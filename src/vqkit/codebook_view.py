@@ -18,6 +18,8 @@ from vqkit import runfiles
 from vqkit.codebook_exemplars import exemplar_blocks
 from vqkit.codes_io import encode_images
 from vqkit.config import EVAL_BATCH_SIZE
+from vqkit.constants import CODEMAP_IMAGES as CODEMAP_IMAGES  # re-exported
+from vqkit.constants import MAX_CODEMAP_IMAGES
 from vqkit.errors import VqkitError
 from vqkit.fileio import atomic_open, ensure_dir
 from vqkit.images import tile, to_uint8
@@ -29,9 +31,6 @@ USAGE_FIGSIZE = (10.0, 4.0)  # inches: 1000 × 400 pixels at DPI
 USAGE_MAX_STEPS = 2000  # steps drawn in the usage figure: two per pixel column of its width
 ATLAS_SCALE = 3  # screen pixels per image pixel in the atlas
 CODEMAP_SCALE = 12  # large enough for a code index in each of the 7×7 cells
-CODEMAP_IMAGES = 4
-# Each image adds 336 pixels of width and 49 drawn labels: a few hundred exhaust the memory.
-MAX_CODEMAP_IMAGES = 16
 # The atlas and the exemplars tile at most this many codes, the most used: 32 × 32 tiles of 84
 # pixels. A large codebook's every used code (tens of thousands) made a figure of hundreds of
 # megapixels that took minutes to draw and that no one could read.

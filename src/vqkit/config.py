@@ -666,3 +666,138 @@ def preset_config(name: str) -> RunConfig:
     model_fields = {k: v for k, v in spec["model"].items() if k != "quantizer"}
     model = ModelConfig(quantizer=quantizer, **model_fields)
     return RunConfig(model=model, train=TrainConfig(**spec.get("train", {})), preset=name)
+
+
+# Bounds far above any useful prior (the default has 7 layers of 32 channels, kernel 3; a 7x7
+# grid is covered from 6 layers, when L·(k//2) columns reach the far side): without them
+# 10**9 layers were built for ten minutes until memory ran out, before the memory check could
+# say anything.
+MAX_PRIOR_LAYERS = 100
+MAX_PRIOR_KERNEL = 63
+
+
+@dataclass
+class PriorConfig:
+    """Shape and training settings of a PixelCNN prior (stored as ``prior_config.json``)."""
+
+    num_codes: int = 512  # K, taken from the VQ-VAE's codebook
+    grid_size: int = 7  # side of the code grid
+    channels: int = 32  # width of both stacks
+    layers: int = 7  # gated layers; each one grows the receptive field by k//2
+    kernel_size: int = 3  # k (odd): vertical kernel (k//2+1, k), horizontal (1, k//2+1)
+    dropout: float = 0.1  # on the gated horizontal features, before their 1×1 projection
+    conditional: bool = False  # condition on the class label
+    num_classes: int = 10  # the dataset's classes, set by train_prior from its labels
+    # training
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    patience: int = 2  # stop after this many epochs without a better test NLL
+    seed: int = 0
+    eval_batch_size: int = EVAL_BATCH_SIZE
+    # Training autocast: 'auto' is bf16 where the hardware runs it natively (1.4x faster on an
+    # AVX512-BF16 CPU). The loss (log_softmax) and every reported NLL stay fp32.
+    precision: str = "auto"
+    train_limit: int | None = None  # train on the first N training grids (tests, quick trials)
+    test_limit: int | None = None
+    # reliability: they change how a run survives faults, not what the prior learns
+    checkpoint_every: int | None = None  # also save a resumable state every N steps
+    skip_nonfinite: int = 0  # steps with a NaN/inf loss tolerated (skipped) before stopping
+    deterministic: bool = False  # bitwise-reproducible kernels (resumed runs match exactly)
+
+    def __post_init__(self) -> None:
+        require_typed_settings(self, "prior")
+        _require(self.num_codes >= 2, "The prior needs a codebook of at least 2 codes.")
+        _require(self.grid_size >= 1, "The code grid size must be at least 1.")
+        _require(self.channels >= 1, "The prior needs at least 1 channel (--channels).")
+        _require(self.layers >= 1, "The prior needs at least 1 layer (--layers).")
+        _require(
+            self.kernel_size >= 3 and self.kernel_size % 2 == 1,
+            f"The prior's kernel size must be an odd number >= 3, not {self.kernel_size}.",
+        )
+        _require(0.0 <= self.dropout < 1.0, "The dropout must be in [0, 1) (--dropout).")
+        _require(self.num_classes >= 1, "The number of classes must be at least 1.")
+        check_loop_settings(self)
+        _require(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "The prior's weight decay must be a finite number >= 0.",
+        )
+        _require(self.patience >= 1, "The patience must be at least 1 epoch (--patience).")
+        _require(self.eval_batch_size >= 1, "The evaluation batch size must be at least 1.")
+        _require(
+            self.precision in PRECISIONS, f"--precision must be one of: {', '.join(PRECISIONS)}."
+        )
+        check_run_controls(self)
+
+    def require_new_prior_bounds(self) -> None:
+        """Bounds a new prior must keep, which priors saved before they existed may exceed
+        (their prior_config.json still loads and resumes)."""
+        _require(
+            self.channels <= MAX_WIDTH,
+            f"The prior's channels must be 1 to {MAX_WIDTH} (--channels), not {self.channels}.",
+        )
+        _require(
+            self.layers <= MAX_PRIOR_LAYERS,
+            f"The prior's layers must be 1 to {MAX_PRIOR_LAYERS} (--layers), not {self.layers}.",
+        )
+        _require(
+            self.kernel_size <= MAX_PRIOR_KERNEL,
+            f"The prior's kernel size must be an odd number from 3 to {MAX_PRIOR_KERNEL}, not "
+            f"{self.kernel_size}.",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PriorConfig:
+        return _from_dict(cls, data, "prior")
+
+
+@dataclass
+class ClassifierConfig:
+    """Shape and training of the evaluation classifier."""
+
+    dataset: str = "mnist"
+    channels: tuple[int, int] = (32, 64)  # widths of the two conv blocks
+    features: int = 128  # size of the penultimate layer (the Fréchet features)
+    num_classes: int = 10
+    dropout: float = 0.25
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 2e-3
+    precision: str = "auto"  # training autocast: bf16 where the hardware runs it natively
+    seed: int = 0
+    train_limit: int | None = None  # first N training images only (tests)
+
+    def __post_init__(self) -> None:
+        require_typed_settings(self, "classifier", seed_name="The classifier's seed")
+        self.channels = tuple(self.channels)
+        _require(
+            len(self.channels) == 2 and min(self.channels) >= 1,
+            "The classifier needs two positive channel widths.",
+        )
+        for name, least in (("features", 1), ("num_classes", 2), ("epochs", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            _require(
+                value >= least, f"The classifier's {name} must be at least {least}, not {value}."
+            )
+        _require(
+            0.0 <= self.dropout < 1.0,
+            f"The classifier's dropout must be at least 0 and below 1, not {self.dropout}.",
+        )
+        _require(
+            math.isfinite(self.lr) and self.lr > 0,
+            f"The classifier's learning rate must be a number above 0, not {self.lr}.",
+        )
+        _require(
+            self.precision in PRECISIONS,
+            f"The classifier's precision must be one of {', '.join(PRECISIONS)}, "
+            f"not {self.precision!r}.",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["channels"] = list(self.channels)
+        return data

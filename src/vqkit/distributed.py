@@ -12,11 +12,12 @@ import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from vqkit.errors import VqkitError
+
+if TYPE_CHECKING:  # imported where used: the command line asks prints_refusals before PyTorch
+    import torch
 
 # Environment variables torchrun sets for every worker; all must be present to join a group.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -52,6 +53,9 @@ def _env_int(name: str) -> int:
 
 def setup(device: torch.device) -> Context:
     """Join the process group torchrun describes; a single process gets the trivial context."""
+    import torch
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():  # the caller set the group up itself
         local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
         return Context(dist.get_rank(), dist.get_world_size(), local, owns_group=False)
@@ -132,6 +136,8 @@ def require_one_process(command: str) -> None:
 
 def is_lost_process(exc: BaseException) -> bool:
     """Whether ``exc`` is a collective's failure because another process of the job is gone."""
+    import torch.distributed as dist
+
     distributed_error = getattr(dist, "DistError", ())  # NCCL's and the store's errors
     return isinstance(exc, distributed_error) or any(s in str(exc) for s in LOST_PROCESS_SIGNS)
 
@@ -165,6 +171,8 @@ def under_torchrun(command: str, context: Context) -> str:
 
 def device_for(context: Context, device: torch.device) -> torch.device:
     """Each process of a multi-GPU job uses the GPU of its local rank."""
+    import torch
+
     if context.enabled and device.type == "cuda":
         return torch.device("cuda", context.local_rank)
     return device
@@ -184,6 +192,8 @@ def teardown(context: Context, finished: bool = False, peers_lost: bool = False)
     two-process gloo job), and torchrun's SIGTERM ended this process before it said why it
     stopped. The process is about to exit anyway.
     """
+    import torch.distributed as dist
+
     if peers_lost:
         return
     if context.owns_group and dist.is_initialized():
@@ -199,12 +209,16 @@ def teardown(context: Context, finished: bool = False, peers_lost: bool = False)
 
 
 def barrier(context: Context) -> None:
+    import torch.distributed as dist
+
     if context.enabled:
         dist.barrier()
 
 
 def all_max(context: Context, value: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum over all ranks (in place, returned)."""
+    import torch.distributed as dist
+
     if context.enabled:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return value
@@ -216,6 +230,8 @@ def any_true(context: Context, flag: torch.Tensor) -> torch.Tensor:
 
 
 def all_sum(context: Context, value: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
     if context.enabled:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
@@ -223,6 +239,9 @@ def all_sum(context: Context, value: torch.Tensor) -> torch.Tensor:
 
 def broadcast_text(context: Context, text: str, device: torch.device) -> str:
     """Rank 0's ``text`` on every rank (as UTF-8 bytes in a tensor: nothing is pickled)."""
+    import torch
+    import torch.distributed as dist
+
     if not context.enabled:
         return text
     data = torch.tensor(list(text.encode()), dtype=torch.uint8, device=device)
@@ -237,6 +256,9 @@ def broadcast_text(context: Context, text: str, device: torch.device) -> str:
 
 def same_on_all_ranks(context: Context, tensors: list[torch.Tensor]) -> bool:
     """Whether every rank holds bitwise-identical ``tensors`` (a final consistency check)."""
+    import torch
+    import torch.distributed as dist
+
     if not context.enabled:
         return True
     flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])

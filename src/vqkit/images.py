@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from vqkit.constants import COMPARISON_COLUMNS, GRID_COLUMNS
 from vqkit.fileio import write_bytes_atomic
 
 
@@ -71,9 +72,6 @@ def save_png(
     return path
 
 
-GRID_COLUMNS = 8  # images per row of a saved grid unless told otherwise
-
-
 def save_grid(
     images: torch.Tensor | np.ndarray,
     path: str | Path,
@@ -87,8 +85,6 @@ def save_grid(
 
 # The reconstructions figure's enlargement (vqkit.training): 28-pixel digits are small.
 COMPARISON_SCALE = 2
-# Images per row of a comparison: `reconstruct --n 200` made one strip 12,000 pixels wide.
-COMPARISON_COLUMNS = 16
 
 
 def comparison_canvas(

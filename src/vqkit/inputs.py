@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vqkit.constants import SPLIT_NAMES
 from vqkit.data import INFO, Split, load_split
 from vqkit.errors import VqkitError
 
@@ -29,7 +30,6 @@ from vqkit.errors import VqkitError
 _INDEX = re.compile(r"^(?:(test|train):)?([0-9]+)\Z")
 _RANGE = re.compile(r"^(test|train):([0-9]+)-([0-9]+)\Z")
 _DIGIT = re.compile(r"^digit:(-?[0-9]+)\Z")
-SPLIT_NAMES = {"test": "test set", "train": "training set"}
 
 # What an image reference may be, as the sentences refusing one list it.
 ANY_REFERENCE = (

@@ -16,11 +16,12 @@ from __future__ import annotations
 import torch
 
 from vqkit import arguments
+from vqkit.constants import INTERPOLATION_MODES, MIN_INTERPOLATION_STEPS
 from vqkit.errors import VqkitError, out_of_memory_said
 from vqkit.model import VQVAE, images_to_input
 
-MODES = ("crossfade", "wipe", "random-mask", "latent")
-MIN_STEPS = 2  # the two ends, t = 0 and t = 1
+MODES = INTERPOLATION_MODES
+MIN_STEPS = MIN_INTERPOLATION_STEPS  # the two ends, t = 0 and t = 1
 
 
 def _checked_steps(steps: int) -> int:

@@ -24,6 +24,7 @@ from vqkit.checkpoint import (
     save_config,
 )
 from vqkit.config import RunConfig, settings_differences
+from vqkit.constants import RUNS_ROOT, VQVAE_RESUME_FIELDS
 from vqkit.data import OWN_DATASET
 from vqkit.errors import VqkitError
 from vqkit.fileio import (
@@ -36,9 +37,6 @@ from vqkit.fileio import (
 )
 from vqkit.run_lock import LOCK_NAME, RunLock, require_no_writer
 from vqkit.train_state import Position
-
-# Where train and demo put a new run folder when none is named (and what vqkit runs lists).
-RUNS_ROOT = "runs"
 
 
 def default_run_dir(config: RunConfig, root: str | Path = RUNS_ROOT) -> Path:
@@ -129,8 +127,6 @@ def prepare_run_dir(
 
 # The key of the run's settings (RunConfig.to_dict()) among a VQ-VAE state's own counters.
 STATE_CONFIG_KEY = "config"
-# The training settings a resume may change; everything else must be the stored run's.
-VQVAE_RESUME_FIELDS = ("epochs", "checkpoint_every", "skip_nonfinite", "cuda_graph", "data_dir")
 
 
 def require_resumable_settings(run_dir: Path, config: RunConfig) -> None:

@@ -2,6 +2,11 @@
 
 Each subcommand lives in its own module with a ``register(subparsers)`` function; adding one is
 adding a module to ``COMMAND_MODULES``. Nothing runs at import.
+
+Building the parser and parsing import no PyTorch (nor NumPy, PIL, matplotlib): a command
+module imports what its work needs inside its handler, and its help and checks read light
+modules (vqkit.constants, vqkit.config). So ``vqkit --help``, a command's ``--help`` and a
+mistyped flag answer in a fraction of a second, not after the ~2 s PyTorch takes to load.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import NoReturn
 
 import vqkit
 from vqkit import distributed, plugins
+from vqkit.entry import interrupts_held
 from vqkit.errors import OutOfMemory, VqkitError, is_out_of_memory, out_of_memory_sentence
 from vqkit.wording import one_line, stopped_by
 
@@ -263,15 +269,21 @@ def _drop_output() -> None:
 def run_command(argv: list[str] | None) -> int:
     """:func:`main` itself: the command line (``sys.argv`` when None) run to an exit status."""
     specs, argv = take_plugins(sys.argv[1:] if argv is None else list(argv))
+    # Until PyTorch is loaded a Ctrl-C is only recorded (see vqkit.entry): a plugin may import
+    # it, and so may checking a --strategy (the registry's modules); the command's work needs it.
+    with interrupts_held() as requested:
+        try:
+            for spec in specs:
+                plugins.import_plugin(spec)
+        except VqkitError as exc:
+            if distributed.prints_refusals():
+                _print_error(exc)
+            return 2
+        args = parse_command_line(build_parser(), argv)
+        import torch  # noqa: F401 - loaded here, whole, rather than inside the handler
     try:
-        for spec in specs:
-            plugins.import_plugin(spec)
-    except VqkitError as exc:
-        if distributed.prints_refusals():
-            _print_error(exc)
-        return 2
-    args = parse_command_line(build_parser(), argv)
-    try:
+        if requested:
+            raise KeyboardInterrupt
         distributed.require_one_process(args.command)
         return int(args.handler(args) or 0)
     except VqkitError as exc:

@@ -5,21 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, whole_number_at_least
-from vqkit.codebook_exemplars import EXEMPLAR_IMAGES
-from vqkit.codebook_view import (
-    CODEMAP_IMAGES,
-    MAX_CODEMAP_IMAGES,
-    MAX_TILED_CODES,
-    write_codebook_figures,
-)
-from vqkit.codes_io import IMAGE_SUFFIXES
-from vqkit.data import load_split
-from vqkit.devices import resolve_device
+from vqkit.constants import CODEMAP_IMAGES, MAX_CODEMAP_IMAGES
 from vqkit.errors import VqkitError
-from vqkit.provenance import stamp
-from vqkit.usage import code_usage
 
 HELP = """
 Write four PNGs into a folder:
@@ -66,6 +54,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqkit.checkpoint import load_config, load_model
+    from vqkit.codebook_exemplars import EXEMPLAR_IMAGES
+    from vqkit.codebook_view import MAX_TILED_CODES, write_codebook_figures
+    from vqkit.codes_io import IMAGE_SUFFIXES
+    from vqkit.data import load_split
+    from vqkit.devices import resolve_device
+    from vqkit.provenance import stamp
+    from vqkit.usage import code_usage
+
     if not args.out.strip():  # Path("") is the current folder, which nobody asked for
         raise VqkitError("--out needs a folder for the figures; it is empty.")
     config = load_config(args.run_dir)

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, positive_int
-from vqkit.codes_io import (
-    IMAGE_SUFFIXES,
-    decode_codes,
-    load_codes,
-    require_new_outputs,
-    require_suffix,
-    write_images,
-)
-from vqkit.devices import resolve_device
-from vqkit.images import GRID_COLUMNS
-from vqkit.provenance import stamp
+from vqkit.constants import GRID_COLUMNS
 from vqkit.wording import counted
 
 HELP = """
@@ -47,6 +36,18 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqkit.checkpoint import load_config, load_model
+    from vqkit.codes_io import (
+        IMAGE_SUFFIXES,
+        decode_codes,
+        load_codes,
+        require_new_outputs,
+        require_suffix,
+        write_images,
+    )
+    from vqkit.devices import resolve_device
+    from vqkit.provenance import stamp
+
     require_suffix(args.out, IMAGE_SUFFIXES, "--out")
     require_new_outputs({"--out": args.out}, [args.codes], args.run_dir)
     config = load_config(args.run_dir)

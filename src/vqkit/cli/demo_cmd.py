@@ -7,11 +7,11 @@ import sys
 
 from vqkit.cli.common import add_command, add_device_flag, positive_int, seed, whole_number_at_least
 from vqkit.config import PRESETS
-from vqkit.data import DATASETS, OWN_DATASET
-from vqkit.demo import MOST, DemoInterrupted, DemoSettings, format_headline, run_demo
+from vqkit.data.catalog import DATASETS, OWN_DATASET
+from vqkit.demo_settings import MOST, DemoSettings
 from vqkit.wording import stopped_by
 
-DEFAULTS = DemoSettings()
+DEFAULTS = DemoSettings  # the class's defaults: an instance would check them (and load PyTorch)
 
 HELP = f"""
 Run everything vqkit does, in a few minutes on a laptop CPU: train a VQ-VAE (the 'best'
@@ -70,6 +70,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqkit.demo import DemoInterrupted, format_headline, run_demo
+
     settings = DemoSettings(
         dataset=args.dataset,
         preset=args.preset,

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, note_light_backgrounds
-from vqkit.codes_io import encode_images, require_new_outputs, require_suffix, save_codes
-from vqkit.devices import resolve_device
-from vqkit.inputs import resolve_images, split_loader
 from vqkit.wording import counted
 
 HELP = """
@@ -41,6 +37,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqkit.checkpoint import load_config, load_model
+    from vqkit.codes_io import encode_images, require_new_outputs, require_suffix, save_codes
+    from vqkit.devices import resolve_device
+    from vqkit.inputs import resolve_images, split_loader
+
     require_suffix(args.out, (".npy",), "--out")
     require_new_outputs({"--out": args.out}, args.inputs, args.run_dir)
     config = load_config(args.run_dir)

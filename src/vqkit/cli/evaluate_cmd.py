@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 
 from vqkit.cli.common import add_command, add_device_flag, print_json
-from vqkit.evaluate import evaluate_run
-from vqkit.report_text import format_metrics
 
 HELP = """
 Measure a trained run on its dataset's whole test set: mean squared error and PSNR of the
@@ -29,6 +27,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqkit.evaluate import evaluate_run
+    from vqkit.report_text import format_metrics
+
     metrics = evaluate_run(args.run_dir, device=args.device, data_dir=args.data_dir)
     if args.json:
         print_json(metrics)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import (
     add_command,
     add_device_flag,
@@ -14,17 +11,7 @@ from vqkit.cli.common import (
     seed,
     whole_number_at_least,
 )
-from vqkit.codes_io import (
-    IMAGE_SUFFIXES,
-    require_new_outputs,
-    require_suffix,
-    save_codes,
-    write_images,
-)
-from vqkit.devices import resolve_device
-from vqkit.inputs import ImageSet, resolve_image, split_loader
-from vqkit.interpolate import MIN_STEPS, MODES, interpolation, interpolation_strip
-from vqkit.provenance import stamp
+from vqkit.constants import INTERPOLATION_MODES, MIN_INTERPOLATION_STEPS
 
 HELP = """
 Encode two images, walk from the codes of the first to the codes of the second, and write one
@@ -71,11 +58,13 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--steps",
-        type=whole_number_at_least(MIN_STEPS),
+        type=whole_number_at_least(MIN_INTERPOLATION_STEPS),
         default=8,
         help="decoded steps (default 8)",
     )
-    parser.add_argument("--mode", choices=MODES, default="crossfade", help="default: crossfade")
+    parser.add_argument(
+        "--mode", choices=INTERPOLATION_MODES, default="crossfade", help="default: crossfade"
+    )
     parser.add_argument(
         "--seed", type=seed, default=0, help="seed of crossfade's order and the masks (default 0)"
     )
@@ -86,6 +75,21 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vqkit.checkpoint import load_config, load_model
+    from vqkit.codes_io import (
+        IMAGE_SUFFIXES,
+        require_new_outputs,
+        require_suffix,
+        save_codes,
+        write_images,
+    )
+    from vqkit.devices import resolve_device
+    from vqkit.inputs import ImageSet, resolve_image, split_loader
+    from vqkit.interpolate import interpolation, interpolation_strip
+    from vqkit.provenance import stamp
+
     require_suffix(args.out, IMAGE_SUFFIXES, "--out")
     if args.codes_out is not None:
         require_suffix(args.codes_out, (".npy",), "--codes-out")

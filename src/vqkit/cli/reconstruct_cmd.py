@@ -5,24 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import add_command, add_device_flag, ascii_int, positive_int
-from vqkit.codes_io import (
-    IMAGE_SUFFIXES,
-    decode_codes,
-    encode_images,
-    require_new_outputs,
-    require_suffix,
-    write_images,
-)
-from vqkit.data import load_split
-from vqkit.devices import resolve_device
+from vqkit.constants import COMPARISON_COLUMNS, SPLIT_NAMES
 from vqkit.errors import VqkitError
-from vqkit.images import COMPARISON_COLUMNS
-from vqkit.inputs import SPLIT_NAMES
-from vqkit.training import write_reconstructions
 from vqkit.wording import counted
 
 HELP = f"""
@@ -66,6 +51,21 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vqkit.checkpoint import load_config, load_model
+    from vqkit.codes_io import (
+        IMAGE_SUFFIXES,
+        decode_codes,
+        encode_images,
+        require_new_outputs,
+        require_suffix,
+        write_images,
+    )
+    from vqkit.data import load_split
+    from vqkit.devices import resolve_device
+    from vqkit.training import write_reconstructions
+
     require_suffix(args.out, IMAGE_SUFFIXES, "--out")
     require_new_outputs({"--out": args.out}, run_dir=args.run_dir)
     config = load_config(args.run_dir)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from vqkit.cli.common import add_command
-from vqkit.report import write_report
 
 HELP = """
 Write RUN_DIR/report.html: one self-contained page (images embedded, no network needed) that
@@ -31,5 +30,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqkit.report import write_report
+
     print(write_report(args.run_dir))
     return 0

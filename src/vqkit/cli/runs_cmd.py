@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from vqkit.cli.common import add_command
-from vqkit.run_folder import RUNS_ROOT
-from vqkit.runs import runs_table
+from vqkit.constants import RUNS_ROOT
 
 HELP = """
 List the run folders inside ROOT (default: runs/) as a table: dataset, preset, epochs done
@@ -37,6 +36,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqkit.runs import runs_table
+
     if args.root is None and not Path(RUNS_ROOT).exists():  # a first look, before any run
         print(f"No runs yet: there is no '{RUNS_ROOT}' folder here; 'vqkit train' makes one.")
         return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vqkit.checkpoint import load_config, load_model
 from vqkit.cli.common import (
     add_command,
     add_device_flag,
@@ -14,20 +13,8 @@ from vqkit.cli.common import (
     positive_int,
     seed,
 )
-from vqkit.codes_io import (
-    IMAGE_SUFFIXES,
-    require_new_outputs,
-    require_suffix,
-    save_codes,
-    write_images,
-)
-from vqkit.devices import resolve_device
+from vqkit.constants import GRID_COLUMNS
 from vqkit.errors import VqkitError
-from vqkit.generate import SamplingContext, sample_images, strategies, strategy_options
-from vqkit.images import GRID_COLUMNS
-from vqkit.prior import class_mix_classes, sample_grid_columns
-from vqkit.provenance import stamp
-from vqkit.usage import code_usage
 
 HELP = """
 Draw 7x7 code grids with a sampling strategy and decode them into images.
@@ -59,12 +46,35 @@ OPTION_FLAGS = {
 }
 
 
+class StrategyNames:
+    """--strategy's choices, read from the registry (vqkit.generate.strategies) only when
+    argparse checks a value or shows them: the strategies' modules import PyTorch, which
+    `vqkit sample --out` without a run folder, for one, has no need to wait for."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+    @staticmethod
+    def _names() -> list[str]:
+        from vqkit.generate import strategies
+
+        return strategies()
+
+
 def register(subparsers) -> None:
     parser = add_command(
         subparsers, "sample", "new images from sampled code grids (random, used, prior)", HELP, run
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--strategy", choices=strategies(), required=True)
+    # The metavar only while argparse checks it: with none, the help shows the choices as
+    # {prior,random,used}, read when it is shown.
+    strategy = parser.add_argument(
+        "--strategy", choices=StrategyNames(), required=True, metavar="STRATEGY"
+    )
+    strategy.metavar = None
     parser.add_argument("--n", type=positive_int, default=64, help="how many (default 64)")
     parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     parser.add_argument("--out", required=True, help="PNG grid or .npy array of the images")
@@ -95,6 +105,8 @@ def register(subparsers) -> None:
 
 def strategy_kwargs(args: argparse.Namespace) -> dict:
     """The strategy options given on the command line, checked against what the strategy takes."""
+    from vqkit.generate import strategy_options
+
     accepted = strategy_options(args.strategy)
     given = {name: getattr(args, name) for name in OPTION_FLAGS if getattr(args, name) is not None}
     for name in given:
@@ -105,6 +117,20 @@ def strategy_kwargs(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqkit.checkpoint import load_config, load_model
+    from vqkit.codes_io import (
+        IMAGE_SUFFIXES,
+        require_new_outputs,
+        require_suffix,
+        save_codes,
+        write_images,
+    )
+    from vqkit.devices import resolve_device
+    from vqkit.generate import SamplingContext, sample_images
+    from vqkit.prior import class_mix_classes, sample_grid_columns
+    from vqkit.provenance import stamp
+    from vqkit.usage import code_usage
+
     require_suffix(args.out, IMAGE_SUFFIXES, "--out")
     if args.codes_out is not None:
         require_suffix(args.codes_out, (".npy",), "--codes-out")

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from vqkit.cli.common import add_command, add_device_flag, print_json, seed, whole_number_at_least
-from vqkit.score import format_scores, score_run
 
 HELP = """
 Draw --n code grids with every sampling strategy of a run (random, used, and prior when the run
@@ -56,6 +55,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqkit.score import format_scores, score_run
+
     scores = score_run(
         args.run_dir,
         args.n,

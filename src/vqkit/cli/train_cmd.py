@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from vqkit import runfiles
-from vqkit.checkpoint import config_from_file, load_config
 from vqkit.cli.common import (
     add_command,
     add_device_flag,
@@ -37,12 +36,10 @@ from vqkit.config import (
     TrainConfig,
     preset_config,
 )
-from vqkit.data import DATASETS
+from vqkit.constants import VQVAE_RESUME_FIELDS
+from vqkit.data.catalog import DATASETS
 from vqkit.errors import VqkitError
-from vqkit.report_text import format_metrics
-from vqkit.run_folder import VQVAE_RESUME_FIELDS
 from vqkit.run_lock import require_no_writer
-from vqkit.training import TrainingInterrupted, train
 from vqkit.wording import counted
 
 HELP = """
@@ -311,6 +308,8 @@ def refuse_inert_flags(args: argparse.Namespace, config: RunConfig) -> None:
 
 def read_config(path: str | Path) -> RunConfig:
     """The settings in a config.json file, or in the config.json of a run folder."""
+    from vqkit.checkpoint import config_from_file, load_config
+
     path = Path(path)
     if path.is_dir():
         return load_config(path)
@@ -333,6 +332,8 @@ def apply_overrides(data: dict, args: argparse.Namespace, flags) -> None:
 def resume_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The stored config of the run to resume; flags that would change what it learns are refused
     (a flag repeating the stored value is fine)."""
+    from vqkit.checkpoint import load_config
+
     stored = load_config(args.resume)
     require_no_writer(args.resume)  # before comparing flags with a config it may be rewriting
     stored_values = {
@@ -360,6 +361,9 @@ def resume_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqkit.report_text import format_metrics
+    from vqkit.training import TrainingInterrupted, train
+
     resuming = args.resume is not None
     config = resume_config_from_args(args) if resuming else config_from_args(args)
     run_dir = args.resume if resuming else args.out

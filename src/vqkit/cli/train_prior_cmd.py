@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vqkit.checkpoint import require_run_folder
 from vqkit.cli.common import (
     add_command,
     add_device_flag,
@@ -17,16 +16,8 @@ from vqkit.cli.common import (
     say_nothing_was_trained,
     seed,
 )
-from vqkit.config import PRECISIONS
-from vqkit.prior import PriorConfig, load_prior_config
-from vqkit.prior_training import (
-    PRIOR_RESUME_FIELDS,
-    require_prior_state,
-    settle_interrupted_prior,
-    train_prior,
-)
+from vqkit.config import PRECISIONS, PriorConfig
 from vqkit.run_lock import require_no_writer
-from vqkit.training import TrainingInterrupted
 from vqkit.wording import counted
 
 HELP = """
@@ -138,6 +129,14 @@ def config_from_args(args: argparse.Namespace) -> PriorConfig:
 def resume_config_from_args(args: argparse.Namespace) -> PriorConfig:
     """The stored settings of the prior to resume, with the flags --resume allows applied;
     flags that would change what it learns are refused (repeating the stored value is fine)."""
+    from vqkit.checkpoint import require_run_folder
+    from vqkit.prior import load_prior_config
+    from vqkit.prior_training import (
+        PRIOR_RESUME_FIELDS,
+        require_prior_state,
+        settle_interrupted_prior,
+    )
+
     require_run_folder(Path(args.run_dir))
     require_no_writer(args.run_dir)  # its state may be half-way through a change
     settle_interrupted_prior(args.run_dir)  # a replacement killed outright: the old prior back
@@ -160,6 +159,9 @@ def resume_config_from_args(args: argparse.Namespace) -> PriorConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqkit.prior_training import train_prior
+    from vqkit.training import TrainingInterrupted
+
     settings = resume_config_from_args(args) if args.resume else config_from_args(args)
     try:
         result = train_prior(

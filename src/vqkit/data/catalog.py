@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from vqkit.config import IMAGE_SIZE
+
+if TYPE_CHECKING:  # the names above are read while the command line parses: no PyTorch yet
+    import torch
 
 __all__ = [
     "DATASETS",
