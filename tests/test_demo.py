@@ -8,7 +8,7 @@ import threading
 
 from PIL import Image
 
-from vqkit import demo, runfiles
+from vqkit import demo, prior_training, runfiles, usage
 from vqkit.classifier import ClassifierConfig
 from vqkit.cli import main
 from vqkit.demo import DemoResult, DemoSettings, format_headline, run_demo
@@ -56,10 +56,25 @@ def test_demo_writes_every_stage_and_reports_the_numbers_it_saved(tmp_path, monk
         return real_score_run(run_dir, *args, **kwargs)
 
     monkeypatch.setattr(demo, "score_run", score_run_while_another_writer_tries)
+    # Each split is encoded once: the codebook's usage counts come from the code grids the prior
+    # trains on (the training set was encoded twice, for the counts and for the prior).
+    encoded, real_count, real_extract = [], usage.count_codes, prior_training.extract_codes
+
+    def counting(model, images, *args, **kwargs):
+        encoded.append(len(images))
+        return real_count(model, images, *args, **kwargs)
+
+    def extracting(model, images, *args, **kwargs):
+        encoded.append(len(images))
+        return real_extract(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(usage, "count_codes", counting)
+    monkeypatch.setattr(prior_training, "extract_codes", extracting)
     result = run_demo(tmp_path / "demo", settings, device="cpu", progress=False, log=lambda _: None)
     run = tmp_path / "demo"
 
     assert list(json.loads((run / runfiles.TIMINGS).read_text())) == STAGES
+    assert encoded == [60000, 10000]
     for name in runfiles.FIGURE_NAMES.values():
         assert (run / runfiles.FIGURES_DIR / name).is_file(), name
     assert len(refusals) == 1 and "Another vqkit process (demo, process" in refusals[0]

@@ -94,6 +94,37 @@ def test_code_grids_refuse_a_model_other_than_the_runs_own(prior_run, monkeypatc
     assert prior_training.code_grids(prior_run, load_model(prior_run))["test"].codes.shape[0]
 
 
+def test_code_usage_counts_the_cached_training_grids_without_encoding_again(
+    prior_run, tmp_path, monkeypatch
+):
+    # `vqkit codebook` or `sample --strategy used` after train-prior encoded all 60,000
+    # training images again (10 s and more on 2 cores) for counts its cache already holds.
+    from vqkit import usage
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(prior_run, run_dir)
+    (run_dir / runfiles.CODE_USAGE).unlink(missing_ok=True)
+    model = load_model(run_dir)
+    expected = usage.count_codes(model, load_split("mnist", "train").images, 1000)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cached code grids should have been counted")
+
+    monkeypatch.setattr(usage, "count_codes", refuse)
+    counts = usage.code_usage(run_dir, model)
+    assert torch.equal(counts, expected)
+    record = json.loads((run_dir / runfiles.CODE_USAGE).read_text())
+    assert record["images"] == 60000 and record["counts"] == expected.tolist()
+    # Grids of other weights are not counted; refresh encodes again.
+    (run_dir / runfiles.CODE_USAGE).unlink()
+    with pytest.raises(AssertionError, match="cached code grids"):
+        usage.code_usage(run_dir, model, refresh=True)
+    meta = json.loads((run_dir / runfiles.CODES_META).read_text())
+    (run_dir / runfiles.CODES_META).write_text(json.dumps(meta | {"weights_sha256": "0" * 64}))
+    with pytest.raises(AssertionError, match="cached code grids"):
+        usage.code_usage(run_dir, model)
+
+
 @pytest.mark.parametrize("num_codes", [2, 32768, 32769, 65536, 1_000_000])
 def test_cached_code_types_hold_the_largest_code(num_codes):
     # int16 wraps past 32767: a codebook of 40,000 codes (or FSQ levels 8^6) came back negative.

@@ -31,7 +31,7 @@ from vqkit.generate import SamplingContext, sample_images
 from vqkit.images import save_grid
 from vqkit.interpolate import MODES, interpolation, interpolation_strip
 from vqkit.prior import PriorConfig, sample_grid_columns
-from vqkit.prior_training import train_prior
+from vqkit.prior_training import code_grids, train_prior
 from vqkit.provenance import stamp
 from vqkit.report import write_report
 from vqkit.run_folder import default_run_dir, holds_trained_run
@@ -137,7 +137,7 @@ def run_demo(
             "codebook figures",
             lambda: write_codebook_figures(
                 model,
-                code_usage(run_dir, model),
+                _code_usage(run_dir, model),
                 test.images[:CODEMAP_IMAGES],
                 figures,
                 stamp(model),
@@ -172,6 +172,14 @@ def run_demo(
         headline = _headline(trained.final, prior.best, scores)
         headline["prior_conditional"] = settings.prior_conditional
         return DemoResult(run_dir, report, headline, timings)
+
+
+def _code_usage(run_dir: Path, model) -> torch.Tensor:
+    """The code usage over the training set, counted from the code grids of both splits, which
+    are cached for the prior stage next: the training set is encoded once, not once for the
+    counts and again for the prior."""
+    code_grids(run_dir, model)
+    return code_usage(run_dir, model)
 
 
 def _write_samples(context: SamplingContext, settings: DemoSettings, figures: Path) -> None:

@@ -104,6 +104,16 @@ def _load_cached(
         return None  # missing or damaged: recomputed
 
 
+def cached_code_grids(run_dir: str | Path, digest: str, model: VQVAE) -> dict[str, CodeSet] | None:
+    """The code grids :func:`code_grids` cached for the weights of SHA-256 ``digest`` of a
+    named dataset's run, without encoding anything; None when there are none (or they are
+    damaged, or of one's own data)."""
+    config = load_config(run_dir).train
+    if config.dataset == OWN_DATASET:
+        return None
+    return _load_cached(Path(run_dir), digest, None, model)
+
+
 def _cached_array(run_dir: Path, name: str, files: dict[str, Any]) -> np.ndarray:
     """The array in the cache file ``name`` when its bytes are the ones the cache wrote (so
     grids written over it, by ``save_codes`` or by hand, are never trained on); else
