@@ -112,3 +112,42 @@ def test_train_prior_refuses_it_before_writing_a_prior_file(
     assert (
         not (run / runfiles.PRIOR_CONFIG).exists() and not (run / runfiles.PRIOR_WEIGHTS).exists()
     )
+
+
+def test_inference_runs_on_channels_last_weights_and_gives_the_model_back_as_it_was(small_run):
+    # oneDNN's convolutions encode about twice as fast on channels-last weights; the caller's
+    # model keeps its own layout (a state_dict of channels-last tensors would not save with
+    # safetensors' save_file), and one already channels-last stays so.
+    from vqkit.checkpoint import load_model
+    from vqkit.codes_io import encode_images
+    from vqkit.data import load_split
+    from vqkit.usage import count_codes
+
+    model = load_model(small_run.run_dir)  # in the default layout, as it loads
+    images = load_split("mnist", "test").images[:300]
+    with torch.no_grad():
+        expected = model.encode(images)
+    layouts = [p.stride() for p in model.parameters()]
+    seen = []
+    real_encode = model.encode
+
+    def encode(batch):
+        seen.append(model.encoder.net[2].weight.is_contiguous(memory_format=torch.channels_last))
+        return real_encode(batch)
+
+    model.encode = encode
+    try:
+        assert torch.equal(encode_images(model, images, 128), expected)
+        counts = count_codes(model, images, 128)
+    finally:
+        del model.encode
+    assert seen and all(seen)
+    assert torch.equal(counts, torch.bincount(expected.flatten(), minlength=model.num_codes))
+    assert [p.stride() for p in model.parameters()] == layouts
+    with devices.channels_last_on_cpu(model.to(memory_format=torch.channels_last)):
+        pass
+    assert model.encoder.net[2].weight.is_contiguous(memory_format=torch.channels_last)
+    model.to(memory_format=torch.contiguous_format)
+    with pytest.raises(RuntimeError, match="inside"), devices.channels_last_on_cpu(model):
+        raise RuntimeError("inside")
+    assert [p.stride() for p in model.parameters()] == layouts

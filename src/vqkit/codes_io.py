@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vqkit import arguments, runfiles
+from vqkit.devices import channels_last_on_cpu
 from vqkit.errors import VqkitError
 from vqkit.fileio import write_bytes_atomic
 from vqkit.images import GRID_COLUMNS, save_grid
@@ -207,7 +208,8 @@ def encode_images(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.
     batch_size = _require_model_and_batch(model, batch_size)
     arguments.instance(images, torch.Tensor, "The images", "a (N, 28, 28) uint8 tensor")
     device = next(model.parameters()).device
-    return torch.cat([model.encode(part.to(device)).cpu() for part in images.split(batch_size)])
+    with channels_last_on_cpu(model):
+        return torch.cat([model.encode(part.to(device)).cpu() for part in images.split(batch_size)])
 
 
 @torch.no_grad()

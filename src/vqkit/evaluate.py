@@ -6,7 +6,7 @@ from pathlib import Path
 
 from vqkit.checkpoint import load_config, load_model
 from vqkit.data import load_split
-from vqkit.devices import resolve_device
+from vqkit.devices import channels_last_on_cpu, resolve_device
 from vqkit.metrics import evaluate_reconstruction
 
 
@@ -18,4 +18,5 @@ def evaluate_run(
     config = load_config(run_dir)
     model = load_model(run_dir, device=resolve_device(device))
     test = load_split(config.train.dataset, "test", config.train.data_folder(data_dir))
-    return evaluate_reconstruction(model, test.images, config.train.eval_batch_size)
+    with channels_last_on_cpu(model):
+        return evaluate_reconstruction(model, test.images, config.train.eval_batch_size)

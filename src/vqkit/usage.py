@@ -26,7 +26,7 @@ from vqkit.checkpoint import (
 )
 from vqkit.config import MAX_FSQ_CODES
 from vqkit.data import OWN_DATASET, load_split
-from vqkit.devices import evaluation_mode
+from vqkit.devices import channels_last_on_cpu, evaluation_mode
 from vqkit.environment import images_digest
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
@@ -49,12 +49,13 @@ def count_codes(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.Te
     """(K,) int64 counts of every code the encoder chooses for uint8 images (N, H, W)."""
     device = next(model.parameters()).device
     counts = torch.zeros(model.num_codes, dtype=torch.long, device=device)
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start : start + batch_size].to(device, non_blocking=True)
-        codes = model.encode(batch).flatten().long()  # a quantizer's own may give int32
-        # Not bincount(minlength=K): that makes a K-long tensor per batch (2^24 for a large
-        # FSQ codebook), where adding ones at the batch's codes costs only the batch.
-        counts.scatter_add_(0, codes, torch.ones_like(codes))
+    with channels_last_on_cpu(model):
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start : start + batch_size].to(device, non_blocking=True)
+            codes = model.encode(batch).flatten().long()  # a quantizer's own may give int32
+            # Not bincount(minlength=K): that makes a K-long tensor per batch (2^24 for a large
+            # FSQ codebook), where adding ones at the batch's codes costs only the batch.
+            counts.scatter_add_(0, codes, torch.ones_like(codes))
     return counts.cpu()
 
 
