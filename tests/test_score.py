@@ -171,7 +171,11 @@ def test_classifier_is_trained_once_then_read_from_the_cache(classifier_cache, m
     f1, p1 = classify(first, images)
     f2, p2 = classify(second, images)
     assert f1.shape == (6, 16) and p1.shape == (6, 10)
-    torch.testing.assert_close(p1, p2)
+    # The same to the last bit (both channels-last): every FID a first score gives, the next
+    # gives too.
+    assert torch.equal(f1, f2) and torch.equal(p1, p2)
+    assert first.body[4].weight.is_contiguous(memory_format=torch.channels_last)
+    assert second.body[4].weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(p1.sum(dim=1), torch.ones(6, dtype=torch.float64))
     with pytest.raises(AssertionError, match="cached"):  # other settings: not a cache hit
         load_or_train_classifier(ClassifierConfig(channels=(4, 8), features=8, epochs=1))

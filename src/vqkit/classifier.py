@@ -122,9 +122,10 @@ def _train_classifier(
             loss.backward()
             optimizer.step()
             schedule.step()
-    # Back to the default layout: the returned classifier then computes exactly what the copy
-    # later read from the cache computes (layouts pick different convolution kernels).
-    classifier.to(memory_format=torch.contiguous_format).eval()
+    # It stays channels-last, the layout the cached copy is read into too: both then compute
+    # exactly the same (layouts pick different convolution kernels), and oneDNN classifies
+    # ~1.5x faster in it than in the default layout (10,000 images: 1.1 s, not 1.6 s).
+    classifier.eval()
     return classifier, accuracy(classifier, test.images, test.labels)
 
 
@@ -167,7 +168,9 @@ def load_or_train_classifier(
             meta = read_json(meta_path, "classifier description")
             if meta.get("config") == config.to_dict():
                 load_weights_into(classifier, weights, "classifier weights file")
-                return classifier.to(device).eval(), float(meta["test_accuracy"])
+                # Channels-last, as a classifier trained just now stays (see train_classifier).
+                classifier = classifier.to(device, memory_format=torch.channels_last)
+                return classifier.eval(), float(meta["test_accuracy"])
             why = "the cached one has other settings"
         except (VqkitError, AttributeError, KeyError, TypeError, ValueError) as exc:
             if isinstance(exc.__cause__, PermissionError):  # not damage: say so, replace nothing
