@@ -240,7 +240,6 @@ def writer_released(fifo: Path, after: float):
         (runfiles.WEIGHTS, "runs"),
         (runfiles.METRICS, "report"),
         (runfiles.CODE_USAGE, "report"),
-        (runfiles.RECONSTRUCTIONS, "report"),
         (".vqkit-lock", "runs"),
     ],
 )

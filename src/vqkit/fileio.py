@@ -197,16 +197,16 @@ def read_json(path: str | Path, what: str) -> Any:
     """Parse a JSON file, naming ``what`` it is when it is missing or damaged."""
     path = Path(path)
     try:
-        mode = path.stat().st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: "damaged" below
-            # A FIFO without a writer waits forever; /dev/zero reads until memory runs out.
-            raise VqkitError(f"The {what} '{path}' is a pipe or device, not a file.")
-        return parse_json(path.read_text())
+        return parse_json(read_file_bytes(path))  # a folder: "damaged" below
     except (FileNotFoundError, NotADirectoryError) as exc:  # no such file, or under a file
         raise VqkitError(f"The {what} '{path}' does not exist.") from exc
     except PermissionError as exc:  # readable again once permitted: no damage to report
         raise VqkitError(f"The {what} '{path}' cannot be read: permission denied.") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        if exc.strerror == NOT_A_FILE:
+            raise VqkitError(f"The {what} '{path}' is {NOT_A_FILE}.") from exc
+        raise VqkitError(f"The {what} '{path}' is damaged or not JSON.") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VqkitError(f"The {what} '{path}' is damaged or not JSON.") from exc
 
 

@@ -58,38 +58,46 @@ def _read_bytes(path: Path) -> bytes:
         raise IdxError(f"IDX file '{path}' cannot be read ({e.strerror or e}).") from None
 
 
-def _decompress(path: Path, raw: bytes) -> tuple[bytes, bool]:
-    """The decompressed content (plain files pass through unchanged), and whether it was cut.
+def _decompress(path: Path, raw: bytes) -> tuple[bytes, bool, int | None]:
+    """The decompressed content (plain files pass through unchanged), whether it was cut, and
+    for a stream shorter than its header declares, its payload's length (the content is then
+    the header alone).
 
-    Decompressed no further than one byte past what the header declares: a 1 MB file of
-    zeros inflates to 1 GB (a 'gzip bomb'), and only the declared bytes can be an IDX file."""
+    Inflated twice, the first time keeping nothing, and kept no further than one byte past
+    what the header declares: a 1 MB file of zeros inflates to 1 GB (a 'gzip bomb'), and a
+    header claiming more than the stream holds is refused before any of it is kept."""
     if not raw.startswith(_GZIP_MAGIC):
         if path.name.endswith(".gz"):
             raise IdxError(f"IDX file '{path}' is named .gz but is not gzip-compressed.")
-        return raw, False
+        return raw, False, None
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
             head = stream.read(4)
             rank = head[3] if len(head) == 4 and head[3] <= MAX_RANK else 0
             head += stream.read(4 * rank)
             declared = _declared_size(head)
-            data = head + _read_at_most(stream, declared - len(head) + 1)
+            inflated = len(head) + _inflate(stream, declared - len(head) + 1, keep=False)[0]
+        if inflated < declared:
+            return head, False, inflated - len(head)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            data = _inflate(stream, declared + 1, keep=True)[1]
     except EOFError:
         raise IdxError(f"IDX file '{path}' is a truncated gzip stream.") from None
     except (OSError, zlib.error, ValueError) as e:
         # BadGzipFile (an OSError) covers bad headers, CRC and length mismatches.
         raise IdxError(f"IDX file '{path}' is a corrupt gzip stream ({e}).") from None
-    return data, len(data) > declared
+    return data, len(data) > declared, None
 
 
-def _read_at_most(stream: gzip.GzipFile, limit: int) -> bytes:
-    """Up to ``limit`` bytes of ``stream``, read in pieces: one read of a header's claim of
-    billions of images would try to hold them all before finding the stream shorter."""
-    pieces = []
-    while limit > 0 and (piece := stream.read(min(limit, READ_PIECE_BYTES))):
-        pieces.append(piece)
-        limit -= len(piece)
-    return b"".join(pieces)
+def _inflate(stream: gzip.GzipFile, limit: int, keep: bool) -> tuple[int, bytes]:
+    """How many of up to ``limit`` bytes ``stream`` holds, and those bytes if ``keep``, read in
+    pieces: one read of a header's claim of billions of images would try to hold them all."""
+    pieces, count = [], 0
+    while count < limit and (piece := stream.read(min(limit - count, READ_PIECE_BYTES))):
+        count += len(piece)
+        if keep:
+            pieces.append(piece)
+    return count, b"".join(pieces)
 
 
 def _declared_size(head: bytes) -> int:
@@ -101,9 +109,12 @@ def _declared_size(head: bytes) -> int:
     return len(head) + itemsize * math.prod(struct.unpack(f">{head[3]}I", head[4:]))
 
 
-def _parse(path: Path, data: bytes, cut: bool = False) -> np.ndarray:
+def _parse(
+    path: Path, data: bytes, cut: bool = False, payload_bytes: int | None = None
+) -> np.ndarray:
     """The array in IDX content ``data``; ``cut``: decompressed no further than one byte past
-    the payload, so trailing bytes are not counted."""
+    the payload, so trailing bytes are not counted; ``payload_bytes``: the payload's length
+    where ``data`` holds the header only."""
     if len(data) < 4:
         raise IdxError(f"IDX file '{path}' is too short to hold an IDX header ({len(data)} bytes).")
     zero, code, rank = struct.unpack(">HBB", data[:4])
@@ -125,7 +136,7 @@ def _parse(path: Path, data: bytes, cut: bool = False) -> np.ndarray:
     # Python ints cannot overflow, so a header claiming huge dimensions is caught here,
     # before anything is allocated.
     expected = dtype.itemsize * math.prod(dims)
-    actual = len(data) - header
+    actual = len(data) - header if payload_bytes is None else payload_bytes
     if actual < expected:
         raise IdxError(
             f"IDX file '{path}' is too short: shape {dims} needs {expected} payload bytes "
@@ -153,8 +164,8 @@ def read_idx(path: str | Path, *, expected_sha256: str | None = None) -> np.ndar
     Raises :class:`IdxError` (one sentence naming the file) for every kind of damage.
     """
     path = Path(path)
-    data, cut = _decompress(path, _read_bytes(path))
-    arr = _parse(path, data, cut)
+    data, cut, payload_bytes = _decompress(path, _read_bytes(path))
+    arr = _parse(path, data, cut, payload_bytes)
     if expected_sha256 is not None:
         digest = hashlib.sha256(data).hexdigest()
         if digest != expected_sha256.lower():
