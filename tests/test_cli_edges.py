@@ -173,7 +173,7 @@ def test_a_records_file_that_is_a_folder_is_one_sentence(run_copy, capsys):
     fails_cleanly(
         capsys,
         ["train", "--resume", str(run_copy), "--epochs", "2", "--quiet"],
-        f"The records file '{run_copy / runfiles.ENVIRONMENT}' cannot be read: Is a directory.",
+        f"'{run_copy / runfiles.ENVIRONMENT}' is a folder where the run keeps a file",
     )
 
 

@@ -632,17 +632,17 @@ def test_files_and_folders_this_user_may_not_read_get_a_sentence_not_a_traceback
 ):
     # Root ignores permissions, so the refusals an unreadable file or folder gives are raised
     # by hand where the system raises them: reading a file, and looking at a folder.
-    real_read_text, real_stat = Path.read_text, Path.stat
+    real_open, real_stat = os.open, Path.stat
 
-    def read_text(path, *args, **kwargs):
-        if path.name == runfiles.CONFIG:
+    def open_file(path, *args, **kwargs):
+        if Path(path).name == runfiles.CONFIG:
             raise PermissionError(13, "Permission denied", str(path))
-        return real_read_text(path, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(os, "open", open_file)
     config = run_copy / runfiles.CONFIG
     fails_cleanly(capsys, ["evaluate", run_copy], f"'{config}' cannot be read: permission denied")
-    monkeypatch.setattr(Path, "read_text", real_read_text)
+    monkeypatch.setattr(os, "open", real_open)
 
     def stat(path, *args, **kwargs):
         if path == run_copy:
