@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -190,16 +191,16 @@ def test_classifier_is_trained_once_then_read_from_the_cache(classifier_cache, m
         "the cached one is damaged",
     ]
     # One this user may not read is not damaged: said so, and nothing is trained or replaced.
-    real_read_bytes = Path.read_bytes
+    real_open = os.open
 
-    def read_bytes(path):
-        if path.name == "mnist.safetensors":
+    def open_file(path, *args, **kwargs):  # where the weights file is opened
+        if Path(path).name == "mnist.safetensors":
             raise PermissionError(13, "Permission denied", str(path))
-        return real_read_bytes(path)
+        return real_open(path, *args, **kwargs)
 
     save_json = classifier_cache / "mnist.json"
     save_json.write_text(json.dumps({"config": TINY_CLASSIFIER.to_dict(), "test_accuracy": 0.9}))
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(os, "open", open_file)
     with pytest.raises(VqkitError, match="cannot be read: Permission denied"):
         load_or_train_classifier(TINY_CLASSIFIER, log=lines.append)
     assert len(lines) == 3
