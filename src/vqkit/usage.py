@@ -31,6 +31,7 @@ from vqkit.environment import images_digest
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
 from vqkit.model import VQVAE
+from vqkit.quantize import count_batch_codes
 
 USAGE_SPLIT = "train"
 # Past this many codes the file lists only the used ones: an FSQ codebook of 2^24 codes wrote
@@ -220,7 +221,7 @@ def _counts_of_cached_grids(run_dir: str | Path, model: VQVAE, digest: str) -> t
     grids = cached_code_grids(run_dir, digest, model)
     if grids is None:
         return None
-    return torch.bincount(grids[USAGE_SPLIT].codes.flatten(), minlength=model.num_codes)
+    return count_batch_codes(grids[USAGE_SPLIT].codes, model.num_codes)
 
 
 def used_codes(counts: torch.Tensor) -> torch.Tensor:
