@@ -207,6 +207,33 @@ def test_a_folder_in_place_of_a_run_file_is_refused_before_anything_is_written(
     assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (["train", "--resume", "{run}", "--epochs", "2"], runfiles.METRICS),
+        (["train", "--resume", "{run}", "--epochs", "2"], runfiles.ENVIRONMENT),
+        (["train-prior", "{run}", "--epochs", "1"], runfiles.ENVIRONMENT),
+        (["train-prior", "{run}", "--epochs", "1"], runfiles.PRIOR_METRICS),
+    ],
+)
+def test_a_records_file_linked_elsewhere_is_refused_before_anything_is_written(
+    run_copy, tmp_path, capsys, command, name
+):
+    """Appending rewrites a records file whole: a link in a received run folder had the
+    content of the file it points to (a secret, say) copied into the run folder."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"not the run's to copy\n")
+    path = run_copy / name
+    if path.exists():
+        path.unlink()
+    path.symlink_to(secret)
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    argv = [part.replace("{run}", str(run_copy)) for part in command]
+    fails_cleanly(capsys, argv, f"'{path}' is a symbolic link where the run keeps its own records")
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+    assert path.is_symlink() and secret.read_bytes() == b"not the run's to copy\n"
+
+
 def test_resume_with_conflicting_flags(run_copy, capsys):
     before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
     fails_cleanly(

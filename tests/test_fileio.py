@@ -115,6 +115,19 @@ def test_json_files_hold_no_infinity_or_nan(tmp_path):
     assert [_strict(line) for line in lines] == [{"epoch": 1, "test_psnr": 12.5}, expected]
 
 
+def test_appending_to_a_linked_records_file_is_refused_and_copies_nothing(tmp_path):
+    # The append reads the old lines and writes them back with the new one: through a link,
+    # the linked file's content landed in the run folder.
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"private\n")
+    records = tmp_path / "run" / "metrics.jsonl"
+    records.parent.mkdir()
+    records.symlink_to(secret)
+    with pytest.raises(VqkitError, match="is a symbolic link where the run keeps its own"):
+        fileio.append_jsonl(records, {"epoch": 1})
+    assert records.is_symlink() and secret.read_bytes() == b"private\n"
+
+
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_a_json_file_that_is_a_pipe_or_device_is_refused_not_read(tmp_path, kind):
     # `train --config FIFO` waited forever for a writer; a link to /dev/zero read until

@@ -27,6 +27,7 @@ from vqkit.fileio import (
     read_file_bytes,
     read_json,
     read_json_object,
+    require_own_records,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -56,10 +57,13 @@ def require_run_folder(run_dir: Path) -> None:
 
 def require_files_where_files_go(run_dir: Path) -> None:
     """One sentence, before a writer (train, train-prior) writes anything, when one of the
-    run's file names is taken by a folder: that file's write would fail only after the others
-    had moved on (an epoch's weights and metrics saved, its resumable state not)."""
+    run's file names is taken by a folder, or a file it appends to is a symbolic link: that
+    file's write would fail only after the others had moved on (an epoch's weights and metrics
+    saved, its resumable state not)."""
     for name in runfiles.FILE_NAMES:
         path = run_path(run_dir, name)
+        if name in runfiles.APPENDED:
+            require_own_records(path)
         if name != runfiles.FIGURES_DIR and path.is_dir():
             raise VqkitError(
                 f"'{path}' is a folder where the run keeps a file; move it out of the run "

@@ -132,6 +132,7 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     A file whose last line lacks its line break (cut short, or edited by hand) gets one first:
     glued onto that line, the new record would be lost with it."""
     path = Path(path)
+    require_own_records(path)
     try:
         previous = read_file_bytes(path) if path.exists() else b""
     except OSError as exc:  # a folder of that name, an unreadable file
@@ -139,6 +140,17 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     if previous and not previous.endswith(b"\n"):
         previous += b"\n"
     write_bytes_atomic(path, previous + (json_text(record) + "\n").encode())
+
+
+def require_own_records(path: Path) -> None:
+    """One sentence for a records file that is a symbolic link: appending rewrites the whole
+    file, so a link in a received run folder (to ~/.bashrc, say) would have its target's
+    content copied into the run folder, there to be shared on with the run."""
+    if path.is_symlink():
+        raise VqkitError(
+            f"'{path}' is a symbolic link where the run keeps its own records; replace it "
+            "with a copy of the file it points to (or remove it), then run the command again."
+        )
 
 
 # Opening for reading never waits: a pipe without a writer blocks an ordinary open forever.

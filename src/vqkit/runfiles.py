@@ -31,6 +31,8 @@ REPORT = "report.html"  # the self-contained visual report (report)
 FILE_NAMES = tuple(
     value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)
 )
+# The record logs train and train-prior append to (each append rewrites the whole file).
+APPENDED = (METRICS, PRIOR_METRICS, ENVIRONMENT)
 # Not among them: vqkit.run_lock's ".vqkit-lock", present only while train or train-prior
 # writes the folder (and left by a killed one, to be reused by the next writer).
 
