@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import torch
 from report_helpers import copy_run, make_full_run, parse_page, train_on
@@ -17,6 +19,7 @@ from vqkit.provenance import (
     PRIOR_KEY,
     WEIGHTS_KEY,
     figure_staleness,
+    made_with,
     read_stamp,
     staleness,
     stamp,
@@ -48,6 +51,13 @@ def test_a_stamp_survives_the_png_and_names_the_weights_file(small_run, tmp_path
     assert read_stamp(tmp_path / "text.png") == {}
 
 
+def test_a_pipe_named_like_a_figure_is_not_waited_on(tmp_path):
+    # PIL's own open of a named pipe waits for a writer that never comes.
+    os.mkfifo(tmp_path / "sample.png")
+    assert read_stamp(tmp_path / "sample.png") == {}
+    assert made_with(tmp_path / "sample.png") == {}
+
+
 def test_staleness_compares_every_digest_the_figure_names(tmp_path):
     png = save_grid(
         torch.rand(1, 28, 28), tmp_path / "p.png", stamp={WEIGHTS_KEY: "a", PRIOR_KEY: "b"}
@@ -74,6 +84,30 @@ def test_staleness_says_what_changed_weights_first():
     assert (
         staleness({WEIGHTS_KEY: "a", PRIOR_KEY: None}, {WEIGHTS_KEY: "a", PRIOR_KEY: "d"}) is None
     )
+
+
+def test_a_figure_linking_out_of_the_run_folder_is_not_read(small_run, tmp_path, monkeypatch):
+    """Its stamp was read to call it stale or not: a received run folder's link made vqkit
+    open a PNG of one's own that the report then leaves out anyway."""
+    run = copy_run(small_run.run_dir, tmp_path / "run")
+    (run / runfiles.FIGURES_DIR).mkdir(exist_ok=True)
+    private = save_grid(torch.rand(1, 28, 28), tmp_path / "private.png", stamp={WEIGHTS_KEY: "x"})
+    linked = run / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES["samples_random"]
+    linked.symlink_to(private)
+    inside = save_grid(
+        torch.rand(1, 28, 28),
+        run / runfiles.FIGURES_DIR / runfiles.FIGURE_NAMES["samples_used"],
+        stamp={WEIGHTS_KEY: "x"},
+    )
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(
+        os, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k)
+    )
+    info = load_run_info(run)
+    assert info.figures == {"samples_random": linked, "samples_used": inside}
+    assert info.stale_figures == {"samples_used": "earlier VQ-VAE weights"}  # the one inside
+    assert not [path for path in opened if Path(path).resolve() == private.resolve()]
 
 
 def test_the_report_marks_figures_of_earlier_weights(small_run, tmp_path, capsys):

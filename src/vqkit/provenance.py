@@ -8,6 +8,7 @@ the report can mark the figures that no longer show the run's model.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from vqkit.checkpoint import prior_digest, state_digest, weights_digest
+from vqkit.fileio import read_file_bytes
 
 WEIGHTS_KEY = "vqkit-weights-sha256"
 PRIOR_KEY = "vqkit-prior-sha256"
@@ -60,7 +62,7 @@ def made_with(png: Path) -> dict[str, Any]:
 
 def _text_chunks(png: Path) -> dict[str, str]:
     try:
-        with Image.open(png) as image:
+        with Image.open(io.BytesIO(read_file_bytes(png))) as image:  # never a pipe or device
             return dict(getattr(image, "text", {}))  # PNG text chunks
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
         return {}

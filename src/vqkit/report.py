@@ -95,7 +95,7 @@ def _embed(
     reasons = {info.figures[key]: why for key, why in info.stale_figures.items()}
     if path in reasons:
         caption = f"Stale, made from {reasons[path]} (make it again): {caption}"
-    if not path.resolve().is_relative_to(info.run_dir.resolve()):
+    if not info.holds(path):
         # A link planted in a received run folder would put a file of one's own (any PNG
         # its sender guessed the path of) into a report one may then pass on.
         info.notes[str(path.relative_to(info.run_dir))] = "links outside the run folder"

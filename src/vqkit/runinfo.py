@@ -57,6 +57,11 @@ class RunInfo:
     def path(self, name: str) -> Path:
         return self.run_dir / name
 
+    def holds(self, path: Path) -> bool:
+        """Whether ``path`` (a link followed) lies inside the run folder. A link planted in a
+        received run folder points at a file of one's own that is not the run's to read."""
+        return path.resolve().is_relative_to(self.run_dir.resolve())
+
     @property
     def final(self) -> dict[str, Any] | None:
         """The last epoch's metrics record, if any epoch finished."""
@@ -127,7 +132,11 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     if current is not None:
         if info.scores is not None:
             info.scores_stale = staleness(_scores_stamp(info.scores), current)
-        figures = {k: figure_staleness(path, current) for k, path in info.figures.items()}
+        figures = {
+            key: figure_staleness(path, current)
+            for key, path in info.figures.items()
+            if info.holds(path)
+        }
         info.stale_figures = {k: why for k, why in figures.items() if why is not None}
     if info.code_usage is not None and weights_readable:
         info.code_usage_stale = not counts_match_weights(run_dir, info.code_usage)
