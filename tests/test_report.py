@@ -92,7 +92,8 @@ def test_full_run_shows_the_numbers_of_its_files(full_page):
     assert f">{min(t for _, _, t in PRIOR_EPOCHS)}<" in full_page
     assert f">{UNIGRAM_BITS:.3f}<" in full_page and f">{UNIGRAM_BITS * 49:.1f}<" in full_page
     assert ">7.000<" in full_page and ">343.0<" in full_page  # uniform: log2(128), 49 codes
-    assert "<caption>prior epochs</caption>" in full_page  # prior_metrics.jsonl has epoch_seconds
+    # prior_metrics.jsonl has epoch_seconds: the prior's epochs get their table
+    assert "<caption><h3>prior epochs</h3></caption>" in full_page
     # Every stage of timings.json, and their total.
     for stage in TIMINGS:
         assert f"<td>{stage}</td>" in full_page
@@ -681,9 +682,9 @@ def test_the_prior_stage_and_epoch_tables_keep_fixed_decimals_per_column(full_ru
     text = render_report(load_run_info(full_run))
     for heading, places in (
         ("<h2>Prior</h2>", (3, 1)),
-        ("<caption>pipeline stages</caption>", (1,)),
-        ("<caption>training epochs</caption>", (1, 0)),
-        ("<caption>prior epochs</caption>", (1,)),
+        ("<caption><h3>pipeline stages</h3></caption>", (1,)),
+        ("<caption><h3>training epochs</h3></caption>", (1, 0)),
+        ("<caption><h3>prior epochs</h3></caption>", (1,)),
     ):
         section = text[text.index(heading) :]
         table = section[: section.index("</table>")]
@@ -698,7 +699,13 @@ def test_every_table_is_named_by_its_caption(full_page):
     # Screen readers announce a table by its caption; a heading above it is not tied to it.
     tables = re.findall(r"<table>(.*?)</table>", full_page, re.S)
     assert len(tables) >= 8
-    captions = [re.match(r"<caption[^>]*>([^<]+)</caption><thead>", t) for t in tables]
+    named = r"<caption( class=hidden)?>(?:<h3>)?([^<]+)(?:</h3>)?</caption><thead>"
+    captions = [re.match(named, t) for t in tables]
     assert all(captions), [t[:80] for t, c in zip(tables, captions, strict=True) if not c]
-    names = [c[1] for c in captions if c]
+    names = [c[2] for c in captions if c]
     assert {"training epochs", "sessions", "per-epoch numbers", "sample quality"} <= set(names)
+    # A shown caption stays a heading: a reader's list of headings lost these tables when
+    # captions replaced their h3 headings.
+    headings = re.findall(r"<h3>([^<]+)</h3>", full_page)
+    assert [c[2] for c in captions if c and not c[1]] == [h for h in headings if h in names]
+    assert "training epochs" in headings

@@ -84,10 +84,15 @@ def table(
 def table_html(head: str, body: str, caption: str = "", caption_shown: bool = True) -> str:
     """A scrollable table from ready-made header cells and body rows (already escaped).
 
-    ``caption`` is its name, which screen readers announce with it: shown as a heading, or
-    only to them (``caption_shown`` False) where a heading or summary above names it already."""
-    hidden = "" if caption_shown else " class=hidden"
-    named = f"<caption{hidden}>{esc(caption)}</caption>" if caption else ""
+    ``caption`` is its name, which screen readers announce with it: shown as a heading (an
+    h3 inside the caption, so a reader's list of headings still finds the table), or only to
+    them (``caption_shown`` False) where a heading or summary above names it already."""
+    if not caption:
+        named = ""
+    elif caption_shown:
+        named = f"<caption><h3>{esc(caption)}</h3></caption>"
+    else:
+        named = f"<caption class=hidden>{esc(caption)}</caption>"
     return (
         # Focusable: a keyboard (and Safari, whose scrolling boxes are not) can scroll it.
         f'<div class="scroll" tabindex="0"><table>{named}<thead><tr>{head}</tr></thead>'
@@ -182,6 +187,7 @@ h1 { font-size:1.7rem; margin:0 0 4px; letter-spacing:-0.01em; }
 h2 { font-size:1.25rem; margin:0 0 4px; padding-top:8px; }
 h3, caption { font-size:1rem; font-weight:bold; margin:18px 0 6px; }
 caption { text-align:left; }
+caption > h3 { margin:0; }
 .eyebrow { margin:0; font-size:0.8rem; color:var(--accent); text-transform:uppercase;
            letter-spacing:0.06em; font-weight:600; }
 .subtitle { color:var(--muted); margin:0 0 18px; }
