@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from process_helpers import child_env
+from report_helpers import make_full_run
 
 import vqkit
+from vqkit import runfiles
 from vqkit.cli import COMMAND_MODULES, main
+from vqkit.report import write_report
 
 
 def test_train_evaluate_reconstruct_end_to_end(tmp_path, capsys):
@@ -88,7 +91,7 @@ def interrupting(name, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
     return real_import(name, *args, **kwargs)
 builtins.__import__ = interrupting
-sys.argv = ["vqkit", "runs", sys.argv[1]]
+sys.argv = ["vqkit", "evaluate", sys.argv[1]]
 runpy.run_module("vqkit", run_name="__main__")
 """
 
@@ -150,6 +153,26 @@ def test_help_and_mistyped_flags_answer_without_loading_pytorch(argv):
     )
     status = result.stderr.splitlines()[-1]
     assert status in ("0", "2"), result.stderr
+
+
+def test_runs_lists_run_folders_without_loading_pytorch(run_copy, capsys):
+    # `vqkit runs` took 2.5-3.3 s on a 2-core machine, nearly all of it PyTorch's import,
+    # to read JSON files and hash weights; it reads them without it now.
+    make_full_run(run_copy)
+    (run_copy / runfiles.CODE_USAGE).unlink()  # counts of other weights: noted as stale
+    write_report(run_copy)
+    assert main(["runs", str(run_copy.parent)]) == 0
+    in_process = capsys.readouterr().out
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_OF_A_COMMAND_LINE, "runs", str(run_copy.parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    status, *heavy = result.stderr.splitlines()[-1].split()
+    assert status == "0" and "torch" not in heavy and "numpy" not in heavy, result.stderr
+    assert result.stdout == in_process and " yes" in in_process
 
 
 def test_importing_vqkit_leaves_pytorch_unloaded_until_a_name_is_used():

@@ -27,6 +27,7 @@ from vqkit.config import ModelConfig, QuantizerConfig, RunConfig
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_file_bytes
 from vqkit.model import VQVAE
+from vqkit.run_reading import TORCH_DTYPES, require_readable_tensors
 
 try:
     import fcntl
@@ -132,14 +133,23 @@ def tiny_run(tmp_path_factory) -> tuple[Path, bytes]:
     return run_dir, (run_dir / runfiles.WEIGHTS).read_bytes()
 
 
+def refusal(load) -> str | None:
+    """The one-sentence refusal ``load()`` raises, or None when it loads."""
+    try:
+        load()
+    except VqkitError as exc:
+        assert str(exc).endswith(".") and "\n" not in str(exc)
+        return str(exc)
+    return None
+
+
 def only_clean_errors(run_dir: Path, data: bytes) -> None:
     path = run_dir / runfiles.WEIGHTS
     path.write_bytes(data)
-    for load in (lambda: read_tensors(path, "weights"), lambda: load_model(run_dir)):
-        try:
-            load()
-        except VqkitError as exc:
-            assert str(exc).endswith(".") and "\n" not in str(exc)
+    loaded = refusal(lambda: read_tensors(path, "weights"))
+    refusal(lambda: load_model(run_dir))
+    # `vqkit runs` checks weights without PyTorch: the same files pass, with the same words.
+    assert refusal(lambda: require_readable_tensors(path, "weights")) == loaded
 
 
 FUZZ = settings(
@@ -199,6 +209,18 @@ def test_lying_header_length_and_truncation(tiny_run, length, cut):
     run_dir, good = tiny_run
     only_clean_errors(run_dir, struct.pack("<Q", length) + good[8:])
     only_clean_errors(run_dir, good[: cut % len(good)])
+
+
+@pytest.mark.parametrize("dtype", [*sorted(TORCH_DTYPES), "X9", "F8_E8M0", "I4"])
+def test_the_element_types_checked_without_pytorch_are_those_it_loads(tmp_path, dtype):
+    bits = int(re.match(r"[A-Z]+(\d*)", dtype).group(1) or 8)  # BOOL: a byte
+    tensor = {"dtype": dtype, "shape": [64 // bits], "data_offsets": [0, 8]}
+    header = json.dumps({"t": tensor}).encode()
+    path = tmp_path / "one.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    loaded = refusal(lambda: read_tensors(path, "weights"))
+    assert refusal(lambda: require_readable_tensors(path, "weights")) == loaded
+    assert (loaded is None) == (dtype in TORCH_DTYPES), loaded
 
 
 def test_the_unmutated_checkpoint_loads(tiny_run):

@@ -19,15 +19,17 @@ import platform
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import numpy
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vqkit import runfiles
-from vqkit.checkpoint import run_path
 from vqkit.config import REGISTERED_QUANTIZERS
 from vqkit.fileio import append_jsonl, read_file_bytes, read_jsonl, write_bytes_atomic
+from vqkit.run_reading import run_path
+
+# PyTorch and NumPy are imported where a session is described, not here: `vqkit runs` reads the
+# records of every run folder without spending their import.
+if TYPE_CHECKING:
+    import torch
 
 
 def file_digest(path: str | Path) -> str | None:
@@ -100,6 +102,8 @@ def cpu_name() -> str:
 
 
 def device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_name() if device.type == "cpu" else device.type
@@ -114,6 +118,9 @@ def describe(
 ) -> dict[str, Any]:
     """One session's record: when it started, the versions, the machine and how it was used
     (``precision``: what the session computed in, "auto" resolved)."""
+    import numpy
+    import torch
+
     import vqkit  # here, not at import time: vqkit/__init__ imports the training modules
 
     record: dict[str, Any] = {

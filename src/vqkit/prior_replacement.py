@@ -19,13 +19,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from vqkit import runfiles, train_state
-from vqkit.checkpoint import run_path
+from vqkit import runfiles
 from vqkit.errors import NonFiniteLoss, VqkitError
+from vqkit.run_reading import run_path
+from vqkit.state_files import PRIOR_FILES, exists
 
 PRIOR_FILE_NAMES = (
-    train_state.PRIOR_FILES.tensors,
-    train_state.PRIOR_FILES.counters,
+    PRIOR_FILES.tensors,
+    PRIOR_FILES.counters,
     runfiles.PRIOR_WEIGHTS,
     runfiles.PRIOR_METRICS,
     runfiles.PRIOR_CONFIG,
@@ -42,7 +43,7 @@ def _new_prior_saved(run_dir: str | Path) -> bool:
     """Whether the new prior stands on its own: its weights and its state, both files of it
     (the first epoch's end writes them; the old files are aside, so these are the new prior's).
     The state's readable copy is written last, and `vqkit runs` reads it."""
-    state = train_state.PRIOR_FILES
+    state = PRIOR_FILES
     names = (runfiles.PRIOR_WEIGHTS, state.tensors, state.counters)
     return all(run_path(run_dir, name).is_file() for name in names)
 
@@ -63,7 +64,7 @@ def settle_interrupted_replacement(run_dir: str | Path) -> None:
     moved = [(run_path(run_dir, name), _aside(run_dir, name)) for name in PRIOR_FILE_NAMES]
     moved = [(original, aside) for original, aside in moved if aside.exists()]
     if interrupted_replacement(run_dir):
-        if train_state.exists(run_dir, train_state.PRIOR_FILES):
+        if exists(run_dir, PRIOR_FILES):
             # A new state: the new prior had started, so every old file was aside and every
             # prior file in place is the new one's (a kill during the moves leaves none).
             for name in PRIOR_FILE_NAMES:

@@ -12,13 +12,15 @@ import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
-from vqkit.checkpoint import prior_digest, state_digest, weights_digest
 from vqkit.fileio import read_file_bytes
+from vqkit.run_reading import prior_digest, weights_digest
+
+if TYPE_CHECKING:  # reading stamps needs no PyTorch (vqkit runs); making one has it loaded
+    import torch
 
 WEIGHTS_KEY = "vqkit-weights-sha256"
 PRIOR_KEY = "vqkit-prior-sha256"
@@ -36,6 +38,8 @@ def stamp(
     ``made_with`` adds the settings that, with those, decide its pixels (the seed above all).
     The digests are of what was used, not of the files now: a training that saves while the
     figure is drawn must not lend it the newer weights' name."""
+    from vqkit.checkpoint import state_digest  # PyTorch's serialiser: loaded by now anyway
+
     text = {WEIGHTS_KEY: state_digest(model)}
     if prior_sha256 is not None:
         text[PRIOR_KEY] = prior_sha256

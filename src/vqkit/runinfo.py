@@ -7,23 +7,24 @@ left out with a note (file name -> reason) instead of stopping the caller.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config, prior_is_stale, read_tensors, run_folder
 from vqkit.config import PRESETS, RunConfig, preset_config
 from vqkit.environment import read_records
 from vqkit.errors import VqkitError
 from vqkit.fileio import parse_json, read_file_bytes, read_jsonl
 from vqkit.provenance import PRIOR_KEY, WEIGHTS_KEY, current_stamp, figure_staleness, staleness
-from vqkit.usage import MAX_COUNT, counts_match_weights, record_counts
+from vqkit.run_reading import load_config, prior_is_stale, require_readable_tensors, run_folder
+from vqkit.usage_record import MAX_COUNT, counts_match_weights, record_size
+
+if TYPE_CHECKING:
+    import torch
 
 # Figures found by prefix as well as by their FIGURE_NAMES entry, so a new sampling strategy or
 # interpolation kind shows up in the report without a change here.
@@ -41,7 +42,6 @@ class RunInfo:
     config: RunConfig
     metrics: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
     code_usage: dict[str, Any] | None = None
-    code_counts: torch.Tensor | None = None  # code_usage.json's (K,) counts, when it is valid
     prior_metrics: list[dict[str, Any]] = field(default_factory=list)
     prior_stale: bool = False  # the prior learned the codes of earlier VQ-VAE weights
     prior_conditional: bool | None = None  # its bits are given each image's class (None: unknown)
@@ -61,6 +61,14 @@ class RunInfo:
         """Whether ``path`` (a link followed) lies inside the run folder. A link planted in a
         received run folder points at a file of one's own that is not the run's to read."""
         return path.resolve().is_relative_to(self.run_dir.resolve())
+
+    @functools.cached_property
+    def code_counts(self) -> torch.Tensor | None:
+        """code_usage.json's (K,) counts, when it is valid: made on first read, so that only
+        the report, which draws them, imports PyTorch (``vqkit runs`` never reads them)."""
+        from vqkit.usage import record_counts
+
+        return None if self.code_usage is None else record_counts(self.code_usage)
 
     @property
     def final(self) -> dict[str, Any] | None:
@@ -119,7 +127,7 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     )
     info.prior_stale = bool(info.prior_metrics) and prior_is_stale(run_dir)
     info.prior_conditional = _prior_is_conditional(run_dir) if info.prior_metrics else None
-    info.code_usage = _optional_json(info, runfiles.CODE_USAGE, partial(_valid_code_usage, info))
+    info.code_usage = _optional_json(info, runfiles.CODE_USAGE, _valid_code_usage)
     info.scores = _optional_json(info, runfiles.SCORES, _valid_scores)
     info.timings = _optional_json(info, runfiles.TIMINGS, _valid_timings)
     info.environment = _session_records(info)
@@ -200,7 +208,7 @@ def _weights_readable(info: RunInfo) -> bool:
         info.notes[runfiles.WEIGHTS] = "is missing (the run has no trained weights yet)"
         return False
     try:
-        read_tensors(path, "model weights")
+        require_readable_tensors(path, "model weights")
     except VqkitError:
         info.notes[runfiles.WEIGHTS] = "is damaged; every command that loads the model will say so"
         return False
@@ -262,11 +270,10 @@ def _optional_json(info: RunInfo, name: str, validate) -> Any:
     return data
 
 
-def _valid_code_usage(info: RunInfo, data: Any) -> dict[str, Any] | None:
-    """``data`` when it holds valid counts, which go to ``info.code_counts``. Of any length:
-    a quantizer of one's own may count its codes otherwise than its num_embeddings."""
-    info.code_counts = record_counts(data)
-    return None if info.code_counts is None else data
+def _valid_code_usage(data: Any) -> dict[str, Any] | None:
+    """``data`` when it holds valid counts (``RunInfo.code_counts``). Of any length: a
+    quantizer of one's own may count its codes otherwise than its num_embeddings."""
+    return None if record_size(data) is None else data
 
 
 def _valid_scores(data: Any) -> dict[str, Any] | None:

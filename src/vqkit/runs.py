@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from vqkit import runfiles
-from vqkit.checkpoint import load_config
 from vqkit.config import active_settings, flat_settings, setting_text
 from vqkit.data.catalog import split_size
 from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError
 from vqkit.fileio import open_regular_file, parse_json
-from vqkit.prior import incomplete_prior, unfinished_prior
+from vqkit.prior_status import incomplete_prior, unfinished_prior
 from vqkit.run_lock import writer_of
+from vqkit.run_reading import load_config
 from vqkit.runinfo import Headline, headline, is_run_dir, load_run_info
 from vqkit.wording import images_counted, one_line
 

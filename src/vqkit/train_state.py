@@ -20,10 +20,13 @@ from typing import Any
 import torch
 from safetensors.torch import save as save_safetensors
 
-from vqkit import distributed, runfiles
 from vqkit.checkpoint import load_tensors_into, read_tensors_and_metadata, run_path
 from vqkit.errors import VqkitError
 from vqkit.fileio import parse_json, write_bytes_atomic, write_json_atomic
+from vqkit.state_files import PRIOR_FILES as PRIOR_FILES
+from vqkit.state_files import VQVAE_FILES as VQVAE_FILES
+from vqkit.state_files import StateFiles as StateFiles
+from vqkit.state_files import exists as exists
 from vqkit.wording import counted
 
 # Version 2 keeps a VQ-VAE's loss and its quantizer term (epoch/loss_sum of two); a version-1
@@ -40,41 +43,6 @@ ORDER_RNG = "rng/order"  # the batch-permutation generator at the start of the e
 # Summed training loss of the epoch in progress so far: (1,) for a prior; (2,) for a VQ-VAE,
 # the loss and its quantizer term ((1,), the loss alone, in states saved before vqkit kept both)
 LOSS_SUM = "epoch/loss_sum"
-
-
-@dataclass(frozen=True)
-class StateFiles:
-    """Where one kind of training keeps its resumable state, and how a user continues it."""
-
-    tensors: str  # the safetensors file: tensors and counters together (authoritative)
-    counters: str  # a readable JSON copy of the counters
-    command: str  # the vqkit command that trains (and resumes) it
-    what: str  # how error messages name the state file
-    resume_template: str  # the command line that continues a run folder ``{run_dir}``
-
-    def resume_command(
-        self, run_dir: str | Path, context: distributed.Context | None = None
-    ) -> str:
-        """The command line that continues ``run_dir``; under torchrun (``context`` of several
-        processes) as a torchrun command line with as many processes."""
-        command = self.resume_template.format(run_dir=run_dir)
-        return distributed.under_torchrun(command, context) if context is not None else command
-
-
-VQVAE_FILES = StateFiles(
-    runfiles.TRAIN_STATE,
-    runfiles.TRAIN_STATE_META,
-    "train",
-    "resumable training state",
-    "vqkit train --resume {run_dir}",
-)
-PRIOR_FILES = StateFiles(
-    runfiles.PRIOR_STATE,
-    runfiles.PRIOR_STATE_META,
-    "train-prior",
-    "resumable prior training state",
-    "vqkit train-prior {run_dir} --resume",
-)
 
 
 @dataclass
@@ -150,10 +118,6 @@ def save(
     metadata = {METADATA_KEY: json.dumps({**counters, **extras})}
     write_bytes_atomic(run_path(run_dir, files.tensors), save_safetensors(tensors, metadata))
     write_json_atomic(run_path(run_dir, files.counters), counters)
-
-
-def exists(run_dir: str | Path, files: StateFiles = VQVAE_FILES) -> bool:
-    return run_path(run_dir, files.tensors).is_file()
 
 
 def load(

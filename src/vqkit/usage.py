@@ -22,9 +22,7 @@ from vqkit.checkpoint import (
     require_run_model,
     run_path,
     state_digest,
-    weights_digest,
 )
-from vqkit.config import MAX_FSQ_CODES
 from vqkit.data import OWN_DATASET, load_split
 from vqkit.devices import channels_last_on_cpu, evaluation_mode
 from vqkit.environment import images_digest
@@ -32,17 +30,13 @@ from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
 from vqkit.model import VQVAE
 from vqkit.quantize import count_batch_codes
+from vqkit.usage_record import DENSE_COUNTS_UP_TO as DENSE_COUNTS_UP_TO
+from vqkit.usage_record import MAX_COUNT as MAX_COUNT
+from vqkit.usage_record import MAX_SPARSE_CODES as MAX_SPARSE_CODES
+from vqkit.usage_record import counts_match_weights as counts_match_weights
+from vqkit.usage_record import record_size
 
 USAGE_SPLIT = "train"
-# Past this many codes the file lists only the used ones: an FSQ codebook of 2^24 codes wrote
-# 117 MB of zeros (half a minute) where a few thousand codes were used.
-DENSE_COUNTS_UP_TO = 65_536
-# Counts read from a run's files are whole numbers below this: the report turns them into int64
-# tensors and arrays (2**64 became a NumPy object array), and 2**62 leaves room for their sums.
-MAX_COUNT = 2**62
-# The largest codebook a sparse record read without a known size may name (its dense counts
-# are made in memory): the largest FSQ grid vqkit trains.
-MAX_SPARSE_CODES = MAX_FSQ_CODES
 
 
 @torch.no_grad()
@@ -60,14 +54,6 @@ def count_codes(model: VQVAE, images: torch.Tensor, batch_size: int) -> torch.Te
     return counts.cpu()
 
 
-def _whole_counts(values: Any, positive: bool = False) -> bool:
-    """Whether ``values`` is a list of whole numbers in [0, MAX_COUNT) (> 0 if ``positive``)."""
-    low = 1 if positive else 0
-    return isinstance(values, list) and all(
-        isinstance(v, int) and not isinstance(v, bool) and low <= v < MAX_COUNT for v in values
-    )
-
-
 def usage_record(counts: torch.Tensor) -> dict[str, Any]:
     """The counts as code_usage.json keeps them: every code's, or past ``DENSE_COUNTS_UP_TO``
     codes the codebook size and the used codes with their counts."""
@@ -83,43 +69,17 @@ def usage_record(counts: torch.Tensor) -> dict[str, Any]:
 
 def record_counts(data: Any, num_codes: int | None = None) -> torch.Tensor | None:
     """The (K,) int64 counts of a code_usage.json record of either form; None when it is
-    malformed or, with ``num_codes``, of another codebook size. (Without it, a sparse record
-    may name up to MAX_SPARSE_CODES codes: a quantizer of one's own may count its codes
-    otherwise than its settings' num_embeddings, which is all the report knows.)"""
-    if not isinstance(data, dict):
+    malformed or, with ``num_codes``, of another codebook size (see :func:`record_size`)."""
+    size = record_size(data, num_codes)
+    if size is None:
         return None
     if "counts" in data:
-        counts = data["counts"]
-        if not _whole_counts(counts) or not counts or num_codes not in (None, len(counts)):
-            return None
-        return torch.tensor(counts, dtype=torch.long)
-    codes, used, size = data.get("used_codes"), data.get("used_counts"), data.get("num_codes")
-    if num_codes is None and type(size) is int and 1 <= size <= MAX_SPARSE_CODES:
-        num_codes = size
-    if num_codes is None or size != num_codes or not _whole_counts(codes):
-        return None  # no codebook size (a record without num_codes, read for any size)
-    if not _whole_counts(used, positive=True) or len(used) != len(codes):
-        return None
-    index = torch.tensor(codes, dtype=torch.long)
-    if index.numel() and (index.max() >= num_codes or (index.diff() <= 0).any()):
-        return None  # outside the codebook, or not ascending (a code listed twice)
-    counts = torch.zeros(num_codes, dtype=torch.long)
-    counts[index] = torch.tensor(used, dtype=torch.long)
+        return torch.tensor(data["counts"], dtype=torch.long)
+    counts = torch.zeros(size, dtype=torch.long)
+    counts[torch.tensor(data["used_codes"], dtype=torch.long)] = torch.tensor(
+        data["used_counts"], dtype=torch.long
+    )
     return counts
-
-
-def counts_match_weights(run_dir: str | Path, data: dict, digest: str | None = None) -> bool:
-    """Whether code_usage.json's ``data`` counted the weights of SHA-256 ``digest`` (default:
-    the run's weights file now): by the digest it records, or (files written before the
-    digest) by being newer than the weights file."""
-    weights = run_path(run_dir, runfiles.WEIGHTS)
-    if not weights.exists():
-        return True  # nothing to compare with
-    recorded = data.get("weights_sha256")
-    if isinstance(recorded, str):
-        return recorded == (digest or weights_digest(run_dir))
-    counted = run_path(run_dir, runfiles.CODE_USAGE)
-    return counted.exists() and counted.stat().st_mtime >= weights.stat().st_mtime
 
 
 def _cached_counts(

@@ -280,7 +280,10 @@ def run_command(argv: list[str] | None) -> int:
                 _print_error(exc)
             return 2
         args = parse_command_line(build_parser(), argv)
-        import torch  # noqa: F401 - loaded here, whole, rather than inside the handler
+        if getattr(
+            args, "uses_torch", True
+        ):  # `vqkit runs` reads folders only: 0.2 s instead of 2 and more
+            import torch  # noqa: F401 - loaded here, whole, rather than inside the handler
     try:
         if requested:
             raise KeyboardInterrupt

@@ -19,8 +19,11 @@ if TYPE_CHECKING:  # the training loop imports torch; the CLI's helpers need not
     from vqkit.training import TrainingInterrupted
 
 
-def add_command(subparsers, name: str, summary: str, body: str, handler) -> argparse.ArgumentParser:
-    """A subcommand whose --help reads like a man page: what it does, then examples."""
+def add_command(
+    subparsers, name: str, summary: str, body: str, handler, *, uses_torch: bool = True
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help reads like a man page: what it does, then examples.
+    ``uses_torch=False``: one that only reads files, run without loading PyTorch."""
     parser = subparsers.add_parser(
         name,
         help=summary,
@@ -30,7 +33,7 @@ def add_command(subparsers, name: str, summary: str, body: str, handler) -> argp
         # flag before a negative value would get argparse's 'expected one argument').
         allow_abbrev=False,
     )
-    parser.set_defaults(handler=handler)
+    parser.set_defaults(handler=handler, uses_torch=uses_torch)
     return parser
 
 

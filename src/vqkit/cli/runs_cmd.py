@@ -25,8 +25,9 @@ examples:
 
 def register(subparsers) -> None:
     parser = add_command(
-        subparsers, "runs", "list run folders and their headline numbers", HELP, run
-    )
+        subparsers, "runs", "list run folders and their headline numbers", HELP, run,
+        uses_torch=False,
+    )  # fmt: skip
     parser.add_argument(
         "root",
         metavar="ROOT",
