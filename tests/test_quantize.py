@@ -135,6 +135,22 @@ def test_perplexity_formula():
     assert perplexity(torch.tensor([2, 1, 1]).to(torch.uint16)) == pytest.approx(expected)
 
 
+def test_perplexity_of_no_counts_at_all_is_one():
+    # Nothing chosen (or no codes): an entropy of 0, not the NaN of 0 / 0.
+    assert perplexity(torch.zeros(4, dtype=torch.long)) == 1.0
+    assert perplexity([]) == 1.0
+
+
+def test_perplexity_depends_only_on_the_shares_of_the_counts():
+    # Fractional counts (EMA cluster sizes, shares) are normalised by their own sum, whatever it
+    # is: two codes of equal weight give 2 whether the weights are 0.1 each or 10 each.
+    assert perplexity([0.1, 0.1]) == pytest.approx(2.0)
+    shares = np.array([0.3, 0.05, 0.15])
+    expected = float(np.exp(-(shares / shares.sum() * np.log(shares / shares.sum())).sum()))
+    for scale in (0.01, 1.0, 1000.0):
+        assert perplexity(shares * scale) == pytest.approx(expected)
+
+
 @pytest.mark.parametrize(
     "counts", [[[1, 2]], "ab", None, torch.tensor([True, False]), np.array(5), torch.tensor(5)]
 )

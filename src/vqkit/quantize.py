@@ -217,7 +217,11 @@ def perplexity(code_counts: torch.Tensor) -> float:
     code_counts = counts.double()  # unsigned types have no min in torch
     if code_counts.numel() and not (torch.isfinite(code_counts).all() and code_counts.min() >= 0):
         raise VqkitError("Code counts must be finite and not negative.")
-    probs = code_counts.double() / code_counts.sum().clamp(min=1)
+    # Shares of the total, whatever it is: clamping it to 1 left fractional counts that sum to
+    # less than 1 unnormalised ([0.1, 0.1] gave 1.58, not 2). No counts at all (a zero total)
+    # have the entropy 0, not the NaN of 0 / 0.
+    total = code_counts.sum()
+    probs = code_counts / torch.where(total > 0, total, 1.0)
     entropy = -(probs * torch.log(probs.clamp(min=1e-30))).sum()
     return float(torch.exp(entropy))
 
