@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from vqkit import runfiles
 from vqkit.checkpoint import load_model, save_config, save_weights
-from vqkit.codebook_health import dead_code_mask, kmeans, kmeans_plus_plus_seeds
+from vqkit.codebook_health import dead_code_mask, kmeans, kmeans_plus_plus_seeds, sample_rows
 from vqkit.config import GRADIENT_ESTIMATORS, ModelConfig, QuantizerConfig, RunConfig
 from vqkit.model import VQVAE
 from vqkit.quantize import build_quantizer
@@ -189,6 +189,19 @@ def test_restarts_from_a_batch_as_large_as_the_codebook_land_on_distinct_rows():
     assert set(restarted) <= rows and len(set(restarted)) == 7
 
 
+def test_restart_rows_are_drawn_uniformly_from_the_whole_batch():
+    # Dead codes restart on rows drawn at random from the batch; always taking its first rows
+    # would restart every code from the same few images, step after step.
+    rows, draws_per_call, calls = 5, 2, 2000
+    vectors = torch.arange(float(rows)).unsqueeze(1)  # row i holds the value i
+    torch.manual_seed(0)
+    drawn = torch.cat([sample_rows(vectors, draws_per_call).flatten() for _ in range(calls)])
+    counts = torch.bincount(drawn.long(), minlength=rows).double()
+    expected = draws_per_call * calls / rows
+    # Each row's count within 5 binomial standard deviations of an even share.
+    assert torch.all((counts - expected).abs() < 5 * math.sqrt(expected * (1 - 1 / rows)))
+
+
 def test_restart_waits_for_the_window():
     quantizer = build_quantizer(health_config(codebook_init="uniform", dead_code_restart=3))
     batch = torch.randn(10, 4)
@@ -288,6 +301,20 @@ def test_kmeans_runs_once():
     after_first = quantizer.codebook.detach().clone()
     quantizer(torch.randn(2, 4, 4, 4) + 20)  # loss mode: no other change to the codebook
     assert torch.equal(quantizer.codebook.detach(), after_first)
+
+
+def test_the_kmeans_init_leaves_each_ema_code_standing_for_one_vector():
+    # After the init each code stands for the one centroid it was set to (cluster size 1, sum
+    # equal to the code), whatever the EMA statistics held before: sizes or sums kept from
+    # earlier would pull the next update's codes off the centroids.
+    torch.manual_seed(0)
+    quantizer = build_quantizer(health_config(dead_code_restart=0))
+    quantizer.ema_update(torch.full((8,), 5.0), torch.randn(8, 4))  # statistics moved first
+    assert not quantizer.ema_cluster_size.eq(1).any()
+    quantizer.initialize(torch.randn(2, 4, 3, 3))
+    assert bool(quantizer.kmeans_done)
+    assert quantizer.ema_cluster_size.eq(1).all()
+    assert torch.equal(quantizer.ema_embed_sum, quantizer.codebook)
 
 
 def test_a_non_finite_first_batch_leaves_the_kmeans_init_to_the_next():
