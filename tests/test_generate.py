@@ -12,10 +12,17 @@ import pytest
 import torch
 
 from vqkit import generate, runfiles
+from vqkit.config import ModelConfig, QuantizerConfig
 from vqkit.data import load_split
 from vqkit.errors import VqkitError
 from vqkit.fileio import read_json, write_json_atomic
-from vqkit.generate import SamplingContext, sample_codes, strategies, strategy_options
+from vqkit.generate import (
+    SamplingContext,
+    sample_codes,
+    sample_images,
+    strategies,
+    strategy_options,
+)
 from vqkit.model import VQVAE
 from vqkit.usage import _cached_counts, code_usage
 
@@ -97,10 +104,26 @@ def test_random_is_uniform_over_the_whole_codebook(context):
     assert torch.all((share - p).abs() <= 6 * (p * (1 - p) / codes.numel()) ** 0.5)
 
 
-def test_same_seed_same_codes(context):
-    first = sample_codes("used", 4, context, torch.Generator().manual_seed(9), weighted=True)
-    again = sample_codes("used", 4, context, torch.Generator().manual_seed(9), weighted=True)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_same_seed_same_codes(context, weighted):
+    # Every draw comes from the generator given, none from torch's global one.
+    first = sample_codes("used", 4, context, torch.Generator().manual_seed(9), weighted=weighted)
+    torch.manual_seed(1)  # the global generator moved between the two draws
+    again = sample_codes("used", 4, context, torch.Generator().manual_seed(9), weighted=weighted)
     assert torch.equal(first, again)
+
+
+def test_sample_images_draws_its_codes_with_a_generator_seeded_by_its_seed():
+    model = VQVAE(
+        ModelConfig(hidden_dim=8, quantizer=QuantizerConfig(num_embeddings=16, embedding_dim=4))
+    ).eval()
+    context = SamplingContext(model)
+    for seed in (0, 5):
+        codes, images = sample_images(context, "random", 3, seed=seed)
+        expected = sample_codes("random", 3, context, torch.Generator().manual_seed(seed))
+        assert torch.equal(codes, expected)
+        with torch.no_grad():
+            torch.testing.assert_close(images, model.decode(expected))
 
 
 def test_registry_options_and_errors(context):

@@ -222,6 +222,23 @@ def test_interpolation_and_strip(model_and_pair, mode):
         assert torch.equal(strip[1:-1], model.decode(codes)[:, 0])
 
 
+@pytest.mark.parametrize("mode", ["crossfade", "random-mask"])
+def test_the_seed_picks_the_random_path(model_and_pair, mode):
+    # interpolation(seed=s) draws its order or masks from a generator seeded with s: the path of
+    # the pair's codes that interpolate_codes gives with that generator, another for each seed.
+    model, image_a, image_b = model_and_pair
+    with torch.no_grad():
+        codes_a, codes_b = model.encode(torch.stack([image_a, image_b]))
+    assert int((codes_a != codes_b).sum()) > 1  # else every order gives the same path
+    paths = []
+    for seed in (0, 7):
+        generator = torch.Generator().manual_seed(seed)
+        expected = interpolate_codes(codes_a, codes_b, 6, mode, generator)
+        paths.append(interpolation(model, image_a, image_b, 6, mode, seed=seed))
+        assert torch.equal(paths[-1], expected)
+    assert not torch.equal(paths[0], paths[1])
+
+
 def test_interpolation_errors(model_and_pair):
     model, image_a, image_b = model_and_pair
     with pytest.raises(

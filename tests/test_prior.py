@@ -238,6 +238,7 @@ def test_bad_sampling_settings_are_refused():
     [
         (2, [0, 1, 2], r"shape \(2,\), one per grid; these have \(3,\)"),
         (2, [1, 20], "lie in 0 to 2 for this prior's 3 classes; these range from 1 to 20"),
+        (2, [0, 3], "lie in 0 to 2 for this prior's 3 classes; these range from 0 to 3"),
         (2, [-1, 0], "range from -1 to 0"),
         (2, [0.5, 1.0], "labels must hold integers, not torch.float32"),
         (2, "ab", "labels must be a tensor or array of integers, not a str"),
@@ -283,6 +284,17 @@ def test_draw_follows_the_softmax():
     expected = logits[0].softmax(0) * 40000
     # Each count is within 5 binomial standard deviations of its expectation.
     assert torch.all((counts - expected).abs() < 5 * expected.sqrt())
+
+
+def test_a_uniform_draw_of_exactly_zero_still_picks_by_the_logits(monkeypatch):
+    # torch.rand draws from [0, 1), so 0 itself can come: unclamped, -log(-log 0) is -inf noise
+    # on every code, and the argmax of a row of -inf is code 0 whatever the logits say. With
+    # the same (finite) noise on every code the draw is the largest logit.
+    from vqkit.prior import draw
+
+    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.zeros(shape))
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, -1.0, 5.0]])
+    assert draw(logits, torch.Generator()).tolist() == [1, 2]
 
 
 def test_evaluate_nll_is_the_mean_cross_entropy_in_bits():
