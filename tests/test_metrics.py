@@ -63,6 +63,24 @@ def test_evaluate_reconstruction_matches_a_per_image_recomputation():
     assert metrics["test_images"] == 10  # what the words "on the N test images" count
 
 
+def test_a_code_chosen_once_counts_as_used():
+    # One image and a codebook made of its own 49 encoder outputs: each position picks the
+    # code that is its own vector, so every code is chosen exactly once and all 49 are used,
+    # with the perplexity of a uniform use of 49 codes.
+    torch.manual_seed(0)
+    model = VQVAE(
+        ModelConfig(hidden_dim=8, quantizer=QuantizerConfig(num_embeddings=49, embedding_dim=4))
+    ).eval()
+    image = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        latents = model.encoder(model.model_input(image))  # (1, 4, 7, 7)
+        model.quantizer.codebook.copy_(latents.permute(0, 2, 3, 1).reshape(49, 4))
+    assert torch.equal(model.encode(image).flatten(), torch.arange(49))
+    metrics = evaluate_reconstruction(model, image)
+    assert (metrics["codes_used"], metrics["dead_codes"]) == (49, 0)
+    assert metrics["perplexity"] == pytest.approx(49.0)
+
+
 def test_the_words_for_a_count_of_test_images():
     assert on_test_images({"test_images": 1}) == "on the 1 test image"
     assert on_test_images({"test_images": 10_000}) == "on the 10,000 test images"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -54,3 +56,23 @@ def test_the_reconstruction_loss_is_the_mean_squared_pixel_error():
     expected = (out.reconstruction[:, 0].double() - target).pow(2).sum() / (2 * 28 * 28)
     assert float(reconstruction) == pytest.approx(float(expected), rel=1e-6)
     assert float(quantizer_loss) == pytest.approx(float(out.vq_loss))
+
+
+def test_each_step_takes_the_gradient_of_its_own_batch_alone():
+    # Gradients left over from the step before would add to this step's: with plain SGD the
+    # second step must move every weight by -lr times the gradient of the second loss alone,
+    # taken here on a copy of the model as it stood after the first step.
+    torch.manual_seed(2)
+    model = VQVAE(ModelConfig(hidden_dim=8, quantizer=QuantizerConfig(8, 4))).train()
+    lr = 0.1
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    first, second = torch.randint(0, 256, (2, 2, 28, 28), dtype=torch.uint8)
+    apply_step(optimizer, *compute_losses(model, first))
+    twin = copy.deepcopy(model)
+    reconstruction, quantizer_loss = compute_losses(twin, second)
+    (reconstruction + quantizer_loss).backward()
+    before = [parameter.detach().clone() for parameter in model.parameters()]
+    apply_step(optimizer, *compute_losses(model, second))
+    for parameter, old, alone in zip(model.parameters(), before, twin.parameters(), strict=True):
+        assert alone.grad is not None
+        torch.testing.assert_close(parameter.detach(), old - lr * alone.grad)
