@@ -189,10 +189,11 @@ def test_restarts_from_a_batch_as_large_as_the_codebook_land_on_distinct_rows():
     assert set(restarted) <= rows and len(set(restarted)) == 7
 
 
-def test_restart_rows_are_drawn_uniformly_from_the_whole_batch():
+@pytest.mark.parametrize("draws_per_call", [2, 8])  # 8 of 5 rows: drawn with replacement
+def test_restart_rows_are_drawn_uniformly_from_the_whole_batch(draws_per_call):
     # Dead codes restart on rows drawn at random from the batch; always taking its first rows
-    # would restart every code from the same few images, step after step.
-    rows, draws_per_call, calls = 5, 2, 2000
+    # (or never its last) would restart codes from the same few images, step after step.
+    rows, calls = 5, 2000
     vectors = torch.arange(float(rows)).unsqueeze(1)  # row i holds the value i
     torch.manual_seed(0)
     drawn = torch.cat([sample_rows(vectors, draws_per_call).flatten() for _ in range(calls)])
