@@ -22,14 +22,9 @@ from vqkit.errors import VqkitError
 from vqkit.fileio import write_bytes_atomic
 from vqkit.run_reading import HEADER_LIMIT as HEADER_LIMIT
 from vqkit.run_reading import PRIOR_LEARNED_FROM as PRIOR_LEARNED_FROM
-from vqkit.run_reading import (
-    SAFETENSORS_DAMAGE,
-    damaged_tensors,
-    header_metadata,
-    tensor_file_bytes,
-)
 from vqkit.run_reading import config_from_file as config_from_file
 from vqkit.run_reading import load_config as load_config
+from vqkit.run_reading import parse_tensor_file
 from vqkit.run_reading import prior_digest as prior_digest
 from vqkit.run_reading import prior_is_stale as prior_is_stale
 from vqkit.run_reading import prior_learned_from as prior_learned_from
@@ -114,13 +109,7 @@ def read_tensors_and_metadata(
     path: str | Path, what: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors of a safetensors file and its string metadata (empty when it has none)."""
-    path = Path(path)
-    data = tensor_file_bytes(path, what)
-    try:
-        tensors = load_safetensors(data)
-    except SAFETENSORS_DAMAGE as exc:
-        raise damaged_tensors(path, what) from exc
-    return tensors, header_metadata(data, path, what)
+    return parse_tensor_file(path, what, load_safetensors)
 
 
 def load_weights_into(module: torch.nn.Module, path: str | Path, what: str) -> None:

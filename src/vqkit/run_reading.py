@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from safetensors import SafetensorError, deserialize
 
@@ -169,6 +170,8 @@ def safetensors_metadata(path: str | Path) -> dict[str, str]:
     return metadata if isinstance(metadata, dict) else {}
 
 
+# What a safetensors loader gives back (PyTorch's tensors, or the library's own views).
+Parsed = TypeVar("Parsed")
 # safetensors' names of the element types PyTorch reads (safetensors.torch maps each one); a
 # weights file of another type is damaged for vqkit, as loading it would fail.
 TORCH_DTYPES = frozenset(
@@ -206,15 +209,23 @@ def header_metadata(data: bytes, path: Path, what: str) -> dict[str, Any]:
     return metadata
 
 
-def require_readable_tensors(path: str | Path, what: str) -> None:
-    """One sentence, as loading the file would give (``checkpoint.read_tensors``), when it is
-    missing, unreadable or damaged; checked without building a tensor."""
+def parse_tensor_file(
+    path: str | Path, what: str, parse: Callable[[bytes], Parsed]
+) -> tuple[Parsed, dict[str, Any]]:
+    """``parse`` (a safetensors loader) of a file's bytes, and the file's string metadata;
+    one sentence for a file missing, unreadable, or damaged in any way the library finds."""
     path = Path(path)
     data = tensor_file_bytes(path, what)
     try:
-        views = deserialize(data)
+        parsed = parse(data)
     except SAFETENSORS_DAMAGE as exc:
         raise damaged_tensors(path, what) from exc
+    return parsed, header_metadata(data, path, what)
+
+
+def require_readable_tensors(path: str | Path, what: str) -> None:
+    """One sentence, as loading the file would give (``checkpoint.read_tensors``), when it is
+    missing, unreadable or damaged; checked without building a tensor."""
+    views, _ = parse_tensor_file(path, what, deserialize)
     if any(view["dtype"] not in TORCH_DTYPES for _, view in views):
-        raise damaged_tensors(path, what)
-    header_metadata(data, path, what)
+        raise damaged_tensors(Path(path), what)
