@@ -150,7 +150,7 @@ def require_tensors_fit(
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> VQVAE:
     """Rebuild the model of a run folder from its config and weights, in eval mode."""
-    from vqkit.devices import resolve_device
+    from vqkit.devices import built_for_saved_weights, resolve_device
     from vqkit.model import VQVAE
 
     target = resolve_device(device)  # 'auto' as everywhere else, and one sentence for a bad name
@@ -170,7 +170,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> VQVAE
         parts = {name.split(".", 1)[0] for name in expected}
         mine = {name: t for name, t in tensors.items() if name.split(".", 1)[0] in parts}
         require_tensors_fit(expected, mine, weights, what)
-    model = VQVAE(config.model)
+    model = built_for_saved_weights(lambda: VQVAE(config.model))
     load_tensors_into(model, tensors, weights, what)
     return model.to(target).eval()
 

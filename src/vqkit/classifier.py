@@ -22,7 +22,7 @@ from vqkit.checkpoint import load_weights_into, save_weights
 from vqkit.config import EVAL_BATCH_SIZE
 from vqkit.config import ClassifierConfig as ClassifierConfig  # re-exported: it lives there
 from vqkit.data import OWN_DATASET, Split, load_split
-from vqkit.devices import callers_random_state_kept
+from vqkit.devices import built_for_saved_weights, callers_random_state_kept
 from vqkit.environment import images_digest
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_json, require_writable_folder, write_json_atomic
@@ -161,7 +161,7 @@ def load_or_train_classifier(
     name = cache_name(config, data_dir)
     weights = folder / f"{name}.safetensors"
     meta_path = folder / f"{name}.json"
-    classifier = Classifier(config)
+    classifier = built_for_saved_weights(lambda: Classifier(config))
     why = "none is cached yet"
     if weights.exists() and meta_path.exists():
         try:

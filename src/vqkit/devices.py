@@ -6,11 +6,14 @@ import contextlib
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from vqkit.errors import SIZE_OVERFLOW, VqkitError
+
+Module = TypeVar("Module", bound=nn.Module)
 
 
 @contextlib.contextmanager
@@ -135,3 +138,12 @@ def callers_random_state_kept(device: torch.device) -> Iterator[None]:
         cuda = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=cuda):
         yield
+
+
+def built_for_saved_weights(build: Callable[[], Module]) -> Module:
+    """``build()``, a module whose weights are read from a file next, made without moving the
+    caller's random numbers: its layers draw initial weights from the global CPU generator that
+    the saved ones then replace, and a notebook loading a run between two draws of its own got
+    other numbers from the second one."""
+    with callers_random_state_kept(torch.device("cpu")):
+        return build()

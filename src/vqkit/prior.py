@@ -48,7 +48,7 @@ from vqkit.checkpoint import (
 from vqkit.config import MAX_PRIOR_KERNEL as MAX_PRIOR_KERNEL
 from vqkit.config import MAX_PRIOR_LAYERS as MAX_PRIOR_LAYERS
 from vqkit.config import PriorConfig
-from vqkit.devices import evaluation_mode
+from vqkit.devices import built_for_saved_weights, evaluation_mode
 from vqkit.errors import VqkitError, refused_file
 from vqkit.fileio import read_json_object, write_json_atomic
 from vqkit.generate import SamplingContext, register_strategy
@@ -350,7 +350,7 @@ def load_prior(run_dir: str | Path, device: str | torch.device = "cpu") -> Pixel
     path, what = run_path(run_dir, runfiles.PRIOR_WEIGHTS), "prior weights file"
     tensors = read_tensors(path, what)
     _require_sizes_of(tensors, settings, run_dir)
-    prior = PixelCNNPrior(settings)
+    prior = built_for_saved_weights(lambda: PixelCNNPrior(settings))
     load_tensors_into(prior, tensors, path, what)
     if prior_digest(run_dir) != digest:
         raise VqkitError(
