@@ -32,7 +32,12 @@ from vqkit.guards import WEIGHTS_NOT_SAVED, NonFiniteGuard, StopRequest
 from vqkit.prior import PixelCNNPrior, PriorConfig, save_prior_config
 from vqkit.run_folder import resumed_history
 from vqkit.train_state import Position
-from vqkit.training import TrainingInterrupted, epoch_batches, steps_per_epoch
+from vqkit.training import (
+    TrainingInterrupted,
+    epoch_batches,
+    steps_per_epoch,
+    stopped_at_once,
+)
 
 PRIOR_TERMS = ("prior loss",)  # the one loss term the non-finite guard watches
 
@@ -186,21 +191,28 @@ class PriorLoop:
 
     def train(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; the per-epoch records of the whole run."""
-        with self.stop.installed():
-            for epoch in range(self.position.epochs_done + 1, self.settings.epochs + 1):
-                if self.counters.stale >= self.settings.patience:
-                    break
-                self.run_epoch(epoch)
-                if self.stop.requested:
-                    stop = self.interrupted()
-                    if (
-                        epoch == self.settings.epochs
-                        or self.counters.stale >= self.settings.patience
-                    ):
-                        # The stop came in the last epoch's evaluation or save: nothing is left.
-                        stop.outcome = "the prior had already finished its training and is saved."
-                    raise stop
+        try:
+            with self.stop.installed():
+                self._train_epochs()
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt as exc:  # a second Ctrl-C: at once, without the stop's own save
+            if not train_state.exists(self.run_dir, self.files):
+                raise
+            raise stopped_at_once(self.run_dir, self.files) from exc
         return self.history
+
+    def _train_epochs(self) -> None:
+        for epoch in range(self.position.epochs_done + 1, self.settings.epochs + 1):
+            if self.counters.stale >= self.settings.patience:
+                break
+            self.run_epoch(epoch)
+            if self.stop.requested:
+                stop = self.interrupted()
+                if epoch == self.settings.epochs or self.counters.stale >= self.settings.patience:
+                    # The stop came in the last epoch's evaluation or save: nothing is left.
+                    stop.outcome = "the prior had already finished its training and is saved."
+                raise stop
 
     def run_epoch(self, epoch: int) -> None:
         """One pass (or its rest, after a resume) in a seeded random order, then evaluate and

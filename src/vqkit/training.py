@@ -94,6 +94,18 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"training interrupted; continue with: {self.resume_command}")
 
 
+def stopped_at_once(
+    run_dir: Path,
+    files: train_state.StateFiles = train_state.VQVAE_FILES,
+    context: distributed.Context | None = None,
+) -> TrainingInterrupted:
+    """The stop of a second Ctrl-C, which ends training without the first one's save: the
+    state saved before (which the caller has checked exists) continues the run."""
+    stop = TrainingInterrupted(run_dir, files, context=context)
+    stop.outcome = f"stopped at once; its last saved state continues with: {stop.resume_command}"
+    return stop
+
+
 def limit(split: Split, count: int | None) -> torch.Tensor:
     """The first ``count`` images of a split (all of them when count is None)."""
     return split.images if count is None else split.images[:count]
@@ -275,11 +287,7 @@ def train(
     except KeyboardInterrupt as exc:  # a second Ctrl-C: at once, without the stop's own save
         if run is None or not train_state.exists(run.run_dir, train_state.VQVAE_FILES):
             raise
-        stop = TrainingInterrupted(run.run_dir, context=context)
-        stop.outcome = (
-            f"stopped at once; its last saved state continues with: {stop.resume_command}"
-        )
-        raise stop from exc
+        raise stopped_at_once(run.run_dir, context=context) from exc
     finally:
         try:
             lock.release()

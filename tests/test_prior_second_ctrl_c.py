@@ -1,0 +1,47 @@
+"""A second Ctrl-C stops train_prior at once, naming the saved state that resumes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from vqkit import runfiles
+from vqkit.prior import PriorConfig
+from vqkit.prior_loop import PriorLoop
+from vqkit.prior_training import train_prior
+from vqkit.training import TrainingInterrupted
+
+# 4 steps an epoch: the second Ctrl-C comes in epoch 2, after epoch 1's state was saved.
+TWO_EPOCHS = PriorConfig(
+    channels=8, layers=2, epochs=2, batch_size=64, train_limit=256, test_limit=64
+)
+PRESSED_AT_STEP = 6
+
+
+def test_a_second_ctrl_c_stops_the_prior_at_once_and_names_the_last_saved_state(
+    run_copy, monkeypatch
+):
+    # It ended in a bare KeyboardInterrupt (and `vqkit: interrupted.`), which says neither that
+    # anything was saved nor how to go on, though epoch 1's state resumes.
+    real_step = PriorLoop.step
+
+    def pressed_twice(self, index):
+        if self.position.global_step + 1 == PRESSED_AT_STEP:
+            os.kill(os.getpid(), signal.SIGINT)  # a request: the loop would save at this step
+            os.kill(os.getpid(), signal.SIGINT)  # the user does not want to wait
+        return real_step(self, index)
+
+    monkeypatch.setattr(PriorLoop, "step", pressed_twice)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_prior(run_copy, TWO_EPOCHS, device="cpu", progress=False)
+    resume = f"vqkit train-prior {run_copy} --resume"
+    expected = f"stopped at once; its last saved state continues with: {resume}"
+    assert stopped.value.outcome == expected
+    saved = json.loads((run_copy / runfiles.PRIOR_STATE_META).read_text())
+    assert (saved["epochs_done"], saved["step"]) == (1, 0)
+    monkeypatch.undo()
+    resumed = train_prior(run_copy, device="cpu", progress=False, resume=True)
+    assert resumed.epochs_trained == 1
