@@ -16,7 +16,7 @@ from vqkit.errors import VqkitError
 from vqkit.fileio import read_jsonl
 from vqkit.provenance import MADE_WITH_KEY, PRIOR_KEY, WEIGHTS_KEY, read_stamp
 from vqkit.run_lock import LOCK_NAME, RunLock
-from vqkit.training import TrainingInterrupted
+from vqkit.training import TrainingInterrupted, stopped_at_once
 
 STAGES = [
     "train VQ-VAE",
@@ -160,6 +160,17 @@ def test_a_stopped_demo_says_where_it_stopped_and_how_to_go_on(tmp_path, monkeyp
         f"vqkit: stopped by SIGTERM in the demo's 'train VQ-VAE' stage; what it finished is "
         f"saved in {run_dir} (continue this stage with: vqkit train --resume {run_dir}; vqkit "
         f"report {run_dir} shows it; a new demo needs another --out).\n"
+    )
+
+    def ctrl_c_twice(config, out, **kwargs):
+        raise stopped_at_once(out)
+
+    # A second Ctrl-C ends training without a save of its own; the state saved before
+    # continues the stage all the same (the demo had left the command out).
+    monkeypatch.setattr(demo, "train", ctrl_c_twice)
+    assert main(["demo", "--out", str(run_dir), "--quiet", "--device", "cpu"]) == 130
+    assert f"(continue this stage with: vqkit train --resume {run_dir}; vqkit" in (
+        capsys.readouterr().err
     )
 
     def ctrl_c(config, out, **kwargs):

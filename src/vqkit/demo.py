@@ -50,7 +50,7 @@ class DemoInterrupted(KeyboardInterrupt):
         self.signal_number = getattr(stop, "signal_number", int(signal.SIGINT))
         # A training stage saved a state: the command that continues it (None elsewhere, or
         # when there is nothing to continue).
-        resumable = isinstance(stop, TrainingInterrupted) and stop.outcome is None
+        resumable = isinstance(stop, TrainingInterrupted) and stop.resumable
         self.resume_command = stop.resume_command if resumable else None
         super().__init__(self.sentence())
 

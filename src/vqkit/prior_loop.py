@@ -211,7 +211,7 @@ class PriorLoop:
                 stop = self.interrupted()
                 if epoch == self.settings.epochs or self.counters.stale >= self.settings.patience:
                     # The stop came in the last epoch's evaluation or save: nothing is left.
-                    stop.outcome = "the prior had already finished its training and is saved."
+                    stop.instead("the prior had already finished its training and is saved.")
                 raise stop
 
     def run_epoch(self, epoch: int) -> None:

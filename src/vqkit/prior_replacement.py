@@ -129,8 +129,8 @@ def old_prior_set_aside(run_dir: str | Path) -> Iterator[None]:
                 f"{exc.cause}; {kept}: start again with a lower --lr, or --skip-nonfinite N to "
                 "skip a few bad steps."
             ) from exc
-        if hasattr(exc, "resume_command"):  # a stop (Ctrl-C, SIGTERM) that saved a state
-            exc.outcome = f"{kept} (vqkit train-prior {run_dir} --restart trains a new one)"
+        if hasattr(exc, "instead"):  # a stop (Ctrl-C, SIGTERM) that saved a state
+            exc.instead(f"{kept} (vqkit train-prior {run_dir} --restart trains a new one)")
         elif isinstance(exc, VqkitError):  # a full disk, say: its sentence, and what stands
             raise VqkitError(f"{str(exc).rstrip('.')}; {kept}.") from exc
         raise

@@ -87,11 +87,17 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.run_dir = run_dir
         self.resume_command = files.resume_command(run_dir, context)
         self.signal_number = int(signal_number)
-        # What became of the run instead, when there is nothing to resume (a replacement prior
+        # What became of the run, said instead of the resume command (a replacement prior
         # stopped in its first epoch: the earlier prior is back; a run stopped after its last
-        # epoch: it is finished); None: it can resume.
+        # epoch: it is finished; a second Ctrl-C: the state saved before continues it).
         self.outcome: str | None = None
+        self.resumable = True  # whether resume_command continues the run
         super().__init__(f"training interrupted; continue with: {self.resume_command}")
+
+    def instead(self, outcome: str, *, resumable: bool = False) -> TrainingInterrupted:
+        """This stop, saying ``outcome`` of the run in place of the resume command."""
+        self.outcome, self.resumable = outcome, resumable
+        return self
 
 
 def stopped_at_once(
@@ -102,8 +108,8 @@ def stopped_at_once(
     """The stop of a second Ctrl-C, which ends training without the first one's save: the
     state saved before (which the caller has checked exists) continues the run."""
     stop = TrainingInterrupted(run_dir, files, context=context)
-    stop.outcome = f"stopped at once; its last saved state continues with: {stop.resume_command}"
-    return stop
+    outcome = f"stopped at once; its last saved state continues with: {stop.resume_command}"
+    return stop.instead(outcome, resumable=True)
 
 
 def limit(split: Split, count: int | None) -> torch.Tensor:
@@ -475,12 +481,10 @@ class _Run:
             # run finished: it ends the command once the run's last figure is written.
             result = self._finish(trains_an_epoch)
             if self.stop.agreed():
-                stop = self.interrupted()
-                stop.outcome = (
+                raise self.interrupted().instead(
                     f"the run had already finished its {counted(self.settings.epochs, 'epoch')} "
                     "and is saved."
                 )
-                raise stop
         return result
 
     def _finish(self, trains_an_epoch: bool) -> TrainResult:
