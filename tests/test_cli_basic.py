@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from process_helpers import child_env
-from report_helpers import make_full_run
+from report_helpers import PRIOR_CONFIG, make_full_run
 
 import vqkit
 from vqkit import runfiles
@@ -173,6 +173,39 @@ def test_runs_lists_run_folders_without_loading_pytorch(run_copy, capsys):
     status, *heavy = result.stderr.splitlines()[-1].split()
     assert status == "0" and "torch" not in heavy and "numpy" not in heavy, result.stderr
     assert result.stdout == in_process and " yes" in in_process
+
+
+def test_runs_reads_a_prior_stopped_in_its_first_epoch_without_loading_pytorch(run_copy, capsys):
+    # A prior stopped inside its first epoch has settings and a resumable state but no weights:
+    # saying so read the state's counters through PyTorch's loader, imported mid-listing (where
+    # a Ctrl-C lands inside the import). The counters are read without it, in the same words.
+    import torch
+
+    from vqkit import train_state
+    from vqkit.prior import incomplete_prior, save_prior_config
+
+    save_prior_config(run_copy, PRIOR_CONFIG)
+    layer = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(layer.parameters())
+    position = train_state.Position(step=3, global_step=3)
+    order, loss_sum = torch.Generator().get_state(), torch.zeros(1)
+    args = (run_copy, position, layer, optimizer, order, loss_sum)
+    train_state.save(*args, files=train_state.PRIOR_FILES, extra={"finished": False})
+    reason = incomplete_prior(run_copy)
+    assert "stopped before its first epoch ended" in str(reason), reason
+    assert train_state.saved_position(run_copy, train_state.PRIOR_FILES) == position
+    assert main(["runs", str(run_copy.parent)]) == 0
+    in_process = capsys.readouterr().out
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_OF_A_COMMAND_LINE, "runs", str(run_copy.parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    status, *heavy = result.stderr.splitlines()[-1].split()
+    assert status == "0" and "torch" not in heavy and "numpy" not in heavy, result.stderr
+    assert result.stdout == in_process and "(incomplete)" in in_process
 
 
 def test_importing_vqkit_leaves_pytorch_unloaded_until_a_name_is_used():

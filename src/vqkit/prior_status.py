@@ -11,7 +11,7 @@ from vqkit.fileio import read_json_object
 from vqkit.prior_replacement import interrupted_replacement
 from vqkit.run_lock import writer_of
 from vqkit.run_reading import run_path
-from vqkit.state_files import PRIOR_FILES, exists
+from vqkit.state_files import PRIOR_FILES, exists, saved_position
 
 
 def incomplete_prior(run_dir: str | Path) -> str | None:
@@ -46,8 +46,6 @@ def incomplete_prior(run_dir: str | Path) -> str | None:
     if not (config or weights or state):
         return None
     if config and not weights:
-        from vqkit.train_state import saved_position  # PyTorch's import: only in this case
-
         position = saved_position(run_dir, files)
         if position is not None and position.epochs_done == 0:
             return (

@@ -226,6 +226,14 @@ def parse_tensor_file(
 def require_readable_tensors(path: str | Path, what: str) -> None:
     """One sentence, as loading the file would give (``checkpoint.read_tensors``), when it is
     missing, unreadable or damaged; checked without building a tensor."""
-    views, _ = parse_tensor_file(path, what, deserialize)
+    readable_tensor_metadata(path, what)
+
+
+def readable_tensor_metadata(path: str | Path, what: str) -> dict[str, Any]:
+    """The string metadata of a safetensors file whose tensors PyTorch would read, as
+    ``checkpoint.read_tensors_and_metadata`` gives it, with the same sentence for a file it
+    refuses; checked without building a tensor."""
+    views, metadata = parse_tensor_file(path, what, deserialize)
     if any(view["dtype"] not in TORCH_DTYPES for _, view in views):
         raise damaged_tensors(Path(path), what)
+    return metadata

@@ -22,19 +22,22 @@ from safetensors.torch import save as save_safetensors
 
 from vqkit.checkpoint import load_tensors_into, read_tensors_and_metadata, run_path
 from vqkit.errors import VqkitError
-from vqkit.fileio import parse_json, write_bytes_atomic, write_json_atomic
+from vqkit.fileio import write_bytes_atomic, write_json_atomic
+from vqkit.state_files import METADATA_KEY as METADATA_KEY
 from vqkit.state_files import PRIOR_FILES as PRIOR_FILES
+from vqkit.state_files import READABLE_STATE_VERSIONS as READABLE_STATE_VERSIONS
+from vqkit.state_files import STATE_VERSION as STATE_VERSION
 from vqkit.state_files import VQVAE_FILES as VQVAE_FILES
+from vqkit.state_files import Position as Position
 from vqkit.state_files import StateFiles as StateFiles
+from vqkit.state_files import counters as _counters
+from vqkit.state_files import damaged as _damaged
 from vqkit.state_files import exists as exists
+from vqkit.state_files import require as require
+from vqkit.state_files import saved_position as saved_position
+from vqkit.state_files import state_info
 from vqkit.wording import counted
 
-# Version 2 keeps a VQ-VAE's loss and its quantizer term (epoch/loss_sum of two); a version-1
-# state, with the loss alone, still resumes. An older vqkit refuses version 2 as incompatible
-# rather than calling the file damaged.
-STATE_VERSION = 2
-READABLE_STATE_VERSIONS = (1, 2)
-METADATA_KEY = "vqkit_train_state"
 MODEL_PREFIX = "model/"
 OPTIMIZER_PREFIX = "optimizer/"
 TORCH_RNG = "rng/torch"
@@ -43,18 +46,6 @@ ORDER_RNG = "rng/order"  # the batch-permutation generator at the start of the e
 # Summed training loss of the epoch in progress so far: (1,) for a prior; (2,) for a VQ-VAE,
 # the loss and its quantizer term ((1,), the loss alone, in states saved before vqkit kept both)
 LOSS_SUM = "epoch/loss_sum"
-
-
-@dataclass
-class Position:
-    """How far a run has got. ``step`` batches of epoch ``epochs_done + 1`` are already done."""
-
-    epochs_done: int = 0
-    step: int = 0  # batches of the epoch in progress already taken (0 at an epoch boundary)
-    stepped: int = 0  # of those, how many updated the weights (the rest had non-finite losses)
-    global_step: int = 0  # batches taken over the whole run
-    skipped_nonfinite: int = 0  # batches skipped over the whole run for a non-finite loss
-    world_size: int = 1  # processes the run trained with (the shard layout depends on it)
 
 
 @dataclass
@@ -182,29 +173,6 @@ def peek(run_dir: str | Path, files: StateFiles = VQVAE_FILES) -> tuple[Position
     return position, extra
 
 
-def saved_position(run_dir: str | Path, files: StateFiles = VQVAE_FILES) -> Position | None:
-    """How far the saved state has got, or None when there is none or it cannot be read (a
-    damaged state: a resume would fail on it, so no caller may count on it)."""
-    if not exists(run_dir, files):
-        return None
-    try:
-        return peek(run_dir, files)[0]
-    except VqkitError:
-        return None
-
-
-def require(run_dir: str | Path, files: StateFiles = VQVAE_FILES) -> Path:
-    """The state file of ``run_dir``; a clear error when there is none to resume from."""
-    path = run_path(run_dir, files.tensors)
-    if not path.is_file():
-        raise VqkitError(
-            f"The run folder '{run_dir}' has no resumable state ({files.tensors}); it was not "
-            f"started by this vqkit's {files.command} command or was stopped before its first "
-            "save."
-        )
-    return path
-
-
 def require_step_in_epoch(
     run_dir: str | Path, step: int, steps: int, files: StateFiles = VQVAE_FILES
 ) -> None:
@@ -225,42 +193,14 @@ def require_epochs_not_below(trained: str, run_dir: str | Path, done: int, epoch
         )
 
 
-def _damaged(path: Path, files: StateFiles) -> str:
-    return f"The {files.what} '{path}' is damaged or incomplete; start the run again."
-
-
 def _read(
     run_dir: str | Path, files: StateFiles
 ) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
     """The state file's path, tensors and counters, after checking its version."""
     path = require(run_dir, files)
     tensors, metadata = read_tensors_and_metadata(path, files.what)
-    try:
-        info = parse_json(metadata[METADATA_KEY])
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise VqkitError(_damaged(path, files)) from exc
-    if not isinstance(info, dict):
-        raise VqkitError(_damaged(path, files))
-    if info.get("version") not in READABLE_STATE_VERSIONS:
-        raise VqkitError(
-            f"The {files.what} '{path}' was written by an incompatible vqkit (state version "
-            f"{info.get('version')!r}, this vqkit reads versions "
-            f"{', '.join(map(str, READABLE_STATE_VERSIONS))})."
-        )
+    info = state_info(metadata, path, files)
     return path, tensors, info
-
-
-def _counters(
-    info: dict[str, Any], path: Path, files: StateFiles
-) -> tuple[Position, dict[str, Any]]:
-    try:
-        position = Position(**{k: int(info[k]) for k in asdict(Position())})
-    except (KeyError, ValueError, TypeError) as exc:
-        raise VqkitError(_damaged(path, files)) from exc
-    extra = info.get("extra", {})
-    if min(asdict(position).values()) < 0 or not isinstance(extra, dict):
-        raise VqkitError(_damaged(path, files))
-    return position, extra
 
 
 def _load_optimizer(
