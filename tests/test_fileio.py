@@ -128,6 +128,22 @@ def test_appending_to_a_linked_records_file_is_refused_and_copies_nothing(tmp_pa
     assert records.is_symlink() and secret.read_bytes() == b"private\n"
 
 
+def test_a_run_folder_reached_through_a_link_keeps_its_records_appendable(tmp_path):
+    # Only a records file that is itself a link is refused: a run folder reached through one
+    # (runs/latest pointing at the newest run) is the run's own, and its records grow in place.
+    from vqkit.checkpoint import require_files_where_files_go
+
+    real = tmp_path / "runs" / "eff"
+    real.mkdir(parents=True)
+    (real / "metrics.jsonl").write_bytes(b'{"epoch": 1}\n')
+    latest = tmp_path / "runs" / "latest"
+    latest.symlink_to(real, target_is_directory=True)
+    require_files_where_files_go(latest)
+    fileio.append_jsonl(latest / "metrics.jsonl", {"epoch": 2})
+    assert not (real / "metrics.jsonl").is_symlink()
+    assert (real / "metrics.jsonl").read_bytes() == b'{"epoch": 1}\n{"epoch": 2}\n'
+
+
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_a_json_file_that_is_a_pipe_or_device_is_refused_not_read(tmp_path, kind):
     # `train --config FIFO` waited forever for a writer; a link to /dev/zero read until
