@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pickle
 import re
 import shutil
 import signal
 import struct
+import sys
 import threading
 import time
 from pathlib import Path
@@ -221,6 +223,25 @@ def test_the_element_types_checked_without_pytorch_are_those_it_loads(tmp_path, 
     loaded = refusal(lambda: read_tensors(path, "weights"))
     assert refusal(lambda: require_readable_tensors(path, "weights")) == loaded
     assert (loaded is None) == (dtype in TORCH_DTYPES), loaded
+
+
+@pytest.mark.parametrize("shape", [[4], [0]])
+@pytest.mark.parametrize("dtype", sorted(TORCH_DTYPES))
+def test_on_a_big_endian_machine_the_check_keeps_the_loaders_verdict(
+    tmp_path, monkeypatch, dtype, shape
+):
+    # There safetensors.torch byte-swaps every tensor through NumPy, which has no bfloat16 or
+    # float8 type: such a file fails to load (even a tensor of no elements), and the check
+    # without PyTorch must call it damaged too rather than let `vqkit runs` pass it.
+    size = int(re.match(r"[A-Z]+(\d*)", dtype).group(1) or 8) // 8 * math.prod(shape)
+    tensor = {"dtype": dtype, "shape": shape, "data_offsets": [0, size]}
+    header = json.dumps({"t": tensor}).encode()
+    path = tmp_path / "one.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(size))
+    monkeypatch.setattr(sys, "byteorder", "big")
+    loaded = refusal(lambda: read_tensors(path, "weights"))
+    assert refusal(lambda: require_readable_tensors(path, "weights")) == loaded
+    assert (loaded is None) == (dtype not in {"BF16"} and not dtype.startswith("F8")), loaded
 
 
 def test_the_unmutated_checkpoint_loads(tiny_run):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -178,6 +179,9 @@ TORCH_DTYPES = frozenset(
     "F64 F32 F16 BF16 C64 I64 I32 I16 I8 U64 U32 U16 U8 BOOL "
     "F8_E4M3 F8_E4M3FNUZ F8_E5M2 F8_E5M2FNUZ".split()
 )
+# On a big-endian machine safetensors.torch byte-swaps each tensor through NumPy, which has no
+# bfloat16 or float8 type: there a file holding one fails to load (even a tensor of no elements).
+NO_NUMPY_DTYPES = frozenset("BF16 F8_E4M3 F8_E4M3FNUZ F8_E5M2 F8_E5M2FNUZ".split())
 # Every error the library raises for damage (malformed header, offsets past the end, ...).
 SAFETENSORS_DAMAGE = (SafetensorError, ValueError, RuntimeError, OverflowError, KeyError, TypeError)
 
@@ -234,6 +238,7 @@ def readable_tensor_metadata(path: str | Path, what: str) -> dict[str, Any]:
     ``checkpoint.read_tensors_and_metadata`` gives it, with the same sentence for a file it
     refuses; checked without building a tensor."""
     views, metadata = parse_tensor_file(path, what, deserialize)
-    if any(view["dtype"] not in TORCH_DTYPES for _, view in views):
+    loadable = TORCH_DTYPES - NO_NUMPY_DTYPES if sys.byteorder == "big" else TORCH_DTYPES
+    if any(view["dtype"] not in loadable for _, view in views):
         raise damaged_tensors(Path(path), what)
     return metadata
