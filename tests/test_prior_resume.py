@@ -965,6 +965,35 @@ def test_old_files_left_beside_a_new_saved_prior_are_deleted(finished_prior, tmp
     assert folder_bytes(run_dir) == before
 
 
+def test_a_records_file_set_aside_as_a_link_is_refused_before_the_resume_writes(
+    finished_prior, tmp_path
+):
+    # A received folder may hold its prior's files aside, as a killed replacement leaves them,
+    # the records among them a link. train_prior put them back after the writers' check, so
+    # the link was refused only by the first epoch's append, after that epoch's training and
+    # its session line. (The command line settles the folder before that check already.)
+    run_dir = copy_run(finished_prior, tmp_path)
+    secret = tmp_path / "secret.jsonl"
+    secret.write_bytes((run_dir / runfiles.PRIOR_METRICS).read_bytes())
+    kept = secret.read_bytes()
+    set_aside(run_dir, prior_replacement.PRIOR_FILE_NAMES)
+    aside = run_dir / (runfiles.PRIOR_METRICS + prior_replacement.ASIDE_SUFFIX)
+    aside.unlink()
+    aside.symlink_to(secret)
+    before = folder_bytes(run_dir)
+    path = run_dir / runfiles.PRIOR_METRICS
+    with pytest.raises(VqkitError, match="is a symbolic link where the run keeps its own records"):
+        prior_training.train_prior(
+            run_dir, replace(TINY, epochs=3), device="cpu", progress=False, resume=True
+        )
+    after = folder_bytes(run_dir)
+    assert path.is_symlink() and secret.read_bytes() == kept
+    # Only the old prior put back in place; no session began, no epoch was saved.
+    assert {name.removesuffix(prior_replacement.ASIDE_SUFFIX) for name in before} == set(after)
+    for name, data in after.items():
+        assert data == before.get(name, before.get(name + prior_replacement.ASIDE_SUFFIX)), name
+
+
 def test_settings_files_that_are_not_objects_are_named(finished_prior, tmp_path, capsys):
     run_dir = copy_run(finished_prior, tmp_path)
     (run_dir / runfiles.PRIOR_CONFIG).write_text("[1, 2]")

@@ -299,6 +299,8 @@ def train_prior(
         lock.acquire(run_dir, "train-prior")
         require_files_where_files_go(run_dir)
         settle_interrupted_replacement(run_dir)  # before anything reads the prior's files
+        # Again: the files it put back in place (a received folder's, say) may be links.
+        require_files_where_files_go(run_dir)
         return _train_holding_the_lock(
             run_dir, settings, target, data_dir, progress, resume=resume, restart=restart
         )
