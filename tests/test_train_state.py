@@ -144,6 +144,27 @@ def test_optimizer_settings_of_the_wrong_kind_are_refused_as_damage(tmp_path, da
         train_state.load(tmp_path, fresh, fresh_optimizer, torch.Generator())
 
 
+def test_a_state_saved_before_the_fused_kernel_resumes_with_it(tmp_path):
+    # vqkit before the fused Adam kernel saved "fused": null (and version 1, without the
+    # quantizer's loss term); training now steps with fused=True, which such a state must
+    # resume as it is, not be called damaged.
+    model, optimizer, scheduler, order = training_objects(0)
+    step(model, optimizer, scheduler, torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8))
+    train_state.save(tmp_path, Position(), model, optimizer, order.get_state(), torch.zeros(()))
+    path = tmp_path / runfiles.TRAIN_STATE
+    tensors, metadata = read_tensors_and_metadata(path, "state")
+    info = json.loads(metadata[train_state.METADATA_KEY])
+    info.update(version=1)
+    info["param_groups"][0].update(fused=None, foreach=None)
+    path.write_bytes(save_safetensors(tensors, {train_state.METADATA_KEY: json.dumps(info)}))
+    fresh, fresh_optimizer, _, fresh_order = training_objects(1, fused=True)
+    train_state.load(tmp_path, fresh, fresh_optimizer, fresh_order)
+    assert fresh_optimizer.param_groups[0]["fused"] is True
+    assert fresh_optimizer.param_groups[0]["foreach"] is None
+    for name, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+
+
 def test_state_from_a_future_version_is_refused(tmp_path):
     model, optimizer, _, order = training_objects(0)
     train_state.save(tmp_path, Position(), model, optimizer, order.get_state(), torch.zeros(()))

@@ -237,6 +237,9 @@ def _load_optimizer(
         for key, value in live.items():
             if key == "params":
                 continue
+            if key in KERNEL_CHOICES:  # how this vqkit steps, not a setting of the run
+                saved[key] = value
+                continue
             if isinstance(value, tuple) and isinstance(saved.get(key), list):
                 saved[key] = tuple(saved[key])
             if key not in saved:  # a flag newer than the state: the optimizer sets its default
@@ -246,6 +249,11 @@ def _load_optimizer(
             if not _same_kind(saved[key], value):
                 raise ValueError(f"optimizer setting '{key}' is {saved[key]!r}")
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+# Adam's choices of kernel: the live optimizer's are kept. A state saved before VQ-VAE training
+# used the fused kernel holds "fused": null, which the fused optimizer resumes as it is.
+KERNEL_CHOICES = frozenset({"fused", "foreach"})
 
 
 def _same_kind(saved: Any, live: Any) -> bool:
