@@ -375,3 +375,39 @@ def test_runs_that_share_every_setting_get_no_second_table(small_run, tmp_path):
     edit_config(parent / "b", lambda c: c["train"].update(epochs=9))  # epochs: the first table
     assert "settings that differ" not in runs_table(parent)
     assert len(runs_table(parent).splitlines()) == 3
+
+
+# An epoch record as vqkit wrote it before records counted their test images (test_images).
+OLD_EPOCH_RECORD = {
+    "epoch": 1, "train_loss": 0.2131, "test_mse": 0.1871, "test_psnr": 7.279,
+    "perplexity": 1.036, "codes_used": 5, "dead_codes": 123, "num_codes": 128,
+    "bits_per_image": 343.0, "binarized_image_bits": 784, "eight_bit_image_bits": 6272,
+    "epoch_seconds": 0.88, "images_per_second": 683.3,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("dataset", "limit", "tested", "cell"),
+    [
+        ("mnist", 200, 200, "0.1871 (200 images)"),
+        ("mnist", None, 10_000, "0.1871"),
+        ("mnist", 50_000, 10_000, "0.1871"),
+        ("idx", 200, None, "0.1871"),  # one's own data: its split's size is not known here
+    ],
+)
+def test_a_record_from_before_test_images_were_counted_takes_them_from_the_settings(
+    tmp_path, dataset, limit, tested, cell
+):
+    # A run trained with --test-limit 200 by an older vqkit was listed as if its test MSE
+    # were the whole split's, and its report said "on the test set".
+    from vqkit.config import preset_config
+
+    config = preset_config("efficient").to_dict()
+    config["train"] |= {"dataset": dataset, "test_limit": limit}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / runfiles.CONFIG).write_text(json.dumps(config))
+    (run / runfiles.METRICS).write_text(json.dumps(OLD_EPOCH_RECORD) + "\n")
+    # (No weights file here: the cell also says "weights unreadable".)
+    assert run_row(run)[4].removesuffix(" (weights unreadable)") == cell
+    assert load_run_info(run).final.get("test_images") == tested

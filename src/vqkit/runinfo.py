@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from vqkit import runfiles
 from vqkit.config import PRESETS, RunConfig, preset_config
+from vqkit.data.catalog import split_size
 from vqkit.environment import read_records
 from vqkit.errors import VqkitError
 from vqkit.fileio import parse_json, read_file_bytes, read_jsonl
@@ -121,7 +122,9 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     """Read a run folder; VqkitError when it is missing or its config.json is unusable."""
     run_dir = run_folder(run_dir)
     info = RunInfo(run_dir=run_dir, config=load_config(run_dir))
-    info.metrics = _epoch_records(info, runfiles.METRICS, required=("test_mse",))
+    info.metrics = _with_test_images(
+        _epoch_records(info, runfiles.METRICS, required=("test_mse",)), info.config
+    )
     info.prior_metrics = _epoch_records(
         info, runfiles.PRIOR_METRICS, required=("train_bits_per_code", "test_bits_per_code")
     )
@@ -243,6 +246,21 @@ def _epoch_records(info: RunInfo, name: str, required: tuple[str, ...]) -> list[
     if not by_epoch:
         info.notes[name] = "has no readable epoch records"
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def _with_test_images(records: list[dict[str, Any]], config: RunConfig) -> list[dict[str, Any]]:
+    """Records written before they counted their test images (test_images), given that count
+    where the settings tell it: a named dataset's test split, or its first --test-limit images
+    (a run of 200 test images was shown as if measured on the whole split)."""
+    whole = split_size(config.train.dataset, "test")
+    if whole is None:  # one's own data: its size is not known here
+        return records
+    limit = config.train.test_limit
+    tested = whole if limit is None else min(limit, whole)
+    return [
+        record if "test_images" in record else {**record, "test_images": tested}
+        for record in records
+    ]
 
 
 def _prior_is_conditional(run_dir: Path) -> bool | None:
