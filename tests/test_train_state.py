@@ -94,14 +94,21 @@ def test_negative_counters_are_refused_as_damage(tmp_path):
         train_state.load(tmp_path, model, optimizer, torch.Generator())
 
 
-def test_an_adam_moment_of_the_wrong_shape_is_refused_as_damage(tmp_path):
-    # A one-element moment would broadcast silently over its parameter when copied in; the
-    # shape check must call the file damaged instead.
+def saved_after_a_step(tmp_path):
+    """A state saved in ``tmp_path`` after one training step: the model it saved, the file,
+    and the file's tensors and metadata (for a test to damage or age them)."""
     model, optimizer, scheduler, order = training_objects(0)
     step(model, optimizer, scheduler, torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8))
     train_state.save(tmp_path, Position(), model, optimizer, order.get_state(), torch.zeros(()))
     path = tmp_path / runfiles.TRAIN_STATE
     tensors, metadata = read_tensors_and_metadata(path, "state")
+    return model, path, tensors, metadata
+
+
+def test_an_adam_moment_of_the_wrong_shape_is_refused_as_damage(tmp_path):
+    # A one-element moment would broadcast silently over its parameter when copied in; the
+    # shape check must call the file damaged instead.
+    model, path, tensors, metadata = saved_after_a_step(tmp_path)
     name = "optimizer/0/exp_avg"
     assert tensors[name].numel() > 1
     tensors[name] = tensors[name].flatten()[:1].clone()
@@ -126,11 +133,7 @@ def test_an_adam_moment_of_the_wrong_shape_is_refused_as_damage(tmp_path):
 )
 def test_optimizer_settings_of_the_wrong_kind_are_refused_as_damage(tmp_path, damage):
     # Such a state loads into Adam without complaint and fails at its first step instead.
-    model, optimizer, scheduler, order = training_objects(0)
-    step(model, optimizer, scheduler, torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8))
-    train_state.save(tmp_path, Position(), model, optimizer, order.get_state(), torch.zeros(()))
-    path = tmp_path / runfiles.TRAIN_STATE
-    tensors, metadata = read_tensors_and_metadata(path, "state")
+    model, path, tensors, metadata = saved_after_a_step(tmp_path)
     info = json.loads(metadata[train_state.METADATA_KEY])
     # A flag newer than the state (here: one the saving optimizer lacked) is no damage.
     info["param_groups"][0].pop("differentiable")
@@ -148,11 +151,7 @@ def test_a_state_saved_before_the_fused_kernel_resumes_with_it(tmp_path):
     # vqkit before the fused Adam kernel saved "fused": null (and version 1, without the
     # quantizer's loss term); training now steps with fused=True, which such a state must
     # resume as it is, not be called damaged.
-    model, optimizer, scheduler, order = training_objects(0)
-    step(model, optimizer, scheduler, torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8))
-    train_state.save(tmp_path, Position(), model, optimizer, order.get_state(), torch.zeros(()))
-    path = tmp_path / runfiles.TRAIN_STATE
-    tensors, metadata = read_tensors_and_metadata(path, "state")
+    model, path, tensors, metadata = saved_after_a_step(tmp_path)
     info = json.loads(metadata[train_state.METADATA_KEY])
     info.update(version=1)
     info["param_groups"][0].update(fused=None, foreach=None)
