@@ -183,6 +183,15 @@ def test_resume_without_a_saved_state(run_copy, capsys):
     fails_cleanly(capsys, ["train", "--resume", str(run_copy)], "no resumable state")
 
 
+def refused_before_anything_is_written(run_copy, capsys, command, sentence) -> None:
+    """``command`` (with ``{run}`` for the run folder) fails in ``sentence``, every file of the
+    run byte for byte as it was."""
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    argv = [part.replace("{run}", str(run_copy)) for part in command]
+    fails_cleanly(capsys, argv, sentence)
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+
+
 @pytest.mark.parametrize(
     ("command", "name"),
     [
@@ -198,13 +207,10 @@ def test_a_folder_in_place_of_a_run_file_is_refused_before_anything_is_written(
     """A resume with train_state.json made a folder wrote the epoch's weights and metrics,
     then failed on the state: the run's files no longer agreed."""
     path = run_copy / name
-    if path.exists():
-        path.unlink()
+    path.unlink(missing_ok=True)
     path.mkdir()
-    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
-    argv = [part.replace("{run}", str(run_copy)) for part in command]
-    fails_cleanly(capsys, argv, f"'{path}' is a folder where the run keeps a file")
-    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+    sentence = f"'{path}' is a folder where the run keeps a file"
+    refused_before_anything_is_written(run_copy, capsys, command, sentence)
 
 
 @pytest.mark.parametrize(
@@ -224,13 +230,10 @@ def test_a_records_file_linked_elsewhere_is_refused_before_anything_is_written(
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"not the run's to copy\n")
     path = run_copy / name
-    if path.exists():
-        path.unlink()
+    path.unlink(missing_ok=True)
     path.symlink_to(secret)
-    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
-    argv = [part.replace("{run}", str(run_copy)) for part in command]
-    fails_cleanly(capsys, argv, f"'{path}' is a symbolic link where the run keeps its own records")
-    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+    sentence = f"'{path}' is a symbolic link where the run keeps its own records"
+    refused_before_anything_is_written(run_copy, capsys, command, sentence)
     assert path.is_symlink() and secret.read_bytes() == b"not the run's to copy\n"
 
 
