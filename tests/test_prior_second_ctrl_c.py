@@ -11,6 +11,8 @@ import pytest
 from vqkit import runfiles
 from vqkit.prior import PriorConfig
 from vqkit.prior_loop import PriorLoop
+from vqkit.prior_replacement import PRIOR_FILE_NAMES
+from vqkit.prior_status import incomplete_prior
 from vqkit.prior_training import train_prior
 from vqkit.training import TrainingInterrupted
 
@@ -45,3 +47,17 @@ def test_a_second_ctrl_c_stops_the_prior_at_once_and_names_the_last_saved_state(
     monkeypatch.undo()
     resumed = train_prior(run_copy, device="cpu", progress=False, resume=True)
     assert resumed.epochs_trained == 1
+
+
+def test_a_first_prior_stopped_at_once_before_any_save_leaves_no_prior_files(run_copy, monkeypatch):
+    # Its settings file stayed behind: `vqkit runs` called the prior incomplete and sampling
+    # asked for --restart, though nothing of it could be resumed or sampled.
+    def pressed_twice(self, index):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(PriorLoop, "step", pressed_twice)
+    with pytest.raises(KeyboardInterrupt):
+        train_prior(run_copy, TWO_EPOCHS, device="cpu", progress=False)
+    assert not [name for name in PRIOR_FILE_NAMES if (run_copy / name).exists()]
+    assert incomplete_prior(run_copy) is None

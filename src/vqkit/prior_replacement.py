@@ -90,12 +90,23 @@ def _put_back(moved: list[tuple[Path, Path]]) -> None:
         _move(aside, original)
 
 
+def _remove_unresumable_start(run_dir: str | Path) -> None:
+    """Remove what a run's first prior wrote before it stopped, when that is neither weights nor
+    a state to resume (a second Ctrl-C, or a crash, before its first save): its settings alone
+    would leave the run with an "incomplete" prior that only --restart clears."""
+    if exists(run_dir, PRIOR_FILES) or run_path(run_dir, runfiles.PRIOR_WEIGHTS).exists():
+        return
+    for name in PRIOR_FILE_NAMES:
+        run_path(run_dir, name).unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def old_prior_set_aside(run_dir: str | Path) -> Iterator[None]:
     """Inside: the run's prior files are out of the way. After: the new prior's files once it
     has saved weights and state, else (it raised before, or while, its first epoch's end saved
     them) the old prior's, as they were, the rule settle_interrupted_replacement keeps after a
-    kill; a TrainingInterrupted raised through it then says so instead of how to resume."""
+    kill; a TrainingInterrupted raised through it then says so instead of how to resume. With no
+    earlier prior, a new one that raised before saving weights or a state leaves no files."""
     moved: list[tuple[Path, Path]] = []
     try:
         for name in PRIOR_FILE_NAMES:
@@ -113,9 +124,12 @@ def old_prior_set_aside(run_dir: str | Path) -> Iterator[None]:
         yield
         new_prior_stands = True
     except BaseException as exc:
+        if not moved:  # the run's first prior
+            _remove_unresumable_start(run_dir)
+            raise
         # Weights without a state (a full disk as the first epoch's state was written) would
         # be a prior that can be sampled but neither resumed nor called unfinished.
-        if not moved or _new_prior_saved(run_dir):
+        if _new_prior_saved(run_dir):
             new_prior_stands = True
             raise
         for name in PRIOR_FILE_NAMES:  # all the new prior's: every old file was moved aside
