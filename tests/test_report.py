@@ -161,6 +161,15 @@ def test_usage_figure_replaces_the_drawn_histogram(full_run, tmp_path):
     assert len(embedded) == len(FIGURE_KEYS) + 1 + DRAWN_PLOTS  # in the drawn histogram's place
 
 
+def test_the_code_counts_follow_the_usage_record_they_are_read_from(bare_run):
+    # They were cached on first read, so a record replaced afterwards still drew the old counts.
+    info = load_run_info(bare_run)
+    info.code_usage = {"counts": [3, 0, 1]}
+    assert info.code_counts.tolist() == [3, 0, 1]
+    info.code_usage = {"num_codes": 4, "used_codes": [2], "used_counts": [7]}
+    assert info.code_counts.tolist() == [0, 0, 7, 0]
+
+
 def test_damaged_scores_are_skipped_with_a_note(full_run, tmp_path):
     run = copy_run(full_run, tmp_path / "run")
     (run / runfiles.SCORES).write_text('{"rows": [{"fid": 3}')  # truncated

@@ -7,7 +7,6 @@ left out with a note (file name -> reason) instead of stopping the caller.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -63,10 +62,11 @@ class RunInfo:
         received run folder points at a file of one's own that is not the run's to read."""
         return path.resolve().is_relative_to(self.run_dir.resolve())
 
-    @functools.cached_property
+    @property
     def code_counts(self) -> torch.Tensor | None:
-        """code_usage.json's (K,) counts, when it is valid: made on first read, so that only
-        the report, which draws them, imports PyTorch (``vqkit runs`` never reads them)."""
+        """code_usage.json's (K,) counts, when it is valid: made when read (from code_usage as
+        it is then), so that only the report, which draws them, imports PyTorch (``vqkit runs``
+        never reads them)."""
         from vqkit.usage import record_counts
 
         return None if self.code_usage is None else record_counts(self.code_usage)
