@@ -205,6 +205,32 @@ def test_runs_reads_a_prior_stopped_in_its_first_epoch_without_loading_pytorch(r
     assert "(incomplete)" in runs_listed_without_pytorch(run_copy.parent, capsys)
 
 
+# `vqkit runs` broken by an error the command line does not expect, then run as above, with
+# the error caught where the exit status was.
+RUNS_BROKEN_BY_A_BUG = """
+import vqkit.runs
+def broken(root):
+    raise RuntimeError("a bug")
+vqkit.runs.runs_table = broken
+""" + IMPORTS_OF_A_COMMAND_LINE.replace(
+    "except SystemExit as exc:\n    status = exc.code", "except RuntimeError:\n    status = 'bug'"
+)
+
+
+def test_a_bug_in_runs_reaches_its_traceback_without_loading_pytorch(tmp_path):
+    # Looking for an out-of-memory or lost-process sentence in the error imported PyTorch (and
+    # torch.distributed) first: 3 s more before the traceback of a command that never uses it.
+    result = subprocess.run(
+        [sys.executable, "-c", RUNS_BROKEN_BY_A_BUG, "runs", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    status, *heavy = result.stderr.splitlines()[-1].split()
+    assert status == "bug" and "torch" not in heavy, result.stderr
+
+
 def test_importing_vqkit_leaves_pytorch_unloaded_until_a_name_is_used():
     check = (
         "import sys, vqkit; before = 'torch' in sys.modules; model = vqkit.VQVAE; "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -136,7 +137,9 @@ def require_one_process(command: str) -> None:
 
 def is_lost_process(exc: BaseException) -> bool:
     """Whether ``exc`` is a collective's failure because another process of the job is gone."""
-    import torch.distributed as dist
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:  # no collective ran in a process without PyTorch (`vqkit runs`)
+        return False
 
     distributed_error = getattr(dist, "DistError", ())  # NCCL's and the store's errors
     return isinstance(exc, distributed_error) or any(s in str(exc) for s in LOST_PROCESS_SIGNS)
