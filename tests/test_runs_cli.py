@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from report_helpers import PRIOR_EPOCHS, copy_run, make_full_run
+from report_helpers import PRIOR_EPOCHS, SCORES, copy_run, make_full_run
 
 from vqkit import runfiles
 from vqkit.checkpoint import load_model
@@ -97,6 +97,50 @@ def test_a_report_showing_a_file_since_removed_is_called_outdated(root, tmp_path
     assert run_row(run)[-1] == "outdated"
     assert main(["report", str(run)]) == 0
     assert run_row(run)[-1] == "yes"
+
+
+def test_runs_json_gives_each_runs_numbers_unrounded_with_its_settings(root, small_run, capsys):
+    assert main(["runs", "--json", str(root)]) == 0
+    bare, full = json.loads(capsys.readouterr().out)  # the stray folder and file are skipped
+    last = json.loads((small_run.run_dir / runfiles.METRICS).read_text().splitlines()[-1])
+    done = last["epoch"]
+    for record in (bare, full):
+        assert record["test_mse"] == last["test_mse"]  # as recorded, not the table's 4 digits
+        assert (record["codes_used"], record["num_codes"]) == (last["codes_used"], 128)
+        assert (record["test_images"], record["test_mse_on_part_of_test_split"]) == (500, True)
+        assert record["dataset"] == "mnist" and record["preset"] == "efficient"
+        config = json.loads((pathlib.Path(record["path"]) / runfiles.CONFIG).read_text())
+        assert record["settings"]["train.lr"] == config["train"]["lr"]
+        assert record["settings"]["model.quantizer.beta"] == config["model"]["quantizer"]["beta"]
+    assert (bare["run"], bare["report"], bare["prior_bits_per_code"]) == ("a-bare", "no", None)
+    assert (bare["epochs_done"], bare["epochs_planned"]) == (done, done + PLANNED_EXTRA)
+    assert (full["run"], full["report"], full["epochs_planned"]) == ("b-full", "yes", done)
+    assert full["prior_bits_per_code"] == min(t for _, _, t in PRIOR_EPOCHS)
+    assert full["fid"] == {
+        row["name"]: row["fid"]
+        for row in SCORES["rows"]
+        if row["name"] in ("prior", "used", "random")
+    }
+    marks = ("training", "prior_training", "prior_stale", "prior_incomplete")
+    assert not any(full[mark] for mark in marks) and full["prior_unfinished"] is None
+
+
+def test_runs_json_names_what_it_cannot_read_and_lists_no_runs_as_an_empty_list(
+    root, tmp_path, capsys, monkeypatch
+):
+    broken = copy_run(root / "a-bare", tmp_path / "broken")
+    (broken / runfiles.CONFIG).write_text("{")
+    assert main(["runs", "--json", str(tmp_path)]) == 0
+    [record] = json.loads(capsys.readouterr().out)
+    assert record == {
+        "run": "broken",
+        "path": str(broken),
+        "report": "no",
+        "error": "unreadable config.json",
+    }
+    monkeypatch.chdir(tmp_path)  # no runs/ folder here: nothing trained yet
+    assert main(["runs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
 
 
 def test_runs_of_a_run_folder_lists_that_run(root, capsys):

@@ -16,7 +16,7 @@ from vqkit.fileio import open_regular_file, parse_json
 from vqkit.prior_status import incomplete_prior, unfinished_prior
 from vqkit.run_lock import writer_of
 from vqkit.run_reading import load_config
-from vqkit.runinfo import Headline, headline, is_run_dir, load_run_info
+from vqkit.runinfo import headline, is_run_dir, load_run_info
 from vqkit.wording import images_counted, one_line
 
 COLUMNS = ("run", "dataset", "preset", "epochs", "test MSE", "codes used", "prior bits/code")
@@ -47,24 +47,26 @@ def find_runs(root: str | Path) -> list[Path]:
         raise VqkitError(f"Cannot list the folder '{root}': {exc.strerror}.") from exc
 
 
-def prior_cell(top: Headline, run_dir: Path, training: bool, measured_on: str = "") -> str:
+def prior_cell(record: dict[str, Any]) -> str:
     """The best test bits per code, marked: (conditional) for a prior given each image's class
-    (its bits are not comparable with an unconditional prior's), (training) while train-prior
-    writes the run, (stale) for a prior of earlier VQ-VAE weights (its number no longer
-    describes this model's codes), (incomplete) for one missing its weights or settings (it
-    cannot be sampled), (unfinished: 2/8 epochs) for one whose training stopped before it
-    ended (train-prior --resume continues it). ``measured_on`` follows the number and its
-    (conditional): " (500 grids)" for bits measured on part of the test split."""
-    number = MISSING if top.prior_bits_per_code is None else f"{top.prior_bits_per_code:.3f}"
-    if number != MISSING and top.prior_conditional:
-        number += " (conditional)"
-    number += measured_on if number != MISSING else ""
-    if training:
+    (its bits are not comparable with an unconditional prior's), " (500 grids)" for bits
+    measured on part of the test split, (training) while train-prior writes the run, (stale)
+    for a prior of earlier VQ-VAE weights (its number no longer describes this model's codes),
+    (incomplete) for one missing its weights or settings (it cannot be sampled), (unfinished:
+    2/8 epochs) for one whose training stopped before it ended (train-prior --resume continues
+    it)."""
+    bits = record["prior_bits_per_code"]
+    number = MISSING if bits is None else f"{bits:.3f}"
+    if number != MISSING:
+        number += " (conditional)" if record["prior_conditional"] else ""
+        grids = record["prior_test_grids"]
+        number += f" ({grids:,} grids)" if record["prior_on_part_of_test_split"] else ""
+    if record["prior_training"]:
         marks = ["(training)"]
     else:
-        marks = ["(stale)"] if top.prior_stale else []
-        marks += ["(incomplete)"] if incomplete_prior(run_dir) is not None else []
-        stopped = unfinished_prior(run_dir)
+        marks = ["(stale)"] if record["prior_stale"] else []
+        marks += ["(incomplete)"] if record["prior_incomplete"] else []
+        stopped = record["prior_unfinished"]
         marks += [f"(unfinished: {stopped[0]}/{stopped[1]} epochs)"] if stopped else []
     if number == MISSING and marks:
         return " ".join(marks)
@@ -138,47 +140,88 @@ def run_name(run_dir: Path) -> str:
     return run_dir.name if run_dir.name.isprintable() else repr(run_dir.name)
 
 
-def run_row(run_dir: Path) -> list[str]:
-    """One table row of text cells for a run folder (a damaged config gets a short mark)."""
-    report = report_cell(run_dir)
-    name = run_name(run_dir)
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """What ``vqkit runs`` knows of a run folder, as plain values (JSON's): its table row's
+    numbers unrounded, each mark as its own field, and the run's active settings. A run whose
+    config cannot be read (or whose quantizer cannot be loaded) has an ``error`` instead."""
+    record: dict[str, Any] = {"run": run_dir.name, "path": str(run_dir)}
+    record["report"] = report_cell(run_dir)
     try:
         info = load_run_info(run_dir)
         top = headline(info)
     except VqkitError as exc:
-        blanks = [MISSING] * (len(COLUMNS) - 2)
         if isinstance(exc, QuantizerLoadError):
-            return [name, f"(quantizer '{exc.name}' failed to load)", *blanks, report]
-        if isinstance(exc, UnknownQuantizer):  # a quantizer of one's own, not imported here
-            return [name, f"(needs --plugin for '{exc.name}')", *blanks, report]
-        return [name, "(unreadable config.json)", *blanks, report]
-    epochs = str(top.epochs_done)
-    if top.epochs_done != top.epochs_planned:
-        epochs += f"/{top.epochs_planned}"
+            record["error"] = f"quantizer '{exc.name}' failed to load"
+        elif isinstance(exc, UnknownQuantizer):  # a quantizer of one's own, not imported here
+            record["error"] = f"needs --plugin for '{exc.name}'"
+        else:
+            record["error"] = f"unreadable {runfiles.CONFIG}"
+        return record
     writer = writer_of(run_dir) or ""
-    if writer.startswith("train,"):  # being trained now; a prior's training marks its column
-        epochs += " (training)"
-    # The demo holds its folder under its own name from the end of its VQ-VAE's training on:
-    # a prior with files but no weights then is its prior being trained.
-    prior_training = writer.startswith("train-prior") or (
-        writer.startswith("demo,") and incomplete_prior(run_dir) is not None
-    )
-    codes = MISSING if top.codes_used is None else f"{top.codes_used}/{top.num_codes}"
-    mse = MISSING if top.test_mse is None else f"{top.test_mse:.4f}"
+    incomplete = incomplete_prior(run_dir) is not None
     settings = info.config.train
     final = info.final or {}
     tested, whole = final.get("test_images"), final.get("test_split_images")
-    if mse != MISSING and _part_of_the_test_split(
-        settings.dataset, tested, whole, settings.test_limit
-    ):
-        mse += f" ({images_counted(tested)})"  # not comparable with a whole test split's number
-    if top.test_mse is not None and runfiles.WEIGHTS in info.notes:  # the numbers outlived them
-        mse += " (weights unreadable)"
     last = info.prior_metrics[-1] if info.prior_metrics else {}
-    grids, whole = last.get("test_grids"), last.get("test_split_grids")
-    part = _part_of_the_test_split(settings.dataset, grids, whole, None)  # --test-limit
-    prior = prior_cell(top, run_dir, prior_training, f" ({grids:,} grids)" if part else "")
-    return [name, top.dataset, top.preset, epochs, mse, codes, prior, report]
+    grids = last.get("test_grids")
+    stopped = unfinished_prior(run_dir)
+    record |= {
+        "dataset": top.dataset,
+        "preset": top.preset,
+        "epochs_done": top.epochs_done,
+        "epochs_planned": top.epochs_planned,
+        "training": writer.startswith("train,"),  # a prior's training marks its own field
+        "test_mse": top.test_mse,
+        "test_images": tested if type(tested) is int else None,
+        # Not comparable with a whole test split's number.
+        "test_mse_on_part_of_test_split": top.test_mse is not None
+        and _part_of_the_test_split(settings.dataset, tested, whole, settings.test_limit),
+        "weights_unreadable": runfiles.WEIGHTS in info.notes,  # the numbers outlived them
+        "codes_used": top.codes_used,
+        "num_codes": top.num_codes,
+        "prior_bits_per_code": top.prior_bits_per_code,
+        "prior_conditional": top.prior_conditional,
+        "prior_test_grids": grids if type(grids) is int else None,
+        "prior_on_part_of_test_split": _part_of_the_test_split(  # --test-limit
+            settings.dataset, grids, last.get("test_split_grids"), None
+        ),
+        # The demo holds its folder under its own name from the end of its VQ-VAE's training
+        # on: a prior with files but no weights then is its prior being trained.
+        "prior_training": writer.startswith("train-prior")
+        or (writer.startswith("demo,") and incomplete),
+        "prior_stale": top.prior_stale,
+        "prior_incomplete": incomplete,
+        "prior_unfinished": list(stopped) if stopped else None,  # [epochs done, planned]
+        "fid": top.fid,
+        "scores_stale": top.scores_stale,
+        "settings": flat_settings(active_settings(info.config)),
+    }
+    return record
+
+
+def run_row(run_dir: Path) -> list[str]:
+    """One table row of text cells for a run folder (a damaged config gets a short mark)."""
+    return row_cells(run_record(run_dir))
+
+
+def row_cells(record: dict[str, Any]) -> list[str]:
+    """The table row of a :func:`run_record`."""
+    name = run_name(Path(record["path"]))
+    if "error" in record:
+        return [name, f"({record['error']})", *[MISSING] * (len(COLUMNS) - 2), record["report"]]
+    epochs = str(record["epochs_done"])
+    if record["epochs_done"] != record["epochs_planned"]:
+        epochs += f"/{record['epochs_planned']}"
+    epochs += " (training)" if record["training"] else ""
+    used = record["codes_used"]
+    codes = MISSING if used is None else f"{used}/{record['num_codes']}"
+    mse = MISSING if record["test_mse"] is None else f"{record['test_mse']:.4f}"
+    if record["test_mse_on_part_of_test_split"]:
+        mse += f" ({images_counted(record['test_images'])})"
+    if record["test_mse"] is not None and record["weights_unreadable"]:
+        mse += " (weights unreadable)"
+    cells = [name, record["dataset"], record["preset"], epochs, mse, codes, prior_cell(record)]
+    return [*cells, record["report"]]
 
 
 def _part_of_the_test_split(dataset: str, measured: Any, whole: Any, limit: int | None) -> bool:
@@ -263,3 +306,8 @@ def runs_table(root: str | Path) -> str:
     table = format_table([*COLUMNS, REPORT_COLUMN], rows, left=LEFT_ALIGNED)
     differences = differing_settings(runs)
     return f"{table}\n\n{differences}" if differences else table
+
+
+def runs_records(root: str | Path) -> list[dict[str, Any]]:
+    """What ``vqkit runs --json`` prints for ``root``: a :func:`run_record` per run folder."""
+    return [run_record(path) for path in find_runs(root)]

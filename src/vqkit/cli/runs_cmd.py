@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from vqkit.cli.common import add_command
@@ -17,9 +18,13 @@ A second table lists the settings in which the runs differ (seeds, rates, codebo
 Folders without a config.json are not runs and are skipped; with no runs/ folder yet there is
 nothing to list.
 
+With --json, one object per run instead: the same numbers unrounded, each mark as a field of
+its own, and all of the run's active settings (for pandas.read_json or jq).
+
 examples:
   vqkit runs
   vqkit runs experiments/
+  vqkit runs --json > runs.json
 """
 
 
@@ -34,13 +39,18 @@ def register(subparsers) -> None:
         nargs="?",
         help=f"folder holding run folders (default: {RUNS_ROOT})",
     )
+    parser.add_argument("--json", action="store_true", help="print the runs as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    from vqkit.runs import runs_table
+    from vqkit.runs import runs_records, runs_table
 
     if args.root is None and not Path(RUNS_ROOT).exists():  # a first look, before any run
-        print(f"No runs yet: there is no '{RUNS_ROOT}' folder here; 'vqkit train' makes one.")
+        if args.json:
+            print("[]")
+        else:
+            print(f"No runs yet: there is no '{RUNS_ROOT}' folder here; 'vqkit train' makes one.")
         return 0
-    print(runs_table(RUNS_ROOT if args.root is None else args.root))
+    root = RUNS_ROOT if args.root is None else args.root
+    print(json.dumps(runs_records(root), indent=2) if args.json else runs_table(root))
     return 0
