@@ -20,7 +20,7 @@ from vqkit.codes_io import decode_codes, encode_images, load_codes, save_codes
 from vqkit.config import QuantizerConfig, RunConfig, TrainConfig, preset_config
 from vqkit.data import load_split, write_own_dataset
 from vqkit.demo import DemoSettings, run_demo
-from vqkit.errors import OutOfMemory, VqkitError, out_of_memory_said
+from vqkit.errors import InvalidValue, OutOfMemory, VqkitError, out_of_memory_said
 from vqkit.evaluate import evaluate_run
 from vqkit.generate import SamplingContext, sample_codes, sample_images
 from vqkit.interpolate import interpolation
@@ -40,7 +40,7 @@ def model(small_run) -> VQVAE:
 
 @pytest.mark.parametrize(("device", "fragment"), [("tpu", "Unknown device"), (None, "string")])
 def test_a_bad_device_for_a_saved_model_is_one_sentence(small_run, device, fragment):
-    with pytest.raises(VqkitError, match=fragment):
+    with pytest.raises(InvalidValue, match=fragment):
         VQVAE.from_run(small_run.run_dir, device=device)
 
 
@@ -48,7 +48,7 @@ def test_integer_pixels_encode_as_uint8_ones_do(model):
     pixels = torch.randint(0, 256, (4, 28, 28))
     assert torch.equal(model.encode(pixels), model.encode(pixels.to(torch.uint8)))
     assert torch.equal(model.encode(pixels.int()), model.encode(pixels.to(torch.uint8)))
-    with pytest.raises(VqkitError, match="pixels 0-255, and these range from 0 to 300"):
+    with pytest.raises(InvalidValue, match="pixels 0-255, and these range from 0 to 300"):
         model.encode(torch.tensor([0, 300]).repeat(392).view(1, 28, 28))
 
 
@@ -65,7 +65,7 @@ def test_integer_pixels_encode_as_uint8_ones_do(model):
     ids=["str", "2-d", "5-d", "rgb", "32x32", "bool"],
 )
 def test_images_of_the_wrong_kind_are_one_sentence(model, images, fragment):
-    with pytest.raises(VqkitError) as refused:
+    with pytest.raises(InvalidValue) as refused:
         model.encode(images)
     assert fragment in str(refused.value)
 
@@ -74,14 +74,14 @@ def test_code_grids_of_the_wrong_shape_are_one_sentence_and_narrow_integers_deco
     codes = model.encode(torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8))
     assert torch.equal(model.decode(codes.to(torch.uint8)), model.decode(codes))
     for bad in (codes[0], codes[:, :6, :6], codes.unsqueeze(0)):
-        with pytest.raises(VqkitError, match=r"shape \(B, 7, 7\)"):
+        with pytest.raises(InvalidValue, match=r"shape \(B, 7, 7\)"):
             model.decode(bad)
-    with pytest.raises(VqkitError, match="must be a torch tensor"):
+    with pytest.raises(InvalidValue, match="must be a torch tensor"):
         model.decode(codes.tolist())
     # decode_codes (the batched decoder of the docs' Python entry points) takes NumPy grids
     # too: it raised AttributeError ('numpy.ndarray' object has no attribute 'split').
     assert torch.equal(decode_codes(model, codes.numpy(), 1), decode_codes(model, codes, 1))
-    with pytest.raises(VqkitError, match=r"Code grids \(N, h, w\) must hold integers"):
+    with pytest.raises(InvalidValue, match=r"Code grids \(N, h, w\) must hold integers"):
         decode_codes(model, codes.numpy().astype(np.float32), 1)
 
 
@@ -155,7 +155,7 @@ def test_weights_that_blow_up_stop_the_run_before_their_epoch_is_saved(tmp_path)
 def test_a_refused_demo_leaves_no_folder(out, device, reason, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     logged: list[str] = []
-    with pytest.raises(VqkitError, match=reason):
+    with pytest.raises(InvalidValue, match=reason):
         run_demo(out, device=device, progress=False, log=logged.append)
     assert list(tmp_path.iterdir()) == []
     assert logged == []  # refused before announcing its first stage
@@ -182,7 +182,7 @@ def test_a_demo_into_a_trained_run_is_refused_and_leaves_it_alone(run_copy):
 def test_a_run_folder_that_is_not_a_path_is_one_sentence(reader, run_dir, fragment, tmp_path,
                                                           monkeypatch):  # fmt: skip
     monkeypatch.chdir(tmp_path)  # an empty name must not mean this folder
-    with pytest.raises(VqkitError, match=fragment):
+    with pytest.raises(InvalidValue, match=fragment):
         reader(run_dir)
 
 
@@ -294,7 +294,7 @@ def test_a_wrong_argument_from_python_is_one_sentence_naming_it(
     call, fragment, model, run_copy, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)  # where a wrongly accepted folder name would be made
-    with pytest.raises(VqkitError, match=re.escape(fragment)) as raised:
+    with pytest.raises(InvalidValue, match=re.escape(fragment)) as raised:
         call(model, run_copy)
     assert str(raised.value).endswith(".") and "\n" not in str(raised.value)
     assert not (run_copy / "demo").exists() and list(tmp_path.iterdir()) == [run_copy]
@@ -368,7 +368,9 @@ def test_a_kept_out_of_memory_error_holds_no_tensor_of_the_failed_call():
 
 def test_a_count_beyond_64_bits_is_one_sentence():
     # torch.randint raised TypeError "Overflow when unpacking long long".
-    with pytest.raises(VqkitError, match="must fit a 64-bit integer \\(< 2\\*\\*63\\), not 18446"):
+    with pytest.raises(
+        InvalidValue, match="must fit a 64-bit integer \\(< 2\\*\\*63\\), not 18446"
+    ):
         sample_codes("random", 2**64, SamplingContext(VQVAE(preset_config("efficient").model)))
 
 
@@ -430,7 +432,7 @@ def test_a_sampling_context_checks_its_model_and_that_it_is_the_runs(run_copy):
 def test_prior_options_of_the_wrong_type_are_one_sentence(options, fragment, run_copy):
     make_full_run(run_copy)  # a real, tiny, conditional prior
     context = SamplingContext(VQVAE.from_run(run_copy), run_copy)
-    with pytest.raises(VqkitError) as refused:
+    with pytest.raises(InvalidValue) as refused:
         sample_codes("prior", 2, context, **options)
     assert fragment in str(refused.value)
 
@@ -447,7 +449,7 @@ def test_prior_options_of_the_wrong_type_are_one_sentence(options, fragment, run
     ids=["dataset", "split", "data_dir", "preset", "strategy"],
 )
 def test_names_that_are_not_strings_are_one_sentence(call, fragment):
-    with pytest.raises(VqkitError) as refused:  # not a TypeError from a dict lookup
+    with pytest.raises(InvalidValue) as refused:  # not a TypeError from a dict lookup
         call()
     assert fragment in str(refused.value)
 
@@ -491,7 +493,7 @@ def test_names_that_are_not_strings_are_one_sentence(call, fragment):
     ],  # fmt: skip
 )
 def test_settings_are_checked_when_built_not_minutes_later(build, fragment):
-    with pytest.raises(VqkitError) as refused:
+    with pytest.raises(InvalidValue) as refused:
         build()
     assert fragment in str(refused.value)
 
@@ -499,15 +501,25 @@ def test_settings_are_checked_when_built_not_minutes_later(build, fragment):
 def test_switches_take_only_booleans_and_log_a_function(run_copy, tmp_path):
     """'no' is truthy: taken as given it would show a bar, resume or weight the draw."""
     config = preset_config("efficient")
-    with pytest.raises(VqkitError, match="progress must be True, False or None, not 'no'"):
+    with pytest.raises(InvalidValue, match="progress must be True, False or None, not 'no'"):
         train(config, tmp_path / "new", progress="no")
-    with pytest.raises(VqkitError, match="resume must be True or False, not 'yes'"):
+    with pytest.raises(InvalidValue, match="resume must be True or False, not 'yes'"):
         train(config, run_copy, resume="yes")
-    with pytest.raises(VqkitError, match="restart must be True or False, not 1"):
+    with pytest.raises(InvalidValue, match="restart must be True or False, not 1"):
         train_prior(run_copy, restart=1)
     context = SamplingContext(VQVAE.from_run(run_copy), run_copy)
-    with pytest.raises(VqkitError, match="weighted must be True or False, not 'no'"):
+    with pytest.raises(InvalidValue, match="weighted must be True or False, not 'no'"):
         sample_codes("used", 2, context, weighted="no")
-    with pytest.raises(VqkitError, match="log must be a function taking one line of text"):
+    with pytest.raises(InvalidValue, match="log must be a function taking one line of text"):
         score_run(run_copy, 4, log="x")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_refused_argument_is_a_value_error_and_a_missing_run_is_not(tmp_path):
+    # Python's own checks raise ValueError for a value they do not take (Sonnet's VQ-VAE does
+    # too), so `except ValueError` around a call is how many callers guard it.
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        PriorConfig(epochs=0)
+    with pytest.raises(VqkitError) as missing:
+        VQVAE.from_run(tmp_path / "no-such-run")
+    assert not isinstance(missing.value, ValueError)  # a folder to fix, not an argument

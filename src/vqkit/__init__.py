@@ -24,6 +24,7 @@ _HOMES = {
     "load_split": "vqkit.data",
     "DemoSettings": "vqkit.demo",
     "run_demo": "vqkit.demo",
+    "InvalidValue": "vqkit.errors",
     "VqkitError": "vqkit.errors",
     "evaluate_run": "vqkit.evaluate",
     "SamplingContext": "vqkit.generate",
@@ -43,7 +44,7 @@ if TYPE_CHECKING:  # what static tools and editors read; at run time, __getattr_
     from vqkit.config import ModelConfig, QuantizerConfig, RunConfig, TrainConfig, preset_config
     from vqkit.data import load_split
     from vqkit.demo import DemoSettings, run_demo
-    from vqkit.errors import VqkitError
+    from vqkit.errors import InvalidValue, VqkitError
     from vqkit.evaluate import evaluate_run
     from vqkit.generate import SamplingContext, sample_codes
     from vqkit.interpolate import interpolation
@@ -82,6 +83,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "VQVAE",
     "DemoSettings",
+    "InvalidValue",
     "ModelConfig",
     "PriorConfig",
     "QuantizerConfig",

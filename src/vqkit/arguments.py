@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vqkit.config import SEED_MAX, SEED_RANGE, is_seed, path_or_none
-from vqkit.errors import VqkitError
+from vqkit.errors import InvalidValue
 
 T = TypeVar("T")
 __all__ = [
@@ -39,16 +39,16 @@ def whole_number(value: Any, what: str, minimum: int) -> int:
     """``value`` as an int when it is a whole number (not a bool) of at least ``minimum`` that
     a 64-bit integer holds (torch takes no larger one, and raises its own TypeError)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise VqkitError(f"{what} must be a whole number of at least {minimum}, not {value!r}.")
+        raise InvalidValue(f"{what} must be a whole number of at least {minimum}, not {value!r}.")
     if value > SEED_MAX:
-        raise VqkitError(f"{what} must fit a 64-bit integer (< 2**63), not {value}.")
+        raise InvalidValue(f"{what} must fit a 64-bit integer (< 2**63), not {value}.")
     return int(value)
 
 
 def real_number(value: Any, what: str) -> float:
     """``value`` as a float when it is a real number (not a bool, not a string)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise VqkitError(f"{what} must be a number, not {value!r}.")
+        raise InvalidValue(f"{what} must be a number, not {value!r}.")
     return float(value)
 
 
@@ -65,14 +65,14 @@ def switch(value: Any, what: str, allow_none: bool = False) -> bool | None:
         return bool(value)
     if not isinstance(value, bool):
         choices = "True, False or None" if allow_none else "True or False"
-        raise VqkitError(f"{what} must be {choices}, not {value!r}.")
+        raise InvalidValue(f"{what} must be {choices}, not {value!r}.")
     return value
 
 
 def path(value: Any, what: str) -> str | os.PathLike:
     """``value`` when it is a path (a str or os.PathLike), not None; else one sentence."""
     if value is None:
-        raise VqkitError(f"{what} is a path (a str or pathlib.Path), not None.")
+        raise InvalidValue(f"{what} is a path (a str or pathlib.Path), not None.")
     return path_or_none(value, what)
 
 
@@ -81,14 +81,14 @@ def folder(value: Any, what: str) -> Path:
     (``Path("")`` would quietly be the current folder)."""
     value = path(value, what)
     if not str(value).strip():
-        raise VqkitError(f"{what} is empty; give the name of a folder.")
+        raise InvalidValue(f"{what} is empty; give the name of a folder.")
     return Path(value)
 
 
 def callable_or_none(value: Any, what: str) -> Any:
     """``value`` when it can be called (or is None)."""
     if value is not None and not callable(value):
-        raise VqkitError(f"{what} must be a function taking one line of text, not {value!r}.")
+        raise InvalidValue(f"{what} must be a function taking one line of text, not {value!r}.")
     return value
 
 
@@ -97,16 +97,16 @@ def seed(value: Any) -> int:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = int(value)
     if not is_seed(value):
-        raise VqkitError(f"The seed must be {SEED_RANGE}, not {value!r}.")
+        raise InvalidValue(f"The seed must be {SEED_RANGE}, not {value!r}.")
     return value
 
 
 def pair_of_arrays(value: Any, what: str) -> tuple[Any, Any]:
     """``value`` when it is a pair (images, labels); the arrays themselves are checked later."""
     if not isinstance(value, tuple | list):
-        raise VqkitError(f"{what} must be a pair (images, labels), not {type(value).__name__}.")
+        raise InvalidValue(f"{what} must be a pair (images, labels), not {type(value).__name__}.")
     if len(value) != 2:
-        raise VqkitError(
+        raise InvalidValue(
             f"{what} must be a pair (images, labels), not a {type(value).__name__} of "
             f"{len(value)} items."
         )
@@ -116,7 +116,7 @@ def pair_of_arrays(value: Any, what: str) -> tuple[Any, Any]:
 def instance(value: Any, kind: type[T], what: str, example: str) -> T:
     """``value`` when it is a ``kind``; otherwise a sentence saying what to pass instead."""
     if not isinstance(value, kind):
-        raise VqkitError(
+        raise InvalidValue(
             f"{what} must be a {kind.__name__} (for example {example}), "
             f"not an object of type {type(value).__name__}."
         )
@@ -130,17 +130,17 @@ def integers(value: Any, what: str, arrays: bool = False) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         kind = type(value).__name__
         if not arrays:
-            raise VqkitError(f"{what} must be a torch tensor of integers, not a {kind}.")
+            raise InvalidValue(f"{what} must be a torch tensor of integers, not a {kind}.")
         try:
             if isinstance(value, np.ndarray):  # torch takes neither reversed strides nor
                 value = np.ascontiguousarray(value, value.dtype.newbyteorder("="))  # big-endian
             value = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError):
             message = f"{what} must be a tensor or array of integers, not a {kind}."
-            raise VqkitError(message) from None
+            raise InvalidValue(message) from None
     wrong = value.is_floating_point() or value.is_complex() or value.dtype == torch.bool
     if wrong and value.numel():
-        raise VqkitError(f"{what} must hold integers, not {value.dtype}.")
+        raise InvalidValue(f"{what} must hold integers, not {value.dtype}.")
     return widened(value)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vqkit.errors import UnknownQuantizer, VqkitError
+from vqkit.errors import InvalidValue, UnknownQuantizer
 
 # Bumped when a saved config can no longer be read by this code; older folders are refused.
 CONFIG_VERSION = 1
@@ -61,7 +61,7 @@ EVAL_BATCH_SIZE = 1000
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise VqkitError(message)
+        raise InvalidValue(message)
 
 
 # The choices of the quantizer's string settings (the CLI's choices for the codebook settings;
@@ -143,7 +143,7 @@ def require_64_bit_whole_numbers(settings: Any) -> None:
 def path_or_none(value: Any, what: str) -> Any:
     """``value`` when it is None or a path (a str or os.PathLike); else one sentence."""
     if value is not None and not isinstance(value, str | os.PathLike):
-        raise VqkitError(f"{what} is a path (a str or pathlib.Path), not {value!r}.")
+        raise InvalidValue(f"{what} is a path (a str or pathlib.Path), not {value!r}.")
     return value
 
 
@@ -660,7 +660,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset_config(name: str) -> RunConfig:
     """The RunConfig of a named preset (see ``PRESETS``)."""
     if not isinstance(name, str) or name not in PRESETS:
-        raise VqkitError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
+        raise InvalidValue(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
     spec = PRESETS[name]
     quantizer = QuantizerConfig(**spec["model"].get("quantizer", {}))
     model_fields = {k: v for k, v in spec["model"].items() if k != "quantizer"}

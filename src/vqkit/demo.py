@@ -25,7 +25,7 @@ from vqkit.data import dataset_classes, load_split
 from vqkit.demo_settings import MOST as MOST  # re-exported: the settings live apart, light
 from vqkit.demo_settings import DemoSettings
 from vqkit.devices import resolve_device
-from vqkit.errors import VqkitError
+from vqkit.errors import InvalidValue, VqkitError
 from vqkit.fileio import ensure_dir, write_json_atomic
 from vqkit.generate import SamplingContext, sample_images
 from vqkit.images import save_grid
@@ -100,7 +100,7 @@ def run_demo(
     arguments.callable_or_none(log, "log")
     config = _run_config(settings)
     if out_dir is not None and not str(out_dir).strip():  # Path("") is the current folder
-        raise VqkitError("The demo's run folder name is empty; give a folder (--out).")
+        raise InvalidValue("The demo's run folder name is empty; give a folder (--out).")
     resolve_device(device)  # a bad --device is refused before the first stage is announced
     # Created by train, once it has checked everything: a refused demo leaves no folder behind.
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vqkit.config import PRECISIONS, PRESETS, SEED_MAX, ClassifierConfig, require_typed_settings
-from vqkit.errors import VqkitError
+from vqkit.errors import InvalidValue
 
 # Upper bounds of the demo's sampling settings, far above its defaults: a figure of 4,096
 # samples, a strip of 1,000 steps, scores over a million samples.
@@ -59,7 +59,7 @@ class DemoSettings:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise VqkitError(
+                raise InvalidValue(
                     f"The 'demo' setting '{name}' must be one of {', '.join(allowed)}, not "
                     f"{getattr(self, name)!r}."
                 )
@@ -68,27 +68,27 @@ class DemoSettings:
         for name, minimum in least.items():
             value = getattr(self, name)
             if value is not None and value < minimum:
-                raise VqkitError(
+                raise InvalidValue(
                     f"The 'demo' setting '{name}' must be at least {minimum}, not {value}."
                 )
         for name, most in MOST.items():  # else the stage failed to allocate, after training
             if getattr(self, name) > most:
-                raise VqkitError(
+                raise InvalidValue(
                     f"The 'demo' setting '{name}' must be at most {most:,}, not "
                     f"{getattr(self, name):,}."
                 )
         pair = self.interpolation_pair
         if len(pair) != 2 or not all(type(c) is int and c >= 0 for c in pair):
-            raise VqkitError(f"The interpolation pair must be two class numbers, not {pair!r}.")
+            raise InvalidValue(f"The interpolation pair must be two class numbers, not {pair!r}.")
         classes = dataset_classes(self.dataset)
         if max(pair) >= len(classes):
-            raise VqkitError(
+            raise InvalidValue(
                 f"The interpolation pair {pair} names a class that {self.dataset} does not "
                 f"have (its classes are 0 to {len(classes) - 1})."
             )
         highest_seed = SEED_MAX - (len(classes) - 1)  # row d of the conditional figure: seed + d
         if self.prior_conditional and self.seed > highest_seed:
-            raise VqkitError(
+            raise InvalidValue(
                 f"--seed must be at most {highest_seed} with a conditional prior (class d's "
                 f"samples are drawn with seed + d), not {self.seed}."
             )

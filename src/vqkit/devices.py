@@ -11,7 +11,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from vqkit.errors import SIZE_OVERFLOW, VqkitError
+from vqkit.errors import SIZE_OVERFLOW, InvalidValue, VqkitError
 
 Module = TypeVar("Module", bound=nn.Module)
 
@@ -103,7 +103,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if isinstance(name, torch.device):
         name = str(name)
     if not isinstance(name, str):
-        raise VqkitError(
+        raise InvalidValue(
             f"A device is named by a string (auto, cpu, cuda or cuda:N), not {name!r}."
         )
     if name == "auto":
@@ -111,15 +111,15 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise VqkitError("CUDA was requested (--device cuda) but no CUDA GPU is available.")
     if name != "cpu" and not name.startswith("cuda"):
-        raise VqkitError(f"Unknown device '{name}'; use auto, cpu or cuda.")
+        raise InvalidValue(f"Unknown device '{name}'; use auto, cpu or cuda.")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise VqkitError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
+        raise InvalidValue(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and device.index is not None:
         count = torch.cuda.device_count()
         if device.index >= count:
-            raise VqkitError(
+            raise InvalidValue(
                 f"There is no GPU {device.index} (--device {name}); this machine has {count}, "
                 f"numbered 0 to {count - 1}."
             )

@@ -20,6 +20,13 @@ class VqkitError(Exception):
     """
 
 
+class InvalidValue(VqkitError, ValueError):
+    """An argument of a vqkit function, or a setting, that vqkit refuses: a tensor of the wrong
+    shape or kind, a count that is not a whole number, an unknown name. A ValueError too, as
+    Python's own checks raise, so ``except ValueError`` catches it; a damaged file or an
+    unusable run folder stays a plain VqkitError."""
+
+
 class NonFiniteLoss(VqkitError):
     """Training stopped at a non-finite loss; ``cause`` is the sentence's first part (which
     step, which terms), before its advice on what to do."""

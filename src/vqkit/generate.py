@@ -22,7 +22,7 @@ import torch
 from vqkit import arguments
 from vqkit.checkpoint import require_run_model
 from vqkit.config import EVAL_BATCH_SIZE
-from vqkit.errors import VqkitError, out_of_memory_said
+from vqkit.errors import InvalidValue, VqkitError, out_of_memory_said
 from vqkit.model import VQVAE
 
 # Modules whose import registers strategies (kept lazy: the prior pulls in more code).
@@ -119,7 +119,7 @@ def sample_codes(
     """``n`` code grids (n, h, w) int64 drawn with the named strategy."""
     names = strategies()
     if not isinstance(strategy, str) or strategy not in _STRATEGIES:
-        raise VqkitError(
+        raise InvalidValue(
             f"Unknown sampling strategy {strategy!r}; choose one of: {', '.join(names)}."
         )
     n = arguments.whole_number(n, "The number of samples", 1)
@@ -129,7 +129,7 @@ def sample_codes(
     accepted = strategy_options(strategy)
     unknown = sorted(set(options) - accepted) if accepted is not None else []
     if unknown:
-        raise VqkitError(f"The '{strategy}' strategy takes no option '{unknown[0]}'.")
+        raise InvalidValue(f"The '{strategy}' strategy takes no option '{unknown[0]}'.")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     with out_of_memory_said("a smaller n"):
         codes = _STRATEGIES[strategy](context, n, generator, **options)
@@ -165,7 +165,7 @@ def _used_codes(
 
     weighted = arguments.switch(weighted, "weighted")
     if context.run_dir is None:
-        raise VqkitError("The 'used' strategy needs the model's run folder to count code usage.")
+        raise InvalidValue("The 'used' strategy needs the model's run folder to count code usage.")
     counts = code_usage(context.run_dir, context.model, data_dir=context.data_dir)
     size = context.grid_size
     if weighted:

@@ -17,7 +17,7 @@ import torch
 
 from vqkit import arguments
 from vqkit.constants import INTERPOLATION_MODES, MIN_INTERPOLATION_STEPS
-from vqkit.errors import VqkitError, out_of_memory_said
+from vqkit.errors import InvalidValue, out_of_memory_said
 from vqkit.model import VQVAE, images_to_input
 
 MODES = INTERPOLATION_MODES
@@ -62,7 +62,7 @@ def interpolate_codes(
     codes_a = arguments.integers(codes_a, "A code grid", arrays=True)
     codes_b = arguments.integers(codes_b, "A code grid", arrays=True)
     if codes_a.shape != codes_b.shape or codes_a.dim() != 2:
-        raise VqkitError("Both code grids must be 2-D and of the same shape.")
+        raise InvalidValue("Both code grids must be 2-D and of the same shape.")
     patches = codes_a.numel()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     if mode == "crossfade":
@@ -72,7 +72,9 @@ def interpolate_codes(
     elif mode == "random-mask":
         return random_mask_codes(codes_a, codes_b, steps, generator)
     else:
-        raise VqkitError(f"'{mode}' is not a code-space mode; use crossfade, wipe or random-mask.")
+        raise InvalidValue(
+            f"'{mode}' is not a code-space mode; use crossfade, wipe or random-mask."
+        )
     return patch_switch_codes(codes_a, codes_b, order, steps)
 
 
@@ -122,23 +124,25 @@ def interpolation(
     for name, image in (("Image A", image_a), ("Image B", image_b)):
         arguments.instance(image, torch.Tensor, name, "a (28, 28) uint8 tensor")
     if image_a.shape != image_b.shape:
-        raise VqkitError(
+        raise InvalidValue(
             f"Images A and B must have the same shape, not {tuple(image_a.shape)} and "
             f"{tuple(image_b.shape)}."
         )
     if image_a.dtype != image_b.dtype:  # stacked, uint8 would be read as floats 0-255
-        raise VqkitError(
+        raise InvalidValue(
             f"Images A and B must hold pixels of one type, not {image_a.dtype} and "
             f"{image_b.dtype} (uint8 0-255, or floats in [0, 1])."
         )
     size = model.config.image_size
     if tuple(image_a.shape) not in ((size, size), (1, size, size)):  # not a batch: one pair
-        raise VqkitError(
+        raise InvalidValue(
             f"Images A and B must each be one {size}×{size} image, of shape ({size}, {size}) or "
             f"(1, {size}, {size}); these have shape {tuple(image_a.shape)}."
         )
     if mode not in MODES:
-        raise VqkitError(f"Unknown interpolation mode '{mode}'; choose one of: {', '.join(MODES)}.")
+        raise InvalidValue(
+            f"Unknown interpolation mode '{mode}'; choose one of: {', '.join(MODES)}."
+        )
     with out_of_memory_said("fewer steps"):
         if mode == "latent":
             return interpolate_latent(model, image_a, image_b, steps)

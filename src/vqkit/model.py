@@ -11,7 +11,7 @@ from torch import nn
 
 from vqkit import arguments
 from vqkit.config import ModelConfig, checked_model_config
-from vqkit.errors import VqkitError
+from vqkit.errors import InvalidValue, VqkitError
 from vqkit.fast_conv import SUB_PIXEL_MAX_OUT_CHANNELS, ConvTranspose2d
 from vqkit.quantize import (
     CountedCodes,
@@ -112,12 +112,12 @@ def images_to_input(images: torch.Tensor) -> torch.Tensor:
     so they are refused (the check costs a reduction; vqkit's own data are uint8).
     """
     if not isinstance(images, torch.Tensor):
-        raise VqkitError(
+        raise InvalidValue(
             "Images must be a torch tensor (B, H, W) or (B, C, H, W), not a "
             f"{type(images).__name__}."
         )
     if images.dim() not in (3, 4):
-        raise VqkitError(
+        raise InvalidValue(
             f"Images must be a batch (B, H, W) or (B, C, H, W); this tensor has shape "
             f"{tuple(images.shape)}."
         )
@@ -129,10 +129,10 @@ def images_to_input(images: torch.Tensor) -> torch.Tensor:
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
     if images.dtype == torch.bool or images.is_complex():
-        raise VqkitError(f"Images must hold uint8 or float pixels, not {images.dtype}.")
+        raise InvalidValue(f"Images must hold uint8 or float pixels, not {images.dtype}.")
     if not images.is_floating_point():  # int16/32/64 pixels, as 0-255 like uint8
         if images.numel() and not 0 <= int(images.min()) <= int(images.max()) <= 255:
-            raise VqkitError(
+            raise InvalidValue(
                 f"Integer images must hold pixels 0-255, and these range from "
                 f"{int(images.min())} to {int(images.max())}."
             )
@@ -140,7 +140,7 @@ def images_to_input(images: torch.Tensor) -> torch.Tensor:
     if images.numel():
         low, high = float(images.min()), float(images.max())
         if not 0.0 <= low <= high <= 1.0:  # NaN fails every comparison
-            raise VqkitError(
+            raise InvalidValue(
                 f"Float images must hold pixels in [0, 1], and these range from {low:g} to "
                 f"{high:g}; pass uint8 pixels 0-255, or divide them by 255 first."
             )
@@ -164,7 +164,7 @@ class VQVAE(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         if not isinstance(config, ModelConfig):
-            raise VqkitError(
+            raise InvalidValue(
                 f"VQVAE takes a ModelConfig (a run config's .model, as in "
                 f"VQVAE(preset_config('efficient').model)), not a {type(config).__name__}."
             )
@@ -186,7 +186,7 @@ class VQVAE(nn.Module):
         x = input_for(self.encoder, images)
         size, channels = self.config.image_size, self.config.in_channels
         if tuple(x.shape[1:]) != (channels, size, size):
-            raise VqkitError(
+            raise InvalidValue(
                 f"This model takes images of shape (B, {size}, {size}) or (B, {channels}, "
                 f"{size}, {size}), channels first; these have shape {tuple(images.shape)}."
             )
@@ -223,7 +223,7 @@ class VQVAE(nn.Module):
         codes = arguments.integers(codes, "Code grids (B, h, w)")
         grid = self.config.grid_size
         if codes.dim() != 3 or tuple(codes.shape[1:]) != (grid, grid):
-            raise VqkitError(
+            raise InvalidValue(
                 f"Code grids must have the shape (B, {grid}, {grid}) for this model; these have "
                 f"{tuple(codes.shape)}."
             )

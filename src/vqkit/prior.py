@@ -49,7 +49,7 @@ from vqkit.config import MAX_PRIOR_KERNEL as MAX_PRIOR_KERNEL
 from vqkit.config import MAX_PRIOR_LAYERS as MAX_PRIOR_LAYERS
 from vqkit.config import PriorConfig
 from vqkit.devices import built_for_saved_weights, evaluation_mode
-from vqkit.errors import VqkitError, refused_file
+from vqkit.errors import InvalidValue, VqkitError, refused_file
 from vqkit.fileio import read_json_object, write_json_atomic
 from vqkit.generate import SamplingContext, register_strategy
 from vqkit.images import GRID_COLUMNS
@@ -143,10 +143,10 @@ class PixelCNNPrior(nn.Module):
         """Per layer, the (vertical, horizontal) gate biases (B, 2C, 1, 1) of the labels."""
         if self.label_bias is None:
             if labels is not None:
-                raise VqkitError("This prior is unconditional; it cannot be given a class label.")
+                raise InvalidValue("This prior is unconditional; it cannot be given a class label.")
             return [(None, None)] * self.config.layers
         if labels is None:
-            raise VqkitError("This prior is conditional; it needs a class label per sample.")
+            raise InvalidValue("This prior is conditional; it needs a class label per sample.")
         per_gate = 2 * self.config.channels
         bias = self.label_bias(labels).view(len(labels), self.config.layers, 2, per_gate, 1, 1)
         return [(bias[:, i, 0], bias[:, i, 1]) for i in range(self.config.layers)]
@@ -240,7 +240,7 @@ def sample_prior(
     arguments.instance(generator, torch.Generator, "The generator", "torch.Generator()")
     temperature = arguments.real_number(temperature, "The temperature (--temperature)")
     if not math.isfinite(temperature) or temperature <= 0:
-        raise VqkitError("The temperature must be a finite number > 0 (--temperature).")
+        raise InvalidValue("The temperature must be a finite number > 0 (--temperature).")
     if top_k is not None:
         top_k = arguments.whole_number(top_k, "The top-k cut (--top-k)", 1)
     size = prior.config.grid_size
@@ -266,13 +266,13 @@ def _labels(prior: PixelCNNPrior, labels: Any, n: int, device: torch.device) -> 
     """A conditional prior's labels as (n,) int64 on ``device``, or one sentence."""
     labels = arguments.integers(labels, "The labels", arrays=True)
     if tuple(labels.shape) != (n,):
-        raise VqkitError(
+        raise InvalidValue(
             f"The labels must have the shape ({n},), one per grid; these have "
             f"{tuple(labels.shape)}."
         )
     classes = prior.config.num_classes
     if n and not (0 <= int(labels.min()) and int(labels.max()) < classes):
-        raise VqkitError(
+        raise InvalidValue(
             f"The labels must lie in 0 to {classes - 1} for this prior's {classes} classes; "
             f"these range from {int(labels.min())} to {int(labels.max())}."
         )
@@ -404,19 +404,19 @@ def _prior_codes(
     i mod num_classes); an unconditional prior refuses a ``digit``.
     """
     if context.run_dir is None:
-        raise VqkitError("The 'prior' strategy needs the model's run folder to load its prior.")
+        raise InvalidValue("The 'prior' strategy needs the model's run folder to load its prior.")
     if digit is not None:
         digit = arguments.whole_number(digit, "The class to sample (--digit)", 0)
     prior = load_prior(context.run_dir, context.device)
     context.prior_sha256 = prior.weights_sha256
     config = prior.config
     if digit is not None and not config.conditional:
-        raise VqkitError(
+        raise InvalidValue(
             "This run's prior is unconditional, so no class (--digit) can be asked; retrain "
             f"it with 'vqkit train-prior {context.run_dir} --conditional'."
         )
     if digit is not None and not 0 <= digit < config.num_classes:
-        raise VqkitError(
+        raise InvalidValue(
             f"The class to sample (--digit) must be between 0 and {config.num_classes - 1}, "
             f"not {digit}."
         )

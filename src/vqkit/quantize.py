@@ -29,7 +29,7 @@ from torch import nn
 
 from vqkit import arguments
 from vqkit.config import QUANTIZERS, REGISTERED_QUANTIZERS, QuantizerConfig
-from vqkit.errors import VqkitError
+from vqkit.errors import InvalidValue, VqkitError
 
 # Largest number of distance entries (rows × codes) held at once. Chunking the distance matrix
 # keeps peak memory flat as N×K grows, while chunks stay big enough for an efficient matmul.
@@ -128,14 +128,14 @@ def latent_shape(z: torch.Tensor, dim: int) -> torch.Size:
     (T,) for sequences, none for a batch of plain vectors (B, D).
     """
     if not isinstance(z, torch.Tensor):
-        raise VqkitError(
+        raise InvalidValue(
             f"The quantizer takes latents as a torch tensor (B, {dim}, ...), not a "
             f"{type(z).__name__}."
         )
     if not z.is_floating_point():  # bool, integer or complex latents have no nearest code
-        raise VqkitError(f"The quantizer takes latents of a float type, not {z.dtype}.")
+        raise InvalidValue(f"The quantizer takes latents of a float type, not {z.dtype}.")
     if z.dim() < 2 or z.shape[1] != dim:
-        raise VqkitError(
+        raise InvalidValue(
             f"The quantizer takes latents (B, {dim}, ...) with the {dim} channels second "
             f"((B, {dim}, H, W) for images, (B, {dim}, T) for sequences: x.transpose(1, 2) for "
             f"(B, T, {dim})); these have shape {tuple(z.shape)}."
@@ -165,7 +165,7 @@ def require_codes_in_range(codes: torch.Tensor, num_codes: int) -> None:
     if codes.numel():  # FSQ would wrap an out-of-range code silently; VQ would IndexError
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high >= num_codes:
-            raise VqkitError(
+            raise InvalidValue(
                 f"Codes must lie in 0 to {num_codes - 1} for this model's codebook; these range "
                 f"from {low} to {high}."
             )
@@ -176,7 +176,7 @@ def require_code_tensor(codes: torch.Tensor) -> torch.Tensor:
     returns them, unsigned types wider than a byte as int64 (torch has no min of those)."""
     codes = arguments.integers(codes, "Codes (B, ...)")
     if codes.dim() == 0:
-        raise VqkitError("Codes must have a batch dimension (B, ...); this is a single number.")
+        raise InvalidValue("Codes must have a batch dimension (B, ...); this is a single number.")
     return codes
 
 
@@ -213,10 +213,10 @@ def perplexity(code_counts: torch.Tensor) -> float:
     except (TypeError, ValueError, RuntimeError):
         counts = None
     if counts is None or counts.is_complex() or counts.dtype == torch.bool or counts.dim() != 1:
-        raise VqkitError("Code counts must be one (K,) tensor, list or array of numbers.")
+        raise InvalidValue("Code counts must be one (K,) tensor, list or array of numbers.")
     code_counts = counts.double()  # unsigned types have no min in torch
     if code_counts.numel() and not (torch.isfinite(code_counts).all() and code_counts.min() >= 0):
-        raise VqkitError("Code counts must be finite and not negative.")
+        raise InvalidValue("Code counts must be finite and not negative.")
     # Shares of the total, whatever it is: clamping it to 1 left fractional counts that sum to
     # less than 1 unnormalised ([0.1, 0.1] gave 1.58, not 2). No counts at all (a zero total)
     # have the entropy 0, not the NaN of 0 / 0.
@@ -234,13 +234,15 @@ def register_quantizer(name: str) -> Callable[[QuantizerClass], QuantizerClass]:
     trained with it records only the name, so code that loads the run must register it first.
     """
     if not isinstance(name, str) or not name.strip():
-        raise VqkitError(f"A quantizer is registered under a name (a non-empty str), not {name!r}.")
+        raise InvalidValue(
+            f"A quantizer is registered under a name (a non-empty str), not {name!r}."
+        )
     if name in QUANTIZERS:
-        raise VqkitError(f"'{name}' is a built-in quantizer; register yours under another name.")
+        raise InvalidValue(f"'{name}' is a built-in quantizer; register yours under another name.")
 
     def register(cls: QuantizerClass) -> QuantizerClass:
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise VqkitError(
+            raise InvalidValue(
                 f"register_quantizer('{name}') decorates a class derived from torch.nn.Module "
                 f"(vqkit.vq.VectorQuantizer, say), not {cls!r}."
             )
@@ -248,7 +250,7 @@ def register_quantizer(name: str) -> Callable[[QuantizerClass], QuantizerClass]:
         # The same class defined again (a notebook cell run twice) replaces itself; another
         # class would silently change what runs of that name load.
         if earlier is not None and _qualified(earlier) != _qualified(cls):
-            raise VqkitError(
+            raise InvalidValue(
                 f"The quantizer name '{name}' is already registered by {_qualified(earlier)}; "
                 f"register {_qualified(cls)} under another name."
             )

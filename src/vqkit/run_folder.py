@@ -26,7 +26,7 @@ from vqkit.checkpoint import (
 from vqkit.config import RunConfig, settings_differences
 from vqkit.constants import RUNS_ROOT, VQVAE_RESUME_FIELDS
 from vqkit.data import OWN_DATASET
-from vqkit.errors import VqkitError
+from vqkit.errors import InvalidValue, VqkitError
 from vqkit.fileio import (
     ensure_dir,
     parse_json,
@@ -87,10 +87,10 @@ def prepare_run_dir(
     other writers; never overwrites an earlier run. (A resumed run's config is saved again
     only once its state has been checked.)"""
     if run_dir is not None and not str(run_dir).strip():
-        raise VqkitError("The run folder name is empty; give a folder (--out or --resume).")
+        raise InvalidValue("The run folder name is empty; give a folder (--out or --resume).")
     if resume:
         if run_dir is None:
-            raise VqkitError("A resume needs the run folder to continue (--resume RUN_DIR).")
+            raise InvalidValue("A resume needs the run folder to continue (--resume RUN_DIR).")
         path = Path(run_dir)
         require_run_folder(path)
     else:

@@ -18,7 +18,13 @@ from safetensors import SafetensorError, deserialize
 
 from vqkit import runfiles
 from vqkit.config import RunConfig
-from vqkit.errors import QuantizerLoadError, UnknownQuantizer, VqkitError, refused_file
+from vqkit.errors import (
+    InvalidValue,
+    QuantizerLoadError,
+    UnknownQuantizer,
+    VqkitError,
+    refused_file,
+)
 from vqkit.fileio import (
     open_regular_file,
     parse_json,
@@ -69,9 +75,9 @@ def run_folder(run_dir: str | os.PathLike) -> Path:
     """A run folder given from Python or the command line, as an existing folder's Path; one
     sentence for an empty name (which Path reads as the current folder) or a non-path."""
     if not isinstance(run_dir, str | os.PathLike):
-        raise VqkitError(f"A run folder is a path (a str or pathlib.Path), not {run_dir!r}.")
+        raise InvalidValue(f"A run folder is a path (a str or pathlib.Path), not {run_dir!r}.")
     if not str(run_dir).strip():
-        raise VqkitError("The run folder name is empty; give a folder 'vqkit train' wrote.")
+        raise InvalidValue("The run folder name is empty; give a folder 'vqkit train' wrote.")
     path = Path(run_dir)
     require_run_folder(path)
     return path

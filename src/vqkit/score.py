@@ -39,7 +39,7 @@ from vqkit.classifier import Classifier, ClassifierConfig, classify, load_or_tra
 from vqkit.codes_io import decode_codes, encode_images
 from vqkit.data import INFO, OWN_DATASET, dataset_classes, load_split
 from vqkit.devices import resolve_device
-from vqkit.errors import VqkitError
+from vqkit.errors import InvalidValue, VqkitError
 from vqkit.fileio import require_writable_folder, write_json_atomic
 from vqkit.generate import DECODE_BATCH_SIZE, SamplingContext, sample_codes, strategies
 from vqkit.prior import (
@@ -58,7 +58,7 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, F) features -> mean (F,) and unbiased covariance (F, F), in float64."""
     features = np.asarray(features, dtype=np.float64)
     if features.shape[0] < 2:
-        raise VqkitError("The Fréchet distance needs at least 2 images per set.")
+        raise InvalidValue("The Fréchet distance needs at least 2 images per set.")
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 

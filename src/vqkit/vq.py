@@ -25,7 +25,7 @@ from torch import nn
 
 from vqkit import codebook_health as health
 from vqkit.config import QuantizerConfig
-from vqkit.errors import VqkitError
+from vqkit.errors import InvalidValue
 from vqkit.quantize import (
     QuantizerOutput,
     as_latents,
@@ -64,7 +64,7 @@ class VectorQuantizer(nn.Module):
     def __init__(self, config: QuantizerConfig) -> None:
         super().__init__()
         if config.quantizer == "fsq":  # build_quantizer picks the class a config names
-            raise VqkitError(
+            raise InvalidValue(
                 "This config asks for FSQ (quantizer 'fsq'); build it with "
                 "vqkit.quantize.build_quantizer(config) or FiniteScalarQuantizer(config)."
             )

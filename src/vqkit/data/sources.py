@@ -35,7 +35,7 @@ from vqkit.data.catalog import (
     Split,
 )
 from vqkit.data.idx import ChecksumMismatch, IdxError, read_idx
-from vqkit.errors import VqkitError
+from vqkit.errors import InvalidValue, VqkitError
 
 __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
@@ -56,10 +56,12 @@ _CHUNK = 1 << 20
 
 def _info(dataset: str, split: str) -> DatasetInfo:
     if dataset not in INFO:
-        raise VqkitError(f"Unknown dataset {dataset!r}; valid datasets are: {', '.join(DATASETS)}.")
+        raise InvalidValue(
+            f"Unknown dataset {dataset!r}; valid datasets are: {', '.join(DATASETS)}."
+        )
     info = INFO[dataset]
     if split not in info.files:
-        raise VqkitError(f"Unknown split {split!r}; valid splits are: train, test.")
+        raise InvalidValue(f"Unknown split {split!r}; valid splits are: train, test.")
     return info
 
 
@@ -305,7 +307,7 @@ def load_split(
     """
     for value, what in ((dataset, "dataset"), (split, "split")):
         if not isinstance(value, str):
-            raise VqkitError(f"The {what} is named by a string, not {value!r}.")
+            raise InvalidValue(f"The {what} is named by a string, not {value!r}.")
     path_or_none(data_dir, "The data folder (--data-dir)")
     download = arguments.switch(download, "download")  # "no" would have meant yes
     if dataset == OWN_DATASET:
@@ -342,7 +344,7 @@ def load_split(
 def _own_files(split: str, data_dir: str | Path | None) -> tuple[Path, Path]:
     """The (images, labels) files of one split of the user's dataset."""
     if split not in ("train", "test"):
-        raise VqkitError(f"Unknown split {split!r}; valid splits are: train, test.")
+        raise InvalidValue(f"Unknown split {split!r}; valid splits are: train, test.")
     if data_dir is None:
         raise VqkitError(
             f"The '{OWN_DATASET}' dataset is read from a folder of yours: give it with "
