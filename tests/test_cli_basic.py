@@ -155,13 +155,13 @@ def test_help_and_mistyped_flags_answer_without_loading_pytorch(argv):
     assert status in ("0", "2"), result.stderr
 
 
-def runs_listed_without_pytorch(root: Path, capsys) -> str:
-    """`vqkit runs ROOT`'s table, checked to be the same from a fresh process that imports
-    neither PyTorch nor NumPy for it."""
-    assert main(["runs", str(root)]) == 0
+def runs_listed_without_pytorch(root: Path, capsys, *flags: str) -> str:
+    """`vqkit runs ROOT`'s table (with ``flags``), checked to be the same from a fresh process
+    that imports neither PyTorch nor NumPy for it."""
+    assert main(["runs", *flags, str(root)]) == 0
     in_process = capsys.readouterr().out
     result = subprocess.run(
-        [sys.executable, "-c", IMPORTS_OF_A_COMMAND_LINE, "runs", str(root)],
+        [sys.executable, "-c", IMPORTS_OF_A_COMMAND_LINE, "runs", *flags, str(root)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -181,6 +181,8 @@ def test_runs_lists_run_folders_without_loading_pytorch(run_copy, capsys):
     write_report(run_copy)
     in_process = runs_listed_without_pytorch(run_copy.parent, capsys)
     assert " yes" in in_process
+    [record] = json.loads(runs_listed_without_pytorch(run_copy.parent, capsys, "--json"))
+    assert record["report"] == "yes"
 
 
 def test_runs_reads_a_prior_stopped_in_its_first_epoch_without_loading_pytorch(run_copy, capsys):
