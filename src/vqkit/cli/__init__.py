@@ -233,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     """
     if sys.stdout is None:  # started with stdout closed (`vqkit runs >&-`): nothing to show
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - open for the process's life
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        # Under an ASCII or Latin-1 locale (or PYTHONIOENCODING=ascii) a run folder named in
+        # another script ended the command in a UnicodeEncodeError after its work was done:
+        # such characters are written escaped, as Python writes them to stderr.
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         status = run_command(argv)
         sys.stdout.flush()  # here, not at exit: a reader that left is then caught below
