@@ -10,7 +10,6 @@ its softmax the confidence and Inception Score (see ``vqkit.score``).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from vqkit.environment import images_digest
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_json, require_writable_folder, write_json_atomic
 from vqkit.model import input_for
+from vqkit.user_cache import cache_folder
 
 
 class Classifier(nn.Module):
@@ -131,8 +131,7 @@ def _train_classifier(
 
 def cache_root() -> Path:
     """``$VQKIT_CACHE/classifiers`` or ``~/.cache/vqkit/classifiers``."""
-    root = os.environ.get("VQKIT_CACHE") or "~/.cache/vqkit"
-    return Path(root).expanduser() / "classifiers"
+    return cache_folder("VQKIT_CACHE", "~/.cache/vqkit") / "classifiers"
 
 
 def cache_name(config: ClassifierConfig, data_dir: str | Path | None = None) -> str:

@@ -36,6 +36,7 @@ from vqkit.data.catalog import (
 )
 from vqkit.data.idx import ChecksumMismatch, IdxError, read_idx
 from vqkit.errors import InvalidValue, VqkitError
+from vqkit.user_cache import cache_folder
 
 __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
@@ -67,8 +68,7 @@ def _info(dataset: str, split: str) -> DatasetInfo:
 
 def cache_dir(dataset: str) -> Path:
     """Download cache: ``$VQKIT_DATA/<dataset>`` or ``~/.cache/vqkit/data/<dataset>``."""
-    root = os.environ.get("VQKIT_DATA") or "~/.cache/vqkit/data"
-    return Path(root).expanduser() / dataset
+    return cache_folder("VQKIT_DATA", "~/.cache/vqkit/data") / dataset
 
 
 def _find_in(folder: Path, f: FileInfo) -> Path | None:
