@@ -63,3 +63,35 @@ def test_without_a_home_the_classifier_cache_is_asked_for_in_a_sentence(no_home,
         classifier.cache_root()
     monkeypatch.setenv("VQKIT_CACHE", "/somewhere")  # a named folder needs no home
     assert classifier.cache_root() == Path("/somewhere/classifiers")
+
+
+TINY_CLASSIFIER = classifier.ClassifierConfig(channels=(4, 8), features=8, epochs=1)
+
+
+@pytest.mark.parametrize("home", ["a file", "none"])
+def test_a_default_classifier_cache_that_cannot_be_written_is_trained_for_this_process(
+    home, tmp_path, monkeypatch, request
+):
+    # A container's or a compute node's read-only home: `vqkit score`, and the demo after
+    # minutes of training, were refused for a cache the user never asked for.
+    monkeypatch.delenv("VQKIT_CACHE", raising=False)
+    if home == "none":
+        request.getfixturevalue("no_home")
+    else:
+        (tmp_path / "home").write_text("")  # no folder can be made below it
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    trained = classifier.Classifier(TINY_CLASSIFIER)
+    monkeypatch.setattr(classifier, "train_classifier", lambda *args: (trained, 0.5))
+    lines = []
+    got = classifier.load_or_train_classifier(TINY_CLASSIFIER, log=lines.append)
+    assert got == (trained, 0.5)
+    cannot = (
+        "no home folder is known"
+        if home == "none"
+        else f"{tmp_path}/home/.cache/vqkit/classifiers cannot be written"
+    )
+    assert lines == [
+        "training the mnist evaluation classifier (none is cached yet; it is not kept, as "
+        f"{cannot}: set VQKIT_CACHE to a writable folder to keep it)"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["home"] if home == "a file" else [])

@@ -3,13 +3,15 @@
 It is trained on demand, once per dataset, and cached under ``$VQKIT_CACHE/classifiers`` (or
 ``~/.cache/vqkit/classifiers``) as ``<dataset>.safetensors`` plus ``<dataset>.json`` holding its
 settings and measured test accuracy (an own ``idx`` dataset adds a digest of its training split
-to the name). Its penultimate-layer features feed the classifier-based Fréchet distance and
+to the name); where the default cache cannot be written (a read-only home) it is trained for the
+process only. Its penultimate-layer features feed the classifier-based Fréchet distance and
 its softmax the confidence and Inception Score (see ``vqkit.score``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -26,7 +28,7 @@ from vqkit.environment import images_digest
 from vqkit.errors import VqkitError
 from vqkit.fileio import ensure_dir, read_json, require_writable_folder, write_json_atomic
 from vqkit.model import input_for
-from vqkit.user_cache import cache_folder
+from vqkit.user_cache import NoHomeFolder, cache_folder
 
 
 class Classifier(nn.Module):
@@ -156,13 +158,19 @@ def load_or_train_classifier(
     classifier has to be trained.
     """
     config = config if config is not None else ClassifierConfig()
-    folder = cache_root()
+    try:
+        folder: Path | None = cache_root()
+    except NoHomeFolder:
+        if os.environ.get("VQKIT_CACHE"):
+            raise
+        folder = None  # no home to look in: trained for this process, as below
     name = cache_name(config, data_dir)
-    weights = folder / f"{name}.safetensors"
-    meta_path = folder / f"{name}.json"
     classifier = built_for_saved_weights(lambda: Classifier(config))
     why = "none is cached yet"
-    if weights.exists() and meta_path.exists():
+    weights, meta_path = (
+        (folder / f"{name}.safetensors", folder / f"{name}.json") if folder else (None, None)
+    )
+    if weights is not None and weights.exists() and meta_path.exists():
         try:
             meta = read_json(meta_path, "classifier description")
             if meta.get("config") == config.to_dict():
@@ -175,15 +183,34 @@ def load_or_train_classifier(
             if isinstance(exc.__cause__, PermissionError):  # not damage: say so, replace nothing
                 raise
             why = "the cached one is damaged"  # replaced below
-    # A cache that cannot be written (VQKIT_CACHE naming a file) is said now, not after the
-    # minutes of training.
-    require_writable_folder(ensure_dir(folder))
+    kept = _folder_to_keep_it(folder)
     if log is not None:
-        log(
-            f"training the {config.dataset} evaluation classifier ({why}; it is cached in "
-            f"{folder} for next time)"
-        )
+        if kept is not None:
+            where = f"it is cached in {kept} for next time"
+        else:
+            cannot = "no home folder is known" if folder is None else f"{folder} cannot be written"
+            where = f"it is not kept, as {cannot}: set VQKIT_CACHE to a writable folder to keep it"
+        log(f"training the {config.dataset} evaluation classifier ({why}; {where})")
     classifier, test_accuracy = train_classifier(config, device, data_dir)
-    save_weights(weights, classifier)
-    write_json_atomic(meta_path, {"config": config.to_dict(), "test_accuracy": test_accuracy})
+    if weights is not None and meta_path is not None and kept is not None:
+        save_weights(weights, classifier)
+        write_json_atomic(meta_path, {"config": config.to_dict(), "test_accuracy": test_accuracy})
     return classifier, test_accuracy
+
+
+def _folder_to_keep_it(folder: Path | None) -> Path | None:
+    """Where a classifier trained now is cached, or None where the default cannot be written.
+
+    A cache that cannot be written is said now, not after the minutes of training: refused when
+    VQKIT_CACHE names it (the user chose it), trained for this process only when it is the
+    default (a container's or a compute node's read-only home: scoring still works there).
+    """
+    if folder is None:
+        return None
+    try:
+        require_writable_folder(ensure_dir(folder))
+    except VqkitError:
+        if os.environ.get("VQKIT_CACHE"):
+            raise
+        return None
+    return folder

@@ -11,7 +11,7 @@ HELP = """
 Draw --n code grids with every sampling strategy of a run (random, used, and prior when the run
 has one; a conditional prior adds one row per class), decode them, and judge them with a small
 classifier trained once per dataset (cached in $VQKIT_CACHE/classifiers, by default
-~/.cache/vqkit/classifiers).
+~/.cache/vqkit/classifiers; where that default cannot be written, trained anew each time).
 Real test images, real training images and the model's reconstructions come first for reference.
 
 Columns: n, the images scored in the row (the real test images all; a per-class row n divided
