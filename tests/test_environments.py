@@ -3,7 +3,9 @@ write every name, a home or cache folder it may not write into."""
 
 from __future__ import annotations
 
+import os
 import pwd
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import pytest
 from cli_helpers import fails_cleanly
 from process_helpers import child_env, vqkit_command
 
-from vqkit import classifier
+from vqkit import classifier, runfiles
+from vqkit.cli import main
 from vqkit.data import sources
 from vqkit.errors import VqkitError
 
@@ -95,3 +98,12 @@ def test_a_default_classifier_cache_that_cannot_be_written_is_trained_for_this_p
         f"{cannot}: set VQKIT_CACHE to a writable folder to keep it)"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == (["home"] if home == "a file" else [])
+
+
+def test_a_run_folder_name_that_is_not_utf8_gets_its_report(small_run, tmp_path):
+    # A legacy file system's name (Latin-1 bytes under a UTF-8 locale) reaches Python as a lone
+    # surrogate, and `vqkit report` ended in a UnicodeEncodeError traceback.
+    run = Path(shutil.copytree(small_run.run_dir, tmp_path / os.fsdecode(b"caf\xe9")))
+    assert main(["report", str(run)]) == 0
+    html = (run / runfiles.REPORT).read_bytes().decode("utf-8")  # still valid UTF-8
+    assert "caf\\udce9" in html

@@ -75,7 +75,9 @@ def write_report(run_dir: str | Path) -> Path:
     """
     info = load_run_info(run_dir)
     path = info.path(runfiles.REPORT)
-    write_bytes_atomic(path, render_report(info).encode("utf-8"))
+    # A folder name that is not UTF-8 (a legacy file system's bytes) is written as `vqkit runs`
+    # shows it, escaped, rather than ending the report in a UnicodeEncodeError.
+    write_bytes_atomic(path, render_report(info).encode("utf-8", "backslashreplace"))
     return path
 
 
