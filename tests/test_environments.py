@@ -3,6 +3,7 @@ write every name, a home or cache folder it may not write into."""
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import shutil
@@ -10,10 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from cli_helpers import fails_cleanly
 from process_helpers import child_env, vqkit_command
 
-from vqkit import classifier, runfiles
+from vqkit import classifier, fileio, runfiles, usage
 from vqkit.cli import main
 from vqkit.data import sources
 from vqkit.errors import VqkitError
@@ -107,3 +109,25 @@ def test_a_run_folder_name_that_is_not_utf8_gets_its_report(small_run, tmp_path)
     assert main(["report", str(run)]) == 0
     html = (run / runfiles.REPORT).read_bytes().decode("utf-8")  # still valid UTF-8
     assert "caf\\udce9" in html
+
+
+@pytest.mark.parametrize("failure", [errno.EACCES, errno.EROFS, errno.ENOSPC])
+def test_code_usage_of_a_run_folder_that_may_only_be_read_is_counted_not_cached(
+    failure, run_copy, monkeypatch, capsys
+):
+    # `vqkit sample --strategy used` and `vqkit codebook` of a run this user may only read (a
+    # colleague's, a read-only mount) counted 60,000 images, then were refused for the cache.
+    (run_copy / runfiles.CODE_USAGE).unlink(missing_ok=True)
+    counts = torch.arange(128)
+    monkeypatch.setattr(usage, "count_codes", lambda *args: counts)
+
+    def refused(*args, **kwargs):  # root ignores permissions: refused where the system refuses
+        raise OSError(failure, os.strerror(failure))
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", refused)
+    if failure == errno.ENOSPC:  # a full disk is not a folder to only read: still said
+        with pytest.raises(VqkitError, match="No space left on device"):
+            usage.code_usage(run_copy)
+    else:
+        assert torch.equal(usage.code_usage(run_copy), counts)
+    assert not (run_copy / runfiles.CODE_USAGE).exists()

@@ -11,6 +11,7 @@ used codes instead of ``"counts"``: ``"num_codes": K, "used_codes": [ascending i
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from vqkit.usage_record import MAX_COUNT as MAX_COUNT
 from vqkit.usage_record import MAX_SPARSE_CODES as MAX_SPARSE_CODES
 from vqkit.usage_record import counts_match_weights as counts_match_weights
 from vqkit.usage_record import record_size
+
+_READ_ONLY = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 USAGE_SPLIT = "train"
 
@@ -166,7 +169,13 @@ def code_usage(
     }
     if own is not None:
         record["images_sha256"] = own
-    write_json_atomic(path, record)
+    try:
+        write_json_atomic(path, record)
+    except VqkitError as exc:
+        # A run folder this user may only read (a colleague's, a read-only mount in a
+        # container) loses only the cache: sampling and the codebook view write elsewhere.
+        if not isinstance(exc.__cause__, OSError) or exc.__cause__.errno not in _READ_ONLY:
+            raise
     return counts
 
 
