@@ -3,7 +3,9 @@ write every name, a home or cache folder it may not write into."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import json
 import os
 import pwd
 import shutil
@@ -131,3 +133,37 @@ def test_code_usage_of_a_run_folder_that_may_only_be_read_is_counted_not_cached(
     else:
         assert torch.equal(usage.code_usage(run_copy), counts)
     assert not (run_copy / runfiles.CODE_USAGE).exists()
+
+
+def test_a_demo_with_a_cache_it_cannot_keep_the_classifier_in_is_refused_before_training(
+    tmp_path, monkeypatch, capsys
+):
+    # VQKIT_CACHE naming a file was refused at the score stage, after minutes of training.
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "afile"))
+
+    def too_early(*args, **kwargs):
+        raise AssertionError("the demo trained before its classifier cache was checked")
+
+    monkeypatch.setattr("vqkit.demo.train", too_early)
+    argv = ["demo", "--out", tmp_path / "demo"]
+    fails_cleanly(capsys, argv, f"Cannot create the folder '{tmp_path}/afile/classifiers'")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_a_read_only_cache_holding_the_classifier_is_not_refused(tmp_path, monkeypatch):
+    # A shared cache a cluster's admin filled and users may only read serves the demo.
+    folder = tmp_path / "shared" / "classifiers"
+    folder.mkdir(parents=True)
+    monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "shared"))
+    real_access = os.access
+    # Root ignores permissions: the refusal is made by hand, where vqkit asks.
+    monkeypatch.setattr(os, "access", lambda p, mode: mode != os.W_OK and real_access(p, mode))
+    with pytest.raises(VqkitError, match="Cannot write into"):
+        classifier.require_usable_cache(TINY_CLASSIFIER)  # holding none
+    (folder / "mnist.json").write_text(json.dumps({"config": TINY_CLASSIFIER.to_dict()}))
+    (folder / "mnist.safetensors").write_bytes(b"")
+    classifier.require_usable_cache(TINY_CLASSIFIER)
+    other = dataclasses.replace(TINY_CLASSIFIER, seed=1)
+    with pytest.raises(VqkitError, match="Cannot write into"):
+        classifier.require_usable_cache(other)  # one of other settings would be replaced

@@ -198,6 +198,23 @@ def load_or_train_classifier(
     return classifier, test_accuracy
 
 
+def require_usable_cache(config: ClassifierConfig) -> None:
+    """Refuse now what :func:`load_or_train_classifier` refuses only after the work before it
+    (the demo's minutes of training): VQKIT_CACHE naming a folder that holds no classifier of
+    these settings and cannot take one. The default cache is never refused (see below)."""
+    if not os.environ.get("VQKIT_CACHE"):
+        return
+    folder = cache_root()
+    name = cache_name(config)
+    try:
+        meta = read_json(folder / f"{name}.json", "classifier description")
+        if meta.get("config") == config.to_dict() and (folder / f"{name}.safetensors").exists():
+            return
+    except (VqkitError, AttributeError):  # none, or damaged: one is trained and cached then
+        pass
+    _folder_to_keep_it(folder)
+
+
 def _folder_to_keep_it(folder: Path | None) -> Path | None:
     """Where a classifier trained now is cached, or None where the default cannot be written.
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from vqkit import arguments, runfiles
+from vqkit.classifier import ClassifierConfig, require_usable_cache
 from vqkit.codebook_exemplars import EXEMPLAR_IMAGES
 from vqkit.codebook_view import CODEMAP_IMAGES, write_codebook_figures
 from vqkit.config import RunConfig, preset_config
@@ -102,6 +103,11 @@ def run_demo(
     if out_dir is not None and not str(out_dir).strip():  # Path("") is the current folder
         raise InvalidValue("The demo's run folder name is empty; give a folder (--out).")
     resolve_device(device)  # a bad --device is refused before the first stage is announced
+    classes = len(dataset_classes(settings.dataset))
+    # A VQKIT_CACHE the classifier cannot be kept in is refused before minutes of training too.
+    require_usable_cache(
+        settings.classifier or ClassifierConfig(dataset=settings.dataset, num_classes=classes)
+    )
     # Created by train, once it has checked everything: a refused demo leaves no folder behind.
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
     if holds_trained_run(run_dir):
