@@ -51,3 +51,21 @@ def usage_run(small_run, tmp_path_factory):
 def run_copy(small_run, tmp_path) -> Path:
     """A writable copy of ``small_run``'s folder, for a test that changes or damages it."""
     return Path(shutil.copytree(small_run.run_dir, tmp_path / "run"))
+
+
+@pytest.fixture(scope="session")
+def gridded_run(small_run, tmp_path_factory) -> Path:
+    """A copy of ``small_run`` whose code grids of the whole train and test splits (the 70,000
+    images train-prior encodes before it trains) are cached, encoded once per session, for tests
+    about what a prior's training does rather than its encoding. Copy it before writing."""
+    from vqkit.prior_training import code_grids
+
+    run_dir = Path(shutil.copytree(small_run.run_dir, tmp_path_factory.mktemp("gridded") / "run"))
+    code_grids(run_dir, small_run.model)
+    return run_dir
+
+
+@pytest.fixture
+def gridded_copy(gridded_run, tmp_path) -> Path:
+    """A writable copy of ``gridded_run``: train-prior on it starts training at once."""
+    return Path(shutil.copytree(gridded_run, tmp_path / "run"))

@@ -85,25 +85,25 @@ def test_code_grids_of_the_wrong_shape_are_one_sentence_and_narrow_integers_deco
         decode_codes(model, codes.numpy().astype(np.float32), 1)
 
 
-def test_a_prior_is_judged_against_the_model_only_when_its_weights_load(run_copy):
+def test_a_prior_is_judged_against_the_model_only_when_its_weights_load(gridded_copy):
     train_prior(
-        run_copy, PriorConfig(channels=8, layers=2, epochs=1, train_limit=256, test_limit=64)
+        gridded_copy, PriorConfig(channels=8, layers=2, epochs=1, train_limit=256, test_limit=64)
     )
-    weights = run_copy / runfiles.WEIGHTS
+    weights = gridded_copy / runfiles.WEIGHTS
     original = weights.read_bytes()
     weights.write_bytes(original[:1000])  # damaged: loading says so, not "stale"
-    assert not prior_is_stale(run_copy)
+    assert not prior_is_stale(gridded_copy)
     weights.write_bytes(original)
-    train_on(run_copy)  # other weights, still valid: the prior is stale
-    assert prior_is_stale(run_copy)
+    train_on(gridded_copy)  # other weights, still valid: the prior is stale
+    assert prior_is_stale(gridded_copy)
     weights.write_bytes(original)
     # A prior_config.json edited to another grid than the model's is refused by name.
-    path = run_copy / runfiles.PRIOR_CONFIG
+    path = gridded_copy / runfiles.PRIOR_CONFIG
     settings = json.loads(path.read_text())
     path.write_text(json.dumps({**settings, "grid_size": 9}))
     misfit = "on a 9×9 grid, but the run.s model has 128 codes on a 7×7 grid"
     with pytest.raises(VqkitError, match=misfit):
-        load_prior(run_copy)
+        load_prior(gridded_copy)
     # Sizes other than the weights' are refused before a network of them is built: 10**9
     # layers hung the command building them.
     for name, value, stored in (  # the small ones first: without the check they fail fast
@@ -115,7 +115,7 @@ def test_a_prior_is_judged_against_the_model_only_when_its_weights_load(run_copy
         path.write_text(json.dumps({**settings, name: value}))
         said = f"say {name} {value}, but its weights .prior.safetensors. have {name} {stored};"
         with pytest.raises(VqkitError, match=said):
-            load_prior(run_copy)
+            load_prior(gridded_copy)
 
 
 def test_training_leaves_the_callers_random_numbers_alone(run_copy, tmp_path):

@@ -80,10 +80,10 @@ def test_a_start_stopped_before_its_first_save_begins_its_log_again(tmp_path):
     assert record["started"] != "earlier" and record["resumed"] is False
 
 
-def test_training_a_prior_logs_its_session_too(run_copy):
+def test_training_a_prior_logs_its_session_too(gridded_copy):
     settings = PriorConfig(channels=8, layers=2, epochs=1, train_limit=256, test_limit=64)
-    train_prior(run_copy, settings, device="cpu", progress=False)
-    stages = [(r["stage"], r["resumed"]) for r in read_records(run_copy)]
+    train_prior(gridded_copy, settings, device="cpu", progress=False)
+    stages = [(r["stage"], r["resumed"]) for r in read_records(gridded_copy)]
     assert stages == [("train", False), ("train-prior", False)]
 
 

@@ -27,15 +27,17 @@ def draws_after(call) -> torch.Tensor:
     return torch.rand(4)
 
 
-def test_loading_a_run_draws_nothing_from_the_callers_generator(run_copy, tmp_path, monkeypatch):
+def test_loading_a_run_draws_nothing_from_the_callers_generator(
+    gridded_copy, tmp_path, monkeypatch
+):
     monkeypatch.setenv("VQKIT_CACHE", str(tmp_path / "cache"))
-    train_prior(run_copy, TINY_PRIOR, device="cpu", progress=False)
+    train_prior(gridded_copy, TINY_PRIOR, device="cpu", progress=False)
     load_or_train_classifier(TINY_CLASSIFIER, device="cpu")  # trained and cached here
     untouched = draws_after(lambda: None)
     loads = {
-        "VQVAE.from_run": lambda: VQVAE.from_run(run_copy),
-        "evaluate_run": lambda: evaluate_run(run_copy, device="cpu"),
-        "load_prior": lambda: load_prior(run_copy),
+        "VQVAE.from_run": lambda: VQVAE.from_run(gridded_copy),
+        "evaluate_run": lambda: evaluate_run(gridded_copy, device="cpu"),
+        "load_prior": lambda: load_prior(gridded_copy),
         "the cached classifier": lambda: load_or_train_classifier(TINY_CLASSIFIER, device="cpu"),
     }
     moved = [name for name, load in loads.items() if not torch.equal(draws_after(load), untouched)]

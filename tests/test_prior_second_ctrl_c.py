@@ -24,7 +24,7 @@ PRESSED_AT_STEP = 6
 
 
 def test_a_second_ctrl_c_stops_the_prior_at_once_and_names_the_last_saved_state(
-    run_copy, monkeypatch
+    gridded_copy, monkeypatch
 ):
     # It ended in a bare KeyboardInterrupt (and `vqkit: interrupted.`), which says neither that
     # anything was saved nor how to go on, though epoch 1's state resumes.
@@ -38,14 +38,14 @@ def test_a_second_ctrl_c_stops_the_prior_at_once_and_names_the_last_saved_state(
 
     monkeypatch.setattr(PriorLoop, "step", pressed_twice)
     with pytest.raises(TrainingInterrupted) as stopped:
-        train_prior(run_copy, TWO_EPOCHS, device="cpu", progress=False)
-    resume = f"vqkit train-prior {run_copy} --resume"
+        train_prior(gridded_copy, TWO_EPOCHS, device="cpu", progress=False)
+    resume = f"vqkit train-prior {gridded_copy} --resume"
     expected = f"stopped at once; its last saved state continues with: {resume}"
     assert stopped.value.outcome == expected
-    saved = json.loads((run_copy / runfiles.PRIOR_STATE_META).read_text())
+    saved = json.loads((gridded_copy / runfiles.PRIOR_STATE_META).read_text())
     assert (saved["epochs_done"], saved["step"]) == (1, 0)
     monkeypatch.undo()
-    resumed = train_prior(run_copy, device="cpu", progress=False, resume=True)
+    resumed = train_prior(gridded_copy, device="cpu", progress=False, resume=True)
     assert resumed.epochs_trained == 1
 
 
