@@ -46,17 +46,21 @@ def main() -> None:
     )
     parser.add_argument("--images", type=int, help="train on the first N images (default all)")
     parser.add_argument(
+        "--test-images", type=int, help="test MSE of the first N test images (default all)"
+    )
+    parser.add_argument(
         "--round-batches", type=int, default=30, help="batches of 128 per side per round"
     )
     add_training_overrides(parser)
     parser.set_defaults(epochs=1, precision="auto", channels_last=True)
     args = parser.parse_args()
     train_images = load_split("mnist", "train").images[: args.images]
-    test_images = load_split("mnist", "test").images
+    test_images = load_split("mnist", "test").images[: args.test_images]
     config = config_from_args(args)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{train_images.shape[0]} images x {config.train.epochs} epoch(s), rounds of "
+        f"{train_images.shape[0]} images x {config.train.epochs} epoch(s), test MSE of "
+        f"{test_images.shape[0]} test images, rounds of "
         f"{args.round_batches} batches; vqkit --preset {args.preset} "
         f"--precision {resolve_precision(config.train.precision, train_images.device)} "
         f"--{'' if config.train.channels_last else 'no-'}channels-last "
