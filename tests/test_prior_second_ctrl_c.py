@@ -49,7 +49,9 @@ def test_a_second_ctrl_c_stops_the_prior_at_once_and_names_the_last_saved_state(
     assert resumed.epochs_trained == 1
 
 
-def test_a_first_prior_stopped_at_once_before_any_save_leaves_no_prior_files(run_copy, monkeypatch):
+def test_a_first_prior_stopped_at_once_before_any_save_leaves_no_prior_files(
+    gridded_copy, monkeypatch
+):
     # Its settings file stayed behind: `vqkit runs` called the prior incomplete and sampling
     # asked for --restart, though nothing of it could be resumed or sampled.
     def pressed_twice(self, index):
@@ -58,6 +60,6 @@ def test_a_first_prior_stopped_at_once_before_any_save_leaves_no_prior_files(run
 
     monkeypatch.setattr(PriorLoop, "step", pressed_twice)
     with pytest.raises(KeyboardInterrupt):
-        train_prior(run_copy, TWO_EPOCHS, device="cpu", progress=False)
-    assert not [name for name in PRIOR_FILE_NAMES if (run_copy / name).exists()]
-    assert incomplete_prior(run_copy) is None
+        train_prior(gridded_copy, TWO_EPOCHS, device="cpu", progress=False)
+    assert not [name for name in PRIOR_FILE_NAMES if (gridded_copy / name).exists()]
+    assert incomplete_prior(gridded_copy) is None
