@@ -69,9 +69,12 @@ def _pixel_figure(width: int, height: int):
     """A figure exactly width × height pixels whose one axes covers it in pixel coordinates."""
     from matplotlib.figure import Figure
 
-    # Agg truncates width·dpi to an int; half a pixel more keeps the exact size.
+    # Agg truncates width·dpi to an int; half a pixel more keeps the exact size. The axes
+    # cover the width × height pixels of the canvas, not that extra half: over the whole figure
+    # a data unit was (width + 0.5) / width pixels, and matplotlib before 3.11 drew the tiles
+    # a pixel off from where tile_origin puts them.
     figure = Figure(figsize=((width + 0.5) / DPI, (height + 0.5) / DPI), dpi=DPI)
-    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
+    axes = figure.add_axes((0.0, 0.0, width / (width + 0.5), height / (height + 0.5)))
     axes.set_axis_off()
     return figure, axes
 
