@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -206,7 +207,16 @@ def test_sixteen_bit_grayscale_is_scaled_to_eight_bits(tmp_path, digit_pixels):
     # With white paper marked transparent by a colour key, as an 8-bit image would be.
     stroke = ink_mask() > 127
     keyed = tmp_path / "16-key.png"
-    Image.fromarray(np.where(stroke, 0, 65535).astype(np.uint16)).save(keyed, transparency=65535)
+    Image.fromarray(np.where(stroke, 0, 65535).astype(np.uint16)).save(keyed)
+    # The key's tRNS chunk is put in by hand, after the 33 bytes of signature and header:
+    # Pillow before 10.3 refuses to save a colour key for a 16-bit image (the bytes are those
+    # it writes since).
+    data = keyed.read_bytes()
+    key = b"tRNS" + (65535).to_bytes(2, "big")
+    trns = (2).to_bytes(4, "big") + key + zlib.crc32(key).to_bytes(4, "big")
+    keyed.write_bytes(data[:33] + trns + data[33:])
+    with Image.open(keyed) as image:
+        assert image.mode.startswith("I") and image.info["transparency"] == 65535
     assert np.array_equal(load_png(keyed).numpy(), stroke * np.uint8(255))
 
 
