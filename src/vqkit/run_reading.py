@@ -180,7 +180,10 @@ def safetensors_metadata(path: str | Path) -> dict[str, str]:
 # What a safetensors loader gives back (PyTorch's tensors, or the library's own views).
 Parsed = TypeVar("Parsed")
 # safetensors' names of the element types PyTorch reads (safetensors.torch maps each one); a
-# weights file of another type is damaged for vqkit, as loading it would fail.
+# weights file of another type is damaged for vqkit, as loading it would fail. safetensors maps
+# U16, U32 and U64 since 0.6.1 (vqkit's floor: before, its parser took them and its loader did
+# not); C64 since 0.7 and the FNUZ float8s since 0.8, which an older parser refuses outright,
+# so `deserialize` below refuses them with it.
 TORCH_DTYPES = frozenset(
     "F64 F32 F16 BF16 C64 I64 I32 I16 I8 U64 U32 U16 U8 BOOL "
     "F8_E4M3 F8_E4M3FNUZ F8_E5M2 F8_E5M2FNUZ".split()
