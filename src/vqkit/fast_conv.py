@@ -49,14 +49,10 @@ def sub_pixel_conv_transpose(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """``F.conv_transpose2d(x, weight, bias, stride=2, padding=1)`` for 4×4 kernels, computed
-    as a 2×2 convolution into every output phase, a pixel shuffle and a one-pixel crop.
-
-    The bias is added after the shuffle, not given to the convolution repeated for each phase:
-    PyTorch 2.10's inductor cannot lower a convolution whose bias is such a view (``vqkit train
-    --compile`` on a CPU failed with "LoweringException: NotImplementedError: View")."""
-    phases = F.conv2d(x, sub_pixel_weight(weight), None, padding=1)
-    out = F.pixel_shuffle(phases, 2)[:, :, 1:-1, 1:-1]
-    return out if bias is None else out + bias[:, None, None]
+    as a 2×2 convolution into every output phase, a pixel shuffle and a one-pixel crop."""
+    phase_bias = None if bias is None else bias.repeat_interleave(4)
+    phases = F.conv2d(x, sub_pixel_weight(weight), phase_bias, padding=1)
+    return F.pixel_shuffle(phases, 2)[:, :, 1:-1, 1:-1]
 
 
 class _ConvTranspose(torch.autograd.Function):
